@@ -1,0 +1,118 @@
+//! Account data (global and per room) and filters.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::{
+    error::Error,
+    http::{Ctx, HandlerResult},
+    service::{notify::Topic, Services},
+};
+
+fn check_owner(ctx: &Ctx) -> Result<(), Error> {
+    let user = ctx.user_param(0)?;
+    if user != ctx.user() {
+        return Err(Error::forbidden("cannot access another user's data"));
+    }
+    Ok(())
+}
+
+/// `GET /_matrix/client/v3/user/{userId}/account_data/{type}`
+pub async fn get_global_account_data(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    check_owner(&ctx)?;
+    services
+        .account_data
+        .get(ctx.user(), None, ctx.param(1))?
+        .ok_or_else(|| Error::not_found(format!("no account data of type {}", ctx.param(1))))
+}
+
+/// `PUT /_matrix/client/v3/user/{userId}/account_data/{type}`
+pub async fn set_global_account_data(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    check_owner(&ctx)?;
+    if ctx.param(1) == "m.fully_read" || ctx.param(1) == "m.push_rules" {
+        return Err(Error::bad_json(format!(
+            "{} cannot be set through this endpoint",
+            ctx.param(1)
+        )));
+    }
+    services
+        .account_data
+        .set(&services.globals, ctx.user(), None, ctx.param(1), &ctx.body)?;
+    services.notifier.wake(Topic::User(ctx.user().to_string()));
+    Ok(json!({}))
+}
+
+/// `GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}`
+pub async fn get_room_account_data(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    check_owner(&ctx)?;
+    let room_id = ctx.room_param(1)?;
+    services
+        .account_data
+        .get(ctx.user(), Some(&room_id), ctx.param(2))?
+        .ok_or_else(|| Error::not_found(format!("no account data of type {}", ctx.param(2))))
+}
+
+/// `PUT /_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}`
+pub async fn set_room_account_data(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    check_owner(&ctx)?;
+    let room_id = ctx.room_param(1)?;
+    if ctx.param(2) == "m.fully_read" || ctx.param(2) == "m.push_rules" {
+        return Err(Error::bad_json(format!(
+            "{} cannot be set through this endpoint",
+            ctx.param(2)
+        )));
+    }
+    services.account_data.set(
+        &services.globals,
+        ctx.user(),
+        Some(&room_id),
+        ctx.param(2),
+        &ctx.body,
+    )?;
+    services.notifier.wake(Topic::User(ctx.user().to_string()));
+    Ok(json!({}))
+}
+
+/// `POST /_matrix/client/v3/user/{userId}/filter`
+pub async fn create_filter(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    check_owner(&ctx)?;
+    for field in ["event_fields", "account_data", "presence", "room"] {
+        if let Some(value) = ctx.body.get(field) {
+            let ok = if field == "event_fields" {
+                value.is_array()
+            } else {
+                value.is_object()
+            };
+            if !ok {
+                return Err(Error::bad_json(format!(
+                    "filter field {field} has the wrong type"
+                )));
+            }
+        }
+    }
+    Ok(json!({ "filter_id": services.users.create_filter(ctx.user(), &ctx.body)? }))
+}
+
+/// `GET /_matrix/client/v3/user/{userId}/filter/{filterId}`
+pub async fn get_filter(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    check_owner(&ctx)?;
+    services
+        .users
+        .get_filter(ctx.user(), ctx.param(1))?
+        .ok_or_else(|| Error::not_found(format!("filter {} not found", ctx.param(1))))
+}
+
+/// Reads the filter a sync names: inline JSON or a stored filter ID.
+pub fn sync_filter(services: &Services, ctx: &Ctx) -> Result<Value, Error> {
+    match ctx.query("filter") {
+        None => Ok(json!({})),
+        Some(text) if text.trim_start().starts_with('{') => {
+            serde_json::from_str(text).map_err(|_| Error::bad_json("filter is not valid JSON"))
+        }
+        Some(id) => services
+            .users
+            .get_filter(ctx.user(), id)?
+            .ok_or_else(|| Error::not_found(format!("filter {id} not found"))),
+    }
+}

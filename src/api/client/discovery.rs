@@ -1,0 +1,45 @@
+//! Discovery: supported versions, `.well-known`, capabilities.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::{
+    http::{Ctx, HandlerResult},
+    service::Services,
+};
+
+/// `GET /_matrix/client/versions`
+pub async fn get_supported_versions(_services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
+    Ok(json!({
+        "versions": ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12"],
+        "unstable_features": {}
+    }))
+}
+
+/// `GET /.well-known/matrix/client`
+pub async fn client_well_known(services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
+    let base_url = services
+        .config
+        .client_base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", services.config.listen));
+    Ok(json!({ "m.homeserver": { "base_url": base_url } }))
+}
+
+/// `GET /_matrix/client/v3/capabilities`
+pub async fn get_capabilities(services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
+    let available: serde_json::Map<_, _> = (1..=12)
+        .map(|version| (version.to_string(), json!("stable")))
+        .collect();
+    Ok(json!({
+        "capabilities": {
+            "m.change_password": { "enabled": true },
+            "m.room_versions": { "default": services.config.default_room_version, "available": available },
+            "m.set_displayname": { "enabled": true },
+            "m.set_avatar_url": { "enabled": true },
+            "m.3pid_changes": { "enabled": false },
+            "m.get_login_token": { "enabled": false }
+        }
+    }))
+}

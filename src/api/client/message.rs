@@ -1,0 +1,432 @@
+//! Sending and reading room events: send, get, /messages, /context and redaction.
+
+use std::sync::Arc;
+
+use ruma::{api::error::ErrorKind, events::StateEventType, OwnedEventId, RoomId};
+use serde_json::{json, Value};
+
+use super::require_joined;
+use crate::{
+    error::{Error, Result},
+    http::{Ctx, HandlerResult},
+    service::{
+        filter::RoomEventFilter,
+        rooms::timeline::{
+            create_and_commit,
+            read::{client_event, TopoPos},
+            PduBuilder,
+        },
+        Services,
+    },
+};
+
+/// Largest `limit` honoured by `/messages` and `/context`.
+const MAX_LIMIT: usize = 1000;
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
+///
+/// Idempotent per device and transaction ID: a repeat returns the first event's ID.
+pub async fn send_message_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let room_id = ctx.room_param(0)?;
+    let event_type = ctx.param(1);
+    let txn_id = ctx.param(2);
+    if event_type.is_empty() || event_type.len() > 255 || txn_id.len() > 255 {
+        return Err(Error::invalid_param("invalid event type or transaction ID"));
+    }
+    if let Some(event_id) =
+        services
+            .rooms
+            .timeline
+            .get_transaction(ctx.user().as_str(), ctx.device(), txn_id)?
+    {
+        return Ok(json!({ "event_id": event_id }));
+    }
+    require_joined(&services, &room_id, ctx.user())?;
+    if event_type == "m.room.redaction" {
+        let target = ctx
+            .body
+            .get("redacts")
+            .and_then(Value::as_str)
+            .ok_or_else(|| Error::bad_json("redactions need redacts"))?;
+        let target =
+            OwnedEventId::try_from(target).map_err(|_| Error::invalid_param("invalid redacts"))?;
+        return redact_event(&services, &ctx, &room_id, target, ctx.body.clone(), txn_id);
+    }
+    let (event_id, _) = create_and_commit(
+        &services,
+        &room_id,
+        ctx.user(),
+        PduBuilder::timeline(event_type, ctx.body.clone()),
+        Some((ctx.device(), txn_id)),
+    )?;
+    Ok(json!({ "event_id": event_id }))
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}`
+///
+/// Only the sender or a user with the `redact` power level may redact; the target's content is
+/// pruned in storage by the room version's redaction algorithm.
+pub async fn redact(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let room_id = ctx.room_param(0)?;
+    let target = OwnedEventId::try_from(ctx.param(1))
+        .map_err(|_| Error::invalid_param("invalid event ID"))?;
+    let txn_id = ctx.param(2);
+    if let Some(event_id) =
+        services
+            .rooms
+            .timeline
+            .get_transaction(ctx.user().as_str(), ctx.device(), txn_id)?
+    {
+        return Ok(json!({ "event_id": event_id }));
+    }
+    require_joined(&services, &room_id, ctx.user())?;
+    let mut content = ctx.body.clone();
+    content["redacts"] = json!(target);
+    redact_event(&services, &ctx, &room_id, target, content, txn_id)
+}
+
+fn redact_event(
+    services: &Services,
+    ctx: &Ctx,
+    room_id: &RoomId,
+    target: OwnedEventId,
+    content: Value,
+    txn_id: &str,
+) -> HandlerResult {
+    let original = services
+        .rooms
+        .timeline
+        .get_pdu(&target)?
+        .ok_or_else(|| Error::not_found(format!("event {target} not found")))?;
+    if original
+        .room_id
+        .as_deref()
+        .is_some_and(|room| room != room_id)
+    {
+        return Err(Error::not_found(format!(
+            "event {target} not found in {room_id}"
+        )));
+    }
+    if original.sender != ctx.user()
+        && power_level(services, room_id, ctx.user())?
+            < required_level(services, room_id, "redact", 50)?
+    {
+        return Err(Error::forbidden("you may not redact other users' events"));
+    }
+    let builder = PduBuilder {
+        kind: "m.room.redaction".into(),
+        content,
+        state_key: None,
+        redacts: Some(target),
+    };
+    let (event_id, _) = create_and_commit(
+        services,
+        room_id,
+        ctx.user(),
+        builder,
+        Some((ctx.device(), txn_id)),
+    )?;
+    Ok(json!({ "event_id": event_id }))
+}
+
+/// A user's power level in a room (creators of v12 rooms rank above every number).
+pub fn power_level(services: &Services, room_id: &RoomId, user: &ruma::UserId) -> Result<i64> {
+    let create = services
+        .rooms
+        .current_state_pdu(room_id, &StateEventType::RoomCreate, "")?;
+    if let Some(create) = &create {
+        let version = create
+            .content_value()
+            .get("room_version")
+            .and_then(Value::as_str)
+            .unwrap_or("1")
+            .to_owned();
+        let privileged = ruma::RoomVersionId::try_from(version.as_str())
+            .ok()
+            .and_then(|v| v.rules())
+            .is_some_and(|rules| rules.authorization.explicitly_privilege_room_creators);
+        let additional = create
+            .content_value()
+            .get("additional_creators")
+            .and_then(Value::as_array)
+            .is_some_and(|list| list.iter().any(|id| id.as_str() == Some(user.as_str())));
+        if privileged && (create.sender == user || additional) {
+            return Ok(i64::MAX);
+        }
+    }
+    match services
+        .rooms
+        .current_state_pdu(room_id, &StateEventType::RoomPowerLevels, "")?
+    {
+        Some(levels) => {
+            let content = levels.content_value();
+            Ok(content
+                .get("users")
+                .and_then(|users| users.get(user.as_str()))
+                .and_then(Value::as_i64)
+                .or_else(|| content.get("users_default").and_then(Value::as_i64))
+                .unwrap_or(0))
+        }
+        None => Ok(if create.is_some_and(|create| create.sender == user) {
+            100
+        } else {
+            0
+        }),
+    }
+}
+
+fn required_level(services: &Services, room_id: &RoomId, field: &str, default: i64) -> Result<i64> {
+    Ok(services
+        .rooms
+        .current_state_pdu(room_id, &StateEventType::RoomPowerLevels, "")?
+        .and_then(|levels| levels.content_value().get(field).and_then(Value::as_i64))
+        .unwrap_or(default))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`
+pub async fn get_room_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let room_id = ctx.room_param(0)?;
+    require_joined(&services, &room_id, ctx.user())?;
+    let event_id = OwnedEventId::try_from(ctx.param(1))
+        .map_err(|_| Error::invalid_param("invalid event ID"))?;
+    let pdu = services
+        .rooms
+        .timeline
+        .get_pdu(&event_id)?
+        .ok_or_else(|| Error::not_found(format!("event {event_id} not found")))?;
+    if pdu.room_id.as_deref().is_some_and(|room| room != room_id) {
+        return Err(Error::not_found(format!(
+            "event {event_id} not found in {room_id}"
+        )));
+    }
+    Ok(client_event(
+        &pdu,
+        &room_id,
+        Some((ctx.user(), ctx.device())),
+    ))
+}
+
+/// Parses a pagination token: `t<depth>_<count>` (topological) or `s<count>` (a sync position).
+pub fn parse_token(services: &Services, shortroomid: u64, token: &str) -> Result<TopoPos> {
+    let invalid = || Error::invalid_param(format!("invalid pagination token {token}"));
+    if let Some(rest) = token.strip_prefix('t') {
+        let (depth, count) = rest.split_once('_').ok_or_else(invalid)?;
+        return Ok(TopoPos {
+            depth: depth.parse().map_err(|_| invalid())?,
+            count: count.parse().map_err(|_| invalid())?,
+        });
+    }
+    let count: u64 = token
+        .strip_prefix('s')
+        .unwrap_or(token)
+        .parse()
+        .map_err(|_| invalid())?;
+    // The position just after the last event at or before `count`.
+    match services
+        .rooms
+        .timeline
+        .iter_before(shortroomid, count.saturating_add(1))
+        .next()
+    {
+        Some(entry) => {
+            let (event_count, pdu) = entry?;
+            Ok(TopoPos {
+                depth: u64::from(pdu.depth),
+                count: event_count.saturating_add(1),
+            })
+        }
+        None => Ok(TopoPos { depth: 0, count: 0 }),
+    }
+}
+
+/// A topological position as a token.
+pub fn format_token(position: TopoPos) -> String {
+    format!("t{}_{}", position.depth, position.count)
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/messages`
+///
+/// Both directions, `from`/`to` tokens, `limit` (default 10, at most 1000) and a `RoomEventFilter`.
+/// With `lazy_load_members` the member events of the chunk's senders come in `state`.
+pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let room_id = ctx.room_param(0)?;
+    require_joined(&services, &room_id, ctx.user())?;
+    let shortroomid = services
+        .rooms
+        .short
+        .get_shortroomid(&room_id)?
+        .ok_or_else(|| Error::not_found(format!("room {room_id} not found")))?;
+    let backwards = match ctx.query("dir") {
+        Some("b") => true,
+        Some("f") => false,
+        _ => return Err(Error::invalid_param("dir must be b or f")),
+    };
+    let filter = match ctx.query("filter") {
+        Some(text) => RoomEventFilter::from_value(
+            &serde_json::from_str(text)
+                .map_err(|_| Error::matrix(ErrorKind::BadJson, "filter is not valid JSON"))?,
+        ),
+        None => RoomEventFilter::default(),
+    };
+    let limit = ctx
+        .query("limit")
+        .map(|limit| {
+            limit
+                .parse::<usize>()
+                .map_err(|_| Error::invalid_param("invalid limit"))
+        })
+        .transpose()?
+        .or(filter.limit)
+        .unwrap_or(10)
+        .min(MAX_LIMIT);
+    let from = match ctx.query("from") {
+        Some(token) => parse_token(&services, shortroomid, token)?,
+        None if backwards => TopoPos {
+            depth: u64::MAX,
+            count: u64::MAX,
+        },
+        None => TopoPos { depth: 0, count: 0 },
+    };
+    let to = ctx
+        .query("to")
+        .map(|token| parse_token(&services, shortroomid, token))
+        .transpose()?;
+    let mut chunk = Vec::new();
+    let mut senders = std::collections::BTreeSet::new();
+    let mut last = None;
+    for entry in services
+        .rooms
+        .timeline
+        .iter_topo(shortroomid, from, backwards)
+    {
+        let (position, pdu) = entry?;
+        if let Some(to) = to {
+            if (backwards && position < to) || (!backwards && position >= to) {
+                break;
+            }
+        }
+        last = Some(position);
+        if !filter.matches(&pdu) {
+            continue;
+        }
+        senders.insert(pdu.sender.clone());
+        chunk.push(client_event(
+            &pdu,
+            &room_id,
+            Some((ctx.user(), ctx.device())),
+        ));
+        if chunk.len() >= limit {
+            break;
+        }
+    }
+    let mut response = json!({ "chunk": chunk, "start": format_token(from) });
+    if let Some(last) = last {
+        if chunk.len() >= limit {
+            response["end"] = json!(format_token(last));
+        }
+    }
+    if filter.lazy_load_members {
+        let mut state = Vec::new();
+        for sender in senders {
+            if let Some(pdu) = services.rooms.current_state_pdu(
+                &room_id,
+                &StateEventType::RoomMember,
+                sender.as_str(),
+            )? {
+                state.push(client_event(&pdu, &room_id, None));
+            }
+        }
+        response["state"] = Value::Array(state);
+    }
+    Ok(response)
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`
+pub async fn get_context(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let room_id = ctx.room_param(0)?;
+    require_joined(&services, &room_id, ctx.user())?;
+    let event_id = OwnedEventId::try_from(ctx.param(1))
+        .map_err(|_| Error::invalid_param("invalid event ID"))?;
+    let shortroomid = services
+        .rooms
+        .short
+        .get_shortroomid(&room_id)?
+        .ok_or_else(|| Error::not_found(format!("room {room_id} not found")))?;
+    let pdu_id = services
+        .rooms
+        .timeline
+        .get_pdu_id(&event_id)?
+        .filter(|id| id.shortroomid == shortroomid)
+        .ok_or_else(|| Error::not_found(format!("event {event_id} not found")))?;
+    let pdu = services
+        .rooms
+        .timeline
+        .get_pdu_at(pdu_id)?
+        .ok_or_else(|| Error::not_found(format!("event {event_id} not found")))?;
+    let limit = ctx
+        .query("limit")
+        .and_then(|limit| limit.parse::<usize>().ok())
+        .unwrap_or(10)
+        .min(MAX_LIMIT);
+    let filter = ctx
+        .query("filter")
+        .and_then(|text| serde_json::from_str(text).ok())
+        .map(|value: Value| RoomEventFilter::from_value(&value))
+        .unwrap_or_default();
+    let here = TopoPos {
+        depth: u64::from(pdu.depth),
+        count: pdu_id.count,
+    };
+    let viewer = Some((ctx.user(), ctx.device()));
+    let mut before = Vec::new();
+    let mut start = here;
+    for entry in services
+        .rooms
+        .timeline
+        .iter_topo(shortroomid, here, true)
+        .take(limit.div_ceil(2).max(1) * 4)
+    {
+        let (position, event) = entry?;
+        start = position;
+        if filter.matches(&event) {
+            before.push(client_event(&event, &room_id, viewer));
+        }
+        if before.len() >= limit / 2 {
+            break;
+        }
+    }
+    let mut after = Vec::new();
+    let mut end = here;
+    for entry in services
+        .rooms
+        .timeline
+        .iter_topo(shortroomid, here, false)
+        .take(limit.div_ceil(2).max(1) * 4)
+    {
+        let (position, event) = entry?;
+        end = position;
+        if filter.matches(&event) {
+            after.push(client_event(&event, &room_id, viewer));
+        }
+        if after.len() >= limit - limit / 2 {
+            break;
+        }
+    }
+    let hash = services.rooms.current_state_hash(&room_id)?.unwrap_or(0);
+    let state: Vec<Value> = if hash == 0 {
+        Vec::new()
+    } else {
+        services
+            .rooms
+            .state_pdus(hash)?
+            .iter()
+            .map(|pdu| client_event(pdu, &room_id, None))
+            .collect()
+    };
+    Ok(json!({
+        "event": client_event(&pdu, &room_id, viewer),
+        "events_before": before, "events_after": after,
+        "start": format_token(start), "end": format_token(end),
+        "state": state
+    }))
+}

@@ -1,0 +1,47 @@
+//! Client-server API handlers, one file per spec area.
+
+pub mod account;
+pub mod account_data;
+pub mod alias;
+pub mod device;
+pub mod discovery;
+pub mod membership;
+pub mod message;
+pub mod profile;
+pub mod room;
+pub mod state;
+pub mod sync;
+
+use ruma::{OwnedRoomId, RoomId, UserId};
+
+use crate::{
+    error::{Error, Result},
+    service::Services,
+};
+
+/// Fails with `M_FORBIDDEN` unless `user` is joined to `room`.
+pub fn require_joined(services: &Services, room_id: &RoomId, user: &UserId) -> Result<()> {
+    if services.rooms.members.is_joined(room_id, user)? {
+        Ok(())
+    } else {
+        Err(Error::forbidden(format!(
+            "{user} is not joined to {room_id}"
+        )))
+    }
+}
+
+/// Resolves a room ID or a local alias.
+pub fn resolve_room(services: &Services, id_or_alias: &str) -> Result<OwnedRoomId> {
+    if id_or_alias.starts_with('#') {
+        let alias = ruma::OwnedRoomAliasId::try_from(id_or_alias)
+            .map_err(|_| Error::invalid_param(format!("invalid alias {id_or_alias}")))?;
+        return services
+            .rooms
+            .alias
+            .get(&alias)?
+            .map(|(room, _)| room)
+            .ok_or_else(|| Error::not_found(format!("alias {alias} not found")));
+    }
+    OwnedRoomId::try_from(id_or_alias)
+        .map_err(|_| Error::invalid_param(format!("invalid room ID or alias {id_or_alias}")))
+}

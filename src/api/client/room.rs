@@ -1,0 +1,217 @@
+//! Room creation.
+
+use std::sync::Arc;
+
+use ruma::{api::error::ErrorKind, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomVersionId};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::{
+    error::Error,
+    http::{Ctx, HandlerResult},
+    service::{
+        rooms::timeline::{create_and_commit, rules_for, PduBuilder},
+        Services,
+    },
+    util,
+};
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct CreateRoomBody {
+    preset: Option<String>,
+    visibility: Option<String>,
+    name: Option<String>,
+    topic: Option<String>,
+    room_alias_name: Option<String>,
+    invite: Vec<OwnedUserId>,
+    is_direct: bool,
+    initial_state: Vec<InitialState>,
+    power_level_content_override: Option<Map<String, Value>>,
+    room_version: Option<String>,
+    creation_content: Option<Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+struct InitialState {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    state_key: String,
+    content: Value,
+}
+
+/// `POST /_matrix/client/v3/createRoom`
+///
+/// Presets `private_chat`, `trusted_private_chat` and `public_chat`; events are sent in the spec's
+/// order: create, creator's join, power levels, canonical alias, preset state, initial state,
+/// name, topic, invites.
+pub async fn create_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let body: CreateRoomBody = ctx.body_as()?;
+    let sender = ctx.user().to_owned();
+    let server = services.globals.server_name().to_owned();
+    let version_text = body
+        .room_version
+        .clone()
+        .unwrap_or_else(|| services.config.default_room_version.clone());
+    let version = RoomVersionId::try_from(version_text.as_str())
+        .map_err(|_| Error::matrix(ErrorKind::UnsupportedRoomVersion, "invalid room version"))?;
+    let rules = rules_for(&version)?;
+    let preset = body.preset.clone().unwrap_or_else(|| {
+        if body.visibility.as_deref() == Some("public") {
+            "public_chat".into()
+        } else {
+            "private_chat".into()
+        }
+    });
+    if !["private_chat", "trusted_private_chat", "public_chat"].contains(&preset.as_str()) {
+        return Err(Error::bad_json(format!("unknown preset {preset}")));
+    }
+    let alias = match &body.room_alias_name {
+        Some(local) => {
+            let alias = OwnedRoomAliasId::try_from(format!("#{local}:{server}"))
+                .map_err(|_| Error::invalid_param("invalid room_alias_name"))?;
+            if services.rooms.alias.get(&alias)?.is_some() {
+                return Err(Error::matrix(
+                    ErrorKind::RoomInUse,
+                    format!("alias {alias} is taken"),
+                ));
+            }
+            Some(alias)
+        }
+        None => None,
+    };
+    for invitee in &body.invite {
+        if invitee.server_name() == server && !services.users.exists(invitee)? {
+            return Err(Error::not_found(format!("user {invitee} does not exist")));
+        }
+    }
+
+    let mut create_content = body.creation_content.clone().unwrap_or_default();
+    create_content.insert("room_version".into(), json!(version.as_str()));
+    if !rules.authorization.use_room_create_sender {
+        create_content.insert("creator".into(), json!(sender));
+    }
+    if rules.authorization.additional_room_creators
+        && preset == "trusted_private_chat"
+        && !body.invite.is_empty()
+    {
+        create_content.insert("additional_creators".into(), json!(body.invite));
+    }
+    let placeholder = OwnedRoomId::try_from(format!("!{}:{server}", util::random_string(18)))
+        .map_err(Error::internal)?;
+    let (_, room_id) = create_and_commit(
+        &services,
+        &placeholder,
+        &sender,
+        PduBuilder::state("m.room.create", "", Value::Object(create_content)),
+        None,
+    )?;
+    let send = |builder: PduBuilder| {
+        create_and_commit(&services, &room_id, &sender, builder, None).map(|_| ())
+    };
+
+    let profile = services.users.get_profile(&sender)?.unwrap_or_default();
+    let mut join = json!({ "membership": "join" });
+    for field in ["displayname", "avatar_url"] {
+        if let Some(value) = profile.get(field) {
+            join[field] = value.clone();
+        }
+    }
+    send(PduBuilder::state("m.room.member", sender.as_str(), join))?;
+
+    let creators_are_privileged = rules.authorization.explicitly_privilege_room_creators;
+    let mut users = Map::new();
+    if !creators_are_privileged {
+        users.insert(sender.to_string(), json!(100));
+    }
+    if preset == "trusted_private_chat" && !creators_are_privileged {
+        for invitee in &body.invite {
+            users.insert(invitee.to_string(), json!(100));
+        }
+    }
+    let mut power_levels = json!({
+        "users": users, "users_default": 0, "events_default": 0, "state_default": 50,
+        "ban": 50, "kick": 50, "redact": 50, "invite": if preset == "public_chat" { 50 } else { 0 },
+        "events": {
+            "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
+            "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+            "m.room.server_acl": 100, "m.room.encryption": 100
+        },
+        "notifications": { "room": 50 }
+    });
+    if let Some(overrides) = body.power_level_content_override {
+        for (key, value) in overrides {
+            power_levels[key] = value;
+        }
+    }
+    send(PduBuilder::state("m.room.power_levels", "", power_levels))?;
+    if let Some(alias) = &alias {
+        send(PduBuilder::state(
+            "m.room.canonical_alias",
+            "",
+            json!({ "alias": alias }),
+        ))?;
+    }
+    let join_rule = if preset == "public_chat" {
+        "public"
+    } else {
+        "invite"
+    };
+    send(PduBuilder::state(
+        "m.room.join_rules",
+        "",
+        json!({ "join_rule": join_rule }),
+    ))?;
+    send(PduBuilder::state(
+        "m.room.history_visibility",
+        "",
+        json!({ "history_visibility": "shared" }),
+    ))?;
+    if preset != "public_chat" {
+        send(PduBuilder::state(
+            "m.room.guest_access",
+            "",
+            json!({ "guest_access": "can_join" }),
+        ))?;
+    }
+    for state in body.initial_state {
+        send(PduBuilder::state(
+            state.kind.as_str(),
+            state.state_key,
+            state.content,
+        ))?;
+    }
+    if let Some(name) = body.name {
+        send(PduBuilder::state(
+            "m.room.name",
+            "",
+            json!({ "name": name }),
+        ))?;
+    }
+    if let Some(topic) = body.topic {
+        send(PduBuilder::state(
+            "m.room.topic",
+            "",
+            json!({ "topic": topic }),
+        ))?;
+    }
+    for invitee in &body.invite {
+        let mut content = json!({ "membership": "invite" });
+        if body.is_direct {
+            content["is_direct"] = json!(true);
+        }
+        send(PduBuilder::state(
+            "m.room.member",
+            invitee.as_str(),
+            content,
+        ))?;
+    }
+    if let Some(alias) = &alias {
+        services.rooms.alias.set(alias, &room_id, &sender)?;
+    }
+    if body.visibility.as_deref() == Some("public") {
+        services.rooms.alias.set_public(&room_id, true)?;
+    }
+    Ok(json!({ "room_id": room_id }))
+}

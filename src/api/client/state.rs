@@ -1,0 +1,100 @@
+//! Room state reads and writes.
+
+use std::sync::Arc;
+
+use ruma::events::StateEventType;
+use serde_json::{json, Value};
+
+use super::require_joined;
+use crate::{
+    error::Error,
+    http::{Ctx, HandlerResult},
+    service::{
+        rooms::timeline::{create_and_commit, read::client_event, PduBuilder},
+        Services,
+    },
+};
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/state`
+pub async fn get_state_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let room_id = ctx.room_param(0)?;
+    require_joined(&services, &room_id, ctx.user())?;
+    let hash = services
+        .rooms
+        .current_state_hash(&room_id)?
+        .ok_or_else(|| Error::not_found(format!("room {room_id} not found")))?;
+    let events: Vec<Value> = services
+        .rooms
+        .state_pdus(hash)?
+        .iter()
+        .map(|pdu| client_event(pdu, &room_id, None))
+        .collect();
+    Ok(Value::Array(events))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
+///
+/// `format=event` returns the whole event instead of its content.
+pub async fn get_state_event_for_key(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let room_id = ctx.room_param(0)?;
+    require_joined(&services, &room_id, ctx.user())?;
+    let event_type = StateEventType::from(ctx.param(1));
+    let pdu = services
+        .rooms
+        .current_state_pdu(&room_id, &event_type, ctx.param(2))?
+        .ok_or_else(|| {
+            Error::not_found(format!(
+                "no {event_type} state with key {:?} in {room_id}",
+                ctx.param(2)
+            ))
+        })?;
+    if ctx.query("format") == Some("event") {
+        return Ok(client_event(&pdu, &room_id, None));
+    }
+    Ok(pdu.content_value())
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
+pub async fn send_state_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let room_id = ctx.room_param(0)?;
+    require_joined(&services, &room_id, ctx.user())?;
+    let event_type = ctx.param(1).to_owned();
+    if event_type.is_empty() || event_type.len() > 255 {
+        return Err(Error::invalid_param("invalid event type"));
+    }
+    if event_type == "m.room.create" {
+        return Err(Error::forbidden(
+            "m.room.create cannot be sent to an existing room",
+        ));
+    }
+    if event_type == "m.room.canonical_alias" {
+        for alias in ctx.body.get("alias").into_iter().chain(
+            ctx.body
+                .get("alt_aliases")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten(),
+        ) {
+            let alias = alias
+                .as_str()
+                .and_then(|alias| ruma::OwnedRoomAliasId::try_from(alias).ok())
+                .ok_or_else(|| Error::invalid_param("invalid alias"))?;
+            if alias.server_name() == services.globals.server_name()
+                && services.rooms.alias.get(&alias)?.map(|(room, _)| room) != Some(room_id.clone())
+            {
+                return Err(Error::matrix(
+                    ruma::api::error::ErrorKind::BadAlias,
+                    format!("alias {alias} does not point to this room"),
+                ));
+            }
+        }
+    }
+    let (event_id, _) = create_and_commit(
+        &services,
+        &room_id,
+        ctx.user(),
+        PduBuilder::state(event_type.as_str(), ctx.param(2), ctx.body.clone()),
+        None,
+    )?;
+    Ok(json!({ "event_id": event_id }))
+}

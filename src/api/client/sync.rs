@@ -1,0 +1,62 @@
+//! `/sync`: initial and incremental, long-polling on the notifier.
+
+use std::{sync::Arc, time::Duration};
+
+use crate::{
+    error::Error,
+    http::{Ctx, HandlerResult},
+    service::{sync, Services},
+};
+
+/// Longest long-poll a client may ask for.
+const MAX_TIMEOUT_MS: u64 = 60_000;
+
+/// `GET /_matrix/client/v3/sync`
+///
+/// Returns at once when there is news after `since`, otherwise waits up to `timeout` ms for the
+/// notifier to wake one of the user's topics.
+pub async fn sync_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let since = match ctx.query("since") {
+        Some(token) => Some(
+            token
+                .strip_prefix('s')
+                .unwrap_or(token)
+                .parse::<u64>()
+                .map_err(|_| Error::invalid_param(format!("invalid since token {token}")))?,
+        ),
+        None => None,
+    };
+    let timeout = ctx
+        .query("timeout")
+        .map(|timeout| {
+            timeout
+                .parse::<u64>()
+                .map_err(|_| Error::invalid_param("invalid timeout"))
+        })
+        .transpose()?
+        .unwrap_or(0)
+        .min(MAX_TIMEOUT_MS);
+    let full_state = ctx.query("full_state") == Some("true");
+    let filter = super::account_data::sync_filter(&services, &ctx)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
+    loop {
+        // Subscribe before building so that nothing committed in between is missed.
+        let wait = services
+            .notifier
+            .wait_any(sync::topics(&services, ctx.user())?);
+        let request = sync::SyncRequest {
+            user: ctx.user(),
+            device: ctx.device(),
+            since,
+            full_state,
+            filter: &filter,
+        };
+        let (response, has_updates) = sync::build(&services, &request)?;
+        if has_updates || since.is_none() || full_state || tokio::time::Instant::now() >= deadline {
+            return Ok(response);
+        }
+        if tokio::time::timeout_at(deadline, wait).await.is_err() {
+            return Ok(response);
+        }
+    }
+}

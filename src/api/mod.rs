@@ -1,0 +1,3 @@
+//! Endpoint handlers: parse the request, call services, build the response.
+
+pub mod client;

@@ -1,0 +1,220 @@
+//! Configuration: one serde struct, loaded from TOML and `PLAIT_*` environment variables.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment variables that override single keys (`PLAIT_SERVER_NAME` → `server_name`).
+pub const ENV_PREFIX: &str = "PLAIT_";
+
+/// Who may create accounts through `/register`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    /// Anyone who can reach the client API.
+    Open,
+    /// Only callers who present `registration_token`.
+    Token,
+    /// Nobody.
+    Closed,
+}
+
+/// The whole server configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The server name: the part after the colon in user IDs. A DNS name or an IP literal, with an optional port.
+    pub server_name: String,
+    /// Address and port of the client API listener.
+    pub listen: SocketAddr,
+    /// Folder of the RocksDB database (created when missing).
+    pub database_path: PathBuf,
+    /// Registration mode: `open`, `token` or `closed`.
+    pub registration: Registration,
+    /// The shared token that `registration = "token"` requires.
+    pub registration_token: Option<String>,
+    /// Log filter in `tracing` syntax; `RUST_LOG` overrides it.
+    pub log: String,
+    /// Largest request body accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// Room version of new rooms when the client does not ask for one.
+    pub default_room_version: String,
+    /// Fsync the write-ahead log on every commit (survives power loss, not only process crashes).
+    pub sync_writes: bool,
+    /// Lifetime of access tokens issued together with a refresh token, in milliseconds.
+    pub refreshable_token_lifetime_ms: u64,
+    /// `base_url` served in `/.well-known/matrix/client`; defaults to `http://<listen>`.
+    pub client_base_url: Option<String>,
+    /// Federation listener address (TLS); federation is off while unset.
+    pub federation_listen: Option<SocketAddr>,
+    /// PEM certificate chain of the federation listener.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the federation listener.
+    pub tls_key: Option<PathBuf>,
+    /// Extra PEM CA certificate trusted for outgoing federation requests.
+    pub federation_ca_file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server_name: "localhost".to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8008)),
+            database_path: PathBuf::from("./data"),
+            registration: Registration::Open,
+            registration_token: None,
+            log: "info".to_owned(),
+            max_request_bytes: 20 * 1024 * 1024,
+            default_room_version: "12".to_owned(),
+            sync_writes: false,
+            refreshable_token_lifetime_ms: 60 * 60 * 1000,
+            client_base_url: None,
+            federation_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            federation_ca_file: None,
+        }
+    }
+}
+
+/// Keys that may be overridden from the environment; anything else with the prefix is ignored.
+const ENV_KEYS: &[&str] = &[
+    "server_name",
+    "listen",
+    "database_path",
+    "registration",
+    "registration_token",
+    "log",
+    "max_request_bytes",
+    "default_room_version",
+    "sync_writes",
+    "refreshable_token_lifetime_ms",
+    "client_base_url",
+    "federation_listen",
+    "tls_cert",
+    "tls_key",
+    "federation_ca_file",
+];
+
+impl Config {
+    /// Loads defaults, then the TOML file (if any), then `PLAIT_*` variables, and validates the result.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, String> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            if !path.exists() {
+                return Err(format!("config file {} does not exist", path.display()));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).only(ENV_KEYS).lowercase(true));
+        Self::from_figment(figment)
+    }
+
+    /// Loads from a TOML string only (tests and the example-file check).
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        Self::from_figment(
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text)),
+        )
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, String> {
+        let config: Config = figment.extract().map_err(|error| {
+            let key = error.path.join(".");
+            if key.is_empty() {
+                format!("invalid configuration: {error}")
+            } else {
+                format!("invalid configuration key `{key}`: {}", error.kind)
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that serde cannot, naming the key at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        if <&ruma::ServerName>::try_from(self.server_name.as_str()).is_err() {
+            return Err(format!(
+                "invalid configuration key `server_name`: `{}` is not a valid server name",
+                self.server_name
+            ));
+        }
+        if self.registration == Registration::Token
+            && self.registration_token.as_deref().is_none_or(str::is_empty)
+        {
+            return Err("invalid configuration key `registration_token`: required when `registration` is `token`".to_owned());
+        }
+        let version = ruma::RoomVersionId::try_from(self.default_room_version.as_str())
+            .map_err(|_| "invalid configuration key `default_room_version`".to_owned())?;
+        if version.rules().is_none() {
+            return Err(format!(
+                "invalid configuration key `default_room_version`: room version {version} is not supported"
+            ));
+        }
+        if self.max_request_bytes < 65536 {
+            return Err(
+                "invalid configuration key `max_request_bytes`: must be at least 65536".to_owned(),
+            );
+        }
+        if self.federation_listen.is_some() != (self.tls_cert.is_some() && self.tls_key.is_some()) {
+            return Err("invalid configuration key `federation_listen`: needs `tls_cert` and `tls_key` (and they need it)".to_owned());
+        }
+        Ok(())
+    }
+
+    /// The server name as a ruma type; valid after `validate`.
+    pub fn server_name(&self) -> &ruma::ServerName {
+        <&ruma::ServerName>::try_from(self.server_name.as_str())
+            .expect("validated in Config::validate")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_covers_every_field() {
+        let text = include_str!("../docs/config.example.toml");
+        let config = Config::from_toml(text).expect("example config parses");
+        assert_eq!(config.server_name, "localhost");
+        let value = toml::Value::try_from(Config::default()).unwrap();
+        for key in value.as_table().unwrap().keys() {
+            assert!(
+                text.contains(&format!("{key} =")),
+                "docs/config.example.toml does not mention `{key}`"
+            );
+        }
+        for key in ENV_KEYS {
+            assert!(
+                value.as_table().unwrap().contains_key(*key) || text.contains(key),
+                "unknown env key {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let cases = [
+            ("server_name = \"bad name!\"", "server_name"),
+            ("registration = \"sometimes\"", "registration"),
+            ("registration = \"token\"", "registration_token"),
+            ("listen = \"nowhere\"", "listen"),
+            ("default_room_version = \"99\"", "default_room_version"),
+            ("no_such_key = 1", "no_such_key"),
+        ];
+        for (text, key) in cases {
+            let error = Config::from_toml(text).unwrap_err();
+            assert!(error.contains(key), "{text}: {error}");
+        }
+    }
+
+    #[test]
+    fn ip_literal_server_names_are_accepted() {
+        let config = Config::from_toml("server_name = \"127.0.0.1:8448\"").unwrap();
+        assert_eq!(config.server_name().as_str(), "127.0.0.1:8448");
+    }
+}

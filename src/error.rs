@@ -1,0 +1,97 @@
+//! The crate's one error type and the `Result` alias every module uses.
+
+use ruma::api::error::ErrorKind;
+
+/// Result with Plait's [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, grouped by who has to act on it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The caller did something wrong; carries the Matrix error kind to answer with.
+    #[error("{message}")]
+    Matrix { kind: ErrorKind, message: String },
+    /// User-interactive authentication must continue: the body is the UIA state (flows, session,
+    /// completed stages) that the spec sends with `401`.
+    #[error("user-interactive authentication required")]
+    Uiaa(serde_json::Value),
+    /// Another homeserver failed or refused.
+    #[error("remote server {server}: {source}")]
+    Remote {
+        server: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The storage engine failed.
+    #[error("storage: {0}")]
+    Storage(#[from] rocksdb::Error),
+    /// Stored bytes that cannot be decoded.
+    #[error("corrupt data in {tree}: {detail}")]
+    Corrupt { tree: &'static str, detail: String },
+    /// The configuration is invalid.
+    #[error("config: {0}")]
+    Config(String),
+    /// A bug or an impossible state; the detail is logged, never sent.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// An error of the given Matrix kind.
+    pub fn matrix(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::Matrix {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// `M_FORBIDDEN`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::matrix(ErrorKind::Forbidden, message)
+    }
+
+    /// `M_NOT_FOUND`.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::matrix(ErrorKind::NotFound, message)
+    }
+
+    /// `M_BAD_JSON`.
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Self::matrix(ErrorKind::BadJson, message)
+    }
+
+    /// `M_INVALID_PARAM`.
+    pub fn invalid_param(message: impl Into<String>) -> Self {
+        Self::matrix(ErrorKind::InvalidParam, message)
+    }
+
+    /// `M_MISSING_PARAM`.
+    pub fn missing_param(message: impl Into<String>) -> Self {
+        Self::matrix(ErrorKind::MissingParam, message)
+    }
+
+    /// `M_UNKNOWN` with a message meant for the client.
+    pub fn unknown(message: impl Into<String>) -> Self {
+        Self::matrix(ErrorKind::Unknown, message)
+    }
+
+    /// Stored data that failed to decode.
+    pub fn corrupt(tree: &'static str, detail: impl ToString) -> Self {
+        Self::Corrupt {
+            tree,
+            detail: detail.to_string(),
+        }
+    }
+
+    /// An internal failure.
+    pub fn internal(detail: impl ToString) -> Self {
+        Self::Internal(detail.to_string())
+    }
+
+    /// The Matrix error kind, if this is a caller error.
+    pub fn kind(&self) -> Option<&ErrorKind> {
+        match self {
+            Self::Matrix { kind, .. } => Some(kind),
+            _ => None,
+        }
+    }
+}

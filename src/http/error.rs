@@ -1,0 +1,76 @@
+//! The one place that turns an [`Error`] into a Matrix error response: errcode and HTTP status.
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use ruma::api::error::ErrorKind;
+use serde_json::{json, Value};
+
+use crate::error::Error;
+
+/// The HTTP status of a Matrix error kind, as the spec pairs them.
+pub fn status_of(kind: &ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Forbidden
+        | ErrorKind::GuestAccessForbidden
+        | ErrorKind::UserDeactivated
+        | ErrorKind::ThreepidDenied => StatusCode::FORBIDDEN,
+        ErrorKind::UnknownToken(_) | ErrorKind::MissingToken | ErrorKind::Unauthorized => {
+            StatusCode::UNAUTHORIZED
+        }
+        ErrorKind::NotFound | ErrorKind::Unrecognized => StatusCode::NOT_FOUND,
+        ErrorKind::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::UserInUse
+        | ErrorKind::RoomInUse
+        | ErrorKind::InvalidUsername
+        | ErrorKind::Exclusive => StatusCode::BAD_REQUEST,
+        ErrorKind::DuplicateAnnotation => StatusCode::BAD_REQUEST,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// A complete error body for a kind and message, including kind-specific fields.
+pub fn body_of(kind: &ErrorKind, message: &str) -> Value {
+    let mut body = json!({ "errcode": kind.errcode().to_string(), "error": message });
+    match kind {
+        ErrorKind::UnknownToken(data) => body["soft_logout"] = json!(data.soft_logout),
+        ErrorKind::IncompatibleRoomVersion(data) => body["room_version"] = json!(data.room_version),
+        _ => {}
+    }
+    body
+}
+
+/// A response with a status and a JSON body.
+pub fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        match self {
+            Error::Matrix { kind, message } => {
+                json_response(status_of(&kind), &body_of(&kind, &message))
+            }
+            Error::Uiaa(info) => json_response(StatusCode::UNAUTHORIZED, &info),
+            Error::Remote { server, source } => {
+                tracing::warn!(%server, error = %source, "remote server failed");
+                json_response(
+                    StatusCode::BAD_GATEWAY,
+                    &json!({ "errcode": "M_UNKNOWN", "error": "a remote server failed" }),
+                )
+            }
+            other => {
+                tracing::error!(error = %other, "request failed");
+                json_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &json!({ "errcode": "M_UNKNOWN", "error": "internal server error" }),
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The HTTP edge: the route table, body limits, access-token authentication, CORS, the
+//! per-request span, and error responses. Knows nothing about rooms.
+
+pub mod ctx;
+pub mod error;
+mod routes;
+
+use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc};
+
+use axum::{
+    body::Body,
+    extract::{RawPathParams, Request, State},
+    response::{IntoResponse, Response},
+    routing::{on, MethodFilter, MethodRouter},
+    Router,
+};
+use http::{HeaderValue, Method, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use tracing::Instrument;
+
+pub use self::ctx::{Auth, Ctx};
+use crate::{error::Error, service::Services};
+
+/// What a handler returns: a JSON body sent with 200.
+pub type HandlerResult = crate::error::Result<Value>;
+type BoxFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
+type Handler = Arc<dyn Fn(Arc<Services>, Ctx) -> BoxFuture + Send + Sync>;
+
+/// One served endpoint.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub auth: Auth,
+    handler: Handler,
+}
+
+/// Builds a [`Route`] from an async handler function.
+pub fn route<F, Fut>(method: Method, path: &'static str, auth: Auth, handler: F) -> Route
+where
+    F: Fn(Arc<Services>, Ctx) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = HandlerResult> + Send + 'static,
+{
+    Route {
+        method,
+        path,
+        auth,
+        handler: Arc::new(move |services, ctx| Box::pin(handler(services, ctx))),
+    }
+}
+
+/// Every (method, path template) the router serves, for the conformance map in `spec/`.
+pub fn registered_endpoints() -> Vec<(Method, String)> {
+    routes::all()
+        .into_iter()
+        .map(|route| (route.method, route.path.to_owned()))
+        .collect()
+}
+
+/// The router with every route, CORS, limits and error fallbacks.
+pub fn router(services: Arc<Services>) -> Router {
+    let mut by_path: BTreeMap<&'static str, MethodRouter<Arc<Services>>> = BTreeMap::new();
+    for route in routes::all() {
+        let filter =
+            MethodFilter::try_from(route.method.clone()).expect("routes use standard methods");
+        let Route {
+            path,
+            auth,
+            handler,
+            ..
+        } = route;
+        let method_router = on(
+            filter,
+            move |State(services): State<Arc<Services>>,
+                  params: RawPathParams,
+                  request: Request| {
+                let handler = Arc::clone(&handler);
+                let params: Vec<String> =
+                    params.iter().map(|(_, value)| value.to_owned()).collect();
+                async move { dispatch(services, auth, handler, params, request).await }
+            },
+        );
+        let entry = by_path
+            .remove(path)
+            .map(|existing| existing.merge(method_router.clone()))
+            .unwrap_or(method_router);
+        by_path.insert(path, entry);
+    }
+    let mut router = Router::new();
+    for (path, method_router) in by_path {
+        router = router.route(path, method_router);
+    }
+    router
+        .fallback(|| async {
+            error::json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"errcode": "M_UNRECOGNIZED", "error": "unrecognized request"}),
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            error::json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"errcode": "M_UNRECOGNIZED", "error": "method not allowed"}),
+            )
+        })
+        .layer(axum::middleware::from_fn(edge))
+        .with_state(services)
+}
+
+/// CORS for browser clients, and one span per request with a request ID.
+async fn edge(request: Request, next: axum::middleware::Next) -> Response {
+    let mut response = if request.method() == Method::OPTIONS {
+        StatusCode::OK.into_response()
+    } else {
+        let span = tracing::info_span!(
+            "request",
+            method = %request.method(),
+            path = %request.uri().path(),
+            request_id = %crate::util::random_string(8),
+            user = tracing::field::Empty,
+        );
+        next.run(request).instrument(span).await
+    };
+    let headers = response.headers_mut();
+    headers.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    headers.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS"),
+    );
+    headers.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static("X-Requested-With, Content-Type, Authorization"),
+    );
+    response
+}
+
+async fn dispatch(
+    services: Arc<Services>,
+    auth: Auth,
+    handler: Handler,
+    params: Vec<String>,
+    request: Request,
+) -> Response {
+    match prepare(&services, auth, params, request).await {
+        Ok(ctx) => {
+            if let Some(user) = &ctx.user {
+                tracing::Span::current().record("user", tracing::field::display(user));
+            }
+            match handler(services, ctx).await {
+                Ok(body) => error::json_response(StatusCode::OK, &body),
+                Err(error) => error.into_response(),
+            }
+        }
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn prepare(
+    services: &Services,
+    auth: Auth,
+    params: Vec<String>,
+    request: Request,
+) -> Result<Ctx, Error> {
+    let (parts, body) = request.into_parts();
+    let limit = services.config.max_request_bytes;
+    let bytes = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|_| {
+            Error::matrix(
+                ruma::api::error::ErrorKind::TooLarge,
+                "request body too large",
+            )
+        })?
+        .to_bytes();
+    let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(Default::default())
+    } else {
+        let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
+            Error::matrix(
+                ruma::api::error::ErrorKind::NotJson,
+                "request body is not valid JSON",
+            )
+        })?;
+        if !value.is_object() {
+            return Err(Error::bad_json("request body must be a JSON object"));
+        }
+        value
+    };
+    ctx::build(services, auth, params, &parts, body)
+}
+
+/// An empty body that axum accepts where a handler needs one.
+pub fn empty_body() -> Body {
+    Body::empty()
+}

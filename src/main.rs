@@ -1,0 +1,58 @@
+//! The `plait` binary: arguments, config, tracing, the listener and signals.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use plait::Config;
+use tracing_subscriber::EnvFilter;
+
+/// A Matrix homeserver.
+#[derive(Parser)]
+#[command(version, about)]
+struct Args {
+    /// TOML configuration file; `PLAIT_*` environment variables override single keys.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let config = match Config::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("plait: {message}");
+            std::process::exit(2);
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            eprintln!("plait: cannot listen on {}: {error}", config.listen);
+            std::process::exit(2);
+        }
+    };
+    let address = listener.local_addr().unwrap();
+    println!(
+        "plait: serving {} on http://{address} (database {})",
+        config.server_name,
+        config.database_path.display()
+    );
+    println!("plait: point a Matrix client at homeserver URL http://{address}");
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutting down");
+    };
+    if let Err(error) = plait::run(listener, config, shutdown).await {
+        eprintln!("plait: {error}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,121 @@
+//! Server-wide facts: the server name, the signing key and the global stream counter.
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Arc,
+};
+
+use ruma::{OwnedServerName, ServerName};
+
+use crate::{
+    config::Config,
+    crypto::SigningKey,
+    error::{Error, Result},
+    store::{key, Batch, Db, Tree},
+};
+
+/// Owns the `global` tree: `b"server_name"` → text, `b"signing_key"` → version 0xff PKCS#8,
+/// `b"count"` → u64 (the last stream position handed out).
+pub struct Globals {
+    global: Tree,
+    server_name: OwnedServerName,
+    signing_key: SigningKey,
+    count: AtomicU64,
+    /// Serialises the allocation of stream positions with their batch writes, so that positions
+    /// become visible in order.
+    pub(crate) commit_lock: parking_lot::Mutex<()>,
+}
+
+impl Globals {
+    /// Loads (or on first start creates) the persisted globals.
+    pub fn open(db: &Arc<Db>, config: &Config) -> Result<Self> {
+        let global = db.tree("global");
+        let server_name = config.server_name().to_owned();
+        match global.get(b"server_name")? {
+            Some(stored) if stored != server_name.as_bytes() => {
+                return Err(Error::Config(format!(
+                    "the database belongs to server `{}`, but server_name is `{server_name}`",
+                    String::from_utf8_lossy(&stored)
+                )))
+            }
+            Some(_) => {}
+            None => global.insert(b"server_name", server_name.as_bytes())?,
+        }
+        let signing_key = match global.get(b"signing_key")? {
+            Some(stored) => {
+                let mut parts = stored.splitn(2, |byte| *byte == key::SEP);
+                let version = std::str::from_utf8(parts.next().unwrap_or_default())
+                    .map_err(|e| Error::corrupt("global", e))?;
+                let document = parts
+                    .next()
+                    .ok_or_else(|| Error::corrupt("global", "signing key without version"))?;
+                SigningKey::from_pkcs8(document, version)
+                    .map_err(|e| Error::corrupt("global", e))?
+            }
+            None => {
+                let version = format!("a_{}", crate::util::random_string(4));
+                let created = SigningKey::generate(&version).map_err(Error::internal)?;
+                global.insert(
+                    b"signing_key",
+                    &key::join(&[version.as_bytes(), created.pkcs8()]),
+                )?;
+                created
+            }
+        };
+        let count = global
+            .get(b"count")?
+            .and_then(|bytes| key::read_u64(&bytes))
+            .unwrap_or(0);
+        Ok(Self {
+            global,
+            server_name,
+            signing_key,
+            count: AtomicU64::new(count),
+            commit_lock: parking_lot::Mutex::new(()),
+        })
+    }
+
+    /// This server's name.
+    pub fn server_name(&self) -> &ServerName {
+        &self.server_name
+    }
+
+    /// The server's signing key.
+    pub fn signing_key(&self) -> &SigningKey {
+        &self.signing_key
+    }
+
+    /// The last stream position handed out.
+    pub fn current_count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Reserves the next stream position and records it in `batch`; call with `commit_lock` held
+    /// and write the batch before releasing it.
+    pub fn next_count(&self, batch: &mut Batch) -> u64 {
+        let next = self.count.load(Ordering::Acquire) + 1;
+        batch.insert(&self.global, b"count", &key::u64_bytes(next));
+        next
+    }
+
+    /// Makes a position visible after its batch was written.
+    pub fn publish_count(&self, count: u64) {
+        self.count.fetch_max(count, Ordering::AcqRel);
+    }
+
+    /// Writes a batch that carries one new stream position: allocates it, lets `fill` add the
+    /// writes, writes everything at once and publishes the position.
+    pub fn write_with_count(
+        &self,
+        db: &Db,
+        fill: impl FnOnce(&mut Batch, u64) -> Result<()>,
+    ) -> Result<u64> {
+        let _guard = self.commit_lock.lock();
+        let mut batch = Batch::default();
+        let count = self.next_count(&mut batch);
+        fill(&mut batch, count)?;
+        db.write(batch)?;
+        self.publish_count(count);
+        Ok(count)
+    }
+}

@@ -1,0 +1,78 @@
+//! Wakes long-polling `/sync` requests: one watch channel per room and per user.
+
+use std::{collections::HashMap, future::Future, pin::Pin};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+/// What a sync request can wait for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum Topic {
+    /// Anything new in a room's timeline, state or ephemeral data.
+    Room(String),
+    /// Anything addressed to a user: invites, membership, account data.
+    User(String),
+}
+
+/// Channels keyed by [`Topic`]; a channel is created on first use and kept.
+#[derive(Default)]
+pub struct Notifier {
+    channels: Mutex<HashMap<Topic, watch::Sender<u64>>>,
+}
+
+impl Notifier {
+    /// Wakes everyone waiting on `topic`.
+    pub fn wake(&self, topic: Topic) {
+        let channels = self.channels.lock();
+        if let Some(sender) = channels.get(&topic) {
+            sender.send_modify(|version| *version += 1);
+        }
+    }
+
+    /// A future that completes when any of `topics` is woken after this call.
+    pub fn wait_any(
+        &self,
+        topics: impl IntoIterator<Item = Topic>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let mut receivers: Vec<watch::Receiver<u64>> = {
+            let mut channels = self.channels.lock();
+            topics
+                .into_iter()
+                .map(|topic| {
+                    channels
+                        .entry(topic)
+                        .or_insert_with(|| watch::channel(0).0)
+                        .subscribe()
+                })
+                .collect()
+        };
+        Box::pin(async move {
+            if receivers.is_empty() {
+                return std::future::pending().await;
+            }
+            let changes = receivers
+                .iter_mut()
+                .map(|receiver| Box::pin(receiver.changed()));
+            let _ = futures_util::future::select_all(changes).await;
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waiters_wake_only_for_their_topics() {
+        let notifier = Notifier::default();
+        let wait = notifier.wait_any([Topic::Room("!a".into()), Topic::User("@u".into())]);
+        notifier.wake(Topic::Room("!other".into()));
+        let pending = tokio::time::timeout(std::time::Duration::from_millis(20), wait).await;
+        assert!(pending.is_err(), "woken by an unrelated topic");
+        let wait = notifier.wait_any([Topic::Room("!a".into())]);
+        notifier.wake(Topic::Room("!a".into()));
+        tokio::time::timeout(std::time::Duration::from_secs(1), wait)
+            .await
+            .expect("woken");
+    }
+}

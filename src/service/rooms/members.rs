@@ -1,0 +1,138 @@
+//! Membership indexes: who is in a room, and which rooms a user is in, kept in step with
+//! `m.room.member` events by the commit path.
+
+use std::sync::Arc;
+
+use ruma::{events::room::member::MembershipState, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde_json::Value;
+
+use super::pdu::Pdu;
+use crate::{
+    error::{Error, Result},
+    store::{key, Batch, Db, Tree},
+};
+
+/// Owns `roomuserid_membership` (room ID 0xff user ID → membership text) and
+/// `userroomid_membership` (user ID 0xff room ID → stream position u64, membership text).
+pub struct Members {
+    roomuserid_membership: Tree,
+    userroomid_membership: Tree,
+}
+
+/// A user's membership in one room.
+#[derive(Clone, Debug)]
+pub struct RoomMembership {
+    pub room_id: OwnedRoomId,
+    pub membership: MembershipState,
+    /// Stream position of the member event that set it.
+    pub count: u64,
+}
+
+impl Members {
+    /// Opens the trees.
+    pub fn open(db: &Arc<Db>) -> Self {
+        Self {
+            roomuserid_membership: db.tree("roomuserid_membership"),
+            userroomid_membership: db.tree("userroomid_membership"),
+        }
+    }
+
+    /// Adds the index updates for a member event at stream position `count`.
+    pub fn update_in_batch(
+        &self,
+        room_id: &RoomId,
+        pdu: &Pdu,
+        count: u64,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        let Some(target) = pdu.state_key.as_deref() else {
+            return Ok(());
+        };
+        let membership = pdu
+            .content_value()
+            .get("membership")
+            .and_then(Value::as_str)
+            .unwrap_or("leave")
+            .to_owned();
+        batch.insert(
+            &self.roomuserid_membership,
+            &key::join(&[room_id.as_bytes(), target.as_bytes()]),
+            membership.as_bytes(),
+        );
+        let mut value = key::u64_bytes(count).to_vec();
+        value.extend_from_slice(membership.as_bytes());
+        batch.insert(
+            &self.userroomid_membership,
+            &key::join(&[target.as_bytes(), room_id.as_bytes()]),
+            &value,
+        );
+        Ok(())
+    }
+
+    /// A user's current membership in a room.
+    pub fn get_membership(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Option<MembershipState>> {
+        let bytes = self
+            .roomuserid_membership
+            .get(&key::join(&[room_id.as_bytes(), user_id.as_bytes()]))?;
+        Ok(bytes.map(|bytes| MembershipState::from(String::from_utf8_lossy(&bytes).as_ref())))
+    }
+
+    /// Whether a user is joined to a room.
+    pub fn is_joined(&self, room_id: &RoomId, user_id: &UserId) -> Result<bool> {
+        Ok(self.get_membership(room_id, user_id)? == Some(MembershipState::Join))
+    }
+
+    /// Members of a room with the given membership (all memberships if `None`).
+    pub fn iter_members(
+        &self,
+        room_id: &RoomId,
+        only: Option<MembershipState>,
+    ) -> Result<Vec<(OwnedUserId, MembershipState)>> {
+        let prefix = key::prefix(&[room_id.as_bytes()]);
+        let mut members = Vec::new();
+        for entry in self.roomuserid_membership.iter_prefix(&prefix) {
+            let (db_key, value) = entry?;
+            let user = std::str::from_utf8(&db_key[prefix.len()..])
+                .map_err(|e| Error::corrupt("roomuserid_membership", e))?;
+            let user = OwnedUserId::try_from(user)
+                .map_err(|e| Error::corrupt("roomuserid_membership", e))?;
+            let membership = MembershipState::from(String::from_utf8_lossy(&value).as_ref());
+            if only.as_ref().is_none_or(|wanted| *wanted == membership) {
+                members.push((user, membership));
+            }
+        }
+        Ok(members)
+    }
+
+    /// Every room a user has a membership in, with the position it last changed at.
+    pub fn iter_rooms(&self, user_id: &UserId) -> Result<Vec<RoomMembership>> {
+        let prefix = key::prefix(&[user_id.as_bytes()]);
+        let mut rooms = Vec::new();
+        for entry in self.userroomid_membership.iter_prefix(&prefix) {
+            let (db_key, value) = entry?;
+            let room = std::str::from_utf8(&db_key[prefix.len()..])
+                .map_err(|e| Error::corrupt("userroomid_membership", e))?;
+            let room_id = OwnedRoomId::try_from(room)
+                .map_err(|e| Error::corrupt("userroomid_membership", e))?;
+            let count = key::read_u64(&value)
+                .ok_or_else(|| Error::corrupt("userroomid_membership", "short value"))?;
+            let membership = MembershipState::from(String::from_utf8_lossy(&value[8..]).as_ref());
+            rooms.push(RoomMembership {
+                room_id,
+                membership,
+                count,
+            });
+        }
+        Ok(rooms)
+    }
+
+    /// Forgets a room the user has left: drops the user's index entry so it no longer syncs.
+    pub fn forget(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        self.userroomid_membership
+            .remove(&key::join(&[user_id.as_bytes(), room_id.as_bytes()]))
+    }
+}

@@ -1,0 +1,268 @@
+//! Local event creation: fill in prev and auth events and depth, hash, sign, check the auth rules,
+//! and hand the event to `commit`.
+
+use ruma::{
+    events::TimelineEventType,
+    room_version_rules::{EventIdFormatVersion, RoomVersionRules},
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId,
+    UserId,
+};
+use serde_json::Value;
+
+use super::{commit, rules_for, CommitInput};
+use crate::{
+    crypto,
+    error::{Error, Result},
+    service::{rooms::pdu::Pdu, Services},
+    util,
+};
+
+/// At most this many forward extremities are referenced by one new event.
+const MAX_PREV_EVENTS: usize = 20;
+
+/// What a local sender wants to send; everything else is filled in.
+#[derive(Clone, Debug)]
+pub struct PduBuilder {
+    pub kind: TimelineEventType,
+    pub content: Value,
+    pub state_key: Option<String>,
+    pub redacts: Option<OwnedEventId>,
+}
+
+impl PduBuilder {
+    /// A state event.
+    pub fn state(
+        kind: impl Into<TimelineEventType>,
+        state_key: impl Into<String>,
+        content: Value,
+    ) -> Self {
+        Self {
+            kind: kind.into(),
+            content,
+            state_key: Some(state_key.into()),
+            redacts: None,
+        }
+    }
+
+    /// A message-like event.
+    pub fn timeline(kind: impl Into<TimelineEventType>, content: Value) -> Self {
+        Self {
+            kind: kind.into(),
+            content,
+            state_key: None,
+            redacts: None,
+        }
+    }
+}
+
+/// Builds, signs, auth-checks and commits a local event under the room lock. For a room's
+/// `m.room.create` event pass the room ID it will have (ignored for room versions whose room ID
+/// is the create event's ID), and the returned room ID is the one to use.
+#[tracing::instrument(skip_all, fields(room_id = %room_id, kind = %builder.kind))]
+pub fn create_and_commit(
+    services: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    builder: PduBuilder,
+    transaction: Option<(&str, &str)>,
+) -> Result<(OwnedEventId, OwnedRoomId)> {
+    let rooms = &services.rooms;
+    let lock = rooms.timeline.room_lock(room_id);
+    let _guard = lock.lock();
+
+    let is_create = builder.kind == TimelineEventType::RoomCreate;
+    let shortroomid = rooms.short.get_shortroomid(room_id)?;
+    let version = if is_create {
+        if shortroomid.is_some()
+            && rooms
+                .timeline
+                .room_version(shortroomid.unwrap_or(0))?
+                .is_some()
+        {
+            return Err(Error::matrix(
+                ruma::api::error::ErrorKind::RoomInUse,
+                format!("room {room_id} already exists"),
+            ));
+        }
+        let text = builder
+            .content
+            .get("room_version")
+            .and_then(Value::as_str)
+            .unwrap_or("1");
+        RoomVersionId::try_from(text).map_err(|_| Error::bad_json("invalid room_version"))?
+    } else {
+        let version = match shortroomid {
+            Some(short) => rooms.timeline.room_version(short)?,
+            None => None,
+        };
+        version
+            .ok_or_else(|| Error::not_found(format!("room {room_id} is unknown to this server")))?
+    };
+    let rules = rules_for(&version)?;
+    let state_before = match shortroomid {
+        Some(short) => rooms.state.get_room_state(short)?,
+        None => None,
+    };
+
+    // prev_events and depth come from the forward extremities.
+    let mut prev_events = match shortroomid {
+        Some(short) => rooms.timeline.extremities(short)?,
+        None => Vec::new(),
+    };
+    prev_events.truncate(MAX_PREV_EVENTS);
+    let mut depth = 0u64;
+    for prev in &prev_events {
+        if let Some(pdu) = rooms.timeline.get_pdu(prev)? {
+            depth = depth.max(u64::from(pdu.depth));
+        }
+    }
+    depth += 1;
+
+    // auth_events: the state the auth rules need, taken from the state before the event.
+    let content_raw = serde_json::value::to_raw_value(&builder.content).map_err(Error::internal)?;
+    let auth_types = ruma::state_res::auth_types_for_event(
+        &builder.kind,
+        sender,
+        builder.state_key.as_deref(),
+        &content_raw,
+        &rules.authorization,
+    )
+    .map_err(|error| Error::bad_json(format!("invalid event content: {error}")))?;
+    let mut auth_events = Vec::new();
+    if let Some(hash) = state_before {
+        for (event_type, state_key) in &auth_types {
+            if let Some(event_id) = rooms.state_event_id(hash, event_type, state_key)? {
+                auth_events.push(event_id);
+            }
+        }
+    }
+
+    let mut object = CanonicalJsonObject::new();
+    let now = util::now_millis();
+    object.insert(
+        "type".into(),
+        CanonicalJsonValue::String(builder.kind.to_string()),
+    );
+    object.insert(
+        "sender".into(),
+        CanonicalJsonValue::String(sender.to_string()),
+    );
+    object.insert(
+        "origin_server_ts".into(),
+        CanonicalJsonValue::Integer(now.try_into().map_err(Error::internal)?),
+    );
+    object.insert(
+        "depth".into(),
+        CanonicalJsonValue::Integer(depth.try_into().map_err(Error::internal)?),
+    );
+    object.insert(
+        "content".into(),
+        CanonicalJsonValue::try_from(builder.content.clone())
+            .map_err(|e| Error::bad_json(format!("content: {e}")))?,
+    );
+    if !(is_create && rules.authorization.room_create_event_id_as_room_id) {
+        object.insert(
+            "room_id".into(),
+            CanonicalJsonValue::String(room_id.to_string()),
+        );
+    }
+    if let Some(state_key) = &builder.state_key {
+        object.insert(
+            "state_key".into(),
+            CanonicalJsonValue::String(state_key.clone()),
+        );
+    }
+    if let Some(redacts) = &builder.redacts {
+        if !rules.redaction.content_field_redacts {
+            object.insert(
+                "redacts".into(),
+                CanonicalJsonValue::String(redacts.to_string()),
+            );
+        }
+    }
+    object.insert(
+        "prev_events".into(),
+        event_references(services, &prev_events, &rules)?,
+    );
+    object.insert(
+        "auth_events".into(),
+        event_references(services, &auth_events, &rules)?,
+    );
+    if rules.event_id_format == EventIdFormatVersion::V1 {
+        let event_id = format!(
+            "${}:{}",
+            util::random_string(18),
+            services.globals.server_name()
+        );
+        object.insert("event_id".into(), CanonicalJsonValue::String(event_id));
+    }
+
+    crypto::hash_and_sign_event(
+        services.globals.server_name().as_str(),
+        services.globals.signing_key(),
+        &mut object,
+        &rules,
+    )
+    .map_err(|error| Error::bad_json(format!("event cannot be signed: {error}")))?;
+    let event_id = match object.get("event_id") {
+        Some(CanonicalJsonValue::String(id)) => {
+            OwnedEventId::try_from(id.as_str()).map_err(Error::internal)?
+        }
+        _ => crypto::reference_event_id(&object, &rules).map_err(Error::internal)?,
+    };
+    let room_id = if is_create && rules.authorization.room_create_event_id_as_room_id {
+        OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..])).map_err(Error::internal)?
+    } else {
+        room_id.to_owned()
+    };
+
+    let mut pdu_object = object.clone();
+    pdu_object.insert(
+        "event_id".into(),
+        CanonicalJsonValue::String(event_id.to_string()),
+    );
+    let pdu = Pdu::from_object(&pdu_object)?;
+    super::super::auth::check_local_event(services, &rules, &pdu, state_before)?;
+    drop(_guard);
+    // A v12 create event names a room ID nobody can have locked before, so re-lock that one.
+    let lock = rooms.timeline.room_lock(&room_id);
+    let _guard = lock.lock();
+    commit(
+        services,
+        CommitInput {
+            room_id: &room_id,
+            object,
+            pdu,
+            state_before,
+            transaction,
+        },
+    )?;
+    Ok((event_id, room_id))
+}
+
+/// The form of `prev_events`/`auth_events` for the room version: bare IDs, or `[id, hashes]` pairs
+/// in versions 1 and 2.
+fn event_references(
+    services: &Services,
+    ids: &[OwnedEventId],
+    rules: &RoomVersionRules,
+) -> Result<CanonicalJsonValue> {
+    let mut list = Vec::new();
+    for id in ids {
+        if rules.event_id_format == EventIdFormatVersion::V1 {
+            let hashes = services
+                .rooms
+                .timeline
+                .get_pdu_object(id)?
+                .and_then(|object| object.get("hashes").cloned())
+                .unwrap_or_else(|| CanonicalJsonValue::Object(Default::default()));
+            list.push(CanonicalJsonValue::Array(vec![
+                CanonicalJsonValue::String(id.to_string()),
+                hashes,
+            ]));
+        } else {
+            list.push(CanonicalJsonValue::String(id.to_string()));
+        }
+    }
+    Ok(CanonicalJsonValue::Array(list))
+}

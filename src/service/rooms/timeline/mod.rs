@@ -1,0 +1,302 @@
+//! The room timeline: the one path that writes PDUs ([`commit`]), local event creation
+//! ([`create`]), and reads in stream and topological order.
+
+mod create;
+pub mod read;
+
+use std::{collections::HashMap, sync::Arc};
+
+use parking_lot::Mutex;
+use ruma::{
+    events::{StateEventType, TimelineEventType},
+    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId,
+    RoomVersionId,
+};
+use serde_json::Value;
+
+pub use self::create::{create_and_commit, PduBuilder};
+use super::pdu::Pdu;
+use crate::{
+    error::{Error, Result},
+    service::{notify::Topic, Services},
+    store::{key, Batch, Db, Tree},
+};
+
+/// Owns `pduid_pdu` (short room ID u64, stream position u64 → PDU JSON with `event_id`),
+/// `eventid_pduid` (event ID → pdu ID), `roomtopo_pduid` (short room ID u64, depth u64, stream
+/// position u64 → empty), `roomid_extremities` (short room ID u64, event ID → empty),
+/// `userdevicetxnid_eventid` (user 0xff device 0xff txn ID → event ID) and `roomid_info`
+/// (short room ID u64 → room version text).
+pub struct Timeline {
+    pub(super) pduid_pdu: Tree,
+    pub(super) eventid_pduid: Tree,
+    pub(super) roomtopo_pduid: Tree,
+    roomid_extremities: Tree,
+    userdevicetxnid_eventid: Tree,
+    roomid_info: Tree,
+    room_locks: Mutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>,
+    versions: Mutex<HashMap<u64, RoomVersionId>>,
+}
+
+/// Where an event sits: its room's short ID and its stream position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PduId {
+    pub shortroomid: u64,
+    pub count: u64,
+}
+
+impl PduId {
+    fn to_bytes(self) -> [u8; 16] {
+        let mut bytes = [0; 16];
+        bytes[..8].copy_from_slice(&self.shortroomid.to_be_bytes());
+        bytes[8..].copy_from_slice(&self.count.to_be_bytes());
+        bytes
+    }
+
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        Some(Self {
+            shortroomid: key::read_u64(bytes)?,
+            count: key::read_u64(bytes.get(8..)?)?,
+        })
+    }
+}
+
+/// Everything `commit` needs besides the event itself.
+pub struct CommitInput<'a> {
+    pub room_id: &'a RoomId,
+    pub object: CanonicalJsonObject,
+    pub pdu: Pdu,
+    pub state_before: Option<u64>,
+    pub transaction: Option<(&'a str, &'a str)>,
+}
+
+impl Timeline {
+    /// Opens the trees.
+    pub fn open(db: &Arc<Db>) -> Self {
+        Self {
+            pduid_pdu: db.tree("pduid_pdu"),
+            eventid_pduid: db.tree("eventid_pduid"),
+            roomtopo_pduid: db.tree("roomtopo_pduid"),
+            roomid_extremities: db.tree("roomid_extremities"),
+            userdevicetxnid_eventid: db.tree("userdevicetxnid_eventid"),
+            roomid_info: db.tree("roomid_info"),
+            room_locks: Mutex::new(HashMap::new()),
+            versions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The lock that serialises event creation and state checks in one room.
+    pub fn room_lock(&self, room_id: &RoomId) -> Arc<Mutex<()>> {
+        self.room_locks
+            .lock()
+            .entry(room_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The version of a room the server knows.
+    pub fn room_version(&self, shortroomid: u64) -> Result<Option<RoomVersionId>> {
+        if let Some(version) = self.versions.lock().get(&shortroomid) {
+            return Ok(Some(version.clone()));
+        }
+        let Some(bytes) = self.roomid_info.get(&key::u64_bytes(shortroomid))? else {
+            return Ok(None);
+        };
+        let version = RoomVersionId::try_from(String::from_utf8_lossy(&bytes).as_ref())
+            .map_err(|e| Error::corrupt("roomid_info", e))?;
+        self.versions.lock().insert(shortroomid, version.clone());
+        Ok(Some(version))
+    }
+
+    /// The room's forward extremities.
+    pub fn extremities(&self, shortroomid: u64) -> Result<Vec<OwnedEventId>> {
+        let prefix = key::u64_bytes(shortroomid);
+        self.roomid_extremities
+            .iter_prefix(&prefix)
+            .map(|entry| {
+                let (db_key, _) = entry?;
+                let text = std::str::from_utf8(&db_key[8..])
+                    .map_err(|e| Error::corrupt("roomid_extremities", e))?;
+                OwnedEventId::try_from(text).map_err(|e| Error::corrupt("roomid_extremities", e))
+            })
+            .collect()
+    }
+
+    /// The event a device already sent with this transaction ID.
+    pub fn get_transaction(
+        &self,
+        user: &str,
+        device: &str,
+        txn_id: &str,
+    ) -> Result<Option<OwnedEventId>> {
+        let Some(bytes) = self.userdevicetxnid_eventid.get(&key::join(&[
+            user.as_bytes(),
+            device.as_bytes(),
+            txn_id.as_bytes(),
+        ]))?
+        else {
+            return Ok(None);
+        };
+        OwnedEventId::try_from(String::from_utf8_lossy(&bytes).as_ref())
+            .map(Some)
+            .map_err(|e| Error::corrupt("userdevicetxnid_eventid", e))
+    }
+}
+
+/// Writes one timeline event, its state, the room's extremities and every index in one atomic
+/// batch, then runs the follow-up effects in this order: wake sync. (Push, appservices, outgoing
+/// federation and admin commands join this list as they are built.)
+///
+/// The caller holds the room lock and has run the auth checks.
+pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
+    let CommitInput {
+        room_id,
+        mut object,
+        pdu,
+        state_before,
+        transaction,
+    } = input;
+    let rooms = &services.rooms;
+    let timeline = &rooms.timeline;
+    let shortroomid = rooms.short.get_or_create_shortroomid(room_id)?;
+    let mut batch = Batch::default();
+    let shorteventid = rooms
+        .short
+        .shorteventid_in_batch(&pdu.event_id, &mut batch)?;
+
+    // State after the event: a state event replaces its key in the state before it.
+    let mut unsigned = Value::Object(Default::default());
+    let state_after = match (&pdu.state_key, state_before) {
+        (Some(state_key), before) => {
+            let event_type = StateEventType::from(pdu.kind.to_string());
+            let shortstatekey = rooms
+                .short
+                .get_or_create_shortstatekey(&event_type, state_key)?;
+            let mut set = match before {
+                Some(hash) => (*rooms.state.load(hash)?).clone(),
+                None => Default::default(),
+            };
+            if let Some(previous) = set.insert(shortstatekey, shorteventid) {
+                let previous_id = rooms.short.get_eventid(previous)?;
+                if let Some(previous_pdu) = timeline.get_pdu(&previous_id)? {
+                    unsigned["prev_content"] = previous_pdu.content_value();
+                    unsigned["prev_sender"] = Value::String(previous_pdu.sender.to_string());
+                    unsigned["replaces_state"] = Value::String(previous_id.to_string());
+                }
+            }
+            Some(
+                rooms
+                    .state
+                    .store_snapshot(rooms.short.allocate(), before, set, &mut batch)?,
+            )
+        }
+        (None, before) => before,
+    };
+    if let Some((device, txn_id)) = transaction {
+        unsigned["transaction_id"] = Value::String(txn_id.to_owned());
+        unsigned["device_id"] = Value::String(device.to_owned());
+        let txn_key = key::join(&[pdu.sender.as_bytes(), device.as_bytes(), txn_id.as_bytes()]);
+        batch.insert(
+            &timeline.userdevicetxnid_eventid,
+            &txn_key,
+            pdu.event_id.as_bytes(),
+        );
+    }
+    if let Some(after) = state_after {
+        rooms
+            .state
+            .set_event_state(shorteventid, state_before.unwrap_or(0), after, &mut batch);
+        rooms.state.set_room_state(shortroomid, after, &mut batch);
+    }
+    if pdu.kind == TimelineEventType::RoomCreate {
+        let version = pdu
+            .content_value()
+            .get("room_version")
+            .and_then(Value::as_str)
+            .unwrap_or("1")
+            .to_owned();
+        batch.insert(
+            &timeline.roomid_info,
+            &key::u64_bytes(shortroomid),
+            version.as_bytes(),
+        );
+    }
+
+    // The room's forward extremities: this event replaces the ones it references.
+    for prev in &pdu.prev_events {
+        let mut extremity = key::u64_bytes(shortroomid).to_vec();
+        extremity.extend_from_slice(prev.as_bytes());
+        batch.remove(&timeline.roomid_extremities, &extremity);
+    }
+    let mut extremity = key::u64_bytes(shortroomid).to_vec();
+    extremity.extend_from_slice(pdu.event_id.as_bytes());
+    batch.insert(&timeline.roomid_extremities, &extremity, b"");
+
+    if pdu.kind == TimelineEventType::RoomRedaction {
+        if let Some(target) = pdu.redacts_id() {
+            read::redact_in_batch(services, room_id, &target, &pdu, &mut batch)?;
+        }
+    }
+
+    object.insert(
+        "event_id".into(),
+        CanonicalJsonValue::String(pdu.event_id.to_string()),
+    );
+    if unsigned.as_object().is_some_and(|map| !map.is_empty()) {
+        let unsigned = CanonicalJsonValue::try_from(unsigned).map_err(Error::internal)?;
+        object.insert("unsigned".into(), unsigned);
+    }
+    let json = serde_json::to_vec(&object).map_err(Error::internal)?;
+
+    let count = services
+        .globals
+        .write_with_count(&services.db, |batch_with_count, count| {
+            let pdu_id = PduId { shortroomid, count };
+            batch.insert(&timeline.pduid_pdu, &pdu_id.to_bytes(), &json);
+            batch.insert(
+                &timeline.eventid_pduid,
+                pdu.event_id.as_bytes(),
+                &pdu_id.to_bytes(),
+            );
+            let mut topo = key::u64_bytes(shortroomid).to_vec();
+            topo.extend_from_slice(&key::u64_bytes(u64::from(pdu.depth)));
+            topo.extend_from_slice(&key::u64_bytes(count));
+            batch.insert(&timeline.roomtopo_pduid, &topo, b"");
+            if pdu.kind == TimelineEventType::RoomMember {
+                rooms
+                    .members
+                    .update_in_batch(room_id, &pdu, count, &mut batch)?;
+            }
+            batch_with_count.append(std::mem::take(&mut batch));
+            Ok(())
+        })?;
+
+    if pdu.kind == TimelineEventType::RoomCreate {
+        timeline.versions.lock().remove(&shortroomid);
+    }
+    services.notifier.wake(Topic::Room(room_id.to_string()));
+    if let (TimelineEventType::RoomMember, Some(target)) = (&pdu.kind, &pdu.state_key) {
+        services.notifier.wake(Topic::User(target.clone()));
+    }
+    Ok(count)
+}
+
+/// Looks up the auth rules of a room's version.
+pub fn rules_for(version: &RoomVersionId) -> Result<ruma::room_version_rules::RoomVersionRules> {
+    version.rules().ok_or_else(|| {
+        Error::matrix(
+            ruma::api::error::ErrorKind::UnsupportedRoomVersion,
+            format!("room version {version} is not supported"),
+        )
+    })
+}
+
+/// The ID of a room, for callers holding an event ID that must belong to it.
+pub fn check_event_room(pdu: &Pdu, room_id: &RoomId, event_id: &EventId) -> Result<()> {
+    match pdu.room_id.as_deref() {
+        Some(room) if room != room_id => Err(Error::not_found(format!(
+            "event {event_id} is not in room {room_id}"
+        ))),
+        _ => Ok(()),
+    }
+}

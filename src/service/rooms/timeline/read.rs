@@ -1,0 +1,237 @@
+//! Reading the timeline (by event ID, in stream order, in topological order) and pruning
+//! redacted events.
+
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, EventId, RoomId, UserId};
+use serde_json::Value;
+
+use super::{PduId, Timeline};
+use crate::{
+    error::{Error, Result},
+    service::{rooms::pdu::Pdu, Services},
+    store::{key, Batch},
+    util,
+};
+
+/// A topological position: depth, then stream position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TopoPos {
+    pub depth: u64,
+    pub count: u64,
+}
+
+impl Timeline {
+    /// Where an event is stored.
+    pub fn get_pdu_id(&self, event_id: &EventId) -> Result<Option<PduId>> {
+        Ok(self
+            .eventid_pduid
+            .get(event_id.as_bytes())?
+            .and_then(|bytes| PduId::from_bytes(&bytes)))
+    }
+
+    /// The stored JSON of an event (federation form plus `event_id` and local `unsigned`).
+    pub fn get_pdu_object(&self, event_id: &EventId) -> Result<Option<CanonicalJsonObject>> {
+        let Some(pdu_id) = self.get_pdu_id(event_id)? else {
+            return Ok(None);
+        };
+        self.get_object_at(pdu_id)
+    }
+
+    fn get_object_at(&self, pdu_id: PduId) -> Result<Option<CanonicalJsonObject>> {
+        let Some(bytes) = self.pduid_pdu.get(&pdu_id.to_bytes())? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::corrupt("pduid_pdu", e))
+    }
+
+    /// An event by ID.
+    pub fn get_pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
+        let Some(pdu_id) = self.get_pdu_id(event_id)? else {
+            return Ok(None);
+        };
+        self.get_pdu_at(pdu_id)
+    }
+
+    /// An event by where it is stored.
+    pub fn get_pdu_at(&self, pdu_id: PduId) -> Result<Option<Pdu>> {
+        let Some(bytes) = self.pduid_pdu.get(&pdu_id.to_bytes())? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::corrupt("pduid_pdu", e))
+    }
+
+    /// A room's events with stream positions in `(after, until]`, oldest first.
+    pub fn iter_since(
+        &self,
+        shortroomid: u64,
+        after: u64,
+        until: u64,
+    ) -> impl Iterator<Item = Result<(u64, Pdu)>> + '_ {
+        let start = PduId {
+            shortroomid,
+            count: after + 1,
+        }
+        .to_bytes();
+        self.pduid_pdu
+            .iter_from(&start, false)
+            .map(|entry| {
+                let (db_key, value) = entry?;
+                let pdu_id = PduId::from_bytes(&db_key)
+                    .ok_or_else(|| Error::corrupt("pduid_pdu", "short key"))?;
+                let pdu =
+                    serde_json::from_slice(&value).map_err(|e| Error::corrupt("pduid_pdu", e))?;
+                Ok((pdu_id, pdu))
+            })
+            .take_while(move |entry| match entry {
+                Ok((pdu_id, _)) => pdu_id.shortroomid == shortroomid && pdu_id.count <= until,
+                Err(_) => true,
+            })
+            .map(|entry| entry.map(|(pdu_id, pdu)| (pdu_id.count, pdu)))
+    }
+
+    /// A room's events with stream positions below `before`, newest first.
+    pub fn iter_before(
+        &self,
+        shortroomid: u64,
+        before: u64,
+    ) -> impl Iterator<Item = Result<(u64, Pdu)>> + '_ {
+        let start = PduId {
+            shortroomid,
+            count: before.saturating_sub(1),
+        }
+        .to_bytes();
+        self.pduid_pdu
+            .iter_from(&start, true)
+            .map(|entry| {
+                let (db_key, value) = entry?;
+                let pdu_id = PduId::from_bytes(&db_key)
+                    .ok_or_else(|| Error::corrupt("pduid_pdu", "short key"))?;
+                let pdu =
+                    serde_json::from_slice(&value).map_err(|e| Error::corrupt("pduid_pdu", e))?;
+                Ok((pdu_id, pdu))
+            })
+            .take_while(move |entry| match entry {
+                Ok((pdu_id, _)) => pdu_id.shortroomid == shortroomid && pdu_id.count < before,
+                Err(_) => true,
+            })
+            .map(|entry| entry.map(|(pdu_id, pdu)| (pdu_id.count, pdu)))
+    }
+
+    /// A room's events in topological order, strictly after (forwards) or before (backwards) `from`.
+    pub fn iter_topo(
+        &self,
+        shortroomid: u64,
+        from: TopoPos,
+        backwards: bool,
+    ) -> impl Iterator<Item = Result<(TopoPos, Pdu)>> + '_ {
+        let mut start = key::u64_bytes(shortroomid).to_vec();
+        if backwards {
+            // Start just below `from` so that it is excluded.
+            let (depth, count) = match from.count.checked_sub(1) {
+                Some(count) => (from.depth, count),
+                None => (from.depth.saturating_sub(1), u64::MAX),
+            };
+            start.extend_from_slice(&key::u64_bytes(depth));
+            start.extend_from_slice(&key::u64_bytes(count));
+        } else {
+            start.extend_from_slice(&key::u64_bytes(from.depth));
+            start.extend_from_slice(&key::u64_bytes(from.count.saturating_add(1)));
+        }
+        self.roomtopo_pduid
+            .iter_from(&start, backwards)
+            .map(move |entry| {
+                let (db_key, _) = entry?;
+                let room = key::read_u64(&db_key).unwrap_or(u64::MAX);
+                let depth = db_key.get(8..).and_then(key::read_u64).unwrap_or(0);
+                let count = db_key.get(16..).and_then(key::read_u64).unwrap_or(0);
+                Ok::<_, Error>((room, TopoPos { depth, count }))
+            })
+            .take_while(move |entry| match entry {
+                Ok((room, _)) => *room == shortroomid,
+                Err(_) => true,
+            })
+            .map(move |entry| {
+                let (_, position) = entry?;
+                let pdu = self
+                    .get_pdu_at(PduId {
+                        shortroomid,
+                        count: position.count,
+                    })?
+                    .ok_or_else(|| Error::corrupt("roomtopo_pduid", "dangling position"))?;
+                Ok((position, pdu))
+            })
+    }
+}
+
+/// The client form of an event as `viewer` should see it: `age`, and `transaction_id` only for the
+/// device that sent it.
+pub fn client_event(pdu: &Pdu, room_id: &RoomId, viewer: Option<(&UserId, &str)>) -> Value {
+    let mut unsigned: Value = pdu
+        .unsigned
+        .as_ref()
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    if let Some(map) = unsigned.as_object_mut() {
+        let device = map.remove("device_id");
+        let own_device = matches!((viewer, device.as_ref().and_then(Value::as_str)), (Some((user, viewer_device)), Some(sender_device)) if user == pdu.sender && viewer_device == sender_device);
+        if !own_device {
+            map.remove("transaction_id");
+        }
+        map.remove("age_ts");
+        let age = util::now_millis().saturating_sub(u64::from(pdu.origin_server_ts.0));
+        map.insert("age".into(), Value::from(age));
+    }
+    pdu.to_client_value(room_id, unsigned)
+}
+
+/// Prunes the target of a redaction in `batch` by the room version's redaction algorithm and
+/// records `redacted_because`. Redactions of unknown events or events of other rooms do nothing.
+pub(super) fn redact_in_batch(
+    services: &Services,
+    room_id: &RoomId,
+    target: &EventId,
+    redaction: &Pdu,
+    batch: &mut Batch,
+) -> Result<()> {
+    let timeline = &services.rooms.timeline;
+    let Some(pdu_id) = timeline.get_pdu_id(target)? else {
+        return Ok(());
+    };
+    let Some(mut object) = timeline.get_object_at(pdu_id)? else {
+        return Ok(());
+    };
+    let Some(version) = timeline.room_version(pdu_id.shortroomid)? else {
+        return Ok(());
+    };
+    if services.rooms.short.get_shortroomid(room_id)? != Some(pdu_id.shortroomid) {
+        return Ok(());
+    }
+    let rules = super::rules_for(&version)?;
+    let unsigned = object.remove("unsigned");
+    let event_id = object.remove("event_id");
+    let mut redacted =
+        ruma::canonical_json::redact(object, &rules.redaction, None).map_err(Error::internal)?;
+    let mut unsigned = match unsigned {
+        Some(CanonicalJsonValue::Object(map)) => map,
+        _ => CanonicalJsonObject::new(),
+    };
+    unsigned.remove("prev_content");
+    let because = redaction.to_client_value(room_id, Value::Object(Default::default()));
+    unsigned.insert(
+        "redacted_because".into(),
+        CanonicalJsonValue::try_from(because).map_err(Error::internal)?,
+    );
+    redacted.insert("unsigned".into(), CanonicalJsonValue::Object(unsigned));
+    if let Some(event_id) = event_id {
+        redacted.insert("event_id".into(), event_id);
+    }
+    batch.insert(
+        &timeline.pduid_pdu,
+        &pdu_id.to_bytes(),
+        &serde_json::to_vec(&redacted).map_err(Error::internal)?,
+    );
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! Building `/sync` responses from stream positions: joined, invited and left rooms with their
+//! timelines and state deltas, and account data.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ruma::{events::room::member::MembershipState, OwnedRoomId, RoomId, UserId};
+use serde_json::{json, Map, Value};
+
+use crate::{
+    error::Result,
+    service::{
+        filter::RoomEventFilter,
+        notify::Topic,
+        rooms::{pdu::Pdu, timeline::read::client_event},
+        Services,
+    },
+};
+
+/// What a sync request asked for.
+pub struct SyncRequest<'a> {
+    pub user: &'a UserId,
+    pub device: &'a str,
+    pub since: Option<u64>,
+    pub full_state: bool,
+    pub filter: &'a Value,
+}
+
+/// The topics a sync for `user` waits on: the user and every room they are in.
+pub fn topics(services: &Services, user: &UserId) -> Result<Vec<Topic>> {
+    let mut topics = vec![Topic::User(user.to_string())];
+    for membership in services.rooms.members.iter_rooms(user)? {
+        topics.push(Topic::Room(membership.room_id.to_string()));
+    }
+    Ok(topics)
+}
+
+/// Builds the response for everything after `since` up to the current position; returns it with
+/// a flag saying whether it has anything a long-poll should return for.
+pub fn build(services: &Services, request: &SyncRequest<'_>) -> Result<(Value, bool)> {
+    let next = services.globals.current_count();
+    let since = request.since.unwrap_or(0);
+    let room_filter = request.filter.get("room").cloned().unwrap_or(Value::Null);
+    let timeline_filter =
+        RoomEventFilter::from_value(room_filter.get("timeline").unwrap_or(&Value::Null));
+    let state_filter =
+        RoomEventFilter::from_value(room_filter.get("state").unwrap_or(&Value::Null));
+    let include_leave = room_filter
+        .get("include_leave")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let room_allowed = RoomEventFilter::from_value(&room_filter);
+    let limit = timeline_filter.limit.unwrap_or(10).clamp(1, 1000);
+
+    let mut join = Map::new();
+    let mut invite = Map::new();
+    let mut leave = Map::new();
+    let mut knock = Map::new();
+    for membership in services.rooms.members.iter_rooms(request.user)? {
+        let room_id = &membership.room_id;
+        if !room_allowed.room_allowed(room_id.as_str()) {
+            continue;
+        }
+        match membership.membership {
+            MembershipState::Join => {
+                // A room joined since the last sync gets its full state, like an initial sync.
+                let full =
+                    request.since.is_none() || request.full_state || membership.count > since;
+                let room = joined_room(
+                    services,
+                    request,
+                    room_id,
+                    (since, next),
+                    limit,
+                    full,
+                    (&timeline_filter, &state_filter),
+                )?;
+                if let Some(room) = room {
+                    join.insert(room_id.to_string(), room);
+                }
+            }
+            MembershipState::Invite if membership.count > since => {
+                invite.insert(room_id.to_string(), json!({ "invite_state": { "events": stripped_state(services, room_id, request.user)? } }));
+            }
+            MembershipState::Knock if membership.count > since => {
+                knock.insert(room_id.to_string(), json!({ "knock_state": { "events": stripped_state(services, room_id, request.user)? } }));
+            }
+            MembershipState::Leave | MembershipState::Ban
+                if membership.count > since && (request.since.is_some() || include_leave) =>
+            {
+                let room = left_room(
+                    services,
+                    request,
+                    room_id,
+                    since,
+                    membership.count,
+                    limit,
+                    &timeline_filter,
+                )?;
+                leave.insert(room_id.to_string(), room);
+            }
+            _ => {}
+        }
+    }
+
+    let mut global_account_data = Vec::new();
+    let mut room_account_data: BTreeMap<OwnedRoomId, Vec<Value>> = BTreeMap::new();
+    for entry in services.account_data.iter_changed(request.user, since)? {
+        let event = json!({ "type": entry.kind, "content": entry.content });
+        match entry.room_id {
+            Some(room_id) => room_account_data.entry(room_id).or_default().push(event),
+            None => global_account_data.push(event),
+        }
+    }
+    for (room_id, events) in room_account_data {
+        if let Some(room) = join.get_mut(room_id.as_str()) {
+            room["account_data"] = json!({ "events": events });
+        } else if request.since.is_some() {
+            join.insert(room_id.to_string(), json!({ "account_data": { "events": events }, "timeline": { "events": [], "limited": false }, "state": { "events": [] }, "ephemeral": { "events": [] }, "unread_notifications": {} }));
+        }
+    }
+
+    let has_updates = !join.is_empty()
+        || !invite.is_empty()
+        || !leave.is_empty()
+        || !knock.is_empty()
+        || !global_account_data.is_empty();
+    let response = json!({
+        "next_batch": format!("s{next}"),
+        "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
+        "account_data": { "events": global_account_data },
+        "presence": { "events": [] },
+        "to_device": { "events": [] },
+        "device_lists": { "changed": [], "left": [] },
+        "device_one_time_keys_count": {},
+    });
+    Ok((response, has_updates))
+}
+
+fn joined_room(
+    services: &Services,
+    request: &SyncRequest<'_>,
+    room_id: &RoomId,
+    (since, next): (u64, u64),
+    limit: usize,
+    initial: bool,
+    (timeline_filter, state_filter): (&RoomEventFilter, &RoomEventFilter),
+) -> Result<Option<Value>> {
+    let Some(shortroomid) = services.rooms.short.get_shortroomid(room_id)? else {
+        return Ok(None);
+    };
+    // The newest `limit` matching events after `since`, oldest first.
+    let mut events: Vec<(u64, Pdu)> = Vec::new();
+    let mut limited = false;
+    for entry in services
+        .rooms
+        .timeline
+        .iter_before(shortroomid, next.saturating_add(1))
+    {
+        let (count, pdu) = entry?;
+        if count <= since {
+            break;
+        }
+        if !timeline_filter.matches(&pdu) {
+            continue;
+        }
+        if events.len() == limit {
+            limited = true;
+            break;
+        }
+        events.push((count, pdu));
+    }
+    events.reverse();
+    if events.is_empty() && !initial {
+        return Ok(None);
+    }
+    let viewer = Some((request.user, request.device));
+    let timeline: Vec<Value> = events
+        .iter()
+        .map(|(_, pdu)| client_event(pdu, room_id, viewer))
+        .collect();
+    let prev_batch = match events.first() {
+        Some((count, pdu)) => format!("t{}_{}", u64::from(pdu.depth), count),
+        None => format!("s{next}"),
+    };
+
+    // State: everything at the start of the timeline that the client has not seen.
+    let state_at_start = match events.first() {
+        Some((_, first)) => {
+            let short = services
+                .rooms
+                .short
+                .get_shorteventid(&first.event_id)?
+                .unwrap_or(0);
+            services
+                .rooms
+                .state
+                .get_event_state(short)?
+                .map(|(before, after)| {
+                    if first.state_key.is_some() {
+                        before
+                    } else {
+                        after
+                    }
+                })
+        }
+        None => services.rooms.state.get_room_state(shortroomid)?,
+    };
+    let mut state = Vec::new();
+    if let Some(hash) = state_at_start.filter(|hash| *hash != 0) {
+        let in_timeline: BTreeSet<_> = events.iter().map(|(_, pdu)| pdu.event_id.clone()).collect();
+        let senders: BTreeSet<_> = events
+            .iter()
+            .map(|(_, pdu)| pdu.sender.to_string())
+            .chain([request.user.to_string()])
+            .collect();
+        let lazy = timeline_filter.lazy_load_members || state_filter.lazy_load_members;
+        if initial || limited {
+            let seen = if initial {
+                None
+            } else {
+                state_at_position(services, shortroomid, since)?
+            };
+            let seen_set = match seen {
+                Some(seen) => Some(services.rooms.state.load(seen)?),
+                None => None,
+            };
+            let current = services.rooms.state.load(hash)?;
+            for (shortstatekey, shorteventid) in current.iter() {
+                if seen_set
+                    .as_ref()
+                    .is_some_and(|seen| seen.get(shortstatekey) == Some(shorteventid))
+                {
+                    continue;
+                }
+                let event_id = services.rooms.short.get_eventid(*shorteventid)?;
+                if in_timeline.contains(&event_id) {
+                    continue;
+                }
+                let Some(pdu) = services.rooms.timeline.get_pdu(&event_id)? else {
+                    continue;
+                };
+                if lazy
+                    && pdu.kind == ruma::events::TimelineEventType::RoomMember
+                    && !senders.contains(pdu.state_key.as_deref().unwrap_or(""))
+                {
+                    continue;
+                }
+                if state_filter.matches(&pdu) {
+                    state.push(client_event(&pdu, room_id, None));
+                }
+            }
+        }
+    }
+    let joined = services
+        .rooms
+        .members
+        .iter_members(room_id, Some(MembershipState::Join))?
+        .len();
+    let invited = services
+        .rooms
+        .members
+        .iter_members(room_id, Some(MembershipState::Invite))?
+        .len();
+    Ok(Some(json!({
+        "timeline": { "events": timeline, "limited": limited, "prev_batch": prev_batch },
+        "state": { "events": state },
+        "ephemeral": { "events": [] },
+        "account_data": { "events": [] },
+        "summary": { "m.joined_member_count": joined, "m.invited_member_count": invited },
+        "unread_notifications": { "notification_count": 0, "highlight_count": 0 },
+    })))
+}
+
+/// The room state after the last event at or before `count`.
+fn state_at_position(services: &Services, shortroomid: u64, count: u64) -> Result<Option<u64>> {
+    let Some(entry) = services
+        .rooms
+        .timeline
+        .iter_before(shortroomid, count.saturating_add(1))
+        .next()
+    else {
+        return Ok(None);
+    };
+    let (_, pdu) = entry?;
+    let short = services
+        .rooms
+        .short
+        .get_shorteventid(&pdu.event_id)?
+        .unwrap_or(0);
+    Ok(services
+        .rooms
+        .state
+        .get_event_state(short)?
+        .map(|(_, after)| after))
+}
+
+fn left_room(
+    services: &Services,
+    request: &SyncRequest<'_>,
+    room_id: &RoomId,
+    since: u64,
+    left_at: u64,
+    limit: usize,
+    filter: &RoomEventFilter,
+) -> Result<Value> {
+    let mut events = Vec::new();
+    if let Some(shortroomid) = services.rooms.short.get_shortroomid(room_id)? {
+        for entry in services
+            .rooms
+            .timeline
+            .iter_before(shortroomid, left_at.saturating_add(1))
+        {
+            let (count, pdu) = entry?;
+            if count <= since || events.len() >= limit {
+                break;
+            }
+            if filter.matches(&pdu) {
+                events.push(client_event(
+                    &pdu,
+                    room_id,
+                    Some((request.user, request.device)),
+                ));
+            }
+        }
+    }
+    events.reverse();
+    Ok(
+        json!({ "timeline": { "events": events, "limited": false }, "state": { "events": [] }, "account_data": { "events": [] } }),
+    )
+}
+
+/// The stripped state an invitee sees: create, join rules, name, avatar, alias, encryption, and
+/// their own member event.
+fn stripped_state(services: &Services, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
+    use ruma::events::StateEventType as T;
+    let mut events = Vec::new();
+    for (kind, state_key) in [
+        (T::RoomCreate, ""),
+        (T::RoomJoinRules, ""),
+        (T::RoomName, ""),
+        (T::RoomAvatar, ""),
+        (T::RoomCanonicalAlias, ""),
+        (T::RoomEncryption, ""),
+        (T::RoomTopic, ""),
+        (T::RoomMember, user.as_str()),
+    ] {
+        if let Some(pdu) = services
+            .rooms
+            .current_state_pdu(room_id, &kind, state_key)?
+        {
+            events.push(pdu.to_stripped_value());
+        }
+    }
+    Ok(events)
+}

@@ -1,0 +1,455 @@
+//! Accounts, passwords, devices with their access and refresh tokens, profiles and filters.
+//!
+//! Tokens are random 32-character strings; only their SHA-256 is stored, so a copy of the
+//! database does not yield usable tokens, and a lookup by hash needs no timing-sensitive compare.
+
+use std::sync::Arc;
+
+use argon2::{
+    password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
+    Argon2,
+};
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{
+    crypto::token_hash,
+    error::{Error, Result},
+    store::{key, Batch, Db, Tree},
+    util,
+};
+
+/// Owns `userid_password` (user ID → argon2 PHC string, empty for accounts without password),
+/// `userid_deactivated` (user ID → empty), `userid_profile` (user ID → JSON profile),
+/// `userdeviceid_device` (user ID 0xff device ID → JSON [`Device`]), `tokenhash_session` (SHA-256 of
+/// access token → JSON [`Session`]), `refreshhash_session` (SHA-256 of refresh token → JSON
+/// [`Session`]) and `useridfilterid_filter` (user ID 0xff filter ID → filter JSON).
+pub struct Users {
+    userid_password: Tree,
+    userid_deactivated: Tree,
+    userid_profile: Tree,
+    userdeviceid_device: Tree,
+    tokenhash_session: Tree,
+    refreshhash_session: Tree,
+    useridfilterid_filter: Tree,
+}
+
+/// A stored device.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Device {
+    pub device_id: OwnedDeviceId,
+    pub display_name: Option<String>,
+    pub last_seen_ts: Option<u64>,
+    pub last_seen_ip: Option<String>,
+    /// Hex SHA-256 of the device's current access token.
+    token_hash: String,
+    /// Hex SHA-256 of the device's current refresh token.
+    refresh_hash: Option<String>,
+}
+
+/// Who a token belongs to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Session {
+    pub user_id: OwnedUserId,
+    pub device_id: OwnedDeviceId,
+    /// Expiry in ms since the epoch, for refreshable access tokens.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+}
+
+/// Tokens handed to a client at login, registration or refresh.
+pub struct Tokens {
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+    pub expires_in_ms: Option<u64>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .filter_map(|index| u8::from_str_radix(text.get(index..index + 2)?, 16).ok())
+        .collect()
+}
+
+impl Users {
+    /// Opens the trees.
+    pub fn open(db: &Arc<Db>) -> Self {
+        Self {
+            userid_password: db.tree("userid_password"),
+            userid_deactivated: db.tree("userid_deactivated"),
+            userid_profile: db.tree("userid_profile"),
+            userdeviceid_device: db.tree("userdeviceid_device"),
+            tokenhash_session: db.tree("tokenhash_session"),
+            refreshhash_session: db.tree("refreshhash_session"),
+            useridfilterid_filter: db.tree("useridfilterid_filter"),
+        }
+    }
+
+    /// Whether a local account exists (deactivated accounts still exist: their IDs are never reused).
+    pub fn exists(&self, user_id: &UserId) -> Result<bool> {
+        self.userid_password.contains(user_id.as_bytes())
+    }
+
+    /// Whether an account was deactivated.
+    pub fn is_deactivated(&self, user_id: &UserId) -> Result<bool> {
+        self.userid_deactivated.contains(user_id.as_bytes())
+    }
+
+    /// Creates an account with an optional password and the localpart as display name.
+    pub fn create(&self, user_id: &UserId, password: Option<&str>) -> Result<()> {
+        let hash = match password {
+            Some(password) => hash_password(password)?,
+            None => String::new(),
+        };
+        let mut batch = Batch::default();
+        batch.insert(&self.userid_password, user_id.as_bytes(), hash.as_bytes());
+        let profile = serde_json::json!({ "displayname": user_id.localpart() });
+        batch.insert(
+            &self.userid_profile,
+            user_id.as_bytes(),
+            profile.to_string().as_bytes(),
+        );
+        self.userid_password.db().write(batch)
+    }
+
+    /// Whether `password` is the account's password (always false for deactivated accounts).
+    pub fn check_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
+        let Some(stored) = self.userid_password.get(user_id.as_bytes())? else {
+            return Ok(false);
+        };
+        if stored.is_empty() || self.is_deactivated(user_id)? {
+            return Ok(false);
+        }
+        let stored = String::from_utf8(stored).map_err(|e| Error::corrupt("userid_password", e))?;
+        let parsed =
+            PasswordHash::new(&stored).map_err(|e| Error::corrupt("userid_password", e))?;
+        Ok(Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
+    }
+
+    /// Replaces the password.
+    pub fn set_password(&self, user_id: &UserId, password: &str) -> Result<()> {
+        self.userid_password
+            .insert(user_id.as_bytes(), hash_password(password)?.as_bytes())
+    }
+
+    /// Marks an account deactivated, removes its password and every device and token.
+    pub fn deactivate(&self, user_id: &UserId) -> Result<()> {
+        for device in self.iter_devices(user_id)? {
+            self.remove_device(user_id, device.device_id.as_str())?;
+        }
+        let mut batch = Batch::default();
+        batch.insert(&self.userid_password, user_id.as_bytes(), b"");
+        batch.insert(&self.userid_deactivated, user_id.as_bytes(), b"");
+        self.userid_password.db().write(batch)
+    }
+
+    /// Every local account, for the user directory.
+    pub fn iter_local_users(&self) -> Result<Vec<OwnedUserId>> {
+        self.userid_password
+            .iter_prefix(b"")
+            .map(|entry| {
+                let (db_key, _) = entry?;
+                OwnedUserId::try_from(String::from_utf8_lossy(&db_key).as_ref())
+                    .map_err(|e| Error::corrupt("userid_password", e))
+            })
+            .collect()
+    }
+
+    /// Creates (or replaces the tokens of) a device and returns fresh tokens.
+    pub fn create_device(
+        &self,
+        user_id: &UserId,
+        device_id: Option<OwnedDeviceId>,
+        display_name: Option<String>,
+        refreshable: bool,
+        lifetime_ms: u64,
+    ) -> Result<(OwnedDeviceId, Tokens)> {
+        let device_id = device_id
+            .unwrap_or_else(|| OwnedDeviceId::from(util::random_string(10).to_uppercase()));
+        let existing = self.get_device(user_id, device_id.as_str())?;
+        let mut batch = Batch::default();
+        if let Some(existing) = &existing {
+            self.remove_tokens_in_batch(existing, &mut batch);
+        }
+        let display_name = display_name.or_else(|| {
+            existing
+                .as_ref()
+                .and_then(|device| device.display_name.clone())
+        });
+        let tokens = self.issue_tokens_in_batch(
+            user_id,
+            &device_id,
+            display_name,
+            refreshable,
+            lifetime_ms,
+            &mut batch,
+        )?;
+        self.userid_password.db().write(batch)?;
+        Ok((device_id, tokens))
+    }
+
+    fn issue_tokens_in_batch(
+        &self,
+        user_id: &UserId,
+        device_id: &OwnedDeviceId,
+        display_name: Option<String>,
+        refreshable: bool,
+        lifetime_ms: u64,
+        batch: &mut Batch,
+    ) -> Result<Tokens> {
+        let access_token = util::random_string(32);
+        let refresh_token = refreshable.then(|| util::random_string(32));
+        let expires_in_ms = refreshable.then_some(lifetime_ms);
+        let session = Session {
+            user_id: user_id.to_owned(),
+            device_id: device_id.clone(),
+            expires_at: expires_in_ms.map(|ms| util::now_millis() + ms),
+        };
+        let access_hash = token_hash(&access_token);
+        batch.insert(
+            &self.tokenhash_session,
+            &access_hash,
+            &serde_json::to_vec(&session).map_err(Error::internal)?,
+        );
+        let refresh_hash = refresh_token.as_deref().map(token_hash);
+        if let Some(hash) = &refresh_hash {
+            let refresh_session = Session {
+                expires_at: None,
+                ..session
+            };
+            batch.insert(
+                &self.refreshhash_session,
+                hash,
+                &serde_json::to_vec(&refresh_session).map_err(Error::internal)?,
+            );
+        }
+        let device = Device {
+            device_id: device_id.clone(),
+            display_name,
+            last_seen_ts: Some(util::now_millis()),
+            last_seen_ip: None,
+            token_hash: hex(&access_hash),
+            refresh_hash: refresh_hash.map(|hash| hex(&hash)),
+        };
+        batch.insert(
+            &self.userdeviceid_device,
+            &key::join(&[user_id.as_bytes(), device_id.as_bytes()]),
+            &serde_json::to_vec(&device).map_err(Error::internal)?,
+        );
+        Ok(Tokens {
+            access_token,
+            refresh_token,
+            expires_in_ms,
+        })
+    }
+
+    fn remove_tokens_in_batch(&self, device: &Device, batch: &mut Batch) {
+        batch.remove(&self.tokenhash_session, &unhex(&device.token_hash));
+        if let Some(refresh) = &device.refresh_hash {
+            batch.remove(&self.refreshhash_session, &unhex(refresh));
+        }
+    }
+
+    /// Who an access token belongs to.
+    pub fn find_token(&self, token: &str) -> Result<Option<Session>> {
+        let Some(bytes) = self.tokenhash_session.get(&token_hash(token))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::corrupt("tokenhash_session", e))
+    }
+
+    /// Trades a refresh token for new tokens; the old pair stops working.
+    pub fn refresh(&self, refresh_token: &str, lifetime_ms: u64) -> Result<Option<Tokens>> {
+        let Some(bytes) = self.refreshhash_session.get(&token_hash(refresh_token))? else {
+            return Ok(None);
+        };
+        let session: Session =
+            serde_json::from_slice(&bytes).map_err(|e| Error::corrupt("refreshhash_session", e))?;
+        let Some(device) = self.get_device(&session.user_id, session.device_id.as_str())? else {
+            return Ok(None);
+        };
+        let mut batch = Batch::default();
+        self.remove_tokens_in_batch(&device, &mut batch);
+        let tokens = self.issue_tokens_in_batch(
+            &session.user_id,
+            &session.device_id,
+            device.display_name,
+            true,
+            lifetime_ms,
+            &mut batch,
+        )?;
+        self.userid_password.db().write(batch)?;
+        Ok(Some(tokens))
+    }
+
+    /// A device of a user.
+    pub fn get_device(&self, user_id: &UserId, device_id: &str) -> Result<Option<Device>> {
+        let Some(bytes) = self
+            .userdeviceid_device
+            .get(&key::join(&[user_id.as_bytes(), device_id.as_bytes()]))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::corrupt("userdeviceid_device", e))
+    }
+
+    /// Every device of a user.
+    pub fn iter_devices(&self, user_id: &UserId) -> Result<Vec<Device>> {
+        let prefix = key::prefix(&[user_id.as_bytes()]);
+        self.userdeviceid_device
+            .iter_prefix(&prefix)
+            .map(|entry| {
+                serde_json::from_slice(&entry?.1)
+                    .map_err(|e| Error::corrupt("userdeviceid_device", e))
+            })
+            .collect()
+    }
+
+    /// Renames a device.
+    pub fn set_device_display_name(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+        display_name: Option<String>,
+    ) -> Result<()> {
+        let mut device = self
+            .get_device(user_id, device_id)?
+            .ok_or_else(|| Error::not_found(format!("device {device_id} not found")))?;
+        device.display_name = display_name;
+        self.userdeviceid_device.insert(
+            &key::join(&[user_id.as_bytes(), device_id.as_bytes()]),
+            &serde_json::to_vec(&device).map_err(Error::internal)?,
+        )
+    }
+
+    /// Removes a device and its tokens (logout).
+    pub fn remove_device(&self, user_id: &UserId, device_id: &str) -> Result<()> {
+        let Some(device) = self.get_device(user_id, device_id)? else {
+            return Ok(());
+        };
+        let mut batch = Batch::default();
+        self.remove_tokens_in_batch(&device, &mut batch);
+        batch.remove(
+            &self.userdeviceid_device,
+            &key::join(&[user_id.as_bytes(), device_id.as_bytes()]),
+        );
+        self.userid_password.db().write(batch)
+    }
+
+    /// The profile object (`displayname`, `avatar_url`, and any custom fields).
+    pub fn get_profile(&self, user_id: &UserId) -> Result<Option<serde_json::Map<String, Value>>> {
+        let Some(bytes) = self.userid_profile.get(user_id.as_bytes())? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::corrupt("userid_profile", e))
+    }
+
+    /// Sets (or with `None` removes) one profile field.
+    pub fn set_profile_field(
+        &self,
+        user_id: &UserId,
+        field: &str,
+        value: Option<Value>,
+    ) -> Result<()> {
+        let mut profile = self.get_profile(user_id)?.unwrap_or_default();
+        match value {
+            Some(value) => profile.insert(field.to_owned(), value),
+            None => profile.remove(field),
+        };
+        self.userid_profile.insert(
+            user_id.as_bytes(),
+            &serde_json::to_vec(&profile).map_err(Error::internal)?,
+        )
+    }
+
+    /// Stores a filter and returns its ID.
+    pub fn create_filter(&self, user_id: &UserId, filter: &Value) -> Result<String> {
+        let filter_id = util::random_string(12);
+        self.useridfilterid_filter.insert(
+            &key::join(&[user_id.as_bytes(), filter_id.as_bytes()]),
+            filter.to_string().as_bytes(),
+        )?;
+        Ok(filter_id)
+    }
+
+    /// A stored filter.
+    pub fn get_filter(&self, user_id: &UserId, filter_id: &str) -> Result<Option<Value>> {
+        let Some(bytes) = self
+            .useridfilterid_filter
+            .get(&key::join(&[user_id.as_bytes(), filter_id.as_bytes()]))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::corrupt("useridfilterid_filter", e))
+    }
+}
+
+fn hash_password(password: &str) -> Result<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|hash| hash.to_string())
+        .map_err(Error::internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_stored_hashed_and_refresh_rotates_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), false).unwrap();
+        let users = Users::open(&db);
+        let user = <&UserId>::try_from("@alice:localhost").unwrap();
+        users.create(user, Some("secret")).unwrap();
+        assert!(users.check_password(user, "secret").unwrap());
+        assert!(!users.check_password(user, "wrong").unwrap());
+        let (device, tokens) = users.create_device(user, None, None, true, 1000).unwrap();
+        assert_eq!(
+            users
+                .find_token(&tokens.access_token)
+                .unwrap()
+                .unwrap()
+                .device_id,
+            device
+        );
+        let stored = db
+            .tree("tokenhash_session")
+            .iter_prefix(b"")
+            .next()
+            .unwrap()
+            .unwrap()
+            .0;
+        assert_ne!(&*stored, tokens.access_token.as_bytes());
+        let fresh = users
+            .refresh(tokens.refresh_token.as_deref().unwrap(), 1000)
+            .unwrap()
+            .unwrap();
+        assert!(users.find_token(&tokens.access_token).unwrap().is_none());
+        assert!(users
+            .refresh(tokens.refresh_token.as_deref().unwrap(), 1000)
+            .unwrap()
+            .is_none());
+        assert!(users.find_token(&fresh.access_token).unwrap().is_some());
+        users.deactivate(user).unwrap();
+        assert!(users.find_token(&fresh.access_token).unwrap().is_none());
+        assert!(!users.check_password(user, "secret").unwrap());
+        assert!(users.exists(user).unwrap());
+    }
+}

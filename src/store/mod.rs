@@ -1,0 +1,274 @@
+//! RocksDB: opening the database, named trees (column families), write batches and key encoding.
+//!
+//! Services see only [`Tree`], [`Batch`] and ordered scans, so that another ordered key-value
+//! engine could back the same trees. Nothing here knows the Matrix rules.
+
+pub mod key;
+
+use std::{path::Path, sync::Arc};
+
+use rocksdb::{
+    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
+
+use crate::error::{Error, Result};
+
+/// Every tree the server uses. A service declares the ones it owns next to its code; the list
+/// here is what the database creates on open.
+pub const TREES: &[&str] = &[
+    "global",
+    "userid_password",
+    "userid_profile",
+    "userid_deactivated",
+    "userdeviceid_device",
+    "tokenhash_session",
+    "refreshhash_session",
+    "useridfilterid_filter",
+    "userroomidtype_accountdata",
+    "userdevicetxnid_eventid",
+    "eventid_shorteventid",
+    "shorteventid_eventid",
+    "roomid_shortroomid",
+    "shortroomid_roomid",
+    "statekey_shortstatekey",
+    "shortstatekey_statekey",
+    "shortstatehash_statediff",
+    "shorteventid_shortstatehash",
+    "roomid_shortstatehash",
+    "roomid_extremities",
+    "pduid_pdu",
+    "eventid_pduid",
+    "roomtopo_pduid",
+    "roomuserid_membership",
+    "userroomid_membership",
+    "alias_roomid",
+    "roomidalias_",
+    "publicroomid_",
+    "roomid_info",
+];
+
+/// The open database.
+pub struct Db {
+    db: DB,
+    write_options: WriteOptions,
+}
+
+impl Db {
+    /// Opens (or creates) the database at `path` with every tree in [`TREES`].
+    pub fn open(path: &Path, sync_writes: bool) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(path)
+            .map_err(|error| Error::Internal(format!("creating {}: {error}", path.display())))?;
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        options.set_max_open_files(512);
+        options.increase_parallelism(2);
+        let descriptors = TREES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&options, path, descriptors)?;
+        let mut write_options = WriteOptions::default();
+        write_options.set_sync(sync_writes);
+        Ok(Arc::new(Self { db, write_options }))
+    }
+
+    /// A handle on one named tree.
+    pub fn tree(self: &Arc<Self>, name: &'static str) -> Tree {
+        assert!(
+            TREES.contains(&name),
+            "tree {name} is not declared in store::TREES"
+        );
+        Tree {
+            db: Arc::clone(self),
+            name,
+        }
+    }
+
+    /// Writes a batch atomically: all of it lands in the write-ahead log together or none does.
+    pub fn write(&self, batch: Batch) -> Result<()> {
+        let mut write_batch = WriteBatch::default();
+        for op in batch.ops {
+            let cf = self.cf(op.tree);
+            match op.value {
+                Some(value) => write_batch.put_cf(cf, op.key, value),
+                None => write_batch.delete_cf(cf, op.key),
+            }
+        }
+        self.db.write_opt(write_batch, &self.write_options)?;
+        Ok(())
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("every tree in TREES is created on open")
+    }
+}
+
+/// A key and its value, as scans return them.
+pub type Entry = (Box<[u8]>, Box<[u8]>);
+
+/// One named, ordered key-value tree.
+#[derive(Clone)]
+pub struct Tree {
+    db: Arc<Db>,
+    name: &'static str,
+}
+
+impl Tree {
+    /// The database the tree belongs to, for writing batches.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// The tree's name, used in [`Error::Corrupt`].
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The value stored at `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.db.get_cf(self.db.cf(self.name), key)?)
+    }
+
+    /// Whether `key` is present.
+    pub fn contains(&self, key: &[u8]) -> Result<bool> {
+        Ok(self
+            .db
+            .db
+            .get_pinned_cf(self.db.cf(self.name), key)?
+            .is_some())
+    }
+
+    /// Writes one key on its own (use a [`Batch`] when several writes belong together).
+    pub fn insert(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut batch = Batch::default();
+        batch.insert(self, key, value);
+        self.db.write(batch)
+    }
+
+    /// Removes one key on its own.
+    pub fn remove(&self, key: &[u8]) -> Result<()> {
+        let mut batch = Batch::default();
+        batch.remove(self, key);
+        self.db.write(batch)
+    }
+
+    /// Every entry whose key starts with `prefix`, in key order.
+    pub fn iter_prefix<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = Result<Entry>> + 'a {
+        self.iter_from(prefix, false)
+            .take_while(move |entry| match entry {
+                Ok((key, _)) => key.starts_with(prefix),
+                Err(_) => true,
+            })
+    }
+
+    /// Entries from `start` onwards (forwards), or from `start` downwards (backwards, `start` included if present).
+    pub fn iter_from<'a>(
+        &'a self,
+        start: &[u8],
+        backwards: bool,
+    ) -> impl Iterator<Item = Result<Entry>> + 'a {
+        let direction = if backwards {
+            Direction::Reverse
+        } else {
+            Direction::Forward
+        };
+        self.db
+            .db
+            .iterator_cf(self.db.cf(self.name), IteratorMode::From(start, direction))
+            .map(|entry| entry.map_err(Error::from))
+    }
+}
+
+struct Op {
+    tree: &'static str,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
+}
+
+/// Writes that must land together; applied by [`Db::write`].
+#[derive(Default)]
+pub struct Batch {
+    ops: Vec<Op>,
+}
+
+impl Batch {
+    /// Queues `key = value` in `tree`.
+    pub fn insert(&mut self, tree: &Tree, key: &[u8], value: &[u8]) {
+        self.ops.push(Op {
+            tree: tree.name,
+            key: key.to_vec(),
+            value: Some(value.to_vec()),
+        });
+    }
+
+    /// Queues the removal of `key` from `tree`.
+    pub fn remove(&mut self, tree: &Tree, key: &[u8]) {
+        self.ops.push(Op {
+            tree: tree.name,
+            key: key.to_vec(),
+            value: None,
+        });
+    }
+
+    /// Moves every write of `other` to the end of this batch.
+    pub fn append(&mut self, mut other: Batch) {
+        self.ops.append(&mut other.ops);
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_writes_land_together_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Db::open(dir.path(), false).unwrap();
+            let tree = db.tree("global");
+            let mut batch = Batch::default();
+            batch.insert(&tree, b"a", b"1");
+            batch.insert(&tree, b"b", b"2");
+            batch.remove(&tree, b"a");
+            db.write(batch).unwrap();
+        }
+        let db = Db::open(dir.path(), false).unwrap();
+        let tree = db.tree("global");
+        assert_eq!(tree.get(b"a").unwrap(), None);
+        assert_eq!(tree.get(b"b").unwrap().as_deref(), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn prefix_scans_stop_at_the_prefix_and_backwards_scans_include_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), false).unwrap();
+        let tree = db.tree("global");
+        for key in [&b"a1"[..], b"a2", b"b1"] {
+            tree.insert(key, b"").unwrap();
+        }
+        let keys: Vec<_> = tree
+            .iter_prefix(b"a")
+            .map(|entry| entry.unwrap().0)
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                b"a1".to_vec().into_boxed_slice(),
+                b"a2".to_vec().into_boxed_slice()
+            ]
+        );
+        let back: Vec<_> = tree
+            .iter_from(b"a2", true)
+            .map(|entry| entry.unwrap().0)
+            .collect();
+        assert_eq!(back.len(), 2);
+        assert_eq!(&*back[0], b"a2");
+    }
+}

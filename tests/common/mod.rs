@@ -1,0 +1,253 @@
+//! Shared helpers for integration tests: a real server on 127.0.0.1:0 with a fresh database,
+//! and a small JSON client.
+
+#![allow(dead_code)]
+
+use std::{path::Path, sync::Arc};
+
+use plait::{Config, Services};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+/// A running server; dropping it shuts the server down.
+pub struct TestServer {
+    pub base: String,
+    pub services: Arc<Services>,
+    pub dir: Option<tempfile::TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server with a fresh temporary database.
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Self::start_at(dir.path(), |_| {}).await;
+        server.dir = Some(dir);
+        server
+    }
+
+    /// Starts a server on an existing database folder, with config tweaks.
+    pub async fn start_at(path: &Path, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config {
+            database_path: path.to_owned(),
+            ..Config::default()
+        };
+        tweak(&mut config);
+        config.validate().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        config.listen = listener.local_addr().unwrap();
+        let services = Services::build(Arc::new(config)).unwrap();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(
+            plait::serve(listener, Arc::clone(&services), async {
+                let _ = stopped.await;
+            })
+            .map_unit(),
+        );
+        Self {
+            base,
+            services,
+            dir: None,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    /// Tries to open the services on a database with another server name.
+    pub async fn try_start_with_name(path: &Path, server_name: &str) -> Result<(), plait::Error> {
+        let config = Config {
+            database_path: path.to_owned(),
+            server_name: server_name.to_owned(),
+            ..Config::default()
+        };
+        Services::build(Arc::new(config)).map(drop)
+    }
+
+    /// Stops the server and waits until its database is closed.
+    pub async fn stop(mut self) -> Option<tempfile::TempDir> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        let dir = self.dir.take();
+        drop(self);
+        dir
+    }
+
+    /// A client without a token.
+    pub fn client(&self) -> Client {
+        Client {
+            base: self.base.clone(),
+            token: None,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Registers `name` with password `password` through the UIA dummy flow.
+    pub async fn register(&self, name: &str) -> Client {
+        let client = self.client();
+        let (status, first) = client
+            .post(
+                "/_matrix/client/v3/register",
+                json!({"username": name, "password": "password"}),
+            )
+            .await;
+        assert_eq!(status, 401, "{first}");
+        let session = first["session"].as_str().unwrap().to_owned();
+        let (status, body) = client
+            .post("/_matrix/client/v3/register", json!({"username": name, "password": "password", "auth": {"type": "m.login.dummy", "session": session}}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        Client {
+            token: Some(body["access_token"].as_str().unwrap().to_owned()),
+            ..client
+        }
+    }
+}
+
+trait MapUnit {
+    fn map_unit(self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+}
+
+impl<F: std::future::Future<Output = Result<(), plait::Error>> + Send + 'static> MapUnit for F {
+    fn map_unit(self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            self.await.unwrap();
+        })
+    }
+}
+
+/// A JSON client for one user.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub token: Option<String>,
+    pub http: reqwest::Client,
+}
+
+impl Client {
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Sends a raw body, for malformed-input tests.
+    pub async fn send_raw(&self, method: reqwest::Method, path: &str, body: &str) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .body(body.to_owned());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::DELETE, path, Some(body)).await
+    }
+
+    /// `GET` that must succeed.
+    pub async fn get_ok(&self, path: &str) -> Value {
+        let (status, body) = self.get(path).await;
+        assert_eq!(status, 200, "GET {path}: {body}");
+        body
+    }
+
+    /// `POST` that must succeed.
+    pub async fn post_ok(&self, path: &str, body: Value) -> Value {
+        let (status, response) = self.post(path, body).await;
+        assert_eq!(status, 200, "POST {path}: {response}");
+        response
+    }
+
+    /// `PUT` that must succeed.
+    pub async fn put_ok(&self, path: &str, body: Value) -> Value {
+        let (status, response) = self.put(path, body).await;
+        assert_eq!(status, 200, "PUT {path}: {response}");
+        response
+    }
+
+    /// Creates a room and returns its ID.
+    pub async fn create_room(&self, body: Value) -> String {
+        self.post_ok("/_matrix/client/v3/createRoom", body).await["room_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Sends a text message and returns its event ID.
+    pub async fn send_text(&self, room: &str, txn: &str, text: &str) -> String {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+            enc(room)
+        );
+        self.put_ok(&path, json!({"msgtype": "m.text", "body": text}))
+            .await["event_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The user ID behind the token.
+    pub async fn user_id(&self) -> String {
+        self.get_ok("/_matrix/client/v3/account/whoami").await["user_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+/// Percent-encodes a path segment.
+pub fn enc(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|byte| {
+            if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                (byte as char).to_string()
+            } else {
+                format!("%{byte:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Asserts a Matrix error status and code.
+pub fn assert_error(response: &(u16, Value), status: u16, errcode: &str) {
+    assert_eq!(response.0, status, "{}", response.1);
+    assert_eq!(response.1["errcode"], errcode, "{}", response.1);
+}

@@ -1,0 +1,10 @@
+//! The integration test binary: each module drives a real server over HTTP.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod accounts;
+mod rooms;
+mod spec_map;
+mod sync;
+mod tidy;

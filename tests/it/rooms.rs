@@ -1,0 +1,560 @@
+//! Rooms over HTTP: creation, membership, state, messages, redaction, aliases and the directory.
+
+use serde_json::json;
+
+use crate::common::{assert_error, enc, TestServer};
+
+#[tokio::test]
+async fn create_room_with_presets_and_versions() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "Hall", "topic": "t", "room_alias_name": "hall", "visibility": "public",
+            "initial_state": [{"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "forbidden"}}],
+            "power_level_content_override": {"events_default": 10}}))
+        .await;
+    let base = format!("/_matrix/client/v3/rooms/{}", enc(&room));
+    assert_eq!(
+        alice.get_ok(&format!("{base}/state/m.room.name/")).await["name"],
+        "Hall"
+    );
+    assert_eq!(
+        alice
+            .get_ok(&format!("{base}/state/m.room.join_rules"))
+            .await["join_rule"],
+        "public"
+    );
+    assert_eq!(
+        alice
+            .get_ok(&format!("{base}/state/m.room.power_levels/"))
+            .await["events_default"],
+        10
+    );
+    assert_eq!(
+        alice.get_ok(&format!("{base}/state/m.room.create/")).await["room_version"],
+        "12"
+    );
+    let create = alice
+        .get_ok(&format!("{base}/state/m.room.create/?format=event"))
+        .await;
+    assert_eq!(
+        format!("!{}", &create["event_id"].as_str().unwrap()[1..]),
+        room,
+        "v12 room IDs are the create event's ID"
+    );
+    let state = alice.get_ok(&format!("{base}/state")).await;
+    assert!(state.as_array().unwrap().len() >= 8);
+    assert_eq!(
+        server
+            .client()
+            .get_ok("/_matrix/client/v3/directory/room/%23hall:localhost")
+            .await["room_id"],
+        room
+    );
+    assert_eq!(
+        server
+            .client()
+            .get_ok(&format!(
+                "/_matrix/client/v3/directory/list/room/{}",
+                enc(&room)
+            ))
+            .await["visibility"],
+        "public"
+    );
+    assert_eq!(
+        server
+            .client()
+            .get_ok("/_matrix/client/v3/publicRooms")
+            .await["chunk"][0]["name"],
+        "Hall"
+    );
+    assert_eq!(
+        bob.post_ok(
+            "/_matrix/client/v3/publicRooms",
+            json!({"filter": {"generic_search_term": "nothing"}})
+        )
+        .await["chunk"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+
+    for version in [
+        "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
+    ] {
+        let room = alice
+            .create_room(json!({"room_version": version, "name": format!("v{version}")}))
+            .await;
+        let event = alice
+            .send_text(&room, &format!("v{version}"), "hello")
+            .await;
+        let fetched = alice
+            .get_ok(&format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(&room),
+                enc(&event)
+            ))
+            .await;
+        assert_eq!(
+            fetched["content"]["body"], "hello",
+            "room version {version}"
+        );
+    }
+    assert_error(
+        &alice
+            .post(
+                "/_matrix/client/v3/createRoom",
+                json!({"room_version": "99"}),
+            )
+            .await,
+        400,
+        "M_UNSUPPORTED_ROOM_VERSION",
+    );
+    assert_error(
+        &alice
+            .post(
+                "/_matrix/client/v3/createRoom",
+                json!({"room_alias_name": "hall"}),
+            )
+            .await,
+        400,
+        "M_ROOM_IN_USE",
+    );
+    assert_error(
+        &alice
+            .post("/_matrix/client/v3/createRoom", json!({"preset": "party"}))
+            .await,
+        400,
+        "M_BAD_JSON",
+    );
+}
+
+#[tokio::test]
+async fn membership_lifecycle() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({"preset": "private_chat"})).await;
+    let base = format!("/_matrix/client/v3/rooms/{}", enc(&room));
+    assert_error(
+        &bob.post(&format!("{base}/join"), json!({})).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    alice
+        .post_ok(
+            &format!("{base}/invite"),
+            json!({"user_id": "@bob:localhost"}),
+        )
+        .await;
+    assert_error(
+        &alice
+            .post(
+                &format!("{base}/invite"),
+                json!({"user_id": "@nobody:localhost"}),
+            )
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
+    bob.post_ok(
+        &format!("/_matrix/client/v3/join/{}", enc(&room)),
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        bob.get_ok("/_matrix/client/v3/joined_rooms").await["joined_rooms"][0],
+        room
+    );
+    let joined = alice.get_ok(&format!("{base}/joined_members")).await;
+    assert_eq!(joined["joined"].as_object().unwrap().len(), 2);
+    assert_eq!(
+        alice.get_ok(&format!("{base}/members")).await["chunk"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        alice
+            .get_ok(&format!("{base}/members?membership=invite"))
+            .await["chunk"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_error(
+        &bob.post(
+            &format!("{base}/kick"),
+            json!({"user_id": "@alice:localhost"}),
+        )
+        .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    alice
+        .post_ok(
+            &format!("{base}/kick"),
+            json!({"user_id": "@bob:localhost", "reason": "bye"}),
+        )
+        .await;
+    assert_error(&bob.get(&format!("{base}/state")).await, 403, "M_FORBIDDEN");
+    alice
+        .post_ok(&format!("{base}/ban"), json!({"user_id": "@bob:localhost"}))
+        .await;
+    assert_error(
+        &alice
+            .post(
+                &format!("{base}/invite"),
+                json!({"user_id": "@bob:localhost"}),
+            )
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    alice
+        .post_ok(
+            &format!("{base}/unban"),
+            json!({"user_id": "@bob:localhost"}),
+        )
+        .await;
+    alice
+        .post_ok(
+            &format!("{base}/invite"),
+            json!({"user_id": "@bob:localhost"}),
+        )
+        .await;
+    bob.post_ok(&format!("{base}/join"), json!({})).await;
+    bob.post_ok(&format!("{base}/leave"), json!({})).await;
+    bob.post_ok(&format!("{base}/forget"), json!({})).await;
+    assert_error(
+        &alice.post(&format!("{base}/forget"), json!({})).await,
+        400,
+        "M_UNKNOWN",
+    );
+}
+
+#[tokio::test]
+async fn messages_state_redaction_and_context() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let base = format!("/_matrix/client/v3/rooms/{}", enc(&room));
+    bob.post_ok(&format!("{base}/join"), json!({})).await;
+    let first = alice.send_text(&room, "t1", "one").await;
+    assert_eq!(
+        alice.send_text(&room, "t1", "one again").await,
+        first,
+        "same txn ID, same event"
+    );
+    let image = alice
+        .put_ok(
+            &format!("{base}/send/m.room.message/t2"),
+            json!({"msgtype": "m.image", "body": "cat.png", "url": "mxc://localhost/abc"}),
+        )
+        .await["event_id"]
+        .clone();
+    let third = bob.send_text(&room, "t1", "three").await;
+    assert_ne!(third, first, "txn IDs are per device");
+
+    let back = alice
+        .get_ok(&format!("{base}/messages?dir=b&limit=2"))
+        .await;
+    let chunk = back["chunk"].as_array().unwrap();
+    assert_eq!(chunk.len(), 2);
+    assert_eq!(chunk[0]["event_id"], third.as_str());
+    assert_eq!(chunk[1]["event_id"], image);
+    let older = alice
+        .get_ok(&format!(
+            "{base}/messages?dir=b&limit=1&from={}",
+            back["end"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(older["chunk"][0]["event_id"], first.as_str());
+    assert_eq!(older["chunk"][0]["unsigned"]["transaction_id"], "t1");
+    let forward = alice
+        .get_ok(&format!("{base}/messages?dir=f&limit=100"))
+        .await;
+    assert_eq!(forward["chunk"][0]["type"], "m.room.create");
+    let media = alice
+        .get_ok(&format!(
+            "{base}/messages?dir=b&filter={}",
+            enc(&json!({"contains_url": true}).to_string())
+        ))
+        .await;
+    assert_eq!(media["chunk"].as_array().unwrap().len(), 1);
+    let by_bob = alice.get_ok(&format!("{base}/messages?dir=b&filter={}", enc(&json!({"senders": ["@bob:localhost"], "types": ["m.room.message"], "lazy_load_members": true}).to_string()))).await;
+    assert_eq!(by_bob["chunk"].as_array().unwrap().len(), 1);
+    assert_eq!(by_bob["state"][0]["state_key"], "@bob:localhost");
+    let not_members = alice
+        .get_ok(&format!(
+            "{base}/messages?dir=f&limit=100&filter={}",
+            enc(&json!({"not_types": ["m.room.member"]}).to_string())
+        ))
+        .await;
+    assert!(not_members["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|event| event["type"] != "m.room.member"));
+    assert_error(
+        &alice.get(&format!("{base}/messages?dir=x")).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &alice
+            .get(&format!("{base}/messages?dir=b&from=garbage"))
+            .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+
+    let context = alice
+        .get_ok(&format!(
+            "{base}/context/{}?limit=2",
+            enc(image.as_str().unwrap())
+        ))
+        .await;
+    assert_eq!(context["event"]["event_id"], image);
+    assert_eq!(context["events_before"][0]["event_id"], first.as_str());
+    assert_eq!(context["events_after"][0]["event_id"], third.as_str());
+
+    // Only the sender or a user with the redact power may redact.
+    assert_error(
+        &bob.put(&format!("{base}/redact/{}/r1", enc(&first)), json!({}))
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    alice
+        .put_ok(
+            &format!("{base}/redact/{}/r1", enc(&first)),
+            json!({"reason": "oops"}),
+        )
+        .await;
+    let redacted = alice.get_ok(&format!("{base}/event/{}", enc(&first))).await;
+    assert_eq!(redacted["content"], json!({}));
+    assert_eq!(
+        redacted["unsigned"]["redacted_because"]["content"]["reason"],
+        "oops"
+    );
+    alice
+        .put_ok(&format!("{base}/redact/{}/r2", enc(&third)), json!({}))
+        .await;
+    assert_error(
+        &alice.get(&format!("{base}/event/%24nope")).await,
+        404,
+        "M_NOT_FOUND",
+    );
+
+    // State writes go through the auth rules.
+    alice
+        .put_ok(
+            &format!("{base}/state/m.room.topic/"),
+            json!({"topic": "new"}),
+        )
+        .await;
+    assert_error(
+        &bob.put(
+            &format!("{base}/state/m.room.topic/"),
+            json!({"topic": "mine"}),
+        )
+        .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &bob.put(
+            &format!("{base}/state/m.room.power_levels/"),
+            json!({"users": {"@bob:localhost": 100}}),
+        )
+        .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &alice.get(&format!("{base}/state/m.room.nothing/")).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &alice
+            .put(&format!("{base}/state/m.room.create/"), json!({}))
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    let outsider = server.register("carol").await;
+    assert_error(
+        &outsider
+            .put(
+                &format!("{base}/send/m.room.message/x"),
+                json!({"body": "hi"}),
+            )
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+}
+
+#[tokio::test]
+async fn aliases_and_directory() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    alice
+        .put_ok(
+            "/_matrix/client/v3/directory/room/%23team:localhost",
+            json!({"room_id": room}),
+        )
+        .await;
+    assert_error(
+        &alice
+            .put(
+                "/_matrix/client/v3/directory/room/%23team:localhost",
+                json!({"room_id": room}),
+            )
+            .await,
+        400,
+        "M_UNKNOWN",
+    );
+    assert_error(
+        &alice
+            .put(
+                "/_matrix/client/v3/directory/room/%23team:elsewhere",
+                json!({"room_id": room}),
+            )
+            .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &alice
+            .put(
+                "/_matrix/client/v3/directory/room/%23x:localhost",
+                json!({"room_id": "!nope:localhost"}),
+            )
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
+    bob.post_ok("/_matrix/client/v3/join/%23team:localhost", json!({}))
+        .await;
+    assert_eq!(
+        alice
+            .get_ok(&format!("/_matrix/client/v3/rooms/{}/aliases", enc(&room)))
+            .await["aliases"][0],
+        "#team:localhost"
+    );
+    let (status, _) = bob
+        .delete(
+            "/_matrix/client/v3/directory/room/%23team:localhost",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = alice
+        .delete(
+            "/_matrix/client/v3/directory/room/%23team:localhost",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_error(
+        &alice
+            .get("/_matrix/client/v3/directory/room/%23team:localhost")
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
+    alice
+        .put_ok(
+            &format!("/_matrix/client/v3/directory/list/room/{}", enc(&room)),
+            json!({"visibility": "public"}),
+        )
+        .await;
+    assert_eq!(
+        server
+            .client()
+            .get_ok("/_matrix/client/v3/publicRooms?limit=1")
+            .await["total_room_count_estimate"],
+        1
+    );
+    assert_error(
+        &alice
+            .put(
+                &format!("/_matrix/client/v3/directory/list/room/{}", enc(&room)),
+                json!({"visibility": "odd"}),
+            )
+            .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &alice
+            .get("/_matrix/client/v3/join/%23nothing:localhost")
+            .await,
+        405,
+        "M_UNRECOGNIZED",
+    );
+    assert_error(
+        &alice
+            .post("/_matrix/client/v3/join/%23nothing:localhost", json!({}))
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
+}
+
+#[tokio::test]
+async fn everything_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), |_| {}).await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({"name": "kept"})).await;
+    let event = alice.send_text(&room, "t", "persisted").await;
+    let sync = alice.get_ok("/_matrix/client/v3/sync").await;
+    let next_batch = sync["next_batch"].as_str().unwrap().to_owned();
+    server.stop().await;
+
+    let server = TestServer::start_at(dir.path(), |_| {}).await;
+    let mut alice_again = server.client();
+    alice_again.token = alice.token.clone();
+    assert_eq!(
+        alice_again.user_id().await,
+        "@alice:localhost",
+        "tokens survive"
+    );
+    let fetched = alice_again
+        .get_ok(&format!(
+            "/_matrix/client/v3/rooms/{}/event/{}",
+            enc(&room),
+            enc(&event)
+        ))
+        .await;
+    assert_eq!(fetched["content"]["body"], "persisted");
+    let incremental = alice_again
+        .get_ok(&format!("/_matrix/client/v3/sync?since={next_batch}"))
+        .await;
+    assert!(
+        incremental["rooms"]["join"].as_object().unwrap().is_empty(),
+        "nothing new since the old token: {incremental}"
+    );
+    let second = alice_again.send_text(&room, "t2", "after restart").await;
+    let incremental = alice_again
+        .get_ok(&format!("/_matrix/client/v3/sync?since={next_batch}"))
+        .await;
+    assert_eq!(
+        incremental["rooms"]["join"][&room]["timeline"]["events"][0]["event_id"],
+        second.as_str()
+    );
+    server.stop().await;
+    let refused = TestServer::try_start_with_name(dir.path(), "other.example").await;
+    assert!(refused.is_err(), "a database keeps its server name");
+}

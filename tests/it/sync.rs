@@ -1,0 +1,314 @@
+//! `/sync` over HTTP, and a stock client SDK (matrix-sdk, the SDK behind Element X) end to end.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::{assert_error, enc, TestServer};
+
+#[tokio::test]
+async fn initial_and_incremental_sync() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice
+        .create_room(json!({"name": "chat", "invite": ["@bob:localhost"], "is_direct": true}))
+        .await;
+    let initial = bob.get_ok("/_matrix/client/v3/sync").await;
+    let invite_state = &initial["rooms"]["invite"][&room]["invite_state"]["events"];
+    assert!(
+        invite_state
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|event| event["type"] == "m.room.name"),
+        "{initial}"
+    );
+    let since = initial["next_batch"].as_str().unwrap().to_owned();
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+        json!({}),
+    )
+    .await;
+    for index in 0..15 {
+        alice
+            .send_text(&room, &format!("m{index}"), &format!("message {index}"))
+            .await;
+    }
+    let incremental = bob
+        .get_ok(&format!("/_matrix/client/v3/sync?since={since}"))
+        .await;
+    let joined = &incremental["rooms"]["join"][&room];
+    assert_eq!(
+        joined["timeline"]["limited"], true,
+        "16 events > default limit 10"
+    );
+    assert_eq!(joined["timeline"]["events"].as_array().unwrap().len(), 10);
+    assert!(
+        joined["state"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|event| event["type"] == "m.room.name"),
+        "state fills the gap"
+    );
+    let prev_batch = joined["timeline"]["prev_batch"].as_str().unwrap();
+    let earlier = bob
+        .get_ok(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=5&from={prev_batch}",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(earlier["chunk"][0]["content"]["body"], "message 4");
+
+    // A filtered initial sync with lazy-loaded members and a small timeline.
+    let filter = json!({"room": {"timeline": {"limit": 2}, "state": {"lazy_load_members": true}}});
+    let filter_id = bob
+        .post_ok(
+            "/_matrix/client/v3/user/@bob:localhost/filter",
+            filter.clone(),
+        )
+        .await["filter_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        bob.get_ok(&format!(
+            "/_matrix/client/v3/user/@bob:localhost/filter/{filter_id}"
+        ))
+        .await,
+        filter
+    );
+    let filtered = bob
+        .get_ok(&format!("/_matrix/client/v3/sync?filter={filter_id}"))
+        .await;
+    let joined = &filtered["rooms"]["join"][&room];
+    assert_eq!(joined["timeline"]["events"].as_array().unwrap().len(), 2);
+    let members: Vec<_> = joined["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["type"] == "m.room.member")
+        .collect();
+    assert!(members
+        .iter()
+        .all(|event| event["state_key"] == "@alice:localhost"
+            || event["state_key"] == "@bob:localhost"));
+    assert_error(
+        &bob.get("/_matrix/client/v3/sync?filter=nope").await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &bob.get("/_matrix/client/v3/sync?since=banana").await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &bob.get("/_matrix/client/v3/user/@alice:localhost/filter/x")
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+
+    // Leaving shows up in the leave section of an incremental sync.
+    let before_leave = bob.get_ok("/_matrix/client/v3/sync").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+        json!({}),
+    )
+    .await;
+    let after = bob
+        .get_ok(&format!("/_matrix/client/v3/sync?since={before_leave}"))
+        .await;
+    assert!(after["rooms"]["leave"].get(&room).is_some(), "{after}");
+}
+
+#[tokio::test]
+async fn long_poll_returns_when_a_message_arrives() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let since = alice.get_ok("/_matrix/client/v3/sync").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let waiting = {
+        let alice = alice.clone();
+        let since = since.clone();
+        tokio::spawn(async move {
+            alice
+                .get_ok(&format!(
+                    "/_matrix/client/v3/sync?since={since}&timeout=30000"
+                ))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "nothing happened yet, so the long-poll waits"
+    );
+    let event = alice.send_text(&room, "t", "wake up").await;
+    let response = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("woken well before the timeout")
+        .unwrap();
+    assert_eq!(
+        response["rooms"]["join"][&room]["timeline"]["events"][0]["event_id"],
+        event.as_str()
+    );
+    // With nothing new, a short timeout returns an empty response.
+    let next = response["next_batch"].as_str().unwrap();
+    let empty = alice
+        .get_ok(&format!("/_matrix/client/v3/sync?since={next}&timeout=100"))
+        .await;
+    assert!(empty["rooms"]["join"].as_object().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn account_data_is_stored_and_synced() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let since = alice.get_ok("/_matrix/client/v3/sync").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice
+        .put_ok(
+            "/_matrix/client/v3/user/@alice:localhost/account_data/m.direct",
+            json!({"@bob:localhost": [room]}),
+        )
+        .await;
+    alice
+        .put_ok(
+            &format!(
+                "/_matrix/client/v3/user/@alice:localhost/rooms/{}/account_data/m.tag",
+                enc(&room)
+            ),
+            json!({"tags": {"m.favourite": {}}}),
+        )
+        .await;
+    assert_eq!(
+        alice
+            .get_ok("/_matrix/client/v3/user/@alice:localhost/account_data/m.direct")
+            .await["@bob:localhost"][0],
+        room.as_str()
+    );
+    assert_eq!(
+        alice
+            .get_ok(&format!(
+                "/_matrix/client/v3/user/@alice:localhost/rooms/{}/account_data/m.tag",
+                enc(&room)
+            ))
+            .await["tags"]["m.favourite"],
+        json!({})
+    );
+    assert_error(
+        &alice
+            .get("/_matrix/client/v3/user/@alice:localhost/account_data/nothing")
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &alice
+            .put(
+                "/_matrix/client/v3/user/@bob:localhost/account_data/x",
+                json!({}),
+            )
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &alice
+            .put(
+                "/_matrix/client/v3/user/@alice:localhost/account_data/m.fully_read",
+                json!({}),
+            )
+            .await,
+        400,
+        "M_BAD_JSON",
+    );
+    let sync = alice
+        .get_ok(&format!("/_matrix/client/v3/sync?since={since}"))
+        .await;
+    assert_eq!(sync["account_data"]["events"][0]["type"], "m.direct");
+    assert_eq!(
+        sync["rooms"]["join"][&room]["account_data"]["events"][0]["type"],
+        "m.tag"
+    );
+}
+
+#[tokio::test]
+async fn matrix_sdk_client_chats_through_plait() {
+    use matrix_sdk::{
+        config::SyncSettings,
+        ruma::{
+            api::client::room::create_room::v3::Request as CreateRoomRequest,
+            events::room::message::RoomMessageEventContent, OwnedUserId,
+        },
+        Client,
+    };
+
+    let server = TestServer::start().await;
+    server.register("alice").await;
+    server.register("bob").await;
+    let alice = Client::builder()
+        .homeserver_url(&server.base)
+        .build()
+        .await
+        .unwrap();
+    alice
+        .matrix_auth()
+        .login_username("alice", "password")
+        .send()
+        .await
+        .unwrap();
+    let bob = Client::builder()
+        .homeserver_url(&server.base)
+        .build()
+        .await
+        .unwrap();
+    bob.matrix_auth()
+        .login_username("bob", "password")
+        .send()
+        .await
+        .unwrap();
+
+    let room = alice.create_room(CreateRoomRequest::new()).await.unwrap();
+    let bob_id = OwnedUserId::try_from("@bob:localhost").unwrap();
+    room.invite_user_by_id(&bob_id).await.unwrap();
+    bob.sync_once(SyncSettings::default()).await.unwrap();
+    let invited = bob.get_room(room.room_id()).expect("bob sees the invite");
+    invited.join().await.unwrap();
+
+    room.send(RoomMessageEventContent::text_plain("hello from matrix-sdk"))
+        .await
+        .unwrap();
+    let mut found = false;
+    for _ in 0..5 {
+        bob.sync_once(SyncSettings::default().timeout(Duration::from_secs(2)))
+            .await
+            .unwrap();
+        let messages = bob
+            .get_room(room.room_id())
+            .unwrap()
+            .messages(matrix_sdk::room::MessagesOptions::backward())
+            .await
+            .unwrap();
+        found = messages
+            .chunk
+            .iter()
+            .any(|event| event.raw().json().get().contains("hello from matrix-sdk"));
+        if found {
+            break;
+        }
+    }
+    assert!(found, "bob receives alice's message");
+}
