@@ -5,7 +5,7 @@ use http::Method;
 use super::{route, Auth, Route};
 use crate::api::client::{
     account, account_data, alias, device, discovery, membership, message, profile, room, state,
-    sync,
+    sync, user_directory,
 };
 
 /// Every served route. Paths use `{name}` parameters as the spec writes them.
@@ -341,6 +341,12 @@ pub fn all() -> Vec<Route> {
             "/_matrix/client/v3/sync",
             Token,
             sync::sync_events,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/user_directory/search",
+            Token,
+            user_directory::search_users,
         ),
         route(
             Method::GET,

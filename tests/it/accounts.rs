@@ -361,3 +361,55 @@ async fn bad_requests_get_matrix_errors() {
     assert_eq!(options.status(), 200);
     assert_eq!(options.headers()["access-control-allow-origin"], "*");
 }
+
+#[tokio::test]
+async fn user_directory_finds_users_sharing_a_room() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    server.register("hermit").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+        json!({}),
+    )
+    .await;
+    bob.put_ok(
+        "/_matrix/client/v3/profile/@bob:localhost/displayname",
+        json!({"displayname": "Bobby Tables"}),
+    )
+    .await;
+    let found = alice
+        .post_ok(
+            "/_matrix/client/v3/user_directory/search",
+            json!({"search_term": "tables"}),
+        )
+        .await;
+    assert_eq!(found["results"][0]["user_id"], "@bob:localhost");
+    assert_eq!(found["results"][0]["display_name"], "Bobby Tables");
+    let hidden = alice
+        .post_ok(
+            "/_matrix/client/v3/user_directory/search",
+            json!({"search_term": "hermit"}),
+        )
+        .await;
+    assert_eq!(
+        hidden["results"].as_array().unwrap().len(),
+        0,
+        "users sharing no room stay hidden"
+    );
+    let limited = alice
+        .post_ok(
+            "/_matrix/client/v3/user_directory/search",
+            json!({"search_term": "", "limit": 1}),
+        )
+        .await;
+    assert_eq!(limited["limited"], true);
+    assert_error(
+        &alice
+            .post("/_matrix/client/v3/user_directory/search", json!({}))
+            .await,
+        400,
+        "M_BAD_JSON",
+    );
+}

@@ -4,6 +4,7 @@
 mod common;
 
 mod accounts;
+mod durability;
 mod rooms;
 mod spec_map;
 mod sync;
