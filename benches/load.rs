@@ -193,6 +193,8 @@ struct Machine {
     cpu_model: String,
     mem_total_kb: u64,
     kernel: String,
+    /// /proc/loadavg when the run started (other load skews the figures).
+    loadavg: String,
 }
 
 fn machine_facts() -> Machine {
@@ -216,6 +218,11 @@ fn machine_facts() -> Machine {
         cpu_model,
         mem_total_kb,
         kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        loadavg: read("/proc/loadavg")
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
     }
 }
 
@@ -265,10 +272,35 @@ fn cpu_ticks(stat_path: &str) -> u64 {
     get(11) + get(12)
 }
 
+/// Busy time of the whole machine in clock ticks, from the `cpu` line of /proc/stat
+/// (user + nice + system + irq + softirq + steal).
+fn machine_busy_ticks() -> u64 {
+    let stat = read("/proc/stat");
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum()
+}
+
 struct CpuMark {
     at: Instant,
     server: u64,
     bench: u64,
+    machine: u64,
+}
+
+/// CPU use over an interval, in percent of one core.
+#[derive(Clone, Copy, Default)]
+struct CpuUse {
+    server: f64,
+    bench: f64,
+    /// Everything else on the machine (for example a compiler running meanwhile).
+    other: f64,
 }
 
 impl CpuMark {
@@ -277,14 +309,20 @@ impl CpuMark {
             at: Instant::now(),
             server: cpu_ticks(&format!("/proc/{pid}/stat")),
             bench: cpu_ticks("/proc/self/stat"),
+            machine: machine_busy_ticks(),
         }
     }
-    /// CPU use since `self` in percent of one core: (server, benchmark client).
-    fn since(&self, pid: u32, tck: f64) -> (f64, f64) {
+    fn since(&self, pid: u32, tck: f64) -> CpuUse {
         let now = CpuMark::now(pid);
         let wall = now.at.duration_since(self.at).as_secs_f64().max(1e-9);
         let pct = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / tck / wall * 100.0;
-        (pct(self.server, now.server), pct(self.bench, now.bench))
+        let (server, bench) = (pct(self.server, now.server), pct(self.bench, now.bench));
+        let machine = pct(self.machine, now.machine);
+        CpuUse {
+            server,
+            bench,
+            other: (machine - server - bench).max(0.0),
+        }
     }
 }
 
@@ -1046,8 +1084,8 @@ struct PhaseOut {
     first_send_error: Option<String>,
     watchers: Vec<WatchOut>,
     send_wall: Duration,
-    /// CPU use while sending, in % of one core: (server, benchmark client).
-    cpu_pct: (f64, f64),
+    /// CPU use while sending.
+    cpu: CpuUse,
 }
 
 struct Shared {
@@ -1174,7 +1212,7 @@ async fn run_phase(
             }
         }
     }
-    let cpu_pct = cpu.since(sh.pid, sh.tck);
+    let cpu = cpu.since(sh.pid, sh.tck);
     let send_wall = sends
         .iter()
         .map(|r| r.end)
@@ -1225,7 +1263,7 @@ async fn run_phase(
         first_send_error,
         watchers: outs,
         send_wall,
-        cpu_pct,
+        cpu,
     }
 }
 
@@ -1391,11 +1429,12 @@ async fn run(cfg: Config) -> Result<bool, String> {
         }
     );
     println!(
-        "machine: {} CPUs, {}, {:.1} GiB RAM, Linux {}",
+        "machine: {} CPUs, {}, {:.1} GiB RAM, Linux {}, load average {}",
         m.nproc,
         m.cpu_model,
         m.mem_total_kb as f64 / 1024.0 / 1024.0,
-        m.kernel
+        m.kernel,
+        m.loadavg
     );
     println!("server:  {} (commit {commit})", bin.display());
     println!(
@@ -1571,7 +1610,7 @@ async fn run(cfg: Config) -> Result<bool, String> {
         &mut since,
     )
     .await;
-    let (server_cpu_sat, bench_cpu_sat) = sat.cpu_pct;
+    let cpu_sat = sat.cpu;
     let rss_after_send = rss_of(pid);
     let send = send_summary(&sat);
     let del_sat = delivery(&sat);
@@ -1602,7 +1641,7 @@ async fn run(cfg: Config) -> Result<bool, String> {
         &mut since,
     )
     .await;
-    let (server_cpu_paced, _) = paced.cpu_pct;
+    let cpu_paced = paced.cpu;
     let rss_after_paced = rss_of(pid);
     let paced_send = send_summary(&paced);
     let del_paced = delivery(&paced);
@@ -1618,12 +1657,17 @@ async fn run(cfg: Config) -> Result<bool, String> {
     }
 
     // --- initial sync of a user in many rooms -------------------------------
-    let creator = users[0].clone();
+    // Room i is created (and filled) by member i mod members, so that no user
+    // creates two rooms at once.
     let init_user = users[cfg.members].clone();
     let rooms = {
-        let (api, creator, per_room) = (api.clone(), creator.clone(), cfg.room_messages);
+        let (api, creators, per_room) = (
+            api.clone(),
+            users[..cfg.members].to_vec(),
+            cfg.room_messages,
+        );
         pool(cfg.rooms, cfg.setup_concurrency, move |i| {
-            let (api, creator) = (api.clone(), creator.clone());
+            let (api, creator) = (api.clone(), creators[i % creators.len()].clone());
             async move {
                 let r = api
                     .create_room(&creator, &format!("plait bench room {i}"))
@@ -1799,13 +1843,22 @@ async fn run(cfg: Config) -> Result<bool, String> {
     row("peak RSS, VmHWM (MiB)", num(kb_mb(peak_kb), 1), "");
     row(
         "server CPU during saturating send (% of 1 core)",
-        num(server_cpu_sat, 0),
+        num(cpu_sat.server, 0),
         "",
     );
     row(
         "bench CPU during saturating send (% of 1 core)",
-        num(bench_cpu_sat, 0),
+        num(cpu_sat.bench, 0),
         "",
+    );
+    row(
+        "other CPU during saturating send (% of 1 core)",
+        num(cpu_sat.other, 0),
+        if cpu_sat.other > 20.0 {
+            "busy machine!"
+        } else {
+            ""
+        },
     );
     println!("{t}");
     for (what, e) in [
@@ -1838,6 +1891,7 @@ async fn run(cfg: Config) -> Result<bool, String> {
         "unix_time": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "params": cfg.to_json(),
         "machine": {
+            "loadavg_at_start": m.loadavg,
             "nproc": m.nproc,
             "cpu_model": m.cpu_model,
             "mem_total_kb": m.mem_total_kb,
@@ -1859,8 +1913,9 @@ async fn run(cfg: Config) -> Result<bool, String> {
             "min_1s_events_per_s": r3(send.min_1s),
             "median_1s_events_per_s": r3(send.median_1s),
             "latency_ms": send.latency.json(),
-            "server_cpu_pct": r3(server_cpu_sat),
-            "bench_cpu_pct": r3(bench_cpu_sat),
+            "server_cpu_pct": r3(cpu_sat.server),
+            "bench_cpu_pct": r3(cpu_sat.bench),
+            "other_cpu_pct": r3(cpu_sat.other),
         },
         "delivery_saturating": del_sat.json(),
         "delivery_paced": {
@@ -1868,7 +1923,8 @@ async fn run(cfg: Config) -> Result<bool, String> {
             "sent_ok": paced_send.ok,
             "send_errors": paced_send.errors,
             "send_latency_ms": paced_send.latency.json(),
-            "server_cpu_pct": r3(server_cpu_paced),
+            "server_cpu_pct": r3(cpu_paced.server),
+            "other_cpu_pct": r3(cpu_paced.other),
             "delivery": del_paced.json(),
         },
         "initial_sync": {

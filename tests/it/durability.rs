@@ -16,14 +16,16 @@ impl Drop for Child {
 }
 
 async fn spawn(dir: &std::path::Path, port: u16) -> (Child, Client) {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_plait"))
-        .env("PLAIT_DATABASE_PATH", dir)
-        .env("PLAIT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("PLAIT_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_plait"))
+            .env("PLAIT_DATABASE_PATH", dir)
+            .env("PLAIT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PLAIT_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let client = Client {
         base: format!("http://127.0.0.1:{port}"),
         token: None,
@@ -37,7 +39,7 @@ async fn spawn(dir: &std::path::Path, port: u16) -> (Child, Client) {
             .await
             .is_ok()
         {
-            return (Child(child), client);
+            return (child, client);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
