@@ -15,8 +15,26 @@ struct Args {
     config: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() {
+/// Pins glibc's mmap threshold so that large short-lived buffers (argon2 uses 19 MiB per password
+/// hash) go back to the OS when freed. Left dynamic, glibc raises the threshold after the first
+/// such free and keeps the buffers in per-thread arenas, which showed as ~190 MiB idle RSS.
+fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator parameters; it is called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
+}
+
+fn main() {
+    tune_allocator();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the runtime starts")
+        .block_on(serve());
+}
+
+async fn serve() {
     let args = Args::parse();
     let config = match Config::load(args.config.as_deref()) {
         Ok(config) => config,
