@@ -251,22 +251,30 @@ fn joined_room(
             }
         }
     }
-    let joined = services
-        .rooms
-        .members
-        .iter_members(room_id, Some(MembershipState::Join))?
-        .len();
-    let invited = services
-        .rooms
-        .members
-        .iter_members(room_id, Some(MembershipState::Invite))?
-        .len();
+    // The member counts change only with member events, so they are counted and sent only then
+    // and on initial syncs; clients keep the last values they saw.
+    let membership_changed = initial
+        || events
+            .iter()
+            .any(|(_, pdu)| pdu.kind == ruma::events::TimelineEventType::RoomMember);
+    let summary = if membership_changed {
+        let members = &services.rooms.members;
+        let joined = members
+            .iter_members(room_id, Some(MembershipState::Join))?
+            .len();
+        let invited = members
+            .iter_members(room_id, Some(MembershipState::Invite))?
+            .len();
+        json!({ "m.joined_member_count": joined, "m.invited_member_count": invited })
+    } else {
+        json!({})
+    };
     Ok(Some(json!({
         "timeline": { "events": timeline, "limited": limited, "prev_batch": prev_batch },
         "state": { "events": state },
         "ephemeral": { "events": [] },
         "account_data": { "events": [] },
-        "summary": { "m.joined_member_count": joined, "m.invited_member_count": invited },
+        "summary": summary,
         "unread_notifications": { "notification_count": 0, "highlight_count": 0 },
     })))
 }

@@ -36,6 +36,7 @@ pub struct Timeline {
     roomid_info: Tree,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>,
     versions: Mutex<HashMap<u64, RoomVersionId>>,
+    pub(super) pdu_cache: Mutex<HashMap<OwnedEventId, Pdu>>,
 }
 
 /// Where an event sits: its room's short ID and its stream position.
@@ -82,6 +83,7 @@ impl Timeline {
             roomid_info: db.tree("roomid_info"),
             room_locks: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
+            pdu_cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -273,6 +275,13 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
 
     if pdu.kind == TimelineEventType::RoomCreate {
         timeline.versions.lock().remove(&shortroomid);
+    }
+    // A redaction rewrote its target in the batch; drop the cached copy only now that the new
+    // form is stored, so that no reader can cache the old one again.
+    if pdu.kind == TimelineEventType::RoomRedaction {
+        if let Some(target) = pdu.redacts_id() {
+            timeline.pdu_cache.lock().remove(&target);
+        }
     }
     services.notifier.wake(Topic::Room(room_id.to_string()));
     if let (TimelineEventType::RoomMember, Some(target)) = (&pdu.kind, &pdu.state_key) {

@@ -12,6 +12,9 @@ use crate::{
     util,
 };
 
+/// How many parsed events the cache keeps before it starts over.
+const PDU_CACHE_ENTRIES: usize = 4096;
+
 /// A topological position: depth, then stream position.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TopoPos {
@@ -46,11 +49,24 @@ impl Timeline {
     }
 
     /// An event by ID.
+    /// Recently used events come from an in-memory cache, because the auth checks of every new
+    /// event read the same few state events.
     pub fn get_pdu(&self, event_id: &EventId) -> Result<Option<Pdu>> {
+        if let Some(pdu) = self.pdu_cache.lock().get(event_id) {
+            return Ok(Some(pdu.clone()));
+        }
         let Some(pdu_id) = self.get_pdu_id(event_id)? else {
             return Ok(None);
         };
-        self.get_pdu_at(pdu_id)
+        let pdu = self.get_pdu_at(pdu_id)?;
+        if let Some(pdu) = &pdu {
+            let mut cache = self.pdu_cache.lock();
+            if cache.len() >= PDU_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(event_id.to_owned(), pdu.clone());
+        }
+        Ok(pdu)
     }
 
     /// An event by where it is stored.
