@@ -24,7 +24,7 @@ use crate::{
 
 /// Owns `pduid_pdu` (short room ID u64, stream position u64 → PDU JSON with `event_id`),
 /// `eventid_pduid` (event ID → pdu ID), `roomtopo_pduid` (short room ID u64, depth u64, stream
-/// position u64 → empty), `roomid_extremities` (short room ID u64, event ID → empty),
+/// position u64 → empty), `roomid_extremities` (short room ID u64 → event IDs joined by 0xff),
 /// `userdevicetxnid_eventid` (user 0xff device 0xff txn ID → event ID) and `roomid_info`
 /// (short room ID u64 → room version text).
 pub struct Timeline {
@@ -110,14 +110,16 @@ impl Timeline {
         Ok(Some(version))
     }
 
-    /// The room's forward extremities.
+    /// The room's forward extremities. One value per room, so that reading them is a point
+    /// lookup: a key per extremity left a tombstone per event for every later scan to skip.
     pub fn extremities(&self, shortroomid: u64) -> Result<Vec<OwnedEventId>> {
-        let prefix = key::u64_bytes(shortroomid);
-        self.roomid_extremities
-            .iter_prefix(&prefix)
-            .map(|entry| {
-                let (db_key, _) = entry?;
-                let text = std::str::from_utf8(&db_key[8..])
+        let Some(bytes) = self.roomid_extremities.get(&key::u64_bytes(shortroomid))? else {
+            return Ok(Vec::new());
+        };
+        key::split(&bytes)
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                let text = std::str::from_utf8(part)
                     .map_err(|e| Error::corrupt("roomid_extremities", e))?;
                 OwnedEventId::try_from(text).map_err(|e| Error::corrupt("roomid_extremities", e))
             })
@@ -225,14 +227,15 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
     }
 
     // The room's forward extremities: this event replaces the ones it references.
-    for prev in &pdu.prev_events {
-        let mut extremity = key::u64_bytes(shortroomid).to_vec();
-        extremity.extend_from_slice(prev.as_bytes());
-        batch.remove(&timeline.roomid_extremities, &extremity);
-    }
-    let mut extremity = key::u64_bytes(shortroomid).to_vec();
-    extremity.extend_from_slice(pdu.event_id.as_bytes());
-    batch.insert(&timeline.roomid_extremities, &extremity, b"");
+    let mut extremities = timeline.extremities(shortroomid)?;
+    extremities.retain(|extremity| !pdu.prev_events.contains(extremity));
+    extremities.push(pdu.event_id.clone());
+    let parts: Vec<&[u8]> = extremities.iter().map(|id| id.as_bytes()).collect();
+    batch.insert(
+        &timeline.roomid_extremities,
+        &key::u64_bytes(shortroomid),
+        &key::join(&parts),
+    );
 
     if pdu.kind == TimelineEventType::RoomRedaction {
         if let Some(target) = pdu.redacts_id() {
