@@ -558,3 +558,57 @@ async fn everything_survives_a_restart() {
     let refused = TestServer::try_start_with_name(dir.path(), "other.example").await;
     assert!(refused.is_err(), "a database keeps its server name");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_joins_and_sends_lose_no_state() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let mut users = Vec::new();
+    for index in 0..12 {
+        users.push(server.register(&format!("user{index}")).await);
+    }
+    let joins = users.iter().map(|user| {
+        let user = user.clone();
+        let room = room.clone();
+        tokio::spawn(async move {
+            user.post_ok(
+                &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+                json!({}),
+            )
+            .await
+        })
+    });
+    let sends = (0..40).map(|index| {
+        let alice = alice.clone();
+        let room = room.clone();
+        tokio::spawn(async move {
+            alice
+                .send_text(&room, &format!("c{index}"), "concurrent")
+                .await
+        })
+    });
+    let joins: Vec<_> = joins.collect();
+    let sends: Vec<_> = sends.collect();
+    for task in joins {
+        task.await.unwrap();
+    }
+    for task in sends {
+        task.await.unwrap();
+    }
+    let joined = alice
+        .get_ok(&format!(
+            "/_matrix/client/v3/rooms/{}/joined_members",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(
+        joined["joined"].as_object().unwrap().len(),
+        13,
+        "every join is in the room state"
+    );
+    for (index, user) in users.iter().enumerate() {
+        user.send_text(&room, "after", &format!("from user {index}"))
+            .await;
+    }
+}

@@ -223,10 +223,9 @@ pub fn create_and_commit(
     );
     let pdu = Pdu::from_object(&pdu_object)?;
     super::super::auth::check_local_event(services, &rules, &pdu, state_before)?;
-    drop(_guard);
-    // A v12 create event names a room ID nobody can have locked before, so re-lock that one.
-    let lock = rooms.timeline.room_lock(&room_id);
-    let _guard = lock.lock();
+    // The lock taken above stays held through `commit`, so no other event of this room can read
+    // the same state and overwrite this one's change. (A v12 create event commits under the
+    // placeholder ID's lock: nobody else can know the derived room ID yet.)
     commit(
         services,
         CommitInput {
