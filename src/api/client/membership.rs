@@ -229,14 +229,7 @@ pub async fn unban_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 
 /// `GET /_matrix/client/v3/joined_rooms`
 pub async fn joined_rooms(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let rooms: Vec<_> = services
-        .rooms
-        .members
-        .iter_rooms(ctx.user())?
-        .into_iter()
-        .filter(|room| room.membership == MembershipState::Join)
-        .map(|room| room.room_id)
-        .collect();
+    let rooms: Vec<_> = services.rooms.members.iter_joined_rooms(ctx.user())?;
     Ok(json!({ "joined_rooms": rooms }))
 }
 

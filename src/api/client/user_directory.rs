@@ -29,14 +29,7 @@ pub async fn search_users(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         .unwrap_or(10)
         .min(100) as usize;
     let mut visible: BTreeSet<OwnedUserId> = BTreeSet::new();
-    let mut rooms: Vec<_> = services
-        .rooms
-        .members
-        .iter_rooms(ctx.user())?
-        .into_iter()
-        .filter(|room| room.membership == MembershipState::Join)
-        .map(|room| room.room_id)
-        .collect();
+    let mut rooms: Vec<_> = services.rooms.members.iter_joined_rooms(ctx.user())?;
     rooms.extend(services.rooms.alias.iter_public()?);
     for room_id in rooms {
         for (user, _) in services

@@ -130,6 +130,16 @@ impl Members {
         Ok(rooms)
     }
 
+    /// The rooms a user is joined to.
+    pub fn iter_joined_rooms(&self, user_id: &UserId) -> Result<Vec<OwnedRoomId>> {
+        Ok(self
+            .iter_rooms(user_id)?
+            .into_iter()
+            .filter(|room| room.membership == MembershipState::Join)
+            .map(|room| room.room_id)
+            .collect())
+    }
+
     /// Forgets a room the user has left: drops the user's index entry so it no longer syncs.
     pub fn forget(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
         self.userroomid_membership
