@@ -389,6 +389,27 @@ async fn messages_state_redaction_and_context() {
         403,
         "M_FORBIDDEN",
     );
+    let huge = "x".repeat(70_000);
+    assert_error(
+        &alice
+            .put(
+                &format!("{base}/send/m.room.message/big"),
+                json!({"body": huge}),
+            )
+            .await,
+        413,
+        "M_TOO_LARGE",
+    );
+    assert_error(
+        &alice
+            .put(
+                &format!("{base}/send/m.room.message/float"),
+                json!({"body": "x", "n": 1.5}),
+            )
+            .await,
+        400,
+        "M_BAD_JSON",
+    );
     let outsider = server.register("carol").await;
     assert_error(
         &outsider

@@ -17,6 +17,9 @@ use crate::{
     util,
 };
 
+/// The largest PDU the spec allows, in bytes of canonical JSON.
+const MAX_PDU_BYTES: usize = 65536;
+
 /// At most this many forward extremities are referenced by one new event.
 const MAX_PREV_EVENTS: usize = 20;
 
@@ -197,6 +200,15 @@ pub fn create_and_commit(
         object.insert("event_id".into(), CanonicalJsonValue::String(event_id));
     }
 
+    // The spec caps a whole PDU at 65536 bytes of canonical JSON; leave room for the hashes,
+    // signatures and event ID added below.
+    let unsigned_size = CanonicalJsonValue::Object(object.clone()).to_string().len();
+    if unsigned_size + 512 > MAX_PDU_BYTES {
+        return Err(Error::matrix(
+            ruma::api::error::ErrorKind::TooLarge,
+            format!("event of {unsigned_size} bytes exceeds the {MAX_PDU_BYTES}-byte limit"),
+        ));
+    }
     crypto::hash_and_sign_event(
         services.globals.server_name().as_str(),
         services.globals.signing_key(),
