@@ -11,7 +11,10 @@ use crate::{
     service::{
         filter::RoomEventFilter,
         notify::Topic,
-        rooms::{pdu::Pdu, timeline::read::client_event},
+        rooms::{
+            members::RoomMembership, pdu::Pdu, timeline::read::client_event,
+            visibility::user_can_see,
+        },
         Services,
     },
 };
@@ -68,7 +71,7 @@ pub fn build(services: &Services, request: &SyncRequest<'_>) -> Result<(Value, b
                 let room = joined_room(
                     services,
                     request,
-                    room_id,
+                    &membership,
                     (since, next),
                     limit,
                     full,
@@ -139,12 +142,13 @@ pub fn build(services: &Services, request: &SyncRequest<'_>) -> Result<(Value, b
 fn joined_room(
     services: &Services,
     request: &SyncRequest<'_>,
-    room_id: &RoomId,
+    membership: &RoomMembership,
     (since, next): (u64, u64),
     limit: usize,
     initial: bool,
     (timeline_filter, state_filter): (&RoomEventFilter, &RoomEventFilter),
 ) -> Result<Option<Value>> {
+    let room_id: &RoomId = &membership.room_id;
     let Some(shortroomid) = services.rooms.short.get_shortroomid(room_id)? else {
         return Ok(None);
     };
@@ -160,7 +164,9 @@ fn joined_room(
         if count <= since {
             break;
         }
-        if !timeline_filter.matches(&pdu) {
+        if !timeline_filter.matches(&pdu)
+            || !user_can_see(services, request.user, Some(membership), count, &pdu)?
+        {
             continue;
         }
         if events.len() == limit {

@@ -260,6 +260,12 @@ async fn messages_state_redaction_and_context() {
         .clone();
     let third = bob.send_text(&room, "t1", "three").await;
     assert_ne!(third, first, "txn IDs are per device");
+    let other_room = alice.create_room(json!({})).await;
+    assert_ne!(
+        alice.send_text(&other_room, "t1", "one").await,
+        first,
+        "txn IDs are per room"
+    );
 
     let back = alice
         .get_ok(&format!("{base}/messages?dir=b&limit=2"))
@@ -631,5 +637,82 @@ async fn concurrent_joins_and_sends_lose_no_state() {
     for (index, user) in users.iter().enumerate() {
         user.send_text(&room, "after", &format!("from user {index}"))
             .await;
+    }
+}
+
+#[tokio::test]
+async fn history_visibility_decides_what_new_members_see() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    for (setting, sees_before_invite, sees_while_invited) in [
+        ("shared", true, true),
+        ("invited", false, true),
+        ("joined", false, false),
+    ] {
+        let room = alice
+            .create_room(json!({"preset": "private_chat", "initial_state": [{"type": "m.room.history_visibility", "state_key": "", "content": {"history_visibility": setting}}]}))
+            .await;
+        let base = format!("/_matrix/client/v3/rooms/{}", enc(&room));
+        let before = alice.send_text(&room, "before", "before invite").await;
+        alice
+            .post_ok(
+                &format!("{base}/invite"),
+                json!({"user_id": "@bob:localhost"}),
+            )
+            .await;
+        let invited = alice.send_text(&room, "invited", "while invited").await;
+        bob.post_ok(&format!("{base}/join"), json!({})).await;
+        let after = alice.send_text(&room, "after", "after join").await;
+
+        let messages = bob
+            .get_ok(&format!("{base}/messages?dir=b&limit=100"))
+            .await;
+        let ids: Vec<_> = messages["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|event| event["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            ids.contains(&after),
+            "{setting}: events after the join are visible"
+        );
+        assert_eq!(
+            ids.contains(&before),
+            sees_before_invite,
+            "{setting}: event before the invite"
+        );
+        assert_eq!(
+            ids.contains(&invited),
+            sees_while_invited,
+            "{setting}: event while invited"
+        );
+        let (status, _) = bob.get(&format!("{base}/event/{}", enc(&before))).await;
+        assert_eq!(
+            status == 200,
+            sees_before_invite,
+            "{setting}: /event of the early event"
+        );
+        let sync = bob.get_ok("/_matrix/client/v3/sync?filter=%7B%22room%22%3A%7B%22timeline%22%3A%7B%22limit%22%3A100%7D%7D%7D").await;
+        let timeline: Vec<_> = sync["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|event| event["event_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            timeline.contains(&before),
+            sees_before_invite,
+            "{setting}: initial sync"
+        );
+        assert!(timeline.contains(&after));
+        // The sender always sees everything.
+        assert_eq!(
+            alice
+                .get_ok(&format!("{base}/event/{}", enc(&before)))
+                .await["event_id"],
+            before.as_str()
+        );
     }
 }

@@ -16,6 +16,7 @@ use crate::{
             read::{client_event, TopoPos},
             PduBuilder,
         },
+        rooms::visibility::user_can_see,
         Services,
     },
 };
@@ -33,12 +34,12 @@ pub async fn send_message_event(services: Arc<Services>, ctx: Ctx) -> HandlerRes
     if event_type.is_empty() || event_type.len() > 255 || txn_id.len() > 255 {
         return Err(Error::invalid_param("invalid event type or transaction ID"));
     }
-    if let Some(event_id) =
-        services
-            .rooms
-            .timeline
-            .get_transaction(ctx.user().as_str(), ctx.device(), txn_id)?
-    {
+    if let Some(event_id) = services.rooms.timeline.get_transaction(
+        ctx.user().as_str(),
+        ctx.device(),
+        &room_id,
+        txn_id,
+    )? {
         return Ok(json!({ "event_id": event_id }));
     }
     require_joined(&services, &room_id, ctx.user())?;
@@ -71,12 +72,12 @@ pub async fn redact(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let target = OwnedEventId::try_from(ctx.param(1))
         .map_err(|_| Error::invalid_param("invalid event ID"))?;
     let txn_id = ctx.param(2);
-    if let Some(event_id) =
-        services
-            .rooms
-            .timeline
-            .get_transaction(ctx.user().as_str(), ctx.device(), txn_id)?
-    {
+    if let Some(event_id) = services.rooms.timeline.get_transaction(
+        ctx.user().as_str(),
+        ctx.device(),
+        &room_id,
+        txn_id,
+    )? {
         return Ok(json!({ "event_id": event_id }));
     }
     require_joined(&services, &room_id, ctx.user())?;
@@ -199,6 +200,15 @@ pub async fn get_room_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult 
             "event {event_id} not found in {room_id}"
         )));
     }
+    let count = services
+        .rooms
+        .timeline
+        .get_pdu_id(&event_id)?
+        .map_or(0, |id| id.count);
+    let membership = services.rooms.members.get_user_room(ctx.user(), &room_id)?;
+    if !user_can_see(&services, ctx.user(), membership.as_ref(), count, &pdu)? {
+        return Err(Error::not_found(format!("event {event_id} not found")));
+    }
     Ok(client_event(
         &pdu,
         &room_id,
@@ -291,6 +301,7 @@ pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
         .query("to")
         .map(|token| parse_token(&services, shortroomid, token))
         .transpose()?;
+    let membership = services.rooms.members.get_user_room(ctx.user(), &room_id)?;
     let mut chunk = Vec::new();
     let mut senders = std::collections::BTreeSet::new();
     let mut last = None;
@@ -306,7 +317,15 @@ pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
             }
         }
         last = Some(position);
-        if !filter.matches(&pdu) {
+        if !filter.matches(&pdu)
+            || !user_can_see(
+                &services,
+                ctx.user(),
+                membership.as_ref(),
+                position.count,
+                &pdu,
+            )?
+        {
             continue;
         }
         senders.insert(pdu.sender.clone());
@@ -373,6 +392,16 @@ pub async fn get_context(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         .and_then(|text| serde_json::from_str(text).ok())
         .map(|value: Value| RoomEventFilter::from_value(&value))
         .unwrap_or_default();
+    let membership = services.rooms.members.get_user_room(ctx.user(), &room_id)?;
+    if !user_can_see(
+        &services,
+        ctx.user(),
+        membership.as_ref(),
+        pdu_id.count,
+        &pdu,
+    )? {
+        return Err(Error::not_found(format!("event {event_id} not found")));
+    }
     let here = TopoPos {
         depth: u64::from(pdu.depth),
         count: pdu_id.count,
@@ -388,7 +417,15 @@ pub async fn get_context(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     {
         let (position, event) = entry?;
         start = position;
-        if filter.matches(&event) {
+        if filter.matches(&event)
+            && user_can_see(
+                &services,
+                ctx.user(),
+                membership.as_ref(),
+                position.count,
+                &event,
+            )?
+        {
             before.push(client_event(&event, &room_id, viewer));
         }
         if before.len() >= limit / 2 {
@@ -405,7 +442,15 @@ pub async fn get_context(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     {
         let (position, event) = entry?;
         end = position;
-        if filter.matches(&event) {
+        if filter.matches(&event)
+            && user_can_see(
+                &services,
+                ctx.user(),
+                membership.as_ref(),
+                position.count,
+                &event,
+            )?
+        {
             after.push(client_event(&event, &room_id, viewer));
         }
         if after.len() >= limit - limit / 2 {

@@ -130,6 +130,28 @@ impl Members {
         Ok(rooms)
     }
 
+    /// A user's membership in one room with the position it last changed at.
+    pub fn get_user_room(
+        &self,
+        user_id: &UserId,
+        room_id: &RoomId,
+    ) -> Result<Option<RoomMembership>> {
+        let Some(value) = self
+            .userroomid_membership
+            .get(&key::join(&[user_id.as_bytes(), room_id.as_bytes()]))?
+        else {
+            return Ok(None);
+        };
+        let count = key::read_u64(&value)
+            .ok_or_else(|| Error::corrupt("userroomid_membership", "short value"))?;
+        let membership = MembershipState::from(String::from_utf8_lossy(&value[8..]).as_ref());
+        Ok(Some(RoomMembership {
+            room_id: room_id.to_owned(),
+            membership,
+            count,
+        }))
+    }
+
     /// The rooms a user is joined to.
     pub fn iter_joined_rooms(&self, user_id: &UserId) -> Result<Vec<OwnedRoomId>> {
         Ok(self

@@ -7,6 +7,7 @@ pub mod pdu;
 pub mod short;
 pub mod state;
 pub mod timeline;
+pub mod visibility;
 
 use std::sync::Arc;
 

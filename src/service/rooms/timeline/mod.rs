@@ -25,7 +25,7 @@ use crate::{
 /// Owns `pduid_pdu` (short room ID u64, stream position u64 → PDU JSON with `event_id`),
 /// `eventid_pduid` (event ID → pdu ID), `roomtopo_pduid` (short room ID u64, depth u64, stream
 /// position u64 → empty), `roomid_extremities` (short room ID u64 → event IDs joined by 0xff),
-/// `userdevicetxnid_eventid` (user 0xff device 0xff txn ID → event ID) and `roomid_info`
+/// `userdevicetxnid_eventid` (user 0xff device 0xff room ID 0xff txn ID → event ID) and `roomid_info`
 /// (short room ID u64 → room version text).
 pub struct Timeline {
     pub(super) pduid_pdu: Tree,
@@ -126,16 +126,19 @@ impl Timeline {
             .collect()
     }
 
-    /// The event a device already sent with this transaction ID.
+    /// The event a device already sent into a room with this transaction ID. Idempotency is
+    /// per device and room, as with Synapse, which keys it on the request path.
     pub fn get_transaction(
         &self,
         user: &str,
         device: &str,
+        room_id: &RoomId,
         txn_id: &str,
     ) -> Result<Option<OwnedEventId>> {
         let Some(bytes) = self.userdevicetxnid_eventid.get(&key::join(&[
             user.as_bytes(),
             device.as_bytes(),
+            room_id.as_bytes(),
             txn_id.as_bytes(),
         ]))?
         else {
@@ -199,7 +202,12 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
     if let Some((device, txn_id)) = transaction {
         unsigned["transaction_id"] = Value::String(txn_id.to_owned());
         unsigned["device_id"] = Value::String(device.to_owned());
-        let txn_key = key::join(&[pdu.sender.as_bytes(), device.as_bytes(), txn_id.as_bytes()]);
+        let txn_key = key::join(&[
+            pdu.sender.as_bytes(),
+            device.as_bytes(),
+            room_id.as_bytes(),
+            txn_id.as_bytes(),
+        ]);
         batch.insert(
             &timeline.userdevicetxnid_eventid,
             &txn_key,
