@@ -716,3 +716,40 @@ async fn history_visibility_decides_what_new_members_see() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_room_creation_gives_distinct_rooms() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let alice = alice.clone();
+            tokio::spawn(async move {
+                alice
+                    .create_room(json!({"preset": "public_chat", "name": "same"}))
+                    .await
+            })
+        })
+        .collect();
+    let mut rooms = std::collections::BTreeSet::new();
+    for task in tasks {
+        rooms.insert(task.await.unwrap());
+    }
+    assert_eq!(
+        rooms.len(),
+        16,
+        "identical create events in the same millisecond must not share a room ID"
+    );
+    for room in rooms {
+        let state = alice
+            .get_ok(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)))
+            .await;
+        let creates = state
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|event| event["type"] == "m.room.create")
+            .count();
+        assert_eq!(creates, 1);
+    }
+}

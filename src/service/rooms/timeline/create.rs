@@ -209,46 +209,98 @@ pub fn create_and_commit(
             format!("event of {unsigned_size} bytes exceeds the {MAX_PDU_BYTES}-byte limit"),
         ));
     }
-    crypto::hash_and_sign_event(
-        services.globals.server_name().as_str(),
-        services.globals.signing_key(),
-        &mut object,
-        &rules,
-    )
-    .map_err(|error| Error::bad_json(format!("event cannot be signed: {error}")))?;
-    let event_id = match object.get("event_id") {
-        Some(CanonicalJsonValue::String(id)) => {
-            OwnedEventId::try_from(id.as_str()).map_err(Error::internal)?
+    let derives_room_id = is_create && rules.authorization.room_create_event_id_as_room_id;
+    loop {
+        let mut signed = object.clone();
+        crypto::hash_and_sign_event(
+            services.globals.server_name().as_str(),
+            services.globals.signing_key(),
+            &mut signed,
+            &rules,
+        )
+        .map_err(|error| Error::bad_json(format!("event cannot be signed: {error}")))?;
+        let event_id = match signed.get("event_id") {
+            Some(CanonicalJsonValue::String(id)) => {
+                OwnedEventId::try_from(id.as_str()).map_err(Error::internal)?
+            }
+            _ => crypto::reference_event_id(&signed, &rules).map_err(Error::internal)?,
+        };
+        if !derives_room_id {
+            // The room lock taken above stays held through `commit`, so no other event of this
+            // room can read the same state and overwrite this one's change.
+            commit_checked(
+                services,
+                &rules,
+                room_id,
+                signed,
+                event_id.clone(),
+                state_before,
+                transaction,
+            )?;
+            return Ok((event_id, room_id.to_owned()));
         }
-        _ => crypto::reference_event_id(&object, &rules).map_err(Error::internal)?,
-    };
-    let room_id = if is_create && rules.authorization.room_create_event_id_as_room_id {
-        OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..])).map_err(Error::internal)?
-    } else {
-        room_id.to_owned()
-    };
+        // A v12 room ID is the create event's hash, so two identical create events (same sender,
+        // content and millisecond) would name the same room. Lock the derived ID (placeholder
+        // locks are unique, so this cannot deadlock) and, if the room exists, move the timestamp
+        // on by a millisecond and sign again.
+        let derived = OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..]))
+            .map_err(Error::internal)?;
+        let lock = rooms.timeline.room_lock(&derived);
+        let _derived_guard = lock.lock();
+        if rooms.exists(&derived)? {
+            let next = match object.get("origin_server_ts") {
+                Some(CanonicalJsonValue::Integer(ts)) => {
+                    u64::try_from(i64::from(*ts)).unwrap_or(0) + 1
+                }
+                _ => util::now_millis(),
+            };
+            object.insert(
+                "origin_server_ts".into(),
+                CanonicalJsonValue::Integer(next.try_into().map_err(Error::internal)?),
+            );
+            continue;
+        }
+        commit_checked(
+            services,
+            &rules,
+            &derived,
+            signed,
+            event_id.clone(),
+            state_before,
+            transaction,
+        )?;
+        return Ok((event_id, derived));
+    }
+}
 
+/// Runs the auth checks on a signed local event and commits it; the caller holds the room lock.
+fn commit_checked(
+    services: &Services,
+    rules: &RoomVersionRules,
+    room_id: &RoomId,
+    object: CanonicalJsonObject,
+    event_id: OwnedEventId,
+    state_before: Option<u64>,
+    transaction: Option<(&str, &str)>,
+) -> Result<()> {
     let mut pdu_object = object.clone();
     pdu_object.insert(
         "event_id".into(),
         CanonicalJsonValue::String(event_id.to_string()),
     );
     let pdu = Pdu::from_object(&pdu_object)?;
-    super::super::auth::check_local_event(services, &rules, &pdu, state_before)?;
-    // The lock taken above stays held through `commit`, so no other event of this room can read
-    // the same state and overwrite this one's change. (A v12 create event commits under the
-    // placeholder ID's lock: nobody else can know the derived room ID yet.)
+    super::super::auth::check_local_event(services, rules, &pdu, state_before)?;
     commit(
         services,
         CommitInput {
-            room_id: &room_id,
+            room_id,
             object,
             pdu,
             state_before,
             transaction,
         },
     )?;
-    Ok((event_id, room_id))
+    Ok(())
 }
 
 /// The form of `prev_events`/`auth_events` for the room version: bare IDs, or `[id, hashes]` pairs
