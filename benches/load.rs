@@ -76,8 +76,10 @@ struct Config {
     sync_timeout_ms: u64,
     /// After the last send, how long the sync clients may take to see it all.
     drain: Duration,
-    /// Concurrency of setup requests (register, join, createRoom).
+    /// Concurrency of setup requests (register, createRoom, joins of the initial-sync user).
     setup_concurrency: usize,
+    /// Concurrency of the joins to the load room.
+    join_concurrency: usize,
     /// Pause before the idle RSS reading.
     idle_settle: Duration,
     /// Worker threads of the benchmark's own tokio runtime.
@@ -138,6 +140,7 @@ impl Config {
             sync_timeout_ms: env_num("PLAIT_BENCH_SYNC_TIMEOUT_MS", 30_000),
             drain: Duration::from_secs(env_num("PLAIT_BENCH_DRAIN_SECS", d(15, 5) as u64)),
             setup_concurrency: env_num("PLAIT_BENCH_SETUP_CONCURRENCY", 4).max(1),
+            join_concurrency: env_num("PLAIT_BENCH_JOIN_CONCURRENCY", 1).max(1),
             idle_settle: Duration::from_millis(env_num(
                 "PLAIT_BENCH_IDLE_SETTLE_MS",
                 d(3000, 1000) as u64,
@@ -177,6 +180,8 @@ impl Config {
             "sync_timeout_ms": self.sync_timeout_ms,
             "drain_s": self.drain.as_secs(),
             "client_threads": self.client_threads,
+            "setup_concurrency": self.setup_concurrency,
+            "join_concurrency": self.join_concurrency,
         })
     }
 }
@@ -1506,7 +1511,7 @@ async fn run(cfg: Config) -> Result<bool, String> {
         let (api, users, room) = (api.clone(), users.clone(), room.clone());
         pool(
             cfg.members.saturating_sub(1),
-            cfg.setup_concurrency,
+            cfg.join_concurrency,
             move |i| {
                 let (api, user, room) = (api.clone(), users[i + 1].clone(), room.clone());
                 async move {
@@ -1519,23 +1524,37 @@ async fn run(cfg: Config) -> Result<bool, String> {
         .await
     };
     let join_ms = Stats::of(all_ok("join", joins)?);
-    let joined = api
+    // Every member must be joined in the room's current state, or its sends fail.
+    let state = api
         .ok(
             Method::GET,
-            &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room)),
+            &format!("/_matrix/client/v3/rooms/{}/state", enc(&room)),
             Some(&users[0].token),
             None,
             Duration::from_secs(30),
         )
-        .await
-        .map(|r| r.body["joined"].as_object().map_or(0, |o| o.len()));
-    match &joined {
-        Ok(n) if *n == cfg.members => {}
-        Ok(n) => eprintln!(
-            "warning: joined_members reports {n} members, expected {}",
-            cfg.members
-        ),
-        Err(e) => eprintln!("warning: {e}"),
+        .await?;
+    let joined: Vec<&str> = state
+        .body
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "join")
+        .filter_map(|e| e["state_key"].as_str())
+        .collect();
+    let missing: Vec<&str> = users[..cfg.members]
+        .iter()
+        .map(|u| &*u.user_id)
+        .filter(|u| !joined.contains(u))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "GET /rooms/{{roomId}}/state lists {} joined members, expected {}; not joined: {}",
+            joined.len(),
+            cfg.members,
+            missing.join(", ")
+        ));
     }
     step(
         t0,
