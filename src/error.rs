@@ -69,11 +69,6 @@ impl Error {
         Self::matrix(ErrorKind::MissingParam, message)
     }
 
-    /// `M_UNKNOWN` with a message meant for the client.
-    pub fn unknown(message: impl Into<String>) -> Self {
-        Self::matrix(ErrorKind::Unknown, message)
-    }
-
     /// Stored data that failed to decode.
     pub fn corrupt(tree: &'static str, detail: impl ToString) -> Self {
         Self::Corrupt {
@@ -85,13 +80,5 @@ impl Error {
     /// An internal failure.
     pub fn internal(detail: impl ToString) -> Self {
         Self::Internal(detail.to_string())
-    }
-
-    /// The Matrix error kind, if this is a caller error.
-    pub fn kind(&self) -> Option<&ErrorKind> {
-        match self {
-            Self::Matrix { kind, .. } => Some(kind),
-            _ => None,
-        }
     }
 }

@@ -8,7 +8,6 @@ mod routes;
 use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc};
 
 use axum::{
-    body::Body,
     extract::{RawPathParams, Request, State},
     response::{IntoResponse, Response},
     routing::{on, MethodFilter, MethodRouter},
@@ -188,9 +187,4 @@ async fn prepare(
         value
     };
     ctx::build(services, auth, params, &parts, body)
-}
-
-/// An empty body that axum accepts where a handler needs one.
-pub fn empty_body() -> Body {
-    Body::empty()
 }

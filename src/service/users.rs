@@ -150,18 +150,6 @@ impl Users {
         self.userid_password.db().write(batch)
     }
 
-    /// Every local account, for the user directory.
-    pub fn iter_local_users(&self) -> Result<Vec<OwnedUserId>> {
-        self.userid_password
-            .iter_prefix(b"")
-            .map(|entry| {
-                let (db_key, _) = entry?;
-                OwnedUserId::try_from(String::from_utf8_lossy(&db_key).as_ref())
-                    .map_err(|e| Error::corrupt("userid_password", e))
-            })
-            .collect()
-    }
-
     /// Creates (or replaces the tokens of) a device and returns fresh tokens.
     pub fn create_device(
         &self,

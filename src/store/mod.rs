@@ -216,11 +216,6 @@ impl Batch {
     pub fn append(&mut self, mut other: Batch) {
         self.ops.append(&mut other.ops);
     }
-
-    /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! The PDU type: a room event as stored and as checked by the auth rules, and its client form.
 
 use ruma::{
-    events::TimelineEventType, serde::Raw, CanonicalJsonObject, MilliSecondsSinceUnixEpoch,
-    OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    events::TimelineEventType, CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId,
+    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, value::RawValue, Value};
@@ -110,11 +110,6 @@ impl Pdu {
     pub fn to_stripped_value(&self) -> Value {
         json!({ "type": self.kind, "state_key": self.state_key, "sender": self.sender, "content": self.content })
     }
-}
-
-/// Wraps a JSON value as a ruma `Raw<T>` without re-parsing.
-pub fn to_raw<T>(value: &Value) -> Raw<T> {
-    Raw::from_json(serde_json::value::to_raw_value(value).expect("a Value always serializes"))
 }
 
 impl ruma::state_res::Event for Pdu {

@@ -151,18 +151,6 @@ impl ShortIds {
         Ok(short)
     }
 
-    /// The room ID behind a short ID.
-    pub fn get_roomid(&self, short: u64) -> Result<OwnedRoomId> {
-        let bytes = self
-            .shortroomid_roomid
-            .get(&key::u64_bytes(short))?
-            .ok_or_else(|| Error::corrupt("shortroomid_roomid", short))?;
-        OwnedRoomId::try_from(
-            String::from_utf8(bytes).map_err(|e| Error::corrupt("shortroomid_roomid", e))?,
-        )
-        .map_err(|e| Error::corrupt("shortroomid_roomid", e))
-    }
-
     /// The short ID of a (type, state_key) pair, if any event used it.
     pub fn get_shortstatekey(
         &self,
@@ -216,19 +204,5 @@ impl ShortIds {
         );
         self.statekey_shortstatekey.db().write(batch)?;
         Ok(short)
-    }
-
-    /// The (type, state_key) pair behind a short ID.
-    pub fn get_statekey(&self, short: u64) -> Result<(StateEventType, String)> {
-        let bytes = self
-            .shortstatekey_statekey
-            .get(&key::u64_bytes(short))?
-            .ok_or_else(|| Error::corrupt("shortstatekey_statekey", short))?;
-        let mut parts = key::split(&bytes);
-        let event_type = std::str::from_utf8(parts.next().unwrap_or_default())
-            .map_err(|e| Error::corrupt("shortstatekey_statekey", e))?;
-        let state_key = std::str::from_utf8(parts.next().unwrap_or_default())
-            .map_err(|e| Error::corrupt("shortstatekey_statekey", e))?;
-        Ok((StateEventType::from(event_type), state_key.to_owned()))
     }
 }

@@ -9,8 +9,7 @@ use std::{collections::HashMap, sync::Arc};
 use parking_lot::Mutex;
 use ruma::{
     events::{StateEventType, TimelineEventType},
-    CanonicalJsonObject, CanonicalJsonValue, EventId, OwnedEventId, OwnedRoomId, RoomId,
-    RoomVersionId,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, RoomId, RoomVersionId,
 };
 use serde_json::Value;
 
@@ -309,14 +308,4 @@ pub fn rules_for(version: &RoomVersionId) -> Result<ruma::room_version_rules::Ro
             format!("room version {version} is not supported"),
         )
     })
-}
-
-/// The ID of a room, for callers holding an event ID that must belong to it.
-pub fn check_event_room(pdu: &Pdu, room_id: &RoomId, event_id: &EventId) -> Result<()> {
-    match pdu.room_id.as_deref() {
-        Some(room) if room != room_id => Err(Error::not_found(format!(
-            "event {event_id} is not in room {room_id}"
-        ))),
-        _ => Ok(()),
-    }
 }

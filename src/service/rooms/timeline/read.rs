@@ -79,35 +79,6 @@ impl Timeline {
             .map_err(|e| Error::corrupt("pduid_pdu", e))
     }
 
-    /// A room's events with stream positions in `(after, until]`, oldest first.
-    pub fn iter_since(
-        &self,
-        shortroomid: u64,
-        after: u64,
-        until: u64,
-    ) -> impl Iterator<Item = Result<(u64, Pdu)>> + '_ {
-        let start = PduId {
-            shortroomid,
-            count: after + 1,
-        }
-        .to_bytes();
-        self.pduid_pdu
-            .iter_from(&start, false)
-            .map(|entry| {
-                let (db_key, value) = entry?;
-                let pdu_id = PduId::from_bytes(&db_key)
-                    .ok_or_else(|| Error::corrupt("pduid_pdu", "short key"))?;
-                let pdu =
-                    serde_json::from_slice(&value).map_err(|e| Error::corrupt("pduid_pdu", e))?;
-                Ok((pdu_id, pdu))
-            })
-            .take_while(move |entry| match entry {
-                Ok((pdu_id, _)) => pdu_id.shortroomid == shortroomid && pdu_id.count <= until,
-                Err(_) => true,
-            })
-            .map(|entry| entry.map(|(pdu_id, pdu)| (pdu_id.count, pdu)))
-    }
-
     /// A room's events with stream positions below `before`, newest first.
     pub fn iter_before(
         &self,
