@@ -29,28 +29,42 @@ impl Notifier {
         }
     }
 
-    /// A future that completes when any of `topics` is woken after this call.
-    pub fn wait_any(
-        &self,
-        topics: impl IntoIterator<Item = Topic>,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let mut receivers: Vec<watch::Receiver<u64>> = {
-            let mut channels = self.channels.lock();
-            topics
-                .into_iter()
-                .map(|topic| {
-                    channels
-                        .entry(topic)
-                        .or_insert_with(|| watch::channel(0).0)
-                        .subscribe()
-                })
-                .collect()
+    /// Subscribes to `topics`: the returned [`Waiter`] completes when any of them is woken
+    /// after this call.
+    pub fn subscribe(&self, topics: impl IntoIterator<Item = Topic>) -> Waiter {
+        let mut waiter = Waiter {
+            receivers: Vec::new(),
         };
+        self.add(&mut waiter, topics);
+        waiter
+    }
+
+    /// Adds more topics to a waiter; wakes before this call do not count for them.
+    pub fn add(&self, waiter: &mut Waiter, topics: impl IntoIterator<Item = Topic>) {
+        let mut channels = self.channels.lock();
+        waiter.receivers.extend(topics.into_iter().map(|topic| {
+            channels
+                .entry(topic)
+                .or_insert_with(|| watch::channel(0).0)
+                .subscribe()
+        }));
+    }
+}
+
+/// Watches a set of topics; see [`Notifier::subscribe`].
+pub struct Waiter {
+    receivers: Vec<watch::Receiver<u64>>,
+}
+
+impl Waiter {
+    /// Completes when any watched topic is woken (never, if there are none).
+    pub fn wait(mut self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         Box::pin(async move {
-            if receivers.is_empty() {
+            if self.receivers.is_empty() {
                 return std::future::pending().await;
             }
-            let changes = receivers
+            let changes = self
+                .receivers
                 .iter_mut()
                 .map(|receiver| Box::pin(receiver.changed()));
             let _ = futures_util::future::select_all(changes).await;
@@ -65,12 +79,14 @@ mod tests {
     #[tokio::test]
     async fn waiters_wake_only_for_their_topics() {
         let notifier = Notifier::default();
-        let wait = notifier.wait_any([Topic::Room("!a".into()), Topic::User("@u".into())]);
+        let mut waiter = notifier.subscribe([Topic::Room("!a".into())]);
+        notifier.add(&mut waiter, [Topic::User("@u".into())]);
+        let wait = waiter.wait();
         notifier.wake(Topic::Room("!other".into()));
         let pending = tokio::time::timeout(std::time::Duration::from_millis(20), wait).await;
         assert!(pending.is_err(), "woken by an unrelated topic");
-        let wait = notifier.wait_any([Topic::Room("!a".into())]);
-        notifier.wake(Topic::Room("!a".into()));
+        let wait = notifier.subscribe([Topic::User("@u".into())]).wait();
+        notifier.wake(Topic::User("@u".into()));
         tokio::time::timeout(std::time::Duration::from_secs(1), wait)
             .await
             .expect("woken");

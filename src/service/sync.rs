@@ -10,7 +10,7 @@ use crate::{
     error::Result,
     service::{
         filter::RoomEventFilter,
-        notify::Topic,
+        notify::{Topic, Waiter},
         rooms::{
             members::RoomMembership, pdu::Pdu, timeline::read::client_event,
             visibility::user_can_see,
@@ -28,18 +28,35 @@ pub struct SyncRequest<'a> {
     pub filter: &'a Value,
 }
 
-/// The topics a sync for `user` waits on: the user and every room they are in.
-pub fn topics(services: &Services, user: &UserId) -> Result<Vec<Topic>> {
-    let mut topics = vec![Topic::User(user.to_string())];
-    for membership in services.rooms.members.iter_rooms(user)? {
-        topics.push(Topic::Room(membership.room_id.to_string()));
-    }
-    Ok(topics)
+/// Builds the response and subscribes to everything that can change it, in an order that
+/// misses nothing: the user's topic first (membership changes wake it), then one read of the
+/// user's rooms, then those rooms' topics; anything committed before a room's subscription is
+/// already in the response, which is built last.
+pub fn subscribe_and_build(
+    services: &Services,
+    request: &SyncRequest<'_>,
+) -> Result<(Value, bool, Waiter)> {
+    let mut waiter = services
+        .notifier
+        .subscribe([Topic::User(request.user.to_string())]);
+    let memberships = services.rooms.members.iter_rooms(request.user)?;
+    services.notifier.add(
+        &mut waiter,
+        memberships
+            .iter()
+            .map(|membership| Topic::Room(membership.room_id.to_string())),
+    );
+    let (response, has_updates) = build(services, request, memberships)?;
+    Ok((response, has_updates, waiter))
 }
 
-/// Builds the response for everything after `since` up to the current position; returns it with
+/// The response for everything after `since` up to the current position; returns it with
 /// a flag saying whether it has anything a long-poll should return for.
-pub fn build(services: &Services, request: &SyncRequest<'_>) -> Result<(Value, bool)> {
+fn build(
+    services: &Services,
+    request: &SyncRequest<'_>,
+    memberships: Vec<RoomMembership>,
+) -> Result<(Value, bool)> {
     let next = services.globals.current_count();
     let since = request.since.unwrap_or(0);
     let room_filter = request.filter.get("room").cloned().unwrap_or(Value::Null);
@@ -58,7 +75,7 @@ pub fn build(services: &Services, request: &SyncRequest<'_>) -> Result<(Value, b
     let mut invite = Map::new();
     let mut leave = Map::new();
     let mut knock = Map::new();
-    for membership in services.rooms.members.iter_rooms(request.user)? {
+    for membership in memberships {
         let room_id = &membership.room_id;
         if !room_allowed.room_allowed(room_id.as_str()) {
             continue;

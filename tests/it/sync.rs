@@ -312,3 +312,43 @@ async fn matrix_sdk_client_chats_through_plait() {
     }
     assert!(found, "bob receives alice's message");
 }
+
+#[tokio::test]
+async fn long_poll_returns_when_an_invite_arrives() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({})).await;
+    let since = bob.get_ok("/_matrix/client/v3/sync").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let waiting = {
+        let bob = bob.clone();
+        tokio::spawn(async move {
+            bob.get_ok(&format!(
+                "/_matrix/client/v3/sync?since={since}&timeout=30000"
+            ))
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !waiting.is_finished(),
+        "bob is in no room yet, so the long-poll waits"
+    );
+    alice
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({"user_id": "@bob:localhost"}),
+        )
+        .await;
+    let response = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("woken by the invite")
+        .unwrap();
+    assert!(
+        response["rooms"]["invite"].get(&room).is_some(),
+        "{response}"
+    );
+}

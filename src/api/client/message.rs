@@ -407,56 +407,39 @@ pub async fn get_context(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         count: pdu_id.count,
     };
     let viewer = Some((ctx.user(), ctx.device()));
-    let mut before = Vec::new();
-    let mut start = here;
-    for entry in services
-        .rooms
-        .timeline
-        .iter_topo(shortroomid, here, true)
-        .take(limit.div_ceil(2).max(1) * 4)
-    {
-        let (position, event) = entry?;
-        start = position;
-        if filter.matches(&event)
-            && user_can_see(
-                &services,
-                ctx.user(),
-                membership.as_ref(),
-                position.count,
-                &event,
-            )?
+    // Up to `wanted` events on one side of the target that pass the filter and that the viewer
+    // may see (scanning a bounded number), with the last position scanned for the token.
+    let collect = |backwards: bool, wanted: usize| -> Result<(Vec<Value>, TopoPos)> {
+        let mut events = Vec::new();
+        let mut last = here;
+        let budget = limit.div_ceil(2).max(1) * 4;
+        for entry in services
+            .rooms
+            .timeline
+            .iter_topo(shortroomid, here, backwards)
+            .take(budget)
         {
-            before.push(client_event(&event, &room_id, viewer));
+            let (position, event) = entry?;
+            last = position;
+            if filter.matches(&event)
+                && user_can_see(
+                    &services,
+                    ctx.user(),
+                    membership.as_ref(),
+                    position.count,
+                    &event,
+                )?
+            {
+                events.push(client_event(&event, &room_id, viewer));
+            }
+            if events.len() >= wanted {
+                break;
+            }
         }
-        if before.len() >= limit / 2 {
-            break;
-        }
-    }
-    let mut after = Vec::new();
-    let mut end = here;
-    for entry in services
-        .rooms
-        .timeline
-        .iter_topo(shortroomid, here, false)
-        .take(limit.div_ceil(2).max(1) * 4)
-    {
-        let (position, event) = entry?;
-        end = position;
-        if filter.matches(&event)
-            && user_can_see(
-                &services,
-                ctx.user(),
-                membership.as_ref(),
-                position.count,
-                &event,
-            )?
-        {
-            after.push(client_event(&event, &room_id, viewer));
-        }
-        if after.len() >= limit - limit / 2 {
-            break;
-        }
-    }
+        Ok((events, last))
+    };
+    let (before, start) = collect(true, limit / 2)?;
+    let (after, end) = collect(false, limit - limit / 2)?;
     let hash = services.rooms.current_state_hash(&room_id)?.unwrap_or(0);
     let state: Vec<Value> = if hash == 0 {
         Vec::new()

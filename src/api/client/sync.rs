@@ -40,10 +40,6 @@ pub async fn sync_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let filter = super::account_data::sync_filter(&services, &ctx)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
     loop {
-        // Subscribe before building so that nothing committed in between is missed.
-        let wait = services
-            .notifier
-            .wait_any(sync::topics(&services, ctx.user())?);
         let request = sync::SyncRequest {
             user: ctx.user(),
             device: ctx.device(),
@@ -51,11 +47,14 @@ pub async fn sync_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             full_state,
             filter: &filter,
         };
-        let (response, has_updates) = sync::build(&services, &request)?;
+        let (response, has_updates, waiter) = sync::subscribe_and_build(&services, &request)?;
         if has_updates || since.is_none() || full_state || tokio::time::Instant::now() >= deadline {
             return Ok(response);
         }
-        if tokio::time::timeout_at(deadline, wait).await.is_err() {
+        if tokio::time::timeout_at(deadline, waiter.wait())
+            .await
+            .is_err()
+        {
             return Ok(response);
         }
     }

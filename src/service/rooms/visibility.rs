@@ -5,7 +5,7 @@
 use ruma::{events::StateEventType, UserId};
 use serde_json::Value;
 
-use super::{members::RoomMembership, pdu::Pdu};
+use super::{members::RoomMembership, pdu::Pdu, Rooms};
 use crate::{error::Result, service::Services};
 
 /// Whether `user` may see `pdu` (stored at stream position `count`), given the user's current
@@ -34,28 +34,24 @@ pub fn user_can_see(
         // in rooms created here, so refusing is the safe answer.
         return Ok(false);
     };
-    let visibility = rooms
-        .state_pdu(after, &StateEventType::RoomHistoryVisibility, "")?
-        .and_then(|event| {
-            event
-                .content_value()
-                .get("history_visibility")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "shared".to_owned());
+    let visibility = state_field(
+        rooms,
+        after,
+        StateEventType::RoomHistoryVisibility,
+        "",
+        "history_visibility",
+    )?
+    .unwrap_or_else(|| "shared".to_owned());
     if visibility == "world_readable" {
         return Ok(true);
     }
-    let membership_then = rooms
-        .state_pdu(after, &StateEventType::RoomMember, user.as_str())?
-        .and_then(|event| {
-            event
-                .content_value()
-                .get("membership")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        });
+    let membership_then = state_field(
+        rooms,
+        after,
+        StateEventType::RoomMember,
+        user.as_str(),
+        "membership",
+    )?;
     Ok(match visibility.as_str() {
         "joined" => membership_then.as_deref() == Some("join"),
         "invited" => matches!(membership_then.as_deref(), Some("join" | "invite")),
@@ -63,4 +59,23 @@ pub fn user_can_see(
         // the time they were joined.
         _ => joined_now || membership_then.as_deref() == Some("join"),
     })
+}
+
+/// A string field of the content of a state event in a snapshot.
+fn state_field(
+    rooms: &Rooms,
+    shortstatehash: u64,
+    kind: StateEventType,
+    state_key: &str,
+    field: &str,
+) -> Result<Option<String>> {
+    Ok(rooms
+        .state_pdu(shortstatehash, &kind, state_key)?
+        .and_then(|event| {
+            event
+                .content_value()
+                .get(field)
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        }))
 }
