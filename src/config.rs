@@ -57,6 +57,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// Extra PEM CA certificate trusted for outgoing federation requests.
     pub federation_ca_file: Option<PathBuf>,
+    /// Notary servers asked for another server's keys when that server cannot be reached.
+    pub trusted_key_servers: Vec<String>,
 }
 
 impl Default for Config {
@@ -77,6 +79,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             federation_ca_file: None,
+            trusted_key_servers: Vec::new(),
         }
     }
 }
@@ -98,6 +101,7 @@ const ENV_KEYS: &[&str] = &[
     "tls_cert",
     "tls_key",
     "federation_ca_file",
+    "trusted_key_servers",
 ];
 
 impl Config {
@@ -159,10 +163,25 @@ impl Config {
                 "invalid configuration key `max_request_bytes`: must be at least 65536".to_owned(),
             );
         }
+        for notary in &self.trusted_key_servers {
+            if <&ruma::ServerName>::try_from(notary.as_str()).is_err() {
+                return Err(format!(
+                    "invalid configuration key `trusted_key_servers`: `{notary}` is not a valid server name"
+                ));
+            }
+        }
         if self.federation_listen.is_some() != (self.tls_cert.is_some() && self.tls_key.is_some()) {
             return Err("invalid configuration key `federation_listen`: needs `tls_cert` and `tls_key` (and they need it)".to_owned());
         }
         Ok(())
+    }
+
+    /// The trusted notary servers as ruma types; valid after `validate`.
+    pub fn trusted_key_servers(&self) -> Vec<ruma::OwnedServerName> {
+        self.trusted_key_servers
+            .iter()
+            .filter_map(|name| ruma::OwnedServerName::try_from(name.as_str()).ok())
+            .collect()
     }
 
     /// The server name as a ruma type; valid after `validate`.

@@ -2,12 +2,14 @@
 //!
 //! Layers, from the edge inward (see `docs/ARCHITECTURE.md`): `http` (routing, auth, errors),
 //! `api` (one handler per endpoint), `service` (domain logic; `service::rooms::timeline::commit`
-//! is the one path that writes events), `crypto` (pure functions), `store` (RocksDB).
+//! is the one path that writes events), `federation` (the outgoing server-server client),
+//! `crypto` (pure functions), `store` (RocksDB).
 
 pub mod api;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod federation;
 pub mod http;
 pub mod service;
 pub mod store;
@@ -19,25 +21,72 @@ use tokio::net::TcpListener;
 
 pub use crate::{config::Config, error::Error, service::Services};
 
-/// Serves the client API on an already bound listener until `shutdown` completes.
+/// The already bound listeners: the client API (plain HTTP) and, when federation is on, the TLS
+/// listener that serves federation and the client API.
+pub struct Listeners {
+    pub client: TcpListener,
+    pub federation: Option<TcpListener>,
+}
+
+/// Serves on already bound listeners until `shutdown` completes.
 pub async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let services = Services::build(Arc::new(config))?;
-    serve(listener, services, shutdown).await
+    serve(listeners, services, shutdown).await
 }
 
-/// Serves with already built services (tests that inspect services use this).
+/// Serves with already built services (tests that inspect services use this), then waits for the
+/// background workers to stop.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     services: Arc<Services>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let router = http::router(services);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let tls = match (
+        &listeners.federation,
+        &services.config.tls_cert,
+        &services.config.tls_key,
+    ) {
+        (None, _, _) => None,
+        (Some(_), Some(cert), Some(key)) => Some(http::tls::load_config(cert, key)?),
+        (Some(_), _, _) => {
+            return Err(Error::Config(
+                "invalid configuration key `federation_listen`: needs `tls_cert` and `tls_key`"
+                    .to_owned(),
+            ))
+        }
+    };
+    let workers = service::start_workers(&services, wait(stopped.clone()));
+    let router = http::router(Arc::clone(&services));
+    let federation = match (listeners.federation, tls) {
+        (Some(listener), Some(tls)) => Some(tokio::spawn(http::tls::serve(
+            listener,
+            router.clone(),
+            tls,
+            wait(stopped.clone()),
+        ))),
+        _ => None,
+    };
+    let client = axum::serve(listeners.client, router)
+        .with_graceful_shutdown(wait(stopped))
         .await
-        .map_err(|error| Error::Internal(format!("server failed: {error}")))
+        .map_err(|error| Error::Internal(format!("server failed: {error}")));
+    if let Some(federation) = federation {
+        let _ = federation.await;
+    }
+    for worker in workers {
+        let _ = worker.await;
+    }
+    client
 }

@@ -52,6 +52,16 @@ async fn serve() {
             std::process::exit(2);
         }
     };
+    let federation = match config.federation_listen {
+        Some(address) => match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                eprintln!("plait: cannot listen on {address} (federation): {error}");
+                std::process::exit(2);
+            }
+        },
+        None => None,
+    };
     let address = listener.local_addr().unwrap();
     println!(
         "plait: serving {} on http://{address} (database {})",
@@ -59,6 +69,12 @@ async fn serve() {
         config.database_path.display()
     );
     println!("plait: point a Matrix client at homeserver URL http://{address}");
+    if let Some(federation) = &federation {
+        println!(
+            "plait: federation (TLS) on https://{}",
+            federation.local_addr().unwrap()
+        );
+    }
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
         let mut term =
@@ -69,7 +85,16 @@ async fn serve() {
         }
         tracing::info!("shutting down");
     };
-    if let Err(error) = plait::run(listener, config, shutdown).await {
+    if let Err(error) = plait::run(
+        plait::Listeners {
+            client: listener,
+            federation,
+        },
+        config,
+        shutdown,
+    )
+    .await
+    {
         eprintln!("plait: {error}");
         std::process::exit(1);
     }

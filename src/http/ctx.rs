@@ -22,10 +22,14 @@ pub enum Auth {
     Required,
     /// An access token is used when present.
     Optional,
+    /// A server-server request signed with `X-Matrix`.
+    Server,
 }
 
 /// A parsed request.
 pub struct Ctx {
+    /// The authenticated origin server of a federation request.
+    pub origin: Option<ruma::OwnedServerName>,
     pub user: Option<OwnedUserId>,
     pub device: Option<OwnedDeviceId>,
     pub params: Vec<String>,
@@ -43,13 +47,14 @@ pub(super) fn build(
     let query: HashMap<String, String> =
         parts.uri.query().map(url_decode_pairs).unwrap_or_default();
     let mut ctx = Ctx {
+        origin: None,
         user: None,
         device: None,
         params,
         query,
         body,
     };
-    if auth == Auth::None {
+    if auth == Auth::None || auth == Auth::Server {
         return Ok(ctx);
     }
     let header_token = parts
@@ -154,6 +159,13 @@ impl Ctx {
             .as_deref()
             .map(|device| device.as_str())
             .expect("route requires authentication")
+    }
+
+    /// The authenticated origin server; only call on routes with [`Auth::Server`].
+    pub fn origin(&self) -> &ruma::ServerName {
+        self.origin
+            .as_deref()
+            .expect("route requires server authentication")
     }
 
     /// Path parameter `index`.

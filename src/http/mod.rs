@@ -4,6 +4,8 @@
 pub mod ctx;
 pub mod error;
 mod routes;
+pub mod tls;
+mod x_matrix;
 
 use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc};
 
@@ -117,6 +119,7 @@ async fn edge(request: Request, next: axum::middleware::Next) -> Response {
             path = %request.uri().path(),
             request_id = %crate::util::random_string(8),
             user = tracing::field::Empty,
+            origin = tracing::field::Empty,
         );
         next.run(request).instrument(span).await
     };
@@ -172,7 +175,8 @@ async fn prepare(
             )
         })?
         .to_bytes();
-    let body = if bytes.iter().all(u8::is_ascii_whitespace) {
+    let empty = bytes.iter().all(u8::is_ascii_whitespace);
+    let body = if empty {
         Value::Object(Default::default())
     } else {
         let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
@@ -186,5 +190,15 @@ async fn prepare(
         }
         value
     };
-    ctx::build(services, auth, params, &parts, body)
+    let origin = if auth == Auth::Server {
+        let signed_body = (!empty).then_some(&body);
+        let origin = x_matrix::authenticate(services, &parts, signed_body).await?;
+        tracing::Span::current().record("origin", tracing::field::display(&origin));
+        Some(origin)
+    } else {
+        None
+    };
+    let mut ctx = ctx::build(services, auth, params, &parts, body)?;
+    ctx.origin = origin;
+    Ok(ctx)
 }

@@ -7,11 +7,36 @@ use crate::api::client::{
     account, account_data, alias, device, discovery, membership, message, profile, room, state,
     sync, user_directory,
 };
+use crate::api::federation::keys;
 
 /// Every served route. Paths use `{name}` parameters as the spec writes them.
 pub fn all() -> Vec<Route> {
     use Auth::{None as Open, Required as Token};
     vec![
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/version",
+            Open,
+            keys::get_server_version,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/key/v2/server",
+            Open,
+            keys::get_server_keys,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/key/v2/query/{serverName}",
+            Open,
+            keys::get_remote_server_keys,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/key/v2/query",
+            Open,
+            keys::get_remote_server_keys_batch,
+        ),
         route(
             Method::GET,
             "/_matrix/client/versions",

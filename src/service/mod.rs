@@ -6,13 +6,15 @@ pub mod filter;
 pub mod globals;
 pub mod notify;
 pub mod rooms;
+pub mod sending;
+pub mod server_keys;
 pub mod sync;
 pub mod uiaa;
 pub mod users;
 
 use std::sync::Arc;
 
-use crate::{config::Config, error::Result, store::Db};
+use crate::{config::Config, error::Result, federation::FederationClient, store::Db};
 
 /// Every service, built once at start-up.
 pub struct Services {
@@ -24,6 +26,10 @@ pub struct Services {
     pub account_data: account_data::AccountData,
     pub rooms: rooms::Rooms,
     pub notifier: notify::Notifier,
+    pub server_keys: server_keys::ServerKeys,
+    pub sending: sending::Sending,
+    /// The outgoing server-server client.
+    pub federation: FederationClient,
 }
 
 impl Services {
@@ -37,8 +43,27 @@ impl Services {
             account_data: account_data::AccountData::open(&db),
             rooms: rooms::Rooms::open(&db)?,
             notifier: notify::Notifier::default(),
+            server_keys: server_keys::ServerKeys::open(&db, config.trusted_key_servers()),
+            sending: sending::Sending::open(&db),
+            federation: FederationClient::new(config.federation_ca_file.as_deref())?,
             config,
             db,
         }))
     }
+}
+
+/// Starts the background workers (the federation sender); each stops when `shutdown` completes.
+pub fn start_workers(
+    services: &Arc<Services>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    vec![
+        tokio::spawn(sending::run(Arc::clone(services), stopped)),
+        watcher,
+    ]
 }

@@ -45,6 +45,11 @@ pub const TREES: &[&str] = &[
     "roomidalias_",
     "publicroomid_",
     "roomid_info",
+    "servernamekeyid_key",
+    "servername_keydocument",
+    "eventid_outlierpdu",
+    "servertxnid_response",
+    "servercount_outgoing",
 ];
 
 /// The open database.

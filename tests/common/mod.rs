@@ -41,9 +41,16 @@ impl TestServer {
         let services = Services::build(Arc::new(config)).unwrap();
         let (shutdown, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(
-            plait::serve(listener, Arc::clone(&services), async {
-                let _ = stopped.await;
-            })
+            plait::serve(
+                plait::Listeners {
+                    client: listener,
+                    federation: None,
+                },
+                Arc::clone(&services),
+                async {
+                    let _ = stopped.await;
+                },
+            )
             .map_unit(),
         );
         Self {

@@ -1,9 +1,16 @@
 //! Membership indexes: who is in a room, and which rooms a user is in, kept in step with
 //! `m.room.member` events by the commit path.
 
-use std::sync::Arc;
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
 
-use ruma::{events::room::member::MembershipState, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use parking_lot::Mutex;
+use ruma::{
+    events::room::member::MembershipState, OwnedRoomId, OwnedServerName, OwnedUserId, RoomId,
+    UserId,
+};
 use serde_json::Value;
 
 use super::pdu::Pdu;
@@ -17,6 +24,8 @@ use crate::{
 pub struct Members {
     roomuserid_membership: Tree,
     userroomid_membership: Tree,
+    /// The servers with a joined member, per room; dropped when a member event is committed.
+    servers: Mutex<HashMap<OwnedRoomId, Arc<BTreeSet<OwnedServerName>>>>,
 }
 
 /// A user's membership in one room.
@@ -34,6 +43,7 @@ impl Members {
         Self {
             roomuserid_membership: db.tree("roomuserid_membership"),
             userroomid_membership: db.tree("userroomid_membership"),
+            servers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -67,6 +77,29 @@ impl Members {
             &value,
         );
         Ok(())
+    }
+
+    /// The servers that have at least one joined member in a room. Cached, so that sending an
+    /// event costs nothing proportional to the room's size unless membership changed.
+    pub fn servers_in_room(&self, room_id: &RoomId) -> Result<Arc<BTreeSet<OwnedServerName>>> {
+        if let Some(servers) = self.servers.lock().get(room_id) {
+            return Ok(Arc::clone(servers));
+        }
+        let servers: BTreeSet<OwnedServerName> = self
+            .iter_members(room_id, Some(MembershipState::Join))?
+            .into_iter()
+            .map(|(user, _)| user.server_name().to_owned())
+            .collect();
+        let servers = Arc::new(servers);
+        self.servers
+            .lock()
+            .insert(room_id.to_owned(), Arc::clone(&servers));
+        Ok(servers)
+    }
+
+    /// Forgets the cached server list of a room after its membership changed.
+    pub fn invalidate_servers(&self, room_id: &RoomId) {
+        self.servers.lock().remove(room_id);
     }
 
     /// A user's current membership in a room.

@@ -102,6 +102,83 @@ pub fn create_and_commit(
             .ok_or_else(|| Error::not_found(format!("room {room_id} is unknown to this server")))?
     };
     let rules = rules_for(&version)?;
+    let (object, state_before) =
+        build_template(services, room_id, sender, &builder, &rules, shortroomid)?;
+    // The spec caps a whole PDU at 65536 bytes of canonical JSON; leave room for the hashes,
+    // signatures and event ID added below.
+    let unsigned_size = CanonicalJsonValue::Object(object.clone()).to_string().len();
+    if unsigned_size + 512 > MAX_PDU_BYTES {
+        return Err(Error::matrix(
+            ruma::api::error::ErrorKind::TooLarge,
+            format!("event of {unsigned_size} bytes exceeds the {MAX_PDU_BYTES}-byte limit"),
+        ));
+    }
+    let derives_room_id = is_create && rules.authorization.room_create_event_id_as_room_id;
+    let mut object = object;
+    loop {
+        let (signed, event_id) = build_and_sign(services, &object, &rules)?;
+        if !derives_room_id {
+            // The room lock taken above stays held through `commit`, so no other event of this
+            // room can read the same state and overwrite this one's change.
+            commit_checked(
+                services,
+                &rules,
+                room_id,
+                signed,
+                event_id.clone(),
+                state_before,
+                transaction,
+            )?;
+            return Ok((event_id, room_id.to_owned()));
+        }
+        // A v12 room ID is the create event's hash, so two identical create events (same sender,
+        // content and millisecond) would name the same room. Lock the derived ID (placeholder
+        // locks are unique, so this cannot deadlock) and, if the room exists, move the timestamp
+        // on by a millisecond and sign again.
+        let derived = OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..]))
+            .map_err(Error::internal)?;
+        let lock = rooms.timeline.room_lock(&derived);
+        let _derived_guard = lock.lock();
+        if rooms.exists(&derived)? {
+            let next = match object.get("origin_server_ts") {
+                Some(CanonicalJsonValue::Integer(ts)) => {
+                    u64::try_from(i64::from(*ts)).unwrap_or(0) + 1
+                }
+                _ => util::now_millis(),
+            };
+            object.insert(
+                "origin_server_ts".into(),
+                CanonicalJsonValue::Integer(next.try_into().map_err(Error::internal)?),
+            );
+            continue;
+        }
+        commit_checked(
+            services,
+            &rules,
+            &derived,
+            signed,
+            event_id.clone(),
+            state_before,
+            transaction,
+        )?;
+        return Ok((event_id, derived));
+    }
+}
+
+/// Builds an unsigned event for the room's current state: prev_events from the forward
+/// extremities, auth_events from the state, depth, timestamp. Returns it with the state snapshot it
+/// was built on. Used for local events and for the `make_join`/`make_leave`/`make_knock`
+/// templates other servers ask for; the caller holds the room lock.
+pub fn build_template(
+    services: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    builder: &PduBuilder,
+    rules: &RoomVersionRules,
+    shortroomid: Option<u64>,
+) -> Result<(CanonicalJsonObject, Option<u64>)> {
+    let rooms = &services.rooms;
+    let is_create = builder.kind == TimelineEventType::RoomCreate;
     let state_before = match shortroomid {
         Some(short) => rooms.state.get_room_state(short)?,
         None => None,
@@ -185,11 +262,11 @@ pub fn create_and_commit(
     }
     object.insert(
         "prev_events".into(),
-        event_references(services, &prev_events, &rules)?,
+        event_references(services, &prev_events, rules)?,
     );
     object.insert(
         "auth_events".into(),
-        event_references(services, &auth_events, &rules)?,
+        event_references(services, &auth_events, rules)?,
     );
     if rules.event_id_format == EventIdFormatVersion::V1 {
         let event_id = format!(
@@ -200,77 +277,31 @@ pub fn create_and_commit(
         object.insert("event_id".into(), CanonicalJsonValue::String(event_id));
     }
 
-    // The spec caps a whole PDU at 65536 bytes of canonical JSON; leave room for the hashes,
-    // signatures and event ID added below.
-    let unsigned_size = CanonicalJsonValue::Object(object.clone()).to_string().len();
-    if unsigned_size + 512 > MAX_PDU_BYTES {
-        return Err(Error::matrix(
-            ruma::api::error::ErrorKind::TooLarge,
-            format!("event of {unsigned_size} bytes exceeds the {MAX_PDU_BYTES}-byte limit"),
-        ));
-    }
-    let derives_room_id = is_create && rules.authorization.room_create_event_id_as_room_id;
-    loop {
-        let mut signed = object.clone();
-        crypto::hash_and_sign_event(
-            services.globals.server_name().as_str(),
-            services.globals.signing_key(),
-            &mut signed,
-            &rules,
-        )
-        .map_err(|error| Error::bad_json(format!("event cannot be signed: {error}")))?;
-        let event_id = match signed.get("event_id") {
-            Some(CanonicalJsonValue::String(id)) => {
-                OwnedEventId::try_from(id.as_str()).map_err(Error::internal)?
-            }
-            _ => crypto::reference_event_id(&signed, &rules).map_err(Error::internal)?,
-        };
-        if !derives_room_id {
-            // The room lock taken above stays held through `commit`, so no other event of this
-            // room can read the same state and overwrite this one's change.
-            commit_checked(
-                services,
-                &rules,
-                room_id,
-                signed,
-                event_id.clone(),
-                state_before,
-                transaction,
-            )?;
-            return Ok((event_id, room_id.to_owned()));
+    Ok((object, state_before))
+}
+
+/// Adds hashes and this server's signature to an event and computes its ID (the reference hash
+/// from room version 3 on, the `event_id` member before).
+pub fn build_and_sign(
+    services: &Services,
+    object: &CanonicalJsonObject,
+    rules: &RoomVersionRules,
+) -> Result<(CanonicalJsonObject, OwnedEventId)> {
+    let mut signed = object.clone();
+    crypto::hash_and_sign_event(
+        services.globals.server_name().as_str(),
+        services.globals.signing_key(),
+        &mut signed,
+        rules,
+    )
+    .map_err(|error| Error::bad_json(format!("event cannot be signed: {error}")))?;
+    let event_id = match signed.get("event_id") {
+        Some(CanonicalJsonValue::String(id)) => {
+            OwnedEventId::try_from(id.as_str()).map_err(Error::internal)?
         }
-        // A v12 room ID is the create event's hash, so two identical create events (same sender,
-        // content and millisecond) would name the same room. Lock the derived ID (placeholder
-        // locks are unique, so this cannot deadlock) and, if the room exists, move the timestamp
-        // on by a millisecond and sign again.
-        let derived = OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..]))
-            .map_err(Error::internal)?;
-        let lock = rooms.timeline.room_lock(&derived);
-        let _derived_guard = lock.lock();
-        if rooms.exists(&derived)? {
-            let next = match object.get("origin_server_ts") {
-                Some(CanonicalJsonValue::Integer(ts)) => {
-                    u64::try_from(i64::from(*ts)).unwrap_or(0) + 1
-                }
-                _ => util::now_millis(),
-            };
-            object.insert(
-                "origin_server_ts".into(),
-                CanonicalJsonValue::Integer(next.try_into().map_err(Error::internal)?),
-            );
-            continue;
-        }
-        commit_checked(
-            services,
-            &rules,
-            &derived,
-            signed,
-            event_id.clone(),
-            state_before,
-            transaction,
-        )?;
-        return Ok((event_id, derived));
-    }
+        _ => crypto::reference_event_id(&signed, rules).map_err(Error::internal)?,
+    };
+    Ok((signed, event_id))
 }
 
 /// Runs the auth checks on a signed local event and commits it; the caller holds the room lock.
@@ -298,6 +329,8 @@ fn commit_checked(
             pdu,
             state_before,
             transaction,
+            send_to: super::SendTo::RoomExcept(None),
+            current_state: None,
         },
     )?;
     Ok(())

@@ -13,8 +13,8 @@ use ruma::{
 };
 use serde_json::Value;
 
-pub use self::create::{create_and_commit, PduBuilder};
-use super::pdu::Pdu;
+pub use self::create::{build_and_sign, create_and_commit, PduBuilder};
+use super::{pdu::Pdu, state};
 use crate::{
     error::{Error, Result},
     service::{notify::Topic, Services},
@@ -25,7 +25,9 @@ use crate::{
 /// `eventid_pduid` (event ID → pdu ID), `roomtopo_pduid` (short room ID u64, depth u64, stream
 /// position u64 → empty), `roomid_extremities` (short room ID u64 → event IDs joined by 0xff),
 /// `userdevicetxnid_eventid` (user 0xff device 0xff room ID 0xff txn ID → event ID) and `roomid_info`
-/// (short room ID u64 → room version text).
+/// (short room ID u64 → room version text) and `eventid_outlierpdu` (event ID → PDU JSON with
+/// `event_id`: events known without a place in the timeline, such as the state and auth chain
+/// received when joining over federation).
 pub struct Timeline {
     pub(super) pduid_pdu: Tree,
     pub(super) eventid_pduid: Tree,
@@ -33,6 +35,7 @@ pub struct Timeline {
     roomid_extremities: Tree,
     userdevicetxnid_eventid: Tree,
     roomid_info: Tree,
+    pub(super) eventid_outlierpdu: Tree,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>,
     versions: Mutex<HashMap<u64, RoomVersionId>>,
     pub(super) pdu_cache: Mutex<HashMap<OwnedEventId, Pdu>>,
@@ -68,6 +71,22 @@ pub struct CommitInput<'a> {
     pub pdu: Pdu,
     pub state_before: Option<u64>,
     pub transaction: Option<(&'a str, &'a str)>,
+    /// Which other servers get the event over federation.
+    pub send_to: SendTo<'a>,
+    /// The room's current state after this event when it is not simply the state after the event:
+    /// the resolution of every forward extremity's state, when this event leaves other
+    /// extremities in place (events from several servers at once).
+    pub current_state: Option<state::StateSet>,
+}
+
+/// The federation fan-out of a committed event.
+#[derive(Clone, Copy, Debug)]
+pub enum SendTo<'a> {
+    /// Every server with a joined member, except this one and the given one (where the event
+    /// came from).
+    RoomExcept(Option<&'a ruma::ServerName>),
+    /// Nobody: the event came from another server over `/send`, which sends it to the others.
+    Nobody,
 }
 
 impl Timeline {
@@ -80,6 +99,7 @@ impl Timeline {
             roomid_extremities: db.tree("roomid_extremities"),
             userdevicetxnid_eventid: db.tree("userdevicetxnid_eventid"),
             roomid_info: db.tree("roomid_info"),
+            eventid_outlierpdu: db.tree("eventid_outlierpdu"),
             room_locks: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
             pdu_cache: Mutex::new(HashMap::new()),
@@ -107,6 +127,33 @@ impl Timeline {
             .map_err(|e| Error::corrupt("roomid_info", e))?;
         self.versions.lock().insert(shortroomid, version.clone());
         Ok(Some(version))
+    }
+
+    /// Records the version of a room joined over federation (whose create event is an outlier).
+    pub fn set_room_version(&self, shortroomid: u64, version: &RoomVersionId) -> Result<()> {
+        self.roomid_info
+            .insert(&key::u64_bytes(shortroomid), version.as_str().as_bytes())?;
+        self.versions.lock().insert(shortroomid, version.clone());
+        Ok(())
+    }
+
+    /// Stores events outside the timeline (state and auth chains from other servers), in one batch.
+    pub fn add_outliers(&self, objects: &[CanonicalJsonObject], db: &Db) -> Result<()> {
+        let mut batch = Batch::default();
+        for object in objects {
+            let Some(CanonicalJsonValue::String(event_id)) = object.get("event_id") else {
+                return Err(Error::internal("outlier without event_id"));
+            };
+            let json = serde_json::to_vec(object).map_err(Error::internal)?;
+            batch.insert(&self.eventid_outlierpdu, event_id.as_bytes(), &json);
+        }
+        db.write(batch)
+    }
+
+    /// Whether an event is stored, in the timeline or as an outlier.
+    pub fn has_event(&self, event_id: &ruma::EventId) -> Result<bool> {
+        Ok(self.eventid_pduid.contains(event_id.as_bytes())?
+            || self.eventid_outlierpdu.contains(event_id.as_bytes())?)
     }
 
     /// The room's forward extremities. One value per room, so that reading them is a point
@@ -150,8 +197,9 @@ impl Timeline {
 }
 
 /// Writes one timeline event, its state, the room's extremities and every index in one atomic
-/// batch, then runs the follow-up effects in this order: wake sync. (Push, appservices, outgoing
-/// federation and admin commands join this list as they are built.)
+/// batch (with the event queued for the other servers in the room), then runs the follow-up
+/// effects in this order: wake sync, wake the federation sender. (Push, appservices and admin
+/// commands join this list as they are built.)
 ///
 /// The caller holds the room lock and has run the auth checks.
 pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
@@ -161,6 +209,8 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
         pdu,
         state_before,
         transaction,
+        send_to,
+        current_state,
     } = input;
     let rooms = &services.rooms;
     let timeline = &rooms.timeline;
@@ -217,8 +267,43 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
         rooms
             .state
             .set_event_state(shorteventid, state_before.unwrap_or(0), after, &mut batch);
-        rooms.state.set_room_state(shortroomid, after, &mut batch);
+        let current = match current_state {
+            Some(set) => {
+                rooms
+                    .state
+                    .store_snapshot(rooms.short.allocate(), Some(after), set, &mut batch)?
+            }
+            None => after,
+        };
+        rooms.state.set_room_state(shortroomid, current, &mut batch);
     }
+    batch.remove(&timeline.eventid_outlierpdu, pdu.event_id.as_bytes());
+    let own_server = services.globals.server_name();
+    let destinations: Vec<ruma::OwnedServerName> = match send_to {
+        SendTo::Nobody => Vec::new(),
+        SendTo::RoomExcept(origin) => {
+            let mut servers: Vec<_> = rooms
+                .members
+                .servers_in_room(room_id)?
+                .iter()
+                .filter(|server| *server != own_server && Some(server.as_ref()) != origin)
+                .cloned()
+                .collect();
+            // An invite or a kick reaches the target's server even when none of its users is joined.
+            if let (TimelineEventType::RoomMember, Some(target)) = (&pdu.kind, &pdu.state_key) {
+                if let Ok(target) = <&ruma::UserId>::try_from(target.as_str()) {
+                    let server = target.server_name();
+                    if server != own_server
+                        && Some(server) != origin
+                        && !servers.iter().any(|known| known == server)
+                    {
+                        servers.push(server.to_owned());
+                    }
+                }
+            }
+            servers
+        }
+    };
     if pdu.kind == TimelineEventType::RoomCreate {
         let version = pdu
             .content_value()
@@ -279,6 +364,9 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
                     .members
                     .update_in_batch(room_id, &pdu, count, &mut batch)?;
             }
+            services
+                .sending
+                .queue_pdu_in_batch(&mut batch, &destinations, count, &pdu.event_id);
             batch_with_count.append(std::mem::take(&mut batch));
             Ok(())
         })?;
@@ -293,10 +381,14 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
             timeline.pdu_cache.lock().remove(&target);
         }
     }
+    if pdu.kind == TimelineEventType::RoomMember {
+        rooms.members.invalidate_servers(room_id);
+    }
     services.notifier.wake(Topic::Room(room_id.to_string()));
     if let (TimelineEventType::RoomMember, Some(target)) = (&pdu.kind, &pdu.state_key) {
         services.notifier.wake(Topic::User(target.clone()));
     }
+    services.sending.wake(&destinations);
     Ok(count)
 }
 

@@ -32,11 +32,21 @@ impl Timeline {
     }
 
     /// The stored JSON of an event (federation form plus `event_id` and local `unsigned`).
+    /// Outliers are found too.
     pub fn get_pdu_object(&self, event_id: &EventId) -> Result<Option<CanonicalJsonObject>> {
         let Some(pdu_id) = self.get_pdu_id(event_id)? else {
-            return Ok(None);
+            return self.get_outlier_object(event_id);
         };
         self.get_object_at(pdu_id)
+    }
+
+    fn get_outlier_object(&self, event_id: &EventId) -> Result<Option<CanonicalJsonObject>> {
+        let Some(bytes) = self.eventid_outlierpdu.get(event_id.as_bytes())? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::corrupt("eventid_outlierpdu", e))
     }
 
     fn get_object_at(&self, pdu_id: PduId) -> Result<Option<CanonicalJsonObject>> {
@@ -55,10 +65,16 @@ impl Timeline {
         if let Some(pdu) = self.pdu_cache.lock().get(event_id) {
             return Ok(Some(pdu.clone()));
         }
-        let Some(pdu_id) = self.get_pdu_id(event_id)? else {
-            return Ok(None);
+        let pdu = match self.get_pdu_id(event_id)? {
+            Some(pdu_id) => self.get_pdu_at(pdu_id)?,
+            None => match self.eventid_outlierpdu.get(event_id.as_bytes())? {
+                Some(bytes) => Some(
+                    serde_json::from_slice(&bytes)
+                        .map_err(|e| Error::corrupt("eventid_outlierpdu", e))?,
+                ),
+                None => None,
+            },
         };
-        let pdu = self.get_pdu_at(pdu_id)?;
         if let Some(pdu) = &pdu {
             let mut cache = self.pdu_cache.lock();
             if cache.len() >= PDU_CACHE_ENTRIES {
@@ -67,6 +83,21 @@ impl Timeline {
             cache.insert(event_id.to_owned(), pdu.clone());
         }
         Ok(pdu)
+    }
+
+    /// An event in the form sent to other servers: as stored, without local `unsigned` data, and
+    /// without `event_id` in room versions that derive it.
+    pub fn get_federation_pdu(&self, event_id: &EventId) -> Result<Option<CanonicalJsonObject>> {
+        let Some(mut object) = self.get_pdu_object(event_id)? else {
+            return Ok(None);
+        };
+        object.remove("unsigned");
+        // Room versions 1 and 2 have `$local:server` IDs, which are part of the event; later
+        // versions derive IDs from the reference hash, whose base64 never contains a colon.
+        if !event_id.as_str().contains(':') {
+            object.remove("event_id");
+        }
+        Ok(Some(object))
     }
 
     /// An event by where it is stored.

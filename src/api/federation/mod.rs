@@ -1,0 +1,4 @@
+//! Server-server API handlers, one file per spec area. Every route except the key endpoints and
+//! `/version` requires `X-Matrix` authentication (checked in `http/`).
+
+pub mod keys;

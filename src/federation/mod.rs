@@ -1,0 +1,311 @@
+//! The outgoing server-server client: discovery, `X-Matrix` request signing and HTTPS through
+//! `reqwest` with certificate verification always on. It knows nothing about rooms; callers pass
+//! the origin, the signing key and the destination.
+
+pub mod resolve;
+
+use std::{collections::HashMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use http::Method;
+use parking_lot::RwLock;
+use ruma::{api::error::ErrorKind, CanonicalJsonObject, CanonicalJsonValue, ServerName};
+use serde_json::Value;
+
+use self::resolve::{Lookups, Resolver, WellKnown};
+use crate::{
+    crypto::SigningKey,
+    error::{Error, Result},
+};
+
+/// Largest response body read from another server.
+const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// Largest `.well-known/matrix/server` body read.
+const MAX_WELL_KNOWN_BYTES: usize = 64 * 1024;
+
+/// The HTTPS client for other homeservers.
+pub struct FederationClient {
+    http: reqwest::Client,
+    resolver: Resolver,
+    overrides: Arc<HostOverrides>,
+    srv: Option<hickory_resolver::TokioResolver>,
+}
+
+/// What a remote server answered with a non-2xx status.
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {errcode} {message}")]
+pub struct RemoteError {
+    pub status: u16,
+    pub errcode: String,
+    pub message: String,
+}
+
+/// Host → address overrides for SRV targets, consulted by the HTTP client's DNS step.
+#[derive(Default)]
+struct HostOverrides {
+    hosts: RwLock<HashMap<String, (String, u16)>>,
+}
+
+impl reqwest::dns::Resolve for HostOverrides {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let (host, port) = self
+            .hosts
+            .read()
+            .get(name.as_str())
+            .cloned()
+            .unwrap_or_else(|| (name.as_str().to_owned(), 0));
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = resolve::lookup_host(&host, port).await?;
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+impl FederationClient {
+    /// Builds the client; `ca_file` adds a trusted CA (PEM) to the platform's roots.
+    pub fn new(ca_file: Option<&Path>) -> Result<Self> {
+        let overrides = Arc::new(HostOverrides::default());
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("Plait/", env!("CARGO_PKG_VERSION")))
+            .dns_resolver(Arc::clone(&overrides));
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path).map_err(|error| {
+                Error::Config(format!(
+                    "invalid configuration key `federation_ca_file`: cannot read {}: {error}",
+                    path.display()
+                ))
+            })?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| {
+                Error::Config(format!(
+                    "invalid configuration key `federation_ca_file`: {error}"
+                ))
+            })?;
+            builder = builder.tls_certs_merge(certificates);
+        }
+        let http = builder
+            .build()
+            .map_err(|error| Error::Config(format!("federation client: {error}")))?;
+        let srv = hickory_resolver::TokioResolver::builder_tokio()
+            .ok()
+            .map(|builder| builder.build());
+        Ok(Self {
+            http,
+            resolver: Resolver::default(),
+            overrides,
+            srv,
+        })
+    }
+
+    async fn base_url(&self, destination: &ServerName) -> Result<(String, String)> {
+        let lookups = NetLookups { client: self };
+        let resolved = self
+            .resolver
+            .resolve(&lookups, destination.as_str())
+            .await
+            .ok_or_else(|| remote(destination, "cannot resolve the server name"))?;
+        if let Some(target) = resolved.connect_to.clone() {
+            let host = resolve::split_server_name(&resolved.authority)
+                .map(|(host, _)| host.to_owned())
+                .unwrap_or_default();
+            self.overrides.hosts.write().insert(host, target);
+        }
+        Ok((
+            format!("https://{}", resolved.authority),
+            resolved.host_header,
+        ))
+    }
+
+    /// Sends a request signed with `X-Matrix` and returns the JSON answer. A remote
+    /// `M_FORBIDDEN`/`M_NOT_FOUND` describes the remote resource and is passed on as such; any
+    /// other failure is [`Error::Remote`].
+    #[tracing::instrument(skip_all, fields(destination = %destination, method = %method, path = %path_and_query))]
+    pub async fn request(
+        &self,
+        origin: &ServerName,
+        key: &SigningKey,
+        destination: &ServerName,
+        method: Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let authorization = x_matrix(origin, key, destination, &method, path_and_query, body)?;
+        let (base, host) = self.base_url(destination).await?;
+        let mut request = self
+            .http
+            .request(method, format!("{base}{path_and_query}"))
+            .header(http::header::HOST, host)
+            .header(http::header::AUTHORIZATION, authorization);
+        if let Some(body) = body {
+            request = request
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(serde_json::to_vec(body).map_err(Error::internal)?);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| remote(destination, error))?;
+        read_json(destination, response).await
+    }
+
+    /// `GET /_matrix/key/v2/server` of a server (not signed: it is how keys are learnt).
+    pub async fn get_server_keys(&self, destination: &ServerName) -> Result<Value> {
+        let (base, host) = self.base_url(destination).await?;
+        let response = self
+            .http
+            .get(format!("{base}/_matrix/key/v2/server"))
+            .header(http::header::HOST, host)
+            .send()
+            .await
+            .map_err(|error| remote(destination, error))?;
+        read_json(destination, response).await
+    }
+}
+
+/// The `Authorization: X-Matrix …` value for a request: the origin's signature over method, URI,
+/// origin, destination and body (server-server API, "Request Authentication").
+pub fn x_matrix(
+    origin: &ServerName,
+    key: &SigningKey,
+    destination: &ServerName,
+    method: &Method,
+    path_and_query: &str,
+    body: Option<&Value>,
+) -> Result<String> {
+    let mut object = CanonicalJsonObject::new();
+    object.insert(
+        "method".into(),
+        CanonicalJsonValue::String(method.to_string()),
+    );
+    object.insert(
+        "uri".into(),
+        CanonicalJsonValue::String(path_and_query.to_owned()),
+    );
+    object.insert(
+        "origin".into(),
+        CanonicalJsonValue::String(origin.to_string()),
+    );
+    object.insert(
+        "destination".into(),
+        CanonicalJsonValue::String(destination.to_string()),
+    );
+    if let Some(body) = body {
+        object.insert(
+            "content".into(),
+            CanonicalJsonValue::try_from(body.clone()).map_err(Error::internal)?,
+        );
+    }
+    let signature = key.sign_bytes(CanonicalJsonValue::Object(object).to_string().as_bytes());
+    Ok(format!(
+        "X-Matrix origin=\"{origin}\",destination=\"{destination}\",key=\"{}\",sig=\"{signature}\"",
+        key.key_id()
+    ))
+}
+
+fn remote(
+    server: &ServerName,
+    error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> Error {
+    Error::Remote {
+        server: server.to_string(),
+        source: error.into(),
+    }
+}
+
+async fn read_body(response: reqwest::Response, limit: usize) -> Option<Vec<u8>> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return None;
+    }
+    let mut response = response;
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        if body.len() + chunk.len() > limit {
+            return None;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Some(body)
+}
+
+async fn read_json(destination: &ServerName, response: reqwest::Response) -> Result<Value> {
+    let status = response.status();
+    let body = read_body(response, MAX_RESPONSE_BYTES)
+        .await
+        .ok_or_else(|| remote(destination, "response too large"))?;
+    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if status.is_success() {
+        if value.is_null() {
+            return Err(remote(destination, "response is not JSON"));
+        }
+        return Ok(value);
+    }
+    let errcode = value["errcode"].as_str().unwrap_or("M_UNKNOWN").to_owned();
+    let message = value["error"].as_str().unwrap_or("").to_owned();
+    let kind = match errcode.as_str() {
+        "M_FORBIDDEN" => Some(ErrorKind::Forbidden),
+        "M_NOT_FOUND" => Some(ErrorKind::NotFound),
+        _ => None,
+    };
+    match kind {
+        Some(kind) => Err(Error::matrix(
+            kind,
+            format!("{destination} answered: {message}"),
+        )),
+        None => Err(remote(
+            destination,
+            RemoteError {
+                status: status.as_u16(),
+                errcode,
+                message,
+            },
+        )),
+    }
+}
+
+/// Look-ups over the network: HTTPS for `.well-known`, DNS for SRV.
+struct NetLookups<'a> {
+    client: &'a FederationClient,
+}
+
+impl Lookups for NetLookups<'_> {
+    async fn well_known(&self, host: &str) -> Option<WellKnown> {
+        let response = self
+            .client
+            .http
+            .get(format!("https://{host}/.well-known/matrix/server"))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let ttl = resolve::cache_ttl(
+            response
+                .headers()
+                .get(http::header::CACHE_CONTROL)
+                .and_then(|value| value.to_str().ok()),
+        );
+        let body = read_body(response, MAX_WELL_KNOWN_BYTES).await?;
+        let value: Value = serde_json::from_slice(&body).ok()?;
+        let server = value["m.server"].as_str()?;
+        resolve::split_server_name(server)?;
+        Some(WellKnown {
+            server: Some(server.to_owned()),
+            ttl,
+        })
+    }
+
+    async fn srv(&self, name: &str) -> Option<(String, u16)> {
+        let resolver = self.client.srv.as_ref()?;
+        let lookup = resolver.srv_lookup(name).await.ok()?;
+        let mut records: Vec<_> = lookup.iter().collect();
+        records.sort_by_key(|record| (record.priority(), std::cmp::Reverse(record.weight())));
+        records
+            .first()
+            .map(|record| (record.target().to_utf8(), record.port()))
+    }
+}

@@ -1,0 +1,292 @@
+//! The federation sender: a persisted queue of PDUs and EDUs per destination, and one worker per
+//! destination that sends them as transactions (at most 50 PDUs and 100 EDUs each, one in flight),
+//! backing off exponentially while the destination fails.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use parking_lot::Mutex;
+use ruma::{EventId, OwnedServerName, ServerName};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::{
+    error::{Error, Result},
+    service::Services,
+    store::{key, Batch, Db, Tree},
+    util,
+};
+
+/// Limits of one transaction (server-server API, "Transactions").
+const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
+/// First and longest wait after a failed transaction.
+const BACKOFF_START: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(3600);
+
+/// Wake-ups of one destination's worker.
+#[derive(Default)]
+struct Destination {
+    /// Something was queued.
+    queued: Notify,
+    /// The destination talked to us, so it is probably back: retry now instead of waiting.
+    heard_from: Notify,
+}
+
+/// Owns `servercount_outgoing` (destination 0xff count u64 → JSON `{"pdu": event ID}` or
+/// `{"edu": {...}}`); the count is the stream position of the write that queued it.
+pub struct Sending {
+    servercount_outgoing: Tree,
+    destinations: Mutex<HashMap<OwnedServerName, Arc<Destination>>>,
+    new_destinations: mpsc::UnboundedSender<(OwnedServerName, Arc<Destination>)>,
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<(OwnedServerName, Arc<Destination>)>>>,
+}
+
+impl Sending {
+    /// Opens the tree.
+    pub fn open(db: &Arc<Db>) -> Self {
+        let (new_destinations, receiver) = mpsc::unbounded_channel();
+        Self {
+            servercount_outgoing: db.tree("servercount_outgoing"),
+            destinations: Mutex::new(HashMap::new()),
+            new_destinations,
+            receiver: Mutex::new(Some(receiver)),
+        }
+    }
+
+    /// Queues a PDU for each destination in the batch that commits it, so that an acknowledged
+    /// event is never left unsent by a crash.
+    pub fn queue_pdu_in_batch(
+        &self,
+        batch: &mut Batch,
+        destinations: &[OwnedServerName],
+        count: u64,
+        event_id: &EventId,
+    ) {
+        let value = json!({ "pdu": event_id }).to_string();
+        for destination in destinations {
+            let entry = key::join(&[destination.as_bytes(), &key::u64_bytes(count)]);
+            batch.insert(&self.servercount_outgoing, &entry, value.as_bytes());
+        }
+    }
+
+    /// Queues an EDU for each destination in the batch that carries stream position `count`.
+    pub fn queue_edu_in_batch(
+        &self,
+        batch: &mut Batch,
+        destinations: &[OwnedServerName],
+        count: u64,
+        edu: &Value,
+    ) {
+        let value = json!({ "edu": edu }).to_string();
+        for destination in destinations {
+            let entry = key::join(&[destination.as_bytes(), &key::u64_bytes(count)]);
+            batch.insert(&self.servercount_outgoing, &entry, value.as_bytes());
+        }
+    }
+
+    /// Wakes the workers of destinations that have something new queued.
+    pub fn wake(&self, destinations: &[OwnedServerName]) {
+        for destination in destinations {
+            self.destination(destination).queued.notify_one();
+        }
+    }
+
+    /// Tells the worker of a server that the server is reachable again (it sent us a request).
+    pub fn heard_from(&self, server: &ServerName) {
+        if let Some(destination) = self.destinations.lock().get(server) {
+            destination.heard_from.notify_one();
+        }
+    }
+
+    fn destination(&self, server: &ServerName) -> Arc<Destination> {
+        let mut destinations = self.destinations.lock();
+        if let Some(existing) = destinations.get(server) {
+            return Arc::clone(existing);
+        }
+        let created = Arc::new(Destination::default());
+        destinations.insert(server.to_owned(), Arc::clone(&created));
+        let _ = self
+            .new_destinations
+            .send((server.to_owned(), Arc::clone(&created)));
+        created
+    }
+
+    /// The oldest queued items of a destination: (queue keys, PDU event IDs, EDUs).
+    fn load_batch(&self, server: &ServerName) -> Result<(Vec<Vec<u8>>, Vec<String>, Vec<Value>)> {
+        let prefix = key::prefix(&[server.as_bytes()]);
+        let (mut keys, mut pdus, mut edus) = (Vec::new(), Vec::new(), Vec::new());
+        for entry in self.servercount_outgoing.iter_prefix(&prefix) {
+            let (entry_key, value) = entry?;
+            let value: Value = serde_json::from_slice(&value)
+                .map_err(|e| Error::corrupt("servercount_outgoing", e))?;
+            if let Some(event_id) = value["pdu"].as_str() {
+                if pdus.len() == MAX_PDUS {
+                    break;
+                }
+                pdus.push(event_id.to_owned());
+            } else if let Some(edu) = value.get("edu") {
+                if edus.len() == MAX_EDUS {
+                    break;
+                }
+                edus.push(edu.clone());
+            }
+            keys.push(entry_key.to_vec());
+        }
+        Ok((keys, pdus, edus))
+    }
+
+    fn pending_destinations(&self) -> Result<Vec<OwnedServerName>> {
+        let mut servers = Vec::new();
+        let mut start = Vec::new();
+        loop {
+            let Some(entry) = self.servercount_outgoing.iter_from(&start, false).next() else {
+                break;
+            };
+            let (entry_key, _) = entry?;
+            let name = key::split(&entry_key).next().unwrap_or_default();
+            let server = OwnedServerName::try_from(String::from_utf8_lossy(name).as_ref())
+                .map_err(|e| Error::corrupt("servercount_outgoing", e))?;
+            servers.push(server);
+            // Skip past every key of this destination.
+            // (Keys are name 0xff count; nothing of this destination sorts after name 0xff ×10.)
+            start = name.to_vec();
+            start.extend_from_slice(&[key::SEP; 10]);
+        }
+        Ok(servers)
+    }
+}
+
+/// Runs the sender until `shutdown` flips: one worker per destination, started for everything
+/// still queued from before a restart and for each destination that gets something queued.
+pub async fn run(services: Arc<Services>, shutdown: watch::Receiver<bool>) {
+    let Some(mut receiver) = services.sending.receiver.lock().take() else {
+        return;
+    };
+    match services.sending.pending_destinations() {
+        Ok(pending) => {
+            for server in pending {
+                services.sending.destination(&server).queued.notify_one();
+            }
+        }
+        Err(error) => tracing::error!(%error, "reading the federation queue failed"),
+    }
+    let mut workers = tokio::task::JoinSet::new();
+    let mut stop = shutdown.clone();
+    loop {
+        tokio::select! {
+            received = receiver.recv() => {
+                let Some((server, destination)) = received else { break };
+                workers.spawn(destination_worker(
+                    Arc::clone(&services),
+                    server,
+                    destination,
+                    shutdown.clone(),
+                ));
+            }
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        }
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+#[tracing::instrument(skip_all, fields(destination = %server))]
+async fn destination_worker(
+    services: Arc<Services>,
+    server: OwnedServerName,
+    destination: Arc<Destination>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let (keys, pdus, edus) = match services.sending.load_batch(&server) {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::error!(%error, "reading the federation queue failed");
+                return;
+            }
+        };
+        if keys.is_empty() {
+            tokio::select! {
+                () = destination.queued.notified() => continue,
+                _ = shutdown.wait_for(|stopped| *stopped) => return,
+            }
+        }
+        match send_transaction(&services, &server, &keys, &pdus, edus).await {
+            Ok(()) => {
+                failures = 0;
+                let mut batch = Batch::default();
+                for entry in &keys {
+                    batch.remove(&services.sending.servercount_outgoing, entry);
+                }
+                if let Err(error) = services.db.write(batch) {
+                    tracing::error!(%error, "dequeuing a sent transaction failed");
+                    return;
+                }
+            }
+            Err(error) => {
+                failures = failures.saturating_add(1);
+                let wait = BACKOFF_START
+                    .saturating_mul(2u32.saturating_pow(failures.min(12) - 1))
+                    .min(BACKOFF_MAX);
+                tracing::warn!(%error, failures, wait_secs = wait.as_secs(), "transaction failed; backing off");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = destination.heard_from.notified() => {}
+                    _ = shutdown.wait_for(|stopped| *stopped) => return,
+                }
+            }
+        }
+    }
+}
+
+/// Sends one transaction. Its ID is the first queue key's count, so a retry after a lost answer
+/// reuses it and the receiver can drop the duplicate.
+#[tracing::instrument(skip_all, fields(pdus = pdu_ids.len(), edus = edus.len()))]
+async fn send_transaction(
+    services: &Services,
+    server: &ServerName,
+    keys: &[Vec<u8>],
+    pdu_ids: &[String],
+    edus: Vec<Value>,
+) -> Result<()> {
+    let txn_id = keys
+        .first()
+        .and_then(|first| first.get(first.len().saturating_sub(8)..))
+        .and_then(key::read_u64)
+        .unwrap_or(0);
+    let mut pdus = Vec::with_capacity(pdu_ids.len());
+    for event_id in pdu_ids {
+        let Ok(event_id) = ruma::OwnedEventId::try_from(event_id.as_str()) else {
+            continue;
+        };
+        if let Some(pdu) = services.rooms.timeline.get_federation_pdu(&event_id)? {
+            pdus.push(pdu);
+        }
+    }
+    let body = json!({
+        "origin": services.globals.server_name(),
+        "origin_server_ts": util::now_millis(),
+        "pdus": pdus,
+        "edus": edus,
+    });
+    let answer = services
+        .federation
+        .request(
+            services.globals.server_name(),
+            services.globals.signing_key(),
+            server,
+            http::Method::PUT,
+            &format!("/_matrix/federation/v1/send/{txn_id}"),
+            Some(&body),
+        )
+        .await?;
+    for (event_id, result) in answer["pdus"].as_object().into_iter().flatten() {
+        if let Some(error) = result.get("error") {
+            tracing::warn!(%event_id, %error, "destination rejected an event");
+        }
+    }
+    Ok(())
+}
