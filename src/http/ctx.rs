@@ -34,6 +34,8 @@ pub struct Ctx {
     pub device: Option<OwnedDeviceId>,
     pub params: Vec<String>,
     pub query: HashMap<String, String>,
+    /// The query string as sent, for parameters that repeat.
+    pub raw_query: String,
     pub body: Value,
 }
 
@@ -52,6 +54,7 @@ pub(super) fn build(
         device: None,
         params,
         query,
+        raw_query: parts.uri.query().unwrap_or("").to_owned(),
         body,
     };
     if auth == Auth::None || auth == Auth::Server {

@@ -7,12 +7,96 @@ use crate::api::client::{
     account, account_data, alias, device, discovery, membership, message, profile, room, state,
     sync, user_directory,
 };
-use crate::api::federation::keys;
+use crate::api::federation::{events, keys, membership as fed_membership, query, transactions};
 
 /// Every served route. Paths use `{name}` parameters as the spec writes them.
 pub fn all() -> Vec<Route> {
-    use Auth::{None as Open, Required as Token};
+    use Auth::{None as Open, Required as Token, Server};
     vec![
+        route(
+            Method::PUT,
+            "/_matrix/federation/v1/send/{txnId}",
+            Server,
+            transactions::send_transaction_message,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/make_join/{roomId}/{userId}",
+            Server,
+            fed_membership::create_join_event_template,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/federation/v2/send_join/{roomId}/{eventId}",
+            Server,
+            fed_membership::create_join_event,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/make_leave/{roomId}/{userId}",
+            Server,
+            fed_membership::create_leave_event_template,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/federation/v2/send_leave/{roomId}/{eventId}",
+            Server,
+            fed_membership::create_leave_event,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/federation/v2/invite/{roomId}/{eventId}",
+            Server,
+            fed_membership::create_invite,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/event/{eventId}",
+            Server,
+            events::get_event,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/state/{roomId}",
+            Server,
+            events::get_room_state,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/state_ids/{roomId}",
+            Server,
+            events::get_room_state_ids,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/event_auth/{roomId}/{eventId}",
+            Server,
+            events::get_event_authorization,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/federation/v1/get_missing_events/{roomId}",
+            Server,
+            events::get_missing_events,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/backfill/{roomId}",
+            Server,
+            events::get_backfill,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/query/profile",
+            Server,
+            query::get_profile_information,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/query/directory",
+            Server,
+            query::get_room_information,
+        ),
         route(
             Method::GET,
             "/_matrix/federation/v1/version",

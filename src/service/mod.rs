@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod filter;
 pub mod globals;
 pub mod notify;
+pub mod received;
 pub mod rooms;
 pub mod sending;
 pub mod server_keys;
@@ -28,6 +29,7 @@ pub struct Services {
     pub notifier: notify::Notifier,
     pub server_keys: server_keys::ServerKeys,
     pub sending: sending::Sending,
+    pub received: received::ReceivedTransactions,
     /// The outgoing server-server client.
     pub federation: FederationClient,
 }
@@ -45,6 +47,7 @@ impl Services {
             notifier: notify::Notifier::default(),
             server_keys: server_keys::ServerKeys::open(&db, config.trusted_key_servers()),
             sending: sending::Sending::open(&db),
+            received: received::ReceivedTransactions::open(&db),
             federation: FederationClient::new(config.federation_ca_file.as_deref())?,
             config,
             db,

@@ -362,8 +362,14 @@ fn left_room(
 
 /// The stripped state an invitee sees: create, join rules, name, avatar, alias, encryption, and
 /// their own member event.
+/// Invites from other servers carry their own stripped state.
 fn stripped_state(services: &Services, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
     use ruma::events::StateEventType as T;
+    if let Some(state) = services.rooms.handshakes.get_invite_state(user, room_id)? {
+        if !services.rooms.exists(room_id)? {
+            return Ok(state);
+        }
+    }
     let mut events = Vec::new();
     for (kind, state_key) in [
         (T::RoomCreate, ""),

@@ -50,6 +50,7 @@ pub const TREES: &[&str] = &[
     "eventid_outlierpdu",
     "servertxnid_response",
     "servercount_outgoing",
+    "userroomid_invitestate",
 ];
 
 /// The open database.

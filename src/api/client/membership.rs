@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use ruma::{
     events::{room::member::MembershipState, StateEventType},
-    OwnedEventId, RoomId, UserId,
+    OwnedEventId, OwnedServerName, RoomId, UserId,
 };
 use serde_json::{json, Value};
 
@@ -13,7 +13,10 @@ use crate::{
     error::{Error, Result},
     http::{Ctx, HandlerResult},
     service::{
-        rooms::timeline::{create_and_commit, read::client_event, PduBuilder},
+        rooms::{
+            handshake,
+            timeline::{create_and_commit, read::client_event, PduBuilder},
+        },
         Services,
     },
 };
@@ -72,21 +75,114 @@ fn target(ctx: &Ctx) -> Result<ruma::OwnedUserId> {
         .map_err(|_| Error::invalid_param(format!("invalid user ID {user}")))
 }
 
+/// The servers a client named for a join (`via`, and the older `server_name`).
+fn named_servers(ctx: &Ctx) -> Vec<OwnedServerName> {
+    ctx.raw_query
+        .split('&')
+        .filter_map(|pair| {
+            pair.strip_prefix("via=")
+                .or_else(|| pair.strip_prefix("server_name="))
+        })
+        .filter_map(|name| OwnedServerName::try_from(crate::http::ctx::percent_decode(name)).ok())
+        .collect()
+}
+
 /// `POST /_matrix/client/v3/join/{roomIdOrAlias}`
+///
+/// An alias of another server is resolved with its `/query/directory`; a room this server is not
+/// in is joined over federation through the servers named, the inviter's, and the alias's.
 pub async fn join_room_by_id_or_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = resolve_room(&services, ctx.param(0))?;
-    join(&services, &ctx, &room_id)
+    let id_or_alias = ctx.param(0);
+    let mut servers = named_servers(&ctx);
+    let room_id = if id_or_alias.starts_with('#') {
+        let alias = ruma::OwnedRoomAliasId::try_from(id_or_alias)
+            .map_err(|_| Error::invalid_param(format!("invalid alias {id_or_alias}")))?;
+        if alias.server_name() == services.globals.server_name() {
+            resolve_room(&services, id_or_alias)?
+        } else {
+            let (room_id, alias_servers) = remote_alias(&services, &alias).await?;
+            servers.extend(alias_servers);
+            room_id
+        }
+    } else {
+        resolve_room(&services, id_or_alias)?
+    };
+    join(&services, &ctx, &room_id, servers).await
+}
+
+/// Resolves an alias of another server through that server's `/query/directory`.
+pub async fn remote_alias(
+    services: &Services,
+    alias: &ruma::RoomAliasId,
+) -> Result<(ruma::OwnedRoomId, Vec<OwnedServerName>)> {
+    let path = format!(
+        "/_matrix/federation/v1/query/directory?room_alias={}",
+        handshake::encode(alias.as_str())
+    );
+    let answer = services
+        .federation
+        .request(
+            services.globals.server_name(),
+            services.globals.signing_key(),
+            alias.server_name(),
+            http::Method::GET,
+            &path,
+            None,
+        )
+        .await?;
+    let room_id = answer["room_id"]
+        .as_str()
+        .and_then(|room| ruma::OwnedRoomId::try_from(room).ok())
+        .ok_or_else(|| Error::not_found(format!("alias {alias} not found")))?;
+    let servers = answer["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|server| {
+            server
+                .as_str()
+                .and_then(|s| OwnedServerName::try_from(s).ok())
+        })
+        .collect();
+    Ok((room_id, servers))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
 pub async fn join_room_by_id(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
-    join(&services, &ctx, &room_id)
+    let servers = named_servers(&ctx);
+    join(&services, &ctx, &room_id, servers).await
 }
 
-fn join(services: &Services, ctx: &Ctx, room_id: &RoomId) -> HandlerResult {
+async fn join(
+    services: &Services,
+    ctx: &Ctx,
+    room_id: &RoomId,
+    servers: Vec<OwnedServerName>,
+) -> HandlerResult {
     if services.rooms.members.is_joined(room_id, ctx.user())? {
         return Ok(json!({ "room_id": room_id }));
+    }
+    if !handshake::is_resident(services, room_id)? {
+        let candidates = handshake::candidate_servers(services, room_id, ctx.user(), servers)?;
+        if candidates
+            .iter()
+            .any(|server| server != services.globals.server_name())
+        {
+            let mut extra = json!({});
+            if let Some(profile) = services.users.get_profile(ctx.user())? {
+                for field in ["displayname", "avatar_url"] {
+                    if let Some(value) = profile.get(field) {
+                        extra[field] = value.clone();
+                    }
+                }
+            }
+            if let Some(reason) = reason(ctx) {
+                extra["reason"] = json!(reason);
+            }
+            handshake::join_remote(services, room_id, ctx.user(), &candidates, extra).await?;
+            return Ok(json!({ "room_id": room_id }));
+        }
     }
     set_membership(
         services,
@@ -111,6 +207,18 @@ pub async fn invite_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     if services.rooms.members.get_membership(&room_id, &invitee)? == Some(MembershipState::Invite) {
         return Ok(json!({}));
     }
+    if invitee.server_name() != services.globals.server_name() {
+        require_joined(&services, &room_id, ctx.user())?;
+        handshake::invite_remote(
+            &services,
+            &room_id,
+            ctx.user(),
+            &invitee,
+            reason(&ctx).as_deref(),
+        )
+        .await?;
+        return Ok(json!({}));
+    }
     set_membership(
         &services,
         &room_id,
@@ -130,6 +238,15 @@ pub async fn leave_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         .members
         .get_membership(&room_id, ctx.user())?
     {
+        Some(MembershipState::Invite | MembershipState::Knock)
+            if !handshake::is_resident(&services, &room_id)? =>
+        {
+            // An invite from another server to a room this server is not in: reject it there.
+            let servers =
+                handshake::candidate_servers(&services, &room_id, ctx.user(), Vec::new())?;
+            handshake::leave_remote(&services, &room_id, ctx.user(), &servers).await?;
+            Ok(json!({}))
+        }
         Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {
             set_membership(
                 &services,

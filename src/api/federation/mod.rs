@@ -1,4 +1,8 @@
 //! Server-server API handlers, one file per spec area. Every route except the key endpoints and
 //! `/version` requires `X-Matrix` authentication (checked in `http/`).
 
+pub mod events;
 pub mod keys;
+pub mod membership;
+pub mod query;
+pub mod transactions;

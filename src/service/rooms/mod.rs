@@ -2,6 +2,8 @@
 
 pub mod alias;
 pub mod auth;
+pub mod handshake;
+pub mod incoming;
 pub mod members;
 pub mod pdu;
 pub mod short;
@@ -26,6 +28,7 @@ pub struct Rooms {
     pub timeline: Timeline,
     pub members: Members,
     pub alias: Aliases,
+    pub handshakes: handshake::Handshakes,
 }
 
 impl Rooms {
@@ -39,6 +42,7 @@ impl Rooms {
             timeline: Timeline::open(db),
             members: Members::open(db),
             alias: Aliases::open(db),
+            handshakes: handshake::Handshakes::open(db),
         })
     }
 

@@ -205,4 +205,16 @@ impl ShortIds {
         self.statekey_shortstatekey.db().write(batch)?;
         Ok(short)
     }
+
+    /// The (type, state_key) pair of a short state key.
+    pub fn get_statekey(&self, short: u64) -> Result<(StateEventType, String)> {
+        let bytes = self
+            .shortstatekey_statekey
+            .get(&key::u64_bytes(short))?
+            .ok_or_else(|| Error::corrupt("shortstatekey_statekey", format!("missing {short}")))?;
+        let mut parts = key::split(&bytes);
+        let event_type = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+        let state_key = String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+        Ok((StateEventType::from(event_type), state_key))
+    }
 }

@@ -79,3 +79,60 @@ fn state_field(
                 .map(str::to_owned)
         }))
 }
+
+/// Whether another server may see an event (for `/event`, `/backfill`, `/get_missing_events`):
+/// when the history is world readable, or when one of its users was a member at the event as the
+/// history visibility requires ("shared" also lets in a server that is in the room now).
+pub fn server_can_see(services: &Services, server: &ruma::ServerName, pdu: &Pdu) -> Result<bool> {
+    let rooms = &services.rooms;
+    let Some(shorteventid) = rooms.short.get_shorteventid(&pdu.event_id)? else {
+        return Ok(false);
+    };
+    let Some((_, after)) = rooms.state.get_event_state(shorteventid)? else {
+        // Outliers (state and auth events) carry no history.
+        return Ok(true);
+    };
+    let visibility = state_field(
+        rooms,
+        after,
+        StateEventType::RoomHistoryVisibility,
+        "",
+        "history_visibility",
+    )?
+    .unwrap_or_else(|| "shared".to_owned());
+    if visibility == "world_readable" {
+        return Ok(true);
+    }
+    if visibility == "shared" {
+        if let Some(room_id) = &pdu.room_id {
+            if rooms.members.servers_in_room(room_id)?.contains(server) {
+                return Ok(true);
+            }
+        }
+    }
+    let state = rooms.state.load(after)?;
+    for (shortstatekey, shortevent) in state.iter() {
+        let (kind, state_key) = rooms.short.get_statekey(*shortstatekey)?;
+        if kind != StateEventType::RoomMember || !state_key.ends_with(&format!(":{server}")) {
+            continue;
+        }
+        let Some(member) = rooms
+            .timeline
+            .get_pdu(&rooms.short.get_eventid(*shortevent)?)?
+        else {
+            continue;
+        };
+        let membership = member.content_value()["membership"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        let allowed = match visibility.as_str() {
+            "invited" => membership == "join" || membership == "invite",
+            _ => membership == "join",
+        };
+        if allowed {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}

@@ -13,7 +13,7 @@ use ruma::{
 };
 use serde_json::Value;
 
-pub use self::create::{build_and_sign, create_and_commit, PduBuilder};
+pub use self::create::{build_and_sign, build_template, create_and_commit, PduBuilder};
 use super::{pdu::Pdu, state};
 use crate::{
     error::{Error, Result},

@@ -1,0 +1,259 @@
+//! Reading a room over federation: single events, state at an event, auth chains, missing
+//! events and backfill. Each needs the asking server to be allowed by the room's ACL and to be
+//! able to see the events by the history visibility.
+
+use std::{collections::HashSet, sync::Arc};
+
+use ruma::{OwnedEventId, RoomId, ServerName};
+use serde_json::{json, Value};
+
+use crate::{
+    error::{Error, Result},
+    http::{Ctx, HandlerResult},
+    service::{
+        rooms::{auth, incoming, pdu::Pdu, visibility},
+        Services,
+    },
+    util,
+};
+
+/// Largest `limit` honoured by `/backfill` and `/get_missing_events`.
+const MAX_LIMIT: usize = 100;
+
+fn event_param(ctx: &Ctx, index: usize) -> Result<OwnedEventId> {
+    OwnedEventId::try_from(ctx.param(index))
+        .map_err(|_| Error::invalid_param(format!("invalid event ID {}", ctx.param(index))))
+}
+
+fn require_access(services: &Services, room_id: &RoomId, origin: &ServerName) -> Result<()> {
+    if !services.rooms.exists(room_id)? {
+        return Err(Error::not_found(format!(
+            "room {room_id} is unknown to this server"
+        )));
+    }
+    if !incoming::server_allowed(services, room_id, origin)? {
+        return Err(Error::forbidden("the room's server ACL denies this server"));
+    }
+    if !services
+        .rooms
+        .members
+        .servers_in_room(room_id)?
+        .contains(origin)
+    {
+        return Err(Error::forbidden(format!("{origin} is not in {room_id}")));
+    }
+    Ok(())
+}
+
+fn federation_pdus(
+    services: &Services,
+    ids: impl IntoIterator<Item = OwnedEventId>,
+) -> Result<Vec<Value>> {
+    let mut pdus = Vec::new();
+    for event_id in ids {
+        if let Some(pdu) = services.rooms.timeline.get_federation_pdu(&event_id)? {
+            pdus.push(serde_json::to_value(pdu).map_err(Error::internal)?);
+        }
+    }
+    Ok(pdus)
+}
+
+/// `GET /_matrix/federation/v1/event/{eventId}`
+pub async fn get_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let event_id = event_param(&ctx, 0)?;
+    let pdu = services
+        .rooms
+        .timeline
+        .get_pdu(&event_id)?
+        .ok_or_else(|| Error::not_found(format!("event {event_id} not found")))?;
+    let room_id = pdu
+        .room_id
+        .clone()
+        .ok_or_else(|| Error::not_found(format!("event {event_id} not found")))?;
+    if !incoming::server_allowed(&services, &room_id, ctx.origin())?
+        || !visibility::server_can_see(&services, ctx.origin(), &pdu)?
+    {
+        return Err(Error::forbidden(format!(
+            "{} may not see {event_id}",
+            ctx.origin()
+        )));
+    }
+    Ok(json!({
+        "origin": services.globals.server_name(),
+        "origin_server_ts": util::now_millis(),
+        "pdus": federation_pdus(&services, [event_id])?,
+    }))
+}
+
+/// The state before an event (or the current state without one) and its auth chain.
+fn state_at(services: &Services, ctx: &Ctx) -> Result<(Vec<OwnedEventId>, Vec<OwnedEventId>)> {
+    let room_id = ctx.room_param(0)?;
+    require_access(services, &room_id, ctx.origin())?;
+    let rooms = &services.rooms;
+    let hash = match ctx.query("event_id") {
+        Some(event_id) => {
+            let event_id = OwnedEventId::try_from(event_id)
+                .map_err(|_| Error::invalid_param("invalid event_id"))?;
+            let short = rooms
+                .short
+                .get_shorteventid(&event_id)?
+                .ok_or_else(|| Error::not_found(format!("event {event_id} not found")))?;
+            let (before, _) = rooms
+                .state
+                .get_event_state(short)?
+                .ok_or_else(|| Error::not_found(format!("no state known at {event_id}")))?;
+            before
+        }
+        None => rooms
+            .current_state_hash(&room_id)?
+            .ok_or_else(|| Error::not_found("no state"))?,
+    };
+    let state: Vec<OwnedEventId> = rooms
+        .state_pdus(hash)?
+        .into_iter()
+        .map(|pdu| pdu.event_id)
+        .collect();
+    let chain = auth::auth_chain(services, state.iter().cloned())?;
+    Ok((state, chain.into_iter().collect()))
+}
+
+/// `GET /_matrix/federation/v1/state_ids/{roomId}`
+pub async fn get_room_state_ids(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let (state, chain) = state_at(&services, &ctx)?;
+    Ok(json!({ "pdu_ids": state, "auth_chain_ids": chain }))
+}
+
+/// `GET /_matrix/federation/v1/state/{roomId}`
+pub async fn get_room_state(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let (state, chain) = state_at(&services, &ctx)?;
+    Ok(json!({
+        "pdus": federation_pdus(&services, state)?,
+        "auth_chain": federation_pdus(&services, chain)?,
+    }))
+}
+
+/// `GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}`
+pub async fn get_event_authorization(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let room_id = ctx.room_param(0)?;
+    let event_id = event_param(&ctx, 1)?;
+    require_access(&services, &room_id, ctx.origin())?;
+    let pdu = services
+        .rooms
+        .timeline
+        .get_pdu(&event_id)?
+        .filter(|pdu| pdu.room_id.as_deref() == Some(&*room_id) || pdu.room_id.is_none())
+        .ok_or_else(|| Error::not_found(format!("event {event_id} not found")))?;
+    let chain = auth::auth_chain(&services, pdu.auth_events.iter().cloned())?;
+    let mut ids: Vec<OwnedEventId> = pdu.auth_events.clone();
+    ids.extend(chain.into_iter().filter(|id| !pdu.auth_events.contains(id)));
+    Ok(json!({ "auth_chain": federation_pdus(&services, ids)? }))
+}
+
+fn visible(services: &Services, origin: &ServerName, pdu: &Pdu) -> bool {
+    visibility::server_can_see(services, origin, pdu).unwrap_or(false)
+}
+
+/// `POST /_matrix/federation/v1/get_missing_events/{roomId}`
+///
+/// Walks back from `latest_events` through prev events, stopping at `earliest_events`, and
+/// answers up to `limit` events, oldest first.
+pub async fn get_missing_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let room_id = ctx.room_param(0)?;
+    require_access(&services, &room_id, ctx.origin())?;
+    let ids = |name: &str| -> Vec<OwnedEventId> {
+        ctx.body
+            .get(name)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| id.as_str().and_then(|id| OwnedEventId::try_from(id).ok()))
+            .collect()
+    };
+    let earliest: HashSet<OwnedEventId> = ids("earliest_events").into_iter().collect();
+    let latest = ids("latest_events");
+    let limit = ctx
+        .body
+        .get("limit")
+        .and_then(Value::as_u64)
+        .unwrap_or(10)
+        .min(MAX_LIMIT as u64) as usize;
+    let min_depth = ctx
+        .body
+        .get("min_depth")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let mut found = Vec::new();
+    let mut seen: HashSet<OwnedEventId> = latest.iter().cloned().collect();
+    let mut queue: Vec<OwnedEventId> = Vec::new();
+    for event_id in &latest {
+        if let Some(pdu) = services.rooms.timeline.get_pdu(event_id)? {
+            queue.extend(pdu.prev_events.iter().cloned());
+        }
+    }
+    while let Some(event_id) = queue.pop() {
+        if found.len() >= limit {
+            break;
+        }
+        if earliest.contains(&event_id) || !seen.insert(event_id.clone()) {
+            continue;
+        }
+        let Some(pdu) = services.rooms.timeline.get_pdu(&event_id)? else {
+            continue;
+        };
+        if pdu.room_id.as_deref() != Some(&*room_id) || u64::from(pdu.depth) < min_depth {
+            continue;
+        }
+        if !visible(&services, ctx.origin(), &pdu) {
+            continue;
+        }
+        queue.extend(pdu.prev_events.iter().cloned());
+        found.push(pdu);
+    }
+    found.sort_by_key(|pdu| pdu.depth);
+    let ids: Vec<OwnedEventId> = found.into_iter().map(|pdu| pdu.event_id).collect();
+    Ok(json!({ "events": federation_pdus(&services, ids)? }))
+}
+
+/// `GET /_matrix/federation/v1/backfill/{roomId}`
+///
+/// Events before (and including) the `v` events, breadth first through prev events, up to
+/// `limit`.
+pub async fn get_backfill(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let room_id = ctx.room_param(0)?;
+    require_access(&services, &room_id, ctx.origin())?;
+    let start: Vec<OwnedEventId> = ctx
+        .raw_query
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("v="))
+        .filter_map(|id| OwnedEventId::try_from(crate::http::ctx::percent_decode(id)).ok())
+        .collect();
+    let limit = ctx
+        .query("limit")
+        .and_then(|limit| limit.parse::<usize>().ok())
+        .unwrap_or(10)
+        .min(MAX_LIMIT);
+    let mut seen = HashSet::new();
+    let mut queue = std::collections::VecDeque::from(start);
+    let mut found = Vec::new();
+    while let Some(event_id) = queue.pop_front() {
+        if found.len() >= limit {
+            break;
+        }
+        if !seen.insert(event_id.clone()) {
+            continue;
+        }
+        let Some(pdu) = services.rooms.timeline.get_pdu(&event_id)? else {
+            continue;
+        };
+        if pdu.room_id.as_deref() != Some(&*room_id) || !visible(&services, ctx.origin(), &pdu) {
+            continue;
+        }
+        queue.extend(pdu.prev_events.iter().cloned());
+        found.push(pdu.event_id);
+    }
+    Ok(json!({
+        "origin": services.globals.server_name(),
+        "origin_server_ts": util::now_millis(),
+        "pdus": federation_pdus(&services, found)?,
+    }))
+}

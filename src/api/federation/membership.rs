@@ -1,0 +1,362 @@
+//! Membership handshakes, resident side: `make_join`/`send_join`, `make_leave`/`send_leave`, and
+//! invites for this server's users.
+
+use std::sync::Arc;
+
+use ruma::{
+    api::error::{ErrorKind, IncompatibleRoomVersionErrorData},
+    events::{StateEventType, TimelineEventType},
+    CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, ServerName,
+};
+use serde_json::{json, Value};
+
+use crate::{
+    crypto,
+    error::{Error, Result},
+    http::{Ctx, HandlerResult},
+    service::{
+        rooms::{
+            auth, handshake, incoming,
+            timeline::{build_template, rules_for, PduBuilder, SendTo},
+        },
+        Services,
+    },
+};
+
+fn room_and_user(ctx: &Ctx) -> Result<(OwnedRoomId, OwnedUserId)> {
+    Ok((ctx.room_param(0)?, ctx.user_param(1)?))
+}
+
+fn room_version(services: &Services, room_id: &RoomId) -> Result<(u64, RoomVersionId)> {
+    let short = services
+        .rooms
+        .short
+        .get_shortroomid(room_id)?
+        .ok_or_else(|| Error::not_found(format!("room {room_id} is unknown to this server")))?;
+    let version = services
+        .rooms
+        .timeline
+        .room_version(short)?
+        .ok_or_else(|| Error::not_found(format!("room {room_id} is unknown to this server")))?;
+    Ok((short, version))
+}
+
+/// Fails unless this server is in the room and its ACL lets `origin` in.
+fn require_resident(services: &Services, room_id: &RoomId, origin: &ServerName) -> Result<()> {
+    if !handshake::is_resident(services, room_id)? {
+        return Err(Error::not_found(format!("this server is not in {room_id}")));
+    }
+    if !incoming::server_allowed(services, room_id, origin)? {
+        return Err(Error::forbidden("the room's server ACL denies this server"));
+    }
+    Ok(())
+}
+
+/// A membership template for a user of the asking server, checked against the current state.
+fn make_membership(services: &Services, ctx: &Ctx, membership: &str) -> HandlerResult {
+    let (room_id, user) = room_and_user(ctx)?;
+    if user.server_name() != ctx.origin() {
+        return Err(Error::forbidden("the user belongs to another server"));
+    }
+    require_resident(services, &room_id, ctx.origin())?;
+    let (short, version) = room_version(services, &room_id)?;
+    if membership == "join" {
+        // `ver` repeats, so it is read from the raw query; without any, only version 1 is meant.
+        let accepted: Vec<String> = ctx
+            .raw_query
+            .split('&')
+            .filter_map(|pair| pair.strip_prefix("ver="))
+            .map(crate::http::ctx::percent_decode)
+            .collect();
+        let supported = if accepted.is_empty() {
+            version == RoomVersionId::V1
+        } else {
+            accepted.iter().any(|ver| ver == version.as_str())
+        };
+        if !supported {
+            return Err(Error::matrix(
+                ErrorKind::IncompatibleRoomVersion(IncompatibleRoomVersionErrorData::new(
+                    version.clone(),
+                )),
+                format!("the room has version {version}"),
+            ));
+        }
+    }
+    let rules = rules_for(&version)?;
+    let mut content = json!({ "membership": membership });
+    if membership == "join" {
+        content = restricted_join_content(services, &room_id, &user, content)?;
+    }
+    let builder = PduBuilder::state("m.room.member", user.as_str(), content);
+    let lock = services.rooms.timeline.room_lock(&room_id);
+    let _guard = lock.lock();
+    let (object, state_before) =
+        build_template(services, &room_id, &user, &builder, &rules, Some(short))?;
+    // Refuse now what the auth rules would refuse at send_join (a banned user, an invite-only room).
+    let mut probe = object.clone();
+    probe.insert(
+        "event_id".into(),
+        CanonicalJsonValue::String("$template:probe".into()),
+    );
+    let pdu = crate::service::rooms::pdu::Pdu::from_object(&probe)?;
+    auth::check_local_event(services, &rules, &pdu, state_before)?;
+    Ok(json!({ "room_version": version, "event": object }))
+}
+
+/// For a restricted room, names a local user who may invite as the authoriser, when the joining
+/// user is in one of the allowed rooms (as far as this server knows).
+fn restricted_join_content(
+    services: &Services,
+    room_id: &RoomId,
+    user: &ruma::UserId,
+    mut content: Value,
+) -> Result<Value> {
+    let Some(rules_event) =
+        services
+            .rooms
+            .current_state_pdu(room_id, &StateEventType::RoomJoinRules, "")?
+    else {
+        return Ok(content);
+    };
+    let rules = rules_event.content_value();
+    let kind = rules["join_rule"].as_str().unwrap_or("");
+    if kind != "restricted" && kind != "knock_restricted" {
+        return Ok(content);
+    }
+    if services.rooms.members.get_membership(room_id, user)?
+        == Some(ruma::events::room::member::MembershipState::Invite)
+    {
+        return Ok(content);
+    }
+    let allowed = rules["allow"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|entry| {
+            entry["type"] == "m.room_membership"
+                && entry["room_id"]
+                    .as_str()
+                    .and_then(|room| <&RoomId>::try_from(room).ok())
+                    .is_some_and(|room| {
+                        services
+                            .rooms
+                            .members
+                            .is_joined(room, user)
+                            .unwrap_or(false)
+                    })
+        });
+    if !allowed {
+        return Ok(content);
+    }
+    let own = services.globals.server_name();
+    let authoriser = services
+        .rooms
+        .members
+        .iter_members(
+            room_id,
+            Some(ruma::events::room::member::MembershipState::Join),
+        )?
+        .into_iter()
+        .map(|(member, _)| member)
+        .find(|member| member.server_name() == own);
+    if let Some(authoriser) = authoriser {
+        content["join_authorised_via_users_server"] = json!(authoriser);
+    }
+    Ok(content)
+}
+
+/// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`
+pub async fn create_join_event_template(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    make_membership(&services, &ctx, "join")
+}
+
+/// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`
+pub async fn create_leave_event_template(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    make_membership(&services, &ctx, "leave")
+}
+
+/// Checks a signed membership event from the asking server and commits it through
+/// `incoming::handle`; the rest of the room gets it from here.
+async fn send_membership(
+    services: &Services,
+    ctx: &Ctx,
+    membership: &str,
+) -> Result<(OwnedRoomId, OwnedEventId, Option<Value>)> {
+    let room_id = ctx.room_param(0)?;
+    let event_id = OwnedEventId::try_from(ctx.param(1))
+        .map_err(|_| Error::invalid_param("invalid event ID"))?;
+    require_resident(services, &room_id, ctx.origin())?;
+    let (_, version) = room_version(services, &room_id)?;
+    let rules = rules_for(&version)?;
+    let parsed = incoming::parse_pdu(&ctx.body, &room_id, &rules)?;
+    if parsed.event_id != event_id {
+        return Err(Error::bad_json("the event ID does not match the event"));
+    }
+    let pdu = incoming::to_pdu(&parsed.event_id, &parsed.object)?;
+    if pdu.kind != TimelineEventType::RoomMember
+        || pdu.state_key.as_deref() != Some(pdu.sender.as_str())
+        || pdu.sender.server_name() != ctx.origin()
+        || pdu.content_value()["membership"] != membership
+    {
+        return Err(Error::bad_json(format!(
+            "expected a {membership} of a user of the sending server"
+        )));
+    }
+    let mut value = ctx.body.clone();
+    let mut countersigned = None;
+    // A restricted join names one of our users as the authoriser; the spec has us sign it.
+    let authoriser = pdu.content_value()["join_authorised_via_users_server"]
+        .as_str()
+        .map(str::to_owned);
+    if let Some(authoriser) = authoriser {
+        if authoriser.ends_with(&format!(":{}", services.globals.server_name())) {
+            let mut object = parsed.object.clone();
+            crypto::hash_and_sign_event(
+                services.globals.server_name().as_str(),
+                services.globals.signing_key(),
+                &mut object,
+                &rules,
+            )
+            .map_err(Error::bad_json)?;
+            value = serde_json::to_value(&object).map_err(Error::internal)?;
+            countersigned = Some(value.clone());
+        }
+    }
+    incoming::handle(
+        services,
+        ctx.origin(),
+        &room_id,
+        &value,
+        SendTo::RoomExcept(Some(ctx.origin())),
+    )
+    .await?;
+    Ok((room_id, event_id, countersigned))
+}
+
+/// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`
+///
+/// Answers the state before the join and its auth chain (all of it: `omit_members` is not
+/// honoured), and the countersigned event for restricted joins.
+pub async fn create_join_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let (room_id, event_id, countersigned) = send_membership(&services, &ctx, "join").await?;
+    let rooms = &services.rooms;
+    let short = rooms
+        .short
+        .get_shorteventid(&event_id)?
+        .ok_or_else(|| Error::forbidden("the join was not accepted"))?;
+    let (before, _) = rooms
+        .state
+        .get_event_state(short)?
+        .ok_or_else(|| Error::forbidden("the join was not accepted"))?;
+    let state = rooms.state_pdus(before)?;
+    let state_ids: Vec<OwnedEventId> = state.iter().map(|pdu| pdu.event_id.clone()).collect();
+    let chain = auth::auth_chain(&services, state_ids.iter().cloned())?;
+    let mut state_json = Vec::with_capacity(state_ids.len());
+    for event_id in &state_ids {
+        if let Some(pdu) = rooms.timeline.get_federation_pdu(event_id)? {
+            state_json.push(pdu);
+        }
+    }
+    let mut chain_json = Vec::with_capacity(chain.len());
+    for event_id in &chain {
+        if let Some(pdu) = rooms.timeline.get_federation_pdu(event_id)? {
+            chain_json.push(pdu);
+        }
+    }
+    let servers: Vec<_> = rooms
+        .members
+        .servers_in_room(&room_id)?
+        .iter()
+        .cloned()
+        .collect();
+    let mut answer = json!({
+        "origin": services.globals.server_name(),
+        "state": state_json,
+        "auth_chain": chain_json,
+        "members_omitted": false,
+        "servers_in_room": servers,
+    });
+    if let Some(event) = countersigned {
+        answer["event"] = event;
+    }
+    Ok(answer)
+}
+
+/// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`
+pub async fn create_leave_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    send_membership(&services, &ctx, "leave").await?;
+    Ok(json!({}))
+}
+
+/// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`
+///
+/// An invite for one of this server's users: checked (format, the sender's signature, an invite
+/// of an existing local user, a supported room version), signed by this server, and stored so
+/// that the invitee sees it in `/sync` with the stripped state that came with it.
+pub async fn create_invite(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let room_id = ctx.room_param(0)?;
+    let event_id = OwnedEventId::try_from(ctx.param(1))
+        .map_err(|_| Error::invalid_param("invalid event ID"))?;
+    let version = ctx
+        .body
+        .get("room_version")
+        .and_then(Value::as_str)
+        .and_then(|version| RoomVersionId::try_from(version).ok())
+        .ok_or_else(|| Error::bad_json("missing room_version"))?;
+    let rules = version.rules().ok_or_else(|| {
+        Error::matrix(
+            ErrorKind::IncompatibleRoomVersion(IncompatibleRoomVersionErrorData::new(
+                version.clone(),
+            )),
+            format!("room version {version} is not supported"),
+        )
+    })?;
+    let event = ctx.body.get("event").cloned().unwrap_or(Value::Null);
+    let parsed = incoming::parse_pdu(&event, &room_id, &rules)?;
+    if parsed.event_id != event_id {
+        return Err(Error::bad_json("the event ID does not match the event"));
+    }
+    let pdu = incoming::to_pdu(&parsed.event_id, &parsed.object)?;
+    let invitee = pdu
+        .state_key
+        .as_deref()
+        .and_then(|key| <&ruma::UserId>::try_from(key).ok())
+        .ok_or_else(|| Error::bad_json("invite without a user state_key"))?;
+    if pdu.kind != TimelineEventType::RoomMember
+        || pdu.content_value()["membership"] != "invite"
+        || invitee.server_name() != services.globals.server_name()
+        || pdu.sender.server_name() != ctx.origin()
+    {
+        return Err(Error::bad_json(
+            "expected an invite of a local user by a user of the sending server",
+        ));
+    }
+    if !services.users.exists(invitee)? {
+        return Err(Error::not_found(format!("user {invitee} does not exist")));
+    }
+    let verified = incoming::verify_pdu(&services, &parsed, &rules).await?;
+    let mut signed = verified;
+    crypto::hash_and_sign_event(
+        services.globals.server_name().as_str(),
+        services.globals.signing_key(),
+        &mut signed,
+        &rules,
+    )
+    .map_err(Error::bad_json)?;
+    let invite_state: Vec<Value> = ctx
+        .body
+        .get("invite_room_state")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if !handshake::is_resident(&services, &room_id)? {
+        handshake::store_remote_invite(&services, &room_id, &signed, &pdu, &invite_state)?;
+    }
+    let mut answer = serde_json::to_value(&signed).map_err(Error::internal)?;
+    if let Some(object) = answer.as_object_mut() {
+        if rules.event_id_format != ruma::room_version_rules::EventIdFormatVersion::V1 {
+            object.remove("event_id");
+        }
+    }
+    Ok(json!({ "event": answer }))
+}

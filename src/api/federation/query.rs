@@ -1,0 +1,55 @@
+//! Queries: profiles and room aliases of this server's users and rooms.
+
+use std::sync::Arc;
+
+use ruma::{OwnedRoomAliasId, OwnedUserId};
+use serde_json::{json, Value};
+
+use crate::{
+    error::Error,
+    http::{Ctx, HandlerResult},
+    service::Services,
+};
+
+/// `GET /_matrix/federation/v1/query/profile`
+pub async fn get_profile_information(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let user = ctx
+        .query("user_id")
+        .ok_or_else(|| Error::missing_param("missing user_id"))?;
+    let user = OwnedUserId::try_from(user)
+        .map_err(|_| Error::invalid_param(format!("invalid user ID {user}")))?;
+    if user.server_name() != services.globals.server_name() || !services.users.exists(&user)? {
+        return Err(Error::not_found(format!("user {user} not found")));
+    }
+    let profile = services.users.get_profile(&user)?.unwrap_or_default();
+    let mut answer = json!({});
+    for field in ["displayname", "avatar_url"] {
+        let wanted = ctx.query("field").is_none_or(|asked| asked == field);
+        if let (true, Some(value)) = (wanted, profile.get(field)) {
+            answer[field] = value.clone();
+        }
+    }
+    Ok(answer)
+}
+
+/// `GET /_matrix/federation/v1/query/directory`
+pub async fn get_room_information(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let alias = ctx
+        .query("room_alias")
+        .ok_or_else(|| Error::missing_param("missing room_alias"))?;
+    let alias = OwnedRoomAliasId::try_from(alias)
+        .map_err(|_| Error::invalid_param(format!("invalid alias {alias}")))?;
+    let (room_id, _) = services
+        .rooms
+        .alias
+        .get(&alias)?
+        .ok_or_else(|| Error::not_found(format!("alias {alias} not found")))?;
+    let servers: Vec<Value> = services
+        .rooms
+        .members
+        .servers_in_room(&room_id)?
+        .iter()
+        .map(|server| json!(server))
+        .collect();
+    Ok(json!({ "room_id": room_id, "servers": servers }))
+}

@@ -1,0 +1,106 @@
+//! `PUT /send/{txnId}`: PDUs and EDUs pushed by other servers.
+
+use std::sync::Arc;
+
+use ruma::OwnedRoomId;
+use serde_json::{json, Map, Value};
+
+use crate::{
+    error::Error,
+    http::{Ctx, HandlerResult},
+    service::{
+        rooms::{incoming, timeline::SendTo},
+        Services,
+    },
+};
+
+/// Limits of one transaction (server-server API, "Transactions").
+const MAX_PDUS: usize = 50;
+const MAX_EDUS: usize = 100;
+
+/// `PUT /_matrix/federation/v1/send/{txnId}`
+///
+/// Each PDU goes through `incoming::handle` (the spec's receipt checks, then commit), one room
+/// after another in the order given. The answer maps every event ID to `{}` or `{"error": …}`; a
+/// retried transaction gets the stored answer. PDUs from servers a room's ACL denies are refused.
+/// EDUs are accepted and not yet acted on (typing, receipts and presence arrive with issue 5).
+pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let origin = ctx.origin().to_owned();
+    let txn_id = ctx.param(0).to_owned();
+    services.sending.heard_from(&origin);
+    if ctx.body.get("origin").and_then(Value::as_str) != Some(origin.as_str()) {
+        return Err(Error::forbidden(
+            "the transaction's origin is not the signing server",
+        ));
+    }
+    if let Some(response) = services.received.get_response(&origin, &txn_id)? {
+        return Ok(response);
+    }
+    let pdus = ctx
+        .body
+        .get("pdus")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let edus = ctx
+        .body
+        .get("edus")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    if pdus.len() > MAX_PDUS || edus > MAX_EDUS {
+        return Err(Error::bad_json(format!(
+            "a transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
+        )));
+    }
+    let mut results = Map::new();
+    for pdu in &pdus {
+        let room_id = pdu
+            .get("room_id")
+            .and_then(Value::as_str)
+            .and_then(|room| OwnedRoomId::try_from(room).ok());
+        let fallback_id = pdu
+            .get("event_id")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let Some(room_id) = room_id else {
+            results.insert(
+                fallback_id,
+                json!({ "error": "pdu without a valid room_id" }),
+            );
+            continue;
+        };
+        if !incoming::server_allowed(&services, &room_id, &origin)? {
+            results.insert(
+                fallback_id,
+                json!({ "error": "the room's server ACL denies the origin" }),
+            );
+            continue;
+        }
+        match incoming::handle(&services, &origin, &room_id, pdu, SendTo::Nobody).await {
+            Ok((event_id, _)) => {
+                results.insert(event_id.to_string(), json!({}));
+            }
+            Err(error) => {
+                let event_id = services
+                    .rooms
+                    .short
+                    .get_shortroomid(&room_id)
+                    .ok()
+                    .flatten()
+                    .and_then(|short| services.rooms.timeline.room_version(short).ok().flatten())
+                    .and_then(|version| version.rules())
+                    .and_then(|rules| incoming::parse_pdu(pdu, &room_id, &rules).ok())
+                    .map(|parsed| parsed.event_id.to_string())
+                    .unwrap_or(fallback_id);
+                tracing::info!(%event_id, %error, "rejected a pdu");
+                results.insert(event_id, json!({ "error": error.to_string() }));
+            }
+        }
+    }
+    let response = json!({ "pdus": results });
+    services
+        .received
+        .set_response(&origin, &txn_id, &response)?;
+    Ok(response)
+}

@@ -1,0 +1,514 @@
+//! Membership handshakes with other servers, from this side: joining a remote room
+//! (`make_join`/`send_join`), inviting a remote user (`/v2/invite`), leaving a room this server
+//! only knows through an invite (`make_leave`/`send_leave`), and storing invites that arrive.
+
+use ruma::{
+    events::{room::member::MembershipState, StateEventType, TimelineEventType},
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedServerName, RoomId, RoomVersionId,
+    ServerName, UserId,
+};
+use serde_json::{json, Value};
+
+use super::{
+    auth, incoming,
+    pdu::Pdu,
+    timeline::{
+        build_and_sign, build_template, commit, rules_for, CommitInput, PduBuilder, SendTo,
+    },
+};
+use crate::{
+    error::{Error, Result},
+    service::{notify::Topic, Services},
+    store::{key, Batch, Tree},
+};
+
+/// Room versions this server can join, for `make_join`'s `ver` parameters.
+const SUPPORTED_VERSIONS: [&str; 12] = [
+    "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
+];
+
+/// Owns `userroomid_invitestate` (user ID 0xff room ID → JSON array of stripped state events sent
+/// with an invite from another server).
+pub struct Handshakes {
+    userroomid_invitestate: Tree,
+}
+
+impl Handshakes {
+    /// Opens the tree.
+    pub fn open(db: &std::sync::Arc<crate::store::Db>) -> Self {
+        Self {
+            userroomid_invitestate: db.tree("userroomid_invitestate"),
+        }
+    }
+
+    /// The stripped state that came with an invite from another server.
+    pub fn get_invite_state(&self, user: &UserId, room_id: &RoomId) -> Result<Option<Vec<Value>>> {
+        let Some(bytes) = self
+            .userroomid_invitestate
+            .get(&key::join(&[user.as_bytes(), room_id.as_bytes()]))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::corrupt("userroomid_invitestate", e))
+    }
+}
+
+pub use super::incoming::encode;
+
+fn request_path(kind: &str, room_id: &RoomId, rest: &str) -> String {
+    format!(
+        "/_matrix/federation/{kind}/{}/{rest}",
+        encode(room_id.as_str())
+    )
+}
+
+/// Whether this server takes part in a room (has a joined member).
+pub fn is_resident(services: &Services, room_id: &RoomId) -> Result<bool> {
+    Ok(services
+        .rooms
+        .members
+        .servers_in_room(room_id)?
+        .contains(services.globals.server_name()))
+}
+
+/// Joins a local user to a room on other servers, trying each of `servers` in turn: `make_join`
+/// for a template, sign it, `send_join`, then store the room's state and auth chain (each event
+/// verified and checked against its auth events) and commit the join on top of that state.
+#[tracing::instrument(skip_all, fields(room_id = %room_id, user = %user))]
+pub async fn join_remote(
+    services: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+    servers: &[OwnedServerName],
+    content_extra: Value,
+) -> Result<OwnedEventId> {
+    let own = services.globals.server_name();
+    let mut last_error = Error::not_found(format!("no server to join {room_id} through"));
+    for server in servers.iter().filter(|server| *server != own) {
+        match join_through(services, room_id, user, server, &content_extra).await {
+            Ok(event_id) => return Ok(event_id),
+            Err(error) => {
+                tracing::info!(%server, %error, "joining through a server failed");
+                last_error = error;
+            }
+        }
+    }
+    Err(last_error)
+}
+
+async fn join_through(
+    services: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+    server: &ServerName,
+    content_extra: &Value,
+) -> Result<OwnedEventId> {
+    let versions: Vec<String> = SUPPORTED_VERSIONS
+        .iter()
+        .map(|version| format!("ver={version}"))
+        .collect();
+    let path = format!(
+        "{}?{}",
+        request_path("v1/make_join", room_id, &encode(user.as_str())),
+        versions.join("&")
+    );
+    let answer = call(services, server, http::Method::GET, &path, None).await?;
+    let version = RoomVersionId::try_from(answer["room_version"].as_str().unwrap_or("1"))
+        .map_err(|_| Error::bad_json("make_join answered an invalid room version"))?;
+    let rules = rules_for(&version)?;
+    let mut template = answer["event"].clone();
+    if template["type"] != "m.room.member"
+        || template["state_key"] != user.as_str()
+        || template["sender"] != user.as_str()
+    {
+        return Err(Error::forbidden(
+            "make_join answered a template for another event",
+        ));
+    }
+    template["content"]["membership"] = json!("join");
+    if let Some(extra) = content_extra.as_object() {
+        for (field, value) in extra {
+            template["content"][field] = value.clone();
+        }
+    }
+    template["origin_server_ts"] = json!(crate::util::now_millis());
+    template["origin"] = json!(services.globals.server_name());
+    let object = template_object(template, &rules)?;
+    let (signed, event_id) = build_and_sign(services, &object, &rules)?;
+
+    let path = request_path("v2/send_join", room_id, &encode(event_id.as_str()));
+    let body = serde_json::to_value(&signed).map_err(crate::error::Error::internal)?;
+    let answer = call(services, server, http::Method::PUT, &path, Some(&body)).await?;
+
+    let shortroomid = services.rooms.short.get_or_create_shortroomid(room_id)?;
+    services
+        .rooms
+        .timeline
+        .set_room_version(shortroomid, &version)?;
+    let mut events: Vec<Value> = answer["auth_chain"].as_array().cloned().unwrap_or_default();
+    let state: Vec<Value> = answer["state"].as_array().cloned().unwrap_or_default();
+    events.extend(state.iter().cloned());
+    incoming::store_outliers(services, room_id, &rules, &events).await?;
+    let mut state_ids = Vec::new();
+    for value in &state {
+        if let Ok(parsed) = incoming::parse_pdu(value, room_id, &rules) {
+            if services.rooms.timeline.has_event(&parsed.event_id)? {
+                state_ids.push(parsed.event_id);
+            }
+        }
+    }
+    // A restricted join comes back countersigned by the resident server.
+    let final_object = match answer.get("event") {
+        Some(event) if event.is_object() => {
+            let parsed = incoming::parse_pdu(event, room_id, &rules)?;
+            if parsed.event_id != event_id {
+                return Err(Error::forbidden("send_join returned another event"));
+            }
+            incoming::verify_pdu(services, &parsed, &rules).await?
+        }
+        _ => {
+            let mut without_id = signed.clone();
+            without_id.remove("event_id");
+            without_id
+        }
+    };
+    let pdu = incoming::to_pdu(&event_id, &final_object)?;
+
+    let lock = services.rooms.timeline.room_lock(room_id);
+    let _guard = lock.lock();
+    let state_set = incoming::state_set_of(services, &state_ids)?;
+    if state_set.is_empty() {
+        return Err(Error::forbidden("send_join answered no room state"));
+    }
+    let mut batch = Batch::default();
+    let state_hash = services.rooms.state.store_snapshot(
+        services.rooms.short.allocate(),
+        None,
+        state_set,
+        &mut batch,
+    )?;
+    services.db.write(batch)?;
+    auth::check_local_event(services, &rules, &pdu, Some(state_hash))?;
+    index_members(services, room_id, &state_ids)?;
+    commit(
+        services,
+        CommitInput {
+            room_id,
+            object: final_object,
+            pdu,
+            state_before: Some(state_hash),
+            transaction: None,
+            // The resident server sends our join to the rest of the room.
+            send_to: SendTo::Nobody,
+            current_state: None,
+        },
+    )?;
+    Ok(event_id)
+}
+
+/// Indexes the memberships of a room's state received in a join, so that the room's servers
+/// and members are known before any of their events arrive.
+fn index_members(services: &Services, room_id: &RoomId, state_ids: &[OwnedEventId]) -> Result<()> {
+    let mut members = Vec::new();
+    for event_id in state_ids {
+        if let Some(pdu) = services.rooms.timeline.get_pdu(event_id)? {
+            if pdu.kind == TimelineEventType::RoomMember {
+                members.push(pdu);
+            }
+        }
+    }
+    services
+        .globals
+        .write_with_count(&services.db, |batch, count| {
+            for pdu in &members {
+                services
+                    .rooms
+                    .members
+                    .update_in_batch(room_id, pdu, count, batch)?;
+            }
+            Ok(())
+        })?;
+    services.rooms.members.invalidate_servers(room_id);
+    Ok(())
+}
+
+/// Turns a template from another server into an object to sign: no `event_id`, hashes or
+/// signatures of its own, and `room_id` only where the room version has it.
+fn template_object(
+    template: Value,
+    rules: &ruma::room_version_rules::RoomVersionRules,
+) -> Result<CanonicalJsonObject> {
+    let Ok(CanonicalJsonValue::Object(mut object)) = CanonicalJsonValue::try_from(template) else {
+        return Err(Error::bad_json(
+            "the template is not a canonical JSON object",
+        ));
+    };
+    for field in ["hashes", "signatures", "unsigned"] {
+        object.remove(field);
+    }
+    if rules.event_id_format != ruma::room_version_rules::EventIdFormatVersion::V1 {
+        object.remove("event_id");
+    }
+    Ok(object)
+}
+
+async fn call(
+    services: &Services,
+    server: &ServerName,
+    method: http::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value> {
+    services
+        .federation
+        .request(
+            services.globals.server_name(),
+            services.globals.signing_key(),
+            server,
+            method,
+            path,
+            body,
+        )
+        .await
+}
+
+/// Invites a user of another server: the invite is signed here, countersigned by the invitee's
+/// server through `/v2/invite`, then committed and sent to the rest of the room.
+#[tracing::instrument(skip_all, fields(room_id = %room_id, invitee = %invitee))]
+pub async fn invite_remote(
+    services: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    invitee: &UserId,
+    reason: Option<&str>,
+) -> Result<OwnedEventId> {
+    let rooms = &services.rooms;
+    let shortroomid = rooms
+        .short
+        .get_shortroomid(room_id)?
+        .ok_or_else(|| Error::not_found(format!("room {room_id} is unknown to this server")))?;
+    let version = rooms
+        .timeline
+        .room_version(shortroomid)?
+        .ok_or_else(|| Error::not_found(format!("room {room_id} is unknown to this server")))?;
+    let rules = rules_for(&version)?;
+    let mut content = json!({ "membership": "invite" });
+    if let Some(reason) = reason {
+        content["reason"] = json!(reason);
+    }
+    let builder = PduBuilder::state("m.room.member", invitee.as_str(), content);
+    let (signed, event_id, stripped) = {
+        let lock = rooms.timeline.room_lock(room_id);
+        let _guard = lock.lock();
+        let (object, state_before) = build_template(
+            services,
+            room_id,
+            sender,
+            &builder,
+            &rules,
+            Some(shortroomid),
+        )?;
+        let (signed, event_id) = build_and_sign(services, &object, &rules)?;
+        let pdu = incoming::to_pdu(&event_id, &signed)?;
+        auth::check_local_event(services, &rules, &pdu, state_before)?;
+        (signed, event_id, stripped_state(services, room_id)?)
+    };
+    let mut event = serde_json::to_value(&signed).map_err(Error::internal)?;
+    if rules.event_id_format != ruma::room_version_rules::EventIdFormatVersion::V1 {
+        if let Some(object) = event.as_object_mut() {
+            object.remove("event_id");
+        }
+    }
+    let body = json!({
+        "room_version": version,
+        "event": event,
+        "invite_room_state": stripped,
+    });
+    let path = request_path("v2/invite", room_id, &encode(event_id.as_str()));
+    let answer = call(
+        services,
+        invitee.server_name(),
+        http::Method::PUT,
+        &path,
+        Some(&body),
+    )
+    .await?;
+    let parsed = incoming::parse_pdu(&answer["event"], room_id, &rules)?;
+    if parsed.event_id != event_id {
+        return Err(Error::forbidden("the invitee's server changed the invite"));
+    }
+    incoming::verify_pdu(services, &parsed, &rules).await?;
+    incoming::handle(
+        services,
+        invitee.server_name(),
+        room_id,
+        &answer["event"],
+        SendTo::RoomExcept(Some(invitee.server_name())),
+    )
+    .await?;
+    Ok(event_id)
+}
+
+/// The stripped state sent with an invite or knock: what a client shows before joining.
+pub fn stripped_state(services: &Services, room_id: &RoomId) -> Result<Vec<Value>> {
+    let mut events = Vec::new();
+    for kind in [
+        StateEventType::RoomCreate,
+        StateEventType::RoomJoinRules,
+        StateEventType::RoomName,
+        StateEventType::RoomAvatar,
+        StateEventType::RoomCanonicalAlias,
+        StateEventType::RoomEncryption,
+        StateEventType::RoomTopic,
+    ] {
+        if let Some(pdu) = services.rooms.current_state_pdu(room_id, &kind, "")? {
+            events.push(pdu.to_stripped_value());
+        }
+    }
+    Ok(events)
+}
+
+/// Stores an invite for a local user that another server sent: the event as an outlier, the
+/// membership in the indexes at a new stream position, and the stripped state for `/sync`.
+pub fn store_remote_invite(
+    services: &Services,
+    room_id: &RoomId,
+    object: &CanonicalJsonObject,
+    pdu: &Pdu,
+    invite_state: &[Value],
+) -> Result<()> {
+    let Some(invitee) = pdu.state_key.as_deref() else {
+        return Err(Error::bad_json("invite without state_key"));
+    };
+    let mut stored = object.clone();
+    stored.insert(
+        "event_id".into(),
+        CanonicalJsonValue::String(pdu.event_id.to_string()),
+    );
+    services
+        .rooms
+        .timeline
+        .add_outliers(std::slice::from_ref(&stored), &services.db)?;
+    let mut state = invite_state.to_vec();
+    state.push(pdu.to_stripped_value());
+    let state_json = serde_json::to_vec(&state).map_err(Error::internal)?;
+    let handshakes = &services.rooms.handshakes;
+    services
+        .globals
+        .write_with_count(&services.db, |batch, count| {
+            services
+                .rooms
+                .members
+                .update_in_batch(room_id, pdu, count, batch)?;
+            batch.insert(
+                &handshakes.userroomid_invitestate,
+                &key::join(&[invitee.as_bytes(), room_id.as_bytes()]),
+                &state_json,
+            );
+            Ok(())
+        })?;
+    services.notifier.wake(Topic::User(invitee.to_owned()));
+    Ok(())
+}
+
+/// Leaves (or rejects an invite to) a room this server is not resident in, through `servers`
+/// (`make_leave`/`send_leave`); if none answers, the membership is set to `leave` locally only.
+pub async fn leave_remote(
+    services: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+    servers: &[OwnedServerName],
+) -> Result<()> {
+    for server in servers
+        .iter()
+        .filter(|server| *server != services.globals.server_name())
+    {
+        match leave_through(services, room_id, user, server).await {
+            Ok(()) => break,
+            Err(error) => tracing::info!(%server, %error, "leaving through a server failed"),
+        }
+    }
+    // Record the leave locally either way, so the invite disappears for the user.
+    let pdu_value = json!({
+        "event_id": format!("$leave-{}", crate::util::random_string(16)),
+        "room_id": room_id, "sender": user, "origin_server_ts": crate::util::now_millis(),
+        "type": "m.room.member", "state_key": user, "content": { "membership": "leave" },
+        "prev_events": [], "auth_events": [], "depth": 0,
+    });
+    let pdu: Pdu = serde_json::from_value(pdu_value).map_err(Error::internal)?;
+    services
+        .globals
+        .write_with_count(&services.db, |batch, count| {
+            services
+                .rooms
+                .members
+                .update_in_batch(room_id, &pdu, count, batch)
+        })?;
+    services.notifier.wake(Topic::User(user.to_string()));
+    Ok(())
+}
+
+async fn leave_through(
+    services: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+    server: &ServerName,
+) -> Result<()> {
+    let path = request_path("v1/make_leave", room_id, &encode(user.as_str()));
+    let answer = call(services, server, http::Method::GET, &path, None).await?;
+    let version = RoomVersionId::try_from(answer["room_version"].as_str().unwrap_or("1"))
+        .map_err(|_| Error::bad_json("make_leave answered an invalid room version"))?;
+    let rules = rules_for(&version)?;
+    let mut template = answer["event"].clone();
+    if template["state_key"] != user.as_str() || template["sender"] != user.as_str() {
+        return Err(Error::forbidden(
+            "make_leave answered a template for another event",
+        ));
+    }
+    template["content"] = json!({ "membership": "leave" });
+    template["origin_server_ts"] = json!(crate::util::now_millis());
+    let object = template_object(template, &rules)?;
+    let (signed, event_id) = build_and_sign(services, &object, &rules)?;
+    let mut body = serde_json::to_value(&signed).map_err(Error::internal)?;
+    if rules.event_id_format != ruma::room_version_rules::EventIdFormatVersion::V1 {
+        if let Some(object) = body.as_object_mut() {
+            object.remove("event_id");
+        }
+    }
+    let path = request_path("v2/send_leave", room_id, &encode(event_id.as_str()));
+    call(services, server, http::Method::PUT, &path, Some(&body)).await?;
+    Ok(())
+}
+
+/// The servers to try for a room this server is not in: those the client named, the server of
+/// whoever invited the user, and the server in the room ID (before room version 12).
+pub fn candidate_servers(
+    services: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+    named: Vec<OwnedServerName>,
+) -> Result<Vec<OwnedServerName>> {
+    let mut servers = named;
+    if services.rooms.members.get_membership(room_id, user)? == Some(MembershipState::Invite) {
+        if let Some(state) = services.rooms.handshakes.get_invite_state(user, room_id)? {
+            for event in state {
+                if event["type"] == "m.room.member" && event["state_key"] == user.as_str() {
+                    if let Some(sender) = event["sender"]
+                        .as_str()
+                        .and_then(|sender| <&UserId>::try_from(sender).ok())
+                    {
+                        servers.push(sender.server_name().to_owned());
+                    }
+                }
+            }
+        }
+    }
+    if let Some(server) = room_id.server_name() {
+        servers.push(server.to_owned());
+    }
+    let mut seen = std::collections::HashSet::new();
+    servers.retain(|server| seen.insert(server.clone()));
+    Ok(servers)
+}
