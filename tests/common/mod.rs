@@ -1,7 +1,10 @@
 //! Shared helpers for integration tests: a real server on 127.0.0.1:0 with a fresh database,
-//! and a small JSON client.
+//! and a small JSON client; `tls` and `synapse` hold the federation interop harness.
 
 #![allow(dead_code)]
+
+pub mod synapse;
+pub mod tls;
 
 use std::{path::Path, sync::Arc};
 

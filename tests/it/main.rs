@@ -7,5 +7,6 @@ mod accounts;
 mod durability;
 mod rooms;
 mod spec_map;
+mod synapse_harness;
 mod sync;
 mod tidy;
