@@ -32,13 +32,23 @@ struct Destination {
     heard_from: Notify,
 }
 
+/// A destination announced to the sender's supervisor.
+type NewDestination = (OwnedServerName, Arc<Destination>);
+
+/// The oldest queued items of a destination: their queue keys, PDU event IDs and EDUs.
+struct QueuedBatch {
+    keys: Vec<Vec<u8>>,
+    pdus: Vec<String>,
+    edus: Vec<Value>,
+}
+
 /// Owns `servercount_outgoing` (destination 0xff count u64 → JSON `{"pdu": event ID}` or
 /// `{"edu": {...}}`); the count is the stream position of the write that queued it.
 pub struct Sending {
     servercount_outgoing: Tree,
     destinations: Mutex<HashMap<OwnedServerName, Arc<Destination>>>,
-    new_destinations: mpsc::UnboundedSender<(OwnedServerName, Arc<Destination>)>,
-    receiver: Mutex<Option<mpsc::UnboundedReceiver<(OwnedServerName, Arc<Destination>)>>>,
+    new_destinations: mpsc::UnboundedSender<NewDestination>,
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<NewDestination>>>,
 }
 
 impl Sending {
@@ -111,8 +121,8 @@ impl Sending {
         created
     }
 
-    /// The oldest queued items of a destination: (queue keys, PDU event IDs, EDUs).
-    fn load_batch(&self, server: &ServerName) -> Result<(Vec<Vec<u8>>, Vec<String>, Vec<Value>)> {
+    /// The oldest queued items of a destination, within the limits of one transaction.
+    fn load_batch(&self, server: &ServerName) -> Result<QueuedBatch> {
         let prefix = key::prefix(&[server.as_bytes()]);
         let (mut keys, mut pdus, mut edus) = (Vec::new(), Vec::new(), Vec::new());
         for entry in self.servercount_outgoing.iter_prefix(&prefix) {
@@ -132,7 +142,7 @@ impl Sending {
             }
             keys.push(entry_key.to_vec());
         }
-        Ok((keys, pdus, edus))
+        Ok(QueuedBatch { keys, pdus, edus })
     }
 
     fn pending_destinations(&self) -> Result<Vec<OwnedServerName>> {
@@ -201,7 +211,7 @@ async fn destination_worker(
         if *shutdown.borrow() {
             return;
         }
-        let (keys, pdus, edus) = match services.sending.load_batch(&server) {
+        let QueuedBatch { keys, pdus, edus } = match services.sending.load_batch(&server) {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::error!(%error, "reading the federation queue failed");

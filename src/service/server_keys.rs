@@ -64,7 +64,7 @@ impl ServerKeys {
         let mut object = to_object(document)?;
         crypto::sign_json(globals.server_name().as_str(), key, &mut object)
             .map_err(Error::internal)?;
-        Ok(serde_json::to_value(object).map_err(Error::internal)?)
+        serde_json::to_value(object).map_err(Error::internal)
     }
 
     /// The cached keys of a server that are usable at `at` (milliseconds).

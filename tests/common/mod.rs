@@ -1,7 +1,10 @@
 //! Shared helpers for integration tests: a real server on 127.0.0.1:0 with a fresh database,
-//! and a small JSON client.
+//! and a small JSON client; `tls` and `synapse` hold the federation interop harness.
 
 #![allow(dead_code)]
+
+pub mod synapse;
+pub mod tls;
 
 use std::{path::Path, sync::Arc};
 
@@ -25,6 +28,76 @@ impl TestServer {
         let mut server = Self::start_at(dir.path(), |_| {}).await;
         server.dir = Some(dir);
         server
+    }
+
+    /// Starts a federating server on `ip`: a TLS listener with a certificate from `ca`, server
+    /// name `ip:port`, trusting `ca` for outgoing requests. The database folder is fresh unless
+    /// `path` is given (a restart).
+    pub async fn start_federated(
+        ip: std::net::IpAddr,
+        ca: &tls::TestCa,
+        path: Option<&Path>,
+    ) -> Self {
+        let (dir, path) = match path {
+            Some(path) => (None, path.to_owned()),
+            None => {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().to_owned();
+                (Some(dir), path)
+            }
+        };
+        // On a restart, reuse the port so that the server name stays the same.
+        let port_file = path.join("federation-port");
+        let port: u16 = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(0);
+        let federation = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
+        let address = federation.local_addr().unwrap();
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(&port_file, address.port().to_string()).unwrap();
+        let (cert, key) = ca.issue(ip, &[], &path);
+        let ca_file = ca.write_ca(&path);
+        let mut config = Config {
+            database_path: path.join("db"),
+            server_name: address.to_string(),
+            federation_listen: Some(address),
+            tls_cert: Some(cert),
+            tls_key: Some(key),
+            federation_ca_file: Some(ca_file),
+            ..Config::default()
+        };
+        config.validate().unwrap();
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        config.listen = listener.local_addr().unwrap();
+        let services = Services::build(Arc::new(config)).unwrap();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(
+            plait::serve(
+                plait::Listeners {
+                    client: listener,
+                    federation: Some(federation),
+                },
+                Arc::clone(&services),
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .map_unit(),
+        );
+        Self {
+            base,
+            services,
+            dir,
+            shutdown: Some(shutdown),
+            task: Some(task),
+        }
+    }
+
+    /// This server's name.
+    pub fn server_name(&self) -> String {
+        self.services.globals.server_name().to_string()
     }
 
     /// Starts a server on an existing database folder, with config tweaks.

@@ -5,7 +5,9 @@ mod common;
 
 mod accounts;
 mod durability;
+mod federation;
 mod rooms;
 mod spec_map;
+mod synapse_harness;
 mod sync;
 mod tidy;

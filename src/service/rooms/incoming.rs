@@ -104,11 +104,9 @@ pub async fn verify_pdu(
     parsed: &Parsed,
     rules: &RoomVersionRules,
 ) -> Result<CanonicalJsonObject> {
-    let mut object = parsed.object.clone();
-    object.insert(
-        "event_id".into(),
-        CanonicalJsonValue::String(parsed.event_id.to_string()),
-    );
+    // Signatures cover the object as sent: `event_id` is part of it only in room versions 1
+    // and 2, where `parse_pdu` kept it.
+    let object = parsed.object.clone();
     let servers =
         ruma::signatures::required_server_signatures_to_verify_event(&object, &rules.signatures)
             .map_err(|error| Error::forbidden(format!("pdu signatures: {error}")))?;
@@ -180,7 +178,18 @@ pub fn check_against_auth_events(
 ) -> Result<()> {
     let timeline = &services.rooms.timeline;
     let mut auth_state: HashMap<(StateEventType, String), Pdu> = HashMap::new();
-    for auth_id in &pdu.auth_events {
+    let mut auth_ids = pdu.auth_events.clone();
+    // From room version 12 the create event is not listed: the room ID names it.
+    if rules.authorization.room_create_event_id_as_room_id
+        && pdu.kind != TimelineEventType::RoomCreate
+    {
+        if let Some(room_id) = &pdu.room_id {
+            let create_id = OwnedEventId::try_from(format!("${}", &room_id.as_str()[1..]))
+                .map_err(|_| Error::bad_json("room ID does not name a create event"))?;
+            auth_ids.push(create_id);
+        }
+    }
+    for auth_id in &auth_ids {
         let auth_event = timeline
             .get_pdu(auth_id)?
             .ok_or_else(|| Error::forbidden(format!("auth event {auth_id} is unknown")))?;

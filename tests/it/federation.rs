@@ -1,0 +1,704 @@
+//! Two Plait servers on loopback (127.0.0.2 and 127.0.0.3) with TLS from a test CA: rooms
+//! shared across them through invites and aliases, messages both ways, leaving.
+
+use std::{net::IpAddr, time::Duration};
+
+use serde_json::{json, Value};
+
+use crate::common::{enc, tls::TestCa, Client, TestServer};
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+/// Polls `/messages` (newest first) until an event matches, or fails after 20 s.
+async fn wait_for_event(
+    client: &Client,
+    room: &str,
+    what: &str,
+    matches: impl Fn(&Value) -> bool,
+) -> Value {
+    for _ in 0..200 {
+        let (status, body) = client
+            .get(&format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
+                enc(room)
+            ))
+            .await;
+        if status == 200 {
+            if let Some(event) = body["chunk"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|event| matches(event))
+            {
+                return event.clone();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} never arrived in {room}");
+}
+
+/// Polls `/sync` until the user has an invite to `room`.
+async fn wait_for_invite(client: &Client, room: &str) -> Value {
+    for _ in 0..200 {
+        let body = client.get_ok("/_matrix/client/v3/sync?timeout=0").await;
+        if let Some(invite) = body["rooms"]["invite"].get(room) {
+            return invite.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the invite to {room} never arrived");
+}
+
+fn is_message(text: &'static str) -> impl Fn(&Value) -> bool {
+    move |event| event["type"] == "m.room.message" && event["content"]["body"] == text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invite_join_and_messages_cross_two_plait_servers() {
+    let ca = TestCa::new();
+    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, None).await;
+    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let bob_id = bob.user_id().await;
+
+    let room = alice
+        .create_room(json!({ "preset": "private_chat", "name": "Across" }))
+        .await;
+    alice
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({ "user_id": bob_id }),
+        )
+        .await;
+    let invite = wait_for_invite(&bob, &room).await;
+    let state = invite["invite_state"]["events"].as_array().unwrap();
+    assert!(
+        state
+            .iter()
+            .any(|event| event["type"] == "m.room.name" && event["content"]["name"] == "Across"),
+        "stripped state carries the name: {invite}"
+    );
+
+    let joined = bob
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined["room_id"], room);
+    let members = bob
+        .get_ok(&format!(
+            "/_matrix/client/v3/rooms/{}/joined_members",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(members["joined"].as_object().unwrap().len(), 2, "{members}");
+    // hs1 sees bob's join too.
+    wait_for_event(&alice, &room, "bob's join on hs1", |event| {
+        event["type"] == "m.room.member"
+            && event["state_key"] == bob_id
+            && event["content"]["membership"] == "join"
+    })
+    .await;
+
+    alice.send_text(&room, "a1", "hello from hs1").await;
+    let received = wait_for_event(
+        &bob,
+        &room,
+        "alice's message on hs2",
+        is_message("hello from hs1"),
+    )
+    .await;
+    assert_eq!(received["sender"], alice.user_id().await);
+    bob.send_text(&room, "b1", "hello from hs2").await;
+    wait_for_event(
+        &alice,
+        &room,
+        "bob's message on hs1",
+        is_message("hello from hs2"),
+    )
+    .await;
+
+    // Both servers hold the same room state.
+    let state_on = |client: Client| {
+        let room = room.clone();
+        async move {
+            let state = client
+                .get_ok(&format!("/_matrix/client/v3/rooms/{}/state", enc(&room)))
+                .await;
+            let mut ids: Vec<String> = state
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|event| event["event_id"].as_str().unwrap().to_owned())
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(state_on(alice.clone()).await, state_on(bob.clone()).await);
+
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+        json!({}),
+    )
+    .await;
+    wait_for_event(&alice, &room, "bob's leave on hs1", |event| {
+        event["type"] == "m.room.member"
+            && event["state_key"] == bob_id
+            && event["content"]["membership"] == "leave"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn join_a_remote_room_by_alias() {
+    let ca = TestCa::new();
+    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, None).await;
+    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let alias_local = "lobby";
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "room_alias_name": alias_local }))
+        .await;
+    let alias = format!("#{alias_local}:{}", hs1.server_name());
+    alice.send_text(&room, "a1", "before bob").await;
+
+    let joined = bob
+        .post_ok(
+            &format!("/_matrix/client/v3/join/{}", enc(&alias)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(joined["room_id"], room);
+    bob.send_text(&room, "b1", "bob is here").await;
+    wait_for_event(
+        &alice,
+        &room,
+        "bob's message on hs1",
+        is_message("bob is here"),
+    )
+    .await;
+    alice.send_text(&room, "a2", "welcome").await;
+    wait_for_event(&bob, &room, "alice's reply on hs2", is_message("welcome")).await;
+
+    // An unknown remote alias is M_NOT_FOUND, not a server error.
+    let missing = format!("#nothing:{}", hs1.server_name());
+    let response = bob
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc(&missing)),
+            json!({}),
+        )
+        .await;
+    crate::common::assert_error(&response, 404, "M_NOT_FOUND");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn federation_keys_and_version() {
+    let ca = TestCa::new();
+    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, None).await;
+    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
+    let https = ca.https_client();
+    let get = |url: String| {
+        let https = https.clone();
+        async move {
+            let response = https.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let version = get(format!(
+        "https://{}/_matrix/federation/v1/version",
+        hs1.server_name()
+    ))
+    .await;
+    assert_eq!(version["server"]["name"], "Plait");
+
+    let keys = get(format!(
+        "https://{}/_matrix/key/v2/server",
+        hs1.server_name()
+    ))
+    .await;
+    assert_eq!(keys["server_name"], hs1.server_name());
+    assert!(keys["valid_until_ts"].as_u64().unwrap() > plait::util::now_millis());
+    let key_id = keys["verify_keys"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let public = keys["verify_keys"][&key_id]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key_map = |servers: &[(&str, &str, &str)]| {
+        let mut map = ruma::signatures::PublicKeyMap::new();
+        for (server, key_id, public) in servers {
+            let mut set = ruma::signatures::PublicKeySet::new();
+            set.insert(
+                (*key_id).to_owned(),
+                ruma::serde::Base64::parse(*public).unwrap(),
+            );
+            map.insert((*server).to_owned(), set);
+        }
+        map
+    };
+    let object = |value: &Value| match ruma::CanonicalJsonValue::try_from(value.clone()).unwrap() {
+        ruma::CanonicalJsonValue::Object(object) => object,
+        _ => panic!("not an object"),
+    };
+    let hs1_name = hs1.server_name();
+    ruma::signatures::verify_json(&key_map(&[(&hs1_name, &key_id, &public)]), &object(&keys))
+        .expect("the key document is self-signed");
+
+    // hs2 as a notary: hs1's document, countersigned by hs2.
+    let hs2_keys = get(format!(
+        "https://{}/_matrix/key/v2/server",
+        hs2.server_name()
+    ))
+    .await;
+    let hs2_key_id = hs2_keys["verify_keys"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let hs2_public = hs2_keys["verify_keys"][&hs2_key_id]["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let notarised = get(format!(
+        "https://{}/_matrix/key/v2/query/{}",
+        hs2.server_name(),
+        hs1_name
+    ))
+    .await;
+    let document = &notarised["server_keys"][0];
+    assert_eq!(document["server_name"], hs1_name, "{notarised}");
+    let hs2_name = hs2.server_name();
+    ruma::signatures::verify_json(
+        &key_map(&[
+            (&hs1_name, &key_id, &public),
+            (&hs2_name, &hs2_key_id, &hs2_public),
+        ]),
+        &object(document),
+    )
+    .expect("signed by the server and the notary");
+    let response = https
+        .post(format!(
+            "https://{}/_matrix/key/v2/query",
+            hs2.server_name()
+        ))
+        .json(&json!({ "server_keys": { hs1_name.clone(): {}, "127.0.0.9:9": {} } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let batch: Value = response.json().await.unwrap();
+    let servers: Vec<&str> = batch["server_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|document| document["server_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        servers,
+        vec![hs1_name.as_str()],
+        "an unreachable server has no keys: {batch}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn remote_invite_rejected_through_make_leave() {
+    let ca = TestCa::new();
+    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, None).await;
+    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let bob_id = bob.user_id().await;
+    let room = alice.create_room(json!({ "preset": "private_chat" })).await;
+    alice
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({ "user_id": bob_id }),
+        )
+        .await;
+    wait_for_invite(&bob, &room).await;
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+        json!({}),
+    )
+    .await;
+    wait_for_event(&alice, &room, "bob's rejection on hs1", |event| {
+        event["type"] == "m.room.member"
+            && event["state_key"] == bob_id
+            && event["content"]["membership"] == "leave"
+    })
+    .await;
+    let sync = bob.get_ok("/_matrix/client/v3/sync?timeout=0").await;
+    assert!(sync["rooms"]["invite"].get(&room).is_none(), "{sync}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn federation_reads_need_room_membership() {
+    let ca = TestCa::new();
+    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, None).await;
+    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
+    let alice = hs1.register("alice").await;
+    alice
+        .put_ok(
+            &format!(
+                "/_matrix/client/v3/profile/{}/displayname",
+                enc(&alice.user_id().await)
+            ),
+            json!({ "displayname": "Alice" }),
+        )
+        .await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let message = alice.send_text(&room, "a1", "hi").await;
+    let hs1_name = ruma::OwnedServerName::try_from(hs1.server_name()).unwrap();
+    // Requests signed by hs2, as hs2 sends them.
+    let ask = |method: http::Method, path: String, body: Option<Value>| {
+        let services = hs2.services.clone();
+        let hs1_name = hs1_name.clone();
+        async move {
+            services
+                .federation
+                .request(
+                    services.globals.server_name(),
+                    services.globals.signing_key(),
+                    &hs1_name,
+                    method,
+                    &path,
+                    body.as_ref(),
+                )
+                .await
+        }
+    };
+    let room_path = enc(&room);
+    let state_ids = format!(
+        "/_matrix/federation/v1/state_ids/{room_path}?event_id={}",
+        enc(&message)
+    );
+    let refused = ask(http::Method::GET, state_ids.clone(), None).await;
+    assert!(
+        matches!(refused, Err(plait::Error::Matrix { ref kind, .. }) if *kind == ruma::api::error::ErrorKind::Forbidden),
+        "a server with nobody in the room may not read it: {refused:?}"
+    );
+
+    let bob = hs2.register("bob").await;
+    bob.post_ok(
+        &format!(
+            "/_matrix/client/v3/join/{}?via={}",
+            enc(&room),
+            enc(&hs1.server_name())
+        ),
+        json!({}),
+    )
+    .await;
+
+    let state = ask(http::Method::GET, state_ids, None).await.unwrap();
+    let ids = state["pdu_ids"].as_array().unwrap();
+    assert!(ids.len() >= 5, "{state}");
+    assert!(!state["auth_chain_ids"].as_array().unwrap().is_empty());
+    let event = ask(
+        http::Method::GET,
+        format!("/_matrix/federation/v1/event/{}", enc(&message)),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(event["pdus"][0]["content"]["body"], "hi");
+    assert!(
+        event["pdus"][0].get("event_id").is_none(),
+        "v12 PDUs have no event_id"
+    );
+    let auth = ask(
+        http::Method::GET,
+        format!(
+            "/_matrix/federation/v1/event_auth/{room_path}/{}",
+            enc(&message)
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(auth["auth_chain"].as_array().unwrap().len() >= 2, "{auth}");
+    let backfill = ask(
+        http::Method::GET,
+        format!(
+            "/_matrix/federation/v1/backfill/{room_path}?v={}&limit=3",
+            enc(&message)
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    let pdus = backfill["pdus"].as_array().unwrap();
+    assert_eq!(pdus.len(), 3, "{backfill}");
+    assert_eq!(pdus[0]["content"]["body"], "hi");
+    let missing = ask(
+        http::Method::POST,
+        format!("/_matrix/federation/v1/get_missing_events/{room_path}"),
+        Some(json!({ "earliest_events": [], "latest_events": [message], "limit": 2 })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(missing["events"].as_array().unwrap().len(), 2, "{missing}");
+    let profile = ask(
+        http::Method::GET,
+        format!(
+            "/_matrix/federation/v1/query/profile?user_id={}",
+            enc(&alice.user_id().await)
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(profile["displayname"], "Alice");
+}
+
+/// Builds an event in `room` as hs2 would (template and signature from hs2's services), without
+/// committing it there, and lets `tamper` change it afterwards.
+fn forge(
+    server: &TestServer,
+    room: &str,
+    sender: &str,
+    builder: plait::service::rooms::timeline::PduBuilder,
+    tamper: impl FnOnce(&mut Value),
+) -> (String, Value) {
+    use plait::service::rooms::timeline::{build_and_sign, build_template, rules_for};
+    let services = &server.services;
+    let room_id = ruma::OwnedRoomId::try_from(room).unwrap();
+    let sender = ruma::OwnedUserId::try_from(sender).unwrap();
+    let short = services
+        .rooms
+        .short
+        .get_shortroomid(&room_id)
+        .unwrap()
+        .unwrap();
+    let version = services
+        .rooms
+        .timeline
+        .room_version(short)
+        .unwrap()
+        .unwrap();
+    let rules = rules_for(&version).unwrap();
+    let (object, _) =
+        build_template(services, &room_id, &sender, &builder, &rules, Some(short)).unwrap();
+    let (signed, event_id) = build_and_sign(services, &object, &rules).unwrap();
+    let mut value = serde_json::to_value(&signed).unwrap();
+    tamper(&mut value);
+    (event_id.to_string(), value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_federation_input_is_rejected() {
+    use plait::service::rooms::timeline::PduBuilder;
+    let ca = TestCa::new();
+    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, None).await;
+    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let bob_id = bob.user_id().await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post_ok(
+        &format!(
+            "/_matrix/client/v3/join/{}?via={}",
+            enc(&room),
+            enc(&hs1.server_name())
+        ),
+        json!({}),
+    )
+    .await;
+    let hs1_name = ruma::OwnedServerName::try_from(hs1.server_name()).unwrap();
+    let send = |txn: &'static str, origin: String, pdus: Vec<Value>| {
+        let services = hs2.services.clone();
+        let hs1_name = hs1_name.clone();
+        async move {
+            let body = json!({ "origin": origin, "origin_server_ts": 1, "pdus": pdus, "edus": [] });
+            services
+                .federation
+                .request(
+                    services.globals.server_name(),
+                    services.globals.signing_key(),
+                    &hs1_name,
+                    http::Method::PUT,
+                    &format!("/_matrix/federation/v1/send/{txn}"),
+                    Some(&body),
+                )
+                .await
+        }
+    };
+    let hs2_name = hs2.server_name();
+    let message = |text: &str| {
+        PduBuilder::timeline(
+            "m.room.message",
+            json!({ "msgtype": "m.text", "body": text }),
+        )
+    };
+    let stored = |event_id: &str| {
+        hs1.services
+            .rooms
+            .timeline
+            .get_pdu_id(&ruma::OwnedEventId::try_from(event_id).unwrap())
+            .unwrap()
+            .is_some()
+    };
+
+    // A bad signature: the timestamp changed after signing.
+    let (bad_sig, value) = forge(&hs2, &room, &bob_id, message("forged"), |event| {
+        event["origin_server_ts"] = json!(5)
+    });
+    let answer = send("t1", hs2_name.clone(), vec![value]).await.unwrap();
+    let bad_sig_id = answer["pdus"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    assert!(
+        answer["pdus"][&bad_sig_id]["error"]
+            .as_str()
+            .unwrap()
+            .contains("signature"),
+        "{answer}"
+    );
+    assert!(!stored(&bad_sig) && !stored(&bad_sig_id));
+
+    // A content hash mismatch: accepted, but only in redacted form.
+    let (tampered, value) = forge(&hs2, &room, &bob_id, message("original"), |event| {
+        event["content"]["body"] = json!("tampered");
+    });
+    let answer = send("t2", hs2_name.clone(), vec![value]).await.unwrap();
+    assert_eq!(answer["pdus"][&tampered], json!({}), "{answer}");
+    let kept = alice
+        .get_ok(&format!(
+            "/_matrix/client/v3/rooms/{}/event/{}",
+            enc(&room),
+            enc(&tampered)
+        ))
+        .await;
+    assert_eq!(
+        kept["content"],
+        json!({}),
+        "the tampered event is kept redacted: {kept}"
+    );
+
+    // Not allowed by the auth rules: bob may not change the power levels.
+    let (power, value) = forge(
+        &hs2,
+        &room,
+        &bob_id,
+        PduBuilder::state(
+            "m.room.power_levels",
+            "",
+            json!({ "users": { bob_id.clone(): 100 } }),
+        ),
+        |_| {},
+    );
+    let answer = send("t3", hs2_name.clone(), vec![value.clone()])
+        .await
+        .unwrap();
+    assert!(
+        answer["pdus"][&power]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not allowed"),
+        "{answer}"
+    );
+    assert!(!stored(&power));
+
+    // A transaction claiming another origin than the signing server.
+    let refused = send("t4", "127.0.0.9:1".to_owned(), vec![]).await;
+    assert!(
+        matches!(refused, Err(plait::Error::Matrix { .. })),
+        "{refused:?}"
+    );
+
+    // A replayed transaction gets the same answer and changes nothing.
+    let (fine, value) = forge(&hs2, &room, &bob_id, message("once"), |_| {});
+    let first = send("t5", hs2_name.clone(), vec![value.clone()])
+        .await
+        .unwrap();
+    let again = send("t5", hs2_name.clone(), vec![value]).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(first["pdus"][&fine], json!({}));
+    wait_for_event(&alice, &room, "the accepted message", is_message("once")).await;
+
+    // An oversize PDU.
+    let (_, mut value) = forge(&hs2, &room, &bob_id, message("big"), |_| {});
+    value["content"]["body"] = json!("x".repeat(70_000));
+    let answer = send("t6", hs2_name.clone(), vec![value]).await.unwrap();
+    let error = answer["pdus"].as_object().unwrap().values().next().unwrap()["error"].clone();
+    assert!(error.as_str().unwrap().contains("exceeds"), "{answer}");
+
+    // An invite in a room version this server does not know.
+    let carol = hs1.register("carol").await;
+    let path = format!("/_matrix/federation/v2/invite/{}/%24x", enc(&room));
+    let body = json!({ "room_version": "99", "event": {}, "invite_room_state": [] });
+    let services = hs2.services.clone();
+    let refused = services
+        .federation
+        .request(
+            services.globals.server_name(),
+            services.globals.signing_key(),
+            &hs1_name,
+            http::Method::PUT,
+            &path,
+            Some(&body),
+        )
+        .await;
+    assert!(
+        format!("{refused:?}").contains("M_INCOMPATIBLE_ROOM_VERSION"),
+        "{refused:?}"
+    );
+    drop(carol);
+
+    // A malformed X-Matrix header, and a request signed with a key the origin never published.
+    let https = ca.https_client();
+    let url = format!(
+        "https://{}/_matrix/federation/v1/query/profile?user_id=%40alice%3Ax",
+        hs1.server_name()
+    );
+    let response = https
+        .get(&url)
+        .header("Authorization", "X-Matrix nonsense")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["errcode"],
+        "M_UNAUTHORIZED"
+    );
+    let other_key = plait::crypto::SigningKey::generate("unknown").unwrap();
+    let header = plait::federation::x_matrix(
+        hs2.services.globals.server_name(),
+        &other_key,
+        &hs1_name,
+        &http::Method::GET,
+        "/_matrix/federation/v1/query/profile?user_id=%40alice%3Ax",
+        None,
+    )
+    .unwrap();
+    let response = https
+        .get(&url)
+        .header("Authorization", header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.json::<Value>().await.unwrap()["errcode"],
+        "M_UNAUTHORIZED"
+    );
+}
