@@ -12,7 +12,7 @@ fn ip(text: &str) -> IpAddr {
 }
 
 /// Polls `/messages` (newest first) until an event matches, or fails after 20 s.
-async fn wait_for_event(
+pub async fn wait_for_event(
     client: &Client,
     room: &str,
     what: &str,
@@ -41,7 +41,7 @@ async fn wait_for_event(
 }
 
 /// Polls `/sync` until the user has an invite to `room`.
-async fn wait_for_invite(client: &Client, room: &str) -> Value {
+pub async fn wait_for_invite(client: &Client, room: &str) -> Value {
     for _ in 0..200 {
         let body = client.get_ok("/_matrix/client/v3/sync?timeout=0").await;
         if let Some(invite) = body["rooms"]["invite"].get(room) {
@@ -52,7 +52,7 @@ async fn wait_for_invite(client: &Client, room: &str) -> Value {
     panic!("the invite to {room} never arrived");
 }
 
-fn is_message(text: &'static str) -> impl Fn(&Value) -> bool {
+pub fn is_message(text: &'static str) -> impl Fn(&Value) -> bool {
     move |event| event["type"] == "m.room.message" && event["content"]["body"] == text
 }
 

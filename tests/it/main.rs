@@ -5,9 +5,10 @@ mod common;
 
 mod accounts;
 mod durability;
-mod federation;
+pub mod federation;
 mod rooms;
 mod spec_map;
 mod synapse_harness;
+mod synapse_interop;
 mod sync;
 mod tidy;

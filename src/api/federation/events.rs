@@ -108,11 +108,16 @@ fn state_at(services: &Services, ctx: &Ctx) -> Result<(Vec<OwnedEventId>, Vec<Ow
             .current_state_hash(&room_id)?
             .ok_or_else(|| Error::not_found("no state"))?,
     };
-    let state: Vec<OwnedEventId> = rooms
-        .state_pdus(hash)?
-        .into_iter()
-        .map(|pdu| pdu.event_id)
-        .collect();
+    // Snapshot 0 is the empty state before a room's create event.
+    let state: Vec<OwnedEventId> = if hash == 0 {
+        Vec::new()
+    } else {
+        rooms
+            .state_pdus(hash)?
+            .into_iter()
+            .map(|pdu| pdu.event_id)
+            .collect()
+    };
     let chain = auth::auth_chain(services, state.iter().cloned())?;
     Ok((state, chain.into_iter().collect()))
 }
