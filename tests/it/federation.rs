@@ -702,3 +702,50 @@ async fn hostile_federation_input_is_rejected() {
         "M_UNAUTHORIZED"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_that_was_down_catches_up_after_restart() {
+    let ca = TestCa::new();
+    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, None).await;
+    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let bob_token = bob.token.clone();
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post_ok(
+        &format!(
+            "/_matrix/client/v3/join/{}?via={}",
+            enc(&room),
+            enc(&hs1.server_name())
+        ),
+        json!({}),
+    )
+    .await;
+
+    // hs2 goes away; hs1 accepts messages meanwhile and keeps them queued.
+    let dir = hs2.stop().await.unwrap();
+    for index in 0..3 {
+        alice
+            .send_text(&room, &format!("m{index}"), &format!("while down {index}"))
+            .await;
+    }
+    // hs1 restarts too: the queue is in its database, not in memory.
+    let hs1_dir = hs1.stop().await.unwrap();
+    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, Some(hs1_dir.path())).await;
+    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, Some(dir.path())).await;
+    let bob = Client {
+        token: bob_token,
+        ..hs2.client()
+    };
+    for index in 0..3 {
+        let text: &'static str = Box::leak(format!("while down {index}").into_boxed_str());
+        wait_for_event(
+            &bob,
+            &room,
+            "a message sent while hs2 was down",
+            is_message(text),
+        )
+        .await;
+    }
+    drop((hs1, hs1_dir, dir));
+}
