@@ -41,7 +41,9 @@ pub struct Config {
     pub log: String,
     /// Largest request body accepted, in bytes.
     pub max_request_bytes: usize,
-    /// Room version of new rooms when the client does not ask for one.
+    /// Room version of new rooms when the client does not ask for one. A bare number (as an
+    /// environment variable gives it, `PLAIT_DEFAULT_ROOM_VERSION=10`) is accepted too.
+    #[serde(deserialize_with = "string_or_number")]
     pub default_room_version: String,
     /// Fsync the write-ahead log on every commit (survives power loss, not only process crashes).
     pub sync_writes: bool,
@@ -82,6 +84,20 @@ impl Default for Config {
             trusted_key_servers: Vec::new(),
         }
     }
+}
+
+/// Accepts `"10"` and `10` alike.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        String(String),
+        Number(u64),
+    }
+    Ok(match Text::deserialize(deserializer)? {
+        Text::String(text) => text,
+        Text::Number(number) => number.to_string(),
+    })
 }
 
 /// Keys that may be overridden from the environment; anything else with the prefix is ignored.
@@ -229,6 +245,12 @@ mod tests {
             let error = Config::from_toml(text).unwrap_err();
             assert!(error.contains(key), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn numeric_room_versions_are_accepted() {
+        let config = Config::from_toml("default_room_version = 10").unwrap();
+        assert_eq!(config.default_room_version, "10");
     }
 
     #[test]
