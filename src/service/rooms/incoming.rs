@@ -446,7 +446,7 @@ async fn handle_with_depth(
         return Ok((parsed.event_id, Outcome::SoftFailed));
     }
 
-    let before_hash = store_state(services, &state_before)?;
+    let before_hash = store_state(services, &state_before, first_prev_state(services, &pdu)?)?;
     let current_state = resolve_current(services, &rules, shortroomid, &pdu, &state_before)?;
     commit(
         services,
@@ -615,6 +615,22 @@ pub fn state_set_of(services: &Services, event_ids: &[OwnedEventId]) -> Result<S
     Ok(set)
 }
 
+/// The snapshot after an event's first prev event, if its state is known.
+fn first_prev_state(services: &Services, pdu: &Pdu) -> Result<Option<u64>> {
+    let Some(prev) = pdu.prev_events.first() else {
+        return Ok(None);
+    };
+    let Some(short) = services.rooms.short.get_shorteventid(prev)? else {
+        return Ok(None);
+    };
+    Ok(services
+        .rooms
+        .state
+        .get_event_state(short)?
+        .map(|(_, after)| after)
+        .filter(|after| *after != 0))
+}
+
 /// The state after an event's prev events: one prev event's state as it is, several resolved.
 fn state_after_prev_events(
     services: &Services,
@@ -666,15 +682,24 @@ pub fn resolve_sets(
 }
 
 /// Stores a state set as a snapshot and returns its short hash.
-fn store_state(services: &Services, set: &StateSet) -> Result<Option<u64>> {
+/// The snapshot is shared with `parent` (the state after the first prev event) when it is the
+/// same, as it is for every event with one prev event, and stored as a delta over it otherwise,
+/// so that receiving an event costs no copy of the room's state.
+fn store_state(services: &Services, set: &StateSet, parent: Option<u64>) -> Result<Option<u64>> {
     if set.is_empty() {
         return Ok(None);
     }
     let rooms = &services.rooms;
+    if let Some(parent) = parent {
+        if *rooms.state.load(parent)? == *set {
+            return Ok(Some(parent));
+        }
+    }
     let mut batch = crate::store::Batch::default();
-    let hash = rooms
-        .state
-        .store_snapshot(rooms.short.allocate(), None, set.clone(), &mut batch)?;
+    let hash =
+        rooms
+            .state
+            .store_snapshot(rooms.short.allocate(), parent, set.clone(), &mut batch)?;
     services.db.write(batch)?;
     Ok(Some(hash))
 }
