@@ -55,6 +55,28 @@ impl Services {
     }
 }
 
+impl Services {
+    /// A request to another server, signed as this server.
+    pub async fn federation_request(
+        &self,
+        destination: &ruma::ServerName,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value> {
+        self.federation
+            .request(
+                self.globals.server_name(),
+                self.globals.signing_key(),
+                destination,
+                method,
+                path_and_query,
+                body,
+            )
+            .await
+    }
+}
+
 /// Starts the background workers (the federation sender); each stops when `shutdown` completes.
 pub fn start_workers(
     services: &Arc<Services>,

@@ -283,10 +283,7 @@ async fn send_transaction(
         "edus": edus,
     });
     let answer = services
-        .federation
-        .request(
-            services.globals.server_name(),
-            services.globals.signing_key(),
+        .federation_request(
             server,
             http::Method::PUT,
             &format!("/_matrix/federation/v1/send/{txn_id}"),

@@ -58,7 +58,7 @@ impl TestServer {
         std::fs::write(&port_file, address.port().to_string()).unwrap();
         let (cert, key) = ca.issue(ip, &[], &path);
         let ca_file = ca.write_ca(&path);
-        let mut config = Config {
+        let config = Config {
             database_path: path.join("db"),
             server_name: address.to_string(),
             federation_listen: Some(address),
@@ -67,8 +67,19 @@ impl TestServer {
             federation_ca_file: Some(ca_file),
             ..Config::default()
         };
-        config.validate().unwrap();
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+        let mut server = Self::spawn(config, listener, Some(federation));
+        server.dir = dir;
+        server
+    }
+
+    /// Validates the config and serves it on the listeners.
+    fn spawn(
+        mut config: Config,
+        listener: tokio::net::TcpListener,
+        federation: Option<tokio::net::TcpListener>,
+    ) -> Self {
+        config.validate().unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         config.listen = listener.local_addr().unwrap();
         let services = Services::build(Arc::new(config)).unwrap();
@@ -77,7 +88,7 @@ impl TestServer {
             plait::serve(
                 plait::Listeners {
                     client: listener,
-                    federation: Some(federation),
+                    federation,
                 },
                 Arc::clone(&services),
                 async {
@@ -89,7 +100,7 @@ impl TestServer {
         Self {
             base,
             services,
-            dir,
+            dir: None,
             shutdown: Some(shutdown),
             task: Some(task),
         }
@@ -107,32 +118,8 @@ impl TestServer {
             ..Config::default()
         };
         tweak(&mut config);
-        config.validate().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        config.listen = listener.local_addr().unwrap();
-        let services = Services::build(Arc::new(config)).unwrap();
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(
-            plait::serve(
-                plait::Listeners {
-                    client: listener,
-                    federation: None,
-                },
-                Arc::clone(&services),
-                async {
-                    let _ = stopped.await;
-                },
-            )
-            .map_unit(),
-        );
-        Self {
-            base,
-            services,
-            dir: None,
-            shutdown: Some(shutdown),
-            task: Some(task),
-        }
+        Self::spawn(config, listener, None)
     }
 
     /// Tries to open the services on a database with another server name.

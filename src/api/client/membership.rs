@@ -120,15 +120,7 @@ pub async fn remote_alias(
         handshake::encode(alias.as_str())
     );
     let answer = services
-        .federation
-        .request(
-            services.globals.server_name(),
-            services.globals.signing_key(),
-            alias.server_name(),
-            http::Method::GET,
-            &path,
-            None,
-        )
+        .federation_request(alias.server_name(), http::Method::GET, &path, None)
         .await?;
     let room_id = answer["room_id"]
         .as_str()

@@ -114,7 +114,9 @@ async fn join_through(
         request_path("v1/make_join", room_id, &encode(user.as_str())),
         versions.join("&")
     );
-    let answer = call(services, server, http::Method::GET, &path, None).await?;
+    let answer = services
+        .federation_request(server, http::Method::GET, &path, None)
+        .await?;
     let version = RoomVersionId::try_from(answer["room_version"].as_str().unwrap_or("1"))
         .map_err(|_| Error::bad_json("make_join answered an invalid room version"))?;
     let rules = rules_for(&version)?;
@@ -140,7 +142,9 @@ async fn join_through(
 
     let path = request_path("v2/send_join", room_id, &encode(event_id.as_str()));
     let body = serde_json::to_value(&signed).map_err(crate::error::Error::internal)?;
-    let answer = call(services, server, http::Method::PUT, &path, Some(&body)).await?;
+    let answer = services
+        .federation_request(server, http::Method::PUT, &path, Some(&body))
+        .await?;
 
     let shortroomid = services.rooms.short.get_or_create_shortroomid(room_id)?;
     services
@@ -254,26 +258,6 @@ fn template_object(
     Ok(object)
 }
 
-async fn call(
-    services: &Services,
-    server: &ServerName,
-    method: http::Method,
-    path: &str,
-    body: Option<&Value>,
-) -> Result<Value> {
-    services
-        .federation
-        .request(
-            services.globals.server_name(),
-            services.globals.signing_key(),
-            server,
-            method,
-            path,
-            body,
-        )
-        .await
-}
-
 /// Invites a user of another server: the invite is signed here, countersigned by the invitee's
 /// server through `/v2/invite`, then committed and sent to the rest of the room.
 #[tracing::instrument(skip_all, fields(room_id = %room_id, invitee = %invitee))]
@@ -327,14 +311,9 @@ pub async fn invite_remote(
         "invite_room_state": stripped,
     });
     let path = request_path("v2/invite", room_id, &encode(event_id.as_str()));
-    let answer = call(
-        services,
-        invitee.server_name(),
-        http::Method::PUT,
-        &path,
-        Some(&body),
-    )
-    .await?;
+    let answer = services
+        .federation_request(invitee.server_name(), http::Method::PUT, &path, Some(&body))
+        .await?;
     let parsed = incoming::parse_pdu(&answer["event"], room_id, &rules)?;
     if parsed.event_id != event_id {
         return Err(Error::forbidden("the invitee's server changed the invite"));
@@ -457,7 +436,9 @@ async fn leave_through(
     server: &ServerName,
 ) -> Result<()> {
     let path = request_path("v1/make_leave", room_id, &encode(user.as_str()));
-    let answer = call(services, server, http::Method::GET, &path, None).await?;
+    let answer = services
+        .federation_request(server, http::Method::GET, &path, None)
+        .await?;
     let version = RoomVersionId::try_from(answer["room_version"].as_str().unwrap_or("1"))
         .map_err(|_| Error::bad_json("make_leave answered an invalid room version"))?;
     let rules = rules_for(&version)?;
@@ -478,7 +459,9 @@ async fn leave_through(
         }
     }
     let path = request_path("v2/send_leave", room_id, &encode(event_id.as_str()));
-    call(services, server, http::Method::PUT, &path, Some(&body)).await?;
+    services
+        .federation_request(server, http::Method::PUT, &path, Some(&body))
+        .await?;
     Ok(())
 }
 

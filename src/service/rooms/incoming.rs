@@ -315,10 +315,7 @@ async fn fetch_missing_auth(
         return Ok(());
     }
     let answer = services
-        .federation
-        .request(
-            services.globals.server_name(),
-            services.globals.signing_key(),
+        .federation_request(
             origin,
             http::Method::GET,
             &format!(
@@ -497,10 +494,7 @@ async fn fetch_missing_prev_events(
         "min_depth": 0,
     });
     let answer = services
-        .federation
-        .request(
-            services.globals.server_name(),
-            services.globals.signing_key(),
+        .federation_request(
             origin,
             http::Method::POST,
             &format!(
@@ -541,10 +535,7 @@ async fn fetch_state_before(
     pdu: &Pdu,
 ) -> Result<StateSet> {
     let answer = services
-        .federation
-        .request(
-            services.globals.server_name(),
-            services.globals.signing_key(),
+        .federation_request(
             origin,
             http::Method::GET,
             &format!(
@@ -571,10 +562,7 @@ async fn fetch_state_before(
     let mut fetched = Vec::new();
     for event_id in unknown {
         let answer = services
-            .federation
-            .request(
-                services.globals.server_name(),
-                services.globals.signing_key(),
+            .federation_request(
                 origin,
                 http::Method::GET,
                 &format!("/_matrix/federation/v1/event/{}", encode(event_id.as_str())),
