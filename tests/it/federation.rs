@@ -52,15 +52,44 @@ pub async fn wait_for_invite(client: &Client, room: &str) -> Value {
     panic!("the invite to {room} never arrived");
 }
 
+/// Matches the member event that gives `user` the `membership`.
+pub fn is_membership<'a>(user: &'a str, membership: &'a str) -> impl Fn(&Value) -> bool + 'a {
+    move |event| {
+        event["type"] == "m.room.member"
+            && event["state_key"] == user
+            && event["content"]["membership"] == membership
+    }
+}
+
+/// Two federating servers on 127.0.0.2 and 127.0.0.3 with certificates from one test CA.
+async fn two_servers() -> (TestCa, TestServer, TestServer) {
+    let ca = TestCa::new();
+    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, None).await;
+    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
+    (ca, hs1, hs2)
+}
+
+/// Joins a room of `server` by ID; room version 12 IDs name no server, so the join says where.
+async fn join_via(client: &Client, room: &str, server: &TestServer) {
+    client
+        .post_ok(
+            &format!(
+                "/_matrix/client/v3/join/{}?via={}",
+                enc(room),
+                enc(&server.server_name())
+            ),
+            json!({}),
+        )
+        .await;
+}
+
 pub fn is_message(text: &'static str) -> impl Fn(&Value) -> bool {
     move |event| event["type"] == "m.room.message" && event["content"]["body"] == text
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invite_join_and_messages_cross_two_plait_servers() {
-    let ca = TestCa::new();
-    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, None).await;
-    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
+    let (_ca, hs1, hs2) = two_servers().await;
     let alice = hs1.register("alice").await;
     let bob = hs2.register("bob").await;
     let bob_id = bob.user_id().await;
@@ -98,11 +127,12 @@ async fn invite_join_and_messages_cross_two_plait_servers() {
         .await;
     assert_eq!(members["joined"].as_object().unwrap().len(), 2, "{members}");
     // hs1 sees bob's join too.
-    wait_for_event(&alice, &room, "bob's join on hs1", |event| {
-        event["type"] == "m.room.member"
-            && event["state_key"] == bob_id
-            && event["content"]["membership"] == "join"
-    })
+    wait_for_event(
+        &alice,
+        &room,
+        "bob's join on hs1",
+        is_membership(&bob_id, "join"),
+    )
     .await;
 
     alice.send_text(&room, "a1", "hello from hs1").await;
@@ -147,19 +177,18 @@ async fn invite_join_and_messages_cross_two_plait_servers() {
         json!({}),
     )
     .await;
-    wait_for_event(&alice, &room, "bob's leave on hs1", |event| {
-        event["type"] == "m.room.member"
-            && event["state_key"] == bob_id
-            && event["content"]["membership"] == "leave"
-    })
+    wait_for_event(
+        &alice,
+        &room,
+        "bob's leave on hs1",
+        is_membership(&bob_id, "leave"),
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn join_a_remote_room_by_alias() {
-    let ca = TestCa::new();
-    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, None).await;
-    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
+    let (_ca, hs1, hs2) = two_servers().await;
     let alice = hs1.register("alice").await;
     let bob = hs2.register("bob").await;
     let alias_local = "lobby";
@@ -200,9 +229,7 @@ async fn join_a_remote_room_by_alias() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn federation_keys_and_version() {
-    let ca = TestCa::new();
-    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, None).await;
-    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
+    let (ca, hs1, hs2) = two_servers().await;
     let https = ca.https_client();
     let get = |url: String| {
         let https = https.clone();
@@ -317,9 +344,7 @@ async fn federation_keys_and_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn remote_invite_rejected_through_make_leave() {
-    let ca = TestCa::new();
-    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, None).await;
-    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
+    let (_ca, hs1, hs2) = two_servers().await;
     let alice = hs1.register("alice").await;
     let bob = hs2.register("bob").await;
     let bob_id = bob.user_id().await;
@@ -336,11 +361,12 @@ async fn remote_invite_rejected_through_make_leave() {
         json!({}),
     )
     .await;
-    wait_for_event(&alice, &room, "bob's rejection on hs1", |event| {
-        event["type"] == "m.room.member"
-            && event["state_key"] == bob_id
-            && event["content"]["membership"] == "leave"
-    })
+    wait_for_event(
+        &alice,
+        &room,
+        "bob's rejection on hs1",
+        is_membership(&bob_id, "leave"),
+    )
     .await;
     let sync = bob.get_ok("/_matrix/client/v3/sync?timeout=0").await;
     assert!(sync["rooms"]["invite"].get(&room).is_none(), "{sync}");
@@ -348,9 +374,7 @@ async fn remote_invite_rejected_through_make_leave() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn federation_reads_need_room_membership() {
-    let ca = TestCa::new();
-    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, None).await;
-    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
+    let (_ca, hs1, hs2) = two_servers().await;
     let alice = hs1.register("alice").await;
     alice
         .put_ok(
@@ -394,15 +418,7 @@ async fn federation_reads_need_room_membership() {
     );
 
     let bob = hs2.register("bob").await;
-    bob.post_ok(
-        &format!(
-            "/_matrix/client/v3/join/{}?via={}",
-            enc(&room),
-            enc(&hs1.server_name())
-        ),
-        json!({}),
-    )
-    .await;
+    join_via(&bob, &room, &hs1).await;
 
     let state = ask(http::Method::GET, state_ids, None).await.unwrap();
     let ids = state["pdu_ids"].as_array().unwrap();
@@ -502,22 +518,12 @@ fn forge(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_federation_input_is_rejected() {
     use plait::service::rooms::timeline::PduBuilder;
-    let ca = TestCa::new();
-    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, None).await;
-    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
+    let (ca, hs1, hs2) = two_servers().await;
     let alice = hs1.register("alice").await;
     let bob = hs2.register("bob").await;
     let bob_id = bob.user_id().await;
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;
-    bob.post_ok(
-        &format!(
-            "/_matrix/client/v3/join/{}?via={}",
-            enc(&room),
-            enc(&hs1.server_name())
-        ),
-        json!({}),
-    )
-    .await;
+    join_via(&bob, &room, &hs1).await;
     let hs1_name = ruma::OwnedServerName::try_from(hs1.server_name()).unwrap();
     let send = |txn: &'static str, origin: String, pdus: Vec<Value>| {
         let services = hs2.services.clone();
@@ -705,22 +711,12 @@ async fn hostile_federation_input_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_that_was_down_catches_up_after_restart() {
-    let ca = TestCa::new();
-    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, None).await;
-    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
+    let (ca, hs1, hs2) = two_servers().await;
     let alice = hs1.register("alice").await;
     let bob = hs2.register("bob").await;
     let bob_token = bob.token.clone();
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;
-    bob.post_ok(
-        &format!(
-            "/_matrix/client/v3/join/{}?via={}",
-            enc(&room),
-            enc(&hs1.server_name())
-        ),
-        json!({}),
-    )
-    .await;
+    join_via(&bob, &room, &hs1).await;
 
     // hs2 goes away; hs1 accepts messages meanwhile and keeps them queued.
     let dir = hs2.stop().await.unwrap();

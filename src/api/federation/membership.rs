@@ -27,20 +27,6 @@ fn room_and_user(ctx: &Ctx) -> Result<(OwnedRoomId, OwnedUserId)> {
     Ok((ctx.room_param(0)?, ctx.user_param(1)?))
 }
 
-fn room_version(services: &Services, room_id: &RoomId) -> Result<(u64, RoomVersionId)> {
-    let short = services
-        .rooms
-        .short
-        .get_shortroomid(room_id)?
-        .ok_or_else(|| Error::not_found(format!("room {room_id} is unknown to this server")))?;
-    let version = services
-        .rooms
-        .timeline
-        .room_version(short)?
-        .ok_or_else(|| Error::not_found(format!("room {room_id} is unknown to this server")))?;
-    Ok((short, version))
-}
-
 /// Fails unless this server is in the room and its ACL lets `origin` in.
 fn require_resident(services: &Services, room_id: &RoomId, origin: &ServerName) -> Result<()> {
     if !handshake::is_resident(services, room_id)? {
@@ -59,7 +45,7 @@ fn make_membership(services: &Services, ctx: &Ctx, membership: &str) -> HandlerR
         return Err(Error::forbidden("the user belongs to another server"));
     }
     require_resident(services, &room_id, ctx.origin())?;
-    let (short, version) = room_version(services, &room_id)?;
+    let (short, version) = services.rooms.room_version(&room_id)?;
     if membership == "join" {
         // `ver` repeats, so it is read from the raw query; without any, only version 1 is meant.
         let accepted: Vec<String> = ctx
@@ -186,7 +172,7 @@ async fn send_membership(
     let event_id = OwnedEventId::try_from(ctx.param(1))
         .map_err(|_| Error::invalid_param("invalid event ID"))?;
     require_resident(services, &room_id, ctx.origin())?;
-    let (_, version) = room_version(services, &room_id)?;
+    let (_, version) = services.rooms.room_version(&room_id)?;
     let rules = rules_for(&version)?;
     let parsed = incoming::parse_pdu(&ctx.body, &room_id, &rules)?;
     if parsed.event_id != event_id {
@@ -352,11 +338,5 @@ pub async fn create_invite(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     if !handshake::is_resident(&services, &room_id)? {
         handshake::store_remote_invite(&services, &room_id, &signed, &pdu, &invite_state)?;
     }
-    let mut answer = serde_json::to_value(&signed).map_err(Error::internal)?;
-    if let Some(object) = answer.as_object_mut() {
-        if rules.event_id_format != ruma::room_version_rules::EventIdFormatVersion::V1 {
-            object.remove("event_id");
-        }
-    }
-    Ok(json!({ "event": answer }))
+    Ok(json!({ "event": incoming::federation_value(&signed, &rules)? }))
 }

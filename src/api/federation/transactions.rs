@@ -84,12 +84,9 @@ pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> Hand
             Err(error) => {
                 let event_id = services
                     .rooms
-                    .short
-                    .get_shortroomid(&room_id)
+                    .room_version(&room_id)
                     .ok()
-                    .flatten()
-                    .and_then(|short| services.rooms.timeline.room_version(short).ok().flatten())
-                    .and_then(|version| version.rules())
+                    .and_then(|(_, version)| version.rules())
                     .and_then(|rules| incoming::parse_pdu(pdu, &room_id, &rules).ok())
                     .map(|parsed| parsed.event_id.to_string())
                     .unwrap_or(fallback_id);

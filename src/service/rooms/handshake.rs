@@ -269,14 +269,7 @@ pub async fn invite_remote(
     reason: Option<&str>,
 ) -> Result<OwnedEventId> {
     let rooms = &services.rooms;
-    let shortroomid = rooms
-        .short
-        .get_shortroomid(room_id)?
-        .ok_or_else(|| Error::not_found(format!("room {room_id} is unknown to this server")))?;
-    let version = rooms
-        .timeline
-        .room_version(shortroomid)?
-        .ok_or_else(|| Error::not_found(format!("room {room_id} is unknown to this server")))?;
+    let (shortroomid, version) = rooms.room_version(room_id)?;
     let rules = rules_for(&version)?;
     let mut content = json!({ "membership": "invite" });
     if let Some(reason) = reason {
@@ -299,12 +292,7 @@ pub async fn invite_remote(
         auth::check_local_event(services, &rules, &pdu, state_before)?;
         (signed, event_id, stripped_state(services, room_id)?)
     };
-    let mut event = serde_json::to_value(&signed).map_err(Error::internal)?;
-    if rules.event_id_format != ruma::room_version_rules::EventIdFormatVersion::V1 {
-        if let Some(object) = event.as_object_mut() {
-            object.remove("event_id");
-        }
-    }
+    let event = incoming::federation_value(&signed, &rules)?;
     let body = json!({
         "room_version": version,
         "event": event,
@@ -452,12 +440,7 @@ async fn leave_through(
     template["origin_server_ts"] = json!(crate::util::now_millis());
     let object = template_object(template, &rules)?;
     let (signed, event_id) = build_and_sign(services, &object, &rules)?;
-    let mut body = serde_json::to_value(&signed).map_err(Error::internal)?;
-    if rules.event_id_format != ruma::room_version_rules::EventIdFormatVersion::V1 {
-        if let Some(object) = body.as_object_mut() {
-            object.remove("event_id");
-        }
-    }
+    let body = incoming::federation_value(&signed, &rules)?;
     let path = request_path("v2/send_leave", room_id, &encode(event_id.as_str()));
     services
         .federation_request(server, http::Method::PUT, &path, Some(&body))

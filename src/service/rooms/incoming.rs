@@ -159,6 +159,15 @@ pub async fn verify_pdu(
     Ok(object)
 }
 
+/// A signed event as sent to other servers: without `event_id` where the room version derives it.
+pub fn federation_value(object: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<Value> {
+    let mut object = object.clone();
+    if rules.event_id_format != EventIdFormatVersion::V1 {
+        object.remove("event_id");
+    }
+    serde_json::to_value(object).map_err(Error::internal)
+}
+
 /// Turns a verified object into a [`Pdu`] (with its event ID).
 pub fn to_pdu(event_id: &EventId, object: &CanonicalJsonObject) -> Result<Pdu> {
     let mut with_id = object.clone();
@@ -379,14 +388,7 @@ async fn handle_with_depth(
     depth: usize,
 ) -> Result<(OwnedEventId, Outcome)> {
     let rooms = &services.rooms;
-    let shortroomid = rooms
-        .short
-        .get_shortroomid(room_id)?
-        .ok_or_else(|| Error::not_found(format!("room {room_id} is unknown to this server")))?;
-    let version = rooms
-        .timeline
-        .room_version(shortroomid)?
-        .ok_or_else(|| Error::not_found(format!("room {room_id} is unknown to this server")))?;
+    let (shortroomid, version) = rooms.room_version(room_id)?;
     let rules = rules_for(&version)?;
 
     // 1. Format.
@@ -751,9 +753,4 @@ pub fn server_allowed(services: &Services, room_id: &RoomId, server: &ServerName
         return Ok(true);
     };
     Ok(content.is_allowed(server))
-}
-
-/// Whether a PDU's type is a membership event (used by the handshake endpoints).
-pub fn is_member_event(pdu: &Pdu) -> bool {
-    pdu.kind == TimelineEventType::RoomMember
 }

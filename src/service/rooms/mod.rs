@@ -111,6 +111,15 @@ impl Rooms {
         Ok(pdus)
     }
 
+    /// A room's short ID and version; `M_NOT_FOUND` for a room this server does not know.
+    pub fn room_version(&self, room_id: &RoomId) -> Result<(u64, ruma::RoomVersionId)> {
+        let unknown =
+            || crate::error::Error::not_found(format!("room {room_id} is unknown to this server"));
+        let short = self.short.get_shortroomid(room_id)?.ok_or_else(unknown)?;
+        let version = self.timeline.room_version(short)?.ok_or_else(unknown)?;
+        Ok((short, version))
+    }
+
     /// Whether the server knows a room (has its create event).
     pub fn exists(&self, room_id: &RoomId) -> Result<bool> {
         Ok(self.current_state_hash(room_id)?.is_some())

@@ -34,14 +34,7 @@ pub fn user_can_see(
         // in rooms created here, so refusing is the safe answer.
         return Ok(false);
     };
-    let visibility = state_field(
-        rooms,
-        after,
-        StateEventType::RoomHistoryVisibility,
-        "",
-        "history_visibility",
-    )?
-    .unwrap_or_else(|| "shared".to_owned());
+    let visibility = history_visibility(rooms, after)?;
     if visibility == "world_readable" {
         return Ok(true);
     }
@@ -59,6 +52,18 @@ pub fn user_can_see(
         // the time they were joined.
         _ => joined_now || membership_then.as_deref() == Some("join"),
     })
+}
+
+/// The `history_visibility` setting in a state snapshot (`shared` when unset).
+fn history_visibility(rooms: &Rooms, shortstatehash: u64) -> Result<String> {
+    Ok(state_field(
+        rooms,
+        shortstatehash,
+        StateEventType::RoomHistoryVisibility,
+        "",
+        "history_visibility",
+    )?
+    .unwrap_or_else(|| "shared".to_owned()))
 }
 
 /// A string field of the content of a state event in a snapshot.
@@ -92,14 +97,7 @@ pub fn server_can_see(services: &Services, server: &ruma::ServerName, pdu: &Pdu)
         // Outliers (state and auth events) carry no history.
         return Ok(true);
     };
-    let visibility = state_field(
-        rooms,
-        after,
-        StateEventType::RoomHistoryVisibility,
-        "",
-        "history_visibility",
-    )?
-    .unwrap_or_else(|| "shared".to_owned());
+    let visibility = history_visibility(rooms, after)?;
     if visibility == "world_readable" {
         return Ok(true);
     }
