@@ -140,6 +140,19 @@ impl TestServer {
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+        // Connection tasks that finish on other worker threads may still hold the services (and
+        // with them the database) for a moment after the server returned.
+        for _ in 0..200 {
+            if Arc::strong_count(&self.services) == 1 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            Arc::strong_count(&self.services),
+            1,
+            "the services are still in use 10 s after the server stopped"
+        );
         let dir = self.dir.take();
         drop(self);
         dir

@@ -745,3 +745,97 @@ async fn a_server_that_was_down_catches_up_after_restart() {
     }
     drop((hs1, hs1_dir, dir));
 }
+
+/// The room's current state as sorted `(type, state_key, event_id)` triples.
+async fn state_ids(client: &Client, room: &str) -> Vec<(String, String, String)> {
+    let state = client
+        .get_ok(&format!("/_matrix/client/v3/rooms/{}/state", enc(room)))
+        .await;
+    let mut ids: Vec<_> = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| {
+            (
+                event["type"].as_str().unwrap().to_owned(),
+                event["state_key"].as_str().unwrap().to_owned(),
+                event["event_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_power_level_changes_resolve_identically_on_both_servers() {
+    let (ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let (alice_token, bob_token) = (alice.token.clone(), bob.token.clone());
+    let bob_id = bob.user_id().await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    join_via(&bob, &room, &hs1).await;
+
+    // Bob may change power levels too.
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+        enc(&room)
+    );
+    let mut base = alice.get_ok(&path).await;
+    base["users"][&bob_id] = json!(50);
+    base["events"]["m.room.power_levels"] = json!(50);
+    let base_id = alice.put_ok(&path, base.clone()).await["event_id"].clone();
+    wait_for_event(&bob, &room, "the shared power levels", |event| {
+        event["event_id"] == base_id
+    })
+    .await;
+
+    // A fork made deterministic by outages: each change is made while the other server is down,
+    // so both have the shared power levels as their only prev event.
+    let hs2_dir = hs2.stop().await.unwrap();
+    let mut by_alice = base.clone();
+    by_alice["events_default"] = json!(10);
+    let alice_event = alice.put_ok(&path, by_alice).await["event_id"].clone();
+    let hs1_dir = hs1.stop().await.unwrap();
+    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, Some(hs2_dir.path())).await;
+    let bob = Client {
+        token: bob_token,
+        ..hs2.client()
+    };
+    let mut by_bob = base.clone();
+    by_bob["invite"] = json!(20);
+    let bob_event = bob.put_ok(&path, by_bob).await["event_id"].clone();
+    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, Some(hs1_dir.path())).await;
+    let alice = Client {
+        token: alice_token,
+        ..hs1.client()
+    };
+
+    // Each side receives the other's change, and both resolve the conflict the same way: the
+    // changes are sorted by their senders' power (the creator's first), and bob's, applied
+    // last and allowed on top of alice's, wins.
+    for client in [&alice, &bob] {
+        for event_id in [&alice_event, &bob_event] {
+            wait_for_event(client, &room, "both power-level changes", |event| {
+                event["event_id"] == *event_id
+            })
+            .await;
+        }
+    }
+    let mut converged = false;
+    for _ in 0..100 {
+        let (on_hs1, on_hs2) = (state_ids(&alice, &room).await, state_ids(&bob, &room).await);
+        if on_hs1 == on_hs2 {
+            converged = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (on_hs1, on_hs2) = (state_ids(&alice, &room).await, state_ids(&bob, &room).await);
+    assert!(converged, "state differs:\nhs1 {on_hs1:?}\nhs2 {on_hs2:?}");
+    let power = alice.get_ok(&path).await;
+    assert_eq!(power["invite"], 20, "{power}");
+    assert_eq!(bob.get_ok(&path).await, power);
+    drop((hs1, hs1_dir, hs2, hs2_dir));
+}

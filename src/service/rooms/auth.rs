@@ -37,13 +37,26 @@ pub fn auth_chain(
     services: &Services,
     start: impl IntoIterator<Item = OwnedEventId>,
 ) -> Result<HashSet<OwnedEventId>> {
+    auth_chain_with(services, start, None)
+}
+
+/// The full auth chain of a set of events, where `pending` is an event that is not stored yet.
+fn auth_chain_with(
+    services: &Services,
+    start: impl IntoIterator<Item = OwnedEventId>,
+    pending: Option<&Pdu>,
+) -> Result<HashSet<OwnedEventId>> {
     let mut seen = HashSet::new();
     let mut todo: Vec<OwnedEventId> = start.into_iter().collect();
     while let Some(event_id) = todo.pop() {
-        let Some(pdu) = services.rooms.timeline.get_pdu(&event_id)? else {
-            continue;
+        let auth_events = match pending.filter(|pdu| pdu.event_id == event_id) {
+            Some(pdu) => pdu.auth_events.clone(),
+            None => match services.rooms.timeline.get_pdu(&event_id)? {
+                Some(pdu) => pdu.auth_events,
+                None => continue,
+            },
         };
-        for auth in pdu.auth_events {
+        for auth in auth_events {
             if seen.insert(auth.clone()) {
                 todo.push(auth);
             }
@@ -53,18 +66,24 @@ pub fn auth_chain(
 }
 
 /// Resolves several state maps (one per diverging branch) with the room version's algorithm.
+/// `pending` is an event that the states may contain but that is not stored yet (the event
+/// being received): resolution must see it like any other.
 pub fn resolve(
     services: &Services,
     rules: &RoomVersionRules,
     states: &[state_res::StateMap<OwnedEventId>],
+    pending: Option<&Pdu>,
 ) -> Result<state_res::StateMap<OwnedEventId>> {
     let mut chains = Vec::with_capacity(states.len());
     for state in states {
-        let chain = auth_chain(services, state.values().cloned())?;
+        let chain = auth_chain_with(services, state.values().cloned(), pending)?;
         chains.push(chain.into_iter().collect());
     }
     let timeline = &services.rooms.timeline;
-    let fetch = |event_id: &ruma::EventId| timeline.get_pdu(event_id).ok().flatten();
+    let fetch = |event_id: &ruma::EventId| match pending.filter(|pdu| pdu.event_id == event_id) {
+        Some(pdu) => Some(pdu.clone()),
+        None => timeline.get_pdu(event_id).ok().flatten(),
+    };
     let state_res_rules = rules
         .state_res
         .v2_rules()
@@ -73,12 +92,14 @@ pub fn resolve(
         // The conflicted state subgraph: events on auth paths between conflicted events. Using the
         // conflicted events' full auth chains is a superset that state resolution tolerates.
         let starts = conflicted.values().flatten().cloned();
-        auth_chain(services, starts).ok().map(|chain| {
-            chain
-                .into_iter()
-                .chain(conflicted.values().flatten().cloned())
-                .collect()
-        })
+        auth_chain_with(services, starts, pending)
+            .ok()
+            .map(|chain| {
+                chain
+                    .into_iter()
+                    .chain(conflicted.values().flatten().cloned())
+                    .collect()
+            })
     };
     state_res::resolve(
         &rules.authorization,

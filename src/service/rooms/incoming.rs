@@ -640,14 +640,16 @@ fn state_after_prev_events(
             .ok_or_else(|| Error::internal("prev event without state"))?;
         sets.push((*rooms.state.load(after)?).clone());
     }
-    resolve_sets(services, rules, sets)
+    resolve_sets(services, rules, sets, None)
 }
 
-/// Resolves state sets with state resolution v2 (a single set is returned as it is).
+/// Resolves state sets with state resolution v2 (a single set is returned as it is). `pending`
+/// is the event being received when the sets contain it: it is not stored yet.
 pub fn resolve_sets(
     services: &Services,
     rules: &RoomVersionRules,
     mut sets: Vec<StateSet>,
+    pending: Option<&Pdu>,
 ) -> Result<StateSet> {
     sets.dedup();
     if sets.len() <= 1 {
@@ -655,20 +657,28 @@ pub fn resolve_sets(
     }
     let rooms = &services.rooms;
     let mut maps = Vec::with_capacity(sets.len());
+    // Resolution picks among the events of the sets: their short IDs are known already.
+    let mut shorts = HashMap::new();
     for set in &sets {
         let mut map = state_res::StateMap::new();
         for (shortstatekey, shorteventid) in set {
             let (event_type, state_key) = rooms.short.get_statekey(*shortstatekey)?;
-            map.insert(
-                (event_type, state_key),
-                rooms.short.get_eventid(*shorteventid)?,
-            );
+            let event_id = rooms.short.get_eventid(*shorteventid)?;
+            shorts.insert(event_id.clone(), (*shortstatekey, *shorteventid));
+            map.insert((event_type, state_key), event_id);
         }
         maps.push(map);
     }
-    let resolved = auth::resolve(services, rules, &maps)?;
-    let ids: Vec<OwnedEventId> = resolved.into_values().collect();
-    state_set_of(services, &ids)
+    let resolved = auth::resolve(services, rules, &maps, pending)?;
+    resolved
+        .into_values()
+        .map(|event_id| {
+            shorts
+                .get(&event_id)
+                .copied()
+                .ok_or_else(|| Error::internal("state resolution chose an event of no state set"))
+        })
+        .collect()
 }
 
 /// Stores a state set as a snapshot and returns its short hash.
@@ -735,7 +745,7 @@ fn resolve_current(
             sets.push((*rooms.state.load(state)?).clone());
         }
     }
-    resolve_sets(services, rules, sets).map(Some)
+    resolve_sets(services, rules, sets, Some(pdu)).map(Some)
 }
 
 /// Whether a server may take part in a room under its `m.room.server_acl` (current state).
