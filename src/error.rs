@@ -11,6 +11,10 @@ pub enum Error {
     /// The caller did something wrong; carries the Matrix error kind to answer with.
     #[error("{message}")]
     Matrix { kind: ErrorKind, message: String },
+    /// The request conflicts with existing data (`409`, errcode `M_UNKNOWN`, as the spec says for
+    /// a taken room alias).
+    #[error("{0}")]
+    Conflict(String),
     /// User-interactive authentication must continue: the body is the UIA state (flows, session,
     /// completed stages) that the spec sends with `401`.
     #[error("user-interactive authentication required")]

@@ -56,6 +56,10 @@ impl IntoResponse for Error {
             Error::Matrix { kind, message } => {
                 json_response(status_of(&kind), &body_of(&kind, &message))
             }
+            Error::Conflict(message) => json_response(
+                StatusCode::CONFLICT,
+                &json!({ "errcode": "M_UNKNOWN", "error": message }),
+            ),
             Error::Uiaa(info) => json_response(StatusCode::UNAUTHORIZED, &info),
             Error::Remote { server, source } => {
                 tracing::warn!(%server, error = %source, "remote server failed");

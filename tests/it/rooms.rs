@@ -201,7 +201,11 @@ async fn membership_lifecycle() {
             json!({"user_id": "@bob:localhost", "reason": "bye"}),
         )
         .await;
-    assert_error(&bob.get(&format!("{base}/state")).await, 403, "M_FORBIDDEN");
+    // A kicked user reads the state as it was when they were kicked.
+    let at_kick = bob.get_ok(&format!("{base}/state")).await;
+    assert!(at_kick.as_array().unwrap().iter().any(|event| {
+        event["state_key"] == "@bob:localhost" && event["content"]["membership"] == "leave"
+    }));
     alice
         .post_ok(&format!("{base}/ban"), json!({"user_id": "@bob:localhost"}))
         .await;
@@ -448,7 +452,7 @@ async fn aliases_and_directory() {
                 json!({"room_id": room}),
             )
             .await,
-        400,
+        409,
         "M_UNKNOWN",
     );
     assert_error(
@@ -752,4 +756,105 @@ async fn concurrent_room_creation_gives_distinct_rooms() {
             .count();
         assert_eq!(creates, 1);
     }
+}
+
+#[tokio::test]
+async fn members_at_a_point_and_state_for_departed_users() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "name": "Before"}))
+        .await;
+    let base = format!("/_matrix/client/v3/rooms/{}", enc(&room));
+    let members = |body: &serde_json::Value| {
+        let mut members: Vec<(String, String)> = body["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|event| {
+                (
+                    event["state_key"].as_str().unwrap().to_owned(),
+                    event["content"]["membership"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        members.sort();
+        members
+    };
+    let alice_id = alice.user_id().await;
+    let bob_id = bob.user_id().await;
+
+    // `at` a sync position before bob joined: only alice.
+    let before_join = alice.get_ok("/_matrix/client/v3/sync").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bob.post_ok(&format!("{base}/join"), json!({})).await;
+    let then = alice
+        .get_ok(&format!("{base}/members?at={}", enc(&before_join)))
+        .await;
+    assert_eq!(members(&then), vec![(alice_id.clone(), "join".to_owned())]);
+    let now = alice.get_ok(&format!("{base}/members")).await;
+    assert_eq!(members(&now).len(), 2, "{now}");
+    let joined_only = alice
+        .get_ok(&format!(
+            "{base}/members?membership=join&not_membership=leave"
+        ))
+        .await;
+    assert_eq!(members(&joined_only).len(), 2);
+
+    // Bob leaves; what changes afterwards is not his to read, the state when he left is.
+    bob.post_ok(&format!("{base}/leave"), json!({})).await;
+    alice
+        .put_ok(
+            &format!("{base}/state/m.room.name/"),
+            json!({"name": "After"}),
+        )
+        .await;
+    let name = bob.get_ok(&format!("{base}/state/m.room.name/")).await;
+    assert_eq!(name["name"], "Before");
+    let state = bob.get_ok(&format!("{base}/state")).await;
+    assert!(state
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|event| event["type"] == "m.room.name" && event["content"]["name"] == "Before"));
+    let at_leave = bob.get_ok(&format!("{base}/members")).await;
+    assert!(members(&at_leave).contains(&(bob_id.clone(), "leave".to_owned())));
+    let left = alice
+        .get_ok(&format!("{base}/members?not_membership=join"))
+        .await;
+    assert_eq!(members(&left), vec![(bob_id, "leave".to_owned())]);
+
+    // Someone who was never in the room reads nothing, unless the room is world-readable.
+    assert_error(
+        &carol.get(&format!("{base}/state")).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &carol.get(&format!("{base}/members")).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &carol.get(&format!("{base}/state/m.room.name/")).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &alice.get(&format!("{base}/members?at=nonsense")).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    alice
+        .put_ok(
+            &format!("{base}/state/m.room.history_visibility/"),
+            json!({"history_visibility": "world_readable"}),
+        )
+        .await;
+    let name = carol.get_ok(&format!("{base}/state/m.room.name/")).await;
+    assert_eq!(name["name"], "After");
 }

@@ -44,12 +44,8 @@ pub async fn create_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     if !services.rooms.exists(&room_id)? {
         return Err(Error::not_found(format!("room {room_id} not found")));
     }
-    // FIXME: the spec answers a taken alias with 409; this sends 400 M_UNKNOWN.
     if services.rooms.alias.get(&alias)?.is_some() {
-        return Err(Error::matrix(
-            ruma::api::error::ErrorKind::Unknown,
-            format!("alias {alias} already exists"),
-        ));
+        return Err(Error::Conflict(format!("alias {alias} already exists")));
     }
     services.rooms.alias.set(&alias, &room_id, ctx.user())?;
     Ok(json!({}))

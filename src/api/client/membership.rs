@@ -8,7 +8,7 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use super::{require_joined, resolve_room};
+use super::{message::parse_token, readable_state, require_joined, resolve_room};
 use crate::{
     error::{Error, Result},
     http::{Ctx, HandlerResult},
@@ -16,6 +16,7 @@ use crate::{
         rooms::{
             handshake,
             timeline::{create_and_commit, read::client_event, PduBuilder},
+            visibility::ReadableState,
         },
         Services,
     },
@@ -347,25 +348,66 @@ pub async fn joined_rooms(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 /// Filters `membership` and `not_membership` apply; `at` is not supported (current state is served).
 pub async fn get_member_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
-    require_joined(&services, &room_id, ctx.user())?;
+    let readable = readable_state(&services, &room_id, ctx.user())?;
     let only = ctx.query("membership");
     let not = ctx.query("not_membership");
+    let hash = match ctx.query("at") {
+        Some(token) => state_at_token(&services, &room_id, token, &readable)?,
+        None => readable.shortstatehash,
+    };
+    let rooms = &services.rooms;
     let mut chunk = Vec::new();
-    for (user, membership) in services.rooms.members.iter_members(&room_id, None)? {
-        if only.is_some_and(|wanted| wanted != membership.as_str())
-            || not.is_some_and(|unwanted| unwanted == membership.as_str())
+    for (shortstatekey, shorteventid) in rooms.state.load(hash)?.iter() {
+        let (kind, _) = rooms.short.get_statekey(*shortstatekey)?;
+        if kind != StateEventType::RoomMember {
+            continue;
+        }
+        let Some(pdu) = rooms
+            .timeline
+            .get_pdu(&rooms.short.get_eventid(*shorteventid)?)?
+        else {
+            continue;
+        };
+        let membership = pdu.content_value()["membership"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if only.is_some_and(|wanted| wanted != membership)
+            || not.is_some_and(|unwanted| unwanted == membership)
         {
             continue;
         }
-        if let Some(pdu) = services.rooms.current_state_pdu(
-            &room_id,
-            &StateEventType::RoomMember,
-            user.as_str(),
-        )? {
-            chunk.push(client_event(&pdu, &room_id, None));
-        }
+        chunk.push(client_event(&pdu, &room_id, None));
     }
     Ok(json!({ "chunk": chunk }))
+}
+
+/// The state at a pagination token (`at` of `/members`): after the last event before it, and
+/// never later than what the user may read.
+fn state_at_token(
+    services: &Services,
+    room_id: &RoomId,
+    token: &str,
+    readable: &ReadableState,
+) -> Result<u64> {
+    let rooms = &services.rooms;
+    let (shortroomid, _) = rooms.room_version(room_id)?;
+    let position = parse_token(services, shortroomid, token)?;
+    let Some(entry) = rooms.timeline.iter_topo(shortroomid, position, true).next() else {
+        return Ok(readable.shortstatehash);
+    };
+    let (position, pdu) = entry?;
+    if readable.until.is_some_and(|until| position.count > until) {
+        return Ok(readable.shortstatehash);
+    }
+    let state = match rooms.short.get_shorteventid(&pdu.event_id)? {
+        Some(short) => rooms.state.get_event_state(short)?,
+        None => None,
+    };
+    Ok(state
+        .map(|(_, after)| after)
+        .filter(|after| *after != 0)
+        .unwrap_or(readable.shortstatehash))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`

@@ -17,7 +17,7 @@ use ruma::{OwnedRoomId, RoomId, UserId};
 
 use crate::{
     error::{Error, Result},
-    service::Services,
+    service::{rooms::visibility, Services},
 };
 
 /// Fails with `M_FORBIDDEN` unless `user` is joined to `room`.
@@ -29,6 +29,20 @@ pub fn require_joined(services: &Services, room_id: &RoomId, user: &UserId) -> R
             "{user} is not joined to {room_id}"
         )))
     }
+}
+
+/// The state `user` may read in a room (see [`visibility::readable_state`]); `M_FORBIDDEN` when
+/// there is none.
+pub fn readable_state(
+    services: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<visibility::ReadableState> {
+    visibility::readable_state(services, room_id, user)?.ok_or_else(|| {
+        Error::forbidden(format!(
+            "{user} is not a member of {room_id} and was not one before"
+        ))
+    })
 }
 
 /// Resolves a room ID or a local alias.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ruma::events::StateEventType;
 use serde_json::{json, Value};
 
-use super::require_joined;
+use super::{readable_state, require_joined};
 use crate::{
     error::Error,
     http::{Ctx, HandlerResult},
@@ -16,13 +16,11 @@ use crate::{
 };
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/state`
+///
+/// Members read the current state, former members the state when they left.
 pub async fn get_state_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
-    require_joined(&services, &room_id, ctx.user())?;
-    let hash = services
-        .rooms
-        .current_state_hash(&room_id)?
-        .ok_or_else(|| Error::not_found(format!("room {room_id} not found")))?;
+    let hash = readable_state(&services, &room_id, ctx.user())?.shortstatehash;
     let events: Vec<Value> = services
         .rooms
         .state_pdus(hash)?
@@ -37,11 +35,11 @@ pub async fn get_state_events(services: Arc<Services>, ctx: Ctx) -> HandlerResul
 /// `format=event` returns the whole event instead of its content.
 pub async fn get_state_event_for_key(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
-    require_joined(&services, &room_id, ctx.user())?;
+    let hash = readable_state(&services, &room_id, ctx.user())?.shortstatehash;
     let event_type = StateEventType::from(ctx.param(1));
     let pdu = services
         .rooms
-        .current_state_pdu(&room_id, &event_type, ctx.param(2))?
+        .state_pdu(hash, &event_type, ctx.param(2))?
         .ok_or_else(|| {
             Error::not_found(format!(
                 "no {event_type} state with key {:?} in {room_id}",

@@ -134,3 +134,80 @@ pub fn server_can_see(services: &Services, server: &ruma::ServerName, pdu: &Pdu)
     }
     Ok(false)
 }
+
+/// The room state a user may read, and up to which stream position.
+pub struct ReadableState {
+    /// The snapshot: the current state, or the state when a former member left.
+    pub shortstatehash: u64,
+    /// For a former member, the stream position of their leave (or ban): nothing later is theirs.
+    pub until: Option<u64>,
+}
+
+/// The state `user` may read in a room: the current state while joined or when the room is
+/// `world_readable`, and the state as it was when they left for a former member (left, kicked or
+/// banned while joined). `None` for anyone else, including a user who only rejected an invite.
+pub fn readable_state(
+    services: &Services,
+    room_id: &ruma::RoomId,
+    user: &UserId,
+) -> Result<Option<ReadableState>> {
+    use ruma::events::room::member::MembershipState;
+    let rooms = &services.rooms;
+    let Some(current) = rooms.current_state_hash(room_id)? else {
+        return Ok(None);
+    };
+    let current_state = ReadableState {
+        shortstatehash: current,
+        until: None,
+    };
+    match rooms.members.get_user_room(user, room_id)? {
+        Some(m) if m.membership == MembershipState::Join => return Ok(Some(current_state)),
+        Some(m) if matches!(m.membership, MembershipState::Leave | MembershipState::Ban) => {
+            if let Some(state) = state_at_departure(services, current, user, m.count)? {
+                return Ok(Some(state));
+            }
+        }
+        _ => {}
+    }
+    if history_visibility(rooms, current)? == "world_readable" {
+        return Ok(Some(current_state));
+    }
+    Ok(None)
+}
+
+/// The state after a user's leave or ban, if they were joined just before it.
+fn state_at_departure(
+    services: &Services,
+    current: u64,
+    user: &UserId,
+    count: u64,
+) -> Result<Option<ReadableState>> {
+    let rooms = &services.rooms;
+    let Some(event_id) =
+        rooms.state_event_id(current, &StateEventType::RoomMember, user.as_str())?
+    else {
+        return Ok(None);
+    };
+    let Some(short) = rooms.short.get_shorteventid(&event_id)? else {
+        return Ok(None);
+    };
+    let Some((before, after)) = rooms.state.get_event_state(short)? else {
+        return Ok(None);
+    };
+    let before_membership = match before {
+        0 => None,
+        before => state_field(
+            rooms,
+            before,
+            StateEventType::RoomMember,
+            user.as_str(),
+            "membership",
+        )?,
+    };
+    Ok(
+        (before_membership.as_deref() == Some("join")).then_some(ReadableState {
+            shortstatehash: after,
+            until: Some(count),
+        }),
+    )
+}
