@@ -44,6 +44,18 @@ pub fn all() -> Vec<Route> {
             fed_membership::create_leave_event,
         ),
         route(
+            Method::GET,
+            "/_matrix/federation/v1/make_knock/{roomId}/{userId}",
+            Server,
+            fed_membership::create_knock_event_template,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/federation/v1/send_knock/{roomId}/{eventId}",
+            Server,
+            fed_membership::create_knock_event,
+        ),
+        route(
             Method::PUT,
             "/_matrix/federation/v2/invite/{roomId}/{eventId}",
             Server,
@@ -258,6 +270,12 @@ pub fn all() -> Vec<Route> {
             "/_matrix/client/v3/createRoom",
             Token,
             room::create_room,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/knock/{roomIdOrAlias}",
+            Token,
+            membership::knock_room,
         ),
         route(
             Method::POST,

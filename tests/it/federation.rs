@@ -839,3 +839,95 @@ async fn concurrent_power_level_changes_resolve_identically_on_both_servers() {
     assert_eq!(bob.get_ok(&path).await, power);
     drop((hs1, hs1_dir, hs2, hs2_dir));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn knocking_on_a_room_of_another_server() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let carol = hs2.register("carol").await;
+    let (bob_id, carol_id) = (bob.user_id().await, carol.user_id().await);
+    let room = alice
+        .create_room(json!({
+            "preset": "private_chat",
+            "name": "Knock across",
+            "initial_state": [{
+                "type": "m.room.join_rules", "state_key": "",
+                "content": {"join_rule": "knock"}
+            }]
+        }))
+        .await;
+    let knock_path = format!(
+        "/_matrix/client/v3/knock/{}?via={}",
+        enc(&room),
+        enc(&hs1.server_name())
+    );
+
+    // Bob's knock goes through hs1's make_knock/send_knock; his client sees the stripped state.
+    let knocked = bob
+        .post_ok(&knock_path, json!({"reason": "hello from hs2"}))
+        .await;
+    assert_eq!(knocked["room_id"], room);
+    let knock = wait_for_event(
+        &alice,
+        &room,
+        "bob's knock",
+        is_membership(&bob_id, "knock"),
+    )
+    .await;
+    assert_eq!(knock["content"]["reason"], "hello from hs2");
+    let sync = bob.get_ok("/_matrix/client/v3/sync").await;
+    let knock_state = sync["rooms"]["knock"][&room]["knock_state"]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no knock section: {sync}"))
+        .clone();
+    assert!(knock_state
+        .iter()
+        .any(|event| event["type"] == "m.room.name" && event["content"]["name"] == "Knock across"));
+
+    // Carol knocks and takes it back while hs2 is not in the room: her leave goes through
+    // hs1's make_leave/send_leave, found from the knock's stripped state.
+    carol.post_ok(&knock_path, json!({})).await;
+    wait_for_event(
+        &alice,
+        &room,
+        "carol's knock",
+        is_membership(&carol_id, "knock"),
+    )
+    .await;
+    carol
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+            json!({}),
+        )
+        .await;
+    wait_for_event(
+        &alice,
+        &room,
+        "carol's leave",
+        is_membership(&carol_id, "leave"),
+    )
+    .await;
+
+    // Alice answers with an invite; bob accepts it and talks.
+    alice
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({ "user_id": bob_id }),
+        )
+        .await;
+    wait_for_invite(&bob, &room).await;
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+        json!({}),
+    )
+    .await;
+    bob.send_text(&room, "k1", "thanks for letting me in").await;
+    wait_for_event(
+        &alice,
+        &room,
+        "bob's message",
+        is_message("thanks for letting me in"),
+    )
+    .await;
+}

@@ -858,3 +858,136 @@ async fn members_at_a_point_and_state_for_departed_users() {
     let name = carol.get_ok(&format!("{base}/state/m.room.name/")).await;
     assert_eq!(name["name"], "After");
 }
+
+#[tokio::test]
+async fn knocking_asks_to_join_and_is_answered_with_an_invite_or_a_kick() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice
+        .create_room(json!({
+            "preset": "private_chat",
+            "name": "Knock here",
+            "room_alias_name": "knockers",
+            "initial_state": [{
+                "type": "m.room.join_rules", "state_key": "",
+                "content": {"join_rule": "knock"}
+            }]
+        }))
+        .await;
+    let base = format!("/_matrix/client/v3/rooms/{}", enc(&room));
+    let membership_of = |user: &'static str| {
+        let alice = &alice;
+        let base = &base;
+        async move {
+            alice
+                .get_ok(&format!("{base}/state/m.room.member/{}", enc(user)))
+                .await
+        }
+    };
+
+    // Bob knocks with a reason; his client sees the knock with the room's stripped state.
+    let knocked = bob
+        .post_ok(
+            &format!("/_matrix/client/v3/knock/{}", enc(&room)),
+            json!({"reason": "let me in"}),
+        )
+        .await;
+    assert_eq!(knocked["room_id"], room);
+    let member = membership_of("@bob:localhost").await;
+    assert_eq!(member["membership"], "knock");
+    assert_eq!(member["reason"], "let me in");
+    assert_eq!(member["displayname"], "bob");
+    let sync = bob.get_ok("/_matrix/client/v3/sync").await;
+    let knock_state = sync["rooms"]["knock"][&room]["knock_state"]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no knock section: {sync}"))
+        .clone();
+    assert!(knock_state
+        .iter()
+        .any(|event| event["type"] == "m.room.name" && event["content"]["name"] == "Knock here"));
+    assert!(knock_state
+        .iter()
+        .any(|event| event["type"] == "m.room.member"
+            && event["state_key"] == "@bob:localhost"
+            && event["content"]["membership"] == "knock"));
+    // Reading the room is still not allowed.
+    assert_error(
+        &bob.get(&format!("{base}/messages")).await,
+        403,
+        "M_FORBIDDEN",
+    );
+
+    // Alice lets bob in with an invite, which he accepts.
+    alice
+        .post_ok(
+            &format!("{base}/invite"),
+            json!({"user_id": "@bob:localhost"}),
+        )
+        .await;
+    bob.post_ok(&format!("{base}/join"), json!({})).await;
+    assert_eq!(membership_of("@bob:localhost").await["membership"], "join");
+
+    // Carol knocks through the alias and is turned away with a kick; she may knock again.
+    carol
+        .post_ok(
+            &format!("/_matrix/client/v3/knock/{}", enc("#knockers:localhost")),
+            json!({}),
+        )
+        .await;
+    alice
+        .post_ok(
+            &format!("{base}/kick"),
+            json!({"user_id": "@carol:localhost", "reason": "not now"}),
+        )
+        .await;
+    assert_eq!(
+        membership_of("@carol:localhost").await["membership"],
+        "leave"
+    );
+    carol
+        .post_ok(
+            &format!("/_matrix/client/v3/knock/{}", enc(&room)),
+            json!({}),
+        )
+        .await;
+    // ... and take the knock back herself.
+    carol.post_ok(&format!("{base}/leave"), json!({})).await;
+    assert_eq!(
+        membership_of("@carol:localhost").await["membership"],
+        "leave"
+    );
+
+    // A joined member cannot knock, nor can anyone on a room that is not knockable.
+    assert_error(
+        &bob.post(
+            &format!("/_matrix/client/v3/knock/{}", enc(&room)),
+            json!({}),
+        )
+        .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    let public = alice.create_room(json!({"preset": "public_chat"})).await;
+    assert_error(
+        &carol
+            .post(
+                &format!("/_matrix/client/v3/knock/{}", enc(&public)),
+                json!({}),
+            )
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &carol
+            .post(
+                &format!("/_matrix/client/v3/knock/{}", enc("#nowhere:localhost")),
+                json!({}),
+            )
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
+}

@@ -37,14 +37,8 @@ pub fn set_membership(
         )));
     }
     let mut content = json!({ "membership": membership });
-    if membership == "join" {
-        if let Some(profile) = services.users.get_profile(target)? {
-            for field in ["displayname", "avatar_url"] {
-                if let Some(value) = profile.get(field) {
-                    content[field] = value.clone();
-                }
-            }
-        }
+    if membership == "join" || membership == "knock" {
+        add_profile(services, target, &mut content)?;
     }
     if let Some(reason) = reason {
         content["reason"] = json!(reason);
@@ -57,6 +51,18 @@ pub fn set_membership(
         None,
     )?;
     Ok(event_id)
+}
+
+/// Adds the user's display name and avatar to member event content (joins and knocks carry them).
+fn add_profile(services: &Services, user: &UserId, content: &mut Value) -> Result<()> {
+    if let Some(profile) = services.users.get_profile(user)? {
+        for field in ["displayname", "avatar_url"] {
+            if let Some(value) = profile.get(field) {
+                content[field] = value.clone();
+            }
+        }
+    }
+    Ok(())
 }
 
 fn reason(ctx: &Ctx) -> Option<String> {
@@ -93,22 +99,64 @@ fn named_servers(ctx: &Ctx) -> Vec<OwnedServerName> {
 /// An alias of another server is resolved with its `/query/directory`; a room this server is not
 /// in is joined over federation through the servers named, the inviter's, and the alias's.
 pub async fn join_room_by_id_or_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let (room_id, servers) = room_and_servers(&services, &ctx).await?;
+    join(&services, &ctx, &room_id, servers).await
+}
+
+/// The room of a `{roomIdOrAlias}` path parameter and the servers to reach it through: those
+/// the client named and, for an alias of another server, the ones its directory answered.
+async fn room_and_servers(
+    services: &Services,
+    ctx: &Ctx,
+) -> Result<(ruma::OwnedRoomId, Vec<OwnedServerName>)> {
     let id_or_alias = ctx.param(0);
-    let mut servers = named_servers(&ctx);
+    let mut servers = named_servers(ctx);
     let room_id = if id_or_alias.starts_with('#') {
         let alias = ruma::OwnedRoomAliasId::try_from(id_or_alias)
             .map_err(|_| Error::invalid_param(format!("invalid alias {id_or_alias}")))?;
         if alias.server_name() == services.globals.server_name() {
-            resolve_room(&services, id_or_alias)?
+            resolve_room(services, id_or_alias)?
         } else {
-            let (room_id, alias_servers) = remote_alias(&services, &alias).await?;
+            let (room_id, alias_servers) = remote_alias(services, &alias).await?;
             servers.extend(alias_servers);
             room_id
         }
     } else {
-        resolve_room(&services, id_or_alias)?
+        resolve_room(services, id_or_alias)?
     };
-    join(&services, &ctx, &room_id, servers).await
+    Ok((room_id, servers))
+}
+
+/// `POST /_matrix/client/v3/knock/{roomIdOrAlias}`
+///
+/// Asks to be let into a room whose join rule is `knock` (or `knock_restricted`); a room this
+/// server is not in is knocked on over federation, like a join.
+pub async fn knock_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let (room_id, servers) = room_and_servers(&services, &ctx).await?;
+    if !handshake::is_resident(&services, &room_id)? {
+        let candidates = handshake::candidate_servers(&services, &room_id, ctx.user(), servers)?;
+        if candidates
+            .iter()
+            .any(|server| server != services.globals.server_name())
+        {
+            let mut extra = json!({});
+            add_profile(&services, ctx.user(), &mut extra)?;
+            if let Some(reason) = reason(&ctx) {
+                extra["reason"] = json!(reason);
+            }
+            handshake::knock_remote(&services, &room_id, ctx.user(), &candidates, extra).await?;
+            return Ok(json!({ "room_id": room_id }));
+        }
+    }
+    set_membership(
+        &services,
+        &room_id,
+        ctx.user(),
+        ctx.user(),
+        "knock",
+        reason(&ctx).as_deref(),
+    )?;
+    Ok(json!({ "room_id": room_id }))
 }
 
 /// Resolves an alias of another server through that server's `/query/directory`.
@@ -163,13 +211,7 @@ async fn join(
             .any(|server| server != services.globals.server_name())
         {
             let mut extra = json!({});
-            if let Some(profile) = services.users.get_profile(ctx.user())? {
-                for field in ["displayname", "avatar_url"] {
-                    if let Some(value) = profile.get(field) {
-                        extra[field] = value.clone();
-                    }
-                }
-            }
+            add_profile(services, ctx.user(), &mut extra)?;
             if let Some(reason) = reason(ctx) {
                 extra["reason"] = json!(reason);
             }

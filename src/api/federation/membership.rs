@@ -1,5 +1,5 @@
-//! Membership handshakes, resident side: `make_join`/`send_join`, `make_leave`/`send_leave`, and
-//! invites for this server's users.
+//! Membership handshakes, resident side: `make_join`/`send_join`, `make_knock`/`send_knock`,
+//! `make_leave`/`send_leave`, and invites for this server's users.
 
 use std::sync::Arc;
 
@@ -46,7 +46,7 @@ fn make_membership(services: &Services, ctx: &Ctx, membership: &str) -> HandlerR
     }
     require_resident(services, &room_id, ctx.origin())?;
     let (short, version) = services.rooms.room_version(&room_id)?;
-    if membership == "join" {
+    if membership == "join" || membership == "knock" {
         // `ver` repeats, so it is read from the raw query; without any, only version 1 is meant.
         let accepted: Vec<String> = ctx
             .raw_query
@@ -159,6 +159,11 @@ pub async fn create_join_event_template(services: Arc<Services>, ctx: Ctx) -> Ha
 /// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`
 pub async fn create_leave_event_template(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     make_membership(&services, &ctx, "leave")
+}
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}`
+pub async fn create_knock_event_template(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    make_membership(&services, &ctx, "knock")
 }
 
 /// Checks a signed membership event from the asking server and commits it through
@@ -274,6 +279,14 @@ pub async fn create_leave_event(services: Arc<Services>, ctx: Ctx) -> HandlerRes
     Ok(json!({}))
 }
 
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`
+///
+/// Answers the stripped state the knocking user's client shows while the knock is pending.
+pub async fn create_knock_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let (room_id, _, _) = send_membership(&services, &ctx, "knock").await?;
+    Ok(json!({ "knock_room_state": handshake::stripped_state(&services, &room_id)? }))
+}
+
 /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`
 ///
 /// An invite for one of this server's users: checked (format, the sender's signature, an invite
@@ -336,7 +349,7 @@ pub async fn create_invite(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         .cloned()
         .unwrap_or_default();
     if !handshake::is_resident(&services, &room_id)? {
-        handshake::store_remote_invite(&services, &room_id, &signed, &pdu, &invite_state)?;
+        handshake::store_outside_membership(&services, &room_id, &signed, &pdu, &invite_state)?;
     }
     Ok(json!({ "event": incoming::federation_value(&signed, &rules)? }))
 }

@@ -1,6 +1,7 @@
 //! Membership handshakes with other servers, from this side: joining a remote room
-//! (`make_join`/`send_join`), inviting a remote user (`/v2/invite`), leaving a room this server
-//! only knows through an invite (`make_leave`/`send_leave`), and storing invites that arrive.
+//! (`make_join`/`send_join`), knocking on one (`make_knock`/`send_knock`), inviting a remote user
+//! (`/v2/invite`), leaving a room this server only knows through an invite or a knock
+//! (`make_leave`/`send_leave`), and storing invites that arrive.
 
 use ruma::{
     events::{room::member::MembershipState, StateEventType, TimelineEventType},
@@ -27,8 +28,8 @@ const SUPPORTED_VERSIONS: [&str; 12] = [
     "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
 ];
 
-/// Owns `userroomid_invitestate` (user ID 0xff room ID → JSON array of stripped state events sent
-/// with an invite from another server).
+/// Owns `userroomid_invitestate` (user ID 0xff room ID → JSON array of stripped state events of a
+/// room this server is not in, that came with an invite from another server or answered a knock).
 pub struct Handshakes {
     userroomid_invitestate: Tree,
 }
@@ -41,7 +42,7 @@ impl Handshakes {
         }
     }
 
-    /// The stripped state that came with an invite from another server.
+    /// The stripped state that came with an invite from another server or answered a knock.
     pub fn get_invite_state(&self, user: &UserId, room_id: &RoomId) -> Result<Option<Vec<Value>>> {
         let Some(bytes) = self
             .userroomid_invitestate
@@ -98,38 +99,45 @@ pub async fn join_remote(
     Err(last_error)
 }
 
-async fn join_through(
+/// Asks `server` for a `make_join` or `make_knock` template (offering every room version this
+/// server supports), fills in the membership and `content_extra`, and signs it.
+async fn signed_membership(
     services: &Services,
     room_id: &RoomId,
     user: &UserId,
     server: &ServerName,
+    membership: &str,
     content_extra: &Value,
-) -> Result<OwnedEventId> {
+) -> Result<(RoomVersionId, CanonicalJsonObject, OwnedEventId)> {
     let versions: Vec<String> = SUPPORTED_VERSIONS
         .iter()
         .map(|version| format!("ver={version}"))
         .collect();
     let path = format!(
         "{}?{}",
-        request_path("v1/make_join", room_id, &encode(user.as_str())),
+        request_path(
+            &format!("v1/make_{membership}"),
+            room_id,
+            &encode(user.as_str())
+        ),
         versions.join("&")
     );
     let answer = services
         .federation_request(server, http::Method::GET, &path, None)
         .await?;
     let version = RoomVersionId::try_from(answer["room_version"].as_str().unwrap_or("1"))
-        .map_err(|_| Error::bad_json("make_join answered an invalid room version"))?;
+        .map_err(|_| Error::bad_json("the template has an invalid room version"))?;
     let rules = rules_for(&version)?;
     let mut template = answer["event"].clone();
     if template["type"] != "m.room.member"
         || template["state_key"] != user.as_str()
         || template["sender"] != user.as_str()
     {
-        return Err(Error::forbidden(
-            "make_join answered a template for another event",
-        ));
+        return Err(Error::forbidden(format!(
+            "make_{membership} answered a template for another event"
+        )));
     }
-    template["content"]["membership"] = json!("join");
+    template["content"]["membership"] = json!(membership);
     if let Some(extra) = content_extra.as_object() {
         for (field, value) in extra {
             template["content"][field] = value.clone();
@@ -139,6 +147,19 @@ async fn join_through(
     template["origin"] = json!(services.globals.server_name());
     let object = template_object(template, &rules)?;
     let (signed, event_id) = build_and_sign(services, &object, &rules)?;
+    Ok((version, signed, event_id))
+}
+
+async fn join_through(
+    services: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+    server: &ServerName,
+    content_extra: &Value,
+) -> Result<OwnedEventId> {
+    let (version, signed, event_id) =
+        signed_membership(services, room_id, user, server, "join", content_extra).await?;
+    let rules = rules_for(&version)?;
 
     let path = request_path("v2/send_join", room_id, &encode(event_id.as_str()));
     let body = serde_json::to_value(&signed).map_err(crate::error::Error::internal)?;
@@ -337,9 +358,66 @@ pub fn stripped_state(services: &Services, room_id: &RoomId) -> Result<Vec<Value
     Ok(events)
 }
 
-/// Stores an invite for a local user that another server sent: the event as an outlier, the
-/// membership in the indexes at a new stream position, and the stripped state for `/sync`.
-pub fn store_remote_invite(
+/// Knocks on a room on other servers for a local user, trying each of `servers` in turn:
+/// `make_knock` for a template, sign it, `send_knock`. The knock is kept like an invite from
+/// another server: an outlier, the membership, and the stripped state the room answered with.
+#[tracing::instrument(skip_all, fields(room_id = %room_id, user = %user))]
+pub async fn knock_remote(
+    services: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+    servers: &[OwnedServerName],
+    content_extra: Value,
+) -> Result<OwnedEventId> {
+    let own = services.globals.server_name();
+    let mut last_error = Error::not_found(format!("no server to knock on {room_id} through"));
+    for server in servers.iter().filter(|server| *server != own) {
+        match knock_through(services, room_id, user, server, &content_extra).await {
+            Ok(event_id) => return Ok(event_id),
+            Err(error) => {
+                tracing::info!(%server, %error, "knocking through a server failed");
+                last_error = error;
+            }
+        }
+    }
+    Err(last_error)
+}
+
+async fn knock_through(
+    services: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+    server: &ServerName,
+    content_extra: &Value,
+) -> Result<OwnedEventId> {
+    let (version, signed, event_id) =
+        signed_membership(services, room_id, user, server, "knock", content_extra).await?;
+    let rules = rules_for(&version)?;
+    let body = incoming::federation_value(&signed, &rules)?;
+    let path = request_path("v1/send_knock", room_id, &encode(event_id.as_str()));
+    let answer = services
+        .federation_request(server, http::Method::PUT, &path, Some(&body))
+        .await?;
+    let stripped: Vec<Value> = answer["knock_room_state"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let shortroomid = services.rooms.short.get_or_create_shortroomid(room_id)?;
+    services
+        .rooms
+        .timeline
+        .set_room_version(shortroomid, &version)?;
+    let mut object = signed;
+    object.remove("event_id");
+    let pdu = incoming::to_pdu(&event_id, &object)?;
+    store_outside_membership(services, room_id, &object, &pdu, &stripped)?;
+    Ok(event_id)
+}
+
+/// Stores the membership of a local user in a room this server is not in (an invite another
+/// server sent, or this server's knock): the event as an outlier, the membership in the indexes
+/// at a new stream position, and the stripped state for `/sync`.
+pub fn store_outside_membership(
     services: &Services,
     room_id: &RoomId,
     object: &CanonicalJsonObject,
@@ -347,7 +425,7 @@ pub fn store_remote_invite(
     invite_state: &[Value],
 ) -> Result<()> {
     let Some(invitee) = pdu.state_key.as_deref() else {
-        return Err(Error::bad_json("invite without state_key"));
+        return Err(Error::bad_json("membership without state_key"));
     };
     let mut stored = object.clone();
     stored.insert(
@@ -457,10 +535,18 @@ pub fn candidate_servers(
     named: Vec<OwnedServerName>,
 ) -> Result<Vec<OwnedServerName>> {
     let mut servers = named;
-    if services.rooms.members.get_membership(room_id, user)? == Some(MembershipState::Invite) {
+    if matches!(
+        services.rooms.members.get_membership(room_id, user)?,
+        Some(MembershipState::Invite | MembershipState::Knock)
+    ) {
         if let Some(state) = services.rooms.handshakes.get_invite_state(user, room_id)? {
             for event in state {
-                if event["type"] == "m.room.member" && event["state_key"] == user.as_str() {
+                // The inviter's server, then the creator's and whoever set the join rules.
+                let relevant = (event["type"] == "m.room.member"
+                    && event["state_key"] == user.as_str())
+                    || event["type"] == "m.room.create"
+                    || event["type"] == "m.room.join_rules";
+                if relevant {
                     if let Some(sender) = event["sender"]
                         .as_str()
                         .and_then(|sender| <&UserId>::try_from(sender).ok())
