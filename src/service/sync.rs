@@ -355,9 +355,41 @@ fn left_room(
         }
     }
     events.reverse();
+    if events.is_empty() && !services.rooms.exists(room_id)? {
+        // A room this server was never in (a refused knock, a withdrawn invite): the member
+        // event that ended the membership, kept with the room's stripped state.
+        if let Some(event) = outside_membership_event(services, room_id, request.user)? {
+            events.push(client_event(
+                &event,
+                room_id,
+                Some((request.user, request.device)),
+            ));
+        }
+    }
     Ok(
         json!({ "timeline": { "events": events, "limited": false }, "state": { "events": [] }, "account_data": { "events": [] } }),
     )
+}
+
+/// The user's own member event stored with the stripped state of a room this server is not in.
+fn outside_membership_event(
+    services: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<Option<crate::service::rooms::pdu::Pdu>> {
+    let Some(state) = services.rooms.handshakes.get_invite_state(user, room_id)? else {
+        return Ok(None);
+    };
+    let event_id = state
+        .iter()
+        .rev()
+        .find(|event| event["type"] == "m.room.member" && event["state_key"] == user.as_str())
+        .and_then(|event| event["event_id"].as_str())
+        .and_then(|id| ruma::OwnedEventId::try_from(id).ok());
+    match event_id {
+        Some(event_id) => services.rooms.timeline.get_pdu(&event_id),
+        None => Ok(None),
+    }
 }
 
 /// The stripped state an invitee sees: create, join rules, name, avatar, alias, encryption, and

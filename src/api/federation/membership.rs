@@ -349,7 +349,14 @@ pub async fn create_invite(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         .cloned()
         .unwrap_or_default();
     if !handshake::is_resident(&services, &room_id)? {
-        handshake::store_outside_membership(&services, &room_id, &signed, &pdu, &invite_state)?;
+        handshake::store_outside_membership(
+            &services,
+            &room_id,
+            &version,
+            &signed,
+            &pdu,
+            &invite_state,
+        )?;
     }
     Ok(json!({ "event": incoming::federation_value(&signed, &rules)? }))
 }

@@ -9,7 +9,7 @@ use crate::{
     error::Error,
     http::{Ctx, HandlerResult},
     service::{
-        rooms::{incoming, timeline::SendTo},
+        rooms::{handshake, incoming, timeline::SendTo},
         Services,
     },
 };
@@ -77,8 +77,20 @@ pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> Hand
             );
             continue;
         }
-        match incoming::handle(&services, &origin, &room_id, pdu, SendTo::Nobody).await {
-            Ok((event_id, _)) => {
+        // A room this server is not in only sends membership changes of our invitees/knockers.
+        let outside = match handshake::is_resident(&services, &room_id)? {
+            true => Ok(None),
+            false => handshake::outside_membership_update(&services, &origin, &room_id, pdu).await,
+        };
+        let outcome = match outside {
+            Ok(Some(event_id)) => Ok(event_id),
+            Ok(None) => incoming::handle(&services, &origin, &room_id, pdu, SendTo::Nobody)
+                .await
+                .map(|(event_id, _)| event_id),
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(event_id) => {
                 results.insert(event_id.to_string(), json!({}));
             }
             Err(error) => {

@@ -402,16 +402,63 @@ async fn knock_through(
         .as_array()
         .cloned()
         .unwrap_or_default();
-    let shortroomid = services.rooms.short.get_or_create_shortroomid(room_id)?;
-    services
-        .rooms
-        .timeline
-        .set_room_version(shortroomid, &version)?;
     let mut object = signed;
     object.remove("event_id");
     let pdu = incoming::to_pdu(&event_id, &object)?;
-    store_outside_membership(services, room_id, &object, &pdu, &stripped)?;
+    store_outside_membership(services, room_id, &version, &object, &pdu, &stripped)?;
     Ok(event_id)
+}
+
+/// A membership change for a local user in a room this server is not in, sent by the room's
+/// server because the user is its target: an invite withdrawn or a knock refused (`leave`), or a
+/// ban. It is checked (signatures, the sender belongs to `origin`) and stored like the invite or
+/// knock it ends. `None` when the event is not such a change (it then takes the ordinary path).
+pub async fn outside_membership_update(
+    services: &Services,
+    origin: &ServerName,
+    room_id: &RoomId,
+    value: &Value,
+) -> Result<Option<OwnedEventId>> {
+    let Ok((_, version)) = services.rooms.room_version(room_id) else {
+        return Ok(None);
+    };
+    let rules = rules_for(&version)?;
+    let parsed = incoming::parse_pdu(value, room_id, &rules)?;
+    let pdu = incoming::to_pdu(&parsed.event_id, &parsed.object)?;
+    let Some(target) = pdu
+        .state_key
+        .as_deref()
+        .and_then(|key| <&UserId>::try_from(key).ok())
+    else {
+        return Ok(None);
+    };
+    let membership = pdu.content_value()["membership"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if pdu.kind != TimelineEventType::RoomMember
+        || target.server_name() != services.globals.server_name()
+        || !matches!(membership.as_str(), "leave" | "ban")
+        || !matches!(
+            services.rooms.members.get_membership(room_id, target)?,
+            Some(MembershipState::Invite | MembershipState::Knock)
+        )
+    {
+        return Ok(None);
+    }
+    if pdu.sender.server_name() != origin {
+        return Err(Error::forbidden(
+            "a membership change must come from its sender's server",
+        ));
+    }
+    let object = incoming::verify_pdu(services, &parsed, &rules).await?;
+    let state = services
+        .rooms
+        .handshakes
+        .get_invite_state(target, room_id)?
+        .unwrap_or_default();
+    store_outside_membership(services, room_id, &version, &object, &pdu, &state)?;
+    Ok(Some(parsed.event_id))
 }
 
 /// Stores the membership of a local user in a room this server is not in (an invite another
@@ -420,6 +467,7 @@ async fn knock_through(
 pub fn store_outside_membership(
     services: &Services,
     room_id: &RoomId,
+    version: &RoomVersionId,
     object: &CanonicalJsonObject,
     pdu: &Pdu,
     invite_state: &[Value],
@@ -427,6 +475,11 @@ pub fn store_outside_membership(
     let Some(invitee) = pdu.state_key.as_deref() else {
         return Err(Error::bad_json("membership without state_key"));
     };
+    let rooms = &services.rooms;
+    if rooms.room_version(room_id).is_err() {
+        let shortroomid = rooms.short.get_or_create_shortroomid(room_id)?;
+        rooms.timeline.set_room_version(shortroomid, version)?;
+    }
     let mut stored = object.clone();
     stored.insert(
         "event_id".into(),
@@ -436,8 +489,17 @@ pub fn store_outside_membership(
         .rooms
         .timeline
         .add_outliers(std::slice::from_ref(&stored), &services.db)?;
-    let mut state = invite_state.to_vec();
-    state.push(pdu.to_stripped_value());
+    // The user's own member event replaces any earlier one; it keeps its ID so that `/sync` can
+    // show the event itself when the membership ends.
+    let mut state: Vec<Value> = invite_state
+        .iter()
+        .filter(|event| !(event["type"] == "m.room.member" && event["state_key"] == invitee))
+        .cloned()
+        .collect();
+    let mut own = pdu.to_stripped_value();
+    own["event_id"] = json!(pdu.event_id);
+    own["origin_server_ts"] = json!(pdu.origin_server_ts);
+    state.push(own);
     let state_json = serde_json::to_vec(&state).map_err(Error::internal)?;
     let handshakes = &services.rooms.handshakes;
     services
@@ -458,8 +520,9 @@ pub fn store_outside_membership(
     Ok(())
 }
 
-/// Leaves (or rejects an invite to) a room this server is not resident in, through `servers`
-/// (`make_leave`/`send_leave`); if none answers, the membership is set to `leave` locally only.
+/// Leaves (or rejects an invite to, or rescinds a knock on) a room this server is not resident
+/// in, through `servers` (`make_leave`/`send_leave`); the signed leave is then stored like the
+/// invite or knock it ends. If no server answers, the membership is set to `leave` locally only.
 pub async fn leave_remote(
     services: &Services,
     room_id: &RoomId,
@@ -471,11 +534,20 @@ pub async fn leave_remote(
         .filter(|server| *server != services.globals.server_name())
     {
         match leave_through(services, room_id, user, server).await {
-            Ok(()) => break,
+            Ok((version, object, pdu)) => {
+                let state = services
+                    .rooms
+                    .handshakes
+                    .get_invite_state(user, room_id)?
+                    .unwrap_or_default();
+                return store_outside_membership(
+                    services, room_id, &version, &object, &pdu, &state,
+                );
+            }
             Err(error) => tracing::info!(%server, %error, "leaving through a server failed"),
         }
     }
-    // Record the leave locally either way, so the invite disappears for the user.
+    // Record the leave locally anyway, so the invite disappears for the user.
     let pdu_value = json!({
         "event_id": format!("$leave-{}", crate::util::random_string(16)),
         "room_id": room_id, "sender": user, "origin_server_ts": crate::util::now_millis(),
@@ -500,7 +572,7 @@ async fn leave_through(
     room_id: &RoomId,
     user: &UserId,
     server: &ServerName,
-) -> Result<()> {
+) -> Result<(RoomVersionId, CanonicalJsonObject, Pdu)> {
     let path = request_path("v1/make_leave", room_id, &encode(user.as_str()));
     let answer = services
         .federation_request(server, http::Method::GET, &path, None)
@@ -523,7 +595,10 @@ async fn leave_through(
     services
         .federation_request(server, http::Method::PUT, &path, Some(&body))
         .await?;
-    Ok(())
+    let mut object = signed;
+    object.remove("event_id");
+    let pdu = incoming::to_pdu(&event_id, &object)?;
+    Ok((version, object, pdu))
 }
 
 /// The servers to try for a room this server is not in: those the client named, the server of
