@@ -2,3 +2,46 @@
 
 pub mod client;
 pub mod federation;
+
+use serde_json::Value;
+
+use crate::{error::Error, http::Ctx};
+
+/// A page request of the public room directory, from the query string or a JSON body.
+pub struct PublicRoomsRequest {
+    pub limit: usize,
+    pub since: usize,
+    pub term: Option<String>,
+}
+
+impl PublicRoomsRequest {
+    /// Reads `limit`, `since` and `filter.generic_search_term` (body first, then query).
+    pub fn from_ctx(ctx: &Ctx) -> Result<Self, Error> {
+        let limit = ctx
+            .body
+            .get("limit")
+            .and_then(Value::as_u64)
+            .or_else(|| ctx.query("limit").and_then(|limit| limit.parse().ok()))
+            .filter(|limit| *limit > 0)
+            .unwrap_or(100)
+            .min(500) as usize;
+        let since = ctx
+            .body
+            .get("since")
+            .and_then(Value::as_str)
+            .or(ctx.query("since"))
+            .map(|since| {
+                since
+                    .parse::<usize>()
+                    .map_err(|_| Error::invalid_param("invalid since token"))
+            })
+            .transpose()?
+            .unwrap_or(0);
+        let term = ctx
+            .body
+            .pointer("/filter/generic_search_term")
+            .and_then(Value::as_str)
+            .map(str::to_lowercase);
+        Ok(Self { limit, since, term })
+    }
+}

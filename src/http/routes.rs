@@ -99,6 +99,18 @@ pub fn all() -> Vec<Route> {
         ),
         route(
             Method::GET,
+            "/_matrix/federation/v1/publicRooms",
+            Server,
+            query::get_public_rooms,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/federation/v1/publicRooms",
+            Server,
+            query::get_public_rooms,
+        ),
+        route(
+            Method::GET,
             "/_matrix/federation/v1/query/profile",
             Server,
             query::get_profile_information,

@@ -931,3 +931,68 @@ async fn knocking_on_a_room_of_another_server() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn directory_and_profiles_of_another_server() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let alice_id = alice.user_id().await;
+    alice
+        .put_ok(
+            &format!("/_matrix/client/v3/profile/{}/displayname", enc(&alice_id)),
+            json!({"displayname": "Alice A"}),
+        )
+        .await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "visibility": "public", "name": "Lobby"}))
+        .await;
+    let server = enc(&hs1.server_name());
+
+    let listed = bob
+        .get_ok(&format!("/_matrix/client/v3/publicRooms?server={server}"))
+        .await;
+    let entry = listed["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["room_id"] == room)
+        .unwrap_or_else(|| panic!("the room is not listed: {listed}"))
+        .clone();
+    assert_eq!(entry["name"], "Lobby");
+    assert_eq!(entry["num_joined_members"], 1);
+    let found = bob
+        .post_ok(
+            &format!("/_matrix/client/v3/publicRooms?server={server}"),
+            json!({"filter": {"generic_search_term": "lob"}, "limit": 5}),
+        )
+        .await;
+    assert_eq!(found["chunk"].as_array().unwrap().len(), 1, "{found}");
+    let none = bob
+        .post_ok(
+            &format!("/_matrix/client/v3/publicRooms?server={server}"),
+            json!({"filter": {"generic_search_term": "zzz"}}),
+        )
+        .await;
+    assert_eq!(none["chunk"].as_array().unwrap().len(), 0, "{none}");
+
+    let profile = bob
+        .get_ok(&format!("/_matrix/client/v3/profile/{}", enc(&alice_id)))
+        .await;
+    assert_eq!(profile["displayname"], "Alice A");
+    let field = bob
+        .get_ok(&format!(
+            "/_matrix/client/v3/profile/{}/displayname",
+            enc(&alice_id)
+        ))
+        .await;
+    assert_eq!(field["displayname"], "Alice A");
+    let nobody = format!("@nobody:{}", hs1.server_name());
+    let (status, body) = bob
+        .get(&format!("/_matrix/client/v3/profile/{}", enc(&nobody)))
+        .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND"))
+    );
+}

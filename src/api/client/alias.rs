@@ -6,6 +6,8 @@ use ruma::{events::StateEventType, OwnedRoomAliasId};
 use serde_json::{json, Value};
 
 use super::{message::power_level, require_joined};
+use crate::api::PublicRoomsRequest;
+use crate::service::rooms::alias as directory;
 use crate::{
     error::Error,
     http::{Ctx, HandlerResult},
@@ -121,90 +123,35 @@ pub async fn set_room_visibility(services: Arc<Services>, ctx: Ctx) -> HandlerRe
 
 /// `GET /_matrix/client/v3/publicRooms` and `POST` with a filter.
 ///
-/// `since` tokens are offsets into the list; `generic_search_term` matches name, topic and alias.
+/// `server` asks another server's directory over federation. `since` tokens are offsets into
+/// the list; `generic_search_term` matches name, topic and alias.
 pub async fn get_public_rooms(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let limit = ctx
-        .body
-        .get("limit")
-        .and_then(Value::as_u64)
-        .or_else(|| ctx.query("limit").and_then(|limit| limit.parse().ok()))
-        .unwrap_or(100)
-        .min(500) as usize;
-    let since = ctx
-        .body
-        .get("since")
-        .and_then(Value::as_str)
-        .or(ctx.query("since"))
-        .map(|since| {
-            since
-                .parse::<usize>()
-                .map_err(|_| Error::invalid_param("invalid since token"))
-        })
-        .transpose()?
-        .unwrap_or(0);
-    let term = ctx
-        .body
-        .pointer("/filter/generic_search_term")
-        .and_then(Value::as_str)
-        .map(str::to_lowercase);
-    let mut rooms = Vec::new();
-    for room_id in services.rooms.alias.iter_public()? {
-        let state = |kind: StateEventType, field: &str| -> Option<Value> {
+    let request = PublicRoomsRequest::from_ctx(&ctx)?;
+    match ctx.query("server") {
+        Some(server) if server != services.globals.server_name().as_str() => {
+            let server = ruma::OwnedServerName::try_from(server)
+                .map_err(|_| Error::invalid_param(format!("invalid server name {server}")))?;
+            let mut body = json!({ "limit": request.limit });
+            if request.since > 0 {
+                body["since"] = json!(request.since.to_string());
+            }
+            if let Some(term) = &request.term {
+                body["filter"] = json!({ "generic_search_term": term });
+            }
             services
-                .rooms
-                .current_state_pdu(&room_id, &kind, "")
-                .ok()
-                .flatten()
-                .and_then(|pdu| pdu.content_value().get(field).cloned())
-        };
-        let name = state(StateEventType::RoomName, "name");
-        let topic = state(StateEventType::RoomTopic, "topic");
-        let alias = state(StateEventType::RoomCanonicalAlias, "alias");
-        if let Some(term) = &term {
-            let haystack = format!(
-                "{} {} {}",
-                name.as_ref().and_then(Value::as_str).unwrap_or(""),
-                topic.as_ref().and_then(Value::as_str).unwrap_or(""),
-                alias.as_ref().and_then(Value::as_str).unwrap_or("")
-            )
-            .to_lowercase();
-            if !haystack.contains(term.as_str()) {
-                continue;
-            }
+                .federation_request(
+                    &server,
+                    http::Method::POST,
+                    "/_matrix/federation/v1/publicRooms",
+                    Some(&body),
+                )
+                .await
         }
-        let joined = services
-            .rooms
-            .members
-            .iter_members(
-                &room_id,
-                Some(ruma::events::room::member::MembershipState::Join),
-            )?
-            .len();
-        let join_rule =
-            state(StateEventType::RoomJoinRules, "join_rule").unwrap_or(json!("public"));
-        let mut chunk = json!({
-            "room_id": room_id, "num_joined_members": joined, "world_readable": false, "guest_can_join": false, "join_rule": join_rule
-        });
-        for (field, value) in [
-            ("name", name),
-            ("topic", topic),
-            ("canonical_alias", alias),
-            ("avatar_url", state(StateEventType::RoomAvatar, "url")),
-        ] {
-            if let Some(value) = value {
-                chunk[field] = value;
-            }
-        }
-        rooms.push(chunk);
+        _ => directory::public_rooms(
+            &services,
+            request.limit,
+            request.since,
+            request.term.as_deref(),
+        ),
     }
-    let total = rooms.len();
-    let page: Vec<Value> = rooms.into_iter().skip(since).take(limit).collect();
-    let mut response = json!({ "chunk": page, "total_room_count_estimate": total });
-    if since + limit < total {
-        response["next_batch"] = json!((since + limit).to_string());
-    }
-    if since > 0 {
-        response["prev_batch"] = json!(since.saturating_sub(limit).to_string());
-    }
-    Ok(response)
 }

@@ -15,22 +15,42 @@ use crate::{
 };
 
 /// `GET /_matrix/client/v3/profile/{userId}`
+///
+/// A user of another server is asked for through that server's `/query/profile`.
 pub async fn get_profile(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let user_id = ctx.user_param(0)?;
-    let profile = services
+    Ok(Value::Object(profile_of(&services, &user_id).await?))
+}
+
+/// The profile of a local user, or of a remote one over federation.
+async fn profile_of(
+    services: &Services,
+    user_id: &ruma::UserId,
+) -> Result<serde_json::Map<String, Value>, Error> {
+    if user_id.server_name() != services.globals.server_name() {
+        let path = format!(
+            "/_matrix/federation/v1/query/profile?user_id={}",
+            crate::service::rooms::handshake::encode(user_id.as_str())
+        );
+        let answer = services
+            .federation_request(user_id.server_name(), http::Method::GET, &path, None)
+            .await?;
+        let Value::Object(mut profile) = answer else {
+            return Err(Error::not_found(format!("profile of {user_id} not found")));
+        };
+        profile.retain(|_, value| !value.is_null());
+        return Ok(profile);
+    }
+    services
         .users
-        .get_profile(&user_id)?
-        .ok_or_else(|| Error::not_found(format!("profile of {user_id} not found")))?;
-    Ok(Value::Object(profile))
+        .get_profile(user_id)?
+        .ok_or_else(|| Error::not_found(format!("profile of {user_id} not found")))
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}/{keyName}`
 pub async fn get_profile_field(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let user_id = ctx.user_param(0)?;
-    let profile = services
-        .users
-        .get_profile(&user_id)?
-        .ok_or_else(|| Error::not_found(format!("profile of {user_id} not found")))?;
+    let profile = profile_of(&services, &user_id).await?;
     let field = ctx.param(1);
     let value = profile
         .get(field)

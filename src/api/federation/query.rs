@@ -53,3 +53,14 @@ pub async fn get_room_information(services: Arc<Services>, ctx: Ctx) -> HandlerR
         .collect();
     Ok(json!({ "room_id": room_id, "servers": servers }))
 }
+
+/// `GET /_matrix/federation/v1/publicRooms` and `POST` with a filter: this server's directory.
+pub async fn get_public_rooms(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let request = crate::api::PublicRoomsRequest::from_ctx(&ctx)?;
+    crate::service::rooms::alias::public_rooms(
+        &services,
+        request.limit,
+        request.since,
+        request.term.as_deref(),
+    )
+}

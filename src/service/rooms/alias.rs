@@ -4,8 +4,12 @@ use std::sync::Arc;
 
 use ruma::{OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomAliasId, RoomId, UserId};
 
+use ruma::events::StateEventType;
+use serde_json::{json, Value};
+
 use crate::{
     error::{Error, Result},
+    service::Services,
     store::{key, Batch, Db, Tree},
 };
 
@@ -109,4 +113,86 @@ impl Aliases {
             })
             .collect()
     }
+}
+
+/// One page of this server's public room directory (for the client and federation APIs):
+/// `since` is an offset, `term` (lower case) matches name, topic and alias.
+pub fn public_rooms(
+    services: &Services,
+    limit: usize,
+    since: usize,
+    term: Option<&str>,
+) -> Result<Value> {
+    let mut rooms = Vec::new();
+    for room_id in services.rooms.alias.iter_public()? {
+        let state = |kind: StateEventType, field: &str| -> Option<Value> {
+            services
+                .rooms
+                .current_state_pdu(&room_id, &kind, "")
+                .ok()
+                .flatten()
+                .and_then(|pdu| pdu.content_value().get(field).cloned())
+        };
+        let name = state(StateEventType::RoomName, "name");
+        let topic = state(StateEventType::RoomTopic, "topic");
+        let alias = state(StateEventType::RoomCanonicalAlias, "alias");
+        if let Some(term) = term {
+            let haystack = format!(
+                "{} {} {}",
+                name.as_ref().and_then(Value::as_str).unwrap_or(""),
+                topic.as_ref().and_then(Value::as_str).unwrap_or(""),
+                alias.as_ref().and_then(Value::as_str).unwrap_or("")
+            )
+            .to_lowercase();
+            if !haystack.contains(term) {
+                continue;
+            }
+        }
+        let joined = services
+            .rooms
+            .members
+            .iter_members(
+                &room_id,
+                Some(ruma::events::room::member::MembershipState::Join),
+            )?
+            .len();
+        let join_rule =
+            state(StateEventType::RoomJoinRules, "join_rule").unwrap_or(json!("public"));
+        let world_readable = state(StateEventType::RoomHistoryVisibility, "history_visibility")
+            .is_some_and(|value| value == "world_readable");
+        let guest_can_join = state(StateEventType::RoomGuestAccess, "guest_access")
+            .is_some_and(|value| value == "can_join");
+        let mut chunk = json!({
+            "room_id": room_id, "num_joined_members": joined, "world_readable": world_readable,
+            "guest_can_join": guest_can_join, "join_rule": join_rule
+        });
+        for (field, value) in [
+            ("name", name),
+            ("topic", topic),
+            ("canonical_alias", alias),
+            ("avatar_url", state(StateEventType::RoomAvatar, "url")),
+        ] {
+            if let Some(value) = value {
+                chunk[field] = value;
+            }
+        }
+        if let Some(kind) = services
+            .rooms
+            .current_state_pdu(&room_id, &StateEventType::RoomCreate, "")?
+            .and_then(|pdu| pdu.content_value().get("type").cloned())
+        {
+            chunk["room_type"] = kind;
+        }
+        rooms.push(chunk);
+    }
+    let total = rooms.len();
+    let page: Vec<Value> = rooms.into_iter().skip(since).take(limit).collect();
+    let mut response = json!({ "chunk": page, "total_room_count_estimate": total });
+    if since + limit < total {
+        response["next_batch"] = json!((since + limit).to_string());
+    }
+    if since > 0 {
+        response["prev_batch"] = json!(since.saturating_sub(limit).to_string());
+    }
+    Ok(response)
 }
