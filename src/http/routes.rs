@@ -5,7 +5,7 @@ use http::Method;
 use super::{route, Auth, Route};
 use crate::api::client::{
     account, account_data, alias, device, discovery, membership, message, profile, room, state,
-    sync, user_directory,
+    sync, typing, user_directory,
 };
 use crate::api::federation::{events, keys, membership as fed_membership, query, transactions};
 
@@ -450,6 +450,12 @@ pub fn all() -> Vec<Route> {
             "/_matrix/client/v3/sync",
             Token,
             sync::sync_events,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/rooms/{roomId}/typing/{userId}",
+            Token,
+            typing::create_typing_event,
         ),
         route(
             Method::POST,

@@ -11,6 +11,7 @@ pub mod profile;
 pub mod room;
 pub mod state;
 pub mod sync;
+pub mod typing;
 pub mod user_directory;
 
 use ruma::{OwnedRoomId, RoomId, UserId};

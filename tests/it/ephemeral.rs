@@ -1,0 +1,198 @@
+//! Typing notifications on one server, seen through `/sync`.
+
+use serde_json::{json, Value};
+
+use crate::common::{assert_error, enc, Client, TestServer};
+
+/// The next batch token of a sync response.
+pub fn next_batch(response: &Value) -> String {
+    response["next_batch"].as_str().unwrap().to_owned()
+}
+
+/// The ephemeral events of type `kind` in a room of a sync response.
+pub fn ephemeral<'a>(response: &'a Value, room: &str, kind: &str) -> Vec<&'a Value> {
+    response["rooms"]["join"][room]["ephemeral"]["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|event| event["type"] == kind)
+        .collect()
+}
+
+/// The user IDs of the `m.typing` event in a room of a sync response, if there is one.
+pub fn typing_users(response: &Value, room: &str) -> Option<Vec<String>> {
+    ephemeral(response, room, "m.typing").first().map(|event| {
+        event["content"]["user_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|user| user.as_str().unwrap().to_owned())
+            .collect()
+    })
+}
+
+fn typing_path(room: &str, user: &str) -> String {
+    format!(
+        "/_matrix/client/v3/rooms/{}/typing/{}",
+        enc(room),
+        enc(user)
+    )
+}
+
+/// A room of alice's that bob has joined.
+async fn shared_room(server: &TestServer) -> (Client, Client, String) {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+        json!({}),
+    )
+    .await;
+    (alice, bob, room)
+}
+
+#[tokio::test]
+async fn typing_shows_in_sync_and_ends_by_itself() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = shared_room(&server).await;
+    let carol = server.register("carol").await;
+    let since = next_batch(&bob.get_ok("/_matrix/client/v3/sync").await);
+
+    // Only the user themselves, and only in a room they are in.
+    assert_error(
+        &bob.put(
+            &typing_path(&room, "@alice:localhost"),
+            json!({ "typing": true, "timeout": 1000 }),
+        )
+        .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &carol
+            .put(
+                &typing_path(&room, "@carol:localhost"),
+                json!({ "typing": true, "timeout": 1000 }),
+            )
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &alice
+            .put(&typing_path(&room, "@alice:localhost"), json!({}))
+            .await,
+        400,
+        "M_BAD_JSON",
+    );
+
+    // A typist shows in bob's next sync and in an initial sync.
+    alice
+        .put_ok(
+            &typing_path(&room, "@alice:localhost"),
+            json!({ "typing": true, "timeout": 1500 }),
+        )
+        .await;
+    let typing = bob
+        .get_ok(&format!("/_matrix/client/v3/sync?since={since}"))
+        .await;
+    assert_eq!(
+        typing_users(&typing, &room),
+        Some(vec!["@alice:localhost".to_owned()]),
+        "{typing}"
+    );
+    let initial = bob.get_ok("/_matrix/client/v3/sync").await;
+    assert_eq!(
+        typing_users(&initial, &room),
+        Some(vec!["@alice:localhost".to_owned()])
+    );
+
+    // Nobody stops it: the long-poll is woken when the timeout runs out. A response that
+    // returns at its own timeout was built before the wait, so seeing the empty set here means
+    // the expiry woke the request.
+    let since = next_batch(&typing);
+    let expired = bob
+        .get_ok(&format!(
+            "/_matrix/client/v3/sync?since={since}&timeout=30000"
+        ))
+        .await;
+    assert_eq!(typing_users(&expired, &room), Some(vec![]), "{expired}");
+    let initial = bob.get_ok("/_matrix/client/v3/sync").await;
+    assert_eq!(typing_users(&initial, &room), None, "nobody types any more");
+
+    // Stopping on purpose shows at once too.
+    let since = next_batch(&expired);
+    alice
+        .put_ok(
+            &typing_path(&room, "@alice:localhost"),
+            json!({ "typing": true, "timeout": 30000 }),
+        )
+        .await;
+    alice
+        .put_ok(
+            &typing_path(&room, "@alice:localhost"),
+            json!({ "typing": false }),
+        )
+        .await;
+    let stopped = bob
+        .get_ok(&format!("/_matrix/client/v3/sync?since={since}"))
+        .await;
+    assert_eq!(typing_users(&stopped, &room), Some(vec![]), "{stopped}");
+    // An ephemeral filter that leaves typing out.
+    let filter = json!({ "room": { "ephemeral": { "not_types": ["m.typing"] } } });
+    let filtered = bob
+        .get_ok(&format!(
+            "/_matrix/client/v3/sync?since={since}&filter={}",
+            enc(&filter.to_string())
+        ))
+        .await;
+    assert_eq!(typing_users(&filtered, &room), None, "{filtered}");
+
+    // A token in the older `s<count>` form still works: typing position 0, so every room whose
+    // typists changed in this run is news.
+    let count = since.trim_start_matches('s').split('_').next().unwrap();
+    let old = bob
+        .get_ok(&format!("/_matrix/client/v3/sync?since=s{count}"))
+        .await;
+    assert_eq!(typing_users(&old, &room), Some(vec![]), "{old}");
+}
+
+#[tokio::test]
+async fn typists_seen_before_a_restart_are_cleared_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), |_| {}).await;
+    let (alice, bob, room) = shared_room(&server).await;
+    alice
+        .put_ok(
+            &typing_path(&room, "@alice:localhost"),
+            json!({ "typing": true, "timeout": 60000 }),
+        )
+        .await;
+    let seen = bob.get_ok("/_matrix/client/v3/sync").await;
+    assert_eq!(
+        typing_users(&seen, &room),
+        Some(vec!["@alice:localhost".to_owned()])
+    );
+    server.stop().await;
+
+    // Typing lives in memory: after the restart nobody types, and a token that saw alice typing
+    // is told so.
+    let server = TestServer::start_at(dir.path(), |_| {}).await;
+    let mut bob_again = server.client();
+    bob_again.token = bob.token.clone();
+    let after = bob_again
+        .get_ok(&format!(
+            "/_matrix/client/v3/sync?since={}",
+            next_batch(&seen)
+        ))
+        .await;
+    assert_eq!(typing_users(&after, &room), Some(vec![]), "{after}");
+    let quiet = bob_again
+        .get_ok(&format!(
+            "/_matrix/client/v3/sync?since={}&timeout=100",
+            next_batch(&after)
+        ))
+        .await;
+    assert!(quiet["rooms"]["join"].get(&room).is_none(), "{quiet}");
+}
