@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod filter;
 pub mod globals;
 pub mod notify;
+pub mod receipts;
 pub mod received;
 pub mod rooms;
 pub mod sending;
@@ -32,6 +33,7 @@ pub struct Services {
     pub sending: sending::Sending,
     pub received: received::ReceivedTransactions,
     pub typing: typing::Typing,
+    pub receipts: receipts::Receipts,
     /// The outgoing server-server client.
     pub federation: FederationClient,
 }
@@ -43,6 +45,7 @@ impl Services {
         let globals = globals::Globals::open(&db, &config)?;
         Ok(Arc::new(Self {
             typing: typing::Typing::open(&globals)?,
+            receipts: receipts::Receipts::open(&db),
             globals,
             users: users::Users::open(&db),
             uiaa: uiaa::Uiaa::default(),

@@ -1,5 +1,5 @@
 //! Building `/sync` responses from stream positions: joined, invited and left rooms with their
-//! timelines, state deltas and ephemeral events (typing), and account data.
+//! timelines, state deltas and ephemeral events (typing, receipts), and account data.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -14,6 +14,7 @@ use crate::{
     service::{
         filter::RoomEventFilter,
         notify::{Topic, Waiter},
+        receipts,
         rooms::{
             members::RoomMembership, pdu::Pdu, timeline::read::client_event,
             visibility::user_can_see,
@@ -22,8 +23,8 @@ use crate::{
     },
 };
 
-/// A sync position: the global stream position (timeline, state, membership, account data)
-/// and the typing position, which lives in memory (see `service::typing`).
+/// A sync position: the global stream position (timeline, state, membership, account data,
+/// receipts) and the typing position, which lives in memory (see `service::typing`).
 ///
 /// Written `s{count}_{typing}`. The older `s{count}` form still parses, with typing position 0:
 /// a client that never saw typing, told of every room whose typists changed in this run.
@@ -235,7 +236,7 @@ fn joined_room(
         events.push((count, pdu));
     }
     events.reverse();
-    let ephemeral = ephemeral_events(services, request, room_id, initial, ephemeral_filter)?;
+    let ephemeral = ephemeral_events(services, request, room_id, initial, next, ephemeral_filter)?;
     if events.is_empty() && ephemeral.is_empty() && !initial {
         return Ok(None);
     }
@@ -345,13 +346,15 @@ fn joined_room(
     })))
 }
 
-/// A joined room's typing event: its typists when they changed after the token's typing
-/// position (on an initial sync, the current typists if any).
+/// A joined room's typing and receipt events: its typists when they changed after the token's
+/// typing position, and the receipts set after `since` up to `next` (on an initial sync, the
+/// current typists if any and every current receipt). Private receipts reach only their owner.
 fn ephemeral_events(
     services: &Services,
     request: &SyncRequest<'_>,
     room_id: &RoomId,
     initial: bool,
+    next: u64,
     filter: &RoomEventFilter,
 ) -> Result<Vec<Value>> {
     let mut events = Vec::new();
@@ -366,6 +369,13 @@ fn ephemeral_events(
         {
             events.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
         }
+    }
+    if filter.type_allowed("m.receipt") {
+        let receipts =
+            services
+                .receipts
+                .iter_since(room_id, since.map(|token| token.count), next)?;
+        events.extend(receipts::sync_events(&receipts, request.user));
     }
     Ok(events)
 }

@@ -1,4 +1,4 @@
-//! Typing notifications on one server, seen through `/sync`.
+//! Typing notifications, read receipts and read markers on one server, seen through `/sync`.
 
 use serde_json::{json, Value};
 
@@ -36,6 +36,14 @@ fn typing_path(room: &str, user: &str) -> String {
         "/_matrix/client/v3/rooms/{}/typing/{}",
         enc(room),
         enc(user)
+    )
+}
+
+fn receipt_path(room: &str, kind: &str, event: &str) -> String {
+    format!(
+        "/_matrix/client/v3/rooms/{}/receipt/{kind}/{}",
+        enc(room),
+        enc(event)
     )
 }
 
@@ -156,6 +164,215 @@ async fn typing_shows_in_sync_and_ends_by_itself() {
         .get_ok(&format!("/_matrix/client/v3/sync?since=s{count}"))
         .await;
     assert_eq!(typing_users(&old, &room), Some(vec![]), "{old}");
+}
+
+#[tokio::test]
+async fn read_receipts_show_to_members_and_private_ones_to_their_owner() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = shared_room(&server).await;
+    let first = alice.send_text(&room, "m1", "one").await;
+    let second = alice.send_text(&room, "m2", "two").await;
+    let alice_since = next_batch(&alice.get_ok("/_matrix/client/v3/sync").await);
+    let bob_since = next_batch(&bob.get_ok("/_matrix/client/v3/sync").await);
+
+    bob.post_ok(&receipt_path(&room, "m.read", &first), json!({}))
+        .await;
+    bob.post_ok(&receipt_path(&room, "m.read.private", &second), json!({}))
+        .await;
+    bob.post_ok(
+        &receipt_path(&room, "m.read", &second),
+        json!({ "thread_id": "main" }),
+    )
+    .await;
+
+    let seen = alice
+        .get_ok(&format!("/_matrix/client/v3/sync?since={alice_since}"))
+        .await;
+    let receipts = ephemeral(&seen, &room, "m.receipt");
+    assert_eq!(receipts.len(), 2, "one event per thread: {seen}");
+    let unthreaded = &receipts[0]["content"];
+    assert!(unthreaded[&first]["m.read"]["@bob:localhost"]["ts"].is_u64());
+    assert!(unthreaded[&first]["m.read"]["@bob:localhost"]
+        .get("thread_id")
+        .is_none());
+    assert_eq!(
+        receipts[1]["content"][&second]["m.read"]["@bob:localhost"]["thread_id"],
+        "main"
+    );
+    assert!(
+        !seen.to_string().contains("m.read.private"),
+        "private receipts stay with their owner: {seen}"
+    );
+
+    let own = bob
+        .get_ok(&format!("/_matrix/client/v3/sync?since={bob_since}"))
+        .await;
+    let receipts = ephemeral(&own, &room, "m.receipt");
+    assert!(
+        receipts.iter().any(
+            |event| event["content"][&second]["m.read.private"]["@bob:localhost"]["ts"].is_u64()
+        ),
+        "{own}"
+    );
+
+    // A newer receipt replaces the older one of the same kind; an incremental sync carries only
+    // what changed, an initial sync every current receipt.
+    let alice_since = next_batch(&seen);
+    bob.post_ok(&receipt_path(&room, "m.read", &second), json!({}))
+        .await;
+    let newer = alice
+        .get_ok(&format!("/_matrix/client/v3/sync?since={alice_since}"))
+        .await;
+    let receipts = ephemeral(&newer, &room, "m.receipt");
+    assert_eq!(receipts.len(), 1, "{newer}");
+    assert!(receipts[0]["content"].get(&first).is_none(), "{newer}");
+    assert!(receipts[0]["content"][&second]["m.read"]["@bob:localhost"].is_object());
+    let initial = alice.get_ok("/_matrix/client/v3/sync").await;
+    let all = serde_json::to_string(&ephemeral(&initial, &room, "m.receipt")).unwrap();
+    assert!(!all.contains(&first), "replaced: {all}");
+    assert!(all.contains("\"thread_id\":\"main\""), "{all}");
+    assert!(!all.contains("m.read.private"), "{all}");
+
+    // Nothing new: no ephemeral events and the long-poll times out empty.
+    let quiet = alice
+        .get_ok(&format!(
+            "/_matrix/client/v3/sync?since={}&timeout=100",
+            next_batch(&newer)
+        ))
+        .await;
+    assert!(quiet["rooms"]["join"].get(&room).is_none(), "{quiet}");
+}
+
+#[tokio::test]
+async fn read_markers_set_fully_read_and_bad_receipts_are_refused() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = shared_room(&server).await;
+    let carol = server.register("carol").await;
+    let first = alice.send_text(&room, "m1", "one").await;
+    let second = alice.send_text(&room, "m2", "two").await;
+    let since = next_batch(&bob.get_ok("/_matrix/client/v3/sync").await);
+    let alice_since = next_batch(&alice.get_ok("/_matrix/client/v3/sync").await);
+
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/read_markers", enc(&room)),
+        json!({ "m.fully_read": first, "m.read": second }),
+    )
+    .await;
+    let synced = bob
+        .get_ok(&format!("/_matrix/client/v3/sync?since={since}"))
+        .await;
+    let account_data = &synced["rooms"]["join"][&room]["account_data"]["events"];
+    assert!(
+        account_data
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|event| event["type"] == "m.fully_read" && event["content"]["event_id"] == first),
+        "{synced}"
+    );
+    let seen = alice
+        .get_ok(&format!("/_matrix/client/v3/sync?since={alice_since}"))
+        .await;
+    assert!(
+        ephemeral(&seen, &room, "m.receipt")[0]["content"][&second]["m.read"]["@bob:localhost"]
+            .is_object(),
+        "{seen}"
+    );
+    // The receipt endpoint with m.fully_read moves the same marker.
+    bob.post_ok(&receipt_path(&room, "m.fully_read", &second), json!({}))
+        .await;
+    let marker = bob
+        .get_ok(&format!(
+            "/_matrix/client/v3/user/@bob:localhost/rooms/{}/account_data/m.fully_read",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(marker["event_id"], second.as_str());
+
+    let check = |response: (u16, Value), status: u16, errcode: &str| {
+        assert_error(&response, status, errcode);
+    };
+    check(
+        bob.post(&receipt_path(&room, "m.unread", &first), json!({}))
+            .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    check(
+        bob.post(&receipt_path(&room, "m.read", "$nope"), json!({}))
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
+    check(
+        bob.post(&receipt_path(&room, "m.read", "not-an-event"), json!({}))
+            .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    check(
+        bob.post(
+            &receipt_path(&room, "m.read", &first),
+            json!({ "thread_id": "" }),
+        )
+        .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    check(
+        bob.post(
+            &receipt_path(&room, "m.read", &first),
+            json!({ "thread_id": 5 }),
+        )
+        .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    check(
+        bob.post(
+            &receipt_path(&room, "m.fully_read", &first),
+            json!({ "thread_id": "main" }),
+        )
+        .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    check(
+        carol
+            .post(&receipt_path(&room, "m.read", &first), json!({}))
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    // An event of another room is not found in this one.
+    let other = alice.create_room(json!({})).await;
+    let elsewhere = alice.send_text(&other, "m3", "elsewhere").await;
+    check(
+        bob.post(&receipt_path(&room, "m.read", &elsewhere), json!({}))
+            .await,
+        404,
+        "M_NOT_FOUND",
+    );
+    check(
+        bob.post(
+            &format!("/_matrix/client/v3/rooms/{}/read_markers", enc(&room)),
+            json!({ "m.fully_read": first, "m.read": "$nope" }),
+        )
+        .await,
+        404,
+        "M_NOT_FOUND",
+    );
+    let unchanged = bob
+        .get_ok(&format!(
+            "/_matrix/client/v3/user/@bob:localhost/rooms/{}/account_data/m.fully_read",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(
+        unchanged["event_id"],
+        second.as_str(),
+        "nothing is written when one event is bad"
+    );
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod membership;
 pub mod message;
 pub mod profile;
+pub mod receipt;
 pub mod room;
 pub mod state;
 pub mod sync;

@@ -9,6 +9,7 @@ use crate::{
     error::Error,
     http::{Ctx, HandlerResult},
     service::{
+        receipts,
         rooms::{incoming, timeline::SendTo},
         typing, Services,
     },
@@ -24,7 +25,7 @@ const MAX_EDUS: usize = 100;
 /// after another in the order given. The answer maps every event ID to `{}` or `{"error": …}`; a
 /// retried transaction gets the stored answer. PDUs from servers a room's ACL denies are refused.
 /// EDUs are applied after the PDUs (so that a join in the same transaction counts): `m.typing`
-/// through its service, which ignores what the origin may not say; other EDU
+/// and `m.receipt` through their services, which ignore what the origin may not say; other EDU
 /// types are accepted and ignored. An EDU that is malformed or not the origin's to send is
 /// skipped without failing the transaction.
 pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
@@ -100,8 +101,10 @@ pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> Hand
     }
     for edu in edus {
         let content = edu.get("content").unwrap_or(&Value::Null);
-        if edu.get("edu_type").and_then(Value::as_str) == Some("m.typing") {
-            typing::receive_edu(&services, &origin, content)?;
+        match edu.get("edu_type").and_then(Value::as_str) {
+            Some("m.typing") => typing::receive_edu(&services, &origin, content)?,
+            Some("m.receipt") => receipts::receive_edu(&services, &origin, content)?,
+            _ => {}
         }
     }
     let response = json!({ "pdus": results });
