@@ -31,6 +31,28 @@ pub fn typing_users(response: &Value, room: &str) -> Option<Vec<String>> {
     })
 }
 
+/// Long-polls `/sync` from `since` until a response matches, at most 40 times; returns it.
+pub async fn sync_until(
+    client: &Client,
+    since: &str,
+    what: &str,
+    matches: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut since = since.to_owned();
+    for _ in 0..40 {
+        let response = client
+            .get_ok(&format!(
+                "/_matrix/client/v3/sync?since={since}&timeout=5000"
+            ))
+            .await;
+        if matches(&response) {
+            return response;
+        }
+        since = next_batch(&response);
+    }
+    panic!("{what} never showed in /sync");
+}
+
 fn typing_path(room: &str, user: &str) -> String {
     format!(
         "/_matrix/client/v3/rooms/{}/typing/{}",
