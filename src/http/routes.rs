@@ -4,8 +4,8 @@ use http::Method;
 
 use super::{route, Auth, Route};
 use crate::api::client::{
-    account, account_data, alias, device, discovery, membership, message, profile, room, state,
-    sync, user_directory,
+    account, account_data, alias, device, discovery, membership, message, profile, receipt, room,
+    state, sync, typing, user_directory,
 };
 use crate::api::federation::{events, keys, membership as fed_membership, query, transactions};
 
@@ -480,6 +480,24 @@ pub fn all() -> Vec<Route> {
             "/_matrix/client/v3/sync",
             Token,
             sync::sync_events,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/rooms/{roomId}/typing/{userId}",
+            Token,
+            typing::create_typing_event,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}",
+            Token,
+            receipt::create_receipt,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/rooms/{roomId}/read_markers",
+            Token,
+            receipt::set_read_marker,
         ),
         route(
             Method::POST,

@@ -78,20 +78,22 @@ impl RoomEventFilter {
                 .is_none_or(|rooms| rooms.iter().any(|room| room == room_id))
     }
 
-    /// Whether an event passes the filter.
-    pub fn matches(&self, pdu: &Pdu) -> bool {
-        let kind = pdu.kind.to_string();
-        if self
+    /// Whether an event type passes `types`/`not_types`.
+    pub fn type_allowed(&self, kind: &str) -> bool {
+        !self
             .not_types
             .iter()
-            .any(|pattern| type_matches(pattern, &kind))
-        {
+            .any(|pattern| type_matches(pattern, kind))
+            && self
+                .types
+                .as_ref()
+                .is_none_or(|types| types.iter().any(|pattern| type_matches(pattern, kind)))
+    }
+
+    /// Whether an event passes the filter.
+    pub fn matches(&self, pdu: &Pdu) -> bool {
+        if !self.type_allowed(&pdu.kind.to_string()) {
             return false;
-        }
-        if let Some(types) = &self.types {
-            if !types.iter().any(|pattern| type_matches(pattern, &kind)) {
-                return false;
-            }
         }
         if self
             .not_senders

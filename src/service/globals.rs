@@ -1,4 +1,5 @@
-//! Server-wide facts: the server name, the signing key and the global stream counter.
+//! Server-wide facts: the server name, the signing key, the global stream counter and the
+//! reserved range of the typing counter.
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},
@@ -15,7 +16,9 @@ use crate::{
 };
 
 /// Owns the `global` tree: `b"server_name"` → text, `b"signing_key"` → version 0xff PKCS#8,
-/// `b"count"` → u64 (the last stream position handed out).
+/// `b"count"` → u64 (the last stream position handed out), `b"typing_reserved"` → u64 (typing
+/// positions up to here may have been handed out; see [`Globals::reserve_typing`]) and
+/// `b"typing_run_start"` → u64 (the first typing position of the latest run).
 pub struct Globals {
     global: Tree,
     server_name: OwnedServerName,
@@ -101,6 +104,34 @@ impl Globals {
     /// Makes a position visible after its batch was written.
     pub fn publish_count(&self, count: u64) {
         self.count.fetch_max(count, Ordering::AcqRel);
+    }
+
+    /// The typing positions of earlier runs: the end of the reserved range and the first
+    /// position of the last run (both 0 on a new database).
+    pub fn typing_history(&self) -> Result<(u64, u64)> {
+        let read = |name: &[u8]| -> Result<u64> {
+            Ok(self
+                .global
+                .get(name)?
+                .and_then(|bytes| key::read_u64(&bytes))
+                .unwrap_or(0))
+        };
+        Ok((read(b"typing_reserved")?, read(b"typing_run_start")?))
+    }
+
+    /// Records the first typing position of this run and the range reserved for it.
+    pub fn start_typing_run(&self, start: u64, reserved: u64) -> Result<()> {
+        let mut batch = Batch::default();
+        batch.insert(&self.global, b"typing_run_start", &key::u64_bytes(start));
+        batch.insert(&self.global, b"typing_reserved", &key::u64_bytes(reserved));
+        self.global.db().write(batch)
+    }
+
+    /// Records that typing positions up to `end` may be handed out, before any of them is: the
+    /// typing counter lives in memory, and a restart continues after the reserved range so that
+    /// a sync token from an earlier run is never ahead of the new counter.
+    pub fn reserve_typing(&self, end: u64) -> Result<()> {
+        self.global.insert(b"typing_reserved", &key::u64_bytes(end))
     }
 
     /// Writes a batch that carries one new stream position: allocates it, lets `fill` add the

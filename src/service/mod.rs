@@ -5,11 +5,13 @@ pub mod account_data;
 pub mod filter;
 pub mod globals;
 pub mod notify;
+pub mod receipts;
 pub mod received;
 pub mod rooms;
 pub mod sending;
 pub mod server_keys;
 pub mod sync;
+pub mod typing;
 pub mod uiaa;
 pub mod users;
 
@@ -30,6 +32,8 @@ pub struct Services {
     pub server_keys: server_keys::ServerKeys,
     pub sending: sending::Sending,
     pub received: received::ReceivedTransactions,
+    pub typing: typing::Typing,
+    pub receipts: receipts::Receipts,
     /// The outgoing server-server client.
     pub federation: FederationClient,
 }
@@ -38,8 +42,11 @@ impl Services {
     /// Opens the database and builds the services.
     pub fn build(config: Arc<Config>) -> Result<Arc<Self>> {
         let db = Db::open(&config.database_path, config.sync_writes)?;
+        let globals = globals::Globals::open(&db, &config)?;
         Ok(Arc::new(Self {
-            globals: globals::Globals::open(&db, &config)?,
+            typing: typing::Typing::open(&globals)?,
+            receipts: receipts::Receipts::open(&db),
+            globals,
             users: users::Users::open(&db),
             uiaa: uiaa::Uiaa::default(),
             account_data: account_data::AccountData::open(&db),
@@ -77,7 +84,8 @@ impl Services {
     }
 }
 
-/// Starts the background workers (the federation sender); each stops when `shutdown` completes.
+/// Starts the background workers (the federation sender, the end of typing); each stops when
+/// `shutdown` completes.
 pub fn start_workers(
     services: &Arc<Services>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -88,7 +96,8 @@ pub fn start_workers(
         let _ = stop.send(true);
     });
     vec![
-        tokio::spawn(sending::run(Arc::clone(services), stopped)),
+        tokio::spawn(sending::run(Arc::clone(services), stopped.clone())),
+        tokio::spawn(typing::run_expiry(Arc::clone(services), stopped)),
         watcher,
     ]
 }

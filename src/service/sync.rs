@@ -1,7 +1,10 @@
 //! Building `/sync` responses from stream positions: joined, invited and left rooms with their
-//! timelines and state deltas, and account data.
+//! timelines, state deltas and ephemeral events (typing, receipts), and account data.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+};
 
 use ruma::{events::room::member::MembershipState, OwnedRoomId, RoomId, UserId};
 use serde_json::{json, Map, Value};
@@ -11,6 +14,7 @@ use crate::{
     service::{
         filter::RoomEventFilter,
         notify::{Topic, Waiter},
+        receipts,
         rooms::{
             members::RoomMembership, pdu::Pdu, timeline::read::client_event,
             visibility::user_can_see,
@@ -19,11 +23,43 @@ use crate::{
     },
 };
 
+/// A sync position: the global stream position (timeline, state, membership, account data,
+/// receipts) and the typing position, which lives in memory (see `service::typing`).
+///
+/// Written `s{count}_{typing}`. The older `s{count}` form still parses, with typing position 0:
+/// a client that never saw typing, told of every room whose typists changed in this run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncToken {
+    pub count: u64,
+    pub typing: u64,
+}
+
+impl SyncToken {
+    /// Parses `s{count}_{typing}`, `s{count}` or a bare count.
+    pub fn parse(token: &str) -> Option<Self> {
+        let rest = token.strip_prefix('s').unwrap_or(token);
+        let (count, typing) = match rest.split_once('_') {
+            Some((count, typing)) => (count, typing.parse().ok()?),
+            None => (rest, 0),
+        };
+        Some(Self {
+            count: count.parse().ok()?,
+            typing,
+        })
+    }
+}
+
+impl fmt::Display for SyncToken {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "s{}_{}", self.count, self.typing)
+    }
+}
+
 /// What a sync request asked for.
 pub struct SyncRequest<'a> {
     pub user: &'a UserId,
     pub device: &'a str,
-    pub since: Option<u64>,
+    pub since: Option<SyncToken>,
     pub full_state: bool,
     pub filter: &'a Value,
 }
@@ -58,12 +94,15 @@ fn build(
     memberships: Vec<RoomMembership>,
 ) -> Result<(Value, bool)> {
     let next = services.globals.current_count();
-    let since = request.since.unwrap_or(0);
+    let next_typing = services.typing.current();
+    let since = request.since.map_or(0, |token| token.count);
     let room_filter = request.filter.get("room").cloned().unwrap_or(Value::Null);
     let timeline_filter =
         RoomEventFilter::from_value(room_filter.get("timeline").unwrap_or(&Value::Null));
     let state_filter =
         RoomEventFilter::from_value(room_filter.get("state").unwrap_or(&Value::Null));
+    let ephemeral_filter =
+        RoomEventFilter::from_value(room_filter.get("ephemeral").unwrap_or(&Value::Null));
     let include_leave = room_filter
         .get("include_leave")
         .and_then(Value::as_bool)
@@ -92,7 +131,7 @@ fn build(
                     (since, next),
                     limit,
                     full,
-                    (&timeline_filter, &state_filter),
+                    (&timeline_filter, &state_filter, &ephemeral_filter),
                 )?;
                 if let Some(room) = room {
                     join.insert(room_id.to_string(), room);
@@ -145,7 +184,7 @@ fn build(
         || !knock.is_empty()
         || !global_account_data.is_empty();
     let response = json!({
-        "next_batch": format!("s{next}"),
+        "next_batch": SyncToken { count: next, typing: next_typing }.to_string(),
         "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         "account_data": { "events": global_account_data },
         "presence": { "events": [] },
@@ -163,7 +202,11 @@ fn joined_room(
     (since, next): (u64, u64),
     limit: usize,
     initial: bool,
-    (timeline_filter, state_filter): (&RoomEventFilter, &RoomEventFilter),
+    (timeline_filter, state_filter, ephemeral_filter): (
+        &RoomEventFilter,
+        &RoomEventFilter,
+        &RoomEventFilter,
+    ),
 ) -> Result<Option<Value>> {
     let room_id: &RoomId = &membership.room_id;
     let Some(shortroomid) = services.rooms.short.get_shortroomid(room_id)? else {
@@ -193,7 +236,8 @@ fn joined_room(
         events.push((count, pdu));
     }
     events.reverse();
-    if events.is_empty() && !initial {
+    let ephemeral = ephemeral_events(services, request, room_id, initial, next, ephemeral_filter)?;
+    if events.is_empty() && ephemeral.is_empty() && !initial {
         return Ok(None);
     }
     let viewer = Some((request.user, request.device));
@@ -295,11 +339,45 @@ fn joined_room(
     Ok(Some(json!({
         "timeline": { "events": timeline, "limited": limited, "prev_batch": prev_batch },
         "state": { "events": state },
-        "ephemeral": { "events": [] },
+        "ephemeral": { "events": ephemeral },
         "account_data": { "events": [] },
         "summary": summary,
         "unread_notifications": { "notification_count": 0, "highlight_count": 0 },
     })))
+}
+
+/// A joined room's typing and receipt events: its typists when they changed after the token's
+/// typing position, and the receipts set after `since` up to `next` (on an initial sync, the
+/// current typists if any and every current receipt). Private receipts reach only their owner.
+fn ephemeral_events(
+    services: &Services,
+    request: &SyncRequest<'_>,
+    room_id: &RoomId,
+    initial: bool,
+    next: u64,
+    filter: &RoomEventFilter,
+) -> Result<Vec<Value>> {
+    let mut events = Vec::new();
+    if !filter.room_allowed(room_id.as_str()) {
+        return Ok(events);
+    }
+    let since = request.since.filter(|_| !initial);
+    if filter.type_allowed("m.typing") {
+        if let Some(users) = services
+            .typing
+            .get_changed(room_id, since.map(|token| token.typing))
+        {
+            events.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
+        }
+    }
+    if filter.type_allowed("m.receipt") {
+        let receipts =
+            services
+                .receipts
+                .iter_since(room_id, since.map(|token| token.count), next)?;
+        events.extend(receipts::sync_events(&receipts, request.user));
+    }
+    Ok(events)
 }
 
 /// The room state after the last event at or before `count`.
@@ -421,4 +499,28 @@ fn stripped_state(services: &Services, room_id: &RoomId, user: &UserId) -> Resul
         }
     }
     Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SyncToken;
+
+    #[test]
+    fn sync_tokens_round_trip_and_old_ones_still_parse() {
+        let token = SyncToken {
+            count: 42,
+            typing: 1001,
+        };
+        assert_eq!(token.to_string(), "s42_1001");
+        assert_eq!(SyncToken::parse("s42_1001"), Some(token));
+        let old = SyncToken {
+            count: 42,
+            typing: 0,
+        };
+        assert_eq!(SyncToken::parse("s42"), Some(old));
+        assert_eq!(SyncToken::parse("42"), Some(old));
+        for bad in ["", "s", "s42_", "s_1", "sx_1", "s1_2_3", "t1_2"] {
+            assert_eq!(SyncToken::parse(bad), None, "{bad}");
+        }
+    }
 }

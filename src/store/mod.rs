@@ -51,6 +51,8 @@ pub const TREES: &[&str] = &[
     "servertxnid_response",
     "servercount_outgoing",
     "userroomid_invitestate",
+    "roomuserreceipt_count",
+    "roomcount_receipt",
 ];
 
 /// The open database.

@@ -5,7 +5,9 @@ mod common;
 
 mod accounts;
 mod durability;
+mod ephemeral;
 pub mod federation;
+mod federation_ephemeral;
 mod rooms;
 mod spec_map;
 mod synapse_harness;

@@ -17,6 +17,7 @@ use crate::{
             PduBuilder,
         },
         rooms::visibility::user_can_see,
+        sync::SyncToken,
         Services,
     },
 };
@@ -216,7 +217,8 @@ pub async fn get_room_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult 
     ))
 }
 
-/// Parses a pagination token: `t<depth>_<count>` (topological) or `s<count>` (a sync position).
+/// Parses a pagination token: `t<depth>_<count>` (topological) or a sync token (`s<count>_<typing>`
+/// or the older `s<count>`), of which only the stream position matters here.
 pub fn parse_token(services: &Services, shortroomid: u64, token: &str) -> Result<TopoPos> {
     let invalid = || Error::invalid_param(format!("invalid pagination token {token}"));
     if let Some(rest) = token.strip_prefix('t') {
@@ -226,11 +228,7 @@ pub fn parse_token(services: &Services, shortroomid: u64, token: &str) -> Result
             count: count.parse().map_err(|_| invalid())?,
         });
     }
-    let count: u64 = token
-        .strip_prefix('s')
-        .unwrap_or(token)
-        .parse()
-        .map_err(|_| invalid())?;
+    let count = SyncToken::parse(token).ok_or_else(invalid)?.count;
     // The position just after the last event at or before `count`.
     match services
         .rooms

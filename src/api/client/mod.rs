@@ -8,9 +8,11 @@ pub mod discovery;
 pub mod membership;
 pub mod message;
 pub mod profile;
+pub mod receipt;
 pub mod room;
 pub mod state;
 pub mod sync;
+pub mod typing;
 pub mod user_directory;
 
 use ruma::{OwnedRoomId, RoomId, UserId};

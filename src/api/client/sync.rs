@@ -18,11 +18,8 @@ const MAX_TIMEOUT_MS: u64 = 60_000;
 pub async fn sync_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let since = match ctx.query("since") {
         Some(token) => Some(
-            token
-                .strip_prefix('s')
-                .unwrap_or(token)
-                .parse::<u64>()
-                .map_err(|_| Error::invalid_param(format!("invalid since token {token}")))?,
+            sync::SyncToken::parse(token)
+                .ok_or_else(|| Error::invalid_param(format!("invalid since token {token}")))?,
         ),
         None => None,
     };

@@ -9,8 +9,9 @@ use crate::{
     error::Error,
     http::{Ctx, HandlerResult},
     service::{
+        receipts,
         rooms::{handshake, incoming, timeline::SendTo},
-        Services,
+        typing, Services,
     },
 };
 
@@ -23,7 +24,10 @@ const MAX_EDUS: usize = 100;
 /// Each PDU goes through `incoming::handle` (the spec's receipt checks, then commit), one room
 /// after another in the order given. The answer maps every event ID to `{}` or `{"error": …}`; a
 /// retried transaction gets the stored answer. PDUs from servers a room's ACL denies are refused.
-/// EDUs are accepted and not yet acted on (typing, receipts and presence arrive with issue 5).
+/// EDUs are applied after the PDUs (so that a join in the same transaction counts): `m.typing`
+/// and `m.receipt` through their services, which ignore what the origin may not say; other EDU
+/// types are accepted and ignored. An EDU that is malformed or not the origin's to send is
+/// skipped without failing the transaction.
 pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let origin = ctx.origin().to_owned();
     let txn_id = ctx.param(0).to_owned();
@@ -46,8 +50,8 @@ pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> Hand
         .body
         .get("edus")
         .and_then(Value::as_array)
-        .map_or(0, Vec::len);
-    if pdus.len() > MAX_PDUS || edus > MAX_EDUS {
+        .map_or(&[][..], Vec::as_slice);
+    if pdus.len() > MAX_PDUS || edus.len() > MAX_EDUS {
         return Err(Error::bad_json(format!(
             "a transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
         )));
@@ -105,6 +109,14 @@ pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> Hand
                 tracing::info!(%event_id, %error, "rejected a pdu");
                 results.insert(event_id, json!({ "error": error.to_string() }));
             }
+        }
+    }
+    for edu in edus {
+        let content = edu.get("content").unwrap_or(&Value::Null);
+        match edu.get("edu_type").and_then(Value::as_str) {
+            Some("m.typing") => typing::receive_edu(&services, &origin, content)?,
+            Some("m.receipt") => receipts::receive_edu(&services, &origin, content)?,
+            _ => {}
         }
     }
     let response = json!({ "pdus": results });
