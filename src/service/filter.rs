@@ -80,30 +80,8 @@ impl RoomEventFilter {
 
     /// Whether an event passes the filter.
     pub fn matches(&self, pdu: &Pdu) -> bool {
-        let kind = pdu.kind.to_string();
-        if self
-            .not_types
-            .iter()
-            .any(|pattern| type_matches(pattern, &kind))
-        {
+        if !self.matches_type(&pdu.kind.to_string()) || !self.matches_sender(pdu.sender.as_str()) {
             return false;
-        }
-        if let Some(types) = &self.types {
-            if !types.iter().any(|pattern| type_matches(pattern, &kind)) {
-                return false;
-            }
-        }
-        if self
-            .not_senders
-            .iter()
-            .any(|sender| sender == pdu.sender.as_str())
-        {
-            return false;
-        }
-        if let Some(senders) = &self.senders {
-            if !senders.iter().any(|sender| sender == pdu.sender.as_str()) {
-                return false;
-            }
         }
         if let Some(wanted) = self.contains_url {
             let has_url = pdu.content_value().get("url").is_some_and(Value::is_string);
@@ -112,6 +90,27 @@ impl RoomEventFilter {
             }
         }
         true
+    }
+
+    /// Whether an event type passes `types` and `not_types`.
+    pub fn matches_type(&self, kind: &str) -> bool {
+        !self
+            .not_types
+            .iter()
+            .any(|pattern| type_matches(pattern, kind))
+            && self
+                .types
+                .as_ref()
+                .is_none_or(|types| types.iter().any(|pattern| type_matches(pattern, kind)))
+    }
+
+    /// Whether a sender passes `senders` and `not_senders`.
+    pub fn matches_sender(&self, sender: &str) -> bool {
+        !self.not_senders.iter().any(|denied| denied == sender)
+            && self
+                .senders
+                .as_ref()
+                .is_none_or(|senders| senders.iter().any(|allowed| allowed == sender))
     }
 }
 
