@@ -4,8 +4,8 @@ use http::Method;
 
 use super::{route, Auth, Route};
 use crate::api::client::{
-    account, account_data, alias, device, discovery, membership, message, profile, room, state,
-    sync, user_directory,
+    account, account_data, alias, device, discovery, membership, message, presence, profile, room,
+    state, sync, user_directory,
 };
 use crate::api::federation::{events, keys, membership as fed_membership, query, transactions};
 
@@ -254,6 +254,18 @@ pub fn all() -> Vec<Route> {
             profile::delete_profile_field,
         ),
         route(
+            Method::GET,
+            "/_matrix/client/v3/presence/{userId}/status",
+            Token,
+            presence::get_presence,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/presence/{userId}/status",
+            Token,
+            presence::set_presence,
+        ),
+        route(
             Method::POST,
             "/_matrix/client/v3/createRoom",
             Token,
@@ -450,7 +462,8 @@ pub fn all() -> Vec<Route> {
             "/_matrix/client/v3/sync",
             Token,
             sync::sync_events,
-        ),
+        )
+        .without_activity(),
         route(
             Method::POST,
             "/_matrix/client/v3/user_directory/search",

@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod filter;
 pub mod globals;
 pub mod notify;
+pub mod presence;
 pub mod received;
 pub mod rooms;
 pub mod sending;
@@ -27,6 +28,7 @@ pub struct Services {
     pub account_data: account_data::AccountData,
     pub rooms: rooms::Rooms,
     pub notifier: notify::Notifier,
+    pub presence: presence::Presence,
     pub server_keys: server_keys::ServerKeys,
     pub sending: sending::Sending,
     pub received: received::ReceivedTransactions,
@@ -45,6 +47,7 @@ impl Services {
             account_data: account_data::AccountData::open(&db),
             rooms: rooms::Rooms::open(&db)?,
             notifier: notify::Notifier::default(),
+            presence: presence::Presence::open(&db, &config)?,
             server_keys: server_keys::ServerKeys::open(&db, config.trusted_key_servers()),
             sending: sending::Sending::open(&db),
             received: received::ReceivedTransactions::open(&db),
@@ -77,7 +80,8 @@ impl Services {
     }
 }
 
-/// Starts the background workers (the federation sender); each stops when `shutdown` completes.
+/// Starts the background workers (the federation sender, the presence timer); each stops when
+/// `shutdown` completes.
 pub fn start_workers(
     services: &Arc<Services>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -88,7 +92,8 @@ pub fn start_workers(
         let _ = stop.send(true);
     });
     vec![
-        tokio::spawn(sending::run(Arc::clone(services), stopped)),
+        tokio::spawn(sending::run(Arc::clone(services), stopped.clone())),
+        tokio::spawn(presence::run(Arc::clone(services), stopped)),
         watcher,
     ]
 }

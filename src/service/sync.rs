@@ -1,7 +1,7 @@
 //! Building `/sync` responses from stream positions: joined, invited and left rooms with their
-//! timelines and state deltas, and account data.
+//! timelines and state deltas, account data and presence.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use ruma::{events::room::member::MembershipState, OwnedRoomId, RoomId, UserId};
 use serde_json::{json, Map, Value};
@@ -11,6 +11,7 @@ use crate::{
     service::{
         filter::RoomEventFilter,
         notify::{Topic, Waiter},
+        presence,
         rooms::{
             members::RoomMembership, pdu::Pdu, timeline::read::client_event,
             visibility::user_can_see,
@@ -71,11 +72,33 @@ fn build(
     let room_allowed = RoomEventFilter::from_value(&room_filter);
     let limit = timeline_filter.limit.unwrap_or(10).clamp(1, 1000);
 
+    let joined_now = |membership: &&RoomMembership| membership.membership == MembershipState::Join;
+    let joined: HashSet<&RoomId> = memberships
+        .iter()
+        .filter(joined_now)
+        .map(|membership| membership.room_id.as_ref())
+        .collect();
+    let newly_joined: Vec<&RoomId> = memberships
+        .iter()
+        .filter(|membership| {
+            joined_now(membership) && request.since.is_some_and(|since| membership.count > since)
+        })
+        .map(|membership| membership.room_id.as_ref())
+        .collect();
+    let presence = presence::sync_events(
+        services,
+        request.user,
+        (&joined, &newly_joined),
+        request.since,
+        next,
+        request.filter.get("presence"),
+    )?;
+
     let mut join = Map::new();
     let mut invite = Map::new();
     let mut leave = Map::new();
     let mut knock = Map::new();
-    for membership in memberships {
+    for membership in &memberships {
         let room_id = &membership.room_id;
         if !room_allowed.room_allowed(room_id.as_str()) {
             continue;
@@ -88,7 +111,7 @@ fn build(
                 let room = joined_room(
                     services,
                     request,
-                    &membership,
+                    membership,
                     (since, next),
                     limit,
                     full,
@@ -143,12 +166,13 @@ fn build(
         || !invite.is_empty()
         || !leave.is_empty()
         || !knock.is_empty()
-        || !global_account_data.is_empty();
+        || !global_account_data.is_empty()
+        || !presence.is_empty();
     let response = json!({
         "next_batch": format!("s{next}"),
         "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         "account_data": { "events": global_account_data },
-        "presence": { "events": [] },
+        "presence": { "events": presence },
         "to_device": { "events": [] },
         "device_lists": { "changed": [], "left": [] },
         "device_one_time_keys_count": {},

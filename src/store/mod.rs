@@ -51,6 +51,8 @@ pub const TREES: &[&str] = &[
     "servertxnid_response",
     "servercount_outgoing",
     "userroomid_invitestate",
+    "userid_presence",
+    "presencecount_userid",
 ];
 
 /// The open database.

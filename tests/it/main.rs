@@ -6,6 +6,7 @@ mod common;
 mod accounts;
 mod durability;
 pub mod federation;
+mod presence;
 mod rooms;
 mod spec_map;
 mod synapse_harness;
