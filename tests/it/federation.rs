@@ -62,7 +62,7 @@ pub fn is_membership<'a>(user: &'a str, membership: &'a str) -> impl Fn(&Value) 
 }
 
 /// Two federating servers on 127.0.0.2 and 127.0.0.3 with certificates from one test CA.
-async fn two_servers() -> (TestCa, TestServer, TestServer) {
+pub async fn two_servers() -> (TestCa, TestServer, TestServer) {
     let ca = TestCa::new();
     let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, None).await;
     let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
@@ -70,7 +70,7 @@ async fn two_servers() -> (TestCa, TestServer, TestServer) {
 }
 
 /// Joins a room of `server` by ID; room version 12 IDs name no server, so the join says where.
-async fn join_via(client: &Client, room: &str, server: &TestServer) {
+pub async fn join_via(client: &Client, room: &str, server: &TestServer) {
     client
         .post_ok(
             &format!(

@@ -1,11 +1,15 @@
 //! Presence over HTTP: a user's own state and status message, who may see it (users sharing a
-//! room), `/sync`'s `presence` section and `set_presence`, the idle timeout and restarts.
+//! room), `/sync`'s `presence` section and `set_presence`, the idle timeout, restarts, and
+//! presence crossing between two Plait servers.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{assert_error, enc, Client, TestServer};
+use crate::{
+    common::{assert_error, enc, Client, TestServer},
+    federation::{join_via, two_servers},
+};
 
 fn status_path(user: &str) -> String {
     format!("/_matrix/client/v3/presence/{}/status", enc(user))
@@ -420,4 +424,90 @@ async fn idle_users_go_offline_by_themselves_and_presence_survives_restarts() {
         "the message outlives the state"
     );
     drop(alice_token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presence_crosses_two_plait_servers_and_forged_edus_are_ignored() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let alice_id = alice.user_id().await;
+    let bob_id = bob.user_id().await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    join_via(&bob, &room, &hs1).await;
+    let bob_since = next_batch(&bob.get_ok("/_matrix/client/v3/sync").await);
+
+    alice
+        .put_ok(
+            &status_path(&alice_id),
+            json!({ "presence": "online", "status_msg": "from hs1" }),
+        )
+        .await;
+    let synced = wait_for_synced_presence(&bob, &bob_since, &alice_id, |content| {
+        content["status_msg"] == "from hs1"
+    })
+    .await;
+    assert_eq!(synced["presence"], "online", "{synced}");
+    assert_eq!(synced["currently_active"], true);
+    let on_hs2 = bob.get_ok(&status_path(&alice_id)).await;
+    assert_eq!(on_hs2["presence"], "online", "{on_hs2}");
+
+    bob.put_ok(
+        &status_path(&bob_id),
+        json!({ "presence": "unavailable", "status_msg": "from hs2" }),
+    )
+    .await;
+    wait_for_presence(&alice, &bob_id, |body| {
+        body["presence"] == "unavailable" && body["status_msg"] == "from hs2"
+    })
+    .await;
+
+    // hs2 speaks for alice (hs1's user), for a user of a third server and for one of its own
+    // users who is in no room: all ignored. Its update for bob applies, and the transaction is
+    // answered as usual.
+    let push = |user: &str, presence: &str, status: &str| json!({ "user_id": user, "presence": presence, "last_active_ago": 5, "status_msg": status });
+    let third = "@mallory:127.0.0.9:1".to_owned();
+    let ghost = format!("@ghost:{}", hs2.server_name());
+    let body = json!({
+        "origin": hs2.server_name(),
+        "origin_server_ts": 1,
+        "pdus": [],
+        "edus": [
+            { "edu_type": "m.presence", "content": { "push": [
+                push(&alice_id, "offline", "forged"),
+                push(&third, "online", "forged"),
+                push(&ghost, "online", "forged"),
+                push(&bob_id, "online", "legit"),
+                { "user_id": bob_id, "presence": "sleeping" },
+            ] } },
+            { "edu_type": "m.presence", "content": "not an object" },
+            { "edu_type": "m.something_else", "content": {} },
+        ],
+    });
+    let services = hs2.services.clone();
+    let answer = services
+        .federation
+        .request(
+            services.globals.server_name(),
+            services.globals.signing_key(),
+            &ruma::OwnedServerName::try_from(hs1.server_name()).unwrap(),
+            http::Method::PUT,
+            "/_matrix/federation/v1/send/forged1",
+            Some(&body),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer["pdus"], json!({}), "{answer}");
+    let own = alice.get_ok(&status_path(&alice_id)).await;
+    assert_eq!(own["status_msg"], "from hs1", "{own}");
+    let bob_on_hs1 = alice.get_ok(&status_path(&bob_id)).await;
+    assert_eq!(bob_on_hs1["presence"], "online", "{bob_on_hs1}");
+    assert_eq!(bob_on_hs1["status_msg"], "legit");
+    for user in [&third, &ghost] {
+        let user_id = ruma::OwnedUserId::try_from(user.as_str()).unwrap();
+        assert!(
+            hs1.services.presence.get(&user_id).unwrap().is_none(),
+            "{user} was stored"
+        );
+    }
 }

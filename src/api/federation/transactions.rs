@@ -9,6 +9,7 @@ use crate::{
     error::Error,
     http::{Ctx, HandlerResult},
     service::{
+        presence,
         rooms::{incoming, timeline::SendTo},
         Services,
     },
@@ -23,7 +24,8 @@ const MAX_EDUS: usize = 100;
 /// Each PDU goes through `incoming::handle` (the spec's receipt checks, then commit), one room
 /// after another in the order given. The answer maps every event ID to `{}` or `{"error": …}`; a
 /// retried transaction gets the stored answer. PDUs from servers a room's ACL denies are refused.
-/// EDUs are accepted and not yet acted on (typing, receipts and presence arrive with issue 5).
+/// EDUs are applied after the PDUs: `m.presence` (only for the origin's own users); other types
+/// are accepted and ignored. A malformed EDU is skipped; it never fails the transaction.
 pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let origin = ctx.origin().to_owned();
     let txn_id = ctx.param(0).to_owned();
@@ -46,8 +48,9 @@ pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> Hand
         .body
         .get("edus")
         .and_then(Value::as_array)
-        .map_or(0, Vec::len);
-    if pdus.len() > MAX_PDUS || edus > MAX_EDUS {
+        .cloned()
+        .unwrap_or_default();
+    if pdus.len() > MAX_PDUS || edus.len() > MAX_EDUS {
         return Err(Error::bad_json(format!(
             "a transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
         )));
@@ -93,6 +96,14 @@ pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> Hand
                 tracing::info!(%event_id, %error, "rejected a pdu");
                 results.insert(event_id, json!({ "error": error.to_string() }));
             }
+        }
+    }
+    for edu in &edus {
+        let content = edu.get("content").unwrap_or(&Value::Null);
+        match edu.get("edu_type").and_then(Value::as_str) {
+            Some("m.presence") => presence::receive_edu(&services, &origin, content)?,
+            Some(other) => tracing::trace!(edu_type = other, "ignoring an EDU"),
+            None => tracing::debug!("ignoring an EDU without edu_type"),
         }
     }
     let response = json!({ "pdus": results });
