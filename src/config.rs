@@ -251,6 +251,10 @@ mod tests {
             ("listen = \"nowhere\"", "listen"),
             ("default_room_version = \"99\"", "default_room_version"),
             ("no_such_key = 1", "no_such_key"),
+            (
+                "presence_offline_timeout_ms = 10",
+                "presence_offline_timeout_ms",
+            ),
         ];
         for (text, key) in cases {
             let error = Config::from_toml(text).unwrap_err();

@@ -21,6 +21,7 @@ const ONLINE_DEVICE_HOLD_MS: u64 = 60_000;
 
 /// Sets a local user's presence and status message (`PUT /presence/{userId}/status`); counts as
 /// activity.
+#[tracing::instrument(skip_all, fields(user = %user, presence = state.as_str()))]
 pub fn set_local(
     services: &Services,
     user: &UserId,
@@ -153,6 +154,7 @@ impl RemoteUpdate {
 /// Applies the `push` list of an `m.presence` EDU from `origin`. Updates about users of other
 /// servers, malformed updates, and users who are in no room here are ignored: a server speaks
 /// only for its own users, and only presence someone here can see is kept.
+#[tracing::instrument(skip_all, fields(origin = %origin))]
 pub fn receive_edu(services: &Services, origin: &ServerName, content: &Value) -> Result<()> {
     let updates = content.get("push").and_then(Value::as_array);
     for value in updates.into_iter().flatten() {
