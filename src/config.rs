@@ -61,6 +61,9 @@ pub struct Config {
     pub federation_ca_file: Option<PathBuf>,
     /// Notary servers asked for another server's keys when that server cannot be reached.
     pub trusted_key_servers: Vec<String>,
+    /// A local user whose clients neither sync nor send any request for this long goes
+    /// offline, in milliseconds (at least 1000).
+    pub presence_offline_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -82,6 +85,7 @@ impl Default for Config {
             tls_key: None,
             federation_ca_file: None,
             trusted_key_servers: Vec::new(),
+            presence_offline_timeout_ms: 5 * 60 * 1000,
         }
     }
 }
@@ -118,6 +122,7 @@ const ENV_KEYS: &[&str] = &[
     "tls_key",
     "federation_ca_file",
     "trusted_key_servers",
+    "presence_offline_timeout_ms",
 ];
 
 impl Config {
@@ -186,6 +191,12 @@ impl Config {
                 ));
             }
         }
+        if self.presence_offline_timeout_ms < 1000 {
+            return Err(
+                "invalid configuration key `presence_offline_timeout_ms`: must be at least 1000"
+                    .to_owned(),
+            );
+        }
         if self.federation_listen.is_some() != (self.tls_cert.is_some() && self.tls_key.is_some()) {
             return Err("invalid configuration key `federation_listen`: needs `tls_cert` and `tls_key` (and they need it)".to_owned());
         }
@@ -240,6 +251,10 @@ mod tests {
             ("listen = \"nowhere\"", "listen"),
             ("default_room_version = \"99\"", "default_room_version"),
             ("no_such_key = 1", "no_such_key"),
+            (
+                "presence_offline_timeout_ms = 10",
+                "presence_offline_timeout_ms",
+            ),
         ];
         for (text, key) in cases {
             let error = Config::from_toml(text).unwrap_err();

@@ -33,7 +33,18 @@ pub struct Route {
     pub method: Method,
     pub path: &'static str,
     pub auth: Auth,
+    /// Whether a request by a user counts as that user's activity for presence.
+    activity: bool,
     handler: Handler,
+}
+
+impl Route {
+    /// Marks a route whose handler records presence activity itself (`/sync`, where
+    /// `set_presence=offline` must not count).
+    pub fn without_activity(mut self) -> Self {
+        self.activity = false;
+        self
+    }
 }
 
 /// Builds a [`Route`] from an async handler function.
@@ -46,6 +57,7 @@ where
         method,
         path,
         auth,
+        activity: true,
         handler: Arc::new(move |services, ctx| Box::pin(handler(services, ctx))),
     }
 }
@@ -67,6 +79,7 @@ pub fn router(services: Arc<Services>) -> Router {
         let Route {
             path,
             auth,
+            activity,
             handler,
             ..
         } = route;
@@ -78,7 +91,7 @@ pub fn router(services: Arc<Services>) -> Router {
                 let handler = Arc::clone(&handler);
                 let params: Vec<String> =
                     params.iter().map(|(_, value)| value.to_owned()).collect();
-                async move { dispatch(services, auth, handler, params, request).await }
+                async move { dispatch(services, (auth, activity), handler, params, request).await }
             },
         );
         let entry = by_path
@@ -136,9 +149,11 @@ async fn edge(request: Request, next: axum::middleware::Next) -> Response {
     response
 }
 
+/// Authenticates and parses a request, records the user's activity (in memory) unless the
+/// route opts out, and runs the handler.
 async fn dispatch(
     services: Arc<Services>,
-    auth: Auth,
+    (auth, activity): (Auth, bool),
     handler: Handler,
     params: Vec<String>,
     request: Request,
@@ -147,6 +162,11 @@ async fn dispatch(
         Ok(ctx) => {
             if let Some(user) = &ctx.user {
                 tracing::Span::current().record("user", tracing::field::display(user));
+                if activity {
+                    if let Err(error) = services.presence.touch(user) {
+                        tracing::error!(%error, "recording presence activity failed");
+                    }
+                }
             }
             match handler(services, ctx).await {
                 Ok(body) => error::json_response(StatusCode::OK, &body),

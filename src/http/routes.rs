@@ -4,8 +4,8 @@ use http::Method;
 
 use super::{route, Auth, Route};
 use crate::api::client::{
-    account, account_data, alias, device, discovery, membership, message, profile, receipt, room,
-    state, sync, typing, user_directory,
+    account, account_data, alias, device, discovery, membership, message, presence, profile,
+    receipt, room, state, sync, typing, user_directory,
 };
 use crate::api::federation::{events, keys, membership as fed_membership, query, transactions};
 
@@ -278,6 +278,18 @@ pub fn all() -> Vec<Route> {
             profile::delete_profile_field,
         ),
         route(
+            Method::GET,
+            "/_matrix/client/v3/presence/{userId}/status",
+            Token,
+            presence::get_presence,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/presence/{userId}/status",
+            Token,
+            presence::set_presence,
+        ),
+        route(
             Method::POST,
             "/_matrix/client/v3/createRoom",
             Token,
@@ -480,7 +492,8 @@ pub fn all() -> Vec<Route> {
             "/_matrix/client/v3/sync",
             Token,
             sync::sync_events,
-        ),
+        )
+        .without_activity(),
         route(
             Method::PUT,
             "/_matrix/client/v3/rooms/{roomId}/typing/{userId}",

@@ -78,8 +78,22 @@ impl RoomEventFilter {
                 .is_none_or(|rooms| rooms.iter().any(|room| room == room_id))
     }
 
-    /// Whether an event type passes `types`/`not_types`.
-    pub fn type_allowed(&self, kind: &str) -> bool {
+    /// Whether an event passes the filter.
+    pub fn matches(&self, pdu: &Pdu) -> bool {
+        if !self.matches_type(&pdu.kind.to_string()) || !self.matches_sender(pdu.sender.as_str()) {
+            return false;
+        }
+        if let Some(wanted) = self.contains_url {
+            let has_url = pdu.content_value().get("url").is_some_and(Value::is_string);
+            if has_url != wanted {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Whether an event type passes `types` and `not_types`.
+    pub fn matches_type(&self, kind: &str) -> bool {
         !self
             .not_types
             .iter()
@@ -90,30 +104,13 @@ impl RoomEventFilter {
                 .is_none_or(|types| types.iter().any(|pattern| type_matches(pattern, kind)))
     }
 
-    /// Whether an event passes the filter.
-    pub fn matches(&self, pdu: &Pdu) -> bool {
-        if !self.type_allowed(&pdu.kind.to_string()) {
-            return false;
-        }
-        if self
-            .not_senders
-            .iter()
-            .any(|sender| sender == pdu.sender.as_str())
-        {
-            return false;
-        }
-        if let Some(senders) = &self.senders {
-            if !senders.iter().any(|sender| sender == pdu.sender.as_str()) {
-                return false;
-            }
-        }
-        if let Some(wanted) = self.contains_url {
-            let has_url = pdu.content_value().get("url").is_some_and(Value::is_string);
-            if has_url != wanted {
-                return false;
-            }
-        }
-        true
+    /// Whether a sender passes `senders` and `not_senders`.
+    pub fn matches_sender(&self, sender: &str) -> bool {
+        !self.not_senders.iter().any(|denied| denied == sender)
+            && self
+                .senders
+                .as_ref()
+                .is_none_or(|senders| senders.iter().any(|allowed| allowed == sender))
     }
 }
 

@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod filter;
 pub mod globals;
 pub mod notify;
+pub mod presence;
 pub mod receipts;
 pub mod received;
 pub mod rooms;
@@ -29,6 +30,7 @@ pub struct Services {
     pub account_data: account_data::AccountData,
     pub rooms: rooms::Rooms,
     pub notifier: notify::Notifier,
+    pub presence: presence::Presence,
     pub server_keys: server_keys::ServerKeys,
     pub sending: sending::Sending,
     pub received: received::ReceivedTransactions,
@@ -52,6 +54,7 @@ impl Services {
             account_data: account_data::AccountData::open(&db),
             rooms: rooms::Rooms::open(&db)?,
             notifier: notify::Notifier::default(),
+            presence: presence::Presence::open(&db, &config)?,
             server_keys: server_keys::ServerKeys::open(&db, config.trusted_key_servers()),
             sending: sending::Sending::open(&db),
             received: received::ReceivedTransactions::open(&db),
@@ -84,7 +87,8 @@ impl Services {
     }
 }
 
-/// Starts the background workers (the federation sender, the end of typing); each stops when
+/// Starts the background workers (the federation sender, the end of typing, the presence timer);
+/// each stops when
 /// `shutdown` completes.
 pub fn start_workers(
     services: &Arc<Services>,
@@ -97,7 +101,8 @@ pub fn start_workers(
     });
     vec![
         tokio::spawn(sending::run(Arc::clone(services), stopped.clone())),
-        tokio::spawn(typing::run_expiry(Arc::clone(services), stopped)),
+        tokio::spawn(typing::run_expiry(Arc::clone(services), stopped.clone())),
+        tokio::spawn(presence::run(Arc::clone(services), stopped)),
         watcher,
     ]
 }

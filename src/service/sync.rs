@@ -1,8 +1,8 @@
 //! Building `/sync` responses from stream positions: joined, invited and left rooms with their
-//! timelines, state deltas and ephemeral events (typing, receipts), and account data.
+//! timelines, state deltas and ephemeral events (typing, receipts), account data and presence.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     fmt,
 };
 
@@ -14,7 +14,7 @@ use crate::{
     service::{
         filter::RoomEventFilter,
         notify::{Topic, Waiter},
-        receipts,
+        presence, receipts,
         rooms::{
             members::RoomMembership, pdu::Pdu, timeline::read::client_event,
             visibility::user_can_see,
@@ -110,11 +110,36 @@ fn build(
     let room_allowed = RoomEventFilter::from_value(&room_filter);
     let limit = timeline_filter.limit.unwrap_or(10).clamp(1, 1000);
 
+    let joined_now = |membership: &&RoomMembership| membership.membership == MembershipState::Join;
+    let joined: HashSet<&RoomId> = memberships
+        .iter()
+        .filter(joined_now)
+        .map(|membership| membership.room_id.as_ref())
+        .collect();
+    let newly_joined: Vec<&RoomId> = memberships
+        .iter()
+        .filter(|membership| {
+            joined_now(membership)
+                && request
+                    .since
+                    .is_some_and(|since| membership.count > since.count)
+        })
+        .map(|membership| membership.room_id.as_ref())
+        .collect();
+    let presence = presence::sync_events(
+        services,
+        request.user,
+        (&joined, &newly_joined),
+        request.since.map(|token| token.count),
+        next,
+        request.filter.get("presence"),
+    )?;
+
     let mut join = Map::new();
     let mut invite = Map::new();
     let mut leave = Map::new();
     let mut knock = Map::new();
-    for membership in memberships {
+    for membership in &memberships {
         let room_id = &membership.room_id;
         if !room_allowed.room_allowed(room_id.as_str()) {
             continue;
@@ -127,7 +152,7 @@ fn build(
                 let room = joined_room(
                     services,
                     request,
-                    &membership,
+                    membership,
                     (since, next),
                     limit,
                     full,
@@ -182,12 +207,13 @@ fn build(
         || !invite.is_empty()
         || !leave.is_empty()
         || !knock.is_empty()
-        || !global_account_data.is_empty();
+        || !global_account_data.is_empty()
+        || !presence.is_empty();
     let response = json!({
         "next_batch": SyncToken { count: next, typing: next_typing }.to_string(),
         "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         "account_data": { "events": global_account_data },
-        "presence": { "events": [] },
+        "presence": { "events": presence },
         "to_device": { "events": [] },
         "device_lists": { "changed": [], "left": [] },
         "device_one_time_keys_count": {},
@@ -362,7 +388,7 @@ fn ephemeral_events(
         return Ok(events);
     }
     let since = request.since.filter(|_| !initial);
-    if filter.type_allowed("m.typing") {
+    if filter.matches_type("m.typing") {
         if let Some(users) = services
             .typing
             .get_changed(room_id, since.map(|token| token.typing))
@@ -370,7 +396,7 @@ fn ephemeral_events(
             events.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
         }
     }
-    if filter.type_allowed("m.receipt") {
+    if filter.matches_type("m.receipt") {
         let receipts =
             services
                 .receipts

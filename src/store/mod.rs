@@ -53,6 +53,8 @@ pub const TREES: &[&str] = &[
     "userroomid_invitestate",
     "roomuserreceipt_count",
     "roomcount_receipt",
+    "userid_presence",
+    "presencecount_userid",
 ];
 
 /// The open database.

@@ -8,6 +8,7 @@ mod durability;
 mod ephemeral;
 pub mod federation;
 mod federation_ephemeral;
+mod presence;
 mod rooms;
 mod spec_map;
 mod synapse_harness;

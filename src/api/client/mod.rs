@@ -7,6 +7,7 @@ pub mod device;
 pub mod discovery;
 pub mod membership;
 pub mod message;
+pub mod presence;
 pub mod profile;
 pub mod receipt;
 pub mod room;

@@ -5,7 +5,10 @@ use std::{sync::Arc, time::Duration};
 use crate::{
     error::Error,
     http::{Ctx, HandlerResult},
-    service::{sync, Services},
+    service::{
+        presence::{self, State},
+        sync, Services,
+    },
 };
 
 /// Longest long-poll a client may ask for.
@@ -15,6 +18,9 @@ const MAX_TIMEOUT_MS: u64 = 60_000;
 ///
 /// Returns at once when there is news after `since`, otherwise waits up to `timeout` ms for the
 /// notifier to wake one of the user's topics.
+/// `set_presence` (default `online`) sets the user's presence and keeps them from going offline
+/// while the sync is open; `offline` leaves presence alone. The route does not count as activity
+/// by itself (see `Route::without_activity`), so that a `set_presence=offline` sync does not.
 pub async fn sync_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let since = match ctx.query("since") {
         Some(token) => Some(
@@ -34,7 +40,13 @@ pub async fn sync_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         .unwrap_or(0)
         .min(MAX_TIMEOUT_MS);
     let full_state = ctx.query("full_state") == Some("true");
+    let set_presence = match ctx.query("set_presence") {
+        None => State::Online,
+        Some(text) => State::parse(text)
+            .ok_or_else(|| Error::invalid_param(format!("invalid set_presence {text}")))?,
+    };
     let filter = super::account_data::sync_filter(&services, &ctx)?;
+    let _syncing = presence::start_sync(&services, ctx.user(), ctx.device(), set_presence)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
     loop {
         let request = sync::SyncRequest {

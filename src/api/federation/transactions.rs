@@ -9,7 +9,7 @@ use crate::{
     error::Error,
     http::{Ctx, HandlerResult},
     service::{
-        receipts,
+        presence, receipts,
         rooms::{handshake, incoming, timeline::SendTo},
         typing, Services,
     },
@@ -24,10 +24,10 @@ const MAX_EDUS: usize = 100;
 /// Each PDU goes through `incoming::handle` (the spec's receipt checks, then commit), one room
 /// after another in the order given. The answer maps every event ID to `{}` or `{"error": …}`; a
 /// retried transaction gets the stored answer. PDUs from servers a room's ACL denies are refused.
-/// EDUs are applied after the PDUs (so that a join in the same transaction counts): `m.typing`
-/// and `m.receipt` through their services, which ignore what the origin may not say; other EDU
-/// types are accepted and ignored. An EDU that is malformed or not the origin's to send is
-/// skipped without failing the transaction.
+/// EDUs are applied after the PDUs (so that a join in the same transaction counts): `m.typing`,
+/// `m.receipt` and `m.presence` through their services, which ignore what the origin may not
+/// say; other EDU types are accepted and ignored. An EDU that is malformed or not the origin's
+/// to send is skipped without failing the transaction.
 pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let origin = ctx.origin().to_owned();
     let txn_id = ctx.param(0).to_owned();
@@ -116,7 +116,9 @@ pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> Hand
         match edu.get("edu_type").and_then(Value::as_str) {
             Some("m.typing") => typing::receive_edu(&services, &origin, content)?,
             Some("m.receipt") => receipts::receive_edu(&services, &origin, content)?,
-            _ => {}
+            Some("m.presence") => presence::receive_edu(&services, &origin, content)?,
+            Some(other) => tracing::trace!(edu_type = other, "ignoring an EDU"),
+            None => tracing::debug!("ignoring an EDU without edu_type"),
         }
     }
     let response = json!({ "pdus": results });

@@ -1,0 +1,82 @@
+//! Presence: a user's own state and status message, and other users' presence.
+
+use std::{collections::HashSet, sync::Arc};
+
+use ruma::RoomId;
+use serde_json::{json, Value};
+
+use crate::{
+    error::Error,
+    http::{Ctx, HandlerResult},
+    service::{
+        presence::{self, State, MAX_STATUS_MSG_BYTES},
+        Services,
+    },
+    util,
+};
+
+/// `PUT /_matrix/client/v3/presence/{userId}/status`
+///
+/// Sets the caller's own presence (`M_FORBIDDEN` for anyone else) and status message; a missing
+/// `status_msg` clears it. Counts as activity. A body that does not match the schema (no
+/// `presence`, a value outside the enum, a `status_msg` over 1024 bytes) is `M_BAD_JSON`.
+pub async fn set_presence(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let user_id = ctx.user_param(0)?;
+    if user_id != ctx.user() {
+        return Err(Error::forbidden(format!(
+            "cannot set the presence of {user_id}"
+        )));
+    }
+    let state = ctx
+        .body
+        .get("presence")
+        .and_then(Value::as_str)
+        .and_then(State::parse)
+        .ok_or_else(|| {
+            Error::bad_json("presence must be one of online, unavailable and offline")
+        })?;
+    let status_msg = match ctx.body.get("status_msg") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) if text.len() <= MAX_STATUS_MSG_BYTES => Some(text.clone()),
+        Some(Value::String(_)) => {
+            return Err(Error::bad_json(format!(
+                "status_msg is longer than {MAX_STATUS_MSG_BYTES} bytes"
+            )))
+        }
+        Some(_) => return Err(Error::bad_json("status_msg must be a string")),
+    };
+    presence::set_local(&services, &user_id, ctx.device(), state, status_msg)?;
+    Ok(json!({}))
+}
+
+/// `GET /_matrix/client/v3/presence/{userId}/status`
+///
+/// The caller's own presence, or that of a user who shares a joined room with the caller
+/// (`M_FORBIDDEN` otherwise, as the spec's security considerations publish presence to room
+/// members only). `M_NOT_FOUND` for a local user who does not exist and a remote user this
+/// server has never seen in a room. A user without stored presence is `offline`.
+pub async fn get_presence(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let user_id = ctx.user_param(0)?;
+    let requester = ctx.user();
+    if user_id != requester {
+        let known = if services.presence.is_local(&user_id) {
+            services.users.exists(&user_id)?
+        } else {
+            !services.rooms.members.iter_rooms(&user_id)?.is_empty()
+        };
+        if !known {
+            return Err(Error::not_found(format!("user {user_id} is unknown")));
+        }
+        let rooms = services.rooms.members.iter_joined_rooms(requester)?;
+        let joined: HashSet<&RoomId> = rooms.iter().map(|room_id| &**room_id).collect();
+        if !presence::shares_room(&services, &user_id, &joined)? {
+            return Err(Error::forbidden(format!(
+                "you share no room with {user_id}, so you may not see their presence"
+            )));
+        }
+    }
+    let entry = services.presence.get(&user_id)?.unwrap_or_default();
+    Ok(services
+        .presence
+        .content(&user_id, &entry, util::now_millis()))
+}

@@ -1,0 +1,95 @@
+//! Who sees whose presence: a user sees their own and that of users who share a joined room
+//! with them (client-server API, "Presence": "sent to interested parties where users share a
+//! room membership"); and the `presence` section of `/sync` built on that rule.
+
+use std::collections::{BTreeSet, HashSet};
+
+use ruma::{events::room::member::MembershipState, RoomId, UserId};
+use serde_json::{json, Value};
+
+use super::State;
+use crate::{
+    error::Result,
+    service::{filter::RoomEventFilter, Services},
+    util,
+};
+
+/// Whether `other` is joined to one of `joined` (the viewer's joined rooms). One scan of
+/// `other`'s memberships: the cost follows how many rooms they are in, not the rooms' sizes.
+pub fn shares_room(services: &Services, other: &UserId, joined: &HashSet<&RoomId>) -> Result<bool> {
+    Ok(services
+        .rooms
+        .members
+        .iter_rooms(other)?
+        .iter()
+        .any(|membership| {
+            membership.membership == MembershipState::Join && joined.contains(&*membership.room_id)
+        }))
+}
+
+/// The `m.presence` events for a sync of `user`, whose joined rooms are `joined`:
+/// - incremental (`since`): users whose presence changed after `since` up to `next`, plus the
+///   members who are not offline of `newly_joined` rooms (new to this user even if unchanged;
+///   this reads those rooms' member lists, as their full state is sent anyway);
+/// - initial: everyone not offline, and the user.
+///
+/// Each is kept only if it is the user or shares a joined room, and passes the sync filter's
+/// `presence` part (`types`, `not_types`, `senders`, `not_senders`, `limit`).
+pub fn sync_events(
+    services: &Services,
+    user: &UserId,
+    (joined, newly_joined): (&HashSet<&RoomId>, &[&RoomId]),
+    since: Option<u64>,
+    next: u64,
+    filter: Option<&Value>,
+) -> Result<Vec<Value>> {
+    let filter = RoomEventFilter::from_value(filter.unwrap_or(&Value::Null));
+    if filter.limit == Some(0) || !filter.matches_type("m.presence") {
+        return Ok(Vec::new());
+    }
+    let presence = &services.presence;
+    let mut candidates = BTreeSet::new();
+    match since {
+        Some(since) => candidates.extend(presence.iter_changed(since, next)?),
+        None => {
+            candidates.extend(presence.iter_present());
+            candidates.insert(user.to_owned());
+        }
+    }
+    for room_id in newly_joined {
+        for (member, _) in services
+            .rooms
+            .members
+            .iter_members(room_id, Some(MembershipState::Join))?
+        {
+            if presence.is_present(&member) {
+                candidates.insert(member);
+            }
+        }
+    }
+    let now = util::now_millis();
+    let mut events = Vec::new();
+    for candidate in candidates {
+        if !filter.matches_sender(candidate.as_str()) {
+            continue;
+        }
+        let Some(entry) = presence.get(&candidate)? else {
+            continue;
+        };
+        if since.is_none() && entry.state == State::Offline && candidate != user {
+            continue;
+        }
+        if candidate != user && !shares_room(services, &candidate, joined)? {
+            continue;
+        }
+        events.push(json!({
+            "type": "m.presence",
+            "sender": candidate,
+            "content": presence.content(&candidate, &entry, now),
+        }));
+        if filter.limit.is_some_and(|limit| events.len() >= limit) {
+            break;
+        }
+    }
+    Ok(events)
+}
