@@ -1,12 +1,12 @@
 //! Interop with Synapse (`matrix-synapse` from PyPI) on loopback: Plait as the room's creator
-//! and as the joiner, messages both ways, the same state on both sides.
+//! and as the joiner, messages, typing and read receipts both ways.
 
 use std::net::IpAddr;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::{
-    common::{enc, synapse::Synapse, tls::TestCa, TestServer},
+    common::{enc, synapse::Synapse, tls::TestCa, Client, TestServer},
     federation::{is_message, wait_for_event, wait_for_invite},
 };
 
@@ -54,12 +54,146 @@ async fn synapse_user_joins_a_plait_room() {
         is_message("from plait"),
     )
     .await;
-    bob.send_text(&room, "b1", "from synapse").await;
+    let from_synapse = bob.send_text(&room, "b1", "from synapse").await;
     wait_for_event(
         &alice,
         &room,
         "Synapse's message on Plait",
         is_message("from synapse"),
+    )
+    .await;
+    typing_and_receipts_cross(&alice, &bob, &room, &from_synapse, &synapse).await;
+}
+
+/// Polls `/sync` until an ephemeral event of `room` matches, or fails after about 20 s.
+async fn wait_for_ephemeral(
+    client: &Client,
+    room: &str,
+    what: &str,
+    matches: impl Fn(&Value) -> bool,
+) -> Value {
+    let mut since: Option<String> = None;
+    for _ in 0..40 {
+        let path = match &since {
+            Some(since) => format!("/_matrix/client/v3/sync?timeout=500&since={}", enc(since)),
+            None => "/_matrix/client/v3/sync".to_owned(),
+        };
+        let body = client.get_ok(&path).await;
+        if let Some(event) = body["rooms"]["join"][room]["ephemeral"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|event| matches(event))
+        {
+            return event.clone();
+        }
+        since = body["next_batch"].as_str().map(str::to_owned);
+    }
+    panic!("{what} never arrived in {room}");
+}
+
+/// Typing and read receipts both ways between a Plait user (`plait`) and a Synapse user.
+async fn typing_and_receipts_cross(
+    plait: &Client,
+    synapse_user: &Client,
+    room: &str,
+    synapse_event: &str,
+    synapse: &Synapse,
+) {
+    let plait_id = plait.user_id().await;
+    let synapse_id = synapse_user.user_id().await;
+    let typing = |user: String| {
+        move |event: &Value| {
+            event["type"] == "m.typing"
+                && event["content"]["user_ids"]
+                    .as_array()
+                    .is_some_and(|users| users.iter().any(|id| *id == user))
+        }
+    };
+    plait
+        .put_ok(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                enc(room),
+                enc(&plait_id)
+            ),
+            json!({"typing": true, "timeout": 20000}),
+        )
+        .await;
+    wait_for_ephemeral(
+        synapse_user,
+        room,
+        "Plait's typing on Synapse",
+        typing(plait_id.clone()),
+    )
+    .await;
+    let (status, body) = synapse_user
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/typing/{}",
+                enc(room),
+                enc(&synapse_id)
+            ),
+            json!({"typing": true, "timeout": 20000}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}\n{}", synapse.log_tail(40));
+    wait_for_ephemeral(
+        plait,
+        room,
+        "Synapse's typing on Plait",
+        typing(synapse_id.clone()),
+    )
+    .await;
+
+    // Each reads the other's latest message.
+    let plait_event = plait.send_text(room, "r1", "read me").await;
+    wait_for_event(
+        synapse_user,
+        room,
+        "the message to read",
+        is_message("read me"),
+    )
+    .await;
+    let read_by = |event_id: String, user: String| {
+        move |event: &Value| {
+            event["type"] == "m.receipt"
+                && event["content"][&event_id]["m.read"].get(&user).is_some()
+        }
+    };
+    plait
+        .post_ok(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(room),
+                enc(synapse_event)
+            ),
+            json!({}),
+        )
+        .await;
+    wait_for_ephemeral(
+        synapse_user,
+        room,
+        "Plait's receipt on Synapse",
+        read_by(synapse_event.to_owned(), plait_id.clone()),
+    )
+    .await;
+    let (status, body) = synapse_user
+        .post(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(room),
+                enc(&plait_event)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}\n{}", synapse.log_tail(40));
+    wait_for_ephemeral(
+        plait,
+        room,
+        "Synapse's receipt on Plait",
+        read_by(plait_event, synapse_id),
     )
     .await;
 }
@@ -97,7 +231,7 @@ async fn plait_user_joins_a_synapse_room() {
         .await;
     assert_eq!(status, 200, "{body}\n{}", synapse.log_tail(60));
 
-    bob.send_text(&room, "b1", "from synapse").await;
+    let from_synapse = bob.send_text(&room, "b1", "from synapse").await;
     wait_for_event(
         &alice,
         &room,
@@ -113,4 +247,5 @@ async fn plait_user_joins_a_synapse_room() {
         is_message("from plait"),
     )
     .await;
+    typing_and_receipts_cross(&alice, &bob, &room, &from_synapse, &synapse).await;
 }
