@@ -170,16 +170,6 @@ impl Presence {
         self.load(user)
     }
 
-    /// The users who are not offline.
-    pub fn iter_present(&self) -> Vec<OwnedUserId> {
-        self.users
-            .lock()
-            .iter()
-            .filter(|(_, entry)| entry.state != State::Offline)
-            .map(|(user, _)| user.clone())
-            .collect()
-    }
-
     /// Whether a user is known to be online or unavailable.
     pub fn is_present(&self, user: &UserId) -> bool {
         self.users

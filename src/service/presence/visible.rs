@@ -31,9 +31,10 @@ pub fn shares_room(services: &Services, other: &UserId, joined: &HashSet<&RoomId
 /// - incremental (`since`): users whose presence changed after `since` up to `next`, plus the
 ///   members who are not offline of `newly_joined` rooms (new to this user even if unchanged;
 ///   this reads those rooms' member lists, as their full state is sent anyway);
-/// - initial: everyone not offline, and the user.
+/// - initial: the members of the joined rooms who are not offline, and the user.
 ///
-/// Each is kept only if it is the user or shares a joined room, and passes the sync filter's
+/// Each is kept only if it is the user or shares a joined room (true by construction for room
+/// members), and passes the sync filter's
 /// `presence` part (`types`, `not_types`, `senders`, `not_senders`, `limit`).
 pub fn sync_events(
     services: &Services,
@@ -49,14 +50,19 @@ pub fn sync_events(
     }
     let presence = &services.presence;
     let mut candidates = BTreeSet::new();
-    match since {
-        Some(since) => candidates.extend(presence.iter_changed(since, next)?),
-        None => {
-            candidates.extend(presence.iter_present());
-            candidates.insert(user.to_owned());
+    // An initial sync looks at the members of the user's rooms (what sync reads anyway), not at
+    // every user of the server who is online: the cost follows the user's rooms.
+    let rooms_to_scan: Vec<&RoomId> = match since {
+        Some(since) => {
+            candidates.extend(presence.iter_changed(since, next)?);
+            newly_joined.to_vec()
         }
-    }
-    for room_id in newly_joined {
+        None => {
+            candidates.insert(user.to_owned());
+            joined.iter().copied().collect()
+        }
+    };
+    for room_id in rooms_to_scan {
         for (member, _) in services
             .rooms
             .members
@@ -79,7 +85,7 @@ pub fn sync_events(
         if since.is_none() && entry.state == State::Offline && candidate != user {
             continue;
         }
-        if candidate != user && !shares_room(services, &candidate, joined)? {
+        if since.is_some() && candidate != user && !shares_room(services, &candidate, joined)? {
             continue;
         }
         events.push(json!({
