@@ -1762,6 +1762,7 @@ async fn run_with(
     };
     let members = all_ok("register the large room's members on hs1", reg)?;
     let register_s = setup_t.elapsed().as_secs_f64();
+    let rss1_after_register = rss_of(pids[0]);
     step(
         t0,
         &format!(
@@ -1789,6 +1790,7 @@ async fn run_with(
     };
     let join_ms = Stats::of(all_ok("join the large room on hs1", joins)?);
     let joins_s = t.elapsed().as_secs_f64();
+    let rss1_after_joins = rss_of(pids[0]);
     let on_hs1 = api1.joined_count(&alice, &big).await?;
     if on_hs1 != cfg.members {
         return Err(format!(
@@ -1999,6 +2001,15 @@ async fn run_with(
         "",
     );
     row(
+        "  hs1 RSS after registrations / joins (MiB)",
+        format!(
+            "{} / {}",
+            mb(rss1_after_register.rss_kb),
+            mb(rss1_after_joins.rss_kb)
+        ),
+        "",
+    );
+    row(
         "  per join on hs1 p50 / p99 (ms)",
         format!("{} / {}", num(join_ms.p50, 1), num(join_ms.p99, 1)),
         "",
@@ -2108,6 +2119,8 @@ async fn run_with(
             "hs2_before": rss_json(rss2_before),
             "hs2_after": rss_json(rss2_after),
             "hs2_after_first_sync": rss_json(rss2_after_sync),
+            "hs1_after_register": rss_json(rss1_after_register),
+            "hs1_after_joins": rss_json(rss1_after_joins),
             "hs1_before": rss_json(rss1_before),
             "cpu_pct": cpu_join.json(),
         },
