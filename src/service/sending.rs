@@ -121,12 +121,28 @@ impl Sending {
         created
     }
 
-    /// The oldest queued items of a destination, within the limits of one transaction.
-    fn load_batch(&self, server: &ServerName) -> Result<QueuedBatch> {
+    /// The oldest queued items of a destination, within the limits of one transaction, after the
+    /// queue key `after` (the last one sent) when given.
+    ///
+    /// Queue entries are written in stream order (under the commit lock), so nothing can appear
+    /// behind a key already sent: seeking past it skips the deleted entries that a scan from the
+    /// start of the prefix would walk over on every transaction of a long burst.
+    fn load_batch(&self, server: &ServerName, after: Option<&[u8]>) -> Result<QueuedBatch> {
         let prefix = key::prefix(&[server.as_bytes()]);
+        let start = match after {
+            Some(after) => {
+                let mut start = after.to_vec();
+                start.push(0);
+                start
+            }
+            None => prefix.clone(),
+        };
         let (mut keys, mut pdus, mut edus) = (Vec::new(), Vec::new(), Vec::new());
-        for entry in self.servercount_outgoing.iter_prefix(&prefix) {
+        for entry in self.servercount_outgoing.iter_from(&start, false) {
             let (entry_key, value) = entry?;
+            if !entry_key.starts_with(&prefix) {
+                break;
+            }
             let value: Value = serde_json::from_slice(&value)
                 .map_err(|e| Error::corrupt("servercount_outgoing", e))?;
             if let Some(event_id) = value["pdu"].as_str() {
@@ -207,11 +223,14 @@ async fn destination_worker(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut failures = 0u32;
+    // The last queue key sent and dequeued: the next batch starts after it.
+    let mut sent_up_to: Option<Vec<u8>> = None;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let QueuedBatch { keys, pdus, edus } = match services.sending.load_batch(&server) {
+        let loaded = services.sending.load_batch(&server, sent_up_to.as_deref());
+        let QueuedBatch { keys, pdus, edus } = match loaded {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::error!(%error, "reading the federation queue failed");
@@ -235,6 +254,7 @@ async fn destination_worker(
                     tracing::error!(%error, "dequeuing a sent transaction failed");
                     return;
                 }
+                sent_up_to = keys.last().cloned();
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
