@@ -7,6 +7,7 @@ use crate::api::client::{
     account, account_data, alias, device, discovery, membership, message, profile, room, state,
     sync, user_directory,
 };
+use crate::api::client::{cross_signing, keys as client_keys, to_device};
 use crate::api::federation::{events, keys, membership as fed_membership, query, transactions};
 
 /// Every served route. Paths use `{name}` parameters as the spec writes them.
@@ -510,6 +511,49 @@ pub fn all() -> Vec<Route> {
             "/_matrix/client/v3/user/{userId}/filter/{filterId}",
             Token,
             account_data::get_filter,
+        ),
+        // End-to-end encryption.
+        route(
+            Method::POST,
+            "/_matrix/client/v3/keys/upload",
+            Token,
+            client_keys::upload_keys,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Token,
+            client_keys::get_keys,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/keys/claim",
+            Token,
+            client_keys::claim_keys,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/keys/changes",
+            Token,
+            client_keys::get_key_changes,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/keys/device_signing/upload",
+            Token,
+            cross_signing::upload_cross_signing_keys,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/keys/signatures/upload",
+            Token,
+            cross_signing::upload_signatures,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/sendToDevice/{eventType}/{txnId}",
+            Token,
+            to_device::send_event_to_device,
         ),
     ]
 }

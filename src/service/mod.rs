@@ -2,14 +2,17 @@
 //! `lib.rs` and handed to every handler.
 
 pub mod account_data;
+pub mod device_lists;
 pub mod filter;
 pub mod globals;
+pub mod keys;
 pub mod notify;
 pub mod received;
 pub mod rooms;
 pub mod sending;
 pub mod server_keys;
 pub mod sync;
+pub mod to_device;
 pub mod uiaa;
 pub mod users;
 
@@ -30,6 +33,8 @@ pub struct Services {
     pub server_keys: server_keys::ServerKeys,
     pub sending: sending::Sending,
     pub received: received::ReceivedTransactions,
+    pub keys: keys::Keys,
+    pub to_device: to_device::ToDevice,
     /// The outgoing server-server client.
     pub federation: FederationClient,
 }
@@ -48,6 +53,8 @@ impl Services {
             server_keys: server_keys::ServerKeys::open(&db, config.trusted_key_servers()),
             sending: sending::Sending::open(&db),
             received: received::ReceivedTransactions::open(&db),
+            keys: keys::Keys::open(&db),
+            to_device: to_device::ToDevice::open(&db),
             federation: FederationClient::new(config.federation_ca_file.as_deref())?,
             config,
             db,

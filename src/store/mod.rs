@@ -51,6 +51,15 @@ pub const TREES: &[&str] = &[
     "servertxnid_response",
     "servercount_outgoing",
     "userroomid_invitestate",
+    "userdeviceid_devicekeys",
+    "userdevicekeyid_onetimekey",
+    "userdevicealgorithm_fallbackkey",
+    "useridkind_crosssigningkey",
+    "countuserid_keychange",
+    "userid_keychangecount",
+    "userdevicecount_todevice",
+    "userdeviceid_todevicemark",
+    "senderdevicetxnid_todevice",
 ];
 
 /// The open database.

@@ -5,6 +5,7 @@ mod common;
 
 mod accounts;
 mod durability;
+mod e2ee;
 pub mod federation;
 mod rooms;
 mod spec_map;

@@ -8,7 +8,7 @@ use super::account::check_uiaa;
 use crate::{
     error::Error,
     http::{Ctx, HandlerResult},
-    service::{users::Device, Services},
+    service::{device_lists, users::Device, Services},
 };
 
 fn device_json(user: &ruma::UserId, device: &Device) -> Value {
@@ -69,6 +69,7 @@ pub async fn delete_device(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         &[&["m.login.password"]],
         Some(ctx.user()),
     )?;
+    device_lists::delete_device(&services, ctx.user(), ctx.param(0))?;
     services.users.remove_device(ctx.user(), ctx.param(0))?;
     Ok(json!({}))
 }
@@ -87,6 +88,7 @@ pub async fn delete_devices(services: Arc<Services>, ctx: Ctx) -> HandlerResult 
         Some(ctx.user()),
     )?;
     for device in devices {
+        device_lists::delete_device(&services, ctx.user(), &device)?;
         services.users.remove_device(ctx.user(), &device)?;
     }
     Ok(json!({}))

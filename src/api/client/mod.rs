@@ -3,14 +3,17 @@
 pub mod account;
 pub mod account_data;
 pub mod alias;
+pub mod cross_signing;
 pub mod device;
 pub mod discovery;
+pub mod keys;
 pub mod membership;
 pub mod message;
 pub mod profile;
 pub mod room;
 pub mod state;
 pub mod sync;
+pub mod to_device;
 pub mod user_directory;
 
 use ruma::{OwnedRoomId, RoomId, UserId};
