@@ -7,7 +7,7 @@ use crate::api::client::{
     account, account_data, alias, device, discovery, membership, message, profile, room, state,
     sync, user_directory,
 };
-use crate::api::client::{cross_signing, keys as client_keys, to_device};
+use crate::api::client::{backup, cross_signing, keys as client_keys, to_device};
 use crate::api::federation::{events, keys, membership as fed_membership, query, transactions};
 
 /// Every served route. Paths use `{name}` parameters as the spec writes them.
@@ -554,6 +554,90 @@ pub fn all() -> Vec<Route> {
             "/_matrix/client/v3/sendToDevice/{eventType}/{txnId}",
             Token,
             to_device::send_event_to_device,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/room_keys/version",
+            Token,
+            backup::create_backup_version,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/room_keys/version",
+            Token,
+            backup::get_latest_backup_info,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/room_keys/version/{version}",
+            Token,
+            backup::get_backup_info,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/room_keys/version/{version}",
+            Token,
+            backup::update_backup_version,
+        ),
+        route(
+            Method::DELETE,
+            "/_matrix/client/v3/room_keys/version/{version}",
+            Token,
+            backup::delete_backup_version,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/room_keys/keys",
+            Token,
+            backup::get_backup_keys,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/room_keys/keys",
+            Token,
+            backup::add_backup_keys,
+        ),
+        route(
+            Method::DELETE,
+            "/_matrix/client/v3/room_keys/keys",
+            Token,
+            backup::delete_backup_keys,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/room_keys/keys/{roomId}",
+            Token,
+            backup::get_backup_keys,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/room_keys/keys/{roomId}",
+            Token,
+            backup::add_backup_keys,
+        ),
+        route(
+            Method::DELETE,
+            "/_matrix/client/v3/room_keys/keys/{roomId}",
+            Token,
+            backup::delete_backup_keys,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}",
+            Token,
+            backup::get_backup_keys,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}",
+            Token,
+            backup::add_backup_keys,
+        ),
+        route(
+            Method::DELETE,
+            "/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}",
+            Token,
+            backup::delete_backup_keys,
         ),
     ]
 }

@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod device_lists;
 pub mod filter;
 pub mod globals;
+pub mod key_backup;
 pub mod keys;
 pub mod notify;
 pub mod received;
@@ -35,6 +36,7 @@ pub struct Services {
     pub received: received::ReceivedTransactions,
     pub keys: keys::Keys,
     pub to_device: to_device::ToDevice,
+    pub key_backup: key_backup::KeyBackup,
     /// The outgoing server-server client.
     pub federation: FederationClient,
 }
@@ -55,6 +57,7 @@ impl Services {
             received: received::ReceivedTransactions::open(&db),
             keys: keys::Keys::open(&db),
             to_device: to_device::ToDevice::open(&db),
+            key_backup: key_backup::KeyBackup::open(&db),
             federation: FederationClient::new(config.federation_ca_file.as_deref())?,
             config,
             db,

@@ -60,6 +60,8 @@ pub const TREES: &[&str] = &[
     "userdevicecount_todevice",
     "userdeviceid_todevicemark",
     "senderdevicetxnid_todevice",
+    "useridversion_backup",
+    "userversionroomsession_backupkey",
 ];
 
 /// The open database.

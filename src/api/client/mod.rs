@@ -3,6 +3,7 @@
 pub mod account;
 pub mod account_data;
 pub mod alias;
+pub mod backup;
 pub mod cross_signing;
 pub mod device;
 pub mod discovery;
