@@ -8,7 +8,9 @@ use crate::api::client::{
     sync, user_directory,
 };
 use crate::api::client::{backup, cross_signing, keys as client_keys, to_device};
-use crate::api::federation::{events, keys, membership as fed_membership, query, transactions};
+use crate::api::federation::{
+    events, keys, membership as fed_membership, query, transactions, user_keys,
+};
 
 /// Every served route. Paths use `{name}` parameters as the spec writes them.
 pub fn all() -> Vec<Route> {
@@ -109,6 +111,24 @@ pub fn all() -> Vec<Route> {
             "/_matrix/federation/v1/query/directory",
             Server,
             query::get_room_information,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/federation/v1/user/keys/query",
+            Server,
+            user_keys::get_keys,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/federation/v1/user/keys/claim",
+            Server,
+            user_keys::claim_keys,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/user/devices/{userId}",
+            Server,
+            user_keys::get_devices,
         ),
         route(
             Method::GET,

@@ -303,6 +303,14 @@ impl Keys {
         Ok(())
     }
 
+    /// The stream position of a user's last key change.
+    pub fn get_change_count(&self, user_id: &UserId) -> Result<Option<u64>> {
+        Ok(self
+            .userid_keychangecount
+            .get(user_id.as_bytes())?
+            .and_then(|bytes| key::read_u64(&bytes)))
+    }
+
     /// Users whose keys last changed after `from` and at or before `to`.
     pub fn iter_changed_users(&self, from: u64, to: u64) -> Result<Vec<OwnedUserId>> {
         let mut users = Vec::new();

@@ -10,10 +10,11 @@
 use std::sync::Arc;
 
 use ruma::{OwnedUserId, UserId};
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 
 use crate::{
     error::{Error, Result},
+    service::{notify::Topic, Services},
     store::{key, Batch, Db, Tree},
 };
 
@@ -153,6 +154,50 @@ impl ToDevice {
             &key::join(&[user_id.as_bytes(), device_id.as_bytes()]),
         );
         Ok(())
+    }
+}
+
+/// The deliveries for one local user's `{device ID or "*": content}` map: `*` reaches every
+/// device of the user, and unknown devices are skipped.
+pub fn expand_local(
+    services: &Services,
+    sender: &UserId,
+    event_type: &str,
+    user_id: &UserId,
+    devices: &Map<String, Value>,
+) -> Result<Vec<Delivery>> {
+    let mut deliveries = Vec::new();
+    for (device_id, content) in devices {
+        let event = json!({ "type": event_type, "sender": sender, "content": content });
+        let targets: Vec<String> = if device_id == "*" {
+            services
+                .users
+                .iter_devices(user_id)?
+                .into_iter()
+                .map(|device| device.device_id.to_string())
+                .collect()
+        } else if services.users.get_device(user_id, device_id)?.is_some() {
+            vec![device_id.clone()]
+        } else {
+            Vec::new()
+        };
+        deliveries.extend(targets.into_iter().map(|target| Delivery {
+            user_id: user_id.to_owned(),
+            device_id: target,
+            event: event.clone(),
+        }));
+    }
+    Ok(deliveries)
+}
+
+/// Wakes the syncs of every user who got a message.
+pub fn wake_recipients(services: &Services, deliveries: &[Delivery]) {
+    let users: std::collections::BTreeSet<&UserId> = deliveries
+        .iter()
+        .map(|delivery| &*delivery.user_id)
+        .collect();
+    for user_id in users {
+        services.notifier.wake(Topic::User(user_id.to_string()));
     }
 }
 

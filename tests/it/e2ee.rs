@@ -595,3 +595,149 @@ async fn key_backup_round_trip_and_version_checks() {
     let latest = alice.get_ok("/_matrix/client/v3/room_keys/version").await;
     assert_eq!(latest["auth_data"]["public_key"], "def");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_and_to_device_messages_cross_two_servers() {
+    let ca = crate::common::tls::TestCa::new();
+    let hs1 = TestServer::start_federated("127.0.0.2".parse().unwrap(), &ca, None).await;
+    let hs2 = TestServer::start_federated("127.0.0.3".parse().unwrap(), &ca, None).await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let (alice_id, _) = whoami(&alice).await;
+    let (bob_id, bob_device) = whoami(&bob).await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.post_ok(
+        &format!(
+            "/_matrix/client/v3/join/{}?via={}",
+            enc(&room),
+            enc(&hs1.server_name())
+        ),
+        json!({}),
+    )
+    .await;
+    bob.post_ok(
+        "/_matrix/client/v3/keys/upload",
+        json!({
+            "device_keys": device_keys(&bob_id, &bob_device, "bob-identity"),
+            "one_time_keys": { "signed_curve25519:B1": { "key": "bob-otk" } },
+        }),
+    )
+    .await;
+    bob.post_ok(
+        "/_matrix/client/v3/keys/device_signing/upload",
+        json!({"master_key": signing_key(&bob_id, "master", "BOBMASTER")}),
+    )
+    .await;
+
+    // Alice's server asks bob's for his keys, and claims his one-time key.
+    let query = alice
+        .post_ok(
+            "/_matrix/client/v3/keys/query",
+            json!({"device_keys": { &bob_id: [] }}),
+        )
+        .await;
+    assert_eq!(
+        query["device_keys"][&bob_id][&bob_device]["keys"][format!("curve25519:{bob_device}")],
+        "bob-identity",
+        "{query}"
+    );
+    assert_eq!(
+        query["master_keys"][&bob_id]["keys"]["ed25519:BOBMASTER"],
+        "BOBMASTER"
+    );
+    let claim = alice
+        .post_ok(
+            "/_matrix/client/v3/keys/claim",
+            json!({"one_time_keys": { &bob_id: { &bob_device: "signed_curve25519" } }}),
+        )
+        .await;
+    assert_eq!(
+        claim["one_time_keys"][&bob_id][&bob_device]["signed_curve25519:B1"]["key"],
+        "bob-otk"
+    );
+    let counts = bob.get_ok("/_matrix/client/v3/sync").await;
+    assert_eq!(counts["device_one_time_keys_count"], json!({}));
+
+    // A to-device message crosses as an m.direct_to_device EDU.
+    let bob_since = counts["next_batch"].as_str().unwrap().to_owned();
+    alice
+        .put_ok(
+            "/_matrix/client/v3/sendToDevice/m.room.encrypted/remote1",
+            json!({"messages": { &bob_id: { "*": { "secret": "for bob" } } }}),
+        )
+        .await;
+    let mut delivered = Value::Null;
+    for _ in 0..100 {
+        let sync = bob
+            .get_ok(&format!(
+                "/_matrix/client/v3/sync?since={bob_since}&timeout=200"
+            ))
+            .await;
+        if !sync["to_device"]["events"].as_array().unwrap().is_empty() {
+            delivered = sync["to_device"]["events"][0].clone();
+            break;
+        }
+    }
+    assert_eq!(delivered["content"]["secret"], "for bob", "{delivered}");
+    assert_eq!(delivered["sender"], alice_id.as_str());
+
+    // A new device of bob's reaches alice's device list through m.device_list_update.
+    let alice_since = alice.get_ok("/_matrix/client/v3/sync").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let login = hs2
+        .client()
+        .post_ok(
+            "/_matrix/client/v3/login",
+            json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "bob"}, "password": "password"}),
+        )
+        .await;
+    let bob_phone = Client {
+        token: Some(login["access_token"].as_str().unwrap().to_owned()),
+        ..hs2.client()
+    };
+    let phone_device = login["device_id"].as_str().unwrap();
+    bob_phone
+        .post_ok(
+            "/_matrix/client/v3/keys/upload",
+            json!({"device_keys": device_keys(&bob_id, phone_device, "phone")}),
+        )
+        .await;
+    let mut changed = Value::Null;
+    for _ in 0..100 {
+        let sync = alice
+            .get_ok(&format!(
+                "/_matrix/client/v3/sync?since={alice_since}&timeout=200"
+            ))
+            .await;
+        if !sync["device_lists"]["changed"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+        {
+            changed = sync["device_lists"]["changed"].clone();
+            break;
+        }
+    }
+    assert_eq!(changed, json!([bob_id]));
+
+    // The resident side of a device list resync, asked as hs1.
+    let devices = hs1
+        .services
+        .federation_request(
+            hs2.services.globals.server_name(),
+            http::Method::GET,
+            &format!("/_matrix/federation/v1/user/devices/{}", enc(&bob_id)),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(devices["user_id"], bob_id.as_str());
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 2, "{devices}");
+    assert_eq!(
+        devices["master_key"]["keys"]["ed25519:BOBMASTER"],
+        "BOBMASTER"
+    );
+    assert!(devices["stream_id"].as_u64().unwrap() > 0);
+}

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use crate::{
     error::Error,
     http::{Ctx, HandlerResult},
-    service::{notify::Topic, to_device::Delivery, Services},
+    service::{to_device, Services},
     util,
 };
 
@@ -64,28 +64,9 @@ pub async fn send_event_to_device(services: Arc<Services>, ctx: Ctx) -> HandlerR
                 .insert(user.clone(), Value::Object(devices.clone()));
             continue;
         }
-        for (device_id, content) in devices {
-            let event = json!({ "type": event_type, "sender": sender, "content": content });
-            let targets: Vec<String> = if device_id == "*" {
-                services
-                    .users
-                    .iter_devices(&user_id)?
-                    .into_iter()
-                    .map(|device| device.device_id.to_string())
-                    .collect()
-            } else if services.users.get_device(&user_id, device_id)?.is_some() {
-                vec![device_id.clone()]
-            } else {
-                Vec::new()
-            };
-            for target in targets {
-                deliveries.push(Delivery {
-                    user_id: user_id.clone(),
-                    device_id: target,
-                    event: event.clone(),
-                });
-            }
-        }
+        deliveries.extend(to_device::expand_local(
+            &services, sender, event_type, &user_id, devices,
+        )?);
     }
     let remote_count: usize = remote.values().map(Map::len).sum();
     if deliveries.len() + remote_count > MAX_DEVICES_PER_REQUEST {
@@ -122,14 +103,7 @@ pub async fn send_event_to_device(services: Arc<Services>, ctx: Ctx) -> HandlerR
             }
             Ok(())
         })?;
-    let mut woken: Vec<&OwnedUserId> = deliveries
-        .iter()
-        .map(|delivery| &delivery.user_id)
-        .collect();
-    woken.dedup();
-    for user_id in woken {
-        services.notifier.wake(Topic::User(user_id.to_string()));
-    }
+    to_device::wake_recipients(&services, &deliveries);
     services.sending.wake(&destinations);
     Ok(json!({}))
 }

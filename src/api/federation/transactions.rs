@@ -5,6 +5,7 @@ use std::sync::Arc;
 use ruma::OwnedRoomId;
 use serde_json::{json, Map, Value};
 
+use super::user_keys;
 use crate::{
     error::Error,
     http::{Ctx, HandlerResult},
@@ -24,6 +25,8 @@ const MAX_EDUS: usize = 100;
 /// after another in the order given. The answer maps every event ID to `{}` or `{"error": …}`; a
 /// retried transaction gets the stored answer. PDUs from servers a room's ACL denies are refused.
 /// EDUs are accepted and not yet acted on (typing, receipts and presence arrive with issue 5).
+/// Encryption EDUs (device list and signing key updates, to-device messages) go to
+/// `user_keys::receive_edus`.
 pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let origin = ctx.origin().to_owned();
     let txn_id = ctx.param(0).to_owned();
@@ -106,6 +109,9 @@ pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> Hand
                 results.insert(event_id, json!({ "error": error.to_string() }));
             }
         }
+    }
+    if let Some(edus) = ctx.body.get("edus").and_then(Value::as_array) {
+        user_keys::receive_edus(&services, &origin, edus);
     }
     let response = json!({ "pdus": results });
     services
