@@ -219,6 +219,23 @@ pub fn device_list_update_edu(
     Ok(json!({ "edu_type": "m.device_list_update", "content": content }))
 }
 
+/// Announces a change of a device that has keys (its display name); does nothing otherwise.
+pub fn announce_device(services: &Services, user_id: &UserId, device_id: &str) -> Result<()> {
+    let Some(keys) = services.keys.get_device_keys(user_id, device_id)? else {
+        return Ok(());
+    };
+    let mut destinations = Vec::new();
+    services
+        .globals
+        .write_with_count(&services.db, |batch, count| {
+            let edu = device_list_update_edu(services, user_id, device_id, count, Some(&keys))?;
+            destinations = announce_in_batch(services, batch, count, user_id, &edu)?;
+            Ok(())
+        })?;
+    after_change(services, user_id, &destinations);
+    Ok(())
+}
+
 /// Removes a device's keys and inbox after logout or deletion, and announces the change.
 pub fn delete_device(services: &Services, user_id: &UserId, device_id: &str) -> Result<()> {
     let had_keys = services.keys.get_device_keys(user_id, device_id)?.is_some();

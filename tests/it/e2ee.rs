@@ -243,6 +243,17 @@ async fn device_lists_report_new_devices_and_room_changes() {
     let sync = next_batch(&bob, Some(&since)).await;
     assert_eq!(sync["device_lists"]["left"], json!(["@carol:localhost"]));
 
+    // Renaming a device with keys is a device list change.
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    alice_phone
+        .put_ok(
+            &format!("/_matrix/client/v3/devices/{phone_device}"),
+            json!({"display_name": "phone"}),
+        )
+        .await;
+    let sync = next_batch(&bob, Some(&since)).await;
+    assert_eq!(sync["device_lists"]["changed"], json!([alice_id]));
+
     // Deleting a device is a device list change too.
     let since = sync["next_batch"].as_str().unwrap().to_owned();
     alice_phone

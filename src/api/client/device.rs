@@ -46,6 +46,8 @@ pub async fn update_device(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     services
         .users
         .set_device_display_name(ctx.user(), ctx.param(0), name)?;
+    // Other users see the name in key queries, so a device with keys announces the change.
+    device_lists::announce_device(&services, ctx.user(), ctx.param(0))?;
     Ok(json!({}))
 }
 
