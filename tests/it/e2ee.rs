@@ -373,6 +373,21 @@ async fn to_device_message_wakes_a_long_poll() {
     assert_eq!(sync["to_device"]["events"][0]["content"]["wake"], true);
 }
 
+/// A signing key whose version is its own public key, as cross-signing key IDs are.
+fn key_pair() -> (plait::crypto::SigningKey, String) {
+    let first = plait::crypto::SigningKey::generate("tmp").unwrap();
+    let public = first.public_key_base64();
+    let key = plait::crypto::SigningKey::from_pkcs8(first.pkcs8(), &public).unwrap();
+    (key, public)
+}
+
+/// `value` with a signature by `entity` added.
+fn sign(value: &Value, entity: &str, key: &plait::crypto::SigningKey) -> Value {
+    let mut object: ruma::CanonicalJsonObject = serde_json::from_value(value.clone()).unwrap();
+    plait::crypto::sign_json(entity, key, &mut object).unwrap();
+    serde_json::to_value(object).unwrap()
+}
+
 fn signing_key(user: &str, usage: &str, public: &str) -> Value {
     json!({ "user_id": user, "usage": [usage], "keys": { format!("ed25519:{public}"): public } })
 }
@@ -400,9 +415,10 @@ async fn cross_signing_keys_upload_with_uia_and_signatures() {
     assert_error(&wrong_user, 400, "M_INVALID_PARAM");
 
     // The first upload needs no UIA, and repeating it neither.
+    let (self_key, self_public) = key_pair();
     let keys = json!({
         "master_key": signing_key(&alice_id, "master", "MASTER1"),
-        "self_signing_key": signing_key(&alice_id, "self_signing", "SELF1"),
+        "self_signing_key": signing_key(&alice_id, "self_signing", &self_public),
         "user_signing_key": signing_key(&alice_id, "user_signing", "USER1"),
     });
     alice.post_ok(path, keys.clone()).await;
@@ -427,8 +443,8 @@ async fn cross_signing_keys_upload_with_uia_and_signatures() {
         "MASTER2"
     );
     assert_eq!(
-        seen_by_bob["self_signing_keys"][&alice_id]["keys"]["ed25519:SELF1"],
-        "SELF1"
+        seen_by_bob["self_signing_keys"][&alice_id]["keys"][format!("ed25519:{self_public}")],
+        self_public.as_str()
     );
     assert!(
         seen_by_bob["user_signing_keys"].get(&alice_id).is_none(),
@@ -450,24 +466,51 @@ async fn cross_signing_keys_upload_with_uia_and_signatures() {
             json!({"device_keys": device}),
         )
         .await;
-    let mut signed = device.clone();
-    signed["signatures"] = json!({ &alice_id: { "ed25519:SELF1": "cross-signature" } });
+    let signed = sign(&device, &alice_id, &self_key);
+    let cross_signature = signed["signatures"][&alice_id][format!("ed25519:{self_public}")].clone();
+    let mut forged = signed.clone();
+    forged["signatures"][&alice_id][format!("ed25519:{self_public}")] =
+        signed["signatures"][&alice_id][format!("ed25519:{alice_device}")].clone();
+    let (stranger, _) = key_pair();
+    let by_unknown_key = sign(&device, &alice_id, &stranger);
     let mut tampered = device.clone();
     tampered["keys"]["curve25519:X"] = json!("other");
+    for (object, errcode) in [
+        (forged, "M_INVALID_SIGNATURE"),
+        (by_unknown_key, "M_INVALID_SIGNATURE"),
+        (tampered, "M_INVALID_SIGNATURE"),
+    ] {
+        let result = alice
+            .post_ok(
+                "/_matrix/client/v3/keys/signatures/upload",
+                json!({ &alice_id: { &alice_device: object } }),
+            )
+            .await;
+        assert_eq!(
+            result["failures"][&alice_id][&alice_device]["errcode"], errcode,
+            "{result}"
+        );
+    }
     let result = alice
         .post_ok(
             "/_matrix/client/v3/keys/signatures/upload",
-            json!({ &alice_id: { &alice_device: signed, "UNKNOWN": tampered } }),
+            json!({ &alice_id: { &alice_device: signed, "UNKNOWN": device } }),
         )
         .await;
     assert_eq!(
         result["failures"][&alice_id]["UNKNOWN"]["errcode"],
         "M_NOT_FOUND"
     );
-    assert!(result["failures"][&alice_id].get(&alice_device).is_none());
+    assert!(
+        result["failures"][&alice_id].get(&alice_device).is_none(),
+        "{result}"
+    );
     let seen_by_bob = bob.post_ok("/_matrix/client/v3/keys/query", query).await;
     let signatures = &seen_by_bob["device_keys"][&alice_id][&alice_device]["signatures"][&alice_id];
-    assert_eq!(signatures["ed25519:SELF1"], "cross-signature");
+    assert_eq!(
+        signatures[format!("ed25519:{self_public}")],
+        cross_signature
+    );
     assert_eq!(
         signatures[format!("ed25519:{alice_device}")],
         "self-signature"

@@ -115,13 +115,39 @@ fn signed_part(object: &Value) -> Value {
     part
 }
 
+/// Checks the signer's signature `signature_id` (`ed25519:<device ID or public key>`) on
+/// `object` with the signer's device key or cross-signing key of that ID.
+fn check_signature(
+    services: &Services,
+    signer: &UserId,
+    signature_id: &str,
+    object: &Value,
+) -> std::result::Result<(), String> {
+    let lookup = || -> Result<Option<String>> {
+        let device = signature_id.strip_prefix("ed25519:").unwrap_or_default();
+        let mut candidates = vec![services.keys.get_device_keys(signer, device)?];
+        for kind in CROSS_SIGNING_KINDS {
+            candidates.push(services.keys.get_cross_signing_key(signer, kind)?);
+        }
+        Ok(candidates
+            .into_iter()
+            .flatten()
+            .find_map(|key| key["keys"][signature_id].as_str().map(str::to_owned)))
+    };
+    let public_key = lookup()
+        .map_err(|_| "the signing key could not be read".to_owned())?
+        .ok_or_else(|| format!("{signer} has no key {signature_id}"))?;
+    crate::crypto::verify_json_signature(signer.as_str(), signature_id, &public_key, object)
+}
+
 /// `POST /_matrix/client/v3/keys/signatures/upload`
 ///
-/// Adds the uploader's signatures to devices and master keys of local users; the signed object
-/// must equal the stored one. Failures are reported per key: `M_NOT_FOUND` for an unknown key
-/// (and for remote users' keys, which this server does not store), `M_INVALID_SIGNATURE` for an
-/// object that differs from the stored key or carries no signature by the uploader.
-/// Deviation: the signatures' cryptographic validity is left to the clients that verify them.
+/// Adds the uploader's new signatures to devices and master keys of local users, after checking
+/// each against the uploader's device or cross-signing key it names; the signed object must
+/// equal the stored one. Failures are reported per key: `M_NOT_FOUND` for an unknown key (and
+/// for remote users' keys, which this server does not store), `M_INVALID_SIGNATURE` for an
+/// object that differs from the stored key, carries no signature by the uploader, or a
+/// signature that does not verify.
 pub async fn upload_signatures(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let signer = ctx.user();
     let body = ctx
@@ -176,6 +202,28 @@ pub async fn upload_signatures(services: Arc<Services>, ctx: Ctx) -> HandlerResu
                 );
                 continue;
             }
+            // Only signatures the stored key does not already carry are checked and added.
+            let fresh: Vec<(&String, &Value)> = new_signatures
+                .iter()
+                .filter(|(signature_id, signature)| {
+                    stored["signatures"][signer.as_str()].get(signature_id.as_str())
+                        != Some(*signature)
+                })
+                .collect();
+            let mut invalid = None;
+            for (signature_id, _) in &fresh {
+                if let Err(reason) = check_signature(&services, signer, signature_id, object) {
+                    invalid = Some(reason);
+                    break;
+                }
+            }
+            if let Some(reason) = invalid {
+                fail(key_id, "M_INVALID_SIGNATURE", &reason);
+                continue;
+            }
+            if fresh.is_empty() {
+                continue;
+            }
             if !stored["signatures"].is_object() {
                 stored["signatures"] = json!({});
             }
@@ -184,7 +232,7 @@ pub async fn upload_signatures(services: Arc<Services>, ctx: Ctx) -> HandlerResu
                 .expect("just made an object")
                 .entry(signer.to_string())
                 .or_insert_with(|| json!({}));
-            for (signature_id, signature) in new_signatures {
+            for (signature_id, signature) in fresh {
                 mine[signature_id] = signature.clone();
             }
             updates.push((target.clone(), device_id, stored));
