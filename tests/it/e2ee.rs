@@ -795,3 +795,91 @@ async fn keys_and_to_device_messages_cross_two_servers() {
     );
     assert!(devices["stream_id"].as_u64().unwrap() > 0);
 }
+
+/// matrix-sdk with its crypto machine: uploads keys after login, and alice's message to an
+/// encrypted room reaches bob through a key query, a claim and a to-device room key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn matrix_sdk_clients_exchange_an_encrypted_message() {
+    use std::time::Duration;
+
+    use matrix_sdk::{
+        config::SyncSettings,
+        ruma::{
+            api::client::room::create_room::v3::Request as CreateRoomRequest,
+            events::{
+                room::{encryption::RoomEncryptionEventContent, message::RoomMessageEventContent},
+                InitialStateEvent,
+            },
+            OwnedUserId,
+        },
+        Client as SdkClient,
+    };
+
+    let server = TestServer::start().await;
+    server.register("alice").await;
+    server.register("bob").await;
+    let mut clients = Vec::new();
+    for name in ["alice", "bob"] {
+        let client = SdkClient::builder()
+            .homeserver_url(&server.base)
+            .build()
+            .await
+            .unwrap();
+        client
+            .matrix_auth()
+            .login_username(name, "password")
+            .send()
+            .await
+            .unwrap();
+        client.sync_once(SyncSettings::default()).await.unwrap();
+        clients.push(client);
+    }
+    let (alice, bob) = (&clients[0], &clients[1]);
+    let alice_device = alice.device_id().unwrap().to_owned();
+    let alice_id = alice.user_id().unwrap().to_owned();
+    let uploaded = server
+        .services
+        .keys
+        .get_device_keys(&alice_id, alice_device.as_str())
+        .unwrap();
+    assert!(uploaded.is_some(), "matrix-sdk uploaded its device keys");
+
+    let mut request = CreateRoomRequest::new();
+    request.initial_state = vec![InitialStateEvent::with_empty_state_key(
+        RoomEncryptionEventContent::with_recommended_defaults(),
+    )
+    .to_raw_any()];
+    let room = alice.create_room(request).await.unwrap();
+    let bob_id = OwnedUserId::try_from("@bob:localhost").unwrap();
+    room.invite_user_by_id(&bob_id).await.unwrap();
+    bob.sync_once(SyncSettings::default()).await.unwrap();
+    bob.get_room(room.room_id())
+        .expect("bob sees the invite")
+        .join()
+        .await
+        .unwrap();
+    alice.sync_once(SyncSettings::default()).await.unwrap();
+
+    room.send(RoomMessageEventContent::text_plain("secret hello"))
+        .await
+        .unwrap();
+    let mut decrypted = false;
+    for _ in 0..10 {
+        bob.sync_once(SyncSettings::default().timeout(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        let messages = bob
+            .get_room(room.room_id())
+            .unwrap()
+            .messages(matrix_sdk::room::MessagesOptions::backward())
+            .await
+            .unwrap();
+        decrypted = messages.chunk.iter().any(|event| {
+            event.encryption_info().is_some() && event.raw().json().get().contains("secret hello")
+        });
+        if decrypted {
+            break;
+        }
+    }
+    assert!(decrypted, "bob decrypts alice's message");
+}
