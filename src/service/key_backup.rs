@@ -262,3 +262,20 @@ impl KeyBackup {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::is_better;
+
+    #[test]
+    fn verified_keys_then_earlier_indexes_then_fewer_forwards_win() {
+        let key = |verified: bool, index: u64, forwards: u64| json!({ "is_verified": verified, "first_message_index": index, "forwarded_count": forwards });
+        assert!(is_better(&key(true, 9, 9), &key(false, 0, 0)));
+        assert!(!is_better(&key(false, 0, 0), &key(true, 9, 9)));
+        assert!(is_better(&key(false, 1, 9), &key(false, 2, 0)));
+        assert!(is_better(&key(false, 1, 0), &key(false, 1, 1)));
+        assert!(!is_better(&key(false, 1, 1), &key(false, 1, 1)));
+    }
+}

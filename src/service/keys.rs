@@ -150,14 +150,15 @@ impl Keys {
         Ok(())
     }
 
-    /// How many one-time keys of each algorithm a device has left.
+    /// How many one-time keys of each algorithm a device has left; `signed_curve25519` is always
+    /// listed, because some clients only upload keys when they see it at zero.
     pub fn count_one_time_keys(
         &self,
         user_id: &UserId,
         device_id: &str,
     ) -> Result<BTreeMap<String, u64>> {
         let prefix = key::prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
-        let mut counts = BTreeMap::new();
+        let mut counts = BTreeMap::from([("signed_curve25519".to_owned(), 0)]);
         for entry in self.userdevicekeyid_onetimekey.iter_prefix(&prefix) {
             let (db_key, _) = entry?;
             let key_id = String::from_utf8_lossy(&db_key[prefix.len()..]).into_owned();
@@ -360,7 +361,10 @@ mod tests {
         )];
         let first = keys.claim(&wanted).unwrap();
         assert_eq!(first[0].as_ref().unwrap().0, "signed_curve25519:AAA");
-        assert!(keys.count_one_time_keys(user, "DEV").unwrap().is_empty());
+        assert_eq!(
+            keys.count_one_time_keys(user, "DEV").unwrap()["signed_curve25519"],
+            0
+        );
         let second = keys.claim(&wanted).unwrap();
         assert_eq!(second[0].as_ref().unwrap().0, "signed_curve25519:BBB");
         assert!(keys
