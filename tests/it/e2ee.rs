@@ -418,11 +418,23 @@ async fn cross_signing_keys_upload_with_uia_and_signatures() {
     assert_error(&wrong_user, 400, "M_INVALID_PARAM");
 
     // The first upload needs no UIA, and repeating it neither.
+    let (master_key, master_public) = key_pair();
     let (self_key, self_public) = key_pair();
+    let unsigned_self = signing_key(&alice_id, "self_signing", &self_public);
+    let not_signed = alice
+        .post(
+            path,
+            json!({
+                "master_key": signing_key(&alice_id, "master", &master_public),
+                "self_signing_key": unsigned_self,
+            }),
+        )
+        .await;
+    assert_error(&not_signed, 400, "M_INVALID_SIGNATURE");
     let keys = json!({
-        "master_key": signing_key(&alice_id, "master", "MASTER1"),
-        "self_signing_key": signing_key(&alice_id, "self_signing", &self_public),
-        "user_signing_key": signing_key(&alice_id, "user_signing", "USER1"),
+        "master_key": signing_key(&alice_id, "master", &master_public),
+        "self_signing_key": sign(&unsigned_self, &alice_id, &master_key),
+        "user_signing_key": sign(&signing_key(&alice_id, "user_signing", "USER1"), &alice_id, &master_key),
     });
     alice.post_ok(path, keys.clone()).await;
     alice.post_ok(path, keys).await;

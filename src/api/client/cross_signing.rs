@@ -50,7 +50,8 @@ fn check_signing_key(user_id: &UserId, kind: &str, signing_key: &Value) -> Resul
 ///
 /// UIA with `m.login.password`, except when the user has no master key yet or the request
 /// only repeats the stored keys (spec v1.11). A self-signing or user-signing key needs a
-/// master key, stored or in the same request (`400 M_MISSING_PARAM`).
+/// master key, stored or in the same request (`400 M_MISSING_PARAM`), and its signature
+/// (`400 M_INVALID_SIGNATURE`).
 pub async fn upload_cross_signing_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let user_id = ctx.user();
     let mut uploaded = Vec::new();
@@ -62,11 +63,43 @@ pub async fn upload_cross_signing_keys(services: Arc<Services>, ctx: Ctx) -> Han
         }
     }
     let stored_master = services.keys.get_cross_signing_key(user_id, "master")?;
-    if stored_master.is_none() && !uploaded.iter().any(|(kind, _)| *kind == "master") {
+    let master = uploaded
+        .iter()
+        .find(|(kind, _)| *kind == "master")
+        .map(|(_, master)| master.clone())
+        .or_else(|| stored_master.clone());
+    let Some(master) = master else {
         if uploaded.is_empty() {
             return Ok(json!({}));
         }
         return Err(Error::missing_param("no master signing key is available"));
+    };
+    // The self-signing and user-signing keys must carry the master key's signature.
+    let (master_key_id, master_public) = master["keys"]
+        .as_object()
+        .and_then(|keys| keys.iter().next())
+        .map(|(key_id, public)| {
+            (
+                key_id.clone(),
+                public.as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .ok_or_else(|| Error::invalid_param("the master key holds no key"))?;
+    for (kind, signing_key) in &uploaded {
+        if *kind != "master"
+            && crate::crypto::verify_json_signature(
+                user_id.as_str(),
+                &master_key_id,
+                &master_public,
+                signing_key,
+            )
+            .is_err()
+        {
+            return Err(Error::custom(
+                "M_INVALID_SIGNATURE",
+                format!("{} is not signed by the master key", field_of(kind)),
+            ));
+        }
     }
     let mut replaces = false;
     for (kind, signing_key) in &uploaded {
