@@ -106,21 +106,32 @@ impl Keys {
         );
     }
 
-    /// Adds one-time keys (`algorithm:key_id` → key); a key ID already stored keeps its key.
+    /// Adds one-time keys (`algorithm:key_id` → key). Uploading a stored key again is a no-op;
+    /// another key under a stored key ID is `400 M_INVALID_PARAM`, as the ID names one key.
     pub fn add_one_time_keys_in_batch(
         &self,
         batch: &mut Batch,
         user_id: &UserId,
         device_id: &str,
         keys: &Map<String, Value>,
-    ) {
+    ) -> Result<()> {
         for (key_id, one_time_key) in keys {
+            let db_key = key::join(&[user_id.as_bytes(), device_id.as_bytes(), key_id.as_bytes()]);
+            if let Some(stored) = self.userdevicekeyid_onetimekey.get(&db_key)? {
+                if parse("userdevicekeyid_onetimekey", &stored)? != *one_time_key {
+                    return Err(Error::invalid_param(format!(
+                        "one-time key {key_id} already exists with another value"
+                    )));
+                }
+                continue;
+            }
             batch.insert(
                 &self.userdevicekeyid_onetimekey,
-                &key::join(&[user_id.as_bytes(), device_id.as_bytes(), key_id.as_bytes()]),
+                &db_key,
                 one_time_key.to_string().as_bytes(),
             );
         }
+        Ok(())
     }
 
     /// Replaces the fallback key of each algorithm given (`algorithm:key_id` → key); a new key
@@ -345,7 +356,8 @@ mod tests {
         let mut batch = Batch::default();
         let one_time = json!({ "signed_curve25519:AAA": { "key": "one" } });
         let fallback = json!({ "signed_curve25519:BBB": { "key": "fallback" } });
-        keys.add_one_time_keys_in_batch(&mut batch, user, "DEV", one_time.as_object().unwrap());
+        keys.add_one_time_keys_in_batch(&mut batch, user, "DEV", one_time.as_object().unwrap())
+            .unwrap();
         keys.set_fallback_keys_in_batch(&mut batch, user, "DEV", fallback.as_object().unwrap())
             .unwrap();
         keys.mark_changed_in_batch(&mut batch, user, 5).unwrap();

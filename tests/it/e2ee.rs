@@ -119,6 +119,13 @@ async fn keys_upload_query_claim_round_trip() {
         )
         .await;
     assert_error(&bad_otk, 400, "M_BAD_JSON");
+    let reused_id = alice
+        .post(
+            "/_matrix/client/v3/keys/upload",
+            json!({"one_time_keys": { "signed_curve25519:AAAA": { "key": "different" } }}),
+        )
+        .await;
+    assert_error(&reused_id, 400, "M_INVALID_PARAM");
     let not_object = alice
         .post(
             "/_matrix/client/v3/keys/upload",
