@@ -73,6 +73,13 @@ impl Error {
         Self::matrix(ErrorKind::MissingParam, message)
     }
 
+    /// An error code ruma has no variant for, such as `M_INVALID_SIGNATURE` (`400`).
+    pub fn custom(errcode: &str, message: impl Into<String>) -> Self {
+        let kind = serde_json::from_value(serde_json::json!({ "errcode": errcode }))
+            .expect("any errcode string is a valid custom error kind");
+        Self::matrix(kind, message)
+    }
+
     /// Stored data that failed to decode.
     pub fn corrupt(tree: &'static str, detail: impl ToString) -> Self {
         Self::Corrupt {

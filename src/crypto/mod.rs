@@ -86,6 +86,33 @@ pub fn sign_json(
     signatures::sign_json(entity, key.pair(), object).map_err(|error| error.to_string())
 }
 
+/// Checks one signature of a signed JSON object (a device or cross-signing key): the signature
+/// by `entity` with `key_id`, against the unpadded base64 `public_key`.
+pub fn verify_json_signature(
+    entity: &str,
+    key_id: &str,
+    public_key: &str,
+    object: &serde_json::Value,
+) -> Result<(), String> {
+    let signature = object["signatures"][entity][key_id]
+        .as_str()
+        .ok_or_else(|| format!("no signature by {entity} with {key_id}"))?;
+    let mut only_this = object.clone();
+    only_this["signatures"] = serde_json::json!({ entity: { key_id: signature } });
+    let only_this = match CanonicalJsonValue::try_from(only_this).map_err(|e| e.to_string())? {
+        CanonicalJsonValue::Object(object) => object,
+        _ => return Err("a signed value must be an object".to_owned()),
+    };
+    let public_key = ruma::serde::Base64::parse(public_key).map_err(|e| e.to_string())?;
+    let keys: PublicKeyMap = [(
+        entity.to_owned(),
+        [(key_id.to_owned(), public_key)].into_iter().collect(),
+    )]
+    .into_iter()
+    .collect();
+    signatures::verify_json(&keys, &only_this).map_err(|error| error.to_string())
+}
+
 /// Adds the content hash, then signs the redacted form of an event, as the room version says.
 pub fn hash_and_sign_event(
     entity: &str,

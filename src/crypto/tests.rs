@@ -188,3 +188,17 @@ fn generated_keys_round_trip_through_pkcs8() {
     assert_eq!(token_hash("a"), token_hash("a"));
     assert_ne!(token_hash("a"), token_hash("b"));
 }
+
+#[test]
+fn json_signatures_verify_with_the_named_key_only() {
+    let key = spec_key();
+    let mut signed = object(r#"{"keys": {"ed25519:DEV": "abc"}, "user_id": "@a:domain"}"#);
+    sign_json("@a:domain", &key, &mut signed).unwrap();
+    let signed = serde_json::to_value(&signed).unwrap();
+    let public = key.public_key_base64();
+    verify_json_signature("@a:domain", "ed25519:1", &public, &signed).unwrap();
+    let mut tampered = signed.clone();
+    tampered["user_id"] = serde_json::json!("@b:domain");
+    assert!(verify_json_signature("@a:domain", "ed25519:1", &public, &tampered).is_err());
+    assert!(verify_json_signature("@a:domain", "ed25519:2", &public, &signed).is_err());
+}

@@ -13,7 +13,8 @@ pub fn status_of(kind: &ErrorKind) -> StatusCode {
         ErrorKind::Forbidden
         | ErrorKind::GuestAccessForbidden
         | ErrorKind::UserDeactivated
-        | ErrorKind::ThreepidDenied => StatusCode::FORBIDDEN,
+        | ErrorKind::ThreepidDenied
+        | ErrorKind::WrongRoomKeysVersion(_) => StatusCode::FORBIDDEN,
         ErrorKind::UnknownToken(_) | ErrorKind::MissingToken | ErrorKind::Unauthorized => {
             StatusCode::UNAUTHORIZED
         }
@@ -35,6 +36,9 @@ pub fn body_of(kind: &ErrorKind, message: &str) -> Value {
     match kind {
         ErrorKind::UnknownToken(data) => body["soft_logout"] = json!(data.soft_logout),
         ErrorKind::IncompatibleRoomVersion(data) => body["room_version"] = json!(data.room_version),
+        ErrorKind::WrongRoomKeysVersion(data) => {
+            body["current_version"] = json!(data.current_version)
+        }
         _ => {}
     }
     body

@@ -7,7 +7,10 @@ use crate::api::client::{
     account, account_data, alias, device, discovery, membership, message, presence, profile,
     receipt, room, state, sync, typing, user_directory,
 };
-use crate::api::federation::{events, keys, membership as fed_membership, query, transactions};
+use crate::api::client::{backup, cross_signing, keys as client_keys, to_device};
+use crate::api::federation::{
+    events, keys, membership as fed_membership, query, transactions, user_keys,
+};
 
 /// Every served route. Paths use `{name}` parameters as the spec writes them.
 pub fn all() -> Vec<Route> {
@@ -120,6 +123,24 @@ pub fn all() -> Vec<Route> {
             "/_matrix/federation/v1/query/directory",
             Server,
             query::get_room_information,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/federation/v1/user/keys/query",
+            Server,
+            user_keys::get_keys,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/federation/v1/user/keys/claim",
+            Server,
+            user_keys::claim_keys,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/user/devices/{userId}",
+            Server,
+            user_keys::get_devices,
         ),
         route(
             Method::GET,
@@ -553,6 +574,133 @@ pub fn all() -> Vec<Route> {
             "/_matrix/client/v3/user/{userId}/filter/{filterId}",
             Token,
             account_data::get_filter,
+        ),
+        // End-to-end encryption.
+        route(
+            Method::POST,
+            "/_matrix/client/v3/keys/upload",
+            Token,
+            client_keys::upload_keys,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Token,
+            client_keys::get_keys,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/keys/claim",
+            Token,
+            client_keys::claim_keys,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/keys/changes",
+            Token,
+            client_keys::get_key_changes,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/keys/device_signing/upload",
+            Token,
+            cross_signing::upload_cross_signing_keys,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/keys/signatures/upload",
+            Token,
+            cross_signing::upload_signatures,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/sendToDevice/{eventType}/{txnId}",
+            Token,
+            to_device::send_event_to_device,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/room_keys/version",
+            Token,
+            backup::create_backup_version,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/room_keys/version",
+            Token,
+            backup::get_latest_backup_info,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/room_keys/version/{version}",
+            Token,
+            backup::get_backup_info,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/room_keys/version/{version}",
+            Token,
+            backup::update_backup_version,
+        ),
+        route(
+            Method::DELETE,
+            "/_matrix/client/v3/room_keys/version/{version}",
+            Token,
+            backup::delete_backup_version,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/room_keys/keys",
+            Token,
+            backup::get_backup_keys,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/room_keys/keys",
+            Token,
+            backup::add_backup_keys,
+        ),
+        route(
+            Method::DELETE,
+            "/_matrix/client/v3/room_keys/keys",
+            Token,
+            backup::delete_backup_keys,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/room_keys/keys/{roomId}",
+            Token,
+            backup::get_backup_keys,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/room_keys/keys/{roomId}",
+            Token,
+            backup::add_backup_keys,
+        ),
+        route(
+            Method::DELETE,
+            "/_matrix/client/v3/room_keys/keys/{roomId}",
+            Token,
+            backup::delete_backup_keys,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}",
+            Token,
+            backup::get_backup_keys,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}",
+            Token,
+            backup::add_backup_keys,
+        ),
+        route(
+            Method::DELETE,
+            "/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}",
+            Token,
+            backup::delete_backup_keys,
         ),
     ]
 }

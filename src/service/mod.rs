@@ -2,8 +2,11 @@
 //! `lib.rs` and handed to every handler.
 
 pub mod account_data;
+pub mod device_lists;
 pub mod filter;
 pub mod globals;
+pub mod key_backup;
+pub mod keys;
 pub mod notify;
 pub mod presence;
 pub mod receipts;
@@ -12,6 +15,7 @@ pub mod rooms;
 pub mod sending;
 pub mod server_keys;
 pub mod sync;
+pub mod to_device;
 pub mod typing;
 pub mod uiaa;
 pub mod users;
@@ -36,6 +40,9 @@ pub struct Services {
     pub received: received::ReceivedTransactions,
     pub typing: typing::Typing,
     pub receipts: receipts::Receipts,
+    pub keys: keys::Keys,
+    pub to_device: to_device::ToDevice,
+    pub key_backup: key_backup::KeyBackup,
     /// The outgoing server-server client.
     pub federation: FederationClient,
 }
@@ -58,6 +65,9 @@ impl Services {
             server_keys: server_keys::ServerKeys::open(&db, config.trusted_key_servers()),
             sending: sending::Sending::open(&db),
             received: received::ReceivedTransactions::open(&db),
+            keys: keys::Keys::open(&db),
+            to_device: to_device::ToDevice::open(&db),
+            key_backup: key_backup::KeyBackup::open(&db),
             federation: FederationClient::new(config.federation_ca_file.as_deref())?,
             config,
             db,

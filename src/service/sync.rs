@@ -203,21 +203,28 @@ fn build(
         }
     }
 
+    let (e2ee, e2ee_updates) = crate::service::device_lists::sync_fields(
+        services,
+        (request.user, request.device),
+        request.since.map(|token| token.count),
+        next,
+    )?;
     let has_updates = !join.is_empty()
         || !invite.is_empty()
         || !leave.is_empty()
         || !knock.is_empty()
         || !global_account_data.is_empty()
-        || !presence.is_empty();
-    let response = json!({
+        || !presence.is_empty()
+        || e2ee_updates;
+    let mut response = json!({
         "next_batch": SyncToken { count: next, typing: next_typing }.to_string(),
         "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         "account_data": { "events": global_account_data },
         "presence": { "events": presence },
-        "to_device": { "events": [] },
-        "device_lists": { "changed": [], "left": [] },
-        "device_one_time_keys_count": {},
     });
+    if let Some(fields) = response.as_object_mut() {
+        fields.extend(e2ee);
+    }
     Ok((response, has_updates))
 }
 

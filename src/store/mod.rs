@@ -55,6 +55,17 @@ pub const TREES: &[&str] = &[
     "roomcount_receipt",
     "userid_presence",
     "presencecount_userid",
+    "userdeviceid_devicekeys",
+    "userdevicekeyid_onetimekey",
+    "userdevicealgorithm_fallbackkey",
+    "useridkind_crosssigningkey",
+    "countuserid_keychange",
+    "userid_keychangecount",
+    "userdevicecount_todevice",
+    "userdeviceid_todevicemark",
+    "senderdevicetxnid_todevice",
+    "useridversion_backup",
+    "userversionroomsession_backupkey",
 ];
 
 /// The open database.

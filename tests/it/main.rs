@@ -5,9 +5,12 @@ mod common;
 
 mod accounts;
 mod durability;
+mod e2ee;
+mod e2ee_clients;
 mod ephemeral;
 pub mod federation;
 mod federation_ephemeral;
+mod key_backup;
 mod presence;
 mod rooms;
 mod spec_map;

@@ -11,7 +11,7 @@ use crate::{
     config::Registration,
     error::{Error, Result},
     http::{Ctx, HandlerResult},
-    service::Services,
+    service::{device_lists, Services},
     util,
 };
 
@@ -337,6 +337,7 @@ pub async fn refresh(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 
 /// `POST /_matrix/client/v3/logout`
 pub async fn logout(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    device_lists::delete_device(&services, ctx.user(), ctx.device())?;
     services.users.remove_device(ctx.user(), ctx.device())?;
     Ok(json!({}))
 }
@@ -344,6 +345,7 @@ pub async fn logout(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 /// `POST /_matrix/client/v3/logout/all`
 pub async fn logout_all(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     for device in services.users.iter_devices(ctx.user())? {
+        device_lists::delete_device(&services, ctx.user(), device.device_id.as_str())?;
         services
             .users
             .remove_device(ctx.user(), device.device_id.as_str())?;
@@ -381,6 +383,7 @@ pub async fn change_password(services: Arc<Services>, ctx: Ctx) -> HandlerResult
     {
         for device in services.users.iter_devices(ctx.user())? {
             if device.device_id.as_str() != ctx.device() {
+                device_lists::delete_device(&services, ctx.user(), device.device_id.as_str())?;
                 services
                     .users
                     .remove_device(ctx.user(), device.device_id.as_str())?;
@@ -416,6 +419,9 @@ pub async fn deactivate(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
                 None,
             );
         }
+    }
+    for device in services.users.iter_devices(&user)? {
+        device_lists::delete_device(&services, &user, device.device_id.as_str())?;
     }
     services.users.deactivate(&user)?;
     Ok(json!({ "id_server_unbind_result": "no-support" }))

@@ -8,7 +8,7 @@ use super::account::check_uiaa;
 use crate::{
     error::Error,
     http::{Ctx, HandlerResult},
-    service::{users::Device, Services},
+    service::{device_lists, users::Device, Services},
 };
 
 fn device_json(user: &ruma::UserId, device: &Device) -> Value {
@@ -46,6 +46,8 @@ pub async fn update_device(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     services
         .users
         .set_device_display_name(ctx.user(), ctx.param(0), name)?;
+    // Other users see the name in key queries, so a device with keys announces the change.
+    device_lists::announce_device(&services, ctx.user(), ctx.param(0))?;
     Ok(json!({}))
 }
 
@@ -69,6 +71,7 @@ pub async fn delete_device(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         &[&["m.login.password"]],
         Some(ctx.user()),
     )?;
+    device_lists::delete_device(&services, ctx.user(), ctx.param(0))?;
     services.users.remove_device(ctx.user(), ctx.param(0))?;
     Ok(json!({}))
 }
@@ -87,6 +90,7 @@ pub async fn delete_devices(services: Arc<Services>, ctx: Ctx) -> HandlerResult 
         Some(ctx.user()),
     )?;
     for device in devices {
+        device_lists::delete_device(&services, ctx.user(), &device)?;
         services.users.remove_device(ctx.user(), &device)?;
     }
     Ok(json!({}))

@@ -3,8 +3,11 @@
 pub mod account;
 pub mod account_data;
 pub mod alias;
+pub mod backup;
+pub mod cross_signing;
 pub mod device;
 pub mod discovery;
+pub mod keys;
 pub mod membership;
 pub mod message;
 pub mod presence;
@@ -13,6 +16,7 @@ pub mod receipt;
 pub mod room;
 pub mod state;
 pub mod sync;
+pub mod to_device;
 pub mod typing;
 pub mod user_directory;
 

@@ -6,3 +6,4 @@ pub mod keys;
 pub mod membership;
 pub mod query;
 pub mod transactions;
+pub mod user_keys;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use ruma::OwnedRoomId;
 use serde_json::{json, Map, Value};
 
+use super::user_keys;
 use crate::{
     error::Error,
     http::{Ctx, HandlerResult},
@@ -26,8 +27,9 @@ const MAX_EDUS: usize = 100;
 /// retried transaction gets the stored answer. PDUs from servers a room's ACL denies are refused.
 /// EDUs are applied after the PDUs (so that a join in the same transaction counts): `m.typing`,
 /// `m.receipt` and `m.presence` through their services, which ignore what the origin may not
-/// say; other EDU types are accepted and ignored. An EDU that is malformed or not the origin's
-/// to send is skipped without failing the transaction.
+/// say; the encryption EDUs (device list and signing key updates, to-device messages) through
+/// `user_keys::receive_edus`; other EDU types are accepted and ignored. An EDU that is malformed
+/// or not the origin's to send is skipped without failing the transaction.
 pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let origin = ctx.origin().to_owned();
     let txn_id = ctx.param(0).to_owned();
@@ -117,10 +119,11 @@ pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> Hand
             Some("m.typing") => typing::receive_edu(&services, &origin, content)?,
             Some("m.receipt") => receipts::receive_edu(&services, &origin, content)?,
             Some("m.presence") => presence::receive_edu(&services, &origin, content)?,
-            Some(other) => tracing::trace!(edu_type = other, "ignoring an EDU"),
+            Some(other) => tracing::trace!(edu_type = other, "an EDU for user_keys or ignored"),
             None => tracing::debug!("ignoring an EDU without edu_type"),
         }
     }
+    user_keys::receive_edus(&services, &origin, edus);
     let response = json!({ "pdus": results });
     services
         .received

@@ -1,0 +1,327 @@
+//! End-to-end encryption keys: upload, query, claim and changes of device keys.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use ruma::{OwnedServerName, OwnedUserId};
+use serde_json::{json, Map, Value};
+
+use crate::{
+    error::{Error, Result},
+    http::{Ctx, HandlerResult},
+    service::{device_lists, Services},
+};
+
+/// How long a query or claim waits for other servers unless the client says otherwise.
+const DEFAULT_REMOTE_TIMEOUT_MS: u64 = 10_000;
+
+/// An optional object field of the body; anything but an object or null is `M_BAD_JSON`.
+pub(super) fn object_field<'a>(
+    body: &'a Value,
+    field: &str,
+) -> Result<Option<&'a Map<String, Value>>> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(object)) => Ok(Some(object)),
+        Some(_) => Err(Error::bad_json(format!("{field} must be an object"))),
+    }
+}
+
+/// Checks that every key ID of a one-time or fallback key map is `algorithm:key_id`.
+fn check_key_ids(field: &str, keys: &Map<String, Value>) -> Result<()> {
+    for (key_id, key) in keys {
+        let valid = key_id
+            .split_once(':')
+            .is_some_and(|(algorithm, id)| !algorithm.is_empty() && !id.is_empty());
+        if !valid || !(key.is_object() || key.is_string()) {
+            return Err(Error::bad_json(format!(
+                "{field} entry {key_id} is not an algorithm:key_id with a key"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `POST /_matrix/client/v3/keys/upload`
+///
+/// Device keys must name the requesting user and device; once stored, a device's identity keys
+/// cannot change (`400 M_INVALID_PARAM`), while signatures added by others are kept. A change
+/// is announced to users and servers sharing a room. Everything lands in one batch.
+pub async fn upload_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let user_id = ctx.user();
+    let device_id = ctx.device();
+    let device_keys = object_field(&ctx.body, "device_keys")?;
+    let one_time_keys = object_field(&ctx.body, "one_time_keys")?;
+    let fallback_keys = match object_field(&ctx.body, "fallback_keys")? {
+        Some(keys) => Some(keys),
+        None => object_field(&ctx.body, "org.matrix.msc2732.fallback_keys")?,
+    };
+    if let Some(keys) = device_keys {
+        if keys.get("user_id").and_then(Value::as_str) != Some(user_id.as_str())
+            || keys.get("device_id").and_then(Value::as_str) != Some(device_id)
+        {
+            return Err(Error::invalid_param(format!(
+                "device_keys must be those of {user_id} device {device_id}"
+            )));
+        }
+        if !keys.get("keys").is_some_and(Value::is_object)
+            || !keys.get("algorithms").is_some_and(Value::is_array)
+        {
+            return Err(Error::bad_json("device_keys needs keys and algorithms"));
+        }
+    }
+    for (field, keys) in [
+        ("one_time_keys", one_time_keys),
+        ("fallback_keys", fallback_keys),
+    ] {
+        if let Some(keys) = keys {
+            check_key_ids(field, keys)?;
+        }
+    }
+    let mut destinations = None;
+    services
+        .globals
+        .write_with_count(&services.db, |batch, count| {
+            if let Some(new) = device_keys {
+                let mut new = Value::Object(new.clone());
+                let existing = services.keys.get_device_keys(user_id, device_id)?;
+                if let Some(existing) = &existing {
+                    if existing["keys"] != new["keys"] {
+                        return Err(Error::invalid_param(format!(
+                            "the identity keys of device {device_id} cannot change"
+                        )));
+                    }
+                    merge_signatures(&mut new, existing);
+                }
+                if existing.as_ref() != Some(&new) {
+                    services
+                        .keys
+                        .set_device_keys_in_batch(batch, user_id, device_id, &new);
+                    let edu = device_lists::device_list_update_edu(
+                        &services,
+                        user_id,
+                        device_id,
+                        count,
+                        Some(&new),
+                    )?;
+                    destinations = Some(device_lists::announce_in_batch(
+                        &services, batch, count, user_id, &edu,
+                    )?);
+                }
+            }
+            if let Some(keys) = one_time_keys {
+                services
+                    .keys
+                    .add_one_time_keys_in_batch(batch, user_id, device_id, keys)?;
+            }
+            if let Some(keys) = fallback_keys {
+                services
+                    .keys
+                    .set_fallback_keys_in_batch(batch, user_id, device_id, keys)?;
+            }
+            Ok(())
+        })?;
+    if let Some(destinations) = destinations {
+        device_lists::after_change(&services, user_id, &destinations);
+    }
+    let counts = services.keys.count_one_time_keys(user_id, device_id)?;
+    Ok(json!({ "one_time_key_counts": counts }))
+}
+
+/// Copies signatures from `existing` that `new` lacks (signatures others uploaded for this key).
+pub(super) fn merge_signatures(new: &mut Value, existing: &Value) {
+    let Some(old) = existing.get("signatures").and_then(Value::as_object) else {
+        return;
+    };
+    if !new.get("signatures").is_some_and(Value::is_object) {
+        new["signatures"] = json!({});
+    }
+    for (signer, keys) in old {
+        let Some(keys) = keys.as_object() else {
+            continue;
+        };
+        let target = new["signatures"]
+            .as_object_mut()
+            .expect("just made an object")
+            .entry(signer.clone())
+            .or_insert_with(|| json!({}));
+        for (key_id, signature) in keys {
+            if target.get(key_id).is_none() {
+                target[key_id] = signature.clone();
+            }
+        }
+    }
+}
+
+/// The remote timeout a query or claim asked for.
+fn remote_timeout(body: &Value) -> Duration {
+    Duration::from_millis(
+        body.get("timeout")
+            .and_then(Value::as_u64)
+            .unwrap_or(DEFAULT_REMOTE_TIMEOUT_MS)
+            .min(60_000),
+    )
+}
+
+/// Splits a `{user ID: T}` request into local users and remote users by server.
+#[allow(clippy::type_complexity)]
+fn split_by_server<T: serde::de::DeserializeOwned>(
+    services: &Services,
+    field: &str,
+    wanted: Option<&Map<String, Value>>,
+) -> Result<(
+    BTreeMap<OwnedUserId, T>,
+    BTreeMap<OwnedServerName, Map<String, Value>>,
+)> {
+    let mut local = BTreeMap::new();
+    let mut remote: BTreeMap<OwnedServerName, Map<String, Value>> = BTreeMap::new();
+    for (user, value) in wanted.into_iter().flatten() {
+        let user_id = OwnedUserId::try_from(user.as_str())
+            .map_err(|_| Error::invalid_param(format!("invalid user ID {user} in {field}")))?;
+        let parsed: T = serde_json::from_value(value.clone())
+            .map_err(|_| Error::bad_json(format!("invalid {field} entry for {user}")))?;
+        if user_id.server_name() == services.globals.server_name() {
+            local.insert(user_id, parsed);
+        } else {
+            remote
+                .entry(user_id.server_name().to_owned())
+                .or_default()
+                .insert(user.clone(), value.clone());
+        }
+    }
+    Ok((local, remote))
+}
+
+/// Sends one request per server at once; a server that fails or is too slow is listed in
+/// `failures`.
+async fn ask_servers(
+    services: &Services,
+    path: &str,
+    field: &str,
+    remote: BTreeMap<OwnedServerName, Map<String, Value>>,
+    timeout: Duration,
+) -> (Vec<Value>, Map<String, Value>) {
+    let requests = remote.into_iter().map(|(server, wanted)| async move {
+        let body = json!({ field: wanted });
+        let answer = tokio::time::timeout(
+            timeout,
+            services.federation_request(&server, http::Method::POST, path, Some(&body)),
+        )
+        .await;
+        (server, answer)
+    });
+    let mut answers = Vec::new();
+    let mut failures = Map::new();
+    for (server, answer) in futures_util::future::join_all(requests).await {
+        match answer {
+            Ok(Ok(answer)) => answers.push(answer),
+            Ok(Err(error)) => {
+                tracing::debug!(%server, %error, "remote key request failed");
+                failures.insert(server.to_string(), json!({}));
+            }
+            Err(_) => {
+                failures.insert(server.to_string(), json!({ "error": "timed out" }));
+            }
+        }
+    }
+    (answers, failures)
+}
+
+/// Merges the `{user: …}` maps under each of `fields` from a remote answer into `response`,
+/// keeping only users of the server that answered.
+fn merge_remote(response: &mut Map<String, Value>, answer: &Value, fields: &[&str]) {
+    for field in fields {
+        let Some(users) = answer.get(*field).and_then(Value::as_object) else {
+            continue;
+        };
+        let target = response
+            .entry(field.to_string())
+            .or_insert_with(|| json!({}));
+        for (user, value) in users {
+            target[user] = value.clone();
+        }
+    }
+}
+
+/// `POST /_matrix/client/v3/keys/query`
+///
+/// Local users are answered from storage; remote users with one `/user/keys/query` per server.
+pub async fn get_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let wanted = object_field(&ctx.body, "device_keys")?
+        .ok_or_else(|| Error::bad_json("device_keys is required"))?;
+    let (local, remote) = split_by_server::<Vec<String>>(&services, "device_keys", Some(wanted))?;
+    let mut response = device_lists::query_local(&services, Some(ctx.user()), &local)?;
+    let (answers, failures) = ask_servers(
+        &services,
+        "/_matrix/federation/v1/user/keys/query",
+        "device_keys",
+        remote,
+        remote_timeout(&ctx.body),
+    )
+    .await;
+    for answer in answers {
+        merge_remote(
+            &mut response,
+            &answer,
+            &["device_keys", "master_keys", "self_signing_keys"],
+        );
+    }
+    response.insert("failures".into(), Value::Object(failures));
+    Ok(Value::Object(response))
+}
+
+/// `POST /_matrix/client/v3/keys/claim`
+///
+/// One key per device and algorithm: a one-time key, removed as it is handed out, or the
+/// device's fallback key when none is left. Remote devices are claimed through their server.
+pub async fn claim_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let wanted = object_field(&ctx.body, "one_time_keys")?
+        .ok_or_else(|| Error::bad_json("one_time_keys is required"))?;
+    let (local, remote) =
+        split_by_server::<BTreeMap<String, String>>(&services, "one_time_keys", Some(wanted))?;
+    let mut one_time_keys = device_lists::claim_local(&services, &local)?;
+    let (answers, failures) = ask_servers(
+        &services,
+        "/_matrix/federation/v1/user/keys/claim",
+        "one_time_keys",
+        remote,
+        remote_timeout(&ctx.body),
+    )
+    .await;
+    for answer in answers {
+        if let Some(users) = answer.get("one_time_keys").and_then(Value::as_object) {
+            for (user, devices) in users {
+                one_time_keys.insert(user.clone(), devices.clone());
+            }
+        }
+    }
+    Ok(json!({ "one_time_keys": one_time_keys, "failures": failures }))
+}
+
+/// A `/sync` token as its global stream position.
+fn parse_token(token: &str) -> Result<u64> {
+    crate::service::sync::SyncToken::parse(token)
+        .map(|token| token.count)
+        .ok_or_else(|| Error::invalid_param(format!("invalid token {token}")))
+}
+
+/// `GET /_matrix/client/v3/keys/changes`
+///
+/// Users sharing a room with the requester whose keys changed between `from` and `to`, or who
+/// started sharing a room; `left` lists users who no longer share one.
+pub async fn get_key_changes(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let from = parse_token(
+        ctx.query("from")
+            .ok_or_else(|| Error::missing_param("from is required"))?,
+    )?;
+    let to = parse_token(
+        ctx.query("to")
+            .ok_or_else(|| Error::missing_param("to is required"))?,
+    )?;
+    let (changed, left): (BTreeSet<_>, BTreeSet<_>) =
+        device_lists::iter_device_list_changes(&services, ctx.user(), from, to)?;
+    Ok(json!({ "changed": changed, "left": left }))
+}

@@ -1,0 +1,338 @@
+//! Who hears about whose keys: the end-to-end encryption part of `/sync` (`to_device`,
+//! `device_lists`, one-time key counts), and announcing a user's key changes to the users and
+//! servers that share a room with them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ruma::{events::room::member::MembershipState, OwnedServerName, OwnedUserId, UserId};
+use serde_json::{json, Map, Value};
+
+use crate::{
+    error::Result,
+    service::{notify::Topic, Services},
+    store::Batch,
+};
+
+/// Every user (local or remote) joined to a room that `user_id` is joined to, `user_id` included.
+pub fn iter_shared_users(services: &Services, user_id: &UserId) -> Result<BTreeSet<OwnedUserId>> {
+    let mut users = BTreeSet::from([user_id.to_owned()]);
+    for room_id in services.rooms.members.iter_joined_rooms(user_id)? {
+        for (member, _) in services
+            .rooms
+            .members
+            .iter_members(&room_id, Some(MembershipState::Join))?
+        {
+            users.insert(member);
+        }
+    }
+    Ok(users)
+}
+
+/// Users whose device lists a user must refresh, and users the user no longer shares a room
+/// with, for changes after `from` up to `to`.
+///
+/// Changed: users sharing a room whose keys changed, and users who started sharing a room (either
+/// side joined). Left: users who share no room any more after a membership ended.
+pub fn iter_device_list_changes(
+    services: &Services,
+    user_id: &UserId,
+    from: u64,
+    to: u64,
+) -> Result<(BTreeSet<OwnedUserId>, BTreeSet<OwnedUserId>)> {
+    let mut changed = BTreeSet::new();
+    let mut left = BTreeSet::new();
+    let shared = iter_shared_users(services, user_id)?;
+    for changed_user in services.keys.iter_changed_users(from, to)? {
+        if shared.contains(&changed_user) {
+            changed.insert(changed_user);
+        }
+    }
+    let in_range = |count: u64| count > from && count <= to;
+    for membership in services.rooms.members.iter_rooms(user_id)? {
+        let room_id = &membership.room_id;
+        let own_change = in_range(membership.count);
+        if !own_change && membership.membership != MembershipState::Join {
+            continue;
+        }
+        // Others' membership changes are timeline events: a room with no event in the range
+        // has none, and costs one seek instead of a read per member.
+        if !own_change && !has_events_in(services, room_id, from, to)? {
+            continue;
+        }
+        for (member, state) in services.rooms.members.iter_members(room_id, None)? {
+            if member == user_id {
+                continue;
+            }
+            let their_change = !own_change
+                && services
+                    .rooms
+                    .members
+                    .get_user_room(&member, room_id)?
+                    .is_some_and(|theirs| in_range(theirs.count));
+            if !own_change && !their_change {
+                continue;
+            }
+            if shared.contains(&member) {
+                if own_change || state == MembershipState::Join {
+                    changed.insert(member);
+                }
+            } else {
+                left.insert(member);
+            }
+        }
+    }
+    Ok((changed, left))
+}
+
+/// Whether a room has a timeline event after `from` and at or before `to`.
+fn has_events_in(services: &Services, room_id: &ruma::RoomId, from: u64, to: u64) -> Result<bool> {
+    let Some(shortroomid) = services.rooms.short.get_shortroomid(room_id)? else {
+        return Ok(false);
+    };
+    match services
+        .rooms
+        .timeline
+        .iter_before(shortroomid, to.saturating_add(1))
+        .next()
+    {
+        Some(entry) => Ok(entry?.0 > from),
+        None => Ok(false),
+    }
+}
+
+/// The `/sync` fields for end-to-end encryption (`to_device`, `device_lists`, one-time key counts
+/// and unused fallback key types), and whether they hold anything a long-poll should return
+/// for. Device lists are only sent on incremental syncs.
+pub fn sync_fields(
+    services: &Services,
+    (user_id, device_id): (&UserId, &str),
+    since: Option<u64>,
+    next: u64,
+) -> Result<(Map<String, Value>, bool)> {
+    let to_device = services
+        .to_device
+        .take_for_sync(user_id, device_id, since, next)?;
+    let (changed, left) = match since {
+        Some(since) => iter_device_list_changes(services, user_id, since, next)?,
+        None => Default::default(),
+    };
+    let one_time_key_counts = services.keys.count_one_time_keys(user_id, device_id)?;
+    let fallback_types = services
+        .keys
+        .iter_unused_fallback_key_types(user_id, device_id)?;
+    let has_updates = !to_device.is_empty() || !changed.is_empty() || !left.is_empty();
+    let mut fields = Map::new();
+    fields.insert("to_device".into(), json!({ "events": to_device }));
+    fields.insert(
+        "device_lists".into(),
+        json!({ "changed": changed, "left": left }),
+    );
+    fields.insert(
+        "device_one_time_keys_count".into(),
+        json!(one_time_key_counts),
+    );
+    fields.insert(
+        "device_unused_fallback_key_types".into(),
+        json!(fallback_types),
+    );
+    Ok((fields, has_updates))
+}
+
+/// The other servers that share a room with a local user.
+pub fn iter_remote_servers(services: &Services, user_id: &UserId) -> Result<Vec<OwnedServerName>> {
+    let mut servers = BTreeSet::new();
+    for room_id in services.rooms.members.iter_joined_rooms(user_id)? {
+        servers.extend(
+            services
+                .rooms
+                .members
+                .servers_in_room(&room_id)?
+                .iter()
+                .cloned(),
+        );
+    }
+    servers.remove(services.globals.server_name());
+    Ok(servers.into_iter().collect())
+}
+
+/// Records in `batch` (which carries stream position `count`) that a user's keys changed, and
+/// for a local user queues `edu` (`m.device_list_update`, `m.signing_key_update`) to every
+/// server sharing a room; returns those servers for [`after_change`].
+/// The sender's queue holds one entry per destination and position, so a batch carries at most
+/// one announcement.
+pub fn announce_in_batch(
+    services: &Services,
+    batch: &mut Batch,
+    count: u64,
+    user_id: &UserId,
+    edu: &Value,
+) -> Result<Vec<OwnedServerName>> {
+    services.keys.mark_changed_in_batch(batch, user_id, count)?;
+    if user_id.server_name() != services.globals.server_name() {
+        return Ok(Vec::new());
+    }
+    let destinations = iter_remote_servers(services, user_id)?;
+    services
+        .sending
+        .queue_edu_in_batch(batch, &destinations, count, edu);
+    Ok(destinations)
+}
+
+/// After the batch of [`announce_in_batch`] is written: wakes the syncs of everyone sharing a room
+/// with the user, and the federation sender.
+pub fn after_change(services: &Services, user_id: &UserId, destinations: &[OwnedServerName]) {
+    services.notifier.wake(Topic::User(user_id.to_string()));
+    if let Ok(rooms) = services.rooms.members.iter_joined_rooms(user_id) {
+        for room_id in rooms {
+            services.notifier.wake(Topic::Room(room_id.to_string()));
+        }
+    }
+    services.sending.wake(destinations);
+}
+
+/// The `m.device_list_update` EDU for a device of a local user; without `keys` it says the
+/// device was deleted.
+pub fn device_list_update_edu(
+    services: &Services,
+    user_id: &UserId,
+    device_id: &str,
+    stream_id: u64,
+    keys: Option<&Value>,
+) -> Result<Value> {
+    let display_name = services
+        .users
+        .get_device(user_id, device_id)?
+        .and_then(|device| device.display_name);
+    let mut content = json!({
+        "user_id": user_id,
+        "device_id": device_id,
+        "stream_id": stream_id,
+        "prev_id": [],
+        "deleted": keys.is_none(),
+    });
+    if let Some(keys) = keys {
+        content["keys"] = keys.clone();
+    }
+    if let Some(name) = display_name {
+        content["device_display_name"] = json!(name);
+    }
+    Ok(json!({ "edu_type": "m.device_list_update", "content": content }))
+}
+
+/// Announces a change of a device that has keys (its display name); does nothing otherwise.
+pub fn announce_device(services: &Services, user_id: &UserId, device_id: &str) -> Result<()> {
+    let Some(keys) = services.keys.get_device_keys(user_id, device_id)? else {
+        return Ok(());
+    };
+    let mut destinations = Vec::new();
+    services
+        .globals
+        .write_with_count(&services.db, |batch, count| {
+            let edu = device_list_update_edu(services, user_id, device_id, count, Some(&keys))?;
+            destinations = announce_in_batch(services, batch, count, user_id, &edu)?;
+            Ok(())
+        })?;
+    after_change(services, user_id, &destinations);
+    Ok(())
+}
+
+/// Removes a device's keys and inbox after logout or deletion, and announces the change.
+pub fn delete_device(services: &Services, user_id: &UserId, device_id: &str) -> Result<()> {
+    let had_keys = services.keys.get_device_keys(user_id, device_id)?.is_some();
+    let mut destinations = Vec::new();
+    services
+        .globals
+        .write_with_count(&services.db, |batch, count| {
+            services
+                .keys
+                .delete_device_keys_in_batch(batch, user_id, device_id)?;
+            services
+                .to_device
+                .delete_device_in_batch(batch, user_id, device_id)?;
+            if had_keys {
+                let edu = device_list_update_edu(services, user_id, device_id, count, None)?;
+                destinations = announce_in_batch(services, batch, count, user_id, &edu)?;
+            }
+            Ok(())
+        })?;
+    if had_keys {
+        after_change(services, user_id, &destinations);
+    }
+    Ok(())
+}
+
+/// Answers a key query for local users: `device_keys` (with each device's display name in
+/// `unsigned.device_display_name`), `master_keys`, `self_signing_keys`, and `user_signing_keys`
+/// for the requester's own keys only. An empty device list asks for every device.
+pub fn query_local(
+    services: &Services,
+    requester: Option<&UserId>,
+    wanted: &BTreeMap<OwnedUserId, Vec<String>>,
+) -> Result<Map<String, Value>> {
+    let mut device_keys = Map::new();
+    let mut master_keys = Map::new();
+    let mut self_signing_keys = Map::new();
+    let mut user_signing_keys = Map::new();
+    for (user_id, devices) in wanted {
+        let mut stored = services.keys.iter_device_keys(user_id)?;
+        if !devices.is_empty() {
+            stored.retain(|device_id, _| devices.contains(device_id));
+        }
+        let mut user_devices = Map::new();
+        for (device_id, mut keys) in stored {
+            if let Some(device) = services.users.get_device(user_id, &device_id)? {
+                if let Some(name) = device.display_name {
+                    keys["unsigned"] = json!({ "device_display_name": name });
+                }
+            }
+            user_devices.insert(device_id, keys);
+        }
+        device_keys.insert(user_id.to_string(), Value::Object(user_devices));
+        let mut kinds = vec![
+            ("master", &mut master_keys),
+            ("self_signing", &mut self_signing_keys),
+        ];
+        if requester == Some(&**user_id) {
+            kinds.push(("user_signing", &mut user_signing_keys));
+        }
+        for (kind, out) in kinds {
+            if let Some(key) = services.keys.get_cross_signing_key(user_id, kind)? {
+                out.insert(user_id.to_string(), key);
+            }
+        }
+    }
+    let mut response = Map::new();
+    response.insert("device_keys".into(), Value::Object(device_keys));
+    response.insert("master_keys".into(), Value::Object(master_keys));
+    response.insert("self_signing_keys".into(), Value::Object(self_signing_keys));
+    if requester.is_some() {
+        response.insert("user_signing_keys".into(), Value::Object(user_signing_keys));
+    }
+    Ok(response)
+}
+
+/// Claims one key per local device and algorithm: `{user: {device: {"algorithm:id": key}}}`.
+pub fn claim_local(
+    services: &Services,
+    wanted: &BTreeMap<OwnedUserId, BTreeMap<String, String>>,
+) -> Result<Map<String, Value>> {
+    let requests: Vec<(OwnedUserId, String, String)> = wanted
+        .iter()
+        .flat_map(|(user_id, devices)| {
+            devices.iter().map(move |(device_id, algorithm)| {
+                (user_id.clone(), device_id.clone(), algorithm.clone())
+            })
+        })
+        .collect();
+    let claimed = services.keys.claim(&requests)?;
+    let mut one_time_keys = Map::new();
+    for ((user_id, device_id, _), key) in requests.into_iter().zip(claimed) {
+        let user = one_time_keys
+            .entry(user_id.to_string())
+            .or_insert_with(|| json!({}));
+        if let Some((key_id, key)) = key {
+            user[device_id] = json!({ key_id: key });
+        }
+    }
+    Ok(one_time_keys)
+}

@@ -1,0 +1,392 @@
+//! End-to-end encryption keys: device identity keys, one-time and fallback keys, cross-signing
+//! keys, and the stream of users whose keys changed (for `/keys/changes` and `/sync`).
+//!
+//! The server never looks inside a key beyond its IDs: clients sign and verify them.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use parking_lot::Mutex;
+use ruma::{OwnedUserId, UserId};
+use serde_json::{Map, Value};
+
+use crate::{
+    error::{Error, Result},
+    store::{key, Batch, Db, Tree},
+};
+
+/// Owns `userdeviceid_devicekeys` (user ID 0xff device ID → JSON device keys),
+/// `userdevicekeyid_onetimekey` (user ID 0xff device ID 0xff `algorithm:key_id` → JSON key),
+/// `userdevicealgorithm_fallbackkey` (user ID 0xff device ID 0xff algorithm → JSON
+/// [`FallbackKey`]), `useridkind_crosssigningkey` (user ID 0xff `master`/`self_signing`/
+/// `user_signing` → JSON key), `countuserid_keychange` (stream position u64 0xff user ID → empty:
+/// the last change of each user's keys) and `userid_keychangecount` (user ID → stream position
+/// u64, to find and replace a user's entry in `countuserid_keychange`).
+pub struct Keys {
+    db: Arc<Db>,
+    userdeviceid_devicekeys: Tree,
+    userdevicekeyid_onetimekey: Tree,
+    userdevicealgorithm_fallbackkey: Tree,
+    useridkind_crosssigningkey: Tree,
+    countuserid_keychange: Tree,
+    userid_keychangecount: Tree,
+    /// Serialises claims, so that two claimers never get the same one-time key.
+    claim_lock: Mutex<()>,
+}
+
+/// The kinds of cross-signing key, as named in `/keys/device_signing/upload`.
+pub const CROSS_SIGNING_KINDS: [&str; 3] = ["master", "self_signing", "user_signing"];
+
+/// A device's fallback key for one algorithm.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct FallbackKey {
+    /// `algorithm:key_id`.
+    key_id: String,
+    key: Value,
+    used: bool,
+}
+
+/// One key handed out by a claim: `algorithm:key_id` and the key object.
+pub type ClaimedKey = (String, Value);
+
+fn device_key(user_id: &UserId, device_id: &str) -> Vec<u8> {
+    key::join(&[user_id.as_bytes(), device_id.as_bytes()])
+}
+
+fn parse(tree: &'static str, bytes: &[u8]) -> Result<Value> {
+    serde_json::from_slice(bytes).map_err(|e| Error::corrupt(tree, e))
+}
+
+impl Keys {
+    /// Opens the trees.
+    pub fn open(db: &Arc<Db>) -> Self {
+        Self {
+            db: Arc::clone(db),
+            userdeviceid_devicekeys: db.tree("userdeviceid_devicekeys"),
+            userdevicekeyid_onetimekey: db.tree("userdevicekeyid_onetimekey"),
+            userdevicealgorithm_fallbackkey: db.tree("userdevicealgorithm_fallbackkey"),
+            useridkind_crosssigningkey: db.tree("useridkind_crosssigningkey"),
+            countuserid_keychange: db.tree("countuserid_keychange"),
+            userid_keychangecount: db.tree("userid_keychangecount"),
+            claim_lock: Mutex::new(()),
+        }
+    }
+
+    /// A device's identity keys as the client uploaded them (with signatures added since).
+    pub fn get_device_keys(&self, user_id: &UserId, device_id: &str) -> Result<Option<Value>> {
+        self.userdeviceid_devicekeys
+            .get(&device_key(user_id, device_id))?
+            .map(|bytes| parse("userdeviceid_devicekeys", &bytes))
+            .transpose()
+    }
+
+    /// Every device of a user that uploaded identity keys, by device ID.
+    pub fn iter_device_keys(&self, user_id: &UserId) -> Result<BTreeMap<String, Value>> {
+        let prefix = key::prefix(&[user_id.as_bytes()]);
+        let mut devices = BTreeMap::new();
+        for entry in self.userdeviceid_devicekeys.iter_prefix(&prefix) {
+            let (db_key, value) = entry?;
+            let device_id = String::from_utf8_lossy(&db_key[prefix.len()..]).into_owned();
+            devices.insert(device_id, parse("userdeviceid_devicekeys", &value)?);
+        }
+        Ok(devices)
+    }
+
+    /// Stores a device's identity keys.
+    pub fn set_device_keys_in_batch(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        device_id: &str,
+        keys: &Value,
+    ) {
+        batch.insert(
+            &self.userdeviceid_devicekeys,
+            &device_key(user_id, device_id),
+            keys.to_string().as_bytes(),
+        );
+    }
+
+    /// Adds one-time keys (`algorithm:key_id` → key). Uploading a stored key again is a no-op;
+    /// another key under a stored key ID is `400 M_INVALID_PARAM`, as the ID names one key.
+    pub fn add_one_time_keys_in_batch(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        device_id: &str,
+        keys: &Map<String, Value>,
+    ) -> Result<()> {
+        for (key_id, one_time_key) in keys {
+            let db_key = key::join(&[user_id.as_bytes(), device_id.as_bytes(), key_id.as_bytes()]);
+            if let Some(stored) = self.userdevicekeyid_onetimekey.get(&db_key)? {
+                if parse("userdevicekeyid_onetimekey", &stored)? != *one_time_key {
+                    return Err(Error::invalid_param(format!(
+                        "one-time key {key_id} already exists with another value"
+                    )));
+                }
+                continue;
+            }
+            batch.insert(
+                &self.userdevicekeyid_onetimekey,
+                &db_key,
+                one_time_key.to_string().as_bytes(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Replaces the fallback key of each algorithm given (`algorithm:key_id` → key); a new key
+    /// starts unused.
+    pub fn set_fallback_keys_in_batch(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        device_id: &str,
+        keys: &Map<String, Value>,
+    ) -> Result<()> {
+        for (key_id, fallback_key) in keys {
+            let algorithm = key_id.split(':').next().unwrap_or_default();
+            let db_key = key::join(&[
+                user_id.as_bytes(),
+                device_id.as_bytes(),
+                algorithm.as_bytes(),
+            ]);
+            let stored = FallbackKey {
+                key_id: key_id.clone(),
+                key: fallback_key.clone(),
+                used: false,
+            };
+            let value = serde_json::to_vec(&stored).map_err(Error::internal)?;
+            batch.insert(&self.userdevicealgorithm_fallbackkey, &db_key, &value);
+        }
+        Ok(())
+    }
+
+    /// How many one-time keys of each algorithm a device has left; `signed_curve25519` is always
+    /// listed, because some clients only upload keys when they see it at zero.
+    pub fn count_one_time_keys(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+    ) -> Result<BTreeMap<String, u64>> {
+        let prefix = key::prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
+        let mut counts = BTreeMap::from([("signed_curve25519".to_owned(), 0)]);
+        for entry in self.userdevicekeyid_onetimekey.iter_prefix(&prefix) {
+            let (db_key, _) = entry?;
+            let key_id = String::from_utf8_lossy(&db_key[prefix.len()..]).into_owned();
+            let algorithm = key_id.split(':').next().unwrap_or_default().to_owned();
+            *counts.entry(algorithm).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    /// The algorithms for which a device has a fallback key that nobody claimed yet.
+    pub fn iter_unused_fallback_key_types(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+    ) -> Result<Vec<String>> {
+        let prefix = key::prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
+        let mut algorithms = Vec::new();
+        for entry in self.userdevicealgorithm_fallbackkey.iter_prefix(&prefix) {
+            let (db_key, value) = entry?;
+            let stored: FallbackKey = serde_json::from_slice(&value)
+                .map_err(|e| Error::corrupt("userdevicealgorithm_fallbackkey", e))?;
+            if !stored.used {
+                algorithms.push(String::from_utf8_lossy(&db_key[prefix.len()..]).into_owned());
+            }
+        }
+        Ok(algorithms)
+    }
+
+    /// Claims one key per `(user, device, algorithm)`: a one-time key, which is removed, or else
+    /// the fallback key, which stays and is marked used. All removals are one batch, written
+    /// under a lock so that no key is handed out twice.
+    pub fn claim(
+        &self,
+        wanted: &[(OwnedUserId, String, String)],
+    ) -> Result<Vec<Option<ClaimedKey>>> {
+        let _guard = self.claim_lock.lock();
+        let mut batch = Batch::default();
+        let mut claimed = Vec::with_capacity(wanted.len());
+        for (user_id, device_id, algorithm) in wanted {
+            let prefix = key::join(&[
+                user_id.as_bytes(),
+                device_id.as_bytes(),
+                format!("{algorithm}:").as_bytes(),
+            ]);
+            if let Some(entry) = self.userdevicekeyid_onetimekey.iter_prefix(&prefix).next() {
+                let (db_key, value) = entry?;
+                let device_prefix = key::prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
+                let key_id = String::from_utf8_lossy(&db_key[device_prefix.len()..]).into_owned();
+                batch.remove(&self.userdevicekeyid_onetimekey, &db_key);
+                claimed.push(Some((key_id, parse("userdevicekeyid_onetimekey", &value)?)));
+                continue;
+            }
+            let db_key = key::join(&[
+                user_id.as_bytes(),
+                device_id.as_bytes(),
+                algorithm.as_bytes(),
+            ]);
+            match self.userdevicealgorithm_fallbackkey.get(&db_key)? {
+                Some(value) => {
+                    let mut stored: FallbackKey = serde_json::from_slice(&value)
+                        .map_err(|e| Error::corrupt("userdevicealgorithm_fallbackkey", e))?;
+                    claimed.push(Some((stored.key_id.clone(), stored.key.clone())));
+                    if !stored.used {
+                        stored.used = true;
+                        let value = serde_json::to_vec(&stored).map_err(Error::internal)?;
+                        batch.insert(&self.userdevicealgorithm_fallbackkey, &db_key, &value);
+                    }
+                }
+                None => claimed.push(None),
+            }
+        }
+        self.db.write(batch)?;
+        Ok(claimed)
+    }
+
+    /// Removes a device's identity, one-time and fallback keys.
+    pub fn delete_device_keys_in_batch(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        device_id: &str,
+    ) -> Result<()> {
+        batch.remove(
+            &self.userdeviceid_devicekeys,
+            &device_key(user_id, device_id),
+        );
+        let prefix = key::prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
+        for tree in [
+            &self.userdevicekeyid_onetimekey,
+            &self.userdevicealgorithm_fallbackkey,
+        ] {
+            for entry in tree.iter_prefix(&prefix) {
+                batch.remove(tree, &entry?.0);
+            }
+        }
+        Ok(())
+    }
+
+    /// A cross-signing key (`kind` is one of [`CROSS_SIGNING_KINDS`]).
+    pub fn get_cross_signing_key(&self, user_id: &UserId, kind: &str) -> Result<Option<Value>> {
+        self.useridkind_crosssigningkey
+            .get(&key::join(&[user_id.as_bytes(), kind.as_bytes()]))?
+            .map(|bytes| parse("useridkind_crosssigningkey", &bytes))
+            .transpose()
+    }
+
+    /// Stores a cross-signing key.
+    pub fn set_cross_signing_key_in_batch(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        kind: &str,
+        signing_key: &Value,
+    ) {
+        batch.insert(
+            &self.useridkind_crosssigningkey,
+            &key::join(&[user_id.as_bytes(), kind.as_bytes()]),
+            signing_key.to_string().as_bytes(),
+        );
+    }
+
+    /// Records that a user's keys changed at stream position `count`, replacing the user's
+    /// earlier entry so that the stream holds one entry per user.
+    pub fn mark_changed_in_batch(
+        &self,
+        batch: &mut Batch,
+        user_id: &UserId,
+        count: u64,
+    ) -> Result<()> {
+        if let Some(previous) = self.userid_keychangecount.get(user_id.as_bytes())? {
+            batch.remove(
+                &self.countuserid_keychange,
+                &key::join(&[&previous, user_id.as_bytes()]),
+            );
+        }
+        let position = key::u64_bytes(count);
+        batch.insert(
+            &self.countuserid_keychange,
+            &key::join(&[&position, user_id.as_bytes()]),
+            b"",
+        );
+        batch.insert(&self.userid_keychangecount, user_id.as_bytes(), &position);
+        Ok(())
+    }
+
+    /// The stream position of a user's last key change.
+    pub fn get_change_count(&self, user_id: &UserId) -> Result<Option<u64>> {
+        Ok(self
+            .userid_keychangecount
+            .get(user_id.as_bytes())?
+            .and_then(|bytes| key::read_u64(&bytes)))
+    }
+
+    /// Users whose keys last changed after `from` and at or before `to`.
+    pub fn iter_changed_users(&self, from: u64, to: u64) -> Result<Vec<OwnedUserId>> {
+        let mut users = Vec::new();
+        let start = key::u64_bytes(from.saturating_add(1));
+        for entry in self.countuserid_keychange.iter_from(&start, false) {
+            let (db_key, _) = entry?;
+            if key::read_u64(&db_key).unwrap_or(u64::MAX) > to {
+                break;
+            }
+            let user = db_key.get(9..).unwrap_or_default();
+            let user_id = OwnedUserId::try_from(String::from_utf8_lossy(user).as_ref())
+                .map_err(|e| Error::corrupt("countuserid_keychange", e))?;
+            users.push(user_id);
+        }
+        Ok(users)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn claims_take_one_time_keys_then_the_fallback_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), false).unwrap();
+        let keys = Keys::open(&db);
+        let user = <&UserId>::try_from("@alice:localhost").unwrap();
+        let mut batch = Batch::default();
+        let one_time = json!({ "signed_curve25519:AAA": { "key": "one" } });
+        let fallback = json!({ "signed_curve25519:BBB": { "key": "fallback" } });
+        keys.add_one_time_keys_in_batch(&mut batch, user, "DEV", one_time.as_object().unwrap())
+            .unwrap();
+        keys.set_fallback_keys_in_batch(&mut batch, user, "DEV", fallback.as_object().unwrap())
+            .unwrap();
+        keys.mark_changed_in_batch(&mut batch, user, 5).unwrap();
+        db.write(batch).unwrap();
+        assert_eq!(
+            keys.count_one_time_keys(user, "DEV").unwrap()["signed_curve25519"],
+            1
+        );
+        let wanted = [(
+            user.to_owned(),
+            "DEV".to_owned(),
+            "signed_curve25519".to_owned(),
+        )];
+        let first = keys.claim(&wanted).unwrap();
+        assert_eq!(first[0].as_ref().unwrap().0, "signed_curve25519:AAA");
+        assert_eq!(
+            keys.count_one_time_keys(user, "DEV").unwrap()["signed_curve25519"],
+            0
+        );
+        let second = keys.claim(&wanted).unwrap();
+        assert_eq!(second[0].as_ref().unwrap().0, "signed_curve25519:BBB");
+        assert!(keys
+            .iter_unused_fallback_key_types(user, "DEV")
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            keys.iter_changed_users(4, 5).unwrap(),
+            vec![user.to_owned()]
+        );
+        assert!(keys.iter_changed_users(5, 9).unwrap().is_empty());
+    }
+}
