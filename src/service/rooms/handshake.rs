@@ -85,18 +85,32 @@ pub async fn join_remote(
     servers: &[OwnedServerName],
     content_extra: Value,
 ) -> Result<OwnedEventId> {
-    let own = services.globals.server_name();
     let mut last_error = Error::not_found(format!("no server to join {room_id} through"));
-    for server in servers.iter().filter(|server| *server != own) {
+    for server in other_servers(services, servers) {
         match join_through(services, room_id, user, server, &content_extra).await {
             Ok(event_id) => return Ok(event_id),
-            Err(error) => {
-                tracing::info!(%server, %error, "joining through a server failed");
-                last_error = error;
-            }
+            Err(error) => last_error = failed_through(server, "joining", error),
         }
     }
     Err(last_error)
+}
+
+/// The servers of a list other than this one, in order.
+fn other_servers<'a>(
+    services: &Services,
+    servers: &'a [OwnedServerName],
+) -> impl Iterator<Item = &'a ServerName> {
+    let own = services.globals.server_name().to_owned();
+    servers
+        .iter()
+        .filter(move |server| **server != own)
+        .map(|server| server.as_ref())
+}
+
+/// Logs that a handshake through `server` failed and hands the error on.
+fn failed_through(server: &ServerName, what: &str, error: Error) -> Error {
+    tracing::info!(%server, %error, "{what} through a server failed");
+    error
 }
 
 /// Asks `server` for a `make_join` or `make_knock` template (offering every room version this
@@ -369,15 +383,11 @@ pub async fn knock_remote(
     servers: &[OwnedServerName],
     content_extra: Value,
 ) -> Result<OwnedEventId> {
-    let own = services.globals.server_name();
     let mut last_error = Error::not_found(format!("no server to knock on {room_id} through"));
-    for server in servers.iter().filter(|server| *server != own) {
+    for server in other_servers(services, servers) {
         match knock_through(services, room_id, user, server, &content_extra).await {
             Ok(event_id) => return Ok(event_id),
-            Err(error) => {
-                tracing::info!(%server, %error, "knocking through a server failed");
-                last_error = error;
-            }
+            Err(error) => last_error = failed_through(server, "knocking", error),
         }
     }
     Err(last_error)
@@ -529,10 +539,7 @@ pub async fn leave_remote(
     user: &UserId,
     servers: &[OwnedServerName],
 ) -> Result<()> {
-    for server in servers
-        .iter()
-        .filter(|server| *server != services.globals.server_name())
-    {
+    for server in other_servers(services, servers) {
         match leave_through(services, room_id, user, server).await {
             Ok((version, object, pdu)) => {
                 let state = services
@@ -544,7 +551,7 @@ pub async fn leave_remote(
                     services, room_id, &version, &object, &pdu, &state,
                 );
             }
-            Err(error) => tracing::info!(%server, %error, "leaving through a server failed"),
+            Err(error) => drop(failed_through(server, "leaving", error)),
         }
     }
     // Record the leave locally anyway, so the invite disappears for the user.
