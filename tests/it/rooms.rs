@@ -991,3 +991,127 @@ async fn knocking_asks_to_join_and_is_answered_with_an_invite_or_a_kick() {
         "M_NOT_FOUND",
     );
 }
+
+#[tokio::test]
+async fn room_version_12_creators_are_privileged_and_validated() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    server.register("charlie").await;
+    let state =
+        |room: &str, kind: &str| format!("/_matrix/client/v3/rooms/{}/state/{kind}/", enc(room));
+
+    let room = alice.create_room(json!({"room_version": "12"})).await;
+    let power = alice.get_ok(&state(&room, "m.room.power_levels")).await;
+    assert_eq!(power["events"]["m.room.tombstone"], 150, "{power}");
+    assert_eq!(power["users"], json!({}));
+    // The creator's power is above any level: it cannot be written into the users map.
+    assert_error(
+        &alice
+            .put(
+                &state(&room, "m.room.power_levels"),
+                json!({"users": {"@alice:localhost": 100}}),
+            )
+            .await,
+        400,
+        "M_BAD_JSON",
+    );
+    assert_error(
+        &alice
+            .put(
+                &state(&room, "m.room.power_levels"),
+                json!({"users": {"@bob:localhost": 9007199254740992_u64}}),
+            )
+            .await,
+        400,
+        "M_BAD_JSON",
+    );
+    assert_error(
+        &alice
+            .put(
+                &state(&room, "m.room.create"),
+                json!({"room_version": "12"}),
+            )
+            .await,
+        400,
+        "M_BAD_JSON",
+    );
+
+    // A trusted private chat makes its invitees creators, next to those asked for.
+    let trusted = alice
+        .create_room(json!({
+            "room_version": "12", "preset": "trusted_private_chat", "is_direct": true,
+            "invite": ["@bob:localhost"],
+            "creation_content": {"additional_creators": ["@charlie:localhost"]}
+        }))
+        .await;
+    let create = alice.get_ok(&state(&trusted, "m.room.create")).await;
+    let mut creators: Vec<&str> = create["additional_creators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|creator| creator.as_str().unwrap())
+        .collect();
+    creators.sort();
+    assert_eq!(creators, ["@bob:localhost", "@charlie:localhost"]);
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/join", enc(&trusted)),
+        json!({}),
+    )
+    .await;
+    assert_error(
+        &alice
+            .put(
+                &state(&trusted, "m.room.power_levels"),
+                json!({"users": {"@bob:localhost": 100}}),
+            )
+            .await,
+        400,
+        "M_BAD_JSON",
+    );
+    // Bob, a creator, cannot be kicked by alice.
+    assert_error(
+        &alice
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/kick", enc(&trusted)),
+                json!({"user_id": "@bob:localhost"}),
+            )
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+
+    for bad in [
+        json!("@bob:localhost"),
+        json!([1]),
+        json!(["bob"]),
+        json!(["@bob:not a domain"]),
+    ] {
+        assert_error(
+            &alice
+                .post(
+                    "/_matrix/client/v3/createRoom",
+                    json!({"room_version": "12", "creation_content": {"additional_creators": bad}}),
+                )
+                .await,
+            400,
+            "M_BAD_JSON",
+        );
+    }
+    assert_error(
+        &alice
+            .post(
+                "/_matrix/client/v3/createRoom",
+                json!({"room_version": "12",
+                       "power_level_content_override": {"users": {"@alice:localhost": 100}}}),
+            )
+            .await,
+        400,
+        "M_BAD_JSON",
+    );
+    // Version 11 rooms keep the creator in the users map.
+    let older = alice.create_room(json!({"room_version": "11"})).await;
+    let power = alice.get_ok(&state(&older, "m.room.power_levels")).await;
+    assert_eq!(power["users"]["@alice:localhost"], 100);
+    assert_eq!(power["events"]["m.room.tombstone"], 100);
+}

@@ -92,11 +92,32 @@ pub async fn create_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     if !rules.authorization.use_room_create_sender {
         create_content.insert("creator".into(), json!(sender));
     }
-    if rules.authorization.additional_room_creators
-        && preset == "trusted_private_chat"
-        && !body.invite.is_empty()
-    {
-        create_content.insert("additional_creators".into(), json!(body.invite));
+    // Room version 12: the creator and `additional_creators` are privileged; in a trusted private
+    // chat the invitees become creators too.
+    let mut additional_creators = additional_creators(&create_content)?;
+    if rules.authorization.additional_room_creators {
+        if preset == "trusted_private_chat" {
+            for invitee in &body.invite {
+                if !additional_creators.contains(invitee) {
+                    additional_creators.push(invitee.clone());
+                }
+            }
+        }
+        if !additional_creators.is_empty() {
+            create_content.insert("additional_creators".into(), json!(additional_creators));
+        }
+    }
+    let creators_are_privileged = rules.authorization.explicitly_privilege_room_creators;
+    if creators_are_privileged {
+        let mut creators = additional_creators.clone();
+        creators.push(sender.clone());
+        if let Some(users) = body
+            .power_level_content_override
+            .as_ref()
+            .and_then(|overrides| overrides.get("users"))
+        {
+            reject_creators_in_users(users, &creators)?;
+        }
     }
     let placeholder = OwnedRoomId::try_from(format!("!{}:{server}", util::random_string(18)))
         .map_err(Error::internal)?;
@@ -120,7 +141,6 @@ pub async fn create_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     }
     send(PduBuilder::state("m.room.member", sender.as_str(), join))?;
 
-    let creators_are_privileged = rules.authorization.explicitly_privilege_room_creators;
     let mut users = Map::new();
     if !creators_are_privileged {
         users.insert(sender.to_string(), json!(100));
@@ -135,7 +155,9 @@ pub async fn create_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         "ban": 50, "kick": 50, "redact": 50, "invite": if preset == "public_chat" { 50 } else { 0 },
         "events": {
             "m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
-            "m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+            "m.room.canonical_alias": 50, "m.room.avatar": 50,
+            // Upgrading a version 12 room is for its creators (whose power is above any level).
+            "m.room.tombstone": if creators_are_privileged { 150 } else { 100 },
             "m.room.server_acl": 100, "m.room.encryption": 100
         },
         "notifications": { "room": 50 }
@@ -214,4 +236,36 @@ pub async fn create_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         services.rooms.alias.set_public(&room_id, true)?;
     }
     Ok(json!({ "room_id": room_id }))
+}
+
+/// The `additional_creators` of `creation_content`: user IDs, or `M_BAD_JSON`.
+fn additional_creators(create_content: &Map<String, Value>) -> Result<Vec<OwnedUserId>, Error> {
+    let Some(value) = create_content.get("additional_creators") else {
+        return Ok(Vec::new());
+    };
+    let invalid = || Error::bad_json("additional_creators must be an array of user IDs");
+    value
+        .as_array()
+        .ok_or_else(invalid)?
+        .iter()
+        .map(|creator| {
+            creator
+                .as_str()
+                .and_then(|text| OwnedUserId::try_from(text).ok())
+                .ok_or_else(invalid)
+        })
+        .collect()
+}
+
+/// Room creators have no place in `users` of power levels from room version 12: `M_BAD_JSON`.
+pub fn reject_creators_in_users(users: &Value, creators: &[OwnedUserId]) -> Result<(), Error> {
+    if let Some(creator) = creators
+        .iter()
+        .find(|creator| users.get(creator.as_str()).is_some())
+    {
+        return Err(Error::bad_json(format!(
+            "{creator} is a room creator and cannot be given a power level"
+        )));
+    }
+    Ok(())
 }

@@ -61,9 +61,15 @@ pub async fn send_state_event(services: Arc<Services>, ctx: Ctx) -> HandlerResul
         return Err(Error::invalid_param("invalid event type"));
     }
     if event_type == "m.room.create" {
-        return Err(Error::forbidden(
+        return Err(Error::bad_json(
             "m.room.create cannot be sent to an existing room",
         ));
+    }
+    if event_type == "m.room.power_levels" {
+        if let Some(users) = ctx.body.get("users") {
+            let creators = privileged_creators(&services, &room_id)?;
+            super::room::reject_creators_in_users(users, &creators)?;
+        }
     }
     if event_type == "m.room.canonical_alias" {
         for alias in ctx.body.get("alias").into_iter().chain(
@@ -95,4 +101,38 @@ pub async fn send_state_event(services: Arc<Services>, ctx: Ctx) -> HandlerResul
         None,
     )?;
     Ok(json!({ "event_id": event_id }))
+}
+
+/// The creators of a room whose version privileges them (version 12): the create event's sender
+/// and its `additional_creators`; empty for other versions.
+fn privileged_creators(
+    services: &Services,
+    room_id: &ruma::RoomId,
+) -> Result<Vec<ruma::OwnedUserId>, Error> {
+    let (_, version) = services.rooms.room_version(room_id)?;
+    let rules = crate::service::rooms::timeline::rules_for(&version)?;
+    if !rules.authorization.explicitly_privilege_room_creators {
+        return Ok(Vec::new());
+    }
+    let Some(create) =
+        services
+            .rooms
+            .current_state_pdu(room_id, &StateEventType::RoomCreate, "")?
+    else {
+        return Ok(Vec::new());
+    };
+    let mut creators = vec![create.sender.clone()];
+    for creator in create.content_value()["additional_creators"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(user) = creator
+            .as_str()
+            .and_then(|text| ruma::OwnedUserId::try_from(text).ok())
+        {
+            creators.push(user);
+        }
+    }
+    Ok(creators)
 }
