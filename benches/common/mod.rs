@@ -7,6 +7,9 @@
 
 use super::*;
 
+mod machine;
+pub(crate) use machine::*;
+
 // ---------------------------------------------------------------------------
 // HTTP / Matrix client-server API
 

@@ -159,8 +159,6 @@ async fn keys_and_to_device_messages_cross_two_servers() {
 /// encrypted room reaches bob through a key query, a claim and a to-device room key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn matrix_sdk_clients_exchange_an_encrypted_message() {
-    use std::time::Duration;
-
     use matrix_sdk::{
         config::SyncSettings,
         ruma::{
@@ -222,23 +220,6 @@ async fn matrix_sdk_clients_exchange_an_encrypted_message() {
     room.send(RoomMessageEventContent::text_plain("secret hello"))
         .await
         .unwrap();
-    let mut decrypted = false;
-    for _ in 0..10 {
-        bob.sync_once(SyncSettings::default().timeout(Duration::from_secs(1)))
-            .await
-            .unwrap();
-        let messages = bob
-            .get_room(room.room_id())
-            .unwrap()
-            .messages(matrix_sdk::room::MessagesOptions::backward())
-            .await
-            .unwrap();
-        decrypted = messages.chunk.iter().any(|event| {
-            event.encryption_info().is_some() && event.raw().json().get().contains("secret hello")
-        });
-        if decrypted {
-            break;
-        }
-    }
+    let decrypted = crate::sync::sdk_sees_text(bob, room.room_id(), "secret hello", true).await;
     assert!(decrypted, "bob decrypts alice's message");
 }

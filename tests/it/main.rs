@@ -16,5 +16,5 @@ mod rooms;
 mod spec_map;
 mod synapse_harness;
 mod synapse_interop;
-mod sync;
+pub mod sync;
 mod tidy;

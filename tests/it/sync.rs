@@ -291,25 +291,7 @@ async fn matrix_sdk_client_chats_through_plait() {
     room.send(RoomMessageEventContent::text_plain("hello from matrix-sdk"))
         .await
         .unwrap();
-    let mut found = false;
-    for _ in 0..5 {
-        bob.sync_once(SyncSettings::default().timeout(Duration::from_secs(2)))
-            .await
-            .unwrap();
-        let messages = bob
-            .get_room(room.room_id())
-            .unwrap()
-            .messages(matrix_sdk::room::MessagesOptions::backward())
-            .await
-            .unwrap();
-        found = messages
-            .chunk
-            .iter()
-            .any(|event| event.raw().json().get().contains("hello from matrix-sdk"));
-        if found {
-            break;
-        }
-    }
+    let found = sdk_sees_text(&bob, room.room_id(), "hello from matrix-sdk", false).await;
     assert!(found, "bob receives alice's message");
 }
 
@@ -351,4 +333,33 @@ async fn long_poll_returns_when_an_invite_arrives() {
         response["rooms"]["invite"].get(&room).is_some(),
         "{response}"
     );
+}
+
+/// Syncs a matrix-sdk client (up to 10 times) until a message containing `text` is in the room's
+/// latest page, decrypted when `encrypted`; whether it was seen.
+pub async fn sdk_sees_text(
+    client: &matrix_sdk::Client,
+    room_id: &ruma::RoomId,
+    text: &str,
+    encrypted: bool,
+) -> bool {
+    for _ in 0..10 {
+        client
+            .sync_once(matrix_sdk::config::SyncSettings::default().timeout(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        let messages = client
+            .get_room(room_id)
+            .unwrap()
+            .messages(matrix_sdk::room::MessagesOptions::backward())
+            .await
+            .unwrap();
+        if messages.chunk.iter().any(|event| {
+            (!encrypted || event.encryption_info().is_some())
+                && event.raw().json().get().contains(text)
+        }) {
+            return true;
+        }
+    }
+    false
 }
