@@ -131,20 +131,21 @@ pub async fn get_public_rooms(services: Arc<Services>, ctx: Ctx) -> HandlerResul
         Some(server) if server != services.globals.server_name().as_str() => {
             let server = ruma::OwnedServerName::try_from(server)
                 .map_err(|_| Error::invalid_param(format!("invalid server name {server}")))?;
-            let mut body = json!({ "limit": request.limit });
+            let path = "/_matrix/federation/v1/publicRooms";
+            // A filter needs the POST form; a plain page is a GET.
+            let Some(term) = &request.term else {
+                let query = format!("{path}?limit={}&since={}", request.limit, request.since);
+                return services
+                    .federation_request(&server, http::Method::GET, &query, None)
+                    .await;
+            };
+            let mut body =
+                json!({ "limit": request.limit, "filter": { "generic_search_term": term } });
             if request.since > 0 {
                 body["since"] = json!(request.since.to_string());
             }
-            if let Some(term) = &request.term {
-                body["filter"] = json!({ "generic_search_term": term });
-            }
             services
-                .federation_request(
-                    &server,
-                    http::Method::POST,
-                    "/_matrix/federation/v1/publicRooms",
-                    Some(&body),
-                )
+                .federation_request(&server, http::Method::POST, path, Some(&body))
                 .await
         }
         _ => directory::public_rooms(
