@@ -10,11 +10,14 @@
 #   PLAIT_BIN            Plait binary (default ${CARGO_TARGET_DIR:-<repo>/target}/release/plait,
 #                        built with `cargo build --release` when missing)
 #   COMPLEMENT_TIMEOUT   whole-run limit, N[smh] (default 30m)
-#   COMPLEMENT_TEST_TIMEOUT  per-test limit, Go duration (default 5m): the test's
+#   COMPLEMENT_TEST_TIMEOUT  per-test limit, N[smh] (default 5m): the test's
 #                        servers are killed and the test fails
 #   COMPLEMENT_RUN       go test -run regex (default: all tests)
 #   COMPLEMENT_PACKAGES  packages (default: the tests and tests/csapi packages)
-#   COMPLEMENT_PARALLEL  go test -parallel (default 2)
+#   COMPLEMENT_PARALLEL  -test.parallel within one top-level test (default 2)
+#   COMPLEMENT_JOBS      top-level tests run at once, each in its own process (default 2)
+#   COMPLEMENT_SOURCES   folder with complement/, gomatrixserverlib/, gomatrix/, util/
+#                        sources to use instead of the module proxy (a go.work replace)
 #   COMPLEMENT_SPAWN_HS_TIMEOUT_SECS  start-up limit per server (default 30)
 #   PLAIT_COMPLEMENT_SERVER_NAMES  hs (default) | ip   (see README.md)
 set -euo pipefail
@@ -78,8 +81,24 @@ export PLAIT_COMPLEMENT_WORKDIR="$work/servers"
 export GOFLAGS="${GOFLAGS:-} -mod=mod"
 
 rm -rf "$work"
-mkdir -p "$work"
+mkdir -p "$work/bin" "$work/out"
 cd "$here"
+
+# Upstream sources from a local folder instead of the module proxy (which refuses
+# github.com/matrix-org/* on some networks): a go.work outside the module replaces them.
+if [[ -n "${COMPLEMENT_SOURCES:-}" ]]; then
+  src="$(cd "$COMPLEMENT_SOURCES" && pwd)"
+  {
+    echo "go $(sed -n 's/^go //p' go.mod)"
+    echo "use $here"
+    for m in complement gomatrixserverlib gomatrix util; do
+      [[ -d "$src/$m" ]] && echo "replace github.com/matrix-org/$m => $src/$m"
+    done
+  } >"$work/go.work"
+  export GOWORK="$work/go.work"
+  GOFLAGS="${GOFLAGS//-mod=mod/}"   # workspace mode refuses -mod=mod
+  echo "run.sh: Complement sources from $src"
+fi
 
 read -r -a packages <<<"${COMPLEMENT_PACKAGES:-$mod/tests $mod/tests/csapi}"
 
@@ -89,35 +108,52 @@ overlay="$("$work/harness" overlay "$work/_overlay" "${packages[@]}")"
 
 # Tests that deploy Docker blueprints (complement.OldDeploy) cannot run here.
 "$work/harness" needs-docker "${packages[@]}" >"$here/needs-docker.txt"
-skip_re=""
-if [[ -s "$here/needs-docker.txt" ]]; then
-  skip_re="^($(awk '{print $2}' "$here/needs-docker.txt" | sort -u | paste -sd'|'))\$"
-fi
 
-args=(test -json -count=1 -overlay "$overlay" -timeout "$(to_secs "$timeout_total")s"
-      -parallel "${COMPLEMENT_PARALLEL:-2}")
-[[ -n "$skip_re" ]] && args+=(-skip "$skip_re")
-[[ -n "${COMPLEMENT_RUN:-}" ]] && args+=(-run "$COMPLEMENT_RUN")
+# Each top-level test runs in a test-binary process of its own: a panic in one test
+# (which aborts a whole `go test` package binary) cannot take the others with it.
+total_secs="$(to_secs "$timeout_total")"
+# A test process gets the deployer's per-test limit plus a minute to report.
+per_test_secs=$(( $(to_secs "${COMPLEMENT_TEST_TIMEOUT:-5m}") + 60 ))
+: >"$work/jobs.txt"
+for pkg in "${packages[@]}"; do
+  name="${pkg//\//_}"
+  if ! go test -c -overlay "$overlay" -o "$work/bin/$name.test" "$pkg" 2>"$work/build-$name.stderr"; then
+    echo "run.sh: $pkg does not build:" >&2; tail -n 20 "$work/build-$name.stderr" >&2; continue
+  fi
+  dir="$(go list -f '{{.Dir}}' "$pkg")"
+  while read -r t; do
+    grep -qx "$pkg $t" "$here/needs-docker.txt" && continue
+    [[ -n "${COMPLEMENT_RUN:-}" && ! "$t" =~ $COMPLEMENT_RUN ]] && continue
+    echo "$pkg $dir $work/bin/$name.test $t" >>"$work/jobs.txt"
+  done < <(cd "$dir" && "$work/bin/$name.test" -test.list '^Test' 2>/dev/null | grep '^Test')
+done
+echo "run.sh: Plait $PLAIT_BIN; Complement $(go list -m -f '{{.Version}}' "$mod"); $(wc -l <"$work/jobs.txt") top-level tests in ${packages[*]}"
 
-echo "run.sh: Plait $PLAIT_BIN; Complement $(go list -m -f '{{.Version}}' "$mod"); packages ${packages[*]}"
-echo "run.sh: go ${args[*]} ${packages[*]}"
+run_one() {
+  local pkg=$1 dir=$2 bin=$3 t=$4
+  local out="$work/out/${pkg//\//_}__$t.json"
+  (cd "$dir" && timeout --kill-after=20s "$per_test_secs" go tool test2json -t -p "$pkg" \
+     "$bin" -test.v=test2json -test.count=1 -test.run "^$t\$" -test.parallel "${COMPLEMENT_PARALLEL:-2}" \
+     -test.timeout "$((per_test_secs - 15))s" >"$out" 2>"$out.stderr") || echo "$pkg $t exit $?" >>"$work/exits.txt"
+}
+export -f run_one
+export work per_test_secs
 set +e
-# `timeout` signals its whole process group (go, the test binaries); each Plait
-# process dies with the test binary that started it (PR_SET_PDEATHSIG).
-# Outer limit: go test's own -timeout plus two minutes for compiling.
-timeout --kill-after=30s "$(( $(to_secs "$timeout_total") + 120 ))" \
-  go "${args[@]}" "${packages[@]}" >"$work/gotest.json" 2>"$work/gotest.stderr"
+# Tests run COMPLEMENT_JOBS at a time; the whole run stops at COMPLEMENT_TIMEOUT (each
+# Plait process dies with the test binary that started it, PR_SET_PDEATHSIG).
+timeout --kill-after=30s "$total_secs" xargs -P "${COMPLEMENT_JOBS:-2}" -L 1 bash -c 'run_one "$@"' _ <"$work/jobs.txt"
 status=$?
 set -e
 if [[ $status == 124 || $status == 137 ]]; then
   echo "run.sh: the whole run hit COMPLEMENT_TIMEOUT=$timeout_total" >&2
 fi
+cat "$work"/out/*.json >"$work/gotest.json" 2>/dev/null || true
 if ! grep -q '"Test":' "$work/gotest.json"; then
-  echo "run.sh: no test ran (go test exit $status):" >&2
-  tail -n 40 "$work/gotest.stderr" "$work/gotest.json" >&2
+  echo "run.sh: no test ran:" >&2
+  tail -n 40 "$work"/build-*.stderr >&2 || true
   exit 2
 fi
-tail -n 20 "$work/gotest.stderr" >&2 || true
+
 
 "$work/harness" results "$work/gotest.json" "$here/needs-docker.txt" "$here/results.jsonl" | tee "$work/summary.txt"
 elapsed=$(( $(date +%s) - start ))

@@ -179,6 +179,15 @@ async fn devices_password_and_deactivation_use_uia() {
         .await;
     assert_eq!(status, 401);
     assert_eq!(uia["flows"][0]["stages"][0], "m.login.password");
+    // Another account's valid password does not authorise alice's request.
+    server.register("mallory").await;
+    let (status, body) = alice
+        .delete(
+            &format!("/_matrix/client/v3/devices/{second_device}"),
+            json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "mallory"}, "password": "password", "session": uia["session"]}}),
+        )
+        .await;
+    assert_error(&(status, body), 403, "M_FORBIDDEN");
     let auth = json!({"auth": {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "alice"}, "password": "password", "session": uia["session"]}});
     let (status, _) = alice
         .delete(&format!("/_matrix/client/v3/devices/{second_device}"), auth)

@@ -75,6 +75,16 @@ pub fn check_uiaa(
                     .or_else(|| auth.get("user"))
                     .and_then(Value::as_str);
                 let password = auth.get("password").and_then(Value::as_str).unwrap_or("");
+                // Authenticating as another account than the one the request acts for is
+                // forbidden outright (Synapse and Complement expect 403, not another 401).
+                if let (Some(given), Some(user)) = (given_user, password_user) {
+                    if given != user.as_str() && given != user.localpart() {
+                        return Err(Error::matrix(
+                            ErrorKind::Forbidden,
+                            "user-interactive auth names another user than the requester",
+                        ));
+                    }
+                }
                 let user_ok = match (given_user, password_user) {
                     (Some(given), Some(user)) => {
                         given == user.as_str() || given == user.localpart()
