@@ -227,6 +227,18 @@ pub fn all() -> Vec<Route> {
             account::logout_all,
         ),
         route(
+            Method::POST,
+            "/_matrix/client/v3/user/{userId}/openid/request_token",
+            Token,
+            account::request_openid_token,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/openid/userinfo",
+            Open,
+            query::get_openid_userinfo,
+        ),
+        route(
             Method::GET,
             "/_matrix/client/v3/account/whoami",
             Token,

@@ -24,7 +24,8 @@ use crate::{
 /// `userid_deactivated` (user ID → empty), `userid_profile` (user ID → JSON profile),
 /// `userdeviceid_device` (user ID 0xff device ID → JSON [`Device`]), `tokenhash_session` (SHA-256 of
 /// access token → JSON [`Session`]), `refreshhash_session` (SHA-256 of refresh token → JSON
-/// [`Session`]) and `useridfilterid_filter` (user ID 0xff filter ID → filter JSON).
+/// [`Session`]), `useridfilterid_filter` (user ID 0xff filter ID → filter JSON) and
+/// `openidhash_user` (SHA-256 of an OpenID token → JSON [`OpenIdToken`]).
 pub struct Users {
     userid_password: Tree,
     userid_deactivated: Tree,
@@ -33,6 +34,15 @@ pub struct Users {
     tokenhash_session: Tree,
     refreshhash_session: Tree,
     useridfilterid_filter: Tree,
+    openidhash_user: Tree,
+}
+
+/// Who an OpenID token vouches for, until when.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct OpenIdToken {
+    user_id: OwnedUserId,
+    /// Expiry in ms since the epoch.
+    expires_at: u64,
 }
 
 /// A stored device.
@@ -87,6 +97,7 @@ impl Users {
             tokenhash_session: db.tree("tokenhash_session"),
             refreshhash_session: db.tree("refreshhash_session"),
             useridfilterid_filter: db.tree("useridfilterid_filter"),
+            openidhash_user: db.tree("openidhash_user"),
         }
     }
 
@@ -253,6 +264,34 @@ impl Users {
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| Error::corrupt("tokenhash_session", e))
+    }
+
+    /// A new OpenID token for `user_id`, valid for `lifetime_ms`. Other services trade it for the
+    /// user's ID through `/_matrix/federation/v1/openid/userinfo`; it grants nothing else.
+    pub fn create_openid_token(&self, user_id: &UserId, lifetime_ms: u64) -> Result<String> {
+        let token = util::random_string(32);
+        let record = OpenIdToken {
+            user_id: user_id.to_owned(),
+            expires_at: util::now_millis().saturating_add(lifetime_ms),
+        };
+        let value = serde_json::to_vec(&record).map_err(|e| Error::Internal(e.to_string()))?;
+        self.openidhash_user.insert(&token_hash(&token), &value)?;
+        Ok(token)
+    }
+
+    /// The user an unexpired OpenID token vouches for; an expired token is forgotten.
+    pub fn find_openid_token(&self, token: &str) -> Result<Option<OwnedUserId>> {
+        let hash = token_hash(token);
+        let Some(bytes) = self.openidhash_user.get(&hash)? else {
+            return Ok(None);
+        };
+        let record: OpenIdToken =
+            serde_json::from_slice(&bytes).map_err(|e| Error::corrupt("openidhash_user", e))?;
+        if record.expires_at <= util::now_millis() {
+            self.openidhash_user.remove(&hash)?;
+            return Ok(None);
+        }
+        Ok(Some(record.user_id))
     }
 
     /// Trades a refresh token for new tokens; the old pair stops working.

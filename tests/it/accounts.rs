@@ -422,3 +422,75 @@ async fn user_directory_finds_users_sharing_a_room() {
         "M_BAD_JSON",
     );
 }
+
+#[tokio::test]
+async fn openid_tokens_identify_their_user_and_nothing_more() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    server.register("bob").await;
+    let user_id = alice.get_ok("/_matrix/client/v3/account/whoami").await["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let answer = alice
+        .post_ok(
+            &format!(
+                "/_matrix/client/v3/user/{}/openid/request_token",
+                enc(&user_id)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(answer["token_type"], "Bearer");
+    assert_eq!(answer["expires_in"], 3600);
+    let server_name = user_id.split_once(':').unwrap().1;
+    assert_eq!(answer["matrix_server_name"], server_name);
+    let token = answer["access_token"].as_str().unwrap();
+
+    // Anyone holding the token learns whose it is, without any other credentials.
+    let anonymous = server.client();
+    let info = anonymous
+        .get(&format!(
+            "/_matrix/federation/v1/openid/userinfo?access_token={token}"
+        ))
+        .await;
+    assert_eq!(info.0, 200, "{}", info.1);
+    assert_eq!(info.1["sub"], user_id.as_str());
+    assert_error(
+        &anonymous
+            .get("/_matrix/federation/v1/openid/userinfo?access_token=nope")
+            .await,
+        401,
+        "M_UNKNOWN_TOKEN",
+    );
+    assert_error(
+        &anonymous
+            .get("/_matrix/federation/v1/openid/userinfo")
+            .await,
+        400,
+        "M_MISSING_PARAM",
+    );
+
+    // It is not an access token, and nobody gets one for someone else.
+    let mut impostor = server.client();
+    impostor.token = Some(token.to_owned());
+    assert_error(
+        &impostor.get("/_matrix/client/v3/account/whoami").await,
+        401,
+        "M_UNKNOWN_TOKEN",
+    );
+    let bob_id = format!("@bob:{server_name}");
+    assert_error(
+        &alice
+            .post(
+                &format!(
+                    "/_matrix/client/v3/user/{}/openid/request_token",
+                    enc(&bob_id)
+                ),
+                json!({}),
+            )
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+}

@@ -436,3 +436,24 @@ pub async fn deactivate(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     services.users.deactivate(&user)?;
     Ok(json!({ "id_server_unbind_result": "no-support" }))
 }
+
+/// `POST /_matrix/client/v3/user/{userId}/openid/request_token`
+///
+/// A token that a third party (an integration manager, a widget host) can trade for the user's ID
+/// at this server's `/_matrix/federation/v1/openid/userinfo`; valid for an hour.
+pub async fn request_openid_token(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    const LIFETIME_MS: u64 = 3_600_000;
+    let user_id = ctx.user_param(0)?;
+    if user_id != ctx.user() {
+        return Err(Error::forbidden(
+            "cannot request an OpenID token for another user",
+        ));
+    }
+    let token = services.users.create_openid_token(&user_id, LIFETIME_MS)?;
+    Ok(json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "matrix_server_name": services.globals.server_name(),
+        "expires_in": LIFETIME_MS / 1000,
+    }))
+}

@@ -64,3 +64,20 @@ pub async fn get_public_rooms(services: Arc<Services>, ctx: Ctx) -> HandlerResul
         request.term.as_deref(),
     )
 }
+
+/// `GET /_matrix/federation/v1/openid/userinfo`
+///
+/// Not signed with `X-Matrix`: the caller is whoever holds a token from
+/// `/user/{userId}/openid/request_token`. An unknown or expired token is `401 M_UNKNOWN_TOKEN`.
+pub async fn get_openid_userinfo(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let token = ctx
+        .query("access_token")
+        .ok_or_else(|| Error::missing_param("missing access_token"))?;
+    let user = services.users.find_openid_token(token)?.ok_or_else(|| {
+        Error::matrix(
+            ruma::api::error::ErrorKind::UnknownToken(crate::http::ctx::unknown_token_data(false)),
+            "unknown or expired OpenID token",
+        )
+    })?;
+    Ok(json!({ "sub": user }))
+}
