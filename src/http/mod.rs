@@ -66,13 +66,28 @@ where
 pub fn registered_endpoints() -> Vec<(Method, String)> {
     routes::all()
         .into_iter()
-        .map(|route| (route.method, route.path.to_owned()))
+        .flat_map(|route| {
+            served_paths(route.path)
+                .into_iter()
+                .map(move |path| (route.method.clone(), path))
+        })
         .collect()
+}
+
+/// The paths a route answers on: its own, and for a client-server `v3` route also the `r0`
+/// prefix of the same endpoint (spec r0.6.1, which v1.1 renamed to `v3` unchanged), which older
+/// clients, bridges and parts of Complement still use.
+fn served_paths(path: &str) -> Vec<String> {
+    let mut paths = vec![path.to_owned()];
+    if let Some(rest) = path.strip_prefix("/_matrix/client/v3/") {
+        paths.push(format!("/_matrix/client/r0/{rest}"));
+    }
+    paths
 }
 
 /// The router with every route, CORS, limits and error fallbacks.
 pub fn router(services: Arc<Services>) -> Router {
-    let mut by_path: BTreeMap<&'static str, MethodRouter<Arc<Services>>> = BTreeMap::new();
+    let mut by_path: BTreeMap<String, MethodRouter<Arc<Services>>> = BTreeMap::new();
     for route in routes::all() {
         let filter =
             MethodFilter::try_from(route.method.clone()).expect("routes use standard methods");
@@ -94,15 +109,17 @@ pub fn router(services: Arc<Services>) -> Router {
                 async move { dispatch(services, (auth, activity), handler, params, request).await }
             },
         );
-        let entry = by_path
-            .remove(path)
-            .map(|existing| existing.merge(method_router.clone()))
-            .unwrap_or(method_router);
-        by_path.insert(path, entry);
+        for path in served_paths(path) {
+            let entry = match by_path.remove(&path) {
+                Some(existing) => existing.merge(method_router.clone()),
+                None => method_router.clone(),
+            };
+            by_path.insert(path, entry);
+        }
     }
     let mut router = Router::new();
     for (path, method_router) in by_path {
-        router = router.route(path, method_router);
+        router = router.route(&path, method_router);
     }
     router
         .fallback(|| async {

@@ -326,11 +326,12 @@ pub fn claim_local(
         .collect();
     let claimed = services.keys.claim(&requests)?;
     let mut one_time_keys = Map::new();
+    // Users (and devices) with nothing to hand out are left out, as Synapse and Complement expect.
     for ((user_id, device_id, _), key) in requests.into_iter().zip(claimed) {
-        let user = one_time_keys
-            .entry(user_id.to_string())
-            .or_insert_with(|| json!({}));
         if let Some((key_id, key)) = key {
+            let user = one_time_keys
+                .entry(user_id.to_string())
+                .or_insert_with(|| json!({}));
             user[device_id] = json!({ key_id: key });
         }
     }

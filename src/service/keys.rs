@@ -15,7 +15,8 @@ use crate::{
 };
 
 /// Owns `userdeviceid_devicekeys` (user ID 0xff device ID → JSON device keys),
-/// `userdevicekeyid_onetimekey` (user ID 0xff device ID 0xff `algorithm:key_id` → JSON key),
+/// `userdevicekeyid_onetimekey` (user ID 0xff device ID 0xff `algorithm:key_id` → upload position
+/// as 8 big-endian bytes, then the JSON key),
 /// `userdevicealgorithm_fallbackkey` (user ID 0xff device ID 0xff algorithm → JSON
 /// [`FallbackKey`]), `useridkind_crosssigningkey` (user ID 0xff `master`/`self_signing`/
 /// `user_signing` → JSON key), `countuserid_keychange` (stream position u64 0xff user ID → empty:
@@ -106,30 +107,30 @@ impl Keys {
         );
     }
 
-    /// Adds one-time keys (`algorithm:key_id` → key). Uploading a stored key again is a no-op;
-    /// another key under a stored key ID is `400 M_INVALID_PARAM`, as the ID names one key.
+    /// Adds one-time keys (`algorithm:key_id` → key), uploaded at stream position `upload`
+    /// (claims hand keys out in upload order). Uploading a stored key again is a no-op; another
+    /// key under a stored key ID is `400 M_INVALID_PARAM`, as the ID names one key.
     pub fn add_one_time_keys_in_batch(
         &self,
         batch: &mut Batch,
         user_id: &UserId,
         device_id: &str,
         keys: &Map<String, Value>,
+        upload: u64,
     ) -> Result<()> {
         for (key_id, one_time_key) in keys {
             let db_key = key::join(&[user_id.as_bytes(), device_id.as_bytes(), key_id.as_bytes()]);
             if let Some(stored) = self.userdevicekeyid_onetimekey.get(&db_key)? {
-                if parse("userdevicekeyid_onetimekey", &stored)? != *one_time_key {
+                if parse_one_time_key(&stored)?.1 != *one_time_key {
                     return Err(Error::invalid_param(format!(
                         "one-time key {key_id} already exists with another value"
                     )));
                 }
                 continue;
             }
-            batch.insert(
-                &self.userdevicekeyid_onetimekey,
-                &db_key,
-                one_time_key.to_string().as_bytes(),
-            );
+            let mut value = key::u64_bytes(upload).to_vec();
+            value.extend_from_slice(one_time_key.to_string().as_bytes());
+            batch.insert(&self.userdevicekeyid_onetimekey, &db_key, &value);
         }
         Ok(())
     }
@@ -214,12 +215,22 @@ impl Keys {
                 device_id.as_bytes(),
                 format!("{algorithm}:").as_bytes(),
             ]);
-            if let Some(entry) = self.userdevicekeyid_onetimekey.iter_prefix(&prefix).next() {
+            // The earliest upload first (MSC4225: a client that lost track of its keys can then
+            // tell which ones were handed out); ties by key ID. A device holds a bounded number
+            // of keys in practice (clients keep about 50), so the scan is short.
+            let mut oldest: Option<(u64, Vec<u8>, Value)> = None;
+            for entry in self.userdevicekeyid_onetimekey.iter_prefix(&prefix) {
                 let (db_key, value) = entry?;
+                let (upload, one_time_key) = parse_one_time_key(&value)?;
+                if oldest.as_ref().is_none_or(|(first, ..)| upload < *first) {
+                    oldest = Some((upload, db_key.to_vec(), one_time_key));
+                }
+            }
+            if let Some((_, db_key, one_time_key)) = oldest {
                 let device_prefix = key::prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
                 let key_id = String::from_utf8_lossy(&db_key[device_prefix.len()..]).into_owned();
                 batch.remove(&self.userdevicekeyid_onetimekey, &db_key);
-                claimed.push(Some((key_id, parse("userdevicekeyid_onetimekey", &value)?)));
+                claimed.push(Some((key_id, one_time_key)));
                 continue;
             }
             let db_key = key::join(&[
@@ -341,6 +352,16 @@ impl Keys {
     }
 }
 
+/// A stored one-time key: the stream position of its upload (8 bytes) and the key's JSON.
+fn parse_one_time_key(value: &[u8]) -> Result<(u64, Value)> {
+    let corrupt = |e: String| Error::corrupt("userdevicekeyid_onetimekey", e);
+    let (upload, json) = value
+        .split_at_checked(8)
+        .ok_or_else(|| corrupt("value shorter than its upload position".to_owned()))?;
+    let upload = u64::from_be_bytes(upload.try_into().map_err(|_| corrupt(String::new()))?);
+    Ok((upload, parse("userdevicekeyid_onetimekey", json)?))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -356,7 +377,7 @@ mod tests {
         let mut batch = Batch::default();
         let one_time = json!({ "signed_curve25519:AAA": { "key": "one" } });
         let fallback = json!({ "signed_curve25519:BBB": { "key": "fallback" } });
-        keys.add_one_time_keys_in_batch(&mut batch, user, "DEV", one_time.as_object().unwrap())
+        keys.add_one_time_keys_in_batch(&mut batch, user, "DEV", one_time.as_object().unwrap(), 1)
             .unwrap();
         keys.set_fallback_keys_in_batch(&mut batch, user, "DEV", fallback.as_object().unwrap())
             .unwrap();

@@ -538,3 +538,37 @@ async fn cross_signing_keys_upload_with_uia_and_signatures() {
         "self-signature"
     );
 }
+
+#[tokio::test]
+async fn one_time_keys_are_claimed_in_upload_order() {
+    let server = TestServer::start().await;
+    let (alice, bob, _room) = alice_and_bob(&server).await;
+    let (alice_id, alice_device) = whoami(&alice).await;
+    // Uploaded last-ID-first: the order of uploads decides, not the key IDs.
+    for key_id in ["ZZZZ", "BBBB"] {
+        alice
+            .post_ok(
+                "/_matrix/client/v3/keys/upload",
+                json!({"one_time_keys": { format!("signed_curve25519:{key_id}"): { "key": key_id } }}),
+            )
+            .await;
+    }
+    let claim_body =
+        json!({"one_time_keys": { &alice_id: { &alice_device: "signed_curve25519" } }});
+    for expected in ["ZZZZ", "BBBB"] {
+        let claimed = bob
+            .post_ok("/_matrix/client/v3/keys/claim", claim_body.clone())
+            .await;
+        assert_eq!(
+            claimed["one_time_keys"][&alice_id][&alice_device]
+                [format!("signed_curve25519:{expected}")]["key"],
+            expected,
+            "{claimed}"
+        );
+    }
+    // Nothing left and no fallback key: alice is not in the answer at all.
+    let empty = bob
+        .post_ok("/_matrix/client/v3/keys/claim", claim_body)
+        .await;
+    assert_eq!(empty["one_time_keys"], json!({}), "{empty}");
+}

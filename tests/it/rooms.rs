@@ -25,6 +25,12 @@ async fn create_room_with_presets_and_versions() {
             .await["join_rule"],
         "public"
     );
+    let topic = alice.get_ok(&format!("{base}/state/m.room.topic/")).await;
+    assert_eq!(topic["topic"], "t");
+    assert_eq!(
+        topic["m.topic"]["m.text"],
+        json!([{"body": "t", "mimetype": "text/plain"}])
+    );
     assert_eq!(
         alice
             .get_ok(&format!("{base}/state/m.room.power_levels/"))
@@ -248,7 +254,23 @@ async fn messages_state_redaction_and_context() {
     let bob = server.register("bob").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;
     let base = format!("/_matrix/client/v3/rooms/{}", enc(&room));
-    bob.post_ok(&format!("{base}/join"), json!({})).await;
+    // Custom keys of the join body land in the member event; a non-string reason does not.
+    assert_error(
+        &bob.post(&format!("{base}/join"), json!({"reason": 5}))
+            .await,
+        400,
+        "M_BAD_JSON",
+    );
+    bob.post_ok(
+        &format!("{base}/join"),
+        json!({"foo": "bar", "membership": "leave"}),
+    )
+    .await;
+    let member = alice
+        .get_ok(&format!("{base}/state/m.room.member/@bob:localhost"))
+        .await;
+    assert_eq!(member["foo"], "bar");
+    assert_eq!(member["membership"], "join");
     let first = alice.send_text(&room, "t1", "one").await;
     assert_eq!(
         alice.send_text(&room, "t1", "one again").await,
@@ -362,13 +384,20 @@ async fn messages_state_redaction_and_context() {
         "M_NOT_FOUND",
     );
 
-    // State writes go through the auth rules.
-    alice
+    // State writes go through the auth rules; the same content again is the same event.
+    let first = alice
         .put_ok(
             &format!("{base}/state/m.room.topic/"),
             json!({"topic": "new"}),
         )
         .await;
+    let again = alice
+        .put_ok(
+            &format!("{base}/state/m.room.topic/"),
+            json!({"topic": "new"}),
+        )
+        .await;
+    assert_eq!(first["event_id"], again["event_id"]);
     assert_error(
         &bob.put(
             &format!("{base}/state/m.room.topic/"),

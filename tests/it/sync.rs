@@ -110,6 +110,21 @@ async fn initial_and_incremental_sync() {
         403,
         "M_FORBIDDEN",
     );
+    // Filters whose fields have the wrong types are refused before they are stored.
+    for bad in [
+        json!({"room": {"timeline": "not_an_object"}}),
+        json!({"room": {"timeline": {"types": [1]}}}),
+        json!({"room": {"timeline": {"rooms": ["not_a_room_id"]}}}),
+        json!({"room": {"timeline": {"senders": ["not_a_user_id"]}}}),
+        json!({"event_fields": "not_a_list"}),
+    ] {
+        assert_error(
+            &bob.post("/_matrix/client/v3/user/@bob:localhost/filter", bad)
+                .await,
+            400,
+            "M_BAD_JSON",
+        );
+    }
 
     // Leaving shows up in the leave section of an incremental sync.
     let before_leave = bob.get_ok("/_matrix/client/v3/sync").await["next_batch"]

@@ -91,6 +91,10 @@ pub async fn create_filter(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             }
         }
     }
+    // Every field must have its spec type (room IDs in `rooms`, user IDs in `senders`, strings
+    // in `types` and so on); ruma's definition checks them all.
+    serde_json::from_value::<ruma::api::client::filter::FilterDefinition>(ctx.body.clone())
+        .map_err(|error| Error::bad_json(format!("invalid filter: {error}")))?;
     Ok(json!({ "filter_id": services.users.create_filter(ctx.user(), &ctx.body)? }))
 }
 

@@ -115,7 +115,7 @@ pub async fn upload_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             if let Some(keys) = one_time_keys {
                 services
                     .keys
-                    .add_one_time_keys_in_batch(batch, user_id, device_id, keys)?;
+                    .add_one_time_keys_in_batch(batch, user_id, device_id, keys, count)?;
             }
             if let Some(keys) = fallback_keys {
                 services

@@ -31,17 +31,28 @@ pub fn set_membership(
     membership: &str,
     reason: Option<&str>,
 ) -> Result<OwnedEventId> {
-    if !services.rooms.exists(room_id)? {
-        return Err(Error::not_found(format!(
-            "room {room_id} is unknown to this server"
-        )));
-    }
     let mut content = json!({ "membership": membership });
     if membership == "join" || membership == "knock" {
         add_profile(services, target, &mut content)?;
     }
     if let Some(reason) = reason {
         content["reason"] = json!(reason);
+    }
+    send_member_event(services, room_id, sender, target, content)
+}
+
+/// Sends a member event for `target` with the given content.
+fn send_member_event(
+    services: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    target: &UserId,
+    content: Value,
+) -> Result<OwnedEventId> {
+    if !services.rooms.exists(room_id)? {
+        return Err(Error::not_found(format!(
+            "room {room_id} is unknown to this server"
+        )));
     }
     let (event_id, _) = create_and_commit(
         services,
@@ -63,6 +74,33 @@ fn add_profile(services: &Services, user: &UserId, content: &mut Value) -> Resul
         }
     }
     Ok(())
+}
+
+/// The content of a join asked for by a client: the user's profile, then whatever the request body
+/// adds (its `reason`, and custom keys, which Synapse also keeps), except the keys the server
+/// controls.
+fn join_content(services: &Services, ctx: &Ctx) -> Result<Value> {
+    const RESERVED: [&str; 3] = [
+        "membership",
+        "third_party_signed",
+        "join_authorised_via_users_server",
+    ];
+    let mut content = json!({});
+    add_profile(services, ctx.user(), &mut content)?;
+    if let Some(body) = ctx.body.as_object() {
+        for (key, value) in body {
+            if !RESERVED.contains(&key.as_str()) {
+                content[key] = value.clone();
+            }
+        }
+    }
+    if content
+        .get("reason")
+        .is_some_and(|reason| !reason.is_string())
+    {
+        return Err(Error::bad_json("reason must be a string"));
+    }
+    Ok(content)
 }
 
 fn reason(ctx: &Ctx) -> Option<String> {
@@ -210,23 +248,14 @@ async fn join(
             .iter()
             .any(|server| server != services.globals.server_name())
         {
-            let mut extra = json!({});
-            add_profile(services, ctx.user(), &mut extra)?;
-            if let Some(reason) = reason(ctx) {
-                extra["reason"] = json!(reason);
-            }
+            let extra = join_content(services, ctx)?;
             handshake::join_remote(services, room_id, ctx.user(), &candidates, extra).await?;
             return Ok(json!({ "room_id": room_id }));
         }
     }
-    set_membership(
-        services,
-        room_id,
-        ctx.user(),
-        ctx.user(),
-        "join",
-        reason(ctx).as_deref(),
-    )?;
+    let mut content = join_content(services, ctx)?;
+    content["membership"] = json!("join");
+    send_member_event(services, room_id, ctx.user(), ctx.user(), content)?;
     Ok(json!({ "room_id": room_id }))
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use ruma::{api::error::ErrorKind, events::StateEventType, OwnedEventId, RoomId};
 use serde_json::{json, Value};
 
-use super::require_joined;
+use super::{readable_state, require_joined};
 use crate::{
     error::{Error, Result},
     http::{Ctx, HandlerResult},
@@ -188,7 +188,8 @@ fn required_level(services: &Services, room_id: &RoomId, field: &str, default: i
 /// `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`
 pub async fn get_room_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
-    require_joined(&services, &room_id, ctx.user())?;
+    // No membership check of its own: an event the user may not see is `404` like a missing one
+    // (members, former members and anyone in a `world_readable` room are sorted out below).
     let event_id = OwnedEventId::try_from(ctx.param(1))
         .map_err(|_| Error::invalid_param("invalid event ID"))?;
     let pdu = services
@@ -258,7 +259,8 @@ pub fn format_token(position: TopoPos) -> String {
 /// With `lazy_load_members` the member events of the chunk's senders come in `state`.
 pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
-    require_joined(&services, &room_id, ctx.user())?;
+    // Members, former members (up to their departure) and anyone in a `world_readable` room.
+    let readable = readable_state(&services, &room_id, ctx.user())?;
     let shortroomid = services
         .rooms
         .short
@@ -315,6 +317,13 @@ pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
             }
         }
         last = Some(position);
+        if readable.until.is_some_and(|until| position.count > until) {
+            // After a former member's departure: nothing more for them going forwards.
+            if backwards {
+                continue;
+            }
+            break;
+        }
         if !filter.matches(&pdu)
             || !user_can_see(
                 &services,
@@ -361,7 +370,7 @@ pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
 /// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`
 pub async fn get_context(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
-    require_joined(&services, &room_id, ctx.user())?;
+    let readable = readable_state(&services, &room_id, ctx.user())?;
     let event_id = OwnedEventId::try_from(ctx.param(1))
         .map_err(|_| Error::invalid_param("invalid event ID"))?;
     let shortroomid = services
@@ -418,6 +427,12 @@ pub async fn get_context(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             .take(budget)
         {
             let (position, event) = entry?;
+            if readable.until.is_some_and(|until| position.count > until) {
+                if backwards {
+                    continue;
+                }
+                break;
+            }
             last = position;
             if filter.matches(&event)
                 && user_can_see(
@@ -438,7 +453,7 @@ pub async fn get_context(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     };
     let (before, start) = collect(true, limit / 2)?;
     let (after, end) = collect(false, limit - limit / 2)?;
-    let hash = services.rooms.current_state_hash(&room_id)?.unwrap_or(0);
+    let hash = readable.shortstatehash;
     let state: Vec<Value> = if hash == 0 {
         Vec::new()
     } else {

@@ -215,7 +215,8 @@ pub async fn create_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         send(PduBuilder::state(
             "m.room.topic",
             "",
-            json!({ "topic": topic }),
+            // The plain topic, and the same text as the rich `m.topic` block (spec v1.15).
+            json!({ "topic": topic, "m.topic": { "m.text": [{ "body": topic, "mimetype": "text/plain" }] } }),
         ))?;
     }
     for invitee in &body.invite {

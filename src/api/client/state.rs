@@ -93,6 +93,17 @@ pub async fn send_state_event(services: Arc<Services>, ctx: Ctx) -> HandlerResul
             }
         }
     }
+    // The same sender setting the same content again changes nothing: the answer is the event
+    // already in force, and no new event is sent (clients retry state changes freely).
+    if let Some(current) = services.rooms.current_state_pdu(
+        &room_id,
+        &StateEventType::from(event_type.as_str()),
+        ctx.param(2),
+    )? {
+        if current.sender == ctx.user() && current.content_value() == ctx.body {
+            return Ok(json!({ "event_id": current.event_id }));
+        }
+    }
     let (event_id, _) = create_and_commit(
         &services,
         &room_id,
