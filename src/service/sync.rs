@@ -6,7 +6,7 @@ use std::{
     fmt,
 };
 
-use ruma::{events::room::member::MembershipState, OwnedRoomId, RoomId, UserId};
+use ruma::{events::room::member::MembershipState, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Map, Value};
 
 use crate::{
@@ -75,13 +75,18 @@ pub fn subscribe_and_build(
     let mut waiter = services
         .notifier
         .subscribe([Topic::User(request.user.to_string())]);
-    let memberships = services.rooms.members.iter_rooms(request.user)?;
+    let mut memberships = services.rooms.members.iter_rooms(request.user)?;
     services.notifier.add(
         &mut waiter,
         memberships
             .iter()
             .map(|membership| Topic::Room(membership.room_id.to_string())),
     );
+    if request.since.is_some() {
+        // A room forgotten since the last sync still reports its leave (once: `build` only
+        // shows departures after `since`).
+        memberships.extend(services.rooms.members.iter_forgotten(request.user)?);
+    }
     let (response, has_updates) = build(services, request, memberships)?;
     Ok((response, has_updates, waiter))
 }
@@ -203,6 +208,19 @@ fn build(
         }
     }
 
+    // Members who joined one of the user's rooms since the last sync are new to the user: their
+    // presence comes along even if it did not change (read from this response, not the rooms).
+    let mut presence = presence;
+    if request.since.is_some() {
+        let joiners = newly_joined_members(&join, request.user);
+        presence::add_joiners(
+            services,
+            &mut presence,
+            joiners,
+            request.filter.get("presence"),
+        )?;
+    }
+
     let (e2ee, e2ee_updates) = crate::service::device_lists::sync_fields(
         services,
         (request.user, request.device),
@@ -226,6 +244,28 @@ fn build(
         fields.extend(e2ee);
     }
     Ok((response, has_updates))
+}
+
+/// The users whose join appears in the timeline or state of the joined rooms of a response.
+fn newly_joined_members(join: &Map<String, Value>, user: &UserId) -> BTreeSet<OwnedUserId> {
+    let mut joiners = BTreeSet::new();
+    for room in join.values() {
+        for section in ["timeline", "state"] {
+            for event in room[section]["events"].as_array().into_iter().flatten() {
+                if event["type"] == "m.room.member" && event["content"]["membership"] == "join" {
+                    if let Some(member) = event["state_key"]
+                        .as_str()
+                        .and_then(|member| OwnedUserId::try_from(member).ok())
+                    {
+                        if member != user {
+                            joiners.insert(member);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    joiners
 }
 
 fn joined_room(

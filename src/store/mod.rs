@@ -67,6 +67,7 @@ pub const TREES: &[&str] = &[
     "useridversion_backup",
     "userversionroomsession_backupkey",
     "openidhash_user",
+    "userroomid_forgotten",
 ];
 
 /// The open database.

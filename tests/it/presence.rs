@@ -511,3 +511,34 @@ async fn presence_crosses_two_plait_servers_and_forged_edus_are_ignored() {
         );
     }
 }
+
+#[tokio::test]
+async fn members_who_join_bring_their_presence_to_the_next_sync() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.put_ok(
+        &status_path("@bob:localhost"),
+        json!({"presence": "online", "status_msg": "here"}),
+    )
+    .await;
+    // Alice does not share a room with bob yet: his presence is not hers to see.
+    let first = alice.get_ok("/_matrix/client/v3/sync").await;
+    assert!(presence_of(&first, "@bob:localhost").is_none(), "{first}");
+    let since = next_batch(&first);
+
+    // Bob joins without changing his presence; alice's next sync still carries it.
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+        json!({}),
+    )
+    .await;
+    let after_join = alice
+        .get_ok(&format!("/_matrix/client/v3/sync?since={since}"))
+        .await;
+    let content = presence_of(&after_join, "@bob:localhost")
+        .unwrap_or_else(|| panic!("no presence for bob in {after_join}"));
+    assert_eq!(content["presence"], "online");
+    assert_eq!(content["status_msg"], "here");
+}

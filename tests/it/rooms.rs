@@ -238,8 +238,31 @@ async fn membership_lifecycle() {
         )
         .await;
     bob.post_ok(&format!("{base}/join"), json!({})).await;
+    let before_leave = bob.get_ok("/_matrix/client/v3/sync").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     bob.post_ok(&format!("{base}/leave"), json!({})).await;
     bob.post_ok(&format!("{base}/forget"), json!({})).await;
+    // Forgotten: gone from initial syncs and history, but a sync from before the leave (another
+    // device of bob's) still learns that the room was left.
+    let include_leave = enc(r#"{"room":{"include_leave":true}}"#);
+    let initial = bob
+        .get_ok(&format!("/_matrix/client/v3/sync?filter={include_leave}"))
+        .await;
+    assert!(initial["rooms"]["leave"].get(&room).is_none(), "{initial}");
+    let incremental = bob
+        .get_ok(&format!("/_matrix/client/v3/sync?since={before_leave}"))
+        .await;
+    assert!(
+        incremental["rooms"]["leave"].get(&room).is_some(),
+        "{incremental}"
+    );
+    assert_error(
+        &bob.get(&format!("{base}/messages?dir=b")).await,
+        403,
+        "M_FORBIDDEN",
+    );
     assert_error(
         &alice.post(&format!("{base}/forget"), json!({})).await,
         400,
@@ -835,6 +858,7 @@ async fn members_at_a_point_and_state_for_departed_users() {
     assert_eq!(members(&joined_only).len(), 2);
 
     // Bob leaves; what changes afterwards is not his to read, the state when he left is.
+    let before_leave = alice.send_text(&room, "b1", "while bob was here").await;
     bob.post_ok(&format!("{base}/leave"), json!({})).await;
     alice
         .put_ok(
@@ -842,6 +866,30 @@ async fn members_at_a_point_and_state_for_departed_users() {
             json!({"name": "After"}),
         )
         .await;
+    let after_leave = alice.send_text(&room, "a1", "after bob left").await;
+    // His history stops at his departure, in both directions and for single events.
+    let back = bob.get_ok(&format!("{base}/messages?dir=b&limit=50")).await;
+    let ids: Vec<&str> = back["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|event| event["event_id"].as_str())
+        .collect();
+    assert!(ids.contains(&before_leave.as_str()), "{back}");
+    assert!(!ids.contains(&after_leave.as_str()), "{back}");
+    let forward = bob.get_ok(&format!("{base}/messages?dir=f&limit=50")).await;
+    assert!(!forward.to_string().contains(&after_leave), "{forward}");
+    bob.get_ok(&format!("{base}/event/{before_leave}")).await;
+    assert_error(
+        &bob.get(&format!("{base}/event/{after_leave}")).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &carol.get(&format!("{base}/event/{before_leave}")).await,
+        404,
+        "M_NOT_FOUND",
+    );
     let name = bob.get_ok(&format!("{base}/state/m.room.name/")).await;
     assert_eq!(name["name"], "Before");
     let state = bob.get_ok(&format!("{base}/state")).await;
@@ -886,6 +934,10 @@ async fn members_at_a_point_and_state_for_departed_users() {
         .await;
     let name = carol.get_ok(&format!("{base}/state/m.room.name/")).await;
     assert_eq!(name["name"], "After");
+    // World-readable from now on: carol may read events sent from here on.
+    let public = alice.send_text(&room, "p1", "for everyone").await;
+    let event = carol.get_ok(&format!("{base}/event/{public}")).await;
+    assert_eq!(event["content"]["body"], "for everyone");
 }
 
 #[tokio::test]
@@ -1143,4 +1195,32 @@ async fn room_version_12_creators_are_privileged_and_validated() {
     let power = alice.get_ok(&state(&older, "m.room.power_levels")).await;
     assert_eq!(power["users"]["@alice:localhost"], 100);
     assert_eq!(power["events"]["m.room.tombstone"], 100);
+}
+
+#[tokio::test]
+async fn an_invite_to_a_room_everyone_left_can_still_be_rejected() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({"preset": "private_chat"})).await;
+    let base = format!("/_matrix/client/v3/rooms/{}", enc(&room));
+    alice
+        .post_ok(
+            &format!("{base}/invite"),
+            json!({"user_id": "@bob:localhost"}),
+        )
+        .await;
+    let since = bob.get_ok("/_matrix/client/v3/sync").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice.post_ok(&format!("{base}/leave"), json!({})).await;
+    // No local member is joined any more, and no other server is in the room: the rejection
+    // is made here rather than sent to a server that does not exist.
+    bob.post_ok(&format!("{base}/leave"), json!({})).await;
+    let sync = bob
+        .get_ok(&format!("/_matrix/client/v3/sync?since={since}"))
+        .await;
+    assert!(sync["rooms"]["leave"].get(&room).is_some(), "{sync}");
+    assert!(sync["rooms"]["invite"].get(&room).is_none(), "{sync}");
 }

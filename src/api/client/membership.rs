@@ -297,20 +297,30 @@ pub async fn invite_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 /// `POST /_matrix/client/v3/rooms/{roomId}/leave`
 pub async fn leave_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
-    match services
+    let membership = services
         .rooms
         .members
-        .get_membership(&room_id, ctx.user())?
-    {
+        .get_membership(&room_id, ctx.user())?;
+    if matches!(
+        membership,
         Some(MembershipState::Invite | MembershipState::Knock)
-            if !handshake::is_resident(&services, &room_id)? =>
-        {
-            // An invite from another server to a room this server is not in: reject it there.
-            let servers =
-                handshake::candidate_servers(&services, &room_id, ctx.user(), Vec::new())?;
+    ) && !handshake::is_resident(&services, &room_id)?
+    {
+        // An invite (or knock) for a room no local user is joined to: reject it through a server
+        // that is in the room. When no other server is known and the room's state is here (a
+        // local room whose last local member left), the leave is made here instead.
+        let own = services.globals.server_name();
+        let servers: Vec<_> =
+            handshake::candidate_servers(&services, &room_id, ctx.user(), Vec::new())?
+                .into_iter()
+                .filter(|server| server != own)
+                .collect();
+        if !servers.is_empty() || !services.rooms.exists(&room_id)? {
             handshake::leave_remote(&services, &room_id, ctx.user(), &servers).await?;
-            Ok(json!({}))
+            return Ok(json!({}));
         }
+    }
+    match membership {
         Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {
             set_membership(
                 &services,
@@ -345,7 +355,10 @@ pub async fn forget_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             ))
         }
         _ => {
-            services.rooms.members.forget(&room_id, ctx.user())?;
+            services
+                .rooms
+                .members
+                .forget(&room_id, ctx.user(), &services.db)?;
             Ok(json!({}))
         }
     }

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 pub use self::{
     timer::run,
     update::{receive_edu, set_local, start_sync, SyncGuard},
-    visible::{shares_room, sync_events},
+    visible::{add_joiners, shares_room, sync_events},
 };
 use crate::{
     config::Config,

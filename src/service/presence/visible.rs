@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use ruma::{events::room::member::MembershipState, RoomId, UserId};
+use ruma::{events::room::member::MembershipState, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Value};
 
 use super::State;
@@ -98,4 +98,44 @@ pub fn sync_events(
         }
     }
     Ok(events)
+}
+
+/// Adds to a sync's presence `events` those of `joiners` (users who newly joined one of the
+/// syncing user's rooms) who are not offline and not listed yet, within the sync filter's
+/// `presence` part.
+pub fn add_joiners(
+    services: &Services,
+    events: &mut Vec<Value>,
+    joiners: BTreeSet<OwnedUserId>,
+    filter: Option<&Value>,
+) -> Result<()> {
+    let filter = RoomEventFilter::from_value(filter.unwrap_or(&Value::Null));
+    if filter.limit == Some(0) || !filter.matches_type("m.presence") {
+        return Ok(());
+    }
+    let now = util::now_millis();
+    for joiner in joiners {
+        if filter.limit.is_some_and(|limit| events.len() >= limit) {
+            break;
+        }
+        if !filter.matches_sender(joiner.as_str())
+            || events
+                .iter()
+                .any(|event| event["sender"] == joiner.as_str())
+        {
+            continue;
+        }
+        let Some(entry) = services.presence.get(&joiner)? else {
+            continue;
+        };
+        if entry.state == State::Offline {
+            continue;
+        }
+        events.push(json!({
+            "type": "m.presence",
+            "sender": joiner,
+            "content": services.presence.content(&joiner, &entry, now),
+        }));
+    }
+    Ok(())
 }

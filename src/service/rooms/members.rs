@@ -19,11 +19,14 @@ use crate::{
     store::{key, Batch, Db, Tree},
 };
 
-/// Owns `roomuserid_membership` (room ID 0xff user ID → membership text) and
-/// `userroomid_membership` (user ID 0xff room ID → stream position u64, membership text).
+/// Owns `roomuserid_membership` (room ID 0xff user ID → membership text),
+/// `userroomid_membership` (user ID 0xff room ID → stream position u64, membership text) and
+/// `userroomid_forgotten` (user ID 0xff room ID → the forgotten membership's position and text,
+/// until the user's membership changes again).
 pub struct Members {
     roomuserid_membership: Tree,
     userroomid_membership: Tree,
+    userroomid_forgotten: Tree,
     /// The servers with a joined member, per room; dropped when a member event is committed.
     servers: Mutex<HashMap<OwnedRoomId, Arc<BTreeSet<OwnedServerName>>>>,
 }
@@ -43,6 +46,7 @@ impl Members {
         Self {
             roomuserid_membership: db.tree("roomuserid_membership"),
             userroomid_membership: db.tree("userroomid_membership"),
+            userroomid_forgotten: db.tree("userroomid_forgotten"),
             servers: Mutex::new(HashMap::new()),
         }
     }
@@ -71,11 +75,9 @@ impl Members {
         );
         let mut value = key::u64_bytes(count).to_vec();
         value.extend_from_slice(membership.as_bytes());
-        batch.insert(
-            &self.userroomid_membership,
-            &key::join(&[target.as_bytes(), room_id.as_bytes()]),
-            &value,
-        );
+        let user_room = key::join(&[target.as_bytes(), room_id.as_bytes()]);
+        batch.insert(&self.userroomid_membership, &user_room, &value);
+        batch.remove(&self.userroomid_forgotten, &user_room);
         Ok(())
     }
 
@@ -195,9 +197,40 @@ impl Members {
             .collect())
     }
 
-    /// Forgets a room the user has left: drops the user's index entry so it no longer syncs.
-    pub fn forget(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
-        self.userroomid_membership
-            .remove(&key::join(&[user_id.as_bytes(), room_id.as_bytes()]))
+    /// Forgets a room the user has left: drops the user's index entry, so that the room is gone
+    /// from their rooms, initial syncs and history reads, and keeps the departure aside, so that
+    /// an incremental sync from before it still reports the leave (another device of the user
+    /// would otherwise never learn that the room was left; Synapse behaves the same).
+    pub fn forget(&self, room_id: &RoomId, user_id: &UserId, db: &Db) -> Result<()> {
+        let user_room = key::join(&[user_id.as_bytes(), room_id.as_bytes()]);
+        let Some(value) = self.userroomid_membership.get(&user_room)? else {
+            return Ok(());
+        };
+        let mut batch = Batch::default();
+        batch.remove(&self.userroomid_membership, &user_room);
+        batch.insert(&self.userroomid_forgotten, &user_room, &value);
+        db.write(batch)
+    }
+
+    /// The rooms a user forgot, with the membership they had then.
+    pub fn iter_forgotten(&self, user_id: &UserId) -> Result<Vec<RoomMembership>> {
+        let prefix = key::prefix(&[user_id.as_bytes()]);
+        let mut rooms = Vec::new();
+        for entry in self.userroomid_forgotten.iter_prefix(&prefix) {
+            let (db_key, value) = entry?;
+            let room_id = std::str::from_utf8(&db_key[prefix.len()..])
+                .ok()
+                .and_then(|room| OwnedRoomId::try_from(room).ok())
+                .ok_or_else(|| Error::corrupt("userroomid_forgotten", "bad room ID"))?;
+            let count = key::read_u64(&value)
+                .ok_or_else(|| Error::corrupt("userroomid_forgotten", "short value"))?;
+            let membership = MembershipState::from(String::from_utf8_lossy(&value[8..]).as_ref());
+            rooms.push(RoomMembership {
+                room_id,
+                membership,
+                count,
+            });
+        }
+        Ok(rooms)
     }
 }
