@@ -113,7 +113,8 @@ fn build(
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let room_allowed = RoomEventFilter::from_value(&room_filter);
-    let limit = timeline_filter.limit.unwrap_or(10).clamp(1, 1000);
+    // A limit of 0 is allowed: the rooms then come with their state and an empty timeline.
+    let limit = timeline_filter.limit.unwrap_or(10).min(1000);
 
     let joined_now = |membership: &&RoomMembership| membership.membership == MembershipState::Join;
     let joined: HashSet<&RoomId> = memberships
@@ -486,6 +487,7 @@ fn left_room(
     filter: &RoomEventFilter,
 ) -> Result<Value> {
     let mut events = Vec::new();
+    let mut limited = false;
     if let Some(shortroomid) = services.rooms.short.get_shortroomid(room_id)? {
         for entry in services
             .rooms
@@ -493,7 +495,11 @@ fn left_room(
             .iter_before(shortroomid, left_at.saturating_add(1))
         {
             let (count, pdu) = entry?;
-            if count <= since || events.len() >= limit {
+            if count <= since {
+                break;
+            }
+            if events.len() >= limit {
+                limited = true;
                 break;
             }
             if filter.matches(&pdu) {
@@ -517,8 +523,27 @@ fn left_room(
             ));
         }
     }
+    // A timeline that does not reach back to `since` comes with the state as it was when the
+    // user left (their leave included), less what the timeline shows.
+    let mut state = Vec::new();
+    if limited {
+        if let Some(readable) =
+            crate::service::rooms::visibility::readable_state(services, room_id, request.user)?
+        {
+            if readable.until.is_some() {
+                for pdu in services.rooms.state_pdus(readable.shortstatehash)? {
+                    let shown = events
+                        .iter()
+                        .any(|event| event["event_id"] == pdu.event_id.as_str());
+                    if !shown {
+                        state.push(client_event(&pdu, room_id, None));
+                    }
+                }
+            }
+        }
+    }
     Ok(
-        json!({ "timeline": { "events": events, "limited": false }, "state": { "events": [] }, "account_data": { "events": [] } }),
+        json!({ "timeline": { "events": events, "limited": limited }, "state": { "events": state }, "account_data": { "events": [] } }),
     )
 }
 

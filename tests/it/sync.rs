@@ -378,3 +378,58 @@ pub async fn sdk_sees_text(
     }
     false
 }
+
+#[tokio::test]
+async fn a_left_room_with_an_empty_timeline_comes_with_its_state_at_the_leave() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let base = format!("/_matrix/client/v3/rooms/{}", enc(&room));
+    bob.post_ok(&format!("{base}/join"), json!({})).await;
+    alice
+        .put_ok(
+            &format!("{base}/state/org.example.test/"),
+            json!({"my_key": "before"}),
+        )
+        .await;
+    bob.post_ok(&format!("{base}/leave"), json!({})).await;
+    alice
+        .put_ok(
+            &format!("{base}/state/org.example.test/"),
+            json!({"my_key": "after"}),
+        )
+        .await;
+
+    let filter = enc(r#"{"room":{"timeline":{"limit":0},"include_leave":true}}"#);
+    let sync = bob
+        .get_ok(&format!("/_matrix/client/v3/sync?filter={filter}"))
+        .await;
+    let left = &sync["rooms"]["leave"][&room];
+    assert_eq!(left["timeline"]["events"], json!([]), "{left}");
+    assert_eq!(left["timeline"]["limited"], true);
+    let state = left["state"]["events"].as_array().unwrap();
+    let find = |kind: &str, key: &str| {
+        state
+            .iter()
+            .find(|event| event["type"] == kind && event["state_key"] == key)
+            .unwrap_or_else(|| panic!("no {kind} {key} in {left}"))
+    };
+    assert_eq!(find("org.example.test", "")["content"]["my_key"], "before");
+    assert_eq!(
+        find("m.room.member", "@bob:localhost")["content"]["membership"],
+        "leave"
+    );
+
+    // Joined rooms take a limit of 0 too: no timeline, a limited flag, and the state.
+    let joined = alice
+        .get_ok(&format!(
+            "/_matrix/client/v3/sync?filter={}",
+            enc(r#"{"room":{"timeline":{"limit":0}}}"#)
+        ))
+        .await;
+    let room_sync = &joined["rooms"]["join"][&room];
+    assert_eq!(room_sync["timeline"]["events"], json!([]), "{room_sync}");
+    assert_eq!(room_sync["timeline"]["limited"], true);
+    assert!(!room_sync["state"]["events"].as_array().unwrap().is_empty());
+}
