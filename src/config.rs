@@ -1,6 +1,6 @@
 //! Configuration: one serde struct, loaded from TOML and `PLAIT_*` environment variables.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 use figment::{
     providers::{Env, Format, Serialized, Toml},
@@ -61,6 +61,12 @@ pub struct Config {
     pub federation_ca_file: Option<PathBuf>,
     /// Notary servers asked for another server's keys when that server cannot be reached.
     pub trusted_key_servers: Vec<String>,
+    /// Fixed addresses for server names (`name → ip:port`), used before any discovery; for
+    /// private deployments and test harnesses without DNS. From the environment as
+    /// `PLAIT_FEDERATION_HOSTS="hs1=127.0.0.1:8448,hs2=127.0.0.1:8449"`. TLS certificates are
+    /// still verified against the server name.
+    #[serde(deserialize_with = "string_or_map")]
+    pub federation_hosts: BTreeMap<String, SocketAddr>,
     /// A local user whose clients neither sync nor send any request for this long goes
     /// offline, in milliseconds (at least 1000).
     pub presence_offline_timeout_ms: u64,
@@ -85,6 +91,7 @@ impl Default for Config {
             tls_key: None,
             federation_ca_file: None,
             trusted_key_servers: Vec::new(),
+            federation_hosts: BTreeMap::new(),
             presence_offline_timeout_ms: 5 * 60 * 1000,
         }
     }
@@ -102,6 +109,35 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result
         Text::String(text) => text,
         Text::Number(number) => number.to_string(),
     })
+}
+
+/// Accepts a map, or the text `name=address,name=address` (as an environment variable gives it).
+fn string_or_map<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Hosts {
+        Text(String),
+        Map(BTreeMap<String, SocketAddr>),
+    }
+    match Hosts::deserialize(deserializer)? {
+        Hosts::Map(map) => Ok(map),
+        Hosts::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                let (name, address) = entry.split_once('=').ok_or_else(|| {
+                    serde::de::Error::custom(format!("`{entry}` is not name=ip:port"))
+                })?;
+                let address = address.trim().parse().map_err(|_| {
+                    serde::de::Error::custom(format!("`{address}` is not an ip:port address"))
+                })?;
+                Ok((name.trim().to_owned(), address))
+            })
+            .collect(),
+    }
 }
 
 /// Keys that may be overridden from the environment; anything else with the prefix is ignored.
@@ -122,6 +158,7 @@ const ENV_KEYS: &[&str] = &[
     "tls_key",
     "federation_ca_file",
     "trusted_key_servers",
+    "federation_hosts",
     "presence_offline_timeout_ms",
 ];
 
@@ -260,6 +297,26 @@ mod tests {
             let error = Config::from_toml(text).unwrap_err();
             assert!(error.contains(key), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn federation_hosts_come_as_a_table_or_as_text() {
+        let config =
+            Config::from_toml("federation_hosts = { \"hs1\" = \"127.0.0.1:8448\" }").unwrap();
+        assert_eq!(
+            config.federation_hosts["hs1"],
+            "127.0.0.1:8448".parse().unwrap()
+        );
+        let config =
+            Config::from_toml("federation_hosts = \"hs1=127.0.0.1:1000, hs2=127.0.0.2:2000\"")
+                .unwrap();
+        assert_eq!(config.federation_hosts.len(), 2);
+        assert_eq!(
+            config.federation_hosts["hs2"],
+            "127.0.0.2:2000".parse().unwrap()
+        );
+        let error = Config::from_toml("federation_hosts = \"hs1\"").unwrap_err();
+        assert!(error.contains("federation_hosts"), "{error}");
     }
 
     #[test]

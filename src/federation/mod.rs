@@ -4,7 +4,13 @@
 
 pub mod resolve;
 
-use std::{collections::HashMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    path::Path,
+    sync::Arc,
+    time::Duration,
+};
 
 use http::Method;
 use parking_lot::RwLock;
@@ -26,6 +32,8 @@ const MAX_WELL_KNOWN_BYTES: usize = 64 * 1024;
 pub struct FederationClient {
     http: reqwest::Client,
     resolver: Resolver,
+    /// Fixed addresses for server names (`federation_hosts`), consulted before discovery.
+    fixed_hosts: BTreeMap<String, SocketAddr>,
     overrides: Arc<HostOverrides>,
     srv: Option<hickory_resolver::TokioResolver>,
 }
@@ -61,8 +69,9 @@ impl reqwest::dns::Resolve for HostOverrides {
 }
 
 impl FederationClient {
-    /// Builds the client; `ca_file` adds a trusted CA (PEM) to the platform's roots.
-    pub fn new(ca_file: Option<&Path>) -> Result<Self> {
+    /// Builds the client; `ca_file` adds a trusted CA (PEM) to the platform's roots, and
+    /// `fixed_hosts` names the addresses of some servers outright.
+    pub fn new(ca_file: Option<&Path>, fixed_hosts: BTreeMap<String, SocketAddr>) -> Result<Self> {
         let overrides = Arc::new(HostOverrides::default());
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
@@ -93,12 +102,26 @@ impl FederationClient {
         Ok(Self {
             http,
             resolver: Resolver::default(),
+            fixed_hosts,
             overrides,
             srv,
         })
     }
 
     async fn base_url(&self, destination: &ServerName) -> Result<(String, String)> {
+        if let Some(address) = self.fixed_hosts.get(destination.as_str()) {
+            // Connect to the fixed address, but speak to (and verify the certificate of) the
+            // server name's host.
+            let host = resolve::split_server_name(destination.as_str())
+                .map(|(host, _)| host.to_owned())
+                .unwrap_or_default();
+            self.overrides
+                .hosts
+                .write()
+                .insert(host.clone(), (address.ip().to_string(), address.port()));
+            let authority = format!("{host}:{}", address.port());
+            return Ok((format!("https://{authority}"), destination.to_string()));
+        }
         let lookups = NetLookups { client: self };
         let resolved = self
             .resolver

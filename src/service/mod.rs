@@ -68,7 +68,10 @@ impl Services {
             keys: keys::Keys::open(&db),
             to_device: to_device::ToDevice::open(&db),
             key_backup: key_backup::KeyBackup::open(&db),
-            federation: FederationClient::new(config.federation_ca_file.as_deref())?,
+            federation: FederationClient::new(
+                config.federation_ca_file.as_deref(),
+                config.federation_hosts.clone(),
+            )?,
             config,
             db,
         }))

@@ -73,6 +73,42 @@ impl TestServer {
         server
     }
 
+    /// Starts federating servers with DNS-style names (`names[i]` on `ips[i]`), which know each
+    /// other only through `federation_hosts` (no DNS, `.well-known` or SRV); each certificate
+    /// is issued for its server's name.
+    pub async fn start_named(ca: &tls::TestCa, servers: &[(&str, std::net::IpAddr)]) -> Vec<Self> {
+        let mut listeners = Vec::new();
+        for (_, ip) in servers {
+            listeners.push(tokio::net::TcpListener::bind((*ip, 0)).await.unwrap());
+        }
+        let hosts: std::collections::BTreeMap<String, std::net::SocketAddr> = servers
+            .iter()
+            .zip(&listeners)
+            .map(|((name, _), listener)| ((*name).to_owned(), listener.local_addr().unwrap()))
+            .collect();
+        let mut started = Vec::new();
+        for ((name, ip), federation) in servers.iter().zip(listeners) {
+            let dir = tempfile::tempdir().unwrap();
+            let (cert, key) = ca.issue(*ip, &[name], dir.path());
+            let ca_file = ca.write_ca(dir.path());
+            let config = Config {
+                database_path: dir.path().join("db"),
+                server_name: (*name).to_owned(),
+                federation_listen: Some(federation.local_addr().unwrap()),
+                tls_cert: Some(cert),
+                tls_key: Some(key),
+                federation_ca_file: Some(ca_file),
+                federation_hosts: hosts.clone(),
+                ..Config::default()
+            };
+            let listener = tokio::net::TcpListener::bind((*ip, 0)).await.unwrap();
+            let mut server = Self::spawn(config, listener, Some(federation));
+            server.dir = Some(dir);
+            started.push(server);
+        }
+        started
+    }
+
     /// Validates the config and serves it on the listeners.
     fn spawn(
         mut config: Config,

@@ -187,6 +187,42 @@ async fn invite_join_and_messages_cross_two_plait_servers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn servers_with_fixed_addresses_federate_by_name() {
+    // Names no resolver knows: each server finds the other through `federation_hosts` alone,
+    // and still verifies the other's certificate for its name.
+    let ca = TestCa::new();
+    let servers = TestServer::start_named(
+        &ca,
+        &[
+            ("alpha.test", ip("127.0.0.2")),
+            ("beta.test", ip("127.0.0.3")),
+        ],
+    )
+    .await;
+    let (alpha, beta) = (&servers[0], &servers[1]);
+    let alice = alpha.register("alice").await;
+    let bob = beta.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    join_via(&bob, &room, alpha).await;
+    alice.send_text(&room, "n1", "hello beta").await;
+    wait_for_event(
+        &bob,
+        &room,
+        "alice's message on beta",
+        is_message("hello beta"),
+    )
+    .await;
+    bob.send_text(&room, "n2", "hello alpha").await;
+    wait_for_event(
+        &alice,
+        &room,
+        "bob's message on alpha",
+        is_message("hello alpha"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn join_a_remote_room_by_alias() {
     let (_ca, hs1, hs2) = two_servers().await;
     let alice = hs1.register("alice").await;
