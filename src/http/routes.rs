@@ -35,6 +35,18 @@ pub fn all() -> Vec<Route> {
             fed_membership::create_join_event,
         ),
         route(
+            Method::PUT,
+            "/_matrix/federation/v1/send_join/{roomId}/{eventId}",
+            Server,
+            fed_membership::create_join_event_v1,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/federation/v1/send_leave/{roomId}/{eventId}",
+            Server,
+            fed_membership::create_leave_event_v1,
+        ),
+        route(
             Method::GET,
             "/_matrix/federation/v1/make_leave/{roomId}/{userId}",
             Server,

@@ -1032,3 +1032,117 @@ async fn directory_and_profiles_of_another_server() {
         (404, Some("M_NOT_FOUND"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn version_one_send_join_and_send_leave_check_and_wrap_their_answers() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let bob_id = format!("@bob:{}", hs2.server_name());
+    let services = hs2.services.clone();
+    let hs1_name = ruma::OwnedServerName::try_from(hs1.server_name()).unwrap();
+    let request = |method: http::Method, path: String, body: Option<Value>| {
+        let services = services.clone();
+        let hs1_name = hs1_name.clone();
+        async move {
+            services
+                .federation
+                .request(
+                    services.globals.server_name(),
+                    services.globals.signing_key(),
+                    &hs1_name,
+                    method,
+                    &path,
+                    body.as_ref(),
+                )
+                .await
+        }
+    };
+    // A signed event of hs2's for the room, from hs1's make_join template with `membership`.
+    let signed = |template: &Value, membership: &str| {
+        let mut event = template["event"].clone();
+        event["content"]["membership"] = json!(membership);
+        let mut object: ruma::CanonicalJsonObject = serde_json::from_value(event).unwrap();
+        let version = ruma::RoomVersionId::V12;
+        let rules = plait::service::rooms::timeline::rules_for(&version).unwrap();
+        plait::crypto::hash_and_sign_event(
+            services.globals.server_name().as_str(),
+            services.globals.signing_key(),
+            &mut object,
+            &rules,
+        )
+        .unwrap();
+        let event_id = plait::crypto::reference_event_id(&object, &rules).unwrap();
+        (event_id, serde_json::to_value(object).unwrap())
+    };
+    let template = request(
+        http::Method::GET,
+        format!(
+            "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+            enc(&room),
+            enc(&bob_id)
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+
+    // Not a join: refused by v1 exactly as by v2.
+    let (leave_id, leave) = signed(&template, "leave");
+    let refused = request(
+        http::Method::PUT,
+        format!(
+            "/_matrix/federation/v1/send_join/{}/{}",
+            enc(&room),
+            enc(leave_id.as_str())
+        ),
+        Some(leave),
+    )
+    .await;
+    assert!(format!("{refused:?}").contains("M_BAD_JSON"), "{refused:?}");
+
+    // A join: accepted, answered as [200, {state, auth_chain, ...}].
+    let (join_id, join) = signed(&template, "join");
+    let answer = request(
+        http::Method::PUT,
+        format!(
+            "/_matrix/federation/v1/send_join/{}/{}",
+            enc(&room),
+            enc(join_id.as_str())
+        ),
+        Some(join),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer[0], 200, "{answer}");
+    assert!(
+        !answer[1]["state"].as_array().unwrap().is_empty(),
+        "{answer}"
+    );
+
+    // And the leave through v1 send_leave, after a make_leave.
+    let template = request(
+        http::Method::GET,
+        format!(
+            "/_matrix/federation/v1/make_leave/{}/{}",
+            enc(&room),
+            enc(&bob_id)
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    let (leave_id, leave) = signed(&template, "leave");
+    let answer = request(
+        http::Method::PUT,
+        format!(
+            "/_matrix/federation/v1/send_leave/{}/{}",
+            enc(&room),
+            enc(leave_id.as_str())
+        ),
+        Some(leave),
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer, json!([200, {}]));
+}

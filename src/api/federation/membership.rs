@@ -279,6 +279,23 @@ pub async fn create_leave_event(services: Arc<Services>, ctx: Ctx) -> HandlerRes
     Ok(json!({}))
 }
 
+/// `PUT /_matrix/federation/v1/send_join/{roomId}/{eventId}`
+///
+/// The version-1 form, removed from the spec but still sent by older servers (and tested by
+/// Complement): the same checks and answer as v2, wrapped as `[200, answer]`.
+pub async fn create_join_event_v1(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let answer = create_join_event(services, ctx).await?;
+    Ok(json!([200, answer]))
+}
+
+/// `PUT /_matrix/federation/v1/send_leave/{roomId}/{eventId}`
+///
+/// The version-1 form of `send_leave` (see [`create_join_event_v1`]): `[200, {}]`.
+pub async fn create_leave_event_v1(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let answer = create_leave_event(services, ctx).await?;
+    Ok(json!([200, answer]))
+}
+
 /// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`
 ///
 /// Answers the stripped state the knocking user's client shows while the knock is pending.
