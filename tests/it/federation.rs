@@ -1146,3 +1146,30 @@ async fn version_one_send_join_and_send_leave_check_and_wrap_their_answers() {
     .unwrap();
     assert_eq!(answer, json!([200, {}]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn create_room_invites_users_of_other_servers() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let bob_id = bob.user_id().await;
+    let room = alice
+        .create_room(json!({ "preset": "private_chat", "invite": [bob_id], "is_direct": true }))
+        .await;
+    let invite = wait_for_invite(&bob, &room).await;
+    let own_member = invite["invite_state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["type"] == "m.room.member" && event["state_key"] == bob_id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no invite event in {invite}"));
+    assert_eq!(own_member["content"]["is_direct"], true, "{own_member}");
+    // The room ID names no server; the invite tells hs2 where to join.
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+        json!({}),
+    )
+    .await;
+    wait_for_event(&alice, &room, "bob's join", is_membership(&bob_id, "join")).await;
+}

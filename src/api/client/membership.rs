@@ -273,14 +273,11 @@ pub async fn invite_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     }
     if invitee.server_name() != services.globals.server_name() {
         require_joined(&services, &room_id, ctx.user())?;
-        handshake::invite_remote(
-            &services,
-            &room_id,
-            ctx.user(),
-            &invitee,
-            reason(&ctx).as_deref(),
-        )
-        .await?;
+        let mut extra = json!({});
+        if let Some(reason) = reason(&ctx) {
+            extra["reason"] = json!(reason);
+        }
+        handshake::invite_remote(&services, &room_id, ctx.user(), &invitee, extra).await?;
         return Ok(json!({}));
     }
     set_membership(

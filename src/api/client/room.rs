@@ -10,7 +10,10 @@ use crate::{
     error::Error,
     http::{Ctx, HandlerResult},
     service::{
-        rooms::timeline::{create_and_commit, rules_for, PduBuilder},
+        rooms::{
+            handshake,
+            timeline::{create_and_commit, rules_for, PduBuilder},
+        },
         Services,
     },
     util,
@@ -219,7 +222,14 @@ pub async fn create_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             json!({ "topic": topic, "m.topic": { "m.text": [{ "body": topic, "mimetype": "text/plain" }] } }),
         ))?;
     }
-    for invitee in &body.invite {
+    // Local invitees are invited in the creation's sequence; those of other servers need their
+    // server's countersignature, so they are invited once the room is complete (below).
+    let own_server = services.globals.server_name().to_owned();
+    let (local_invitees, remote_invitees): (Vec<_>, Vec<_>) = body
+        .invite
+        .iter()
+        .partition(|invitee| invitee.server_name() == own_server);
+    for invitee in local_invitees {
         let mut content = json!({ "membership": "invite" });
         if body.is_direct {
             content["is_direct"] = json!(true);
@@ -235,6 +245,20 @@ pub async fn create_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     }
     if body.visibility.as_deref() == Some("public") {
         services.rooms.alias.set_public(&room_id, true)?;
+    }
+    for invitee in remote_invitees {
+        let extra = if body.is_direct {
+            json!({ "is_direct": true })
+        } else {
+            json!({})
+        };
+        // The room exists whatever the other server answers; a failed invite is logged, as
+        // Synapse does, rather than failing the whole creation.
+        if let Err(error) =
+            handshake::invite_remote(&services, &room_id, &sender, invitee, extra).await
+        {
+            tracing::warn!(%invitee, %error, "inviting a user of another server at room creation failed");
+        }
     }
     Ok(json!({ "room_id": room_id }))
 }

@@ -301,15 +301,17 @@ pub async fn invite_remote(
     room_id: &RoomId,
     sender: &UserId,
     invitee: &UserId,
-    reason: Option<&str>,
+    extra: Value,
 ) -> Result<OwnedEventId> {
     let rooms = &services.rooms;
     let (shortroomid, version) = rooms.room_version(room_id)?;
     let rules = rules_for(&version)?;
-    let mut content = json!({ "membership": "invite" });
-    if let Some(reason) = reason {
-        content["reason"] = json!(reason);
-    }
+    // `extra` adds fields such as `reason` and `is_direct` to the member event's content.
+    let mut content = match extra {
+        Value::Object(fields) => Value::Object(fields),
+        _ => json!({}),
+    };
+    content["membership"] = json!("invite");
     let builder = PduBuilder::state("m.room.member", invitee.as_str(), content);
     let (signed, event_id, stripped) = {
         let lock = rooms.timeline.room_lock(room_id);
