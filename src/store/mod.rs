@@ -66,6 +66,8 @@ pub const TREES: &[&str] = &[
     "senderdevicetxnid_todevice",
     "useridversion_backup",
     "userversionroomsession_backupkey",
+    "parentreltypecount_child",
+    "roomcount_threadroot",
 ];
 
 /// The open database.
