@@ -318,7 +318,7 @@ async fn threads_are_listed_by_latest_activity_with_participation_and_pages() {
     let root2 = alice.send_text(&room, "r2", "second topic").await;
     let root3 = alice.send_text(&room, "r3", "third topic").await;
     thread_reply(&bob, &room, "t1", &root1, "bob in one").await;
-    thread_reply(&alice, &room, "t2", &root2, "alice in two").await;
+    let alice_in_two = thread_reply(&alice, &room, "t2", &root2, "alice in two").await;
     thread_reply(&alice, &room, "t3", &root3, "alice in three").await;
     let latest = thread_reply(&alice, &room, "t4", &root1, "alice in one").await;
 
@@ -360,7 +360,7 @@ async fn threads_are_listed_by_latest_activity_with_participation_and_pages() {
     assert!(rest.get("next_batch").is_none(), "{rest}");
 
     // A new reply moves its thread to the front.
-    thread_reply(&carol, &room, "t5", &root2, "carol in two").await;
+    let carol_in_two = thread_reply(&carol, &room, "t5", &root2, "carol in two").await;
     let all = carol.get_ok(&threads).await;
     assert_eq!(
         ids(&all["chunk"]),
@@ -386,6 +386,24 @@ async fn threads_are_listed_by_latest_activity_with_participation_and_pages() {
     )
     .await;
     assert_error(&(status, body), 400, "M_UNKNOWN");
+
+    // Redacting the latest reply moves the thread back to its previous reply; redacting the
+    // last one takes the thread off the list.
+    assert_eq!(redact(&carol, &room, &carol_in_two, "x1").await.0, 200);
+    let all = carol.get_ok(&threads).await;
+    assert_eq!(
+        ids(&all["chunk"]),
+        vec![root3.clone(), root1.clone(), root2.clone()]
+    );
+    let summary = &get_event(&carol, &room, &root2).await["unsigned"]["m.relations"]["m.thread"];
+    assert_eq!(summary["count"], 1, "{summary}");
+    assert_eq!(summary["latest_event"]["event_id"], alice_in_two.as_str());
+    assert_eq!(summary["current_user_participated"], false);
+    assert_eq!(redact(&alice, &room, &alice_in_two, "x2").await.0, 200);
+    let all = carol.get_ok(&threads).await;
+    assert_eq!(ids(&all["chunk"]), vec![root3.clone(), root1.clone()]);
+    let event = get_event(&carol, &room, &root2).await;
+    assert!(event["unsigned"].get("m.relations").is_none(), "{event}");
 
     // Bad input.
     for query in [
