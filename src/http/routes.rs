@@ -5,7 +5,7 @@ use http::Method;
 use super::{route, Auth, Route};
 use crate::api::client::{
     account, account_data, alias, device, discovery, membership, message, presence, profile,
-    receipt, room, state, sync, typing, user_directory,
+    receipt, relations, room, state, sync, typing, user_directory,
 };
 use crate::api::client::{backup, cross_signing, keys as client_keys, to_device};
 use crate::api::federation::{
@@ -483,6 +483,30 @@ pub fn all() -> Vec<Route> {
             "/_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}",
             Token,
             message::redact,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}",
+            Token,
+            relations::get_relating_events,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}",
+            Token,
+            relations::get_relating_events,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}",
+            Token,
+            relations::get_relating_events,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v1/rooms/{roomId}/threads",
+            Token,
+            relations::get_thread_roots,
         ),
         route(
             Method::GET,

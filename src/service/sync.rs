@@ -16,8 +16,8 @@ use crate::{
         notify::{Topic, Waiter},
         presence, receipts,
         rooms::{
-            members::RoomMembership, pdu::Pdu, timeline::read::client_event,
-            visibility::user_can_see,
+            members::RoomMembership, pdu::Pdu, relations::bundle::serve_event,
+            timeline::read::client_event, visibility::user_can_see,
         },
         Services,
     },
@@ -317,8 +317,8 @@ fn joined_room(
     let viewer = Some((request.user, request.device));
     let timeline: Vec<Value> = events
         .iter()
-        .map(|(_, pdu)| client_event(pdu, room_id, viewer))
-        .collect();
+        .map(|(_, pdu)| serve_event(services, pdu, room_id, viewer))
+        .collect::<Result<_>>()?;
     let prev_batch = match events.first() {
         Some((count, pdu)) => format!("t{}_{}", u64::from(pdu.depth), count),
         None => format!("s{next}"),

@@ -68,6 +68,8 @@ pub const TREES: &[&str] = &[
     "userversionroomsession_backupkey",
     "openidhash_user",
     "userroomid_forgotten",
+    "parentreltypecount_child",
+    "roomcount_threadroot",
 ];
 
 /// The open database.

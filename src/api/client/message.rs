@@ -16,7 +16,10 @@ use crate::{
             read::{client_event, TopoPos},
             PduBuilder,
         },
-        rooms::visibility::user_can_see,
+        rooms::{
+            relations::{bundle::serve_event, check_client_relation},
+            visibility::user_can_see,
+        },
         sync::SyncToken,
         Services,
     },
@@ -54,6 +57,7 @@ pub async fn send_message_event(services: Arc<Services>, ctx: Ctx) -> HandlerRes
             OwnedEventId::try_from(target).map_err(|_| Error::invalid_param("invalid redacts"))?;
         return redact_event(&services, &ctx, &room_id, target, ctx.body.clone(), txn_id);
     }
+    check_client_relation(&services, &room_id, ctx.user(), event_type, &ctx.body)?;
     let (event_id, _) = create_and_commit(
         &services,
         &room_id,
@@ -211,11 +215,7 @@ pub async fn get_room_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult 
     if !user_can_see(&services, ctx.user(), membership.as_ref(), count, &pdu)? {
         return Err(Error::not_found(format!("event {event_id} not found")));
     }
-    Ok(client_event(
-        &pdu,
-        &room_id,
-        Some((ctx.user(), ctx.device())),
-    ))
+    serve_event(&services, &pdu, &room_id, Some((ctx.user(), ctx.device())))
 }
 
 /// Parses a pagination token: `t<depth>_<count>` (topological) or a sync token (`s<count>_<typing>`
@@ -336,11 +336,12 @@ pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
             continue;
         }
         senders.insert(pdu.sender.clone());
-        chunk.push(client_event(
+        chunk.push(serve_event(
+            &services,
             &pdu,
             &room_id,
             Some((ctx.user(), ctx.device())),
-        ));
+        )?);
         if chunk.len() >= limit {
             break;
         }
@@ -443,7 +444,7 @@ pub async fn get_context(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
                     &event,
                 )?
             {
-                events.push(client_event(&event, &room_id, viewer));
+                events.push(serve_event(&services, &event, &room_id, viewer)?);
             }
             if events.len() >= wanted {
                 break;
@@ -465,7 +466,7 @@ pub async fn get_context(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             .collect()
     };
     Ok(json!({
-        "event": client_event(&pdu, &room_id, viewer),
+        "event": serve_event(&services, &pdu, &room_id, viewer)?,
         "events_before": before, "events_after": after,
         "start": format_token(start), "end": format_token(end),
         "state": state

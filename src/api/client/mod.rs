@@ -13,6 +13,7 @@ pub mod message;
 pub mod presence;
 pub mod profile;
 pub mod receipt;
+pub mod relations;
 pub mod room;
 pub mod state;
 pub mod sync;

@@ -1,4 +1,5 @@
-//! Rooms: short IDs, state snapshots, the timeline, membership indexes, aliases and the directory.
+//! Rooms: short IDs, state snapshots, the timeline, membership indexes, aliases and the directory,
+//! and event relationships.
 
 pub mod alias;
 pub mod auth;
@@ -6,6 +7,7 @@ pub mod handshake;
 pub mod incoming;
 pub mod members;
 pub mod pdu;
+pub mod relations;
 pub mod short;
 pub mod state;
 pub mod timeline;
@@ -16,8 +18,8 @@ use std::sync::Arc;
 use ruma::{events::StateEventType, OwnedEventId, RoomId};
 
 use self::{
-    alias::Aliases, members::Members, pdu::Pdu, short::ShortIds, state::RoomState,
-    timeline::Timeline,
+    alias::Aliases, members::Members, pdu::Pdu, relations::Relations, short::ShortIds,
+    state::RoomState, timeline::Timeline,
 };
 use crate::{error::Result, store::Db};
 
@@ -29,6 +31,7 @@ pub struct Rooms {
     pub members: Members,
     pub alias: Aliases,
     pub handshakes: handshake::Handshakes,
+    pub relations: Relations,
 }
 
 impl Rooms {
@@ -43,6 +46,7 @@ impl Rooms {
             members: Members::open(db),
             alias: Aliases::open(db),
             handshakes: handshake::Handshakes::open(db),
+            relations: Relations::open(db),
         })
     }
 

@@ -364,6 +364,9 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
                     .members
                     .update_in_batch(room_id, &pdu, count, &mut batch)?;
             }
+            rooms
+                .relations
+                .index_in_batch(shortroomid, &pdu, count, &mut batch)?;
             services
                 .sending
                 .queue_pdu_in_batch(&mut batch, &destinations, count, &pdu.event_id);

@@ -228,6 +228,15 @@ pub(super) fn redact_in_batch(
         return Ok(());
     }
     let rules = super::rules_for(&version)?;
+    if let Some(content) = object.get("content") {
+        let content = serde_json::to_value(content).map_err(Error::internal)?;
+        services.rooms.relations.unindex_in_batch(
+            pdu_id.shortroomid,
+            &content,
+            pdu_id.count,
+            batch,
+        )?;
+    }
     let unsigned = object.remove("unsigned");
     let event_id = object.remove("event_id");
     let mut redacted =
