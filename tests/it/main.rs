@@ -13,6 +13,7 @@ mod federation_ephemeral;
 mod key_backup;
 mod presence;
 mod rooms;
+mod spaces;
 mod spec_map;
 mod synapse_harness;
 mod synapse_interop;
