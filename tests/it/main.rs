@@ -19,3 +19,4 @@ mod synapse_harness;
 mod synapse_interop;
 pub mod sync;
 mod tidy;
+mod upgrade;

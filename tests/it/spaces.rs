@@ -561,3 +561,183 @@ async fn hierarchy_reaches_rooms_on_another_server() {
     let page = bob.get_ok(&hierarchy_path(&root, "")).await;
     assert!(!room_ids(&page).contains(&restricted), "{page}");
 }
+
+/// The member event of `user` in `room` as `client` sees it.
+async fn member_event(client: &Client, room: &str, user: &str) -> Value {
+    client
+        .get_ok(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            enc(room),
+            enc(user)
+        ))
+        .await
+}
+
+/// A restricted room on hs1 joined by a user of hs2 (Complement's
+/// `TestRestrictedRoomsRemoteJoin`): hs1's `make_join` names its user as the authoriser and
+/// countersigns at `send_join`; without the allowed room the join is refused, and a room whose
+/// allowed room hs1 is not in cannot be authorised by hs1 at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restricted_join_across_two_servers() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let (alice_id, bob_id) = (alice.user_id().await, bob.user_id().await);
+    let name1 = hs1.server_name();
+    let allowed = create(&alice, "public_chat", "Allowed", false).await;
+    let restricted_to = |room: &str| {
+        json!({
+            "preset": "public_chat", "room_version": "8",
+            "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {
+                "join_rule": "restricted",
+                "allow": [{ "type": "m.room_membership", "room_id": room }]
+            }}]
+        })
+    };
+    let room = alice.create_room(restricted_to(&allowed)).await;
+    let join = |room: String| {
+        let bob = bob.clone();
+        let via = name1.clone();
+        async move {
+            bob.post(
+                &format!("/_matrix/client/v3/join/{}?via={}", enc(&room), enc(&via)),
+                json!({}),
+            )
+            .await
+        }
+    };
+
+    assert_error(&join(room.clone()).await, 403, "M_FORBIDDEN");
+    assert_eq!(join(allowed.clone()).await.0, 200);
+    let joined = join(room.clone()).await;
+    assert_eq!(joined.0, 200, "{}", joined.1);
+    let member = member_event(&alice, &room, &bob_id).await;
+    assert_eq!(member["membership"], "join");
+    assert_eq!(member["join_authorised_via_users_server"], alice_id);
+    // Bob's server has the countersigned event too.
+    assert_eq!(
+        member_event(&bob, &room, &bob_id).await["join_authorised_via_users_server"],
+        alice_id
+    );
+
+    // Having left the allowed room, bob is refused again.
+    for left in [&room, &allowed] {
+        bob.post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(left)),
+            json!({}),
+        )
+        .await;
+        wait_for_event(&alice, left, "bob's leave", is_membership(&bob_id, "leave")).await;
+    }
+    assert_error(&join(room.clone()).await, 403, "M_FORBIDDEN");
+
+    // A room restricted to a room of hs2 that hs1 is not in: hs1 cannot tell, and says so.
+    let elsewhere = create(&bob, "public_chat", "Elsewhere", false).await;
+    let unverifiable = alice.create_room(restricted_to(&elsewhere)).await;
+    assert_error(&join(unverifiable).await, 400, "M_UNABLE_TO_AUTHORISE_JOIN");
+}
+
+/// A restricted room on hs2 whose invite level no hs1 user reaches (Complement's
+/// `TestRestrictedRoomsRemoteJoinLocalUser`): hs1 answers `make_join` with
+/// `M_UNABLE_TO_GRANT_JOIN`, and a local user of hs1 who qualifies joins through hs2 even though
+/// hs1 is in the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restricted_join_without_a_local_authoriser_goes_through_another_server() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let charlie = hs2.register("charlie").await;
+    let dave = hs2.register("dave").await;
+    let alice = hs1.register("alice").await;
+    let bob = hs1.register("bob").await;
+    let (charlie_id, alice_id, bob_id) = (
+        charlie.user_id().await,
+        alice.user_id().await,
+        bob.user_id().await,
+    );
+    let dave_id = dave.user_id().await;
+    let name2 = hs2.server_name();
+    let allowed = create(&charlie, "public_chat", "Space", false).await;
+    let room = charlie
+        .create_room(json!({
+            "preset": "public_chat", "room_version": "8",
+            "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {
+                "join_rule": "restricted",
+                "allow": [{ "type": "m.room_membership", "room_id": allowed, "via": [name2] }]
+            }}]
+        }))
+        .await;
+    charlie
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({ "user_id": alice_id }),
+        )
+        .await;
+    crate::federation::wait_for_invite(&alice, &room).await;
+    let via2 = |room: &str| format!("/_matrix/client/v3/join/{}?via={}", enc(room), enc(&name2));
+    alice.post_ok(&via2(&room), json!({})).await;
+    // Public chat: inviting needs 50, which alice lacks.
+    assert_error(
+        &alice
+            .post(
+                &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+                json!({ "user_id": bob_id }),
+            )
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    bob.post_ok(&via2(&allowed), json!({})).await;
+
+    // hs1 knows dave is in the allowed room (bob is in it) but has nobody who may invite.
+    dave.post_ok(
+        &format!("/_matrix/client/v3/join/{}", enc(&allowed)),
+        json!({}),
+    )
+    .await;
+    wait_for_event(
+        &bob,
+        &allowed,
+        "dave's join",
+        is_membership(&dave_id, "join"),
+    )
+    .await;
+    let refused = hs2
+        .services
+        .federation_request(
+            <&ruma::ServerName>::try_from(hs1.server_name().as_str()).unwrap(),
+            http::Method::GET,
+            &format!(
+                "/_matrix/federation/v1/make_join/{}/{}?ver=8",
+                enc(&room),
+                enc(&dave_id)
+            ),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("UnableToGrantJoin"),
+        "{refused:?}"
+    );
+
+    // Bob joins through hs1, which hands the join to hs2 for charlie to authorise.
+    bob.post_ok(
+        &format!("/_matrix/client/v3/join/{}", enc(&room)),
+        json!({}),
+    )
+    .await;
+    let member = wait_for_event(
+        &charlie,
+        &room,
+        "bob's join",
+        is_membership(&bob_id, "join"),
+    )
+    .await;
+    assert_eq!(
+        member["content"]["join_authorised_via_users_server"],
+        charlie_id
+    );
+    assert_eq!(
+        member_event(&bob, &room, &bob_id).await["membership"],
+        "join"
+    );
+}

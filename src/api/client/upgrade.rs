@@ -207,7 +207,8 @@ fn create_new_room(
 }
 
 /// The new room's power levels: the old ones, without the new room's creators in `users` when
-/// its version privileges them, and otherwise with the upgrader (and any privileged creator of
+/// its version privileges them (and, coming from an older version, `m.room.tombstone` at 150 at
+/// least), and otherwise with the upgrader (and any privileged creator of
 /// the old room) at no less than 100.
 fn new_power_levels(
     old: &PowerLevels,
@@ -228,6 +229,15 @@ fn new_power_levels(
     if privileged {
         for creator in creators {
             users.remove(creator.as_str());
+        }
+        if old.creators.is_empty() {
+            // As in a version 12 room made by `createRoom`, upgrading it again is for its
+            // creators, whose power is above any level.
+            if !content["events"].is_object() {
+                content["events"] = json!({});
+            }
+            let tombstone = content["events"]["m.room.tombstone"].as_i64().unwrap_or(0);
+            content["events"]["m.room.tombstone"] = json!(tombstone.max(150));
         }
     } else {
         let mut raised: Vec<&UserId> = old.creators.iter().map(|user| user.as_ref()).collect();
