@@ -271,6 +271,9 @@ async fn read_json(destination: &ServerName, response: reqwest::Response) -> Res
     let kind = match errcode.as_str() {
         "M_FORBIDDEN" => Some(ErrorKind::Forbidden),
         "M_NOT_FOUND" => Some(ErrorKind::NotFound),
+        // The spec has clients told why a restricted join could not be authorised.
+        "M_UNABLE_TO_AUTHORISE_JOIN" => Some(ErrorKind::UnableToAuthorizeJoin),
+        "M_UNABLE_TO_GRANT_JOIN" => Some(ErrorKind::UnableToGrantJoin),
         _ => None,
     };
     match kind {

@@ -5,11 +5,11 @@ use http::Method;
 use super::{route, Auth, Route};
 use crate::api::client::{
     account, account_data, alias, device, discovery, membership, message, presence, profile,
-    receipt, relations, room, state, sync, typing, user_directory,
+    receipt, relations, room, space, state, sync, typing, upgrade, user_directory,
 };
 use crate::api::client::{backup, cross_signing, keys as client_keys, to_device};
 use crate::api::federation::{
-    events, keys, membership as fed_membership, query, transactions, user_keys,
+    events, keys, membership as fed_membership, query, space as fed_space, transactions, user_keys,
 };
 
 /// Every served route. Paths use `{name}` parameters as the spec writes them.
@@ -111,6 +111,12 @@ pub fn all() -> Vec<Route> {
             "/_matrix/federation/v1/backfill/{roomId}",
             Server,
             events::get_backfill,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/hierarchy/{roomId}",
+            Server,
+            fed_space::get_hierarchy,
         ),
         route(
             Method::GET,
@@ -339,6 +345,18 @@ pub fn all() -> Vec<Route> {
             "/_matrix/client/v3/createRoom",
             Token,
             room::create_room,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/rooms/{roomId}/upgrade",
+            Token,
+            upgrade::upgrade_room,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v1/rooms/{roomId}/hierarchy",
+            Token,
+            space::get_hierarchy,
         ),
         route(
             Method::POST,

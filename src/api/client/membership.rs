@@ -15,6 +15,7 @@ use crate::{
     service::{
         rooms::{
             handshake,
+            restricted::{self, JoinCheck},
             timeline::{create_and_commit, read::client_event, PduBuilder},
             visibility::ReadableState,
         },
@@ -255,6 +256,36 @@ async fn join(
     }
     let mut content = join_content(services, ctx)?;
     content["membership"] = json!("join");
+    if services.rooms.exists(room_id)? {
+        match restricted::check_join(services, room_id, ctx.user())? {
+            JoinCheck::Unrestricted => {}
+            JoinCheck::Authorised(authoriser) => {
+                content["join_authorised_via_users_server"] = json!(authoriser);
+            }
+            JoinCheck::NoLocalAuthoriser => {
+                // No local user may invite: a server in the room that has one vouches instead.
+                let mut extra = content.clone();
+                if let Some(extra) = extra.as_object_mut() {
+                    extra.remove("membership");
+                }
+                let others: Vec<OwnedServerName> = services
+                    .rooms
+                    .members
+                    .servers_in_room(room_id)?
+                    .iter()
+                    .cloned()
+                    .collect();
+                handshake::join_remote(services, room_id, ctx.user(), &others, extra).await?;
+                return Ok(json!({ "room_id": room_id }));
+            }
+            JoinCheck::Unverifiable | JoinCheck::NotAllowed => {
+                return Err(Error::forbidden(format!(
+                    "{} is not in a room that {room_id} allows to join",
+                    ctx.user()
+                )));
+            }
+        }
+    }
     send_member_event(services, room_id, ctx.user(), ctx.user(), content)?;
     Ok(json!({ "room_id": room_id }))
 }

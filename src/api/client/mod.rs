@@ -15,10 +15,12 @@ pub mod profile;
 pub mod receipt;
 pub mod relations;
 pub mod room;
+pub mod space;
 pub mod state;
 pub mod sync;
 pub mod to_device;
 pub mod typing;
+pub mod upgrade;
 pub mod user_directory;
 
 use ruma::{OwnedRoomId, RoomId, UserId};

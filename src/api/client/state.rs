@@ -10,7 +10,10 @@ use crate::{
     error::Error,
     http::{Ctx, HandlerResult},
     service::{
-        rooms::timeline::{create_and_commit, read::client_event, PduBuilder},
+        rooms::{
+            power,
+            timeline::{create_and_commit, read::client_event, PduBuilder},
+        },
         Services,
     },
 };
@@ -67,7 +70,7 @@ pub async fn send_state_event(services: Arc<Services>, ctx: Ctx) -> HandlerResul
     }
     if event_type == "m.room.power_levels" {
         if let Some(users) = ctx.body.get("users") {
-            let creators = privileged_creators(&services, &room_id)?;
+            let creators = power::privileged_creators(&services, &room_id)?;
             super::room::reject_creators_in_users(users, &creators)?;
         }
     }
@@ -93,6 +96,20 @@ pub async fn send_state_event(services: Arc<Services>, ctx: Ctx) -> HandlerResul
             }
         }
     }
+    let mut content = ctx.body.clone();
+    if event_type == "m.room.member"
+        && ctx.param(2) == ctx.user().as_str()
+        && content["membership"] == "join"
+    {
+        // A joined member's join → join needs no authoriser, so one that names no user is
+        // ignored (the spec's auth rules never read it there) rather than refused.
+        let names_user = content["join_authorised_via_users_server"]
+            .as_str()
+            .is_some_and(|user| <&ruma::UserId>::try_from(user).is_ok());
+        if let (false, Some(object)) = (names_user, content.as_object_mut()) {
+            object.remove("join_authorised_via_users_server");
+        }
+    }
     // The same sender setting the same content again changes nothing: the answer is the event
     // already in force, and no new event is sent (clients retry state changes freely).
     if let Some(current) = services.rooms.current_state_pdu(
@@ -100,7 +117,7 @@ pub async fn send_state_event(services: Arc<Services>, ctx: Ctx) -> HandlerResul
         &StateEventType::from(event_type.as_str()),
         ctx.param(2),
     )? {
-        if current.sender == ctx.user() && current.content_value() == ctx.body {
+        if current.sender == ctx.user() && current.content_value() == content {
             return Ok(json!({ "event_id": current.event_id }));
         }
     }
@@ -108,42 +125,8 @@ pub async fn send_state_event(services: Arc<Services>, ctx: Ctx) -> HandlerResul
         &services,
         &room_id,
         ctx.user(),
-        PduBuilder::state(event_type.as_str(), ctx.param(2), ctx.body.clone()),
+        PduBuilder::state(event_type.as_str(), ctx.param(2), content),
         None,
     )?;
     Ok(json!({ "event_id": event_id }))
-}
-
-/// The creators of a room whose version privileges them (version 12): the create event's sender
-/// and its `additional_creators`; empty for other versions.
-fn privileged_creators(
-    services: &Services,
-    room_id: &ruma::RoomId,
-) -> Result<Vec<ruma::OwnedUserId>, Error> {
-    let (_, version) = services.rooms.room_version(room_id)?;
-    let rules = crate::service::rooms::timeline::rules_for(&version)?;
-    if !rules.authorization.explicitly_privilege_room_creators {
-        return Ok(Vec::new());
-    }
-    let Some(create) =
-        services
-            .rooms
-            .current_state_pdu(room_id, &StateEventType::RoomCreate, "")?
-    else {
-        return Ok(Vec::new());
-    };
-    let mut creators = vec![create.sender.clone()];
-    for creator in create.content_value()["additional_creators"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        if let Some(user) = creator
-            .as_str()
-            .and_then(|text| ruma::OwnedUserId::try_from(text).ok())
-        {
-            creators.push(user);
-        }
-    }
-    Ok(creators)
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ruma::{
     api::error::{ErrorKind, IncompatibleRoomVersionErrorData},
-    events::{StateEventType, TimelineEventType},
+    events::TimelineEventType,
     CanonicalJsonValue, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, ServerName,
 };
 use serde_json::{json, Value};
@@ -17,6 +17,7 @@ use crate::{
     service::{
         rooms::{
             auth, handshake, incoming,
+            restricted::{self, JoinCheck},
             timeline::{build_template, rules_for, PduBuilder, SendTo},
         },
         Services,
@@ -89,64 +90,38 @@ fn make_membership(services: &Services, ctx: &Ctx, membership: &str) -> HandlerR
     Ok(json!({ "room_version": version, "event": object }))
 }
 
-/// For a restricted room, names a local user who may invite as the authoriser, when the joining
-/// user is in one of the allowed rooms (as far as this server knows).
+/// For a restricted room, names a local user who may invite as the authoriser when the joining
+/// user is in one of the allowed rooms; otherwise the spec's errors: `M_UNABLE_TO_GRANT_JOIN`
+/// (no local user may invite: try another server), `M_UNABLE_TO_AUTHORISE_JOIN` (this server is
+/// in none of the allowed rooms) or `M_FORBIDDEN`.
 fn restricted_join_content(
     services: &Services,
     room_id: &RoomId,
     user: &ruma::UserId,
     mut content: Value,
 ) -> Result<Value> {
-    let Some(rules_event) =
-        services
-            .rooms
-            .current_state_pdu(room_id, &StateEventType::RoomJoinRules, "")?
-    else {
-        return Ok(content);
-    };
-    let rules = rules_event.content_value();
-    let kind = rules["join_rule"].as_str().unwrap_or("");
-    if kind != "restricted" && kind != "knock_restricted" {
-        return Ok(content);
-    }
-    if services.rooms.members.get_membership(room_id, user)?
-        == Some(ruma::events::room::member::MembershipState::Invite)
-    {
-        return Ok(content);
-    }
-    let allowed = rules["allow"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|entry| {
-            entry["type"] == "m.room_membership"
-                && entry["room_id"]
-                    .as_str()
-                    .and_then(|room| <&RoomId>::try_from(room).ok())
-                    .is_some_and(|room| {
-                        services
-                            .rooms
-                            .members
-                            .is_joined(room, user)
-                            .unwrap_or(false)
-                    })
-        });
-    if !allowed {
-        return Ok(content);
-    }
-    let own = services.globals.server_name();
-    let authoriser = services
-        .rooms
-        .members
-        .iter_members(
-            room_id,
-            Some(ruma::events::room::member::MembershipState::Join),
-        )?
-        .into_iter()
-        .map(|(member, _)| member)
-        .find(|member| member.server_name() == own);
-    if let Some(authoriser) = authoriser {
-        content["join_authorised_via_users_server"] = json!(authoriser);
+    match restricted::check_join(services, room_id, user)? {
+        JoinCheck::Unrestricted => {}
+        JoinCheck::Authorised(authoriser) => {
+            content["join_authorised_via_users_server"] = json!(authoriser);
+        }
+        JoinCheck::NoLocalAuthoriser => {
+            return Err(Error::matrix(
+                ErrorKind::UnableToGrantJoin,
+                format!("no user of this server may authorise joins to {room_id}"),
+            ))
+        }
+        JoinCheck::Unverifiable => {
+            return Err(Error::matrix(
+                ErrorKind::UnableToAuthorizeJoin,
+                format!("this server is in none of the rooms {room_id} allows"),
+            ))
+        }
+        JoinCheck::NotAllowed => {
+            return Err(Error::forbidden(format!(
+                "{user} is not in a room that {room_id} allows to join"
+            )))
+        }
     }
     Ok(content)
 }
@@ -201,6 +176,16 @@ async fn send_membership(
         .map(str::to_owned);
     if let Some(authoriser) = authoriser {
         if authoriser.ends_with(&format!(":{}", services.globals.server_name())) {
+            // Vouch only for a user who still qualifies, through the user the event names.
+            match restricted::check_join(services, &room_id, &pdu.sender)? {
+                JoinCheck::Authorised(_) | JoinCheck::Unrestricted => {}
+                _ => {
+                    return Err(Error::forbidden(format!(
+                        "{} may not join {room_id} through a user of this server",
+                        pdu.sender
+                    )))
+                }
+            }
             let mut object = parsed.object.clone();
             crypto::hash_and_sign_event(
                 services.globals.server_name().as_str(),

@@ -5,5 +5,6 @@ pub mod events;
 pub mod keys;
 pub mod membership;
 pub mod query;
+pub mod space;
 pub mod transactions;
 pub mod user_keys;

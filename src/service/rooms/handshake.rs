@@ -180,6 +180,16 @@ async fn join_through(
     let answer = services
         .federation_request(server, http::Method::PUT, &path, Some(&body))
         .await?;
+    if is_resident(services, room_id)? {
+        // A restricted join this server could not authorise itself (no local user may invite):
+        // the room's state is here already, so the join is received like any other event.
+        let event = match answer.get("event") {
+            Some(event) if event.is_object() => event.clone(),
+            _ => incoming::federation_value(&signed, &rules)?,
+        };
+        incoming::handle(services, server, room_id, &event, SendTo::Nobody).await?;
+        return Ok(event_id);
+    }
 
     let shortroomid = services.rooms.short.get_or_create_shortroomid(room_id)?;
     services

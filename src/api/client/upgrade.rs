@@ -1,0 +1,334 @@
+//! Room upgrades: a room of a new version replaces an old one.
+
+use std::sync::Arc;
+
+use ruma::{
+    api::error::ErrorKind, events::StateEventType, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
+    UserId,
+};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::require_joined;
+use crate::{
+    error::{Error, Result},
+    http::{Ctx, HandlerResult},
+    service::{
+        rooms::{
+            power::{PowerLevels, CREATOR_LEVEL},
+            timeline::{create_and_commit, rules_for, PduBuilder},
+        },
+        Services,
+    },
+    util,
+};
+
+/// State that moves to the new room (the spec's list, plus a space's children); power levels and
+/// the canonical alias are handled on their own.
+const COPIED_STATE: [&str; 9] = [
+    "m.room.join_rules",
+    "m.room.history_visibility",
+    "m.room.guest_access",
+    "m.room.name",
+    "m.room.topic",
+    "m.room.avatar",
+    "m.room.encryption",
+    "m.room.server_acl",
+    "m.space.child",
+];
+
+#[derive(Deserialize)]
+struct UpgradeBody {
+    new_version: String,
+    #[serde(default)]
+    additional_creators: Vec<OwnedUserId>,
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/upgrade`
+///
+/// Needs the power to send `m.room.tombstone`. Creates the new room (its create event names the
+/// predecessor; `event_id` there is the old room's latest event), copies the transferable state
+/// and power levels (creators of a version 12 room are left out of `users`), moves the local
+/// aliases, the canonical alias and the directory listing, then tombstones the old room and
+/// raises its `events_default` and `invite` to 50 (at least `users_default` + 1) so that the
+/// old room goes quiet. Members join the new room themselves.
+pub async fn upgrade_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let room_id = ctx.room_param(0)?;
+    let body: UpgradeBody = ctx.body_as()?;
+    let unsupported = || {
+        Error::matrix(
+            ErrorKind::UnsupportedRoomVersion,
+            format!("room version {} is not supported", body.new_version),
+        )
+    };
+    let version = RoomVersionId::try_from(body.new_version.as_str()).map_err(|_| unsupported())?;
+    let rules = rules_for(&version).map_err(|_| unsupported())?;
+    let sender = ctx.user().to_owned();
+    require_joined(&services, &room_id, &sender)?;
+    let levels = PowerLevels::load(&services, &room_id)?;
+    let sender_level = levels.user_level(&sender);
+    if sender_level < levels.event_level("m.room.tombstone", true) {
+        return Err(Error::forbidden(format!(
+            "{sender} may not upgrade {room_id}: too low a power level"
+        )));
+    }
+    if !body.additional_creators.is_empty() && !rules.authorization.additional_room_creators {
+        return Err(Error::bad_json(format!(
+            "room version {version} has no additional_creators"
+        )));
+    }
+
+    let new_room = create_new_room(
+        &services,
+        &room_id,
+        &sender,
+        &version,
+        &body.additional_creators,
+    )?;
+    let privileged = rules.authorization.explicitly_privilege_room_creators;
+    let mut creators = body.additional_creators.clone();
+    creators.push(sender.clone());
+    let final_levels = new_power_levels(&levels, &sender, &creators, privileged);
+    let send = |room: &RoomId, kind: &str, key: &str, content: Value| {
+        create_and_commit(
+            &services,
+            room,
+            &sender,
+            PduBuilder::state(kind, key, content),
+            None,
+        )
+    };
+    // Until the copied state is in, a non-creator upgrader holds enough power to send all of it.
+    let mut initial_levels = final_levels.clone();
+    if !privileged {
+        let needed = needed_level(&final_levels);
+        let current = final_levels["users"][sender.as_str()].as_i64().unwrap_or(0);
+        if current < needed {
+            initial_levels["users"][sender.as_str()] = json!(needed);
+        }
+    }
+    send(&new_room, "m.room.power_levels", "", initial_levels.clone())?;
+    let old_hash = services
+        .rooms
+        .current_state_hash(&room_id)?
+        .ok_or_else(|| Error::not_found(format!("room {room_id} is unknown to this server")))?;
+    for pdu in services.rooms.state_pdus(old_hash)? {
+        let kind = pdu.kind.to_string();
+        if !COPIED_STATE.contains(&kind.as_str()) {
+            continue;
+        }
+        let key = pdu.state_key.clone().unwrap_or_default();
+        send(&new_room, &kind, &key, pdu.content_value())?;
+    }
+    if initial_levels != final_levels {
+        send(&new_room, "m.room.power_levels", "", final_levels)?;
+    }
+    move_aliases(&services, &room_id, &new_room, &sender)?;
+
+    send(
+        &room_id,
+        "m.room.tombstone",
+        "",
+        json!({ "body": "This room has been replaced", "replacement_room": new_room }),
+    )?;
+    if let Some(restricted) = restricted_old_levels(&levels) {
+        // The upgrader may lack the power to change power levels; the tombstone is what counts.
+        if let Err(error) = send(&room_id, "m.room.power_levels", "", restricted) {
+            tracing::debug!(%error, "the old room's power levels could not be restricted");
+        }
+    }
+    if services.rooms.alias.is_public(&room_id)? {
+        services.rooms.alias.set_public(&new_room, true)?;
+        services.rooms.alias.set_public(&room_id, false)?;
+    }
+    Ok(json!({ "replacement_room": new_room }))
+}
+
+/// Creates the replacement room: its create event (with `predecessor`, the old room type and
+/// `m.federate`) and the upgrader's join.
+fn create_new_room(
+    services: &Services,
+    old_room: &RoomId,
+    sender: &UserId,
+    version: &RoomVersionId,
+    additional_creators: &[OwnedUserId],
+) -> Result<OwnedRoomId> {
+    let rules = rules_for(version)?;
+    let old_create = services
+        .rooms
+        .current_state_pdu(old_room, &StateEventType::RoomCreate, "")?
+        .map(|pdu| pdu.content_value())
+        .unwrap_or(Value::Null);
+    let mut predecessor = json!({ "room_id": old_room });
+    let (shortroomid, _) = services.rooms.room_version(old_room)?;
+    if let Some(last) = services.rooms.timeline.extremities(shortroomid)?.first() {
+        predecessor["event_id"] = json!(last);
+    }
+    let mut content = Map::new();
+    content.insert("room_version".into(), json!(version.as_str()));
+    content.insert("predecessor".into(), predecessor);
+    for field in ["type", "m.federate"] {
+        if let Some(value) = old_create.get(field) {
+            content.insert(field.into(), value.clone());
+        }
+    }
+    if !rules.authorization.use_room_create_sender {
+        content.insert("creator".into(), json!(sender));
+    }
+    if !additional_creators.is_empty() {
+        content.insert("additional_creators".into(), json!(additional_creators));
+    }
+    let server = services.globals.server_name();
+    let placeholder = OwnedRoomId::try_from(format!("!{}:{server}", util::random_string(18)))
+        .map_err(Error::internal)?;
+    let (_, new_room) = create_and_commit(
+        services,
+        &placeholder,
+        sender,
+        PduBuilder::state("m.room.create", "", Value::Object(content)),
+        None,
+    )?;
+    let mut join = json!({ "membership": "join" });
+    if let Some(profile) = services.users.get_profile(sender)? {
+        for field in ["displayname", "avatar_url"] {
+            if let Some(value) = profile.get(field) {
+                join[field] = value.clone();
+            }
+        }
+    }
+    create_and_commit(
+        services,
+        &new_room,
+        sender,
+        PduBuilder::state("m.room.member", sender.as_str(), join),
+        None,
+    )?;
+    Ok(new_room)
+}
+
+/// The new room's power levels: the old ones, without the new room's creators in `users` when
+/// its version privileges them (and, coming from an older version, `m.room.tombstone` at 150 at
+/// least), and otherwise with the upgrader (and any privileged creator of
+/// the old room) at no less than 100.
+fn new_power_levels(
+    old: &PowerLevels,
+    sender: &UserId,
+    creators: &[OwnedUserId],
+    privileged: bool,
+) -> Value {
+    let mut content = match old.content() {
+        Value::Object(object) => Value::Object(object.clone()),
+        _ => json!({}),
+    };
+    if !content["users"].is_object() {
+        content["users"] = json!({});
+    }
+    let users = content["users"]
+        .as_object_mut()
+        .expect("users was made an object above");
+    if privileged {
+        for creator in creators {
+            users.remove(creator.as_str());
+        }
+        if old.creators.is_empty() {
+            // As in a version 12 room made by `createRoom`, upgrading it again is for its
+            // creators, whose power is above any level.
+            if !content["events"].is_object() {
+                content["events"] = json!({});
+            }
+            let tombstone = content["events"]["m.room.tombstone"].as_i64().unwrap_or(0);
+            content["events"]["m.room.tombstone"] = json!(tombstone.max(150));
+        }
+    } else {
+        let mut raised: Vec<&UserId> = old.creators.iter().map(|user| user.as_ref()).collect();
+        raised.push(sender);
+        for user in raised {
+            let level = old.user_level(user);
+            let level = if level == CREATOR_LEVEL {
+                100
+            } else {
+                level.max(100)
+            };
+            users.insert(user.to_string(), json!(level));
+        }
+    }
+    content
+}
+
+/// The highest level any copied state event or power change needs in the new room.
+fn needed_level(levels: &Value) -> i64 {
+    let mut needed = levels["state_default"].as_i64().unwrap_or(50);
+    for field in ["ban", "kick", "redact", "invite"] {
+        needed = needed.max(levels[field].as_i64().unwrap_or(50));
+    }
+    for level in levels["events"]
+        .as_object()
+        .into_iter()
+        .flat_map(|events| events.values())
+    {
+        needed = needed.max(level.as_i64().unwrap_or(0));
+    }
+    needed
+}
+
+/// The old room's power levels with `events_default` and `invite` raised to 50 (at least
+/// `users_default` + 1), or `None` when they already are that high.
+fn restricted_old_levels(old: &PowerLevels) -> Option<Value> {
+    let Value::Object(mut content) = old.content().clone() else {
+        return None;
+    };
+    let users_default = content
+        .get("users_default")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let restricted = users_default.saturating_add(1).max(50);
+    let mut changed = false;
+    for field in ["events_default", "invite"] {
+        let current = content.get(field).and_then(Value::as_i64).unwrap_or(0);
+        if current < restricted {
+            content.insert(field.into(), json!(restricted));
+            changed = true;
+        }
+    }
+    changed.then_some(Value::Object(content))
+}
+
+/// Moves the old room's local aliases to the new room, and its canonical alias: the new room
+/// gets the old `m.room.canonical_alias` and the old room's is emptied.
+fn move_aliases(services: &Services, old: &RoomId, new: &RoomId, sender: &UserId) -> Result<()> {
+    for alias in services.rooms.alias.iter_room_aliases(old)? {
+        let creator = services
+            .rooms
+            .alias
+            .get(&alias)?
+            .map(|(_, creator)| creator)
+            .unwrap_or_else(|| sender.to_owned());
+        services.rooms.alias.remove(&alias, old)?;
+        services.rooms.alias.set(&alias, new, &creator)?;
+    }
+    let Some(canonical) =
+        services
+            .rooms
+            .current_state_pdu(old, &StateEventType::RoomCanonicalAlias, "")?
+    else {
+        return Ok(());
+    };
+    let content = canonical.content_value();
+    if content.as_object().is_none_or(|object| object.is_empty()) {
+        return Ok(());
+    }
+    let send = |room: &RoomId, content: Value| {
+        create_and_commit(
+            services,
+            room,
+            sender,
+            PduBuilder::state("m.room.canonical_alias", "", content),
+            None,
+        )
+    };
+    send(new, content)?;
+    if let Err(error) = send(old, json!({})) {
+        tracing::debug!(%error, "the old room's canonical alias could not be removed");
+    }
+    Ok(())
+}
