@@ -66,6 +66,7 @@ pub const TREES: &[&str] = &[
     "senderdevicetxnid_todevice",
     "useridversion_backup",
     "userversionroomsession_backupkey",
+    "roomwordcount_posting",
 ];
 
 /// The open database.

@@ -1,4 +1,5 @@
-//! Rooms: short IDs, state snapshots, the timeline, membership indexes, aliases and the directory.
+//! Rooms: short IDs, state snapshots, the timeline, membership indexes, aliases, the directory
+//! and the search index.
 
 pub mod alias;
 pub mod auth;
@@ -6,6 +7,7 @@ pub mod handshake;
 pub mod incoming;
 pub mod members;
 pub mod pdu;
+pub mod search;
 pub mod short;
 pub mod state;
 pub mod timeline;
@@ -29,6 +31,7 @@ pub struct Rooms {
     pub members: Members,
     pub alias: Aliases,
     pub handshakes: handshake::Handshakes,
+    pub search: search::Search,
 }
 
 impl Rooms {
@@ -43,6 +46,7 @@ impl Rooms {
             members: Members::open(db),
             alias: Aliases::open(db),
             handshakes: handshake::Handshakes::open(db),
+            search: search::Search::open(db),
         })
     }
 
