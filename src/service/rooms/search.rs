@@ -153,7 +153,8 @@ pub struct Hit {
     pub rank: u64,
     pub search_key: SearchKey,
     pub has_url: bool,
-    pub sender: OwnedUserId,
+    /// The sender's user ID as stored (checked only against filters and the ignore list).
+    pub sender: Box<str>,
 }
 
 impl Search {
@@ -210,42 +211,71 @@ impl Search {
         }
     }
 
-    /// The events of a room that contain every word, with positions below `below`.
+    /// The events of a room that contain every word, with positions below `below`, in stream
+    /// order. Each word's postings come sorted by position, so the words are intersected by
+    /// merging; the postings of the first word are the only ones decoded in full.
     pub fn find(&self, shortroomid: u64, query: &[String], below: u64) -> Result<Vec<Hit>> {
-        let mut hits: HashMap<u64, Hit> = HashMap::new();
-        for (index, word) in query.iter().enumerate() {
-            let prefix = word_prefix(shortroomid, word);
-            let mut found = HashSet::new();
-            for entry in self.roomwordcount_posting.iter_prefix(&prefix) {
-                let (db_key, value) = entry?;
-                let count = key::read_u64(&db_key[prefix.len()..])
-                    .ok_or_else(|| Error::corrupt("roomwordcount_posting", "short key"))?;
-                if count >= below {
-                    break;
-                }
-                let occurrences = value
-                    .get(8..10)
-                    .map(|bytes| u64::from(u16::from_be_bytes([bytes[0], bytes[1]])))
-                    .ok_or_else(|| Error::corrupt("roomwordcount_posting", "short value"))?;
-                if index == 0 {
-                    hits.insert(count, parse_hit(count, &value, occurrences)?);
-                } else if let Some(hit) = hits.get_mut(&count) {
-                    hit.rank += occurrences;
-                    found.insert(count);
-                }
-            }
-            if index > 0 {
-                hits.retain(|count, _| found.contains(count));
-            }
+        let Some((first, rest)) = query.split_first() else {
+            return Ok(Vec::new());
+        };
+        let mut hits = Vec::new();
+        self.scan(shortroomid, first, below, |count, value| {
+            hits.push(parse_hit(count, value)?);
+            Ok(())
+        })?;
+        for word in rest {
             if hits.is_empty() {
                 break;
             }
+            let mut next = 0;
+            let mut kept = Vec::with_capacity(hits.len());
+            self.scan(shortroomid, word, below, |count, value| {
+                while next < hits.len() && hits[next].count < count {
+                    next += 1;
+                }
+                if let Some(hit) = hits.get(next).filter(|hit| hit.count == count) {
+                    let mut hit = hit.clone();
+                    hit.rank += occurrences(value)?;
+                    kept.push(hit);
+                    next += 1;
+                }
+                Ok(())
+            })?;
+            hits = kept;
         }
-        Ok(hits.into_values().collect())
+        Ok(hits)
+    }
+
+    /// Calls `each` with the position and value of a word's postings below `below`, in order.
+    fn scan(
+        &self,
+        shortroomid: u64,
+        word: &str,
+        below: u64,
+        mut each: impl FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let prefix = word_prefix(shortroomid, word);
+        for entry in self.roomwordcount_posting.iter_prefix(&prefix) {
+            let (db_key, value) = entry?;
+            let count = key::read_u64(&db_key[prefix.len()..])
+                .ok_or_else(|| Error::corrupt("roomwordcount_posting", "short key"))?;
+            if count >= below {
+                break;
+            }
+            each(count, &value)?;
+        }
+        Ok(())
     }
 }
 
-fn parse_hit(count: u64, value: &[u8], occurrences: u64) -> Result<Hit> {
+fn occurrences(value: &[u8]) -> Result<u64> {
+    value
+        .get(8..10)
+        .map(|bytes| u64::from(u16::from_be_bytes([bytes[0], bytes[1]])))
+        .ok_or_else(|| Error::corrupt("roomwordcount_posting", "short value"))
+}
+
+fn parse_hit(count: u64, value: &[u8]) -> Result<Hit> {
     let corrupt = |detail: &str| Error::corrupt("roomwordcount_posting", detail);
     let shorteventid = key::read_u64(value).ok_or_else(|| corrupt("short value"))?;
     let flags = *value.get(10).ok_or_else(|| corrupt("short value"))?;
@@ -253,10 +283,10 @@ fn parse_hit(count: u64, value: &[u8], occurrences: u64) -> Result<Hit> {
     Ok(Hit {
         count,
         shorteventid,
-        rank: occurrences,
+        rank: occurrences(value)?,
         search_key: SearchKey::from_flags(flags),
         has_url: flags & FLAG_URL != 0,
-        sender: OwnedUserId::try_from(sender).map_err(|_| corrupt("sender"))?,
+        sender: sender.into(),
     })
 }
 
@@ -402,7 +432,7 @@ fn wanted(request: &SearchRequest<'_>, ignored: &HashSet<OwnedUserId>, hit: &Hit
         return false;
     }
     if !filter.matches_type(hit.search_key.event_type())
-        || !filter.matches_sender(hit.sender.as_str())
+        || !filter.matches_sender(&hit.sender)
         || filter
             .contains_url
             .is_some_and(|wanted| wanted != hit.has_url)
@@ -410,7 +440,9 @@ fn wanted(request: &SearchRequest<'_>, ignored: &HashSet<OwnedUserId>, hit: &Hit
         return false;
     }
     // Ignoring hides messages but never state (spec, "Ignoring Users").
-    !(hit.search_key == SearchKey::Body && ignored.contains(&hit.sender))
+    let ignored_sender = !ignored.is_empty()
+        && <&UserId>::try_from(&*hit.sender).is_ok_and(|sender| ignored.contains(sender));
+    !(hit.search_key == SearchKey::Body && ignored_sender)
 }
 
 #[cfg(test)]
