@@ -5,7 +5,7 @@ use http::Method;
 use super::{route, Auth, Route};
 use crate::api::client::{
     account, account_data, alias, device, discovery, membership, message, presence, profile,
-    receipt, relations, room, space, state, sync, typing, upgrade, user_directory,
+    receipt, relations, room, search, space, state, sync, tags, typing, upgrade, user_directory,
 };
 use crate::api::client::{backup, cross_signing, keys as client_keys, to_device};
 use crate::api::federation::{
@@ -640,6 +640,30 @@ pub fn all() -> Vec<Route> {
             "/_matrix/client/v3/user/{userId}/filter/{filterId}",
             Token,
             account_data::get_filter,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/user/{userId}/rooms/{roomId}/tags",
+            Token,
+            tags::get_room_tags,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}",
+            Token,
+            tags::set_room_tag,
+        ),
+        route(
+            Method::DELETE,
+            "/_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}",
+            Token,
+            tags::delete_room_tag,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/search",
+            Token,
+            search::search,
         ),
         // End-to-end encryption.
         route(

@@ -1,8 +1,13 @@
-//! Global and per-room account data, with the stream position of each change for `/sync`.
+//! Global and per-room account data, with the stream position of each change for `/sync`, and
+//! the ignore list each user keeps in `m.ignored_user_list` (cached in memory).
 
-use std::sync::Arc;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
-use ruma::{OwnedRoomId, RoomId, UserId};
+use parking_lot::Mutex;
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::Value;
 
 use crate::{
@@ -15,7 +20,17 @@ use crate::{
 pub struct AccountData {
     db: Arc<Db>,
     userroomidtype_accountdata: Tree,
+    /// Serialises read-modify-write updates ([`AccountData::update`]), such as room tags.
+    update_lock: Mutex<()>,
+    /// Each user's ignored users, read once from `m.ignored_user_list` and dropped when it is set.
+    ignored: Mutex<HashMap<OwnedUserId, Arc<HashSet<OwnedUserId>>>>,
 }
+
+/// The global account data type that lists the users someone ignores.
+pub const IGNORED_USER_LIST: &str = "m.ignored_user_list";
+
+/// Most users one ignore list may hold.
+pub const MAX_IGNORED_USERS: usize = 10_000;
 
 /// One account data entry that changed.
 pub struct Entry {
@@ -30,6 +45,8 @@ impl AccountData {
         Self {
             db: Arc::clone(db),
             userroomidtype_accountdata: db.tree("userroomidtype_accountdata"),
+            update_lock: Mutex::new(()),
+            ignored: Mutex::new(HashMap::new()),
         }
     }
 
@@ -52,12 +69,55 @@ impl AccountData {
     ) -> Result<u64> {
         let db_key = Self::db_key(user_id, room_id, kind);
         let json = serde_json::to_vec(content).map_err(Error::internal)?;
-        globals.write_with_count(&self.db, |batch, count| {
+        let count = globals.write_with_count(&self.db, |batch, count| {
             let mut value = key::u64_bytes(count).to_vec();
             value.extend_from_slice(&json);
             batch.insert(&self.userroomidtype_accountdata, &db_key, &value);
             Ok(())
-        })
+        })?;
+        if room_id.is_none() && kind == IGNORED_USER_LIST {
+            self.ignored.lock().remove(user_id);
+        }
+        Ok(count)
+    }
+
+    /// Replaces an entry with what `change` makes of the current content, with no other update
+    /// in between; `change` returning `None` leaves the entry as it is.
+    pub fn update(
+        &self,
+        globals: &Globals,
+        (user_id, room_id, kind): (&UserId, Option<&RoomId>, &str),
+        change: impl FnOnce(Option<Value>) -> Result<Option<Value>>,
+    ) -> Result<()> {
+        let _guard = self.update_lock.lock();
+        if let Some(content) = change(self.get(user_id, room_id, kind)?)? {
+            self.set(globals, user_id, room_id, kind, &content)?;
+        }
+        Ok(())
+    }
+
+    /// The users `user_id` ignores (spec, "Ignoring Users"), from memory after the first read.
+    pub fn ignored_users(&self, user_id: &UserId) -> Result<Arc<HashSet<OwnedUserId>>> {
+        if let Some(ignored) = self.ignored.lock().get(user_id) {
+            return Ok(Arc::clone(ignored));
+        }
+        let ignored: HashSet<OwnedUserId> = self
+            .get(user_id, None, IGNORED_USER_LIST)?
+            .as_ref()
+            .and_then(|content| content.get("ignored_users"))
+            .and_then(Value::as_object)
+            .map(|users| {
+                users
+                    .keys()
+                    .filter_map(|user| OwnedUserId::try_from(user.as_str()).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ignored = Arc::new(ignored);
+        self.ignored
+            .lock()
+            .insert(user_id.to_owned(), Arc::clone(&ignored));
+        Ok(ignored)
     }
 
     /// One entry's content.
@@ -108,4 +168,33 @@ impl AccountData {
         }
         Ok(entries)
     }
+}
+
+/// Checks an `m.ignored_user_list` before it is stored: `ignored_users` must be an object keyed
+/// by valid user IDs (`M_BAD_JSON` otherwise, as for any malformed body), of at most
+/// [`MAX_IGNORED_USERS`] entries, and a user may not ignore themself (`M_INVALID_PARAM`, since
+/// the spec defines no effect for it and Plait would otherwise hide the user's own messages).
+pub fn validate_ignored_user_list(user_id: &UserId, content: &Value) -> Result<()> {
+    let users = content
+        .get("ignored_users")
+        .and_then(Value::as_object)
+        .ok_or_else(|| Error::bad_json("ignored_users must be an object"))?;
+    if users.len() > MAX_IGNORED_USERS {
+        return Err(Error::invalid_param(format!(
+            "at most {MAX_IGNORED_USERS} users can be ignored"
+        )));
+    }
+    for (user, details) in users {
+        let ignored = <&UserId>::try_from(user.as_str())
+            .map_err(|_| Error::bad_json(format!("{user} in ignored_users is not a user ID")))?;
+        if !details.is_object() {
+            return Err(Error::bad_json(format!(
+                "ignored_users value for {user} must be an object"
+            )));
+        }
+        if ignored == user_id {
+            return Err(Error::invalid_param("you cannot ignore yourself"));
+        }
+    }
+    Ok(())
 }

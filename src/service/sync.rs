@@ -1,5 +1,6 @@
 //! Building `/sync` responses from stream positions: joined, invited and left rooms with their
 //! timelines, state deltas and ephemeral events (typing, receipts), account data and presence.
+//! Non-state events, typing and invites of users the syncing user ignores are left out.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -16,8 +17,11 @@ use crate::{
         notify::{Topic, Waiter},
         presence, receipts,
         rooms::{
-            members::RoomMembership, pdu::Pdu, relations::bundle::serve_event,
-            timeline::read::client_event, visibility::user_can_see,
+            members::RoomMembership,
+            pdu::Pdu,
+            relations::bundle::serve_event,
+            timeline::read::client_event,
+            visibility::{self, user_can_see},
         },
         Services,
     },
@@ -169,7 +173,13 @@ fn build(
                 }
             }
             MembershipState::Invite if membership.count > since => {
-                invite.insert(room_id.to_string(), json!({ "invite_state": { "events": stripped_state(services, room_id, request.user)? } }));
+                let events = stripped_state(services, room_id, request.user)?;
+                if !invited_by_ignored(services, request.user, &events)? {
+                    invite.insert(
+                        room_id.to_string(),
+                        json!({ "invite_state": { "events": events } }),
+                    );
+                }
             }
             MembershipState::Knock if membership.count > since => {
                 knock.insert(room_id.to_string(), json!({ "knock_state": { "events": stripped_state(services, room_id, request.user)? } }));
@@ -287,6 +297,7 @@ fn joined_room(
         return Ok(None);
     };
     // The newest `limit` matching events after `since`, oldest first.
+    let ignored = services.account_data.ignored_users(request.user)?;
     let mut events: Vec<(u64, Pdu)> = Vec::new();
     let mut limited = false;
     for entry in services
@@ -299,6 +310,7 @@ fn joined_room(
             break;
         }
         if !timeline_filter.matches(&pdu)
+            || visibility::ignored(&ignored, &pdu)
             || !user_can_see(services, request.user, Some(membership), count, &pdu)?
         {
             continue;
@@ -437,10 +449,12 @@ fn ephemeral_events(
     }
     let since = request.since.filter(|_| !initial);
     if filter.matches_type("m.typing") {
-        if let Some(users) = services
+        if let Some(mut users) = services
             .typing
             .get_changed(room_id, since.map(|token| token.typing))
         {
+            let ignored = services.account_data.ignored_users(request.user)?;
+            users.retain(|user| !ignored.contains(user));
             events.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
         }
     }
@@ -488,6 +502,7 @@ fn left_room(
 ) -> Result<Value> {
     let mut events = Vec::new();
     let mut limited = false;
+    let ignored = services.account_data.ignored_users(request.user)?;
     if let Some(shortroomid) = services.rooms.short.get_shortroomid(room_id)? {
         for entry in services
             .rooms
@@ -502,7 +517,7 @@ fn left_room(
                 limited = true;
                 break;
             }
-            if filter.matches(&pdu) {
+            if filter.matches(&pdu) && !visibility::ignored(&ignored, &pdu) {
                 events.push(client_event(
                     &pdu,
                     room_id,
@@ -566,6 +581,20 @@ fn outside_membership_event(
         Some(event_id) => services.rooms.timeline.get_pdu(&event_id),
         None => Ok(None),
     }
+}
+
+/// Whether the invite in a room's stripped state comes from a user the invitee ignores; such
+/// invites are not shown (spec, "Ignoring Users"), though the invite itself stands.
+fn invited_by_ignored(services: &Services, user: &UserId, stripped: &[Value]) -> Result<bool> {
+    let ignored = services.account_data.ignored_users(user)?;
+    if ignored.is_empty() {
+        return Ok(false);
+    }
+    Ok(stripped
+        .iter()
+        .filter(|event| event["type"] == "m.room.member" && event["state_key"] == user.as_str())
+        .filter_map(|event| event["sender"].as_str())
+        .any(|sender| ignored.iter().any(|ignored| ignored.as_str() == sender)))
 }
 
 /// The stripped state an invitee sees: create, join rules, name, avatar, alias, encryption, and

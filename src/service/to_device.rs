@@ -163,7 +163,8 @@ impl ToDevice {
 }
 
 /// The deliveries for one local user's `{device ID or "*": content}` map: `*` reaches every
-/// device of the user, and unknown devices are skipped.
+/// device of the user, and unknown devices are skipped. A user who ignores the sender gets
+/// nothing (the messages are dropped, as Synapse does; the sender is not told).
 pub fn expand_local(
     services: &Services,
     sender: &UserId,
@@ -172,6 +173,13 @@ pub fn expand_local(
     devices: &Map<String, Value>,
 ) -> Result<Vec<Delivery>> {
     let mut deliveries = Vec::new();
+    if services
+        .account_data
+        .ignored_users(user_id)?
+        .contains(sender)
+    {
+        return Ok(deliveries);
+    }
     for (device_id, content) in devices {
         let event = json!({ "type": event_type, "sender": sender, "content": content });
         let targets: Vec<String> = if device_id == "*" {

@@ -70,6 +70,7 @@ pub const TREES: &[&str] = &[
     "userroomid_forgotten",
     "parentreltypecount_child",
     "roomcount_threadroot",
+    "roomwordcount_posting",
 ];
 
 /// The open database.

@@ -7,10 +7,10 @@ use serde_json::{json, Value};
 use crate::{
     error::Error,
     http::{Ctx, HandlerResult},
-    service::{notify::Topic, Services},
+    service::{account_data, notify::Topic, Services},
 };
 
-fn check_owner(ctx: &Ctx) -> Result<(), Error> {
+pub(super) fn check_owner(ctx: &Ctx) -> Result<(), Error> {
     let user = ctx.user_param(0)?;
     if user != ctx.user() {
         return Err(Error::forbidden("cannot access another user's data"));
@@ -28,6 +28,9 @@ pub async fn get_global_account_data(services: Arc<Services>, ctx: Ctx) -> Handl
 }
 
 /// `PUT /_matrix/client/v3/user/{userId}/account_data/{type}`
+///
+/// `m.ignored_user_list` is checked first (see [`account_data::validate_ignored_user_list`]);
+/// the next `/sync` applies a changed list.
 pub async fn set_global_account_data(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     check_owner(&ctx)?;
     if ctx.param(1) == "m.fully_read" || ctx.param(1) == "m.push_rules" {
@@ -35,6 +38,9 @@ pub async fn set_global_account_data(services: Arc<Services>, ctx: Ctx) -> Handl
             "{} cannot be set through this endpoint",
             ctx.param(1)
         )));
+    }
+    if ctx.param(1) == account_data::IGNORED_USER_LIST {
+        account_data::validate_ignored_user_list(ctx.user(), &ctx.body)?;
     }
     services
         .account_data

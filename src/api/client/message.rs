@@ -18,7 +18,7 @@ use crate::{
         },
         rooms::{
             relations::{bundle::serve_event, check_client_relation},
-            visibility::user_can_see,
+            visibility::{self, user_can_see},
         },
         sync::SyncToken,
         Services,
@@ -257,6 +257,7 @@ pub fn format_token(position: TopoPos) -> String {
 ///
 /// Both directions, `from`/`to` tokens, `limit` (default 10, at most 1000) and a `RoomEventFilter`.
 /// With `lazy_load_members` the member events of the chunk's senders come in `state`.
+/// Non-state events of users the caller ignores are left out.
 pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     // Members, former members (up to their departure) and anyone in a `world_readable` room.
@@ -302,6 +303,7 @@ pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
         .map(|token| parse_token(&services, shortroomid, token))
         .transpose()?;
     let membership = services.rooms.members.get_user_room(ctx.user(), &room_id)?;
+    let ignored = services.account_data.ignored_users(ctx.user())?;
     let mut chunk = Vec::new();
     let mut senders = std::collections::BTreeSet::new();
     let mut last = None;
@@ -325,6 +327,7 @@ pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
             break;
         }
         if !filter.matches(&pdu)
+            || visibility::ignored(&ignored, &pdu)
             || !user_can_see(
                 &services,
                 ctx.user(),
@@ -369,6 +372,8 @@ pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`
+///
+/// Non-state events of users the caller ignores are left out of the events around the target.
 pub async fn get_context(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     let readable = readable_state(&services, &room_id, ctx.user())?;
@@ -415,6 +420,7 @@ pub async fn get_context(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         count: pdu_id.count,
     };
     let viewer = Some((ctx.user(), ctx.device()));
+    let ignored = services.account_data.ignored_users(ctx.user())?;
     // Up to `wanted` events on one side of the target that pass the filter and that the viewer
     // may see (scanning a bounded number), with the last position scanned for the token.
     let collect = |backwards: bool, wanted: usize| -> Result<(Vec<Value>, TopoPos)> {
@@ -436,6 +442,7 @@ pub async fn get_context(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             }
             last = position;
             if filter.matches(&event)
+                && !visibility::ignored(&ignored, &event)
                 && user_can_see(
                     &services,
                     ctx.user(),

@@ -1,5 +1,5 @@
 //! Rooms: short IDs, state snapshots, the timeline, membership indexes, aliases and the directory,
-//! and event relationships.
+//! event relationships and the search index.
 
 pub mod alias;
 pub mod auth;
@@ -10,6 +10,7 @@ pub mod pdu;
 pub mod power;
 pub mod relations;
 pub mod restricted;
+pub mod search;
 pub mod short;
 pub mod spaces;
 pub mod state;
@@ -35,6 +36,7 @@ pub struct Rooms {
     pub alias: Aliases,
     pub handshakes: handshake::Handshakes,
     pub relations: Relations,
+    pub search: search::Search,
 }
 
 impl Rooms {
@@ -50,6 +52,7 @@ impl Rooms {
             alias: Aliases::open(db),
             handshakes: handshake::Handshakes::open(db),
             relations: Relations::open(db),
+            search: search::Search::open(db),
         })
     }
 

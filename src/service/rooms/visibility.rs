@@ -1,8 +1,11 @@
 //! History visibility: whether a user may see an event, from the room's
 //! `m.room.history_visibility` and the user's membership at that event
-//! (spec, client-server API, "Room history visibility").
+//! (spec, client-server API, "Room history visibility"), and the events hidden from a user who
+//! ignores their sender.
 
-use ruma::{events::StateEventType, UserId};
+use std::collections::{HashMap, HashSet};
+
+use ruma::{events::StateEventType, OwnedUserId, UserId};
 use serde_json::Value;
 
 use super::{members::RoomMembership, pdu::Pdu, Rooms};
@@ -25,15 +28,49 @@ pub fn user_can_see(
     if joined_now && membership.is_some_and(|m| count >= m.count) {
         return Ok(true);
     }
-    let rooms = &services.rooms;
-    let Some(shorteventid) = rooms.short.get_shorteventid(&pdu.event_id)? else {
+    let Some(shorteventid) = services.rooms.short.get_shorteventid(&pdu.event_id)? else {
         return Ok(false);
     };
+    user_can_see_short(
+        services,
+        user,
+        membership,
+        (count, shorteventid),
+        &mut HashMap::new(),
+    )
+}
+
+/// [`user_can_see`] for an event known by its stream position and short ID. `by_state`
+/// remembers the answer per state snapshot for this user and membership, so that checking many
+/// events of one room (a search) reads each snapshot's visibility once.
+pub fn user_can_see_short(
+    services: &Services,
+    user: &UserId,
+    membership: Option<&RoomMembership>,
+    (count, shorteventid): (u64, u64),
+    by_state: &mut HashMap<u64, bool>,
+) -> Result<bool> {
+    let joined_now = membership
+        .is_some_and(|m| m.membership == ruma::events::room::member::MembershipState::Join);
+    if joined_now && membership.is_some_and(|m| count >= m.count) {
+        return Ok(true);
+    }
+    let rooms = &services.rooms;
     let Some((_, after)) = rooms.state.get_event_state(shorteventid)? else {
         // Events without recorded state are message events sent before any state: none exist
         // in rooms created here, so refusing is the safe answer.
         return Ok(false);
     };
+    if let Some(visible) = by_state.get(&after) {
+        return Ok(*visible);
+    }
+    let visible = visible_in_state(rooms, user, joined_now, after)?;
+    by_state.insert(after, visible);
+    Ok(visible)
+}
+
+/// Whether the state after an event lets `user` see it.
+fn visible_in_state(rooms: &Rooms, user: &UserId, joined_now: bool, after: u64) -> Result<bool> {
     let visibility = history_visibility(rooms, after)?;
     if visibility == "world_readable" {
         return Ok(true);
@@ -210,4 +247,10 @@ fn state_at_departure(
             until: Some(count),
         }),
     )
+}
+
+/// Whether an event is hidden from a user because they ignore its sender: everything but state
+/// events, which the spec ("Ignoring Users") still sends so that the room looks the same.
+pub fn ignored(ignored_users: &HashSet<OwnedUserId>, pdu: &Pdu) -> bool {
+    pdu.state_key.is_none() && ignored_users.contains(&pdu.sender)
 }

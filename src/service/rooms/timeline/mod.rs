@@ -359,6 +359,9 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
             topo.extend_from_slice(&key::u64_bytes(u64::from(pdu.depth)));
             topo.extend_from_slice(&key::u64_bytes(count));
             batch.insert(&timeline.roomtopo_pduid, &topo, b"");
+            rooms
+                .search
+                .index_in_batch((shortroomid, count, shorteventid), &pdu, &mut batch);
             if pdu.kind == TimelineEventType::RoomMember {
                 rooms
                     .members

@@ -237,6 +237,16 @@ pub(super) fn redact_in_batch(
             batch,
         )?;
     }
+    if let (Some(CanonicalJsonValue::String(kind)), Some(content)) =
+        (object.get("type"), object.get("content"))
+    {
+        let content = Value::from(content.clone());
+        let position = (pdu_id.shortroomid, pdu_id.count);
+        services
+            .rooms
+            .search
+            .remove_in_batch(position, kind, &content, batch);
+    }
     let unsigned = object.remove("unsigned");
     let event_id = object.remove("event_id");
     let mut redacted =
