@@ -64,6 +64,9 @@ pub struct Config {
     /// A local user whose clients neither sync nor send any request for this long goes
     /// offline, in milliseconds (at least 1000).
     pub presence_offline_timeout_ms: u64,
+    /// Accept pushers whose push gateway URL is plain `http` (for a gateway on loopback in
+    /// tests and development); the spec asks for `https`. Off by default.
+    pub push_gateway_allow_http: bool,
 }
 
 impl Default for Config {
@@ -86,6 +89,7 @@ impl Default for Config {
             federation_ca_file: None,
             trusted_key_servers: Vec::new(),
             presence_offline_timeout_ms: 5 * 60 * 1000,
+            push_gateway_allow_http: false,
         }
     }
 }
@@ -123,6 +127,7 @@ const ENV_KEYS: &[&str] = &[
     "federation_ca_file",
     "trusted_key_servers",
     "presence_offline_timeout_ms",
+    "push_gateway_allow_http",
 ];
 
 impl Config {

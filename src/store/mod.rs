@@ -66,6 +66,10 @@ pub const TREES: &[&str] = &[
     "senderdevicetxnid_todevice",
     "useridversion_backup",
     "userversionroomsession_backupkey",
+    "userroomcount_notification",
+    "usercount_notification",
+    "userpusher_pusher",
+    "pushercount_push",
 ];
 
 /// The open database.

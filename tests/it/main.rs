@@ -12,6 +12,7 @@ pub mod federation;
 mod federation_ephemeral;
 mod key_backup;
 mod presence;
+mod push;
 mod rooms;
 mod spec_map;
 mod synapse_harness;
