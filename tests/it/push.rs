@@ -1057,3 +1057,38 @@ async fn a_gateway_that_is_down_gets_the_push_later_even_across_a_restart() {
     assert_eq!(push["notification"]["devices"][0]["pushkey"], "later");
     drop(server);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_from_another_server_notify_local_users() {
+    use crate::federation::{is_message, join_via, two_servers, wait_for_event};
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let bob_id = bob.user_id().await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    join_via(&bob, &room, &hs1).await;
+    wait_for_event(&alice, &room, "bob's join", |event| {
+        event["type"] == "m.room.member" && event["state_key"] == bob_id
+    })
+    .await;
+    send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "from afar" }),
+    )
+    .await;
+    send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "psst", "m.mentions": { "user_ids": [bob_id] } }),
+    )
+    .await;
+    wait_for_event(&bob, &room, "the mention", is_message("psst")).await;
+    assert_eq!(unread(&bob, &room, "{}").await.0, counts(2, 1));
+    let list = bob
+        .get_ok("/_matrix/client/v3/notifications?only=highlight")
+        .await;
+    assert_eq!(list["notifications"][0]["event"]["content"]["body"], "psst");
+    // The sender's server counts nothing for her own messages.
+    assert_eq!(unread(&alice, &room, "{}").await.0, counts(0, 0));
+}
