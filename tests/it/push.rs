@@ -1092,3 +1092,51 @@ async fn events_from_another_server_notify_local_users() {
     // The sender's server counts nothing for her own messages.
     assert_eq!(unread(&alice, &room, "{}").await.0, counts(0, 0));
 }
+
+#[tokio::test]
+async fn pushers_go_with_the_device_that_set_them() {
+    let server = TestServer::start().await;
+    let bob = server.register("bob").await;
+    let login = server
+        .client()
+        .post_ok(
+            "/_matrix/client/v3/login",
+            json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "bob" }, "password": "password" }),
+        )
+        .await;
+    let other = Client {
+        token: Some(login["access_token"].as_str().unwrap().to_owned()),
+        ..server.client()
+    };
+    let url = "https://push.example.org/_matrix/push/v1/notify";
+    other
+        .post_ok("/_matrix/client/v3/pushers/set", pusher(url, "other"))
+        .await;
+    bob.post_ok("/_matrix/client/v3/pushers/set", pusher(url, "mine"))
+        .await;
+    assert_eq!(pushers(&bob).await.len(), 2);
+    // A password change logs out the other devices, and their pushers go with them.
+    let user = bob.user_id().await;
+    bob.post_ok(
+        "/_matrix/client/v3/account/password",
+        json!({
+            "new_password": "new password",
+            "auth": { "type": "m.login.password", "identifier": { "type": "m.id.user", "user": user }, "password": "password" },
+        }),
+    )
+    .await;
+    let left: Vec<_> = pushers(&bob)
+        .await
+        .iter()
+        .map(|p| p["pushkey"].clone())
+        .collect();
+    assert_eq!(left, [json!("mine")]);
+    bob.post_ok("/_matrix/client/v3/logout", json!({})).await;
+    assert!(server
+        .services
+        .push
+        .pushers
+        .iter_pushers(&ruma::UserId::parse(&user).unwrap())
+        .unwrap()
+        .is_empty());
+}

@@ -42,7 +42,9 @@ fn string_field<'a>(body: &'a Value, name: &str) -> Result<&'a str> {
 /// `pushkey`). An `http` pusher needs `data.url`, an `https` URL (plain `http` only with
 /// `push_gateway_allow_http`) whose path is `/_matrix/push/v1/notify`, else `400
 /// M_INVALID_PARAM`. Deviation: `email` pushers are refused with `400 M_INVALID_PARAM`, since
-/// the server sends no email. Missing or mistyped fields are `400 M_BAD_JSON`.
+/// the server sends no email. Missing or mistyped fields are `400 M_BAD_JSON`. A pusher belongs
+/// to the device whose session set it and is removed with that device (logout, deletion, a
+/// password change that logs out other devices), as Synapse does.
 pub async fn set_pusher(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let body = &ctx.body;
     let app_id = string_field(body, "app_id")?;

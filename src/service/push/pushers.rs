@@ -167,6 +167,14 @@ impl Pushers {
         Ok(())
     }
 
+    /// Removes every pusher of a user (when the account is deactivated).
+    pub fn delete_user_pushers(&self, user_id: &UserId) -> Result<()> {
+        for pusher in self.iter_pushers(user_id)? {
+            self.delete_pusher(user_id, pusher.field("app_id"), pusher.field("pushkey"))?;
+        }
+        Ok(())
+    }
+
     /// Queues a notification at stream position `count` for each of the user's pushers.
     pub(super) fn queue_in_batch(
         &self,
