@@ -513,6 +513,23 @@ async fn bad_push_rules_are_refused_with_the_right_errors() {
         401,
         "M_MISSING_TOKEN",
     );
+    // A rule set may not grow without bound.
+    let big = json!({ "pattern": "x".repeat(60_000), "actions": ["notify"] });
+    for index in 0..4 {
+        alice
+            .put_ok(&rule_path("content", &format!("big{index}")), big.clone())
+            .await;
+    }
+    check(
+        alice.put(&rule_path("content", "big4"), big.clone()).await,
+        413,
+        "M_TOO_LARGE",
+    );
+    for index in 0..4 {
+        alice
+            .delete(&rule_path("content", &format!("big{index}")), json!({}))
+            .await;
+    }
     // None of the refused requests changed anything.
     let all = alice.get_ok("/_matrix/client/v3/pushrules/").await;
     assert_eq!(rule_ids(&all, "override")[1], "mine");

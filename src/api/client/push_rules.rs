@@ -84,7 +84,8 @@ pub async fn get_pushrule(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 /// unknown kind, a rule ID starting with `.` or holding `\`, a room or sender rule whose ID is
 /// not a room or user ID, and placing next to a server-default rule are `400 M_INVALID_PARAM`;
 /// a missing or malformed `actions`, `conditions` or `pattern` is `400 M_BAD_JSON`; a
-/// `before`/`after` rule that does not exist is `400 M_UNKNOWN` (the spec's example).
+/// `before`/`after` rule that does not exist is `400 M_UNKNOWN` (the spec's example); a rule set
+/// that would grow past 256 KiB is `413 M_TOO_LARGE`.
 pub async fn set_pushrule(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let (kind_name, rule_id) = (ctx.param(0), ctx.param(1).to_owned());
     let kind = parse_kind(kind_name)

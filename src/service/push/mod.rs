@@ -34,6 +34,9 @@ use crate::{
     store::{key, Batch, Db, Tree},
 };
 
+/// The largest rule set a user may store, serialized: every event evaluates it.
+const MAX_RULES_BYTES: usize = 256 * 1024;
+
 /// Owns `userroomcount_notification` (user ID 0xff room ID 0xff stream position u64 → JSON
 /// [`Notification`]) and `usercount_notification` (user ID 0xff stream position u64 → room ID),
 /// the same notifications per room (unread counts) and per user (`/notifications`); the pusher
@@ -149,6 +152,12 @@ impl Push {
     /// Stores a user's changed rules as `m.push_rules` account data and wakes their syncs.
     fn set_rules(&self, services: &Services, user_id: &UserId, ruleset: Ruleset) -> Result<()> {
         let content = rules::to_account_data(&ruleset)?;
+        if content.to_string().len() > MAX_RULES_BYTES {
+            return Err(crate::error::Error::matrix(
+                ruma::api::error::ErrorKind::TooLarge,
+                format!("the push rules of {user_id} would exceed {MAX_RULES_BYTES} bytes"),
+            ));
+        }
         services.account_data.set(
             &services.globals,
             user_id,

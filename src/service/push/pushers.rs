@@ -262,41 +262,45 @@ pub async fn run(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
 }
 
 /// One pass over the queue: delivers what is due; returns the next time a delayed pusher is due.
+/// The pass seeks from pusher to pusher, so a pusher whose gateway is down costs one read
+/// however long its queue is.
 async fn deliver_due(services: &Services, client: &reqwest::Client) -> Result<Option<Instant>> {
     let pushers = &services.push.pushers;
-    let queue: Vec<Entry> = pushers
-        .pushercount_push
-        .iter_from(b"", false)
-        .collect::<Result<_>>()?;
     let mut next: Option<Instant> = None;
-    let mut stalled: Vec<Vec<u8>> = Vec::new();
-    for (queue_key, value) in queue {
+    let mut cursor: Vec<u8> = Vec::new();
+    loop {
+        let Some(entry) = pushers.pushercount_push.iter_from(&cursor, false).next() else {
+            break;
+        };
+        let (queue_key, value) = entry?;
         let Some(split) = queue_key.len().checked_sub(9) else {
+            cursor = queue_key.to_vec();
+            cursor.push(0);
             continue;
         };
         let pusher_key = queue_key[..split].to_vec();
-        let Some(count) = key::read_u64(&queue_key[split + 1..]) else {
-            continue;
-        };
-        if stalled.contains(&pusher_key) {
-            continue;
-        }
+        let count = key::read_u64(&queue_key[split + 1..]).unwrap_or_default();
+        // The first key after every queue entry of this pusher.
+        let mut past_pusher = queue_key[..=split].to_vec();
+        past_pusher.extend_from_slice(&[0xff; 9]);
         let now = Instant::now();
-        if let Some((at, _, _)) = pushers.backoff.lock().get(&pusher_key) {
-            if *at > now {
-                next = Some(next.map_or(*at, |next: Instant| next.min(*at)));
-                stalled.push(pusher_key);
-                continue;
-            }
+        let due = pushers
+            .backoff
+            .lock()
+            .get(&pusher_key)
+            .map(|(at, _, _)| *at);
+        if let Some(at) = due.filter(|at| *at > now) {
+            next = Some(next.map_or(at, |next: Instant| next.min(at)));
+            cursor = past_pusher;
+            continue;
         }
         match deliver(services, client, &pusher_key, count, &value).await {
             Ok(Delivery::Done) => {
                 pushers.pushercount_push.remove(&queue_key)?;
                 pushers.backoff.lock().remove(&pusher_key);
+                cursor = queue_key.to_vec();
             }
-            Ok(Delivery::Rejected) | Ok(Delivery::NoPusher) => {
-                stalled.push(pusher_key);
-            }
+            Ok(Delivery::Rejected) | Ok(Delivery::NoPusher) => cursor = past_pusher,
             Err(error) => {
                 tracing::warn!(%error, "a push gateway failed; trying again later");
                 let mut backoff = pushers.backoff.lock();
@@ -313,7 +317,7 @@ async fn deliver_due(services: &Services, client: &reqwest::Client) -> Result<Op
                     pushers.pushercount_push.remove(&queue_key)?;
                 }
                 next = Some(next.map_or(at, |next: Instant| next.min(at)));
-                stalled.push(pusher_key);
+                cursor = past_pusher;
             }
         }
     }
