@@ -117,7 +117,7 @@ pub fn start_workers(
         tokio::spawn(sending::run(Arc::clone(services), stopped.clone())),
         tokio::spawn(typing::run_expiry(Arc::clone(services), stopped.clone())),
         tokio::spawn(presence::run(Arc::clone(services), stopped.clone())),
-        tokio::spawn(push::pushers::run(Arc::clone(services), stopped)),
+        tokio::spawn(push::sender::run(Arc::clone(services), stopped)),
         watcher,
     ]
 }

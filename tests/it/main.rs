@@ -13,6 +13,8 @@ mod federation_ephemeral;
 mod key_backup;
 mod presence;
 mod push;
+mod push_rules;
+mod pushers;
 mod rooms;
 mod spec_map;
 mod synapse_harness;

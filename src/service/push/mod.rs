@@ -1,12 +1,13 @@
 //! Push notifications: each user's push rules (`rules`), their evaluation for every committed
 //! event and the notifications it produces (the unread counts of `/sync` and
-//! `/notifications`), and pushers with their delivery queue (`pushers`).
+//! `/notifications`), and pushers with their delivery queue (`pushers`, `sender`).
 //!
 //! `timeline::commit` calls [`prepare`] before its write and [`Push::write_in_batch`] inside it,
 //! so that a notification, its unread count and its queued push land with the event.
 
 pub mod pushers;
 pub mod rules;
+pub mod sender;
 mod unread;
 
 use std::{collections::HashMap, sync::Arc};
