@@ -70,6 +70,9 @@ pub struct Config {
     /// A local user whose clients neither sync nor send any request for this long goes
     /// offline, in milliseconds (at least 1000).
     pub presence_offline_timeout_ms: u64,
+    /// Accept pushers whose push gateway URL is plain `http` (for a gateway on loopback in
+    /// tests and development); the spec asks for `https`. Off by default.
+    pub push_gateway_allow_http: bool,
 }
 
 impl Default for Config {
@@ -93,6 +96,7 @@ impl Default for Config {
             trusted_key_servers: Vec::new(),
             federation_hosts: BTreeMap::new(),
             presence_offline_timeout_ms: 5 * 60 * 1000,
+            push_gateway_allow_http: false,
         }
     }
 }
@@ -160,6 +164,7 @@ const ENV_KEYS: &[&str] = &[
     "trusted_key_servers",
     "federation_hosts",
     "presence_offline_timeout_ms",
+    "push_gateway_allow_http",
 ];
 
 impl Config {

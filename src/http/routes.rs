@@ -5,7 +5,8 @@ use http::Method;
 use super::{route, Auth, Route};
 use crate::api::client::{
     account, account_data, alias, device, discovery, membership, message, presence, profile,
-    receipt, relations, room, search, space, state, sync, tags, typing, upgrade, user_directory,
+    push_rules, pushers, receipt, relations, room, search, space, state, sync, tags, typing,
+    upgrade, user_directory,
 };
 use crate::api::client::{backup, cross_signing, keys as client_keys, to_device};
 use crate::api::federation::{
@@ -586,6 +587,78 @@ pub fn all() -> Vec<Route> {
             "/_matrix/client/v3/rooms/{roomId}/typing/{userId}",
             Token,
             typing::create_typing_event,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/pushrules/",
+            Token,
+            push_rules::get_pushrules_all,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/pushrules/global/",
+            Token,
+            push_rules::get_pushrules_global_scope,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}",
+            Token,
+            push_rules::get_pushrule,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}",
+            Token,
+            push_rules::set_pushrule,
+        ),
+        route(
+            Method::DELETE,
+            "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}",
+            Token,
+            push_rules::delete_pushrule,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled",
+            Token,
+            push_rules::is_pushrule_enabled,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled",
+            Token,
+            push_rules::set_pushrule_enabled,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions",
+            Token,
+            push_rules::get_pushrule_actions,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions",
+            Token,
+            push_rules::set_pushrule_actions,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/pushers",
+            Token,
+            pushers::get_pushers,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/pushers/set",
+            Token,
+            pushers::set_pusher,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/notifications",
+            Token,
+            pushers::get_notifications,
         ),
         route(
             Method::POST,

@@ -9,6 +9,7 @@ pub mod key_backup;
 pub mod keys;
 pub mod notify;
 pub mod presence;
+pub mod push;
 pub mod receipts;
 pub mod received;
 pub mod rooms;
@@ -43,6 +44,7 @@ pub struct Services {
     pub keys: keys::Keys,
     pub to_device: to_device::ToDevice,
     pub key_backup: key_backup::KeyBackup,
+    pub push: push::Push,
     /// The outgoing server-server client.
     pub federation: FederationClient,
 }
@@ -68,6 +70,7 @@ impl Services {
             keys: keys::Keys::open(&db),
             to_device: to_device::ToDevice::open(&db),
             key_backup: key_backup::KeyBackup::open(&db),
+            push: push::Push::open(&db),
             federation: FederationClient::new(
                 config.federation_ca_file.as_deref(),
                 config.federation_hosts.clone(),
@@ -100,7 +103,8 @@ impl Services {
     }
 }
 
-/// Starts the background workers (the federation sender, the end of typing, the presence timer);
+/// Starts the background workers (the federation sender, the end of typing, the presence timer,
+/// the push sender);
 /// each stops when
 /// `shutdown` completes.
 pub fn start_workers(
@@ -115,7 +119,8 @@ pub fn start_workers(
     vec![
         tokio::spawn(sending::run(Arc::clone(services), stopped.clone())),
         tokio::spawn(typing::run_expiry(Arc::clone(services), stopped.clone())),
-        tokio::spawn(presence::run(Arc::clone(services), stopped)),
+        tokio::spawn(presence::run(Arc::clone(services), stopped.clone())),
+        tokio::spawn(push::sender::run(Arc::clone(services), stopped)),
         watcher,
     ]
 }

@@ -156,6 +156,27 @@ impl Receipts {
         Ok(count)
     }
 
+    /// A user's current receipts in a room, every type and thread (for unread counts).
+    pub fn iter_user_receipts(&self, room_id: &RoomId, user_id: &UserId) -> Result<Vec<Receipt>> {
+        let prefix = key::prefix(&[room_id.as_bytes(), user_id.as_bytes()]);
+        let mut receipts = Vec::new();
+        for entry in self.roomuserreceipt_count.iter_prefix(&prefix) {
+            let (_, position) = entry?;
+            let position = key::read_u64(&position)
+                .ok_or_else(|| Error::corrupt("roomuserreceipt_count", "short position"))?;
+            if let Some(value) = self
+                .roomcount_receipt
+                .get(&Self::position_key(room_id, position))?
+            {
+                receipts.push(
+                    serde_json::from_slice(&value)
+                        .map_err(|e| Error::corrupt("roomcount_receipt", e))?,
+                );
+            }
+        }
+        Ok(receipts)
+    }
+
     /// The current receipts of a room set after `since` (all of them when `None`) and at or
     /// before `until`, oldest first.
     pub fn iter_since(

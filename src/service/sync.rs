@@ -211,6 +211,16 @@ fn build(
             None => global_account_data.push(event),
         }
     }
+    if request.since.is_none()
+        && !global_account_data
+            .iter()
+            .any(|event| event["type"] == "m.push_rules")
+    {
+        global_account_data.extend(crate::service::push::initial_sync_rules(
+            services,
+            request.user,
+        )?);
+    }
     for (room_id, events) in room_account_data {
         if let Some(room) = join.get_mut(room_id.as_str()) {
             room["account_data"] = json!({ "events": events });
@@ -422,14 +432,20 @@ fn joined_room(
     } else {
         json!({})
     };
-    Ok(Some(json!({
+    let (unread, unread_threads) =
+        crate::service::push::sync_unread(services, request.user, room_id, request.filter)?;
+    let mut room = json!({
         "timeline": { "events": timeline, "limited": limited, "prev_batch": prev_batch },
         "state": { "events": state },
         "ephemeral": { "events": ephemeral },
         "account_data": { "events": [] },
         "summary": summary,
-        "unread_notifications": { "notification_count": 0, "highlight_count": 0 },
-    })))
+        "unread_notifications": unread,
+    });
+    if let Some(threads) = unread_threads {
+        room["unread_thread_notifications"] = threads;
+    }
+    Ok(Some(room))
 }
 
 /// A joined room's typing and receipt events: its typists when they changed after the token's

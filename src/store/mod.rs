@@ -71,6 +71,10 @@ pub const TREES: &[&str] = &[
     "parentreltypecount_child",
     "roomcount_threadroot",
     "roomwordcount_posting",
+    "userroomcount_notification",
+    "usercount_notification",
+    "userpusher_pusher",
+    "pushercount_push",
 ];
 
 /// The open database.

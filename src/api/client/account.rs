@@ -348,6 +348,10 @@ pub async fn refresh(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 /// `POST /_matrix/client/v3/logout`
 pub async fn logout(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     device_lists::delete_device(&services, ctx.user(), ctx.device())?;
+    services
+        .push
+        .pushers
+        .delete_device_pushers(ctx.user(), ctx.device())?;
     services.users.remove_device(ctx.user(), ctx.device())?;
     Ok(json!({}))
 }
@@ -356,6 +360,10 @@ pub async fn logout(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 pub async fn logout_all(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     for device in services.users.iter_devices(ctx.user())? {
         device_lists::delete_device(&services, ctx.user(), device.device_id.as_str())?;
+        services
+            .push
+            .pushers
+            .delete_device_pushers(ctx.user(), device.device_id.as_str())?;
         services
             .users
             .remove_device(ctx.user(), device.device_id.as_str())?;
@@ -395,6 +403,10 @@ pub async fn change_password(services: Arc<Services>, ctx: Ctx) -> HandlerResult
             if device.device_id.as_str() != ctx.device() {
                 device_lists::delete_device(&services, ctx.user(), device.device_id.as_str())?;
                 services
+                    .push
+                    .pushers
+                    .delete_device_pushers(ctx.user(), device.device_id.as_str())?;
+                services
                     .users
                     .remove_device(ctx.user(), device.device_id.as_str())?;
             }
@@ -433,6 +445,7 @@ pub async fn deactivate(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     for device in services.users.iter_devices(&user)? {
         device_lists::delete_device(&services, &user, device.device_id.as_str())?;
     }
+    services.push.pushers.delete_user_pushers(&user)?;
     services.users.deactivate(&user)?;
     Ok(json!({ "id_server_unbind_result": "no-support" }))
 }

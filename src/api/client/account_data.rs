@@ -21,6 +21,10 @@ pub(super) fn check_owner(ctx: &Ctx) -> Result<(), Error> {
 /// `GET /_matrix/client/v3/user/{userId}/account_data/{type}`
 pub async fn get_global_account_data(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     check_owner(&ctx)?;
+    if ctx.param(1) == crate::service::push::rules::ACCOUNT_DATA_TYPE {
+        let ruleset = services.push.get_rules(&services, ctx.user())?;
+        return crate::service::push::rules::to_account_data(&ruleset);
+    }
     services
         .account_data
         .get(ctx.user(), None, ctx.param(1))?

@@ -72,6 +72,10 @@ pub async fn delete_device(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         Some(ctx.user()),
     )?;
     device_lists::delete_device(&services, ctx.user(), ctx.param(0))?;
+    services
+        .push
+        .pushers
+        .delete_device_pushers(ctx.user(), ctx.param(0))?;
     services.users.remove_device(ctx.user(), ctx.param(0))?;
     Ok(json!({}))
 }
@@ -91,6 +95,10 @@ pub async fn delete_devices(services: Arc<Services>, ctx: Ctx) -> HandlerResult 
     )?;
     for device in devices {
         device_lists::delete_device(&services, ctx.user(), &device)?;
+        services
+            .push
+            .pushers
+            .delete_device_pushers(ctx.user(), &device)?;
         services.users.remove_device(ctx.user(), &device)?;
     }
     Ok(json!({}))

@@ -12,6 +12,8 @@ pub mod membership;
 pub mod message;
 pub mod presence;
 pub mod profile;
+pub mod push_rules;
+pub mod pushers;
 pub mod receipt;
 pub mod relations;
 pub mod room;

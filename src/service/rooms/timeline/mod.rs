@@ -198,8 +198,9 @@ impl Timeline {
 
 /// Writes one timeline event, its state, the room's extremities and every index in one atomic
 /// batch (with the event queued for the other servers in the room), then runs the follow-up
-/// effects in this order: wake sync, wake the federation sender. (Push, appservices and admin
-/// commands join this list as they are built.)
+/// effects in this order: wake sync, wake the federation sender, wake the push sender.
+/// (Appservices and admin commands join this list as they are built.) The batch also holds the
+/// notifications the event makes for local users (`service::push::prepare`, evaluated before it).
 ///
 /// The caller holds the room lock and has run the auth checks.
 pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
@@ -344,6 +345,7 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
         object.insert("unsigned".into(), unsigned);
     }
     let json = serde_json::to_vec(&object).map_err(Error::internal)?;
+    let push = crate::service::push::prepare(services, room_id, &pdu)?;
 
     let count = services
         .globals
@@ -373,6 +375,7 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
             services
                 .sending
                 .queue_pdu_in_batch(&mut batch, &destinations, count, &pdu.event_id);
+            services.push.write_in_batch(&push, &mut batch, count)?;
             batch_with_count.append(std::mem::take(&mut batch));
             Ok(())
         })?;
@@ -395,6 +398,7 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
         services.notifier.wake(Topic::User(target.clone()));
     }
     services.sending.wake(&destinations);
+    services.push.wake_sender(&push);
     Ok(count)
 }
 

@@ -1,0 +1,384 @@
+//! Push notifications: each user's push rules (`rules`), their evaluation for every committed
+//! event and the notifications it produces (the unread counts of `/sync` and
+//! `/notifications`), and pushers with their delivery queue (`pushers`, `sender`).
+//!
+//! `timeline::commit` calls [`prepare`] before its write and [`Push::write_in_batch`] inside it,
+//! so that a notification, its unread count and its queued push land with the event.
+
+pub mod pushers;
+pub mod rules;
+pub mod sender;
+mod unread;
+
+use std::{collections::HashMap, sync::Arc};
+
+use parking_lot::Mutex;
+use ruma::{
+    events::{
+        room::{
+            member::MembershipState,
+            power_levels::{RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource},
+        },
+        StateEventType, TimelineEventType,
+    },
+    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    serde::Raw,
+    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use self::unread::{iter_notifications, sync_unread, NotificationPage};
+use crate::{
+    error::Result,
+    service::{notify::Topic, rooms::pdu::Pdu, Services},
+    store::{key, Batch, Db, Tree},
+};
+
+/// The largest rule set a user may store, serialized: every event evaluates it.
+const MAX_RULES_BYTES: usize = 256 * 1024;
+
+/// Owns `userroomcount_notification` (user ID 0xff room ID 0xff stream position u64 → JSON
+/// [`Notification`]) and `usercount_notification` (user ID 0xff stream position u64 → room ID),
+/// the same notifications per room (unread counts) and per user (`/notifications`); the pusher
+/// trees are owned by [`pushers::Pushers`].
+pub struct Push {
+    userroomcount_notification: Tree,
+    usercount_notification: Tree,
+    pub pushers: pushers::Pushers,
+    /// Parsed rule sets per user; dropped when the user changes a rule.
+    rules: Mutex<HashMap<OwnedUserId, Arc<rules::Prepared>>>,
+    /// What evaluation needs from a room's state; dropped by every state event in the room.
+    rooms: Mutex<HashMap<OwnedRoomId, Arc<RoomContext>>>,
+    /// Serialises rule changes (read, change, write).
+    rules_write: Mutex<()>,
+}
+
+/// One notifying event for one user, as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Notification {
+    pub event_id: ruma::OwnedEventId,
+    pub actions: Vec<Action>,
+    pub highlight: bool,
+    /// The thread root when the event is in a thread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
+    /// Milliseconds since the epoch when the notification was made.
+    pub ts: u64,
+}
+
+/// The notifications an event makes, computed before its commit and written in its batch.
+#[derive(Default)]
+pub struct Pending {
+    room_id: Option<OwnedRoomId>,
+    notifications: Vec<(OwnedUserId, Notification)>,
+}
+
+impl Pending {
+    /// Whether the event notifies nobody.
+    pub fn is_empty(&self) -> bool {
+        self.notifications.is_empty()
+    }
+}
+
+/// The room facts push conditions read: joined member count, the local joined users with
+/// their display names, and the power levels.
+struct RoomContext {
+    member_count: UInt,
+    locals: Vec<(OwnedUserId, String)>,
+    power_levels: Option<PushConditionPowerLevelsCtx>,
+}
+
+impl Push {
+    /// Opens the trees.
+    pub fn open(db: &Arc<Db>) -> Self {
+        Self {
+            userroomcount_notification: db.tree("userroomcount_notification"),
+            usercount_notification: db.tree("usercount_notification"),
+            pushers: pushers::Pushers::open(db),
+            rules: Mutex::new(HashMap::new()),
+            rooms: Mutex::new(HashMap::new()),
+            rules_write: Mutex::new(()),
+        }
+    }
+
+    /// Adds the notifications of an event committed at stream position `count`, and queues
+    /// them for the users' pushers.
+    pub fn write_in_batch(&self, pending: &Pending, batch: &mut Batch, count: u64) -> Result<()> {
+        let Some(room_id) = &pending.room_id else {
+            return Ok(());
+        };
+        for (user_id, notification) in &pending.notifications {
+            let json = serde_json::to_vec(notification).map_err(crate::error::Error::internal)?;
+            let mut room_key = key::prefix(&[user_id.as_bytes(), room_id.as_bytes()]);
+            room_key.extend_from_slice(&key::u64_bytes(count));
+            batch.insert(&self.userroomcount_notification, &room_key, &json);
+            let mut user_key = key::prefix(&[user_id.as_bytes()]);
+            user_key.extend_from_slice(&key::u64_bytes(count));
+            batch.insert(&self.usercount_notification, &user_key, room_id.as_bytes());
+            if notification.actions.iter().any(Action::should_notify) {
+                self.pushers
+                    .queue_in_batch(user_id, room_id, count, batch)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Wakes the push sender after a commit whose notifications were queued.
+    pub fn wake_sender(&self, pending: &Pending) {
+        if !pending.is_empty() {
+            self.pushers.wake();
+        }
+    }
+
+    /// A user's rules, for the API (server defaults when they never changed any).
+    pub fn get_rules(&self, services: &Services, user_id: &UserId) -> Result<Ruleset> {
+        Ok(self.prepared(services, user_id)?.all.clone())
+    }
+
+    /// Changes a user's rules with `change` and stores them, one change at a time, so that two
+    /// concurrent requests do not lose one another's rule.
+    pub fn update_rules(
+        &self,
+        services: &Services,
+        user_id: &UserId,
+        change: impl FnOnce(&mut Ruleset) -> Result<()>,
+    ) -> Result<()> {
+        let _guard = self.rules_write.lock();
+        let mut ruleset = self.get_rules(services, user_id)?;
+        change(&mut ruleset)?;
+        self.set_rules(services, user_id, ruleset)
+    }
+
+    /// Stores a user's changed rules as `m.push_rules` account data and wakes their syncs.
+    fn set_rules(&self, services: &Services, user_id: &UserId, ruleset: Ruleset) -> Result<()> {
+        let content = rules::to_account_data(&ruleset)?;
+        if content.to_string().len() > MAX_RULES_BYTES {
+            return Err(crate::error::Error::matrix(
+                ruma::api::error::ErrorKind::TooLarge,
+                format!("the push rules of {user_id} would exceed {MAX_RULES_BYTES} bytes"),
+            ));
+        }
+        services.account_data.set(
+            &services.globals,
+            user_id,
+            None,
+            rules::ACCOUNT_DATA_TYPE,
+            &content,
+        )?;
+        self.rules
+            .lock()
+            .insert(user_id.to_owned(), Arc::new(rules::Prepared::new(ruleset)));
+        services.notifier.wake(Topic::User(user_id.to_string()));
+        Ok(())
+    }
+
+    fn prepared(&self, services: &Services, user_id: &UserId) -> Result<Arc<rules::Prepared>> {
+        if let Some(prepared) = self.rules.lock().get(user_id) {
+            return Ok(Arc::clone(prepared));
+        }
+        let stored = services
+            .account_data
+            .get(user_id, None, rules::ACCOUNT_DATA_TYPE)?;
+        let prepared = Arc::new(rules::Prepared::new(rules::from_account_data(
+            user_id,
+            stored.as_ref(),
+        )));
+        self.rules
+            .lock()
+            .insert(user_id.to_owned(), Arc::clone(&prepared));
+        Ok(prepared)
+    }
+
+    fn room_context(
+        &self,
+        services: &Services,
+        room_id: &RoomId,
+        changes_state: bool,
+    ) -> Result<Arc<RoomContext>> {
+        if changes_state {
+            // The event changes the state the context is built from: build it without keeping
+            // it, and let the next event build it again from the new state.
+            self.rooms.lock().remove(room_id);
+            return Ok(Arc::new(build_room_context(services, room_id)?));
+        }
+        if let Some(context) = self.rooms.lock().get(room_id) {
+            return Ok(Arc::clone(context));
+        }
+        let context = Arc::new(build_room_context(services, room_id)?);
+        self.rooms
+            .lock()
+            .insert(room_id.to_owned(), Arc::clone(&context));
+        Ok(context)
+    }
+}
+
+/// The initial-sync `m.push_rules` event of a user who never changed a rule (stored rules come
+/// through account data like any other type).
+pub fn initial_sync_rules(services: &Services, user_id: &UserId) -> Result<Option<Value>> {
+    if services
+        .account_data
+        .get(user_id, None, rules::ACCOUNT_DATA_TYPE)?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    let content = rules::to_account_data(&rules::server_default(user_id))?;
+    Ok(Some(
+        serde_json::json!({ "type": rules::ACCOUNT_DATA_TYPE, "content": content }),
+    ))
+}
+
+/// Evaluates the push rules of every local joined member but the sender (and of a local user
+/// the event invites) for an event about to be committed. Spec: "Push Notifications", the
+/// server evaluates each user's rules for every event.
+pub fn prepare(services: &Services, room_id: &RoomId, pdu: &Pdu) -> Result<Pending> {
+    if pdu.rejected {
+        return Ok(Pending::default());
+    }
+    let push = &services.push;
+    let context = push.room_context(services, room_id, pdu.state_key.is_some())?;
+    let content = pdu.content_value();
+    let mut targets: Vec<(OwnedUserId, String)> = context
+        .locals
+        .iter()
+        .filter(|(user_id, _)| *user_id != pdu.sender)
+        .cloned()
+        .collect();
+    if let (TimelineEventType::RoomMember, Some(target)) = (&pdu.kind, &pdu.state_key) {
+        let invited = content.get("membership").and_then(Value::as_str) == Some("invite");
+        if let Ok(target) = OwnedUserId::try_from(target.as_str()) {
+            if invited
+                && target.server_name() == services.globals.server_name()
+                && !targets.iter().any(|(user_id, _)| *user_id == target)
+            {
+                let name = target.localpart().to_owned();
+                targets.push((target, name));
+            }
+        }
+    }
+    if targets.is_empty() {
+        return Ok(Pending::default());
+    }
+    let event = Raw::new(&pdu.to_client_value(room_id, Value::Null))
+        .map_err(crate::error::Error::internal)?;
+    let has_mentions = content.get("m.mentions").is_some();
+    let thread_id = content
+        .get("m.relates_to")
+        .filter(|relation| relation.get("rel_type").and_then(Value::as_str) == Some("m.thread"))
+        .and_then(|relation| relation.get("event_id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let ts = crate::util::now_millis();
+    let mut pending = Pending {
+        room_id: Some(room_id.to_owned()),
+        notifications: Vec::new(),
+    };
+    for (user_id, display_name) in targets {
+        let prepared = push.prepared(services, &user_id)?;
+        let mut ctx = PushConditionRoomCtx::new(
+            room_id.to_owned(),
+            context.member_count,
+            user_id.clone(),
+            display_name,
+        );
+        if let Some(power_levels) = &context.power_levels {
+            ctx = ctx.with_power_levels(power_levels.clone());
+        }
+        let actions = prepared.actions(&event, has_mentions, &ctx);
+        let (notify, highlight) = rules::notify_and_highlight(&actions);
+        if notify {
+            pending.notifications.push((
+                user_id,
+                Notification {
+                    event_id: pdu.event_id.clone(),
+                    actions,
+                    highlight,
+                    thread_id: thread_id.clone(),
+                    ts,
+                },
+            ));
+        }
+    }
+    Ok(pending)
+}
+
+fn build_room_context(services: &Services, room_id: &RoomId) -> Result<RoomContext> {
+    let rooms = &services.rooms;
+    let joined = rooms
+        .members
+        .iter_members(room_id, Some(MembershipState::Join))?;
+    let own = services.globals.server_name();
+    let mut locals = Vec::new();
+    for (user_id, _) in &joined {
+        if user_id.server_name() != own {
+            continue;
+        }
+        let display_name = rooms
+            .current_state_pdu(room_id, &StateEventType::RoomMember, user_id.as_str())?
+            .and_then(|member| {
+                member
+                    .content_value()
+                    .get("displayname")
+                    .and_then(Value::as_str)
+                    .filter(|name| !name.is_empty())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| user_id.localpart().to_owned());
+        locals.push((user_id.clone(), display_name));
+    }
+    Ok(RoomContext {
+        member_count: UInt::try_from(joined.len()).unwrap_or(UInt::MAX),
+        locals,
+        power_levels: power_levels(services, room_id)?,
+    })
+}
+
+/// The room's power levels as push conditions read them (`None` if the room's version is
+/// unknown here, which makes `sender_notification_permission` never match).
+fn power_levels(
+    services: &Services,
+    room_id: &RoomId,
+) -> Result<Option<PushConditionPowerLevelsCtx>> {
+    let rooms = &services.rooms;
+    let Ok((_, version)) = rooms.room_version(room_id) else {
+        return Ok(None);
+    };
+    let Some(rules) = version.rules() else {
+        return Ok(None);
+    };
+    let mut creators = Vec::new();
+    if let Some(create) = rooms.current_state_pdu(room_id, &StateEventType::RoomCreate, "")? {
+        creators.push(create.sender.clone());
+        let content = create.content_value();
+        for creator in content["additional_creators"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            if let Some(user) = creator
+                .as_str()
+                .and_then(|text| OwnedUserId::try_from(text).ok())
+            {
+                creators.push(user);
+            }
+        }
+    }
+    let content = rooms
+        .current_state_pdu(room_id, &StateEventType::RoomPowerLevels, "")?
+        .and_then(|pdu| {
+            serde_json::from_str::<RoomPowerLevelsEventContent>(pdu.content.get()).ok()
+        });
+    let levels = RoomPowerLevels::new(
+        RoomPowerLevelsSource::from(content),
+        &rules.authorization,
+        creators,
+    );
+    Ok(Some(levels.into()))
+}
+
+impl Push {
+    fn room_prefix(user_id: &UserId, room_id: &RoomId) -> Vec<u8> {
+        key::prefix(&[user_id.as_bytes(), room_id.as_bytes()])
+    }
+}

@@ -1,0 +1,212 @@
+//! Reading notifications back: the unread counts of a room for `/sync` (per thread when the
+//! client asks), and the pages of `GET /notifications`.
+//!
+//! A notification is read when the user's receipt (`m.read` or `m.read.private`) is at or after
+//! it: an unthreaded receipt reads everything up to its event, a threaded one only its thread
+//! (`main` being the events outside threads).
+
+use std::collections::{BTreeMap, HashMap};
+
+use ruma::{OwnedRoomId, RoomId, UserId};
+use serde_json::{json, Value};
+
+use super::{Notification, Push};
+use crate::{
+    error::{Error, Result},
+    service::{rooms::timeline::read::client_event, Services},
+    store::key,
+};
+
+/// The positions up to which a user has read a room: everything (unthreaded receipts) and
+/// each thread (`main` for events outside threads).
+#[derive(Default)]
+struct ReadUpTo {
+    all: u64,
+    threads: HashMap<String, u64>,
+}
+
+impl ReadUpTo {
+    fn load(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<Self> {
+        let mut read = Self::default();
+        let Some(shortroomid) = services.rooms.short.get_shortroomid(room_id)? else {
+            return Ok(read);
+        };
+        for receipt in services.receipts.iter_user_receipts(room_id, user_id)? {
+            let Some(pdu_id) = services.rooms.timeline.get_pdu_id(&receipt.event_id)? else {
+                continue;
+            };
+            if pdu_id.shortroomid != shortroomid {
+                continue;
+            }
+            match receipt.thread_id {
+                None => read.all = read.all.max(pdu_id.count),
+                Some(thread) => {
+                    let entry = read.threads.entry(thread).or_default();
+                    *entry = (*entry).max(pdu_id.count);
+                }
+            }
+        }
+        Ok(read)
+    }
+
+    fn is_read(&self, count: u64, thread_id: Option<&str>) -> bool {
+        count <= self.all
+            || self
+                .threads
+                .get(thread_id.unwrap_or("main"))
+                .is_some_and(|position| count <= *position)
+    }
+}
+
+/// Notification and highlight counts.
+#[derive(Default, Clone, Copy)]
+struct Counts {
+    notification: u64,
+    highlight: u64,
+}
+
+impl Counts {
+    fn add(&mut self, notification: &Notification) {
+        self.notification += 1;
+        self.highlight += u64::from(notification.highlight);
+    }
+
+    fn to_value(self) -> Value {
+        json!({ "notification_count": self.notification, "highlight_count": self.highlight })
+    }
+}
+
+/// A joined room's `unread_notifications` and, when the sync filter's room timeline filter
+/// sets `unread_thread_notifications`, its `unread_thread_notifications` (threads with unread
+/// notifications only; the main counts then leave threaded events out).
+pub fn sync_unread(
+    services: &Services,
+    user_id: &UserId,
+    room_id: &RoomId,
+    filter: &Value,
+) -> Result<(Value, Option<Value>)> {
+    let by_thread = filter["room"]["timeline"]["unread_thread_notifications"] == json!(true);
+    let push = &services.push;
+    let prefix = Push::room_prefix(user_id, room_id);
+    let mut main = Counts::default();
+    let mut threads: BTreeMap<String, Counts> = BTreeMap::new();
+    // Nothing before the latest receipt can be unread: the scan starts after it.
+    let read = ReadUpTo::load(services, room_id, user_id)?;
+    let mut start = prefix.clone();
+    start.extend_from_slice(&key::u64_bytes(read.all.saturating_add(1)));
+    for entry in push.userroomcount_notification.iter_from(&start, false) {
+        let (entry_key, value) = entry?;
+        let Some(rest) = entry_key.strip_prefix(prefix.as_slice()) else {
+            break;
+        };
+        let count = key::read_u64(rest)
+            .ok_or_else(|| Error::corrupt("userroomcount_notification", "short position"))?;
+        let notification: Notification = serde_json::from_slice(&value)
+            .map_err(|e| Error::corrupt("userroomcount_notification", e))?;
+        if read.is_read(count, notification.thread_id.as_deref()) {
+            continue;
+        }
+        match (&notification.thread_id, by_thread) {
+            (Some(thread), true) => threads
+                .entry(thread.clone())
+                .or_default()
+                .add(&notification),
+            _ => main.add(&notification),
+        }
+    }
+    let threads = (!threads.is_empty()).then(|| {
+        Value::Object(
+            threads
+                .into_iter()
+                .map(|(thread, counts)| (thread, counts.to_value()))
+                .collect(),
+        )
+    });
+    Ok((main.to_value(), threads))
+}
+
+/// The total of a user's unread notifications over their joined rooms (the badge count sent
+/// to push gateways).
+pub fn total_unread(services: &Services, user_id: &UserId) -> Result<u64> {
+    let mut total = 0;
+    for room_id in services.rooms.members.iter_joined_rooms(user_id)? {
+        let (counts, _) = sync_unread(services, user_id, &room_id, &Value::Null)?;
+        total += counts["notification_count"].as_u64().unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// One page of `GET /notifications`.
+pub struct NotificationPage {
+    pub notifications: Vec<Value>,
+    /// The `from` of the next page, when there may be one.
+    pub next_token: Option<u64>,
+}
+
+/// A user's notifications, newest first, from before stream position `from` (the newest when
+/// `None`), at most `limit`, only highlights when asked.
+pub fn iter_notifications(
+    services: &Services,
+    user_id: &UserId,
+    from: Option<u64>,
+    limit: usize,
+    only_highlight: bool,
+) -> Result<NotificationPage> {
+    let push = &services.push;
+    let prefix = key::prefix(&[user_id.as_bytes()]);
+    let mut start = prefix.clone();
+    start.extend_from_slice(&key::u64_bytes(
+        from.map_or(u64::MAX, |from| from.saturating_sub(1)),
+    ));
+    let mut read_by_room: HashMap<OwnedRoomId, ReadUpTo> = HashMap::new();
+    let mut page = NotificationPage {
+        notifications: Vec::new(),
+        next_token: None,
+    };
+    for entry in push.usercount_notification.iter_from(&start, true) {
+        let (entry_key, room) = entry?;
+        let Some(rest) = entry_key.strip_prefix(prefix.as_slice()) else {
+            break;
+        };
+        let count = key::read_u64(rest)
+            .ok_or_else(|| Error::corrupt("usercount_notification", "short position"))?;
+        if page.notifications.len() == limit {
+            page.next_token = Some(count + 1);
+            break;
+        }
+        let room_id = OwnedRoomId::try_from(String::from_utf8_lossy(&room).as_ref())
+            .map_err(|e| Error::corrupt("usercount_notification", e))?;
+        let mut room_key = Push::room_prefix(user_id, &room_id);
+        room_key.extend_from_slice(&key::u64_bytes(count));
+        let Some(value) = push.userroomcount_notification.get(&room_key)? else {
+            continue;
+        };
+        let notification: Notification = serde_json::from_slice(&value)
+            .map_err(|e| Error::corrupt("userroomcount_notification", e))?;
+        if only_highlight && !notification.highlight {
+            continue;
+        }
+        let Some(pdu) = services.rooms.timeline.get_pdu(&notification.event_id)? else {
+            continue;
+        };
+        let read = match read_by_room.get(&room_id) {
+            Some(read) => read,
+            None => {
+                let loaded = ReadUpTo::load(services, &room_id, user_id)?;
+                read_by_room.entry(room_id.clone()).or_insert(loaded)
+            }
+        };
+        let mut event = client_event(&pdu, &room_id, None);
+        if let Some(object) = event.as_object_mut() {
+            object.remove("room_id");
+        }
+        page.notifications.push(json!({
+            "actions": notification.actions,
+            "event": event,
+            "read": read.is_read(count, notification.thread_id.as_deref()),
+            "room_id": room_id,
+            "ts": notification.ts,
+        }));
+    }
+    Ok(page)
+}

@@ -1,0 +1,371 @@
+//! Push notifications: unread counts in `/sync` (mentions, receipts, threads, muted rooms,
+//! events from another server) and `/notifications`; the rule API is in `push_rules.rs`,
+//! pushers in `pushers.rs`.
+
+use serde_json::{json, Value};
+
+use crate::{
+    common::{assert_error, enc, Client, TestServer},
+    push_rules::rule_path,
+};
+
+/// A room of alice's that bob has joined.
+pub async fn shared_room(server: &TestServer) -> (Client, Client, String) {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    join(&bob, &room).await;
+    (alice, bob, room)
+}
+
+async fn join(client: &Client, room: &str) {
+    client
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(room)),
+            json!({}),
+        )
+        .await;
+}
+
+pub async fn send(client: &Client, room: &str, content: Value) -> String {
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+        enc(room),
+        rand_txn()
+    );
+    client.put_ok(&path, content).await["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn rand_txn() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("txn{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A room's `unread_notifications` and `unread_thread_notifications` in an initial sync with
+/// `filter` (JSON).
+pub async fn unread(client: &Client, room: &str, filter: &str) -> (Value, Value) {
+    let sync = client
+        .get_ok(&format!("/_matrix/client/v3/sync?filter={}", enc(filter)))
+        .await;
+    let joined = &sync["rooms"]["join"][room];
+    (
+        joined["unread_notifications"].clone(),
+        joined["unread_thread_notifications"].clone(),
+    )
+}
+
+pub fn counts(notifications: u64, highlights: u64) -> Value {
+    json!({ "notification_count": notifications, "highlight_count": highlights })
+}
+
+pub async fn receipt(client: &Client, room: &str, kind: &str, event: &str, body: Value) {
+    client
+        .post_ok(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/{kind}/{}",
+                enc(room),
+                enc(event)
+            ),
+            body,
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn unread_counts_rise_highlight_on_mentions_and_reset_with_receipts() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = shared_room(&server).await;
+    let bob_id = bob.user_id().await;
+    bob.put_ok(
+        &format!("/_matrix/client/v3/profile/{}/displayname", enc(&bob_id)),
+        json!({ "displayname": "Bobby Tables" }),
+    )
+    .await;
+    let none = "{}";
+    assert_eq!(unread(&bob, &room, none).await.0, counts(0, 0));
+    let first = send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "hello" }),
+    )
+    .await;
+    send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "anyone?" }),
+    )
+    .await;
+    assert_eq!(unread(&bob, &room, none).await.0, counts(2, 0));
+    // An intentional mention, a display name in the body, and a body mention in an event that
+    // has `m.mentions` without bob (legacy rules do not apply to it).
+    send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "hey", "m.mentions": { "user_ids": [bob_id] } }),
+    )
+    .await;
+    let by_name = send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "hello Bobby Tables" }),
+    )
+    .await;
+    send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "Bobby Tables again", "m.mentions": {} }),
+    )
+    .await;
+    send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.notice", "body": "a bot speaks" }),
+    )
+    .await;
+    assert_eq!(unread(&bob, &room, none).await.0, counts(5, 2));
+    // The sender's own messages never count.
+    assert_eq!(unread(&alice, &room, none).await.0, counts(0, 0));
+
+    // A private receipt reads up to its event; a public one on the latest reads everything.
+    receipt(&bob, &room, "m.read.private", &first, json!({})).await;
+    assert_eq!(unread(&bob, &room, none).await.0, counts(4, 2));
+    receipt(&bob, &room, "m.read", &by_name, json!({})).await;
+    assert_eq!(unread(&bob, &room, none).await.0, counts(1, 0));
+
+    // The change reaches an incremental sync, and a new message counts again.
+    let since = bob.get_ok("/_matrix/client/v3/sync").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "more" }),
+    )
+    .await;
+    let next = bob
+        .get_ok(&format!("/_matrix/client/v3/sync?since={since}&timeout=0"))
+        .await;
+    assert_eq!(
+        next["rooms"]["join"][&room]["unread_notifications"],
+        counts(2, 0)
+    );
+}
+
+#[tokio::test]
+async fn thread_counts_show_when_the_filter_asks_and_threaded_receipts_read_their_thread() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = shared_room(&server).await;
+    let bob_id = bob.user_id().await;
+    let root = send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "root" }),
+    )
+    .await;
+    let thread = |body: &str| json!({ "msgtype": "m.text", "body": body, "m.relates_to": { "rel_type": "m.thread", "event_id": root } });
+    let in_thread = send(&alice, &room, thread("first reply")).await;
+    send(&alice, &room, thread(&format!("ping {bob_id}"))).await;
+    let main = send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "main again" }),
+    )
+    .await;
+    let by_thread = r#"{"room":{"timeline":{"unread_thread_notifications":true}}}"#;
+
+    let (plain, threads) = unread(&bob, &room, "{}").await;
+    assert_eq!(plain, counts(4, 1));
+    assert!(threads.is_null(), "{threads}");
+    let (plain, threads) = unread(&bob, &room, by_thread).await;
+    assert_eq!(plain, counts(2, 0));
+    assert_eq!(threads, json!({ root.clone(): counts(2, 1) }));
+
+    // A receipt in the thread reads only the thread; one on `main` only the main timeline.
+    receipt(
+        &bob,
+        &room,
+        "m.read",
+        &in_thread,
+        json!({ "thread_id": root }),
+    )
+    .await;
+    let (plain, threads) = unread(&bob, &room, by_thread).await;
+    assert_eq!(plain, counts(2, 0));
+    assert_eq!(threads, json!({ root.clone(): counts(1, 1) }));
+    assert_eq!(unread(&bob, &room, "{}").await.0, counts(3, 1));
+    receipt(&bob, &room, "m.read", &main, json!({ "thread_id": "main" })).await;
+    let (plain, threads) = unread(&bob, &room, by_thread).await;
+    assert_eq!(plain, counts(0, 0));
+    assert_eq!(threads, json!({ root.clone(): counts(1, 1) }));
+    // An unthreaded receipt reads every thread up to its event.
+    receipt(&bob, &room, "m.read", &main, json!({})).await;
+    let (plain, threads) = unread(&bob, &room, by_thread).await;
+    assert_eq!(plain, counts(0, 0));
+    assert!(threads.is_null(), "{threads}");
+}
+
+#[tokio::test]
+async fn a_muted_room_counts_nothing_while_others_still_count() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = shared_room(&server).await;
+    let other = alice.create_room(json!({ "preset": "public_chat" })).await;
+    join(&bob, &other).await;
+    bob.put_ok(&rule_path("room", &room), json!({ "actions": [] }))
+        .await;
+    send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "muted" }),
+    )
+    .await;
+    send(
+        &alice,
+        &other,
+        json!({ "msgtype": "m.text", "body": "heard" }),
+    )
+    .await;
+    assert_eq!(unread(&bob, &room, "{}").await.0, counts(0, 0));
+    assert_eq!(unread(&bob, &other, "{}").await.0, counts(1, 0));
+    let list = bob.get_ok("/_matrix/client/v3/notifications").await;
+    let rooms: Vec<_> = list["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|notification| notification["room_id"].clone())
+        .collect();
+    assert_eq!(rooms, [json!(other)]);
+    // Unmuting (deleting the rule) makes the room count again.
+    bob.delete(&rule_path("room", &room), json!({})).await;
+    send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "heard now" }),
+    )
+    .await;
+    assert_eq!(unread(&bob, &room, "{}").await.0, counts(1, 0));
+}
+
+#[tokio::test]
+async fn notifications_are_listed_newest_first_by_page_and_by_highlight() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = shared_room(&server).await;
+    let bob_id = bob.user_id().await;
+    let first = send(&alice, &room, json!({ "msgtype": "m.text", "body": "one" })).await;
+    let mention = send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "two", "m.mentions": { "user_ids": [bob_id] } }),
+    )
+    .await;
+    let third = send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "three" }),
+    )
+    .await;
+    let all = bob.get_ok("/_matrix/client/v3/notifications").await;
+    let list = all["notifications"].as_array().unwrap();
+    let ids: Vec<_> = list
+        .iter()
+        .map(|n| n["event"]["event_id"].clone())
+        .collect();
+    assert_eq!(ids, [json!(third), json!(mention), json!(first)]);
+    let newest = &list[0];
+    assert_eq!(newest["room_id"], room);
+    assert_eq!(newest["read"], false);
+    assert!(newest["ts"].as_u64().unwrap() > 0);
+    assert_eq!(newest["actions"][0], "notify");
+    assert_eq!(newest["event"]["content"]["body"], "three");
+    assert!(newest["event"].get("room_id").is_none());
+    assert!(all.get("next_token").is_none());
+
+    let page = bob.get_ok("/_matrix/client/v3/notifications?limit=2").await;
+    assert_eq!(page["notifications"].as_array().unwrap().len(), 2);
+    let token = page["next_token"].as_str().unwrap().to_owned();
+    let rest = bob
+        .get_ok(&format!(
+            "/_matrix/client/v3/notifications?limit=2&from={token}"
+        ))
+        .await;
+    let rest_ids: Vec<_> = rest["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["event"]["event_id"].clone())
+        .collect();
+    assert_eq!(rest_ids, [json!(first)]);
+    assert!(rest.get("next_token").is_none());
+
+    let highlights = bob
+        .get_ok("/_matrix/client/v3/notifications?only=highlight")
+        .await;
+    let highlight_ids: Vec<_> = highlights["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["event"]["event_id"].clone())
+        .collect();
+    assert_eq!(highlight_ids, [json!(mention)]);
+
+    receipt(&bob, &room, "m.read", &mention, json!({})).await;
+    let after = bob.get_ok("/_matrix/client/v3/notifications").await;
+    let read: Vec<_> = after["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["read"].clone())
+        .collect();
+    assert_eq!(read, [json!(false), json!(true), json!(true)]);
+    assert_eq!(
+        alice.get_ok("/_matrix/client/v3/notifications").await["notifications"],
+        json!([])
+    );
+    for bad in ["from=x", "limit=-1", "limit=many"] {
+        assert_error(
+            &bob.get(&format!("/_matrix/client/v3/notifications?{bad}"))
+                .await,
+            400,
+            "M_INVALID_PARAM",
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_from_another_server_notify_local_users() {
+    use crate::federation::{is_message, join_via, two_servers, wait_for_event};
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let bob_id = bob.user_id().await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    join_via(&bob, &room, &hs1).await;
+    wait_for_event(&alice, &room, "bob's join", |event| {
+        event["type"] == "m.room.member" && event["state_key"] == bob_id
+    })
+    .await;
+    send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "from afar" }),
+    )
+    .await;
+    send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "psst", "m.mentions": { "user_ids": [bob_id] } }),
+    )
+    .await;
+    wait_for_event(&bob, &room, "the mention", is_message("psst")).await;
+    assert_eq!(unread(&bob, &room, "{}").await.0, counts(2, 1));
+    let list = bob
+        .get_ok("/_matrix/client/v3/notifications?only=highlight")
+        .await;
+    assert_eq!(list["notifications"][0]["event"]["content"]["body"], "psst");
+    // The sender's server counts nothing for her own messages.
+    assert_eq!(unread(&alice, &room, "{}").await.0, counts(0, 0));
+}
