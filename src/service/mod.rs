@@ -7,6 +7,7 @@ pub mod filter;
 pub mod globals;
 pub mod key_backup;
 pub mod keys;
+pub mod media;
 pub mod notify;
 pub mod presence;
 pub mod receipts;
@@ -43,6 +44,7 @@ pub struct Services {
     pub keys: keys::Keys,
     pub to_device: to_device::ToDevice,
     pub key_backup: key_backup::KeyBackup,
+    pub media: media::Media,
     /// The outgoing server-server client.
     pub federation: FederationClient,
 }
@@ -68,6 +70,7 @@ impl Services {
             keys: keys::Keys::open(&db),
             to_device: to_device::ToDevice::open(&db),
             key_backup: key_backup::KeyBackup::open(&db),
+            media: media::Media::open(&db, &config)?,
             federation: FederationClient::new(config.federation_ca_file.as_deref())?,
             config,
             db,

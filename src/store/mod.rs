@@ -66,6 +66,10 @@ pub const TREES: &[&str] = &[
     "senderdevicetxnid_todevice",
     "useridversion_backup",
     "userversionroomsession_backupkey",
+    "mediaid_media",
+    "useridmediaid_pending",
+    "thumbkey_thumbnail",
+    "url_preview",
 ];
 
 /// The open database.
