@@ -269,6 +269,32 @@ async fn same_bytes_are_stored_once_and_large_uploads_are_refused() {
         413,
         "M_TOO_LARGE",
     );
+    // Without a Content-Length (chunked), the limit holds while the body streams in.
+    let address = server.base.strip_prefix("http://").unwrap().to_owned();
+    let token = alice.token.clone().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /_matrix/media/v3/upload HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {token}\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..5 {
+        let chunk = vec![b'a'; 1000];
+        let framed = [
+            format!("{:x}\r\n", chunk.len()).into_bytes(),
+            chunk,
+            b"\r\n".to_vec(),
+        ]
+        .concat();
+        if stream.write_all(&framed).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("M_TOO_LARGE"), "{answer}");
     assert_eq!(stored_files(&media).len(), 1);
     assert_eq!(std::fs::read_dir(media.join("tmp")).unwrap().count(), 0);
     let config = alice.get_ok("/_matrix/client/v1/media/config").await;

@@ -204,6 +204,26 @@ mod tests {
     }
 
     #[test]
+    fn animated_gifs_stay_whole_only_when_asked() {
+        let mut gif = Vec::new();
+        {
+            let mut encoder = image::codecs::gif::GifEncoder::new(&mut gif);
+            for shade in [0u8, 255] {
+                let frame = image::RgbaImage::from_pixel(40, 20, image::Rgba([shade, 0, 0, 255]));
+                encoder.encode_frame(image::Frame::new(frame)).unwrap();
+            }
+        }
+        let animated = Wanted::new(10, 10, None, true).unwrap();
+        assert!(generate(&gif, Some("image/gif"), animated)
+            .unwrap()
+            .is_none());
+        let still = Wanted::new(10, 10, None, false).unwrap();
+        let (bytes, kind) = generate(&gif, Some("image/gif"), still).unwrap().unwrap();
+        assert_eq!(kind, "image/png");
+        assert_eq!(dimensions(&bytes), (10, 5));
+    }
+
+    #[test]
     fn bad_requests_and_non_images_are_refused() {
         assert!(Wanted::new(0, 10, None, false).is_err());
         assert!(Wanted::new(10, -1, None, false).is_err());
