@@ -753,6 +753,18 @@ async fn remote_media_is_fetched_once_and_served_from_the_cache() {
         mxc_path(&uri)
     );
 
+    // Three requests at once make one federation fetch.
+    let requests: Vec<_> = (0..3)
+        .map(|_| {
+            let bob = bob.clone();
+            let download = download.clone();
+            tokio::spawn(async move { get_raw(&bob, &download).await.bytes().await.unwrap() })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap().to_vec(), original);
+    }
+    assert_eq!(hs2.services.media.remote_fetches(), 1);
     let response = get_raw(&bob, &download).await;
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "content-type"), "image/png");
@@ -820,4 +832,6 @@ async fn remote_media_is_fetched_once_and_served_from_the_cache() {
     let response = get_raw(&bob, &thumbnail).await;
     assert_eq!(response.status(), 200);
     assert_eq!(hs2.services.media.thumbnails_generated(), 1);
+    // The unknown media was the only other fetch.
+    assert_eq!(hs2.services.media.remote_fetches(), 2);
 }

@@ -21,6 +21,7 @@ pub mod remote;
 pub mod thumbnail;
 
 use std::{
+    collections::HashMap,
     sync::atomic::{AtomicU64, Ordering},
     time::Duration,
 };
@@ -84,6 +85,10 @@ pub struct Media {
     /// Woken whenever media becomes available, for downloads waiting on a reserved upload.
     uploaded: tokio::sync::Notify,
     thumbnails_generated: AtomicU64,
+    /// Remote media being fetched now, so that concurrent requests wait for one fetch; the
+    /// fetcher drops its sender when done.
+    fetching: Mutex<HashMap<(OwnedServerName, String), tokio::sync::watch::Receiver<()>>>,
+    remote_fetches: AtomicU64,
 }
 
 impl Media {
@@ -100,6 +105,8 @@ impl Media {
             upload_lock: Mutex::new(()),
             uploaded: tokio::sync::Notify::new(),
             thumbnails_generated: AtomicU64::new(0),
+            fetching: Mutex::new(HashMap::new()),
+            remote_fetches: AtomicU64::new(0),
         })
     }
 
@@ -116,6 +123,11 @@ impl Media {
     /// How many thumbnails this process generated (cache hits do not count).
     pub fn thumbnails_generated(&self) -> u64 {
         self.thumbnails_generated.load(Ordering::Relaxed)
+    }
+
+    /// How many files this process fetched from other servers.
+    pub fn remote_fetches(&self) -> u64 {
+        self.remote_fetches.load(Ordering::Relaxed)
     }
 
     /// Starts receiving the bytes of an upload.

@@ -3,7 +3,7 @@
 //! part and the file or a `Location`), then stored in the content-addressed store and served
 //! from there. Remote thumbnails are made here from the cached original.
 
-use std::time::Duration;
+use std::{sync::atomic::Ordering, time::Duration};
 
 use ruma::{
     api::{federation::authenticated_media::FileOrLocation, IncomingResponse},
@@ -31,12 +31,53 @@ pub async fn get_or_fetch(
     if media.is_local(server) {
         return media.wait_local(media_id, timeout).await;
     }
-    if let Some(record) = media.get(server, media_id)? {
-        if record.sha256.is_some() {
-            return Ok(record);
+    loop {
+        if let Some(record) = media.get(server, media_id)? {
+            if record.sha256.is_some() {
+                return Ok(record);
+            }
+        }
+        let key = (server.to_owned(), media_id.to_owned());
+        let waiting = {
+            let mut fetching = media.fetching.lock();
+            match fetching.get(&key) {
+                Some(receiver) => Err(receiver.clone()),
+                None => {
+                    let (sender, receiver) = tokio::sync::watch::channel(());
+                    fetching.insert(key.clone(), receiver);
+                    Ok(sender)
+                }
+            }
+        };
+        if let Ok(sender) = waiting {
+            let _guard = Fetching {
+                media,
+                key,
+                _sender: sender,
+            };
+            media.remote_fetches.fetch_add(1, Ordering::Relaxed);
+            return fetch(services, server, media_id, timeout).await;
+        }
+        if let Err(mut receiver) = waiting {
+            // Another request is fetching it: wait until its sender is dropped, then look again
+            // (after a failed fetch, this request tries itself).
+            while receiver.changed().await.is_ok() {}
         }
     }
-    fetch(services, server, media_id, timeout).await
+}
+
+/// Removes the in-flight entry when a fetch ends, also when the request is dropped midway; the
+/// sender goes with it, which wakes the waiting requests.
+struct Fetching<'a> {
+    media: &'a super::Media,
+    key: (ruma::OwnedServerName, String),
+    _sender: tokio::sync::watch::Sender<()>,
+}
+
+impl Drop for Fetching<'_> {
+    fn drop(&mut self) {
+        self.media.fetching.lock().remove(&self.key);
+    }
 }
 
 #[tracing::instrument(skip_all, fields(server = %server, media_id = %media_id))]
