@@ -686,6 +686,15 @@ async fn url_previews_are_off_by_default_and_respect_the_denylist() {
         "M_INVALID_PARAM",
     );
     assert_error(
+        &get_json(
+            &alice,
+            &preview_path(&format!("http://example.org/{}", "a".repeat(5000))),
+        )
+        .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
         &get_json(&alice, "/_matrix/client/v1/media/preview_url").await,
         400,
         "M_MISSING_PARAM",

@@ -18,6 +18,8 @@ use crate::{
 
 /// Largest page read; the rest of a longer page is ignored.
 const MAX_PAGE_BYTES: usize = 1024 * 1024;
+/// Longest URL previewed.
+const MAX_URL_BYTES: usize = 4096;
 /// Redirects followed at most.
 const MAX_REDIRECTS: usize = 5;
 /// Time for one fetch, connection included.
@@ -30,6 +32,9 @@ const CACHE_MS: u64 = 60 * 60 * 1000;
 pub async fn preview(media: &Media, config: &Config, url: &str) -> Result<Value> {
     if !config.url_preview_enabled {
         return Err(Error::forbidden("URL previews are disabled on this server"));
+    }
+    if url.len() > MAX_URL_BYTES {
+        return Err(Error::invalid_param("the URL is too long"));
     }
     let denylist = config.url_preview_ip_denylist();
     let parsed =
@@ -177,9 +182,11 @@ async fn fetch(
 async fn allowed_addresses(denylist: &[IpRange], host: &str, port: u16) -> Result<Vec<SocketAddr>> {
     let addresses: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::net::lookup_host((host, port))
+        Err(_) => tokio::time::timeout(FETCH_TIMEOUT, tokio::net::lookup_host((host, port)))
             .await
-            .map_err(|_| Error::not_found(format!("cannot resolve {host}")))?
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| Error::not_found(format!("cannot resolve {host}")))?
             .collect(),
     };
     if addresses.is_empty() {
