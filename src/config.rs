@@ -73,6 +73,17 @@ pub struct Config {
     /// Accept pushers whose push gateway URL is plain `http` (for a gateway on loopback in
     /// tests and development); the spec asks for `https`. Off by default.
     pub push_gateway_allow_http: bool,
+    /// Folder of uploaded and cached remote media; defaults to `media` inside `database_path`.
+    pub media_path: Option<PathBuf>,
+    /// Largest upload accepted (and largest remote file fetched), in bytes.
+    pub max_upload_bytes: u64,
+    /// Whether `/preview_url` fetches pages; off by default, since it makes the server fetch
+    /// any URL a user names.
+    pub url_preview_enabled: bool,
+    /// IP ranges (CIDR) that URL previews never connect to; checked for every resolved address
+    /// and every redirect. The default covers loopback, private, link-local, shared, multicast
+    /// and reserved ranges of IPv4 and IPv6.
+    pub url_preview_ip_denylist: Vec<String>,
 }
 
 impl Default for Config {
@@ -97,6 +108,87 @@ impl Default for Config {
             federation_hosts: BTreeMap::new(),
             presence_offline_timeout_ms: 5 * 60 * 1000,
             push_gateway_allow_http: false,
+            media_path: None,
+            max_upload_bytes: 50 * 1024 * 1024,
+            url_preview_enabled: false,
+            url_preview_ip_denylist: DEFAULT_URL_PREVIEW_IP_DENYLIST
+                .iter()
+                .map(|range| (*range).to_owned())
+                .collect(),
+        }
+    }
+}
+
+/// Ranges a URL preview never connects to unless the operator says otherwise.
+const DEFAULT_URL_PREVIEW_IP_DENYLIST: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+    "::/128",
+    "::1/128",
+    "64:ff9b::/96",
+    "100::/64",
+    "2001:db8::/32",
+    "fc00::/7",
+    "fe80::/10",
+    "fec0::/10",
+    "ff00::/8",
+];
+
+/// An IP range in CIDR notation (`10.0.0.0/8`, `fe80::/10`; a bare address is a single host).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpRange {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Parses `address/prefix`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        let network: std::net::IpAddr = address.trim().parse().ok()?;
+        let bits = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(prefix) => prefix.trim().parse::<u8>().ok()?,
+            None => bits,
+        };
+        (prefix <= bits).then_some(Self { network, prefix })
+    }
+
+    /// Whether `address` lies in the range; an IPv4-mapped IPv6 address is checked as IPv4.
+    pub fn contains(&self, address: std::net::IpAddr) -> bool {
+        let address = match address {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.network, address) {
+            (std::net::IpAddr::V4(network), std::net::IpAddr::V4(address)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(network) & mask == u32::from(address) & mask
+            }
+            (std::net::IpAddr::V6(network), std::net::IpAddr::V6(address)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(network) & mask == u128::from(address) & mask
+            }
+            _ => false,
         }
     }
 }
@@ -165,6 +257,10 @@ const ENV_KEYS: &[&str] = &[
     "federation_hosts",
     "presence_offline_timeout_ms",
     "push_gateway_allow_http",
+    "media_path",
+    "max_upload_bytes",
+    "url_preview_enabled",
+    "url_preview_ip_denylist",
 ];
 
 impl Config {
@@ -239,6 +335,18 @@ impl Config {
                     .to_owned(),
             );
         }
+        for range in &self.url_preview_ip_denylist {
+            if IpRange::parse(range).is_none() {
+                return Err(format!(
+                    "invalid configuration key `url_preview_ip_denylist`: `{range}` is not an IP range"
+                ));
+            }
+        }
+        if self.max_upload_bytes == 0 {
+            return Err(
+                "invalid configuration key `max_upload_bytes`: must be at least 1".to_owned(),
+            );
+        }
         if self.federation_listen.is_some() != (self.tls_cert.is_some() && self.tls_key.is_some()) {
             return Err("invalid configuration key `federation_listen`: needs `tls_cert` and `tls_key` (and they need it)".to_owned());
         }
@@ -251,6 +359,21 @@ impl Config {
             .iter()
             .filter_map(|name| ruma::OwnedServerName::try_from(name.as_str()).ok())
             .collect()
+    }
+
+    /// The URL-preview deny-list as ranges; valid after `validate`.
+    pub fn url_preview_ip_denylist(&self) -> Vec<IpRange> {
+        self.url_preview_ip_denylist
+            .iter()
+            .filter_map(|range| IpRange::parse(range))
+            .collect()
+    }
+
+    /// The media folder: `media_path`, or `media` inside the database folder.
+    pub fn media_path(&self) -> PathBuf {
+        self.media_path
+            .clone()
+            .unwrap_or_else(|| self.database_path.join("media"))
     }
 
     /// The server name as a ruma type; valid after `validate`.
@@ -297,6 +420,10 @@ mod tests {
                 "presence_offline_timeout_ms = 10",
                 "presence_offline_timeout_ms",
             ),
+            (
+                "url_preview_ip_denylist = [\"10.0.0.0/99\"]",
+                "url_preview_ip_denylist",
+            ),
         ];
         for (text, key) in cases {
             let error = Config::from_toml(text).unwrap_err();
@@ -322,6 +449,45 @@ mod tests {
         );
         let error = Config::from_toml("federation_hosts = \"hs1\"").unwrap_err();
         assert!(error.contains("federation_hosts"), "{error}");
+    }
+
+    #[test]
+    fn ip_ranges_match_their_addresses() {
+        let check = |range: &str, address: &str, expected: bool| {
+            let range = IpRange::parse(range).unwrap();
+            assert_eq!(
+                range.contains(address.parse().unwrap()),
+                expected,
+                "{address}"
+            );
+        };
+        check("127.0.0.0/8", "127.0.0.1", true);
+        check("127.0.0.0/8", "128.0.0.1", false);
+        check("127.0.0.0/8", "::ffff:127.0.0.1", true);
+        check("10.0.0.0/8", "::1", false);
+        check("fe80::/10", "fe80::1", true);
+        check("fe80::/10", "2001:db8::1", false);
+        check("0.0.0.0/0", "8.8.8.8", true);
+        check("::1", "::1", true);
+        assert!(IpRange::parse("10.0.0.0/33").is_none());
+        assert!(IpRange::parse("nonsense").is_none());
+        let denylist = Config::default().url_preview_ip_denylist();
+        for address in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "169.254.169.254",
+            "::1",
+            "fd00::1",
+        ] {
+            let address = address.parse().unwrap();
+            assert!(
+                denylist.iter().any(|range| range.contains(address)),
+                "{address}"
+            );
+        }
+        let public = "93.184.216.34".parse().unwrap();
+        assert!(!denylist.iter().any(|range| range.contains(public)));
     }
 
     #[test]

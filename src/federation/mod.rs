@@ -172,6 +172,47 @@ impl FederationClient {
         read_json(destination, response).await
     }
 
+    /// A signed `GET` whose answer is not JSON (federation media): the response with its body
+    /// (at most `limit` bytes). Error statuses are mapped as in [`Self::request`].
+    #[tracing::instrument(skip_all, fields(destination = %destination, path = %path_and_query))]
+    pub async fn request_bytes(
+        &self,
+        origin: &ServerName,
+        key: &SigningKey,
+        destination: &ServerName,
+        path_and_query: &str,
+        limit: usize,
+    ) -> Result<http::Response<Vec<u8>>> {
+        let authorization = x_matrix(origin, key, destination, &Method::GET, path_and_query, None)?;
+        let (base, host) = self.base_url(destination).await?;
+        let response = self
+            .http
+            .get(format!("{base}{path_and_query}"))
+            .header(http::header::HOST, host)
+            .header(http::header::AUTHORIZATION, authorization)
+            .send()
+            .await
+            .map_err(|error| remote(destination, error))?;
+        read_bytes(destination, response, limit).await
+    }
+
+    /// An unsigned `GET` of a URL another server pointed to (a media `Location`), with the
+    /// same TLS checks; at most `limit` bytes.
+    pub async fn get_url(
+        &self,
+        destination: &ServerName,
+        url: &str,
+        limit: usize,
+    ) -> Result<http::Response<Vec<u8>>> {
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|error| remote(destination, error))?;
+        read_bytes(destination, response, limit).await
+    }
+
     /// `GET /_matrix/key/v2/server` of a server (not signed: it is how keys are learnt).
     pub async fn get_server_keys(&self, destination: &ServerName) -> Result<Value> {
         let (base, host) = self.base_url(destination).await?;
@@ -254,6 +295,26 @@ async fn read_body(response: reqwest::Response, limit: usize) -> Option<Vec<u8>>
     Some(body)
 }
 
+async fn read_bytes(
+    destination: &ServerName,
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<http::Response<Vec<u8>>> {
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = read_body(response, limit)
+        .await
+        .ok_or_else(|| remote(destination, "response too large"))?;
+    if !status.is_success() {
+        let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        return Err(error_answer(destination, status, &value));
+    }
+    let mut answer = http::Response::new(body);
+    *answer.status_mut() = status;
+    *answer.headers_mut() = headers;
+    Ok(answer)
+}
+
 async fn read_json(destination: &ServerName, response: reqwest::Response) -> Result<Value> {
     let status = response.status();
     let body = read_body(response, MAX_RESPONSE_BYTES)
@@ -266,6 +327,12 @@ async fn read_json(destination: &ServerName, response: reqwest::Response) -> Res
         }
         return Ok(value);
     }
+    Err(error_answer(destination, status, &value))
+}
+
+/// The error for a non-2xx answer: forbidden and not found describe the remote resource and are
+/// passed on; anything else is [`Error::Remote`].
+fn error_answer(destination: &ServerName, status: http::StatusCode, value: &Value) -> Error {
     let errcode = value["errcode"].as_str().unwrap_or("M_UNKNOWN").to_owned();
     let message = value["error"].as_str().unwrap_or("").to_owned();
     let kind = match errcode.as_str() {
@@ -277,18 +344,15 @@ async fn read_json(destination: &ServerName, response: reqwest::Response) -> Res
         _ => None,
     };
     match kind {
-        Some(kind) => Err(Error::matrix(
-            kind,
-            format!("{destination} answered: {message}"),
-        )),
-        None => Err(remote(
+        Some(kind) => Error::matrix(kind, format!("{destination} answered: {message}")),
+        None => remote(
             destination,
             RemoteError {
                 status: status.as_u16(),
                 errcode,
                 message,
             },
-        )),
+        ),
     }
 }
 

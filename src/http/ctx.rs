@@ -37,6 +37,11 @@ pub struct Ctx {
     /// The query string as sent, for parameters that repeat.
     pub raw_query: String,
     pub body: Value,
+    /// The request headers.
+    pub headers: http::HeaderMap,
+    /// The unread body, on raw routes only (see [`super::raw_route`]); in a mutex so that the
+    /// context stays `Sync` while handlers hold it across awaits.
+    pub raw_body: parking_lot::Mutex<Option<axum::body::Body>>,
 }
 
 pub(super) fn build(
@@ -56,6 +61,8 @@ pub(super) fn build(
         query,
         raw_query: parts.uri.query().unwrap_or("").to_owned(),
         body,
+        headers: parts.headers.clone(),
+        raw_body: parking_lot::Mutex::new(None),
     };
     if auth == Auth::None || auth == Auth::Server {
         return Ok(ctx);

@@ -21,6 +21,8 @@ pub fn status_of(kind: &ErrorKind) -> StatusCode {
         ErrorKind::NotFound | ErrorKind::Unrecognized => StatusCode::NOT_FOUND,
         ErrorKind::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::CannotOverwriteMedia => StatusCode::CONFLICT,
+        ErrorKind::NotYetUploaded => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::UserInUse
         | ErrorKind::RoomInUse
         | ErrorKind::InvalidUsername

@@ -3,6 +3,7 @@
 
 pub mod ctx;
 pub mod error;
+mod media_routes;
 mod routes;
 pub mod tls;
 mod x_matrix;
@@ -25,8 +26,17 @@ use crate::{error::Error, service::Services};
 
 /// What a handler returns: a JSON body sent with 200.
 pub type HandlerResult = crate::error::Result<Value>;
-type BoxFuture = Pin<Box<dyn Future<Output = HandlerResult> + Send>>;
-type Handler = Arc<dyn Fn(Arc<Services>, Ctx) -> BoxFuture + Send + Sync>;
+/// What a raw handler returns: a whole response (media bytes with their headers).
+pub type RawResult = crate::error::Result<Response>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A JSON handler (the body is parsed for it), or a raw one that reads the body itself and
+/// builds its own response (the content repository).
+#[derive(Clone)]
+enum Handler {
+    Json(Arc<dyn Fn(Arc<Services>, Ctx) -> BoxFuture<HandlerResult> + Send + Sync>),
+    Raw(Arc<dyn Fn(Arc<Services>, Ctx) -> BoxFuture<RawResult> + Send + Sync>),
+}
 
 /// One served endpoint.
 pub struct Route {
@@ -58,7 +68,27 @@ where
         path,
         auth,
         activity: true,
-        handler: Arc::new(move |services, ctx| Box::pin(handler(services, ctx))),
+        handler: Handler::Json(Arc::new(move |services, ctx| {
+            Box::pin(handler(services, ctx))
+        })),
+    }
+}
+
+/// Builds a [`Route`] whose handler gets the unread body in [`Ctx::raw_body`] and the request
+/// headers, and answers with a whole response.
+pub fn raw_route<F, Fut>(method: Method, path: &'static str, auth: Auth, handler: F) -> Route
+where
+    F: Fn(Arc<Services>, Ctx) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = RawResult> + Send + 'static,
+{
+    Route {
+        method,
+        path,
+        auth,
+        activity: true,
+        handler: Handler::Raw(Arc::new(move |services, ctx| {
+            Box::pin(handler(services, ctx))
+        })),
     }
 }
 
@@ -103,7 +133,7 @@ pub fn router(services: Arc<Services>) -> Router {
             move |State(services): State<Arc<Services>>,
                   params: RawPathParams,
                   request: Request| {
-                let handler = Arc::clone(&handler);
+                let handler = handler.clone();
                 let params: Vec<String> =
                     params.iter().map(|(_, value)| value.to_owned()).collect();
                 async move { dispatch(services, (auth, activity), handler, params, request).await }
@@ -175,7 +205,8 @@ async fn dispatch(
     params: Vec<String>,
     request: Request,
 ) -> Response {
-    match prepare(&services, auth, params, request).await {
+    let raw = matches!(handler, Handler::Raw(_));
+    match prepare(&services, auth, params, request, raw).await {
         Ok(ctx) => {
             if let Some(user) = &ctx.user {
                 tracing::Span::current().record("user", tracing::field::display(user));
@@ -185,10 +216,13 @@ async fn dispatch(
                     }
                 }
             }
-            match handler(services, ctx).await {
-                Ok(body) => error::json_response(StatusCode::OK, &body),
-                Err(error) => error.into_response(),
-            }
+            let result = match handler {
+                Handler::Json(handler) => handler(services, ctx)
+                    .await
+                    .map(|body| error::json_response(StatusCode::OK, &body)),
+                Handler::Raw(handler) => handler(services, ctx).await,
+            };
+            result.unwrap_or_else(IntoResponse::into_response)
         }
         Err(error) => error.into_response(),
     }
@@ -199,8 +233,21 @@ async fn prepare(
     auth: Auth,
     params: Vec<String>,
     request: Request,
+    raw: bool,
 ) -> Result<Ctx, Error> {
     let (parts, body) = request.into_parts();
+    if raw {
+        // The handler reads the body with its own limit (uploads are larger than JSON bodies).
+        let origin = if auth == Auth::Server {
+            Some(x_matrix::authenticate(services, &parts, None).await?)
+        } else {
+            None
+        };
+        let mut ctx = ctx::build(services, auth, params, &parts, Value::Null)?;
+        ctx.origin = origin;
+        ctx.raw_body = parking_lot::Mutex::new(Some(body));
+        return Ok(ctx);
+    }
     let limit = services.config.max_request_bytes;
     let bytes = http_body_util::Limited::new(body, limit)
         .collect()

@@ -16,7 +16,8 @@ use crate::api::federation::{
 /// Every served route. Paths use `{name}` parameters as the spec writes them.
 pub fn all() -> Vec<Route> {
     use Auth::{None as Open, Required as Token, Server};
-    vec![
+    let mut routes = super::media_routes::all();
+    routes.extend(vec![
         route(
             Method::PUT,
             "/_matrix/federation/v1/send/{txnId}",
@@ -865,5 +866,6 @@ pub fn all() -> Vec<Route> {
             Token,
             backup::delete_backup_keys,
         ),
-    ]
+    ]);
+    routes
 }

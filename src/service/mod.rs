@@ -7,6 +7,7 @@ pub mod filter;
 pub mod globals;
 pub mod key_backup;
 pub mod keys;
+pub mod media;
 pub mod notify;
 pub mod presence;
 pub mod push;
@@ -45,6 +46,7 @@ pub struct Services {
     pub to_device: to_device::ToDevice,
     pub key_backup: key_backup::KeyBackup,
     pub push: push::Push,
+    pub media: media::Media,
     /// The outgoing server-server client.
     pub federation: FederationClient,
 }
@@ -75,6 +77,7 @@ impl Services {
                 config.federation_ca_file.as_deref(),
                 config.federation_hosts.clone(),
             )?,
+            media: media::Media::open(&db, &config)?,
             config,
             db,
         }))

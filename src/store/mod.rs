@@ -75,6 +75,10 @@ pub const TREES: &[&str] = &[
     "usercount_notification",
     "userpusher_pusher",
     "pushercount_push",
+    "mediaid_media",
+    "useridmediaid_pending",
+    "thumbkey_thumbnail",
+    "url_preview",
 ];
 
 /// The open database.

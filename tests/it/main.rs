@@ -11,6 +11,7 @@ mod ephemeral;
 pub mod federation;
 mod federation_ephemeral;
 mod key_backup;
+mod media;
 mod organisation;
 mod presence;
 mod push;

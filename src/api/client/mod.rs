@@ -8,6 +8,7 @@ pub mod cross_signing;
 pub mod device;
 pub mod discovery;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod message;
 pub mod presence;

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod keys;
+pub mod media;
 pub mod membership;
 pub mod query;
 pub mod space;

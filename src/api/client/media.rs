@@ -1,0 +1,324 @@
+//! The content repository for clients: uploads (direct and reserved), authenticated downloads
+//! and thumbnails (local media, or another server's fetched over federation and cached), the
+//! media config, URL previews, and the frozen unauthenticated download endpoints.
+//!
+//! Downloads carry the spec's safe headers: `Content-Disposition` is `inline` only for the
+//! spec's inline-safe content types and `attachment` otherwise, with the file name encoded as
+//! RFC 6266 and 8187 say; a sandboxing `Content-Security-Policy`, `X-Content-Type-Options:
+//! nosniff` and `Cross-Origin-Resource-Policy: cross-origin` are always sent.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{body::Body, response::Response};
+use futures_util::StreamExt;
+use http::{header, HeaderValue, StatusCode};
+use ruma::{
+    api::client::media::is_safe_inline_content_type,
+    http_headers::{ContentDisposition, ContentDispositionType},
+    OwnedServerName,
+};
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+
+use crate::{
+    error::{Error, Result},
+    http::{error::json_response, Ctx, HandlerResult, RawResult},
+    service::{
+        media::{files::Upload, preview, remote, thumbnail, MediaRecord},
+        Services,
+    },
+};
+
+/// The sandbox every download is served in (from the spec's content repository section).
+const CONTENT_SECURITY_POLICY: &str = "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; style-src 'unsafe-inline'; object-src 'self';";
+/// Longest file name kept from an upload.
+const MAX_FILENAME_BYTES: usize = 255;
+/// `timeout_ms` when the client gives none (the spec's default).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// POST /_matrix/media/v3/upload
+///
+/// Stores the body (at most `max_upload_bytes`, else `413 M_TOO_LARGE`) under a new media ID,
+/// with the `Content-Type` header and the `filename` query parameter.
+pub async fn create_content(services: Arc<Services>, ctx: Ctx) -> RawResult {
+    let (content_type, filename) = upload_fields(&ctx)?;
+    let upload = receive(&services, &ctx).await?;
+    let uri = services
+        .media
+        .create(ctx.user(), upload, content_type, filename)
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "content_uri": uri }),
+    ))
+}
+
+/// POST /_matrix/media/v1/create
+///
+/// Reserves a media ID for a later upload; a user may hold ten unexpired reservations
+/// (`429 M_LIMIT_EXCEEDED` beyond that). Reservations expire after 24 hours.
+pub async fn create_mxc_uri(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let (uri, expires) = services.media.reserve(ctx.user())?;
+    Ok(json!({ "content_uri": uri, "unused_expires_at": expires }))
+}
+
+/// PUT /_matrix/media/v3/upload/{serverName}/{mediaId}
+///
+/// Uploads to a reserved media ID: only its creator (`403`), only once
+/// (`409 M_CANNOT_OVERWRITE_MEDIA`), only before it expires (`404`).
+pub async fn create_content_async(services: Arc<Services>, ctx: Ctx) -> RawResult {
+    let server = server_param(&ctx)?;
+    let media_id = ctx.param(1).to_owned();
+    // Refuse before reading a body that would be thrown away.
+    services
+        .media
+        .check_reserved(ctx.user(), &server, &media_id)?;
+    let (content_type, filename) = upload_fields(&ctx)?;
+    let upload = receive(&services, &ctx).await?;
+    services
+        .media
+        .complete_reserved(ctx.user(), &media_id, upload, content_type, filename)
+        .await?;
+    Ok(json_response(StatusCode::OK, &json!({})))
+}
+
+/// GET /_matrix/client/v1/media/download/{serverName}/{mediaId}
+///
+/// Local media (waiting up to `timeout_ms`, at most 60 s, for a reserved upload, then
+/// `504 M_NOT_YET_UPLOADED`), or another server's media fetched once and then served from the
+/// cache.
+pub async fn get_content(services: Arc<Services>, ctx: Ctx) -> RawResult {
+    download(&services, &ctx, None).await
+}
+
+/// GET /_matrix/client/v1/media/download/{serverName}/{mediaId}/{fileName}
+///
+/// As the download without a file name, with `fileName` in `Content-Disposition`.
+pub async fn get_content_as_filename(services: Arc<Services>, ctx: Ctx) -> RawResult {
+    let filename = ctx.param(2).to_owned();
+    download(&services, &ctx, Some(filename)).await
+}
+
+/// GET /_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}
+///
+/// A thumbnail (`width`, `height`, `method` `scale` or `crop`, `animated`), made once per size
+/// and cached; media of other servers is thumbnailed here from the cached original. Content
+/// that is not an image is `400 M_UNKNOWN`.
+pub async fn get_content_thumbnail(services: Arc<Services>, ctx: Ctx) -> RawResult {
+    let server = server_param(&ctx)?;
+    let wanted = thumbnail_query(&ctx)?;
+    let record = remote::get_or_fetch(&services, &server, ctx.param(1), timeout(&ctx)?).await?;
+    match services.media.thumbnail(&record, wanted).await? {
+        Some((bytes, content_type)) => {
+            let extension = if content_type == "image/png" {
+                "png"
+            } else {
+                "jpg"
+            };
+            let disposition = ContentDisposition::new(ContentDispositionType::Inline)
+                .with_filename(Some(format!("thumbnail.{extension}")));
+            Ok(media_response(
+                Body::from(bytes),
+                None,
+                &content_type,
+                &disposition,
+            ))
+        }
+        None => serve(&services, &record, None).await,
+    }
+}
+
+/// GET /_matrix/client/v1/media/config
+///
+/// Also serves the deprecated `GET /_matrix/media/v3/config`.
+pub async fn get_media_config(services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
+    Ok(json!({ "m.upload.size": services.media.max_upload_bytes() }))
+}
+
+/// GET /_matrix/client/v1/media/preview_url
+///
+/// Open Graph data of `url` (`og:image` stored as local media), when `url_preview_enabled`;
+/// otherwise, and for addresses in `url_preview_ip_denylist`, `403 M_FORBIDDEN`. Also serves
+/// the deprecated `GET /_matrix/media/v3/preview_url`. `ts` is accepted and not used: the
+/// newest preview (at most an hour old) is answered.
+pub async fn get_media_preview(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let url = ctx
+        .query("url")
+        .ok_or_else(|| Error::missing_param("missing url"))?;
+    preview::preview(&services.media, &services.config, url).await
+}
+
+/// GET /_matrix/media/v3/download/{serverName}/{mediaId}
+///
+/// Deprecated and unauthenticated: Plait froze unauthenticated media from its first release, so
+/// every request is `404 M_NOT_FOUND` (spec 1.11, "Client behaviour" of the content repository).
+/// The same handler serves the `{fileName}` variant and the deprecated thumbnail endpoint.
+pub async fn get_content_unauthenticated(_services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
+    Err(Error::not_found(
+        "unauthenticated media is not served; use /_matrix/client/v1/media",
+    ))
+}
+
+async fn download(services: &Services, ctx: &Ctx, filename: Option<String>) -> RawResult {
+    let server = server_param(ctx)?;
+    let record = remote::get_or_fetch(services, &server, ctx.param(1), timeout(ctx)?).await?;
+    serve(services, &record, filename).await
+}
+
+/// Streams a stored file with its safe headers.
+async fn serve(services: &Services, record: &MediaRecord, filename: Option<String>) -> RawResult {
+    let sha256 = record
+        .sha256
+        .as_deref()
+        .ok_or_else(|| Error::internal("serving media without bytes"))?;
+    let file = services.media.files().open_file(sha256).await?;
+    let content_type = record
+        .content_type
+        .as_deref()
+        .unwrap_or("application/octet-stream");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let disposition_type = if is_safe_inline_content_type(essence) {
+        ContentDispositionType::Inline
+    } else {
+        ContentDispositionType::Attachment
+    };
+    let disposition = ContentDisposition::new(disposition_type)
+        .with_filename(filename.or_else(|| record.filename.clone()));
+    Ok(media_response(
+        file_body(file),
+        Some(record.size),
+        content_type,
+        &disposition,
+    ))
+}
+
+/// A response with media bytes and the headers every download carries.
+pub fn media_response(
+    body: Body,
+    length: Option<u64>,
+    content_type: &str,
+    disposition: &ContentDisposition,
+) -> Response {
+    let content_type = HeaderValue::from_str(content_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let disposition = HeaderValue::from_str(&disposition.to_string())
+        .unwrap_or(HeaderValue::from_static("attachment"));
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, content_type);
+    headers.insert(header::CONTENT_DISPOSITION, disposition);
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("cross-origin"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Some(length) = length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    response
+}
+
+/// The file as a body read in 64 KiB chunks, so a large file is never whole in memory.
+fn file_body(file: tokio::fs::File) -> Body {
+    let stream = futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buffer = vec![0; 64 * 1024];
+        match file.read(&mut buffer).await {
+            Ok(0) => None,
+            Ok(read) => {
+                buffer.truncate(read);
+                Some((Ok(bytes::Bytes::from(buffer)), Some(file)))
+            }
+            Err(error) => Some((Err(error), None)),
+        }
+    });
+    Body::from_stream(stream)
+}
+
+/// Reads the request body into a new upload, enforcing `max_upload_bytes` (a `Content-Length`
+/// over it is refused before reading).
+async fn receive(services: &Services, ctx: &Ctx) -> Result<Upload> {
+    let limit = services.media.max_upload_bytes();
+    let declared = ctx
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(crate::service::media::files::too_large(limit));
+    }
+    let body = ctx.raw_body.lock().take().unwrap_or_default();
+    let mut upload = services.media.begin_upload().await?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| Error::custom("M_UNKNOWN", "the upload was cut short"))?;
+        upload.write(&chunk).await?;
+    }
+    Ok(upload)
+}
+
+/// The content type and file name of an upload.
+fn upload_fields(ctx: &Ctx) -> Result<(Option<String>, Option<String>)> {
+    let content_type = ctx
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .map(str::to_owned);
+    let filename = ctx.query("filename").map(str::to_owned);
+    if filename
+        .as_ref()
+        .is_some_and(|name| name.len() > MAX_FILENAME_BYTES || name.chars().any(char::is_control))
+    {
+        return Err(Error::invalid_param(format!(
+            "filename must be at most {MAX_FILENAME_BYTES} bytes without control characters"
+        )));
+    }
+    Ok((content_type, filename))
+}
+
+fn server_param(ctx: &Ctx) -> Result<OwnedServerName> {
+    OwnedServerName::try_from(ctx.param(0))
+        .map_err(|_| Error::invalid_param(format!("invalid server name {}", ctx.param(0))))
+}
+
+/// `timeout_ms`, defaulting to 20 s.
+fn timeout(ctx: &Ctx) -> Result<Duration> {
+    match ctx.query("timeout_ms") {
+        None => Ok(DEFAULT_TIMEOUT),
+        Some(text) => text
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| Error::invalid_param("timeout_ms must be a non-negative integer")),
+    }
+}
+
+/// The thumbnail query parameters: `width` and `height` required integers, `method`, `animated`.
+pub fn thumbnail_query(ctx: &Ctx) -> Result<thumbnail::Wanted> {
+    let number = |name: &str| -> Result<i64> {
+        let text = ctx
+            .query(name)
+            .ok_or_else(|| Error::missing_param(format!("missing {name}")))?;
+        text.parse()
+            .map_err(|_| Error::invalid_param(format!("{name} must be an integer")))
+    };
+    let animated = match ctx.query("animated") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(Error::invalid_param("animated must be true or false")),
+    };
+    thumbnail::Wanted::new(
+        number("width")?,
+        number("height")?,
+        ctx.query("method"),
+        animated,
+    )
+}
