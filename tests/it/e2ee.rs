@@ -91,20 +91,37 @@ async fn keys_upload_query_claim_round_trip() {
         json!(["signed_curve25519"])
     );
 
-    // The same keys again are fine; another identity key for the device is not.
+    // The same keys again are fine; new identity keys replace the old ones (a client that lost
+    // its keys re-creates them, as Synapse allows), and others see the new ones.
     alice
         .post_ok(
             "/_matrix/client/v3/keys/upload",
             json!({"device_keys": device_keys(&alice_id, &alice_device, "identity1")}),
         )
         .await;
-    let changed = alice
-        .post(
+    alice
+        .post_ok(
             "/_matrix/client/v3/keys/upload",
             json!({"device_keys": device_keys(&alice_id, &alice_device, "identity2")}),
         )
         .await;
-    assert_error(&changed, 400, "M_INVALID_PARAM");
+    let query = bob
+        .post_ok(
+            "/_matrix/client/v3/keys/query",
+            json!({"device_keys": { &alice_id: [] }}),
+        )
+        .await;
+    assert_eq!(
+        query["device_keys"][&alice_id][&alice_device]["keys"]
+            [format!("curve25519:{alice_device}")],
+        "identity2"
+    );
+    alice
+        .post_ok(
+            "/_matrix/client/v3/keys/upload",
+            json!({"device_keys": device_keys(&alice_id, &alice_device, "identity1")}),
+        )
+        .await;
     let other_device = alice
         .post(
             "/_matrix/client/v3/keys/upload",

@@ -877,6 +877,17 @@ async fn members_at_a_point_and_state_for_departed_users() {
         .collect();
     assert!(ids.contains(&before_leave.as_str()), "{back}");
     assert!(!ids.contains(&after_leave.as_str()), "{back}");
+    // His own leave is his to see, though he was no longer joined once it happened.
+    assert!(
+        back["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|event| event["type"] == "m.room.member"
+                && event["state_key"] == bob_id.as_str()
+                && event["content"]["membership"] == "leave"),
+        "{back}"
+    );
     let forward = bob.get_ok(&format!("{base}/messages?dir=f&limit=50")).await;
     assert!(!forward.to_string().contains(&after_leave), "{forward}");
     bob.get_ok(&format!("{base}/event/{before_leave}")).await;

@@ -190,6 +190,18 @@ async fn search_pages_with_next_batch_and_returns_context_state_and_groups() {
     all.extend(ids(&second));
     assert_eq!(all, newest_first);
     assert!(second.get("next_batch").is_none());
+    // A full page always has a next_batch (as Synapse answers), even if the next page is empty.
+    let full = search(&bob, "needle", json!({"filter": {"limit": 5}})).await;
+    let full_token = full["next_batch"].as_str().unwrap().to_owned();
+    let empty = search_page(
+        &bob,
+        "needle",
+        json!({"filter": {"limit": 5}}),
+        Some(&full_token),
+    )
+    .await;
+    assert_eq!(empty["results"], json!([]), "{empty}");
+    assert!(empty.get("next_batch").is_none());
     // A token of the other order is refused.
     let (status, body) = bob
         .post(

@@ -47,9 +47,9 @@ fn check_key_ids(field: &str, keys: &Map<String, Value>) -> Result<()> {
 
 /// `POST /_matrix/client/v3/keys/upload`
 ///
-/// Device keys must name the requesting user and device; once stored, a device's identity keys
-/// cannot change (`400 M_INVALID_PARAM`), while signatures added by others are kept. A change
-/// is announced to users and servers sharing a room. Everything lands in one batch.
+/// Device keys must name the requesting user and device; new identity keys replace the stored
+/// ones, and signatures added by others are kept while the keys stay the same. A change is
+/// announced to users and servers sharing a room. Everything lands in one batch.
 pub async fn upload_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let user_id = ctx.user();
     let device_id = ctx.device();
@@ -88,12 +88,10 @@ pub async fn upload_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             if let Some(new) = device_keys {
                 let mut new = Value::Object(new.clone());
                 let existing = services.keys.get_device_keys(user_id, device_id)?;
-                if let Some(existing) = &existing {
-                    if existing["keys"] != new["keys"] {
-                        return Err(Error::invalid_param(format!(
-                            "the identity keys of device {device_id} cannot change"
-                        )));
-                    }
+                // New identity keys replace the old ones (as Synapse does: a client that lost its
+                // keys re-creates them; other users' clients see the change and warn about it);
+                // signatures others made stay only while the keys they signed stay.
+                if let Some(existing) = existing.as_ref().filter(|old| old["keys"] == new["keys"]) {
                     merge_signatures(&mut new, existing);
                 }
                 if existing.as_ref() != Some(&new) {

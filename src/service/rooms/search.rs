@@ -409,7 +409,9 @@ pub fn search(services: &Services, request: &SearchRequest<'_>) -> Result<Search
         }),
     };
     let mut results: Vec<Found> = found.into_iter().skip(start).collect();
-    let more = results.len() > request.limit;
+    // A full page always carries a `next_batch`, even when nothing follows (the next page is then
+    // empty): Synapse answers so and clients and Complement rely on it; a short page ends.
+    let more = results.len() >= request.limit;
     results.truncate(request.limit);
     let next_batch = match results.last() {
         Some(last) if more => Some(match request.order {

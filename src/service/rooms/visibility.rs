@@ -28,6 +28,13 @@ pub fn user_can_see(
     if joined_now && membership.is_some_and(|m| count >= m.count) {
         return Ok(true);
     }
+    // A user always sees the events about their own membership (their leave, kick or ban
+    // included), whatever the history visibility says of the time around them.
+    if pdu.kind == ruma::events::TimelineEventType::RoomMember
+        && pdu.state_key.as_deref() == Some(user.as_str())
+    {
+        return Ok(true);
+    }
     let Some(shorteventid) = services.rooms.short.get_shorteventid(&pdu.event_id)? else {
         return Ok(false);
     };
