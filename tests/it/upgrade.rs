@@ -247,3 +247,69 @@ async fn upgrade_to_version_12_keeps_creators_out_of_power_levels() {
         "M_FORBIDDEN",
     );
 }
+
+#[tokio::test]
+async fn room_push_rules_follow_their_members_into_the_upgraded_room() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice
+        .create_room(json!({"preset": "public_chat", "room_version": "10"}))
+        .await;
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+        json!({}),
+    )
+    .await;
+    for client in [&alice, &bob] {
+        client
+            .put_ok(
+                &format!("/_matrix/client/v3/pushrules/global/room/{}", enc(&room)),
+                json!({"actions": ["dont_notify"]}),
+            )
+            .await;
+    }
+    let room_rule = |rules: &Value, room_id: &str| {
+        rules["global"]["room"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|rule| rule["rule_id"] == room_id)
+            .cloned()
+    };
+
+    let new_room = alice
+        .post_ok(&upgrade_path(&room), json!({"new_version": "11"}))
+        .await["replacement_room"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The upgrader's rule is copied at once; bob's when he joins the new room.
+    let rules = alice.get_ok("/_matrix/client/v3/pushrules/").await;
+    assert_eq!(
+        room_rule(&rules, &new_room).unwrap()["actions"],
+        json!(["dont_notify"]),
+        "{rules}"
+    );
+    assert!(room_rule(&rules, &room).is_some());
+    let rules = bob.get_ok("/_matrix/client/v3/pushrules/").await;
+    assert!(room_rule(&rules, &new_room).is_none(), "{rules}");
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/join", enc(&new_room)),
+        json!({}),
+    )
+    .await;
+    let rules = bob.get_ok("/_matrix/client/v3/pushrules/").await;
+    assert_eq!(
+        room_rule(&rules, &new_room).unwrap()["actions"],
+        json!(["dont_notify"]),
+        "{rules}"
+    );
+
+    // A room created by hand as a successor carries its creator's rule over too.
+    let manual = alice
+        .create_room(json!({"preset": "public_chat", "creation_content": {"predecessor": {"room_id": room}}}))
+        .await;
+    let rules = alice.get_ok("/_matrix/client/v3/pushrules/").await;
+    assert!(room_rule(&rules, &manual).is_some(), "{rules}");
+}

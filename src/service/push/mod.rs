@@ -150,6 +150,45 @@ impl Push {
         self.set_rules(services, user_id, ruleset)
     }
 
+    /// After `user` joined `room_id`: when the room replaces an older one (its create event names
+    /// a `predecessor`), the user's room rule for the old room is copied to the new one, so that a
+    /// muted or noisy room stays so across an upgrade (as Synapse does). Nothing changes when the
+    /// user had no such rule or already has one for the new room.
+    pub fn carry_over_on_join(
+        &self,
+        services: &Services,
+        room_id: &RoomId,
+        user: &UserId,
+    ) -> Result<()> {
+        let Some(create) = services.rooms.current_state_pdu(
+            room_id,
+            &ruma::events::StateEventType::RoomCreate,
+            "",
+        )?
+        else {
+            return Ok(());
+        };
+        let Some(old_room) = create.content_value()["predecessor"]["room_id"]
+            .as_str()
+            .and_then(|room| ruma::OwnedRoomId::try_from(room).ok())
+        else {
+            return Ok(());
+        };
+        let rules = self.get_rules(services, user)?;
+        let Some(rule) = rules.room.iter().find(|rule| rule.rule_id == old_room) else {
+            return Ok(());
+        };
+        if rules.room.iter().any(|rule| rule.rule_id == room_id) {
+            return Ok(());
+        }
+        let mut copy = rule.clone();
+        copy.rule_id = room_id.to_owned();
+        self.update_rules(services, user, |ruleset| {
+            ruleset.room.insert(copy);
+            Ok(())
+        })
+    }
+
     /// Stores a user's changed rules as `m.push_rules` account data and wakes their syncs.
     fn set_rules(&self, services: &Services, user_id: &UserId, ruleset: Ruleset) -> Result<()> {
         let content = rules::to_account_data(&ruleset)?;
