@@ -98,7 +98,10 @@ impl AccountData {
 
     /// The users `user_id` ignores (spec, "Ignoring Users"), from memory after the first read.
     pub fn ignored_users(&self, user_id: &UserId) -> Result<Arc<HashSet<OwnedUserId>>> {
-        if let Some(ignored) = self.ignored.lock().get(user_id) {
+        // The cache stays locked across the read, so that a change written meanwhile (whose
+        // invalidation waits for this lock) cannot be overwritten by the older value read here.
+        let mut cache = self.ignored.lock();
+        if let Some(ignored) = cache.get(user_id) {
             return Ok(Arc::clone(ignored));
         }
         let ignored: HashSet<OwnedUserId> = self
@@ -114,9 +117,7 @@ impl AccountData {
             })
             .unwrap_or_default();
         let ignored = Arc::new(ignored);
-        self.ignored
-            .lock()
-            .insert(user_id.to_owned(), Arc::clone(&ignored));
+        cache.insert(user_id.to_owned(), Arc::clone(&ignored));
         Ok(ignored)
     }
 

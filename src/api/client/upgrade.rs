@@ -64,6 +64,10 @@ pub async fn upgrade_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let version = RoomVersionId::try_from(body.new_version.as_str()).map_err(|_| unsupported())?;
     let rules = rules_for(&version).map_err(|_| unsupported())?;
     let sender = ctx.user().to_owned();
+    // Upgrades are rare: one at a time, so that two requests for one room cannot interleave their
+    // replacement rooms and tombstones (no await happens while this is held).
+    static UPGRADES: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+    let _one_at_a_time = UPGRADES.lock();
     require_joined(&services, &room_id, &sender)?;
     let levels = PowerLevels::load(&services, &room_id)?;
     let sender_level = levels.user_level(&sender);

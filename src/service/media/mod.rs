@@ -71,6 +71,9 @@ pub struct ThumbnailRecord {
     pub size: u64,
 }
 
+/// How many thumbnails are generated at the same time.
+const THUMBNAILS_AT_ONCE: usize = 2;
+
 /// The content repository service.
 pub struct Media {
     mediaid_media: Tree,
@@ -85,6 +88,9 @@ pub struct Media {
     /// Woken whenever media becomes available, for downloads waiting on a reserved upload.
     uploaded: tokio::sync::Notify,
     thumbnails_generated: AtomicU64,
+    /// Thumbnails decoded at once: each decode may take hundreds of MiB for a large image, so
+    /// requests beyond this wait instead of exhausting memory.
+    thumbnail_slots: tokio::sync::Semaphore,
     /// Remote media being fetched now, so that concurrent requests wait for one fetch; the
     /// fetcher drops its sender when done.
     fetching: Mutex<HashMap<(OwnedServerName, String), tokio::sync::watch::Receiver<()>>>,
@@ -105,6 +111,7 @@ impl Media {
             upload_lock: Mutex::new(()),
             uploaded: tokio::sync::Notify::new(),
             thumbnails_generated: AtomicU64::new(0),
+            thumbnail_slots: tokio::sync::Semaphore::new(THUMBNAILS_AT_ONCE),
             fetching: Mutex::new(HashMap::new()),
             remote_fetches: AtomicU64::new(0),
         })
@@ -396,6 +403,11 @@ impl Media {
             let data = self.files.read(&cached.sha256).await?;
             return Ok(Some((data, cached.content_type)));
         }
+        let _slot = self
+            .thumbnail_slots
+            .acquire()
+            .await
+            .map_err(Error::internal)?;
         let original = self.files.read(sha256).await?;
         let content_type = record.content_type.clone();
         let generated = tokio::task::spawn_blocking(move || {

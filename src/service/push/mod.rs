@@ -213,7 +213,10 @@ impl Push {
     }
 
     fn prepared(&self, services: &Services, user_id: &UserId) -> Result<Arc<rules::Prepared>> {
-        if let Some(prepared) = self.rules.lock().get(user_id) {
+        // Locked across the read: `set_rules` stores the new rules first and then waits for this
+        // lock to cache them, so an older read cannot overwrite them.
+        let mut cache = self.rules.lock();
+        if let Some(prepared) = cache.get(user_id) {
             return Ok(Arc::clone(prepared));
         }
         let stored = services
@@ -223,9 +226,7 @@ impl Push {
             user_id,
             stored.as_ref(),
         )));
-        self.rules
-            .lock()
-            .insert(user_id.to_owned(), Arc::clone(&prepared));
+        cache.insert(user_id.to_owned(), Arc::clone(&prepared));
         Ok(prepared)
     }
 
