@@ -3,6 +3,7 @@
 
 pub mod ctx;
 pub mod error;
+mod federation_routes;
 mod media_routes;
 mod routes;
 pub mod tls;

@@ -1,4 +1,5 @@
-//! The route table: every endpoint with its method, path template and authentication.
+//! The route table: every endpoint with its method, path template and authentication; the
+//! media and server-server routes live in `media_routes` and `federation_routes`.
 
 use http::Method;
 
@@ -9,183 +10,13 @@ use crate::api::client::{
     upgrade, user_directory,
 };
 use crate::api::client::{backup, cross_signing, keys as client_keys, to_device};
-use crate::api::federation::{
-    events, keys, membership as fed_membership, query, space as fed_space, transactions, user_keys,
-};
 
 /// Every served route. Paths use `{name}` parameters as the spec writes them.
 pub fn all() -> Vec<Route> {
-    use Auth::{None as Open, Required as Token, Server};
+    use Auth::{None as Open, Required as Token};
     let mut routes = super::media_routes::all();
+    routes.extend(super::federation_routes::all());
     routes.extend(vec![
-        route(
-            Method::PUT,
-            "/_matrix/federation/v1/send/{txnId}",
-            Server,
-            transactions::send_transaction_message,
-        ),
-        route(
-            Method::GET,
-            "/_matrix/federation/v1/make_join/{roomId}/{userId}",
-            Server,
-            fed_membership::create_join_event_template,
-        ),
-        route(
-            Method::PUT,
-            "/_matrix/federation/v2/send_join/{roomId}/{eventId}",
-            Server,
-            fed_membership::create_join_event,
-        ),
-        route(
-            Method::PUT,
-            "/_matrix/federation/v1/send_join/{roomId}/{eventId}",
-            Server,
-            fed_membership::create_join_event_v1,
-        ),
-        route(
-            Method::PUT,
-            "/_matrix/federation/v1/send_leave/{roomId}/{eventId}",
-            Server,
-            fed_membership::create_leave_event_v1,
-        ),
-        route(
-            Method::GET,
-            "/_matrix/federation/v1/make_leave/{roomId}/{userId}",
-            Server,
-            fed_membership::create_leave_event_template,
-        ),
-        route(
-            Method::PUT,
-            "/_matrix/federation/v2/send_leave/{roomId}/{eventId}",
-            Server,
-            fed_membership::create_leave_event,
-        ),
-        route(
-            Method::GET,
-            "/_matrix/federation/v1/make_knock/{roomId}/{userId}",
-            Server,
-            fed_membership::create_knock_event_template,
-        ),
-        route(
-            Method::PUT,
-            "/_matrix/federation/v1/send_knock/{roomId}/{eventId}",
-            Server,
-            fed_membership::create_knock_event,
-        ),
-        route(
-            Method::PUT,
-            "/_matrix/federation/v2/invite/{roomId}/{eventId}",
-            Server,
-            fed_membership::create_invite,
-        ),
-        route(
-            Method::GET,
-            "/_matrix/federation/v1/event/{eventId}",
-            Server,
-            events::get_event,
-        ),
-        route(
-            Method::GET,
-            "/_matrix/federation/v1/state/{roomId}",
-            Server,
-            events::get_room_state,
-        ),
-        route(
-            Method::GET,
-            "/_matrix/federation/v1/state_ids/{roomId}",
-            Server,
-            events::get_room_state_ids,
-        ),
-        route(
-            Method::GET,
-            "/_matrix/federation/v1/event_auth/{roomId}/{eventId}",
-            Server,
-            events::get_event_authorization,
-        ),
-        route(
-            Method::POST,
-            "/_matrix/federation/v1/get_missing_events/{roomId}",
-            Server,
-            events::get_missing_events,
-        ),
-        route(
-            Method::GET,
-            "/_matrix/federation/v1/backfill/{roomId}",
-            Server,
-            events::get_backfill,
-        ),
-        route(
-            Method::GET,
-            "/_matrix/federation/v1/hierarchy/{roomId}",
-            Server,
-            fed_space::get_hierarchy,
-        ),
-        route(
-            Method::GET,
-            "/_matrix/federation/v1/publicRooms",
-            Server,
-            query::get_public_rooms,
-        ),
-        route(
-            Method::POST,
-            "/_matrix/federation/v1/publicRooms",
-            Server,
-            query::get_public_rooms,
-        ),
-        route(
-            Method::GET,
-            "/_matrix/federation/v1/query/profile",
-            Server,
-            query::get_profile_information,
-        ),
-        route(
-            Method::GET,
-            "/_matrix/federation/v1/query/directory",
-            Server,
-            query::get_room_information,
-        ),
-        route(
-            Method::POST,
-            "/_matrix/federation/v1/user/keys/query",
-            Server,
-            user_keys::get_keys,
-        ),
-        route(
-            Method::POST,
-            "/_matrix/federation/v1/user/keys/claim",
-            Server,
-            user_keys::claim_keys,
-        ),
-        route(
-            Method::GET,
-            "/_matrix/federation/v1/user/devices/{userId}",
-            Server,
-            user_keys::get_devices,
-        ),
-        route(
-            Method::GET,
-            "/_matrix/federation/v1/version",
-            Open,
-            keys::get_server_version,
-        ),
-        route(
-            Method::GET,
-            "/_matrix/key/v2/server",
-            Open,
-            keys::get_server_keys,
-        ),
-        route(
-            Method::GET,
-            "/_matrix/key/v2/query/{serverName}",
-            Open,
-            keys::get_remote_server_keys,
-        ),
-        route(
-            Method::POST,
-            "/_matrix/key/v2/query",
-            Open,
-            keys::get_remote_server_keys_batch,
-        ),
         route(
             Method::GET,
             "/_matrix/client/versions",
@@ -251,12 +82,6 @@ pub fn all() -> Vec<Route> {
             "/_matrix/client/v3/user/{userId}/openid/request_token",
             Token,
             account::request_openid_token,
-        ),
-        route(
-            Method::GET,
-            "/_matrix/federation/v1/openid/userinfo",
-            Open,
-            query::get_openid_userinfo,
         ),
         route(
             Method::GET,
