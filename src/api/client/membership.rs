@@ -251,9 +251,6 @@ async fn join(
         {
             let extra = join_content(services, ctx)?;
             handshake::join_remote(services, room_id, ctx.user(), &candidates, extra).await?;
-            services
-                .push
-                .carry_over_on_join(services, room_id, ctx.user())?;
             return Ok(json!({ "room_id": room_id }));
         }
     }
@@ -290,9 +287,6 @@ async fn join(
         }
     }
     send_member_event(services, room_id, ctx.user(), ctx.user(), content)?;
-    services
-        .push
-        .carry_over_on_join(services, room_id, ctx.user())?;
     Ok(json!({ "room_id": room_id }))
 }
 

@@ -246,10 +246,6 @@ pub async fn create_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     if body.visibility.as_deref() == Some("public") {
         services.rooms.alias.set_public(&room_id, true)?;
     }
-    // A room created as the successor of another (a manual upgrade) keeps its creator's rules.
-    services
-        .push
-        .carry_over_on_join(&services, &room_id, &sender)?;
     for invitee in remote_invitees {
         let extra = if body.is_direct {
             json!({ "is_direct": true })

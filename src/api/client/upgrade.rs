@@ -145,10 +145,6 @@ pub async fn upgrade_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         services.rooms.alias.set_public(&new_room, true)?;
         services.rooms.alias.set_public(&room_id, false)?;
     }
-    // The upgrader is joined to the new room already; other members' rules follow when they join.
-    services
-        .push
-        .carry_over_on_join(&services, &new_room, &sender)?;
     Ok(json!({ "replacement_room": new_room }))
 }
 

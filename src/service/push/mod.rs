@@ -387,23 +387,7 @@ fn power_levels(
     let Some(rules) = version.rules() else {
         return Ok(None);
     };
-    let mut creators = Vec::new();
-    if let Some(create) = rooms.current_state_pdu(room_id, &StateEventType::RoomCreate, "")? {
-        creators.push(create.sender.clone());
-        let content = create.content_value();
-        for creator in content["additional_creators"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            if let Some(user) = creator
-                .as_str()
-                .and_then(|text| OwnedUserId::try_from(text).ok())
-            {
-                creators.push(user);
-            }
-        }
-    }
+    let creators = crate::service::rooms::power::creators(services, room_id)?;
     let content = rooms
         .current_state_pdu(room_id, &StateEventType::RoomPowerLevels, "")?
         .and_then(|pdu| {

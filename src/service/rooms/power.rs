@@ -34,6 +34,12 @@ pub fn privileged_creators(services: &Services, room_id: &RoomId) -> Result<Vec<
     if !rules.authorization.explicitly_privilege_room_creators {
         return Ok(Vec::new());
     }
+    creators(services, room_id)
+}
+
+/// A room's creators whatever its version: the create event's sender and its
+/// `additional_creators` (empty when the create event is unknown here).
+pub fn creators(services: &Services, room_id: &RoomId) -> Result<Vec<OwnedUserId>> {
     let Some(create) =
         services
             .rooms

@@ -396,10 +396,27 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
     services.notifier.wake(Topic::Room(room_id.to_string()));
     if let (TimelineEventType::RoomMember, Some(target)) = (&pdu.kind, &pdu.state_key) {
         services.notifier.wake(Topic::User(target.clone()));
+        carry_over_push_rules(services, room_id, target, &pdu);
     }
     services.sending.wake(&destinations);
     services.push.wake_sender(&push);
     Ok(count)
+}
+
+/// After a local user's join: their push rules for the room this one replaces follow them here
+/// (`Push::carry_over_on_join`). The join is already committed, so a failure is only logged.
+fn carry_over_push_rules(services: &Services, room_id: &RoomId, target: &str, pdu: &Pdu) {
+    let Ok(user) = <&ruma::UserId>::try_from(target) else {
+        return;
+    };
+    if user.server_name() != services.globals.server_name()
+        || pdu.content_value()["membership"] != "join"
+    {
+        return;
+    }
+    if let Err(error) = services.push.carry_over_on_join(services, room_id, user) {
+        tracing::warn!(%error, %user, "carrying push rules over to an upgraded room failed");
+    }
 }
 
 /// Looks up the auth rules of a room's version.
