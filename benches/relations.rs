@@ -20,8 +20,7 @@
 
 use std::fmt::Write as _;
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -60,102 +59,6 @@ fn env_num(name: &str, default: usize) -> usize {
     env_str(name)
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(default)
-}
-
-fn server_binary() -> PathBuf {
-    if let Some(p) = env_str("PLAIT_BIN") {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = option_env!("CARGO_BIN_EXE_plait") {
-        return PathBuf::from(p);
-    }
-    let target = env_str("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("release").join("plait")
-}
-
-/// The server child process and its directory; `Drop` kills the child and removes the
-/// directory, however the run ends.
-struct Server {
-    child: Child,
-    base: String,
-    dir: PathBuf,
-    keep: bool,
-}
-
-impl Server {
-    fn start(bin: &Path) -> Result<Server, String> {
-        if !bin.exists() {
-            return Err(format!("server binary {} does not exist", bin.display()));
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("bind: {e}"))?
-            .port();
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "plait-bench-relations-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(bin)
-            .env("PLAIT_DATABASE_PATH", dir.join("db"))
-            .env("PLAIT_LISTEN", format!("127.0.0.1:{port}"))
-            .env("PLAIT_SERVER_NAME", "localhost")
-            .env("PLAIT_REGISTRATION", "open")
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2))
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
-        Ok(Server {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            dir,
-            keep: env_bool("PLAIT_BENCH_KEEP_DATA"),
-        })
-    }
-
-    async fn wait_ready(&mut self, api: &Api) -> Result<(), String> {
-        for _ in 0..300 {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("server exited ({status})"));
-            }
-            let reply = api
-                .call(
-                    Method::GET,
-                    "/_matrix/client/versions",
-                    None,
-                    None,
-                    Duration::from_secs(2),
-                )
-                .await;
-            if reply.is_ok_and(|r| r.status == 200) {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Err("server did not answer /_matrix/client/versions within 30 s".into())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if self.keep {
-            eprintln!("kept server data and log in {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
 }
 
 /// Sends one event and returns its ID.
@@ -331,8 +234,8 @@ async fn run() -> Result<(), String> {
         "machine: {} CPUs, {}, load average {}",
         machine.nproc, machine.cpu_model, machine.loadavg
     );
-    let bin = server_binary();
-    let mut server = Server::start(&bin)?;
+    let bin = bench_binary();
+    let mut server = BenchServer::start(&bin, "relations")?;
     let http = reqwest::Client::builder()
         .no_proxy()
         .tcp_nodelay(true)

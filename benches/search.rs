@@ -19,8 +19,7 @@
 
 use std::fmt::Write as _;
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -111,61 +110,6 @@ fn body(zipf: &Zipf, rng: &mut Rng) -> String {
         .join(" ")
 }
 
-struct Server {
-    child: Child,
-    base: String,
-    dir: PathBuf,
-}
-
-impl Server {
-    fn start(bin: &Path) -> Result<Server, String> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .map_err(|e| format!("bind: {e}"))?
-            .port();
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("plait-search-bench-{nanos}"));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(bin)
-            .env("PLAIT_DATABASE_PATH", dir.join("db"))
-            .env("PLAIT_LISTEN", format!("127.0.0.1:{port}"))
-            .env("PLAIT_SERVER_NAME", "localhost")
-            .env("PLAIT_REGISTRATION", "open")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
-        Ok(Server {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            dir,
-        })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn server_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("PLAIT_BIN") {
-        return PathBuf::from(path);
-    }
-    if let Some(path) = option_env!("CARGO_BIN_EXE_plait") {
-        return PathBuf::from(path);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/plait")
-}
-
 /// Sends `bodies` as `event_type` with `senders` concurrent loops; returns events per second.
 async fn send_all(
     api: &Api,
@@ -214,28 +158,12 @@ async fn run() -> Result<(), String> {
     let reps = env_usize("PLAIT_BENCH_REPS", if quick { 10 } else { 30 });
 
     let machine = machine_facts();
-    let server = Server::start(&server_binary())?;
+    let mut server = BenchServer::start(&bench_binary(), "search")?;
     let api = Api {
         http: reqwest::Client::new(),
         base: Arc::from(server.base.as_str()),
     };
-    let ready = Instant::now();
-    while api
-        .call(
-            Method::GET,
-            "/_matrix/client/versions",
-            None,
-            None,
-            Duration::from_secs(2),
-        )
-        .await
-        .map_or(true, |reply| reply.status != 200)
-    {
-        if ready.elapsed() > Duration::from_secs(60) {
-            return Err("server did not start within 60 s".into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    server.wait_ready(&api).await?;
     let user = api.register("searcher").await?;
     let room = api
         .ok(

@@ -1,13 +1,16 @@
 //! What both benchmarks share: a small Matrix client-server API client over reqwest, bounded
-//! concurrency helpers, latency statistics, and the sync watcher and sender that measure
-//! delivery. Included with `mod common;` by `load.rs` and `federation.rs`, each of which names
-//! itself in `BENCH_LABEL`.
+//! concurrency helpers, latency statistics, the sync watcher and sender that measure delivery, and
+//! a child-process server (`child.rs`). Included with `mod common;` by every benchmark, each of
+//! which names itself in `BENCH_LABEL`.
 
 #![allow(dead_code)]
 
 use super::*;
 
+mod child;
 mod machine;
+#[allow(unused_imports)] // only the single-server benchmarks start a child this way
+pub(crate) use child::*;
 pub(crate) use machine::*;
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,111 @@
+//! A Plait server started as a child process on a loopback port with a fresh database, for the
+//! benchmarks that drive one server over HTTP (`relations.rs`, `search.rs`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use reqwest::Method;
+
+use super::Api;
+
+/// The server binary: `PLAIT_BIN`, else the one cargo built for this bench, else
+/// `$CARGO_TARGET_DIR/release/plait`.
+pub(crate) fn bench_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("PLAIT_BIN") {
+        return PathBuf::from(path);
+    }
+    if let Some(path) = option_env!("CARGO_BIN_EXE_plait") {
+        return PathBuf::from(path);
+    }
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+        .join("release")
+        .join("plait")
+}
+
+/// The child and its folder; dropping it kills the child and removes the folder, unless
+/// `PLAIT_BENCH_KEEP_DATA=1` keeps the folder (database and `server.log`).
+pub(crate) struct BenchServer {
+    child: Child,
+    pub(crate) base: String,
+    dir: PathBuf,
+    keep: bool,
+}
+
+impl BenchServer {
+    /// Starts `bin` on a free port of 127.0.0.1 with open registration; `label` names its folder.
+    pub(crate) fn start(bin: &Path, label: &str) -> Result<Self, String> {
+        if !bin.exists() {
+            return Err(format!("server binary {} does not exist", bin.display()));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map_err(|e| format!("bind: {e}"))?
+            .port();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "plait-bench-{label}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(bin)
+            .env("PLAIT_DATABASE_PATH", dir.join("db"))
+            .env("PLAIT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PLAIT_SERVER_NAME", "localhost")
+            .env("PLAIT_REGISTRATION", "open")
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+        Ok(Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+            keep: std::env::var("PLAIT_BENCH_KEEP_DATA").is_ok_and(|v| v == "1"),
+        })
+    }
+
+    /// Waits until `/_matrix/client/versions` answers 200 (at most 60 s), failing early if the
+    /// child exits.
+    pub(crate) async fn wait_ready(&mut self, api: &Api) -> Result<(), String> {
+        for _ in 0..600 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("server exited ({status})"));
+            }
+            let reply = api
+                .call(
+                    Method::GET,
+                    "/_matrix/client/versions",
+                    None,
+                    None,
+                    Duration::from_secs(2),
+                )
+                .await;
+            if reply.is_ok_and(|reply| reply.status == 200) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err("server did not answer /_matrix/client/versions within 60 s".into())
+    }
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.keep {
+            eprintln!("kept server data and log in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
