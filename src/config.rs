@@ -94,7 +94,7 @@ impl Default for Config {
             database_path: PathBuf::from("./data"),
             registration: Registration::Open,
             registration_token: None,
-            log: "info".to_owned(),
+            log: "info,ruma_state_res=warn".to_owned(),
             max_request_bytes: 20 * 1024 * 1024,
             default_room_version: "12".to_owned(),
             sync_writes: false,

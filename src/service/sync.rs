@@ -342,7 +342,8 @@ fn joined_room(
         .map(|(_, pdu)| serve_event(services, pdu, room_id, viewer))
         .collect::<Result<_>>()?;
     let prev_batch = match events.first() {
-        Some((count, pdu)) => format!("t{}_{}", u64::from(pdu.depth), count),
+        // The stream just before the first event: `/messages` goes back from there.
+        Some((count, _)) => format!("s{}", count.saturating_sub(1)),
         None => format!("s{next}"),
     };
 

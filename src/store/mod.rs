@@ -48,6 +48,7 @@ pub const TREES: &[&str] = &[
     "servernamekeyid_key",
     "servername_keydocument",
     "eventid_outlierpdu",
+    "roomeventid_backwardextremity",
     "servertxnid_response",
     "servercount_outgoing",
     "userroomid_invitestate",

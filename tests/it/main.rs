@@ -4,11 +4,13 @@
 mod common;
 
 mod accounts;
+mod backfill;
 mod durability;
 mod e2ee;
 mod e2ee_clients;
 mod ephemeral;
 pub mod federation;
+mod federation_acl;
 mod federation_ephemeral;
 mod key_backup;
 mod media;

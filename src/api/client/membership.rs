@@ -509,7 +509,7 @@ fn state_at_token(
         return Ok(readable.shortstatehash);
     };
     let (position, pdu) = entry?;
-    if readable.until.is_some_and(|until| position.count > until) {
+    if readable.after_departure(position.count) {
         return Ok(readable.shortstatehash);
     }
     let state = match rooms.short.get_shorteventid(&pdu.event_id)? {

@@ -12,11 +12,13 @@ use crate::{
     service::{
         filter::RoomEventFilter,
         rooms::timeline::{
-            create_and_commit,
+            create_and_commit, is_backfilled,
             read::{client_event, TopoPos},
             PduBuilder,
         },
         rooms::{
+            backfill,
+            members::RoomMembership,
             relations::{bundle::serve_event, check_client_relation},
             visibility::{self, user_can_see},
         },
@@ -27,6 +29,9 @@ use crate::{
 
 /// Largest `limit` honoured by `/messages` and `/context`.
 const MAX_LIMIT: usize = 1000;
+/// How many `/backfill` rounds one `/messages` page may wait for (each brings up to 100 events,
+/// so a page of the largest `limit` can be filled).
+const MAX_BACKFILL_ROUNDS: usize = 11;
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
 ///
@@ -290,66 +295,70 @@ pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
         .or(filter.limit)
         .unwrap_or(10)
         .min(MAX_LIMIT);
-    let from = match ctx.query("from") {
-        Some(token) => parse_token(&services, shortroomid, token)?,
-        None if backwards => TopoPos {
-            depth: u64::MAX,
-            count: u64::MAX,
-        },
-        None => TopoPos { depth: 0, count: 0 },
+    let top = TopoPos {
+        depth: u64::MAX,
+        count: u64::MAX,
+    };
+    // Going back from a sync token (a `prev_batch`) means the events before that point of the
+    // stream, in topological order: an event received late but deep in the DAG is not among them.
+    let (from, stream_max) = match ctx.query("from") {
+        Some(token) if backwards && !token.starts_with('t') => {
+            let token = SyncToken::parse(token)
+                .ok_or_else(|| Error::invalid_param(format!("invalid pagination token {token}")))?;
+            (top, Some(token.count))
+        }
+        Some(token) => (parse_token(&services, shortroomid, token)?, None),
+        None if backwards => (top, None),
+        None => (TopoPos { depth: 0, count: 0 }, None),
     };
     let to = ctx
         .query("to")
         .map(|token| parse_token(&services, shortroomid, token))
         .transpose()?;
-    let membership = services.rooms.members.get_user_room(ctx.user(), &room_id)?;
-    let ignored = services.account_data.ignored_users(ctx.user())?;
-    let mut chunk = Vec::new();
-    let mut senders = std::collections::BTreeSet::new();
-    let mut last = None;
-    for entry in services
-        .rooms
-        .timeline
-        .iter_topo(shortroomid, from, backwards)
-    {
-        let (position, pdu) = entry?;
-        if let Some(to) = to {
-            if (backwards && position < to) || (!backwards && position >= to) {
-                break;
+    let request = PageRequest {
+        room_id: &room_id,
+        shortroomid,
+        readable: &readable,
+        from,
+        stream_max,
+        to,
+        backwards,
+        limit,
+        filter: &filter,
+        membership: services.rooms.members.get_user_room(ctx.user(), &room_id)?,
+        ignored: services.account_data.ignored_users(ctx.user())?,
+    };
+    // Going back, a page that would cross history this server never received waits for it to
+    // be fetched from the room's other servers; each round adds up to a `/backfill` batch.
+    let mut rounds = 0;
+    let page = loop {
+        let page = read_page(&services, &ctx, &request)?;
+        if !backwards || rounds >= MAX_BACKFILL_ROUNDS {
+            break page;
+        }
+        let lowest_depth = match (page.chunk.len() >= limit, page.last) {
+            (true, Some(last)) => last.depth,
+            _ => 0,
+        };
+        match backfill::fill_gaps(&services, &room_id, shortroomid, lowest_depth).await {
+            Ok(0) => break page,
+            Ok(_) => rounds += 1,
+            Err(error) => {
+                tracing::info!(%error, "backfill failed");
+                break page;
             }
         }
-        last = Some(position);
-        if readable.until.is_some_and(|until| position.count > until) {
-            // After a former member's departure: nothing more for them going forwards.
-            if backwards {
-                continue;
-            }
-            break;
-        }
-        if !filter.matches(&pdu)
-            || visibility::ignored(&ignored, &pdu)
-            || !user_can_see(
-                &services,
-                ctx.user(),
-                membership.as_ref(),
-                position.count,
-                &pdu,
-            )?
-        {
-            continue;
-        }
-        senders.insert(pdu.sender.clone());
-        chunk.push(serve_event(
-            &services,
-            &pdu,
-            &room_id,
-            Some((ctx.user(), ctx.device())),
-        )?);
-        if chunk.len() >= limit {
-            break;
-        }
-    }
-    let mut response = json!({ "chunk": chunk, "start": format_token(from) });
+    };
+    let Page {
+        chunk,
+        senders,
+        last,
+    } = page;
+    let start = match ctx.query("from") {
+        Some(token) => token.to_owned(),
+        None => format_token(from),
+    };
+    let mut response = json!({ "chunk": chunk, "start": start });
     if let Some(last) = last {
         if chunk.len() >= limit {
             response["end"] = json!(format_token(last));
@@ -369,6 +378,89 @@ pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
         response["state"] = Value::Array(state);
     }
     Ok(response)
+}
+
+/// One `/messages` request, as `read_page` needs it.
+struct PageRequest<'a> {
+    room_id: &'a RoomId,
+    shortroomid: u64,
+    readable: &'a visibility::ReadableState,
+    from: TopoPos,
+    /// The last stream position of the page's events, when it starts from a sync token.
+    stream_max: Option<u64>,
+    to: Option<TopoPos>,
+    backwards: bool,
+    limit: usize,
+    filter: &'a RoomEventFilter,
+    membership: Option<RoomMembership>,
+    ignored: Arc<std::collections::HashSet<ruma::OwnedUserId>>,
+}
+
+/// A page of `/messages`: the events in client form, their senders, and the last position
+/// scanned.
+struct Page {
+    chunk: Vec<Value>,
+    senders: std::collections::BTreeSet<ruma::OwnedUserId>,
+    last: Option<TopoPos>,
+}
+
+/// Reads a page of events the caller may see from what the timeline holds.
+fn read_page(services: &Services, ctx: &Ctx, request: &PageRequest<'_>) -> Result<Page> {
+    let mut page = Page {
+        chunk: Vec::new(),
+        senders: std::collections::BTreeSet::new(),
+        last: None,
+    };
+    for entry in
+        services
+            .rooms
+            .timeline
+            .iter_topo(request.shortroomid, request.from, request.backwards)
+    {
+        let (position, pdu) = entry?;
+        if let Some(to) = request.to {
+            if (request.backwards && position < to) || (!request.backwards && position >= to) {
+                break;
+            }
+        }
+        if request
+            .stream_max
+            .is_some_and(|max| position.count > max && !is_backfilled(position.count))
+        {
+            continue;
+        }
+        page.last = Some(position);
+        if request.readable.after_departure(position.count) {
+            // After a former member's departure: nothing more for them going forwards.
+            if request.backwards {
+                continue;
+            }
+            break;
+        }
+        if !request.filter.matches(&pdu)
+            || visibility::ignored(&request.ignored, &pdu)
+            || !user_can_see(
+                services,
+                ctx.user(),
+                request.membership.as_ref(),
+                position.count,
+                &pdu,
+            )?
+        {
+            continue;
+        }
+        page.senders.insert(pdu.sender.clone());
+        page.chunk.push(serve_event(
+            services,
+            &pdu,
+            request.room_id,
+            Some((ctx.user(), ctx.device())),
+        )?);
+        if page.chunk.len() >= request.limit {
+            break;
+        }
+    }
+    Ok(page)
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`
@@ -434,7 +526,7 @@ pub async fn get_context(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             .take(budget)
         {
             let (position, event) = entry?;
-            if readable.until.is_some_and(|until| position.count > until) {
+            if readable.after_departure(position.count) {
                 if backwards {
                     continue;
                 }

@@ -146,11 +146,20 @@ pub async fn get_event_authorization(services: Arc<Services>, ctx: Ctx) -> Handl
         .rooms
         .timeline
         .get_pdu(&event_id)?
-        .filter(|pdu| pdu.room_id.as_deref() == Some(&*room_id) || pdu.room_id.is_none())
+        .filter(|pdu| pdu.is_in_room(&room_id))
         .ok_or_else(|| Error::not_found(format!("event {event_id} not found")))?;
     let chain = auth::auth_chain(&services, pdu.auth_events.iter().cloned())?;
     let mut ids: Vec<OwnedEventId> = pdu.auth_events.clone();
     ids.extend(chain.into_iter().filter(|id| !pdu.auth_events.contains(id)));
+    // From room version 12 the create event authorises every event without being listed in
+    // `auth_events` (its ID is the room ID's): it belongs to every auth chain all the same.
+    if room_id.server_name().is_none() && pdu.kind != ruma::events::TimelineEventType::RoomCreate {
+        if let Ok(create) = OwnedEventId::try_from(format!("${}", &room_id.as_str()[1..])) {
+            if !ids.contains(&create) {
+                ids.push(create);
+            }
+        }
+    }
     Ok(json!({ "auth_chain": federation_pdus(&services, ids)? }))
 }
 
@@ -205,7 +214,7 @@ pub async fn get_missing_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
         let Some(pdu) = services.rooms.timeline.get_pdu(&event_id)? else {
             continue;
         };
-        if pdu.room_id.as_deref() != Some(&*room_id) || u64::from(pdu.depth) < min_depth {
+        if !pdu.is_in_room(&room_id) || u64::from(pdu.depth) < min_depth {
             continue;
         }
         if !visible(&services, ctx.origin(), &pdu) {
@@ -221,8 +230,9 @@ pub async fn get_missing_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
 
 /// `GET /_matrix/federation/v1/backfill/{roomId}`
 ///
-/// Events before (and including) the `v` events, breadth first through prev events, up to
-/// `limit`.
+/// Events before (and including) the `v` events, deepest first through prev events, up to
+/// `limit`. Events the asking server may not see are left out, and the walk does not go on
+/// through them.
 pub async fn get_backfill(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     require_access(&services, &room_id, ctx.origin())?;
@@ -237,23 +247,36 @@ pub async fn get_backfill(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         .and_then(|limit| limit.parse::<usize>().ok())
         .unwrap_or(10)
         .min(MAX_LIMIT);
+    // Deepest first through prev events, so that a page is the most recent history before `v`.
     let mut seen = HashSet::new();
-    let mut queue = std::collections::VecDeque::from(start);
+    let mut queue = std::collections::BinaryHeap::new();
+    let mut push = |queue: &mut std::collections::BinaryHeap<(u64, OwnedEventId)>,
+                    event_id: OwnedEventId|
+     -> Result<()> {
+        if seen.len() < limit * 8 && seen.insert(event_id.clone()) {
+            if let Some(pdu) = services.rooms.timeline.get_pdu(&event_id)? {
+                queue.push((u64::from(pdu.depth), event_id));
+            }
+        }
+        Ok(())
+    };
+    for event_id in start {
+        push(&mut queue, event_id)?;
+    }
     let mut found = Vec::new();
-    while let Some(event_id) = queue.pop_front() {
+    while let Some((_, event_id)) = queue.pop() {
         if found.len() >= limit {
             break;
-        }
-        if !seen.insert(event_id.clone()) {
-            continue;
         }
         let Some(pdu) = services.rooms.timeline.get_pdu(&event_id)? else {
             continue;
         };
-        if pdu.room_id.as_deref() != Some(&*room_id) || !visible(&services, ctx.origin(), &pdu) {
+        if !pdu.is_in_room(&room_id) || !visible(&services, ctx.origin(), &pdu) {
             continue;
         }
-        queue.extend(pdu.prev_events.iter().cloned());
+        for prev in &pdu.prev_events {
+            push(&mut queue, prev.clone())?;
+        }
         found.push(pdu.event_id);
     }
     Ok(json!({

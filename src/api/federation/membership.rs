@@ -293,7 +293,8 @@ pub async fn create_knock_event(services: Arc<Services>, ctx: Ctx) -> HandlerRes
 ///
 /// An invite for one of this server's users: checked (format, the sender's signature, an invite
 /// of an existing local user, a supported room version), signed by this server, and stored so
-/// that the invitee sees it in `/sync` with the stripped state that came with it.
+/// that the invitee sees it in `/sync` with the stripped state that came with it. A server the
+/// room's ACL denies gets 403 when this server knows the room.
 pub async fn create_invite(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     let event_id = OwnedEventId::try_from(ctx.param(1))
@@ -312,6 +313,12 @@ pub async fn create_invite(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             format!("room version {version} is not supported"),
         )
     })?;
+    // A room this server knows has an ACL to honour; of any other it knows nothing yet.
+    if services.rooms.exists(&room_id)?
+        && !incoming::server_allowed(&services, &room_id, ctx.origin())?
+    {
+        return Err(Error::forbidden("the room's server ACL denies this server"));
+    }
     let event = ctx.body.get("event").cloned().unwrap_or(Value::Null);
     let parsed = incoming::parse_pdu(&event, &room_id, &rules)?;
     if parsed.event_id != event_id {

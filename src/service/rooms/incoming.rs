@@ -231,7 +231,7 @@ pub fn check_against_auth_events(
 }
 
 /// Auth check against a full state set (checks 5 and 6).
-fn check_against_state(
+pub(super) fn check_against_state(
     services: &Services,
     rules: &RoomVersionRules,
     pdu: &Pdu,
@@ -307,7 +307,7 @@ pub async fn store_outliers(
 }
 
 /// Fetches the auth events of `pdu` that this server lacks, with their auth chain, from `origin`.
-async fn fetch_missing_auth(
+pub(super) async fn fetch_missing_auth(
     services: &Services,
     origin: &ServerName,
     room_id: &RoomId,
@@ -462,7 +462,7 @@ async fn handle_with_depth(
     Ok((parsed.event_id, Outcome::Accepted))
 }
 
-fn prev_events_known(services: &Services, pdu: &Pdu) -> Result<bool> {
+pub(super) fn prev_events_known(services: &Services, pdu: &Pdu) -> Result<bool> {
     for prev in &pdu.prev_events {
         let Some(short) = services.rooms.short.get_shorteventid(prev)? else {
             return Ok(false);
@@ -529,7 +529,7 @@ async fn fetch_missing_prev_events(
 
 /// Fetches the state before an event from `origin` (`/state_ids`, then `/event_auth`-style
 /// fetches of what is unknown) and returns it as a state set.
-async fn fetch_state_before(
+pub(super) async fn fetch_state_before(
     services: &Services,
     origin: &ServerName,
     room_id: &RoomId,
@@ -606,7 +606,7 @@ pub fn state_set_of(services: &Services, event_ids: &[OwnedEventId]) -> Result<S
 }
 
 /// The snapshot after an event's first prev event, if its state is known.
-fn first_prev_state(services: &Services, pdu: &Pdu) -> Result<Option<u64>> {
+pub(super) fn first_prev_state(services: &Services, pdu: &Pdu) -> Result<Option<u64>> {
     let Some(prev) = pdu.prev_events.first() else {
         return Ok(None);
     };
@@ -622,7 +622,7 @@ fn first_prev_state(services: &Services, pdu: &Pdu) -> Result<Option<u64>> {
 }
 
 /// The state after an event's prev events: one prev event's state as it is, several resolved.
-fn state_after_prev_events(
+pub(super) fn state_after_prev_events(
     services: &Services,
     rules: &RoomVersionRules,
     pdu: &Pdu,
@@ -685,7 +685,11 @@ pub fn resolve_sets(
 /// The snapshot is shared with `parent` (the state after the first prev event) when it is the
 /// same, as it is for every event with one prev event, and stored as a delta over it otherwise,
 /// so that receiving an event costs no copy of the room's state.
-fn store_state(services: &Services, set: &StateSet, parent: Option<u64>) -> Result<Option<u64>> {
+pub(super) fn store_state(
+    services: &Services,
+    set: &StateSet,
+    parent: Option<u64>,
+) -> Result<Option<u64>> {
     if set.is_empty() {
         return Ok(None);
     }

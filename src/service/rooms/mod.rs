@@ -3,6 +3,7 @@
 
 pub mod alias;
 pub mod auth;
+pub mod backfill;
 pub mod handshake;
 pub mod incoming;
 pub mod members;
@@ -37,6 +38,7 @@ pub struct Rooms {
     pub handshakes: handshake::Handshakes,
     pub relations: Relations,
     pub search: search::Search,
+    pub backfill: backfill::Backfill,
 }
 
 impl Rooms {
@@ -53,6 +55,7 @@ impl Rooms {
             handshakes: handshake::Handshakes::open(db),
             relations: Relations::open(db),
             search: search::Search::open(db),
+            backfill: backfill::Backfill::default(),
         })
     }
 

@@ -62,6 +62,24 @@ impl Pdu {
             .map_err(|error| Error::bad_json(format!("invalid pdu: {error}")))
     }
 
+    /// The room the event belongs to: its `room_id`, or for the create event of room version
+    /// 12 on (which has none), the ID derived from its event ID.
+    pub fn room(&self) -> Option<OwnedRoomId> {
+        if let Some(room_id) = &self.room_id {
+            return Some(room_id.clone());
+        }
+        if self.kind != ruma::events::TimelineEventType::RoomCreate {
+            return None;
+        }
+        let hash = self.event_id.as_str().strip_prefix('$')?;
+        OwnedRoomId::try_from(format!("!{hash}")).ok()
+    }
+
+    /// Whether the event belongs to `room_id` (see [`Pdu::room`]).
+    pub fn is_in_room(&self, room_id: &RoomId) -> bool {
+        self.room().is_some_and(|room| room == room_id)
+    }
+
     /// The content as a JSON value.
     pub fn content_value(&self) -> Value {
         serde_json::from_str(self.content.get()).unwrap_or(Value::Null)

@@ -8,14 +8,15 @@ use std::collections::{HashMap, HashSet};
 use ruma::{events::StateEventType, OwnedUserId, UserId};
 use serde_json::Value;
 
-use super::{members::RoomMembership, pdu::Pdu, Rooms};
+use super::{members::RoomMembership, pdu::Pdu, timeline::is_backfilled, Rooms};
 use crate::{error::Result, service::Services};
 
 /// Whether `user` may see `pdu` (stored at stream position `count`), given the user's current
 /// membership in its room.
 ///
 /// While the user is joined, everything after their join is visible whatever the setting, so
-/// only older events (and users who are not joined) pay for a state lookup.
+/// only older events (and users who are not joined) pay for a state lookup. Backfilled events
+/// have stream positions above every live one, so they always take the state lookup.
 pub fn user_can_see(
     services: &Services,
     user: &UserId,
@@ -25,7 +26,7 @@ pub fn user_can_see(
 ) -> Result<bool> {
     let joined_now = membership
         .is_some_and(|m| m.membership == ruma::events::room::member::MembershipState::Join);
-    if joined_now && membership.is_some_and(|m| count >= m.count) {
+    if joined_now && !is_backfilled(count) && membership.is_some_and(|m| count >= m.count) {
         return Ok(true);
     }
     // A user always sees the events about their own membership (their leave, kick or ban
@@ -59,7 +60,7 @@ pub fn user_can_see_short(
 ) -> Result<bool> {
     let joined_now = membership
         .is_some_and(|m| m.membership == ruma::events::room::member::MembershipState::Join);
-    if joined_now && membership.is_some_and(|m| count >= m.count) {
+    if joined_now && !is_backfilled(count) && membership.is_some_and(|m| count >= m.count) {
         return Ok(true);
     }
     let rooms = &services.rooms;
@@ -146,8 +147,8 @@ pub fn server_can_see(services: &Services, server: &ruma::ServerName, pdu: &Pdu)
         return Ok(true);
     }
     if visibility == "shared" {
-        if let Some(room_id) = &pdu.room_id {
-            if rooms.members.servers_in_room(room_id)?.contains(server) {
+        if let Some(room_id) = pdu.room() {
+            if rooms.members.servers_in_room(&room_id)?.contains(server) {
                 return Ok(true);
             }
         }
@@ -185,6 +186,16 @@ pub struct ReadableState {
     pub shortstatehash: u64,
     /// For a former member, the stream position of their leave (or ban): nothing later is theirs.
     pub until: Option<u64>,
+}
+
+impl ReadableState {
+    /// Whether an event at stream position `count` comes after a former member's departure.
+    /// A backfilled event's position says nothing of its time: the history visibility at the
+    /// event decides for it alone.
+    pub fn after_departure(&self, count: u64) -> bool {
+        self.until
+            .is_some_and(|until| count > until && !is_backfilled(count))
+    }
 }
 
 /// The state `user` may read in a room: the current state while joined or when the room is

@@ -13,7 +13,10 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::pdu::Pdu;
+use super::{
+    pdu::Pdu,
+    timeline::{is_backfilled, BACKFILL_BASE},
+};
 use crate::{
     error::{Error, Result},
     service::Services,
@@ -128,18 +131,29 @@ impl Relations {
         };
         let rel_prefix = rel_prefix(shortroomid, &relation.parent, &relation.rel_type);
         if relation.rel_type == "m.thread" {
-            // The thread moves to its new latest activity in the thread list.
-            if let Some(previous) = self.last_count(&rel_prefix, u64::MAX)? {
-                batch.remove(
+            // The thread moves to its new latest activity in the thread list. A thread's entry
+            // sits at its latest reply of the live timeline, or at its latest backfilled reply
+            // when it has none: a reply backfilled from the past never moves it.
+            let live = self.last_count(&rel_prefix, BACKFILL_BASE)?;
+            let previous = live.or(self.last_count(&rel_prefix, u64::MAX)?);
+            let entry = if is_backfilled(count) {
+                live.unwrap_or_else(|| previous.map_or(count, |previous| previous.max(count)))
+            } else {
+                count
+            };
+            if previous != Some(entry) {
+                if let Some(previous) = previous {
+                    batch.remove(
+                        &self.roomcount_threadroot,
+                        &thread_key(shortroomid, previous),
+                    );
+                }
+                batch.insert(
                     &self.roomcount_threadroot,
-                    &thread_key(shortroomid, previous),
+                    &thread_key(shortroomid, entry),
+                    relation.parent.as_bytes(),
                 );
             }
-            batch.insert(
-                &self.roomcount_threadroot,
-                &thread_key(shortroomid, count),
-                relation.parent.as_bytes(),
-            );
         }
         let value = serde_json::to_vec(&child).map_err(Error::internal)?;
         batch.insert(

@@ -1,6 +1,7 @@
 //! The room timeline: the one path that writes PDUs ([`commit`]), local event creation
 //! ([`create`]), and reads in stream and topological order.
 
+mod backfilled;
 mod create;
 pub mod read;
 
@@ -13,6 +14,7 @@ use ruma::{
 };
 use serde_json::Value;
 
+pub use self::backfilled::{commit_backfilled, is_backfilled, BACKFILL_BASE};
 pub use self::create::{build_and_sign, build_template, create_and_commit, PduBuilder};
 use super::{pdu::Pdu, state};
 use crate::{
@@ -27,7 +29,9 @@ use crate::{
 /// `userdevicetxnid_eventid` (user 0xff device 0xff room ID 0xff txn ID → event ID) and `roomid_info`
 /// (short room ID u64 → room version text) and `eventid_outlierpdu` (event ID → PDU JSON with
 /// `event_id`: events known without a place in the timeline, such as the state and auth chain
-/// received when joining over federation).
+/// received when joining over federation) and `roomeventid_backwardextremity` (short room ID u64,
+/// event ID → depth u64 of the deepest timeline event naming it as a prev event: the events the
+/// timeline refers to but does not hold, where backfill starts).
 pub struct Timeline {
     pub(super) pduid_pdu: Tree,
     pub(super) eventid_pduid: Tree,
@@ -36,6 +40,7 @@ pub struct Timeline {
     userdevicetxnid_eventid: Tree,
     roomid_info: Tree,
     pub(super) eventid_outlierpdu: Tree,
+    roomeventid_backwardextremity: Tree,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>,
     versions: Mutex<HashMap<u64, RoomVersionId>>,
     pub(super) pdu_cache: Mutex<HashMap<OwnedEventId, Pdu>>,
@@ -100,6 +105,7 @@ impl Timeline {
             userdevicetxnid_eventid: db.tree("userdevicetxnid_eventid"),
             roomid_info: db.tree("roomid_info"),
             eventid_outlierpdu: db.tree("eventid_outlierpdu"),
+            roomeventid_backwardextremity: db.tree("roomeventid_backwardextremity"),
             room_locks: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
             pdu_cache: Mutex::new(HashMap::new()),
@@ -206,7 +212,7 @@ impl Timeline {
 pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
     let CommitInput {
         room_id,
-        mut object,
+        object,
         pdu,
         state_before,
         transaction,
@@ -221,34 +227,15 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
         .short
         .shorteventid_in_batch(&pdu.event_id, &mut batch)?;
 
-    // State after the event: a state event replaces its key in the state before it.
     let mut unsigned = Value::Object(Default::default());
-    let state_after = match (&pdu.state_key, state_before) {
-        (Some(state_key), before) => {
-            let event_type = StateEventType::from(pdu.kind.to_string());
-            let shortstatekey = rooms
-                .short
-                .get_or_create_shortstatekey(&event_type, state_key)?;
-            let mut set = match before {
-                Some(hash) => (*rooms.state.load(hash)?).clone(),
-                None => Default::default(),
-            };
-            if let Some(previous) = set.insert(shortstatekey, shorteventid) {
-                let previous_id = rooms.short.get_eventid(previous)?;
-                if let Some(previous_pdu) = timeline.get_pdu(&previous_id)? {
-                    unsigned["prev_content"] = previous_pdu.content_value();
-                    unsigned["prev_sender"] = Value::String(previous_pdu.sender.to_string());
-                    unsigned["replaces_state"] = Value::String(previous_id.to_string());
-                }
-            }
-            Some(
-                rooms
-                    .state
-                    .store_snapshot(rooms.short.allocate(), before, set, &mut batch)?,
-            )
-        }
-        (None, before) => before,
-    };
+    let state_after = state_after_event(
+        services,
+        &pdu,
+        shorteventid,
+        state_before,
+        &mut unsigned,
+        &mut batch,
+    )?;
     if let Some((device, txn_id)) = transaction {
         unsigned["transaction_id"] = Value::String(txn_id.to_owned());
         unsigned["device_id"] = Value::String(device.to_owned());
@@ -319,6 +306,7 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
         );
     }
 
+    timeline.note_backward_extremities(shortroomid, &pdu, &mut batch)?;
     // The room's forward extremities: this event replaces the ones it references.
     let mut extremities = timeline.extremities(shortroomid)?;
     extremities.retain(|extremity| !pdu.prev_events.contains(extremity));
@@ -336,15 +324,7 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
         }
     }
 
-    object.insert(
-        "event_id".into(),
-        CanonicalJsonValue::String(pdu.event_id.to_string()),
-    );
-    if unsigned.as_object().is_some_and(|map| !map.is_empty()) {
-        let unsigned = CanonicalJsonValue::try_from(unsigned).map_err(Error::internal)?;
-        object.insert("unsigned".into(), unsigned);
-    }
-    let json = serde_json::to_vec(&object).map_err(Error::internal)?;
+    let json = stored_json(object, &pdu, unsigned)?;
     let push = crate::service::push::prepare(services, room_id, &pdu)?;
 
     let count = services
@@ -357,10 +337,11 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
                 pdu.event_id.as_bytes(),
                 &pdu_id.to_bytes(),
             );
-            let mut topo = key::u64_bytes(shortroomid).to_vec();
-            topo.extend_from_slice(&key::u64_bytes(u64::from(pdu.depth)));
-            topo.extend_from_slice(&key::u64_bytes(count));
-            batch.insert(&timeline.roomtopo_pduid, &topo, b"");
+            batch.insert(
+                &timeline.roomtopo_pduid,
+                &topo_key(shortroomid, &pdu, count),
+                b"",
+            );
             rooms
                 .search
                 .index_in_batch((shortroomid, count, shorteventid), &pdu, &mut batch);
@@ -401,6 +382,64 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
     services.sending.wake(&destinations);
     services.push.wake_sender(&push);
     Ok(count)
+}
+
+/// The stored form of an event: its federation form with `event_id` and the local `unsigned`.
+fn stored_json(mut object: CanonicalJsonObject, pdu: &Pdu, unsigned: Value) -> Result<Vec<u8>> {
+    object.insert(
+        "event_id".into(),
+        CanonicalJsonValue::String(pdu.event_id.to_string()),
+    );
+    if unsigned.as_object().is_some_and(|map| !map.is_empty()) {
+        let unsigned = CanonicalJsonValue::try_from(unsigned).map_err(Error::internal)?;
+        object.insert("unsigned".into(), unsigned);
+    }
+    serde_json::to_vec(&object).map_err(Error::internal)
+}
+
+/// The `roomtopo_pduid` key of an event: room, depth, stream position.
+fn topo_key(shortroomid: u64, pdu: &Pdu, count: u64) -> Vec<u8> {
+    let mut topo = key::u64_bytes(shortroomid).to_vec();
+    topo.extend_from_slice(&key::u64_bytes(u64::from(pdu.depth)));
+    topo.extend_from_slice(&key::u64_bytes(count));
+    topo
+}
+
+/// The state after an event: a state event replaces its key in the state before it (stored as a
+/// new snapshot in `batch`, with `prev_content`, `prev_sender` and `replaces_state` added to
+/// `unsigned`); any other event shares the state before it.
+fn state_after_event(
+    services: &Services,
+    pdu: &Pdu,
+    shorteventid: u64,
+    state_before: Option<u64>,
+    unsigned: &mut Value,
+    batch: &mut Batch,
+) -> Result<Option<u64>> {
+    let rooms = &services.rooms;
+    let Some(state_key) = &pdu.state_key else {
+        return Ok(state_before);
+    };
+    let event_type = StateEventType::from(pdu.kind.to_string());
+    let shortstatekey = rooms
+        .short
+        .get_or_create_shortstatekey(&event_type, state_key)?;
+    let mut set = match state_before {
+        Some(hash) => (*rooms.state.load(hash)?).clone(),
+        None => Default::default(),
+    };
+    if let Some(previous) = set.insert(shortstatekey, shorteventid) {
+        let previous_id = rooms.short.get_eventid(previous)?;
+        if let Some(previous_pdu) = rooms.timeline.get_pdu(&previous_id)? {
+            unsigned["prev_content"] = previous_pdu.content_value();
+            unsigned["prev_sender"] = Value::String(previous_pdu.sender.to_string());
+            unsigned["replaces_state"] = Value::String(previous_id.to_string());
+        }
+    }
+    rooms
+        .state
+        .store_snapshot(rooms.short.allocate(), state_before, set, batch)
+        .map(Some)
 }
 
 /// After a local user's join: their push rules for the room this one replaces follow them here
