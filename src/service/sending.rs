@@ -310,6 +310,7 @@ async fn send_transaction(
             Some(&body),
         )
         .await?;
+    tracing::debug!(txn_id, "transaction delivered");
     for (event_id, result) in answer["pdus"].as_object().into_iter().flatten() {
         if let Some(error) = result.get("error") {
             tracing::warn!(%event_id, %error, "destination rejected an event");

@@ -21,6 +21,17 @@ pub struct TestServer {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// With `PLAIT_TEST_LOG` set (a `tracing` filter such as `plait=debug`), the servers of a test
+/// log to its captured output, which a failing test prints.
+fn log_if_asked() {
+    if let Ok(filter) = std::env::var("PLAIT_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 impl TestServer {
     /// Starts a server with a fresh temporary database.
     pub async fn start() -> Self {
@@ -116,6 +127,7 @@ impl TestServer {
         federation: Option<tokio::net::TcpListener>,
     ) -> Self {
         config.validate().unwrap();
+        log_if_asked();
         let base = format!("http://{}", listener.local_addr().unwrap());
         config.listen = listener.local_addr().unwrap();
         let services = Services::build(Arc::new(config)).unwrap();

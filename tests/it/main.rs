@@ -26,6 +26,7 @@ mod spaces;
 mod spec_map;
 mod synapse_harness;
 mod synapse_interop;
+mod synapse_scenarios;
 pub mod sync;
 mod tidy;
 mod upgrade;
