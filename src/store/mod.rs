@@ -121,6 +121,11 @@ impl Db {
 
     /// Writes a batch atomically: all of it lands in the write-ahead log together or none does.
     pub fn write(&self, batch: Batch) -> Result<()> {
+        if batch.ops.iter().any(|op| op.awaits_count) {
+            return Err(Error::Internal(
+                "a batch was written before its stream position was set".to_owned(),
+            ));
+        }
         let mut write_batch = WriteBatch::default();
         for op in batch.ops {
             let cf = self.cf(op.tree);
@@ -220,6 +225,8 @@ struct Op {
     tree: &'static str,
     key: Vec<u8>,
     value: Option<Vec<u8>>,
+    /// The key still lacks its last 8 bytes: the stream position [`Batch::set_count`] appends.
+    awaits_count: bool,
 }
 
 /// Writes that must land together; applied by [`Db::write`].
@@ -235,7 +242,28 @@ impl Batch {
             tree: tree.name,
             key: key.to_vec(),
             value: Some(value.to_vec()),
+            awaits_count: false,
         });
+    }
+
+    /// Queues `prefix ++ count = value` in `tree`, where `count` is the stream position that
+    /// [`Batch::set_count`] gives later (big-endian). Everything about the write but the
+    /// position is thus prepared before the commit lock is taken.
+    pub fn insert_at_count(&mut self, tree: &Tree, prefix: &[u8], value: &[u8]) {
+        self.ops.push(Op {
+            tree: tree.name,
+            key: prefix.to_vec(),
+            value: Some(value.to_vec()),
+            awaits_count: true,
+        });
+    }
+
+    /// Completes every key queued with [`Batch::insert_at_count`] with `count`.
+    pub fn set_count(&mut self, count: u64) {
+        for op in self.ops.iter_mut().filter(|op| op.awaits_count) {
+            op.key.extend_from_slice(&count.to_be_bytes());
+            op.awaits_count = false;
+        }
     }
 
     /// Queues the removal of `key` from `tree`.
@@ -244,6 +272,7 @@ impl Batch {
             tree: tree.name,
             key: key.to_vec(),
             value: None,
+            awaits_count: false,
         });
     }
 
@@ -256,6 +285,24 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counted_keys_wait_for_their_stream_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), false).unwrap();
+        let tree = db.tree("pduid_pdu");
+        let mut batch = Batch::default();
+        batch.insert_at_count(&tree, b"p", b"v");
+        assert!(db.write(batch).is_err(), "no position yet");
+        assert_eq!(tree.get(b"p").unwrap(), None);
+        let mut batch = Batch::default();
+        batch.insert_at_count(&tree, b"p", b"v");
+        batch.set_count(7);
+        db.write(batch).unwrap();
+        let mut expected = b"p".to_vec();
+        expected.extend_from_slice(&7u64.to_be_bytes());
+        assert_eq!(tree.get(&expected).unwrap().as_deref(), Some(&b"v"[..]));
+    }
 
     #[test]
     fn batch_writes_land_together_and_survive_reopen() {

@@ -2,7 +2,7 @@
 //! event and the notifications it produces (the unread counts of `/sync` and
 //! `/notifications`), and pushers with their delivery queue (`pushers`, `sender`).
 //!
-//! `timeline::commit` calls [`prepare`] before its write and [`Push::write_in_batch`] inside it,
+//! `timeline::commit` calls [`prepare`] and [`Push::write_in_batch`] before it takes the commit lock,
 //! so that a notification, its unread count and its queued push land with the event.
 
 pub mod pushers;
@@ -102,23 +102,20 @@ impl Push {
         }
     }
 
-    /// Adds the notifications of an event committed at stream position `count`, and queues
-    /// them for the users' pushers.
-    pub fn write_in_batch(&self, pending: &Pending, batch: &mut Batch, count: u64) -> Result<()> {
+    /// Adds the notifications of an event to its commit batch and queues them for the users'
+    /// pushers, keyed by the stream position the batch gets later (`Batch::insert_at_count`).
+    pub fn write_in_batch(&self, pending: &Pending, batch: &mut Batch) -> Result<()> {
         let Some(room_id) = &pending.room_id else {
             return Ok(());
         };
         for (user_id, notification) in &pending.notifications {
             let json = serde_json::to_vec(notification).map_err(crate::error::Error::internal)?;
-            let mut room_key = key::prefix(&[user_id.as_bytes(), room_id.as_bytes()]);
-            room_key.extend_from_slice(&key::u64_bytes(count));
-            batch.insert(&self.userroomcount_notification, &room_key, &json);
-            let mut user_key = key::prefix(&[user_id.as_bytes()]);
-            user_key.extend_from_slice(&key::u64_bytes(count));
-            batch.insert(&self.usercount_notification, &user_key, room_id.as_bytes());
+            let room_key = key::prefix(&[user_id.as_bytes(), room_id.as_bytes()]);
+            batch.insert_at_count(&self.userroomcount_notification, &room_key, &json);
+            let user_key = key::prefix(&[user_id.as_bytes()]);
+            batch.insert_at_count(&self.usercount_notification, &user_key, room_id.as_bytes());
             if notification.actions.iter().any(Action::should_notify) {
-                self.pushers
-                    .queue_in_batch(user_id, room_id, count, batch)?;
+                self.pushers.queue_in_batch(user_id, room_id, batch)?;
             }
         }
         Ok(())

@@ -172,7 +172,6 @@ impl Pushers {
         &self,
         user_id: &UserId,
         room_id: &RoomId,
-        count: u64,
         batch: &mut Batch,
     ) -> Result<()> {
         let keys = self.user_keys(user_id)?;
@@ -186,8 +185,7 @@ impl Pushers {
         for pusher_key in keys.iter() {
             let mut queue_key = pusher_key.clone();
             queue_key.push(key::SEP);
-            queue_key.extend_from_slice(&key::u64_bytes(count));
-            batch.insert(&self.pushercount_push, &queue_key, &json);
+            batch.insert_at_count(&self.pushercount_push, &queue_key, &json);
         }
         Ok(())
     }

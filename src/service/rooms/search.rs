@@ -165,10 +165,12 @@ impl Search {
         }
     }
 
-    /// Indexes a committed event (called by `timeline::commit` inside its batch).
+    /// Indexes an event in its commit batch, before its stream position is known: the
+    /// postings wait for it (`Batch::insert_at_count`), so the tokenising happens outside the
+    /// commit lock.
     pub fn index_in_batch(
         &self,
-        (shortroomid, count, shorteventid): (u64, u64, u64),
+        (shortroomid, shorteventid): (u64, u64),
         pdu: &Pdu,
         batch: &mut Batch,
     ) {
@@ -183,9 +185,9 @@ impl Search {
             value.extend_from_slice(&occurrences.to_be_bytes());
             value.push(flags);
             value.extend_from_slice(pdu.sender.as_bytes());
-            batch.insert(
+            batch.insert_at_count(
                 &self.roomwordcount_posting,
-                &posting_key(shortroomid, &word, count),
+                &word_prefix(shortroomid, &word),
                 &value,
             );
         }

@@ -13,10 +13,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{
-    pdu::Pdu,
-    timeline::{is_backfilled, BACKFILL_BASE},
-};
+use super::{pdu::Pdu, timeline::BACKFILL_BASE};
 use crate::{
     error::{Error, Result},
     service::Services,
@@ -101,13 +98,16 @@ impl Relations {
         }
     }
 
-    /// Indexes a committed event's relation in its commit batch. State events are not
-    /// indexed as children: no relation type the spec defines is valid from a state event.
+    /// Indexes an event's relation in its commit batch, before its stream position is known
+    /// (the keys wait for it: `Batch::insert_at_count`), so the parsing and reads happen
+    /// outside the commit lock; the caller holds the room lock. `backfilled` says the event is
+    /// history fetched by backfill. State events are not indexed as children: no relation type
+    /// the spec defines is valid from a state event.
     pub fn index_in_batch(
         &self,
         shortroomid: u64,
         pdu: &Pdu,
-        count: u64,
+        backfilled: bool,
         batch: &mut Batch,
     ) -> Result<()> {
         if pdu.state_key.is_some() {
@@ -136,31 +136,22 @@ impl Relations {
             // when it has none: a reply backfilled from the past never moves it.
             let live = self.last_count(&rel_prefix, BACKFILL_BASE)?;
             let previous = live.or(self.last_count(&rel_prefix, u64::MAX)?);
-            let entry = if is_backfilled(count) {
-                live.unwrap_or_else(|| previous.map_or(count, |previous| previous.max(count)))
-            } else {
-                count
-            };
-            if previous != Some(entry) {
+            if !backfilled || previous.is_none() {
                 if let Some(previous) = previous {
                     batch.remove(
                         &self.roomcount_threadroot,
                         &thread_key(shortroomid, previous),
                     );
                 }
-                batch.insert(
+                batch.insert_at_count(
                     &self.roomcount_threadroot,
-                    &thread_key(shortroomid, entry),
+                    &key::u64_bytes(shortroomid),
                     relation.parent.as_bytes(),
                 );
             }
         }
         let value = serde_json::to_vec(&child).map_err(Error::internal)?;
-        batch.insert(
-            &self.parentreltypecount_child,
-            &child_key(&rel_prefix, count),
-            &value,
-        );
+        batch.insert_at_count(&self.parentreltypecount_child, &rel_prefix, &value);
         Ok(())
     }
 

@@ -136,11 +136,18 @@ pub fn commit_backfilled(
         }
     }
     let json = stored_json(object, pdu, unsigned)?;
+    rooms
+        .search
+        .index_in_batch((shortroomid, shorteventid), pdu, &mut batch);
+    rooms
+        .relations
+        .index_in_batch(shortroomid, pdu, true, &mut batch)?;
     let stream = services
         .globals
         .write_with_count(&services.db, |batch_with_count, stream| {
             // Counting down from the top: each later backfill reaches further into the past.
             let count = u64::MAX - stream;
+            batch.set_count(count);
             let pdu_id = PduId { shortroomid, count };
             batch.insert(&timeline.pduid_pdu, &pdu_id.to_bytes(), &json);
             batch.insert(
@@ -153,12 +160,6 @@ pub fn commit_backfilled(
                 &topo_key(shortroomid, pdu, count),
                 b"",
             );
-            rooms
-                .search
-                .index_in_batch((shortroomid, count, shorteventid), pdu, &mut batch);
-            rooms
-                .relations
-                .index_in_batch(shortroomid, pdu, count, &mut batch)?;
             batch_with_count.append(std::mem::take(&mut batch));
             Ok(())
         })?;

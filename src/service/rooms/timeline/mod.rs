@@ -326,11 +326,21 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
 
     let json = stored_json(object, &pdu, unsigned)?;
     let push = crate::service::push::prepare(services, room_id, &pdu)?;
+    // Everything keyed by the stream position but not otherwise depending on it is prepared
+    // now, outside the commit lock that serialises every room's writes.
+    rooms
+        .search
+        .index_in_batch((shortroomid, shorteventid), &pdu, &mut batch);
+    rooms
+        .relations
+        .index_in_batch(shortroomid, &pdu, false, &mut batch)?;
+    services.push.write_in_batch(&push, &mut batch)?;
 
     let count = services
         .globals
         .write_with_count(&services.db, |batch_with_count, count| {
             let pdu_id = PduId { shortroomid, count };
+            batch.set_count(count);
             batch.insert(&timeline.pduid_pdu, &pdu_id.to_bytes(), &json);
             batch.insert(
                 &timeline.eventid_pduid,
@@ -342,21 +352,14 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
                 &topo_key(shortroomid, &pdu, count),
                 b"",
             );
-            rooms
-                .search
-                .index_in_batch((shortroomid, count, shorteventid), &pdu, &mut batch);
             if pdu.kind == TimelineEventType::RoomMember {
                 rooms
                     .members
                     .update_in_batch(room_id, &pdu, count, &mut batch)?;
             }
-            rooms
-                .relations
-                .index_in_batch(shortroomid, &pdu, count, &mut batch)?;
             services
                 .sending
                 .queue_pdu_in_batch(&mut batch, &destinations, count, &pdu.event_id);
-            services.push.write_in_batch(&push, &mut batch, count)?;
             batch_with_count.append(std::mem::take(&mut batch));
             Ok(())
         })?;
