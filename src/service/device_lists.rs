@@ -270,6 +270,51 @@ pub fn queue_device_updates_in_batch(
     Ok(())
 }
 
+/// Queues in `batch` (stream position `count`) an `m.device_list_update` restating each device
+/// given at the user's current `stream_id`, with no `prev_id`, to `destinations`: servers that
+/// just started sharing a room with the user. Nothing changed, so the chain does not move: a
+/// server that knows the list at that `stream_id` already has these devices, and one that does
+/// not fetches the list.
+pub fn queue_device_snapshot_in_batch(
+    services: &Services,
+    batch: &mut Batch,
+    count: u64,
+    user_id: &UserId,
+    devices: &[(String, DeviceState)],
+    destinations: &[OwnedServerName],
+) -> Result<()> {
+    let stream_id = match services.keys.get_device_list_id(user_id)? {
+        Some(id) => id,
+        None => {
+            services.keys.set_device_list_id_in_batch(batch, user_id, 1);
+            1
+        }
+    };
+    let edus: Vec<Value> = devices
+        .iter()
+        .map(|(device_id, state)| {
+            let mut content = json!({
+                "user_id": user_id,
+                "device_id": device_id,
+                "stream_id": stream_id,
+                "prev_id": [],
+                "deleted": false,
+            });
+            if let Some(keys) = &state.keys {
+                content["keys"] = keys.clone();
+            }
+            if let Some(name) = &state.display_name {
+                content["device_display_name"] = json!(name);
+            }
+            json!({ "edu_type": "m.device_list_update", "content": content })
+        })
+        .collect();
+    services
+        .sending
+        .queue_edus_in_batch(batch, destinations, count, &edus);
+    Ok(())
+}
+
 /// Records in `batch` (stream position `count`) that devices of a local user changed: marks the
 /// user's keys changed for `/sync` and queues an `m.device_list_update` per device to every
 /// server sharing a room; returns those servers for [`after_change`].

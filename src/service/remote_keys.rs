@@ -88,6 +88,17 @@ impl RemoteKeys {
         Ok(devices)
     }
 
+    /// One cached device of a remote user.
+    pub fn get_device(&self, user_id: &UserId, device_id: &str) -> Result<Option<RemoteDevice>> {
+        self.userdeviceid_remotedevice
+            .get(&key::join(&[user_id.as_bytes(), device_id.as_bytes()]))?
+            .map(|bytes| {
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::corrupt("userdeviceid_remotedevice", e))
+            })
+            .transpose()
+    }
+
     /// Stores a remote user's record.
     pub fn set_user_in_batch(
         &self,

@@ -214,6 +214,8 @@ pub async fn register(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         body.refresh_token,
         services.config.refreshable_token_lifetime_ms,
     )?;
+    // Starts the user's device list chain, so that every later update names a prev_id.
+    device_lists::announce_device(&services, &user_id, device_id.as_str())?;
     Ok(tokens_json(&user_id, &device_id, tokens))
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use ruma::{RoomId, UserId};
 
-use super::{get_device_state, iter_remote_servers, queue_device_updates_in_batch};
+use super::{get_device_state, iter_remote_servers, queue_device_snapshot_in_batch};
 use crate::{
     error::Result,
     service::{rooms::pdu::Pdu, Services},
@@ -46,8 +46,8 @@ pub fn member_event_in_batch(
     }
 }
 
-/// Queues an update for each of a joining local user's devices to the room's servers that share
-/// no other room with the user. The sender is woken by [`after_member_event`].
+/// Queues an update restating each of a joining local user's devices to the room's servers that
+/// share no other room with the user. The sender is woken by [`after_member_event`].
 fn announce_to_new_servers(
     services: &Services,
     batch: &mut Batch,
@@ -77,12 +77,11 @@ fn announce_to_new_servers(
         .into_iter()
         .take(MAX_ANNOUNCED_DEVICES)
     {
-        let state = get_device_state(services, user_id, device.device_id.as_str())?;
-        if state.is_some() {
+        if let Some(state) = get_device_state(services, user_id, device.device_id.as_str())? {
             devices.push((device.device_id.to_string(), state));
         }
     }
-    queue_device_updates_in_batch(services, batch, count, user_id, &devices, &new_servers)
+    queue_device_snapshot_in_batch(services, batch, count, user_id, &devices, &new_servers)
 }
 
 /// Whether a user is joined to a room other than `except` that has a local member.

@@ -99,14 +99,19 @@ fn parse_update(user_id: &UserId, content: &Value) -> Result<DeviceListUpdate> {
     })
 }
 
-/// Applies an `m.device_list_update` about `user_id` (already checked to be the origin's).
-/// Local users sharing a room with the user see them in `device_lists.changed`.
+/// Applies an `m.device_list_update` about `user_id` (already checked to be the origin's);
+/// returns whether the user's list must be fetched whole ([`resync`]). Ignored for a user no
+/// local user shares a room with.
 ///
-/// The update is applied to the cached list when it follows on from it: every `prev_id` is the
-/// cached `stream_id` (or it is another device of the update the cache is at). Otherwise, or
-/// when nothing is cached or `prev_id` is empty, the list is marked stale and `true` is
-/// returned: the caller fetches it whole ([`resync`]). An update older than the cache is ignored;
-/// so is one about a user no local user shares a room with.
+/// With a cached list: an update that follows on from it (every `prev_id` is the cached
+/// `stream_id`), or restates the update it is at, is applied; an older one is ignored; any other
+/// marks the list stale and asks for a resync. Local users sharing a room see the user in
+/// `device_lists.changed` when a device changed or the list went stale.
+///
+/// Without a cached list the list is fetched, and local users are told only when the update
+/// names a `prev_id`: an update without one is the first this server hears (a server restates
+/// a user's devices to servers that just started sharing a room with them), and no local client
+/// can hold a list newer than the tracking that began then (a query caches what it fetches).
 pub fn receive_device_list_update(
     services: &Services,
     user_id: &UserId,
@@ -125,36 +130,43 @@ pub fn receive_device_list_update(
             if !is_tracked(services, user_id)? {
                 return Ok(());
             }
-            if let Some(mut record) = cache.get_user(user_id)? {
-                let same_update =
-                    update.stream_id == record.stream_id && update.prev_ids == record.last_prev_ids;
-                if update.stream_id < record.stream_id
-                    || (update.stream_id == record.stream_id && !same_update)
-                {
-                    return Ok(());
+            let Some(mut record) = cache.get_user(user_id)? else {
+                resync = true;
+                changed = !update.prev_ids.is_empty();
+                if changed {
+                    services.keys.mark_changed_in_batch(batch, user_id, count)?;
                 }
-                let follows = !update.prev_ids.is_empty()
-                    && update.prev_ids.iter().all(|id| *id == record.stream_id);
-                if !record.stale && (same_update || follows) {
-                    match &update.device {
-                        Some(device) => {
-                            cache.set_device_in_batch(batch, user_id, &update.device_id, device)?
-                        }
-                        None => cache.delete_device_in_batch(batch, user_id, &update.device_id),
+                return Ok(());
+            };
+            let restates =
+                update.stream_id == record.stream_id && update.prev_ids == record.last_prev_ids;
+            if update.stream_id < record.stream_id
+                || (update.stream_id == record.stream_id && !restates)
+            {
+                return Ok(());
+            }
+            let follows = !update.prev_ids.is_empty()
+                && update.prev_ids.iter().all(|id| *id == record.stream_id);
+            if !record.stale && (restates || follows) {
+                changed = cache.get_device(user_id, &update.device_id)? != update.device;
+                match &update.device {
+                    Some(device) => {
+                        cache.set_device_in_batch(batch, user_id, &update.device_id, device)?
                     }
-                    record.stream_id = update.stream_id;
-                    record.last_prev_ids = update.prev_ids.clone();
-                } else {
-                    record.stale = true;
-                    record.pending_stream_id = record.pending_stream_id.max(update.stream_id);
-                    resync = true;
+                    None => cache.delete_device_in_batch(batch, user_id, &update.device_id),
                 }
-                cache.set_user_in_batch(batch, user_id, &record)?;
+                record.stream_id = update.stream_id;
+                record.last_prev_ids = update.prev_ids.clone();
             } else {
+                changed = !record.stale;
+                record.stale = true;
+                record.pending_stream_id = record.pending_stream_id.max(update.stream_id);
                 resync = true;
             }
-            services.keys.mark_changed_in_batch(batch, user_id, count)?;
-            changed = true;
+            cache.set_user_in_batch(batch, user_id, &record)?;
+            if changed {
+                services.keys.mark_changed_in_batch(batch, user_id, count)?;
+            }
             Ok(())
         })?;
     if changed {
