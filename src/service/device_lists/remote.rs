@@ -6,6 +6,9 @@
 //! A list is cached only while its user is tracked: joined to a room that has a local member.
 //! Every cache write checks that under the commit lock (`Globals::write_with_count`), the lock
 //! under which `timeline::commit` drops the lists of users who stopped being tracked.
+//! (`Members::servers_in_room` is refreshed just after that lock is released, so a fetch that
+//! lands in that moment can still store a list; the next check at query time does not answer it
+//! while the user stays untracked.)
 
 use std::{collections::BTreeMap, time::Duration};
 
