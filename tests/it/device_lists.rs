@@ -167,19 +167,20 @@ async fn a_new_device_reaches_the_other_server_whose_cache_then_answers_queries(
         )
         .await;
     wait_for_device_list(&bob, &since, "changed", &alice_id).await;
+
+    // Each update names the one before it: the cache follows hs1's chain to its head (the
+    // login and the key upload are two updates; bob may have seen the first one only so far).
+    let at = head(&hs1, &alice_id);
+    wait_until("hs2 caches alice's list at hs1's head", || {
+        cached_at(&hs2, &alice_id, at)
+    })
+    .await;
     let answer = query(&bob, &alice_id).await;
     assert_eq!(identity(&answer, &alice_id, "PHONE"), "phone-identity");
     assert_eq!(
         identity(&answer, &alice_id, &alice_device),
         "alice-identity"
     );
-
-    // Each update names the one before it: the cache follows hs1's chain to its head.
-    let at = head(&hs1, &alice_id);
-    wait_until("hs2 caches alice's list at hs1's head", || {
-        cached_at(&hs2, &alice_id, at)
-    })
-    .await;
 
     // With hs1 gone, hs2 answers from its cache, and nothing failed.
     let _hs1_dir = hs1.stop().await;
