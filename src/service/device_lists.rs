@@ -2,6 +2,9 @@
 //! `device_lists`, one-time key counts), and announcing a user's key changes to the users and
 //! servers that share a room with them.
 
+pub mod membership;
+pub mod remote;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use ruma::{events::room::member::MembershipState, OwnedServerName, OwnedUserId, UserId};
@@ -31,8 +34,9 @@ pub fn iter_shared_users(services: &Services, user_id: &UserId) -> Result<BTreeS
 /// Users whose device lists a user must refresh, and users the user no longer shares a room
 /// with, for changes after `from` up to `to`.
 ///
-/// Changed: users sharing a room whose keys changed, and users who started sharing a room (either
-/// side joined). Left: users who share no room any more after a membership ended.
+/// Changed: users sharing a room whose keys changed, users who started sharing a room (either
+/// side joined), and the user themself after joining a room. Left: users who share no room any
+/// more after a membership ended.
 pub fn iter_device_list_changes(
     services: &Services,
     user_id: &UserId,
@@ -53,6 +57,12 @@ pub fn iter_device_list_changes(
         let own_change = in_range(membership.count);
         if !own_change && membership.membership != MembershipState::Join {
             continue;
+        }
+        // The user's other devices learn about the room's encryption partners, and the
+        // partners' servers about this user's devices: the user is in their own list (as
+        // Synapse does; Complement's TestDeviceListsUpdateOverFederation expects it).
+        if own_change && membership.membership == MembershipState::Join {
+            changed.insert(user_id.to_owned());
         }
         // Others' membership changes are timeline events: a room with no event in the range
         // has none, and costs one seek instead of a read per member.
@@ -156,10 +166,9 @@ pub fn iter_remote_servers(services: &Services, user_id: &UserId) -> Result<Vec<
 }
 
 /// Records in `batch` (which carries stream position `count`) that a user's keys changed, and
-/// for a local user queues `edu` (`m.device_list_update`, `m.signing_key_update`) to every
-/// server sharing a room; returns those servers for [`after_change`].
-/// The sender's queue holds one entry per destination and position, so a batch carries at most
-/// one announcement.
+/// for a local user queues `edu` (an `m.signing_key_update`) to every server sharing a room;
+/// returns those servers for [`after_change`]. Device changes go through
+/// [`announce_devices_in_batch`] instead, which chains them.
 pub fn announce_in_batch(
     services: &Services,
     batch: &mut Batch,
@@ -190,55 +199,160 @@ pub fn after_change(services: &Services, user_id: &UserId, destinations: &[Owned
     services.sending.wake(destinations);
 }
 
-/// The `m.device_list_update` EDU for a device of a local user; without `keys` it says the
-/// device was deleted.
-pub fn device_list_update_edu(
+/// What an `m.device_list_update` says about a device that still exists.
+pub struct DeviceState {
+    /// The device's identity keys, once it uploaded them.
+    pub keys: Option<Value>,
+    pub display_name: Option<String>,
+}
+
+/// The current state of a local device, or `None` once it is gone.
+pub fn get_device_state(
     services: &Services,
     user_id: &UserId,
     device_id: &str,
-    stream_id: u64,
-    keys: Option<&Value>,
-) -> Result<Value> {
-    let display_name = services
-        .users
-        .get_device(user_id, device_id)?
-        .and_then(|device| device.display_name);
-    let mut content = json!({
-        "user_id": user_id,
-        "device_id": device_id,
-        "stream_id": stream_id,
-        "prev_id": [],
-        "deleted": keys.is_none(),
-    });
-    if let Some(keys) = keys {
-        content["keys"] = keys.clone();
-    }
-    if let Some(name) = display_name {
-        content["device_display_name"] = json!(name);
-    }
-    Ok(json!({ "edu_type": "m.device_list_update", "content": content }))
+) -> Result<Option<DeviceState>> {
+    let Some(device) = services.users.get_device(user_id, device_id)? else {
+        return Ok(None);
+    };
+    Ok(Some(DeviceState {
+        keys: services.keys.get_device_keys(user_id, device_id)?,
+        display_name: device.display_name,
+    }))
 }
 
-/// Announces a change of a device that has keys (its display name); does nothing otherwise.
-pub fn announce_device(services: &Services, user_id: &UserId, device_id: &str) -> Result<()> {
-    let Some(keys) = services.keys.get_device_keys(user_id, device_id)? else {
-        return Ok(());
+/// Queues in `batch` (stream position `count`) the next `m.device_list_update` of a local user
+/// for each device given (`None`: deleted) to `destinations`.
+///
+/// Each update gets the user's next `stream_id` (one more than the last, kept in `Keys`) and
+/// names the one before it in `prev_id`, whoever it was sent to: a server that missed one (it
+/// was down, or did not share a room then) sees an unknown `prev_id` and fetches the whole list
+/// (server-server API, "Device Management"). The batch must be written by
+/// `Globals::write_with_count`, whose lock keeps the chain in order.
+pub fn queue_device_updates_in_batch(
+    services: &Services,
+    batch: &mut Batch,
+    count: u64,
+    user_id: &UserId,
+    devices: &[(String, Option<DeviceState>)],
+    destinations: &[OwnedServerName],
+) -> Result<()> {
+    let mut last = services.keys.get_device_list_id(user_id)?;
+    let mut edus = Vec::with_capacity(devices.len());
+    for (device_id, state) in devices {
+        let stream_id = last.unwrap_or(0) + 1;
+        let mut content = json!({
+            "user_id": user_id,
+            "device_id": device_id,
+            "stream_id": stream_id,
+            "prev_id": last.into_iter().collect::<Vec<_>>(),
+            "deleted": state.is_none(),
+        });
+        if let Some(state) = state {
+            if let Some(keys) = &state.keys {
+                content["keys"] = keys.clone();
+            }
+            if let Some(name) = &state.display_name {
+                content["device_display_name"] = json!(name);
+            }
+        }
+        edus.push(json!({ "edu_type": "m.device_list_update", "content": content }));
+        last = Some(stream_id);
+    }
+    if let Some(last) = last {
+        services
+            .keys
+            .set_device_list_id_in_batch(batch, user_id, last);
+    }
+    services
+        .sending
+        .queue_edus_in_batch(batch, destinations, count, &edus);
+    Ok(())
+}
+
+/// Queues in `batch` (stream position `count`) an `m.device_list_update` restating each device
+/// given at the user's current `stream_id`, with no `prev_id`, to `destinations`: servers that
+/// just started sharing a room with the user. Nothing changed, so the chain does not move: a
+/// server that knows the list at that `stream_id` already has these devices, and one that does
+/// not fetches the list.
+pub fn queue_device_snapshot_in_batch(
+    services: &Services,
+    batch: &mut Batch,
+    count: u64,
+    user_id: &UserId,
+    devices: &[(String, DeviceState)],
+    destinations: &[OwnedServerName],
+) -> Result<()> {
+    let stream_id = match services.keys.get_device_list_id(user_id)? {
+        Some(id) => id,
+        None => {
+            services.keys.set_device_list_id_in_batch(batch, user_id, 1);
+            1
+        }
     };
+    let edus: Vec<Value> = devices
+        .iter()
+        .map(|(device_id, state)| {
+            let mut content = json!({
+                "user_id": user_id,
+                "device_id": device_id,
+                "stream_id": stream_id,
+                "prev_id": [],
+                "deleted": false,
+            });
+            if let Some(keys) = &state.keys {
+                content["keys"] = keys.clone();
+            }
+            if let Some(name) = &state.display_name {
+                content["device_display_name"] = json!(name);
+            }
+            json!({ "edu_type": "m.device_list_update", "content": content })
+        })
+        .collect();
+    services
+        .sending
+        .queue_edus_in_batch(batch, destinations, count, &edus);
+    Ok(())
+}
+
+/// Records in `batch` (stream position `count`) that devices of a local user changed: marks the
+/// user's keys changed for `/sync` and queues an `m.device_list_update` per device to every
+/// server sharing a room; returns those servers for [`after_change`].
+pub fn announce_devices_in_batch(
+    services: &Services,
+    batch: &mut Batch,
+    count: u64,
+    user_id: &UserId,
+    devices: &[(String, Option<DeviceState>)],
+) -> Result<Vec<OwnedServerName>> {
+    services.keys.mark_changed_in_batch(batch, user_id, count)?;
+    let destinations = iter_remote_servers(services, user_id)?;
+    queue_device_updates_in_batch(services, batch, count, user_id, devices, &destinations)?;
+    Ok(destinations)
+}
+
+/// Announces a new device or a device's new display name (after the change is stored).
+pub fn announce_device(services: &Services, user_id: &UserId, device_id: &str) -> Result<()> {
+    let state = get_device_state(services, user_id, device_id)?;
     let mut destinations = Vec::new();
     services
         .globals
         .write_with_count(&services.db, |batch, count| {
-            let edu = device_list_update_edu(services, user_id, device_id, count, Some(&keys))?;
-            destinations = announce_in_batch(services, batch, count, user_id, &edu)?;
+            destinations = announce_devices_in_batch(
+                services,
+                batch,
+                count,
+                user_id,
+                &[(device_id.to_owned(), state)],
+            )?;
             Ok(())
         })?;
     after_change(services, user_id, &destinations);
     Ok(())
 }
 
-/// Removes a device's keys and inbox after logout or deletion, and announces the change.
+/// Removes a device's keys and inbox after logout or deletion, and announces the deletion.
 pub fn delete_device(services: &Services, user_id: &UserId, device_id: &str) -> Result<()> {
-    let had_keys = services.keys.get_device_keys(user_id, device_id)?.is_some();
     let mut destinations = Vec::new();
     services
         .globals
@@ -249,15 +363,16 @@ pub fn delete_device(services: &Services, user_id: &UserId, device_id: &str) -> 
             services
                 .to_device
                 .delete_device_in_batch(batch, user_id, device_id)?;
-            if had_keys {
-                let edu = device_list_update_edu(services, user_id, device_id, count, None)?;
-                destinations = announce_in_batch(services, batch, count, user_id, &edu)?;
-            }
+            destinations = announce_devices_in_batch(
+                services,
+                batch,
+                count,
+                user_id,
+                &[(device_id.to_owned(), None)],
+            )?;
             Ok(())
         })?;
-    if had_keys {
-        after_change(services, user_id, &destinations);
-    }
+    after_change(services, user_id, &destinations);
     Ok(())
 }
 

@@ -21,7 +21,9 @@ use crate::{
 /// [`FallbackKey`]), `useridkind_crosssigningkey` (user ID 0xff `master`/`self_signing`/
 /// `user_signing` → JSON key), `countuserid_keychange` (stream position u64 0xff user ID → empty:
 /// the last change of each user's keys) and `userid_keychangecount` (user ID → stream position
-/// u64, to find and replace a user's entry in `countuserid_keychange`).
+/// u64, to find and replace a user's entry in `countuserid_keychange`) and
+/// `userid_devicelistid` (local user ID → the `stream_id` u64 of the user's last
+/// `m.device_list_update`, the `prev_id` of the next one).
 pub struct Keys {
     db: Arc<Db>,
     userdeviceid_devicekeys: Tree,
@@ -30,6 +32,7 @@ pub struct Keys {
     useridkind_crosssigningkey: Tree,
     countuserid_keychange: Tree,
     userid_keychangecount: Tree,
+    userid_devicelistid: Tree,
     /// Serialises claims, so that two claimers never get the same one-time key.
     claim_lock: Mutex<()>,
 }
@@ -68,6 +71,7 @@ impl Keys {
             useridkind_crosssigningkey: db.tree("useridkind_crosssigningkey"),
             countuserid_keychange: db.tree("countuserid_keychange"),
             userid_keychangecount: db.tree("userid_keychangecount"),
+            userid_devicelistid: db.tree("userid_devicelistid"),
             claim_lock: Mutex::new(()),
         }
     }
@@ -332,6 +336,23 @@ impl Keys {
             .userid_keychangecount
             .get(user_id.as_bytes())?
             .and_then(|bytes| key::read_u64(&bytes)))
+    }
+
+    /// The `stream_id` of a local user's last `m.device_list_update`.
+    pub fn get_device_list_id(&self, user_id: &UserId) -> Result<Option<u64>> {
+        Ok(self
+            .userid_devicelistid
+            .get(user_id.as_bytes())?
+            .and_then(|bytes| key::read_u64(&bytes)))
+    }
+
+    /// Records the `stream_id` of a local user's latest `m.device_list_update`.
+    pub fn set_device_list_id_in_batch(&self, batch: &mut Batch, user_id: &UserId, id: u64) {
+        batch.insert(
+            &self.userid_devicelistid,
+            user_id.as_bytes(),
+            &key::u64_bytes(id),
+        );
     }
 
     /// Users whose keys last changed after `from` and at or before `to`.

@@ -13,6 +13,7 @@ pub mod presence;
 pub mod push;
 pub mod receipts;
 pub mod received;
+pub mod remote_keys;
 pub mod rooms;
 pub mod sending;
 pub mod server_keys;
@@ -43,6 +44,7 @@ pub struct Services {
     pub typing: typing::Typing,
     pub receipts: receipts::Receipts,
     pub keys: keys::Keys,
+    pub remote_keys: remote_keys::RemoteKeys,
     pub to_device: to_device::ToDevice,
     pub key_backup: key_backup::KeyBackup,
     pub push: push::Push,
@@ -70,6 +72,7 @@ impl Services {
             sending: sending::Sending::open(&db),
             received: received::ReceivedTransactions::open(&db),
             keys: keys::Keys::open(&db),
+            remote_keys: remote_keys::RemoteKeys::open(&db),
             to_device: to_device::ToDevice::open(&db),
             key_backup: key_backup::KeyBackup::open(&db),
             push: push::Push::open(&db),

@@ -37,13 +37,16 @@ type NewDestination = (OwnedServerName, Arc<Destination>);
 
 /// The oldest queued items of a destination: their queue keys, PDU event IDs and EDUs.
 struct QueuedBatch {
+    /// The stream position of the first item: the transaction ID.
+    first_count: u64,
     keys: Vec<Vec<u8>>,
     pdus: Vec<String>,
     edus: Vec<Value>,
 }
 
-/// Owns `servercount_outgoing` (destination 0xff count u64 → JSON `{"pdu": event ID}` or
-/// `{"edu": {...}}`); the count is the stream position of the write that queued it.
+/// Owns `servercount_outgoing` (destination 0xff count u64, then an index u16 for the second and
+/// later EDUs one write queues → JSON `{"pdu": event ID}` or `{"edu": {...}}`); the count is the
+/// stream position of the write that queued it.
 pub struct Sending {
     servercount_outgoing: Tree,
     destinations: Mutex<HashMap<OwnedServerName, Arc<Destination>>>,
@@ -91,6 +94,26 @@ impl Sending {
         for destination in destinations {
             let entry = key::join(&[destination.as_bytes(), &key::u64_bytes(count)]);
             batch.insert(&self.servercount_outgoing, &entry, value.as_bytes());
+        }
+    }
+
+    /// Queues several EDUs for each destination in the batch that carries stream position `count`
+    /// (after anything else queued at `count`: the entries get the index 1, 2, … behind it), in
+    /// the order given.
+    pub fn queue_edus_in_batch(
+        &self,
+        batch: &mut Batch,
+        destinations: &[OwnedServerName],
+        count: u64,
+        edus: &[Value],
+    ) {
+        for (index, edu) in (1..=u16::MAX).zip(edus) {
+            let value = json!({ "edu": edu }).to_string();
+            for destination in destinations {
+                let mut entry = key::join(&[destination.as_bytes(), &key::u64_bytes(count)]);
+                entry.extend_from_slice(&index.to_be_bytes());
+                batch.insert(&self.servercount_outgoing, &entry, value.as_bytes());
+            }
         }
     }
 
@@ -158,7 +181,17 @@ impl Sending {
             }
             keys.push(entry_key.to_vec());
         }
-        Ok(QueuedBatch { keys, pdus, edus })
+        let first_count = keys
+            .first()
+            .and_then(|first| first.get(prefix.len()..))
+            .and_then(key::read_u64)
+            .unwrap_or(0);
+        Ok(QueuedBatch {
+            first_count,
+            keys,
+            pdus,
+            edus,
+        })
     }
 
     fn pending_destinations(&self) -> Result<Vec<OwnedServerName>> {
@@ -230,7 +263,12 @@ async fn destination_worker(
             return;
         }
         let loaded = services.sending.load_batch(&server, sent_up_to.as_deref());
-        let QueuedBatch { keys, pdus, edus } = match loaded {
+        let QueuedBatch {
+            first_count,
+            keys,
+            pdus,
+            edus,
+        } = match loaded {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::error!(%error, "reading the federation queue failed");
@@ -243,7 +281,7 @@ async fn destination_worker(
                 _ = shutdown.wait_for(|stopped| *stopped) => return,
             }
         }
-        match send_transaction(&services, &server, &keys, &pdus, edus).await {
+        match send_transaction(&services, &server, first_count, &pdus, edus).await {
             Ok(()) => {
                 failures = 0;
                 let mut batch = Batch::default();
@@ -278,15 +316,10 @@ async fn destination_worker(
 async fn send_transaction(
     services: &Services,
     server: &ServerName,
-    keys: &[Vec<u8>],
+    txn_id: u64,
     pdu_ids: &[String],
     edus: Vec<Value>,
 ) -> Result<()> {
-    let txn_id = keys
-        .first()
-        .and_then(|first| first.get(first.len().saturating_sub(8)..))
-        .and_then(key::read_u64)
-        .unwrap_or(0);
     let mut pdus = Vec::with_capacity(pdu_ids.len());
     for event_id in pdu_ids {
         let Ok(event_id) = ruma::OwnedEventId::try_from(event_id.as_str()) else {

@@ -5,6 +5,7 @@ mod common;
 
 mod accounts;
 mod backfill;
+mod device_lists;
 mod durability;
 mod e2ee;
 mod e2ee_clients;

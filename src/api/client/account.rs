@@ -214,6 +214,8 @@ pub async fn register(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         body.refresh_token,
         services.config.refreshable_token_lifetime_ms,
     )?;
+    // Starts the user's device list chain, so that every later update names a prev_id.
+    device_lists::announce_device(&services, &user_id, device_id.as_str())?;
     Ok(tokens_json(&user_id, &device_id, tokens))
 }
 
@@ -312,6 +314,10 @@ pub async fn login(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         }
         return Err(Error::forbidden("invalid username or password"));
     }
+    let known_device = match &body.device_id {
+        Some(device_id) => services.users.get_device(&user_id, device_id.as_str())?,
+        None => None,
+    };
     let (device_id, tokens) = services.users.create_device(
         &user_id,
         body.device_id,
@@ -319,6 +325,19 @@ pub async fn login(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         body.refresh_token,
         services.config.refreshable_token_lifetime_ms,
     )?;
+    // A new device (or a new name for a known one) is a device list change for everyone who
+    // shares a room with the user, here and on other servers.
+    let renamed = known_device.as_ref().is_some_and(|known| {
+        services
+            .users
+            .get_device(&user_id, device_id.as_str())
+            .ok()
+            .flatten()
+            .is_some_and(|device| device.display_name != known.display_name)
+    });
+    if known_device.is_none() || renamed {
+        device_lists::announce_device(&services, &user_id, device_id.as_str())?;
+    }
     let mut response = tokens_json(&user_id, &device_id, tokens);
     response["home_server"] = json!(services.globals.server_name());
     Ok(response)

@@ -277,28 +277,34 @@ pub async fn upload_signatures(services: Arc<Services>, ctx: Ctx) -> HandlerResu
         services
             .globals
             .write_with_count(&services.db, |batch, count| {
-                let edu = match device_id {
+                destinations = match device_id {
                     Some(device_id) => {
                         services
                             .keys
                             .set_device_keys_in_batch(batch, target, device_id, stored);
-                        device_lists::device_list_update_edu(
+                        let state = device_lists::DeviceState {
+                            keys: Some(stored.clone()),
+                            display_name: services
+                                .users
+                                .get_device(target, device_id)?
+                                .and_then(|device| device.display_name),
+                        };
+                        device_lists::announce_devices_in_batch(
                             &services,
-                            target,
-                            device_id,
+                            batch,
                             count,
-                            Some(stored),
+                            target,
+                            &[(device_id.clone(), Some(state))],
                         )?
                     }
                     None => {
                         services
                             .keys
                             .set_cross_signing_key_in_batch(batch, target, "master", stored);
-                        json!({ "edu_type": "m.signing_key_update", "content": { "user_id": target, "master_key": stored } })
+                        let edu = json!({ "edu_type": "m.signing_key_update", "content": { "user_id": target, "master_key": stored } });
+                        device_lists::announce_in_batch(&services, batch, count, target, &edu)?
                     }
                 };
-                destinations =
-                    device_lists::announce_in_batch(&services, batch, count, target, &edu)?;
                 Ok(())
             })?;
         device_lists::after_change(&services, target, &destinations);

@@ -46,7 +46,7 @@ pub async fn update_device(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     services
         .users
         .set_device_display_name(ctx.user(), ctx.param(0), name)?;
-    // Other users see the name in key queries, so a device with keys announces the change.
+    // Other users see the name in key queries and device lists, so the change is announced.
     device_lists::announce_device(&services, ctx.user(), ctx.param(0))?;
     Ok(json!({}))
 }

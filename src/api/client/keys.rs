@@ -98,15 +98,19 @@ pub async fn upload_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
                     services
                         .keys
                         .set_device_keys_in_batch(batch, user_id, device_id, &new);
-                    let edu = device_lists::device_list_update_edu(
+                    let state = device_lists::DeviceState {
+                        display_name: services
+                            .users
+                            .get_device(user_id, device_id)?
+                            .and_then(|device| device.display_name),
+                        keys: Some(new),
+                    };
+                    destinations = Some(device_lists::announce_devices_in_batch(
                         &services,
-                        user_id,
-                        device_id,
+                        batch,
                         count,
-                        Some(&new),
-                    )?;
-                    destinations = Some(device_lists::announce_in_batch(
-                        &services, batch, count, user_id, &edu,
+                        user_id,
+                        &[(device_id.to_owned(), Some(state))],
                     )?);
                 }
             }
@@ -246,20 +250,35 @@ fn merge_remote(response: &mut Map<String, Value>, answer: &Value, fields: &[&st
 
 /// `POST /_matrix/client/v3/keys/query`
 ///
-/// Local users are answered from storage; remote users with one `/user/keys/query` per server.
+/// Local users are answered from storage. Remote users who share a room with a local user are
+/// answered from the cache of their device lists when it is up to date, and otherwise have their
+/// list fetched (and cached) with `/user/devices/{userId}`; other remote users are asked with
+/// one `/user/keys/query` per server.
 pub async fn get_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let wanted = object_field(&ctx.body, "device_keys")?
         .ok_or_else(|| Error::bad_json("device_keys is required"))?;
-    let (local, remote) = split_by_server::<Vec<String>>(&services, "device_keys", Some(wanted))?;
+    let (local, mut remote) =
+        split_by_server::<Vec<String>>(&services, "device_keys", Some(wanted))?;
     let mut response = device_lists::query_local(&services, Some(ctx.user()), &local)?;
-    let (answers, failures) = ask_servers(
+    let timeout = remote_timeout(&ctx.body);
+    let mut tracked_failures = Map::new();
+    device_lists::remote::query_tracked(
+        &services,
+        &mut remote,
+        timeout,
+        &mut response,
+        &mut tracked_failures,
+    )
+    .await?;
+    let (answers, mut failures) = ask_servers(
         &services,
         "/_matrix/federation/v1/user/keys/query",
         "device_keys",
         remote,
-        remote_timeout(&ctx.body),
+        timeout,
     )
     .await;
+    failures.extend(tracked_failures);
     for answer in answers {
         merge_remote(
             &mut response,

@@ -2,7 +2,10 @@
 //! `/user/keys/claim` and `/user/devices/{userId}`, and the EDUs that carry device list
 //! updates, signing key updates and to-device messages.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use ruma::{OwnedUserId, ServerName};
 use serde_json::{json, Value};
@@ -10,7 +13,10 @@ use serde_json::{json, Value};
 use crate::{
     error::{Error, Result},
     http::{Ctx, HandlerResult},
-    service::{device_lists, to_device, Services},
+    service::{
+        device_lists::{self, remote},
+        to_device, Services,
+    },
 };
 
 /// The entries of a `{user ID: T}` request body field that name users of this server; others
@@ -58,8 +64,9 @@ pub async fn claim_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 
 /// `GET /_matrix/federation/v1/user/devices/{userId}`
 ///
-/// Every device of a local user with its keys and display name; `stream_id` is the position of
-/// the user's last key change, the one the `m.device_list_update` EDUs carry.
+/// Every device of a local user with its keys and display name; `stream_id` is the one of the
+/// user's last `m.device_list_update`, so that the asking server can tell which updates the
+/// list already holds.
 pub async fn get_devices(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let user_id = ctx.user_param(0)?;
     if user_id.server_name() != services.globals.server_name() {
@@ -70,6 +77,8 @@ pub async fn get_devices(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     if !services.users.exists(&user_id)? {
         return Err(Error::not_found(format!("unknown user {user_id}")));
     }
+    // Read before the devices, so that the list is at least as new as the stream_id it claims.
+    let stream_id = services.keys.get_device_list_id(&user_id)?.unwrap_or(0);
     let keys = services.keys.iter_device_keys(&user_id)?;
     let mut devices = Vec::new();
     for device in services.users.iter_devices(&user_id)? {
@@ -84,7 +93,7 @@ pub async fn get_devices(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     }
     let mut response = json!({
         "user_id": user_id,
-        "stream_id": services.keys.get_change_count(&user_id)?.unwrap_or(0),
+        "stream_id": stream_id,
         "devices": devices,
     });
     for (kind, field) in [
@@ -100,18 +109,37 @@ pub async fn get_devices(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 
 /// Acts on the EDUs of a received transaction that concern encryption; other EDU types are
 /// left to their own handlers. A bad EDU is skipped: the spec gives no way to reject one.
-pub fn receive_edus(services: &Services, origin: &ServerName, edus: &[Value]) {
+/// Device lists that an update could not be applied to are fetched again in the background.
+pub fn receive_edus(services: &Arc<Services>, origin: &ServerName, edus: &[Value]) {
+    let mut resync = BTreeSet::new();
     for edu in edus {
+        let content = &edu["content"];
         let result = match edu.get("edu_type").and_then(Value::as_str) {
-            Some("m.device_list_update" | "m.signing_key_update") => {
-                key_change(services, origin, &edu["content"])
+            Some("m.device_list_update") => origin_user(origin, &content["user_id"])
+                .and_then(|user_id| {
+                    let stale = remote::receive_device_list_update(services, &user_id, content)?;
+                    Ok(stale.then_some(user_id))
+                })
+                .map(|stale| resync.extend(stale)),
+            Some("m.signing_key_update") => {
+                origin_user(origin, &content["user_id"]).and_then(|user_id| {
+                    remote::receive_signing_key_update(services, &user_id, content)
+                })
             }
-            Some("m.direct_to_device") => direct_to_device(services, origin, &edu["content"]),
+            Some("m.direct_to_device") => direct_to_device(services, origin, content),
             _ => Ok(()),
         };
         if let Err(error) = result {
             tracing::warn!(%origin, %error, "ignored an encryption EDU");
         }
+    }
+    for user_id in resync {
+        let services = Arc::clone(services);
+        tokio::spawn(async move {
+            if let Err(error) = remote::resync(&services, &user_id).await {
+                tracing::warn!(%user_id, %error, "fetching a remote device list failed");
+            }
+        });
     }
 }
 
@@ -127,21 +155,6 @@ fn origin_user(origin: &ServerName, value: &Value) -> Result<OwnedUserId> {
         )));
     }
     Ok(user_id)
-}
-
-/// `m.device_list_update` and `m.signing_key_update`: this server keeps no copy of remote keys
-/// (queries go to the user's server), so an update only marks the user's keys as changed for
-/// local users sharing a room with them.
-fn key_change(services: &Services, origin: &ServerName, content: &Value) -> Result<()> {
-    let user_id = origin_user(origin, &content["user_id"])?;
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
-            device_lists::announce_in_batch(services, batch, count, &user_id, &Value::Null)
-                .map(drop)
-        })?;
-    device_lists::after_change(services, &user_id, &[]);
-    Ok(())
 }
 
 /// `m.direct_to_device`: messages for local devices, delivered once per `message_id`.

@@ -19,7 +19,7 @@ pub use self::create::{build_and_sign, build_template, create_and_commit, PduBui
 use super::{pdu::Pdu, state};
 use crate::{
     error::{Error, Result},
-    service::{notify::Topic, Services},
+    service::{device_lists, notify::Topic, Services},
     store::{key, Batch, Db, Tree},
 };
 
@@ -206,7 +206,8 @@ impl Timeline {
 /// batch (with the event queued for the other servers in the room), then runs the follow-up
 /// effects in this order: wake sync, wake the federation sender, wake the push sender.
 /// (Appservices and admin commands join this list as they are built.) The batch also holds the
-/// notifications the event makes for local users (`service::push::prepare`, evaluated before it).
+/// notifications the event makes for local users (`service::push::prepare`, evaluated before it)
+/// and, for a member event, its device list work (`device_lists::membership`).
 ///
 /// The caller holds the room lock and has run the auth checks.
 pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
@@ -353,6 +354,9 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
                 b"",
             );
             if pdu.kind == TimelineEventType::RoomMember {
+                device_lists::membership::member_event_in_batch(
+                    services, &mut batch, count, room_id, &pdu,
+                )?;
                 rooms
                     .members
                     .update_in_batch(room_id, &pdu, count, &mut batch)?;
@@ -381,6 +385,7 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
     if let (TimelineEventType::RoomMember, Some(target)) = (&pdu.kind, &pdu.state_key) {
         services.notifier.wake(Topic::User(target.clone()));
         carry_over_push_rules(services, room_id, target, &pdu);
+        device_lists::membership::after_member_event(services, room_id, &pdu);
     }
     services.sending.wake(&destinations);
     services.push.wake_sender(&push);
