@@ -27,5 +27,6 @@ mod spec_map;
 mod synapse_harness;
 mod synapse_interop;
 pub mod sync;
+mod third_party_invites;
 mod tidy;
 mod upgrade;
