@@ -567,3 +567,142 @@ async fn identity_servers_on_denied_addresses_are_not_contacted() {
     );
     assert!(identity.requests().is_empty());
 }
+
+/// `/exchange_third_party_invite` from `from` to `to`, signed as `from`: the error's debug text
+/// (which names the errcode), or `ok`.
+async fn exchange(from: &TestServer, to: &TestServer, room: &str, event: &Value) -> String {
+    let services = &from.services;
+    let destination = ruma::OwnedServerName::try_from(to.server_name()).unwrap();
+    let answer = services
+        .federation
+        .request(
+            services.globals.server_name(),
+            services.globals.signing_key(),
+            &destination,
+            http::Method::PUT,
+            &format!(
+                "/_matrix/federation/v1/exchange_third_party_invite/{}",
+                enc(room)
+            ),
+            Some(event),
+        )
+        .await;
+    match answer {
+        Ok(value) => {
+            assert_eq!(value, json!({}));
+            "ok".to_owned()
+        }
+        Err(error) => format!("{error:?}"),
+    }
+}
+
+#[tokio::test]
+async fn exchange_requests_that_do_not_match_the_pending_invite_are_refused() {
+    let ca = TestCa::new();
+    let hs1 = TestServer::start_federated_with(ip("127.0.0.2"), &ca, None, |config| {
+        config.identity_server_allow_http = true;
+    })
+    .await;
+    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
+    let identity = FakeIdentityServer::start().await;
+    let alice = hs1.register("alice").await;
+    let alice_id = alice.user_id().await;
+    let carol = hs1.register("carol").await;
+    let carol_id = carol.user_id().await;
+    let bob = hs2.register("bob").await;
+    let bob_id = bob.user_id().await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    carol
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),
+            json!({}),
+        )
+        .await;
+    let answer = invite(&alice, &room, identity.invite_body("bob@example.org")).await;
+    assert_eq!(answer, (200, json!({})));
+    let signed = identity.signed(&bob_id, "token1", &alice_id, None);
+    let event = |sender: &str, target: &str, signed: &Value| {
+        json!({
+            "type": "m.room.member",
+            "room_id": room,
+            "sender": sender,
+            "state_key": target,
+            "content": { "membership": "invite", "third_party_invite": { "signed": signed } },
+        })
+    };
+    let check = |answer: String, expected: &str| {
+        assert!(answer.contains(expected), "{answer} should say {expected}");
+    };
+    // The invitee must be a user of the asking server, the sender a user of this one and the
+    // sender of the pending invite; the token must match a pending invite; the signed block must
+    // name the invitee and be signed by one of the pending invite's keys.
+    check(
+        exchange(&hs2, &hs1, &room, &event(&alice_id, &carol_id, &signed)).await,
+        "Forbidden",
+    );
+    check(
+        exchange(&hs2, &hs1, &room, &event(&bob_id, &bob_id, &signed)).await,
+        "Forbidden",
+    );
+    check(
+        exchange(&hs2, &hs1, &room, &event(&carol_id, &bob_id, &signed)).await,
+        "Forbidden",
+    );
+    let unknown_token = identity.signed(&bob_id, "token7", &alice_id, None);
+    check(
+        exchange(
+            &hs2,
+            &hs1,
+            &room,
+            &event(&alice_id, &bob_id, &unknown_token),
+        )
+        .await,
+        "Forbidden",
+    );
+    let other_key = Ed25519KeyPair::from_der(&Ed25519KeyPair::generate(), "0".into()).unwrap();
+    let forged = identity.signed(&bob_id, "token1", &alice_id, Some(&other_key));
+    check(
+        exchange(&hs2, &hs1, &room, &event(&alice_id, &bob_id, &forged)).await,
+        "Forbidden",
+    );
+    let someone_else = identity.signed("@eve:127.0.0.3:1", "token1", &alice_id, None);
+    check(
+        exchange(&hs2, &hs1, &room, &event(&alice_id, &bob_id, &someone_else)).await,
+        "Forbidden",
+    );
+    let mut message = event(&alice_id, &bob_id, &signed);
+    message["type"] = json!("m.room.message");
+    check(exchange(&hs2, &hs1, &room, &message).await, "M_BAD_JSON");
+    let other_room = "!elsewhere:127.0.0.2";
+    check(
+        exchange(&hs2, &hs1, other_room, &event(&alice_id, &bob_id, &signed)).await,
+        "NotFound",
+    );
+    check(
+        exchange(&hs2, &hs1, &room, &{
+            let mut moved = event(&alice_id, &bob_id, &signed);
+            moved["room_id"] = json!(other_room);
+            moved
+        })
+        .await,
+        "M_BAD_JSON",
+    );
+    let members = alice
+        .get_ok(&format!("/_matrix/client/v3/rooms/{}/members", enc(&room)))
+        .await;
+    assert!(
+        !members["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|member| member["state_key"] == bob_id),
+        "{members}"
+    );
+
+    // The matching request is answered once the invite is sent.
+    check(
+        exchange(&hs2, &hs1, &room, &event(&alice_id, &bob_id, &signed)).await,
+        "ok",
+    );
+    wait_for_invite(&bob, &room).await;
+}
