@@ -391,7 +391,8 @@ async fn email_invite_to_a_bound_address_invites_the_user() {
     let bob_id = bob.user_id().await;
     identity.bind("bob@example.org", &bob_id);
     let room = alice.create_room(json!({ "preset": "private_chat" })).await;
-    let answer = invite(&alice, &room, identity.invite_body("bob@example.org")).await;
+    // The address is looked up in its canonical form (the domain, here all of it, lowercased).
+    let answer = invite(&alice, &room, identity.invite_body("Bob@Example.ORG")).await;
     assert_eq!(answer, (200, json!({})));
     wait_for_invite(&bob, &room).await;
     assert!(identity
@@ -443,6 +444,16 @@ async fn third_party_invites_refuse_bad_input() {
     );
     assert_error(
         &invite(&alice, &room, with("medium", json!("pigeon"))).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    assert_error(
+        &invite(
+            &alice,
+            &room,
+            with("address", json!("Dave <dave@example.org>")),
+        )
+        .await,
         400,
         "M_INVALID_PARAM",
     );

@@ -29,8 +29,8 @@ use crate::{
     },
 };
 
-/// Third-party identifier media a client may invite (appendix "3PID Types").
-const MEDIA: [&str; 2] = ["email", "msisdn"];
+/// The longest third-party address accepted, in bytes.
+const MAX_ADDRESS_BYTES: usize = 512;
 
 /// At most this many invites are taken from one `/3pid/onbind`.
 const MAX_ONBIND_INVITES: usize = 100;
@@ -54,18 +54,13 @@ pub async fn invite(
     sender: &UserId,
     invitee: &ThirdPartyInvitee<'_>,
 ) -> Result<Option<OwnedUserId>> {
-    if !MEDIA.contains(&invitee.medium) {
-        return Err(Error::invalid_param(format!(
-            "unknown medium {}",
-            invitee.medium
-        )));
-    }
+    let address = canonical_address(invitee.medium, invitee.address)?;
     require_may_invite(services, room_id, sender)?;
     let server = IdentityServer::new(&services.config, invitee.id_server, invitee.id_access_token)?;
-    if let Some(user) = server.lookup(invitee.medium, invitee.address).await? {
+    if let Some(user) = server.lookup(invitee.medium, &address).await? {
         return Ok(Some(user));
     }
-    let body = store_invite_body(services, room_id, sender, invitee)?;
+    let body = store_invite_body(services, room_id, sender, invitee.medium, &address)?;
     let stored = server.store_invite(&body).await?;
     let (public_key, key_validity_url) = stored.public_keys[0].clone();
     let public_keys: Vec<Value> = stored
@@ -87,6 +82,38 @@ pub async fn invite(
         None,
     )?;
     Ok(None)
+}
+
+/// The canonical form of a third-party identifier (appendix "3PID Types"): an email address
+/// as `user@domain`, lowercased (Unicode lowercase mapping, which is case folding for all but a
+/// few characters such as `ß`); a phone number as its digits without `+`. Anything else, and
+/// an unknown medium, is `400 M_INVALID_PARAM`.
+pub fn canonical_address(medium: &str, address: &str) -> Result<String> {
+    let invalid = || Error::invalid_param(format!("invalid {medium} address"));
+    if address.len() > MAX_ADDRESS_BYTES {
+        return Err(invalid());
+    }
+    match medium {
+        "email" => {
+            let (user, domain) = address.split_once('@').ok_or_else(invalid)?;
+            let plain = |part: &str| {
+                !part.is_empty()
+                    && !part.contains(['@', '<', '>', ' ', '\t', '\n', '\r'])
+                    && !part.starts_with("mailto:")
+            };
+            if !plain(user) || !plain(domain) {
+                return Err(invalid());
+            }
+            Ok(address.to_lowercase())
+        }
+        "msisdn" => {
+            if address.is_empty() || !address.bytes().all(|byte| byte.is_ascii_digit()) {
+                return Err(invalid());
+            }
+            Ok(address.to_owned())
+        }
+        _ => Err(Error::invalid_param(format!("unknown medium {medium}"))),
+    }
 }
 
 /// The sender must be joined and have the invite level, checked before anything is asked of an
@@ -112,11 +139,12 @@ fn store_invite_body(
     services: &Services,
     room_id: &RoomId,
     sender: &UserId,
-    invitee: &ThirdPartyInvitee<'_>,
+    medium: &str,
+    address: &str,
 ) -> Result<Value> {
     let mut body = json!({
-        "medium": invitee.medium,
-        "address": invitee.address,
+        "medium": medium,
+        "address": address,
         "room_id": room_id,
         "sender": sender,
     });
@@ -381,4 +409,37 @@ fn user_field(object: &Value, field: &str) -> Result<OwnedUserId> {
         .as_str()
         .ok_or_else(|| Error::missing_param(format!("missing {field}")))?;
     OwnedUserId::try_from(text).map_err(|_| Error::invalid_param(format!("invalid {field} {text}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_address;
+
+    #[test]
+    fn addresses_take_their_canonical_form() {
+        let check = |medium: &str, address: &str, expected: Option<&str>| {
+            assert_eq!(
+                canonical_address(medium, address).ok().as_deref(),
+                expected,
+                "{medium} {address}"
+            );
+        };
+        check("email", "Bob@Example.ORG", Some("bob@example.org"));
+        check("email", "bob@example.org", Some("bob@example.org"));
+        check("msisdn", "447700900123", Some("447700900123"));
+        for bad in [
+            "bob",
+            "@example.org",
+            "bob@",
+            "a@b@c",
+            "Bob <bob@example.org>",
+            "mailto:bob@example.org",
+        ] {
+            check("email", bad, None);
+        }
+        check("email", &format!("{}@example.org", "b".repeat(600)), None);
+        check("msisdn", "+447700900123", None);
+        check("msisdn", "", None);
+        check("pigeon", "coop 7", None);
+    }
 }
