@@ -84,6 +84,10 @@ pub struct Config {
     /// and every redirect. The default covers loopback, private, link-local, shared, multicast
     /// and reserved ranges of IPv4 and IPv6.
     pub url_preview_ip_denylist: Vec<String>,
+    /// Reach identity servers (third-party invites) over plain `http`, at any address, loopback
+    /// included (a fake identity server in tests and development). Off by default: identity
+    /// servers are reached over `https`, never at an address in `url_preview_ip_denylist`.
+    pub identity_server_allow_http: bool,
 }
 
 impl Default for Config {
@@ -115,6 +119,7 @@ impl Default for Config {
                 .iter()
                 .map(|range| (*range).to_owned())
                 .collect(),
+            identity_server_allow_http: false,
         }
     }
 }
@@ -261,6 +266,7 @@ const ENV_KEYS: &[&str] = &[
     "max_upload_bytes",
     "url_preview_enabled",
     "url_preview_ip_denylist",
+    "identity_server_allow_http",
 ];
 
 impl Config {

@@ -4,7 +4,8 @@ use http::Method;
 
 use super::{route, Auth, Route};
 use crate::api::federation::{
-    events, keys, membership as fed_membership, query, space as fed_space, transactions, user_keys,
+    events, keys, membership as fed_membership, query, space as fed_space, third_party_invite,
+    transactions, user_keys,
 };
 
 /// Every federation and key route.
@@ -70,6 +71,18 @@ pub fn all() -> Vec<Route> {
             "/_matrix/federation/v2/invite/{roomId}/{eventId}",
             Server,
             fed_membership::create_invite,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/federation/v1/exchange_third_party_invite/{roomId}",
+            Server,
+            third_party_invite::exchange_third_party_invite,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/federation/v1/3pid/onbind",
+            Open,
+            third_party_invite::on_bind_third_party_identifier,
         ),
         route(
             Method::GET,

@@ -5,6 +5,7 @@ pub mod account_data;
 pub mod device_lists;
 pub mod filter;
 pub mod globals;
+pub mod identity;
 pub mod key_backup;
 pub mod keys;
 pub mod media;

@@ -49,6 +49,16 @@ impl TestServer {
         ca: &tls::TestCa,
         path: Option<&Path>,
     ) -> Self {
+        Self::start_federated_with(ip, ca, path, |_| {}).await
+    }
+
+    /// [`Self::start_federated`] with config tweaks.
+    pub async fn start_federated_with(
+        ip: std::net::IpAddr,
+        ca: &tls::TestCa,
+        path: Option<&Path>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let (dir, path) = match path {
             Some(path) => (None, path.to_owned()),
             None => {
@@ -69,7 +79,7 @@ impl TestServer {
         std::fs::write(&port_file, address.port().to_string()).unwrap();
         let (cert, key) = ca.issue(ip, &[], &path);
         let ca_file = ca.write_ca(&path);
-        let config = Config {
+        let mut config = Config {
             database_path: path.join("db"),
             server_name: address.to_string(),
             federation_listen: Some(address),
@@ -78,6 +88,7 @@ impl TestServer {
             federation_ca_file: Some(ca_file),
             ..Config::default()
         };
+        tweak(&mut config);
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let mut server = Self::spawn(config, listener, Some(federation));
         server.dir = dir;

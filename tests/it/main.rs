@@ -29,5 +29,6 @@ mod synapse_harness;
 mod synapse_interop;
 mod synapse_scenarios;
 pub mod sync;
+mod third_party_invites;
 mod tidy;
 mod upgrade;

@@ -16,6 +16,7 @@ use crate::{
         rooms::{
             handshake,
             restricted::{self, JoinCheck},
+            third_party,
             timeline::{create_and_commit, read::client_event, PduBuilder},
             visibility::ReadableState,
         },
@@ -291,9 +292,24 @@ async fn join(
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/invite`
+///
+/// Both forms of the spec: by user ID, and by third-party identifier (a body with `medium`,
+/// `address`, `id_server` and `id_access_token` and no `user_id`), which asks the identity
+/// server for the bound user and invites them, or leaves an `m.room.third_party_invite`.
 pub async fn invite_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
-    let invitee = target(&ctx)?;
+    let invitee = if ctx.body.get("user_id").is_none()
+        && ["medium", "address", "id_server", "id_access_token"]
+            .iter()
+            .any(|field| ctx.body.get(field).is_some())
+    {
+        match invite_by_third_party_id(&services, &ctx, &room_id).await? {
+            Some(user) => user,
+            None => return Ok(json!({})),
+        }
+    } else {
+        target(&ctx)?
+    };
     if invitee.server_name() == services.globals.server_name()
         && !services.users.exists(&invitee)?
     {
@@ -320,6 +336,31 @@ pub async fn invite_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         reason(&ctx).as_deref(),
     )?;
     Ok(json!({}))
+}
+
+/// The third-party form of `/invite` (client-server "Third-party invites"): the user bound to
+/// the identifier, or `None` when the identity server stored the invite and the room got its
+/// `m.room.third_party_invite`.
+async fn invite_by_third_party_id(
+    services: &Services,
+    ctx: &Ctx,
+    room_id: &RoomId,
+) -> Result<Option<ruma::OwnedUserId>> {
+    let field = |name: &str| -> Result<&str> {
+        match ctx.body.get(name) {
+            None => Err(Error::missing_param(format!("missing {name}"))),
+            Some(value) => value
+                .as_str()
+                .ok_or_else(|| Error::bad_json(format!("{name} must be a string"))),
+        }
+    };
+    let invitee = third_party::ThirdPartyInvitee {
+        medium: field("medium")?,
+        address: field("address")?,
+        id_server: field("id_server")?,
+        id_access_token: field("id_access_token")?,
+    };
+    third_party::invite(services, room_id, ctx.user(), &invitee).await
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/leave`

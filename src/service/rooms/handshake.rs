@@ -354,12 +354,19 @@ pub async fn invite_remote(
         return Err(Error::forbidden("the invitee's server changed the invite"));
     }
     incoming::verify_pdu(services, &parsed, &rules).await?;
+    // The invitee's server has the invite already, but if one of its users is joined it takes
+    // the event into its timeline only from `/send`, like every other server of the room.
+    let invitee_server_joined = rooms
+        .members
+        .servers_in_room(room_id)?
+        .contains(invitee.server_name());
+    let except = (!invitee_server_joined).then_some(invitee.server_name());
     incoming::handle(
         services,
         invitee.server_name(),
         room_id,
         &answer["event"],
-        SendTo::RoomExcept(Some(invitee.server_name())),
+        SendTo::RoomExcept(except),
     )
     .await?;
     Ok(event_id)

@@ -15,6 +15,7 @@ pub mod search;
 pub mod short;
 pub mod spaces;
 pub mod state;
+pub mod third_party;
 pub mod timeline;
 pub mod visibility;
 

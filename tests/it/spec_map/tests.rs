@@ -77,6 +77,27 @@ fn claimed_endpoint_not_served_fails() {
 }
 
 #[test]
+fn a_second_form_of_an_endpoint_is_served_by_its_route() {
+    let both = "client-server\tPOST\t/_matrix/client/v3/rooms/{roomId}/invite\timplemented\tinvite\t\n\
+                client-server\tPOST\t/_matrix/client/v3/rooms/{roomId}/invite \timplemented\tinvite\t\n";
+    check(
+        both,
+        "",
+        &[("POST", "/_matrix/client/v3/rooms/{room_id}/invite")],
+        &[],
+    );
+    check(
+        both,
+        "",
+        &[],
+        &[
+            "POST /_matrix/client/v3/rooms/{roomId}/invite is marked implemented",
+            "POST /_matrix/client/v3/rooms/{roomId}/invite  is marked implemented",
+        ],
+    );
+}
+
+#[test]
 fn unknown_route_needs_an_extension() {
     let served = [
         ("GET", "/_plait/v1/health"),
