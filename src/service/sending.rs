@@ -37,8 +37,10 @@ type NewDestination = (OwnedServerName, Arc<Destination>);
 
 /// The oldest queued items of a destination: their queue keys, PDU event IDs and EDUs.
 struct QueuedBatch {
-    /// The stream position of the first item: the transaction ID.
-    first_count: u64,
+    /// The transaction ID: the queue positions of the first and last items, so that a retry of
+    /// the same items reuses it and a transaction with other items never does (a receiver that
+    /// already answered an ID answers again without reading the body).
+    txn_id: String,
     keys: Vec<Vec<u8>>,
     pdus: Vec<String>,
     edus: Vec<Value>,
@@ -181,13 +183,12 @@ impl Sending {
             }
             keys.push(entry_key.to_vec());
         }
-        let first_count = keys
-            .first()
-            .and_then(|first| first.get(prefix.len()..))
-            .and_then(key::read_u64)
-            .unwrap_or(0);
+        let txn_id = match (keys.first(), keys.last()) {
+            (Some(first), Some(last)) => transaction_id(&prefix, first, last),
+            _ => String::new(),
+        };
         Ok(QueuedBatch {
-            first_count,
+            txn_id,
             keys,
             pdus,
             edus,
@@ -258,34 +259,42 @@ async fn destination_worker(
     let mut failures = 0u32;
     // The last queue key sent and dequeued: the next batch starts after it.
     let mut sent_up_to: Option<Vec<u8>> = None;
+    // A transaction that failed is retried with exactly its items until it goes through.
+    let mut retry: Option<QueuedBatch> = None;
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let loaded = services.sending.load_batch(&server, sent_up_to.as_deref());
-        let QueuedBatch {
-            first_count,
-            keys,
-            pdus,
-            edus,
-        } = match loaded {
-            Ok(batch) => batch,
-            Err(error) => {
-                tracing::error!(%error, "reading the federation queue failed");
-                return;
-            }
+        let queued = match retry.take() {
+            Some(queued) => queued,
+            None => match services.sending.load_batch(&server, sent_up_to.as_deref()) {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::error!(%error, "reading the federation queue failed");
+                    return;
+                }
+            },
         };
-        if keys.is_empty() {
+        if queued.keys.is_empty() {
             tokio::select! {
                 () = destination.queued.notified() => continue,
                 _ = shutdown.wait_for(|stopped| *stopped) => return,
             }
         }
-        match send_transaction(&services, &server, first_count, &pdus, edus).await {
+        let sent = send_transaction(
+            &services,
+            &server,
+            &queued.txn_id,
+            &queued.pdus,
+            queued.edus.clone(),
+        )
+        .await;
+        let keys = &queued.keys;
+        match sent {
             Ok(()) => {
                 failures = 0;
                 let mut batch = Batch::default();
-                for entry in &keys {
+                for entry in keys {
                     batch.remove(&services.sending.servercount_outgoing, entry);
                 }
                 if let Err(error) = services.db.write(batch) {
@@ -300,6 +309,7 @@ async fn destination_worker(
                     .saturating_mul(2u32.saturating_pow(failures.min(12) - 1))
                     .min(BACKOFF_MAX);
                 tracing::warn!(%error, failures, wait_secs = wait.as_secs(), "transaction failed; backing off");
+                retry = Some(queued);
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = destination.heard_from.notified() => {}
@@ -310,13 +320,31 @@ async fn destination_worker(
     }
 }
 
-/// Sends one transaction. Its ID is the first queue key's count, so a retry after a lost answer
+/// A transaction's ID from its first and last queue keys (after the destination prefix): the
+/// first item's stream position, then the last key's position and index in hex. Two loads of the
+/// queue from one start give the same ID only when they hold the same items, so a transaction
+/// reloaded after a restart with more items than a sent one is not taken for its retry.
+fn transaction_id(prefix: &[u8], first: &[u8], last: &[u8]) -> String {
+    let first_count = first
+        .get(prefix.len()..)
+        .and_then(key::read_u64)
+        .unwrap_or(0);
+    let last_hex: String = last
+        .get(prefix.len()..)
+        .unwrap_or_default()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("{first_count}.{last_hex}")
+}
+
+/// Sends one transaction under `txn_id` ([`transaction_id`]), so a retry after a lost answer
 /// reuses it and the receiver can drop the duplicate.
 #[tracing::instrument(skip_all, fields(pdus = pdu_ids.len(), edus = edus.len()))]
 async fn send_transaction(
     services: &Services,
     server: &ServerName,
-    txn_id: u64,
+    txn_id: &str,
     pdu_ids: &[String],
     edus: Vec<Value>,
 ) -> Result<()> {
@@ -350,4 +378,37 @@ async fn send_transaction(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transaction_id;
+    use crate::store::key;
+
+    fn queue_key(prefix: &[u8], count: u64, index: Option<u16>) -> Vec<u8> {
+        let mut entry = prefix.to_vec();
+        entry.extend_from_slice(&key::u64_bytes(count));
+        if let Some(index) = index {
+            entry.extend_from_slice(&index.to_be_bytes());
+        }
+        entry
+    }
+
+    #[test]
+    fn transaction_ids_differ_whenever_the_items_differ() {
+        let prefix = key::prefix(&[b"example.org"]);
+        let first = queue_key(&prefix, 7, None);
+        let short = transaction_id(&prefix, &first, &queue_key(&prefix, 9, None));
+        assert_eq!(
+            short,
+            transaction_id(&prefix, &first, &queue_key(&prefix, 9, None)),
+            "a retry of the same items keeps its ID"
+        );
+        assert!(short.starts_with("7."), "{short}");
+        let longer = transaction_id(&prefix, &first, &queue_key(&prefix, 12, None));
+        let indexed = transaction_id(&prefix, &first, &queue_key(&prefix, 9, Some(1)));
+        assert_ne!(short, longer);
+        assert_ne!(short, indexed);
+        assert!(longer.chars().all(|c| c.is_ascii_hexdigit() || c == '.'));
+    }
 }
