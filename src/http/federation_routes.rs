@@ -72,6 +72,12 @@ pub fn all() -> Vec<Route> {
             fed_membership::create_invite,
         ),
         route(
+            Method::PUT,
+            "/_matrix/federation/v1/invite/{roomId}/{eventId}",
+            Server,
+            fed_membership::create_invite_v1,
+        ),
+        route(
             Method::GET,
             "/_matrix/federation/v1/event/{eventId}",
             Server,
@@ -136,6 +142,12 @@ pub fn all() -> Vec<Route> {
             "/_matrix/federation/v1/query/directory",
             Server,
             query::get_room_information,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/query/{queryType}",
+            Server,
+            query::query_info,
         ),
         route(
             Method::POST,

@@ -31,6 +31,12 @@ pub fn all() -> Vec<Route> {
         ),
         route(
             Method::GET,
+            "/.well-known/matrix/server",
+            Open,
+            discovery::server_well_known,
+        ),
+        route(
+            Method::GET,
             "/_matrix/client/v3/capabilities",
             Token,
             discovery::get_capabilities,

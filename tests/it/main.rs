@@ -12,6 +12,7 @@ mod ephemeral;
 pub mod federation;
 mod federation_acl;
 mod federation_ephemeral;
+mod federation_misc;
 mod key_backup;
 mod media;
 mod organisation;
