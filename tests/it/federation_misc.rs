@@ -304,3 +304,231 @@ async fn well_known_server_delegates_when_configured() {
         plait::Config::from_toml("well_known_server = \"https://matrix.example.com\"").unwrap_err();
     assert!(error.contains("well_known_server"), "{error}");
 }
+
+/// `user` (of `from`) joins `room` of `to` by hand: `make_join`, signed by `from`, then
+/// `send_join` with `query` appended; returns the status and answer of `send_join`.
+async fn send_join_by_hand(
+    ca: &TestCa,
+    from: &TestServer,
+    to: &TestServer,
+    room: &str,
+    user: &str,
+    query: &str,
+) -> (u16, Value) {
+    let (status, template) = signed(
+        ca,
+        from,
+        to,
+        http::Method::GET,
+        &format!(
+            "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+            enc(room),
+            enc(user)
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{template}");
+    let mut object: ruma::CanonicalJsonObject =
+        serde_json::from_value(template["event"].clone()).unwrap();
+    let version =
+        ruma::RoomVersionId::try_from(template["room_version"].as_str().unwrap()).unwrap();
+    let rules = plait::service::rooms::timeline::rules_for(&version).unwrap();
+    let services = &from.services;
+    plait::crypto::hash_and_sign_event(
+        services.globals.server_name().as_str(),
+        services.globals.signing_key(),
+        &mut object,
+        &rules,
+    )
+    .unwrap();
+    let event_id = plait::crypto::reference_event_id(&object, &rules).unwrap();
+    signed(
+        ca,
+        from,
+        to,
+        http::Method::PUT,
+        &format!(
+            "/_matrix/federation/v2/send_join/{}/{}{query}",
+            enc(room),
+            enc(event_id.as_str())
+        ),
+        Some(serde_json::to_value(object).unwrap()),
+    )
+    .await
+}
+
+/// The `(type, state_key)` of each event in a `send_join` answer's `state`.
+fn state_keys(answer: &Value) -> Vec<(String, String)> {
+    answer["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| {
+            (
+                event["type"].as_str().unwrap().to_owned(),
+                event["state_key"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Checks that `state` and `auth_chain` hold every auth event that their events name, and, for a
+/// reduced answer, that no event is in both.
+fn assert_auth_closed(answer: &Value, rules: &ruma::room_version_rules::RoomVersionRules) {
+    let ids = |field: &str| -> Vec<String> {
+        answer[field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|event| {
+                let object: ruma::CanonicalJsonObject =
+                    serde_json::from_value(event.clone()).unwrap();
+                plait::crypto::reference_event_id(&object, rules)
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let state = ids("state");
+    let chain = ids("auth_chain");
+    if answer["members_omitted"] == true {
+        assert!(
+            state.iter().all(|id| !chain.contains(id)),
+            "events of state repeated in auth_chain: {answer}"
+        );
+    }
+    let held: std::collections::HashSet<&String> = state.iter().chain(&chain).collect();
+    for event in answer["state"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(answer["auth_chain"].as_array().unwrap())
+    {
+        for auth in event["auth_events"].as_array().unwrap() {
+            assert!(
+                held.contains(&auth.as_str().unwrap().to_owned()),
+                "auth event {auth} of {event} is missing"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn send_join_omits_members_when_asked() {
+    let (ca, hs1, hs2) = two_servers().await;
+    let hs1_name = hs1.server_name();
+    let alice = hs1.register("alice").await;
+    let mut locals = Vec::new();
+    for name in ["u1", "u2", "u3", "u4", "u5", "u6"] {
+        locals.push(hs1.register(name).await);
+    }
+    let rules = plait::service::rooms::timeline::rules_for(&ruma::RoomVersionId::V12).unwrap();
+    let member = |name: &str| ("m.room.member".to_owned(), format!("@{name}:{hs1_name}"));
+
+    // A named room that bob of hs2 was invited to: only his own member event stays.
+    let bob = hs2.register("bob").await;
+    let bob_id = bob.user_id().await;
+    let named = alice
+        .create_room(json!({ "preset": "public_chat", "name": "Named" }))
+        .await;
+    for local in &locals[..2] {
+        crate::federation::join_via(local, &named, &hs1).await;
+    }
+    alice
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&named)),
+            json!({ "user_id": bob_id }),
+        )
+        .await;
+    wait_for_invite(&bob, &named).await;
+    let (status, answer) =
+        send_join_by_hand(&ca, &hs2, &hs1, &named, &bob_id, "?omit_members=true").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["members_omitted"], true);
+    assert_eq!(answer["servers_in_room"], json!([hs1_name]));
+    let keys = state_keys(&answer);
+    let members: Vec<_> = keys
+        .iter()
+        .filter(|(kind, _)| kind == "m.room.member")
+        .collect();
+    assert_eq!(
+        members,
+        vec![&("m.room.member".to_owned(), bob_id.clone())],
+        "{answer}"
+    );
+    assert!(keys.contains(&("m.room.name".to_owned(), String::new())));
+    assert!(keys.contains(&("m.room.power_levels".to_owned(), String::new())));
+    assert_auth_closed(&answer, &rules);
+
+    // An unnamed room: the five heroes (the first joined members, in the order they joined)
+    // stay, the sixth joined member and the one who left do not.
+    let unnamed = alice.create_room(json!({ "preset": "public_chat" })).await;
+    for local in &locals {
+        crate::federation::join_via(local, &unnamed, &hs1).await;
+    }
+    locals[5]
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&unnamed)),
+            json!({}),
+        )
+        .await;
+    let carol_id = format!("@carol:{}", hs2.server_name());
+    let (status, answer) =
+        send_join_by_hand(&ca, &hs2, &hs1, &unnamed, &carol_id, "?omit_members=true").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["members_omitted"], true);
+    let mut members: Vec<_> = state_keys(&answer)
+        .into_iter()
+        .filter(|(kind, _)| kind == "m.room.member")
+        .collect();
+    members.sort();
+    let mut heroes: Vec<_> = ["alice", "u1", "u2", "u3", "u4"]
+        .iter()
+        .map(|name| member(name))
+        .collect();
+    heroes.sort();
+    assert_eq!(members, heroes, "{answer}");
+    assert_auth_closed(&answer, &rules);
+
+    // Without omit_members (or with false) the whole state comes, carol's join included.
+    let dave_id = format!("@dave:{}", hs2.server_name());
+    let (status, answer) =
+        send_join_by_hand(&ca, &hs2, &hs1, &unnamed, &dave_id, "?omit_members=false").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["members_omitted"], false);
+    let mut expected = vec![
+        member("alice"),
+        ("m.room.member".to_owned(), carol_id.clone()),
+    ];
+    expected.extend(["u1", "u2", "u3", "u4", "u5", "u6"].map(member));
+    expected.sort();
+    let mut members: Vec<_> = state_keys(&answer)
+        .into_iter()
+        .filter(|(kind, _)| kind == "m.room.member")
+        .collect();
+    members.sort();
+    assert_eq!(members, expected, "{answer}");
+    let mut servers: Vec<String> =
+        serde_json::from_value(answer["servers_in_room"].clone()).unwrap();
+    servers.sort();
+    let mut both = vec![hs1_name.clone(), hs2.server_name()];
+    both.sort();
+    assert_eq!(servers, both, "carol made hs2 a server of the room");
+    assert_auth_closed(&answer, &rules);
+
+    // A value that is not a boolean is refused before anything is joined.
+    let (status, body) = signed(
+        &ca,
+        &hs2,
+        &hs1,
+        http::Method::PUT,
+        &format!(
+            "/_matrix/federation/v2/send_join/{}/%24x?omit_members=maybe",
+            enc(&unnamed)
+        ),
+        Some(json!({})),
+    )
+    .await;
+    assert_error(&(status, body), 400, "M_INVALID_PARAM");
+}

@@ -16,7 +16,7 @@ use crate::{
     http::{Ctx, HandlerResult},
     service::{
         rooms::{
-            auth, handshake, incoming,
+            auth, handshake, incoming, join_state,
             restricted::{self, JoinCheck},
             timeline::{build_template, rules_for, PduBuilder, SendTo},
         },
@@ -211,46 +211,33 @@ async fn send_membership(
 
 /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`
 ///
-/// Answers the state before the join and its auth chain (all of it: `omit_members` is not
-/// honoured), and the countersigned event for restricted joins.
+/// Answers the state before the join and its auth chain, the servers with joined members before
+/// the join, and the countersigned event for restricted joins. With `omit_members=true` the
+/// member events the joining server can do without are left out (see
+/// [`join_state::for_send_join`]) and `members_omitted` is `true`.
 pub async fn create_join_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let (room_id, event_id, countersigned) = send_membership(&services, &ctx, "join").await?;
-    let rooms = &services.rooms;
-    let short = rooms
-        .short
-        .get_shorteventid(&event_id)?
-        .ok_or_else(|| Error::forbidden("the join was not accepted"))?;
-    let (before, _) = rooms
-        .state
-        .get_event_state(short)?
-        .ok_or_else(|| Error::forbidden("the join was not accepted"))?;
-    let state = rooms.state_pdus(before)?;
-    let state_ids: Vec<OwnedEventId> = state.iter().map(|pdu| pdu.event_id.clone()).collect();
-    let chain = auth::auth_chain(&services, state_ids.iter().cloned())?;
-    let mut state_json = Vec::with_capacity(state_ids.len());
-    for event_id in &state_ids {
-        if let Some(pdu) = rooms.timeline.get_federation_pdu(event_id)? {
-            state_json.push(pdu);
+    let omit_members = match ctx.query("omit_members") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(Error::invalid_param(format!(
+                "omit_members must be true or false, not {other}"
+            )))
         }
-    }
-    let mut chain_json = Vec::with_capacity(chain.len());
-    for event_id in &chain {
-        if let Some(pdu) = rooms.timeline.get_federation_pdu(event_id)? {
-            chain_json.push(pdu);
-        }
-    }
-    let servers: Vec<_> = rooms
-        .members
-        .servers_in_room(&room_id)?
-        .iter()
-        .cloned()
-        .collect();
+    };
+    let (_, event_id, countersigned) = send_membership(&services, &ctx, "join").await?;
+    let join = services
+        .rooms
+        .timeline
+        .get_pdu(&event_id)?
+        .ok_or_else(|| Error::forbidden("the join was not accepted"))?;
+    let answer = join_state::for_send_join(&services, &join, omit_members)?;
     let mut answer = json!({
         "origin": services.globals.server_name(),
-        "state": state_json,
-        "auth_chain": chain_json,
-        "members_omitted": false,
-        "servers_in_room": servers,
+        "state": answer.state,
+        "auth_chain": answer.auth_chain,
+        "members_omitted": answer.members_omitted,
+        "servers_in_room": answer.servers_in_room,
     });
     if let Some(event) = countersigned {
         answer["event"] = event;

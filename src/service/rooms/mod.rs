@@ -6,6 +6,7 @@ pub mod auth;
 pub mod backfill;
 pub mod handshake;
 pub mod incoming;
+pub mod join_state;
 pub mod members;
 pub mod pdu;
 pub mod power;
