@@ -115,6 +115,12 @@ pub fn all() -> Vec<Route> {
         ),
         route(
             Method::GET,
+            "/_matrix/federation/v1/timestamp_to_event/{roomId}",
+            Server,
+            events::get_event_by_timestamp,
+        ),
+        route(
+            Method::GET,
             "/_matrix/federation/v1/hierarchy/{roomId}",
             Server,
             fed_space::get_hierarchy,

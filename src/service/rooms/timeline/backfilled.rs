@@ -159,6 +159,9 @@ pub fn commit_backfilled(
             rooms
                 .relations
                 .index_in_batch(shortroomid, pdu, count, &mut batch)?;
+            rooms
+                .timestamps
+                .index_in_batch(shortroomid, pdu, count, &mut batch);
             batch_with_count.append(std::mem::take(&mut batch));
             Ok(())
         })?;

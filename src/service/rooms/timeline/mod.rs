@@ -353,6 +353,9 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
             rooms
                 .relations
                 .index_in_batch(shortroomid, &pdu, count, &mut batch)?;
+            rooms
+                .timestamps
+                .index_in_batch(shortroomid, &pdu, count, &mut batch);
             services
                 .sending
                 .queue_pdu_in_batch(&mut batch, &destinations, count, &pdu.event_id);
