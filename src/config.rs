@@ -51,6 +51,10 @@ pub struct Config {
     pub refreshable_token_lifetime_ms: u64,
     /// `base_url` served in `/.well-known/matrix/client`; defaults to `http://<listen>`.
     pub client_base_url: Option<String>,
+    /// Where other servers should send this server's federation traffic, served as `m.server` in
+    /// `/.well-known/matrix/server` (a host name with an optional port, e.g.
+    /// `matrix.example.com:443`); while unset that path answers `404 M_NOT_FOUND`.
+    pub well_known_server: Option<String>,
     /// Federation listener address (TLS); federation is off while unset.
     pub federation_listen: Option<SocketAddr>,
     /// PEM certificate chain of the federation listener.
@@ -104,6 +108,7 @@ impl Default for Config {
             sync_writes: false,
             refreshable_token_lifetime_ms: 60 * 60 * 1000,
             client_base_url: None,
+            well_known_server: None,
             federation_listen: None,
             tls_cert: None,
             tls_key: None,
@@ -254,6 +259,7 @@ const ENV_KEYS: &[&str] = &[
     "sync_writes",
     "refreshable_token_lifetime_ms",
     "client_base_url",
+    "well_known_server",
     "federation_listen",
     "tls_cert",
     "tls_key",
@@ -327,6 +333,13 @@ impl Config {
             return Err(
                 "invalid configuration key `max_request_bytes`: must be at least 65536".to_owned(),
             );
+        }
+        if let Some(delegated) = &self.well_known_server {
+            if <&ruma::ServerName>::try_from(delegated.as_str()).is_err() {
+                return Err(format!(
+                    "invalid configuration key `well_known_server`: `{delegated}` is not a host name with an optional port"
+                ));
+            }
         }
         for notary in &self.trusted_key_servers {
             if <&ruma::ServerName>::try_from(notary.as_str()).is_err() {

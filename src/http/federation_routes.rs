@@ -85,6 +85,12 @@ pub fn all() -> Vec<Route> {
             third_party_invite::on_bind_third_party_identifier,
         ),
         route(
+            Method::PUT,
+            "/_matrix/federation/v1/invite/{roomId}/{eventId}",
+            Server,
+            fed_membership::create_invite_v1,
+        ),
+        route(
             Method::GET,
             "/_matrix/federation/v1/event/{eventId}",
             Server,
@@ -122,6 +128,12 @@ pub fn all() -> Vec<Route> {
         ),
         route(
             Method::GET,
+            "/_matrix/federation/v1/timestamp_to_event/{roomId}",
+            Server,
+            events::get_event_by_timestamp,
+        ),
+        route(
+            Method::GET,
             "/_matrix/federation/v1/hierarchy/{roomId}",
             Server,
             fed_space::get_hierarchy,
@@ -149,6 +161,12 @@ pub fn all() -> Vec<Route> {
             "/_matrix/federation/v1/query/directory",
             Server,
             query::get_room_information,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/query/{queryType}",
+            Server,
+            query::query_info,
         ),
         route(
             Method::POST,

@@ -6,8 +6,8 @@ use http::Method;
 use super::{route, Auth, Route};
 use crate::api::client::{
     account, account_data, alias, device, discovery, membership, message, presence, profile,
-    push_rules, pushers, receipt, relations, room, search, space, state, sync, tags, typing,
-    upgrade, user_directory,
+    push_rules, pushers, receipt, relations, room, search, space, state, sync, tags, timestamp,
+    typing, upgrade, user_directory,
 };
 use crate::api::client::{backup, cross_signing, keys as client_keys, to_device};
 
@@ -28,6 +28,12 @@ pub fn all() -> Vec<Route> {
             "/.well-known/matrix/client",
             Open,
             discovery::client_well_known,
+        ),
+        route(
+            Method::GET,
+            "/.well-known/matrix/server",
+            Open,
+            discovery::server_well_known,
         ),
         route(
             Method::GET,
@@ -322,6 +328,12 @@ pub fn all() -> Vec<Route> {
             "/_matrix/client/v3/rooms/{roomId}/context/{eventId}",
             Token,
             message::get_context,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event",
+            Token,
+            timestamp::get_event_by_timestamp,
         ),
         route(
             Method::PUT,

@@ -39,6 +39,7 @@ pub const TREES: &[&str] = &[
     "pduid_pdu",
     "eventid_pduid",
     "roomtopo_pduid",
+    "roomtsdepthcount_",
     "roomuserid_membership",
     "userroomid_membership",
     "alias_roomid",

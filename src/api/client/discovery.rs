@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::{
+    error::Error,
     http::{Ctx, HandlerResult},
     service::Services,
 };
@@ -25,6 +26,21 @@ pub async fn client_well_known(services: Arc<Services>, _ctx: Ctx) -> HandlerRes
         .clone()
         .unwrap_or_else(|| format!("http://{}", services.config.listen));
     Ok(json!({ "m.homeserver": { "base_url": base_url } }))
+}
+
+/// `GET /.well-known/matrix/server`
+///
+/// Server delegation: `m.server` from `well_known_server`. Served by the same router as the
+/// client API, so it answers on the client listener (where a reverse proxy for the server name's
+/// port 443 sends it) and on the federation listener alike; `404 M_NOT_FOUND` while unset, which
+/// tells other servers to connect to the server name itself.
+pub async fn server_well_known(services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
+    let delegated = services
+        .config
+        .well_known_server
+        .as_deref()
+        .ok_or_else(|| Error::not_found("this server does not delegate federation"))?;
+    Ok(json!({ "m.server": delegated }))
 }
 
 /// `GET /_matrix/client/v3/capabilities`

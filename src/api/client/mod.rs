@@ -23,6 +23,7 @@ pub mod space;
 pub mod state;
 pub mod sync;
 pub mod tags;
+pub mod timestamp;
 pub mod to_device;
 pub mod typing;
 pub mod upgrade;

@@ -11,7 +11,7 @@ use crate::{
     error::{Error, Result},
     http::{Ctx, HandlerResult},
     service::{
-        rooms::{auth, incoming, pdu::Pdu, visibility},
+        rooms::{auth, incoming, pdu::Pdu, timestamps, visibility},
         Services,
     },
     util,
@@ -284,4 +284,24 @@ pub async fn get_backfill(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         "origin_server_ts": util::now_millis(),
         "pdus": federation_pdus(&services, found)?,
     }))
+}
+
+/// `GET /_matrix/federation/v1/timestamp_to_event/{roomId}`
+///
+/// The closest event of this server's timeline at or after (`dir=f`) or at or before (`dir=b`)
+/// `ts` that the asking server may see; this server does not ask others on its behalf.
+/// `404 M_NOT_FOUND` when there is none.
+pub async fn get_event_by_timestamp(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let room_id = ctx.room_param(0)?;
+    let (ts, forwards) = crate::api::client::timestamp::ts_and_dir(&ctx)?;
+    require_access(&services, &room_id, ctx.origin())?;
+    let (found, _) = timestamps::find_local(
+        &services,
+        &room_id,
+        timestamps::Asker::Server(ctx.origin()),
+        ts,
+        forwards,
+    )?
+    .ok_or_else(|| Error::not_found(format!("no event from {ts} in {room_id}")))?;
+    Ok(json!({ "event_id": found.event_id, "origin_server_ts": found.origin_server_ts }))
 }

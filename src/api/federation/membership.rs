@@ -16,7 +16,7 @@ use crate::{
     http::{Ctx, HandlerResult},
     service::{
         rooms::{
-            auth, handshake, incoming,
+            auth, handshake, incoming, join_state,
             restricted::{self, JoinCheck},
             timeline::{build_template, rules_for, PduBuilder, SendTo},
         },
@@ -211,46 +211,33 @@ async fn send_membership(
 
 /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`
 ///
-/// Answers the state before the join and its auth chain (all of it: `omit_members` is not
-/// honoured), and the countersigned event for restricted joins.
+/// Answers the state before the join and its auth chain, the servers with joined members before
+/// the join, and the countersigned event for restricted joins. With `omit_members=true` the
+/// member events the joining server can do without are left out (see
+/// [`join_state::for_send_join`]) and `members_omitted` is `true`.
 pub async fn create_join_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let (room_id, event_id, countersigned) = send_membership(&services, &ctx, "join").await?;
-    let rooms = &services.rooms;
-    let short = rooms
-        .short
-        .get_shorteventid(&event_id)?
-        .ok_or_else(|| Error::forbidden("the join was not accepted"))?;
-    let (before, _) = rooms
-        .state
-        .get_event_state(short)?
-        .ok_or_else(|| Error::forbidden("the join was not accepted"))?;
-    let state = rooms.state_pdus(before)?;
-    let state_ids: Vec<OwnedEventId> = state.iter().map(|pdu| pdu.event_id.clone()).collect();
-    let chain = auth::auth_chain(&services, state_ids.iter().cloned())?;
-    let mut state_json = Vec::with_capacity(state_ids.len());
-    for event_id in &state_ids {
-        if let Some(pdu) = rooms.timeline.get_federation_pdu(event_id)? {
-            state_json.push(pdu);
+    let omit_members = match ctx.query("omit_members") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(Error::invalid_param(format!(
+                "omit_members must be true or false, not {other}"
+            )))
         }
-    }
-    let mut chain_json = Vec::with_capacity(chain.len());
-    for event_id in &chain {
-        if let Some(pdu) = rooms.timeline.get_federation_pdu(event_id)? {
-            chain_json.push(pdu);
-        }
-    }
-    let servers: Vec<_> = rooms
-        .members
-        .servers_in_room(&room_id)?
-        .iter()
-        .cloned()
-        .collect();
+    };
+    let (_, event_id, countersigned) = send_membership(&services, &ctx, "join").await?;
+    let join = services
+        .rooms
+        .timeline
+        .get_pdu(&event_id)?
+        .ok_or_else(|| Error::forbidden("the join was not accepted"))?;
+    let answer = join_state::for_send_join(&services, &join, omit_members)?;
     let mut answer = json!({
         "origin": services.globals.server_name(),
-        "state": state_json,
-        "auth_chain": chain_json,
-        "members_omitted": false,
-        "servers_in_room": servers,
+        "state": answer.state,
+        "auth_chain": answer.auth_chain,
+        "members_omitted": answer.members_omitted,
+        "servers_in_room": answer.servers_in_room,
     });
     if let Some(event) = countersigned {
         answer["event"] = event;
@@ -296,15 +283,52 @@ pub async fn create_knock_event(services: Arc<Services>, ctx: Ctx) -> HandlerRes
 /// that the invitee sees it in `/sync` with the stripped state that came with it. A server the
 /// room's ACL denies gets 403 when this server knows the room.
 pub async fn create_invite(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
-    let event_id = OwnedEventId::try_from(ctx.param(1))
-        .map_err(|_| Error::invalid_param("invalid event ID"))?;
     let version = ctx
         .body
         .get("room_version")
         .and_then(Value::as_str)
         .and_then(|version| RoomVersionId::try_from(version).ok())
         .ok_or_else(|| Error::bad_json("missing room_version"))?;
+    let event = ctx.body.get("event").cloned().unwrap_or(Value::Null);
+    let invite_state = ctx.body.get("invite_room_state");
+    let signed = receive_invite(&services, &ctx, version, &event, invite_state).await?;
+    Ok(json!({ "event": signed }))
+}
+
+/// `PUT /_matrix/federation/v1/invite/{roomId}/{eventId}`
+///
+/// The deprecated version-1 form: the body is the invite event itself, with the stripped state in
+/// its `unsigned.invite_room_state`, and the room version is 1 or 2 (the spec has the receiver
+/// assume so; a room this server knows at version 2 is taken as such). The checks and the
+/// signature are those of v2; the answer is `[200, {"event": ...}]`.
+pub async fn create_invite_v1(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let room_id = ctx.room_param(0)?;
+    let version = match services.rooms.room_version(&room_id) {
+        Ok((_, RoomVersionId::V2)) => RoomVersionId::V2,
+        _ => RoomVersionId::V1,
+    };
+    let event = ctx.body.clone();
+    let invite_state = event
+        .get("unsigned")
+        .and_then(|unsigned| unsigned.get("invite_room_state"));
+    let signed = receive_invite(&services, &ctx, version, &event, invite_state).await?;
+    Ok(json!([200, { "event": signed }]))
+}
+
+/// The invite checks shared by both versions; answers the event with this server's signature.
+///
+/// The spec asks for `M_INVALID_PARAM` when the event is not an invite of a local user by a user
+/// of the asking server, or fails its signature check.
+async fn receive_invite(
+    services: &Services,
+    ctx: &Ctx,
+    version: RoomVersionId,
+    event: &Value,
+    invite_state: Option<&Value>,
+) -> Result<Value> {
+    let room_id = ctx.room_param(0)?;
+    let event_id = OwnedEventId::try_from(ctx.param(1))
+        .map_err(|_| Error::invalid_param("invalid event ID"))?;
     let rules = version.rules().ok_or_else(|| {
         Error::matrix(
             ErrorKind::IncompatibleRoomVersion(IncompatibleRoomVersionErrorData::new(
@@ -315,12 +339,11 @@ pub async fn create_invite(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     })?;
     // A room this server knows has an ACL to honour; of any other it knows nothing yet.
     if services.rooms.exists(&room_id)?
-        && !incoming::server_allowed(&services, &room_id, ctx.origin())?
+        && !incoming::server_allowed(services, &room_id, ctx.origin())?
     {
         return Err(Error::forbidden("the room's server ACL denies this server"));
     }
-    let event = ctx.body.get("event").cloned().unwrap_or(Value::Null);
-    let parsed = incoming::parse_pdu(&event, &room_id, &rules)?;
+    let parsed = incoming::parse_pdu(event, &room_id, &rules)?;
     if parsed.event_id != event_id {
         return Err(Error::bad_json("the event ID does not match the event"));
     }
@@ -329,21 +352,28 @@ pub async fn create_invite(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         .state_key
         .as_deref()
         .and_then(|key| <&ruma::UserId>::try_from(key).ok())
-        .ok_or_else(|| Error::bad_json("invite without a user state_key"))?;
+        .ok_or_else(|| Error::invalid_param("invite without a user state_key"))?;
     if pdu.kind != TimelineEventType::RoomMember
         || pdu.content_value()["membership"] != "invite"
         || invitee.server_name() != services.globals.server_name()
         || pdu.sender.server_name() != ctx.origin()
     {
-        return Err(Error::bad_json(
+        return Err(Error::invalid_param(
             "expected an invite of a local user by a user of the sending server",
         ));
     }
     if !services.users.exists(invitee)? {
         return Err(Error::not_found(format!("user {invitee} does not exist")));
     }
-    let verified = incoming::verify_pdu(&services, &parsed, &rules).await?;
-    let mut signed = verified;
+    let mut signed = incoming::verify_pdu(services, &parsed, &rules)
+        .await
+        .map_err(|error| match error {
+            Error::Matrix {
+                kind: ErrorKind::Forbidden,
+                message,
+            } => Error::invalid_param(message),
+            other => other,
+        })?;
     crypto::hash_and_sign_event(
         services.globals.server_name().as_str(),
         services.globals.signing_key(),
@@ -351,15 +381,13 @@ pub async fn create_invite(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         &rules,
     )
     .map_err(Error::bad_json)?;
-    let invite_state: Vec<Value> = ctx
-        .body
-        .get("invite_room_state")
+    let invite_state: Vec<Value> = invite_state
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    if !handshake::is_resident(&services, &room_id)? {
+    if !handshake::is_resident(services, &room_id)? {
         handshake::store_outside_membership(
-            &services,
+            services,
             &room_id,
             &version,
             &signed,
@@ -367,5 +395,5 @@ pub async fn create_invite(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             &invite_state,
         )?;
     }
-    Ok(json!({ "event": incoming::federation_value(&signed, &rules)? }))
+    incoming::federation_value(&signed, &rules)
 }

@@ -54,6 +54,19 @@ pub async fn get_room_information(services: Arc<Services>, ctx: Ctx) -> HandlerR
     Ok(json!({ "room_id": room_id, "servers": servers }))
 }
 
+/// `GET /_matrix/federation/v1/query/{queryType}`
+///
+/// The generic query: `profile` and `directory` answer as their own routes do (the router sends
+/// those two paths there directly; this covers a type that reaches the generic route anyway). Any
+/// other type is `404 M_NOT_FOUND`, as Synapse answers a query type it has no handler for.
+pub async fn query_info(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    match ctx.param(0) {
+        "profile" => get_profile_information(services, ctx).await,
+        "directory" => get_room_information(services, ctx).await,
+        other => Err(Error::not_found(format!("no query of type {other}"))),
+    }
+}
+
 /// `GET /_matrix/federation/v1/publicRooms` and `POST` with a filter: this server's directory.
 pub async fn get_public_rooms(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let request = crate::api::PublicRoomsRequest::from_ctx(&ctx)?;

@@ -120,7 +120,10 @@ pub async fn fill_gaps(
 
 /// The servers to ask: those with joined members (the room's ACL allowing them), then the one in
 /// the room ID.
-fn servers_to_ask(services: &Services, room_id: &RoomId) -> Result<Vec<ruma::OwnedServerName>> {
+pub(super) fn servers_to_ask(
+    services: &Services,
+    room_id: &RoomId,
+) -> Result<Vec<ruma::OwnedServerName>> {
     let own = services.globals.server_name();
     let mut servers: Vec<_> = services
         .rooms
@@ -143,6 +146,37 @@ fn servers_to_ask(services: &Services, room_id: &RoomId) -> Result<Vec<ruma::Own
     }
     allowed.truncate(MAX_SERVERS);
     Ok(allowed)
+}
+
+/// Fetches one event of a room from `server` with `/event` (the event that server's
+/// `timestamp_to_event` named) and adds it to history like a backfilled one, so that a client can
+/// take `/context` and paginate from it. An event the timeline holds already is left alone.
+pub async fn fetch_event(
+    services: &Services,
+    server: &ServerName,
+    room_id: &RoomId,
+    event_id: &ruma::EventId,
+) -> Result<()> {
+    if services.rooms.timeline.get_pdu_id(event_id)?.is_some() {
+        return Ok(());
+    }
+    let lock = services.rooms.backfill.room_lock(room_id);
+    let _guard = lock.lock().await;
+    let path = format!("/_matrix/federation/v1/event/{}", encode(event_id.as_str()));
+    let answer = services
+        .federation_request(server, http::Method::GET, &path, None)
+        .await?;
+    let event = answer["pdus"].get(0).cloned().unwrap_or(Value::Null);
+    let (_, version) = services.rooms.room_version(room_id)?;
+    let rules = rules_for(&version)?;
+    let parsed = incoming::parse_pdu(&event, room_id, &rules)?;
+    if parsed.event_id != event_id {
+        return Err(crate::error::Error::bad_json(format!(
+            "{server} answered another event than {event_id}"
+        )));
+    }
+    add_event(services, server, room_id, &rules, &event).await?;
+    Ok(())
 }
 
 /// One `/backfill` request to `server` and the events of its answer added oldest first.

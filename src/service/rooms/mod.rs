@@ -6,6 +6,7 @@ pub mod auth;
 pub mod backfill;
 pub mod handshake;
 pub mod incoming;
+pub mod join_state;
 pub mod members;
 pub mod pdu;
 pub mod power;
@@ -17,6 +18,7 @@ pub mod spaces;
 pub mod state;
 pub mod third_party;
 pub mod timeline;
+pub mod timestamps;
 pub mod visibility;
 
 use std::sync::Arc;
@@ -40,6 +42,7 @@ pub struct Rooms {
     pub relations: Relations,
     pub search: search::Search,
     pub backfill: backfill::Backfill,
+    pub timestamps: timestamps::EventTimes,
 }
 
 impl Rooms {
@@ -47,16 +50,20 @@ impl Rooms {
     pub fn open(db: &Arc<Db>) -> Result<Self> {
         let state = RoomState::open(db);
         let short = ShortIds::open(db, &[state.snapshot_tree()])?;
+        let timeline = Timeline::open(db);
+        let timestamps = timestamps::EventTimes::open(db);
+        timestamps.fill_if_empty(&timeline, db)?;
         Ok(Self {
             short,
             state,
-            timeline: Timeline::open(db),
+            timeline,
             members: Members::open(db),
             alias: Aliases::open(db),
             handshakes: handshake::Handshakes::open(db),
             relations: Relations::open(db),
             search: search::Search::open(db),
             backfill: backfill::Backfill::default(),
+            timestamps,
         })
     }
 

@@ -142,6 +142,9 @@ pub fn commit_backfilled(
     rooms
         .relations
         .index_in_batch(shortroomid, pdu, true, &mut batch)?;
+    rooms
+        .timestamps
+        .index_at_count(shortroomid, pdu, &mut batch);
     let stream = services
         .globals
         .write_with_count(&services.db, |batch_with_count, stream| {

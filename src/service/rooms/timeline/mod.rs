@@ -335,6 +335,9 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
     rooms
         .relations
         .index_in_batch(shortroomid, &pdu, false, &mut batch)?;
+    rooms
+        .timestamps
+        .index_at_count(shortroomid, &pdu, &mut batch);
     services.push.write_in_batch(&push, &mut batch)?;
 
     let count = services

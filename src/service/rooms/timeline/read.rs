@@ -110,6 +110,18 @@ impl Timeline {
             .map_err(|e| Error::corrupt("pduid_pdu", e))
     }
 
+    /// Every timeline event of every room, in storage order (indexes built after the events
+    /// they cover, once, at startup).
+    pub fn iter_all(&self) -> impl Iterator<Item = Result<(PduId, Pdu)>> + '_ {
+        self.pduid_pdu.iter_from(&[], false).map(|entry| {
+            let (db_key, value) = entry?;
+            let pdu_id = PduId::from_bytes(&db_key)
+                .ok_or_else(|| Error::corrupt("pduid_pdu", "short key"))?;
+            let pdu = serde_json::from_slice(&value).map_err(|e| Error::corrupt("pduid_pdu", e))?;
+            Ok((pdu_id, pdu))
+        })
+    }
+
     /// A room's events with stream positions below `before`, newest first.
     pub fn iter_before(
         &self,
