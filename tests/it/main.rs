@@ -11,6 +11,7 @@ mod e2ee_clients;
 mod ephemeral;
 pub mod federation;
 mod federation_acl;
+mod federation_edges;
 mod federation_ephemeral;
 mod key_backup;
 mod media;
