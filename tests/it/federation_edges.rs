@@ -2,11 +2,13 @@
 //! the asking server may not see, invites to servers already in a room, who may withdraw an
 //! invite held by a server outside the room, and rejecting an invite to an emptied room.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::{
-    common::{enc, TestServer},
-    federation::{is_membership, join_via, two_servers, wait_for_event},
+    common::{enc, Client, TestServer},
+    federation::{is_membership, join_via, two_servers, wait_for_event, wait_for_invite},
 };
 
 /// A signed federation request from `from` to `to`.
@@ -21,6 +23,42 @@ async fn ask(
     from.services
         .federation_request(&destination, method, path, body.as_ref())
         .await
+}
+
+async fn invite(client: &Client, room: &str, user: &str) {
+    client
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(room)),
+            json!({ "user_id": user }),
+        )
+        .await;
+}
+
+/// Polls `/sync` (left rooms included) until `room` is among the user's left rooms, and answers
+/// the user's own last member event there.
+async fn wait_for_left(client: &Client, room: &str, user: &str) -> Value {
+    let filter = enc(r#"{"room":{"include_leave":true}}"#);
+    for _ in 0..200 {
+        let body = client
+            .get_ok(&format!(
+                "/_matrix/client/v3/sync?timeout=0&filter={filter}"
+            ))
+            .await;
+        let own = body["rooms"]["leave"][room]["timeline"]["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .rev()
+            .find(|event| event["type"] == "m.room.member" && event["state_key"] == user)
+            .cloned();
+        if let Some(event) = own {
+            if event["content"]["membership"] != "invite" {
+                return event;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{user} never left {room}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -99,4 +137,156 @@ async fn missing_events_before_a_join_come_redacted_under_joined_visibility() {
         answer["events"][0]["content"]["history_visibility"], "world_readable",
         "{answer}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invite_reaches_a_server_already_in_the_room() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let bob2 = hs2.register("bob2").await;
+    let bob2_id = bob2.user_id().await;
+    let room = alice.create_room(json!({ "preset": "private_chat" })).await;
+    invite(&alice, &room, &bob.user_id().await).await;
+    wait_for_invite(&bob, &room).await;
+    join_via(&bob, &room, &hs1).await;
+    invite(&alice, &room, &bob2_id).await;
+    let invited = wait_for_invite(&bob2, &room).await;
+    assert!(
+        invited["invite_state"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(is_membership(&bob2_id, "invite")),
+        "{invited}"
+    );
+    // The invite is in hs2's timeline too: bob sees it, and bob2 can join through hs2's state.
+    wait_for_event(
+        &bob,
+        &room,
+        "bob2's invite",
+        is_membership(&bob2_id, "invite"),
+    )
+    .await;
+    join_via(&bob2, &room, &hs1).await;
+    wait_for_event(
+        &alice,
+        &room,
+        "bob2's join",
+        is_membership(&bob2_id, "join"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_inviter_may_withdraw_an_invite_held_outside_the_room() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let alice2 = hs1.register("alice2").await;
+    let alice2_id = alice2.user_id().await;
+    let bob = hs2.register("bob").await;
+    let bob_id = bob.user_id().await;
+    // A room bob is in, to know when hs2 has had everything hs1 sent before.
+    let shared = alice.create_room(json!({ "preset": "public_chat" })).await;
+    join_via(&bob, &shared, &hs1).await;
+    let room = alice
+        .create_room(json!({ "preset": "private_chat", "invite": [alice2_id] }))
+        .await;
+    alice2
+        .post_ok(
+            &format!("/_matrix/client/v3/join/{}", enc(&room)),
+            json!({}),
+        )
+        .await;
+    invite(&alice2, &room, &bob_id).await;
+    wait_for_invite(&bob, &room).await;
+    // Alice may kick in the room, but hs2 cannot know that: it believes only the inviter.
+    alice
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/kick", enc(&room)),
+            json!({ "user_id": bob_id, "reason": "not the inviter" }),
+        )
+        .await;
+    alice.send_text(&shared, "m1", "after the kick").await;
+    wait_for_event(&bob, &shared, "the message after the kick", |event| {
+        event["content"]["body"] == "after the kick"
+    })
+    .await;
+    let sync = bob.get_ok("/_matrix/client/v3/sync?timeout=0").await;
+    assert!(sync["rooms"]["invite"].get(&room).is_some(), "{sync}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_invite_to_a_room_everyone_left_can_still_be_rejected() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let bob_id = bob.user_id().await;
+    let room = alice
+        .create_room(json!({ "preset": "private_chat", "invite": [bob_id] }))
+        .await;
+    wait_for_invite(&bob, &room).await;
+    alice
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+            json!({}),
+        )
+        .await;
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+        json!({}),
+    )
+    .await;
+    // hs1 has nobody in the room but still knows its state: the rejection goes through it.
+    let left = wait_for_left(&bob, &room, &bob_id).await;
+    assert_eq!(left["content"]["membership"], "leave", "{left}");
+    assert!(
+        !left["event_id"].as_str().unwrap().starts_with("$leave-"),
+        "signed through make_leave/send_leave: {left}"
+    );
+    let template = ask(
+        &hs2,
+        &hs1,
+        http::Method::GET,
+        &format!(
+            "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+            enc(&room),
+            enc(&bob_id)
+        ),
+        None,
+    )
+    .await;
+    assert!(
+        matches!(
+            template,
+            Err(plait::Error::Matrix {
+                kind: ruma::api::error::ErrorKind::NotFound,
+                ..
+            })
+        ),
+        "joins still need a resident server: {template:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rejecting_an_invite_while_the_inviting_server_is_down_shows_the_leave() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let bob_id = bob.user_id().await;
+    let room = alice
+        .create_room(json!({ "preset": "private_chat", "invite": [bob_id] }))
+        .await;
+    wait_for_invite(&bob, &room).await;
+    hs1.stop().await;
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+        json!({}),
+    )
+    .await;
+    let left = wait_for_left(&bob, &room, &bob_id).await;
+    assert_eq!(left["content"]["membership"], "leave", "{left}");
+    assert_eq!(left["sender"], bob_id.as_str(), "{left}");
+    let sync = bob.get_ok("/_matrix/client/v3/sync?timeout=0").await;
+    assert!(sync["rooms"]["invite"].get(&room).is_none(), "{sync}");
 }

@@ -354,12 +354,19 @@ pub async fn invite_remote(
         return Err(Error::forbidden("the invitee's server changed the invite"));
     }
     incoming::verify_pdu(services, &parsed, &rules).await?;
+    // The invitee's server has the invite already, but when it is in the room it takes the
+    // invite into its timeline from `/send` like any other event (its `/invite` only answers).
+    let invitee_resident = rooms
+        .members
+        .servers_in_room(room_id)?
+        .contains(invitee.server_name());
+    let except = (!invitee_resident).then(|| invitee.server_name());
     incoming::handle(
         services,
         invitee.server_name(),
         room_id,
         &answer["event"],
-        SendTo::RoomExcept(Some(invitee.server_name())),
+        SendTo::RoomExcept(except),
     )
     .await?;
     Ok(event_id)
@@ -461,11 +468,14 @@ pub async fn outside_membership_update(
     if pdu.kind != TimelineEventType::RoomMember
         || target.server_name() != services.globals.server_name()
         || !matches!(membership.as_str(), "leave" | "ban")
-        || !matches!(
-            services.rooms.members.get_membership(room_id, target)?,
-            Some(MembershipState::Invite | MembershipState::Knock)
-        )
     {
+        return Ok(None);
+    }
+    let current = services.rooms.members.get_membership(room_id, target)?;
+    if !matches!(
+        current,
+        Some(MembershipState::Invite | MembershipState::Knock)
+    ) {
         return Ok(None);
     }
     if pdu.sender.server_name() != origin {
@@ -473,12 +483,26 @@ pub async fn outside_membership_update(
             "a membership change must come from its sender's server",
         ));
     }
-    let object = incoming::verify_pdu(services, &parsed, &rules).await?;
     let state = services
         .rooms
         .handshakes
         .get_invite_state(target, room_id)?
         .unwrap_or_default();
+    // Without the room's state this server cannot tell who may withdraw an invite: it believes
+    // only the inviter, whose invite it holds (as Synapse does). Anyone else's kick is dropped.
+    if current == Some(MembershipState::Invite) {
+        let inviter = state
+            .iter()
+            .rev()
+            .find(|event| event["type"] == "m.room.member" && event["state_key"] == target.as_str())
+            .and_then(|event| event["sender"].as_str());
+        if inviter != Some(pdu.sender.as_str()) {
+            return Err(Error::forbidden(format!(
+                "only the inviter may withdraw the invite of {target}"
+            )));
+        }
+    }
+    let object = incoming::verify_pdu(services, &parsed, &rules).await?;
     store_outside_membership(services, room_id, &version, &object, &pdu, &state)?;
     Ok(Some(parsed.event_id))
 }
@@ -566,14 +590,26 @@ pub async fn leave_remote(
             Err(error) => drop(failed_through(server, "leaving", error)),
         }
     }
-    // Record the leave locally anyway, so the invite disappears for the user.
+    // Record the leave locally anyway, so the invite disappears for the user. The event is this
+    // server's own record (unsigned, never sent): stored like the invite it ends, so that `/sync`
+    // shows the user their leave.
     let pdu_value = json!({
         "event_id": format!("$leave-{}", crate::util::random_string(16)),
         "room_id": room_id, "sender": user, "origin_server_ts": crate::util::now_millis(),
         "type": "m.room.member", "state_key": user, "content": { "membership": "leave" },
         "prev_events": [], "auth_events": [], "depth": 0,
     });
-    let pdu: Pdu = serde_json::from_value(pdu_value).map_err(Error::internal)?;
+    let pdu: Pdu = serde_json::from_value(pdu_value.clone()).map_err(Error::internal)?;
+    if let Ok((_, version)) = services.rooms.room_version(room_id) {
+        let object =
+            serde_json::from_value::<CanonicalJsonObject>(pdu_value).map_err(Error::internal)?;
+        let state = services
+            .rooms
+            .handshakes
+            .get_invite_state(user, room_id)?
+            .unwrap_or_default();
+        return store_outside_membership(services, room_id, &version, &object, &pdu, &state);
+    }
     services
         .globals
         .write_with_count(&services.db, |batch, count| {
