@@ -290,3 +290,22 @@ async fn rejecting_an_invite_while_the_inviting_server_is_down_shows_the_leave()
     let sync = bob.get_ok("/_matrix/client/v3/sync?timeout=0").await;
     assert!(sync["rooms"]["invite"].get(&room).is_none(), "{sync}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_unicode_alias_of_another_server_resolves() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let room = alice.create_room(json!({})).await;
+    let alias = format!("#老虎Â£я🤨👉ඞ:{}", hs1.server_name());
+    let path = format!("/_matrix/client/v3/directory/room/{}", enc(&alias));
+    alice.put_ok(&path, json!({ "room_id": room })).await;
+    let answer = bob.get_ok(&path).await;
+    assert_eq!(answer["room_id"], room.as_str(), "{answer}");
+    assert_eq!(answer["servers"], json!([hs1.server_name()]), "{answer}");
+    let missing = format!(
+        "/_matrix/client/v3/directory/room/{}",
+        enc(&format!("#nothing:{}", hs1.server_name()))
+    );
+    crate::common::assert_error(&bob.get(&missing).await, 404, "M_NOT_FOUND");
+}
