@@ -309,3 +309,126 @@ async fn a_unicode_alias_of_another_server_resolves() {
     );
     crate::common::assert_error(&bob.get(&missing).await, 404, "M_NOT_FOUND");
 }
+
+/// Builds and signs an event in `room` as `server` would, after `shape` changed its template
+/// (prev or auth events), without committing it there.
+fn forge_signed(
+    server: &TestServer,
+    room: &str,
+    sender: &str,
+    builder: plait::service::rooms::timeline::PduBuilder,
+    shape: impl FnOnce(&mut ruma::CanonicalJsonObject),
+) -> (String, Value) {
+    use plait::service::rooms::timeline::{build_and_sign, build_template, rules_for};
+    let services = &server.services;
+    let room_id = ruma::OwnedRoomId::try_from(room).unwrap();
+    let sender = ruma::OwnedUserId::try_from(sender).unwrap();
+    let short = services
+        .rooms
+        .short
+        .get_shortroomid(&room_id)
+        .unwrap()
+        .unwrap();
+    let version = services
+        .rooms
+        .timeline
+        .room_version(short)
+        .unwrap()
+        .unwrap();
+    let rules = rules_for(&version).unwrap();
+    let (mut object, _) =
+        build_template(services, &room_id, &sender, &builder, &rules, Some(short)).unwrap();
+    shape(&mut object);
+    let (signed, event_id) = build_and_sign(services, &object, &rules).unwrap();
+    let mut value = serde_json::to_value(&signed).unwrap();
+    value.as_object_mut().unwrap().remove("event_id");
+    (event_id.to_string(), value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_citing_a_rejected_event_are_rejected_and_later_events_build_on_them() {
+    use plait::service::rooms::timeline::PduBuilder;
+    use ruma::CanonicalJsonValue;
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let bob_id = bob.user_id().await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    join_via(&bob, &room, &hs1).await;
+    let send = |txn: &'static str, pdus: Vec<Value>| {
+        let (hs1, hs2) = (&hs1, &hs2);
+        async move {
+            let body = json!({
+                "origin": hs2.server_name(), "origin_server_ts": 1, "pdus": pdus, "edus": [],
+            });
+            ask(
+                hs2,
+                hs1,
+                http::Method::PUT,
+                &format!("/_matrix/federation/v1/send/{txn}"),
+                Some(body),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let message = |text: &str| {
+        PduBuilder::timeline(
+            "m.room.message",
+            json!({ "msgtype": "m.text", "body": text }),
+        )
+    };
+    // R: bob may not change the power levels, so hs1 rejects it and remembers that.
+    let (rejected, value) = forge_signed(
+        &hs2,
+        &room,
+        &bob_id,
+        PduBuilder::state("m.room.power_levels", "", json!({ "users": {} })),
+        |_| {},
+    );
+    let answer = send("r1", vec![value]).await;
+    assert!(answer["pdus"][&rejected]["error"].is_string(), "{answer}");
+    // X: a message that cites R among its auth events is rejected for it, without hs1 asking
+    // hs2 (which does not have X) for its auth chain.
+    let (cites, value) = forge_signed(&hs2, &room, &bob_id, message("cites R"), |object| {
+        let Some(CanonicalJsonValue::Array(auth)) = object.get_mut("auth_events") else {
+            panic!("no auth_events");
+        };
+        auth.push(CanonicalJsonValue::String(rejected.clone()));
+    });
+    let depth = value["depth"].clone();
+    let answer = send("r2", vec![value]).await;
+    let error = answer["pdus"][&cites]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("was rejected"), "{answer}");
+    // S: an ordinary message after X in the graph is accepted, with the state X did not change.
+    let (after, value) = forge_signed(&hs2, &room, &bob_id, message("after X"), |object| {
+        object.insert(
+            "prev_events".into(),
+            CanonicalJsonValue::Array(vec![CanonicalJsonValue::String(cites.clone())]),
+        );
+        let depth = depth.as_i64().unwrap() + 1;
+        object.insert(
+            "depth".into(),
+            CanonicalJsonValue::Integer(depth.try_into().unwrap()),
+        );
+    });
+    let answer = send("r3", vec![value]).await;
+    assert_eq!(answer["pdus"][&after], json!({}), "{answer}");
+    wait_for_event(&alice, &room, "the message after X", |event| {
+        event["event_id"] == after.as_str()
+    })
+    .await;
+    for event_id in [&rejected, &cites] {
+        crate::common::assert_error(
+            &alice
+                .get(&format!(
+                    "/_matrix/client/v3/rooms/{}/event/{}",
+                    enc(&room),
+                    enc(event_id)
+                ))
+                .await,
+            404,
+            "M_NOT_FOUND",
+        );
+    }
+}

@@ -9,6 +9,7 @@ pub mod incoming;
 pub mod members;
 pub mod pdu;
 pub mod power;
+pub mod rejected;
 pub mod relations;
 pub mod restricted;
 pub mod search;
@@ -39,6 +40,7 @@ pub struct Rooms {
     pub relations: Relations,
     pub search: search::Search,
     pub backfill: backfill::Backfill,
+    pub rejected: rejected::Rejected,
 }
 
 impl Rooms {
@@ -56,6 +58,7 @@ impl Rooms {
             relations: Relations::open(db),
             search: search::Search::open(db),
             backfill: backfill::Backfill::default(),
+            rejected: rejected::Rejected::open(db),
         })
     }
 
