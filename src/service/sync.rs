@@ -616,11 +616,12 @@ fn invited_by_ignored(services: &Services, user: &UserId, stripped: &[Value]) ->
 
 /// The stripped state an invitee sees: create, join rules, name, avatar, alias, encryption, and
 /// their own member event.
-/// Invites from other servers carry their own stripped state.
+/// Invites from other servers carry their own stripped state, which is all there is when this
+/// server is not in the room (its copy of the room's state, if any, may be long out of date).
 fn stripped_state(services: &Services, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
     use ruma::events::StateEventType as T;
     if let Some(state) = services.rooms.handshakes.get_invite_state(user, room_id)? {
-        if !services.rooms.exists(room_id)? {
+        if !crate::service::rooms::handshake::is_resident(services, room_id)? {
             return Ok(state);
         }
     }

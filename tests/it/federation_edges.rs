@@ -432,3 +432,46 @@ async fn events_citing_a_rejected_event_are_rejected_and_later_events_build_on_t
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_banned_user_unbanned_and_invited_again_sees_the_invite_and_joins() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let alice_id = alice.user_id().await;
+    let bob = hs2.register("bob").await;
+    let room = bob.create_room(json!({ "preset": "public_chat" })).await;
+    join_via(&alice, &room, &hs2).await;
+    let membership = |action: &'static str| {
+        let (bob, room, alice_id) = (&bob, &room, &alice_id);
+        async move {
+            bob.post_ok(
+                &format!("/_matrix/client/v3/rooms/{}/{action}", enc(room)),
+                json!({ "user_id": alice_id }),
+            )
+            .await;
+        }
+    };
+    membership("ban").await;
+    wait_for_left(&alice, &room, &alice_id).await;
+    membership("unban").await;
+    membership("invite").await;
+    // hs1 is out of the room, with its state as it was at the ban: the invite's stripped state
+    // is what alice sees.
+    let invited = wait_for_invite(&alice, &room).await;
+    let own = invited["invite_state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["type"] == "m.room.member" && event["state_key"] == alice_id.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(own["content"]["membership"], "invite", "{invited}");
+    join_via(&alice, &room, &hs2).await;
+    wait_for_event(
+        &bob,
+        &room,
+        "alice's join",
+        is_membership(&alice_id, "join"),
+    )
+    .await;
+}
