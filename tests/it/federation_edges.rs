@@ -475,3 +475,30 @@ async fn a_banned_user_unbanned_and_invited_again_sees_the_invite_and_joins() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_join_tries_only_the_servers_the_client_names() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let bob_id = bob.user_id().await;
+    // Room version 10: the room ID names hs1.
+    let room = alice
+        .create_room(json!({ "preset": "public_chat", "room_version": "10" }))
+        .await;
+    let join = |via: String| {
+        let (bob, room) = (&bob, &room);
+        async move {
+            bob.post(
+                &format!("/_matrix/client/v3/join/{}?via={}", enc(room), enc(&via)),
+                json!({}),
+            )
+            .await
+        }
+    };
+    // hs2 itself is not in the room, and hs1 is not asked since the client did not name it.
+    crate::common::assert_error(&join(hs2.server_name()).await, 404, "M_NOT_FOUND");
+    let (status, _) = join(hs1.server_name()).await;
+    assert_eq!(status, 200);
+    wait_for_event(&alice, &room, "bob's join", is_membership(&bob_id, "join")).await;
+}

@@ -657,7 +657,8 @@ async fn leave_through(
 }
 
 /// The servers to try for a room this server is not in: those the client named, the server of
-/// whoever invited the user, and the server in the room ID (before room version 12).
+/// whoever invited the user, and without any of those the server in the room ID (before room
+/// version 12).
 pub fn candidate_servers(
     services: &Services,
     room_id: &RoomId,
@@ -687,8 +688,12 @@ pub fn candidate_servers(
             }
         }
     }
-    if let Some(server) = room_id.server_name() {
-        servers.push(server.to_owned());
+    // The room ID's server is a last resort: servers the client names are the ones to use (a
+    // restricted join must fail over only to servers that can authorise it).
+    if servers.is_empty() {
+        if let Some(server) = room_id.server_name() {
+            servers.push(server.to_owned());
+        }
     }
     let mut seen = std::collections::HashSet::new();
     servers.retain(|server| seen.insert(server.clone()));
