@@ -185,7 +185,10 @@ fn build(
                 knock.insert(room_id.to_string(), json!({ "knock_state": { "events": stripped_state(services, room_id, request.user)? } }));
             }
             MembershipState::Leave | MembershipState::Ban
-                if membership.count > since && (request.since.is_some() || include_leave) =>
+                if membership.count > since
+                    && (request.since.is_some()
+                        || include_leave
+                        || removed_by_other(services, room_id, request.user)?) =>
             {
                 let room = left_room(
                     services,
@@ -577,6 +580,27 @@ fn left_room(
     Ok(
         json!({ "timeline": { "events": events, "limited": limited }, "state": { "events": state }, "account_data": { "events": [] } }),
     )
+}
+
+/// Whether the user's leave or ban was someone else's doing (a kick or ban): such rooms are in
+/// an initial sync's leave section even without `include_leave`, as Synapse does, so that a
+/// client learns of its removal.
+fn removed_by_other(services: &Services, room_id: &RoomId, user: &UserId) -> Result<bool> {
+    use ruma::events::StateEventType;
+    let current = services
+        .rooms
+        .current_state_pdu(room_id, &StateEventType::RoomMember, user.as_str())?
+        .filter(|pdu| {
+            matches!(
+                pdu.content_value()["membership"].as_str(),
+                Some("leave" | "ban")
+            )
+        });
+    let event = match current {
+        Some(pdu) => Some(pdu),
+        None => outside_membership_event(services, room_id, user)?,
+    };
+    Ok(event.is_some_and(|pdu| pdu.sender != user))
 }
 
 /// The user's own member event stored with the stripped state of a room this server is not in.

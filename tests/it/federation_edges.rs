@@ -502,3 +502,42 @@ async fn a_join_tries_only_the_servers_the_client_names() {
     assert_eq!(status, 200);
     wait_for_event(&alice, &room, "bob's join", is_membership(&bob_id, "join")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_initial_sync_shows_a_ban_without_include_leave() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let alice_id = alice.user_id().await;
+    let bob = hs2.register("bob").await;
+    let room = bob.create_room(json!({ "preset": "public_chat" })).await;
+    let left = bob.create_room(json!({ "preset": "public_chat" })).await;
+    join_via(&alice, &room, &hs2).await;
+    join_via(&alice, &left, &hs2).await;
+    alice
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/leave", enc(&left)),
+            json!({}),
+        )
+        .await;
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/ban", enc(&room)),
+        json!({ "user_id": alice_id }),
+    )
+    .await;
+    for _ in 0..200 {
+        let body = alice.get_ok("/_matrix/client/v3/sync?timeout=0").await;
+        let events = body["rooms"]["leave"][&room]["timeline"]["events"].clone();
+        if events
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(is_membership(&alice_id, "ban"))
+        {
+            // A room the user left by themselves stays out of it.
+            assert!(body["rooms"]["leave"].get(&left).is_none(), "{body}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the ban never showed in an initial sync");
+}
