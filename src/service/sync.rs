@@ -185,7 +185,10 @@ fn build(
                 knock.insert(room_id.to_string(), json!({ "knock_state": { "events": stripped_state(services, room_id, request.user)? } }));
             }
             MembershipState::Leave | MembershipState::Ban
-                if membership.count > since && (request.since.is_some() || include_leave) =>
+                if membership.count > since
+                    && (request.since.is_some()
+                        || include_leave
+                        || removed_by_other(services, room_id, request.user)?) =>
             {
                 let room = left_room(
                     services,
@@ -579,6 +582,27 @@ fn left_room(
     )
 }
 
+/// Whether the user's leave or ban was someone else's doing (a kick or ban): such rooms are in
+/// an initial sync's leave section even without `include_leave`, as Synapse does, so that a
+/// client learns of its removal.
+fn removed_by_other(services: &Services, room_id: &RoomId, user: &UserId) -> Result<bool> {
+    use ruma::events::StateEventType;
+    let current = services
+        .rooms
+        .current_state_pdu(room_id, &StateEventType::RoomMember, user.as_str())?
+        .filter(|pdu| {
+            matches!(
+                pdu.content_value()["membership"].as_str(),
+                Some("leave" | "ban")
+            )
+        });
+    let event = match current {
+        Some(pdu) => Some(pdu),
+        None => outside_membership_event(services, room_id, user)?,
+    };
+    Ok(event.is_some_and(|pdu| pdu.sender != user))
+}
+
 /// The user's own member event stored with the stripped state of a room this server is not in.
 fn outside_membership_event(
     services: &Services,
@@ -616,11 +640,12 @@ fn invited_by_ignored(services: &Services, user: &UserId, stripped: &[Value]) ->
 
 /// The stripped state an invitee sees: create, join rules, name, avatar, alias, encryption, and
 /// their own member event.
-/// Invites from other servers carry their own stripped state.
+/// Invites from other servers carry their own stripped state, which is all there is when this
+/// server is not in the room (its copy of the room's state, if any, may be long out of date).
 fn stripped_state(services: &Services, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
     use ruma::events::StateEventType as T;
     if let Some(state) = services.rooms.handshakes.get_invite_state(user, room_id)? {
-        if !services.rooms.exists(room_id)? {
+        if !crate::service::rooms::handshake::is_resident(services, room_id)? {
             return Ok(state);
         }
     }

@@ -84,6 +84,7 @@ pub const TREES: &[&str] = &[
     "useridmediaid_pending",
     "thumbkey_thumbnail",
     "url_preview",
+    "eventid_rejected",
 ];
 
 /// The open database.

@@ -12,6 +12,7 @@ mod e2ee_clients;
 mod ephemeral;
 pub mod federation;
 mod federation_acl;
+mod federation_edges;
 mod federation_ephemeral;
 pub mod federation_misc;
 mod key_backup;

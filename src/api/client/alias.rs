@@ -20,8 +20,14 @@ fn alias_param(ctx: &Ctx) -> Result<OwnedRoomAliasId, Error> {
 }
 
 /// `GET /_matrix/client/v3/directory/room/{roomAlias}`
+///
+/// An alias of another server is asked of that server (`/query/directory`).
 pub async fn get_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let alias = alias_param(&ctx)?;
+    if alias.server_name() != services.globals.server_name() {
+        let (room_id, servers) = super::membership::remote_alias(&services, &alias).await?;
+        return Ok(json!({ "room_id": room_id, "servers": servers }));
+    }
     let (room_id, _) = services
         .rooms
         .alias

@@ -170,7 +170,9 @@ fn visible(services: &Services, origin: &ServerName, pdu: &Pdu) -> bool {
 /// `POST /_matrix/federation/v1/get_missing_events/{roomId}`
 ///
 /// Walks back from `latest_events` through prev events, stopping at `earliest_events`, and
-/// answers up to `limit` events, oldest first.
+/// answers up to `limit` events, oldest first. An event the asking server may not see by the
+/// history visibility is answered redacted rather than left out, so that the asker can still
+/// link its graph (as Synapse does; the spec leaves the form open).
 pub async fn get_missing_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     require_access(&services, &room_id, ctx.origin())?;
@@ -217,15 +219,24 @@ pub async fn get_missing_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
         if !pdu.is_in_room(&room_id) || u64::from(pdu.depth) < min_depth {
             continue;
         }
-        if !visible(&services, ctx.origin(), &pdu) {
-            continue;
-        }
+        let redact = !visible(&services, ctx.origin(), &pdu);
         queue.extend(pdu.prev_events.iter().cloned());
-        found.push(pdu);
+        found.push((pdu, redact));
     }
-    found.sort_by_key(|pdu| pdu.depth);
-    let ids: Vec<OwnedEventId> = found.into_iter().map(|pdu| pdu.event_id).collect();
-    Ok(json!({ "events": federation_pdus(&services, ids)? }))
+    found.sort_by_key(|(pdu, _)| pdu.depth);
+    let timeline = &services.rooms.timeline;
+    let mut events = Vec::with_capacity(found.len());
+    for (pdu, redact) in found {
+        let object = if redact {
+            timeline.get_federation_pdu_redacted(&pdu.event_id)?
+        } else {
+            timeline.get_federation_pdu(&pdu.event_id)?
+        };
+        if let Some(object) = object {
+            events.push(serde_json::to_value(object).map_err(Error::internal)?);
+        }
+    }
+    Ok(json!({ "events": events }))
 }
 
 /// `GET /_matrix/federation/v1/backfill/{roomId}`

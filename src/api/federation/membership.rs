@@ -28,9 +28,20 @@ fn room_and_user(ctx: &Ctx) -> Result<(OwnedRoomId, OwnedUserId)> {
     Ok((ctx.room_param(0)?, ctx.user_param(1)?))
 }
 
-/// Fails unless this server is in the room and its ACL lets `origin` in.
-fn require_resident(services: &Services, room_id: &RoomId, origin: &ServerName) -> Result<()> {
-    if !handshake::is_resident(services, room_id)? {
+/// Fails unless this server is in the room and its ACL lets `origin` in. A leave needs only the
+/// room's state: a server whose users have all left can still let an invitee reject an invite.
+fn require_resident(
+    services: &Services,
+    room_id: &RoomId,
+    origin: &ServerName,
+    membership: &str,
+) -> Result<()> {
+    let known = if membership == "leave" {
+        services.rooms.exists(room_id)?
+    } else {
+        handshake::is_resident(services, room_id)?
+    };
+    if !known {
         return Err(Error::not_found(format!("this server is not in {room_id}")));
     }
     if !incoming::server_allowed(services, room_id, origin)? {
@@ -45,7 +56,7 @@ fn make_membership(services: &Services, ctx: &Ctx, membership: &str) -> HandlerR
     if user.server_name() != ctx.origin() {
         return Err(Error::forbidden("the user belongs to another server"));
     }
-    require_resident(services, &room_id, ctx.origin())?;
+    require_resident(services, &room_id, ctx.origin(), membership)?;
     let (short, version) = services.rooms.room_version(&room_id)?;
     if membership == "join" || membership == "knock" {
         // `ver` repeats, so it is read from the raw query; without any, only version 1 is meant.
@@ -151,7 +162,7 @@ async fn send_membership(
     let room_id = ctx.room_param(0)?;
     let event_id = OwnedEventId::try_from(ctx.param(1))
         .map_err(|_| Error::invalid_param("invalid event ID"))?;
-    require_resident(services, &room_id, ctx.origin())?;
+    require_resident(services, &room_id, ctx.origin(), membership)?;
     let (_, version) = services.rooms.room_version(&room_id)?;
     let rules = rules_for(&version)?;
     let parsed = incoming::parse_pdu(&ctx.body, &room_id, &rules)?;

@@ -468,11 +468,14 @@ pub async fn outside_membership_update(
     if pdu.kind != TimelineEventType::RoomMember
         || target.server_name() != services.globals.server_name()
         || !matches!(membership.as_str(), "leave" | "ban")
-        || !matches!(
-            services.rooms.members.get_membership(room_id, target)?,
-            Some(MembershipState::Invite | MembershipState::Knock)
-        )
     {
+        return Ok(None);
+    }
+    let current = services.rooms.members.get_membership(room_id, target)?;
+    if !matches!(
+        current,
+        Some(MembershipState::Invite | MembershipState::Knock)
+    ) {
         return Ok(None);
     }
     if pdu.sender.server_name() != origin {
@@ -480,12 +483,26 @@ pub async fn outside_membership_update(
             "a membership change must come from its sender's server",
         ));
     }
-    let object = incoming::verify_pdu(services, &parsed, &rules).await?;
     let state = services
         .rooms
         .handshakes
         .get_invite_state(target, room_id)?
         .unwrap_or_default();
+    // Without the room's state this server cannot tell who may withdraw an invite: it believes
+    // only the inviter, whose invite it holds (as Synapse does). Anyone else's kick is dropped.
+    if current == Some(MembershipState::Invite) {
+        let inviter = state
+            .iter()
+            .rev()
+            .find(|event| event["type"] == "m.room.member" && event["state_key"] == target.as_str())
+            .and_then(|event| event["sender"].as_str());
+        if inviter != Some(pdu.sender.as_str()) {
+            return Err(Error::forbidden(format!(
+                "only the inviter may withdraw the invite of {target}"
+            )));
+        }
+    }
+    let object = incoming::verify_pdu(services, &parsed, &rules).await?;
     store_outside_membership(services, room_id, &version, &object, &pdu, &state)?;
     Ok(Some(parsed.event_id))
 }
@@ -573,14 +590,26 @@ pub async fn leave_remote(
             Err(error) => drop(failed_through(server, "leaving", error)),
         }
     }
-    // Record the leave locally anyway, so the invite disappears for the user.
+    // Record the leave locally anyway, so the invite disappears for the user. The event is this
+    // server's own record (unsigned, never sent): stored like the invite it ends, so that `/sync`
+    // shows the user their leave.
     let pdu_value = json!({
         "event_id": format!("$leave-{}", crate::util::random_string(16)),
         "room_id": room_id, "sender": user, "origin_server_ts": crate::util::now_millis(),
         "type": "m.room.member", "state_key": user, "content": { "membership": "leave" },
         "prev_events": [], "auth_events": [], "depth": 0,
     });
-    let pdu: Pdu = serde_json::from_value(pdu_value).map_err(Error::internal)?;
+    let pdu: Pdu = serde_json::from_value(pdu_value.clone()).map_err(Error::internal)?;
+    if let Ok((_, version)) = services.rooms.room_version(room_id) {
+        let object =
+            serde_json::from_value::<CanonicalJsonObject>(pdu_value).map_err(Error::internal)?;
+        let state = services
+            .rooms
+            .handshakes
+            .get_invite_state(user, room_id)?
+            .unwrap_or_default();
+        return store_outside_membership(services, room_id, &version, &object, &pdu, &state);
+    }
     services
         .globals
         .write_with_count(&services.db, |batch, count| {
@@ -628,7 +657,8 @@ async fn leave_through(
 }
 
 /// The servers to try for a room this server is not in: those the client named, the server of
-/// whoever invited the user, and the server in the room ID (before room version 12).
+/// whoever invited the user, and without any of those the server in the room ID (before room
+/// version 12).
 pub fn candidate_servers(
     services: &Services,
     room_id: &RoomId,
@@ -658,8 +688,12 @@ pub fn candidate_servers(
             }
         }
     }
-    if let Some(server) = room_id.server_name() {
-        servers.push(server.to_owned());
+    // The room ID's server is a last resort: servers the client names are the ones to use (a
+    // restricted join must fail over only to servers that can authorise it).
+    if servers.is_empty() {
+        if let Some(server) = room_id.server_name() {
+            servers.push(server.to_owned());
+        }
     }
     let mut seen = std::collections::HashSet::new();
     servers.retain(|server| seen.insert(server.clone()));

@@ -199,6 +199,11 @@ pub fn check_against_auth_events(
         }
     }
     for auth_id in &auth_ids {
+        if services.rooms.rejected.is_rejected(auth_id)? {
+            return Err(Error::forbidden(format!(
+                "auth event {auth_id} was rejected"
+            )));
+        }
         let auth_event = timeline
             .get_pdu(auth_id)?
             .ok_or_else(|| Error::forbidden(format!("auth event {auth_id} is unknown")))?;
@@ -268,6 +273,9 @@ pub async fn store_outliers(
             verified.push((parsed.event_id, None));
             continue;
         }
+        if services.rooms.rejected.is_rejected(&parsed.event_id)? {
+            continue;
+        }
         match verify_pdu(services, &parsed, rules).await {
             Ok(object) => verified.push((parsed.event_id, Some(object))),
             Err(error) => {
@@ -291,6 +299,15 @@ pub async fn store_outliers(
     for (event_id, mut object, pdu) in pending {
         if let Err(error) = check_against_auth_events(services, rules, &pdu) {
             tracing::warn!(%event_id, %error, "dropping an event its auth events reject");
+            if super::rejected::auth_events_settled(services, &pdu)? {
+                services.rooms.rejected.mark(
+                    &services.rooms,
+                    &services.db,
+                    &event_id,
+                    &error.to_string(),
+                    None,
+                )?;
+            }
             continue;
         }
         object.insert(
@@ -316,7 +333,9 @@ pub(super) async fn fetch_missing_auth(
 ) -> Result<()> {
     let mut missing = false;
     for auth_id in &pdu.auth_events {
-        if !services.rooms.timeline.has_event(auth_id)? {
+        if !services.rooms.timeline.has_event(auth_id)?
+            && !services.rooms.rejected.is_rejected(auth_id)?
+        {
             missing = true;
         }
     }
@@ -396,12 +415,21 @@ async fn handle_with_depth(
     if rooms.timeline.get_pdu_id(&parsed.event_id)?.is_some() {
         return Ok((parsed.event_id, Outcome::Accepted));
     }
+    if rooms.rejected.is_rejected(&parsed.event_id)? {
+        return Err(Error::forbidden(format!(
+            "event {} was rejected before",
+            parsed.event_id
+        )));
+    }
     // 2–3. Signatures and content hash.
     let object = verify_pdu(services, &parsed, &rules).await?;
     let pdu = to_pdu(&parsed.event_id, &object)?;
     // 4. Auth events.
     fetch_missing_auth(services, origin, room_id, &rules, &pdu).await?;
-    check_against_auth_events(services, &rules, &pdu)?;
+    if let Err(error) = check_against_auth_events(services, &rules, &pdu) {
+        super::rejected::reject_by_auth_events(services, &rules, &pdu, &error)?;
+        return Err(error);
+    }
 
     // 5. Prev events: fetch what is missing, or else the state before the event.
     let mut fetched_state = None;
@@ -424,7 +452,17 @@ async fn handle_with_depth(
         Some(state) => state,
         None => state_after_prev_events(services, &rules, &pdu)?,
     };
-    check_against_state(services, &rules, &pdu, &state_before)?;
+    if let Err(error) = check_against_state(services, &rules, &pdu, &state_before) {
+        let before_hash = store_state(services, &state_before, first_prev_state(services, &pdu)?)?;
+        rooms.rejected.mark(
+            rooms,
+            &services.db,
+            &pdu.event_id,
+            &error.to_string(),
+            Some(before_hash.unwrap_or(0)),
+        )?;
+        return Err(error);
+    }
 
     // 6. Current state: a failure here is a soft failure.
     let current_hash = rooms.state.get_room_state(shortroomid)?;

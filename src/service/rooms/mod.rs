@@ -10,6 +10,7 @@ pub mod join_state;
 pub mod members;
 pub mod pdu;
 pub mod power;
+pub mod rejected;
 pub mod relations;
 pub mod restricted;
 pub mod search;
@@ -43,6 +44,7 @@ pub struct Rooms {
     pub search: search::Search,
     pub backfill: backfill::Backfill,
     pub timestamps: timestamps::EventTimes,
+    pub rejected: rejected::Rejected,
 }
 
 impl Rooms {
@@ -64,6 +66,7 @@ impl Rooms {
             search: search::Search::open(db),
             backfill: backfill::Backfill::default(),
             timestamps,
+            rejected: rejected::Rejected::open(db),
         })
     }
 

@@ -100,6 +100,27 @@ impl Timeline {
         Ok(Some(object))
     }
 
+    /// [`Self::get_federation_pdu`] put through the room version's redaction algorithm: what a
+    /// server that may not see an event gets instead of it (its graph and auth links stay intact).
+    pub fn get_federation_pdu_redacted(
+        &self,
+        event_id: &EventId,
+    ) -> Result<Option<CanonicalJsonObject>> {
+        let Some(pdu_id) = self.get_pdu_id(event_id)? else {
+            return Ok(None);
+        };
+        let Some(version) = self.room_version(pdu_id.shortroomid)? else {
+            return Ok(None);
+        };
+        let Some(object) = self.get_federation_pdu(event_id)? else {
+            return Ok(None);
+        };
+        let rules = super::rules_for(&version)?;
+        ruma::canonical_json::redact(object, &rules.redaction, None)
+            .map(Some)
+            .map_err(Error::internal)
+    }
+
     /// An event by where it is stored.
     pub fn get_pdu_at(&self, pdu_id: PduId) -> Result<Option<Pdu>> {
         let Some(bytes) = self.pduid_pdu.get(&pdu_id.to_bytes())? else {
