@@ -1,7 +1,7 @@
 //! Receiving PDUs from other servers: the spec's checks in the order it lists them, then the one
 //! commit path.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use ruma::{
     api::error::ErrorKind,
@@ -13,7 +13,6 @@ use ruma::{
 use serde_json::{json, Value};
 
 use super::{
-    auth,
     pdu::Pdu,
     state::StateSet,
     timeline::{commit, rules_for, CommitInput, SendTo},
@@ -23,6 +22,14 @@ use crate::{
     error::{Error, Result},
     service::{server_keys, Services},
 };
+
+mod state;
+
+use self::state::resolve_current;
+pub(super) use self::state::{
+    fetch_state_before, first_prev_state, state_after_prev_events, store_state,
+};
+pub use self::state::{resolve_sets, state_set_of};
 
 /// The largest PDU the spec allows, in bytes of canonical JSON.
 pub const MAX_PDU_BYTES: usize = 65536;
@@ -563,231 +570,6 @@ async fn fetch_missing_prev_events(
             tracing::debug!(%error, "a missing event could not be added");
         }
     }
-}
-
-/// Fetches the state before an event from `origin` (`/state_ids`, then `/event_auth`-style
-/// fetches of what is unknown) and returns it as a state set.
-pub(super) async fn fetch_state_before(
-    services: &Services,
-    origin: &ServerName,
-    room_id: &RoomId,
-    rules: &RoomVersionRules,
-    pdu: &Pdu,
-) -> Result<StateSet> {
-    let answer = services
-        .federation_request(
-            origin,
-            http::Method::GET,
-            &format!(
-                "/_matrix/federation/v1/state_ids/{}?event_id={}",
-                encode(room_id.as_str()),
-                encode(pdu.event_id.as_str())
-            ),
-            None,
-        )
-        .await?;
-    let ids: Vec<OwnedEventId> = answer["pdu_ids"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .chain(answer["auth_chain_ids"].as_array().into_iter().flatten())
-        .filter_map(|id| id.as_str().and_then(|id| OwnedEventId::try_from(id).ok()))
-        .collect();
-    let mut unknown = Vec::new();
-    for event_id in &ids {
-        if !services.rooms.timeline.has_event(event_id)? {
-            unknown.push(event_id.clone());
-        }
-    }
-    let mut fetched = Vec::new();
-    for event_id in unknown {
-        let answer = services
-            .federation_request(
-                origin,
-                http::Method::GET,
-                &format!("/_matrix/federation/v1/event/{}", encode(event_id.as_str())),
-                None,
-            )
-            .await?;
-        fetched.extend(answer["pdus"].as_array().cloned().unwrap_or_default());
-    }
-    store_outliers(services, room_id, rules, &fetched).await?;
-    let state_ids: Vec<OwnedEventId> = answer["pdu_ids"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|id| id.as_str().and_then(|id| OwnedEventId::try_from(id).ok()))
-        .collect();
-    state_set_of(services, &state_ids)
-}
-
-/// A state set from a list of state event IDs (unknown events are left out).
-pub fn state_set_of(services: &Services, event_ids: &[OwnedEventId]) -> Result<StateSet> {
-    let rooms = &services.rooms;
-    let mut set = StateSet::new();
-    let mut batch = crate::store::Batch::default();
-    for event_id in event_ids {
-        let Some(pdu) = rooms.timeline.get_pdu(event_id)? else {
-            continue;
-        };
-        let Some(state_key) = &pdu.state_key else {
-            continue;
-        };
-        let shortstatekey = rooms
-            .short
-            .get_or_create_shortstatekey(&StateEventType::from(pdu.kind.to_string()), state_key)?;
-        let shorteventid = rooms.short.shorteventid_in_batch(event_id, &mut batch)?;
-        set.insert(shortstatekey, shorteventid);
-    }
-    services.db.write(batch)?;
-    Ok(set)
-}
-
-/// The snapshot after an event's first prev event, if its state is known.
-pub(super) fn first_prev_state(services: &Services, pdu: &Pdu) -> Result<Option<u64>> {
-    let Some(prev) = pdu.prev_events.first() else {
-        return Ok(None);
-    };
-    let Some(short) = services.rooms.short.get_shorteventid(prev)? else {
-        return Ok(None);
-    };
-    Ok(services
-        .rooms
-        .state
-        .get_event_state(short)?
-        .map(|(_, after)| after)
-        .filter(|after| *after != 0))
-}
-
-/// The state after an event's prev events: one prev event's state as it is, several resolved.
-pub(super) fn state_after_prev_events(
-    services: &Services,
-    rules: &RoomVersionRules,
-    pdu: &Pdu,
-) -> Result<StateSet> {
-    let rooms = &services.rooms;
-    let mut sets = Vec::new();
-    for prev in &pdu.prev_events {
-        let short = rooms
-            .short
-            .get_shorteventid(prev)?
-            .ok_or_else(|| Error::internal("prev event without short ID"))?;
-        let (_, after) = rooms
-            .state
-            .get_event_state(short)?
-            .ok_or_else(|| Error::internal("prev event without state"))?;
-        sets.push((*rooms.state.load(after)?).clone());
-    }
-    resolve_sets(services, rules, sets, None)
-}
-
-/// Resolves state sets with state resolution v2 (a single set is returned as it is). `pending`
-/// is the event being received when the sets contain it: it is not stored yet.
-pub fn resolve_sets(
-    services: &Services,
-    rules: &RoomVersionRules,
-    mut sets: Vec<StateSet>,
-    pending: Option<&Pdu>,
-) -> Result<StateSet> {
-    sets.dedup();
-    if sets.len() <= 1 {
-        return Ok(sets.pop().unwrap_or_default());
-    }
-    let rooms = &services.rooms;
-    let mut maps = Vec::with_capacity(sets.len());
-    // Resolution picks among the events of the sets: their short IDs are known already.
-    let mut shorts = HashMap::new();
-    for set in &sets {
-        let mut map = state_res::StateMap::new();
-        for (shortstatekey, shorteventid) in set {
-            let (event_type, state_key) = rooms.short.get_statekey(*shortstatekey)?;
-            let event_id = rooms.short.get_eventid(*shorteventid)?;
-            shorts.insert(event_id.clone(), (*shortstatekey, *shorteventid));
-            map.insert((event_type, state_key), event_id);
-        }
-        maps.push(map);
-    }
-    let resolved = auth::resolve(services, rules, &maps, pending)?;
-    resolved
-        .into_values()
-        .map(|event_id| {
-            shorts
-                .get(&event_id)
-                .copied()
-                .ok_or_else(|| Error::internal("state resolution chose an event of no state set"))
-        })
-        .collect()
-}
-
-/// Stores a state set as a snapshot and returns its short hash.
-/// The snapshot is shared with `parent` (the state after the first prev event) when it is the
-/// same, as it is for every event with one prev event, and stored as a delta over it otherwise,
-/// so that receiving an event costs no copy of the room's state.
-pub(super) fn store_state(
-    services: &Services,
-    set: &StateSet,
-    parent: Option<u64>,
-) -> Result<Option<u64>> {
-    if set.is_empty() {
-        return Ok(None);
-    }
-    let rooms = &services.rooms;
-    if let Some(parent) = parent {
-        if *rooms.state.load(parent)? == *set {
-            return Ok(Some(parent));
-        }
-    }
-    let mut batch = crate::store::Batch::default();
-    let hash =
-        rooms
-            .state
-            .store_snapshot(rooms.short.allocate(), parent, set.clone(), &mut batch)?;
-    services.db.write(batch)?;
-    Ok(Some(hash))
-}
-
-/// The room's current state after the event: the state after it, resolved with the state of
-/// every forward extremity it does not replace.
-fn resolve_current(
-    services: &Services,
-    rules: &RoomVersionRules,
-    shortroomid: u64,
-    pdu: &Pdu,
-    state_before: &StateSet,
-) -> Result<Option<StateSet>> {
-    let rooms = &services.rooms;
-    let prev: HashSet<&OwnedEventId> = pdu.prev_events.iter().collect();
-    let others: Vec<OwnedEventId> = rooms
-        .timeline
-        .extremities(shortroomid)?
-        .into_iter()
-        .filter(|extremity| !prev.contains(extremity))
-        .collect();
-    if others.is_empty() {
-        return Ok(None);
-    }
-    let mut after = state_before.clone();
-    if let Some(state_key) = &pdu.state_key {
-        let shortstatekey = rooms
-            .short
-            .get_or_create_shortstatekey(&StateEventType::from(pdu.kind.to_string()), state_key)?;
-        let mut batch = crate::store::Batch::default();
-        let shorteventid = rooms
-            .short
-            .shorteventid_in_batch(&pdu.event_id, &mut batch)?;
-        services.db.write(batch)?;
-        after.insert(shortstatekey, shorteventid);
-    }
-    let mut sets = vec![after];
-    for extremity in others {
-        let Some(short) = rooms.short.get_shorteventid(&extremity)? else {
-            continue;
-        };
-        if let Some((_, state)) = rooms.state.get_event_state(short)? {
-            sets.push((*rooms.state.load(state)?).clone());
-        }
-    }
-    resolve_sets(services, rules, sets, Some(pdu)).map(Some)
 }
 
 /// Whether a server may take part in a room under its `m.room.server_acl` (current state).
