@@ -488,6 +488,21 @@ pub async fn outside_membership_update(
         .handshakes
         .get_invite_state(target, room_id)?
         .unwrap_or_default();
+    // A change older than the membership held (an unban's leave overtaken by the invite that
+    // followed it, which came straight through `/invite`) changes nothing.
+    let held = state
+        .iter()
+        .rev()
+        .find(|event| event["type"] == "m.room.member" && event["state_key"] == target.as_str())
+        .and_then(|event| event["event_id"].as_str())
+        .and_then(|id| OwnedEventId::try_from(id).ok());
+    if let Some(held) = held {
+        if let Some(held) = services.rooms.timeline.get_pdu(&held)? {
+            if held.depth > pdu.depth {
+                return Ok(Some(parsed.event_id));
+            }
+        }
+    }
     // Without the room's state this server cannot tell who may withdraw an invite: it believes
     // only the inviter, whose invite it holds (as Synapse does). Anyone else's kick is dropped.
     if current == Some(MembershipState::Invite) {
