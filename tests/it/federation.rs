@@ -526,25 +526,27 @@ fn forge(
     builder: plait::service::rooms::timeline::PduBuilder,
     tamper: impl FnOnce(&mut Value),
 ) -> (String, Value) {
+    forge_shaped(server, room, sender, builder, |_| {}, tamper)
+}
+
+/// [`forge`] with `shape` changing the template (prev or auth events) before it is signed.
+pub fn forge_shaped(
+    server: &TestServer,
+    room: &str,
+    sender: &str,
+    builder: plait::service::rooms::timeline::PduBuilder,
+    shape: impl FnOnce(&mut ruma::CanonicalJsonObject),
+    tamper: impl FnOnce(&mut Value),
+) -> (String, Value) {
     use plait::service::rooms::timeline::{build_and_sign, build_template, rules_for};
     let services = &server.services;
     let room_id = ruma::OwnedRoomId::try_from(room).unwrap();
     let sender = ruma::OwnedUserId::try_from(sender).unwrap();
-    let short = services
-        .rooms
-        .short
-        .get_shortroomid(&room_id)
-        .unwrap()
-        .unwrap();
-    let version = services
-        .rooms
-        .timeline
-        .room_version(short)
-        .unwrap()
-        .unwrap();
+    let (short, version) = services.rooms.room_version(&room_id).unwrap();
     let rules = rules_for(&version).unwrap();
-    let (object, _) =
+    let (mut object, _) =
         build_template(services, &room_id, &sender, &builder, &rules, Some(short)).unwrap();
+    shape(&mut object);
     let (signed, event_id) = build_and_sign(services, &object, &rules).unwrap();
     let mut value = serde_json::to_value(&signed).unwrap();
     tamper(&mut value);

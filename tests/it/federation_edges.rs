@@ -319,30 +319,9 @@ fn forge_signed(
     builder: plait::service::rooms::timeline::PduBuilder,
     shape: impl FnOnce(&mut ruma::CanonicalJsonObject),
 ) -> (String, Value) {
-    use plait::service::rooms::timeline::{build_and_sign, build_template, rules_for};
-    let services = &server.services;
-    let room_id = ruma::OwnedRoomId::try_from(room).unwrap();
-    let sender = ruma::OwnedUserId::try_from(sender).unwrap();
-    let short = services
-        .rooms
-        .short
-        .get_shortroomid(&room_id)
-        .unwrap()
-        .unwrap();
-    let version = services
-        .rooms
-        .timeline
-        .room_version(short)
-        .unwrap()
-        .unwrap();
-    let rules = rules_for(&version).unwrap();
-    let (mut object, _) =
-        build_template(services, &room_id, &sender, &builder, &rules, Some(short)).unwrap();
-    shape(&mut object);
-    let (signed, event_id) = build_and_sign(services, &object, &rules).unwrap();
-    let mut value = serde_json::to_value(&signed).unwrap();
-    value.as_object_mut().unwrap().remove("event_id");
-    (event_id.to_string(), value)
+    crate::federation::forge_shaped(server, room, sender, builder, shape, |value| {
+        value.as_object_mut().unwrap().remove("event_id");
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -55,19 +55,12 @@ fn member_event(
     membership: &str,
     tamper: impl FnOnce(&mut Value),
 ) -> (String, Value) {
-    use plait::service::rooms::timeline::{build_and_sign, build_template, rules_for, PduBuilder};
-    let services = &server.services;
-    let room_id = ruma::OwnedRoomId::try_from(room).unwrap();
-    let sender = ruma::OwnedUserId::try_from(sender).unwrap();
-    let (short, version) = services.rooms.room_version(&room_id).unwrap();
-    let rules = rules_for(&version).unwrap();
-    let builder = PduBuilder::state("m.room.member", target, json!({ "membership": membership }));
-    let (object, _) =
-        build_template(services, &room_id, &sender, &builder, &rules, Some(short)).unwrap();
-    let (signed, event_id) = build_and_sign(services, &object, &rules).unwrap();
-    let mut value = serde_json::to_value(&signed).unwrap();
-    tamper(&mut value);
-    (event_id.to_string(), value)
+    let builder = plait::service::rooms::timeline::PduBuilder::state(
+        "m.room.member",
+        target,
+        json!({ "membership": membership }),
+    );
+    crate::federation::forge_shaped(server, room, sender, builder, |_| {}, tamper)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
