@@ -21,7 +21,7 @@ use ruma::{
         },
         StateEventType, TimelineEventType,
     },
-    push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
+    push::{Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset},
     serde::Raw,
     OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
 };
@@ -311,17 +311,21 @@ pub fn prepare(services: &Services, room_id: &RoomId, pdu: &Pdu) -> Result<Pendi
         room_id: Some(room_id.to_owned()),
         notifications: Vec::new(),
     };
+    // One flattened event and one context for every target: only the user fields change.
+    let event = FlattenedJson::from_raw(&event);
+    let mut ctx = PushConditionRoomCtx::new(
+        room_id.to_owned(),
+        context.member_count,
+        pdu.sender.clone(),
+        String::new(),
+    );
+    if let Some(power_levels) = &context.power_levels {
+        ctx = ctx.with_power_levels(power_levels.clone());
+    }
     for (user_id, display_name) in targets {
         let prepared = push.prepared(services, &user_id)?;
-        let mut ctx = PushConditionRoomCtx::new(
-            room_id.to_owned(),
-            context.member_count,
-            user_id.clone(),
-            display_name,
-        );
-        if let Some(power_levels) = &context.power_levels {
-            ctx = ctx.with_power_levels(power_levels.clone());
-        }
+        ctx.user_id = user_id.clone();
+        ctx.user_display_name = display_name;
         let actions = prepared.actions(&event, has_mentions, &ctx);
         let (notify, highlight) = rules::notify_and_highlight(&actions);
         if notify {

@@ -8,7 +8,10 @@ use std::{
 };
 
 use ruma::{
-    push::{Action, ConditionalPushRule, PatternedPushRule, PushConditionRoomCtx, Ruleset, Tweak},
+    push::{
+        Action, ConditionalPushRule, FlattenedJson, PatternedPushRule, PushConditionRoomCtx,
+        Ruleset, Tweak,
+    },
     serde::Raw,
     UserId,
 };
@@ -147,11 +150,11 @@ impl Prepared {
         }
     }
 
-    /// The actions for an event (client form) in a room context; empty when no rule matches
-    /// or the user sent the event.
+    /// The actions for an event (client form, flattened once for all the users it is checked
+    /// for) in a room context; empty when no rule matches or the user sent the event.
     pub fn actions(
         &self,
-        event: &Raw<Value>,
+        event: &FlattenedJson,
         has_mentions: bool,
         ctx: &PushConditionRoomCtx,
     ) -> Vec<Action> {
@@ -160,9 +163,15 @@ impl Prepared {
         } else {
             &self.all
         };
-        poll_ready(ruleset.get_actions(event, ctx))
-            .map(<[Action]>::to_vec)
-            .unwrap_or_default()
+        if event.get_str("sender") == Some(ctx.user_id.as_str()) {
+            return Vec::new();
+        }
+        for rule in ruleset {
+            if poll_ready(rule.applies(event, ctx)).unwrap_or(false) {
+                return rule.actions().to_vec();
+            }
+        }
+        Vec::new()
     }
 }
 
@@ -191,8 +200,8 @@ mod tests {
 
     use super::*;
 
-    fn event(body: Value) -> Raw<Value> {
-        Raw::new(&body).unwrap()
+    fn event(body: Value) -> FlattenedJson {
+        FlattenedJson::from_raw(&Raw::new(&body).unwrap())
     }
 
     #[test]
@@ -250,11 +259,11 @@ mod tests {
         );
         let check = |content: Value| {
             let has_mentions = content.get("m.mentions").is_some();
-            let raw = event(json!({
+            let flattened = event(json!({
                 "type": "m.room.message", "sender": "@alice:example.org",
                 "content": content, "event_id": "$e", "origin_server_ts": 1,
             }));
-            notify_and_highlight(&prepared.actions(&raw, has_mentions, &ctx))
+            notify_and_highlight(&prepared.actions(&flattened, has_mentions, &ctx))
         };
         assert_eq!(
             check(json!({ "msgtype": "m.text", "body": "hi" })),
@@ -282,5 +291,11 @@ mod tests {
             check(json!({ "msgtype": "m.notice", "body": "Bobby" })),
             (false, false)
         );
+        let own = event(json!({
+            "type": "m.room.message", "sender": "@bob:example.org",
+            "content": { "msgtype": "m.text", "body": "hi Bobby" },
+            "event_id": "$own", "origin_server_ts": 1,
+        }));
+        assert!(prepared.actions(&own, false, &ctx).is_empty());
     }
 }
