@@ -48,8 +48,9 @@ pub struct Push {
     pub pushers: pushers::Pushers,
     /// Parsed rule sets per user; dropped when the user changes a rule.
     rules: Mutex<HashMap<OwnedUserId, Arc<rules::Prepared>>>,
-    /// What evaluation needs from a room's state; dropped by every state event in the room.
-    rooms: Mutex<HashMap<OwnedRoomId, Arc<RoomContext>>>,
+    /// What evaluation needs from a room's state, with the current-state snapshot it was built
+    /// from (snapshot ids are never reused, so a different one means the state moved).
+    rooms: Mutex<HashMap<OwnedRoomId, (u64, Arc<RoomContext>)>>,
     /// Serialises rule changes (read, change, write).
     rules_write: Mutex<()>,
 }
@@ -227,25 +228,22 @@ impl Push {
         Ok(prepared)
     }
 
-    fn room_context(
-        &self,
-        services: &Services,
-        room_id: &RoomId,
-        changes_state: bool,
-    ) -> Result<Arc<RoomContext>> {
-        if changes_state {
-            // The event changes the state the context is built from: build it without keeping
-            // it, and let the next event build it again from the new state.
-            self.rooms.lock().remove(room_id);
-            return Ok(Arc::new(build_room_context(services, room_id)?));
-        }
-        if let Some(context) = self.rooms.lock().get(room_id) {
-            return Ok(Arc::clone(context));
+    /// The room context at the room's current state, rebuilt whenever that state changed: by a
+    /// state event, but also by a fork merged through state resolution, a join's state or
+    /// anything else that moves the room's current snapshot.
+    fn room_context(&self, services: &Services, room_id: &RoomId) -> Result<Arc<RoomContext>> {
+        let snapshot = services.rooms.current_state_hash(room_id)?;
+        if let Some((at, context)) = self.rooms.lock().get(room_id) {
+            if Some(*at) == snapshot {
+                return Ok(Arc::clone(context));
+            }
         }
         let context = Arc::new(build_room_context(services, room_id)?);
-        self.rooms
-            .lock()
-            .insert(room_id.to_owned(), Arc::clone(&context));
+        if let Some(snapshot) = snapshot {
+            self.rooms
+                .lock()
+                .insert(room_id.to_owned(), (snapshot, Arc::clone(&context)));
+        }
         Ok(context)
     }
 }
@@ -274,7 +272,7 @@ pub fn prepare(services: &Services, room_id: &RoomId, pdu: &Pdu) -> Result<Pendi
         return Ok(Pending::default());
     }
     let push = &services.push;
-    let context = push.room_context(services, room_id, pdu.state_key.is_some())?;
+    let context = push.room_context(services, room_id)?;
     let content = pdu.content_value();
     let mut targets: Vec<(OwnedUserId, String)> = context
         .locals
