@@ -74,8 +74,9 @@ pub struct Config {
     /// A local user whose clients neither sync nor send any request for this long goes
     /// offline, in milliseconds (at least 1000).
     pub presence_offline_timeout_ms: u64,
-    /// Accept pushers whose push gateway URL is plain `http` (for a gateway on loopback in
-    /// tests and development); the spec asks for `https`. Off by default.
+    /// Accept pushers whose push gateway URL is plain `http`, at any address (for a gateway on
+    /// loopback in tests and development); the spec asks for `https`. Off by default: gateways
+    /// are then never reached at an address in `url_preview_ip_denylist`.
     pub push_gateway_allow_http: bool,
     /// Folder of uploaded and cached remote media; defaults to `media` inside `database_path`.
     pub media_path: Option<PathBuf>,

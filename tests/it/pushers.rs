@@ -88,6 +88,12 @@ async fn pushers_are_set_listed_replaced_and_deleted() {
     };
     for bad_url in [
         "https://push.example.org/wrong/path",
+        // Addresses in the deny-list (loopback, private, link-local), refused unless the
+        // configuration allows plain http for a gateway under test.
+        "https://127.0.0.1/_matrix/push/v1/notify",
+        "https://10.1.2.3:8443/_matrix/push/v1/notify",
+        "https://[::1]/_matrix/push/v1/notify",
+        "https://169.254.169.254/_matrix/push/v1/notify",
         "http://push.example.org/_matrix/push/v1/notify",
         "not a url",
         "ftp://push.example.org/_matrix/push/v1/notify",
@@ -124,6 +130,15 @@ async fn gateway(
     listener: tokio::net::TcpListener,
     reject: Vec<String>,
 ) -> mpsc::UnboundedReceiver<Value> {
+    gateway_padded(listener, reject, 0).await
+}
+
+/// [`gateway`], with `padding` bytes of filler in every answer.
+async fn gateway_padded(
+    listener: tokio::net::TcpListener,
+    reject: Vec<String>,
+    padding: usize,
+) -> mpsc::UnboundedReceiver<Value> {
     let (sender, receiver) = mpsc::unbounded_channel();
     let app = axum::Router::new().route(
         "/_matrix/push/v1/notify",
@@ -135,7 +150,7 @@ async fn gateway(
                 let _ = sender.send(body);
                 (
                     [(http::header::CONTENT_TYPE, "application/json")],
-                    json!({ "rejected": reject }).to_string(),
+                    json!({ "rejected": reject, "filler": "x".repeat(padding) }).to_string(),
                 )
             }
         }),
@@ -337,4 +352,78 @@ async fn pushers_go_with_the_device_that_set_them() {
         .iter_pushers(&ruma::UserId::parse(&user).unwrap())
         .unwrap()
         .is_empty());
+}
+
+#[tokio::test]
+async fn a_gateway_that_hangs_holds_up_only_its_own_pushers() {
+    let server = server_allowing_http().await;
+    let (alice, bob, room) = shared_room(&server).await;
+    // A gateway that accepts connections and never answers; its pushkey sorts first in the
+    // queue. The connections stay open until the test ends.
+    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hanging_url = format!(
+        "http://{}/_matrix/push/v1/notify",
+        hanging.local_addr().unwrap()
+    );
+    let (opened, mut connections) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = hanging.accept().await {
+            let _ = opened.send(socket);
+        }
+    });
+    let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let live_url = format!(
+        "http://{}/_matrix/push/v1/notify",
+        live.local_addr().unwrap()
+    );
+    let mut pushes = gateway(live, Vec::new()).await;
+    bob.post_ok(
+        "/_matrix/client/v3/pushers/set",
+        pusher(&hanging_url, "a-hanging"),
+    )
+    .await;
+    let mut second = pusher(&live_url, "b-live");
+    second["append"] = json!(true);
+    bob.post_ok("/_matrix/client/v3/pushers/set", second).await;
+    let event = send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "one gateway is stuck" }),
+    )
+    .await;
+    let held = tokio::time::timeout(Duration::from_secs(60), connections.recv())
+        .await
+        .expect("the hanging gateway was reached")
+        .unwrap();
+    // The request to the hanging gateway waits for its 30 s timeout; the live gateway gets
+    // its push well before that (within 20 s, or the test fails).
+    let push = tokio::time::timeout(Duration::from_secs(20), pushes.recv())
+        .await
+        .expect("the live gateway got its push while the other one hung")
+        .unwrap();
+    assert_eq!(push["notification"]["event_id"], event);
+    assert_eq!(push["notification"]["devices"][0]["pushkey"], "b-live");
+    drop(held);
+}
+
+#[tokio::test]
+async fn an_oversized_gateway_answer_is_not_read() {
+    let server = server_allowing_http().await;
+    let (alice, bob, room) = shared_room(&server).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/_matrix/push/v1/notify",
+        listener.local_addr().unwrap()
+    );
+    // The answer lists the pushkey as rejected, but is 100 KiB long: the server reads no
+    // further than 64 KiB, so the pusher stays and gets the next push too.
+    let mut pushes = gateway_padded(listener, vec!["big".to_owned()], 100 * 1024).await;
+    bob.post_ok("/_matrix/client/v3/pushers/set", pusher(&url, "big"))
+        .await;
+    for body in ["first", "second"] {
+        let event = send(&alice, &room, json!({ "msgtype": "m.text", "body": body })).await;
+        let push = next_push(&mut pushes).await;
+        assert_eq!(push["notification"]["event_id"], event);
+    }
+    assert_eq!(pushers(&bob).await.len(), 1);
 }

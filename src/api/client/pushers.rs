@@ -80,7 +80,7 @@ pub async fn set_pusher(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         .get("url")
         .and_then(Value::as_str)
         .ok_or_else(|| Error::invalid_param("an http pusher needs data.url"))?;
-    push::pushers::check_url(url, services.config.push_gateway_allow_http)?;
+    push::pushers::check_url(url, &services.config)?;
     if let Some(format) = data.get("format") {
         if format != "event_id_only" {
             return Err(Error::invalid_param(

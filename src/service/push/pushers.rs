@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use tokio::sync::Notify;
 
 use crate::{
+    config::Config,
     error::{Error, Result},
     store::{key, Batch, Db, Entry, Tree},
 };
@@ -197,8 +198,10 @@ impl Pushers {
 }
 
 /// Checks an HTTP pusher's URL: absolute, `https` (or `http` when the config allows it), with
-/// the path `/_matrix/push/v1/notify`.
-pub fn check_url(url: &str, allow_http: bool) -> Result<()> {
+/// the path `/_matrix/push/v1/notify`, and unless `http` is allowed (tests, development) not an
+/// IP address in `url_preview_ip_denylist` (a host name is checked when the sender resolves it).
+pub fn check_url(url: &str, config: &Config) -> Result<()> {
+    let allow_http = config.push_gateway_allow_http;
     let parsed = reqwest::Url::parse(url)
         .map_err(|_| Error::invalid_param(format!("pusher url {url} is not a valid URL")))?;
     let scheme_ok = parsed.scheme() == "https" || (allow_http && parsed.scheme() == "http");
@@ -211,6 +214,21 @@ pub fn check_url(url: &str, allow_http: bool) -> Result<()> {
         return Err(Error::invalid_param(format!(
             "pusher url {url} must have the path {NOTIFY_PATH}"
         )));
+    }
+    let literal = parsed
+        .host_str()
+        .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
+        .and_then(|host| host.parse::<std::net::IpAddr>().ok());
+    if let Some(ip) = literal.filter(|_| !allow_http) {
+        if config
+            .url_preview_ip_denylist()
+            .iter()
+            .any(|range| range.contains(ip))
+        {
+            return Err(Error::invalid_param(format!(
+                "pusher url {url} names an address this server does not connect to"
+            )));
+        }
     }
     Ok(())
 }

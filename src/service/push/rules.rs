@@ -12,7 +12,6 @@ use ruma::{
         Action, ConditionalPushRule, FlattenedJson, PatternedPushRule, PushConditionRoomCtx,
         Ruleset, Tweak,
     },
-    serde::Raw,
     UserId,
 };
 use serde_json::{json, Value};
@@ -196,7 +195,7 @@ pub fn notify_and_highlight(actions: &[Action]) -> (bool, bool) {
 
 #[cfg(test)]
 mod tests {
-    use ruma::{owned_room_id, owned_user_id, uint};
+    use ruma::{owned_room_id, owned_user_id, serde::Raw, uint};
 
     use super::*;
 

@@ -1,21 +1,27 @@
 //! The push sender: the worker that posts each pusher's queued notifications to its push
 //! gateway's `/_matrix/push/v1/notify`, with exponential backoff, and removes pushers whose
-//! pushkey the gateway rejects.
+//! pushkey the gateway rejects. Pushers are served side by side (one request in flight per
+//! pusher, so each pusher's notifications stay in order), a gateway's answer is read up to
+//! [`MAX_ANSWER_BYTES`], and unless `push_gateway_allow_http` is set a gateway is never reached
+//! at an address in `url_preview_ip_denylist`.
 
 use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::{json, Map, Value};
-use tokio::sync::watch;
+use tokio::{sync::watch, task::JoinSet};
 
 use super::{
     pushers::{Pusher, Queued},
     Notification,
 };
 use crate::{
+    config::IpRange,
     error::{Error, Result},
     service::Services,
     store::key,
@@ -26,27 +32,50 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60 * 60);
 /// A notification a gateway has refused to take for this long is dropped.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+/// Most deliveries in flight at once (each to a different pusher).
+const MAX_IN_FLIGHT: usize = 32;
+/// The largest gateway answer read; a gateway answers with a short list of rejected pushkeys.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-/// The delivery worker: sends each pusher's queue in order, one notification at a time; a
-/// failure delays that pusher (exponential backoff), a pushkey the gateway rejects removes the
-/// pusher. Stops when `stop` turns true.
+/// One delivery's outcome, with the pusher and queue entry it was for.
+type Finished = (Vec<u8>, Vec<u8>, Result<Delivery>);
+
+/// The delivery worker: starts the first queued notification of every due pusher (up to
+/// [`MAX_IN_FLIGHT`] at once), and the next one when a delivery ends; a failure delays that
+/// pusher (exponential backoff), a pushkey the gateway rejects removes the pusher. Stops when
+/// `stop` turns true (deliveries still in flight are dropped and stay queued).
 pub async fn run(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
-    let client = match reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("Plait/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
+        .no_proxy()
+        .user_agent(concat!("Plait/", env!("CARGO_PKG_VERSION")));
+    if !services.config.push_gateway_allow_http {
+        builder = builder.dns_resolver(Arc::new(DenyingResolver {
+            denylist: services.config.url_preview_ip_denylist(),
+        }));
+    }
+    let client = match builder.build() {
         Ok(client) => client,
         Err(error) => {
             tracing::error!(%error, "the push sender cannot start");
             return;
         }
     };
+    let mut in_flight: JoinSet<Finished> = JoinSet::new();
+    // The pusher of each running task, to free it even when the task panicked.
+    let mut tasks: HashMap<tokio::task::Id, Vec<u8>> = HashMap::new();
     loop {
-        let next_attempt = match deliver_due(&services, &client).await {
-            Ok(next) => next,
+        let busy: HashSet<Vec<u8>> = tasks.values().cloned().collect();
+        let next_attempt = match start_due(&services, &client, &busy) {
+            Ok((next, started)) => {
+                for (pusher_key, delivery) in started {
+                    let id = in_flight.spawn(delivery).id();
+                    tasks.insert(id, pusher_key);
+                }
+                next
+            }
             Err(error) => {
                 tracing::error!(%error, "push delivery failed");
                 Some(Instant::now() + FIRST_BACKOFF)
@@ -56,6 +85,20 @@ pub async fn run(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
             .map(|at| at.saturating_duration_since(Instant::now()))
             .unwrap_or(Duration::from_secs(3600));
         tokio::select! {
+            Some(joined) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                match joined {
+                    Ok((id, (pusher_key, queue_key, outcome))) => {
+                        tasks.remove(&id);
+                        if let Err(error) = finish(&services, &pusher_key, &queue_key, outcome) {
+                            tracing::error!(%error, "push delivery failed");
+                        }
+                    }
+                    Err(error) => {
+                        tasks.remove(&error.id());
+                        tracing::error!(%error, "a push delivery task failed");
+                    }
+                }
+            }
             _ = services.push.pushers.wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
             _ = stop.wait_for(|stop| *stop) => return,
@@ -63,14 +106,26 @@ pub async fn run(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// One pass over the queue: delivers what is due; returns the next time a delayed pusher is due.
-/// The pass seeks from pusher to pusher, so a pusher whose gateway is down costs one read
-/// however long its queue is.
-async fn deliver_due(services: &Services, client: &reqwest::Client) -> Result<Option<Instant>> {
+/// A delivery ready to run: the pusher it is for and the request future.
+type Started = (
+    Vec<u8>,
+    std::pin::Pin<Box<dyn std::future::Future<Output = Finished> + Send>>,
+);
+
+/// One pass over the queue: a delivery of the first notification of every pusher that is due
+/// and has none in flight (`busy`); also returns the next time a delayed pusher is due. The
+/// pass seeks from pusher to pusher, so a pusher whose gateway is down costs one read however
+/// long its queue is.
+fn start_due(
+    services: &Arc<Services>,
+    client: &reqwest::Client,
+    busy: &HashSet<Vec<u8>>,
+) -> Result<(Option<Instant>, Vec<Started>)> {
     let pushers = &services.push.pushers;
     let mut next: Option<Instant> = None;
+    let mut started: Vec<Started> = Vec::new();
     let mut cursor: Vec<u8> = Vec::new();
-    loop {
+    while busy.len() + started.len() < MAX_IN_FLIGHT {
         let Some(entry) = pushers.pushercount_push.iter_from(&cursor, false).next() else {
             break;
         };
@@ -85,45 +140,103 @@ async fn deliver_due(services: &Services, client: &reqwest::Client) -> Result<Op
         // The first key after every queue entry of this pusher.
         let mut past_pusher = queue_key[..=split].to_vec();
         past_pusher.extend_from_slice(&[0xff; 9]);
-        let now = Instant::now();
+        cursor = past_pusher;
+        if busy.contains(&pusher_key) {
+            continue;
+        }
         let due = pushers
             .backoff
             .lock()
             .get(&pusher_key)
             .map(|(at, _, _)| *at);
-        if let Some(at) = due.filter(|at| *at > now) {
+        if let Some(at) = due.filter(|at| *at > Instant::now()) {
             next = Some(next.map_or(at, |next: Instant| next.min(at)));
-            cursor = past_pusher;
             continue;
         }
-        match deliver(services, client, &pusher_key, count, &value).await {
-            Ok(Delivery::Done) => {
-                pushers.pushercount_push.remove(&queue_key)?;
-                pushers.backoff.lock().remove(&pusher_key);
-                cursor = queue_key.to_vec();
-            }
-            Ok(Delivery::Rejected) | Ok(Delivery::NoPusher) => cursor = past_pusher,
-            Err(error) => {
-                tracing::warn!(%error, "a push gateway failed; trying again later");
-                let mut backoff = pushers.backoff.lock();
-                let (at, delay, first) =
-                    backoff
-                        .entry(pusher_key.clone())
-                        .or_insert((now, FIRST_BACKOFF / 2, now));
-                *delay = (*delay * 2).min(MAX_BACKOFF);
-                *at = now + *delay;
-                let (at, first) = (*at, *first);
-                drop(backoff);
-                if now.duration_since(first) > GIVE_UP_AFTER {
-                    tracing::warn!("dropping a push a gateway refused for a day");
-                    pushers.pushercount_push.remove(&queue_key)?;
-                }
-                next = Some(next.map_or(at, |next: Instant| next.min(at)));
-                cursor = past_pusher;
+        let services = Arc::clone(services);
+        let client = client.clone();
+        let queue_key = queue_key.to_vec();
+        let value = value.to_vec();
+        let key_for_task = pusher_key.clone();
+        started.push((
+            pusher_key,
+            Box::pin(async move {
+                let outcome = deliver(&services, &client, &key_for_task, count, &value).await;
+                (key_for_task, queue_key, outcome)
+            }),
+        ));
+    }
+    Ok((next, started))
+}
+
+/// Applies a delivery's outcome: a delivered notification leaves the queue and clears the
+/// pusher's backoff; a failure doubles it, and drops the notification after a day of failures.
+fn finish(
+    services: &Services,
+    pusher_key: &[u8],
+    queue_key: &[u8],
+    outcome: Result<Delivery>,
+) -> Result<()> {
+    let pushers = &services.push.pushers;
+    match outcome {
+        Ok(Delivery::Done) => {
+            pushers.pushercount_push.remove(queue_key)?;
+            pushers.backoff.lock().remove(pusher_key);
+        }
+        Ok(Delivery::Rejected) | Ok(Delivery::NoPusher) => {}
+        Err(error) => {
+            tracing::warn!(%error, "a push gateway failed; trying again later");
+            let now = Instant::now();
+            let mut backoff = pushers.backoff.lock();
+            let (at, delay, first) =
+                backoff
+                    .entry(pusher_key.to_vec())
+                    .or_insert((now, FIRST_BACKOFF / 2, now));
+            *delay = (*delay * 2).min(MAX_BACKOFF);
+            *at = now + *delay;
+            let first = *first;
+            drop(backoff);
+            if now.duration_since(first) > GIVE_UP_AFTER {
+                tracing::warn!("dropping a push a gateway refused for a day");
+                pushers.pushercount_push.remove(queue_key)?;
             }
         }
     }
-    Ok(next)
+    Ok(())
+}
+
+/// Resolves gateway host names and keeps only the addresses outside the deny-list; a name with
+/// none left does not resolve. (Reqwest does not ask the resolver for an IP literal: `check_url`
+/// refuses denied ones when the pusher is set.)
+struct DenyingResolver {
+    denylist: Vec<IpRange>,
+}
+
+impl reqwest::dns::Resolve for DenyingResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let denylist = self.denylist.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let allowed = allowed_addresses(&denylist, &host).await?;
+            let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// The addresses of `host` outside `denylist`; an error when there are none.
+async fn allowed_addresses(
+    denylist: &[IpRange],
+    host: &str,
+) -> std::result::Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+    let allowed: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
+        .await?
+        .filter(|address| !denylist.iter().any(|range| range.contains(address.ip())))
+        .collect();
+    if allowed.is_empty() {
+        return Err(format!("{host} has no address a push gateway may have").into());
+    }
+    Ok(allowed)
 }
 
 enum Delivery {
@@ -178,7 +291,8 @@ async fn deliver(
             response.status()
         )));
     }
-    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    let answer: Value =
+        serde_json::from_slice(&read_capped(response).await?).unwrap_or(Value::Null);
     let pushkey = pusher.field("pushkey");
     let rejected = answer["rejected"]
         .as_array()
@@ -189,6 +303,23 @@ async fn deliver(
         return Ok(Delivery::Rejected);
     }
     Ok(Delivery::Done)
+}
+
+/// A gateway answer's body, cut off after [`MAX_ANSWER_BYTES`] (an answer that long is not
+/// one a gateway gives, and reads as no rejected pushkey).
+async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|error| Error::Internal(format!("push gateway answer: {error}")))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Ok(Vec::new());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The push gateway request for one notification (push gateway API, `POST
@@ -273,4 +404,24 @@ fn notify_body(
         }
     }
     Ok(Some(json!({ "notification": body })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[tokio::test]
+    async fn the_resolver_drops_denied_addresses() {
+        let denylist = Config::default().url_preview_ip_denylist();
+        // `localhost` resolves to loopback only, all of it denied.
+        assert!(allowed_addresses(&denylist, "localhost").await.is_err());
+        let loopback_only = [IpRange::parse("127.0.0.0/8").unwrap()];
+        let allowed = allowed_addresses(&loopback_only, "localhost").await;
+        // With only IPv4 loopback denied, what is left is `::1` if the machine maps it.
+        if let Ok(addresses) = allowed {
+            assert!(addresses.iter().all(|address| address.is_ipv6()));
+        }
+        assert!(!allowed_addresses(&[], "localhost").await.unwrap().is_empty());
+    }
 }
