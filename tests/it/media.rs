@@ -454,18 +454,20 @@ async fn thumbnails_scale_crop_and_come_from_the_cache() {
         (96, 96),
     )
     .await;
+    // Sizes move up to the next of a few boxes (320x240 for this scale, 320x320 for this crop,
+    // cut to the original's height), never smaller than asked.
     check(
         jpeg.clone(),
         "width=100&height=100&method=scale",
         "image/jpeg",
-        (100, 50),
+        (320, 160),
     )
     .await;
     check(
         jpeg.clone(),
         "width=100&height=100&method=crop",
         "image/jpeg",
-        (100, 100),
+        (320, 200),
     )
     .await;
     // Larger than the original: never enlarged.
@@ -490,7 +492,15 @@ async fn thumbnails_scale_crop_and_come_from_the_cache() {
         jpeg.clone(),
         "width=100&height=100&method=crop",
         "image/jpeg",
-        (100, 100),
+        (320, 200),
+    )
+    .await;
+    // Another size in the same box is the same thumbnail.
+    check(
+        jpeg.clone(),
+        "width=300&height=200&method=scale",
+        "image/jpeg",
+        (320, 160),
     )
     .await;
     assert_eq!(

@@ -4,7 +4,8 @@
 //! box exactly, cutting the overflow evenly from both sides. Images are never enlarged: a box
 //! larger than the original is shrunk to it. Thumbnails are PNG when the source has alpha or is
 //! PNG or GIF, JPEG otherwise; with `animated=true` an animated GIF or WebP is answered with the
-//! original (the spec prefers an animated answer and allows a larger one).
+//! original (the spec prefers an animated answer and allows a larger one). Requested sizes move
+//! up to one of a few boxes (`snap`), which bounds how many thumbnails a media can have.
 
 use std::io::Cursor;
 
@@ -55,12 +56,57 @@ impl Wanted {
             }
         };
         let clamp = |value: i64| value.min(i64::from(MAX_THUMBNAIL_DIMENSION)) as u32;
+        let (width, height) = snap(clamp(width), clamp(height), method);
         Ok(Self {
-            width: clamp(width),
-            height: clamp(height),
+            width,
+            height,
             method,
             animated,
         })
+    }
+}
+
+/// The boxes `scale` thumbnails are made in: the spec's recommended sizes and larger ones.
+const SCALE_BOXES: [(u32, u32); 7] = [
+    (32, 32),
+    (96, 96),
+    (320, 240),
+    (640, 480),
+    (800, 600),
+    (1600, 1200),
+    (MAX_THUMBNAIL_DIMENSION, MAX_THUMBNAIL_DIMENSION),
+];
+/// The long sides of `crop` thumbnails.
+const CROP_SIDES: [u32; 6] = [32, 96, 320, 640, 800, MAX_THUMBNAIL_DIMENSION];
+/// A `crop` thumbnail's short side is a multiple of its long side / this.
+const CROP_STEPS: u32 = 32;
+
+/// Moves a requested size (at most [`MAX_THUMBNAIL_DIMENSION`]) up to one of a few boxes that
+/// hold it, so that each media has a bounded number of cached thumbnails however many sizes
+/// clients ask for. The answer is never smaller than asked (spec: the sizes are minimums):
+/// `scale` takes the first box of [`SCALE_BOXES`] holding the request; `crop` keeps the
+/// requested aspect ratio to within one step, with the long side the next of [`CROP_SIDES`].
+fn snap(width: u32, height: u32, method: Method) -> (u32, u32) {
+    match method {
+        Method::Scale => SCALE_BOXES
+            .into_iter()
+            .find(|(box_width, box_height)| *box_width >= width && *box_height >= height)
+            .unwrap_or((MAX_THUMBNAIL_DIMENSION, MAX_THUMBNAIL_DIMENSION)),
+        Method::Crop => {
+            let (long, short) = (width.max(height), width.min(height));
+            let side = CROP_SIDES
+                .into_iter()
+                .find(|side| *side >= long)
+                .unwrap_or(MAX_THUMBNAIL_DIMENSION);
+            let step = (side / CROP_STEPS).max(1);
+            let scaled = (u64::from(short) * u64::from(side)).div_ceil(u64::from(long)) as u32;
+            let snapped = scaled.div_ceil(step).saturating_mul(step).min(side);
+            if width >= height {
+                (side, snapped)
+            } else {
+                (snapped, side)
+            }
+        }
     }
 }
 
@@ -197,10 +243,47 @@ mod tests {
             assert_eq!(kind, "image/png");
             assert_eq!(dimensions(&bytes), expected, "{width}x{height} {method}");
         };
-        check(100, 100, "scale", (100, 50));
-        check(100, 100, "crop", (100, 100));
+        // Sizes move up to the next box: 320x240 for this scale, 320x320 for this crop.
+        check(100, 100, "scale", (320, 160));
+        check(100, 100, "crop", (320, 200));
         check(800, 800, "scale", (400, 200));
         check(800, 100, "crop", (400, 100));
+    }
+
+    #[test]
+    fn requested_sizes_snap_to_a_few_boxes_never_smaller() {
+        let snapped = |width, height, method| {
+            let wanted = Wanted::new(width, height, Some(method), false).unwrap();
+            (wanted.width, wanted.height)
+        };
+        assert_eq!(snapped(32, 32, "crop"), (32, 32));
+        assert_eq!(snapped(96, 96, "crop"), (96, 96));
+        assert_eq!(snapped(320, 240, "scale"), (320, 240));
+        assert_eq!(snapped(800, 600, "scale"), (800, 600));
+        assert_eq!(snapped(300, 10, "scale"), (320, 240));
+        assert_eq!(snapped(700, 100, "scale"), (800, 600));
+        assert_eq!(snapped(1200, 1500, "scale"), (1600, 1600));
+        assert_eq!(snapped(200, 100, "crop"), (320, 160));
+        assert_eq!(snapped(100, 200, "crop"), (160, 320));
+        assert_eq!(snapped(33, 1, "crop"), (96, 3));
+        let mut sizes = std::collections::BTreeSet::new();
+        for width in 1..=1600 {
+            for height in (1..=1600).step_by(7) {
+                for method in ["scale", "crop"] {
+                    let (w, h) = snapped(width, height, method);
+                    assert!(w >= width as u32 && h >= height as u32, "{width}x{height}");
+                    if method == "crop" {
+                        // The aspect ratio is kept to within one step of the long side.
+                        let (long, short) = (w.max(h), w.min(h));
+                        let wanted = (width.min(height) as f64) / (width.max(height) as f64);
+                        let step = f64::from((long / 32).max(1)) / f64::from(long);
+                        assert!(f64::from(short) / f64::from(long) - wanted < step + 1e-9);
+                    }
+                    sizes.insert((w, h, method));
+                }
+            }
+        }
+        assert!(sizes.len() < 400, "{} sizes", sizes.len());
     }
 
     #[test]
@@ -220,7 +303,7 @@ mod tests {
         let still = Wanted::new(10, 10, None, false).unwrap();
         let (bytes, kind) = generate(&gif, Some("image/gif"), still).unwrap().unwrap();
         assert_eq!(kind, "image/png");
-        assert_eq!(dimensions(&bytes), (10, 5));
+        assert_eq!(dimensions(&bytes), (32, 16));
     }
 
     #[test]

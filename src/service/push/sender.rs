@@ -422,6 +422,9 @@ mod tests {
         if let Ok(addresses) = allowed {
             assert!(addresses.iter().all(|address| address.is_ipv6()));
         }
-        assert!(!allowed_addresses(&[], "localhost").await.unwrap().is_empty());
+        assert!(!allowed_addresses(&[], "localhost")
+            .await
+            .unwrap()
+            .is_empty());
     }
 }
