@@ -78,6 +78,9 @@ pub struct Config {
     /// loopback in tests and development); the spec asks for `https`. Off by default: gateways
     /// are then never reached at an address in `url_preview_ip_denylist`.
     pub push_gateway_allow_http: bool,
+    /// How long a notification stays listed by `/notifications` once its user has read it, in
+    /// milliseconds; older read ones are dropped when the user sends a read receipt in its room.
+    pub read_notification_retention_ms: u64,
     /// Folder of uploaded and cached remote media; defaults to `media` inside `database_path`.
     pub media_path: Option<PathBuf>,
     /// Largest upload accepted (and largest remote file fetched), in bytes.
@@ -118,6 +121,7 @@ impl Default for Config {
             federation_hosts: BTreeMap::new(),
             presence_offline_timeout_ms: 5 * 60 * 1000,
             push_gateway_allow_http: false,
+            read_notification_retention_ms: 30 * 24 * 60 * 60 * 1000,
             media_path: None,
             max_upload_bytes: 50 * 1024 * 1024,
             url_preview_enabled: false,
@@ -269,6 +273,7 @@ const ENV_KEYS: &[&str] = &[
     "federation_hosts",
     "presence_offline_timeout_ms",
     "push_gateway_allow_http",
+    "read_notification_retention_ms",
     "media_path",
     "max_upload_bytes",
     "url_preview_enabled",

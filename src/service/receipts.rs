@@ -249,6 +249,9 @@ pub fn set_receipt(services: &Services, room_id: &RoomId, receipt: &Receipt) -> 
             .wake(Topic::User(receipt.user_id.to_string())),
     }
     services.sending.wake(&destinations);
+    if receipt.user_id.server_name() == own {
+        crate::service::push::prune_read(services, room_id, &receipt.user_id)?;
+    }
     Ok(())
 }
 

@@ -369,3 +369,43 @@ async fn events_from_another_server_notify_local_users() {
     // The sender's server counts nothing for her own messages.
     assert_eq!(unread(&alice, &room, "{}").await.0, counts(0, 0));
 }
+
+#[tokio::test]
+async fn read_notifications_past_their_retention_are_dropped_and_unread_ones_stay() {
+    // Retention 0: a notification is old as soon as it is made, so only reading decides.
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_at(dir.path(), |config| {
+        config.read_notification_retention_ms = 0;
+    })
+    .await;
+    server.dir = Some(dir);
+    let (alice, bob, room) = shared_room(&server).await;
+    let first = send(&alice, &room, json!({ "msgtype": "m.text", "body": "one" })).await;
+    let second = send(&alice, &room, json!({ "msgtype": "m.text", "body": "two" })).await;
+    let third = send(
+        &alice,
+        &room,
+        json!({ "msgtype": "m.text", "body": "three" }),
+    )
+    .await;
+    let listed = |client: Client| async move {
+        client.get_ok("/_matrix/client/v3/notifications").await["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["event"]["event_id"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listed(bob.clone()).await,
+        [json!(third), json!(second), json!(first)]
+    );
+    // A private receipt reads up to the second message: the two read ones go, the unread one
+    // stays and still counts.
+    receipt(&bob, &room, "m.read.private", &second, json!({})).await;
+    assert_eq!(listed(bob.clone()).await, [json!(third)]);
+    assert_eq!(unread(&bob, &room, "{}").await.0, counts(1, 0));
+    receipt(&bob, &room, "m.read", &third, json!({})).await;
+    assert_eq!(listed(bob.clone()).await, Vec::<Value>::new());
+    assert_eq!(unread(&bob, &room, "{}").await.0, counts(0, 0));
+}

@@ -28,7 +28,7 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use self::unread::{iter_notifications, sync_unread, NotificationPage};
+pub use self::unread::{iter_notifications, prune_read, sync_unread, NotificationPage};
 use crate::{
     error::Result,
     service::{notify::Topic, rooms::pdu::Pdu, Services},

@@ -210,3 +210,53 @@ pub fn iter_notifications(
     }
     Ok(page)
 }
+
+/// Most notifications one call of [`prune_read`] looks at.
+const PRUNE_BATCH: usize = 1000;
+
+/// Deletes a local user's notifications in a room that they have read and that are older than
+/// `read_notification_retention_ms`; called after each of their read receipts, so the oldest
+/// entries go first and a call usually finds few. Unread ones stay: they make the unread counts.
+pub fn prune_read(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+    let push = &services.push;
+    let cutoff =
+        crate::util::now_millis().saturating_sub(services.config.read_notification_retention_ms);
+    let read = ReadUpTo::load(services, room_id, user_id)?;
+    if read.all == 0 && read.threads.is_empty() {
+        return Ok(());
+    }
+    let room_prefix = Push::room_prefix(user_id, room_id);
+    let user_prefix = key::prefix(&[user_id.as_bytes()]);
+    let mut batch = crate::store::Batch::default();
+    let mut pruned = 0usize;
+    for entry in push
+        .userroomcount_notification
+        .iter_from(&room_prefix, false)
+        .take(PRUNE_BATCH)
+    {
+        let (entry_key, value) = entry?;
+        let Some(rest) = entry_key.strip_prefix(room_prefix.as_slice()) else {
+            break;
+        };
+        let count = key::read_u64(rest)
+            .ok_or_else(|| Error::corrupt("userroomcount_notification", "short position"))?;
+        let notification: Notification = serde_json::from_slice(&value)
+            .map_err(|e| Error::corrupt("userroomcount_notification", e))?;
+        if notification.ts > cutoff {
+            break;
+        }
+        if !read.is_read(count, notification.thread_id.as_deref()) {
+            continue;
+        }
+        batch.remove(&push.userroomcount_notification, &entry_key);
+        let mut user_key = user_prefix.clone();
+        user_key.extend_from_slice(&key::u64_bytes(count));
+        batch.remove(&push.usercount_notification, &user_key);
+        pruned += 1;
+    }
+    if pruned > 0 {
+        services.db.write(batch)?;
+        tracing::debug!(pruned, "read notifications dropped");
+    }
+    Ok(())
+}
