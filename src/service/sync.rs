@@ -197,7 +197,7 @@ fn build(
                     since,
                     membership.count,
                     limit,
-                    &timeline_filter,
+                    (&timeline_filter, &state_filter),
                 )?;
                 leave.insert(room_id.to_string(), room);
             }
@@ -351,73 +351,27 @@ fn joined_room(
     };
 
     // State: everything at the start of the timeline that the client has not seen.
-    let state_at_start = match events.first() {
-        Some((_, first)) => {
-            let short = services
-                .rooms
-                .short
-                .get_shorteventid(&first.event_id)?
-                .unwrap_or(0);
-            services
-                .rooms
-                .state
-                .get_event_state(short)?
-                .map(|(before, after)| {
-                    if first.state_key.is_some() {
-                        before
-                    } else {
-                        after
-                    }
-                })
-        }
-        None => services.rooms.state.get_room_state(shortroomid)?,
+    let state = if initial || limited {
+        let seen = if initial {
+            None
+        } else {
+            state_at_position(services, shortroomid, since)?
+        };
+        let start = match events.first() {
+            Some((_, first)) => state_before_timeline(services, first)?,
+            None => services.rooms.state.get_room_state(shortroomid)?,
+        };
+        state_section(
+            services,
+            request,
+            room_id,
+            (start, seen),
+            &events,
+            (timeline_filter, state_filter),
+        )?
+    } else {
+        Vec::new()
     };
-    let mut state = Vec::new();
-    if let Some(hash) = state_at_start.filter(|hash| *hash != 0) {
-        let in_timeline: BTreeSet<_> = events.iter().map(|(_, pdu)| pdu.event_id.clone()).collect();
-        let senders: BTreeSet<_> = events
-            .iter()
-            .map(|(_, pdu)| pdu.sender.to_string())
-            .chain([request.user.to_string()])
-            .collect();
-        let lazy = timeline_filter.lazy_load_members || state_filter.lazy_load_members;
-        if initial || limited {
-            let seen = if initial {
-                None
-            } else {
-                state_at_position(services, shortroomid, since)?
-            };
-            let seen_set = match seen {
-                Some(seen) => Some(services.rooms.state.load(seen)?),
-                None => None,
-            };
-            let current = services.rooms.state.load(hash)?;
-            for (shortstatekey, shorteventid) in current.iter() {
-                if seen_set
-                    .as_ref()
-                    .is_some_and(|seen| seen.get(shortstatekey) == Some(shorteventid))
-                {
-                    continue;
-                }
-                let event_id = services.rooms.short.get_eventid(*shorteventid)?;
-                if in_timeline.contains(&event_id) {
-                    continue;
-                }
-                let Some(pdu) = services.rooms.timeline.get_pdu(&event_id)? else {
-                    continue;
-                };
-                if lazy
-                    && pdu.kind == ruma::events::TimelineEventType::RoomMember
-                    && !senders.contains(pdu.state_key.as_deref().unwrap_or(""))
-                {
-                    continue;
-                }
-                if state_filter.matches(&pdu) {
-                    state.push(client_event(&pdu, room_id, None));
-                }
-            }
-        }
-    }
     // The member counts change only with member events, so they are counted and sent only then
     // and on initial syncs; clients keep the last values they saw.
     let membership_changed = initial
@@ -511,6 +465,82 @@ fn state_at_position(services: &Services, shortroomid: u64, count: u64) -> Resul
         .map(|(_, after)| after))
 }
 
+/// The state a timeline starts from: the state before its first event (for a state event) or
+/// after it (for any other: its state is the same).
+fn state_before_timeline(services: &Services, first: &Pdu) -> Result<Option<u64>> {
+    let short = services
+        .rooms
+        .short
+        .get_shorteventid(&first.event_id)?
+        .unwrap_or(0);
+    Ok(services
+        .rooms
+        .state
+        .get_event_state(short)?
+        .map(|(before, after)| {
+            if first.state_key.is_some() {
+                before
+            } else {
+                after
+            }
+        }))
+}
+
+/// A room's `state` section: the events of snapshot `start` (the start of the timeline) that
+/// differ from snapshot `seen` (the state at `since`; `None` sends all), less the timeline's own
+/// events, filtered by the state filter, and with lazy loading only the members who sent a
+/// timeline event, and the user.
+fn state_section(
+    services: &Services,
+    request: &SyncRequest<'_>,
+    room_id: &RoomId,
+    (start, seen): (Option<u64>, Option<u64>),
+    events: &[(u64, Pdu)],
+    (timeline_filter, state_filter): (&RoomEventFilter, &RoomEventFilter),
+) -> Result<Vec<Value>> {
+    let mut state = Vec::new();
+    let Some(start) = start.filter(|hash| *hash != 0) else {
+        return Ok(state);
+    };
+    let in_timeline: BTreeSet<_> = events.iter().map(|(_, pdu)| pdu.event_id.clone()).collect();
+    let senders: BTreeSet<_> = events
+        .iter()
+        .map(|(_, pdu)| pdu.sender.to_string())
+        .chain([request.user.to_string()])
+        .collect();
+    let lazy = timeline_filter.lazy_load_members || state_filter.lazy_load_members;
+    let seen_set = match seen {
+        Some(seen) => Some(services.rooms.state.load(seen)?),
+        None => None,
+    };
+    let current = services.rooms.state.load(start)?;
+    for (shortstatekey, shorteventid) in current.iter() {
+        if seen_set
+            .as_ref()
+            .is_some_and(|seen| seen.get(shortstatekey) == Some(shorteventid))
+        {
+            continue;
+        }
+        let event_id = services.rooms.short.get_eventid(*shorteventid)?;
+        if in_timeline.contains(&event_id) {
+            continue;
+        }
+        let Some(pdu) = services.rooms.timeline.get_pdu(&event_id)? else {
+            continue;
+        };
+        if lazy
+            && pdu.kind == ruma::events::TimelineEventType::RoomMember
+            && !senders.contains(pdu.state_key.as_deref().unwrap_or(""))
+        {
+            continue;
+        }
+        if state_filter.matches(&pdu) {
+            state.push(client_event(&pdu, room_id, None));
+        }
+    }
+    Ok(state)
+}
+
 fn left_room(
     services: &Services,
     request: &SyncRequest<'_>,
@@ -518,12 +548,13 @@ fn left_room(
     since: u64,
     left_at: u64,
     limit: usize,
-    filter: &RoomEventFilter,
+    filters: (&RoomEventFilter, &RoomEventFilter),
 ) -> Result<Value> {
-    let mut events = Vec::new();
+    let mut events: Vec<(u64, Pdu)> = Vec::new();
     let mut limited = false;
     let ignored = services.account_data.ignored_users(request.user)?;
-    if let Some(shortroomid) = services.rooms.short.get_shortroomid(room_id)? {
+    let shortroomid = services.rooms.short.get_shortroomid(room_id)?;
+    if let Some(shortroomid) = shortroomid {
         for entry in services
             .rooms
             .timeline
@@ -537,48 +568,45 @@ fn left_room(
                 limited = true;
                 break;
             }
-            if filter.matches(&pdu) && !visibility::ignored(&ignored, &pdu) {
-                events.push(client_event(
-                    &pdu,
-                    room_id,
-                    Some((request.user, request.device)),
-                ));
+            if filters.0.matches(&pdu) && !visibility::ignored(&ignored, &pdu) {
+                events.push((count, pdu));
             }
         }
     }
     events.reverse();
-    if events.is_empty() && !services.rooms.exists(room_id)? {
+    let viewer = Some((request.user, request.device));
+    let mut timeline: Vec<Value> = events
+        .iter()
+        .map(|(_, pdu)| client_event(pdu, room_id, viewer))
+        .collect();
+    if timeline.is_empty() && !services.rooms.exists(room_id)? {
         // A room this server was never in (a refused knock, a withdrawn invite): the member
         // event that ended the membership, kept with the room's stripped state.
         if let Some(event) = outside_membership_event(services, room_id, request.user)? {
-            events.push(client_event(
-                &event,
-                room_id,
-                Some((request.user, request.device)),
-            ));
+            timeline.push(client_event(&event, room_id, viewer));
         }
     }
-    // A timeline that does not reach back to `since` comes with the state as it was when the
-    // user left (their leave included), less what the timeline shows.
+    // A timeline that does not reach back to `since` comes with the state at its start (as it
+    // was before the user left) that the client has not seen, less what the timeline shows.
     let mut state = Vec::new();
-    if limited {
-        if let Some(readable) =
+    if let (true, Some(shortroomid)) = (limited, shortroomid) {
+        let was_member =
             crate::service::rooms::visibility::readable_state(services, room_id, request.user)?
-        {
-            if readable.until.is_some() {
-                for pdu in services.rooms.state_pdus(readable.shortstatehash)? {
-                    let shown = events
-                        .iter()
-                        .any(|event| event["event_id"] == pdu.event_id.as_str());
-                    if !shown {
-                        state.push(client_event(&pdu, room_id, None));
-                    }
-                }
-            }
+                .is_some_and(|readable| readable.until.is_some());
+        if was_member {
+            let seen = match request.since {
+                Some(_) => state_at_position(services, shortroomid, since)?,
+                None => None,
+            };
+            let start = match events.first() {
+                Some((_, first)) => state_before_timeline(services, first)?,
+                None => state_at_position(services, shortroomid, left_at)?,
+            };
+            state = state_section(services, request, room_id, (start, seen), &events, filters)?;
         }
     }
     Ok(
-        json!({ "timeline": { "events": events, "limited": limited }, "state": { "events": state }, "account_data": { "events": [] } }),
+        json!({ "timeline": { "events": timeline, "limited": limited }, "state": { "events": state }, "account_data": { "events": [] } }),
     )
 }
 

@@ -433,3 +433,78 @@ async fn a_left_room_with_an_empty_timeline_comes_with_its_state_at_the_leave() 
     assert_eq!(room_sync["timeline"]["limited"], true);
     assert!(!room_sync["state"]["events"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_left_room_in_an_incremental_sync_sends_only_the_state_that_changed() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let room = alice.create_room(json!({"preset": "public_chat"})).await;
+    let base = format!("/_matrix/client/v3/rooms/{}", enc(&room));
+    bob.post_ok(&format!("{base}/join"), json!({})).await;
+    carol.post_ok(&format!("{base}/join"), json!({})).await;
+    let since = bob.get_ok("/_matrix/client/v3/sync").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    alice
+        .put_ok(
+            &format!("{base}/state/m.room.topic/"),
+            json!({"topic": "changed while bob was away"}),
+        )
+        .await;
+    for n in 0..5 {
+        alice
+            .put_ok(
+                &format!("{base}/send/m.room.message/left-{n}"),
+                json!({"msgtype": "m.text", "body": format!("message {n}")}),
+            )
+            .await;
+    }
+    bob.post_ok(&format!("{base}/leave"), json!({})).await;
+
+    let filter = enc(r#"{"room":{"timeline":{"limit":2}}}"#);
+    let sync = bob
+        .get_ok(&format!(
+            "/_matrix/client/v3/sync?since={since}&filter={filter}"
+        ))
+        .await;
+    let left = &sync["rooms"]["leave"][&room];
+    assert_eq!(left["timeline"]["limited"], true, "{left}");
+    let timeline = left["timeline"]["events"].as_array().unwrap();
+    assert_eq!(timeline.len(), 2, "{left}");
+    assert_eq!(timeline[1]["type"], "m.room.member");
+    assert_eq!(timeline[1]["content"]["membership"], "leave");
+    // The topic changed after `since`; the create event, the power levels and Carol's
+    // membership did not, and are not sent again.
+    let state: Vec<(String, String)> = left["state"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| {
+            (
+                event["type"].as_str().unwrap().to_owned(),
+                event["state_key"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        state,
+        [("m.room.topic".to_owned(), String::new())],
+        "{left}"
+    );
+
+    // With a state filter that leaves out topics, nothing is left.
+    let filter = enc(r#"{"room":{"timeline":{"limit":2},"state":{"not_types":["m.room.topic"]}}}"#);
+    let sync = bob
+        .get_ok(&format!(
+            "/_matrix/client/v3/sync?since={since}&filter={filter}"
+        ))
+        .await;
+    assert_eq!(
+        sync["rooms"]["leave"][&room]["state"]["events"],
+        json!([]),
+        "{sync}"
+    );
+}
