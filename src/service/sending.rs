@@ -401,8 +401,34 @@ async fn send_transaction(
 
 #[cfg(test)]
 mod tests {
-    use super::transaction_id;
-    use crate::store::key;
+    use std::sync::atomic::Ordering;
+
+    use futures_util::FutureExt;
+    use ruma::OwnedServerName;
+
+    use super::{transaction_id, Sending};
+    use crate::store::{key, Db};
+
+    #[test]
+    fn a_request_from_a_server_wakes_its_worker_only_while_it_backs_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), false).unwrap();
+        let sending = Sending::open(&db);
+        let server = OwnedServerName::try_from("remote.example").unwrap();
+        // A server nothing was ever queued for has no worker to wake.
+        sending.heard_from(&server);
+        assert!(sending.destinations.lock().is_empty());
+
+        let destination = sending.destination(&server);
+        // A worker that is sending, or idle, is not woken later by an old contact.
+        sending.heard_from(&server);
+        assert!(destination.heard_from.notified().now_or_never().is_none());
+        // A worker waiting out a back-off is, even if the contact comes before it waits.
+        destination.backing_off.store(true, Ordering::Release);
+        sending.heard_from(&server);
+        assert!(destination.heard_from.notified().now_or_never().is_some());
+        assert!(destination.heard_from.notified().now_or_never().is_none());
+    }
 
     fn queue_key(prefix: &[u8], count: u64, index: Option<u16>) -> Vec<u8> {
         let mut entry = prefix.to_vec();
