@@ -95,5 +95,8 @@ pub async fn authenticate(
     );
     ruma::signatures::verify_json(&key_map, &object)
         .map_err(|_| unauthorized("X-Matrix signature does not verify"))?;
+    // A server that signs requests to us is up: anything queued for it goes out now instead of
+    // after the sender's back-off (which reaches an hour for a server that was down long).
+    services.sending.heard_from(&x_matrix.origin);
     Ok(x_matrix.origin)
 }

@@ -2,7 +2,14 @@
 //! destination that sends them as transactions (at most 50 PDUs and 100 EDUs each, one in flight),
 //! backing off exponentially while the destination fails.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use parking_lot::Mutex;
 use ruma::{EventId, OwnedServerName, ServerName};
@@ -30,6 +37,9 @@ struct Destination {
     queued: Notify,
     /// The destination talked to us, so it is probably back: retry now instead of waiting.
     heard_from: Notify,
+    /// The worker is waiting out a back-off; only then does `heard_from` wake it (a wake-up
+    /// stored while it is sending would cut its next back-off short for no reason).
+    backing_off: AtomicBool,
 }
 
 /// A destination announced to the sender's supervisor.
@@ -126,10 +136,14 @@ impl Sending {
         }
     }
 
-    /// Tells the worker of a server that the server is reachable again (it sent us a request).
+    /// Tells the worker of a server that the server is reachable again: it sent us a request
+    /// that its signature authenticates (any federation request, not only a transaction). A
+    /// worker backing off retries at once, with its back-off started over.
     pub fn heard_from(&self, server: &ServerName) {
         if let Some(destination) = self.destinations.lock().get(server) {
-            destination.heard_from.notify_one();
+            if destination.backing_off.load(Ordering::Acquire) {
+                destination.heard_from.notify_one();
+            }
         }
     }
 
@@ -310,11 +324,16 @@ async fn destination_worker(
                     .min(BACKOFF_MAX);
                 tracing::warn!(%error, failures, wait_secs = wait.as_secs(), "transaction failed; backing off");
                 retry = Some(queued);
+                destination.backing_off.store(true, Ordering::Release);
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
-                    () = destination.heard_from.notified() => {}
+                    () = destination.heard_from.notified() => {
+                        tracing::info!("the destination contacted us; retrying now");
+                        failures = 0;
+                    }
                     _ = shutdown.wait_for(|stopped| *stopped) => return,
                 }
+                destination.backing_off.store(false, Ordering::Release);
             }
         }
     }
@@ -382,8 +401,34 @@ async fn send_transaction(
 
 #[cfg(test)]
 mod tests {
-    use super::transaction_id;
-    use crate::store::key;
+    use std::sync::atomic::Ordering;
+
+    use futures_util::FutureExt;
+    use ruma::OwnedServerName;
+
+    use super::{transaction_id, Sending};
+    use crate::store::{key, Db};
+
+    #[test]
+    fn a_request_from_a_server_wakes_its_worker_only_while_it_backs_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), false).unwrap();
+        let sending = Sending::open(&db);
+        let server = OwnedServerName::try_from("remote.example").unwrap();
+        // A server nothing was ever queued for has no worker to wake.
+        sending.heard_from(&server);
+        assert!(sending.destinations.lock().is_empty());
+
+        let destination = sending.destination(&server);
+        // A worker that is sending, or idle, is not woken later by an old contact.
+        sending.heard_from(&server);
+        assert!(destination.heard_from.notified().now_or_never().is_none());
+        // A worker waiting out a back-off is, even if the contact comes before it waits.
+        destination.backing_off.store(true, Ordering::Release);
+        sending.heard_from(&server);
+        assert!(destination.heard_from.notified().now_or_never().is_some());
+        assert!(destination.heard_from.notified().now_or_never().is_none());
+    }
 
     fn queue_key(prefix: &[u8], count: u64, index: Option<u16>) -> Vec<u8> {
         let mut entry = prefix.to_vec();

@@ -1,8 +1,10 @@
 //! Shared helpers for integration tests: a real server on 127.0.0.1:0 with a fresh database,
-//! and a small JSON client; `tls` and `synapse` hold the federation interop harness.
+//! and a small JSON client; `tls` and `synapse` hold the federation interop harness, and
+//! `plait_process` runs the real binary for tests that kill it.
 
 #![allow(dead_code)]
 
+pub mod plait_process;
 pub mod synapse;
 pub mod tls;
 

@@ -10,6 +10,7 @@
 //! federation, may reach any loopback address, and has its rate limits and federation back-off
 //! turned down so that tests are not slowed by them.
 //!
+//! `kill` and `restart` stop it with SIGKILL and start it again on the same folder and ports.
 //! Dropping a `Synapse` kills the process. Keep each one in a test's own scope, not in a
 //! static: statics are never dropped, so the process would outlive the test binary.
 //! Set `PLAIT_KEEP_SYNAPSE=1` to keep its folder (the path is printed) for reading the logs,
@@ -135,6 +136,49 @@ impl Synapse {
         (field("user_id"), field("access_token"))
     }
 
+    /// Registers a server admin through Synapse's `register_new_matrix_user` script (which uses
+    /// the config's registration shared secret), logs in and returns `(user_id, access_token)`,
+    /// for Synapse's admin API.
+    pub async fn register_admin(&self, localpart: &str, password: &str) -> (String, String) {
+        let script = venv_python()
+            .await
+            .with_file_name("register_new_matrix_user");
+        let mut command = Command::new(&script);
+        command
+            .args([
+                "--user",
+                localpart,
+                "--password",
+                password,
+                "--admin",
+                "--config",
+            ])
+            .arg(self.dir.path().join("homeserver.yaml"))
+            .arg(self.client_base())
+            .stdin(Stdio::null());
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .unwrap()
+            .unwrap_or_else(|error| panic!("cannot run {}: {error}", script.display()));
+        assert!(
+            output.status.success(),
+            "register_new_matrix_user {localpart}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let login = json!({
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": localpart},
+            "password": password,
+        });
+        let body = self
+            .client(None)
+            .post_ok("/_matrix/client/v3/login", login)
+            .await;
+        let field = |name: &str| body[name].as_str().unwrap().to_owned();
+        (field("user_id"), field("access_token"))
+    }
+
     /// The last `lines` lines of Synapse's log and of its stdout and stderr, for failure
     /// messages.
     pub fn log_tail(&self, lines: usize) -> String {
@@ -148,6 +192,37 @@ impl Synapse {
             tail("homeserver.log"),
             tail("console.log")
         )
+    }
+
+    /// Kills Synapse with SIGKILL, so no shutdown code runs, and waits until it is gone. Its
+    /// folder (database, signing key, logs) stays for [`Self::restart`].
+    pub fn kill(&mut self) {
+        self.child.kill().expect("send SIGKILL to Synapse");
+        self.child.wait().expect("reap Synapse");
+    }
+
+    /// Starts Synapse again on the same folder, config and ports (so the same server name and
+    /// signing key), after [`Self::kill`], and waits until it answers.
+    pub async fn restart(&mut self) {
+        assert!(
+            matches!(self.child.try_wait(), Ok(Some(_))),
+            "restart needs Synapse to be stopped first"
+        );
+        let python = venv_python().await;
+        self.child = spawn_process(&python, self.dir.path());
+        // The ports were free while Synapse was down; another process taking one in between
+        // shows as a failed start.
+        if let Err(failure) = self.wait_until_ready(Instant::now()).await {
+            let reason = match failure {
+                Failure::PortTaken => "one of its ports was taken while it was down".to_owned(),
+                Failure::Other(reason) => reason,
+            };
+            panic!(
+                "Synapse {} did not restart: {reason}\n{}",
+                self.server_name,
+                self.log_tail(40)
+            );
+        }
     }
 
     /// Writes the config into a new folder and spawns Synapse, without waiting for it.
@@ -177,18 +252,7 @@ impl Synapse {
         )
         .expect("write log config");
 
-        let console = File::create(dir.path().join("console.log")).expect("create console.log");
-        // The signing key named in the config does not exist yet; Synapse's default
-        // `--generate-missing-and-run` mode writes it before starting.
-        let child = Command::new(python)
-            .args(["-m", "synapse.app.homeserver", "--config-path"])
-            .arg(&config_path)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(console.try_clone().expect("clone console.log handle"))
-            .stderr(console)
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot spawn {}: {error}", python.display()));
+        let child = spawn_process(python, dir.path());
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(30))
@@ -239,6 +303,26 @@ impl Synapse {
             START_TIMEOUT.as_secs()
         )))
     }
+}
+
+/// Spawns Synapse on the `homeserver.yaml` in `dir`, its output appended to `console.log`.
+fn spawn_process(python: &Path, dir: &Path) -> Child {
+    let console = File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("console.log"))
+        .expect("open console.log");
+    // The signing key named in the config does not exist on the first start; Synapse's default
+    // `--generate-missing-and-run` mode writes it before starting.
+    Command::new(python)
+        .args(["-m", "synapse.app.homeserver", "--config-path"])
+        .arg(dir.join("homeserver.yaml"))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(console.try_clone().expect("clone console.log handle"))
+        .stderr(console)
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot spawn {}: {error}", python.display()))
 }
 
 impl Drop for Synapse {

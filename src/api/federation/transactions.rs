@@ -33,7 +33,6 @@ const MAX_EDUS: usize = 100;
 pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let origin = ctx.origin().to_owned();
     let txn_id = ctx.param(0).to_owned();
-    services.sending.heard_from(&origin);
     if ctx.body.get("origin").and_then(Value::as_str) != Some(origin.as_str()) {
         return Err(Error::forbidden(
             "the transaction's origin is not the signing server",
