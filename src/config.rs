@@ -96,10 +96,11 @@ pub struct Config {
     /// policy-server key: serve `POST /_matrix/policy/v1/sign` and
     /// `/.well-known/matrix/policy_server`. Off by default.
     pub policy_server_enabled: bool,
-    /// As a policy server: refuse events whose sender's server matches one of these globs
-    /// (`*` and `?`, as in server ACLs).
+    /// As a policy server: refuse events whose sender's server (or, for an invite, join or knock,
+    /// the target's) matches one of these globs (`*` and `?`, as in server ACLs).
     pub policy_server_deny_servers: Vec<String>,
-    /// As a policy server: refuse events whose sender (a full user ID) matches one of these globs.
+    /// As a policy server: refuse events whose sender (or, for an invite, join or knock, the
+    /// target), a full user ID, matches one of these globs.
     pub policy_server_deny_users: Vec<String>,
     /// As a policy server: refuse events whose `body`, `formatted_body`, `name`, `topic` or
     /// `displayname` contains one of these texts (compared in lower case).

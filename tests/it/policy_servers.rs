@@ -521,3 +521,88 @@ async fn the_sign_endpoint_and_well_known_answer_bad_input_with_the_spec_errors(
     let answer = signed_request(&ca, &hs_a, &hs_b, path, &spam, true).await;
     assert_error(&answer, 403, "M_FORBIDDEN");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invites_are_signed_and_an_unreachable_policy_server_fails_the_send() {
+    let (_ca, hs_a, hs_b) = servers().await;
+    let alice = hs_a.register("alice").await;
+    let bob = hs_b.register("bob").await;
+    let carol = hs_b.register("carol").await;
+    let blocked = hs_b.register("blocked_dave").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    join_via(&bob, &room, &hs_a).await;
+    let key = well_known_key(&hs_b).await;
+    set_policy(&alice, &room, &hs_b, &key).await;
+    wait_for_policy(&bob, &room).await;
+
+    // An invite of a user on another server is signed by the policy server before it is sent.
+    let invite = |user: String| {
+        let alice = &alice;
+        let room = &room;
+        async move {
+            alice
+                .post(
+                    &format!("/_matrix/client/v3/rooms/{}/invite", enc(room)),
+                    json!({ "user_id": user }),
+                )
+                .await
+        }
+    };
+    let (status, body) = invite(carol.user_id().await).await;
+    assert_eq!(status, 200, "{body}");
+    let member = alice
+        .get_ok(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}?format=event",
+            enc(&room),
+            enc(&carol.user_id().await)
+        ))
+        .await;
+    let invite_id = member["event_id"]
+        .as_str()
+        .expect("the invite event")
+        .to_owned();
+    let object = stored(&hs_a, &invite_id).unwrap();
+    assert!(policy::has_valid_signature(
+        &policy_of(&hs_b, &key),
+        &object,
+        &rules_of(&hs_a, &room)
+    ));
+    // The policy refuses invites of a denied user, and nothing reaches their server.
+    let refused = invite(blocked.user_id().await).await;
+    assert_error(&refused, 403, "M_FORBIDDEN");
+    assert!(
+        !blocked.get_ok("/_matrix/client/v3/sync?timeout=0").await["rooms"]["invite"]
+            .as_object()
+            .is_some_and(|invites| invites.contains_key(&room))
+    );
+
+    // Banning a denied user is not refused: the deny lists keep users out, not moderators.
+    alice
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(&room)),
+            json!({ "user_id": blocked.user_id().await }),
+        )
+        .await;
+
+    // The policy server goes away: sends fail visibly and nothing is stored or shown.
+    let _kept = hs_b.stop().await;
+    let down = send(&alice, &room, "t1", "while the policy server is down").await;
+    assert_error(&down, 502, "M_UNKNOWN");
+    let bodies = visible_bodies(&alice, &room).await;
+    assert!(
+        !bodies.iter().any(|body| body.contains("is down")),
+        "{bodies:?}"
+    );
+    // The room drops its policy server without asking it, and messages flow again.
+    alice
+        .put_ok(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.policy/",
+                enc(&room)
+            ),
+            json!({}),
+        )
+        .await;
+    let (status, body) = send(&alice, &room, "t2", "without a policy server").await;
+    assert_eq!(status, 200, "{body}");
+}

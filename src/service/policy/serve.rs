@@ -88,7 +88,8 @@ pub fn sign_as_policy_server(
     sign_redacted(key, own_name, &parsed.object, &rules)
 }
 
-/// The policy itself: the sender's server and user against the deny globs, the text against the
+/// The policy itself: the sender's (and a membership change's target's) server and user ID
+/// against the deny globs, the text against the
 /// forbidden substrings, and (when `policy_server_require_membership`) the sender's membership in
 /// this server's view of the room.
 fn judge(
@@ -98,24 +99,43 @@ fn judge(
 ) -> Result<()> {
     let config = &services.config;
     let sender = pdu.sender.as_str();
-    let sender_server: OwnedServerName = pdu.sender.server_name().to_owned();
-    if config
-        .policy_server_deny_servers
+    // The users an event speaks for: its sender, and the target of an invite, join or knock, so
+    // that a denied user can neither send nor be brought in by someone else (kicking or banning
+    // them stays possible).
+    let mut users = vec![pdu.sender.clone()];
+    let membership = pdu.content_value()["membership"].clone();
+    let brings_in = ["invite", "join", "knock"]
         .iter()
-        .any(|glob| glob_matches(glob, sender_server.as_str()))
-    {
-        return Err(Error::Refused(format!(
-            "events from {sender_server} are not accepted in this room"
-        )));
+        .any(|kind| membership == *kind);
+    if pdu.kind == ruma::events::TimelineEventType::RoomMember && brings_in {
+        if let Some(target) = pdu
+            .state_key
+            .as_deref()
+            .and_then(|key| ruma::OwnedUserId::try_from(key).ok())
+        {
+            users.push(target);
+        }
     }
-    if config
-        .policy_server_deny_users
-        .iter()
-        .any(|glob| glob_matches(glob, sender))
-    {
-        return Err(Error::Refused(format!(
-            "events from {sender} are not accepted in this room"
-        )));
+    for user in &users {
+        let server: OwnedServerName = user.server_name().to_owned();
+        if config
+            .policy_server_deny_servers
+            .iter()
+            .any(|glob| glob_matches(glob, server.as_str()))
+        {
+            return Err(Error::Refused(format!(
+                "users of {server} are not accepted in this room"
+            )));
+        }
+        if config
+            .policy_server_deny_users
+            .iter()
+            .any(|glob| glob_matches(glob, user.as_str()))
+        {
+            return Err(Error::Refused(format!(
+                "{user} is not accepted in this room"
+            )));
+        }
     }
     let content = pdu.content_value();
     for field in TEXT_FIELDS {
