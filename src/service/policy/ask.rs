@@ -33,9 +33,9 @@ pub async fn ask(
 ) -> Result<String> {
     let value = incoming::federation_value(object, rules)?;
     let signature = if policy.via == services.globals.server_name() {
+        // A refusal reaches the client as `403 M_FORBIDDEN`, like a remote policy server's.
         super::sign_as_policy_server(services, None, &value).map_err(|error| match error {
             Error::Refused(message) => Error::forbidden(message),
-            Error::Matrix { kind, message } => Error::matrix(kind, message),
             other => other,
         })?
     } else {
