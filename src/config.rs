@@ -96,6 +96,22 @@ pub struct Config {
     /// included (a fake identity server in tests and development). Off by default: identity
     /// servers are reached over `https`, never at an address in `url_preview_ip_denylist`.
     pub identity_server_allow_http: bool,
+    /// Act as a policy server (MSC4284) for rooms whose `m.room.policy` names this server and its
+    /// policy-server key: serve `POST /_matrix/policy/v1/sign` and
+    /// `/.well-known/matrix/policy_server`. Off by default.
+    pub policy_server_enabled: bool,
+    /// As a policy server: refuse events whose sender's server (or, for an invite, join or knock,
+    /// the target's) matches one of these globs (`*` and `?`, as in server ACLs).
+    pub policy_server_deny_servers: Vec<String>,
+    /// As a policy server: refuse events whose sender (or, for an invite, join or knock, the
+    /// target), a full user ID, matches one of these globs.
+    pub policy_server_deny_users: Vec<String>,
+    /// As a policy server: refuse events whose `body`, `formatted_body`, `name`, `topic` or
+    /// `displayname` contains one of these texts (compared in lower case).
+    pub policy_server_forbidden_text: Vec<String>,
+    /// As a policy server: refuse events from senders who are not joined to the room in this
+    /// server's view, except their own membership changes (joins, knocks, leaves).
+    pub policy_server_require_membership: bool,
 }
 
 impl Default for Config {
@@ -130,6 +146,11 @@ impl Default for Config {
                 .map(|range| (*range).to_owned())
                 .collect(),
             identity_server_allow_http: false,
+            policy_server_enabled: false,
+            policy_server_deny_servers: Vec::new(),
+            policy_server_deny_users: Vec::new(),
+            policy_server_forbidden_text: Vec::new(),
+            policy_server_require_membership: true,
         }
     }
 }
@@ -279,6 +300,11 @@ const ENV_KEYS: &[&str] = &[
     "url_preview_enabled",
     "url_preview_ip_denylist",
     "identity_server_allow_http",
+    "policy_server_enabled",
+    "policy_server_deny_servers",
+    "policy_server_deny_users",
+    "policy_server_forbidden_text",
+    "policy_server_require_membership",
 ];
 
 impl Config {

@@ -15,6 +15,10 @@ pub enum Error {
     /// a taken room alias).
     #[error("{0}")]
     Conflict(String),
+    /// A policy server declines to sign an event: `400 M_FORBIDDEN`, as `/_matrix/policy/v1/sign`
+    /// answers a refusal (its `403 M_FORBIDDEN` is for servers a room's ACL denies).
+    #[error("{0}")]
+    Refused(String),
     /// User-interactive authentication must continue: the body is the UIA state (flows, session,
     /// completed stages) that the spec sends with `401`.
     #[error("user-interactive authentication required")]

@@ -66,6 +66,10 @@ impl IntoResponse for Error {
                 StatusCode::CONFLICT,
                 &json!({ "errcode": "M_UNKNOWN", "error": message }),
             ),
+            Error::Refused(message) => json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({ "errcode": "M_FORBIDDEN", "error": message }),
+            ),
             Error::Uiaa(info) => json_response(StatusCode::UNAUTHORIZED, &info),
             Error::Remote { server, source } => {
                 tracing::warn!(%server, error = %source, "remote server failed");

@@ -4,14 +4,20 @@ use http::Method;
 
 use super::{route, Auth, Route};
 use crate::api::federation::{
-    events, keys, membership as fed_membership, query, space as fed_space, third_party_invite,
-    transactions, user_keys,
+    events, keys, membership as fed_membership, policy, query, space as fed_space,
+    third_party_invite, transactions, user_keys,
 };
 
 /// Every federation and key route.
 pub fn all() -> Vec<Route> {
     use Auth::{None as Open, Server};
     vec![
+        route(
+            Method::POST,
+            "/_matrix/policy/v1/sign",
+            Server,
+            policy::sign_event,
+        ),
         route(
             Method::PUT,
             "/_matrix/federation/v1/send/{txnId}",

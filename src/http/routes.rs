@@ -37,6 +37,12 @@ pub fn all() -> Vec<Route> {
         ),
         route(
             Method::GET,
+            "/.well-known/matrix/policy_server",
+            Open,
+            discovery::discover_policy_server,
+        ),
+        route(
+            Method::GET,
             "/_matrix/client/v3/capabilities",
             Token,
             discovery::get_capabilities,

@@ -10,6 +10,7 @@ pub mod key_backup;
 pub mod keys;
 pub mod media;
 pub mod notify;
+pub mod policy;
 pub mod presence;
 pub mod push;
 pub mod receipts;
@@ -50,6 +51,7 @@ pub struct Services {
     pub key_backup: key_backup::KeyBackup,
     pub push: push::Push,
     pub media: media::Media,
+    pub policy: policy::PolicyServers,
     /// The outgoing server-server client.
     pub federation: FederationClient,
 }
@@ -82,6 +84,7 @@ impl Services {
                 config.federation_hosts.clone(),
             )?,
             media: media::Media::open(&db, &config)?,
+            policy: policy::PolicyServers::open(&db, &config)?,
             config,
             db,
         }))

@@ -85,6 +85,7 @@ pub const TREES: &[&str] = &[
     "thumbkey_thumbnail",
     "url_preview",
     "eventid_rejected",
+    "policyserver_key",
 ];
 
 /// The open database.

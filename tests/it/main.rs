@@ -18,6 +18,7 @@ pub mod federation_misc;
 mod key_backup;
 mod media;
 mod organisation;
+mod policy_servers;
 mod presence;
 mod push;
 mod push_rules;

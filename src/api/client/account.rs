@@ -458,7 +458,8 @@ pub async fn deactivate(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
                 &user,
                 "leave",
                 None,
-            );
+            )
+            .await;
         }
     }
     for device in services.users.iter_devices(&user)? {

@@ -43,6 +43,18 @@ pub async fn server_well_known(services: Arc<Services>, _ctx: Ctx) -> HandlerRes
     Ok(json!({ "m.server": delegated }))
 }
 
+/// `GET /.well-known/matrix/policy_server`
+///
+/// The public key of this server's policy-server role, for a room's `m.room.policy`; `404
+/// M_NOT_FOUND` while `policy_server_enabled` is off.
+pub async fn discover_policy_server(services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
+    let key = services
+        .policy
+        .public_key()
+        .ok_or_else(|| Error::not_found("this server is not a policy server"))?;
+    Ok(json!({ "public_keys": { "ed25519": key } }))
+}
+
 /// `GET /_matrix/client/v3/capabilities`
 pub async fn get_capabilities(services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
     let available: serde_json::Map<_, _> = (1..=12)

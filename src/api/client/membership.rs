@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// Sends a member event for `target` with `membership`, keeping profile fields on joins.
-pub fn set_membership(
+pub async fn set_membership(
     services: &Services,
     room_id: &RoomId,
     sender: &UserId,
@@ -40,11 +40,11 @@ pub fn set_membership(
     if let Some(reason) = reason {
         content["reason"] = json!(reason);
     }
-    send_member_event(services, room_id, sender, target, content)
+    send_member_event(services, room_id, sender, target, content).await
 }
 
 /// Sends a member event for `target` with the given content.
-fn send_member_event(
+async fn send_member_event(
     services: &Services,
     room_id: &RoomId,
     sender: &UserId,
@@ -62,7 +62,8 @@ fn send_member_event(
         sender,
         PduBuilder::state("m.room.member", target.as_str(), content),
         None,
-    )?;
+    )
+    .await?;
     Ok(event_id)
 }
 
@@ -195,7 +196,8 @@ pub async fn knock_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         ctx.user(),
         "knock",
         reason(&ctx).as_deref(),
-    )?;
+    )
+    .await?;
     Ok(json!({ "room_id": room_id }))
 }
 
@@ -287,7 +289,7 @@ async fn join(
             }
         }
     }
-    send_member_event(services, room_id, ctx.user(), ctx.user(), content)?;
+    send_member_event(services, room_id, ctx.user(), ctx.user(), content).await?;
     Ok(json!({ "room_id": room_id }))
 }
 
@@ -334,7 +336,8 @@ pub async fn invite_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         &invitee,
         "invite",
         reason(&ctx).as_deref(),
-    )?;
+    )
+    .await?;
     Ok(json!({}))
 }
 
@@ -398,7 +401,8 @@ pub async fn leave_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
                 ctx.user(),
                 "leave",
                 reason(&ctx).as_deref(),
-            )?;
+            )
+            .await?;
             Ok(json!({}))
         }
         Some(_) => Ok(json!({})),
@@ -452,7 +456,8 @@ pub async fn kick_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         &target,
         "leave",
         reason(&ctx).as_deref(),
-    )?;
+    )
+    .await?;
     Ok(json!({}))
 }
 
@@ -466,7 +471,8 @@ pub async fn ban_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         &target(&ctx)?,
         "ban",
         reason(&ctx).as_deref(),
-    )?;
+    )
+    .await?;
     Ok(json!({}))
 }
 
@@ -486,7 +492,8 @@ pub async fn unban_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         &target,
         "leave",
         reason(&ctx).as_deref(),
-    )?;
+    )
+    .await?;
     Ok(json!({}))
 }
 

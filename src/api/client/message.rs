@@ -60,7 +60,7 @@ pub async fn send_message_event(services: Arc<Services>, ctx: Ctx) -> HandlerRes
             .ok_or_else(|| Error::bad_json("redactions need redacts"))?;
         let target =
             OwnedEventId::try_from(target).map_err(|_| Error::invalid_param("invalid redacts"))?;
-        return redact_event(&services, &ctx, &room_id, target, ctx.body.clone(), txn_id);
+        return redact_event(&services, &ctx, &room_id, target, ctx.body.clone(), txn_id).await;
     }
     check_client_relation(&services, &room_id, ctx.user(), event_type, &ctx.body)?;
     let (event_id, _) = create_and_commit(
@@ -69,7 +69,8 @@ pub async fn send_message_event(services: Arc<Services>, ctx: Ctx) -> HandlerRes
         ctx.user(),
         PduBuilder::timeline(event_type, ctx.body.clone()),
         Some((ctx.device(), txn_id)),
-    )?;
+    )
+    .await?;
     Ok(json!({ "event_id": event_id }))
 }
 
@@ -93,10 +94,10 @@ pub async fn redact(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     require_joined(&services, &room_id, ctx.user())?;
     let mut content = ctx.body.clone();
     content["redacts"] = json!(target);
-    redact_event(&services, &ctx, &room_id, target, content, txn_id)
+    redact_event(&services, &ctx, &room_id, target, content, txn_id).await
 }
 
-fn redact_event(
+async fn redact_event(
     services: &Services,
     ctx: &Ctx,
     room_id: &RoomId,
@@ -136,7 +137,8 @@ fn redact_event(
         ctx.user(),
         builder,
         Some((ctx.device(), txn_id)),
-    )?;
+    )
+    .await?;
     Ok(json!({ "event_id": event_id }))
 }
 

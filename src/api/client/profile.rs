@@ -85,7 +85,7 @@ pub async fn set_profile_field(services: Arc<Services>, ctx: Ctx) -> HandlerResu
     let value = if value.is_null() { None } else { Some(value) };
     services.users.set_profile_field(&user_id, &field, value)?;
     if field == "displayname" || field == "avatar_url" {
-        propagate(&services, &user_id)?;
+        propagate(&services, &user_id).await?;
     }
     Ok(json!({}))
 }
@@ -100,12 +100,12 @@ pub async fn delete_profile_field(services: Arc<Services>, ctx: Ctx) -> HandlerR
         .users
         .set_profile_field(&user_id, ctx.param(1), None)?;
     if ctx.param(1) == "displayname" || ctx.param(1) == "avatar_url" {
-        propagate(&services, &user_id)?;
+        propagate(&services, &user_id).await?;
     }
     Ok(json!({}))
 }
 
-fn propagate(services: &Services, user_id: &ruma::UserId) -> crate::error::Result<()> {
+async fn propagate(services: &Services, user_id: &ruma::UserId) -> crate::error::Result<()> {
     let profile = services.users.get_profile(user_id)?.unwrap_or_default();
     for membership in services.rooms.members.iter_rooms(user_id)? {
         if membership.membership != MembershipState::Join {
@@ -136,7 +136,8 @@ fn propagate(services: &Services, user_id: &ruma::UserId) -> crate::error::Resul
             user_id,
             PduBuilder::state("m.room.member", user_id.as_str(), content),
             None,
-        )?;
+        )
+        .await?;
     }
     Ok(())
 }

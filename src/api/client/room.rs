@@ -130,10 +130,9 @@ pub async fn create_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         &sender,
         PduBuilder::state("m.room.create", "", Value::Object(create_content)),
         None,
-    )?;
-    let send = |builder: PduBuilder| {
-        create_and_commit(&services, &room_id, &sender, builder, None).map(|_| ())
-    };
+    )
+    .await?;
+    let send = |builder: PduBuilder| create_and_commit(&services, &room_id, &sender, builder, None);
 
     let profile = services.users.get_profile(&sender)?.unwrap_or_default();
     let mut join = json!({ "membership": "join" });
@@ -142,7 +141,7 @@ pub async fn create_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             join[field] = value.clone();
         }
     }
-    send(PduBuilder::state("m.room.member", sender.as_str(), join))?;
+    send(PduBuilder::state("m.room.member", sender.as_str(), join)).await?;
 
     let mut users = Map::new();
     if !creators_are_privileged {
@@ -170,13 +169,14 @@ pub async fn create_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             power_levels[key] = value;
         }
     }
-    send(PduBuilder::state("m.room.power_levels", "", power_levels))?;
+    send(PduBuilder::state("m.room.power_levels", "", power_levels)).await?;
     if let Some(alias) = &alias {
         send(PduBuilder::state(
             "m.room.canonical_alias",
             "",
             json!({ "alias": alias }),
-        ))?;
+        ))
+        .await?;
     }
     let join_rule = if preset == "public_chat" {
         "public"
@@ -187,32 +187,37 @@ pub async fn create_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         "m.room.join_rules",
         "",
         json!({ "join_rule": join_rule }),
-    ))?;
+    ))
+    .await?;
     send(PduBuilder::state(
         "m.room.history_visibility",
         "",
         json!({ "history_visibility": "shared" }),
-    ))?;
+    ))
+    .await?;
     if preset != "public_chat" {
         send(PduBuilder::state(
             "m.room.guest_access",
             "",
             json!({ "guest_access": "can_join" }),
-        ))?;
+        ))
+        .await?;
     }
     for state in body.initial_state {
         send(PduBuilder::state(
             state.kind.as_str(),
             state.state_key,
             state.content,
-        ))?;
+        ))
+        .await?;
     }
     if let Some(name) = body.name {
         send(PduBuilder::state(
             "m.room.name",
             "",
             json!({ "name": name }),
-        ))?;
+        ))
+        .await?;
     }
     if let Some(topic) = body.topic {
         send(PduBuilder::state(
@@ -220,7 +225,7 @@ pub async fn create_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             "",
             // The plain topic, and the same text as the rich `m.topic` block (spec v1.15).
             json!({ "topic": topic, "m.topic": { "m.text": [{ "body": topic, "mimetype": "text/plain" }] } }),
-        ))?;
+        )).await?;
     }
     // Local invitees are invited in the creation's sequence; those of other servers need their
     // server's countersignature, so they are invited once the room is complete (below).
@@ -238,7 +243,8 @@ pub async fn create_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             "m.room.member",
             invitee.as_str(),
             content,
-        ))?;
+        ))
+        .await?;
     }
     if let Some(alias) = &alias {
         services.rooms.alias.set(alias, &room_id, &sender)?;

@@ -127,6 +127,7 @@ pub async fn send_state_event(services: Arc<Services>, ctx: Ctx) -> HandlerResul
         ctx.user(),
         PduBuilder::state(event_type.as_str(), ctx.param(2), content),
         None,
-    )?;
+    )
+    .await?;
     Ok(json!({ "event_id": event_id }))
 }

@@ -65,9 +65,10 @@ pub async fn upgrade_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let rules = rules_for(&version).map_err(|_| unsupported())?;
     let sender = ctx.user().to_owned();
     // Upgrades are rare: one at a time, so that two requests for one room cannot interleave their
-    // replacement rooms and tombstones (no await happens while this is held).
-    static UPGRADES: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
-    let _one_at_a_time = UPGRADES.lock();
+    // replacement rooms and tombstones. An async mutex, since the events of an upgrade may wait
+    // for a policy server's signature; no room lock is held while it waits.
+    static UPGRADES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one_at_a_time = UPGRADES.lock().await;
     require_joined(&services, &room_id, &sender)?;
     let levels = PowerLevels::load(&services, &room_id)?;
     let sender_level = levels.user_level(&sender);
@@ -88,12 +89,13 @@ pub async fn upgrade_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         &sender,
         &version,
         &body.additional_creators,
-    )?;
+    )
+    .await?;
     let privileged = rules.authorization.explicitly_privilege_room_creators;
     let mut creators = body.additional_creators.clone();
     creators.push(sender.clone());
     let final_levels = new_power_levels(&levels, &sender, &creators, privileged);
-    let send = |room: &RoomId, kind: &str, key: &str, content: Value| {
+    let send = async |room: &RoomId, kind: &str, key: &str, content: Value| {
         create_and_commit(
             &services,
             room,
@@ -101,6 +103,7 @@ pub async fn upgrade_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             PduBuilder::state(kind, key, content),
             None,
         )
+        .await
     };
     // Until the copied state is in, a non-creator upgrader holds enough power to send all of it.
     let mut initial_levels = final_levels.clone();
@@ -111,7 +114,7 @@ pub async fn upgrade_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             initial_levels["users"][sender.as_str()] = json!(needed);
         }
     }
-    send(&new_room, "m.room.power_levels", "", initial_levels.clone())?;
+    send(&new_room, "m.room.power_levels", "", initial_levels.clone()).await?;
     let old_hash = services
         .rooms
         .current_state_hash(&room_id)?
@@ -122,22 +125,23 @@ pub async fn upgrade_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             continue;
         }
         let key = pdu.state_key.clone().unwrap_or_default();
-        send(&new_room, &kind, &key, pdu.content_value())?;
+        send(&new_room, &kind, &key, pdu.content_value()).await?;
     }
     if initial_levels != final_levels {
-        send(&new_room, "m.room.power_levels", "", final_levels)?;
+        send(&new_room, "m.room.power_levels", "", final_levels).await?;
     }
-    move_aliases(&services, &room_id, &new_room, &sender)?;
+    move_aliases(&services, &room_id, &new_room, &sender).await?;
 
     send(
         &room_id,
         "m.room.tombstone",
         "",
         json!({ "body": "This room has been replaced", "replacement_room": new_room }),
-    )?;
+    )
+    .await?;
     if let Some(restricted) = restricted_old_levels(&levels) {
         // The upgrader may lack the power to change power levels; the tombstone is what counts.
-        if let Err(error) = send(&room_id, "m.room.power_levels", "", restricted) {
+        if let Err(error) = send(&room_id, "m.room.power_levels", "", restricted).await {
             tracing::debug!(%error, "the old room's power levels could not be restricted");
         }
     }
@@ -150,7 +154,7 @@ pub async fn upgrade_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 
 /// Creates the replacement room: its create event (with `predecessor`, the old room type and
 /// `m.federate`) and the upgrader's join.
-fn create_new_room(
+async fn create_new_room(
     services: &Services,
     old_room: &RoomId,
     sender: &UserId,
@@ -191,7 +195,8 @@ fn create_new_room(
         sender,
         PduBuilder::state("m.room.create", "", Value::Object(content)),
         None,
-    )?;
+    )
+    .await?;
     let mut join = json!({ "membership": "join" });
     if let Some(profile) = services.users.get_profile(sender)? {
         for field in ["displayname", "avatar_url"] {
@@ -206,7 +211,8 @@ fn create_new_room(
         sender,
         PduBuilder::state("m.room.member", sender.as_str(), join),
         None,
-    )?;
+    )
+    .await?;
     Ok(new_room)
 }
 
@@ -299,7 +305,12 @@ fn restricted_old_levels(old: &PowerLevels) -> Option<Value> {
 
 /// Moves the old room's local aliases to the new room, and its canonical alias: the new room
 /// gets the old `m.room.canonical_alias` and the old room's is emptied.
-fn move_aliases(services: &Services, old: &RoomId, new: &RoomId, sender: &UserId) -> Result<()> {
+async fn move_aliases(
+    services: &Services,
+    old: &RoomId,
+    new: &RoomId,
+    sender: &UserId,
+) -> Result<()> {
     for alias in services.rooms.alias.iter_room_aliases(old)? {
         let creator = services
             .rooms
@@ -321,7 +332,7 @@ fn move_aliases(services: &Services, old: &RoomId, new: &RoomId, sender: &UserId
     if content.as_object().is_none_or(|object| object.is_empty()) {
         return Ok(());
     }
-    let send = |room: &RoomId, content: Value| {
+    let send = async |room: &RoomId, content: Value| {
         create_and_commit(
             services,
             room,
@@ -329,9 +340,10 @@ fn move_aliases(services: &Services, old: &RoomId, new: &RoomId, sender: &UserId
             PduBuilder::state("m.room.canonical_alias", "", content),
             None,
         )
+        .await
     };
-    send(new, content)?;
-    if let Err(error) = send(old, json!({})) {
+    send(new, content).await?;
+    if let Err(error) = send(old, json!({})).await {
         tracing::debug!(%error, "the old room's canonical alias could not be removed");
     }
     Ok(())

@@ -6,6 +6,7 @@ pub mod events;
 pub mod keys;
 pub mod media;
 pub mod membership;
+pub mod policy;
 pub mod query;
 pub mod space;
 pub mod third_party_invite;

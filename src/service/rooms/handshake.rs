@@ -323,7 +323,7 @@ pub async fn invite_remote(
     };
     content["membership"] = json!("invite");
     let builder = PduBuilder::state("m.room.member", invitee.as_str(), content);
-    let (signed, event_id, stripped) = {
+    let (mut signed, event_id, stripped) = {
         let lock = rooms.timeline.room_lock(room_id);
         let _guard = lock.lock();
         let (object, state_before) = build_template(
@@ -339,6 +339,11 @@ pub async fn invite_remote(
         auth::check_local_event(services, &rules, &pdu, state_before)?;
         (signed, event_id, stripped_state(services, room_id)?)
     };
+    // In a room with a policy server the invite carries its signature before anyone sees it
+    // (asked without the room lock; the signature does not change the event ID).
+    if let Some(policy) = crate::service::policy::room_policy(services, room_id)? {
+        crate::service::policy::sign_local_event(services, &policy, &mut signed, &rules).await?;
+    }
     let event = incoming::federation_value(&signed, &rules)?;
     let body = json!({
         "room_version": version,

@@ -80,7 +80,8 @@ pub async fn invite(
         sender,
         PduBuilder::state("m.room.third_party_invite", stored.token, content),
         None,
-    )?;
+    )
+    .await?;
     Ok(None)
 }
 
@@ -354,7 +355,8 @@ async fn issue_invite(
             sender,
             PduBuilder::state("m.room.member", invitee.as_str(), content),
             None,
-        )?;
+        )
+        .await?;
     } else {
         handshake::invite_remote(services, room_id, sender, invitee, extra).await?;
     }

@@ -20,7 +20,7 @@ use super::{
 use crate::{
     crypto,
     error::{Error, Result},
-    service::{server_keys, Services},
+    service::{policy, server_keys, Services},
 };
 
 mod state;
@@ -390,7 +390,9 @@ pub fn encode(segment: &str) -> String {
 ///    resolution v2 when there are several), missing prev events being fetched with
 ///    `/get_missing_events`, or, when a gap remains, the state itself with `/state_ids`;
 /// 6. auth against the room's current state: failing only this is a soft failure, and the event
-///    is kept out of the timeline.
+///    is kept out of the timeline;
+/// 7. in a room that uses a policy server, a valid signature of it (asked for once more when
+///    missing or invalid, `service::policy::check_received`): without one, a soft failure too.
 ///
 /// Then it is committed, with the room's current state the resolution of every forward
 /// extremity's state.
@@ -429,7 +431,7 @@ async fn handle_with_depth(
         )));
     }
     // 2–3. Signatures and content hash.
-    let object = verify_pdu(services, &parsed, &rules).await?;
+    let mut object = verify_pdu(services, &parsed, &rules).await?;
     let pdu = to_pdu(&parsed.event_id, &object)?;
     // 4. Auth events.
     fetch_missing_auth(services, origin, room_id, &rules, &pdu).await?;
@@ -449,6 +451,9 @@ async fn handle_with_depth(
                 Some(fetch_state_before(services, origin, room_id, &rules, &pdu).await?);
         }
     }
+
+    // 7 (asked before the lock, since it may need a request): the policy server's signature.
+    let recommended = policy::check_received(services, room_id, &rules, &mut object).await;
 
     let lock = rooms.timeline.room_lock(room_id);
     let _guard = lock.lock();
@@ -471,13 +476,20 @@ async fn handle_with_depth(
         return Err(error);
     }
 
-    // 6. Current state: a failure here is a soft failure.
+    // 6. Current state, and 7. the policy server: a failure of either is a soft failure.
     let current_hash = rooms.state.get_room_state(shortroomid)?;
     let current = match current_hash {
         Some(hash) => rooms.state.load(hash)?,
         None => Default::default(),
     };
-    if let Err(error) = check_against_state(services, &rules, &pdu, &current) {
+    let soft_failure = match check_against_state(services, &rules, &pdu, &current) {
+        Err(error) => Some(error),
+        Ok(()) if !recommended => Some(Error::forbidden(
+            "the room's policy server does not recommend the event",
+        )),
+        Ok(()) => None,
+    };
+    if let Some(error) = soft_failure {
         tracing::info!(event_id = %pdu.event_id, %error, "soft-failing an event");
         let mut stored = object.clone();
         stored.insert(

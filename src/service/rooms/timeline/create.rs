@@ -13,7 +13,7 @@ use super::{commit, rules_for, CommitInput};
 use crate::{
     crypto,
     error::{Error, Result},
-    service::{rooms::pdu::Pdu, Services},
+    service::{policy, rooms::pdu::Pdu, Services},
     util,
 };
 
@@ -58,17 +58,95 @@ impl PduBuilder {
     }
 }
 
+/// How many times a local event is built again when the room's state changed while its policy
+/// server was being asked.
+const MAX_POLICY_ROUNDS: usize = 3;
+
 /// Builds, signs, auth-checks and commits a local event under the room lock. For a room's
 /// `m.room.create` event pass the room ID it will have (ignored for room versions whose room ID
 /// is the create event's ID), and the returned room ID is the one to use.
+///
+/// In a room that uses a policy server the event is prepared under the lock, the lock is
+/// released while the policy server signs it (`service::policy`), and it is committed under the
+/// lock again if the room's state has not changed meanwhile; otherwise it is built again on the
+/// new state. A refusal or an unreachable policy server fails the request and nothing is stored.
 #[tracing::instrument(skip_all, fields(room_id = %room_id, kind = %builder.kind))]
-pub fn create_and_commit(
+pub async fn create_and_commit(
     services: &Services,
     room_id: &RoomId,
     sender: &UserId,
     builder: PduBuilder,
     transaction: Option<(&str, &str)>,
 ) -> Result<(OwnedEventId, OwnedRoomId)> {
+    for _ in 0..MAX_POLICY_ROUNDS {
+        let pending = match create_or_prepare(services, room_id, sender, &builder, transaction)? {
+            Created::Committed(ids) => return Ok(ids),
+            Created::NeedsPolicy(pending) => pending,
+        };
+        let Pending {
+            mut object,
+            event_id,
+            state_before,
+            rules,
+            policy,
+        } = pending;
+        // No lock is held across the request to the policy server.
+        policy::sign_local_event(services, &policy, &mut object, &rules).await?;
+        let lock = services.rooms.timeline.room_lock(room_id);
+        let _guard = lock.lock();
+        if let Some((device, txn_id)) = transaction {
+            let user = sender.as_str();
+            let timeline = &services.rooms.timeline;
+            if let Some(sent) = timeline.get_transaction(user, device, room_id, txn_id)? {
+                return Ok((sent, room_id.to_owned()));
+            }
+        }
+        if services.rooms.current_state_hash(room_id)? != state_before {
+            continue;
+        }
+        commit_checked(
+            services,
+            &rules,
+            room_id,
+            object,
+            event_id.clone(),
+            state_before,
+            transaction,
+        )?;
+        return Ok((event_id, room_id.to_owned()));
+    }
+    Err(Error::Conflict(format!(
+        "the state of {room_id} kept changing while its policy server was asked; try again"
+    )))
+}
+
+/// What [`create_or_prepare`] did.
+enum Created {
+    /// The event is committed: its ID and room ID.
+    Committed((OwnedEventId, OwnedRoomId)),
+    /// The room uses a policy server: the event is built, signed and auth-checked, but waits for
+    /// the policy server's signature.
+    NeedsPolicy(Pending),
+}
+
+/// A local event waiting for its policy server's signature.
+struct Pending {
+    object: CanonicalJsonObject,
+    event_id: OwnedEventId,
+    state_before: Option<u64>,
+    rules: RoomVersionRules,
+    policy: policy::RoomPolicy,
+}
+
+/// The part of [`create_and_commit`] under the room lock: builds and signs the event, then either
+/// commits it or, in a room with a policy server, hands it back auth-checked.
+fn create_or_prepare(
+    services: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    builder: &PduBuilder,
+    transaction: Option<(&str, &str)>,
+) -> Result<Created> {
     let rooms = &services.rooms;
     let lock = rooms.timeline.room_lock(room_id);
     let _guard = lock.lock();
@@ -103,7 +181,7 @@ pub fn create_and_commit(
     };
     let rules = rules_for(&version)?;
     let (object, state_before) =
-        build_template(services, room_id, sender, &builder, &rules, shortroomid)?;
+        build_template(services, room_id, sender, builder, &rules, shortroomid)?;
     // The spec caps a whole PDU at 65536 bytes of canonical JSON; leave room for the hashes,
     // signatures and event ID added below.
     let unsigned_size = CanonicalJsonValue::Object(object.clone()).to_string().len();
@@ -118,6 +196,20 @@ pub fn create_and_commit(
     loop {
         let (signed, event_id) = build_and_sign(services, &object, &rules)?;
         if !derives_room_id {
+            if !policy::is_exempt(&signed) {
+                if let Some(policy) = policy::room_policy(services, room_id)? {
+                    // Auth-check first: the policy server is not asked about an event the auth
+                    // rules refuse anyway.
+                    checked_pdu(services, &rules, &signed, &event_id, state_before)?;
+                    return Ok(Created::NeedsPolicy(Pending {
+                        object: signed,
+                        event_id,
+                        state_before,
+                        rules,
+                        policy,
+                    }));
+                }
+            }
             // The room lock taken above stays held through `commit`, so no other event of this
             // room can read the same state and overwrite this one's change.
             commit_checked(
@@ -129,7 +221,7 @@ pub fn create_and_commit(
                 state_before,
                 transaction,
             )?;
-            return Ok((event_id, room_id.to_owned()));
+            return Ok(Created::Committed((event_id, room_id.to_owned())));
         }
         // A v12 room ID is the create event's hash, so two identical create events (same sender,
         // content and millisecond) would name the same room. Lock the derived ID (placeholder
@@ -161,7 +253,7 @@ pub fn create_and_commit(
             state_before,
             transaction,
         )?;
-        return Ok((event_id, derived));
+        return Ok(Created::Committed((event_id, derived)));
     }
 }
 
@@ -314,13 +406,7 @@ fn commit_checked(
     state_before: Option<u64>,
     transaction: Option<(&str, &str)>,
 ) -> Result<()> {
-    let mut pdu_object = object.clone();
-    pdu_object.insert(
-        "event_id".into(),
-        CanonicalJsonValue::String(event_id.to_string()),
-    );
-    let pdu = Pdu::from_object(&pdu_object)?;
-    super::super::auth::check_local_event(services, rules, &pdu, state_before)?;
+    let pdu = checked_pdu(services, rules, &object, &event_id, state_before)?;
     commit(
         services,
         CommitInput {
@@ -334,6 +420,24 @@ fn commit_checked(
         },
     )?;
     Ok(())
+}
+
+/// The event as a [`Pdu`], after the auth checks against the state it was built on.
+fn checked_pdu(
+    services: &Services,
+    rules: &RoomVersionRules,
+    object: &CanonicalJsonObject,
+    event_id: &OwnedEventId,
+    state_before: Option<u64>,
+) -> Result<Pdu> {
+    let mut pdu_object = object.clone();
+    pdu_object.insert(
+        "event_id".into(),
+        CanonicalJsonValue::String(event_id.to_string()),
+    );
+    let pdu = Pdu::from_object(&pdu_object)?;
+    super::super::auth::check_local_event(services, rules, &pdu, state_before)?;
+    Ok(pdu)
 }
 
 /// The form of `prev_events`/`auth_events` for the room version: bare IDs, or `[id, hashes]` pairs
