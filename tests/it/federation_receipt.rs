@@ -1,6 +1,6 @@
 //! Receiving and sending events around gaps in what a server has: a redaction of an event the
-//! redacting server never saw, and a pushed event whose history and auth chain its sender
-//! cannot fully provide.
+//! redacting server never saw, a pushed event whose history and auth chain its sender cannot
+//! fully provide, and a gap in the timeline that `/sync` reports as a limited batch.
 
 use ruma::{CanonicalJsonValue, OwnedEventId, OwnedRoomId};
 use serde_json::{json, Value};
@@ -195,4 +195,102 @@ async fn an_event_whose_origin_cannot_give_its_auth_events_is_rejected_and_built
         .await;
     assert_eq!(member["membership"], "join", "{member}");
     assert_ne!(member["displayname"], "E", "{member}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sync_batch_ends_at_a_gap_in_the_received_history() {
+    use plait::service::rooms::timeline::PduBuilder;
+    use plait::service::rooms::{incoming, timeline::SendTo};
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let bob_id = bob.user_id().await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    join_via(&bob, &room, &hs1).await;
+    let room_id = OwnedRoomId::try_from(room.as_str()).unwrap();
+    let hs2_name = ruma::OwnedServerName::try_from(hs2.server_name()).unwrap();
+    let filter = enc(r#"{"room":{"timeline":{"limit":40}}}"#);
+    let since = alice
+        .get_ok(&format!(
+            "/_matrix/client/v3/sync?timeout=0&filter={filter}"
+        ))
+        .await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before_gap = alice.send_text(&room, "a1", "before the gap").await;
+
+    // hs2 stores 26 messages of bob without sending them, then pushes the last one to hs1.
+    // hs1 gets the newest 20 through /get_missing_events; the oldest of those follows a gap.
+    let message = |text: String| {
+        PduBuilder::timeline(
+            "m.room.message",
+            json!({ "msgtype": "m.text", "body": text }),
+        )
+    };
+    let mut missed = Vec::new();
+    for index in 0..25 {
+        let (event_id, value) = forge_shaped(
+            &hs2,
+            &room,
+            &bob_id,
+            message(format!("missed {index}")),
+            |_| {},
+            |_| {},
+        );
+        incoming::handle(&hs2.services, &hs2_name, &room_id, &value, SendTo::Nobody)
+            .await
+            .unwrap();
+        missed.push(event_id);
+    }
+    let (last, value) = forge_shaped(&hs2, &room, &bob_id, message("last".into()), |_| {}, |_| {});
+    incoming::handle(&hs2.services, &hs2_name, &room_id, &value, SendTo::Nobody)
+        .await
+        .unwrap();
+    let answer = send(&hs2, &hs1, "g1", vec![value]).await;
+    assert_eq!(answer["pdus"][&last], json!({}), "{answer}");
+
+    // The incremental sync from before both holds only what follows the gap, marked limited.
+    let body = alice
+        .get_ok(&format!(
+            "/_matrix/client/v3/sync?timeout=0&filter={filter}&since={}",
+            enc(&since)
+        ))
+        .await;
+    let timeline = &body["rooms"]["join"][&room]["timeline"];
+    assert_eq!(timeline["limited"], true, "{timeline}");
+    let ids: Vec<&str> = timeline["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["event_id"].as_str().unwrap())
+        .collect();
+    let mut expected: Vec<&str> = missed[5..].iter().map(String::as_str).collect();
+    expected.push(&last);
+    assert_eq!(ids, expected, "{timeline}");
+    assert!(!ids.contains(&before_gap.as_str()));
+    // Paging back from the batch's start reaches the message from before the gap.
+    let prev_batch = timeline["prev_batch"].as_str().unwrap();
+    wait_for_event(
+        &alice,
+        &room,
+        "the message before the gap",
+        |event: &Value| event["event_id"] == before_gap.as_str(),
+    )
+    .await;
+    let page = alice
+        .get_ok(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50&from={}",
+            enc(&room),
+            enc(prev_batch)
+        ))
+        .await;
+    assert!(
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|event| event["event_id"] == before_gap.as_str()),
+        "{page}"
+    );
 }
