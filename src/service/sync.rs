@@ -313,6 +313,8 @@ fn joined_room(
     let ignored = services.account_data.ignored_users(request.user)?;
     let mut events: Vec<(u64, Pdu)> = Vec::new();
     let mut limited = false;
+    // The batch ends at the newest gap in the timeline (`timeline/gaps.rs`), as a limited one.
+    let mut gap = None;
     for entry in services
         .rooms
         .timeline
@@ -320,6 +322,19 @@ fn joined_room(
     {
         let (count, pdu) = entry?;
         if count <= since {
+            break;
+        }
+        let newest_gap = match gap {
+            Some(known) => known,
+            None => *gap.insert(
+                services
+                    .rooms
+                    .timeline
+                    .newest_gap(shortroomid, since, next)?,
+            ),
+        };
+        if newest_gap.is_some_and(|gap_count| count < gap_count) {
+            limited = true;
             break;
         }
         if !timeline_filter.matches(&pdu)

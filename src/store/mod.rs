@@ -50,6 +50,7 @@ pub const TREES: &[&str] = &[
     "servername_keydocument",
     "eventid_outlierpdu",
     "roomeventid_backwardextremity",
+    "roomcount_gap",
     "servertxnid_response",
     "servercount_outgoing",
     "userroomid_invitestate",

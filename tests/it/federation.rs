@@ -649,17 +649,18 @@ async fn hostile_federation_input_is_rejected() {
         ),
         |_| {},
     );
+    // A rejected event is answered `{}` (server-server API, "Rejection"), and remembered.
     let answer = send("t3", hs2_name.clone(), vec![value.clone()])
         .await
         .unwrap();
-    assert!(
-        answer["pdus"][&power]["error"]
-            .as_str()
-            .unwrap()
-            .contains("not allowed"),
-        "{answer}"
-    );
+    assert_eq!(answer["pdus"][&power], json!({}), "{answer}");
     assert!(!stored(&power));
+    assert!(hs1
+        .services
+        .rooms
+        .rejected
+        .is_rejected(&ruma::OwnedEventId::try_from(power.as_str()).unwrap())
+        .unwrap());
 
     // A transaction claiming another origin than the signing server.
     let refused = send("t4", "127.0.0.9:1".to_owned(), vec![]).await;

@@ -15,6 +15,7 @@ mod federation_acl;
 mod federation_edges;
 mod federation_ephemeral;
 pub mod federation_misc;
+mod federation_receipt;
 mod key_backup;
 mod media;
 mod organisation;

@@ -77,7 +77,9 @@ pub async fn send_message_event(services: Arc<Services>, ctx: Ctx) -> HandlerRes
 /// `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}`
 ///
 /// Only the sender or a user with the `redact` power level may redact; the target's content is
-/// pruned in storage by the room version's redaction algorithm.
+/// pruned in storage by the room version's redaction algorithm. A user with the `redact` level
+/// may also redact an event this server does not have (the redaction is sent all the same);
+/// for anyone else an unknown event is `404 M_NOT_FOUND`.
 pub async fn redact(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     let target = OwnedEventId::try_from(ctx.param(1))
@@ -105,25 +107,28 @@ async fn redact_event(
     content: Value,
     txn_id: &str,
 ) -> HandlerResult {
-    let original = services
-        .rooms
-        .timeline
-        .get_pdu(&target)?
-        .ok_or_else(|| Error::not_found(format!("event {target} not found")))?;
-    if original
-        .room_id
-        .as_deref()
-        .is_some_and(|room| room != room_id)
-    {
-        return Err(Error::not_found(format!(
-            "event {target} not found in {room_id}"
-        )));
-    }
-    if original.sender != ctx.user()
-        && power_level(services, room_id, ctx.user())?
-            < required_level(services, room_id, "redact", 50)?
-    {
-        return Err(Error::forbidden("you may not redact other users' events"));
+    let may_redact_others = power_level(services, room_id, ctx.user())?
+        >= required_level(services, room_id, "redact", 50)?;
+    match services.rooms.timeline.get_pdu(&target)? {
+        Some(original) => {
+            if original
+                .room_id
+                .as_deref()
+                .is_some_and(|room| room != room_id)
+            {
+                return Err(Error::not_found(format!(
+                    "event {target} not found in {room_id}"
+                )));
+            }
+            if original.sender != ctx.user() && !may_redact_others {
+                return Err(Error::forbidden("you may not redact other users' events"));
+            }
+        }
+        // A user with the redact level may redact an event this server has not seen (it may
+        // still arrive from another server); anyone else could only redact their own events,
+        // which this server would have.
+        None if may_redact_others => {}
+        None => return Err(Error::not_found(format!("event {target} not found"))),
     }
     let builder = PduBuilder {
         kind: "m.room.redaction".into(),

@@ -23,8 +23,9 @@ const MAX_EDUS: usize = 100;
 /// `PUT /_matrix/federation/v1/send/{txnId}`
 ///
 /// Each PDU goes through `incoming::handle` (the spec's receipt checks, then commit), one room
-/// after another in the order given. The answer maps every event ID to `{}` or `{"error": …}`; a
-/// retried transaction gets the stored answer. PDUs from servers a room's ACL denies are refused.
+/// after another in the order given. The answer maps every event ID to `{}` (accepted, soft-failed
+/// or rejected by the auth rules) or `{"error": …}` (dropped, or not processed); a retried
+/// transaction gets the stored answer. PDUs from servers a room's ACL denies are refused.
 /// EDUs are applied after the PDUs (so that a join in the same transaction counts): `m.typing`,
 /// `m.receipt` and `m.presence` through their services, which ignore what the origin may not
 /// say; the encryption EDUs (device list and signing key updates, to-device messages) through
@@ -105,10 +106,21 @@ pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> Hand
                     .ok()
                     .and_then(|(_, version)| version.rules())
                     .and_then(|rules| incoming::parse_pdu(pdu, &room_id, &rules).ok())
-                    .map(|parsed| parsed.event_id.to_string())
-                    .unwrap_or(fallback_id);
-                tracing::info!(%event_id, %error, "rejected a pdu");
-                results.insert(event_id, json!({ "error": error.to_string() }));
+                    .map(|parsed| parsed.event_id);
+                // A rejected event was handled (server-server API, "Rejection": it "should not
+                // cause the transaction request to be responded to with an error response");
+                // an error tells the origin that the event was dropped or could not be processed.
+                let rejected = match &event_id {
+                    Some(event_id) => services.rooms.rejected.is_rejected(event_id)?,
+                    None => false,
+                };
+                let event_id = event_id.map_or(fallback_id, |id| id.to_string());
+                tracing::info!(%event_id, %error, rejected, "refused a pdu");
+                let result = match rejected {
+                    true => json!({}),
+                    false => json!({ "error": error.to_string() }),
+                };
+                results.insert(event_id, result);
             }
         }
     }

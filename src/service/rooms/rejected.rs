@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ruma::{room_version_rules::RoomVersionRules, EventId};
 
-use super::{incoming, pdu::Pdu, Rooms};
+use super::{incoming, pdu::Pdu, state::StateSet, Rooms};
 use crate::{
     error::{Error, Result},
     service::Services,
@@ -71,24 +71,34 @@ pub(super) fn auth_events_settled(services: &Services, pdu: &Pdu) -> Result<bool
     Ok(true)
 }
 
-/// Remembers an event its auth events refuse (check 4), when that is final. Where its prev
-/// events' state is known, the event gets it as its own, so that later events may build on it.
+/// Remembers an event its auth events refuse (check 4), when that is final: every auth event is
+/// stored or rejected, or (`unobtainable`) the event's origin was asked for the missing ones and
+/// did not give them. The event gets a state as its own, so that later events may build on it:
+/// `fetched` (the state fetched before it) or else its prev events' state, where known.
 pub(super) fn reject_by_auth_events(
     services: &Services,
     rules: &RoomVersionRules,
     pdu: &Pdu,
     error: &Error,
+    unobtainable: bool,
+    fetched: Option<&StateSet>,
 ) -> Result<()> {
-    if !auth_events_settled(services, pdu)? {
+    if !unobtainable && !auth_events_settled(services, pdu)? {
         return Ok(());
     }
     let rooms = &services.rooms;
     let mut state = None;
     if let Some(room_id) = pdu.room() {
-        if incoming::prev_events_known(services, pdu)? {
-            let lock = rooms.timeline.room_lock(&room_id);
-            let _guard = lock.lock();
-            let before = incoming::state_after_prev_events(services, rules, pdu)?;
+        let lock = rooms.timeline.room_lock(&room_id);
+        let _guard = lock.lock();
+        let before = match fetched {
+            Some(fetched) => Some(fetched.clone()),
+            None if incoming::prev_events_known(services, pdu)? => {
+                Some(incoming::state_after_prev_events(services, rules, pdu)?)
+            }
+            None => None,
+        };
+        if let Some(before) = before {
             state = Some(
                 incoming::store_state(
                     services,

@@ -35,8 +35,11 @@ pub use self::state::{resolve_sets, state_set_of};
 pub const MAX_PDU_BYTES: usize = 65536;
 /// How many missing events one `/get_missing_events` asks for.
 const MISSING_EVENTS_LIMIT: u64 = 20;
-/// How deep the recursion through missing prev events goes before falling back to `/state_ids`.
-const MAX_BACKFILL_DEPTH: usize = 3;
+/// How deep the recursion through missing prev events goes before falling back to `/state_ids`:
+/// events answered by `/get_missing_events` do not start another one; a gap before them is
+/// filled with the state (as Synapse does, and as Complement's `/get_missing_events` handlers,
+/// which answer only for the event that was pushed, expect).
+const MAX_MISSING_DEPTH: usize = 1;
 
 /// What became of a received PDU.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -330,14 +333,17 @@ pub async fn store_outliers(
     Ok(stored)
 }
 
-/// Fetches the auth events of `pdu` that this server lacks, with their auth chain, from `origin`.
+/// Fetches the auth events of `pdu` that this server lacks, with their auth chain, from `origin`
+/// (`/event_auth`). Answers whether a failed check against the auth events is final: true when
+/// none was missing or `origin` answered (an origin that cannot give the auth chain of its own
+/// event has had its chance), false when it could not be reached (the events may come later).
 pub(super) async fn fetch_missing_auth(
     services: &Services,
     origin: &ServerName,
     room_id: &RoomId,
     rules: &RoomVersionRules,
     pdu: &Pdu,
-) -> Result<()> {
+) -> Result<bool> {
     let mut missing = false;
     for auth_id in &pdu.auth_events {
         if !services.rooms.timeline.has_event(auth_id)?
@@ -347,7 +353,7 @@ pub(super) async fn fetch_missing_auth(
         }
     }
     if !missing {
-        return Ok(());
+        return Ok(true);
     }
     let answer = services
         .federation_request(
@@ -360,10 +366,30 @@ pub(super) async fn fetch_missing_auth(
             ),
             None,
         )
-        .await?;
-    let chain = answer["auth_chain"].as_array().cloned().unwrap_or_default();
-    store_outliers(services, room_id, rules, &chain).await?;
-    Ok(())
+        .await;
+    match answer {
+        Ok(answer) => {
+            let chain = answer["auth_chain"].as_array().cloned().unwrap_or_default();
+            store_outliers(services, room_id, rules, &chain).await?;
+            Ok(true)
+        }
+        Err(error) => {
+            tracing::debug!(event_id = %pdu.event_id, %error, "no auth chain from the origin");
+            Ok(origin_answered(&error))
+        }
+    }
+}
+
+/// Whether a failed federation request got an answer from the other server (a `4xx` status), as
+/// opposed to finding no server or a failing one.
+fn origin_answered(error: &Error) -> bool {
+    match error {
+        Error::Matrix { .. } => true,
+        Error::Remote { source, .. } => source
+            .downcast_ref::<crate::federation::RemoteError>()
+            .is_some_and(|remote| (400..500).contains(&remote.status)),
+        _ => false,
+    }
 }
 
 /// Percent-encodes a path segment.
@@ -388,7 +414,8 @@ pub fn encode(segment: &str) -> String {
 /// 4. auth against its own auth events, fetched from `origin` if unknown (`/event_auth`);
 /// 5. auth against the state before it: the state after its prev events (resolved with state
 ///    resolution v2 when there are several), missing prev events being fetched with
-///    `/get_missing_events`, or, when a gap remains, the state itself with `/state_ids`;
+///    `/get_missing_events`, or, when a gap remains, the state after each missing prev event
+///    with `/state_ids`;
 /// 6. auth against the room's current state: failing only this is a soft failure, and the event
 ///    is kept out of the timeline;
 /// 7. in a room that uses a policy server, a valid signature of it (asked for once more when
@@ -396,6 +423,12 @@ pub fn encode(segment: &str) -> String {
 ///
 /// Then it is committed, with the room's current state the resolution of every forward
 /// extremity's state.
+///
+/// What is missing is fetched before any check, prev events first: the state that fills a gap
+/// in the graph usually holds the unknown auth events too, so `/event_auth` is asked only for
+/// what is still missing after it (Synapse's order, which Complement's requests expect). An event
+/// that fails check 4 or 5 for good is remembered as rejected (see `rooms::rejected`), and its
+/// `Err` names the reason.
 #[tracing::instrument(skip_all, fields(room_id = %room_id, origin = %origin))]
 pub async fn handle(
     services: &Services,
@@ -433,23 +466,26 @@ async fn handle_with_depth(
     // 2–3. Signatures and content hash.
     let mut object = verify_pdu(services, &parsed, &rules).await?;
     let pdu = to_pdu(&parsed.event_id, &object)?;
-    // 4. Auth events.
-    fetch_missing_auth(services, origin, room_id, &rules, &pdu).await?;
-    if let Err(error) = check_against_auth_events(services, &rules, &pdu) {
-        super::rejected::reject_by_auth_events(services, &rules, &pdu, &error)?;
-        return Err(error);
+    // 4. Auth events, at once when they are all here (a forged event costs no fetching).
+    let auth_known = super::rejected::auth_events_settled(services, &pdu)?;
+    if auth_known {
+        check_or_reject_by_auth_events(services, &rules, &pdu, true, None)?;
     }
-
-    // 5. Prev events: fetch what is missing, or else the state before the event.
+    // Prev events: fetch what is missing, or else the state before the event (for check 5),
+    // then the auth events the state did not bring (for check 4).
     let mut fetched_state = None;
     if !prev_events_known(services, &pdu)? {
-        if depth < MAX_BACKFILL_DEPTH {
+        if depth < MAX_MISSING_DEPTH {
             fetch_missing_prev_events(services, origin, room_id, &pdu, depth).await;
         }
         if !prev_events_known(services, &pdu)? {
             fetched_state =
                 Some(fetch_state_before(services, origin, room_id, &rules, &pdu).await?);
         }
+    }
+    if !auth_known {
+        let auth_final = fetch_missing_auth(services, origin, room_id, &rules, &pdu).await?;
+        check_or_reject_by_auth_events(services, &rules, &pdu, auth_final, fetched_state.as_ref())?;
     }
 
     // 7 (asked before the lock, since it may need a request): the policy server's signature.
@@ -460,6 +496,7 @@ async fn handle_with_depth(
     if rooms.timeline.get_pdu_id(&parsed.event_id)?.is_some() {
         return Ok((parsed.event_id, Outcome::Accepted));
     }
+    // 5. The state before the event.
     let state_before = match fetched_state {
         Some(state) => state,
         None => state_after_prev_events(services, &rules, &pdu)?,
@@ -517,6 +554,30 @@ async fn handle_with_depth(
         },
     )?;
     Ok((parsed.event_id, Outcome::Accepted))
+}
+
+/// Check 4, remembering an event that fails it for good as rejected (`final_failure` says that
+/// its unknown auth events, if any, cannot be had); `state_before` is the state fetched for it
+/// when its prev events are not here.
+fn check_or_reject_by_auth_events(
+    services: &Services,
+    rules: &RoomVersionRules,
+    pdu: &Pdu,
+    final_failure: bool,
+    state_before: Option<&StateSet>,
+) -> Result<()> {
+    let Err(error) = check_against_auth_events(services, rules, pdu) else {
+        return Ok(());
+    };
+    super::rejected::reject_by_auth_events(
+        services,
+        rules,
+        pdu,
+        &error,
+        final_failure,
+        state_before,
+    )?;
+    Err(error)
 }
 
 pub(super) fn prev_events_known(services: &Services, pdu: &Pdu) -> Result<bool> {

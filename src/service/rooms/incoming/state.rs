@@ -1,13 +1,14 @@
 //! The state before a received event: fetched from its origin when its prev events are unknown
-//! (`/state_ids`), the state after its prev events resolved with state resolution v2 when there
-//! are several, stored as a snapshot shared with (or a delta over) its first prev event's, and
-//! the room's current state once the event leaves other forward extremities in place.
+//! (the state after each of them through `/state_ids`), the state after its prev events
+//! resolved with state resolution v2 when there are several, stored as a snapshot shared with
+//! (or a delta over) its first prev event's, and the room's current state once the event leaves
+//! other forward extremities in place.
 
 use std::collections::{HashMap, HashSet};
 
 use ruma::{
-    events::StateEventType, room_version_rules::RoomVersionRules, state_res, OwnedEventId, RoomId,
-    ServerName,
+    events::StateEventType, room_version_rules::RoomVersionRules, state_res, EventId, OwnedEventId,
+    RoomId, ServerName,
 };
 
 use super::{encode, store_outliers};
@@ -19,14 +20,83 @@ use crate::{
     },
 };
 
-/// Fetches the state before an event from `origin` (`/state_ids`, then `/event_auth`-style
-/// fetches of what is unknown) and returns it as a state set.
+/// How many unknown prev events of one event get their state fetched one by one; beyond that
+/// the state before the event itself is asked for, in one request.
+const MAX_PREV_STATE_FETCHES: usize = 5;
+
+/// The state before an event whose prev events are not all here: the state after each prev
+/// event (as known here, or fetched from `origin` with [`fetch_state_after`]), resolved like the
+/// states of known prev events. With many unknown prev events, `origin` is asked for the state
+/// before the event itself.
 pub(in crate::service::rooms) async fn fetch_state_before(
     services: &Services,
     origin: &ServerName,
     room_id: &RoomId,
     rules: &RoomVersionRules,
     pdu: &Pdu,
+) -> Result<StateSet> {
+    let rooms = &services.rooms;
+    let mut known = Vec::new();
+    let mut unknown = Vec::new();
+    for prev in &pdu.prev_events {
+        let state = match rooms.short.get_shorteventid(prev)? {
+            Some(short) => rooms.state.get_event_state(short)?,
+            None => None,
+        };
+        match state {
+            Some((_, after)) => known.push((*rooms.state.load(after)?).clone()),
+            None => unknown.push(prev),
+        }
+    }
+    if unknown.len() > MAX_PREV_STATE_FETCHES {
+        return fetch_state_ids(services, origin, room_id, rules, &pdu.event_id, None).await;
+    }
+    let mut sets = known;
+    for prev in unknown {
+        sets.push(fetch_state_after(services, origin, room_id, rules, prev).await?);
+    }
+    resolve_sets(services, rules, sets, None)
+}
+
+/// The state after an event this server lacks: the state before it from `origin`
+/// (`/state_ids`), with the event itself when it is a state event that passes its auth checks
+/// (a rejected event leaves the state as it was).
+async fn fetch_state_after(
+    services: &Services,
+    origin: &ServerName,
+    room_id: &RoomId,
+    rules: &RoomVersionRules,
+    event_id: &EventId,
+) -> Result<StateSet> {
+    let mut set =
+        fetch_state_ids(services, origin, room_id, rules, event_id, Some(event_id)).await?;
+    let rooms = &services.rooms;
+    if let Some(event) = rooms.timeline.get_pdu(event_id)? {
+        if let Some(state_key) = &event.state_key {
+            let shortstatekey = rooms.short.get_or_create_shortstatekey(
+                &StateEventType::from(event.kind.to_string()),
+                state_key,
+            )?;
+            let mut batch = crate::store::Batch::default();
+            let shorteventid = rooms.short.shorteventid_in_batch(event_id, &mut batch)?;
+            services.db.write(batch)?;
+            set.insert(shortstatekey, shorteventid);
+        }
+    }
+    Ok(set)
+}
+
+/// The state before `at` from `origin` (`/state_ids`): the events of it and of its auth chain
+/// that are unknown here (and `also`) are fetched one by one (`/event`; one that cannot be had
+/// is left out) and stored as outliers after their auth checks; the state set holds the state
+/// events that are stored.
+async fn fetch_state_ids(
+    services: &Services,
+    origin: &ServerName,
+    room_id: &RoomId,
+    rules: &RoomVersionRules,
+    at: &EventId,
+    also: Option<&EventId>,
 ) -> Result<StateSet> {
     let answer = services
         .federation_request(
@@ -35,7 +105,7 @@ pub(in crate::service::rooms) async fn fetch_state_before(
             &format!(
                 "/_matrix/federation/v1/state_ids/{}?event_id={}",
                 encode(room_id.as_str()),
-                encode(pdu.event_id.as_str())
+                encode(at.as_str())
             ),
             None,
         )
@@ -46,11 +116,15 @@ pub(in crate::service::rooms) async fn fetch_state_before(
         .flatten()
         .chain(answer["auth_chain_ids"].as_array().into_iter().flatten())
         .filter_map(|id| id.as_str().and_then(|id| OwnedEventId::try_from(id).ok()))
+        .chain(also.map(ToOwned::to_owned))
         .collect();
     let mut unknown = Vec::new();
-    for event_id in &ids {
-        if !services.rooms.timeline.has_event(event_id)? {
-            unknown.push(event_id.clone());
+    for event_id in ids {
+        if !services.rooms.timeline.has_event(&event_id)?
+            && !services.rooms.rejected.is_rejected(&event_id)?
+            && !unknown.contains(&event_id)
+        {
+            unknown.push(event_id);
         }
     }
     let mut fetched = Vec::new();
@@ -62,8 +136,12 @@ pub(in crate::service::rooms) async fn fetch_state_before(
                 &format!("/_matrix/federation/v1/event/{}", encode(event_id.as_str())),
                 None,
             )
-            .await?;
-        fetched.extend(answer["pdus"].as_array().cloned().unwrap_or_default());
+            .await;
+        match answer {
+            Ok(answer) => fetched.extend(answer["pdus"].as_array().cloned().unwrap_or_default()),
+            // The events that depend on it fail their auth checks and are left out.
+            Err(error) => tracing::debug!(%event_id, %error, "a state event could not be had"),
+        }
     }
     store_outliers(services, room_id, rules, &fetched).await?;
     let state_ids: Vec<OwnedEventId> = answer["pdu_ids"]

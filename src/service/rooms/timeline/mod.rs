@@ -3,6 +3,7 @@
 
 mod backfilled;
 mod create;
+mod gaps;
 pub mod read;
 
 use std::{collections::HashMap, sync::Arc};
@@ -31,7 +32,8 @@ use crate::{
 /// `event_id`: events known without a place in the timeline, such as the state and auth chain
 /// received when joining over federation) and `roomeventid_backwardextremity` (short room ID u64,
 /// event ID → depth u64 of the deepest timeline event naming it as a prev event: the events the
-/// timeline refers to but does not hold, where backfill starts).
+/// timeline refers to but does not hold, where backfill starts) and `roomcount_gap` (short room
+/// ID u64, stream position u64 → empty: the events received after a gap, see `gaps.rs`).
 pub struct Timeline {
     pub(super) pduid_pdu: Tree,
     pub(super) eventid_pduid: Tree,
@@ -41,6 +43,7 @@ pub struct Timeline {
     roomid_info: Tree,
     pub(super) eventid_outlierpdu: Tree,
     roomeventid_backwardextremity: Tree,
+    roomcount_gap: Tree,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>,
     versions: Mutex<HashMap<u64, RoomVersionId>>,
     pub(super) pdu_cache: Mutex<HashMap<OwnedEventId, Pdu>>,
@@ -106,6 +109,7 @@ impl Timeline {
             roomid_info: db.tree("roomid_info"),
             eventid_outlierpdu: db.tree("eventid_outlierpdu"),
             roomeventid_backwardextremity: db.tree("roomeventid_backwardextremity"),
+            roomcount_gap: db.tree("roomcount_gap"),
             room_locks: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
             pdu_cache: Mutex::new(HashMap::new()),
@@ -310,6 +314,13 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
     timeline.note_backward_extremities(shortroomid, &pdu, &mut batch)?;
     // The room's forward extremities: this event replaces the ones it references.
     let mut extremities = timeline.extremities(shortroomid)?;
+    timeline.note_gap(
+        services,
+        shortroomid,
+        &pdu,
+        !extremities.is_empty(),
+        &mut batch,
+    )?;
     extremities.retain(|extremity| !pdu.prev_events.contains(extremity));
     extremities.push(pdu.event_id.clone());
     let parts: Vec<&[u8]> = extremities.iter().map(|id| id.as_bytes()).collect();
