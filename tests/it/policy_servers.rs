@@ -253,6 +253,34 @@ async fn a_remote_policy_server_signs_allowed_events_and_refuses_forbidden_ones(
         .await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["errcode"], "M_FORBIDDEN");
+
+    // A denied user of another server joins through A's `send_join`: A asks the policy server,
+    // which refuses, so A soft-fails the join and answers 403 instead of the room's state.
+    let blocked_remote = hs_b.register("blocked_dave").await;
+    let (status, body) = blocked_remote
+        .post(
+            &format!(
+                "/_matrix/client/v3/join/{}?server_name={}",
+                enc(&room),
+                enc(&hs_a.server_name())
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    let members = alice
+        .get_ok(&format!(
+            "/_matrix/client/v3/rooms/{}/joined_members",
+            enc(&room)
+        ))
+        .await;
+    assert!(
+        members["joined"]
+            .get(blocked_remote.user_id().await.as_str())
+            .is_none(),
+        "{members}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -209,7 +209,7 @@ async fn send_membership(
             countersigned = Some(value.clone());
         }
     }
-    incoming::handle(
+    let (_, outcome) = incoming::handle(
         services,
         ctx.origin(),
         &room_id,
@@ -217,6 +217,15 @@ async fn send_membership(
         SendTo::RoomExcept(Some(ctx.origin())),
     )
     .await?;
+    // A soft-failed membership (not allowed by the current state, or not recommended by the
+    // room's policy server) is kept aside, not in the room: the sending server must not take
+    // it as done.
+    if outcome == incoming::Outcome::SoftFailed {
+        return Err(Error::forbidden(format!(
+            "the {membership} of {} is not accepted into {room_id} now",
+            pdu.sender
+        )));
+    }
     Ok((room_id, event_id, countersigned))
 }
 
