@@ -253,34 +253,6 @@ async fn a_remote_policy_server_signs_allowed_events_and_refuses_forbidden_ones(
         .await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["errcode"], "M_FORBIDDEN");
-
-    // A denied user of another server joins through A's `send_join`: A asks the policy server,
-    // which refuses, so A soft-fails the join and answers 403 instead of the room's state.
-    let blocked_remote = hs_b.register("blocked_dave").await;
-    let (status, body) = blocked_remote
-        .post(
-            &format!(
-                "/_matrix/client/v3/join/{}?server_name={}",
-                enc(&room),
-                enc(&hs_a.server_name())
-            ),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 403, "{body}");
-    assert_eq!(body["errcode"], "M_FORBIDDEN");
-    let members = alice
-        .get_ok(&format!(
-            "/_matrix/client/v3/rooms/{}/joined_members",
-            enc(&room)
-        ))
-        .await;
-    assert!(
-        members["joined"]
-            .get(blocked_remote.user_id().await.as_str())
-            .is_none(),
-        "{members}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -632,5 +604,77 @@ async fn invites_are_signed_and_an_unreachable_policy_server_fails_the_send() {
         )
         .await;
     let (status, body) = send(&alice, &room, "t2", "without a policy server").await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_join_or_knock_that_the_policy_server_refuses_is_answered_403() {
+    // A hosts the room and is its policy server; B has no member in it, so B's users join
+    // through A's `make_join`/`send_join`, and A's check of the join decides.
+    let ca = TestCa::new();
+    let hs_a = TestServer::start_federated_with(ip("127.0.0.2"), &ca, None, |config| {
+        config.policy_server_enabled = true;
+        config.policy_server_deny_users = vec!["@blocked*:*".to_owned()];
+    })
+    .await;
+    let hs_b = TestServer::start_federated(ip("127.0.0.3"), &ca, None).await;
+    let alice = hs_a.register("alice").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let key = well_known_key(&hs_a).await;
+    set_policy(&alice, &room, &hs_a, &key).await;
+
+    let blocked = hs_b.register("blocked_dave").await;
+    let join = format!(
+        "/_matrix/client/v3/join/{}?server_name={}",
+        enc(&room),
+        enc(&hs_a.server_name())
+    );
+    let (status, body) = blocked.post(&join, json!({})).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    let members = alice
+        .get_ok(&format!(
+            "/_matrix/client/v3/rooms/{}/joined_members",
+            enc(&room)
+        ))
+        .await;
+    assert!(
+        members["joined"]
+            .get(blocked.user_id().await.as_str())
+            .is_none(),
+        "{members}"
+    );
+    // A refused the join before answering with the room's state: B never got it to store.
+    let room_id = ruma::OwnedRoomId::try_from(room.as_str()).unwrap();
+    assert!(
+        !hs_b.services.rooms.exists(&room_id).unwrap(),
+        "B stored the room: A answered send_join as if the join were in"
+    );
+    // A user the policy allows joins the same way.
+    let bob = hs_b.register("bob").await;
+    let (status, body) = bob.post(&join, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The same for a knock: refused with 403 M_FORBIDDEN and the policy server's reason.
+    alice
+        .put_ok(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.join_rules/",
+                enc(&room)
+            ),
+            json!({ "join_rule": "knock" }),
+        )
+        .await;
+    let knock = format!(
+        "/_matrix/client/v3/knock/{}?server_name={}",
+        enc(&room),
+        enc(&hs_a.server_name())
+    );
+    let blocked_knocker = hs_b.register("blocked_erin").await;
+    let (status, body) = blocked_knocker.post(&knock, json!({})).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
+    let carol = hs_b.register("carol").await;
+    let (status, body) = carol.post(&knock, json!({})).await;
     assert_eq!(status, 200, "{body}");
 }
