@@ -372,6 +372,25 @@ impl Client {
             .to_owned()
     }
 }
+/// An IP address from its text (test constants).
+pub fn ip(text: &str) -> std::net::IpAddr {
+    text.parse().unwrap()
+}
+
+/// A federation request from `from` to `to`, signed by `from`'s server key through its own
+/// federation client.
+pub async fn federation_ask(
+    from: &TestServer,
+    to: &TestServer,
+    method: http::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Value, plait::Error> {
+    let destination = ruma::OwnedServerName::try_from(to.server_name()).unwrap();
+    from.services
+        .federation_request(&destination, method, path, body.as_ref())
+        .await
+}
 
 /// Percent-encodes a path segment.
 pub fn enc(segment: &str) -> String {

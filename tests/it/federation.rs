@@ -1,15 +1,11 @@
 //! Two Plait servers on loopback (127.0.0.2 and 127.0.0.3) with TLS from a test CA: rooms
 //! shared across them through invites and aliases, messages both ways, leaving.
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{enc, tls::TestCa, Client, TestServer};
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().unwrap()
-}
+use crate::common::{enc, ip, tls::TestCa, Client, TestServer};
 
 /// Polls `/messages` (newest first) until an event matches, or fails after 20 s.
 pub async fn wait_for_event(

@@ -4,23 +4,9 @@
 use serde_json::{json, Value};
 
 use crate::{
-    common::{enc, TestServer},
+    common::{enc, federation_ask as ask},
     federation::{is_membership, join_via, two_servers, wait_for_event},
 };
-
-/// A signed federation request from `from` to `to`.
-async fn ask(
-    from: &TestServer,
-    to: &TestServer,
-    method: http::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value, plait::Error> {
-    let destination = ruma::OwnedServerName::try_from(to.server_name()).unwrap();
-    from.services
-        .federation_request(&destination, method, path, body.as_ref())
-        .await
-}
 
 /// The remote answered 403 `M_FORBIDDEN` (which the client passes on as that kind).
 fn assert_denied(answer: Result<Value, plait::Error>, what: &str) {

@@ -7,23 +7,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::{
-    common::{enc, Client, TestServer},
+    common::{enc, federation_ask as ask, Client, TestServer},
     federation::{is_membership, join_via, two_servers, wait_for_event, wait_for_invite},
 };
-
-/// A signed federation request from `from` to `to`.
-async fn ask(
-    from: &TestServer,
-    to: &TestServer,
-    method: http::Method,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value, plait::Error> {
-    let destination = ruma::OwnedServerName::try_from(to.server_name()).unwrap();
-    from.services
-        .federation_request(&destination, method, path, body.as_ref())
-        .await
-}
 
 async fn invite(client: &Client, room: &str, user: &str) {
     client

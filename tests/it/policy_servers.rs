@@ -4,12 +4,10 @@
 //! with no joined member being ignored, local signing when the policy server is this server,
 //! and the bad inputs of `/_matrix/policy/v1/sign` and `/.well-known/matrix/policy_server`.
 
-use std::net::IpAddr;
-
 use serde_json::{json, Value};
 
 use crate::{
-    common::{assert_error, enc, tls::TestCa, Client, TestServer},
+    common::{assert_error, enc, ip, tls::TestCa, Client, TestServer},
     federation::{forge_shaped, is_message, join_via, wait_for_event},
 };
 use plait::service::{policy, rooms::timeline::PduBuilder};
@@ -18,10 +16,6 @@ use plait::service::{policy, rooms::timeline::PduBuilder};
 const FORBIDDEN: &str = "buy cheap pills";
 /// B's message for a refused text, which A must hand to its client verbatim.
 const REFUSAL: &str = "the event contains text this room does not accept";
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().unwrap()
-}
 
 /// Server A (no policy-server role) and server B (a policy server refusing [`FORBIDDEN`]).
 async fn servers() -> (TestCa, TestServer, TestServer) {

@@ -124,6 +124,16 @@ async fn pushers_are_set_listed_replaced_and_deleted() {
     assert_eq!(pushers(&bob).await, Vec::<Value>::new());
 }
 
+/// A loopback listener for a push gateway, and the pusher URL that reaches it.
+async fn gateway_listener() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/_matrix/push/v1/notify",
+        listener.local_addr().unwrap()
+    );
+    (listener, url)
+}
+
 /// A push gateway on loopback: every notify body goes to the channel; it answers with
 /// `rejected` listing the pushkeys in `reject`.
 async fn gateway(
@@ -182,11 +192,7 @@ async fn server_allowing_http() -> TestServer {
 async fn an_http_pusher_delivers_to_its_gateway_and_a_rejected_pushkey_removes_it() {
     let server = server_allowing_http().await;
     let (alice, bob, room) = shared_room(&server).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/_matrix/push/v1/notify",
-        listener.local_addr().unwrap()
-    );
+    let (listener, url) = gateway_listener().await;
     let mut pushes = gateway(listener, vec!["gone".to_owned()]).await;
     bob.post_ok("/_matrix/client/v3/pushers/set", pusher(&url, "full"))
         .await;
@@ -360,22 +366,14 @@ async fn a_gateway_that_hangs_holds_up_only_its_own_pushers() {
     let (alice, bob, room) = shared_room(&server).await;
     // A gateway that accepts connections and never answers; its pushkey sorts first in the
     // queue. The connections stay open until the test ends.
-    let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hanging_url = format!(
-        "http://{}/_matrix/push/v1/notify",
-        hanging.local_addr().unwrap()
-    );
+    let (hanging, hanging_url) = gateway_listener().await;
     let (opened, mut connections) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((socket, _)) = hanging.accept().await {
             let _ = opened.send(socket);
         }
     });
-    let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let live_url = format!(
-        "http://{}/_matrix/push/v1/notify",
-        live.local_addr().unwrap()
-    );
+    let (live, live_url) = gateway_listener().await;
     let mut pushes = gateway(live, Vec::new()).await;
     bob.post_ok(
         "/_matrix/client/v3/pushers/set",
@@ -410,11 +408,7 @@ async fn a_gateway_that_hangs_holds_up_only_its_own_pushers() {
 async fn an_oversized_gateway_answer_is_not_read() {
     let server = server_allowing_http().await;
     let (alice, bob, room) = shared_room(&server).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/_matrix/push/v1/notify",
-        listener.local_addr().unwrap()
-    );
+    let (listener, url) = gateway_listener().await;
     // The answer lists the pushkey as rejected, but is 100 KiB long: the server reads no
     // further than 64 KiB, so the pusher stays and gets the next push too.
     let mut pushes = gateway_padded(listener, vec!["big".to_owned()], 100 * 1024).await;

@@ -1,18 +1,12 @@
 //! Interop with Synapse (`matrix-synapse` from PyPI) on loopback: Plait as the room's creator
 //! and as the joiner, messages, typing and read receipts both ways.
 
-use std::net::IpAddr;
-
 use serde_json::{json, Value};
 
 use crate::{
-    common::{enc, synapse::Synapse, tls::TestCa, Client, TestServer},
+    common::{enc, ip, synapse::Synapse, tls::TestCa, Client, TestServer},
     federation::{is_message, wait_for_event, wait_for_invite},
 };
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn synapse_user_joins_a_plait_room() {

@@ -3,19 +3,15 @@
 //! keys and one-time key claims, to-device messages, and a leave and rejoin whose missed history
 //! the rejoining server backfills from the other.
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::{
-    common::{enc, synapse::Synapse, tls::TestCa, Client, TestServer},
+    common::{enc, ip, synapse::Synapse, tls::TestCa, Client, TestServer},
     e2ee::{device_keys, whoami},
     federation::{is_membership, is_message, wait_for_event},
 };
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().unwrap()
-}
 
 /// Sends an event of any type and returns its ID, showing Synapse's log on failure.
 async fn send(

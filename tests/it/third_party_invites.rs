@@ -6,7 +6,6 @@
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
     sync::{Arc, Mutex},
 };
 
@@ -18,7 +17,7 @@ use ruma::{
 use serde_json::{json, Value};
 
 use crate::{
-    common::{assert_error, enc, tls::TestCa, Client, TestServer},
+    common::{assert_error, enc, ip, tls::TestCa, Client, TestServer},
     federation::{is_membership, wait_for_event, wait_for_invite},
 };
 
@@ -193,10 +192,6 @@ fn answer(
         (_, path) if path.starts_with("/_matrix/identity/v2/") && !authorised => unauthorised,
         _ => (404, json!({ "errcode": "M_UNRECOGNIZED" })),
     }
-}
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().unwrap()
 }
 
 async fn server_allowing_http() -> TestServer {
