@@ -626,6 +626,14 @@ async fn a_join_or_knock_that_the_policy_server_refuses_is_answered_403() {
     let (status, body) = blocked.post(&join, json!({})).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["errcode"], "M_FORBIDDEN");
+    // The policy server's own reason comes back through both servers.
+    let reason = format!("{} is not accepted in this room", blocked.user_id().await);
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|error| error.ends_with(&reason)),
+        "{body}"
+    );
     let members = alice
         .get_ok(&format!(
             "/_matrix/client/v3/rooms/{}/joined_members",
@@ -644,12 +652,8 @@ async fn a_join_or_knock_that_the_policy_server_refuses_is_answered_403() {
         !hs_b.services.rooms.exists(&room_id).unwrap(),
         "B stored the room: A answered send_join as if the join were in"
     );
-    // A user the policy allows joins the same way.
-    let bob = hs_b.register("bob").await;
-    let (status, body) = bob.post(&join, json!({})).await;
-    assert_eq!(status, 200, "{body}");
-
-    // The same for a knock: refused with 403 M_FORBIDDEN and the policy server's reason.
+    // The same for a knock, asked while B still has no joined member, so that B's users knock
+    // through A's `make_knock`/`send_knock` too: refused with 403 and the policy server's reason.
     alice
         .put_ok(
             &format!(
@@ -668,7 +672,32 @@ async fn a_join_or_knock_that_the_policy_server_refuses_is_answered_403() {
     let (status, body) = blocked_knocker.post(&knock, json!({})).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["errcode"], "M_FORBIDDEN");
+    // The policy server's own reason comes back through both servers.
+    let reason = format!(
+        "{} is not accepted in this room",
+        blocked_knocker.user_id().await
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|error| error.ends_with(&reason)),
+        "{body}"
+    );
     let carol = hs_b.register("carol").await;
     let (status, body) = carol.post(&knock, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A user the policy allows joins once the room is public again.
+    alice
+        .put_ok(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.join_rules/",
+                enc(&room)
+            ),
+            json!({ "join_rule": "public" }),
+        )
+        .await;
+    let bob = hs_b.register("bob").await;
+    let (status, body) = bob.post(&join, json!({})).await;
     assert_eq!(status, 200, "{body}");
 }

@@ -220,9 +220,9 @@ async fn send_membership(
     // A soft-failed membership (not allowed by the current state, or not recommended by the
     // room's policy server) is kept aside, not in the room: the sending server must not take
     // it as done.
-    if outcome == incoming::Outcome::SoftFailed {
+    if let incoming::Outcome::SoftFailed(why) = outcome {
         return Err(Error::forbidden(format!(
-            "the {membership} of {} is not accepted into {room_id} now",
+            "the {membership} of {} is not accepted into {room_id} now: {why}",
             pdu.sender
         )));
     }

@@ -102,35 +102,36 @@ pub async fn sign_local_event(
 /// Check 7 on a received event: whether it is recommended for inclusion. True when the room uses
 /// no policy server, the event is exempt, or it carries a valid policy-server signature; otherwise
 /// the policy server is asked once more (its key may have rotated since it signed) and a valid
-/// answer is added to `object`. False means the event is to be soft-failed.
+/// answer is added to `object`. An error means the event is to be soft-failed; it carries the
+/// policy server's refusal, or why it could not be asked.
 pub async fn check_received(
     services: &Services,
     room_id: &RoomId,
     rules: &RoomVersionRules,
     object: &mut CanonicalJsonObject,
-) -> bool {
+) -> Result<()> {
     if is_exempt(object) {
-        return true;
+        return Ok(());
     }
     let policy = match room_policy(services, room_id) {
         Ok(Some(policy)) => policy,
-        Ok(None) => return true,
+        Ok(None) => return Ok(()),
         Err(error) => {
             tracing::warn!(%error, "reading the room's policy server failed");
-            return false;
+            return Err(error);
         }
     };
     if has_valid_signature(&policy, object, rules) {
-        return true;
+        return Ok(());
     }
     match ask(services, &policy, object, rules).await {
         Ok(signature) => {
             add_signature(object, &policy.via, signature);
-            true
+            Ok(())
         }
         Err(error) => {
             tracing::info!(%error, via = %policy.via, "the policy server does not recommend a received event");
-            false
+            Err(error)
         }
     }
 }

@@ -47,8 +47,9 @@ pub enum Outcome {
     /// In the timeline (now or before).
     Accepted,
     /// Kept, but not in the timeline: it passed the checks against its own state but not against
-    /// the room's current state.
-    SoftFailed,
+    /// the room's current state, or the room's policy server does not recommend it. The text says
+    /// why.
+    SoftFailed(String),
 }
 
 /// A received PDU after the format checks: its ID and its canonical object (without `event_id`).
@@ -520,11 +521,16 @@ async fn handle_with_depth(
         None => Default::default(),
     };
     let soft_failure = match check_against_state(services, &rules, &pdu, &current) {
-        Err(error) => Some(error),
-        Ok(()) if !recommended => Some(Error::forbidden(
-            "the room's policy server does not recommend the event",
-        )),
-        Ok(()) => None,
+        Err(error) => Some(error.to_string()),
+        Ok(()) => recommended.err().map(|error| {
+            let why = match error {
+                Error::Matrix { message, .. } | Error::Refused(message) => message,
+                Error::Remote { .. } => error.to_string(),
+                // Storage and internal details stay in the log.
+                _ => "it could not be checked".to_owned(),
+            };
+            format!("the room's policy server does not recommend the event: {why}")
+        }),
     };
     if let Some(error) = soft_failure {
         tracing::info!(event_id = %pdu.event_id, %error, "soft-failing an event");
@@ -536,7 +542,7 @@ async fn handle_with_depth(
         rooms
             .timeline
             .add_outliers(std::slice::from_ref(&stored), &services.db)?;
-        return Ok((parsed.event_id, Outcome::SoftFailed));
+        return Ok((parsed.event_id, Outcome::SoftFailed(error)));
     }
 
     let before_hash = store_state(services, &state_before, first_prev_state(services, &pdu)?)?;
