@@ -508,3 +508,104 @@ async fn a_left_room_in_an_incremental_sync_sends_only_the_state_that_changed() 
         "{sync}"
     );
 }
+
+#[tokio::test]
+async fn served_events_carry_the_viewers_membership_at_the_time() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    let join = format!("/_matrix/client/v3/rooms/{}/join", enc(&room));
+    let leave = format!("/_matrix/client/v3/rooms/{}/leave", enc(&room));
+    let before = alice.send_text(&room, "t1", "before").await;
+    bob.post_ok(&join, json!({})).await;
+    let during = alice.send_text(&room, "t2", "during").await;
+    bob.post_ok(&leave, json!({})).await;
+    let away = alice.send_text(&room, "t3", "while away").await;
+    bob.post_ok(&join, json!({})).await;
+    let again = alice.send_text(&room, "t4", "again").await;
+
+    // Newest first: each event with bob's membership after it (his own member events included).
+    let page = bob
+        .get_ok(&format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=8",
+            enc(&room)
+        ))
+        .await;
+    let seen: Vec<(String, String)> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| {
+            let what = match event["content"]["body"].as_str() {
+                Some(body) => body.to_owned(),
+                None => format!("{} {}", event["type"], event["state_key"]),
+            };
+            let membership = event["unsigned"]["membership"]
+                .as_str()
+                .unwrap_or("(none)")
+                .to_owned();
+            (what, membership)
+        })
+        .collect();
+    let bob_id = bob.user_id().await;
+    let member = format!("\"m.room.member\" \"{bob_id}\"");
+    let expected: Vec<(String, String)> = [
+        ("again", "join"),
+        (member.as_str(), "join"),
+        ("while away", "leave"),
+        (member.as_str(), "leave"),
+        ("during", "join"),
+        (member.as_str(), "join"),
+        ("before", "leave"),
+    ]
+    .into_iter()
+    .map(|(what, membership)| (what.to_owned(), membership.to_owned()))
+    .collect();
+    assert_eq!(seen[..7], expected[..], "{page}");
+
+    // The same on the other ways events are served: /event, /context and /sync.
+    for (event_id, membership) in [
+        (&before, "leave"),
+        (&during, "join"),
+        (&away, "leave"),
+        (&again, "join"),
+    ] {
+        let event = bob
+            .get_ok(&format!(
+                "/_matrix/client/v3/rooms/{}/event/{}",
+                enc(&room),
+                enc(event_id)
+            ))
+            .await;
+        assert_eq!(event["unsigned"]["membership"], membership, "{event}");
+        let context = bob
+            .get_ok(&format!(
+                "/_matrix/client/v3/rooms/{}/context/{}?limit=0",
+                enc(&room),
+                enc(event_id)
+            ))
+            .await;
+        assert_eq!(
+            context["event"]["unsigned"]["membership"], membership,
+            "{context}"
+        );
+    }
+    let sync = bob.get_ok("/_matrix/client/v3/sync").await;
+    let timeline = sync["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let last = timeline.last().unwrap();
+    assert_eq!(last["event_id"], again.as_str(), "{last}");
+    assert_eq!(last["unsigned"]["membership"], "join", "{last}");
+    // Alice, in the room throughout, sees "join" on everything after her own join.
+    let event = alice
+        .get_ok(&format!(
+            "/_matrix/client/v3/rooms/{}/event/{}",
+            enc(&room),
+            enc(&away)
+        ))
+        .await;
+    assert_eq!(event["unsigned"]["membership"], "join", "{event}");
+}

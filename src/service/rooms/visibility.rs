@@ -130,6 +130,53 @@ fn state_field(
         }))
 }
 
+/// The viewer's membership at an event, with any change the event itself makes
+/// (`unsigned.membership`, spec v1.11): `leave` when they had no member event then, `None` for
+/// an event stored without state (an outlier), where there is nothing to answer from.
+///
+/// An event after the user's latest membership change (by stream position) has that membership,
+/// so only older events and backfilled ones pay for a state lookup.
+pub fn membership_at(
+    services: &Services,
+    user: &UserId,
+    room_id: &ruma::RoomId,
+    pdu: &Pdu,
+) -> Result<Option<String>> {
+    let membership_of = |member: &Pdu| {
+        member.content_value()["membership"]
+            .as_str()
+            .unwrap_or("leave")
+            .to_owned()
+    };
+    if pdu.kind == ruma::events::TimelineEventType::RoomMember
+        && pdu.state_key.as_deref() == Some(user.as_str())
+    {
+        return Ok(Some(membership_of(pdu)));
+    }
+    let rooms = &services.rooms;
+    let Some(position) = rooms.timeline.get_pdu_id(&pdu.event_id)? else {
+        return Ok(None);
+    };
+    if !is_backfilled(position.count) {
+        if let Some(latest) = rooms.members.get_user_room(user, room_id)? {
+            if position.count >= latest.count {
+                return Ok(Some(latest.membership.to_string()));
+            }
+        }
+    }
+    let Some(shorteventid) = rooms.short.get_shorteventid(&pdu.event_id)? else {
+        return Ok(None);
+    };
+    let Some((_, after)) = rooms.state.get_event_state(shorteventid)? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        rooms
+            .state_pdu(after, &StateEventType::RoomMember, user.as_str())?
+            .map_or_else(|| "leave".to_owned(), |member| membership_of(&member)),
+    ))
+}
+
 /// Whether another server may see an event (for `/event`, `/backfill`, `/get_missing_events`):
 /// when the history is world readable, or when one of its users was a member at the event as the
 /// history visibility requires ("shared" also lets in a server that is in the room now).

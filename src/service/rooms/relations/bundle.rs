@@ -11,13 +11,14 @@ use super::{Child, Relation};
 use crate::{
     error::Result,
     service::{
-        rooms::{pdu::Pdu, timeline::read::client_event},
+        rooms::{pdu::Pdu, timeline::read::client_event, visibility},
         Services,
     },
 };
 
 /// The client form of an event as `viewer` should see it (see `timeline::read::client_event`)
-/// with its bundled aggregations. Every path that serves room events to clients calls this.
+/// with the viewer's membership at the event (`unsigned.membership`) and its bundled
+/// aggregations. Every path that serves room events to clients calls this.
 pub fn serve_event(
     services: &Services,
     pdu: &Pdu,
@@ -35,6 +36,14 @@ fn serve(
     with_thread: bool,
 ) -> Result<Value> {
     let mut event = client_event(pdu, room_id, viewer);
+    if let Some((user, _)) = viewer {
+        if let Some(membership) = visibility::membership_at(services, user, room_id, pdu)? {
+            if !event.get("unsigned").is_some_and(Value::is_object) {
+                event["unsigned"] = json!({});
+            }
+            event["unsigned"]["membership"] = Value::String(membership);
+        }
+    }
     // "State events do not currently receive bundled aggregations."
     if pdu.state_key.is_some() {
         return Ok(event);
