@@ -96,4 +96,15 @@ impl Error {
     pub fn internal(detail: impl ToString) -> Self {
         Self::Internal(detail.to_string())
     }
+
+    /// The text that may be given to another server: the message, or "internal server error"
+    /// for storage, configuration and internal failures, whose details stay in the log.
+    pub fn shareable(&self) -> String {
+        match self {
+            Self::Storage(_) | Self::Corrupt { .. } | Self::Config(_) | Self::Internal(_) => {
+                "internal server error".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
 }

@@ -508,3 +508,111 @@ async fn an_initial_sync_shows_a_ban_without_include_leave() {
     }
     panic!("the ban never showed in an initial sync");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn resolution_may_pick_an_event_between_the_conflicted_ones() {
+    // State resolution v2.1 (room version 12) also weighs the conflicted subgraph: the events
+    // between conflicted ones in the auth graph. Bob's member events b1 → b2 → b3 (each citing
+    // the one before among its auth events, all with one timestamp) are merged by M, whose prev
+    // events are b1 and b3: the states before M disagree on b1 and b3, and resolution orders b1,
+    // b2 and b3 by timestamp and then event ID, so the one with the greatest ID wins. b2 is
+    // made to have it: it is in neither state, and the merged state must still take it.
+    use plait::service::rooms::timeline::PduBuilder;
+    use ruma::{events::StateEventType, CanonicalJsonValue};
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let bob_id = bob.user_id().await;
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    join_via(&bob, &room, &hs1).await;
+    let room_id = ruma::OwnedRoomId::try_from(room.as_str()).unwrap();
+    let join = hs2
+        .services
+        .rooms
+        .current_state_pdu(&room_id, &StateEventType::RoomMember, &bob_id)
+        .unwrap()
+        .unwrap();
+    let join_id = join.event_id.to_string();
+    // One timestamp for b1, b2 and b3, after the join's, so that their event IDs order them.
+    let ts = join.origin_server_ts.0 + ruma::UInt::from(1u32);
+    let depth = join.depth;
+    let string = |id: &str| CanonicalJsonValue::String(id.to_owned());
+    // An event after `prev` (at `depth`) that cites `previous_member` as bob's member event.
+    let forge = |builder: PduBuilder, prev: Vec<String>, previous_member: Option<&str>, depth| {
+        forge_signed(&hs2, &room, &bob_id, builder, |object| {
+            object.insert(
+                "prev_events".into(),
+                CanonicalJsonValue::Array(prev.iter().map(|id| string(id)).collect()),
+            );
+            object.insert("depth".into(), CanonicalJsonValue::Integer(depth));
+            object.insert(
+                "origin_server_ts".into(),
+                CanonicalJsonValue::Integer(ts.into()),
+            );
+            if let Some(previous) = previous_member {
+                let Some(CanonicalJsonValue::Array(auth)) = object.get_mut("auth_events") else {
+                    panic!("no auth_events");
+                };
+                for id in auth.iter_mut() {
+                    if *id == string(&join_id) {
+                        *id = string(previous);
+                    }
+                }
+            }
+        })
+    };
+    let member = |name: &str| {
+        PduBuilder::state(
+            "m.room.member",
+            bob_id.clone(),
+            json!({ "membership": "join", "displayname": name }),
+        )
+    };
+    let d = |step: u64| ruma::Int::try_from(u64::from(depth) + step).unwrap();
+    let (b1, v1) = forge(member("one"), vec![join_id.clone()], None, d(1));
+    let (b2, v2, b3, v3, name) = (0..)
+        .find_map(|attempt| {
+            let name = format!("two ({attempt})");
+            let (b2, v2) = forge(member(&name), vec![b1.clone()], Some(&b1), d(2));
+            let (b3, v3) = forge(member("three"), vec![b2.clone()], Some(&b2), d(3));
+            (b2 > b1 && b2 > b3).then_some((b2, v2, b3, v3, name))
+        })
+        .unwrap();
+    let (merge, vm) = forge(
+        PduBuilder::timeline(
+            "m.room.message",
+            json!({ "msgtype": "m.text", "body": "merge" }),
+        ),
+        vec![b1.clone(), b3.clone()],
+        None,
+        d(4),
+    );
+    let body = json!({
+        "origin": hs2.server_name(), "origin_server_ts": ts,
+        "pdus": [v1, v2, v3, vm], "edus": [],
+    });
+    let answer = ask(
+        &hs2,
+        &hs1,
+        http::Method::PUT,
+        "/_matrix/federation/v1/send/subgraph",
+        Some(body),
+    )
+    .await
+    .unwrap();
+    for event_id in [&b1, &b2, &b3, &merge] {
+        assert_eq!(answer["pdus"][event_id], json!({}), "{answer}");
+    }
+    wait_for_event(&alice, &room, "the merging message", |event| {
+        event["event_id"] == merge.as_str()
+    })
+    .await;
+    let content = alice
+        .get_ok(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            enc(&room),
+            enc(&bob_id)
+        ))
+        .await;
+    assert_eq!(content["displayname"], name.as_str(), "{content}");
+}

@@ -118,7 +118,7 @@ pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> Hand
                 tracing::info!(%event_id, %error, rejected, "refused a pdu");
                 let result = match rejected {
                     true => json!({}),
-                    false => json!({ "error": error.to_string() }),
+                    false => json!({ "error": error.shareable() }),
                 };
                 results.insert(event_id, result);
             }

@@ -100,6 +100,19 @@ impl ShortIds {
         Ok(short)
     }
 
+    /// The short ID of an event, created (and written at once) when missing: for an event that
+    /// enters a state snapshot outside the commit of the event itself.
+    pub fn get_or_create_shorteventid(&self, event_id: &EventId) -> Result<u64> {
+        if let Some(short) = self.get_shorteventid(event_id)? {
+            return Ok(short);
+        }
+        let _guard = self.create_lock.lock();
+        let mut batch = Batch::default();
+        let short = self.shorteventid_in_batch(event_id, &mut batch)?;
+        self.eventid_shorteventid.db().write(batch)?;
+        Ok(short)
+    }
+
     /// The event ID behind a short ID.
     pub fn get_eventid(&self, short: u64) -> Result<OwnedEventId> {
         let bytes = self

@@ -521,15 +521,12 @@ async fn handle_with_depth(
         None => Default::default(),
     };
     let soft_failure = match check_against_state(services, &rules, &pdu, &current) {
-        Err(error) => Some(error.to_string()),
+        Err(error) => Some(error.shareable()),
         Ok(()) => recommended.err().map(|error| {
-            let why = match error {
-                Error::Matrix { message, .. } | Error::Refused(message) => message,
-                Error::Remote { .. } => error.to_string(),
-                // Storage and internal details stay in the log.
-                _ => "it could not be checked".to_owned(),
-            };
-            format!("the room's policy server does not recommend the event: {why}")
+            format!(
+                "the room's policy server does not recommend the event: {}",
+                error.shareable()
+            )
         }),
     };
     if let Some(error) = soft_failure {

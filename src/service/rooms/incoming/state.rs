@@ -244,13 +244,20 @@ pub fn resolve_sets(
     }
     let resolved = auth::resolve(services, rules, &maps, pending)?;
     resolved
-        .into_values()
-        .map(|event_id| {
-            shorts
-                .get(&event_id)
-                .copied()
-                .ok_or_else(|| Error::internal("state resolution chose an event of no state set"))
-        })
+        .into_iter()
+        .map(
+            |((event_type, state_key), event_id)| match shorts.get(&event_id) {
+                Some(pair) => Ok(*pair),
+                // Resolution v2.1 (room version 12) also considers the conflicted subgraph, the
+                // events between conflicted ones, and may pick one that no set holds.
+                None => Ok((
+                    rooms
+                        .short
+                        .get_or_create_shortstatekey(&event_type, &state_key)?,
+                    rooms.short.get_or_create_shorteventid(&event_id)?,
+                )),
+            },
+        )
         .collect()
 }
 
