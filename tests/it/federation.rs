@@ -1144,6 +1144,73 @@ async fn version_one_send_join_and_send_leave_check_and_wrap_their_answers() {
     .await
     .unwrap();
     assert_eq!(answer, json!([200, {}]));
+
+    // A leave that the current state no longer allows is soft-failed, and send_leave says so:
+    // bob joins again, takes a make_leave template, and is banned before he sends the leave.
+    let template = request(
+        http::Method::GET,
+        format!(
+            "/_matrix/federation/v1/make_join/{}/{}?ver=12",
+            enc(&room),
+            enc(&bob_id)
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    let (join_id, join) = signed(&template, "join");
+    request(
+        http::Method::PUT,
+        format!(
+            "/_matrix/federation/v2/send_join/{}/{}",
+            enc(&room),
+            enc(join_id.as_str())
+        ),
+        Some(join),
+    )
+    .await
+    .unwrap();
+    let template = request(
+        http::Method::GET,
+        format!(
+            "/_matrix/federation/v1/make_leave/{}/{}",
+            enc(&room),
+            enc(&bob_id)
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    alice
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/ban", enc(&room)),
+            json!({ "user_id": bob_id }),
+        )
+        .await;
+    let (leave_id, leave) = signed(&template, "leave");
+    let refused = request(
+        http::Method::PUT,
+        format!(
+            "/_matrix/federation/v2/send_leave/{}/{}",
+            enc(&room),
+            enc(leave_id.as_str())
+        ),
+        Some(leave),
+    )
+    .await;
+    let refused = format!("{refused:?}");
+    assert!(
+        refused.contains("Forbidden") && refused.contains("is not accepted into"),
+        "{refused}"
+    );
+    let member = alice
+        .get_ok(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            enc(&room),
+            enc(&bob_id)
+        ))
+        .await;
+    assert_eq!(member["membership"], "ban", "{member}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
