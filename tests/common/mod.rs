@@ -392,6 +392,41 @@ pub async fn federation_ask(
         .await
 }
 
+/// A `/send` transaction of `pdus` and `edus` from `from` to `to`, signed by `from`; the answer.
+pub async fn send_transaction(
+    from: &TestServer,
+    to: &TestServer,
+    txn: &str,
+    pdus: Vec<Value>,
+    edus: Vec<Value>,
+) -> Value {
+    let body = serde_json::json!({
+        "origin": from.server_name(), "origin_server_ts": 1, "pdus": pdus, "edus": edus,
+    });
+    federation_ask(
+        from,
+        to,
+        http::Method::PUT,
+        &format!("/_matrix/federation/v1/send/{txn}"),
+        Some(body),
+    )
+    .await
+    .unwrap()
+}
+
+/// [`send_transaction`] of PDUs only.
+pub async fn send_pdus(from: &TestServer, to: &TestServer, txn: &str, pdus: Vec<Value>) -> Value {
+    send_transaction(from, to, txn, pdus, Vec::new()).await
+}
+
+/// [`send_transaction`] of EDUs only (`edus` is a JSON array).
+pub async fn send_edus(from: &TestServer, to: &TestServer, txn: &str, edus: Value) -> Value {
+    let Value::Array(edus) = edus else {
+        panic!("edus must be an array: {edus}");
+    };
+    send_transaction(from, to, txn, Vec::new(), edus).await
+}
+
 /// Percent-encodes a path segment.
 pub fn enc(segment: &str) -> String {
     segment

@@ -7,7 +7,7 @@ use std::time::Duration;
 use plait::service::remote_keys::RemoteUser;
 use serde_json::{json, Value};
 
-use crate::common::{enc, Client, TestServer};
+use crate::common::{enc, send_edus, Client, TestServer};
 use crate::e2ee::{device_keys, signing_key, whoami};
 use crate::federation::{join_via, two_servers};
 
@@ -97,24 +97,6 @@ async fn login(server: &TestServer, name: &str, device: &str) -> Client {
         token: Some(body["access_token"].as_str().unwrap().to_owned()),
         ..server.client()
     }
-}
-
-/// Sends EDUs from `from` to `to` in one signed transaction.
-async fn send_edus(from: &TestServer, to: &TestServer, txn: &str, edus: Value) -> Value {
-    from.services
-        .federation_request(
-            to.services.globals.server_name(),
-            http::Method::PUT,
-            &format!("/_matrix/federation/v1/send/{txn}"),
-            Some(&json!({
-                "origin": from.server_name(),
-                "origin_server_ts": 0,
-                "pdus": [],
-                "edus": edus,
-            })),
-        )
-        .await
-        .unwrap()
 }
 
 /// Alice on hs1 with keys, bob on hs2, both in alice's room; hs2 has cached alice's list.

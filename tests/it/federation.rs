@@ -1057,6 +1057,31 @@ async fn version_one_send_join_and_send_leave_check_and_wrap_their_answers() {
                 .await
         }
     };
+    // A make_join (for room version 12) or make_leave template for bob.
+    let make = |kind: &str| {
+        let version = if kind == "make_join" { "?ver=12" } else { "" };
+        request(
+            http::Method::GET,
+            format!(
+                "/_matrix/federation/v1/{kind}/{}/{}{version}",
+                enc(&room),
+                enc(&bob_id)
+            ),
+            None,
+        )
+    };
+    // A signed membership event sent to `endpoint` (`v1/send_join`, `v2/send_leave`, ...).
+    let put = |endpoint: &str, event_id: &ruma::OwnedEventId, event: Value| {
+        request(
+            http::Method::PUT,
+            format!(
+                "/_matrix/federation/{endpoint}/{}/{}",
+                enc(&room),
+                enc(event_id.as_str())
+            ),
+            Some(event),
+        )
+    };
     // A signed event of hs2's for the room, from hs1's make_join template with `membership`.
     let signed = |template: &Value, membership: &str| {
         let mut event = template["event"].clone();
@@ -1074,45 +1099,16 @@ async fn version_one_send_join_and_send_leave_check_and_wrap_their_answers() {
         let event_id = plait::crypto::reference_event_id(&object, &rules).unwrap();
         (event_id, serde_json::to_value(object).unwrap())
     };
-    let template = request(
-        http::Method::GET,
-        format!(
-            "/_matrix/federation/v1/make_join/{}/{}?ver=12",
-            enc(&room),
-            enc(&bob_id)
-        ),
-        None,
-    )
-    .await
-    .unwrap();
+    let template = make("make_join").await.unwrap();
 
     // Not a join: refused by v1 exactly as by v2.
     let (leave_id, leave) = signed(&template, "leave");
-    let refused = request(
-        http::Method::PUT,
-        format!(
-            "/_matrix/federation/v1/send_join/{}/{}",
-            enc(&room),
-            enc(leave_id.as_str())
-        ),
-        Some(leave),
-    )
-    .await;
+    let refused = put("v1/send_join", &leave_id, leave).await;
     assert!(format!("{refused:?}").contains("M_BAD_JSON"), "{refused:?}");
 
     // A join: accepted, answered as [200, {state, auth_chain, ...}].
     let (join_id, join) = signed(&template, "join");
-    let answer = request(
-        http::Method::PUT,
-        format!(
-            "/_matrix/federation/v1/send_join/{}/{}",
-            enc(&room),
-            enc(join_id.as_str())
-        ),
-        Some(join),
-    )
-    .await
-    .unwrap();
+    let answer = put("v1/send_join", &join_id, join).await.unwrap();
     assert_eq!(answer[0], 200, "{answer}");
     assert!(
         !answer[1]["state"].as_array().unwrap().is_empty(),
@@ -1120,67 +1116,17 @@ async fn version_one_send_join_and_send_leave_check_and_wrap_their_answers() {
     );
 
     // And the leave through v1 send_leave, after a make_leave.
-    let template = request(
-        http::Method::GET,
-        format!(
-            "/_matrix/federation/v1/make_leave/{}/{}",
-            enc(&room),
-            enc(&bob_id)
-        ),
-        None,
-    )
-    .await
-    .unwrap();
+    let template = make("make_leave").await.unwrap();
     let (leave_id, leave) = signed(&template, "leave");
-    let answer = request(
-        http::Method::PUT,
-        format!(
-            "/_matrix/federation/v1/send_leave/{}/{}",
-            enc(&room),
-            enc(leave_id.as_str())
-        ),
-        Some(leave),
-    )
-    .await
-    .unwrap();
+    let answer = put("v1/send_leave", &leave_id, leave).await.unwrap();
     assert_eq!(answer, json!([200, {}]));
 
     // A leave that the current state no longer allows is soft-failed, and send_leave says so:
     // bob joins again, takes a make_leave template, and is banned before he sends the leave.
-    let template = request(
-        http::Method::GET,
-        format!(
-            "/_matrix/federation/v1/make_join/{}/{}?ver=12",
-            enc(&room),
-            enc(&bob_id)
-        ),
-        None,
-    )
-    .await
-    .unwrap();
+    let template = make("make_join").await.unwrap();
     let (join_id, join) = signed(&template, "join");
-    request(
-        http::Method::PUT,
-        format!(
-            "/_matrix/federation/v2/send_join/{}/{}",
-            enc(&room),
-            enc(join_id.as_str())
-        ),
-        Some(join),
-    )
-    .await
-    .unwrap();
-    let template = request(
-        http::Method::GET,
-        format!(
-            "/_matrix/federation/v1/make_leave/{}/{}",
-            enc(&room),
-            enc(&bob_id)
-        ),
-        None,
-    )
-    .await
-    .unwrap();
+    put("v2/send_join", &join_id, join).await.unwrap();
+    let template = make("make_leave").await.unwrap();
     alice
         .post_ok(
             &format!("/_matrix/client/v3/rooms/{}/ban", enc(&room)),
@@ -1188,16 +1134,7 @@ async fn version_one_send_join_and_send_leave_check_and_wrap_their_answers() {
         )
         .await;
     let (leave_id, leave) = signed(&template, "leave");
-    let refused = request(
-        http::Method::PUT,
-        format!(
-            "/_matrix/federation/v2/send_leave/{}/{}",
-            enc(&room),
-            enc(leave_id.as_str())
-        ),
-        Some(leave),
-    )
-    .await;
+    let refused = put("v2/send_leave", &leave_id, leave).await;
     let refused = format!("{refused:?}");
     assert!(
         refused.contains("Forbidden") && refused.contains("is not accepted into"),

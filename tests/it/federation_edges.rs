@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::{
-    common::{enc, federation_ask as ask, Client, TestServer},
+    common::{enc, federation_ask as ask, send_pdus, Client, TestServer},
     federation::{is_membership, join_via, two_servers, wait_for_event, wait_for_invite},
 };
 
@@ -320,23 +320,6 @@ async fn events_citing_a_rejected_event_are_rejected_and_later_events_build_on_t
     let bob_id = bob.user_id().await;
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;
     join_via(&bob, &room, &hs1).await;
-    let send = |txn: &'static str, pdus: Vec<Value>| {
-        let (hs1, hs2) = (&hs1, &hs2);
-        async move {
-            let body = json!({
-                "origin": hs2.server_name(), "origin_server_ts": 1, "pdus": pdus, "edus": [],
-            });
-            ask(
-                hs2,
-                hs1,
-                http::Method::PUT,
-                &format!("/_matrix/federation/v1/send/{txn}"),
-                Some(body),
-            )
-            .await
-            .unwrap()
-        }
-    };
     let message = |text: &str| {
         PduBuilder::timeline(
             "m.room.message",
@@ -352,7 +335,7 @@ async fn events_citing_a_rejected_event_are_rejected_and_later_events_build_on_t
         |_| {},
     );
     // A rejected event is answered `{}` (server-server API, "Rejection").
-    let answer = send("r1", vec![value]).await;
+    let answer = send_pdus(&hs2, &hs1, "r1", vec![value]).await;
     assert_eq!(answer["pdus"][&rejected], json!({}), "{answer}");
     // X: a message that cites R among its auth events is rejected for it, without hs1 asking
     // hs2 (which does not have X) for its auth chain.
@@ -363,7 +346,7 @@ async fn events_citing_a_rejected_event_are_rejected_and_later_events_build_on_t
         auth.push(CanonicalJsonValue::String(rejected.clone()));
     });
     let depth = value["depth"].clone();
-    let answer = send("r2", vec![value]).await;
+    let answer = send_pdus(&hs2, &hs1, "r2", vec![value]).await;
     assert_eq!(answer["pdus"][&cites], json!({}), "{answer}");
     // S: an ordinary message after X in the graph is accepted, with the state X did not change.
     let (after, value) = forge_signed(&hs2, &room, &bob_id, message("after X"), |object| {
@@ -377,7 +360,7 @@ async fn events_citing_a_rejected_event_are_rejected_and_later_events_build_on_t
             CanonicalJsonValue::Integer(depth.try_into().unwrap()),
         );
     });
-    let answer = send("r3", vec![value]).await;
+    let answer = send_pdus(&hs2, &hs1, "r3", vec![value]).await;
     assert_eq!(answer["pdus"][&after], json!({}), "{answer}");
     wait_for_event(&alice, &room, "the message after X", |event| {
         event["event_id"] == after.as_str()
@@ -587,19 +570,7 @@ async fn resolution_may_pick_an_event_between_the_conflicted_ones() {
         None,
         d(4),
     );
-    let body = json!({
-        "origin": hs2.server_name(), "origin_server_ts": ts,
-        "pdus": [v1, v2, v3, vm], "edus": [],
-    });
-    let answer = ask(
-        &hs2,
-        &hs1,
-        http::Method::PUT,
-        "/_matrix/federation/v1/send/subgraph",
-        Some(body),
-    )
-    .await
-    .unwrap();
+    let answer = send_pdus(&hs2, &hs1, "subgraph", vec![v1, v2, v3, vm]).await;
     for event_id in [&b1, &b2, &b3, &merge] {
         assert_eq!(answer["pdus"][event_id], json!({}), "{answer}");
     }

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use crate::{
-    common::{enc, TestServer},
+    common::{enc, send_edus},
     ephemeral::{ephemeral, next_batch, sync_until, typing_users},
     federation::{is_membership, is_message, join_via, two_servers, wait_for_event},
 };
@@ -122,29 +122,6 @@ async fn typing_and_receipts_cross_two_plait_servers() {
         threaded["content"][&message]["m.read"][&alice_id]["thread_id"], "main",
         "{threaded}"
     );
-}
-
-/// Sends EDUs to `to` in a transaction signed by `from`, as `from`'s sender would.
-async fn send_edus(from: &TestServer, to: &TestServer, txn: &str, edus: Value) -> Value {
-    let services = &from.services;
-    let body = json!({
-        "origin": services.globals.server_name(),
-        "origin_server_ts": 1,
-        "pdus": [],
-        "edus": edus,
-    });
-    services
-        .federation
-        .request(
-            services.globals.server_name(),
-            services.globals.signing_key(),
-            &ruma::OwnedServerName::try_from(to.server_name()).unwrap(),
-            http::Method::PUT,
-            &format!("/_matrix/federation/v1/send/{txn}"),
-            Some(&body),
-        )
-        .await
-        .unwrap()
 }
 
 fn typing_edu(room: &str, user: &str, typing: bool) -> Value {

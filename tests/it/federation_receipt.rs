@@ -6,26 +6,9 @@ use ruma::{CanonicalJsonValue, OwnedEventId, OwnedRoomId};
 use serde_json::{json, Value};
 
 use crate::{
-    common::{assert_error, enc, TestServer},
+    common::{assert_error, enc, send_pdus},
     federation::{forge_shaped, join_via, two_servers, wait_for_event},
 };
-
-/// Sends PDUs from `from` to `to` in one `/send` transaction and returns the answer.
-async fn send(from: &TestServer, to: &TestServer, txn: &str, pdus: Vec<Value>) -> Value {
-    let destination = ruma::OwnedServerName::try_from(to.server_name()).unwrap();
-    let body = json!({
-        "origin": from.server_name(), "origin_server_ts": 1, "pdus": pdus, "edus": [],
-    });
-    from.services
-        .federation_request(
-            &destination,
-            http::Method::PUT,
-            &format!("/_matrix/federation/v1/send/{txn}"),
-            Some(&body),
-        )
-        .await
-        .unwrap()
-}
 
 /// An event ID of the room version 12 form that no server has.
 const UNSEEN: &str = "$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
@@ -144,7 +127,7 @@ async fn an_event_whose_origin_cannot_give_its_auth_events_is_rejected_and_built
         |_| {},
     );
     let depth = value["depth"].as_i64().unwrap();
-    let answer = send(&hs2, &hs1, "c1", vec![value]).await;
+    let answer = send_pdus(&hs2, &hs1, "c1", vec![value]).await;
     assert_eq!(answer["pdus"][&cites], json!({}), "{answer}");
     let cites_id = OwnedEventId::try_from(cites.as_str()).unwrap();
     assert!(hs1.services.rooms.rejected.is_rejected(&cites_id).unwrap());
@@ -179,7 +162,7 @@ async fn an_event_whose_origin_cannot_give_its_auth_events_is_rejected_and_built
         },
         |_| {},
     );
-    let answer = send(&hs2, &hs1, "c2", vec![value]).await;
+    let answer = send_pdus(&hs2, &hs1, "c2", vec![value]).await;
     assert_eq!(answer["pdus"][&after], json!({}), "{answer}");
     wait_for_event(&alice, &room, "the message after M", |event: &Value| {
         event["event_id"] == after.as_str()
@@ -247,7 +230,7 @@ async fn a_sync_batch_ends_at_a_gap_in_the_received_history() {
     incoming::handle(&hs2.services, &hs2_name, &room_id, &value, SendTo::Nobody)
         .await
         .unwrap();
-    let answer = send(&hs2, &hs1, "g1", vec![value]).await;
+    let answer = send_pdus(&hs2, &hs1, "g1", vec![value]).await;
     assert_eq!(answer["pdus"][&last], json!({}), "{answer}");
 
     // The incremental sync from before both holds only what follows the gap, marked limited.

@@ -142,16 +142,13 @@ pub fn membership_at(
     room_id: &ruma::RoomId,
     pdu: &Pdu,
 ) -> Result<Option<String>> {
-    let membership_of = |member: &Pdu| {
-        member.content_value()["membership"]
-            .as_str()
-            .unwrap_or("leave")
-            .to_owned()
-    };
     if pdu.kind == ruma::events::TimelineEventType::RoomMember
         && pdu.state_key.as_deref() == Some(user.as_str())
     {
-        return Ok(Some(membership_of(pdu)));
+        let membership = pdu.content_value()["membership"]
+            .as_str()
+            .map(str::to_owned);
+        return Ok(Some(membership.unwrap_or_else(|| "leave".to_owned())));
     }
     let rooms = &services.rooms;
     let Some(position) = rooms.timeline.get_pdu_id(&pdu.event_id)? else {
@@ -171,9 +168,14 @@ pub fn membership_at(
         return Ok(None);
     };
     Ok(Some(
-        rooms
-            .state_pdu(after, &StateEventType::RoomMember, user.as_str())?
-            .map_or_else(|| "leave".to_owned(), |member| membership_of(&member)),
+        state_field(
+            rooms,
+            after,
+            StateEventType::RoomMember,
+            user.as_str(),
+            "membership",
+        )?
+        .unwrap_or_else(|| "leave".to_owned()),
     ))
 }
 

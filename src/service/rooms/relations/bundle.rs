@@ -38,10 +38,7 @@ fn serve(
     let mut event = client_event(pdu, room_id, viewer);
     if let Some((user, _)) = viewer {
         if let Some(membership) = visibility::membership_at(services, user, room_id, pdu)? {
-            if !event.get("unsigned").is_some_and(Value::is_object) {
-                event["unsigned"] = json!({});
-            }
-            event["unsigned"]["membership"] = Value::String(membership);
+            unsigned(&mut event)["membership"] = Value::String(membership);
         }
     }
     // "State events do not currently receive bundled aggregations."
@@ -54,12 +51,17 @@ fn serve(
         .is_some();
     let relations = aggregate(services, pdu, room_id, viewer, with_thread, redacted)?;
     if !relations.is_empty() {
-        if !event.get("unsigned").is_some_and(Value::is_object) {
-            event["unsigned"] = json!({});
-        }
-        event["unsigned"]["m.relations"] = Value::Object(relations);
+        unsigned(&mut event)["m.relations"] = Value::Object(relations);
     }
     Ok(event)
+}
+
+/// The `unsigned` object of a client event, made when missing.
+fn unsigned(event: &mut Value) -> &mut Value {
+    if !event.get("unsigned").is_some_and(Value::is_object) {
+        event["unsigned"] = json!({});
+    }
+    &mut event["unsigned"]
 }
 
 /// The aggregations of one event, by `rel_type`:
