@@ -17,7 +17,8 @@
 #   COMPLEMENT_PARALLEL  -test.parallel within one top-level test (default 2)
 #   COMPLEMENT_JOBS      top-level tests run at once, each in its own process (default 2)
 #   COMPLEMENT_SOURCES   folder with complement/, gomatrixserverlib/, gomatrix/, util/
-#                        sources to use instead of the module proxy (a go.work replace)
+#                        sources to use instead of the module proxy (a go.work replace);
+#                        default: ../shared/complement-sources beside the clone, if it exists
 #   COMPLEMENT_SPAWN_HS_TIMEOUT_SECS  start-up limit per server (default 30)
 #   PLAIT_COMPLEMENT_SERVER_NAMES  hs (default) | ip   (see README.md)
 set -euo pipefail
@@ -80,8 +81,14 @@ export PLAIT_COMPLEMENT_WORKDIR="$work/servers"
 # Missing go.sum lines (e.g. after a version bump) are filled in from the proxy.
 export GOFLAGS="${GOFLAGS:-} -mod=mod"
 
+# The upstream sources laid beside the clone (../shared/complement-sources), when the
+# caller names none: resolved now, before any change of directory.
+if [[ -z "${COMPLEMENT_SOURCES:-}" && -d "$root/../shared/complement-sources/complement" ]]; then
+  COMPLEMENT_SOURCES="$(cd "$root/../shared/complement-sources" && pwd)"
+fi
+
 rm -rf "$work"
-mkdir -p "$work/bin" "$work/out"
+mkdir -p "$work/bin" "$work/out" "$work/tmp"
 cd "$here"
 
 # Upstream sources from a local folder instead of the module proxy (which refuses
@@ -132,7 +139,12 @@ echo "run.sh: Plait $PLAIT_BIN; Complement $(go list -m -f '{{.Version}}' "$mod"
 run_one() {
   local pkg=$1 dir=$2 bin=$3 t=$4
   local out="$work/out/${pkg//\//_}__$t.json"
-  (cd "$dir" && timeout --kill-after=20s "$per_test_secs" go tool test2json -t -p "$pkg" \
+  # Each test process gets its own TMPDIR: upstream Complement writes every in-process
+  # federation server's TLS key to $TMPDIR/complement.{crt,key}, so two tests sharing /tmp
+  # overwrite each other's key mid-handshake.
+  local tmp="$work/tmp/${pkg//\//_}__$t"
+  mkdir -p "$tmp"
+  (cd "$dir" && TMPDIR="$tmp" timeout --kill-after=20s "$per_test_secs" go tool test2json -t -p "$pkg" \
      "$bin" -test.v=test2json -test.count=1 -test.run "^$t\$" -test.parallel "${COMPLEMENT_PARALLEL:-2}" \
      -test.timeout "$((per_test_secs - 15))s" >"$out" 2>"$out.stderr") || echo "$pkg $t exit $?" >>"$work/exits.txt"
 }

@@ -7,7 +7,7 @@ Inputs (all relative to the repository root):
 * ``spec/support.toml``: the default room version, room versions and MSCs.
 * ``spec/extensions.tsv``: routes Plait serves that the spec does not define.
 * ``complement/results.jsonl``: optional, one JSON object per line,
-  ``{"package": ..., "test": "TestName/subtest", "result": "pass"|"fail"|"skip"}``.
+  ``{"package": ..., "test": "TestName/subtest", "result": "pass"|"fail"|"skip", "file": ...}``.
   When a test appears more than once, its last line counts.
 
 Outputs:
@@ -15,7 +15,8 @@ Outputs:
 * ``spec/endpoints.md``: coverage summary, room versions, MSCs and one table
   of endpoints per API with status and covering test.
 * ``docs/conformance.md``: the operator-facing summary: spec coverage, room
-  versions and Complement totals per package.
+  versions, Complement totals per package and area, and other homeservers'
+  published Complement figures.
 
 The output depends only on the inputs (no dates), so running it twice gives
 the same files.  ``--check`` writes nothing and exits 1 when a file is stale.
@@ -85,8 +86,47 @@ def read_support(path):
     return default, versions, msc_list
 
 
+# Complement areas by the start of the upstream test file's name (after ``apidoc_``),
+# first match wins; a file matching none is its own area.
+AREAS = [
+    ("federation", "federation"),
+    ("knock", "knocking"),
+    ("restricted", "restricted joins and spaces"),
+    ("room_hierarchy", "restricted joins and spaces"),
+    ("media", "media"), ("content", "media"), ("url_preview", "media"),
+    ("sync", "sync"),
+    ("account", "accounts"), ("register", "accounts"), ("login", "accounts"),
+    ("logout", "accounts"), ("admin", "accounts"), ("request_encoding", "accounts"),
+    ("device", "end-to-end encryption"), ("e2e", "end-to-end encryption"),
+    ("keychanges", "end-to-end encryption"), ("upload_keys", "end-to-end encryption"),
+    ("user_query_keys", "end-to-end encryption"), ("to_device", "end-to-end encryption"),
+    ("presence", "presence, typing, receipts"), ("room_typing", "presence, typing, receipts"),
+    ("room_receipts", "presence, typing, receipts"),
+    ("push", "notifications"), ("thread_notifications", "notifications"),
+    ("profile", "profiles and user directory"), ("user_directory", "profiles and user directory"),
+    ("public_rooms", "room directory and aliases"), ("room_alias", "room directory and aliases"),
+    ("v12", "room versions"), ("room_upgrade", "room versions"),
+    ("room", "rooms"), ("power_levels", "rooms"), ("redact", "rooms"), ("membership", "rooms"),
+    ("direct_messaging", "rooms"), ("ignored_users", "rooms"), ("txnid", "rooms"),
+    ("search", "search"),
+    ("server_capabilities", "discovery"), ("version", "discovery"), ("unknown_endpoints", "discovery"),
+    ("invalid", "input validation"),
+]
+
+
+def area_of(file_name):
+    """The Complement area of a test, from the upstream file that defines it."""
+    if not file_name:
+        return "(unknown)"
+    stem = file_name.removesuffix(".go").removesuffix("_test").removeprefix("apidoc_")
+    for prefix, area in AREAS:
+        if stem.startswith(prefix):
+            return area
+    return stem
+
+
 def read_complement(path):
-    """Return {package: {result: count}}, or None when no run is recorded."""
+    """Return {package: {area: {result: count}}}, or None when no run is recorded."""
     if not path.exists():
         return None
     latest = {}
@@ -97,12 +137,30 @@ def read_complement(path):
             record = json.loads(line)
             if record.get("result") not in RESULTS:
                 raise ValueError(f"{path}:{number}: unknown result {record.get('result')!r}")
-            latest[(record["package"], record["test"])] = record["result"]
+            latest[(record["package"], record["test"])] = (record["result"], record.get("file", ""))
     totals = {}
-    for (package, _test), result in latest.items():
-        counts = totals.setdefault(package, dict.fromkeys(RESULTS, 0))
+    for (package, _test), (result, file_name) in latest.items():
+        areas = totals.setdefault(package, {})
+        counts = areas.setdefault(area_of(file_name), dict.fromkeys(RESULTS, 0))
         counts[result] += 1
     return totals
+
+
+# Published Complement figures of other homeservers: share of subtests passing, as each
+# source computes it (all figures count tests and subtests, like Plait's).
+OTHER_HOMESERVERS = [
+    ("Synapse", "579 of 612 (94.6%)", "2026-08-09",
+     "tuwunel's interoperability page, Synapse as hs1 (matrix-construct/tuwunel, "
+     "docs/development/compliance/complement-interop.md)"),
+    ("tuwunel", "469 of 595 (78.8%)", "2026-08-15",
+     "matrix-construct/tuwunel, docs/development/compliance/complement.md"),
+    ("continuwuity", "475 of 731 run, 739 listed (65.0% of those run)", "2026-03-04",
+     "continuwuity/continuwuity, tests/test_results/complement/test_results.jsonl"),
+]
+
+
+def percent(part, whole):
+    return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
 def cell(text):
@@ -186,17 +244,36 @@ def render_conformance_md(rows, default, versions, msc_list, complement):
     if complement is None:
         lines.append("No Complement run recorded yet.")
     else:
-        lines += ["Tests and subtests from the last recorded run, per package.", "",
-                  "| Package | Pass | Fail | Skip | Total |", "|---|---|---|---|---|"]
+        lines += ["Tests and subtests from the last recorded run (`complement/results.jsonl`), per package",
+                  "and area (from the name of the upstream file that defines the test, `AREAS` in",
+                  "`spec/render.py`).", "",
+                  "| Package | Area | Pass | Fail | Skip | Total |", "|---|---|---|---|---|---|"]
         sums = dict.fromkeys(RESULTS, 0)
         for package in sorted(complement):
-            counts = complement[package]
+            package_sums = dict.fromkeys(RESULTS, 0)
+            short = package.removeprefix("github.com/matrix-org/complement/")
+            for area in sorted(complement[package]):
+                counts = complement[package][area]
+                for result in RESULTS:
+                    package_sums[result] += counts[result]
+                lines.append(f"| {cell(short)} | {cell(area)} | {counts['pass']} | {counts['fail']} "
+                             f"| {counts['skip']} | {sum(counts.values())} |")
             for result in RESULTS:
-                sums[result] += counts[result]
-            lines.append(f"| {cell(package)} | {counts['pass']} | {counts['fail']} "
-                         f"| {counts['skip']} | {sum(counts.values())} |")
-        lines.append(f"| **all** | {sums['pass']} | {sums['fail']} | {sums['skip']} "
-                     f"| {sum(sums.values())} |")
+                sums[result] += package_sums[result]
+            lines.append(f"| **{cell(short)}** | **all** | {package_sums['pass']} | {package_sums['fail']} "
+                         f"| {package_sums['skip']} | {sum(package_sums.values())} |")
+        total = sum(sums.values())
+        lines.append(f"| **all** | | {sums['pass']} | {sums['fail']} | {sums['skip']} | {total} |")
+        lines += ["", "## Complement beside other homeservers", "",
+                  "Each figure is the share of Complement tests and subtests passing, as its source",
+                  "publishes it; the suites differ a little in size by date and by which tests each",
+                  "project runs.", "",
+                  "| Homeserver | Passing | Date | Source |", "|---|---|---|---|",
+                  f"| **Plait** | {sums['pass']} of {total} ({percent(sums['pass'], total)}; "
+                  f"{percent(sums['pass'], sums['pass'] + sums['fail'])} of those run) "
+                  "| last recorded run | `complement/results.jsonl` |"]
+        for name, passing, date, source in OTHER_HOMESERVERS:
+            lines.append(f"| {name} | {passing} | {date} | {cell(source)} |")
     return "\n".join(lines) + "\n"
 
 

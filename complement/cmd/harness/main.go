@@ -263,6 +263,37 @@ type result struct {
 	Package string `json:"package"`
 	Test    string `json:"test"`
 	Result  string `json:"result"`
+	// File is the source file (base name) that defines the top-level test, so that
+	// spec/render.py can group results by area; empty when it cannot be found.
+	File string `json:"file,omitempty"`
+}
+
+// testFiles maps "package TestName" to the base name of the file that declares
+// the top-level test function, for each of pkgs.
+func testFiles(pkgs []string) (map[string]string, error) {
+	files := map[string]string{}
+	if len(pkgs) == 0 {
+		return files, nil
+	}
+	infos, err := listPackages(pkgs)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range infos {
+		fset := token.NewFileSet()
+		for _, f := range append(append([]string{}, p.TestGoFiles...), p.XTestGoFiles...) {
+			file, err := parser.ParseFile(fset, filepath.Join(p.Dir, f), nil, 0)
+			if err != nil {
+				return nil, err
+			}
+			for _, decl := range file.Decls {
+				if fd, ok := decl.(*ast.FuncDecl); ok && fd.Recv == nil && strings.HasPrefix(fd.Name.Name, "Test") {
+					files[p.ImportPath+" "+fd.Name.Name] = f
+				}
+			}
+		}
+	}
+	return files, nil
 }
 
 // results reads `go test -json` output. A test's result is its last
@@ -320,10 +351,24 @@ func results(goTestJSON, needsDockerFile, out string) error {
 			}
 		}
 	}
+	seenPkgs := map[string]bool{}
+	var pkgList []string
+	for k := range res {
+		if !seenPkgs[k.pkg] {
+			seenPkgs[k.pkg] = true
+			pkgList = append(pkgList, k.pkg)
+		}
+	}
+	sort.Strings(pkgList)
+	files, err := testFiles(pkgList)
+	if err != nil {
+		return err
+	}
 	rows := make([]result, 0, len(res))
 	counts := map[string]int{}
 	for k, r := range res {
-		rows = append(rows, result{k.pkg, k.test, r})
+		top, _, _ := strings.Cut(k.test, "/")
+		rows = append(rows, result{k.pkg, k.test, r, files[k.pkg+" "+top]})
 		counts[r]++
 	}
 	sort.Slice(rows, func(i, j int) bool {
