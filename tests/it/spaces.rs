@@ -575,8 +575,9 @@ async fn member_event(client: &Client, room: &str, user: &str) -> Value {
 
 /// A restricted room on hs1 joined by a user of hs2 (Complement's
 /// `TestRestrictedRoomsRemoteJoin`): hs1's `make_join` names its user as the authoriser and
-/// countersigns at `send_join`; without the allowed room the join is refused, and a room whose
-/// allowed room hs1 is not in cannot be authorised by hs1 at all.
+/// countersigns at `send_join`; without the allowed room the join is refused, a room whose
+/// allowed room hs1 is not in cannot be authorised by hs1 at all, and a room whose allow list
+/// names no room refuses everyone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restricted_join_across_two_servers() {
     let (_ca, hs1, hs2) = two_servers().await;
@@ -635,6 +636,18 @@ async fn restricted_join_across_two_servers() {
     let elsewhere = create(&bob, "public_chat", "Elsewhere", false).await;
     let unverifiable = alice.create_room(restricted_to(&elsewhere)).await;
     assert_error(&join(unverifiable).await, 400, "M_UNABLE_TO_AUTHORISE_JOIN");
+
+    // A knock_restricted room whose join rules name no room (Complement's
+    // `TestKnockingInMSC3787Room`): nobody qualifies by membership, which hs1 can tell, so the
+    // remote join is forbidden rather than unverifiable.
+    let knock_only = alice
+        .create_room(json!({
+            "preset": "public_chat", "room_version": "10",
+            "initial_state": [{"type": "m.room.join_rules", "state_key": "",
+                "content": {"join_rule": "knock_restricted"}}]
+        }))
+        .await;
+    assert_error(&join(knock_only).await, 403, "M_FORBIDDEN");
 }
 
 /// A restricted room on hs2 whose invite level no hs1 user reaches (Complement's
