@@ -37,6 +37,15 @@ pub struct Config {
     pub registration: Registration,
     /// The shared token that `registration = "token"` requires.
     pub registration_token: Option<String>,
+    /// The secret of Synapse's shared-secret registration (`/_synapse/admin/v1/register`), which
+    /// creates accounts, admins included, whatever `registration` says; that endpoint is off
+    /// while unset or empty.
+    pub registration_shared_secret: Option<String>,
+    /// Localpart of the user that sends server notices (created on the first notice; nobody may
+    /// register it).
+    pub server_notices_localpart: String,
+    /// Name of each user's server notices room.
+    pub server_notices_room_name: String,
     /// Log filter in `tracing` syntax; `RUST_LOG` overrides it.
     pub log: String,
     /// Largest request body accepted, in bytes.
@@ -122,6 +131,9 @@ impl Default for Config {
             database_path: PathBuf::from("./data"),
             registration: Registration::Open,
             registration_token: None,
+            registration_shared_secret: None,
+            server_notices_localpart: "_server".to_owned(),
+            server_notices_room_name: "Server Notices".to_owned(),
             log: "info,ruma_state_res=warn".to_owned(),
             max_request_bytes: 20 * 1024 * 1024,
             default_room_version: "12".to_owned(),
@@ -279,6 +291,9 @@ const ENV_KEYS: &[&str] = &[
     "database_path",
     "registration",
     "registration_token",
+    "registration_shared_secret",
+    "server_notices_localpart",
+    "server_notices_room_name",
     "log",
     "max_request_bytes",
     "default_room_version",
@@ -353,6 +368,16 @@ impl Config {
             && self.registration_token.as_deref().is_none_or(str::is_empty)
         {
             return Err("invalid configuration key `registration_token`: required when `registration` is `token`".to_owned());
+        }
+        let notices_user = format!("@{}:{}", self.server_notices_localpart, self.server_name);
+        if self.server_notices_localpart.is_empty()
+            || self.server_notices_localpart != self.server_notices_localpart.to_lowercase()
+            || <&ruma::UserId>::try_from(notices_user.as_str()).is_err()
+        {
+            return Err(format!(
+                "invalid configuration key `server_notices_localpart`: `{}` is not a lower-case user ID localpart",
+                self.server_notices_localpart
+            ));
         }
         let version = ruma::RoomVersionId::try_from(self.default_room_version.as_str())
             .map_err(|_| "invalid configuration key `default_room_version`".to_owned())?;
@@ -467,6 +492,10 @@ mod tests {
             ("listen = \"nowhere\"", "listen"),
             ("default_room_version = \"99\"", "default_room_version"),
             ("no_such_key = 1", "no_such_key"),
+            (
+                "server_notices_localpart = \"Not Valid\"",
+                "server_notices_localpart",
+            ),
             (
                 "presence_offline_timeout_ms = 10",
                 "presence_offline_timeout_ms",

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod federation;
+pub mod synapse_admin;
 
 use serde_json::Value;
 

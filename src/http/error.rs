@@ -14,6 +14,7 @@ pub fn status_of(kind: &ErrorKind) -> StatusCode {
         | ErrorKind::GuestAccessForbidden
         | ErrorKind::UserDeactivated
         | ErrorKind::ThreepidDenied
+        | ErrorKind::CannotLeaveServerNoticeRoom
         | ErrorKind::WrongRoomKeysVersion(_) => StatusCode::FORBIDDEN,
         ErrorKind::UnknownToken(_) | ErrorKind::MissingToken | ErrorKind::Unauthorized => {
             StatusCode::UNAUTHORIZED

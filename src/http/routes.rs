@@ -10,6 +10,7 @@ use crate::api::client::{
     typing, upgrade, user_directory,
 };
 use crate::api::client::{backup, cross_signing, keys as client_keys, to_device};
+use crate::api::synapse_admin;
 
 /// Every served route. Paths use `{name}` parameters as the spec writes them.
 pub fn all() -> Vec<Route> {
@@ -708,6 +709,31 @@ pub fn all() -> Vec<Route> {
             "/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}",
             Token,
             backup::delete_backup_keys,
+        ),
+        // Synapse's admin API (docs/admin_api.md).
+        route(
+            Method::GET,
+            "/_synapse/admin/v1/register",
+            Open,
+            synapse_admin::get_register_nonce,
+        ),
+        route(
+            Method::POST,
+            "/_synapse/admin/v1/register",
+            Open,
+            synapse_admin::shared_secret_register,
+        ),
+        route(
+            Method::POST,
+            "/_synapse/admin/v1/send_server_notice",
+            Token,
+            synapse_admin::send_server_notice,
+        ),
+        route(
+            Method::PUT,
+            "/_synapse/admin/v1/send_server_notice/{txnId}",
+            Token,
+            synapse_admin::send_server_notice_txn,
         ),
     ]);
     routes

@@ -19,6 +19,8 @@ pub mod remote_keys;
 pub mod rooms;
 pub mod sending;
 pub mod server_keys;
+pub mod server_notices;
+pub mod shared_secret;
 pub mod sync;
 pub mod to_device;
 pub mod typing;
@@ -36,6 +38,8 @@ pub struct Services {
     pub globals: globals::Globals,
     pub users: users::Users,
     pub uiaa: uiaa::Uiaa,
+    pub shared_secret: shared_secret::SharedSecretRegistration,
+    pub server_notices: server_notices::ServerNotices,
     pub account_data: account_data::AccountData,
     pub rooms: rooms::Rooms,
     pub notifier: notify::Notifier,
@@ -67,6 +71,8 @@ impl Services {
             globals,
             users: users::Users::open(&db),
             uiaa: uiaa::Uiaa::default(),
+            shared_secret: shared_secret::SharedSecretRegistration::default(),
+            server_notices: server_notices::ServerNotices::open(&db),
             account_data: account_data::AccountData::open(&db),
             rooms: rooms::Rooms::open(&db)?,
             notifier: notify::Notifier::default(),

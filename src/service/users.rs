@@ -9,7 +9,7 @@ use argon2::{
     password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
     Argon2,
 };
-use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+use ruma::{api::error::ErrorKind, OwnedDeviceId, OwnedUserId, ServerName, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -21,7 +21,8 @@ use crate::{
 };
 
 /// Owns `userid_password` (user ID → argon2 PHC string, empty for accounts without password),
-/// `userid_deactivated` (user ID → empty), `userid_profile` (user ID → JSON profile),
+/// `userid_deactivated` (user ID → empty), `userid_admin` (user ID → empty, for server admins),
+/// `userid_profile` (user ID → JSON profile),
 /// `userdeviceid_device` (user ID 0xff device ID → JSON [`Device`]), `tokenhash_session` (SHA-256 of
 /// access token → JSON [`Session`]), `refreshhash_session` (SHA-256 of refresh token → JSON
 /// [`Session`]), `useridfilterid_filter` (user ID 0xff filter ID → filter JSON) and
@@ -29,6 +30,7 @@ use crate::{
 pub struct Users {
     userid_password: Tree,
     userid_deactivated: Tree,
+    userid_admin: Tree,
     userid_profile: Tree,
     userdeviceid_device: Tree,
     tokenhash_session: Tree,
@@ -92,6 +94,7 @@ impl Users {
         Self {
             userid_password: db.tree("userid_password"),
             userid_deactivated: db.tree("userid_deactivated"),
+            userid_admin: db.tree("userid_admin"),
             userid_profile: db.tree("userid_profile"),
             userdeviceid_device: db.tree("userdeviceid_device"),
             tokenhash_session: db.tree("tokenhash_session"),
@@ -117,15 +120,50 @@ impl Users {
             Some(password) => hash_password(password)?,
             None => String::new(),
         };
+        self.create_hashed(user_id, &hash, None, false)
+    }
+
+    /// Creates an account from a password hash made by [`hash_password_blocking`] (empty for
+    /// none), with a display name (the localpart when `None`), as a server admin or not, in one
+    /// write.
+    pub fn create_hashed(
+        &self,
+        user_id: &UserId,
+        password_hash: &str,
+        display_name: Option<&str>,
+        admin: bool,
+    ) -> Result<()> {
         let mut batch = Batch::default();
-        batch.insert(&self.userid_password, user_id.as_bytes(), hash.as_bytes());
-        let profile = serde_json::json!({ "displayname": user_id.localpart() });
+        batch.insert(
+            &self.userid_password,
+            user_id.as_bytes(),
+            password_hash.as_bytes(),
+        );
+        if admin {
+            batch.insert(&self.userid_admin, user_id.as_bytes(), b"");
+        }
+        let display_name = display_name.unwrap_or(user_id.localpart());
+        let profile = serde_json::json!({ "displayname": display_name });
         batch.insert(
             &self.userid_profile,
             user_id.as_bytes(),
             profile.to_string().as_bytes(),
         );
         self.userid_password.db().write(batch)
+    }
+
+    /// Whether the account is a server admin (may use the admin API, such as server notices).
+    pub fn is_admin(&self, user_id: &UserId) -> Result<bool> {
+        self.userid_admin.contains(user_id.as_bytes())
+    }
+
+    /// Makes the account a server admin, or no longer one.
+    pub fn set_admin(&self, user_id: &UserId, admin: bool) -> Result<()> {
+        if admin {
+            self.userid_admin.insert(user_id.as_bytes(), b"")
+        } else {
+            self.userid_admin.remove(user_id.as_bytes())
+        }
     }
 
     /// Whether `password` is the account's password (always false for deactivated accounts).
@@ -426,6 +464,42 @@ impl Users {
     }
 }
 
+/// The ID of a new local account: `localpart` must hold only the characters the spec's user ID
+/// grammar allows new IDs to use (lower-case letters, digits, `._=-/+`), and the whole ID fits
+/// in 255 bytes; otherwise `M_INVALID_USERNAME`.
+pub fn local_user_id(server_name: &ServerName, localpart: &str) -> Result<OwnedUserId> {
+    let invalid = || {
+        Error::matrix(
+            ErrorKind::InvalidUsername,
+            format!("invalid username {localpart}"),
+        )
+    };
+    let valid = !localpart.is_empty()
+        && localpart.bytes().all(|byte| {
+            matches!(byte, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+')
+        });
+    if !valid {
+        return Err(invalid());
+    }
+    let user_id =
+        OwnedUserId::try_from(format!("@{localpart}:{server_name}")).map_err(|_| invalid())?;
+    if user_id.as_str().len() > 255 {
+        return Err(Error::matrix(
+            ErrorKind::InvalidUsername,
+            "user ID too long",
+        ));
+    }
+    Ok(user_id)
+}
+
+/// Hashes a password with argon2 on tokio's blocking pool, since one hash takes tens of
+/// milliseconds of CPU that would otherwise stall an async worker thread.
+pub async fn hash_password_blocking(password: String) -> Result<String> {
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(Error::internal)?
+}
+
 fn hash_password(password: &str) -> Result<String> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
@@ -478,5 +552,26 @@ mod tests {
         assert!(users.find_token(&fresh.access_token).unwrap().is_none());
         assert!(!users.check_password(user, "secret").unwrap());
         assert!(users.exists(user).unwrap());
+    }
+
+    #[test]
+    fn admin_flag_is_stored_and_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), false).unwrap();
+        let users = Users::open(&db);
+        let admin = <&UserId>::try_from("@root:localhost").unwrap();
+        let plain = <&UserId>::try_from("@bob:localhost").unwrap();
+        users.create_hashed(admin, "", Some("Root"), true).unwrap();
+        users.create(plain, None).unwrap();
+        assert!(users.is_admin(admin).unwrap());
+        assert!(!users.is_admin(plain).unwrap());
+        assert_eq!(
+            users.get_profile(admin).unwrap().unwrap()["displayname"],
+            "Root"
+        );
+        users.set_admin(admin, false).unwrap();
+        users.set_admin(plain, true).unwrap();
+        assert!(!users.is_admin(admin).unwrap());
+        assert!(users.is_admin(plain).unwrap());
     }
 }

@@ -20,6 +20,7 @@ pub const TREES: &[&str] = &[
     "userid_password",
     "userid_profile",
     "userid_deactivated",
+    "userid_admin",
     "userdeviceid_device",
     "tokenhash_session",
     "refreshhash_session",
@@ -87,6 +88,7 @@ pub const TREES: &[&str] = &[
     "url_preview",
     "eventid_rejected",
     "policyserver_key",
+    "userid_servernoticeroom",
 ];
 
 /// The open database.

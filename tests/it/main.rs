@@ -4,6 +4,7 @@
 mod common;
 
 mod accounts;
+mod admin_api;
 mod backfill;
 mod device_lists;
 mod durability;

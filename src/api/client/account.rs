@@ -11,7 +11,7 @@ use crate::{
     config::Registration,
     error::{Error, Result},
     http::{Ctx, HandlerResult},
-    service::{device_lists, Services},
+    service::{device_lists, users, Services},
     util,
 };
 
@@ -134,30 +134,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn valid_localpart(localpart: &str) -> bool {
-    !localpart.is_empty() && localpart.bytes().all(|byte| matches!(byte, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'=' | b'-' | b'/' | b'+'))
-}
-
 fn user_for_localpart(services: &Services, localpart: &str) -> Result<OwnedUserId> {
-    if !valid_localpart(localpart) {
-        return Err(Error::matrix(
-            ErrorKind::InvalidUsername,
-            format!("invalid username {localpart}"),
-        ));
-    }
-    let user_id = OwnedUserId::try_from(format!("@{localpart}:{}", services.globals.server_name()))
-        .map_err(|_| {
-            Error::matrix(
-                ErrorKind::InvalidUsername,
-                format!("invalid username {localpart}"),
-            )
-        })?;
-    if user_id.as_str().len() > 255 {
-        return Err(Error::matrix(
-            ErrorKind::InvalidUsername,
-            "user ID too long",
-        ));
-    }
+    let user_id = users::local_user_id(services.globals.server_name(), localpart)?;
+    services
+        .server_notices
+        .check_registration(&services.config, &user_id)?;
     Ok(user_id)
 }
 

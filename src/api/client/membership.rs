@@ -373,6 +373,9 @@ pub async fn leave_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         .rooms
         .members
         .get_membership(&room_id, ctx.user())?;
+    services
+        .server_notices
+        .check_leave(&room_id, ctx.user(), membership.as_ref())?;
     if matches!(
         membership,
         Some(MembershipState::Invite | MembershipState::Knock)
