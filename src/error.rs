@@ -23,8 +23,10 @@ pub enum Error {
     /// completed stages) that the spec sends with `401`.
     #[error("user-interactive authentication required")]
     Uiaa(serde_json::Value),
-    /// Another homeserver failed or refused.
-    #[error("remote server {server}: {source}")]
+    /// Another homeserver failed or refused. The message carries the source's whole chain,
+    /// since the outer error alone ("error sending request for url …") hides the cause, such as
+    /// a certificate the TLS handshake refused.
+    #[error("remote server {server}: {}", with_sources(.source.as_ref()))]
     Remote {
         server: String,
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -32,6 +34,13 @@ pub enum Error {
     /// The storage engine failed.
     #[error("storage: {0}")]
     Storage(#[from] rocksdb::Error),
+    /// Another process holds the database's lock: a second server started on the same folder.
+    #[error(
+        "another Plait process holds the database at {}; stop it first, or give this one \
+         another database_path",
+        path.display()
+    )]
+    DatabaseInUse { path: std::path::PathBuf },
     /// Stored bytes that cannot be decoded.
     #[error("corrupt data in {tree}: {detail}")]
     Corrupt { tree: &'static str, detail: String },
@@ -101,10 +110,28 @@ impl Error {
     /// for storage, configuration and internal failures, whose details stay in the log.
     pub fn shareable(&self) -> String {
         match self {
-            Self::Storage(_) | Self::Corrupt { .. } | Self::Config(_) | Self::Internal(_) => {
-                "internal server error".to_owned()
-            }
+            Self::Storage(_)
+            | Self::DatabaseInUse { .. }
+            | Self::Corrupt { .. }
+            | Self::Config(_)
+            | Self::Internal(_) => "internal server error".to_owned(),
             other => other.to_string(),
         }
     }
+}
+
+/// An error followed by its `source()` chain, `outer: cause: root cause`, for logs. A cause
+/// whose text the message already holds (some errors repeat their source) is not repeated.
+pub fn with_sources(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -1,18 +1,39 @@
 //! The `plait` binary: arguments, config, tracing, the listener and signals.
 
-use std::path::PathBuf;
+use std::{io::IsTerminal, path::PathBuf};
 
 use clap::Parser;
-use plait::Config;
+use plait::{Config, Services};
+use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 /// A Matrix homeserver.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = defaults_help())]
 struct Args {
-    /// TOML configuration file; `PLAIT_*` environment variables override single keys.
+    /// TOML configuration file (see docs/config.example.toml); without one, the defaults below
+    /// apply.
     #[arg(long)]
     config: Option<PathBuf>,
+}
+
+/// What a first run without a config file does, and how to change it; the values come from
+/// `Config::default`, so the help cannot drift from the code.
+fn defaults_help() -> String {
+    let defaults = Config::default();
+    format!(
+        "Without --config, Plait serves the client API for server name `{}` on http://{}, \
+         stores its database in {}, and does not federate.\n\n\
+         Every config key can also be set with an environment variable named {prefix}<KEY> \
+         (upper case), which overrides the file: for example {prefix}SERVER_NAME=example.org, \
+         {prefix}LISTEN=0.0.0.0:8008, {prefix}DATABASE_PATH=/var/lib/plait.\n\n\
+         Every key, with its default and meaning, is in docs/config.example.toml in the \
+         source tree.",
+        defaults.server_name,
+        defaults.listen,
+        defaults.database_path.display(),
+        prefix = plait::config::ENV_PREFIX,
+    )
 }
 
 /// Pins glibc's mmap threshold so that large short-lived buffers (argon2 uses 19 MiB per password
@@ -44,7 +65,21 @@ async fn serve() {
         }
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Colour only for a terminal: a log file or pipe would otherwise carry escape codes.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal())
+        .init();
+    // The database is opened before anything is announced, so that a second instance on the
+    // same database (whose lock RocksDB refuses) stops with one plain message.
+    let services = match Services::build(std::sync::Arc::new(config)) {
+        Ok(services) => services,
+        Err(error) => {
+            eprintln!("plait: {error}");
+            std::process::exit(1);
+        }
+    };
+    let config = &services.config;
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -62,6 +97,10 @@ async fn serve() {
         },
         None => None,
     };
+    // The handlers are installed before the server announces itself, so that a signal sent as
+    // soon as it has (by a script or a test) shuts it down cleanly rather than killing it.
+    let mut interrupt = signal(SignalKind::interrupt()).unwrap();
+    let mut terminate = signal(SignalKind::terminate()).unwrap();
     let address = listener.local_addr().unwrap();
     println!(
         "plait: serving {} on http://{address} (database {})",
@@ -75,22 +114,19 @@ async fn serve() {
             federation.local_addr().unwrap()
         );
     }
-    let shutdown = async {
-        let ctrl_c = tokio::signal::ctrl_c();
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+    let shutdown = async move {
         tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
         }
         tracing::info!("shutting down");
     };
-    if let Err(error) = plait::run(
+    if let Err(error) = plait::serve(
         plait::Listeners {
             client: listener,
             federation,
         },
-        config,
+        services,
         shutdown,
     )
     .await

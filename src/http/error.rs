@@ -73,7 +73,11 @@ impl IntoResponse for Error {
             ),
             Error::Uiaa(info) => json_response(StatusCode::UNAUTHORIZED, &info),
             Error::Remote { server, source } => {
-                tracing::warn!(%server, error = %source, "remote server failed");
+                tracing::warn!(
+                    %server,
+                    error = %crate::error::with_sources(source.as_ref()),
+                    "remote server failed"
+                );
                 json_response(
                     StatusCode::BAD_GATEWAY,
                     &json!({ "errcode": "M_UNKNOWN", "error": "a remote server failed" }),

@@ -226,13 +226,13 @@ async fn send(
     let mut response = request
         .send()
         .await
-        .map_err(|error| remote(&host, &error.to_string()))?;
+        .map_err(|error| remote(&host, &crate::error::with_sources(&error)))?;
     let status = response.status();
     let mut bytes = Vec::new();
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|error| remote(&host, &error.to_string()))?
+        .map_err(|error| remote(&host, &crate::error::with_sources(&error)))?
     {
         bytes.extend_from_slice(&chunk);
         if bytes.len() > MAX_ANSWER_BYTES {

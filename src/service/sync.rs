@@ -19,6 +19,7 @@ use crate::{
         rooms::{
             members::RoomMembership,
             pdu::Pdu,
+            prejoin_state,
             relations::bundle::serve_event,
             timeline::read::client_event,
             visibility::{self, user_can_see},
@@ -681,8 +682,8 @@ fn invited_by_ignored(services: &Services, user: &UserId, stripped: &[Value]) ->
         .any(|sender| ignored.iter().any(|ignored| ignored.as_str() == sender)))
 }
 
-/// The stripped state an invitee sees: create, join rules, name, avatar, alias, encryption, and
-/// their own member event.
+/// The stripped state an invitee sees: create, join rules, name, avatar, alias, encryption, topic
+/// and their own member event (see `prejoin_state` for the create event's form).
 /// Invites from other servers carry their own stripped state, which is all there is when this
 /// server is not in the room (its copy of the room's state, if any, may be long out of date).
 fn stripped_state(services: &Services, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
@@ -692,22 +693,13 @@ fn stripped_state(services: &Services, room_id: &RoomId, user: &UserId) -> Resul
             return Ok(state);
         }
     }
+    let (_, version) = services.rooms.room_version(room_id)?;
+    let rules = crate::service::rooms::timeline::rules_for(&version)?;
+    let kinds = prejoin_state::STATE_TYPES.iter().map(|kind| (kind, ""));
     let mut events = Vec::new();
-    for (kind, state_key) in [
-        (T::RoomCreate, ""),
-        (T::RoomJoinRules, ""),
-        (T::RoomName, ""),
-        (T::RoomAvatar, ""),
-        (T::RoomCanonicalAlias, ""),
-        (T::RoomEncryption, ""),
-        (T::RoomTopic, ""),
-        (T::RoomMember, user.as_str()),
-    ] {
-        if let Some(pdu) = services
-            .rooms
-            .current_state_pdu(room_id, &kind, state_key)?
-        {
-            events.push(pdu.to_stripped_value());
+    for (kind, state_key) in kinds.chain([(&T::RoomMember, user.as_str())]) {
+        if let Some(pdu) = services.rooms.current_state_pdu(room_id, kind, state_key)? {
+            events.push(prejoin_state::client_event(services, &pdu, &rules)?);
         }
     }
     Ok(events)

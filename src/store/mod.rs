@@ -91,6 +91,23 @@ pub const TREES: &[&str] = &[
     "userid_servernoticeroom",
 ];
 
+/// Memtable size of one tree: a tree's writes are flushed to a table file once this much has
+/// gathered (a few thousand events for `pduid_pdu`). It also sets the write-ahead log's
+/// preallocation (1.1 × this).
+const TREE_WRITE_BUFFER_BYTES: usize = 8 << 20;
+
+/// Memtables of all trees together: when they pass this, the largest is flushed, so memory stays
+/// bounded however many of the trees are written.
+const DB_WRITE_BUFFER_BYTES: usize = 64 << 20;
+
+/// Write-ahead log files together: past this, the trees that keep the oldest log alive are
+/// flushed so that it can be deleted (rarely written trees would otherwise pin old logs).
+const MAX_TOTAL_WAL_BYTES: u64 = 64 << 20;
+
+/// Space reserved ahead for the MANIFEST (the log of table files), 4 MiB by default; it grows
+/// by a few hundred bytes per flush or compaction.
+const MANIFEST_PREALLOCATION_BYTES: usize = 1 << 20;
+
 /// The open database.
 pub struct Db {
     db: DB,
@@ -107,10 +124,31 @@ impl Db {
         options.create_missing_column_families(true);
         options.set_max_open_files(512);
         options.increase_parallelism(2);
-        let descriptors = TREES
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
-        let db = DB::open_cf_descriptors(&options, path, descriptors)?;
+        // Sized for a chat server rather than RocksDB's bulk-load defaults (see "Storage
+        // footprint" in docs/performance.md). RocksDB preallocates each write-ahead log file at
+        // 1.1 × the largest memtable, capped by the two totals below, and the MANIFEST at 4 MiB,
+        // so the defaults (64 MiB memtables, no caps) made an empty database take 76 MB on
+        // disk. Every write still goes to the log before it is acknowledged (and is fsynced
+        // with `sync_writes`); these only decide how soon memtables are flushed to tables.
+        options.set_db_write_buffer_size(DB_WRITE_BUFFER_BYTES);
+        options.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
+        options.set_manifest_preallocation_size(MANIFEST_PREALLOCATION_BYTES);
+        // RocksDB always opens the `default` column family (unused here); it is listed so that it
+        // gets the small memtable too, since the largest memtable sets the log's preallocation.
+        let descriptors = TREES.iter().chain(&["default"]).map(|name| {
+            let mut tree_options = Options::default();
+            tree_options.set_write_buffer_size(TREE_WRITE_BUFFER_BYTES);
+            ColumnFamilyDescriptor::new(*name, tree_options)
+        });
+        let db = DB::open_cf_descriptors(&options, path, descriptors).map_err(|error| {
+            if is_lock_error(&error) {
+                Error::DatabaseInUse {
+                    path: path.to_owned(),
+                }
+            } else {
+                Error::from(error)
+            }
+        })?;
         let mut write_options = WriteOptions::default();
         write_options.set_sync(sync_writes);
         Ok(Arc::new(Self { db, write_options }))
@@ -152,6 +190,15 @@ impl Db {
             .cf_handle(name)
             .expect("every tree in TREES is created on open")
     }
+}
+
+/// Whether opening failed because another process holds the database's `LOCK` file: RocksDB
+/// reports it as an I/O error naming that file ("While lock file: …/LOCK: Resource temporarily
+/// unavailable", or "lock hold by current process" within one process).
+fn is_lock_error(error: &rocksdb::Error) -> bool {
+    let message = error.as_ref();
+    error.kind() == rocksdb::ErrorKind::IOError
+        && (message.contains("/LOCK") || message.contains("lock hold by"))
 }
 
 /// A key and its value, as scans return them.

@@ -128,6 +128,20 @@ impl PlaitProcess {
         self.wait_until_ready().await;
     }
 
+    /// The folder of its database.
+    pub fn database_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("db")
+    }
+
+    /// The environment it runs with, as `(name, value)` pairs.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let env = std::fs::read_to_string(self.dir.path().join("env")).expect("read env");
+        env.lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect()
+    }
+
     /// The last `lines` lines of the process's output, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(self.dir.path().join("plait.log")).unwrap_or_default();
@@ -202,4 +216,79 @@ fn free_ports(ip: IpAddr) -> (u16, u16) {
     let (client, federation) = (bind(), bind());
     let port = |listener: &TcpListener| listener.local_addr().unwrap().port();
     (port(&client), port(&federation))
+}
+
+/// How a [`run_captured`] run ended, with everything it wrote to stdout and stderr.
+pub struct Captured {
+    pub status: std::process::ExitStatus,
+    pub output: String,
+    /// Whether it was still running when `stop_when` matched (or 30 s passed) and got SIGTERM.
+    pub terminated: bool,
+}
+
+/// Runs the binary with `args` and `env` (and no `RUST_LOG`), its stdout and stderr read through
+/// pipes, so that it sees no terminal. Once the output so far satisfies `stop_when`, or after
+/// 30 s, it gets SIGTERM, and SIGKILL 30 s later.
+pub fn run_captured(
+    args: &[&str],
+    env: &[(String, String)],
+    stop_when: impl Fn(&str) -> bool,
+) -> Captured {
+    use std::{
+        io::Read,
+        sync::{Arc, Mutex},
+    };
+    let mut command = Command::new(env!("CARGO_BIN_EXE_plait"));
+    command
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("spawn plait");
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let readers: Vec<_> = [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ]
+    .into_iter()
+    .map(|mut pipe| {
+        let output = Arc::clone(&output);
+        std::thread::spawn(move || {
+            let mut buffer = [0; 4096];
+            while let Ok(read @ 1..) = pipe.read(&mut buffer) {
+                output.lock().unwrap().extend_from_slice(&buffer[..read]);
+            }
+        })
+    })
+    .collect();
+    let started = Instant::now();
+    let mut terminated = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll plait") {
+            break status;
+        }
+        let text = String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+        if !terminated && (stop_when(&text) || started.elapsed() > Duration::from_secs(30)) {
+            // SAFETY: kill only sends a signal to the child this function spawned.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            terminated = true;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    let output = String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+    Captured {
+        status,
+        output,
+        terminated,
+    }
 }

@@ -48,6 +48,38 @@ pub async fn wait_for_invite(client: &Client, room: &str) -> Value {
     panic!("the invite to {room} never arrived");
 }
 
+/// Checks the stripped state a client sees of an invite or knock to a room version 12 room
+/// (spec v1.16, MSC4311): the create event is there, whole (a signed PDU, with its
+/// `origin_server_ts`), and the other room events have only `type`, `state_key`, `sender` and
+/// `content`. Returns the create event.
+pub fn check_prejoin_state(events: &[Value]) -> Value {
+    let create = events
+        .iter()
+        .find(|event| event["type"] == "m.room.create")
+        .unwrap_or_else(|| panic!("no create event in {events:?}"))
+        .clone();
+    for key in ["origin_server_ts", "signatures", "hashes"] {
+        assert!(
+            create.get(key).is_some(),
+            "the create event lacks {key}: {create}"
+        );
+    }
+    for event in events
+        .iter()
+        .filter(|event| event["type"] != "m.room.create" && event["type"] != "m.room.member")
+    {
+        let mut keys: Vec<&str> = event
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["content", "sender", "state_key", "type"], "{event}");
+    }
+    create
+}
+
 /// Matches the member event that gives `user` the `membership`.
 pub fn is_membership<'a>(user: &'a str, membership: &'a str) -> impl Fn(&Value) -> bool + 'a {
     move |event| {
@@ -107,6 +139,8 @@ async fn invite_join_and_messages_cross_two_plait_servers() {
             .any(|event| event["type"] == "m.room.name" && event["content"]["name"] == "Across"),
         "stripped state carries the name: {invite}"
     );
+    // hs1 sent full PDUs, which hs2 checked: its client sees the create event whole.
+    check_prejoin_state(state);
 
     let joined = bob
         .post_ok(
@@ -919,6 +953,7 @@ async fn knocking_on_a_room_of_another_server() {
     assert!(knock_state
         .iter()
         .any(|event| event["type"] == "m.room.name" && event["content"]["name"] == "Knock across"));
+    check_prejoin_state(&knock_state);
 
     // Carol knocks and takes it back while hs2 is not in the room: her leave goes through
     // hs1's make_leave/send_leave, found from the knock's stripped state.

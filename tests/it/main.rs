@@ -17,6 +17,7 @@ mod federation_edges;
 mod federation_ephemeral;
 pub mod federation_misc;
 mod federation_receipt;
+mod first_run;
 mod key_backup;
 mod media;
 mod organisation;

@@ -243,3 +243,75 @@ async fn plait_user_joins_a_synapse_room() {
     .await;
     typing_and_receipts_cross(&alice, &bob, &room, &from_synapse, &synapse).await;
 }
+
+/// Synapse 1.163's warning when an invite's `invite_room_state` is not a list of full PDUs of
+/// the room with the create event (`synapse/handlers/federation.py`, MSC4311).
+const SYNAPSE_INVITE_STATE_WARNING: &str = "failed to validate `invite_room_state`";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invite_room_state_crosses_synapse_as_full_pdus() {
+    let ca = TestCa::new();
+    let plait = TestServer::start_federated(ip("127.0.0.12"), &ca, None).await;
+    let synapse = Synapse::start(ip("127.0.0.13"), &ca).await;
+    let alice = plait.register("alice").await;
+    let alice_id = alice.user_id().await;
+    let (bob_id, bob_token) = synapse.register("bob", "password").await;
+    let bob = synapse.client(Some(&bob_token));
+
+    // Plait invites: Synapse validates the state (room version 12 makes it warn on failure) and
+    // shows its client the stripped state, create event included.
+    let room = alice
+        .create_room(json!({ "preset": "private_chat", "name": "Full PDUs", "room_version": "12" }))
+        .await;
+    let (status, body) = alice
+        .post(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({ "user_id": bob_id }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}\n{}", synapse.log_tail(40));
+    let invite = wait_for_invite(&bob, &room).await;
+    let events = invite["invite_state"]["events"].as_array().unwrap();
+    let create = events
+        .iter()
+        .find(|event| event["type"] == "m.room.create")
+        .unwrap_or_else(|| panic!("no create event on Synapse: {invite}"));
+    assert_eq!(create["content"]["room_version"], "12", "{create}");
+    assert!(
+        events
+            .iter()
+            .any(|event| event["type"] == "m.room.name" && event["content"]["name"] == "Full PDUs"),
+        "{invite}"
+    );
+    let log = std::fs::read_to_string(synapse.dir().join("homeserver.log")).unwrap();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains(SYNAPSE_INVITE_STATE_WARNING))
+        .collect();
+    assert!(warnings.is_empty(), "Synapse warns: {warnings:#?}");
+
+    // Synapse invites: Plait checks the full PDUs it sends and shows the create event whole.
+    let created = bob
+        .post_ok(
+            "/_matrix/client/v3/createRoom",
+            json!({ "preset": "private_chat", "name": "From Synapse", "room_version": "12" }),
+        )
+        .await;
+    let synapse_room = created["room_id"].as_str().unwrap().to_owned();
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/invite", enc(&synapse_room)),
+        json!({ "user_id": alice_id }),
+    )
+    .await;
+    let invite = wait_for_invite(&alice, &synapse_room).await;
+    let events = invite["invite_state"]["events"].as_array().unwrap();
+    let create = crate::federation::check_prejoin_state(events);
+    assert_eq!(create["sender"], bob_id, "{create}");
+    assert!(
+        events
+            .iter()
+            .any(|event| event["type"] == "m.room.name"
+                && event["content"]["name"] == "From Synapse"),
+        "{invite}"
+    );
+}

@@ -24,6 +24,8 @@ async fn initial_and_incremental_sync() {
             .any(|event| event["type"] == "m.room.name"),
         "{initial}"
     );
+    // A local invite shows the create event whole too (spec v1.16, MSC4311).
+    crate::federation::check_prejoin_state(invite_state.as_array().unwrap());
     let since = initial["next_batch"].as_str().unwrap().to_owned();
     bob.post_ok(
         &format!("/_matrix/client/v3/rooms/{}/join", enc(&room)),

@@ -47,7 +47,8 @@ struct UpgradeBody {
 /// `POST /_matrix/client/v3/rooms/{roomId}/upgrade`
 ///
 /// Needs the power to send `m.room.tombstone`. Creates the new room (its create event names the
-/// predecessor; `event_id` there is the old room's latest event), copies the transferable state
+/// predecessor; `event_id` there is the old room's latest event, left out when the new room's
+/// ID is its create event's hash, from room version 12), copies the transferable state
 /// and power levels (creators of a version 12 room are left out of `users`), moves the local
 /// aliases, the canonical alias and the directory listing, then tombstones the old room and
 /// raises its `events_default` and `invite` to 50 (at least `users_default` + 1) so that the
@@ -168,9 +169,15 @@ async fn create_new_room(
         .map(|pdu| pdu.content_value())
         .unwrap_or(Value::Null);
     let mut predecessor = json!({ "room_id": old_room });
-    let (shortroomid, _) = services.rooms.room_version(old_room)?;
-    if let Some(last) = services.rooms.timeline.extremities(shortroomid)?.first() {
-        predecessor["event_id"] = json!(last);
+    // `event_id` names the old room's last event, which is the tombstone; but the tombstone names
+    // the new room, whose ID in room version 12 is the hash of this create event, so it cannot
+    // exist yet. Spec v1.16 made the field optional (clients then look for the tombstone), and
+    // it is left out there rather than naming an event that is not the last.
+    if !rules.authorization.room_create_event_id_as_room_id {
+        let (shortroomid, _) = services.rooms.room_version(old_room)?;
+        if let Some(last) = services.rooms.timeline.extremities(shortroomid)?.first() {
+            predecessor["event_id"] = json!(last);
+        }
     }
     let mut content = Map::new();
     content.insert("room_version".into(), json!(version.as_str()));

@@ -16,7 +16,7 @@ use crate::{
     http::{Ctx, HandlerResult},
     service::{
         rooms::{
-            auth, handshake, incoming, join_state,
+            auth, handshake, incoming, join_state, prejoin_state,
             restricted::{self, JoinCheck},
             timeline::{build_template, rules_for, PduBuilder, SendTo},
         },
@@ -293,7 +293,7 @@ pub async fn create_leave_event_v1(services: Arc<Services>, ctx: Ctx) -> Handler
 /// Answers the stripped state the knocking user's client shows while the knock is pending.
 pub async fn create_knock_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let (room_id, _, _) = send_membership(&services, &ctx, "knock").await?;
-    Ok(json!({ "knock_room_state": handshake::stripped_state(&services, &room_id)? }))
+    Ok(json!({ "knock_room_state": prejoin_state::for_federation(&services, &room_id)? }))
 }
 
 /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`
@@ -401,11 +401,15 @@ async fn receive_invite(
         &rules,
     )
     .map_err(Error::bad_json)?;
-    let invite_state: Vec<Value> = invite_state
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
     if !handshake::is_resident(services, &room_id)? {
+        let invite_state = prejoin_state::receive(
+            services,
+            &room_id,
+            &rules,
+            invite_state,
+            prejoin_state::Arrived::Invite,
+        )
+        .await;
         handshake::store_outside_membership(
             services,
             &room_id,

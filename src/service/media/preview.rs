@@ -126,7 +126,7 @@ async fn fetch(
             .get(url.clone())
             .send()
             .await
-            .map_err(|error| fetch_failed(&url, error))?;
+            .map_err(|error| fetch_failed(&url, crate::error::with_sources(&error)))?;
         if response.status().is_redirection() {
             let location = response
                 .headers()

@@ -284,7 +284,12 @@ async fn deliver(
         .json(&body)
         .send()
         .await
-        .map_err(|error| Error::Internal(format!("push gateway {url}: {error}")))?;
+        .map_err(|error| {
+            Error::Internal(format!(
+                "push gateway {url}: {}",
+                crate::error::with_sources(&error)
+            ))
+        })?;
     if !response.status().is_success() {
         return Err(Error::Internal(format!(
             "push gateway {url} answered {}",

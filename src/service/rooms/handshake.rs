@@ -4,7 +4,7 @@
 //! (`make_leave`/`send_leave`), and storing invites that arrive.
 
 use ruma::{
-    events::{room::member::MembershipState, StateEventType, TimelineEventType},
+    events::{room::member::MembershipState, TimelineEventType},
     CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedServerName, RoomId, RoomVersionId,
     ServerName, UserId,
 };
@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::{
     auth, incoming,
     pdu::Pdu,
+    prejoin_state,
     timeline::{
         build_and_sign, build_template, commit, rules_for, CommitInput, PduBuilder, SendTo,
     },
@@ -337,7 +338,11 @@ pub async fn invite_remote(
         let (signed, event_id) = build_and_sign(services, &object, &rules)?;
         let pdu = incoming::to_pdu(&event_id, &signed)?;
         auth::check_local_event(services, &rules, &pdu, state_before)?;
-        (signed, event_id, stripped_state(services, room_id)?)
+        (
+            signed,
+            event_id,
+            prejoin_state::for_federation(services, room_id)?,
+        )
     };
     // In a room with a policy server the invite carries its signature before anyone sees it
     // (asked without the room lock; the signature does not change the event ID).
@@ -377,25 +382,6 @@ pub async fn invite_remote(
     Ok(event_id)
 }
 
-/// The stripped state sent with an invite or knock: what a client shows before joining.
-pub fn stripped_state(services: &Services, room_id: &RoomId) -> Result<Vec<Value>> {
-    let mut events = Vec::new();
-    for kind in [
-        StateEventType::RoomCreate,
-        StateEventType::RoomJoinRules,
-        StateEventType::RoomName,
-        StateEventType::RoomAvatar,
-        StateEventType::RoomCanonicalAlias,
-        StateEventType::RoomEncryption,
-        StateEventType::RoomTopic,
-    ] {
-        if let Some(pdu) = services.rooms.current_state_pdu(room_id, &kind, "")? {
-            events.push(pdu.to_stripped_value());
-        }
-    }
-    Ok(events)
-}
-
 /// Knocks on a room on other servers for a local user, trying each of `servers` in turn:
 /// `make_knock` for a template, sign it, `send_knock`. The knock is kept like an invite from
 /// another server: an outlier, the membership, and the stripped state the room answered with.
@@ -432,10 +418,14 @@ async fn knock_through(
     let answer = services
         .federation_request(server, http::Method::PUT, &path, Some(&body))
         .await?;
-    let stripped: Vec<Value> = answer["knock_room_state"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let stripped = prejoin_state::receive(
+        services,
+        room_id,
+        &rules,
+        answer.get("knock_room_state"),
+        prejoin_state::Arrived::Knock,
+    )
+    .await;
     let mut object = signed;
     object.remove("event_id");
     let pdu = incoming::to_pdu(&event_id, &object)?;

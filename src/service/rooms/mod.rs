@@ -10,6 +10,7 @@ pub mod join_state;
 pub mod members;
 pub mod pdu;
 pub mod power;
+pub mod prejoin_state;
 pub mod rejected;
 pub mod relations;
 pub mod restricted;
