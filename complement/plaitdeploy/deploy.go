@@ -273,7 +273,7 @@ func (d *Deployment) UnauthenticatedClient(t ct.TestLike, hsName string) *client
 // Register creates a user with the spec registration API (POST
 // /_matrix/client/v3/register with m.login.dummy auth). Admin users need
 // Synapse's shared-secret registration (/_synapse/admin/v1/register, secret
-// "complement"); Complement's client skips the test when that endpoint is absent.
+// "complement", docs/admin_api.md); Complement's client skips the test when it is off.
 func (d *Deployment) Register(t ct.TestLike, hsName string, opts helpers.RegistrationOpts) *client.CSAPI {
 	t.Helper()
 	s := d.hs(t, "Register", hsName)
@@ -646,7 +646,7 @@ func (s *server) env() []string {
 		"PLAIT_TLS_KEY="+filepath.Join(s.dir, "tls.key"),
 		"PLAIT_FEDERATION_CA_FILE="+s.caFile,
 		"PLAIT_FEDERATION_HOSTS="+hosts,
-		// For Synapse-style admin registration, if Plait ever offers it.
+		// Synapse-style shared-secret registration of admins (docs/admin_api.md).
 		"PLAIT_REGISTRATION_SHARED_SECRET="+client.SharedSecret,
 	)
 	if os.Getenv("RUST_LOG") == "" {
