@@ -18,6 +18,7 @@ pub mod federation_misc;
 mod federation_receipt;
 mod key_backup;
 mod media;
+mod media_legacy;
 mod organisation;
 mod policy_servers;
 mod presence;
