@@ -595,6 +595,26 @@ async fn contains_url_filter_makes_a_media_gallery() {
         }
     };
     assert_eq!(messages(json!({"contains_url": true})).await, ["cat.png"]);
+    // The gallery page reached the start of the room and still names an `end`, as Synapse's
+    // does (Complement's TestRoomImageRoundtrip); the page after it is empty and has none.
+    let gallery = |from: Option<&str>| {
+        let mut path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&filter={}",
+            enc(&room),
+            enc(r#"{"contains_url":true}"#)
+        );
+        if let Some(from) = from {
+            path.push_str(&format!("&from={}", enc(from)));
+        }
+        let alice = alice.clone();
+        async move { alice.get_ok(&path).await }
+    };
+    let page = gallery(None).await;
+    assert_eq!(page["chunk"].as_array().unwrap().len(), 1);
+    let end = page["end"].as_str().expect("a page with events has an end");
+    let after = gallery(Some(end)).await;
+    assert_eq!(after["chunk"], json!([]));
+    assert!(after.get("end").is_none(), "{after}");
     assert_eq!(
         messages(json!({"contains_url": false})).await,
         ["after", "before"]
