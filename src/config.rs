@@ -94,6 +94,13 @@ pub struct Config {
     pub media_path: Option<PathBuf>,
     /// Largest upload accepted (and largest remote file fetched), in bytes.
     pub max_upload_bytes: u64,
+    /// Serve media without an access token on the deprecated `GET /_matrix/media/v3` (and `r0`)
+    /// `download` and `thumbnail` endpoints, as on `/_matrix/client/v1/media`. Off by default:
+    /// those endpoints then answer `404 M_NOT_FOUND` for all media (the freeze of spec 1.11),
+    /// since anyone who learns a media ID could fetch it, or make this server fetch and cache
+    /// another server's media. For old clients and test suites only; the counterpart of
+    /// Synapse's `enable_authenticated_media: false`.
+    pub legacy_media_unauthenticated: bool,
     /// Whether `/preview_url` fetches pages; off by default, since it makes the server fetch
     /// any URL a user names.
     pub url_preview_enabled: bool,
@@ -152,6 +159,7 @@ impl Default for Config {
             read_notification_retention_ms: 30 * 24 * 60 * 60 * 1000,
             media_path: None,
             max_upload_bytes: 50 * 1024 * 1024,
+            legacy_media_unauthenticated: false,
             url_preview_enabled: false,
             url_preview_ip_denylist: DEFAULT_URL_PREVIEW_IP_DENYLIST
                 .iter()
@@ -312,6 +320,7 @@ const ENV_KEYS: &[&str] = &[
     "read_notification_retention_ms",
     "media_path",
     "max_upload_bytes",
+    "legacy_media_unauthenticated",
     "url_preview_enabled",
     "url_preview_ip_denylist",
     "identity_server_allow_http",

@@ -648,6 +648,16 @@ func (s *server) env() []string {
 		"PLAIT_FEDERATION_HOSTS="+hosts,
 		// Synapse-style shared-secret registration of admins (docs/admin_api.md).
 		"PLAIT_REGISTRATION_SHARED_SECRET="+client.SharedSecret,
+		// Serve media without a token on the deprecated /_matrix/media/v3 (and r0) download
+		// and thumbnail endpoints: the counterpart of Synapse's `enable_authenticated_media:
+		// false`. Synapse keeps the default (true) and skips the tests of those endpoints with
+		// its synapse_blacklist build tag; this run has no such tag, so they run here, and
+		// Plait would otherwise answer them 404 (frozen since spec v1.11, its default).
+		"PLAIT_LEGACY_MEDIA_UNAUTHENTICATED=true",
+		// URL previews on, to Complement's web server on loopback: Synapse's Complement
+		// config sets `url_preview_enabled: true` and `url_preview_ip_range_blacklist: []`.
+		"PLAIT_URL_PREVIEW_ENABLED=true",
+		"PLAIT_URL_PREVIEW_IP_DENYLIST=[]",
 	)
 	if os.Getenv("RUST_LOG") == "" {
 		env = append(env, "RUST_LOG=info")

@@ -70,23 +70,43 @@ pub fn all() -> Vec<Route> {
             Token,
             media::get_media_preview,
         ),
-        route(
+        // The deprecated unauthenticated downloads, also under `r0` (clients and federation
+        // fallbacks from before spec v1.1 still use it); frozen unless the config opens them.
+        raw_route(
             Method::GET,
             "/_matrix/media/v3/download/{serverName}/{mediaId}",
             Open,
             media::get_content_unauthenticated,
         ),
-        route(
+        raw_route(
             Method::GET,
-            "/_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}",
+            "/_matrix/media/r0/download/{serverName}/{mediaId}",
             Open,
             media::get_content_unauthenticated,
         ),
-        route(
+        raw_route(
+            Method::GET,
+            "/_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}",
+            Open,
+            media::get_content_as_filename_unauthenticated,
+        ),
+        raw_route(
+            Method::GET,
+            "/_matrix/media/r0/download/{serverName}/{mediaId}/{fileName}",
+            Open,
+            media::get_content_as_filename_unauthenticated,
+        ),
+        raw_route(
             Method::GET,
             "/_matrix/media/v3/thumbnail/{serverName}/{mediaId}",
             Open,
-            media::get_content_unauthenticated,
+            media::get_content_thumbnail_unauthenticated,
+        ),
+        raw_route(
+            Method::GET,
+            "/_matrix/media/r0/thumbnail/{serverName}/{mediaId}",
+            Open,
+            media::get_content_thumbnail_unauthenticated,
         ),
         raw_route(
             Method::GET,

@@ -20,6 +20,7 @@ mod federation_receipt;
 mod first_run;
 mod key_backup;
 mod media;
+mod media_legacy;
 mod organisation;
 mod policy_servers;
 mod presence;

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::common::{assert_error, enc, Client, TestServer};
 
 /// Uploads bytes and returns the status and JSON answer.
-async fn upload(
+pub async fn upload(
     client: &Client,
     bytes: Vec<u8>,
     content_type: &str,
@@ -49,7 +49,7 @@ async fn send_bytes(
 }
 
 /// Uploads bytes that must be accepted and returns the `mxc://` URI.
-async fn upload_ok(
+pub async fn upload_ok(
     client: &Client,
     bytes: Vec<u8>,
     content_type: &str,
@@ -61,12 +61,12 @@ async fn upload_ok(
 }
 
 /// `server/media_id` of an `mxc://` URI.
-fn mxc_path(uri: &str) -> String {
+pub fn mxc_path(uri: &str) -> String {
     uri.strip_prefix("mxc://").unwrap().to_owned()
 }
 
 /// A raw GET with the client's token.
-async fn get_raw(client: &Client, path: &str) -> reqwest::Response {
+pub async fn get_raw(client: &Client, path: &str) -> reqwest::Response {
     let mut request = client.http.get(format!("{}{path}", client.base));
     if let Some(token) = &client.token {
         request = request.bearer_auth(token);
@@ -75,7 +75,7 @@ async fn get_raw(client: &Client, path: &str) -> reqwest::Response {
 }
 
 /// A GET whose answer is JSON (errors).
-async fn get_json(client: &Client, path: &str) -> (u16, Value) {
+pub async fn get_json(client: &Client, path: &str) -> (u16, Value) {
     let response = get_raw(client, path).await;
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
@@ -89,7 +89,7 @@ fn header_value(response: &http::Response<Vec<u8>>, name: &str) -> String {
         .unwrap_or_default()
 }
 
-fn header(response: &reqwest::Response, name: &str) -> String {
+pub fn header(response: &reqwest::Response, name: &str) -> String {
     response
         .headers()
         .get(name)
@@ -98,7 +98,7 @@ fn header(response: &reqwest::Response, name: &str) -> String {
 }
 
 /// An RGB image encoded as PNG or JPEG.
-fn image_bytes(width: u32, height: u32, format: image::ImageFormat) -> Vec<u8> {
+pub fn image_bytes(width: u32, height: u32, format: image::ImageFormat) -> Vec<u8> {
     let image = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(width, height, |x, y| {
         image::Rgb([(x % 251) as u8, (y % 241) as u8, 90])
     }));
@@ -213,15 +213,24 @@ async fn upload_and_download_round_trip_with_safe_headers() {
         "M_INVALID_PARAM",
     );
 
-    // The frozen unauthenticated endpoints answer 404 even for existing media.
-    for legacy in [
-        format!("/_matrix/media/v3/download/{}", mxc_path(&uri)),
-        format!("/_matrix/media/v3/download/{}/a.txt", mxc_path(&uri)),
-        format!(
-            "/_matrix/media/v3/thumbnail/{}?width=32&height=32",
+    // The frozen unauthenticated endpoints (`legacy_media_unauthenticated` is off by default)
+    // answer 404 even for existing media, on `v3` and `r0`.
+    let mut frozen = Vec::new();
+    for version in ["v3", "r0"] {
+        frozen.push(format!(
+            "/_matrix/media/{version}/download/{}",
             mxc_path(&uri)
-        ),
-    ] {
+        ));
+        frozen.push(format!(
+            "/_matrix/media/{version}/download/{}/a.txt",
+            mxc_path(&uri)
+        ));
+        frozen.push(format!(
+            "/_matrix/media/{version}/thumbnail/{}?width=32&height=32",
+            mxc_path(&uri)
+        ));
+    }
+    for legacy in frozen {
         assert_error(&get_json(&anonymous, &legacy).await, 404, "M_NOT_FOUND");
         assert_error(&get_json(&bob, &legacy).await, 404, "M_NOT_FOUND");
     }
@@ -586,6 +595,26 @@ async fn contains_url_filter_makes_a_media_gallery() {
         }
     };
     assert_eq!(messages(json!({"contains_url": true})).await, ["cat.png"]);
+    // The gallery page reached the start of the room and still names an `end`, as Synapse's
+    // does (Complement's TestRoomImageRoundtrip); the page after it is empty and has none.
+    let gallery = |from: Option<&str>| {
+        let mut path = format!(
+            "/_matrix/client/v3/rooms/{}/messages?dir=b&filter={}",
+            enc(&room),
+            enc(r#"{"contains_url":true}"#)
+        );
+        if let Some(from) = from {
+            path.push_str(&format!("&from={}", enc(from)));
+        }
+        let alice = alice.clone();
+        async move { alice.get_ok(&path).await }
+    };
+    let page = gallery(None).await;
+    assert_eq!(page["chunk"].as_array().unwrap().len(), 1);
+    let end = page["end"].as_str().expect("a page with events has an end");
+    let after = gallery(Some(end)).await;
+    assert_eq!(after["chunk"], json!([]));
+    assert!(after.get("end").is_none(), "{after}");
     assert_eq!(
         messages(json!({"contains_url": false})).await,
         ["after", "before"]

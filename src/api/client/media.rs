@@ -1,6 +1,7 @@
 //! The content repository for clients: uploads (direct and reserved), authenticated downloads
 //! and thumbnails (local media, or another server's fetched over federation and cached), the
-//! media config, URL previews, and the frozen unauthenticated download endpoints.
+//! media config, URL previews, and the deprecated unauthenticated download and thumbnail
+//! endpoints (frozen unless `legacy_media_unauthenticated`, then the same code answers them).
 //!
 //! Downloads carry the spec's safe headers: `Content-Disposition` is `inline` only for the
 //! spec's inline-safe content types and `attachment` otherwise, with the file name encoded as
@@ -150,13 +151,46 @@ pub async fn get_media_preview(services: Arc<Services>, ctx: Ctx) -> HandlerResu
 
 /// GET /_matrix/media/v3/download/{serverName}/{mediaId}
 ///
-/// Deprecated and unauthenticated: Plait froze unauthenticated media from its first release, so
-/// every request is `404 M_NOT_FOUND` (spec 1.11, "Client behaviour" of the content repository).
-/// The same handler serves the `{fileName}` variant and the deprecated thumbnail endpoint.
-pub async fn get_content_unauthenticated(_services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
-    Err(Error::not_found(
-        "unauthenticated media is not served; use /_matrix/client/v1/media",
-    ))
+/// Deprecated and unauthenticated, also on `r0`. Off by default: Plait froze unauthenticated
+/// media from its first release, so every request is `404 M_NOT_FOUND` (spec 1.11, "Client
+/// behaviour" of the content repository). With `legacy_media_unauthenticated` it answers as
+/// [`get_content`] does, and with `allow_remote=false` serves another server's media only from
+/// the cache.
+pub async fn get_content_unauthenticated(services: Arc<Services>, ctx: Ctx) -> RawResult {
+    check_legacy(&services, &ctx)?;
+    get_content(services, ctx).await
+}
+
+/// GET /_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}
+///
+/// As [`get_content_unauthenticated`], answering as [`get_content_as_filename`] does.
+pub async fn get_content_as_filename_unauthenticated(
+    services: Arc<Services>,
+    ctx: Ctx,
+) -> RawResult {
+    check_legacy(&services, &ctx)?;
+    get_content_as_filename(services, ctx).await
+}
+
+/// GET /_matrix/media/v3/thumbnail/{serverName}/{mediaId}
+///
+/// As [`get_content_unauthenticated`], answering as [`get_content_thumbnail`] does.
+pub async fn get_content_thumbnail_unauthenticated(services: Arc<Services>, ctx: Ctx) -> RawResult {
+    check_legacy(&services, &ctx)?;
+    get_content_thumbnail(services, ctx).await
+}
+
+/// Whether a deprecated unauthenticated endpoint may answer this request (see
+/// [`crate::service::media::Media::check_legacy_access`]).
+fn check_legacy(services: &Services, ctx: &Ctx) -> Result<()> {
+    let allow_remote = match ctx.query("allow_remote") {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(_) => return Err(Error::invalid_param("allow_remote must be true or false")),
+    };
+    services
+        .media
+        .check_legacy_access(&server_param(ctx)?, ctx.param(1), allow_remote)
 }
 
 async fn download(services: &Services, ctx: &Ctx, filename: Option<String>) -> RawResult {

@@ -270,6 +270,11 @@ pub fn format_token(position: TopoPos) -> String {
 /// Both directions, `from`/`to` tokens, `limit` (default 10, at most 1000) and a `RoomEventFilter`.
 /// With `lazy_load_members` the member events of the chunk's senders come in `state`.
 /// Non-state events of users the caller ignores are left out.
+/// `end` comes with every page that holds events, also one that reached the start (or end) of
+/// the room, and only a page that finds nothing leaves it out, as Synapse does: a client then
+/// learns it reached the edge from one more, empty, page. The spec leaves `end` out as soon as
+/// no further events are available; clients that page until `end` is missing handle both, and
+/// Complement's `TestRoomImageRoundtrip` expects `end` on a filtered page that reached the start.
 pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     // Members, former members (up to their departure) and anyone in a `world_readable` room.
@@ -367,7 +372,7 @@ pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
     };
     let mut response = json!({ "chunk": chunk, "start": start });
     if let Some(last) = last {
-        if chunk.len() >= limit {
+        if !chunk.is_empty() || chunk.len() >= limit {
             response["end"] = json!(format_token(last));
         }
     }

@@ -83,6 +83,8 @@ pub struct Media {
     files: Files,
     server_name: OwnedServerName,
     max_upload_bytes: u64,
+    /// Whether the deprecated unauthenticated endpoints serve media (`legacy_media_unauthenticated`).
+    legacy_unauthenticated: bool,
     /// Serialises the check-and-write of a reserved upload (no await while held).
     upload_lock: Mutex<()>,
     /// Woken whenever media becomes available, for downloads waiting on a reserved upload.
@@ -108,6 +110,7 @@ impl Media {
             files: Files::open(&config.media_path())?,
             server_name: config.server_name().to_owned(),
             max_upload_bytes: config.max_upload_bytes,
+            legacy_unauthenticated: config.legacy_media_unauthenticated,
             upload_lock: Mutex::new(()),
             uploaded: tokio::sync::Notify::new(),
             thumbnails_generated: AtomicU64::new(0),
@@ -349,6 +352,33 @@ impl Media {
                     .map_err(|error| Error::corrupt("mediaid_media", error))
             })
             .transpose()
+    }
+
+    /// Whether a deprecated unauthenticated endpoint (`/_matrix/media/v3/download`,
+    /// `/thumbnail`) may serve `server/media_id`. Unless `legacy_media_unauthenticated` is set,
+    /// never: all media counts as uploaded after the freeze of spec 1.11, so it is
+    /// `404 M_NOT_FOUND`. With it, yes, except that `allow_remote=false` limits another server's
+    /// media to what is cached here (`404` otherwise), as the spec asks to prevent loops.
+    pub fn check_legacy_access(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+        allow_remote: bool,
+    ) -> Result<()> {
+        if !self.legacy_unauthenticated {
+            return Err(Error::not_found(
+                "unauthenticated media is not served; use /_matrix/client/v1/media",
+            ));
+        }
+        if allow_remote || self.is_local(server) {
+            return Ok(());
+        }
+        match self.get(server, media_id)? {
+            Some(record) if record.sha256.is_some() => Ok(()),
+            _ => Err(Error::not_found(format!(
+                "media {server}/{media_id} is not cached here and allow_remote is false"
+            ))),
+        }
     }
 
     /// Whether the media is this server's.

@@ -1,12 +1,18 @@
 //! Media of other servers: fetched once with the federation media API
 //! (`GET /_matrix/federation/v1/media/download/{mediaId}`, a `multipart/mixed` answer of a JSON
-//! part and the file or a `Location`), then stored in the content-addressed store and served
-//! from there. Remote thumbnails are made here from the cached original.
+//! part and the file or a `Location`; an answer that is the bare file is taken too, and a server
+//! that does not know that endpoint is asked on the deprecated `/_matrix/media/v3/download`),
+//! then stored in the content-addressed store and served from there. Remote thumbnails are made
+//! here from the cached original.
 
 use std::{sync::atomic::Ordering, time::Duration};
 
 use ruma::{
-    api::{federation::authenticated_media::FileOrLocation, IncomingResponse},
+    api::{
+        federation::authenticated_media::{Content, FileOrLocation},
+        IncomingResponse,
+    },
+    http_headers::{ContentDisposition, ContentDispositionType},
     ServerName,
 };
 
@@ -94,39 +100,44 @@ async fn fetch(
         "/_matrix/federation/v1/media/download/{media_id}?timeout_ms={}",
         timeout.min(super::MAX_WAIT).as_millis()
     );
-    let answer = services
-        .federation
-        .request_bytes(
-            services.globals.server_name(),
-            services.globals.signing_key(),
-            server,
-            &path,
-            envelope,
-        )
-        .await?;
-    let parsed = ruma::api::federation::authenticated_media::get_content::v1::Response::try_from_http_response(answer)
-        .map_err(|error| remote(server, format!("bad media answer: {error}")))?;
-    let content = match parsed.content {
-        FileOrLocation::File(content) => content,
-        FileOrLocation::Location(url) => {
-            let answer = services.federation.get_url(server, &url, limit).await?;
-            let content_type = answer
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned);
-            let mut content = ruma::api::federation::authenticated_media::Content::new(
-                answer.into_body(),
-                String::new(),
-                ruma::http_headers::ContentDisposition::new(
-                    ruma::http_headers::ContentDispositionType::Attachment,
-                ),
-            );
-            content.content_type = content_type;
-            content.content_disposition = None;
-            content
+    let request = |path: String| async move {
+        services
+            .federation
+            .request_bytes(
+                services.globals.server_name(),
+                services.globals.signing_key(),
+                server,
+                &path,
+                envelope,
+            )
+            .await
+    };
+    let answer = match request(path).await {
+        // Server-server API, "Content Repository" (v1.11): a server that does not know the
+        // endpoint is asked on the deprecated one, with `allow_remote=false`.
+        Err(error) if not_understood(&error) => {
+            request(format!(
+                "/_matrix/media/v3/download/{server}/{media_id}?allow_remote=false&timeout_ms={}",
+                timeout.min(super::MAX_WAIT).as_millis()
+            ))
+            .await?
         }
-        _ => return Err(remote(server, "unknown media answer".to_owned())),
+        answer => answer?,
+    };
+    let content = if is_multipart(&answer) {
+        let parsed = ruma::api::federation::authenticated_media::get_content::v1::Response::try_from_http_response(answer)
+            .map_err(|error| remote(server, format!("bad media answer: {error}")))?;
+        match parsed.content {
+            FileOrLocation::File(content) => content,
+            FileOrLocation::Location(url) => {
+                plain_content(services.federation.get_url(server, &url, limit).await?)
+            }
+            _ => return Err(remote(server, "unknown media answer".to_owned())),
+        }
+    } else {
+        // The deprecated endpoint answers the file itself, and so do some servers on the new
+        // one, which the spec has answer `multipart/mixed`: take it as it comes.
+        plain_content(answer)
     };
     if content.file.len() > limit {
         return Err(super::files::too_large(limit as u64));
@@ -144,6 +155,56 @@ async fn fetch(
             filename,
         )
         .await
+}
+
+/// Whether the other server did not understand a request to the federation media endpoint: it
+/// answered `M_UNRECOGNIZED` (what the spec names for falling back), or `400`, `404` or `405`
+/// without a Matrix error code (servers from before spec v1.6 settled on `M_UNRECOGNIZED`, and
+/// Complement's federation server, whose route for this endpoint always answers `400`).
+fn not_understood(error: &Error) -> bool {
+    let Error::Remote { source, .. } = error else {
+        return false;
+    };
+    source
+        .downcast_ref::<crate::federation::RemoteError>()
+        .is_some_and(|answer| {
+            answer.errcode == "M_UNRECOGNIZED"
+                || (matches!(answer.status, 400 | 404 | 405) && answer.errcode == "M_UNKNOWN")
+        })
+}
+
+/// Whether a federation media answer is `multipart/mixed` (a JSON part, then the file or a
+/// `Location`).
+fn is_multipart(answer: &http::Response<Vec<u8>>) -> bool {
+    answer
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("multipart/mixed"))
+}
+
+/// The file of an answer that is the file itself (a `Location` target, or a server that does not
+/// wrap it in `multipart/mixed`), with its `Content-Type` and `Content-Disposition`.
+fn plain_content(answer: http::Response<Vec<u8>>) -> Content {
+    let header = |name: http::header::HeaderName| {
+        answer
+            .headers()
+            .get(name)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    };
+    let content_type = header(http::header::CONTENT_TYPE);
+    let content_disposition =
+        header(http::header::CONTENT_DISPOSITION).and_then(|value| value.parse().ok());
+    let mut content = Content::new(
+        answer.into_body(),
+        String::new(),
+        ContentDisposition::new(ContentDispositionType::Attachment),
+    );
+    content.content_type = content_type;
+    content.content_disposition = content_disposition;
+    content
 }
 
 fn remote(server: &ServerName, detail: String) -> Error {
