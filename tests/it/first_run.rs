@@ -81,18 +81,10 @@ async fn log_output_to_a_pipe_has_no_colour_codes() {
         ("PLAIT_LOG", "debug".to_owned()),
     ]
     .map(|(name, value)| (name.to_owned(), value));
-    // SIGTERM a few seconds after it serves (an older binary installed its signal handlers only
-    // after opening the database): shutting down logs through `tracing` too.
-    let served = std::sync::OnceLock::new();
+    // SIGTERM as soon as it serves: the signal handlers are installed before it announces
+    // itself, and shutting down logs through `tracing`.
     let run = tokio::task::spawn_blocking(move || {
-        run_captured(&[], &env, |output| {
-            output.contains("point a Matrix client")
-                && served
-                    .get_or_init(std::time::Instant::now)
-                    .elapsed()
-                    .as_secs()
-                    >= 3
-        })
+        run_captured(&[], &env, |output| output.contains("point a Matrix client"))
     })
     .await
     .unwrap();
