@@ -91,11 +91,13 @@ pub fn check_join(services: &Services, room_id: &RoomId, user: &UserId) -> Resul
     if !qualifies {
         // An allow list naming no room lets nobody in by membership, which any server can
         // tell; a local user's memberships are always known here.
-        return Ok(if known || allowed.is_empty() || user.server_name() == own {
-            JoinCheck::NotAllowed
-        } else {
-            JoinCheck::Unverifiable
-        });
+        return Ok(
+            if known || allowed.is_empty() || user.server_name() == own {
+                JoinCheck::NotAllowed
+            } else {
+                JoinCheck::Unverifiable
+            },
+        );
     }
     Ok(match local_authoriser(services, room_id)? {
         Some(authoriser) => JoinCheck::Authorised(authoriser),
