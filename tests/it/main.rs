@@ -4,6 +4,7 @@
 mod common;
 
 mod accounts;
+mod aliases;
 mod backfill;
 mod device_lists;
 mod durability;
