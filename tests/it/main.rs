@@ -36,6 +36,7 @@ mod synapse_interop;
 mod synapse_outages;
 mod synapse_scenarios;
 pub mod sync;
+mod sync_state;
 mod third_party_invites;
 mod tidy;
 mod timestamp_to_event;
