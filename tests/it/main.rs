@@ -20,6 +20,7 @@ mod federation_receipt;
 mod key_backup;
 mod media;
 mod organisation;
+mod pagination;
 mod policy_servers;
 mod presence;
 mod push;

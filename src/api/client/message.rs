@@ -366,8 +366,12 @@ pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
         None => format_token(from),
     };
     let mut response = json!({ "chunk": chunk, "start": start });
+    // `end` is left out only when a page finds nothing more: a short page that reached the
+    // start of the room (or the newest event, or `to`) still gets one, as Synapse's does, and
+    // the page after it comes back empty without one. A page that stops at `to` or at the newest
+    // event has not seen every event there may be in that direction.
     if let Some(last) = last {
-        if chunk.len() >= limit {
+        if !chunk.is_empty() || chunk.len() >= limit {
             response["end"] = json!(format_token(last));
         }
     }
