@@ -49,6 +49,8 @@ pub struct Services {
     pub received: received::ReceivedTransactions,
     pub typing: typing::Typing,
     pub receipts: receipts::Receipts,
+    /// The member events each device was sent by lazy-loading syncs (memory only).
+    pub sent_members: sync::SentMembers,
     pub keys: keys::Keys,
     pub remote_keys: remote_keys::RemoteKeys,
     pub to_device: to_device::ToDevice,
@@ -68,6 +70,7 @@ impl Services {
         Ok(Arc::new(Self {
             typing: typing::Typing::open(&globals)?,
             receipts: receipts::Receipts::open(&db),
+            sent_members: sync::SentMembers::default(),
             globals,
             users: users::Users::open(&db),
             uiaa: uiaa::Uiaa::default(),

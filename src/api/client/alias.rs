@@ -62,6 +62,8 @@ pub async fn create_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 /// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`
 ///
 /// Allowed for the alias's creator and for room members with the power to change `m.room.canonical_alias`.
+/// An alias the room's `m.room.canonical_alias` names is taken out of it (by the deleting user,
+/// when they may send that event).
 pub async fn delete_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let alias = alias_param(&ctx)?;
     let (room_id, creator) = services
@@ -87,6 +89,7 @@ pub async fn delete_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         }
     }
     services.rooms.alias.remove(&alias, &room_id)?;
+    directory::remove_from_canonical_alias(&services, &room_id, &alias, ctx.user()).await?;
     Ok(json!({}))
 }
 

@@ -508,7 +508,8 @@ pub async fn joined_rooms(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/members`
 ///
-/// Filters `membership` and `not_membership` apply; `at` is not supported (current state is served).
+/// Filters `membership` and `not_membership` apply; `at` answers the members after the last event
+/// before that token (none before the room's first event).
 pub async fn get_member_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     let readable = readable_state(&services, &room_id, ctx.user())?;
@@ -516,11 +517,15 @@ pub async fn get_member_events(services: Arc<Services>, ctx: Ctx) -> HandlerResu
     let not = ctx.query("not_membership");
     let hash = match ctx.query("at") {
         Some(token) => state_at_token(&services, &room_id, token, &readable)?,
-        None => readable.shortstatehash,
+        None => Some(readable.shortstatehash),
     };
     let rooms = &services.rooms;
     let mut chunk = Vec::new();
-    for (shortstatekey, shorteventid) in rooms.state.load(hash)?.iter() {
+    let state = match hash {
+        Some(hash) => rooms.state.load(hash)?,
+        None => Default::default(),
+    };
+    for (shortstatekey, shorteventid) in state.iter() {
         let (kind, _) = rooms.short.get_statekey(*shortstatekey)?;
         if kind != StateEventType::RoomMember {
             continue;
@@ -545,32 +550,35 @@ pub async fn get_member_events(services: Arc<Services>, ctx: Ctx) -> HandlerResu
     Ok(json!({ "chunk": chunk }))
 }
 
-/// The state at a pagination token (`at` of `/members`): after the last event before it, and
-/// never later than what the user may read.
+/// The state at a pagination token (`at` of `/members`): after the last event before it (none
+/// for a token from before the room's first event), and never later than what the user may
+/// read.
 fn state_at_token(
     services: &Services,
     room_id: &RoomId,
     token: &str,
     readable: &ReadableState,
-) -> Result<u64> {
+) -> Result<Option<u64>> {
     let rooms = &services.rooms;
     let (shortroomid, _) = rooms.room_version(room_id)?;
     let position = parse_token(services, shortroomid, token)?;
     let Some(entry) = rooms.timeline.iter_topo(shortroomid, position, true).next() else {
-        return Ok(readable.shortstatehash);
+        return Ok(None);
     };
     let (position, pdu) = entry?;
     if readable.after_departure(position.count) {
-        return Ok(readable.shortstatehash);
+        return Ok(Some(readable.shortstatehash));
     }
     let state = match rooms.short.get_shorteventid(&pdu.event_id)? {
         Some(short) => rooms.state.get_event_state(short)?,
         None => None,
     };
-    Ok(state
-        .map(|(_, after)| after)
-        .filter(|after| *after != 0)
-        .unwrap_or(readable.shortstatehash))
+    Ok(Some(
+        state
+            .map(|(_, after)| after)
+            .filter(|after| *after != 0)
+            .unwrap_or(readable.shortstatehash),
+    ))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`

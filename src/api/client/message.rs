@@ -371,6 +371,8 @@ pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
         None => format_token(from),
     };
     let mut response = json!({ "chunk": chunk, "start": start });
+    // A page that stops at `to` or at the newest event has not seen every event there may be in
+    // that direction either, so it too gets an `end` (see the doc comment).
     if let Some(last) = last {
         if !chunk.is_empty() || chunk.len() >= limit {
             response["end"] = json!(format_token(last));

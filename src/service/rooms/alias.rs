@@ -196,3 +196,84 @@ pub fn public_rooms(
     }
     Ok(response)
 }
+
+/// Takes a deleted alias out of the room's `m.room.canonical_alias` (its `alias` and
+/// `alt_aliases`), as Synapse does, with a new event from the user who deleted it; an alias the
+/// event does not name changes nothing.
+/// A user who may not send that event still deletes the alias, and the event stays as it was:
+/// the refusal is logged and not returned.
+pub async fn remove_from_canonical_alias(
+    services: &Services,
+    room_id: &RoomId,
+    alias: &RoomAliasId,
+    user: &UserId,
+) -> Result<()> {
+    let Some(current) =
+        services
+            .rooms
+            .current_state_pdu(room_id, &StateEventType::RoomCanonicalAlias, "")?
+    else {
+        return Ok(());
+    };
+    let Some(content) = without_alias(current.content_value(), alias) else {
+        return Ok(());
+    };
+    let builder =
+        crate::service::rooms::timeline::PduBuilder::state("m.room.canonical_alias", "", content);
+    match crate::service::rooms::timeline::create_and_commit(services, room_id, user, builder, None)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(refusal @ (Error::Matrix { .. } | Error::Refused(_))) => {
+            tracing::debug!(%room_id, %alias, reason = %refusal, "canonical alias left as it was");
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// The canonical alias content without `alias`, or `None` when it does not name it.
+fn without_alias(mut content: Value, alias: &RoomAliasId) -> Option<Value> {
+    let fields = content.as_object_mut()?;
+    let mut changed = false;
+    if fields.get("alias").and_then(Value::as_str) == Some(alias.as_str()) {
+        fields.remove("alias");
+        changed = true;
+    }
+    if let Some(Value::Array(alt_aliases)) = fields.get_mut("alt_aliases") {
+        let before = alt_aliases.len();
+        alt_aliases.retain(|other| other.as_str() != Some(alias.as_str()));
+        if alt_aliases.len() != before {
+            changed = true;
+            if alt_aliases.is_empty() {
+                fields.remove("alt_aliases");
+            }
+        }
+    }
+    changed.then_some(content)
+}
+
+#[cfg(test)]
+mod tests {
+    use ruma::room_alias_id;
+    use serde_json::json;
+
+    use super::without_alias;
+
+    #[test]
+    fn a_deleted_alias_leaves_the_canonical_alias_content() {
+        let alias = room_alias_id!("#gone:localhost");
+        let check = |content, expected| assert_eq!(without_alias(content, alias), expected);
+        check(json!({"alias": "#gone:localhost"}), Some(json!({})));
+        check(
+            json!({"alias": "#kept:localhost", "alt_aliases": ["#gone:localhost", "#b:localhost"]}),
+            Some(json!({"alias": "#kept:localhost", "alt_aliases": ["#b:localhost"]})),
+        );
+        check(
+            json!({"alias": "#gone:localhost", "alt_aliases": ["#gone:localhost"]}),
+            Some(json!({})),
+        );
+        check(json!({"alias": "#kept:localhost"}), None);
+        check(json!({}), None);
+    }
+}

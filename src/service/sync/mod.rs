@@ -2,6 +2,10 @@
 //! timelines, state deltas and ephemeral events (typing, receipts), account data and presence.
 //! Non-state events, typing and invites of users the syncing user ignores are left out.
 
+mod joined;
+mod lazy;
+mod state;
+
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     fmt,
@@ -10,19 +14,16 @@ use std::{
 use ruma::{events::room::member::MembershipState, OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Map, Value};
 
+pub use self::lazy::SentMembers;
 use crate::{
     error::Result,
     service::{
         filter::RoomEventFilter,
         notify::{Topic, Waiter},
-        presence, receipts,
+        presence,
         rooms::{
-            members::RoomMembership,
-            pdu::Pdu,
-            prejoin_state,
-            relations::bundle::serve_event,
-            timeline::read::client_event,
-            visibility::{self, user_can_see},
+            members::RoomMembership, pdu::Pdu, prejoin_state, timeline::read::client_event,
+            visibility,
         },
         Services,
     },
@@ -105,6 +106,10 @@ fn build(
 ) -> Result<(Value, bool)> {
     let next = services.globals.current_count();
     let next_typing = services.typing.current();
+    let next_batch = SyncToken {
+        count: next,
+        typing: next_typing,
+    };
     let since = request.since.map_or(0, |token| token.count);
     let room_filter = request.filter.get("room").cloned().unwrap_or(Value::Null);
     let timeline_filter =
@@ -118,6 +123,13 @@ fn build(
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let room_allowed = RoomEventFilter::from_value(&room_filter);
+    let lazy = timeline_filter.lazy_load_members || state_filter.lazy_load_members;
+    services.sent_members.begin(
+        request.user,
+        request.device,
+        request.since,
+        request.full_state,
+    );
     // A limit of 0 is allowed: the rooms then come with their state and an empty timeline.
     let limit = timeline_filter.limit.unwrap_or(10).min(1000);
 
@@ -157,16 +169,11 @@ fn build(
         }
         match membership.membership {
             MembershipState::Join => {
-                // A room joined since the last sync gets its full state, like an initial sync.
-                let full =
-                    request.since.is_none() || request.full_state || membership.count > since;
-                let room = joined_room(
+                let room = joined::joined_room(
                     services,
                     request,
                     membership,
                     (since, next),
-                    limit,
-                    full,
                     (&timeline_filter, &state_filter, &ephemeral_filter),
                 )?;
                 if let Some(room) = room {
@@ -252,6 +259,25 @@ fn build(
         request.since.map(|token| token.count),
         next,
     )?;
+    if lazy {
+        let mut sent = lazy::Sent::default();
+        for (room_id, room) in &join {
+            let Ok(room_id) = OwnedRoomId::try_from(room_id.as_str()) else {
+                continue;
+            };
+            for (member, event_id) in joined::member_events(room) {
+                if let (Ok(member), Ok(event_id)) = (
+                    OwnedUserId::try_from(member),
+                    ruma::OwnedEventId::try_from(event_id),
+                ) {
+                    sent.add(&room_id, member, event_id);
+                }
+            }
+        }
+        services
+            .sent_members
+            .record(request.user, request.device, next_batch, sent);
+    }
     let has_updates = !join.is_empty()
         || !invite.is_empty()
         || !leave.is_empty()
@@ -260,7 +286,7 @@ fn build(
         || !presence.is_empty()
         || e2ee_updates;
     let mut response = json!({
-        "next_batch": SyncToken { count: next, typing: next_typing }.to_string(),
+        "next_batch": next_batch.to_string(),
         "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         "account_data": { "events": global_account_data },
         "presence": { "events": presence },
@@ -292,271 +318,6 @@ fn newly_joined_members(join: &Map<String, Value>, user: &UserId) -> BTreeSet<Ow
     }
     joiners
 }
-
-fn joined_room(
-    services: &Services,
-    request: &SyncRequest<'_>,
-    membership: &RoomMembership,
-    (since, next): (u64, u64),
-    limit: usize,
-    initial: bool,
-    (timeline_filter, state_filter, ephemeral_filter): (
-        &RoomEventFilter,
-        &RoomEventFilter,
-        &RoomEventFilter,
-    ),
-) -> Result<Option<Value>> {
-    let room_id: &RoomId = &membership.room_id;
-    let Some(shortroomid) = services.rooms.short.get_shortroomid(room_id)? else {
-        return Ok(None);
-    };
-    // The newest `limit` matching events after `since`, oldest first.
-    let ignored = services.account_data.ignored_users(request.user)?;
-    let mut events: Vec<(u64, Pdu)> = Vec::new();
-    let mut limited = false;
-    // The batch ends at the newest gap in the timeline (`timeline/gaps.rs`), as a limited one.
-    let mut gap = None;
-    for entry in services
-        .rooms
-        .timeline
-        .iter_before(shortroomid, next.saturating_add(1))
-    {
-        let (count, pdu) = entry?;
-        if count <= since {
-            break;
-        }
-        let newest_gap = match gap {
-            Some(known) => known,
-            None => *gap.insert(
-                services
-                    .rooms
-                    .timeline
-                    .newest_gap(shortroomid, since, next)?,
-            ),
-        };
-        if newest_gap.is_some_and(|gap_count| count < gap_count) {
-            limited = true;
-            break;
-        }
-        if !timeline_filter.matches(&pdu)
-            || visibility::ignored(&ignored, &pdu)
-            || !user_can_see(services, request.user, Some(membership), count, &pdu)?
-        {
-            continue;
-        }
-        if events.len() == limit {
-            limited = true;
-            break;
-        }
-        events.push((count, pdu));
-    }
-    events.reverse();
-    let ephemeral = ephemeral_events(services, request, room_id, initial, next, ephemeral_filter)?;
-    if events.is_empty() && ephemeral.is_empty() && !initial {
-        return Ok(None);
-    }
-    let viewer = Some((request.user, request.device));
-    let timeline: Vec<Value> = events
-        .iter()
-        .map(|(_, pdu)| serve_event(services, pdu, room_id, viewer))
-        .collect::<Result<_>>()?;
-    let prev_batch = match events.first() {
-        // The stream just before the first event: `/messages` goes back from there.
-        Some((count, _)) => format!("s{}", count.saturating_sub(1)),
-        None => format!("s{next}"),
-    };
-
-    // State: everything at the start of the timeline that the client has not seen.
-    let state = if initial || limited {
-        let seen = if initial {
-            None
-        } else {
-            state_at_position(services, shortroomid, since)?
-        };
-        let start = match events.first() {
-            Some((_, first)) => state_before_timeline(services, first)?,
-            None => services.rooms.state.get_room_state(shortroomid)?,
-        };
-        state_section(
-            services,
-            request,
-            room_id,
-            (start, seen),
-            &events,
-            (timeline_filter, state_filter),
-        )?
-    } else {
-        Vec::new()
-    };
-    // The member counts change only with member events, so they are counted and sent only then
-    // and on initial syncs; clients keep the last values they saw.
-    let membership_changed = initial
-        || events
-            .iter()
-            .any(|(_, pdu)| pdu.kind == ruma::events::TimelineEventType::RoomMember);
-    let summary = if membership_changed {
-        let members = &services.rooms.members;
-        let joined = members
-            .iter_members(room_id, Some(MembershipState::Join))?
-            .len();
-        let invited = members
-            .iter_members(room_id, Some(MembershipState::Invite))?
-            .len();
-        json!({ "m.joined_member_count": joined, "m.invited_member_count": invited })
-    } else {
-        json!({})
-    };
-    let (unread, unread_threads) =
-        crate::service::push::sync_unread(services, request.user, room_id, request.filter)?;
-    let mut room = json!({
-        "timeline": { "events": timeline, "limited": limited, "prev_batch": prev_batch },
-        "state": { "events": state },
-        "ephemeral": { "events": ephemeral },
-        "account_data": { "events": [] },
-        "summary": summary,
-        "unread_notifications": unread,
-    });
-    if let Some(threads) = unread_threads {
-        room["unread_thread_notifications"] = threads;
-    }
-    Ok(Some(room))
-}
-
-/// A joined room's typing and receipt events: its typists when they changed after the token's
-/// typing position, and the receipts set after `since` up to `next` (on an initial sync, the
-/// current typists if any and every current receipt). Private receipts reach only their owner.
-fn ephemeral_events(
-    services: &Services,
-    request: &SyncRequest<'_>,
-    room_id: &RoomId,
-    initial: bool,
-    next: u64,
-    filter: &RoomEventFilter,
-) -> Result<Vec<Value>> {
-    let mut events = Vec::new();
-    if !filter.room_allowed(room_id.as_str()) {
-        return Ok(events);
-    }
-    let since = request.since.filter(|_| !initial);
-    if filter.matches_type("m.typing") {
-        if let Some(mut users) = services
-            .typing
-            .get_changed(room_id, since.map(|token| token.typing))
-        {
-            let ignored = services.account_data.ignored_users(request.user)?;
-            users.retain(|user| !ignored.contains(user));
-            events.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
-        }
-    }
-    if filter.matches_type("m.receipt") {
-        let receipts =
-            services
-                .receipts
-                .iter_since(room_id, since.map(|token| token.count), next)?;
-        events.extend(receipts::sync_events(&receipts, request.user));
-    }
-    Ok(events)
-}
-
-/// The room state after the last event at or before `count`.
-fn state_at_position(services: &Services, shortroomid: u64, count: u64) -> Result<Option<u64>> {
-    let Some(entry) = services
-        .rooms
-        .timeline
-        .iter_before(shortroomid, count.saturating_add(1))
-        .next()
-    else {
-        return Ok(None);
-    };
-    let (_, pdu) = entry?;
-    let short = services
-        .rooms
-        .short
-        .get_shorteventid(&pdu.event_id)?
-        .unwrap_or(0);
-    Ok(services
-        .rooms
-        .state
-        .get_event_state(short)?
-        .map(|(_, after)| after))
-}
-
-/// The state a timeline starts from: the state before its first event (for a state event) or
-/// after it (for any other: its state is the same).
-fn state_before_timeline(services: &Services, first: &Pdu) -> Result<Option<u64>> {
-    let short = services
-        .rooms
-        .short
-        .get_shorteventid(&first.event_id)?
-        .unwrap_or(0);
-    Ok(services
-        .rooms
-        .state
-        .get_event_state(short)?
-        .map(|(before, after)| {
-            if first.state_key.is_some() {
-                before
-            } else {
-                after
-            }
-        }))
-}
-
-/// A room's `state` section: the events of snapshot `start` (the start of the timeline) that
-/// differ from snapshot `seen` (the state at `since`; `None` sends all), less the timeline's own
-/// events, filtered by the state filter, and with lazy loading only the members who sent a
-/// timeline event, and the user.
-fn state_section(
-    services: &Services,
-    request: &SyncRequest<'_>,
-    room_id: &RoomId,
-    (start, seen): (Option<u64>, Option<u64>),
-    events: &[(u64, Pdu)],
-    (timeline_filter, state_filter): (&RoomEventFilter, &RoomEventFilter),
-) -> Result<Vec<Value>> {
-    let mut state = Vec::new();
-    let Some(start) = start.filter(|hash| *hash != 0) else {
-        return Ok(state);
-    };
-    let in_timeline: BTreeSet<_> = events.iter().map(|(_, pdu)| pdu.event_id.clone()).collect();
-    let senders: BTreeSet<_> = events
-        .iter()
-        .map(|(_, pdu)| pdu.sender.to_string())
-        .chain([request.user.to_string()])
-        .collect();
-    let lazy = timeline_filter.lazy_load_members || state_filter.lazy_load_members;
-    let seen_set = match seen {
-        Some(seen) => Some(services.rooms.state.load(seen)?),
-        None => None,
-    };
-    let current = services.rooms.state.load(start)?;
-    for (shortstatekey, shorteventid) in current.iter() {
-        if seen_set
-            .as_ref()
-            .is_some_and(|seen| seen.get(shortstatekey) == Some(shorteventid))
-        {
-            continue;
-        }
-        let event_id = services.rooms.short.get_eventid(*shorteventid)?;
-        if in_timeline.contains(&event_id) {
-            continue;
-        }
-        let Some(pdu) = services.rooms.timeline.get_pdu(&event_id)? else {
-            continue;
-        };
-        if lazy
-            && pdu.kind == ruma::events::TimelineEventType::RoomMember
-            && !senders.contains(pdu.state_key.as_deref().unwrap_or(""))
-        {
-            continue;
-        }
-        if state_filter.matches(&pdu) {
-            state.push(client_event(&pdu, room_id, None));
-        }
-    }
-    Ok(state)
-}
-
 fn left_room(
     services: &Services,
     request: &SyncRequest<'_>,
@@ -610,15 +371,40 @@ fn left_room(
             crate::service::rooms::visibility::readable_state(services, room_id, request.user)?
                 .is_some_and(|readable| readable.until.is_some());
         if was_member {
-            let seen = match request.since {
-                Some(_) => state_at_position(services, shortroomid, since)?,
-                None => None,
+            let (timeline_filter, state_filter) = filters;
+            let snapshots = state::Snapshots {
+                start: match events.first() {
+                    Some((_, first)) => state::state_before_timeline(services, first)?,
+                    None => state::state_at_position(services, shortroomid, left_at)?,
+                },
+                seen: match request.since {
+                    Some(_) => state::state_at_position(services, shortroomid, since)?,
+                    None => None,
+                },
+                end: None,
+                members_only: false,
             };
-            let start = match events.first() {
-                Some((_, first)) => state_before_timeline(services, first)?,
-                None => state_at_position(services, shortroomid, left_at)?,
-            };
-            state = state_section(services, request, room_id, (start, seen), &events, filters)?;
+            // The member events of the timeline's senders go along whether or not they changed.
+            let lazy =
+                (timeline_filter.lazy_load_members || state_filter.lazy_load_members).then(|| {
+                    state::LazyMembers {
+                        wanted: events
+                            .iter()
+                            .map(|(_, pdu)| pdu.sender.clone())
+                            .chain([request.user.to_owned()])
+                            .collect(),
+                        known: Default::default(),
+                        include_redundant: true,
+                    }
+                });
+            state = state::state_section(
+                services,
+                room_id,
+                &snapshots,
+                &events,
+                state_filter,
+                lazy.as_ref(),
+            )?;
         }
     }
     Ok(

@@ -1,0 +1,275 @@
+//! A synced room's `state` section (the state at the start of its timeline that the client has
+//! not seen, with lazy-loaded members) and its room summary (member counts and heroes).
+
+use std::collections::{BTreeSet, HashMap};
+
+use ruma::{
+    events::{room::member::MembershipState, StateEventType, TimelineEventType},
+    OwnedEventId, OwnedUserId, RoomId, UserId,
+};
+use serde_json::{json, Value};
+
+use crate::{
+    error::Result,
+    service::{
+        filter::RoomEventFilter,
+        rooms::{pdu::Pdu, timeline::read::client_event},
+        Services,
+    },
+};
+
+/// How many heroes the room summary names (spec: "the first 5 members of the room").
+const HEROES: usize = 5;
+
+/// The room state after the last event at or before `count`.
+pub(super) fn state_at_position(
+    services: &Services,
+    shortroomid: u64,
+    count: u64,
+) -> Result<Option<u64>> {
+    let Some(entry) = services
+        .rooms
+        .timeline
+        .iter_before(shortroomid, count.saturating_add(1))
+        .next()
+    else {
+        return Ok(None);
+    };
+    let (_, pdu) = entry?;
+    let short = services
+        .rooms
+        .short
+        .get_shorteventid(&pdu.event_id)?
+        .unwrap_or(0);
+    Ok(services
+        .rooms
+        .state
+        .get_event_state(short)?
+        .map(|(_, after)| after))
+}
+
+/// The state a timeline starts from: the state before its first event (for a state event) or
+/// after it (for any other: its state is the same).
+pub(super) fn state_before_timeline(services: &Services, first: &Pdu) -> Result<Option<u64>> {
+    let short = services
+        .rooms
+        .short
+        .get_shorteventid(&first.event_id)?
+        .unwrap_or(0);
+    Ok(services
+        .rooms
+        .state
+        .get_event_state(short)?
+        .map(|(before, after)| {
+            if first.state_key.is_some() {
+                before
+            } else {
+                after
+            }
+        }))
+}
+
+/// The state snapshots a `state` section is computed from.
+pub(super) struct Snapshots {
+    /// The state at the start of the timeline.
+    pub start: Option<u64>,
+    /// The state at `since`, which the client has; `None` when it has nothing.
+    pub seen: Option<u64>,
+    /// The state at the end of the timeline, when it may hold changes the timeline leaves out.
+    pub end: Option<u64>,
+    /// Whether only lazy-loaded members are wanted (an incremental sync without a gap, whose
+    /// other state changes are all in the timeline).
+    pub members_only: bool,
+}
+
+/// The member events a sync with lazy-loaded members sends.
+pub(super) struct LazyMembers {
+    /// The members whose membership the response needs: the senders of its timeline events,
+    /// the user, and the summary's heroes.
+    pub wanted: BTreeSet<OwnedUserId>,
+    /// The member events the device already holds (see `lazy.rs`): a wanted member's event is
+    /// sent again only if the device does not hold it, or `include_redundant_members` is set.
+    pub known: HashMap<OwnedUserId, OwnedEventId>,
+    pub include_redundant: bool,
+}
+
+/// A room's `state` section: for each piece of state, the event at the start of the timeline
+/// (or, when the timeline shows no event for that piece of state but the state at its end
+/// differs, the event at the end: a change the timeline filter left out that the client would
+/// otherwise never learn of), unless the client saw it at `since` or the timeline holds it,
+/// filtered by the state filter.
+/// With lazy loading, member events go only for the wanted members, and those go whether or
+/// not they changed since `since` unless the device already holds them (spec, "Lazy-loading
+/// room members": the client may never have been sent a member who did not change).
+pub(super) fn state_section(
+    services: &Services,
+    room_id: &RoomId,
+    snapshots: &Snapshots,
+    events: &[(u64, Pdu)],
+    state_filter: &RoomEventFilter,
+    lazy: Option<&LazyMembers>,
+) -> Result<Vec<Value>> {
+    let mut state = Vec::new();
+    let Some(start) = snapshots.start.filter(|hash| *hash != 0) else {
+        return Ok(state);
+    };
+    let rooms = &services.rooms;
+    let in_timeline: BTreeSet<_> = events.iter().map(|(_, pdu)| pdu.event_id.clone()).collect();
+    let mut timeline_keys = BTreeSet::new();
+    for (_, pdu) in events {
+        if let Some(state_key) = &pdu.state_key {
+            let kind = StateEventType::from(pdu.kind.to_string());
+            if let Some(short) = rooms.short.get_shortstatekey(&kind, state_key)? {
+                timeline_keys.insert(short);
+            }
+        }
+    }
+    let mut wanted_keys = HashMap::new();
+    for member in lazy.iter().flat_map(|lazy| &lazy.wanted) {
+        if let Some(short) = rooms
+            .short
+            .get_shortstatekey(&StateEventType::RoomMember, member.as_str())?
+        {
+            wanted_keys.insert(short, member);
+        }
+    }
+    let seen = match snapshots.seen {
+        Some(seen) => Some(rooms.state.load(seen)?),
+        None => None,
+    };
+    let start = rooms.state.load(start)?;
+    let end = match snapshots.end.filter(|hash| *hash != 0) {
+        Some(end) => Some(rooms.state.load(end)?),
+        None => None,
+    };
+    let keys: BTreeSet<u64> = if snapshots.members_only {
+        wanted_keys.keys().copied().collect()
+    } else {
+        start
+            .keys()
+            .chain(end.iter().flat_map(|end| end.keys()))
+            .copied()
+            .collect()
+    };
+    for key in keys {
+        let at_start = start.get(&key);
+        let at_end = end.as_ref().and_then(|end| end.get(&key));
+        let chosen = match (at_start, at_end) {
+            (_, Some(at_end)) if at_start != Some(at_end) && !timeline_keys.contains(&key) => {
+                *at_end
+            }
+            (Some(at_start), _) => *at_start,
+            (None, _) => continue,
+        };
+        let wanted_member = wanted_keys.get(&key);
+        if wanted_member.is_none()
+            && seen
+                .as_ref()
+                .is_some_and(|seen| seen.get(&key) == Some(&chosen))
+        {
+            continue;
+        }
+        let event_id = rooms.short.get_eventid(chosen)?;
+        if in_timeline.contains(&event_id) {
+            continue;
+        }
+        if let (Some(member), Some(lazy)) = (wanted_member, lazy) {
+            if !lazy.include_redundant && lazy.known.get(*member) == Some(&event_id) {
+                continue;
+            }
+        }
+        let Some(pdu) = rooms.timeline.get_pdu(&event_id)? else {
+            continue;
+        };
+        if lazy.is_some() && wanted_member.is_none() && pdu.kind == TimelineEventType::RoomMember {
+            continue;
+        }
+        if state_filter.matches(&pdu) {
+            state.push(client_event(&pdu, room_id, None));
+        }
+    }
+    Ok(state)
+}
+
+/// A room summary (spec, `RoomSummary`): the joined and invited member counts and, when the
+/// room has neither a name nor a canonical alias, its heroes, which are also returned.
+pub(super) fn summary(
+    services: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<(Value, Vec<OwnedUserId>)> {
+    let members = services.rooms.members.iter_members(room_id, None)?;
+    let count = |wanted: MembershipState| {
+        members
+            .iter()
+            .filter(|(_, membership)| *membership == wanted)
+            .count()
+    };
+    let mut summary = json!({
+        "m.joined_member_count": count(MembershipState::Join),
+        "m.invited_member_count": count(MembershipState::Invite),
+    });
+    if !is_unnamed(services, room_id)? {
+        return Ok((summary, Vec::new()));
+    }
+    let heroes = heroes(services, room_id, user, &members)?;
+    summary["m.heroes"] = json!(heroes);
+    Ok((summary, heroes))
+}
+
+/// Whether the room has neither a non-empty `m.room.name` nor a non-empty canonical alias, the
+/// case in which the summary names heroes.
+fn is_unnamed(services: &Services, room_id: &RoomId) -> Result<bool> {
+    for (kind, field) in [
+        (StateEventType::RoomName, "name"),
+        (StateEventType::RoomCanonicalAlias, "alias"),
+    ] {
+        let named = services
+            .rooms
+            .current_state_pdu(room_id, &kind, "")?
+            .is_some_and(|pdu| {
+                pdu.content_value()[field]
+                    .as_str()
+                    .is_some_and(|value| !value.is_empty())
+            });
+        if named {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The first five joined or invited members other than the user, by the stream position of
+/// their current member event; when there are none, the first five who left or were banned.
+fn heroes(
+    services: &Services,
+    room_id: &RoomId,
+    user: &UserId,
+    members: &[(OwnedUserId, MembershipState)],
+) -> Result<Vec<OwnedUserId>> {
+    let mut present = Vec::new();
+    let mut gone = Vec::new();
+    for (member, membership) in members {
+        if member == user {
+            continue;
+        }
+        let bucket = match membership {
+            MembershipState::Join | MembershipState::Invite => &mut present,
+            MembershipState::Leave | MembershipState::Ban => &mut gone,
+            _ => continue,
+        };
+        let position = services
+            .rooms
+            .members
+            .get_user_room(member, room_id)?
+            .map_or(u64::MAX, |membership| membership.count);
+        bucket.push((position, member.clone()));
+    }
+    let mut chosen = if present.is_empty() { gone } else { present };
+    chosen.sort();
+    Ok(chosen
+        .into_iter()
+        .take(HEROES)
+        .map(|(_, member)| member)
+        .collect())
+}
