@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod http_stub;
 pub mod plait_process;
 pub mod synapse;
 pub mod tls;
@@ -349,6 +350,15 @@ impl Client {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// Joins a room by ID; the join must succeed.
+    pub async fn join(&self, room: &str) {
+        self.post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/join", enc(room)),
+            serde_json::json!({}),
+        )
+        .await;
     }
 
     /// Sends a text message and returns its event ID.

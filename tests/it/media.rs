@@ -8,7 +8,7 @@ use std::{io::Cursor, net::SocketAddr, path::Path};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{assert_error, enc, Client, TestServer};
+use crate::common::{assert_error, enc, http_stub, Client, TestServer};
 
 /// Uploads bytes and returns the status and JSON answer.
 pub async fn upload(
@@ -637,48 +637,29 @@ async fn page_server(redirect_to: String) -> SocketAddr {
     let logo = image_bytes(48, 32, image::ImageFormat::Png);
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
+            let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             let logo = logo.clone();
             let redirect_to = redirect_to.clone();
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buffer = [0u8; 1024];
-                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
-                    match stream.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => request.extend_from_slice(&buffer[..read]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&request);
-                let path = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                let (status, headers, body): (&str, String, Vec<u8>) = match path.as_str() {
-                    "/page" => (
-                        "200 OK",
-                        "content-type: text/html; charset=utf-8\r\n".into(),
-                        br#"<html><head><title>Ignored</title>
+            tokio::spawn(http_stub::serve_one(stream, move |path| match path {
+                "/page" => (
+                    "200 OK",
+                    "content-type: text/html; charset=utf-8\r\n".into(),
+                    br#"<html><head><title>Ignored</title>
                             <meta property="og:title" content="A &amp; B">
                             <meta property="og:description" content="Tiny test page">
                             <meta property="og:image" content="/logo.png"></head></html>"#
-                            .to_vec(),
-                    ),
-                    "/logo.png" => ("200 OK", "content-type: image/png\r\n".into(), logo),
-                    "/redirect" => (
-                        "302 Found",
-                        format!("location: {redirect_to}\r\n"),
-                        Vec::new(),
-                    ),
-                    _ => ("404 Not Found", String::new(), Vec::new()),
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(head.as_bytes()).await;
-                let _ = stream.write_all(&body).await;
-                let _ = stream.shutdown().await;
-            });
+                        .to_vec(),
+                ),
+                "/logo.png" => ("200 OK", "content-type: image/png\r\n".into(), logo),
+                "/redirect" => (
+                    "302 Found",
+                    format!("location: {redirect_to}\r\n"),
+                    Vec::new(),
+                ),
+                _ => ("404 Not Found", String::new(), Vec::new()),
+            }));
         }
     });
     address

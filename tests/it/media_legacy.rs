@@ -9,10 +9,15 @@ use std::{
 };
 
 use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
-    common::{assert_error, ip, tls::TestCa, TestServer},
+    common::{
+        assert_error,
+        http_stub::{self, Answer},
+        ip,
+        tls::TestCa,
+        TestServer,
+    },
     media::{get_json, get_raw, header, image_bytes, mxc_path, upload_ok},
 };
 
@@ -171,9 +176,6 @@ async fn legacy_media_endpoints_serve_media_only_when_opened() {
     );
 }
 
-/// What the fake origin answers for one request path: status line, extra headers and body.
-type Answer = (&'static str, String, Vec<u8>);
-
 /// A federation listener on 127.0.0.4 with a certificate from `ca` that answers each request
 /// with `answer(path and query)` and records the paths; it checks no signatures. Returns its
 /// server name and the recorded paths.
@@ -204,28 +206,14 @@ async fn fake_origin(ca: &TestCa, answer: fn(&str) -> Answer) -> (String, Arc<Mu
             let acceptor = acceptor.clone();
             let recorded = Arc::clone(&recorded);
             tokio::spawn(async move {
-                let Ok(mut stream) = acceptor.accept(stream).await else {
+                let Ok(stream) = acceptor.accept(stream).await else {
                     return;
                 };
-                let mut request = Vec::new();
-                let mut buffer = [0u8; 4096];
-                while !request.windows(4).any(|window| window == b"\r\n\r\n") {
-                    match stream.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => request.extend_from_slice(&buffer[..read]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&request);
-                let path = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
-                recorded.lock().unwrap().push(path.clone());
-                let (status, headers, body) = answer(&path);
-                let head = format!(
-                    "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(head.as_bytes()).await;
-                let _ = stream.write_all(&body).await;
-                let _ = stream.shutdown().await;
+                http_stub::serve_one(stream, |path| {
+                    recorded.lock().unwrap().push(path.to_owned());
+                    answer(path)
+                })
+                .await;
             });
         }
     });

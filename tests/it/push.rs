@@ -14,17 +14,8 @@ pub async fn shared_room(server: &TestServer) -> (Client, Client, String) {
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;
-    join(&bob, &room).await;
+    bob.join(&room).await;
     (alice, bob, room)
-}
-
-async fn join(client: &Client, room: &str) {
-    client
-        .post_ok(
-            &format!("/_matrix/client/v3/rooms/{}/join", enc(room)),
-            json!({}),
-        )
-        .await;
 }
 
 pub async fn send(client: &Client, room: &str, content: Value) -> String {
@@ -214,7 +205,7 @@ async fn a_muted_room_counts_nothing_while_others_still_count() {
     let server = TestServer::start().await;
     let (alice, bob, room) = shared_room(&server).await;
     let other = alice.create_room(json!({ "preset": "public_chat" })).await;
-    join(&bob, &other).await;
+    bob.join(&other).await;
     bob.put_ok(&rule_path("room", &room), json!({ "actions": [] }))
         .await;
     send(

@@ -50,15 +50,6 @@ fn member_ids(response: &Value, room: &str) -> Vec<String> {
         .collect()
 }
 
-async fn join(client: &Client, room: &str) {
-    client
-        .post_ok(
-            &format!("/_matrix/client/v3/rooms/{}/join", enc(room)),
-            json!({}),
-        )
-        .await;
-}
-
 #[tokio::test]
 async fn incremental_lazy_syncs_send_the_members_the_client_was_not_sent() {
     let server = TestServer::start().await;
@@ -69,8 +60,8 @@ async fn incremental_lazy_syncs_send_the_members_the_client_was_not_sent() {
     let room = bob
         .create_room(json!({"preset": "public_chat", "name": "named"}))
         .await;
-    join(&alice, &room).await;
-    join(&carol, &room).await;
+    alice.join(&room).await;
+    carol.join(&room).await;
     alice.send_text(&room, "a1", "hello").await;
     let lazy = json!({"room": {"timeline": {"limit": 1}, "state": {"lazy_load_members": true}}});
     let first = sync(&alice, None, &lazy).await;
@@ -137,7 +128,7 @@ async fn the_summary_names_heroes_and_counts_members_who_changed() {
     let dm = alice
         .create_room(json!({"preset": "trusted_private_chat", "is_direct": true, "invite": ["@bob:localhost"]}))
         .await;
-    join(&bob, &dm).await;
+    bob.join(&dm).await;
     bob.send_text(&dm, "b1", "hi").await;
     alice.send_text(&dm, "a1", "hello").await;
     let initial = sync(&alice, None, &lazy).await;
@@ -157,7 +148,7 @@ async fn the_summary_names_heroes_and_counts_members_who_changed() {
             json!({"preset": "private_chat", "invite": ["@bob:localhost", "@carol:localhost"]}),
         )
         .await;
-    join(&bob, &group).await;
+    bob.join(&group).await;
     let first = sync(&alice, None, &lazy).await;
     let summary = &first["rooms"]["join"][&group]["summary"];
     let mut heroes: Vec<&str> = summary["m.heroes"]
@@ -172,7 +163,7 @@ async fn the_summary_names_heroes_and_counts_members_who_changed() {
     assert_eq!(summary["m.invited_member_count"], 1);
 
     // Carol joins: the counts change though the timeline filter leaves her join out.
-    join(&carol, &group).await;
+    carol.join(&group).await;
     carol.send_text(&group, "c1", "here").await;
     let messages_only = json!({"room": {"timeline": {"types": ["m.room.message"]}, "state": {"lazy_load_members": true}}});
     let next = sync(&alice, Some(&next_batch(&first)), &messages_only).await;
@@ -202,7 +193,7 @@ async fn a_newly_joined_rooms_timeline_reaches_back_and_is_limited() {
     let since = next_batch(&sync(&bob, None, &filter).await);
     alice.send_text(&room, "a3", "after 1").await;
     alice.send_text(&room, "a4", "after 2").await;
-    join(&bob, &room).await;
+    bob.join(&room).await;
     let response = sync(&bob, Some(&since), &filter).await;
     let timeline = &response["rooms"]["join"][&room]["timeline"];
     let bodies: Vec<&str> = timeline["events"]
