@@ -159,11 +159,19 @@ fn heroes(services: &Services, state: &[Pdu], joiner: &UserId) -> Result<HashSet
             .map_or(u64::MAX, |pdu_id| pdu_id.count);
         bucket.push((position, key.to_owned()));
     }
+    Ok(pick_heroes(present, gone).into_iter().collect())
+}
+
+/// The spec's choice of heroes from members ranked by the stream position of their member
+/// event: the first five joined or invited (`present`), or, when there are none, the first
+/// five who left or were banned (`gone`). Shared by `send_join`'s answer and `/sync`'s summary,
+/// so both name the same heroes.
+pub fn pick_heroes<T: Ord>(present: Vec<(u64, T)>, gone: Vec<(u64, T)>) -> Vec<T> {
     let mut chosen = if present.is_empty() { gone } else { present };
     chosen.sort();
-    Ok(chosen
+    chosen
         .into_iter()
         .take(HEROES)
-        .map(|(_, user)| user)
-        .collect())
+        .map(|(_, member)| member)
+        .collect()
 }

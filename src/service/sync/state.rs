@@ -18,9 +18,6 @@ use crate::{
     },
 };
 
-/// How many heroes the room summary names (spec: "the first 5 members of the room").
-const HEROES: usize = 5;
-
 /// The room state after the last event at or before `count`.
 pub(super) fn state_at_position(
     services: &Services,
@@ -265,11 +262,7 @@ fn heroes(
             .map_or(u64::MAX, |membership| membership.count);
         bucket.push((position, member.clone()));
     }
-    let mut chosen = if present.is_empty() { gone } else { present };
-    chosen.sort();
-    Ok(chosen
-        .into_iter()
-        .take(HEROES)
-        .map(|(_, member)| member)
-        .collect())
+    Ok(crate::service::rooms::join_state::pick_heroes(
+        present, gone,
+    ))
 }
