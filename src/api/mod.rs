@@ -1,12 +1,26 @@
 //! Endpoint handlers: parse the request, call services, build the response.
 
 pub mod client;
+pub mod ctx;
 pub mod federation;
 pub mod synapse_admin;
 
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
 use serde_json::Value;
 
-use crate::{error::Error, http::Ctx};
+pub use self::ctx::{Auth, Ctx, HandlerResult, RawResult};
+use crate::error::Error;
+
+/// A JSON response with a status other than 200 (a JSON handler's body is always sent with 200).
+pub fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
 
 /// A page request of the public room directory, from the query string or a JSON body.
 pub struct PublicRoomsRequest {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::{
-    http::{Ctx, HandlerResult},
+    api::{Ctx, HandlerResult},
     service::{
         server_notices,
         shared_secret::{self, SharedSecretRequest},

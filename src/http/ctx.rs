@@ -1,55 +1,25 @@
-//! The request context handed to handlers: the authenticated user, path parameters, query and body.
+//! Builds the request context ([`Ctx`], owned by `api/`) from a request: query parsing and
+//! access-token authentication.
 
 use std::collections::HashMap;
 
 use http::request::Parts;
-use ruma::{api::error::ErrorKind, OwnedDeviceId, OwnedRoomId, OwnedUserId, UserId};
-use serde::de::DeserializeOwned;
+use ruma::api::error::ErrorKind;
 use serde_json::Value;
 
 use crate::{
+    api::ctx::{percent_decode, unknown_token_data, Auth, Ctx},
     error::{Error, Result},
     service::Services,
     util,
 };
-
-/// Which authentication an endpoint requires.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Auth {
-    /// No access token is looked at.
-    None,
-    /// An access token is required.
-    Required,
-    /// An access token is used when present.
-    Optional,
-    /// A server-server request signed with `X-Matrix`.
-    Server,
-}
-
-/// A parsed request.
-pub struct Ctx {
-    /// The authenticated origin server of a federation request.
-    pub origin: Option<ruma::OwnedServerName>,
-    pub user: Option<OwnedUserId>,
-    pub device: Option<OwnedDeviceId>,
-    pub params: Vec<String>,
-    pub query: HashMap<String, String>,
-    /// The query string as sent, for parameters that repeat.
-    pub raw_query: String,
-    pub body: Value,
-    /// The request headers.
-    pub headers: http::HeaderMap,
-    /// The unread body, on raw routes only (see [`super::raw_route`]); in a mutex so that the
-    /// context stays `Sync` while handlers hold it across awaits.
-    pub raw_body: parking_lot::Mutex<Option<axum::body::Body>>,
-}
 
 pub(super) fn build(
     services: &Services,
     auth: Auth,
     params: Vec<String>,
     parts: &Parts,
-    body: Value,
+    (body, body_bytes): (Value, bytes::Bytes),
 ) -> Result<Ctx> {
     let query: HashMap<String, String> =
         parts.uri.query().map(url_decode_pairs).unwrap_or_default();
@@ -61,6 +31,9 @@ pub(super) fn build(
         query,
         raw_query: parts.uri.query().unwrap_or("").to_owned(),
         body,
+        body_bytes,
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
         headers: parts.headers.clone(),
         raw_body: parking_lot::Mutex::new(None),
     };
@@ -104,13 +77,6 @@ pub(super) fn build(
     Ok(ctx)
 }
 
-/// The `M_UNKNOWN_TOKEN` details, with `soft_logout` for expired (not revoked) tokens.
-pub fn unknown_token_data(soft_logout: bool) -> ruma::api::error::UnknownTokenErrorData {
-    let mut data = ruma::api::error::UnknownTokenErrorData::new();
-    data.soft_logout = soft_logout;
-    data
-}
-
 fn url_decode_pairs(query: &str) -> HashMap<String, String> {
     query
         .split('&')
@@ -120,99 +86,4 @@ fn url_decode_pairs(query: &str) -> HashMap<String, String> {
             (percent_decode(name), percent_decode(value))
         })
         .collect()
-}
-
-/// Decodes `%XX` escapes and `+` as space.
-pub fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        match bytes[index] {
-            b'%' if index + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[index + 1..index + 3])
-                    .ok()
-                    .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-                match hex {
-                    Some(byte) => {
-                        out.push(byte);
-                        index += 3;
-                    }
-                    None => {
-                        out.push(b'%');
-                        index += 1;
-                    }
-                }
-            }
-            b'+' => {
-                out.push(b' ');
-                index += 1;
-            }
-            byte => {
-                out.push(byte);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-impl Ctx {
-    /// The authenticated user; only call on routes with [`Auth::Required`].
-    pub fn user(&self) -> &UserId {
-        self.user.as_deref().expect("route requires authentication")
-    }
-
-    /// The authenticated device.
-    pub fn device(&self) -> &str {
-        self.device
-            .as_deref()
-            .map(|device| device.as_str())
-            .expect("route requires authentication")
-    }
-
-    /// The authenticated origin server; only call on routes with [`Auth::Server`].
-    pub fn origin(&self) -> &ruma::ServerName {
-        self.origin
-            .as_deref()
-            .expect("route requires server authentication")
-    }
-
-    /// Path parameter `index`.
-    pub fn param(&self, index: usize) -> &str {
-        self.params.get(index).map(String::as_str).unwrap_or("")
-    }
-
-    /// Path parameter `index` as a room ID.
-    pub fn room_param(&self, index: usize) -> Result<OwnedRoomId> {
-        OwnedRoomId::try_from(self.param(index))
-            .map_err(|_| Error::invalid_param(format!("invalid room ID {}", self.param(index))))
-    }
-
-    /// Path parameter `index` as a user ID.
-    pub fn user_param(&self, index: usize) -> Result<OwnedUserId> {
-        OwnedUserId::try_from(self.param(index))
-            .map_err(|_| Error::invalid_param(format!("invalid user ID {}", self.param(index))))
-    }
-
-    /// The body as a typed struct; shape errors are `M_BAD_JSON`.
-    pub fn body_as<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_value(self.body.clone())
-            .map_err(|error| Error::bad_json(format!("invalid request body: {error}")))
-    }
-
-    /// A query parameter.
-    pub fn query(&self, name: &str) -> Option<&str> {
-        self.query.get(name).map(String::as_str)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(super::percent_decode("%21room%3Ax"), "!room:x");
-        assert_eq!(super::percent_decode("a+b%"), "a b%");
-        assert_eq!(super::percent_decode("%zz"), "%zz");
-    }
 }

@@ -48,14 +48,7 @@ pub fn body_of(kind: &ErrorKind, message: &str) -> Value {
 }
 
 /// A response with a status and a JSON body.
-pub fn json_response(status: StatusCode, body: &Value) -> Response {
-    (
-        status,
-        [(http::header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
-}
+pub use crate::api::json_response;
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {

@@ -19,23 +19,21 @@ use axum::{
 };
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
+use ruma::api::{IncomingRequest, OutgoingResponse};
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-pub use self::ctx::{Auth, Ctx};
+pub use crate::api::ctx::{Auth, Ctx, HandlerResult, RawResult};
 use crate::{error::Error, service::Services};
-
-/// What a handler returns: a JSON body sent with 200.
-pub type HandlerResult = crate::error::Result<Value>;
-/// What a raw handler returns: a whole response (media bytes with their headers).
-pub type RawResult = crate::error::Result<Response>;
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// A JSON handler (the body is parsed for it), or a raw one that reads the body itself and
-/// builds its own response (the content repository).
+/// A JSON handler (the body is parsed for it), a typed one (the body is read for it and parsed
+/// into the endpoint's ruma request type, its ruma response serialised), or a raw one that reads
+/// the body itself and builds its own response (the content repository).
 #[derive(Clone)]
 enum Handler {
     Json(Arc<dyn Fn(Arc<Services>, Ctx) -> BoxFuture<HandlerResult> + Send + Sync>),
+    Typed(Arc<dyn Fn(Arc<Services>, Ctx) -> BoxFuture<RawResult> + Send + Sync>),
     Raw(Arc<dyn Fn(Arc<Services>, Ctx) -> BoxFuture<RawResult> + Send + Sync>),
 }
 
@@ -47,6 +45,8 @@ pub struct Route {
     /// Whether a request by a user counts as that user's activity for presence.
     activity: bool,
     handler: Handler,
+    /// For a typed route, the method its ruma request type declares (checked by a test).
+    typed_method: Option<Method>,
 }
 
 impl Route {
@@ -72,6 +72,37 @@ where
         handler: Handler::Json(Arc::new(move |services, ctx| {
             Box::pin(handler(services, ctx))
         })),
+        typed_method: None,
+    }
+}
+
+/// Builds a [`Route`] from a typed handler: it gets the request parsed into `R`, the ruma request
+/// type of its endpoint ([`Ctx::parse`]), and returns `R`'s response, which is serialised as ruma
+/// defines it.
+pub fn typed<R, F, Fut>(method: Method, path: &'static str, auth: Auth, handler: F) -> Route
+where
+    R: IncomingRequest + Send + 'static,
+    F: Fn(Arc<Services>, Ctx, R) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = crate::error::Result<R::OutgoingResponse>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    Route {
+        method,
+        path,
+        auth,
+        activity: true,
+        handler: Handler::Typed(Arc::new(move |services, ctx| {
+            let handler = handler.clone();
+            Box::pin(async move {
+                let request = ctx.parse::<R>()?;
+                let response = handler(services, ctx, request).await?;
+                let response = response
+                    .try_into_http_response::<Vec<u8>>()
+                    .map_err(|error| Error::Internal(format!("serialising a response: {error}")))?;
+                Ok(response.map(axum::body::Body::from).into_response())
+            })
+        })),
+        typed_method: Some(R::METHOD),
     }
 }
 
@@ -90,6 +121,7 @@ where
         handler: Handler::Raw(Arc::new(move |services, ctx| {
             Box::pin(handler(services, ctx))
         })),
+        typed_method: None,
     }
 }
 
@@ -122,6 +154,14 @@ pub fn router(services: Arc<Services>) -> Router {
     for route in routes::all() {
         let filter =
             MethodFilter::try_from(route.method.clone()).expect("routes use standard methods");
+        assert!(
+            route
+                .typed_method
+                .as_ref()
+                .is_none_or(|typed| *typed == route.method),
+            "route {} is registered under another method than its request type's",
+            route.path
+        );
         let Route {
             path,
             auth,
@@ -221,7 +261,7 @@ async fn dispatch(
                 Handler::Json(handler) => handler(services, ctx)
                     .await
                     .map(|body| error::json_response(StatusCode::OK, &body)),
-                Handler::Raw(handler) => handler(services, ctx).await,
+                Handler::Typed(handler) | Handler::Raw(handler) => handler(services, ctx).await,
             };
             result.unwrap_or_else(IntoResponse::into_response)
         }
@@ -244,7 +284,13 @@ async fn prepare(
         } else {
             None
         };
-        let mut ctx = ctx::build(services, auth, params, &parts, Value::Null)?;
+        let mut ctx = ctx::build(
+            services,
+            auth,
+            params,
+            &parts,
+            (Value::Null, Default::default()),
+        )?;
         ctx.origin = origin;
         ctx.raw_body = parking_lot::Mutex::new(Some(body));
         return Ok(ctx);
@@ -283,7 +329,23 @@ async fn prepare(
     } else {
         None
     };
-    let mut ctx = ctx::build(services, auth, params, &parts, body)?;
+    let mut ctx = ctx::build(services, auth, params, &parts, (body, bytes))?;
     ctx.origin = origin;
     Ok(ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    /// A typed route is registered under the method its ruma request type declares.
+    #[test]
+    fn typed_routes_use_the_method_of_their_request_type() {
+        let mut typed = 0;
+        for route in super::routes::all() {
+            if let Some(method) = &route.typed_method {
+                assert_eq!(method, &route.method, "{}", route.path);
+                typed += 1;
+            }
+        }
+        assert!(typed > 0, "no typed route is registered");
+    }
 }

@@ -3,7 +3,7 @@
 
 use http::Method;
 
-use super::{route, Auth, Route};
+use super::{route, typed, Auth, Route};
 use crate::api::client::{
     account, account_data, alias, device, discovery, membership, message, presence, profile,
     push_rules, pushers, receipt, relations, room, search, space, state, sync, tags, timestamp,
@@ -174,7 +174,7 @@ pub fn all() -> Vec<Route> {
             Token,
             presence::get_presence,
         ),
-        route(
+        typed(
             Method::PUT,
             "/_matrix/client/v3/presence/{userId}/status",
             Token,

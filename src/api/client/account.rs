@@ -8,9 +8,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::{
+    api::{Ctx, HandlerResult},
     config::Registration,
     error::{Error, Result},
-    http::{Ctx, HandlerResult},
     service::{device_lists, users, Services},
     util,
 };
@@ -336,7 +336,7 @@ pub async fn refresh(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         .refresh(token, services.config.refreshable_token_lifetime_ms)?
         .ok_or_else(|| {
             Error::matrix(
-                ErrorKind::UnknownToken(crate::http::ctx::unknown_token_data(false)),
+                ErrorKind::UnknownToken(crate::api::ctx::unknown_token_data(false)),
                 "unknown refresh token",
             )
         })?;

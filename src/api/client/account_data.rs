@@ -5,8 +5,8 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::{
+    api::{Ctx, HandlerResult},
     error::Error,
-    http::{Ctx, HandlerResult},
     service::{account_data, notify::Topic, Services},
 };
 

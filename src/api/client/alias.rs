@@ -9,8 +9,8 @@ use super::{message::power_level, require_joined};
 use crate::api::PublicRoomsRequest;
 use crate::service::rooms::alias as directory;
 use crate::{
+    api::{Ctx, HandlerResult},
     error::Error,
-    http::{Ctx, HandlerResult},
     service::Services,
 };
 

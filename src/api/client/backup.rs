@@ -6,8 +6,8 @@ use ruma::api::error::{ErrorKind, WrongRoomKeysVersionErrorData};
 use serde_json::{json, Value};
 
 use crate::{
+    api::{Ctx, HandlerResult},
     error::{Error, Result},
-    http::{Ctx, HandlerResult},
     service::{
         key_backup::{Backup, RoomKeys},
         Services,

@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 
 use super::{account::check_uiaa, keys::object_field};
 use crate::{
+    api::{Ctx, HandlerResult},
     error::{Error, Result},
-    http::{Ctx, HandlerResult},
     service::{device_lists, keys::CROSS_SIGNING_KINDS, Services},
 };
 

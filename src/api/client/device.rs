@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 
 use super::account::check_uiaa;
 use crate::{
+    api::{Ctx, HandlerResult},
     error::Error,
-    http::{Ctx, HandlerResult},
     service::{device_lists, users::Device, Services},
 };
 

@@ -10,8 +10,8 @@ use ruma::{OwnedServerName, OwnedUserId};
 use serde_json::{json, Map, Value};
 
 use crate::{
+    api::{Ctx, HandlerResult},
     error::{Error, Result},
-    http::{Ctx, HandlerResult},
     service::{device_lists, Services},
 };
 

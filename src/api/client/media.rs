@@ -22,8 +22,8 @@ use serde_json::json;
 use tokio::io::AsyncReadExt;
 
 use crate::{
+    api::{json_response, Ctx, HandlerResult, RawResult},
     error::{Error, Result},
-    http::{error::json_response, Ctx, HandlerResult, RawResult},
     service::{
         media::{files::Upload, preview, remote, thumbnail, MediaRecord},
         Services,

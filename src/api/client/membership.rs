@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 
 use super::{message::parse_token, readable_state, require_joined, resolve_room};
 use crate::{
+    api::{Ctx, HandlerResult},
     error::{Error, Result},
-    http::{Ctx, HandlerResult},
     service::{
         rooms::{
             handshake,
@@ -131,7 +131,7 @@ fn named_servers(ctx: &Ctx) -> Vec<OwnedServerName> {
             pair.strip_prefix("via=")
                 .or_else(|| pair.strip_prefix("server_name="))
         })
-        .filter_map(|name| OwnedServerName::try_from(crate::http::ctx::percent_decode(name)).ok())
+        .filter_map(|name| OwnedServerName::try_from(crate::api::ctx::percent_decode(name)).ok())
         .collect()
 }
 

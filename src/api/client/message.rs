@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 
 use super::{readable_state, require_joined};
 use crate::{
+    api::{Ctx, HandlerResult},
     error::{Error, Result},
-    http::{Ctx, HandlerResult},
     service::{
         filter::RoomEventFilter,
         rooms::timeline::{

@@ -2,12 +2,11 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use ruma::RoomId;
-use serde_json::{json, Value};
+use ruma::{api::client::presence::set_presence, RoomId};
 
 use crate::{
-    error::Error,
-    http::{Ctx, HandlerResult},
+    api::{Ctx, HandlerResult},
+    error::{Error, Result},
     service::{
         presence::{self, State, MAX_STATUS_MSG_BYTES},
         Services,
@@ -20,33 +19,38 @@ use crate::{
 /// Sets the caller's own presence (`M_FORBIDDEN` for anyone else) and status message; a missing
 /// `status_msg` clears it. Counts as activity. A body that does not match the schema (no
 /// `presence`, a value outside the enum, a `status_msg` over 1024 bytes) is `M_BAD_JSON`.
-pub async fn set_presence(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let user_id = ctx.user_param(0)?;
-    if user_id != ctx.user() {
+pub async fn set_presence(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: set_presence::v3::Request,
+) -> Result<set_presence::v3::Response> {
+    if request.user_id != ctx.user() {
         return Err(Error::forbidden(format!(
-            "cannot set the presence of {user_id}"
+            "cannot set the presence of {}",
+            request.user_id
         )));
     }
-    let state = ctx
-        .body
-        .get("presence")
-        .and_then(Value::as_str)
-        .and_then(State::parse)
-        .ok_or_else(|| {
-            Error::bad_json("presence must be one of online, unavailable and offline")
-        })?;
-    let status_msg = match ctx.body.get("status_msg") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(text)) if text.len() <= MAX_STATUS_MSG_BYTES => Some(text.clone()),
-        Some(Value::String(_)) => {
-            return Err(Error::bad_json(format!(
-                "status_msg is longer than {MAX_STATUS_MSG_BYTES} bytes"
-            )))
-        }
-        Some(_) => return Err(Error::bad_json("status_msg must be a string")),
-    };
-    presence::set_local(&services, &user_id, ctx.device(), state, status_msg)?;
-    Ok(json!({}))
+    let state = State::parse(request.presence.as_str()).ok_or_else(|| {
+        Error::bad_json("presence must be one of online, unavailable and offline")
+    })?;
+    if request
+        .status_msg
+        .as_ref()
+        .is_some_and(|text| text.len() > MAX_STATUS_MSG_BYTES)
+    {
+        return Err(Error::bad_json(format!(
+            "status_msg is longer than {MAX_STATUS_MSG_BYTES} bytes"
+        )));
+    }
+    let device = ctx.device();
+    presence::set_local(
+        &services,
+        &request.user_id,
+        device,
+        state,
+        request.status_msg,
+    )?;
+    Ok(set_presence::v3::Response::new())
 }
 
 /// `GET /_matrix/client/v3/presence/{userId}/status`

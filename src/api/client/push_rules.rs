@@ -12,8 +12,8 @@ use ruma::{
 use serde_json::{json, Value};
 
 use crate::{
+    api::{Ctx, HandlerResult},
     error::{Error, Result},
-    http::{Ctx, HandlerResult},
     service::{push::rules, Services},
 };
 

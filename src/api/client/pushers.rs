@@ -5,8 +5,8 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use crate::{
+    api::{Ctx, HandlerResult},
     error::{Error, Result},
-    http::{Ctx, HandlerResult},
     service::{
         push::{self, pushers::Pusher},
         Services,

@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 
 use super::require_joined;
 use crate::{
+    api::{Ctx, HandlerResult},
     error::{Error, Result},
-    http::{Ctx, HandlerResult},
     service::{
         notify::Topic,
         receipts::{self, Receipt, ReceiptType},

@@ -8,8 +8,8 @@ use serde_json::json;
 
 use super::readable_state;
 use crate::{
+    api::{Ctx, HandlerResult},
     error::{Error, Result},
-    http::{Ctx, HandlerResult},
     service::{
         rooms::{
             members::RoomMembership,

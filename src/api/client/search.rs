@@ -10,8 +10,8 @@ use serde_json::{json, Map, Value};
 
 use super::message::format_token;
 use crate::{
+    api::{Ctx, HandlerResult},
     error::{Error, Result},
-    http::{Ctx, HandlerResult},
     service::{
         filter::RoomEventFilter,
         rooms::{

@@ -3,8 +3,8 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
+    api::{Ctx, HandlerResult},
     error::Error,
-    http::{Ctx, HandlerResult},
     service::{
         presence::{self, State},
         sync, Services,

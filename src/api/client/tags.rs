@@ -6,8 +6,8 @@ use serde_json::{json, Map, Value};
 
 use super::account_data::check_owner;
 use crate::{
+    api::{Ctx, HandlerResult},
     error::Error,
-    http::{Ctx, HandlerResult},
     service::{notify::Topic, Services},
 };
 

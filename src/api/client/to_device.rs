@@ -6,8 +6,8 @@ use ruma::{OwnedServerName, OwnedUserId};
 use serde_json::{json, Map, Value};
 
 use crate::{
+    api::{Ctx, HandlerResult},
     error::Error,
-    http::{Ctx, HandlerResult},
     service::{to_device, Services},
     util,
 };

@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 
 use super::require_joined;
 use crate::{
+    api::{Ctx, HandlerResult},
     error::Error,
-    http::{Ctx, HandlerResult},
     service::{typing, Services},
 };
 

@@ -11,8 +11,8 @@ use serde_json::{json, Map, Value};
 
 use super::require_joined;
 use crate::{
+    api::{Ctx, HandlerResult},
     error::{Error, Result},
-    http::{Ctx, HandlerResult},
     service::{
         rooms::{
             power::{PowerLevels, CREATOR_LEVEL},

@@ -6,8 +6,8 @@ use ruma::{events::room::member::MembershipState, OwnedUserId};
 use serde_json::{json, Value};
 
 use crate::{
+    api::{Ctx, HandlerResult},
     error::Error,
-    http::{Ctx, HandlerResult},
     service::Services,
 };
 

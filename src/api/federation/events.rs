@@ -8,8 +8,8 @@ use ruma::{OwnedEventId, RoomId, ServerName};
 use serde_json::{json, Value};
 
 use crate::{
+    api::{Ctx, HandlerResult},
     error::{Error, Result},
-    http::{Ctx, HandlerResult},
     service::{
         rooms::{auth, incoming, pdu::Pdu, timestamps, visibility},
         Services,
@@ -251,7 +251,7 @@ pub async fn get_backfill(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         .raw_query
         .split('&')
         .filter_map(|pair| pair.strip_prefix("v="))
-        .filter_map(|id| OwnedEventId::try_from(crate::http::ctx::percent_decode(id)).ok())
+        .filter_map(|id| OwnedEventId::try_from(crate::api::ctx::percent_decode(id)).ok())
         .collect();
     let limit = ctx
         .query("limit")

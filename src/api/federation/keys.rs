@@ -6,9 +6,9 @@ use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, ServerName}
 use serde_json::{json, Value};
 
 use crate::{
+    api::{Ctx, HandlerResult},
     crypto,
     error::{Error, Result},
-    http::{Ctx, HandlerResult},
     service::Services,
     util,
 };

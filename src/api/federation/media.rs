@@ -16,8 +16,8 @@ use ruma::{
 
 use crate::{
     api::client::media::thumbnail_query,
+    api::{Ctx, RawResult},
     error::{Error, Result},
-    http::{Ctx, RawResult},
     service::{
         media::{is_valid_media_id, MAX_WAIT},
         Services,

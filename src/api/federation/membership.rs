@@ -11,9 +11,9 @@ use ruma::{
 use serde_json::{json, Value};
 
 use crate::{
+    api::{Ctx, HandlerResult},
     crypto,
     error::{Error, Result},
-    http::{Ctx, HandlerResult},
     service::{
         rooms::{
             auth, handshake, incoming, join_state, prejoin_state,
@@ -64,7 +64,7 @@ fn make_membership(services: &Services, ctx: &Ctx, membership: &str) -> HandlerR
             .raw_query
             .split('&')
             .filter_map(|pair| pair.strip_prefix("ver="))
-            .map(crate::http::ctx::percent_decode)
+            .map(crate::api::ctx::percent_decode)
             .collect();
         let supported = if accepted.is_empty() {
             version == RoomVersionId::V1

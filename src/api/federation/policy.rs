@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::{
+    api::{Ctx, HandlerResult},
     error::Error,
-    http::{Ctx, HandlerResult},
     service::{policy, Services},
 };
 

@@ -6,8 +6,8 @@ use ruma::{OwnedRoomAliasId, OwnedUserId};
 use serde_json::{json, Value};
 
 use crate::{
+    api::{Ctx, HandlerResult},
     error::Error,
-    http::{Ctx, HandlerResult},
     service::Services,
 };
 
@@ -88,7 +88,7 @@ pub async fn get_openid_userinfo(services: Arc<Services>, ctx: Ctx) -> HandlerRe
         .ok_or_else(|| Error::missing_param("missing access_token"))?;
     let user = services.users.find_openid_token(token)?.ok_or_else(|| {
         Error::matrix(
-            ruma::api::error::ErrorKind::UnknownToken(crate::http::ctx::unknown_token_data(false)),
+            ruma::api::error::ErrorKind::UnknownToken(crate::api::ctx::unknown_token_data(false)),
             "unknown or expired OpenID token",
         )
     })?;

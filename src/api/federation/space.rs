@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crate::{
     api::client::space::suggested_only,
-    http::{Ctx, HandlerResult},
+    api::{Ctx, HandlerResult},
     service::{rooms::spaces, Services},
 };
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::{
-    http::{Ctx, HandlerResult},
+    api::{Ctx, HandlerResult},
     service::{rooms::third_party, Services},
 };
 

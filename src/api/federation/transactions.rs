@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 
 use super::user_keys;
 use crate::{
+    api::{Ctx, HandlerResult},
     error::Error,
-    http::{Ctx, HandlerResult},
     service::{
         presence, receipts,
         rooms::{handshake, incoming, timeline::SendTo},

@@ -11,8 +11,8 @@ use ruma::{OwnedUserId, ServerName};
 use serde_json::{json, Value};
 
 use crate::{
+    api::{Ctx, HandlerResult},
     error::{Error, Result},
-    http::{Ctx, HandlerResult},
     service::{
         device_lists::{self, remote},
         to_device, Services,
