@@ -1,6 +1,8 @@
 //! Pure cryptography over JSON: canonical form, content and reference hashes, ed25519 signing and
 //! verification. No I/O; the algorithms themselves come from `ruma-signatures`, and the tests pin
 //! them to the vectors of the spec's appendices.
+//!
+//! Canonical JSON, content and reference hashes, ed25519 signing and verifying, token hashing; pure functions over `ruma-signatures`, tested against the spec appendix vectors.
 
 use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
 use ruma::{

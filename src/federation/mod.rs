@@ -1,6 +1,10 @@
 //! The outgoing server-server client: discovery, `X-Matrix` request signing and HTTPS through
 //! `reqwest` with certificate verification always on. It knows nothing about rooms; callers pass
 //! the origin, the signing key and the destination.
+//!
+//! The outgoing server-server client: fixed addresses from `federation_hosts` first (connect to the given address, verify the certificate for the server name), then server discovery (`resolve.rs`: IP literals, explicit ports, `.well-known` cached by its headers, SRV `_matrix-fed._tcp` then `_matrix._tcp`, port 8448; the decision logic is tested without a network through a `Lookups` trait), `X-Matrix` signing, and HTTPS through `reqwest` with certificate verification always on (`federation_ca_file` adds a CA to the platform roots).
+//! A remote `M_FORBIDDEN`/`M_NOT_FOUND` (and, for restricted joins, `M_UNABLE_TO_AUTHORISE_JOIN`/`M_UNABLE_TO_GRANT_JOIN`) is passed on as such; any other failure is `Error::Remote` (502).
+//! `request_bytes` is the signed `GET` for answers that are not JSON (federation media), with a byte limit.
 
 pub mod resolve;
 

@@ -1,5 +1,10 @@
 //! The HTTP edge: the route table, body limits, access-token authentication, CORS, the
 //! per-request span, and error responses. Knows nothing about rooms.
+//!
+//! Routing (axum on hyper), body limits (`max_request_bytes` → `413 M_TOO_LARGE`), JSON parsing (`M_NOT_JSON`, `M_BAD_JSON`), access-token lookup (`M_MISSING_TOKEN`, `M_UNKNOWN_TOKEN` with `soft_logout` for expired refreshable tokens), CORS, one span per request, and `http/error.rs`, the only place that maps an `Error` to errcode and status.
+//! Every authenticated request counts as the user's activity for presence (`Presence::touch`, memory only), except routes marked `without_activity` (`/sync`, which applies `set_presence` itself).
+//! Unknown paths get `404 M_UNRECOGNIZED`, known paths with the wrong method `405 M_UNRECOGNIZED`.
+//! Raw routes (`http::raw_route`, the content repository's table in `http/media_routes.rs`) skip the JSON body: the handler gets the unread body in `Ctx::raw_body` and the request headers, reads the body with its own limit (`max_upload_bytes`, streamed to disk), and returns a whole response (media bytes with their headers, or `multipart/mixed` for federation).
 
 pub mod ctx;
 pub mod error;

@@ -1,5 +1,8 @@
 //! Global and per-room account data, with the stream position of each change for `/sync`, and
 //! the ignore list each user keeps in `m.ignored_user_list` (cached in memory).
+//!
+//! Global and per-room account data, each entry stamped with a stream position; `update` serialises read-modify-write changes (room tags, `m.tag`, changed one tag at a time by `api/client/tags.rs`).
+//! It also keeps each user's ignore list (`m.ignored_user_list`, validated on `PUT`: an object keyed by user IDs, never oneself) in memory after the first read, dropped when the list is set; sync, `/messages`, `/context`, search and to-device delivery read it from there.
 
 use std::{
     collections::{HashMap, HashSet},

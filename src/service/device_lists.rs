@@ -1,6 +1,12 @@
 //! Who hears about whose keys: the end-to-end encryption part of `/sync` (`to_device`,
 //! `device_lists`, one-time key counts), and announcing a user's key changes to the users and
 //! servers that share a room with them.
+//!
+//! Who hears about whose keys: the end-to-end fields of `/sync` (one call from `sync::build`; a user who joined a room is in their own `changed`), `/keys/changes`, announcing a local user's change (the key-change entry and the EDUs in the same batch, then waking the syncs of everyone sharing a room), and answering key queries and claims for local users (used by the client and the federation handlers alike).
+//! Outgoing: a new device (registration, login), a renamed or deleted device, and new keys or signatures each send an `m.device_list_update` with the user's next `stream_id` and the previous one as `prev_id`, through the durable federation queue (so it survives restarts of either side); cross-signing keys send `m.signing_key_update`.
+//! `device_lists/membership.rs`, called once from `commit`'s batch for member events: a local user's join restates every device (at the current `stream_id`, no `prev_id`) to the room's servers that shared no room with the user, and a membership that ends drops the cached lists of remote users who no longer share a room with a local user.
+//! `device_lists/remote.rs`: received updates are applied to the cache of remote lists when their `prev_id` is the cached `stream_id`; otherwise (a gap, or nothing cached) the list is fetched whole with `/user/devices/{userId}` in the background; local users see the remote user in `changed` when a device changed or the list went stale (not for the first update without `prev_id` that fills an empty cache: no local client holds a newer list then).
+//! Client key queries answer tracked users from an up-to-date cache without a request, fetch (and cache) the others, and fall back to a stale list (listing the server in `failures`) when the fetch fails; untracked users are asked with `/user/keys/query` and not cached.
 
 pub mod membership;
 pub mod remote;

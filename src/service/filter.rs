@@ -1,4 +1,6 @@
 //! Event filters (the spec's `RoomEventFilter` and the parts of `Filter` that sync uses).
+//!
+//! `RoomEventFilter` matching (also used for the sync filter's `presence` part).
 
 use serde_json::Value;
 

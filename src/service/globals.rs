@@ -1,5 +1,7 @@
 //! Server-wide facts: the server name, the signing key, the global stream counter and the
 //! reserved range of the typing counter.
+//!
+//! Server name (fixed at first start), the signing key (generated on first start, stored as PKCS#8 with a versioned key ID), and the global stream counter used for `/sync` tokens.
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},

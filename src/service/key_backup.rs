@@ -1,5 +1,7 @@
 //! Server-side backups of room keys: versions with their algorithm and auth data, and the
 //! encrypted session keys of each version.
+//!
+//! Server-side room-key backups: versions (numbered by stream position, so a deleted version is never reused) with algorithm and auth data, and each version's session keys; a stored key is replaced only by a better one, and every change of a version's keys gives it a new etag.
 
 use std::{collections::BTreeMap, sync::Arc};
 

@@ -1,4 +1,6 @@
 //! Wakes long-polling `/sync` requests: one watch channel per room and per user.
+//!
+//! One watch channel per room and per user; `commit` wakes the room, membership changes wake the target user, typing changes and public receipts wake the room, a presence change wakes the user and each room they are joined to, private receipts and account data wake the user, and `/sync` waits on its user's topics.
 
 use std::{collections::HashMap, future::Future, pin::Pin};
 

@@ -2,6 +2,9 @@
 //! thread, with the stream position of each change for `/sync`. Public receipts of local users go
 //! to the other servers in the room as `m.receipt` EDUs; those of other servers arrive through
 //! `/send`.
+//!
+//! The current `m.read`/`m.read.private` receipt per (room, user, type, thread) in `roomuserreceipt_count` and `roomcount_receipt`, so that an incremental sync reads only receipts newer than its token, and an in-memory newest position per room lets it skip quiet rooms without a read; public receipts of local users are queued as `m.receipt` EDUs in the same batch; `receive_edu` applies those from `/send`.
+//! The read marker is room account data `m.fully_read`, written through `account_data`.
 
 use std::{collections::HashMap, sync::Arc};
 

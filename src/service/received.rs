@@ -1,5 +1,7 @@
 //! Transactions received from other servers: the answer to each, so that a retried transaction
 //! is answered again without being processed twice.
+//!
+//! The answer to each received transaction, so that a replay is answered without being processed again.
 
 use std::sync::Arc;
 

@@ -1,6 +1,8 @@
 //! The federation sender: a persisted queue of PDUs and EDUs per destination, and one worker per
 //! destination that sends them as transactions (at most 50 PDUs and 100 EDUs each, one in flight),
 //! backing off exponentially while the destination fails.
+//!
+//! The per-destination queue, written in the commit batch (a 200 means the event is also queued for every server in the room; several EDUs queued by one write sit behind its position with an index), one worker per destination, transactions of at most 50 PDUs and 100 EDUs whose ID is the first queued position (so a retry is idempotent), exponential backoff up to an hour, cut short (and started over) when the destination sends us any request its signature authenticates (`http/x_matrix.rs` calls `Sending::heard_from`), as Synapse does for the servers that contact it.
 
 use std::{
     collections::HashMap,

@@ -1,5 +1,7 @@
 //! Server signing keys: this server's published key document, and other servers' keys fetched,
 //! verified and cached by their validity (directly, or through trusted notary servers).
+//!
+//! This server's key document, other servers' keys cached by validity (never shortened by an older answer), notary fetches from `trusted_key_servers`.
 
 use std::{collections::BTreeMap, sync::Arc};
 

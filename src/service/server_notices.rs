@@ -2,6 +2,8 @@
 //! `send_server_notice`): one notices room per user, made by the notices user on the first notice,
 //! tagged `m.server_notice` for the user, who is invited (again after leaving) and cannot reject
 //! the invite.
+//!
+//! Server notices (`/_synapse/admin/v1/send_server_notice`, for admins): one room per user (`userid_servernoticeroom`), made by the notices user through `create_and_commit` on the first notice, tagged `m.server_notice` through `account_data`, the user invited again whenever they are neither joined nor invited; `check_leave` refuses to let the user reject that invite (`M_CANNOT_LEAVE_SERVER_NOTICE_ROOM`).
 
 use ruma::{
     api::error::ErrorKind, events::room::member::MembershipState, OwnedEventId, OwnedRoomId,

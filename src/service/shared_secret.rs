@@ -1,6 +1,8 @@
 //! Synapse's shared-secret registration (its admin API `/_synapse/admin/v1/register`): single-use
 //! nonces kept in memory, and the HMAC-SHA1 check that lets whoever knows
 //! `registration_shared_secret` create accounts, server admins included.
+//!
+//! Synapse's shared-secret registration (`/_synapse/admin/v1/register`, `docs/admin_api.md`): single-use nonces in memory (a minute each, at most 1,000), the HMAC-SHA1 check in constant time, then an account created with the admin flag that `users` keeps (`userid_admin`, `Users::is_admin`); argon2 hashing runs on the blocking pool (`users::hash_password_blocking`).
 
 use std::{
     collections::HashMap,

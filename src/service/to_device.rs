@@ -6,6 +6,8 @@
 //! it. So a response records the highest position it delivered together with its own
 //! `next_batch`; a later sync whose `since` is at or past that `next_batch` deletes everything up
 //! to the recorded position. A client retrying with an older token gets the messages again.
+//!
+//! one inbox per device at stream positions; a `/sync` response records its `next_batch` and the highest position it delivered, and a later sync whose `since` reaches that `next_batch` deletes what was delivered (the spec's acknowledgement), so a retried sync gets the messages again.
 
 use std::sync::Arc;
 

@@ -1,4 +1,6 @@
 //! User-interactive authentication sessions: which stages a session has completed.
+//!
+//! User-interactive-auth sessions, in memory.
 
 use std::collections::HashMap;
 

@@ -2,6 +2,8 @@
 //!
 //! Tokens are random 32-character strings; only their SHA-256 is stored, so a copy of the
 //! database does not yield usable tokens, and a lookup by hash needs no timing-sensitive compare.
+//!
+//! accounts (argon2 password hashes), devices, access and refresh tokens (only SHA-256 of a token is stored), OpenID tokens (hashed too, an hour each, answered by the unsigned `/_matrix/federation/v1/openid/userinfo`), profiles, filters.
 
 use std::sync::Arc;
 

@@ -14,6 +14,12 @@
 //!
 //! Invariant: a record names a hash only after that file is durable on disk, so a `200` for an
 //! upload means its bytes and metadata both survive a crash.
+//!
+//! the content repository. Files live under `media_path` (default `<database_path>/media`) named by their SHA-256 (`files.rs`: written to `tmp/`, fsynced, renamed, folder fsynced; the same bytes are stored once); metadata in `mediaid_media` (`server 0xff media_id` → hash, content type, file name, size, uploader, created; a reservation from `/create` is a record without a hash), `useridmediaid_pending` (reservations per user, at most ten unexpired, 24-hour expiry), `thumbkey_thumbnail` (hash, size, method, animated → the thumbnail's hash; thumbnails are files in the same store) and `url_preview` (URL → preview and fetch time, answered for an hour).
+//! `remote.rs` fetches another server's media once over `/_matrix/federation/v1/media/download` (multipart, following a `Location` part, or the bare file; a server that answers `M_UNRECOGNIZED` or a `400`/`404`/`405` without a Matrix error code is asked on its deprecated `/_matrix/media/v3/download` with `allow_remote=false`; concurrent requests for the same media wait for one fetch, with no lock held across it) and caches it under the remote server's name; remote thumbnails are made here from the cached original.
+//! `thumbnail.rs` is pure (the `image` crate with PNG, JPEG, GIF and WebP only; decoding limits against decompression bombs); a requested size moves up to one of a few boxes (the spec's recommended sizes and larger; crops keep their aspect ratio to within 1/32 of the long side), so a media has a bounded number of cached thumbnails however many sizes are asked for; generation runs on the blocking pool.
+//! `preview.rs` fetches pages only when `url_preview_enabled`, checks every resolved address and every redirect against `url_preview_ip_denylist`, and pins the connection to the checked addresses.
+//! Invariant: a media record names a hash only after the file is durable, so a `200` for an upload survives a crash; unauthenticated `/_matrix/media/v3|r0/download|thumbnail` answer `404` (media is frozen from the first release) unless `legacy_media_unauthenticated` opens them, and then the authenticated handlers answer them.
 
 pub mod files;
 pub mod preview;

@@ -1,6 +1,11 @@
 //! Policy servers (server-server API, "Policy Servers"; MSC4284): whether a room uses one, the
 //! policy server's signature on an event, asking for it (`ask.rs`, for local events and check 7 on
 //! received ones) and this server's own policy-server role (`serve.rs`).
+//!
+//! Policy servers (spec v1.18, MSC4284; operators' page `docs/policy_servers.md`). `room_policy` decides whether a room uses one (a valid `m.room.policy` in current state whose `via` has a joined member); `has_valid_signature` checks the `ed25519:policy_server` signature over the redacted event with the key from that state event.
+//! `policy/ask.rs` asks the policy server (`/_matrix/policy/v1/sign`, 10 s; in process when it is this server): `timeline::create_and_commit` prepares a local event under the room lock, releases it to ask, and commits under the lock again if the room's state is unchanged (else builds again, at most three rounds), and `handshake::invite_remote` has a remote invite signed before sending it; a refusal or an unreachable policy server fails the client's request and nothing is stored. `incoming::handle` calls `check_received` before it takes the room lock (check 7: one more ask when the signature is missing or invalid) and soft-fails the event without one.
+//! `policy/serve.rs` is this server's policy-server role (`policy_server_*` settings): deny globs for servers and users, forbidden texts, joined senders only; its key lives in `policyserver_key` (`b"ed25519"` → PKCS#8), apart from the federation key.
+//! Invariant: no lock is held while a policy server is asked; the `m.room.policy` state event with an empty state key is never sent to it.
 
 mod ask;
 mod serve;

@@ -6,6 +6,14 @@
 //! RocksDB is written when the state or the status message changes (a new stream position, so
 //! `/sync` tokens need no presence part of their own), and once at shutdown so that last-active
 //! times survive a restart.
+//!
+//! each user's state, status message and last activity (`userid_presence`), and the presence stream (`presencecount_userid`, one entry per user at the global stream position of their last change, so sync tokens stay `s<count>`).
+//! Activity is kept in memory; RocksDB is written only when the state or status message changes, and once at shutdown for last-active times.
+//! Privacy rule: a user sees their own presence and that of users who share a joined room (`presence::shares_room`, one scan of the other user's memberships); `GET /presence` answers others with 403.
+//! `/sync?set_presence=online|unavailable` sets the state and holds the user online while the sync is open; `offline` changes nothing; an `unavailable` device does not override another device that synced as `online` in the last minute.
+//! Timeouts: a local user with no request and no open sync for `presence_offline_timeout_ms` (default 5 minutes) goes offline; a remote user whose server sent nothing for 30 minutes goes offline here; local users who stay online are sent again every 25 minutes (constants in `presence/timer.rs`).
+//! The server cannot tell an idle user from an active one while a client syncs, so it does not move users to `unavailable` by itself; clients report idleness with `set_presence=unavailable` or `PUT`.
+//! Local changes are queued as `m.presence` EDUs, in the change's batch, for the servers that share a room with the user (`servers_in_room` of each joined room, cached); incoming EDUs apply only to users of the origin server who are joined to a room here.
 
 mod timer;
 mod update;

@@ -1,4 +1,6 @@
 //! Room aliases and the public room directory.
+//!
+//! Deleting an alias takes it out of the room's `m.room.canonical_alias` when the deleting user may send that event.
 
 use std::sync::Arc;
 

@@ -1,5 +1,7 @@
 //! The auth rules of the room version, applied through ruma's implementation, and state
 //! resolution v2 for diverging prev_events.
+//!
+//! Ruma's auth rules (state-independent with auth events, state-dependent with the state before the event) and state resolution v2 (v2.1 for room version 12, whose result can hold an event of the conflicted subgraph that no input state set has; `incoming::state::resolve_sets` gives such an event its short IDs then).
 
 use std::collections::HashSet;
 

@@ -1,6 +1,8 @@
 //! What a resident server answers to `send_join`: the state before the join and the auth chain,
 //! either whole or, when the joining server asks with `omit_members`, without most member events
 //! (MSC3706, the spec's partial-state join since v1.6).
+//!
+//! The resident side's `send_join` answer: the state before the join, the auth chains of the join and of that state, and the servers with joined members before it; with `omit_members` (partial-state joins) it keeps the non-member state, the joiner's own earlier membership and, when the room has no name or canonical alias, the heroes' member events (first five joined or invited by stream position, else those who left), and leaves out of `auth_chain` what `state` holds. Owns no tree; Plait's own joins still ask for the full state.
 
 use std::collections::{BTreeSet, HashSet};
 

@@ -1,5 +1,7 @@
 //! Power levels as the auth rules read them: a user's level, the level an action or event needs,
 //! and the privileged creators of room version 12. Read-only over the room's current state.
+//!
+//! Power levels as the auth rules read them (a user's level, the level an action or event needs, version 12's privileged creators); read-only over current state, used by restricted joins, upgrades and the power-level checks of `api/client/state.rs`.
 
 use ruma::{events::StateEventType, OwnedUserId, RoomId, UserId};
 use serde_json::Value;

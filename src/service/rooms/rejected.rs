@@ -2,6 +2,8 @@
 //! They are remembered so that an event citing one as an auth event is refused without asking
 //! again, and so that later events citing one as a prev event still find a state: a rejected
 //! event leaves the room's state as it was before it.
+//!
+//! Received events that failed their auth checks (`eventid_rejected`: event ID → reason), kept by `incoming` (checks 4 and 5 and `store_outliers`) when the failure is final (every auth event stored or itself rejected, or the origin, asked through `/event_auth`, answered without them): such an event is never fetched or checked again, an event citing it as an auth event is rejected, and one whose prev events' state is known gets that state as its own (before and after), so that later events naming it as a prev event are checked "as normal, except not updating with the rejected event" (server-server API, "Rejection").
 
 use std::sync::Arc;
 

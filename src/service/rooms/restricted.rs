@@ -1,6 +1,8 @@
 //! Restricted joins (join rules `restricted` and `knock_restricted`, room versions 8 and up):
 //! whether a user qualifies through membership of an allowed room, and which local user with
 //! invite power authorises the join (`join_authorised_via_users_server`).
+//!
+//! Restricted and `knock_restricted` joins: a user qualifies by being joined to an allowed room this server is in, and the authoriser is the local joined user with the most power at or above the invite level; a local join carries `join_authorised_via_users_server`, and when no local user may invite the join goes through another server of the room (`handshake::join_remote`, whose answer is then received through `incoming::handle` since the room's state is already here); `make_join` answers `M_UNABLE_TO_GRANT_JOIN` (no local authoriser) or `M_UNABLE_TO_AUTHORISE_JOIN` (in none of the allowed rooms), and `send_join` countersigns only for a user who still qualifies.
 
 use ruma::{
     events::{room::member::MembershipState, StateEventType},

@@ -1,5 +1,7 @@
 //! Numeric short IDs for event IDs, room IDs, state keys and state snapshots, so that state sets
 //! and indexes store 8-byte numbers instead of strings.
+//!
+//! Numeric short IDs for events, rooms, state keys and state snapshots.
 
 use std::{
     collections::HashMap,

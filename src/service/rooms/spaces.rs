@@ -2,6 +2,9 @@
 //! spec's order, who may see a room in a hierarchy, and the depth-first walk behind
 //! `/hierarchy` (rooms this server is in from its own state, others from the federation
 //! `/hierarchy` of their `via` servers). Reads only; owns no tree.
+//!
+//! Room summaries, a space's links (`m.space.child` with a non-empty `via`) in the spec's order (`order`, then the link's timestamp, then room ID), who may see a room (anyone for public, knock and `world_readable` rooms; members, invitees and members of a restricted room's allowed rooms otherwise; for a server, having a joined member), and the `/hierarchy` walk: depth-first (Synapse's order, which Complement's paging expects), rooms this server is in from local state, others from the federation `/hierarchy` of their via servers (at most 10 requests a page), with the position (rooms to visit and visited) in the `next_batch` token.
+//! Owns no tree.
 
 use std::collections::{HashMap, HashSet};
 

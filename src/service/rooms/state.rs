@@ -1,5 +1,7 @@
 //! Room state as shared snapshots: each snapshot is a delta over a parent, so a state event costs
 //! one small record instead of a copy of the whole room state.
+//!
+//! State snapshots as deltas over a parent (at most 24 deep, then a full snapshot), and the state before and after each event.
 
 use std::{
     collections::{BTreeMap, HashMap},

@@ -8,6 +8,11 @@
 //! `m.room.third_party_invite` (auth rules), so only that user's server can sign it: the
 //! invitee's server asks it through `/exchange_third_party_invite`, also when the invitee's
 //! server is itself in the room.
+//!
+//! third-party invites. The client's `/invite` with `medium`/`address`/`id_server`/`id_access_token` puts the address in its canonical form (appendix "3PID Types": email lowercased, phone numbers as digits), checks the sender may invite, then invites the user the identity server has bound, or stores the invite there and sends `m.room.third_party_invite` (state key: the identity server's token; display name and public keys).
+//! `/3pid/onbind` (unauthenticated: identity servers have no federation key) redeems each pending invite of a local user: here when the inviter is local, otherwise through `/exchange_third_party_invite` on the inviter's server, even when this server is in the room, because the auth rules want the invite sent by the `m.room.third_party_invite`'s sender and only that user's server can sign for them.
+//! The issuing server checks the `signed` block against the room's `m.room.third_party_invite` for the token (same sender, a signature by one of its public keys, that key's validity URL still answering `valid`), then sends the invite with `content.third_party_invite` (local invitee: `create_and_commit`; remote: `handshake::invite_remote`); ruma's auth rules check the signature again on every server.
+//! Owns no tree.
 
 use ruma::{
     events::{room::member::MembershipState, StateEventType},

@@ -7,6 +7,9 @@
 //! see (at most [`MAX_SKIPPED`]), so its cost does not grow with the room. Among events with the
 //! same timestamp, depth and then stream position decide, so that looking backwards finds the
 //! latest of them and looking forwards the earliest, as Synapse does.
+//!
+//! jump to date (`/timestamp_to_event`, client and federation). `roomtsdepthcount_` (room, `origin_server_ts`, depth, stream position → nothing) gets one key per timeline event from one call in `commit`'s and `commit_backfilled`'s batch; a lookup is one seek and then steps over events the asker may not see (at most 1,000), so its cost does not depend on the room's size (a scan of the topological index would, since timestamps are not ordered by depth). Ties at one timestamp go by depth, then stream position: backwards finds the latest, forwards the earliest. A database from before the index is indexed once at startup (when the index is empty and the timeline is not).
+//! The client endpoint asks up to three other servers of the room (backfill's order) when it found nothing or the event found borders a gap (looking forwards: one of its prev events is missing; looking backwards: a backward extremity is named by an event more than one level deeper than it); an event a server names is fetched with `/event` and checked and stored like backfilled history (`backfill::fetch_event`), and wins when it is closer to the timestamp and the user may see it. The federation endpoint answers from the local timeline only.
 
 use std::sync::Arc;
 

@@ -2,6 +2,8 @@
 //! `m.room.history_visibility` and the user's membership at that event
 //! (spec, client-server API, "Room history visibility"), and the events hidden from a user who
 //! ignores their sender.
+//!
+//! History visibility per event (`shared`, `invited`, `joined`, `world_readable`) from the state after the event; events after the viewer's current join skip the lookup, so sync's hot path pays nothing (backfilled events, whose positions are above every live one, always take the lookup).
 
 use std::collections::{HashMap, HashSet};
 

@@ -1,6 +1,12 @@
 //! Building `/sync` responses from stream positions: joined, invited and left rooms with their
 //! timelines, state deltas and ephemeral events (typing, receipts), account data and presence.
 //! Non-state events, typing and invites of users the syncing user ignores are left out.
+//!
+//! Builds `/sync` responses from stream positions; its token `s{count}_{typing}` (`SyncToken`) carries the global stream position and the typing position (the older `s{count}` still parses, as typing position 0).
+//! A room's `state` section (`sync/state.rs`) is the state at the start of its timeline that the client has not seen, plus, where the state at the end of the timeline holds a change the timeline filter left out, that change.
+//! With lazy-loaded members it carries the members of the timeline's senders and of the summary's heroes that the device does not hold: `SentMembers` (`sync/lazy.rs`, memory only) records per device the member events each response carried, and counts them as held once the device syncs from that response's `next_batch`; after a restart members are sent again, which the spec allows.
+//! The room summary (joined and invited counts, heroes for a room without name or canonical alias) is sent on initial syncs and whenever member, name or alias events or a gap lie in the synced range.
+//! A room joined since the last sync is treated like an initial sync: full state, a timeline reaching back before `since`, `limited` unless it starts at the room's creation.
 
 mod joined;
 mod lazy;

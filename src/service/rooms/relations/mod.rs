@@ -2,6 +2,11 @@
 //! index of child events by parent and `rel_type`, kept by `timeline::commit` and redactions,
 //! the thread list ordered by latest activity, the checks on relations sent by clients, and the
 //! bundled aggregations added to served events ([`bundle`]).
+//!
+//! Event relationships: `parentreltypecount_child` (room, parent event ID, `rel_type`, child stream position → what aggregation needs of the child: ID, sender, type, annotation key, timestamp, whether it has `m.new_content`), written by one call from `commit`'s batch for every non-state event with a valid cleartext `m.relates_to` (local or from `/send`), and `roomcount_threadroot` (room, stream position of a thread's latest `m.thread` child → root), moved on every thread reply; a redaction removes its target's entry in the redaction's batch (one call from `redact_in_batch`), so redacted children stop counting and a thread falls back to its previous reply.
+//! `relations::bundle::serve_event` is the one function that turns an event into its client form with `unsigned["m.relations"]` (annotation counts in MSC2675's form, the latest valid edit, the thread summary, references); `/sync` timelines, `/messages`, `/event`, `/context`, `/relations` and `/threads` call it, and it costs one prefix seek per non-state event (plus one read for the latest edit and for the latest thread reply).
+//! Edit validity (same sender and type, original neither state, an edit nor redacted, `m.new_content`) is decided when bundling, so an edit that arrives before its original is judged once both are known.
+//! Client sends are checked by `relations::check_client_relation` (duplicate annotation `400 M_DUPLICATE_ANNOTATION`, thread from a relation `400 M_UNKNOWN`).
 
 pub mod bundle;
 
