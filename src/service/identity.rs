@@ -120,16 +120,8 @@ impl<'a> IdentityServer<'a> {
         if !token_ok {
             return Err(self.failed("/store-invite answered an invalid token"));
         }
-        let public_keys: Vec<(String, String)> = answer["public_keys"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|key| {
-                Some((
-                    key["public_key"].as_str()?.to_owned(),
-                    key["key_validity_url"].as_str()?.to_owned(),
-                ))
-            })
+        let public_keys: Vec<(String, String)> = public_keys(&answer["public_keys"])
+            .filter_map(|(key, url)| Some((key, url?)))
             .collect();
         if public_keys.is_empty() {
             return Err(self.failed("/store-invite answered no public key"));
@@ -285,6 +277,18 @@ fn remote(host: &str, detail: &str) -> Error {
         server: host.to_owned(),
         source: format!("identity server: {detail}").into(),
     }
+}
+
+/// The entries of a `public_keys` list (of a `/store-invite` answer or an
+/// `m.room.third_party_invite`): each key with its validity URL when it has one; entries
+/// without a `public_key` string are skipped.
+pub fn public_keys(list: &Value) -> impl Iterator<Item = (String, Option<String>)> + '_ {
+    list.as_array().into_iter().flatten().filter_map(|key| {
+        Some((
+            key["public_key"].as_str()?.to_owned(),
+            key["key_validity_url"].as_str().map(str::to_owned),
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -371,17 +371,8 @@ async fn issue_invite(
 /// The public key of an `m.room.third_party_invite` (its `public_keys`, then the older
 /// `public_key`) that verifies a signature of the `signed` block, with its validity URL.
 fn verifying_key(pending: &Value, signed: &Value) -> Option<(String, Option<String>)> {
-    let mut keys: Vec<(String, Option<String>)> = pending["public_keys"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|key| {
-            Some((
-                key["public_key"].as_str()?.to_owned(),
-                key["key_validity_url"].as_str().map(str::to_owned),
-            ))
-        })
-        .collect();
+    let mut keys: Vec<(String, Option<String>)> =
+        crate::service::identity::public_keys(&pending["public_keys"]).collect();
     if let Some(key) = pending["public_key"].as_str() {
         keys.push((
             key.to_owned(),
