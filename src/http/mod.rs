@@ -3,8 +3,6 @@
 
 pub mod ctx;
 pub mod error;
-mod federation_routes;
-mod media_routes;
 mod routes;
 pub mod tls;
 mod x_matrix;
@@ -29,14 +27,30 @@ use crate::{error::Error, service::Services};
 pub type HandlerResult = crate::error::Result<Value>;
 /// What a raw handler returns: a whole response (media bytes with their headers).
 pub type RawResult = crate::error::Result<Response>;
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+/// The boxed future a handler returns.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// An async handler function: it gets the services and the request and answers with `T`.
+pub trait HandlerFn<T>: Send + Sync + 'static {
+    fn call(&self, services: Arc<Services>, ctx: Ctx) -> BoxFuture<T>;
+}
+
+impl<T, F, Fut> HandlerFn<T> for F
+where
+    F: Fn(Arc<Services>, Ctx) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    fn call(&self, services: Arc<Services>, ctx: Ctx) -> BoxFuture<T> {
+        Box::pin(self(services, ctx))
+    }
+}
 
 /// A JSON handler (the body is parsed for it), or a raw one that reads the body itself and
 /// builds its own response (the content repository).
 #[derive(Clone)]
 enum Handler {
-    Json(Arc<dyn Fn(Arc<Services>, Ctx) -> BoxFuture<HandlerResult> + Send + Sync>),
-    Raw(Arc<dyn Fn(Arc<Services>, Ctx) -> BoxFuture<RawResult> + Send + Sync>),
+    Json(Arc<dyn HandlerFn<HandlerResult>>),
+    Raw(Arc<dyn HandlerFn<RawResult>>),
 }
 
 /// One served endpoint.
@@ -50,6 +64,16 @@ pub struct Route {
 }
 
 impl Route {
+    fn new(method: Method, path: &'static str, auth: Auth, handler: Handler) -> Self {
+        Self {
+            method,
+            path,
+            auth,
+            activity: true,
+            handler,
+        }
+    }
+
     /// Marks a route whose handler records presence activity itself (`/sync`, where
     /// `set_presence=offline` must not count).
     pub fn without_activity(mut self) -> Self {
@@ -59,38 +83,24 @@ impl Route {
 }
 
 /// Builds a [`Route`] from an async handler function.
-pub fn route<F, Fut>(method: Method, path: &'static str, auth: Auth, handler: F) -> Route
-where
-    F: Fn(Arc<Services>, Ctx) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = HandlerResult> + Send + 'static,
-{
-    Route {
-        method,
-        path,
-        auth,
-        activity: true,
-        handler: Handler::Json(Arc::new(move |services, ctx| {
-            Box::pin(handler(services, ctx))
-        })),
-    }
+pub fn route(
+    method: Method,
+    path: &'static str,
+    auth: Auth,
+    handler: impl HandlerFn<HandlerResult>,
+) -> Route {
+    Route::new(method, path, auth, Handler::Json(Arc::new(handler)))
 }
 
 /// Builds a [`Route`] whose handler gets the unread body in [`Ctx::raw_body`] and the request
 /// headers, and answers with a whole response.
-pub fn raw_route<F, Fut>(method: Method, path: &'static str, auth: Auth, handler: F) -> Route
-where
-    F: Fn(Arc<Services>, Ctx) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = RawResult> + Send + 'static,
-{
-    Route {
-        method,
-        path,
-        auth,
-        activity: true,
-        handler: Handler::Raw(Arc::new(move |services, ctx| {
-            Box::pin(handler(services, ctx))
-        })),
-    }
+pub fn raw_route(
+    method: Method,
+    path: &'static str,
+    auth: Auth,
+    handler: impl HandlerFn<RawResult>,
+) -> Route {
+    Route::new(method, path, auth, Handler::Raw(Arc::new(handler)))
 }
 
 /// Every (method, path template) the router serves, for the conformance map in `spec/`.
@@ -218,10 +228,11 @@ async fn dispatch(
                 }
             }
             let result = match handler {
-                Handler::Json(handler) => handler(services, ctx)
+                Handler::Json(handler) => handler
+                    .call(services, ctx)
                     .await
                     .map(|body| error::json_response(StatusCode::OK, &body)),
-                Handler::Raw(handler) => handler(services, ctx).await,
+                Handler::Raw(handler) => handler.call(services, ctx).await,
             };
             result.unwrap_or_else(IntoResponse::into_response)
         }
