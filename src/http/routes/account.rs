@@ -188,6 +188,12 @@ pub(super) fn profiles_and_presence() -> Vec<Route> {
             presence::get_presence,
         ),
         route(
+            Method::PUT,
+            "/_matrix/client/v3/presence/{userId}/status",
+            Token,
+            presence::set_presence,
+        ),
+        route(
             Method::POST,
             "/_matrix/client/v3/user_directory/search",
             Token,
