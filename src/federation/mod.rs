@@ -241,23 +241,15 @@ pub fn x_matrix(
     path_and_query: &str,
     body: Option<&Value>,
 ) -> Result<String> {
-    let mut object = CanonicalJsonObject::new();
-    object.insert(
-        "method".into(),
-        CanonicalJsonValue::String(method.to_string()),
-    );
-    object.insert(
-        "uri".into(),
-        CanonicalJsonValue::String(path_and_query.to_owned()),
-    );
-    object.insert(
-        "origin".into(),
-        CanonicalJsonValue::String(origin.to_string()),
-    );
-    object.insert(
-        "destination".into(),
-        CanonicalJsonValue::String(destination.to_string()),
-    );
+    let mut object: CanonicalJsonObject = [
+        ("method", method.to_string()),
+        ("uri", path_and_query.to_owned()),
+        ("origin", origin.to_string()),
+        ("destination", destination.to_string()),
+    ]
+    .into_iter()
+    .map(|(field, value)| (field.to_owned(), CanonicalJsonValue::String(value)))
+    .collect();
     if let Some(body) = body {
         object.insert(
             "content".into(),

@@ -208,103 +208,114 @@ mod tests {
         }
     }
 
-    fn resolved(authority: &str, host: &str, connect: Option<(&str, u16)>) -> Resolved {
-        Resolved {
-            authority: authority.to_owned(),
-            host_header: host.to_owned(),
-            connect_to: connect.map(|(target, port)| (target.to_owned(), port)),
+    /// The lookups behind the spec's discovery cases: `.well-known` delegations of `a.org` to
+    /// `e.org`, and SRV records (current and deprecated names) for some of the names.
+    fn fake() -> Fake {
+        let mut fake = Fake::default();
+        fake.well_known.extend([
+            ("a.org", "10.0.0.1"),
+            ("b.org", "matrix.b.org:443"),
+            ("c.org", "fed.c.org"),
+            ("d.org", "fed.d.org"),
+            ("e.org", "fed.e.org"),
+        ]);
+        fake.srv.extend([
+            ("_matrix-fed._tcp.fed.c.org", ("target.c.org.", 8443)),
+            ("_matrix._tcp.fed.d.org", ("old.d.org", 8000)),
+            ("_matrix-fed._tcp.f.org", ("t.f.org", 1)),
+            ("_matrix._tcp.g.org", ("t.g.org", 2)),
+        ]);
+        fake
+    }
+
+    /// A server name and what it resolves to: the authority, the `Host` header, and the SRV
+    /// target to connect to, if any.
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static str,
+        Option<(&'static str, u16)>,
+    );
+
+    async fn check(fake: &Fake, cases: &[Case]) {
+        for (name, authority, host, connect) in cases {
+            let expected = Resolved {
+                authority: (*authority).to_owned(),
+                host_header: (*host).to_owned(),
+                connect_to: connect.map(|(target, port)| (target.to_owned(), port)),
+            };
+            let got = Resolver::default().resolve(fake, name).await.unwrap();
+            assert_eq!(got, expected, "resolving {name}");
         }
     }
 
-    async fn check(fake: &Fake, name: &str, expected: Resolved) {
-        let got = Resolver::default().resolve(fake, name).await.unwrap();
-        assert_eq!(got, expected, "resolving {name}");
-    }
-
     #[tokio::test]
-    async fn discovery_follows_the_spec_order() {
-        let mut fake = Fake::default();
-        // 1: IP literals, with and without a port, never look anything up.
+    async fn ip_literals_and_explicit_ports_look_nothing_up() {
+        let fake = fake();
         check(
             &fake,
-            "127.0.0.2:9000",
-            resolved("127.0.0.2:9000", "127.0.0.2:9000", None),
-        )
-        .await;
-        check(&fake, "[::1]", resolved("[::1]:8448", "[::1]", None)).await;
-        // 2: a hostname with an explicit port.
-        check(
-            &fake,
-            "example.org:1234",
-            resolved("example.org:1234", "example.org:1234", None),
+            &[
+                // 1: IP literals, with and without a port.
+                ("127.0.0.2:9000", "127.0.0.2:9000", "127.0.0.2:9000", None),
+                ("[::1]", "[::1]:8448", "[::1]", None),
+                // 2: a hostname with an explicit port.
+                (
+                    "example.org:1234",
+                    "example.org:1234",
+                    "example.org:1234",
+                    None,
+                ),
+            ],
         )
         .await;
         assert!(fake.calls.lock().is_empty());
+    }
 
-        // 3.1–3.2: delegation to an IP literal or a name with a port.
-        fake.well_known.insert("a.org", "10.0.0.1");
-        fake.well_known.insert("b.org", "matrix.b.org:443");
-        check(&fake, "a.org", resolved("10.0.0.1:8448", "10.0.0.1", None)).await;
+    #[tokio::test]
+    async fn delegation_follows_the_spec_order() {
         check(
-            &fake,
-            "b.org",
-            resolved("matrix.b.org:443", "matrix.b.org:443", None),
+            &fake(),
+            &[
+                // 3.1–3.2: delegation to an IP literal or a name with a port.
+                ("a.org", "10.0.0.1:8448", "10.0.0.1", None),
+                ("b.org", "matrix.b.org:443", "matrix.b.org:443", None),
+                // 3.3–3.5: delegation to a bare name: SRV of the delegated name, legacy SRV,
+                // then 8448.
+                (
+                    "c.org",
+                    "fed.c.org:8443",
+                    "fed.c.org",
+                    Some(("target.c.org", 8443)),
+                ),
+                (
+                    "d.org",
+                    "fed.d.org:8000",
+                    "fed.d.org",
+                    Some(("old.d.org", 8000)),
+                ),
+                ("e.org", "fed.e.org:8448", "fed.e.org", None),
+            ],
         )
         .await;
-        // 3.3–3.5: delegation to a bare name: SRV of the delegated name, legacy SRV, then 8448.
-        fake.well_known.insert("c.org", "fed.c.org");
-        fake.srv
-            .insert("_matrix-fed._tcp.fed.c.org", ("target.c.org.", 8443));
-        check(
-            &fake,
-            "c.org",
-            resolved("fed.c.org:8443", "fed.c.org", Some(("target.c.org", 8443))),
-        )
-        .await;
-        fake.well_known.insert("d.org", "fed.d.org");
-        fake.srv
-            .insert("_matrix._tcp.fed.d.org", ("old.d.org", 8000));
-        check(
-            &fake,
-            "d.org",
-            resolved("fed.d.org:8000", "fed.d.org", Some(("old.d.org", 8000))),
-        )
-        .await;
-        fake.well_known.insert("e.org", "fed.e.org");
-        check(
-            &fake,
-            "e.org",
-            resolved("fed.e.org:8448", "fed.e.org", None),
-        )
-        .await;
+    }
 
-        // 4–6: no delegation: SRV of the name, legacy SRV, then the default port.
-        fake.srv.insert("_matrix-fed._tcp.f.org", ("t.f.org", 1));
+    #[tokio::test]
+    async fn without_delegation_srv_comes_before_the_default_port() {
+        let fake = fake();
         check(
             &fake,
-            "f.org",
-            resolved("f.org:1", "f.org", Some(("t.f.org", 1))),
+            &[
+                // 4–6: SRV of the name, legacy SRV, then the default port.
+                ("f.org", "f.org:1", "f.org", Some(("t.f.org", 1))),
+                ("g.org", "g.org:2", "g.org", Some(("t.g.org", 2))),
+                ("h.org", "h.org:8448", "h.org", None),
+            ],
         )
         .await;
-        fake.srv.insert("_matrix._tcp.g.org", ("t.g.org", 2));
-        check(
-            &fake,
-            "g.org",
-            resolved("g.org:2", "g.org", Some(("t.g.org", 2))),
-        )
-        .await;
-        check(&fake, "h.org", resolved("h.org:8448", "h.org", None)).await;
         // The new SRV name is asked before the deprecated one.
         let calls = fake.calls.lock().clone();
-        let new = calls
-            .iter()
-            .position(|c| c == "srv _matrix-fed._tcp.h.org")
-            .unwrap();
-        let old = calls
-            .iter()
-            .position(|c| c == "srv _matrix._tcp.h.org")
-            .unwrap();
-        assert!(new < old);
+        let position = |call: &str| calls.iter().position(|made| made == call).unwrap();
+        assert!(position("srv _matrix-fed._tcp.h.org") < position("srv _matrix._tcp.h.org"));
     }
 
     #[tokio::test]

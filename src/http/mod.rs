@@ -8,8 +8,6 @@
 
 pub mod ctx;
 pub mod error;
-mod federation_routes;
-mod media_routes;
 mod routes;
 pub mod tls;
 mod x_matrix;
@@ -30,16 +28,33 @@ use tracing::Instrument;
 
 pub use crate::api::ctx::{Auth, Ctx, HandlerResult, RawResult};
 use crate::{error::Error, service::Services};
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The boxed future a handler returns.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// An async handler function: it gets the services and the request and answers with `T`.
+pub trait HandlerFn<T>: Send + Sync + 'static {
+    fn call(&self, services: Arc<Services>, ctx: Ctx) -> BoxFuture<T>;
+}
+
+impl<T, F, Fut> HandlerFn<T> for F
+where
+    F: Fn(Arc<Services>, Ctx) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    fn call(&self, services: Arc<Services>, ctx: Ctx) -> BoxFuture<T> {
+        Box::pin(self(services, ctx))
+    }
+}
 
 /// A JSON handler (the body is parsed for it), a typed one (the body is read for it and parsed
 /// into the endpoint's ruma request type, its ruma response serialised), or a raw one that reads
 /// the body itself and builds its own response (the content repository).
 #[derive(Clone)]
 enum Handler {
-    Json(Arc<dyn Fn(Arc<Services>, Ctx) -> BoxFuture<HandlerResult> + Send + Sync>),
-    Typed(Arc<dyn Fn(Arc<Services>, Ctx) -> BoxFuture<RawResult> + Send + Sync>),
-    Raw(Arc<dyn Fn(Arc<Services>, Ctx) -> BoxFuture<RawResult> + Send + Sync>),
+    Json(Arc<dyn HandlerFn<HandlerResult>>),
+    Typed(Arc<dyn HandlerFn<RawResult>>),
+    Raw(Arc<dyn HandlerFn<RawResult>>),
 }
 
 /// One served endpoint.
@@ -50,11 +65,22 @@ pub struct Route {
     /// Whether a request by a user counts as that user's activity for presence.
     activity: bool,
     handler: Handler,
-    /// For a typed route, the method its ruma request type declares (checked by a test).
+    /// For a typed route, the method its ruma request type declares (checked by the router).
     typed_method: Option<Method>,
 }
 
 impl Route {
+    fn new(method: Method, path: &'static str, auth: Auth, handler: Handler) -> Self {
+        Self {
+            method,
+            path,
+            auth,
+            activity: true,
+            handler,
+            typed_method: None,
+        }
+    }
+
     /// Marks a route whose handler records presence activity itself (`/sync`, where
     /// `set_presence=offline` must not count).
     pub fn without_activity(mut self) -> Self {
@@ -64,21 +90,13 @@ impl Route {
 }
 
 /// Builds a [`Route`] from an async handler function.
-pub fn route<F, Fut>(method: Method, path: &'static str, auth: Auth, handler: F) -> Route
-where
-    F: Fn(Arc<Services>, Ctx) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = HandlerResult> + Send + 'static,
-{
-    Route {
-        method,
-        path,
-        auth,
-        activity: true,
-        handler: Handler::Json(Arc::new(move |services, ctx| {
-            Box::pin(handler(services, ctx))
-        })),
-        typed_method: None,
-    }
+pub fn route(
+    method: Method,
+    path: &'static str,
+    auth: Auth,
+    handler: impl HandlerFn<HandlerResult>,
+) -> Route {
+    Route::new(method, path, auth, Handler::Json(Arc::new(handler)))
 }
 
 /// Builds a [`Route`] from a typed handler: it gets the request parsed into `R`, the ruma request
@@ -91,43 +109,31 @@ where
     Fut: Future<Output = crate::error::Result<R::OutgoingResponse>> + Send + 'static,
 {
     let handler = Arc::new(handler);
-    Route {
-        method,
-        path,
-        auth,
-        activity: true,
-        handler: Handler::Typed(Arc::new(move |services, ctx| {
-            let handler = handler.clone();
-            Box::pin(async move {
-                let request = ctx.parse::<R>()?;
-                let response = handler(services, ctx, request).await?;
-                let response = response
-                    .try_into_http_response::<Vec<u8>>()
-                    .map_err(|error| Error::Internal(format!("serialising a response: {error}")))?;
-                Ok(response.map(axum::body::Body::from).into_response())
-            })
-        })),
-        typed_method: Some(R::METHOD),
-    }
+    let typed = move |services, ctx: Ctx| {
+        let handler = handler.clone();
+        async move {
+            let request = ctx.parse::<R>()?;
+            let response = handler(services, ctx, request).await?;
+            let response = response
+                .try_into_http_response::<Vec<u8>>()
+                .map_err(|error| Error::Internal(format!("serialising a response: {error}")))?;
+            Ok(response.map(axum::body::Body::from).into_response())
+        }
+    };
+    let mut route = Route::new(method, path, auth, Handler::Typed(Arc::new(typed)));
+    route.typed_method = Some(R::METHOD);
+    route
 }
 
 /// Builds a [`Route`] whose handler gets the unread body in [`Ctx::raw_body`] and the request
 /// headers, and answers with a whole response.
-pub fn raw_route<F, Fut>(method: Method, path: &'static str, auth: Auth, handler: F) -> Route
-where
-    F: Fn(Arc<Services>, Ctx) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = RawResult> + Send + 'static,
-{
-    Route {
-        method,
-        path,
-        auth,
-        activity: true,
-        handler: Handler::Raw(Arc::new(move |services, ctx| {
-            Box::pin(handler(services, ctx))
-        })),
-        typed_method: None,
-    }
+pub fn raw_route(
+    method: Method,
+    path: &'static str,
+    auth: Auth,
+    handler: impl HandlerFn<RawResult>,
+) -> Route {
+    Route::new(method, path, auth, Handler::Raw(Arc::new(handler)))
 }
 
 /// Every (method, path template) the router serves, for the conformance map in `spec/`.
@@ -263,10 +269,13 @@ async fn dispatch(
                 }
             }
             let result = match handler {
-                Handler::Json(handler) => handler(services, ctx)
+                Handler::Json(handler) => handler
+                    .call(services, ctx)
                     .await
                     .map(|body| error::json_response(StatusCode::OK, &body)),
-                Handler::Typed(handler) | Handler::Raw(handler) => handler(services, ctx).await,
+                Handler::Typed(handler) | Handler::Raw(handler) => {
+                    handler.call(services, ctx).await
+                }
             };
             result.unwrap_or_else(IntoResponse::into_response)
         }

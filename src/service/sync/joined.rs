@@ -4,18 +4,17 @@
 
 use ruma::{
     events::{StateEventType, TimelineEventType},
-    RoomId,
+    OwnedUserId, RoomId,
 };
 use serde_json::{json, Value};
 
 use super::{
     state::{self, LazyMembers, Snapshots},
-    SyncRequest,
+    SyncContext,
 };
 use crate::{
     error::Result,
     service::{
-        filter::RoomEventFilter,
         receipts,
         rooms::{
             members::RoomMembership,
@@ -24,213 +23,48 @@ use crate::{
             timeline::{is_backfilled, read::TopoPos},
             visibility::{self, user_can_see},
         },
-        Services,
     },
 };
 
 /// The room's entry in `rooms.join`, or `None` when nothing in it changed since `since`.
-///
-/// A room joined since the last sync is new to the client: like every room of an initial sync
-/// it gets its full state and recent history from before `since`, and its timeline is
-/// `limited` unless it reaches back to the room's creation, so that the client pages back over
-/// the rest (as Synapse does; Complement's "Newly joined room has correct timeline in
-/// incremental sync").
 pub(super) fn joined_room(
-    services: &Services,
-    request: &SyncRequest<'_>,
+    ctx: &SyncContext<'_>,
     membership: &RoomMembership,
-    (since, next): (u64, u64),
-    (timeline_filter, state_filter, ephemeral_filter): (
-        &RoomEventFilter,
-        &RoomEventFilter,
-        &RoomEventFilter,
-    ),
 ) -> Result<Option<Value>> {
+    let services = ctx.services;
     let room_id: &RoomId = &membership.room_id;
     let Some(shortroomid) = services.rooms.short.get_shortroomid(room_id)? else {
         return Ok(None);
     };
-    let newly_joined = request.since.is_some() && membership.count > since;
-    let initial = request.since.is_none() || request.full_state || newly_joined;
-    let timeline_since = if newly_joined { 0 } else { since };
-    // A limit of 0 is allowed: the room then comes with its state and an empty timeline.
-    let limit = timeline_filter.limit.unwrap_or(10).min(1000);
-    // The newest `limit` matching events after `timeline_since`, oldest first.
-    let ignored = services.account_data.ignored_users(request.user)?;
-    let mut events: Vec<(u64, Pdu)> = Vec::new();
-    let mut limited = false;
-    // Whether a scanned event, shown or not, changed the members or the room's name: the
-    // summary is sent then.
-    let mut summary_changed = false;
-    // The batch ends at the newest gap in the timeline (`timeline/gaps.rs`), as a limited one.
-    let mut gap = None;
-    // An initial sync shows the room's recent history as its DAG orders it (by depth, as
-    // `/messages` pages it), as Synapse does: an event received late but early in the DAG is
-    // not among the newest there, and a state change it brought goes in `state` (Complement's
-    // TestSyncOmitsStateChangeOnFilteredEvents). Incremental syncs go by stream position, so
-    // that whatever arrived since `since` is shown.
-    let topological = request.since.is_none();
-    let entries: Box<dyn Iterator<Item = Result<(u64, Pdu)>>> = if topological {
-        let top = TopoPos {
-            depth: u64::MAX,
-            count: u64::MAX,
-        };
-        Box::new(
-            services
-                .rooms
-                .timeline
-                .iter_topo(shortroomid, top, true)
-                .map(|entry| entry.map(|(position, pdu)| (position.count, pdu)))
-                .filter(|entry| {
-                    !matches!(entry, Ok((count, _)) if *count > next && !is_backfilled(*count))
-                }),
-        )
-    } else {
-        Box::new(
-            services
-                .rooms
-                .timeline
-                .iter_before(shortroomid, next.saturating_add(1)),
-        )
-    };
-    for entry in entries {
-        let (count, pdu) = entry?;
-        if count <= timeline_since {
-            break;
-        }
-        let newest_gap = match gap {
-            Some(known) => known,
-            None => *gap.insert(services.rooms.timeline.newest_gap(
-                shortroomid,
-                timeline_since,
-                next,
-            )?),
-        };
-        if newest_gap.is_some_and(|gap_count| count < gap_count) {
-            limited = true;
-            break;
-        }
-        summary_changed |= pdu.state_key.is_some()
-            && matches!(
-                pdu.kind,
-                TimelineEventType::RoomMember
-                    | TimelineEventType::RoomName
-                    | TimelineEventType::RoomCanonicalAlias
-            );
-        if !timeline_filter.matches(&pdu)
-            || visibility::ignored(&ignored, &pdu)
-            || !user_can_see(services, request.user, Some(membership), count, &pdu)?
-        {
-            continue;
-        }
-        if events.len() == limit {
-            limited = true;
-            break;
-        }
-        events.push((count, pdu));
-    }
-    events.reverse();
-    if newly_joined
-        && events
-            .first()
-            .is_none_or(|(_, first)| first.kind != TimelineEventType::RoomCreate)
-    {
-        limited = true;
-    }
-    let ephemeral = ephemeral_events(services, request, room_id, initial, next, ephemeral_filter)?;
-    if events.is_empty() && ephemeral.is_empty() && !initial {
+    let room = JoinedRoom::new(ctx, membership, shortroomid);
+    let timeline = room.timeline()?;
+    let ephemeral = ephemeral_events(ctx, room_id, room.initial)?;
+    if timeline.events.is_empty() && ephemeral.is_empty() && !room.initial {
         return Ok(None);
     }
-    let viewer = Some((request.user, request.device));
-    let timeline: Vec<Value> = events
+    let viewer = ctx.viewer();
+    let events: Vec<Value> = timeline
+        .events
         .iter()
         .map(|(_, pdu)| serve_event(services, pdu, room_id, viewer))
         .collect::<Result<_>>()?;
-    let prev_batch = match events.first() {
-        // A timeline from the room's creation leaves nothing to page back to; its token is the
-        // sync's position, as Synapse's is, so that `/members?at=` with it answers the members
-        // the client knows at the end of this sync (Complement's TestGetRoomMembersAtPoint).
-        Some((_, first)) if first.kind == TimelineEventType::RoomCreate => format!("s{next}"),
-        // A topological timeline's token is its first event's place in the DAG.
-        Some((count, first)) if topological => format!("t{}_{count}", first.depth),
-        // The stream just before the first event: `/messages` goes back from there.
-        Some((count, _)) => format!("s{}", count.saturating_sub(1)),
-        None => format!("s{next}"),
-    };
-
     // The summary changes only with member, name and canonical alias events, so it is sent only
     // then (a limited timeline may have left them out) and on initial syncs; clients keep the
     // last values they saw.
-    let (summary, heroes) = if initial || limited || summary_changed {
-        state::summary(services, room_id, request.user)?
+    let (summary, heroes) = if room.initial || timeline.limited || timeline.summary_changed {
+        state::summary(services, room_id, ctx.request.user)?
     } else {
         (json!({}), Vec::new())
     };
-    let lazy = (timeline_filter.lazy_load_members || state_filter.lazy_load_members).then(|| {
-        // The user's own membership goes with the full state and after a gap; otherwise the
-        // client has it from its last sync.
-        let own = (initial || limited).then(|| request.user.to_owned());
-        let wanted = events
-            .iter()
-            .map(|(_, pdu)| pdu.sender.clone())
-            .chain(own)
-            .chain(heroes.iter().cloned())
-            .collect();
-        LazyMembers {
-            wanted,
-            known: if initial {
-                Default::default()
-            } else {
-                services
-                    .sent_members
-                    .known(request.user, request.device, room_id)
-            },
-            include_redundant: timeline_filter.include_redundant_members
-                || state_filter.include_redundant_members,
-        }
-    });
-    let start = match events.first() {
-        Some((_, first)) => state::state_before_timeline(services, first)?,
-        None => services.rooms.state.get_room_state(shortroomid)?,
-    };
-    // State: everything at the start of the timeline that the client has not seen; without a
-    // gap that is at most the members a lazy-loading client was not sent yet.
-    let snapshots = if initial || limited {
-        Some(Snapshots {
-            start,
-            seen: if initial {
-                None
-            } else {
-                state::state_at_position(services, shortroomid, since)?
-            },
-            end: state::state_at_position(services, shortroomid, next)?,
-            members_only: false,
-        })
-    } else {
-        lazy.as_ref()
-            .filter(|_| !events.is_empty() || !heroes.is_empty())
-            .map(|_| Snapshots {
-                start,
-                seen: None,
-                end: None,
-                members_only: true,
-            })
-    };
-    let state = match snapshots {
-        Some(snapshots) => state::state_section(
-            services,
-            room_id,
-            &snapshots,
-            &events,
-            state_filter,
-            lazy.as_ref(),
-        )?,
-        None => Vec::new(),
-    };
+    let state = room.state(&timeline, &heroes)?;
     let (unread, unread_threads) =
-        crate::service::push::sync_unread(services, request.user, room_id, request.filter)?;
-    let mut room = json!({
-        "timeline": { "events": timeline, "limited": limited, "prev_batch": prev_batch },
+        crate::service::push::sync_unread(services, ctx.request.user, room_id, ctx.request.filter)?;
+    let mut entry = json!({
+        "timeline": {
+            "events": events,
+            "limited": timeline.limited,
+            "prev_batch": timeline.prev_batch(ctx.next()),
+        },
         "state": { "events": state },
         "ephemeral": { "events": ephemeral },
         "account_data": { "events": [] },
@@ -238,9 +72,243 @@ pub(super) fn joined_room(
         "unread_notifications": unread,
     });
     if let Some(threads) = unread_threads {
-        room["unread_thread_notifications"] = threads;
+        entry["unread_thread_notifications"] = threads;
     }
-    Ok(Some(room))
+    Ok(Some(entry))
+}
+
+/// One joined room being synced.
+struct JoinedRoom<'a> {
+    ctx: &'a SyncContext<'a>,
+    membership: &'a RoomMembership,
+    shortroomid: u64,
+    /// Whether the user joined since `since`.
+    ///
+    /// A room joined since the last sync is new to the client: like every room of an initial
+    /// sync it gets its full state and recent history from before `since`, and its timeline is
+    /// `limited` unless it reaches back to the room's creation, so that the client pages back
+    /// over the rest (as Synapse does; Complement's "Newly joined room has correct timeline in
+    /// incremental sync").
+    newly_joined: bool,
+    /// Whether the client gets the room as on an initial sync (no `since`, `full_state`, or
+    /// newly joined): full state, summary and its own membership.
+    initial: bool,
+}
+
+/// A joined room's timeline batch.
+struct Timeline {
+    /// The newest `limit` shown events after the timeline's start, oldest first.
+    events: Vec<(u64, Pdu)>,
+    limited: bool,
+    /// Whether a scanned event, shown or not, changed the members or the room's name: the
+    /// summary is sent then.
+    summary_changed: bool,
+    /// Whether the events were taken in DAG order (an initial sync) rather than stream order.
+    topological: bool,
+}
+
+impl<'a> JoinedRoom<'a> {
+    fn new(ctx: &'a SyncContext<'a>, membership: &'a RoomMembership, shortroomid: u64) -> Self {
+        let since = ctx.request.since;
+        let newly_joined = since.is_some() && membership.count > ctx.since;
+        Self {
+            ctx,
+            membership,
+            shortroomid,
+            newly_joined,
+            initial: since.is_none() || ctx.request.full_state || newly_joined,
+        }
+    }
+
+    /// The timeline: the newest `limit` shown events after `since` (for a newly joined room,
+    /// from the room's start), ending at the newest gap (`timeline/gaps.rs`) as a limited one.
+    fn timeline(&self) -> Result<Timeline> {
+        let ctx = self.ctx;
+        let timeline_since = if self.newly_joined { 0 } else { ctx.since };
+        let limit = ctx.filters.limit();
+        let topological = ctx.request.since.is_none();
+        let mut timeline = Timeline {
+            events: Vec::new(),
+            limited: false,
+            summary_changed: false,
+            topological,
+        };
+        // Read once the first event is scanned, so that a quiet room costs no seek for it.
+        let mut gap = None;
+        for entry in self.entries(topological) {
+            let (count, pdu) = entry?;
+            if count <= timeline_since {
+                break;
+            }
+            let newest_gap = match gap {
+                Some(known) => known,
+                None => *gap.insert(ctx.services.rooms.timeline.newest_gap(
+                    self.shortroomid,
+                    timeline_since,
+                    ctx.next(),
+                )?),
+            };
+            if newest_gap.is_some_and(|gap_count| count < gap_count) {
+                timeline.limited = true;
+                break;
+            }
+            timeline.summary_changed |= changes_summary(&pdu);
+            if !self.shows(count, &pdu)? {
+                continue;
+            }
+            if timeline.events.len() == limit {
+                timeline.limited = true;
+                break;
+            }
+            timeline.events.push((count, pdu));
+        }
+        timeline.events.reverse();
+        if self.newly_joined
+            && timeline
+                .events
+                .first()
+                .is_none_or(|(_, first)| first.kind != TimelineEventType::RoomCreate)
+        {
+            timeline.limited = true;
+        }
+        Ok(timeline)
+    }
+
+    /// The room's events from the newest back, with their stream positions.
+    ///
+    /// An initial sync shows the room's recent history as its DAG orders it (by depth, as
+    /// `/messages` pages it), as Synapse does: an event received late but early in the DAG is
+    /// not among the newest there, and a state change it brought goes in `state` (Complement's
+    /// TestSyncOmitsStateChangeOnFilteredEvents). Incremental syncs go by stream position, so
+    /// that whatever arrived since `since` is shown.
+    fn entries(&self, topological: bool) -> Box<dyn Iterator<Item = Result<(u64, Pdu)>> + 'a> {
+        let timeline = &self.ctx.services.rooms.timeline;
+        let next = self.ctx.next();
+        if !topological {
+            return Box::new(timeline.iter_before(self.shortroomid, next.saturating_add(1)));
+        }
+        let top = TopoPos {
+            depth: u64::MAX,
+            count: u64::MAX,
+        };
+        Box::new(
+            timeline
+                .iter_topo(self.shortroomid, top, true)
+                .map(|entry| entry.map(|(position, pdu)| (position.count, pdu)))
+                .filter(move |entry| {
+                    !matches!(entry, Ok((count, _)) if *count > next && !is_backfilled(*count))
+                }),
+        )
+    }
+
+    /// Whether the timeline shows an event: it passes the timeline filter, its sender is not
+    /// ignored, and the user may see it.
+    fn shows(&self, count: u64, pdu: &Pdu) -> Result<bool> {
+        let ctx = self.ctx;
+        Ok(ctx.filters.timeline.matches(pdu)
+            && !visibility::ignored(&ctx.ignored, pdu)
+            && user_can_see(
+                ctx.services,
+                ctx.request.user,
+                Some(self.membership),
+                count,
+                pdu,
+            )?)
+    }
+
+    /// The `state` section: everything at the start of the timeline that the client has not
+    /// seen; without a gap that is at most the members a lazy-loading client was not sent yet.
+    fn state(&self, timeline: &Timeline, heroes: &[OwnedUserId]) -> Result<Vec<Value>> {
+        let ctx = self.ctx;
+        let services = ctx.services;
+        let events = &timeline.events;
+        let full = self.initial || timeline.limited;
+        if !full && (!ctx.filters.lazy_members() || (events.is_empty() && heroes.is_empty())) {
+            return Ok(Vec::new());
+        }
+        let lazy = self.lazy_members(timeline, heroes);
+        let start = match events.first() {
+            Some((_, first)) => state::state_before_timeline(services, first)?,
+            None => services.rooms.state.get_room_state(self.shortroomid)?,
+        };
+        let snapshots = if full {
+            Snapshots {
+                start,
+                seen: if self.initial {
+                    None
+                } else {
+                    state::state_at_position(services, self.shortroomid, ctx.since)?
+                },
+                end: state::state_at_position(services, self.shortroomid, ctx.next())?,
+                members_only: false,
+            }
+        } else {
+            Snapshots {
+                start,
+                seen: None,
+                end: None,
+                members_only: true,
+            }
+        };
+        snapshots.state_section(ctx, &self.membership.room_id, events, lazy.as_ref())
+    }
+
+    /// The members a lazy-loading sync sends: the timeline's senders, the summary's heroes, and
+    /// the user's own membership with the full state and after a gap (otherwise the client has
+    /// it from its last sync).
+    fn lazy_members(&self, timeline: &Timeline, heroes: &[OwnedUserId]) -> Option<LazyMembers> {
+        let ctx = self.ctx;
+        let request = ctx.request;
+        ctx.filters.lazy_members().then(|| {
+            let own = (self.initial || timeline.limited).then(|| request.user.to_owned());
+            LazyMembers {
+                wanted: state::senders(&timeline.events)
+                    .chain(own)
+                    .chain(heroes.iter().cloned())
+                    .collect(),
+                known: if self.initial {
+                    Default::default()
+                } else {
+                    ctx.services.sent_members.known(
+                        request.user,
+                        request.device,
+                        &self.membership.room_id,
+                    )
+                },
+                include_redundant: ctx.filters.include_redundant_members(),
+            }
+        })
+    }
+}
+
+impl Timeline {
+    /// The token `/messages` pages back from.
+    fn prev_batch(&self, next: u64) -> String {
+        match self.events.first() {
+            // A timeline from the room's creation leaves nothing to page back to; its token is
+            // the sync's position, as Synapse's is, so that `/members?at=` with it answers the
+            // members the client knows at the end of this sync (Complement's
+            // TestGetRoomMembersAtPoint).
+            Some((_, first)) if first.kind == TimelineEventType::RoomCreate => format!("s{next}"),
+            // A topological timeline's token is its first event's place in the DAG.
+            Some((count, first)) if self.topological => format!("t{}_{count}", first.depth),
+            // The stream just before the first event: `/messages` goes back from there.
+            Some((count, _)) => format!("s{}", count.saturating_sub(1)),
+            None => format!("s{next}"),
+        }
+    }
+}
+
+/// Whether an event changes what the room summary shows: a member, name or canonical alias
+/// event.
+fn changes_summary(pdu: &Pdu) -> bool {
+    pdu.state_key.is_some()
+        && matches!(
+            pdu.kind,
+            TimelineEventType::RoomMember
+                | TimelineEventType::RoomName
+                | TimelineEventType::RoomCanonicalAlias
+        )
 }
 
 /// The member events of a joined room's entry as (member, event ID), its state first and then
@@ -265,26 +333,19 @@ pub(super) fn member_events(room: &Value) -> Vec<(String, String)> {
 /// A joined room's typing and receipt events: its typists when they changed after the token's
 /// typing position, and the receipts set after `since` up to `next` (on an initial sync, the
 /// current typists if any and every current receipt). Private receipts reach only their owner.
-fn ephemeral_events(
-    services: &Services,
-    request: &SyncRequest<'_>,
-    room_id: &RoomId,
-    initial: bool,
-    next: u64,
-    filter: &RoomEventFilter,
-) -> Result<Vec<Value>> {
+fn ephemeral_events(ctx: &SyncContext<'_>, room_id: &RoomId, initial: bool) -> Result<Vec<Value>> {
+    let (services, filter) = (ctx.services, &ctx.filters.ephemeral);
     let mut events = Vec::new();
     if !filter.room_allowed(room_id.as_str()) {
         return Ok(events);
     }
-    let since = request.since.filter(|_| !initial);
+    let since = ctx.request.since.filter(|_| !initial);
     if filter.matches_type("m.typing") {
         if let Some(mut users) = services
             .typing
             .get_changed(room_id, since.map(|token| token.typing))
         {
-            let ignored = services.account_data.ignored_users(request.user)?;
-            users.retain(|user| !ignored.contains(user));
+            users.retain(|user| !ctx.ignored.contains(user));
             events.push(json!({ "type": "m.typing", "content": { "user_ids": users } }));
         }
     }
@@ -292,8 +353,8 @@ fn ephemeral_events(
         let receipts =
             services
                 .receipts
-                .iter_since(room_id, since.map(|token| token.count), next)?;
-        events.extend(receipts::sync_events(&receipts, request.user));
+                .iter_since(room_id, since.map(|token| token.count), ctx.next())?;
+        events.extend(receipts::sync_events(&receipts, ctx.request.user));
     }
     Ok(events)
 }

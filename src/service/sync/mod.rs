@@ -2,19 +2,26 @@
 //! timelines, state deltas and ephemeral events (typing, receipts), account data and presence.
 //! Non-state events, typing and invites of users the syncing user ignores are left out.
 //!
-//! Builds `/sync` responses from stream positions; its token `s{count}_{typing}` (`SyncToken`) carries the global stream position and the typing position (the older `s{count}` still parses, as typing position 0).
+//! `build` reads the request once into a [`SyncContext`] and passes it to one step per room:
+//! `joined.rs`, `left.rs` and `invited.rs` (invites and knocks). `state.rs` computes a room's
+//! `state` section and summary; `lazy.rs` remembers the member events each device holds.
+//!
+//! The sync token `s{count}_{typing}` `s{count}_{typing}` (`SyncToken`) carries the global stream position and the typing position (the older `s{count}` still parses, as typing position 0).
 //! A room's `state` section (`sync/state.rs`) is the state at the start of its timeline that the client has not seen, plus, where the state at the end of the timeline holds a change the timeline filter left out, that change.
 //! With lazy-loaded members it carries the members of the timeline's senders and of the summary's heroes that the device does not hold: `SentMembers` (`sync/lazy.rs`, memory only) records per device the member events each response carried, and counts them as held once the device syncs from that response's `next_batch`; after a restart members are sent again, which the spec allows.
 //! The room summary (joined and invited counts, heroes for a room without name or canonical alias) is sent on initial syncs and whenever member, name or alias events or a gap lie in the synced range.
 //! A room joined since the last sync is treated like an initial sync: full state, a timeline reaching back before `since`, `limited` unless it starts at the room's creation.
 
+mod invited;
 mod joined;
 mod lazy;
+mod left;
 mod state;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     fmt,
+    sync::Arc,
 };
 
 use ruma::{events::room::member::MembershipState, OwnedRoomId, OwnedUserId, RoomId, UserId};
@@ -27,10 +34,7 @@ use crate::{
         filter::RoomEventFilter,
         notify::{Topic, Waiter},
         presence,
-        rooms::{
-            members::RoomMembership, pdu::Pdu, prejoin_state, timeline::read::client_event,
-            visibility,
-        },
+        rooms::members::RoomMembership,
         Services,
     },
 };
@@ -103,6 +107,97 @@ pub fn subscribe_and_build(
     Ok((response, has_updates, waiter))
 }
 
+/// One response being built: the request, the positions it spans and its parsed filter, read
+/// once and shared by the step of every room.
+struct SyncContext<'a> {
+    services: &'a Services,
+    request: &'a SyncRequest<'a>,
+    /// The stream position of `since`, 0 without one.
+    since: u64,
+    /// The response's `next_batch`; it covers the stream up to `next_batch.count`.
+    next_batch: SyncToken,
+    filters: Filters,
+    /// The users the syncing user ignores.
+    ignored: Arc<HashSet<OwnedUserId>>,
+}
+
+impl<'a> SyncContext<'a> {
+    fn new(services: &'a Services, request: &'a SyncRequest<'a>) -> Result<Self> {
+        Ok(Self {
+            services,
+            request,
+            since: request.since.map_or(0, |token| token.count),
+            next_batch: SyncToken {
+                count: services.globals.current_count(),
+                typing: services.typing.current(),
+            },
+            filters: Filters::parse(request.filter),
+            ignored: services.account_data.ignored_users(request.user)?,
+        })
+    }
+
+    /// The current stream position, where the response ends.
+    fn next(&self) -> u64 {
+        self.next_batch.count
+    }
+
+    /// The syncing device, for the `unsigned` fields only it may see.
+    fn viewer(&self) -> Option<(&UserId, &str)> {
+        Some((self.request.user, self.request.device))
+    }
+}
+
+/// The parts of the sync filter's `room` filter.
+struct Filters {
+    timeline: RoomEventFilter,
+    state: RoomEventFilter,
+    ephemeral: RoomEventFilter,
+    /// The `room` filter itself, for its `rooms` and `not_rooms`.
+    rooms: RoomEventFilter,
+    include_leave: bool,
+}
+
+impl Filters {
+    fn parse(filter: &Value) -> Self {
+        let room = filter.get("room").unwrap_or(&Value::Null);
+        let part = |name| RoomEventFilter::from_value(room.get(name).unwrap_or(&Value::Null));
+        Self {
+            timeline: part("timeline"),
+            state: part("state"),
+            ephemeral: part("ephemeral"),
+            rooms: RoomEventFilter::from_value(room),
+            include_leave: room
+                .get("include_leave")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        }
+    }
+
+    /// Whether member events are lazy-loaded (either filter may ask for it).
+    fn lazy_members(&self) -> bool {
+        self.timeline.lazy_load_members || self.state.lazy_load_members
+    }
+
+    fn include_redundant_members(&self) -> bool {
+        self.timeline.include_redundant_members || self.state.include_redundant_members
+    }
+
+    /// The most timeline events per room. A limit of 0 is allowed: the rooms then come with
+    /// their state and an empty timeline.
+    fn limit(&self) -> usize {
+        self.timeline.limit.unwrap_or(10).min(1000)
+    }
+}
+
+/// The `rooms` sections of a response, by room ID.
+#[derive(Default)]
+struct Rooms {
+    join: Map<String, Value>,
+    invite: Map<String, Value>,
+    leave: Map<String, Value>,
+    knock: Map<String, Value>,
+}
+
 /// The response for everything after `since` up to the current position; returns it with
 /// a flag saying whether it has anything a long-poll should return for.
 fn build(
@@ -110,147 +205,20 @@ fn build(
     request: &SyncRequest<'_>,
     memberships: Vec<RoomMembership>,
 ) -> Result<(Value, bool)> {
-    let next = services.globals.current_count();
-    let next_typing = services.typing.current();
-    let next_batch = SyncToken {
-        count: next,
-        typing: next_typing,
-    };
-    let since = request.since.map_or(0, |token| token.count);
-    let room_filter = request.filter.get("room").cloned().unwrap_or(Value::Null);
-    let timeline_filter =
-        RoomEventFilter::from_value(room_filter.get("timeline").unwrap_or(&Value::Null));
-    let state_filter =
-        RoomEventFilter::from_value(room_filter.get("state").unwrap_or(&Value::Null));
-    let ephemeral_filter =
-        RoomEventFilter::from_value(room_filter.get("ephemeral").unwrap_or(&Value::Null));
-    let include_leave = room_filter
-        .get("include_leave")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let room_allowed = RoomEventFilter::from_value(&room_filter);
-    let lazy = timeline_filter.lazy_load_members || state_filter.lazy_load_members;
+    let ctx = SyncContext::new(services, request)?;
     services.sent_members.begin(
         request.user,
         request.device,
         request.since,
         request.full_state,
     );
-    // A limit of 0 is allowed: the rooms then come with their state and an empty timeline.
-    let limit = timeline_filter.limit.unwrap_or(10).min(1000);
-
-    let joined_now = |membership: &&RoomMembership| membership.membership == MembershipState::Join;
-    let joined: HashSet<&RoomId> = memberships
-        .iter()
-        .filter(joined_now)
-        .map(|membership| membership.room_id.as_ref())
-        .collect();
-    let newly_joined: Vec<&RoomId> = memberships
-        .iter()
-        .filter(|membership| {
-            joined_now(membership)
-                && request
-                    .since
-                    .is_some_and(|since| membership.count > since.count)
-        })
-        .map(|membership| membership.room_id.as_ref())
-        .collect();
-    let presence = presence::sync_events(
-        services,
-        request.user,
-        (&joined, &newly_joined),
-        request.since.map(|token| token.count),
-        next,
-        request.filter.get("presence"),
-    )?;
-
-    let mut join = Map::new();
-    let mut invite = Map::new();
-    let mut leave = Map::new();
-    let mut knock = Map::new();
-    for membership in &memberships {
-        let room_id = &membership.room_id;
-        if !room_allowed.room_allowed(room_id.as_str()) {
-            continue;
-        }
-        match membership.membership {
-            MembershipState::Join => {
-                let room = joined::joined_room(
-                    services,
-                    request,
-                    membership,
-                    (since, next),
-                    (&timeline_filter, &state_filter, &ephemeral_filter),
-                )?;
-                if let Some(room) = room {
-                    join.insert(room_id.to_string(), room);
-                }
-            }
-            MembershipState::Invite if membership.count > since => {
-                let events = stripped_state(services, room_id, request.user)?;
-                if !invited_by_ignored(services, request.user, &events)? {
-                    invite.insert(
-                        room_id.to_string(),
-                        json!({ "invite_state": { "events": events } }),
-                    );
-                }
-            }
-            MembershipState::Knock if membership.count > since => {
-                knock.insert(room_id.to_string(), json!({ "knock_state": { "events": stripped_state(services, room_id, request.user)? } }));
-            }
-            MembershipState::Leave | MembershipState::Ban
-                if membership.count > since
-                    && (request.since.is_some()
-                        || include_leave
-                        || removed_by_other(services, room_id, request.user)?) =>
-            {
-                let room = left_room(
-                    services,
-                    request,
-                    room_id,
-                    since,
-                    membership.count,
-                    limit,
-                    (&timeline_filter, &state_filter),
-                )?;
-                leave.insert(room_id.to_string(), room);
-            }
-            _ => {}
-        }
-    }
-
-    let mut global_account_data = Vec::new();
-    let mut room_account_data: BTreeMap<OwnedRoomId, Vec<Value>> = BTreeMap::new();
-    for entry in services.account_data.iter_changed(request.user, since)? {
-        let event = json!({ "type": entry.kind, "content": entry.content });
-        match entry.room_id {
-            Some(room_id) => room_account_data.entry(room_id).or_default().push(event),
-            None => global_account_data.push(event),
-        }
-    }
-    if request.since.is_none()
-        && !global_account_data
-            .iter()
-            .any(|event| event["type"] == "m.push_rules")
-    {
-        global_account_data.extend(crate::service::push::initial_sync_rules(
-            services,
-            request.user,
-        )?);
-    }
-    for (room_id, events) in room_account_data {
-        if let Some(room) = join.get_mut(room_id.as_str()) {
-            room["account_data"] = json!({ "events": events });
-        } else if request.since.is_some() {
-            join.insert(room_id.to_string(), json!({ "account_data": { "events": events }, "timeline": { "events": [], "limited": false }, "state": { "events": [] }, "ephemeral": { "events": [] }, "unread_notifications": {} }));
-        }
-    }
-
+    let mut presence = presence_events(&ctx, &memberships)?;
+    let mut rooms = rooms(&ctx, &memberships)?;
+    let global_account_data = account_data(&ctx, &mut rooms.join)?;
     // Members who joined one of the user's rooms since the last sync are new to the user: their
     // presence comes along even if it did not change (read from this response, not the rooms).
-    let mut presence = presence;
     if request.since.is_some() {
-        let joiners = newly_joined_members(&join, request.user);
+        let joiners = newly_joined_members(&rooms.join, request.user);
         presence::add_joiners(
             services,
             &mut presence,
@@ -258,41 +226,30 @@ fn build(
             request.filter.get("presence"),
         )?;
     }
-
     let (e2ee, e2ee_updates) = crate::service::device_lists::sync_fields(
         services,
         (request.user, request.device),
         request.since.map(|token| token.count),
-        next,
+        ctx.next(),
     )?;
-    if lazy {
-        let mut sent = lazy::Sent::default();
-        for (room_id, room) in &join {
-            let Ok(room_id) = OwnedRoomId::try_from(room_id.as_str()) else {
-                continue;
-            };
-            for (member, event_id) in joined::member_events(room) {
-                if let (Ok(member), Ok(event_id)) = (
-                    OwnedUserId::try_from(member),
-                    ruma::OwnedEventId::try_from(event_id),
-                ) {
-                    sent.add(&room_id, member, event_id);
-                }
-            }
-        }
-        services
-            .sent_members
-            .record(request.user, request.device, next_batch, sent);
+    if ctx.filters.lazy_members() {
+        record_sent_members(&ctx, &rooms.join);
     }
-    let has_updates = !join.is_empty()
-        || !invite.is_empty()
-        || !leave.is_empty()
-        || !knock.is_empty()
+    let has_updates = !rooms.join.is_empty()
+        || !rooms.invite.is_empty()
+        || !rooms.leave.is_empty()
+        || !rooms.knock.is_empty()
         || !global_account_data.is_empty()
         || !presence.is_empty()
         || e2ee_updates;
+    let Rooms {
+        join,
+        invite,
+        leave,
+        knock,
+    } = rooms;
     let mut response = json!({
-        "next_batch": next_batch.to_string(),
+        "next_batch": ctx.next_batch.to_string(),
         "rooms": { "join": join, "invite": invite, "leave": leave, "knock": knock },
         "account_data": { "events": global_account_data },
         "presence": { "events": presence },
@@ -301,6 +258,124 @@ fn build(
         fields.extend(e2ee);
     }
     Ok((response, has_updates))
+}
+
+/// The presence events of the users who share a joined room with the user (see
+/// `presence::sync_events`; rooms joined since `since` bring their members' presence along).
+fn presence_events(ctx: &SyncContext<'_>, memberships: &[RoomMembership]) -> Result<Vec<Value>> {
+    let joined_now = |membership: &&RoomMembership| membership.membership == MembershipState::Join;
+    let joined: HashSet<&RoomId> = memberships
+        .iter()
+        .filter(joined_now)
+        .map(|membership| membership.room_id.as_ref())
+        .collect();
+    let since = ctx.request.since.map(|token| token.count);
+    let newly_joined: Vec<&RoomId> = memberships
+        .iter()
+        .filter(|membership| {
+            joined_now(membership) && since.is_some_and(|since| membership.count > since)
+        })
+        .map(|membership| membership.room_id.as_ref())
+        .collect();
+    presence::sync_events(
+        ctx.services,
+        ctx.request.user,
+        (&joined, &newly_joined),
+        since,
+        ctx.next(),
+        ctx.request.filter.get("presence"),
+    )
+}
+
+/// Each room the room filter lets through, in the section of the user's membership: every
+/// joined room with news, and invites, knocks and departures after `since` (on an initial sync,
+/// departures only with `include_leave` or when someone else removed the user).
+fn rooms(ctx: &SyncContext<'_>, memberships: &[RoomMembership]) -> Result<Rooms> {
+    let mut rooms = Rooms::default();
+    for membership in memberships {
+        let room_id = &membership.room_id;
+        if !ctx.filters.rooms.room_allowed(room_id.as_str()) {
+            continue;
+        }
+        let changed = membership.count > ctx.since;
+        match membership.membership {
+            MembershipState::Join => {
+                if let Some(room) = joined::joined_room(ctx, membership)? {
+                    rooms.join.insert(room_id.to_string(), room);
+                }
+            }
+            MembershipState::Invite if changed => {
+                if let Some(room) = invited::invited_room(ctx, room_id)? {
+                    rooms.invite.insert(room_id.to_string(), room);
+                }
+            }
+            MembershipState::Knock if changed => {
+                let room = invited::knocked_room(ctx, room_id)?;
+                rooms.knock.insert(room_id.to_string(), room);
+            }
+            MembershipState::Leave | MembershipState::Ban
+                if changed
+                    && (ctx.request.since.is_some()
+                        || ctx.filters.include_leave
+                        || left::removed_by_other(ctx, room_id)?) =>
+            {
+                let room = left::left_room(ctx, room_id, membership.count)?;
+                rooms.leave.insert(room_id.to_string(), room);
+            }
+            _ => {}
+        }
+    }
+    Ok(rooms)
+}
+
+/// The global account data changed since `since` (on an initial sync with the push rules, the
+/// server's defaults for a user who never changed one); room account data goes into `join`,
+/// where an incremental sync adds a room that has nothing else to report.
+fn account_data(ctx: &SyncContext<'_>, join: &mut Map<String, Value>) -> Result<Vec<Value>> {
+    let (services, user) = (ctx.services, ctx.request.user);
+    let mut global = Vec::new();
+    let mut by_room: BTreeMap<OwnedRoomId, Vec<Value>> = BTreeMap::new();
+    for entry in services.account_data.iter_changed(user, ctx.since)? {
+        let event = json!({ "type": entry.kind, "content": entry.content });
+        match entry.room_id {
+            Some(room_id) => by_room.entry(room_id).or_default().push(event),
+            None => global.push(event),
+        }
+    }
+    if ctx.request.since.is_none() && !global.iter().any(|event| event["type"] == "m.push_rules") {
+        global.extend(crate::service::push::initial_sync_rules(services, user)?);
+    }
+    for (room_id, events) in by_room {
+        if let Some(room) = join.get_mut(room_id.as_str()) {
+            room["account_data"] = json!({ "events": events });
+        } else if ctx.request.since.is_some() {
+            join.insert(room_id.to_string(), json!({ "account_data": { "events": events }, "timeline": { "events": [], "limited": false }, "state": { "events": [] }, "ephemeral": { "events": [] }, "unread_notifications": {} }));
+        }
+    }
+    Ok(global)
+}
+
+/// Records the member events the joined rooms of a lazy-loading response carry, so that the
+/// device's next syncs do not send them again (`lazy.rs`).
+fn record_sent_members(ctx: &SyncContext<'_>, join: &Map<String, Value>) {
+    let mut sent = lazy::Sent::default();
+    for (room_id, room) in join {
+        let Ok(room_id) = OwnedRoomId::try_from(room_id.as_str()) else {
+            continue;
+        };
+        for (member, event_id) in joined::member_events(room) {
+            if let (Ok(member), Ok(event_id)) = (
+                OwnedUserId::try_from(member),
+                ruma::OwnedEventId::try_from(event_id),
+            ) {
+                sent.add(&room_id, member, event_id);
+            }
+        }
+    }
+    let request = ctx.request;
+    ctx.services
+        .sent_members
+        .record(request.user, request.device, ctx.next_batch, sent);
 }
 
 /// The users whose join appears in the timeline or state of the joined rooms of a response.
@@ -323,178 +398,6 @@ fn newly_joined_members(join: &Map<String, Value>, user: &UserId) -> BTreeSet<Ow
         }
     }
     joiners
-}
-fn left_room(
-    services: &Services,
-    request: &SyncRequest<'_>,
-    room_id: &RoomId,
-    since: u64,
-    left_at: u64,
-    limit: usize,
-    filters: (&RoomEventFilter, &RoomEventFilter),
-) -> Result<Value> {
-    let mut events: Vec<(u64, Pdu)> = Vec::new();
-    let mut limited = false;
-    let ignored = services.account_data.ignored_users(request.user)?;
-    let shortroomid = services.rooms.short.get_shortroomid(room_id)?;
-    if let Some(shortroomid) = shortroomid {
-        for entry in services
-            .rooms
-            .timeline
-            .iter_before(shortroomid, left_at.saturating_add(1))
-        {
-            let (count, pdu) = entry?;
-            if count <= since {
-                break;
-            }
-            if events.len() >= limit {
-                limited = true;
-                break;
-            }
-            if filters.0.matches(&pdu) && !visibility::ignored(&ignored, &pdu) {
-                events.push((count, pdu));
-            }
-        }
-    }
-    events.reverse();
-    let viewer = Some((request.user, request.device));
-    let mut timeline: Vec<Value> = events
-        .iter()
-        .map(|(_, pdu)| client_event(pdu, room_id, viewer))
-        .collect();
-    if timeline.is_empty() && !services.rooms.exists(room_id)? {
-        // A room this server was never in (a refused knock, a withdrawn invite): the member
-        // event that ended the membership, kept with the room's stripped state.
-        if let Some(event) = outside_membership_event(services, room_id, request.user)? {
-            timeline.push(client_event(&event, room_id, viewer));
-        }
-    }
-    // A timeline that does not reach back to `since` comes with the state at its start (as it
-    // was before the user left) that the client has not seen, less what the timeline shows.
-    let mut state = Vec::new();
-    if let (true, Some(shortroomid)) = (limited, shortroomid) {
-        let was_member =
-            crate::service::rooms::visibility::readable_state(services, room_id, request.user)?
-                .is_some_and(|readable| readable.until.is_some());
-        if was_member {
-            let (timeline_filter, state_filter) = filters;
-            let snapshots = state::Snapshots {
-                start: match events.first() {
-                    Some((_, first)) => state::state_before_timeline(services, first)?,
-                    None => state::state_at_position(services, shortroomid, left_at)?,
-                },
-                seen: match request.since {
-                    Some(_) => state::state_at_position(services, shortroomid, since)?,
-                    None => None,
-                },
-                end: None,
-                members_only: false,
-            };
-            // The member events of the timeline's senders go along whether or not they changed.
-            let lazy =
-                (timeline_filter.lazy_load_members || state_filter.lazy_load_members).then(|| {
-                    state::LazyMembers {
-                        wanted: events
-                            .iter()
-                            .map(|(_, pdu)| pdu.sender.clone())
-                            .chain([request.user.to_owned()])
-                            .collect(),
-                        known: Default::default(),
-                        include_redundant: true,
-                    }
-                });
-            state = state::state_section(
-                services,
-                room_id,
-                &snapshots,
-                &events,
-                state_filter,
-                lazy.as_ref(),
-            )?;
-        }
-    }
-    Ok(
-        json!({ "timeline": { "events": timeline, "limited": limited }, "state": { "events": state }, "account_data": { "events": [] } }),
-    )
-}
-
-/// Whether the user's leave or ban was someone else's doing (a kick or ban): such rooms are in
-/// an initial sync's leave section even without `include_leave`, as Synapse does, so that a
-/// client learns of its removal.
-fn removed_by_other(services: &Services, room_id: &RoomId, user: &UserId) -> Result<bool> {
-    use ruma::events::StateEventType;
-    let current = services
-        .rooms
-        .current_state_pdu(room_id, &StateEventType::RoomMember, user.as_str())?
-        .filter(|pdu| {
-            matches!(
-                pdu.content_value()["membership"].as_str(),
-                Some("leave" | "ban")
-            )
-        });
-    let event = match current {
-        Some(pdu) => Some(pdu),
-        None => outside_membership_event(services, room_id, user)?,
-    };
-    Ok(event.is_some_and(|pdu| pdu.sender != user))
-}
-
-/// The user's own member event stored with the stripped state of a room this server is not in.
-fn outside_membership_event(
-    services: &Services,
-    room_id: &RoomId,
-    user: &UserId,
-) -> Result<Option<crate::service::rooms::pdu::Pdu>> {
-    let Some(state) = services.rooms.handshakes.get_invite_state(user, room_id)? else {
-        return Ok(None);
-    };
-    let event_id = state
-        .iter()
-        .rev()
-        .find(|event| event["type"] == "m.room.member" && event["state_key"] == user.as_str())
-        .and_then(|event| event["event_id"].as_str())
-        .and_then(|id| ruma::OwnedEventId::try_from(id).ok());
-    match event_id {
-        Some(event_id) => services.rooms.timeline.get_pdu(&event_id),
-        None => Ok(None),
-    }
-}
-
-/// Whether the invite in a room's stripped state comes from a user the invitee ignores; such
-/// invites are not shown (spec, "Ignoring Users"), though the invite itself stands.
-fn invited_by_ignored(services: &Services, user: &UserId, stripped: &[Value]) -> Result<bool> {
-    let ignored = services.account_data.ignored_users(user)?;
-    if ignored.is_empty() {
-        return Ok(false);
-    }
-    Ok(stripped
-        .iter()
-        .filter(|event| event["type"] == "m.room.member" && event["state_key"] == user.as_str())
-        .filter_map(|event| event["sender"].as_str())
-        .any(|sender| ignored.iter().any(|ignored| ignored.as_str() == sender)))
-}
-
-/// The stripped state an invitee sees: create, join rules, name, avatar, alias, encryption, topic
-/// and their own member event (see `prejoin_state` for the create event's form).
-/// Invites from other servers carry their own stripped state, which is all there is when this
-/// server is not in the room (its copy of the room's state, if any, may be long out of date).
-fn stripped_state(services: &Services, room_id: &RoomId, user: &UserId) -> Result<Vec<Value>> {
-    use ruma::events::StateEventType as T;
-    if let Some(state) = services.rooms.handshakes.get_invite_state(user, room_id)? {
-        if !crate::service::rooms::handshake::is_resident(services, room_id)? {
-            return Ok(state);
-        }
-    }
-    let (_, version) = services.rooms.room_version(room_id)?;
-    let rules = crate::service::rooms::timeline::rules_for(&version)?;
-    let kinds = prejoin_state::STATE_TYPES.iter().map(|kind| (kind, ""));
-    let mut events = Vec::new();
-    for (kind, state_key) in kinds.chain([(&T::RoomMember, user.as_str())]) {
-        if let Some(pdu) = services.rooms.current_state_pdu(room_id, kind, state_key)? {
-            events.push(prejoin_state::client_event(services, &pdu, &rules)?);
-        }
-    }
-    Ok(events)
 }
 
 #[cfg(test)]

@@ -9,10 +9,10 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
+use super::SyncContext;
 use crate::{
     error::Result,
     service::{
-        filter::RoomEventFilter,
         rooms::{pdu::Pdu, timeline::read::client_event},
         Services,
     },
@@ -90,102 +90,131 @@ pub(super) struct LazyMembers {
     pub include_redundant: bool,
 }
 
-/// A room's `state` section: for each piece of state, the event at the start of the timeline
-/// (or, when the timeline shows no event for that piece of state but the state at its end
-/// differs, the event at the end: a change the timeline filter left out that the client would
-/// otherwise never learn of), unless the client saw it at `since` or the timeline holds it,
-/// filtered by the state filter.
-/// With lazy loading, member events go only for the wanted members, and those go whether or
-/// not they changed since `since` unless the device already holds them (spec, "Lazy-loading
-/// room members": the client may never have been sent a member who did not change).
-pub(super) fn state_section(
-    services: &Services,
-    room_id: &RoomId,
-    snapshots: &Snapshots,
-    events: &[(u64, Pdu)],
-    state_filter: &RoomEventFilter,
-    lazy: Option<&LazyMembers>,
-) -> Result<Vec<Value>> {
-    let mut state = Vec::new();
-    let Some(start) = snapshots.start.filter(|hash| *hash != 0) else {
-        return Ok(state);
-    };
-    let rooms = &services.rooms;
-    let in_timeline: BTreeSet<_> = events.iter().map(|(_, pdu)| pdu.event_id.clone()).collect();
-    let mut timeline_keys = BTreeSet::new();
+/// Each event's sender, for the members a lazy-loading sync wants.
+pub(super) fn senders(events: &[(u64, Pdu)]) -> impl Iterator<Item = OwnedUserId> + '_ {
+    events.iter().map(|(_, pdu)| pdu.sender.clone())
+}
+
+impl Snapshots {
+    /// A room's `state` section: for each piece of state, the event at the start of the timeline
+    /// (or, when the timeline shows no event for that piece of state but the state at its end
+    /// differs, the event at the end: a change the timeline filter left out that the client
+    /// would otherwise never learn of), unless the client saw it at `since` or the timeline
+    /// holds it, filtered by the state filter.
+    /// With lazy loading, member events go only for the wanted members, and those go whether or
+    /// not they changed since `since` unless the device already holds them (spec, "Lazy-loading
+    /// room members": the client may never have been sent a member who did not change).
+    pub(super) fn state_section(
+        &self,
+        ctx: &SyncContext<'_>,
+        room_id: &RoomId,
+        events: &[(u64, Pdu)],
+        lazy: Option<&LazyMembers>,
+    ) -> Result<Vec<Value>> {
+        let mut state = Vec::new();
+        let Some(start) = self.start.filter(|hash| *hash != 0) else {
+            return Ok(state);
+        };
+        let rooms = &ctx.services.rooms;
+        let in_timeline: BTreeSet<_> = events.iter().map(|(_, pdu)| &pdu.event_id).collect();
+        let timeline_keys = state_keys(ctx.services, events)?;
+        let wanted_keys = wanted_member_keys(ctx.services, lazy)?;
+        let seen = match self.seen {
+            Some(seen) => Some(rooms.state.load(seen)?),
+            None => None,
+        };
+        let start = rooms.state.load(start)?;
+        let end = match self.end.filter(|hash| *hash != 0) {
+            Some(end) => Some(rooms.state.load(end)?),
+            None => None,
+        };
+        let keys: BTreeSet<u64> = if self.members_only {
+            wanted_keys.keys().copied().collect()
+        } else {
+            start
+                .keys()
+                .chain(end.iter().flat_map(|end| end.keys()))
+                .copied()
+                .collect()
+        };
+        for key in keys {
+            let at_end = end.as_ref().and_then(|end| end.get(&key));
+            let Some(chosen) = pick(start.get(&key), at_end, timeline_keys.contains(&key)) else {
+                continue;
+            };
+            let wanted_member = wanted_keys.get(&key);
+            if wanted_member.is_none()
+                && seen
+                    .as_ref()
+                    .is_some_and(|seen| seen.get(&key) == Some(&chosen))
+            {
+                continue;
+            }
+            let event_id = rooms.short.get_eventid(chosen)?;
+            if in_timeline.contains(&event_id) {
+                continue;
+            }
+            if let (Some(member), Some(lazy)) = (wanted_member, lazy) {
+                if !lazy.include_redundant && lazy.known.get(*member) == Some(&event_id) {
+                    continue;
+                }
+            }
+            let Some(pdu) = rooms.timeline.get_pdu(&event_id)? else {
+                continue;
+            };
+            let unwanted_member = lazy.is_some() && wanted_member.is_none();
+            if unwanted_member && pdu.kind == TimelineEventType::RoomMember {
+                continue;
+            }
+            if ctx.filters.state.matches(&pdu) {
+                state.push(client_event(&pdu, room_id, None));
+            }
+        }
+        Ok(state)
+    }
+}
+
+/// Which event of a piece of state goes in the section: the one at the end of the timeline when
+/// it differs from the one at its start and the timeline shows no event for that piece of
+/// state, otherwise the one at the start; `None` when the piece of state is new at the end.
+fn pick(at_start: Option<&u64>, at_end: Option<&u64>, in_timeline: bool) -> Option<u64> {
+    match (at_start, at_end) {
+        (_, Some(at_end)) if at_start != Some(at_end) && !in_timeline => Some(*at_end),
+        (Some(at_start), _) => Some(*at_start),
+        (None, _) => None,
+    }
+}
+
+/// The short state keys of the state events among `events`.
+fn state_keys(services: &Services, events: &[(u64, Pdu)]) -> Result<BTreeSet<u64>> {
+    let mut keys = BTreeSet::new();
     for (_, pdu) in events {
         if let Some(state_key) = &pdu.state_key {
             let kind = StateEventType::from(pdu.kind.to_string());
-            if let Some(short) = rooms.short.get_shortstatekey(&kind, state_key)? {
-                timeline_keys.insert(short);
+            if let Some(short) = services.rooms.short.get_shortstatekey(&kind, state_key)? {
+                keys.insert(short);
             }
         }
     }
-    let mut wanted_keys = HashMap::new();
+    Ok(keys)
+}
+
+/// The short state keys of the wanted members' member events, with the member.
+fn wanted_member_keys<'a>(
+    services: &Services,
+    lazy: Option<&'a LazyMembers>,
+) -> Result<HashMap<u64, &'a OwnedUserId>> {
+    let mut keys = HashMap::new();
     for member in lazy.iter().flat_map(|lazy| &lazy.wanted) {
-        if let Some(short) = rooms
+        if let Some(short) = services
+            .rooms
             .short
             .get_shortstatekey(&StateEventType::RoomMember, member.as_str())?
         {
-            wanted_keys.insert(short, member);
+            keys.insert(short, member);
         }
     }
-    let seen = match snapshots.seen {
-        Some(seen) => Some(rooms.state.load(seen)?),
-        None => None,
-    };
-    let start = rooms.state.load(start)?;
-    let end = match snapshots.end.filter(|hash| *hash != 0) {
-        Some(end) => Some(rooms.state.load(end)?),
-        None => None,
-    };
-    let keys: BTreeSet<u64> = if snapshots.members_only {
-        wanted_keys.keys().copied().collect()
-    } else {
-        start
-            .keys()
-            .chain(end.iter().flat_map(|end| end.keys()))
-            .copied()
-            .collect()
-    };
-    for key in keys {
-        let at_start = start.get(&key);
-        let at_end = end.as_ref().and_then(|end| end.get(&key));
-        let chosen = match (at_start, at_end) {
-            (_, Some(at_end)) if at_start != Some(at_end) && !timeline_keys.contains(&key) => {
-                *at_end
-            }
-            (Some(at_start), _) => *at_start,
-            (None, _) => continue,
-        };
-        let wanted_member = wanted_keys.get(&key);
-        if wanted_member.is_none()
-            && seen
-                .as_ref()
-                .is_some_and(|seen| seen.get(&key) == Some(&chosen))
-        {
-            continue;
-        }
-        let event_id = rooms.short.get_eventid(chosen)?;
-        if in_timeline.contains(&event_id) {
-            continue;
-        }
-        if let (Some(member), Some(lazy)) = (wanted_member, lazy) {
-            if !lazy.include_redundant && lazy.known.get(*member) == Some(&event_id) {
-                continue;
-            }
-        }
-        let Some(pdu) = rooms.timeline.get_pdu(&event_id)? else {
-            continue;
-        };
-        if lazy.is_some() && wanted_member.is_none() && pdu.kind == TimelineEventType::RoomMember {
-            continue;
-        }
-        if state_filter.matches(&pdu) {
-            state.push(client_event(&pdu, room_id, None));
-        }
-    }
-    Ok(state)
+    Ok(keys)
 }
 
 /// A room summary (spec, `RoomSummary`): the joined and invited member counts and, when the

@@ -1,14 +1,14 @@
-//! The content repository's part of the route table (client and federation media endpoints);
-//! most of them are raw routes that read the body and build the response themselves.
+//! The content repository's routes (client and federation media endpoints); most of them are
+//! raw routes that read the body and build the response themselves.
 
 use http::Method;
 
-use super::{raw_route, route, Auth, Route};
 use crate::api::{client::media, federation::media as fed_media};
+use crate::http::{raw_route, route, Auth, Route};
+use Auth::{None as Open, Required as Token, Server};
 
-/// Every media route.
-pub fn all() -> Vec<Route> {
-    use Auth::{None as Open, Required as Token, Server};
+/// Uploads, authenticated downloads and thumbnails, the media config and URL previews.
+pub(super) fn client() -> Vec<Route> {
     vec![
         raw_route(
             Method::POST,
@@ -70,8 +70,13 @@ pub fn all() -> Vec<Route> {
             Token,
             media::get_media_preview,
         ),
-        // The deprecated unauthenticated downloads, also under `r0` (clients and federation
-        // fallbacks from before spec v1.1 still use it); frozen unless the config opens them.
+    ]
+}
+
+/// The deprecated unauthenticated downloads, also under `r0` (clients and federation
+/// fallbacks from before spec v1.1 still use it); frozen unless the config opens them.
+pub(super) fn unauthenticated() -> Vec<Route> {
+    vec![
         raw_route(
             Method::GET,
             "/_matrix/media/v3/download/{serverName}/{mediaId}",
@@ -108,6 +113,12 @@ pub fn all() -> Vec<Route> {
             Open,
             media::get_content_thumbnail_unauthenticated,
         ),
+    ]
+}
+
+/// Media other servers download from this one.
+pub(super) fn federation() -> Vec<Route> {
+    vec![
         raw_route(
             Method::GET,
             "/_matrix/federation/v1/media/download/{mediaId}",

@@ -1,0 +1,233 @@
+//! Client-server routes for server discovery, accounts and sessions, devices, profiles,
+//! presence and the user directory, and the few Synapse admin endpoints Plait serves.
+
+use http::Method;
+
+use crate::api::{
+    client::{account, device, discovery, presence, profile, user_directory},
+    synapse_admin,
+};
+use crate::http::{route, typed, Auth, Route};
+use Auth::{None as Open, Required as Token};
+
+/// Server discovery: supported versions, `.well-known` files and capabilities.
+pub(super) fn discovery() -> Vec<Route> {
+    vec![
+        route(
+            Method::GET,
+            "/_matrix/client/versions",
+            Open,
+            discovery::get_supported_versions,
+        ),
+        route(
+            Method::GET,
+            "/.well-known/matrix/client",
+            Open,
+            discovery::client_well_known,
+        ),
+        route(
+            Method::GET,
+            "/.well-known/matrix/server",
+            Open,
+            discovery::server_well_known,
+        ),
+        route(
+            Method::GET,
+            "/.well-known/matrix/policy_server",
+            Open,
+            discovery::discover_policy_server,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/capabilities",
+            Token,
+            discovery::get_capabilities,
+        ),
+    ]
+}
+
+/// Registration, login and logout, token refresh, OpenID tokens and account management.
+pub(super) fn account() -> Vec<Route> {
+    vec![
+        route(
+            Method::POST,
+            "/_matrix/client/v3/register",
+            Open,
+            account::register,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/register/available",
+            Open,
+            account::get_username_availability,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/login",
+            Open,
+            account::get_login_types,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/login",
+            Open,
+            account::login,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/refresh",
+            Open,
+            account::refresh,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/logout",
+            Token,
+            account::logout,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/logout/all",
+            Token,
+            account::logout_all,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/user/{userId}/openid/request_token",
+            Token,
+            account::request_openid_token,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/account/whoami",
+            Token,
+            account::whoami,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/account/password",
+            Token,
+            account::change_password,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/account/deactivate",
+            Token,
+            account::deactivate,
+        ),
+    ]
+}
+
+/// Device management.
+pub(super) fn devices() -> Vec<Route> {
+    vec![
+        route(
+            Method::GET,
+            "/_matrix/client/v3/devices",
+            Token,
+            device::get_devices,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/devices/{deviceId}",
+            Token,
+            device::get_device,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/devices/{deviceId}",
+            Token,
+            device::update_device,
+        ),
+        route(
+            Method::DELETE,
+            "/_matrix/client/v3/devices/{deviceId}",
+            Token,
+            device::delete_device,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/delete_devices",
+            Token,
+            device::delete_devices,
+        ),
+    ]
+}
+
+/// Profiles, presence and the user directory.
+pub(super) fn profiles_and_presence() -> Vec<Route> {
+    vec![
+        route(
+            Method::GET,
+            "/_matrix/client/v3/profile/{userId}",
+            Open,
+            profile::get_profile,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/profile/{userId}/{keyName}",
+            Open,
+            profile::get_profile_field,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/profile/{userId}/{keyName}",
+            Token,
+            profile::set_profile_field,
+        ),
+        route(
+            Method::DELETE,
+            "/_matrix/client/v3/profile/{userId}/{keyName}",
+            Token,
+            profile::delete_profile_field,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/presence/{userId}/status",
+            Token,
+            presence::get_presence,
+        ),
+        typed(
+            Method::PUT,
+            "/_matrix/client/v3/presence/{userId}/status",
+            Token,
+            presence::set_presence,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/user_directory/search",
+            Token,
+            user_directory::search_users,
+        ),
+    ]
+}
+
+/// Synapse's admin API (docs/admin_api.md).
+pub(super) fn synapse_admin() -> Vec<Route> {
+    vec![
+        route(
+            Method::GET,
+            "/_synapse/admin/v1/register",
+            Open,
+            synapse_admin::get_register_nonce,
+        ),
+        route(
+            Method::POST,
+            "/_synapse/admin/v1/register",
+            Open,
+            synapse_admin::shared_secret_register,
+        ),
+        route(
+            Method::POST,
+            "/_synapse/admin/v1/send_server_notice",
+            Token,
+            synapse_admin::send_server_notice,
+        ),
+        route(
+            Method::PUT,
+            "/_synapse/admin/v1/send_server_notice/{txnId}",
+            Token,
+            synapse_admin::send_server_notice_txn,
+        ),
+    ]
+}

@@ -1,0 +1,245 @@
+//! The server-server routes: federation and key endpoints.
+
+use http::Method;
+
+use crate::api::federation::{
+    events, keys, membership as fed_membership, policy, query, space as fed_space,
+    third_party_invite, transactions, user_keys,
+};
+use crate::http::{route, Auth, Route};
+use Auth::{None as Open, Server};
+
+/// Transactions, and the events and state other servers fetch from the room DAG.
+pub(super) fn events() -> Vec<Route> {
+    vec![
+        route(
+            Method::PUT,
+            "/_matrix/federation/v1/send/{txnId}",
+            Server,
+            transactions::send_transaction_message,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/event/{eventId}",
+            Server,
+            events::get_event,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/state/{roomId}",
+            Server,
+            events::get_room_state,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/state_ids/{roomId}",
+            Server,
+            events::get_room_state_ids,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/event_auth/{roomId}/{eventId}",
+            Server,
+            events::get_event_authorization,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/federation/v1/get_missing_events/{roomId}",
+            Server,
+            events::get_missing_events,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/backfill/{roomId}",
+            Server,
+            events::get_backfill,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/timestamp_to_event/{roomId}",
+            Server,
+            events::get_event_by_timestamp,
+        ),
+    ]
+}
+
+/// Joins, leaves, knocks and invites, third-party ones included.
+pub(super) fn membership() -> Vec<Route> {
+    vec![
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/make_join/{roomId}/{userId}",
+            Server,
+            fed_membership::create_join_event_template,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/federation/v2/send_join/{roomId}/{eventId}",
+            Server,
+            fed_membership::create_join_event,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/federation/v1/send_join/{roomId}/{eventId}",
+            Server,
+            fed_membership::create_join_event_v1,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/make_leave/{roomId}/{userId}",
+            Server,
+            fed_membership::create_leave_event_template,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/federation/v1/send_leave/{roomId}/{eventId}",
+            Server,
+            fed_membership::create_leave_event_v1,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/federation/v2/send_leave/{roomId}/{eventId}",
+            Server,
+            fed_membership::create_leave_event,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/make_knock/{roomId}/{userId}",
+            Server,
+            fed_membership::create_knock_event_template,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/federation/v1/send_knock/{roomId}/{eventId}",
+            Server,
+            fed_membership::create_knock_event,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/federation/v2/invite/{roomId}/{eventId}",
+            Server,
+            fed_membership::create_invite,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/federation/v1/invite/{roomId}/{eventId}",
+            Server,
+            fed_membership::create_invite_v1,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/federation/v1/exchange_third_party_invite/{roomId}",
+            Server,
+            third_party_invite::exchange_third_party_invite,
+        ),
+    ]
+}
+
+/// Space hierarchies, the public room directory, queries, OpenID user info, third-party
+/// identifier binding and policy-server signing.
+pub(super) fn queries() -> Vec<Route> {
+    vec![
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/hierarchy/{roomId}",
+            Server,
+            fed_space::get_hierarchy,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/publicRooms",
+            Server,
+            query::get_public_rooms,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/federation/v1/publicRooms",
+            Server,
+            query::get_public_rooms,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/query/profile",
+            Server,
+            query::get_profile_information,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/query/directory",
+            Server,
+            query::get_room_information,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/query/{queryType}",
+            Server,
+            query::query_info,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/openid/userinfo",
+            Open,
+            query::get_openid_userinfo,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/federation/v1/3pid/onbind",
+            Open,
+            third_party_invite::on_bind_third_party_identifier,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/policy/v1/sign",
+            Server,
+            policy::sign_event,
+        ),
+    ]
+}
+
+/// End-to-end keys of local users, and the server's version and signing keys.
+pub(super) fn keys() -> Vec<Route> {
+    vec![
+        route(
+            Method::POST,
+            "/_matrix/federation/v1/user/keys/query",
+            Server,
+            user_keys::get_keys,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/federation/v1/user/keys/claim",
+            Server,
+            user_keys::claim_keys,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/user/devices/{userId}",
+            Server,
+            user_keys::get_devices,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/federation/v1/version",
+            Open,
+            keys::get_server_version,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/key/v2/server",
+            Open,
+            keys::get_server_keys,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/key/v2/query/{serverName}",
+            Open,
+            keys::get_remote_server_keys,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/key/v2/query",
+            Open,
+            keys::get_remote_server_keys_batch,
+        ),
+    ]
+}

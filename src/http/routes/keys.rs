@@ -1,0 +1,152 @@
+//! Client-server routes for end-to-end encryption: device and cross-signing keys, to-device
+//! messages and server-side key backups.
+
+use http::Method;
+
+use crate::api::client::{backup, cross_signing, keys as client_keys, to_device};
+use crate::http::{route, Auth, Route};
+use Auth::Required as Token;
+
+/// Device keys, one-time keys, key changes, cross-signing and to-device messages.
+pub(super) fn keys() -> Vec<Route> {
+    vec![
+        route(
+            Method::POST,
+            "/_matrix/client/v3/keys/upload",
+            Token,
+            client_keys::upload_keys,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/keys/query",
+            Token,
+            client_keys::get_keys,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/keys/claim",
+            Token,
+            client_keys::claim_keys,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/keys/changes",
+            Token,
+            client_keys::get_key_changes,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/keys/device_signing/upload",
+            Token,
+            cross_signing::upload_cross_signing_keys,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/keys/signatures/upload",
+            Token,
+            cross_signing::upload_signatures,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/sendToDevice/{eventType}/{txnId}",
+            Token,
+            to_device::send_event_to_device,
+        ),
+    ]
+}
+
+/// Server-side key backup versions.
+pub(super) fn backup_versions() -> Vec<Route> {
+    vec![
+        route(
+            Method::POST,
+            "/_matrix/client/v3/room_keys/version",
+            Token,
+            backup::create_backup_version,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/room_keys/version",
+            Token,
+            backup::get_latest_backup_info,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/room_keys/version/{version}",
+            Token,
+            backup::get_backup_info,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/room_keys/version/{version}",
+            Token,
+            backup::update_backup_version,
+        ),
+        route(
+            Method::DELETE,
+            "/_matrix/client/v3/room_keys/version/{version}",
+            Token,
+            backup::delete_backup_version,
+        ),
+    ]
+}
+
+/// The keys in a server-side backup, all of them, by room or by session.
+pub(super) fn backup_keys() -> Vec<Route> {
+    vec![
+        route(
+            Method::GET,
+            "/_matrix/client/v3/room_keys/keys",
+            Token,
+            backup::get_backup_keys,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/room_keys/keys",
+            Token,
+            backup::add_backup_keys,
+        ),
+        route(
+            Method::DELETE,
+            "/_matrix/client/v3/room_keys/keys",
+            Token,
+            backup::delete_backup_keys,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/room_keys/keys/{roomId}",
+            Token,
+            backup::get_backup_keys,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/room_keys/keys/{roomId}",
+            Token,
+            backup::add_backup_keys,
+        ),
+        route(
+            Method::DELETE,
+            "/_matrix/client/v3/room_keys/keys/{roomId}",
+            Token,
+            backup::delete_backup_keys,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}",
+            Token,
+            backup::get_backup_keys,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}",
+            Token,
+            backup::add_backup_keys,
+        ),
+        route(
+            Method::DELETE,
+            "/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}",
+            Token,
+            backup::delete_backup_keys,
+        ),
+    ]
+}

@@ -1,0 +1,44 @@
+//! The route table: every endpoint with its method, path template and authentication, one
+//! function per area of the spec, in a file per part of the API: the client-server API by topic
+//! (`account`, `rooms`, `sync`, `keys`), the content repository (`media`) and the server-server
+//! API (`federation`). Paths use `{name}` parameters as the spec writes them.
+
+mod account;
+mod federation;
+mod keys;
+mod media;
+mod rooms;
+mod sync;
+
+use super::Route;
+
+/// Every served route. The order does not matter: `http::router` groups the routes by path.
+pub fn all() -> Vec<Route> {
+    let tables: [fn() -> Vec<Route>; 24] = [
+        account::discovery,
+        account::account,
+        account::devices,
+        account::profiles_and_presence,
+        account::synapse_admin,
+        rooms::rooms,
+        rooms::membership,
+        rooms::state,
+        rooms::events,
+        rooms::directory,
+        sync::sync_and_ephemeral,
+        sync::push_rules,
+        sync::pushers,
+        sync::account_data,
+        keys::keys,
+        keys::backup_versions,
+        keys::backup_keys,
+        media::client,
+        media::unauthenticated,
+        media::federation,
+        federation::events,
+        federation::membership,
+        federation::queries,
+        federation::keys,
+    ];
+    tables.into_iter().flat_map(|table| table()).collect()
+}

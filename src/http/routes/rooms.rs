@@ -1,0 +1,286 @@
+//! Client-server routes for rooms: creating and upgrading them, membership, state, events
+//! and their relations, search, and the room directory.
+
+use http::Method;
+
+use crate::api::client::{
+    alias, membership, message, relations, room, search, space, state, timestamp, upgrade,
+};
+use crate::http::{route, Auth, Route};
+use Auth::{None as Open, Required as Token};
+
+/// Creating and upgrading rooms, space hierarchies, and who is in a room.
+pub(super) fn rooms() -> Vec<Route> {
+    vec![
+        route(
+            Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Token,
+            room::create_room,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/rooms/{roomId}/upgrade",
+            Token,
+            upgrade::upgrade_room,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v1/rooms/{roomId}/hierarchy",
+            Token,
+            space::get_hierarchy,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/joined_rooms",
+            Token,
+            membership::joined_rooms,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/rooms/{roomId}/members",
+            Token,
+            membership::get_member_events,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/rooms/{roomId}/joined_members",
+            Token,
+            membership::joined_members,
+        ),
+    ]
+}
+
+/// Joining, knocking, inviting, leaving, forgetting, kicking and banning.
+pub(super) fn membership() -> Vec<Route> {
+    vec![
+        route(
+            Method::POST,
+            "/_matrix/client/v3/knock/{roomIdOrAlias}",
+            Token,
+            membership::knock_room,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/join/{roomIdOrAlias}",
+            Token,
+            membership::join_room_by_id_or_alias,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/rooms/{roomId}/join",
+            Token,
+            membership::join_room_by_id,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/rooms/{roomId}/invite",
+            Token,
+            membership::invite_user,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/rooms/{roomId}/leave",
+            Token,
+            membership::leave_room,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/rooms/{roomId}/forget",
+            Token,
+            membership::forget_room,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/rooms/{roomId}/kick",
+            Token,
+            membership::kick_user,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/rooms/{roomId}/ban",
+            Token,
+            membership::ban_user,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/rooms/{roomId}/unban",
+            Token,
+            membership::unban_user,
+        ),
+    ]
+}
+
+/// A room's state, whole or one event, read and sent (with and without a state key).
+pub(super) fn state() -> Vec<Route> {
+    vec![
+        route(
+            Method::GET,
+            "/_matrix/client/v3/rooms/{roomId}/state",
+            Token,
+            state::get_state_events,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}",
+            Token,
+            state::get_state_event_for_key,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}",
+            Token,
+            state::send_state_event,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/rooms/{roomId}/state/{eventType}",
+            Token,
+            state::get_state_event_for_key,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/rooms/{roomId}/state/{eventType}",
+            Token,
+            state::send_state_event,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/rooms/{roomId}/state/{eventType}/",
+            Token,
+            state::get_state_event_for_key,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/rooms/{roomId}/state/{eventType}/",
+            Token,
+            state::send_state_event,
+        ),
+    ]
+}
+
+/// Sending, reading, paging and redacting events, their relations and threads, and search.
+pub(super) fn events() -> Vec<Route> {
+    vec![
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}",
+            Token,
+            message::send_message_event,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/rooms/{roomId}/event/{eventId}",
+            Token,
+            message::get_room_event,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/rooms/{roomId}/messages",
+            Token,
+            message::get_message_events,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/rooms/{roomId}/context/{eventId}",
+            Token,
+            message::get_context,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event",
+            Token,
+            timestamp::get_event_by_timestamp,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}",
+            Token,
+            message::redact,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}",
+            Token,
+            relations::get_relating_events,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}",
+            Token,
+            relations::get_relating_events,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}",
+            Token,
+            relations::get_relating_events,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v1/rooms/{roomId}/threads",
+            Token,
+            relations::get_thread_roots,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/search",
+            Token,
+            search::search,
+        ),
+    ]
+}
+
+/// Room aliases and the public room directory.
+pub(super) fn directory() -> Vec<Route> {
+    vec![
+        route(
+            Method::GET,
+            "/_matrix/client/v3/directory/room/{roomAlias}",
+            Open,
+            alias::get_alias,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/directory/room/{roomAlias}",
+            Token,
+            alias::create_alias,
+        ),
+        route(
+            Method::DELETE,
+            "/_matrix/client/v3/directory/room/{roomAlias}",
+            Token,
+            alias::delete_alias,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/rooms/{roomId}/aliases",
+            Token,
+            alias::get_room_aliases,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/directory/list/room/{roomId}",
+            Open,
+            alias::get_room_visibility,
+        ),
+        route(
+            Method::PUT,
+            "/_matrix/client/v3/directory/list/room/{roomId}",
+            Token,
+            alias::set_room_visibility,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/publicRooms",
+            Open,
+            alias::get_public_rooms,
+        ),
+        route(
+            Method::POST,
+            "/_matrix/client/v3/publicRooms",
+            Token,
+            alias::get_public_rooms,
+        ),
+    ]
+}
