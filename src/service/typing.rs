@@ -295,11 +295,7 @@ fn announce(services: &Services, room_id: &RoomId, user_id: &UserId, typing: boo
     let destinations: Vec<OwnedServerName> = services
         .rooms
         .members
-        .servers_in_room(room_id)?
-        .iter()
-        .filter(|server| *server != own)
-        .cloned()
-        .collect();
+        .servers_in_room_except(room_id, own)?;
     if destinations.is_empty() {
         return Ok(());
     }

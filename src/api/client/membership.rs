@@ -14,7 +14,7 @@ use crate::{
     error::{Error, Result},
     service::{
         rooms::{
-            handshake,
+            handshake::{self, Handshake},
             restricted::{self, JoinCheck},
             third_party,
             timeline::{create_and_commit, read::client_event, PduBuilder},
@@ -185,7 +185,9 @@ pub async fn knock_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             if let Some(reason) = reason(&ctx) {
                 extra["reason"] = json!(reason);
             }
-            handshake::knock_remote(&services, &room_id, ctx.user(), &candidates, extra).await?;
+            Handshake::Knock
+                .through(&services, &room_id, ctx.user(), &candidates, extra)
+                .await?;
             return Ok(json!({ "room_id": room_id }));
         }
     }
@@ -253,7 +255,9 @@ async fn join(
             .any(|server| server != services.globals.server_name())
         {
             let extra = join_content(services, ctx)?;
-            handshake::join_remote(services, room_id, ctx.user(), &candidates, extra).await?;
+            Handshake::Join
+                .through(services, room_id, ctx.user(), &candidates, extra)
+                .await?;
             return Ok(json!({ "room_id": room_id }));
         }
     }
@@ -278,7 +282,9 @@ async fn join(
                     .iter()
                     .cloned()
                     .collect();
-                handshake::join_remote(services, room_id, ctx.user(), &others, extra).await?;
+                Handshake::Join
+                    .through(services, room_id, ctx.user(), &others, extra)
+                    .await?;
                 return Ok(json!({ "room_id": room_id }));
             }
             JoinCheck::Unverifiable | JoinCheck::NotAllowed => {

@@ -6,9 +6,9 @@
 //! (`Timeline::backward_extremities`). [`fill_gaps`] asks a server of the room for the events
 //! before the ones a `/messages` page would cross, checks each like any event received (format,
 //! signatures, content hash, auth events, and auth against the state before it, fetched with
-//! `/state_ids` where its prev events are unknown) and writes it with
-//! `timeline::commit_backfilled`, which places it in history without touching the room's
-//! present. A gap no server could fill is not asked for again until its back-off has passed.
+//! `/state_ids` where its prev events are unknown) and writes it through the one pipeline,
+//! `timeline::commit` in `Mode::History`, which places it in history without touching the
+//! room's present. A gap no server could fill is not asked for again until its back-off has passed.
 
 use std::{
     collections::HashMap,
@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::{
     incoming::{self, encode},
-    timeline::{commit_backfilled, rules_for},
+    timeline::{rules_for, Mode, SendTo},
 };
 use crate::{error::Result, service::Services};
 
@@ -125,14 +125,10 @@ pub(super) fn servers_to_ask(
     room_id: &RoomId,
 ) -> Result<Vec<ruma::OwnedServerName>> {
     let own = services.globals.server_name();
-    let mut servers: Vec<_> = services
+    let mut servers = services
         .rooms
         .members
-        .servers_in_room(room_id)?
-        .iter()
-        .filter(|server| *server != own)
-        .cloned()
-        .collect();
+        .servers_in_room_except(room_id, own)?;
     if let Some(server) = room_id.server_name() {
         if server != own && !servers.iter().any(|known| known == server) {
             servers.push(server.to_owned());
@@ -218,8 +214,8 @@ async fn backfill_from(
     Ok(added)
 }
 
-/// Checks one backfilled event and writes it into history. `false` when it is in the timeline
-/// already.
+/// Checks one backfilled event like any received one (checks 1 to 5, `incoming::checks`) and
+/// writes it into history through the one pipeline. `false` when it is in the timeline already.
 async fn add_event(
     services: &Services,
     origin: &ServerName,
@@ -228,12 +224,10 @@ async fn add_event(
     value: &Value,
 ) -> Result<bool> {
     let timeline = &services.rooms.timeline;
-    let parsed = incoming::parse_pdu(value, room_id, rules)?;
-    if timeline.get_pdu_id(&parsed.event_id)?.is_some() {
+    let (event_id, checked) = incoming::check_received(services, room_id, rules, value).await?;
+    let Some(incoming::Checked { object, pdu }) = checked else {
         return Ok(false);
-    }
-    let object = incoming::verify_pdu(services, &parsed, rules).await?;
-    let pdu = incoming::to_pdu(&parsed.event_id, &object)?;
+    };
     incoming::fetch_missing_auth(services, origin, room_id, rules, &pdu).await?;
     incoming::check_against_auth_events(services, rules, &pdu)?;
     // The oldest event of a batch has prev events nobody here holds: the state before it comes
@@ -245,19 +239,13 @@ async fn add_event(
     };
     let lock = timeline.room_lock(room_id);
     let _guard = lock.lock();
-    if timeline.get_pdu_id(&parsed.event_id)?.is_some() {
+    if timeline.get_pdu_id(&event_id)?.is_some() {
         return Ok(false);
     }
-    let state_before = match fetched_state {
-        Some(state) => state,
-        None => incoming::state_after_prev_events(services, rules, &pdu)?,
-    };
+    let state_before = incoming::state_before(services, rules, &pdu, fetched_state)?;
     incoming::check_against_state(services, rules, &pdu, &state_before)?;
-    let before_hash = incoming::store_state(
-        services,
-        &state_before,
-        incoming::first_prev_state(services, &pdu)?,
-    )?;
-    commit_backfilled(services, room_id, object, &pdu, before_hash)?;
+    let checked = incoming::Checked { object, pdu };
+    let history = (SendTo::Nobody, Mode::History);
+    incoming::commit_received(services, room_id, checked, state_before, history, None)?;
     Ok(true)
 }

@@ -81,6 +81,25 @@ impl Members {
         Ok(())
     }
 
+    /// Indexes the memberships of a room's state received from another server (the answer to
+    /// our `send_join`), at one new stream position, so that the room's servers and members are
+    /// known before the join is committed: its device list updates go to those servers.
+    pub fn index_received_state(
+        &self,
+        globals: &crate::service::globals::Globals,
+        room_id: &RoomId,
+        member_events: &[Pdu],
+    ) -> Result<()> {
+        globals.write_with_count(self.roomuserid_membership.db(), |batch, count| {
+            for pdu in member_events {
+                self.update_in_batch(room_id, pdu, count, batch)?;
+            }
+            Ok(())
+        })?;
+        self.invalidate_servers(room_id);
+        Ok(())
+    }
+
     /// The servers that have at least one joined member in a room. Cached, so that sending an
     /// event costs nothing proportional to the room's size unless membership changed.
     pub fn servers_in_room(&self, room_id: &RoomId) -> Result<Arc<BTreeSet<OwnedServerName>>> {
@@ -97,6 +116,21 @@ impl Members {
             .lock()
             .insert(room_id.to_owned(), Arc::clone(&servers));
         Ok(servers)
+    }
+
+    /// The servers with a joined member in a room other than `own` (this server): where an
+    /// event or EDU of the room goes.
+    pub fn servers_in_room_except(
+        &self,
+        room_id: &RoomId,
+        own: &ruma::ServerName,
+    ) -> Result<Vec<OwnedServerName>> {
+        Ok(self
+            .servers_in_room(room_id)?
+            .iter()
+            .filter(|server| *server != own)
+            .cloned()
+            .collect())
     }
 
     /// Forgets the cached server list of a room after its membership changed.

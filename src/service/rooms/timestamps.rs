@@ -90,7 +90,7 @@ impl EventTimes {
     }
 
     /// Indexes a timeline event in the batch that commits it, before its stream position is
-    /// known (`Batch::insert_at_count`; called by `timeline::commit` and `commit_backfilled`).
+    /// known (`Batch::insert_at_count`; called by a step of `timeline::commit`, live and history).
     pub fn index_at_count(&self, shortroomid: u64, pdu: &Pdu, batch: &mut Batch) {
         let mut prefix = index_key(
             shortroomid,

@@ -77,9 +77,7 @@ async fn fetch_state_after(
                 &StateEventType::from(event.kind.to_string()),
                 state_key,
             )?;
-            let mut batch = crate::store::Batch::default();
-            let shorteventid = rooms.short.shorteventid_in_batch(event_id, &mut batch)?;
-            services.db.write(batch)?;
+            let shorteventid = rooms.short.get_or_create_shorteventid(event_id)?;
             set.insert(shortstatekey, shorteventid);
         }
     }
@@ -157,7 +155,6 @@ async fn fetch_state_ids(
 pub fn state_set_of(services: &Services, event_ids: &[OwnedEventId]) -> Result<StateSet> {
     let rooms = &services.rooms;
     let mut set = StateSet::new();
-    let mut batch = crate::store::Batch::default();
     for event_id in event_ids {
         let Some(pdu) = rooms.timeline.get_pdu(event_id)? else {
             continue;
@@ -168,10 +165,9 @@ pub fn state_set_of(services: &Services, event_ids: &[OwnedEventId]) -> Result<S
         let shortstatekey = rooms
             .short
             .get_or_create_shortstatekey(&StateEventType::from(pdu.kind.to_string()), state_key)?;
-        let shorteventid = rooms.short.shorteventid_in_batch(event_id, &mut batch)?;
+        let shorteventid = rooms.short.get_or_create_shorteventid(event_id)?;
         set.insert(shortstatekey, shorteventid);
     }
-    services.db.write(batch)?;
     Ok(set)
 }
 
@@ -261,10 +257,10 @@ pub fn resolve_sets(
         .collect()
 }
 
-/// Stores a state set as a snapshot and returns its short hash.
-/// The snapshot is shared with `parent` (the state after the first prev event) when it is the
-/// same, as it is for every event with one prev event, and stored as a delta over it otherwise,
-/// so that receiving an event costs no copy of the room's state.
+/// Stores a state set as a snapshot and returns its short hash: for a rejected event, which
+/// keeps the state before it (an accepted event's is written by `timeline::commit`, in the
+/// event's batch). The snapshot is shared with `parent` (the state after the first prev event)
+/// when it is the same, and stored as a delta over it otherwise.
 pub(in crate::service::rooms) fn store_state(
     services: &Services,
     set: &StateSet,
@@ -284,7 +280,7 @@ pub(in crate::service::rooms) fn store_state(
         rooms
             .state
             .store_snapshot(rooms.short.allocate(), parent, set.clone(), &mut batch)?;
-    services.db.write(batch)?;
+    rooms.timeline.write(batch)?;
     Ok(Some(hash))
 }
 
@@ -313,11 +309,7 @@ pub(super) fn resolve_current(
         let shortstatekey = rooms
             .short
             .get_or_create_shortstatekey(&StateEventType::from(pdu.kind.to_string()), state_key)?;
-        let mut batch = crate::store::Batch::default();
-        let shorteventid = rooms
-            .short
-            .shorteventid_in_batch(&pdu.event_id, &mut batch)?;
-        services.db.write(batch)?;
+        let shorteventid = rooms.short.get_or_create_shorteventid(&pdu.event_id)?;
         after.insert(shortstatekey, shorteventid);
     }
     let mut sets = vec![after];

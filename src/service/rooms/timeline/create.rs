@@ -104,15 +104,12 @@ pub async fn create_and_commit(
         if services.rooms.current_state_hash(room_id)? != state_before {
             continue;
         }
-        commit_checked(
-            services,
-            &rules,
-            room_id,
-            object,
-            event_id.clone(),
+        let event = Signable {
+            rules: &rules,
             state_before,
             transaction,
-        )?;
+        };
+        event.commit(services, room_id, object, event_id.clone())?;
         return Ok((event_id, room_id.to_owned()));
     }
     Err(Error::Conflict(format!(
@@ -151,39 +148,76 @@ fn create_or_prepare(
     let lock = rooms.timeline.room_lock(room_id);
     let _guard = lock.lock();
 
-    let is_create = builder.kind == TimelineEventType::RoomCreate;
     let shortroomid = rooms.short.get_shortroomid(room_id)?;
-    let version = if is_create {
-        if shortroomid.is_some()
-            && rooms
-                .timeline
-                .room_version(shortroomid.unwrap_or(0))?
-                .is_some()
-        {
-            return Err(Error::matrix(
-                ruma::api::error::ErrorKind::RoomInUse,
-                format!("room {room_id} already exists"),
-            ));
-        }
-        let text = builder
-            .content
-            .get("room_version")
-            .and_then(Value::as_str)
-            .unwrap_or("1");
-        RoomVersionId::try_from(text).map_err(|_| Error::bad_json("invalid room_version"))?
-    } else {
-        let version = match shortroomid {
-            Some(short) => rooms.timeline.room_version(short)?,
-            None => None,
-        };
-        version
-            .ok_or_else(|| Error::not_found(format!("room {room_id} is unknown to this server")))?
-    };
-    let rules = rules_for(&version)?;
+    let rules = rules_for(&version_to_use(services, room_id, builder, shortroomid)?)?;
     let (object, state_before) =
         build_template(services, room_id, sender, builder, &rules, shortroomid)?;
-    // The spec caps a whole PDU at 65536 bytes of canonical JSON; leave room for the hashes,
-    // signatures and event ID added below.
+    check_size(&object)?;
+    let event = Signable {
+        rules: &rules,
+        state_before,
+        transaction,
+    };
+    if builder.kind == TimelineEventType::RoomCreate
+        && rules.authorization.room_create_event_id_as_room_id
+    {
+        return event.commit_deriving_room_id(services, object);
+    }
+    let (signed, event_id) = build_and_sign(services, &object, &rules)?;
+    if !policy::is_exempt(&signed) {
+        if let Some(policy) = policy::room_policy(services, room_id)? {
+            // Auth-check first: the policy server is not asked about an event the auth
+            // rules refuse anyway.
+            checked_pdu(services, &rules, &signed, &event_id, state_before)?;
+            return Ok(Created::NeedsPolicy(Pending {
+                object: signed,
+                event_id,
+                state_before,
+                rules,
+                policy,
+            }));
+        }
+    }
+    // The room lock taken above stays held through `commit`, so no other event of this room
+    // can read the same state and overwrite this one's change.
+    event.commit(services, room_id, signed, event_id.clone())?;
+    Ok(Created::Committed((event_id, room_id.to_owned())))
+}
+
+/// The version of the room an event goes into: the one a create event names (the room must not
+/// exist yet), or the room's.
+fn version_to_use(
+    services: &Services,
+    room_id: &RoomId,
+    builder: &PduBuilder,
+    shortroomid: Option<u64>,
+) -> Result<RoomVersionId> {
+    let timeline = &services.rooms.timeline;
+    let known = match shortroomid {
+        Some(short) => timeline.room_version(short)?,
+        None => None,
+    };
+    if builder.kind != TimelineEventType::RoomCreate {
+        return known
+            .ok_or_else(|| Error::not_found(format!("room {room_id} is unknown to this server")));
+    }
+    if known.is_some() {
+        return Err(Error::matrix(
+            ruma::api::error::ErrorKind::RoomInUse,
+            format!("room {room_id} already exists"),
+        ));
+    }
+    let text = builder
+        .content
+        .get("room_version")
+        .and_then(Value::as_str)
+        .unwrap_or("1");
+    RoomVersionId::try_from(text).map_err(|_| Error::bad_json("invalid room_version"))
+}
+
+/// The spec caps a whole PDU at 65536 bytes of canonical JSON; an unsigned event leaves room for
+/// the hashes, signatures and event ID added later.
+fn check_size(object: &CanonicalJsonObject) -> Result<()> {
     let unsigned_size = CanonicalJsonValue::Object(object.clone()).to_string().len();
     if unsigned_size + 512 > MAX_PDU_BYTES {
         return Err(Error::matrix(
@@ -191,47 +225,50 @@ fn create_or_prepare(
             format!("event of {unsigned_size} bytes exceeds the {MAX_PDU_BYTES}-byte limit"),
         ));
     }
-    let derives_room_id = is_create && rules.authorization.room_create_event_id_as_room_id;
-    let mut object = object;
-    loop {
-        let (signed, event_id) = build_and_sign(services, &object, &rules)?;
-        if !derives_room_id {
-            if !policy::is_exempt(&signed) {
-                if let Some(policy) = policy::room_policy(services, room_id)? {
-                    // Auth-check first: the policy server is not asked about an event the auth
-                    // rules refuse anyway.
-                    checked_pdu(services, &rules, &signed, &event_id, state_before)?;
-                    return Ok(Created::NeedsPolicy(Pending {
-                        object: signed,
-                        event_id,
-                        state_before,
-                        rules,
-                        policy,
-                    }));
-                }
+    Ok(())
+}
+
+/// A built local event's surroundings, for signing and committing it.
+struct Signable<'a> {
+    rules: &'a RoomVersionRules,
+    state_before: Option<u64>,
+    transaction: Option<(&'a str, &'a str)>,
+}
+
+impl Signable<'_> {
+    /// Runs the auth checks on the signed event and commits it into `room_id`.
+    fn commit(
+        &self,
+        services: &Services,
+        room_id: &RoomId,
+        signed: CanonicalJsonObject,
+        event_id: OwnedEventId,
+    ) -> Result<()> {
+        let pdu = checked_pdu(services, self.rules, &signed, &event_id, self.state_before)?;
+        let input = CommitInput::local(room_id, signed, pdu, self.state_before, self.transaction);
+        commit(services, input).map(drop)
+    }
+
+    /// Signs and commits the create event of a room whose ID is the create event's hash. Two
+    /// identical create events (same sender, content and millisecond) would name the same room,
+    /// so the derived ID is locked (placeholder locks are unique, so this cannot deadlock) and, if
+    /// the room exists, the timestamp moves on by a millisecond and the event is signed again.
+    fn commit_deriving_room_id(
+        &self,
+        services: &Services,
+        mut object: CanonicalJsonObject,
+    ) -> Result<Created> {
+        let timeline = &services.rooms.timeline;
+        loop {
+            let (signed, event_id) = build_and_sign(services, &object, self.rules)?;
+            let derived = OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..]))
+                .map_err(Error::internal)?;
+            let lock = timeline.room_lock(&derived);
+            let _derived_guard = lock.lock();
+            if !services.rooms.exists(&derived)? {
+                self.commit(services, &derived, signed, event_id.clone())?;
+                return Ok(Created::Committed((event_id, derived)));
             }
-            // The room lock taken above stays held through `commit`, so no other event of this
-            // room can read the same state and overwrite this one's change.
-            commit_checked(
-                services,
-                &rules,
-                room_id,
-                signed,
-                event_id.clone(),
-                state_before,
-                transaction,
-            )?;
-            return Ok(Created::Committed((event_id, room_id.to_owned())));
-        }
-        // A v12 room ID is the create event's hash, so two identical create events (same sender,
-        // content and millisecond) would name the same room. Lock the derived ID (placeholder
-        // locks are unique, so this cannot deadlock) and, if the room exists, move the timestamp
-        // on by a millisecond and sign again.
-        let derived = OwnedRoomId::try_from(format!("!{}", &event_id.as_str()[1..]))
-            .map_err(Error::internal)?;
-        let lock = rooms.timeline.room_lock(&derived);
-        let _derived_guard = lock.lock();
-        if rooms.exists(&derived)? {
             let next = match object.get("origin_server_ts") {
                 Some(CanonicalJsonValue::Integer(ts)) => {
                     u64::try_from(i64::from(*ts)).unwrap_or(0) + 1
@@ -242,18 +279,7 @@ fn create_or_prepare(
                 "origin_server_ts".into(),
                 CanonicalJsonValue::Integer(next.try_into().map_err(Error::internal)?),
             );
-            continue;
         }
-        commit_checked(
-            services,
-            &rules,
-            &derived,
-            signed,
-            event_id.clone(),
-            state_before,
-            transaction,
-        )?;
-        return Ok(Created::Committed((event_id, derived)));
     }
 }
 
@@ -270,27 +296,53 @@ pub fn build_template(
     shortroomid: Option<u64>,
 ) -> Result<(CanonicalJsonObject, Option<u64>)> {
     let rooms = &services.rooms;
-    let is_create = builder.kind == TimelineEventType::RoomCreate;
     let state_before = match shortroomid {
         Some(short) => rooms.state.get_room_state(short)?,
         None => None,
     };
+    let (prev_events, depth) = prev_events_and_depth(services, shortroomid)?;
+    let auth_events = auth_events_for(services, sender, builder, rules, state_before)?;
+    let mut object = fields_of(services, room_id, sender, builder, rules, depth)?;
+    object.insert(
+        "prev_events".into(),
+        event_references(services, &prev_events, rules)?,
+    );
+    object.insert(
+        "auth_events".into(),
+        event_references(services, &auth_events, rules)?,
+    );
+    Ok((object, state_before))
+}
 
-    // prev_events and depth come from the forward extremities.
+/// The prev events of a new event (the room's forward extremities, at most
+/// [`MAX_PREV_EVENTS`]) and its depth (one more than the deepest of them).
+fn prev_events_and_depth(
+    services: &Services,
+    shortroomid: Option<u64>,
+) -> Result<(Vec<OwnedEventId>, u64)> {
+    let timeline = &services.rooms.timeline;
     let mut prev_events = match shortroomid {
-        Some(short) => rooms.timeline.extremities(short)?,
+        Some(short) => timeline.extremities(short)?,
         None => Vec::new(),
     };
     prev_events.truncate(MAX_PREV_EVENTS);
     let mut depth = 0u64;
     for prev in &prev_events {
-        if let Some(pdu) = rooms.timeline.get_pdu(prev)? {
+        if let Some(pdu) = timeline.get_pdu(prev)? {
             depth = depth.max(u64::from(pdu.depth));
         }
     }
-    depth += 1;
+    Ok((prev_events, depth + 1))
+}
 
-    // auth_events: the state the auth rules need, taken from the state before the event.
+/// The auth events of a new event: the state the auth rules need, taken from the state before it.
+fn auth_events_for(
+    services: &Services,
+    sender: &UserId,
+    builder: &PduBuilder,
+    rules: &RoomVersionRules,
+    state_before: Option<u64>,
+) -> Result<Vec<OwnedEventId>> {
     let content_raw = serde_json::value::to_raw_value(&builder.content).map_err(Error::internal)?;
     let auth_types = ruma::state_res::auth_types_for_event(
         &builder.kind,
@@ -303,73 +355,55 @@ pub fn build_template(
     let mut auth_events = Vec::new();
     if let Some(hash) = state_before {
         for (event_type, state_key) in &auth_types {
-            if let Some(event_id) = rooms.state_event_id(hash, event_type, state_key)? {
+            if let Some(event_id) = services.rooms.state_event_id(hash, event_type, state_key)? {
                 auth_events.push(event_id);
             }
         }
     }
+    Ok(auth_events)
+}
 
+/// The fields of a new event other than its prev and auth events.
+fn fields_of(
+    services: &Services,
+    room_id: &RoomId,
+    sender: &UserId,
+    builder: &PduBuilder,
+    rules: &RoomVersionRules,
+    depth: u64,
+) -> Result<CanonicalJsonObject> {
+    let string = |text: String| CanonicalJsonValue::String(text);
+    let integer = |value: u64| value.try_into().map(CanonicalJsonValue::Integer);
     let mut object = CanonicalJsonObject::new();
-    let now = util::now_millis();
-    object.insert(
-        "type".into(),
-        CanonicalJsonValue::String(builder.kind.to_string()),
-    );
-    object.insert(
-        "sender".into(),
-        CanonicalJsonValue::String(sender.to_string()),
-    );
-    object.insert(
-        "origin_server_ts".into(),
-        CanonicalJsonValue::Integer(now.try_into().map_err(Error::internal)?),
-    );
-    object.insert(
-        "depth".into(),
-        CanonicalJsonValue::Integer(depth.try_into().map_err(Error::internal)?),
-    );
+    object.insert("type".into(), string(builder.kind.to_string()));
+    object.insert("sender".into(), string(sender.to_string()));
+    let now = integer(util::now_millis()).map_err(Error::internal)?;
+    object.insert("origin_server_ts".into(), now);
+    let depth = integer(depth).map_err(Error::internal)?;
+    object.insert("depth".into(), depth);
     object.insert(
         "content".into(),
         CanonicalJsonValue::try_from(builder.content.clone())
             .map_err(|e| Error::bad_json(format!("content: {e}")))?,
     );
+    let is_create = builder.kind == TimelineEventType::RoomCreate;
     if !(is_create && rules.authorization.room_create_event_id_as_room_id) {
-        object.insert(
-            "room_id".into(),
-            CanonicalJsonValue::String(room_id.to_string()),
-        );
+        object.insert("room_id".into(), string(room_id.to_string()));
     }
     if let Some(state_key) = &builder.state_key {
-        object.insert(
-            "state_key".into(),
-            CanonicalJsonValue::String(state_key.clone()),
-        );
+        object.insert("state_key".into(), string(state_key.clone()));
     }
     if let Some(redacts) = &builder.redacts {
         if !rules.redaction.content_field_redacts {
-            object.insert(
-                "redacts".into(),
-                CanonicalJsonValue::String(redacts.to_string()),
-            );
+            object.insert("redacts".into(), string(redacts.to_string()));
         }
     }
-    object.insert(
-        "prev_events".into(),
-        event_references(services, &prev_events, rules)?,
-    );
-    object.insert(
-        "auth_events".into(),
-        event_references(services, &auth_events, rules)?,
-    );
     if rules.event_id_format == EventIdFormatVersion::V1 {
-        let event_id = format!(
-            "${}:{}",
-            util::random_string(18),
-            services.globals.server_name()
-        );
-        object.insert("event_id".into(), CanonicalJsonValue::String(event_id));
+        let server = services.globals.server_name();
+        let event_id = format!("${}:{server}", util::random_string(18));
+        object.insert("event_id".into(), string(event_id));
     }
-
-    Ok((object, state_before))
+    Ok(object)
 }
 
 /// Adds hashes and this server's signature to an event and computes its ID (the reference hash
@@ -394,32 +428,6 @@ pub fn build_and_sign(
         _ => crypto::reference_event_id(&signed, rules).map_err(Error::internal)?,
     };
     Ok((signed, event_id))
-}
-
-/// Runs the auth checks on a signed local event and commits it; the caller holds the room lock.
-fn commit_checked(
-    services: &Services,
-    rules: &RoomVersionRules,
-    room_id: &RoomId,
-    object: CanonicalJsonObject,
-    event_id: OwnedEventId,
-    state_before: Option<u64>,
-    transaction: Option<(&str, &str)>,
-) -> Result<()> {
-    let pdu = checked_pdu(services, rules, &object, &event_id, state_before)?;
-    commit(
-        services,
-        CommitInput {
-            room_id,
-            object,
-            pdu,
-            state_before,
-            transaction,
-            send_to: super::SendTo::RoomExcept(None),
-            current_state: None,
-        },
-    )?;
-    Ok(())
 }
 
 /// The event as a [`Pdu`], after the auth checks against the state it was built on.
