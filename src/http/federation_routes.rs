@@ -2,7 +2,7 @@
 
 use http::Method;
 
-use super::{route, Auth, Route};
+use super::{route, typed, Auth, Route};
 use crate::api::federation::{
     events, keys, membership as fed_membership, policy, query, space as fed_space,
     third_party_invite, transactions, user_keys,
@@ -156,19 +156,19 @@ pub fn all() -> Vec<Route> {
             Server,
             query::get_public_rooms,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/query/profile",
             Server,
             query::get_profile_information,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/query/directory",
             Server,
             query::get_room_information,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/query/{queryType}",
             Server,
@@ -192,31 +192,31 @@ pub fn all() -> Vec<Route> {
             Server,
             user_keys::get_devices,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/version",
             Open,
             keys::get_server_version,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/key/v2/server",
             Open,
             keys::get_server_keys,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/key/v2/query/{serverName}",
             Open,
             keys::get_remote_server_keys,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/key/v2/query",
             Open,
             keys::get_remote_server_keys_batch,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/openid/userinfo",
             Open,

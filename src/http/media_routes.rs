@@ -3,7 +3,7 @@
 
 use http::Method;
 
-use super::{raw_route, route, Auth, Route};
+use super::{raw_route, typed, Auth, Route};
 use crate::api::{client::media, federation::media as fed_media};
 
 /// Every media route.
@@ -16,7 +16,7 @@ pub fn all() -> Vec<Route> {
             Token,
             media::create_content,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/media/v1/create",
             Token,
@@ -46,29 +46,29 @@ pub fn all() -> Vec<Route> {
             Token,
             media::get_content_thumbnail,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v1/media/config",
             Token,
             media::get_media_config,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/media/v3/config",
             Token,
-            media::get_media_config,
+            media::get_media_config_v3,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v1/media/preview_url",
             Token,
             media::get_media_preview,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/media/v3/preview_url",
             Token,
-            media::get_media_preview,
+            media::get_media_preview_v3,
         ),
         // The deprecated unauthenticated downloads, also under `r0` (clients and federation
         // fallbacks from before spec v1.1 still use it); frozen unless the config opens them.

@@ -18,25 +18,25 @@ pub fn all() -> Vec<Route> {
     let mut routes = super::media_routes::all();
     routes.extend(super::federation_routes::all());
     routes.extend(vec![
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/versions",
             Open,
             discovery::get_supported_versions,
         ),
-        route(
+        typed(
             Method::GET,
             "/.well-known/matrix/client",
             Open,
             discovery::client_well_known,
         ),
-        route(
+        typed(
             Method::GET,
             "/.well-known/matrix/server",
             Open,
             discovery::server_well_known,
         ),
-        route(
+        typed(
             Method::GET,
             "/.well-known/matrix/policy_server",
             Open,
@@ -168,7 +168,7 @@ pub fn all() -> Vec<Route> {
             Token,
             profile::delete_profile_field,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/presence/{userId}/status",
             Token,
@@ -457,25 +457,25 @@ pub fn all() -> Vec<Route> {
             Token,
             push_rules::set_pushrule,
         ),
-        route(
+        typed(
             Method::DELETE,
             "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}",
             Token,
             push_rules::delete_pushrule,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled",
             Token,
             push_rules::is_pushrule_enabled,
         ),
-        route(
+        typed(
             Method::PUT,
             "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled",
             Token,
             push_rules::set_pushrule_enabled,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions",
             Token,
@@ -511,13 +511,13 @@ pub fn all() -> Vec<Route> {
             Token,
             receipt::create_receipt,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/rooms/{roomId}/read_markers",
             Token,
             receipt::set_read_marker,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/user_directory/search",
             Token,
