@@ -12,7 +12,7 @@ use crate::api::federation::{
 pub fn all() -> Vec<Route> {
     use Auth::{None as Open, Server};
     vec![
-        route(
+        typed(
             Method::POST,
             "/_matrix/policy/v1/sign",
             Server,

@@ -144,13 +144,13 @@ pub fn all() -> Vec<Route> {
             Token,
             device::delete_devices,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/profile/{userId}",
             Open,
             profile::get_profile,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/profile/{userId}/{keyName}",
             Open,
@@ -162,7 +162,7 @@ pub fn all() -> Vec<Route> {
             Token,
             profile::set_profile_field,
         ),
-        route(
+        typed(
             Method::DELETE,
             "/_matrix/client/v3/profile/{userId}/{keyName}",
             Token,
