@@ -121,6 +121,15 @@ impl Ctx {
             .expect("route requires server authentication")
     }
 
+    /// Fails with `M_FORBIDDEN` unless `user_id` is the authenticated user: `action` names what
+    /// only users themselves may do (`"set the presence of"`).
+    pub fn require_self(&self, user_id: &UserId, action: &str) -> Result<()> {
+        if user_id != self.user() {
+            return Err(Error::forbidden(format!("cannot {action} {user_id}")));
+        }
+        Ok(())
+    }
+
     /// Path parameter `index`.
     pub fn param(&self, index: usize) -> &str {
         self.params.get(index).map(String::as_str).unwrap_or("")

@@ -188,6 +188,30 @@ async fn typing_shows_in_sync_and_ends_by_itself() {
     assert_eq!(typing_users(&old, &room), Some(vec![]), "{old}");
 }
 
+/// Synapse's leniency, kept: `typing: true` without `timeout` types for the default 30 s
+/// (ruma's request type would refuse it, so the handler stays untyped).
+#[tokio::test]
+async fn typing_without_timeout_uses_the_default() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = shared_room(&server).await;
+    let since = next_batch(&bob.get_ok("/_matrix/client/v3/sync").await);
+    alice
+        .put_ok(
+            &typing_path(&room, "@alice:localhost"),
+            json!({ "typing": true }),
+        )
+        .await;
+    let typing = sync_until(&bob, &since, "alice typing", |response| {
+        typing_users(response, &room).is_some()
+    })
+    .await;
+    assert_eq!(
+        typing_users(&typing, &room),
+        Some(vec!["@alice:localhost".to_owned()]),
+        "{typing}"
+    );
+}
+
 #[tokio::test]
 async fn read_receipts_show_to_members_and_private_ones_to_their_owner() {
     let server = TestServer::start().await;

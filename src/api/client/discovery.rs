@@ -2,30 +2,61 @@
 
 use std::sync::Arc;
 
+use ruma::{
+    api::{
+        client::discovery::{
+            discover_homeserver::{self, HomeserverInfo},
+            discover_policy_server, get_supported_versions,
+        },
+        federation::discovery::discover_homeserver as discover_server,
+    },
+    serde::Base64,
+    OwnedServerName,
+};
 use serde_json::json;
 
 use crate::{
     api::{Ctx, HandlerResult},
-    error::Error,
+    error::{Error, Result},
     service::Services,
 };
 
+/// The spec versions this server implements.
+const VERSIONS: [&str; 13] = [
+    "r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10",
+    "v1.11", "v1.12",
+];
+
 /// `GET /_matrix/client/versions`
-pub async fn get_supported_versions(_services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
-    Ok(json!({
-        "versions": ["r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12"],
-        "unstable_features": {}
-    }))
+///
+/// No unstable features, so `unstable_features` is left out (ruma skips an empty map).
+pub async fn get_supported_versions(
+    _services: Arc<Services>,
+    _ctx: Ctx,
+    _request: get_supported_versions::Request,
+) -> Result<get_supported_versions::Response> {
+    Ok(get_supported_versions::Response::new(
+        VERSIONS
+            .iter()
+            .map(|version| (*version).to_owned())
+            .collect(),
+    ))
 }
 
 /// `GET /.well-known/matrix/client`
-pub async fn client_well_known(services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
+pub async fn client_well_known(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    _request: discover_homeserver::Request,
+) -> Result<discover_homeserver::Response> {
     let base_url = services
         .config
         .client_base_url
         .clone()
         .unwrap_or_else(|| format!("http://{}", services.config.listen));
-    Ok(json!({ "m.homeserver": { "base_url": base_url } }))
+    Ok(discover_homeserver::Response::new(HomeserverInfo::new(
+        base_url,
+    )))
 }
 
 /// `GET /.well-known/matrix/server`
@@ -34,28 +65,42 @@ pub async fn client_well_known(services: Arc<Services>, _ctx: Ctx) -> HandlerRes
 /// client API, so it answers on the client listener (where a reverse proxy for the server name's
 /// port 443 sends it) and on the federation listener alike; `404 M_NOT_FOUND` while unset, which
 /// tells other servers to connect to the server name itself.
-pub async fn server_well_known(services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
+pub async fn server_well_known(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    _request: discover_server::Request,
+) -> Result<discover_server::Response> {
     let delegated = services
         .config
         .well_known_server
         .as_deref()
         .ok_or_else(|| Error::not_found("this server does not delegate federation"))?;
-    Ok(json!({ "m.server": delegated }))
+    // `Config::validate` has checked it is a host name with an optional port.
+    let server = OwnedServerName::try_from(delegated).map_err(Error::internal)?;
+    Ok(discover_server::Response::new(server))
 }
 
 /// `GET /.well-known/matrix/policy_server`
 ///
 /// The public key of this server's policy-server role, for a room's `m.room.policy`; `404
 /// M_NOT_FOUND` while `policy_server_enabled` is off.
-pub async fn discover_policy_server(services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
+pub async fn discover_policy_server(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    _request: discover_policy_server::Request,
+) -> Result<discover_policy_server::Response> {
     let key = services
         .policy
         .public_key()
         .ok_or_else(|| Error::not_found("this server is not a policy server"))?;
-    Ok(json!({ "public_keys": { "ed25519": key } }))
+    let key = Base64::parse(key).map_err(Error::internal)?;
+    Ok(discover_policy_server::Response::new(key))
 }
 
 /// `GET /_matrix/client/v3/capabilities`
+///
+/// Untyped: ruma's `Capabilities` leaves out a capability at its default value
+/// (`m.change_password` enabled), and clients get every one today.
 pub async fn get_capabilities(services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
     let available: serde_json::Map<_, _> = (1..=12)
         .map(|version| (version.to_string(), json!("stable")))

@@ -14,15 +14,21 @@ use axum::{body::Body, response::Response};
 use futures_util::StreamExt;
 use http::{header, HeaderValue, StatusCode};
 use ruma::{
-    api::client::media::is_safe_inline_content_type,
+    api::client::{
+        authenticated_media::{get_media_config, get_media_preview},
+        media::{
+            create_mxc_uri, get_media_config as get_media_config_deprecated,
+            get_media_preview as get_media_preview_deprecated, is_safe_inline_content_type,
+        },
+    },
     http_headers::{ContentDisposition, ContentDispositionType},
-    OwnedServerName,
+    MilliSecondsSinceUnixEpoch, OwnedServerName, UInt,
 };
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 
 use crate::{
-    api::{json_response, Ctx, HandlerResult, RawResult},
+    api::{json_response, Ctx, RawResult},
     error::{Error, Result},
     service::{
         media::{files::Upload, preview, remote, thumbnail, MediaRecord},
@@ -58,9 +64,15 @@ pub async fn create_content(services: Arc<Services>, ctx: Ctx) -> RawResult {
 ///
 /// Reserves a media ID for a later upload; a user may hold ten unexpired reservations
 /// (`429 M_LIMIT_EXCEEDED` beyond that). Reservations expire after 24 hours.
-pub async fn create_mxc_uri(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+pub async fn create_mxc_uri(
+    services: Arc<Services>,
+    ctx: Ctx,
+    _request: create_mxc_uri::v1::Request,
+) -> Result<create_mxc_uri::v1::Response> {
     let (uri, expires) = services.media.reserve(ctx.user())?;
-    Ok(json!({ "content_uri": uri, "unused_expires_at": expires }))
+    let mut response = create_mxc_uri::v1::Response::new(uri);
+    response.unused_expires_at = Some(MilliSecondsSinceUnixEpoch(UInt::new_saturating(expires)));
+    Ok(response)
 }
 
 /// PUT /_matrix/media/v3/upload/{serverName}/{mediaId}
@@ -130,23 +142,65 @@ pub async fn get_content_thumbnail(services: Arc<Services>, ctx: Ctx) -> RawResu
 }
 
 /// GET /_matrix/client/v1/media/config
+pub async fn get_media_config(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    _request: get_media_config::v1::Request,
+) -> Result<get_media_config::v1::Response> {
+    Ok(get_media_config::v1::Response::new(upload_size(&services)))
+}
+
+/// GET /_matrix/media/v3/config
 ///
-/// Also serves the deprecated `GET /_matrix/media/v3/config`.
-pub async fn get_media_config(services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
-    Ok(json!({ "m.upload.size": services.media.max_upload_bytes() }))
+/// Deprecated, answered as [`get_media_config`] is.
+#[allow(deprecated)] // It serves the deprecated endpoint.
+pub async fn get_media_config_v3(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    _request: get_media_config_deprecated::v3::Request,
+) -> Result<get_media_config_deprecated::v3::Response> {
+    Ok(get_media_config_deprecated::v3::Response::new(upload_size(
+        &services,
+    )))
+}
+
+/// `m.upload.size`: `max_upload_bytes`.
+fn upload_size(services: &Services) -> UInt {
+    UInt::new_saturating(services.media.max_upload_bytes())
 }
 
 /// GET /_matrix/client/v1/media/preview_url
 ///
 /// Open Graph data of `url` (`og:image` stored as local media), when `url_preview_enabled`;
-/// otherwise, and for addresses in `url_preview_ip_denylist`, `403 M_FORBIDDEN`. Also serves
-/// the deprecated `GET /_matrix/media/v3/preview_url`. `ts` is accepted and not used: the
-/// newest preview (at most an hour old) is answered.
-pub async fn get_media_preview(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let url = ctx
-        .query("url")
-        .ok_or_else(|| Error::missing_param("missing url"))?;
-    preview::preview(&services.media, &services.config, url).await
+/// otherwise, and for addresses in `url_preview_ip_denylist`, `403 M_FORBIDDEN`. `ts` is
+/// accepted and not used: the newest preview (at most an hour old) is answered.
+pub async fn get_media_preview(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    request: get_media_preview::v1::Request,
+) -> Result<get_media_preview::v1::Response> {
+    let data = preview::preview(&services.media, &services.config, &request.url).await?;
+    Ok(get_media_preview::v1::Response::from_raw_value(raw(&data)?))
+}
+
+/// GET /_matrix/media/v3/preview_url
+///
+/// Deprecated, answered as [`get_media_preview`] is.
+#[allow(deprecated)] // It serves the deprecated endpoint.
+pub async fn get_media_preview_v3(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    request: get_media_preview_deprecated::v3::Request,
+) -> Result<get_media_preview_deprecated::v3::Response> {
+    let data = preview::preview(&services.media, &services.config, &request.url).await?;
+    Ok(get_media_preview_deprecated::v3::Response::from_raw_value(
+        raw(&data)?,
+    ))
+}
+
+/// A preview as the raw JSON both preview responses carry.
+fn raw(data: &serde_json::Value) -> Result<Box<serde_json::value::RawValue>> {
+    serde_json::value::to_raw_value(data).map_err(Error::internal)
 }
 
 /// GET /_matrix/media/v3/download/{serverName}/{mediaId}

@@ -1,11 +1,15 @@
 //! Presence: a user's own state and status message, and other users' presence.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use ruma::{api::client::presence::set_presence, RoomId};
+use ruma::{
+    api::client::presence::{get_presence, set_presence},
+    presence::PresenceState,
+    RoomId,
+};
 
 use crate::{
-    api::{Ctx, HandlerResult},
+    api::Ctx,
     error::{Error, Result},
     service::{
         presence::{self, State, MAX_STATUS_MSG_BYTES},
@@ -24,12 +28,7 @@ pub async fn set_presence(
     ctx: Ctx,
     request: set_presence::v3::Request,
 ) -> Result<set_presence::v3::Response> {
-    if request.user_id != ctx.user() {
-        return Err(Error::forbidden(format!(
-            "cannot set the presence of {}",
-            request.user_id
-        )));
-    }
+    ctx.require_self(&request.user_id, "set the presence of")?;
     let state = State::parse(request.presence.as_str()).ok_or_else(|| {
         Error::bad_json("presence must be one of online, unavailable and offline")
     })?;
@@ -59,8 +58,12 @@ pub async fn set_presence(
 /// (`M_FORBIDDEN` otherwise, as the spec's security considerations publish presence to room
 /// members only). `M_NOT_FOUND` for a local user who does not exist and a remote user this
 /// server has never seen in a room. A user without stored presence is `offline`.
-pub async fn get_presence(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let user_id = ctx.user_param(0)?;
+pub async fn get_presence(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_presence::v3::Request,
+) -> Result<get_presence::v3::Response> {
+    let user_id = request.user_id;
     let requester = ctx.user();
     if user_id != requester {
         let known = if services.presence.is_local(&user_id) {
@@ -80,7 +83,11 @@ pub async fn get_presence(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         }
     }
     let entry = services.presence.get(&user_id)?.unwrap_or_default();
-    Ok(services
-        .presence
-        .content(&user_id, &entry, util::now_millis()))
+    let now = util::now_millis();
+    let mut response = get_presence::v3::Response::new(PresenceState::from(entry.state.as_str()));
+    response.currently_active = Some(services.presence.currently_active(&user_id, &entry, now));
+    response.last_active_ago = (entry.last_active != 0)
+        .then(|| Duration::from_millis(now.saturating_sub(entry.last_active)));
+    response.status_msg = entry.status_msg;
+    Ok(response)
 }

@@ -2,12 +2,16 @@
 
 use std::sync::Arc;
 
-use ruma::events::room::member::MembershipState;
+use ruma::{
+    api::client::profile::{delete_profile_field, get_profile, get_profile_field},
+    events::room::member::MembershipState,
+    profile::ProfileFieldValue,
+};
 use serde_json::{json, Value};
 
 use crate::{
     api::{Ctx, HandlerResult},
-    error::Error,
+    error::{Error, Result},
     service::{
         rooms::timeline::{create_and_commit, PduBuilder},
         Services,
@@ -17,16 +21,22 @@ use crate::{
 /// `GET /_matrix/client/v3/profile/{userId}`
 ///
 /// A user of another server is asked for through that server's `/query/profile`.
-pub async fn get_profile(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let user_id = ctx.user_param(0)?;
-    Ok(Value::Object(profile_of(&services, &user_id).await?))
+pub async fn get_profile(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    request: get_profile::v3::Request,
+) -> Result<get_profile::v3::Response> {
+    Ok(profile_of(&services, &request.user_id)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 /// The profile of a local user, or of a remote one over federation.
 async fn profile_of(
     services: &Services,
     user_id: &ruma::UserId,
-) -> Result<serde_json::Map<String, Value>, Error> {
+) -> Result<serde_json::Map<String, Value>> {
     if user_id.server_name() != services.globals.server_name() {
         let path = format!(
             "/_matrix/federation/v1/query/profile?user_id={}",
@@ -48,25 +58,27 @@ async fn profile_of(
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}/{keyName}`
-pub async fn get_profile_field(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let user_id = ctx.user_param(0)?;
-    let profile = profile_of(&services, &user_id).await?;
-    let field = ctx.param(1);
+pub async fn get_profile_field(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    request: get_profile_field::v3::Request,
+) -> Result<get_profile_field::v3::Response> {
+    let (user_id, field) = (request.user_id, request.field);
+    let mut profile = profile_of(&services, &user_id).await?;
     let value = profile
-        .get(field)
-        .cloned()
+        .remove(field.as_str())
         .ok_or_else(|| Error::not_found(format!("{user_id} has no {field}")))?;
-    Ok(json!({ field: value }))
+    let value = ProfileFieldValue::new(field.as_str(), value).map_err(Error::internal)?;
+    Ok(get_profile_field::v3::Response::new(value))
 }
 
 /// `PUT /_matrix/client/v3/profile/{userId}/{keyName}`
 ///
 /// `displayname` and `avatar_url` changes become new member events in every joined room.
+/// Untyped: a `null` value clears the field here, ruma's request refuses it for known fields.
 pub async fn set_profile_field(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let user_id = ctx.user_param(0)?;
-    if user_id != ctx.user() {
-        return Err(Error::forbidden("cannot change another user's profile"));
-    }
+    ctx.require_self(&user_id, "change the profile of")?;
     let field = ctx.param(1).to_owned();
     if field.len() > 255 {
         return Err(Error::bad_json("profile field name too long"));
@@ -91,21 +103,23 @@ pub async fn set_profile_field(services: Arc<Services>, ctx: Ctx) -> HandlerResu
 }
 
 /// `DELETE /_matrix/client/v3/profile/{userId}/{keyName}`
-pub async fn delete_profile_field(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let user_id = ctx.user_param(0)?;
-    if user_id != ctx.user() {
-        return Err(Error::forbidden("cannot change another user's profile"));
-    }
+pub async fn delete_profile_field(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: delete_profile_field::v3::Request,
+) -> Result<delete_profile_field::v3::Response> {
+    let (user_id, field) = (request.user_id, request.field);
+    ctx.require_self(&user_id, "change the profile of")?;
     services
         .users
-        .set_profile_field(&user_id, ctx.param(1), None)?;
-    if ctx.param(1) == "displayname" || ctx.param(1) == "avatar_url" {
+        .set_profile_field(&user_id, field.as_str(), None)?;
+    if field.as_str() == "displayname" || field.as_str() == "avatar_url" {
         propagate(&services, &user_id).await?;
     }
-    Ok(json!({}))
+    Ok(delete_profile_field::v3::Response::new())
 }
 
-async fn propagate(services: &Services, user_id: &ruma::UserId) -> crate::error::Result<()> {
+async fn propagate(services: &Services, user_id: &ruma::UserId) -> Result<()> {
     let profile = services.users.get_profile(user_id)?.unwrap_or_default();
     for membership in services.rooms.members.iter_rooms(user_id)? {
         if membership.membership != MembershipState::Join {

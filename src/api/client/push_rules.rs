@@ -3,9 +3,12 @@
 use std::sync::Arc;
 
 use ruma::{
+    api::client::push::{
+        delete_pushrule, get_pushrule_actions, get_pushrule_enabled, set_pushrule_enabled,
+    },
     push::{
-        Action, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule, NewPushRule,
-        NewSimplePushRule, PushCondition, RemovePushRuleError, RuleKind, Ruleset,
+        Action, AnyPushRuleRef, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule,
+        NewPushRule, NewSimplePushRule, PushCondition, RemovePushRuleError, RuleKind, Ruleset,
     },
     OwnedRoomId, OwnedUserId,
 };
@@ -25,6 +28,7 @@ const MAX_RULES_PER_KIND: usize = 500;
 /// `GET /_matrix/client/v3/pushrules/`
 ///
 /// The whole rule set under `global`, every kind present.
+/// Untyped: ruma's `Ruleset` leaves out a kind without rules, clients get every kind today.
 pub async fn get_pushrules_all(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let ruleset = services.push.get_rules(&services, ctx.user())?;
     rules::to_account_data(&ruleset)
@@ -33,6 +37,7 @@ pub async fn get_pushrules_all(services: Arc<Services>, ctx: Ctx) -> HandlerResu
 /// `GET /_matrix/client/v3/pushrules/global/`
 ///
 /// The `global` rule set.
+/// Untyped, for the same reason as [`get_pushrules_all`].
 pub async fn get_pushrules_global_scope(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let ruleset = services.push.get_rules(&services, ctx.user())?;
     Ok(rules::to_account_data(&ruleset)?["global"].take())
@@ -86,6 +91,7 @@ pub async fn get_pushrule(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 /// a missing or malformed `actions`, `conditions` or `pattern` is `400 M_BAD_JSON`; a
 /// `before`/`after` rule that does not exist is `400 M_UNKNOWN` (the spec's example); a rule set
 /// that would grow past 256 KiB is `413 M_TOO_LARGE`.
+/// Untyped: ruma takes an unknown action as a custom one, where the errors above need the JSON.
 pub async fn set_pushrule(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let (kind_name, rule_id) = (ctx.param(0), ctx.param(1).to_owned());
     let kind = parse_kind(kind_name)
@@ -200,60 +206,91 @@ fn parse_actions(actions: Option<&Value>) -> Result<Vec<Action>> {
 /// `DELETE /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
 ///
 /// Removes a user-defined rule; a server-default rule is `400 M_INVALID_PARAM`, an unknown one
-/// `404 M_NOT_FOUND`.
-pub async fn delete_pushrule(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let (kind_name, rule_id) = (ctx.param(0), ctx.param(1));
-    let kind = parse_kind(kind_name).ok_or_else(|| not_found(kind_name, rule_id))?;
+/// (or an unknown kind) `404 M_NOT_FOUND`.
+pub async fn delete_pushrule(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: delete_pushrule::v3::Request,
+) -> Result<delete_pushrule::v3::Response> {
+    let (kind, rule_id) = (request.kind, request.rule_id);
     services
         .push
         .update_rules(&services, ctx.user(), |ruleset| {
-            ruleset.remove(kind, rule_id).map_err(|error| match error {
-                RemovePushRuleError::ServerDefault => {
-                    Error::invalid_param(format!("{rule_id} is a server-default rule"))
-                }
-                _ => not_found(kind_name, rule_id),
-            })
+            ruleset
+                .remove(kind.clone(), &rule_id)
+                .map_err(|error| match error {
+                    RemovePushRuleError::ServerDefault => {
+                        Error::invalid_param(format!("{rule_id} is a server-default rule"))
+                    }
+                    _ => not_found(kind.as_str(), &rule_id),
+                })
         })?;
-    Ok(json!({}))
+    Ok(delete_pushrule::v3::Response::new())
+}
+
+/// What `read` takes from one of the user's rules; an unknown rule or kind is `404 M_NOT_FOUND`.
+fn with_rule<T>(
+    services: &Services,
+    ctx: &Ctx,
+    kind: RuleKind,
+    rule_id: &str,
+    read: impl FnOnce(AnyPushRuleRef<'_>) -> T,
+) -> Result<T> {
+    let ruleset = services.push.get_rules(services, ctx.user())?;
+    let rule = ruleset
+        .get(kind.clone(), rule_id)
+        .ok_or_else(|| not_found(kind.as_str(), rule_id))?;
+    Ok(read(rule))
 }
 
 /// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled`
-pub async fn is_pushrule_enabled(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let rule = get_pushrule(services, ctx).await?;
-    Ok(json!({ "enabled": rule["enabled"] }))
+pub async fn is_pushrule_enabled(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_pushrule_enabled::v3::Request,
+) -> Result<get_pushrule_enabled::v3::Response> {
+    let enabled = with_rule(&services, &ctx, request.kind, &request.rule_id, |rule| {
+        rule.enabled()
+    })?;
+    Ok(get_pushrule_enabled::v3::Response::new(enabled))
 }
 
 /// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled`
 ///
 /// `enabled` must be a boolean (`400 M_BAD_JSON`); an unknown rule is `404 M_NOT_FOUND`.
-pub async fn set_pushrule_enabled(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let (kind_name, rule_id) = (ctx.param(0), ctx.param(1));
-    let kind = parse_kind(kind_name).ok_or_else(|| not_found(kind_name, rule_id))?;
-    let enabled = ctx
-        .body
-        .get("enabled")
-        .and_then(Value::as_bool)
-        .ok_or_else(|| Error::bad_json("enabled must be a boolean"))?;
+pub async fn set_pushrule_enabled(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: set_pushrule_enabled::v3::Request,
+) -> Result<set_pushrule_enabled::v3::Response> {
+    let (kind, rule_id) = (request.kind, request.rule_id);
     services
         .push
         .update_rules(&services, ctx.user(), |ruleset| {
             ruleset
-                .set_enabled(kind, rule_id, enabled)
-                .map_err(|_| not_found(kind_name, rule_id))
+                .set_enabled(kind.clone(), &rule_id, request.enabled)
+                .map_err(|_| not_found(kind.as_str(), &rule_id))
         })?;
-    Ok(json!({}))
+    Ok(set_pushrule_enabled::v3::Response::new())
 }
 
 /// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions`
-pub async fn get_pushrule_actions(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let rule = get_pushrule(services, ctx).await?;
-    Ok(json!({ "actions": rule["actions"] }))
+pub async fn get_pushrule_actions(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_pushrule_actions::v3::Request,
+) -> Result<get_pushrule_actions::v3::Response> {
+    let actions = with_rule(&services, &ctx, request.kind, &request.rule_id, |rule| {
+        rule.actions().to_vec()
+    })?;
+    Ok(get_pushrule_actions::v3::Response::new(actions))
 }
 
 /// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions`
 ///
 /// Server-default rules too; bad actions are `400 M_BAD_JSON` (`M_INVALID_PARAM` for an
 /// unknown action name); an unknown rule is `404 M_NOT_FOUND`.
+/// Untyped, for the actions' errors as [`set_pushrule`].
 pub async fn set_pushrule_actions(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let (kind_name, rule_id) = (ctx.param(0), ctx.param(1));
     let kind = parse_kind(kind_name).ok_or_else(|| not_found(kind_name, rule_id))?;

@@ -45,6 +45,7 @@ fn string_field<'a>(body: &'a Value, name: &str) -> Result<&'a str> {
 /// the server sends no email. Missing or mistyped fields are `400 M_BAD_JSON`. A pusher belongs
 /// to the device whose session set it and is removed with that device (logout, deletion, a
 /// password change that logs out other devices), as Synapse does.
+/// Untyped: ruma refuses an `http` pusher without `data.url` as `M_BAD_JSON`, not `M_INVALID_PARAM`.
 pub async fn set_pusher(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let body = &ctx.body;
     let app_id = string_field(body, "app_id")?;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ruma::{OwnedEventId, RoomId, UserId};
+use ruma::{api::client::read_marker::set_read_marker, OwnedEventId, RoomId, UserId};
 use serde_json::{json, Value};
 
 use super::require_joined;
@@ -24,6 +24,7 @@ use crate::{
 /// ID), and `m.fully_read`, which sets the read marker like `/read_markers`. An unknown type or a
 /// bad `thread_id` is `400 M_INVALID_PARAM`; an event the user cannot see in the room is
 /// `404 M_NOT_FOUND`. Deviation: a `thread_id` is not checked against the event's relations.
+/// Untyped: ruma refuses a bad `thread_id` as `M_BAD_JSON`, tests expect `M_INVALID_PARAM`.
 pub async fn create_receipt(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     let receipt_type = ctx.param(1);
@@ -70,29 +71,31 @@ pub async fn create_receipt(services: Arc<Services>, ctx: Ctx) -> HandlerResult 
 /// `POST /_matrix/client/v3/rooms/{roomId}/read_markers`
 ///
 /// Sets any of `m.fully_read` (room account data of that type), `m.read` and `m.read.private`
-/// (unthreaded receipts). Every named event is checked before anything is written.
-pub async fn set_read_marker(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
-    let field = |name: &str| -> Result<Option<OwnedEventId>> {
-        match ctx.body.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(event_id)) => event_id_param(event_id).map(Some),
-            Some(_) => Err(Error::bad_json(format!("{name} must be an event ID"))),
-        }
-    };
-    let fully_read = field("m.fully_read")?;
-    let read = field("m.read")?;
-    let read_private = field("m.read.private")?;
+/// (unthreaded receipts). Every named event is checked before anything is written; a value that
+/// is not an event ID is `400 M_BAD_JSON`.
+pub async fn set_read_marker(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: set_read_marker::v3::Request,
+) -> Result<set_read_marker::v3::Response> {
+    let room_id = request.room_id;
     require_joined(&services, &room_id, ctx.user())?;
-    for event_id in [&fully_read, &read, &read_private].into_iter().flatten() {
+    for event_id in [
+        &request.fully_read,
+        &request.read_receipt,
+        &request.private_read_receipt,
+    ]
+    .into_iter()
+    .flatten()
+    {
         require_visible(&services, &room_id, ctx.user(), event_id)?;
     }
-    if let Some(event_id) = &fully_read {
+    if let Some(event_id) = &request.fully_read {
         set_fully_read(&services, &room_id, ctx.user(), event_id)?;
     }
     for (kind, event_id) in [
-        (ReceiptType::Read, read),
-        (ReceiptType::ReadPrivate, read_private),
+        (ReceiptType::Read, request.read_receipt),
+        (ReceiptType::ReadPrivate, request.private_read_receipt),
     ] {
         if let Some(event_id) = event_id {
             let receipt = Receipt {
@@ -105,7 +108,7 @@ pub async fn set_read_marker(services: Arc<Services>, ctx: Ctx) -> HandlerResult
             receipts::set_receipt(&services, &room_id, &receipt)?;
         }
     }
-    Ok(json!({}))
+    Ok(set_read_marker::v3::Response::new())
 }
 
 fn event_id_param(text: &str) -> Result<OwnedEventId> {

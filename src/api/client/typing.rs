@@ -16,14 +16,11 @@ use crate::{
 /// Only for the user themselves, in a room they are joined to. `timeout` is capped at
 /// `typing::MAX_TIMEOUT` (60 s) and defaults to 30 s when a client omits it; the typing ends by
 /// itself when it runs out.
+/// Untyped: ruma's request needs `timeout` with `typing: true`, which Synapse and we default.
 pub async fn create_typing_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     let user_id = ctx.user_param(1)?;
-    if user_id != ctx.user() {
-        return Err(Error::forbidden(format!(
-            "cannot set the typing state of {user_id}"
-        )));
-    }
+    ctx.require_self(&user_id, "set the typing state of")?;
     let typing = ctx
         .body
         .get("typing")

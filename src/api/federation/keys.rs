@@ -2,11 +2,18 @@
 
 use std::sync::Arc;
 
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, ServerName};
-use serde_json::{json, Value};
+use ruma::{
+    api::federation::discovery::{
+        get_remote_server_keys, get_remote_server_keys_batch, get_server_keys, get_server_version,
+        ServerSigningKeys,
+    },
+    serde::Raw,
+    CanonicalJsonObject, CanonicalJsonValue, ServerName,
+};
+use serde_json::Value;
 
 use crate::{
-    api::{Ctx, HandlerResult},
+    api::Ctx,
     crypto,
     error::{Error, Result},
     service::Services,
@@ -17,67 +24,88 @@ use crate::{
 const MAX_QUERY_SERVERS: usize = 100;
 
 /// `GET /_matrix/federation/v1/version`
-pub async fn get_server_version(_services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
-    Ok(json!({ "server": { "name": "Plait", "version": env!("CARGO_PKG_VERSION") } }))
+pub async fn get_server_version(
+    _services: Arc<Services>,
+    _ctx: Ctx,
+    _request: get_server_version::v1::Request,
+) -> Result<get_server_version::v1::Response> {
+    let mut server = get_server_version::v1::Server::new();
+    server.name = Some("Plait".to_owned());
+    server.version = Some(env!("CARGO_PKG_VERSION").to_owned());
+    let mut response = get_server_version::v1::Response::new();
+    response.server = Some(server);
+    Ok(response)
 }
 
 /// `GET /_matrix/key/v2/server`
 ///
 /// The signed document of this server's verify keys. It has no old keys yet: the key is never
 /// rotated.
-pub async fn get_server_keys(services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
-    services.server_keys.own_document(&services.globals)
+pub async fn get_server_keys(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    _request: get_server_keys::v2::Request,
+) -> Result<get_server_keys::v2::Response> {
+    let document = services.server_keys.own_document(&services.globals)?;
+    Ok(get_server_keys::v2::Response::new(raw_document(&document)?))
 }
 
 /// `GET /_matrix/key/v2/query/{serverName}`
 ///
 /// Notary: another server's keys as this server last verified them (fetched now when the cache
 /// has none valid at `minimum_valid_until_ts`), countersigned by this server.
-pub async fn get_remote_server_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let server = OwnedServerName::try_from(ctx.param(0))
-        .map_err(|_| Error::invalid_param(format!("invalid server name {}", ctx.param(0))))?;
-    let minimum = ctx
-        .query("minimum_valid_until_ts")
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0);
-    let documents = notarise(&services, &server, minimum).await?;
-    Ok(json!({ "server_keys": documents }))
+pub async fn get_remote_server_keys(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    request: get_remote_server_keys::v2::Request,
+) -> Result<get_remote_server_keys::v2::Response> {
+    let minimum = request.minimum_valid_until_ts.get().into();
+    let documents = notarise(&services, &request.server_name, minimum).await?;
+    Ok(get_remote_server_keys::v2::Response::new(documents))
 }
 
 /// `POST /_matrix/key/v2/query`
 ///
-/// Notary for several servers at once; the per-key `minimum_valid_until_ts` is honoured per server.
-pub async fn get_remote_server_keys_batch(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let Some(servers) = ctx.body.get("server_keys").and_then(Value::as_object) else {
-        return Err(Error::bad_json("server_keys must be an object"));
-    };
-    if servers.len() > MAX_QUERY_SERVERS {
+/// Notary for several servers at once; the per-key `minimum_valid_until_ts` is honoured per
+/// server. A server name or key ID that is not valid makes the body `400 M_BAD_JSON`.
+pub async fn get_remote_server_keys_batch(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    request: get_remote_server_keys_batch::v2::Request,
+) -> Result<get_remote_server_keys_batch::v2::Response> {
+    if request.server_keys.len() > MAX_QUERY_SERVERS {
         return Err(Error::bad_json(format!(
             "at most {MAX_QUERY_SERVERS} servers per query"
         )));
     }
     let mut documents = Vec::new();
-    for (name, keys) in servers {
-        let Ok(server) = OwnedServerName::try_from(name.as_str()) else {
-            continue;
-        };
+    for (server, keys) in &request.server_keys {
         let minimum = keys
-            .as_object()
-            .into_iter()
-            .flat_map(|keys| keys.values())
-            .filter_map(|criteria| criteria["minimum_valid_until_ts"].as_u64())
+            .values()
+            .filter_map(|criteria| criteria.minimum_valid_until_ts)
+            .map(|ts| u64::from(ts.get()))
             .max()
             .unwrap_or(0);
-        documents.extend(notarise(&services, &server, minimum).await?);
+        documents.extend(notarise(&services, server, minimum).await?);
     }
-    Ok(json!({ "server_keys": documents }))
+    Ok(get_remote_server_keys_batch::v2::Response::new(documents))
 }
 
-async fn notarise(services: &Services, server: &ServerName, minimum: u64) -> Result<Vec<Value>> {
+/// A key document as the raw JSON it was signed as.
+fn raw_document(document: &Value) -> Result<Raw<ServerSigningKeys>> {
+    Raw::new(document)
+        .map(Raw::cast_unchecked)
+        .map_err(Error::internal)
+}
+
+async fn notarise(
+    services: &Services,
+    server: &ServerName,
+    minimum: u64,
+) -> Result<Vec<Raw<ServerSigningKeys>>> {
     if server == services.globals.server_name() {
-        return Ok(vec![services
-            .server_keys
-            .own_document(&services.globals)?]);
+        let document = services.server_keys.own_document(&services.globals)?;
+        return Ok(vec![raw_document(&document)?]);
     }
     let at = minimum.max(util::now_millis());
     let keys = services
@@ -104,8 +132,7 @@ async fn notarise(services: &Services, server: &ServerName, minimum: u64) -> Res
         &mut object,
     )
     .map_err(Error::internal)?;
-    Ok(vec![serde_json::to_value(CanonicalJsonObject::from(
-        object,
-    ))
-    .map_err(Error::internal)?])
+    let document =
+        serde_json::to_value(CanonicalJsonObject::from(object)).map_err(Error::internal)?;
+    Ok(vec![raw_document(&document)?])
 }

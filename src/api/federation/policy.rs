@@ -3,11 +3,12 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
+use ruma::api::federation::policy::sign_event;
+use serde_json::Value;
 
 use crate::{
-    api::{Ctx, HandlerResult},
-    error::Error,
+    api::Ctx,
+    error::{Error, Result},
     service::{policy, Services},
 };
 
@@ -19,13 +20,16 @@ use crate::{
 /// server is not the policy server of, `400 M_BAD_JSON` for a malformed PDU, `413 M_TOO_LARGE`
 /// over 65536 bytes, `403 M_FORBIDDEN` for a server the room's ACL denies and `400 M_FORBIDDEN`
 /// when the policy refuses the event.
-pub async fn sign_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let origin = ctx
-        .origin
-        .clone()
-        .ok_or_else(|| Error::internal("federation route without origin"))?;
-    let signature = policy::sign_as_policy_server(&services, Some(&origin), &ctx.body)?;
-    Ok(json!({
-        services.globals.server_name().as_str(): { policy::KEY_ID: signature }
-    }))
+pub async fn sign_event(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: sign_event::v1::Request,
+) -> Result<sign_event::v1::Response> {
+    let pdu: Value = serde_json::from_str(request.pdu.get())
+        .map_err(|error| Error::bad_json(format!("invalid PDU: {error}")))?;
+    let signature = policy::sign_as_policy_server(&services, Some(ctx.origin()), &pdu)?;
+    Ok(sign_event::v1::Response::new(
+        services.globals.server_name().to_owned(),
+        signature,
+    ))
 }

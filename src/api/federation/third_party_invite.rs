@@ -17,6 +17,7 @@ use crate::{
 /// sent the room's `m.room.third_party_invite` with the `signed` token; the signature is
 /// verified against that event's public keys and the key's validity URL is asked before the
 /// invite is signed here and sent (through `/v2/invite` to the asking server).
+/// Untyped: the service checks residency and the ACL before the invite's shape, on the JSON as sent.
 pub async fn exchange_third_party_invite(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     third_party::exchange(&services, ctx.origin(), &room_id, &ctx.body).await?;

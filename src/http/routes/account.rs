@@ -13,25 +13,25 @@ use Auth::{None as Open, Required as Token};
 /// Server discovery: supported versions, `.well-known` files and capabilities.
 pub(super) fn discovery() -> Vec<Route> {
     vec![
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/versions",
             Open,
             discovery::get_supported_versions,
         ),
-        route(
+        typed(
             Method::GET,
             "/.well-known/matrix/client",
             Open,
             discovery::client_well_known,
         ),
-        route(
+        typed(
             Method::GET,
             "/.well-known/matrix/server",
             Open,
             discovery::server_well_known,
         ),
-        route(
+        typed(
             Method::GET,
             "/.well-known/matrix/policy_server",
             Open,
@@ -157,13 +157,13 @@ pub(super) fn devices() -> Vec<Route> {
 /// Profiles, presence and the user directory.
 pub(super) fn profiles_and_presence() -> Vec<Route> {
     vec![
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/profile/{userId}",
             Open,
             profile::get_profile,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/profile/{userId}/{keyName}",
             Open,
@@ -175,13 +175,13 @@ pub(super) fn profiles_and_presence() -> Vec<Route> {
             Token,
             profile::set_profile_field,
         ),
-        route(
+        typed(
             Method::DELETE,
             "/_matrix/client/v3/profile/{userId}/{keyName}",
             Token,
             profile::delete_profile_field,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/presence/{userId}/status",
             Token,
@@ -193,7 +193,7 @@ pub(super) fn profiles_and_presence() -> Vec<Route> {
             Token,
             presence::set_presence,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/user_directory/search",
             Token,

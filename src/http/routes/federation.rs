@@ -6,7 +6,7 @@ use crate::api::federation::{
     events, keys, membership as fed_membership, policy, query, space as fed_space,
     third_party_invite, transactions, user_keys,
 };
-use crate::http::{route, Auth, Route};
+use crate::http::{route, typed, Auth, Route};
 use Auth::{None as Open, Server};
 
 /// Transactions, and the events and state other servers fetch from the room DAG.
@@ -157,25 +157,25 @@ pub(super) fn queries() -> Vec<Route> {
             Server,
             query::get_public_rooms,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/query/profile",
             Server,
             query::get_profile_information,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/query/directory",
             Server,
             query::get_room_information,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/query/{queryType}",
             Server,
             query::query_info,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/openid/userinfo",
             Open,
@@ -187,7 +187,7 @@ pub(super) fn queries() -> Vec<Route> {
             Open,
             third_party_invite::on_bind_third_party_identifier,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/policy/v1/sign",
             Server,
@@ -217,25 +217,25 @@ pub(super) fn keys() -> Vec<Route> {
             Server,
             user_keys::get_devices,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/version",
             Open,
             keys::get_server_version,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/key/v2/server",
             Open,
             keys::get_server_keys,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/key/v2/query/{serverName}",
             Open,
             keys::get_remote_server_keys,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/key/v2/query",
             Open,

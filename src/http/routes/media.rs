@@ -4,7 +4,7 @@
 use http::Method;
 
 use crate::api::{client::media, federation::media as fed_media};
-use crate::http::{raw_route, route, Auth, Route};
+use crate::http::{raw_route, typed, Auth, Route};
 use Auth::{None as Open, Required as Token, Server};
 
 /// Uploads, authenticated downloads and thumbnails, the media config and URL previews.
@@ -16,7 +16,7 @@ pub(super) fn client() -> Vec<Route> {
             Token,
             media::create_content,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/media/v1/create",
             Token,
@@ -46,29 +46,29 @@ pub(super) fn client() -> Vec<Route> {
             Token,
             media::get_content_thumbnail,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v1/media/config",
             Token,
             media::get_media_config,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/media/v3/config",
             Token,
-            media::get_media_config,
+            media::get_media_config_v3,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v1/media/preview_url",
             Token,
             media::get_media_preview,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/media/v3/preview_url",
             Token,
-            media::get_media_preview,
+            media::get_media_preview_v3,
         ),
     ]
 }

@@ -4,7 +4,7 @@
 use http::Method;
 
 use crate::api::client::{account_data, push_rules, pushers, receipt, sync, tags, typing};
-use crate::http::{route, Auth, Route};
+use crate::http::{route, typed, Auth, Route};
 use Auth::Required as Token;
 
 /// `/sync`, typing notifications, receipts and read markers.
@@ -29,7 +29,7 @@ pub(super) fn sync_and_ephemeral() -> Vec<Route> {
             Token,
             receipt::create_receipt,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/rooms/{roomId}/read_markers",
             Token,
@@ -65,25 +65,25 @@ pub(super) fn push_rules() -> Vec<Route> {
             Token,
             push_rules::set_pushrule,
         ),
-        route(
+        typed(
             Method::DELETE,
             "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}",
             Token,
             push_rules::delete_pushrule,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled",
             Token,
             push_rules::is_pushrule_enabled,
         ),
-        route(
+        typed(
             Method::PUT,
             "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/enabled",
             Token,
             push_rules::set_pushrule_enabled,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}/actions",
             Token,

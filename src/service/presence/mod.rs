@@ -204,7 +204,7 @@ impl Presence {
         Ok(users)
     }
 
-    /// The content of an `m.presence` event (and of `GET /presence/{userId}/status`).
+    /// The content of an `m.presence` event.
     pub fn content(&self, user: &UserId, entry: &Entry, now: u64) -> Value {
         let mut content = json!({
             "presence": entry.state.as_str(),
@@ -236,7 +236,7 @@ impl Presence {
     /// A local user is currently active while online and seen within the offline timeout: the
     /// spec lets clients trust this flag until an update says otherwise, and the timeout is when
     /// this server sends that update.
-    fn currently_active(&self, user: &UserId, entry: &Entry, now: u64) -> bool {
+    pub fn currently_active(&self, user: &UserId, entry: &Entry, now: u64) -> bool {
         entry.state == State::Online
             && if self.is_local(user) {
                 now.saturating_sub(entry.last_active) < self.offline_timeout_ms
