@@ -54,13 +54,13 @@ pub fn all() -> Vec<Route> {
             Open,
             account::register,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/register/available",
             Open,
             account::get_username_availability,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/login",
             Open,
@@ -72,73 +72,73 @@ pub fn all() -> Vec<Route> {
             Open,
             account::login,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/refresh",
             Open,
             account::refresh,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/logout",
             Token,
             account::logout,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/logout/all",
             Token,
             account::logout_all,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/user/{userId}/openid/request_token",
             Token,
             account::request_openid_token,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/account/whoami",
             Token,
             account::whoami,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/account/password",
             Token,
             account::change_password,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/account/deactivate",
             Token,
             account::deactivate,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/devices",
             Token,
             device::get_devices,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/devices/{deviceId}",
             Token,
             device::get_device,
         ),
-        route(
+        typed(
             Method::PUT,
             "/_matrix/client/v3/devices/{deviceId}",
             Token,
             device::update_device,
         ),
-        route(
+        typed(
             Method::DELETE,
             "/_matrix/client/v3/devices/{deviceId}",
             Token,
             device::delete_device,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/delete_devices",
             Token,

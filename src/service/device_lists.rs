@@ -2,6 +2,7 @@
 //! `device_lists`, one-time key counts), and announcing a user's key changes to the users and
 //! servers that share a room with them.
 
+pub mod edus;
 pub mod membership;
 pub mod remote;
 
@@ -331,13 +332,39 @@ pub fn announce_devices_in_batch(
     Ok(destinations)
 }
 
+/// Records in `batch` (stream position `count`) a local device's new identity keys, announced
+/// with the device's display name; returns the servers for [`after_change`].
+pub fn announce_device_keys_in_batch(
+    services: &Services,
+    batch: &mut Batch,
+    count: u64,
+    user_id: &UserId,
+    device_id: &str,
+    keys: Value,
+) -> Result<Vec<OwnedServerName>> {
+    let state = DeviceState {
+        display_name: services
+            .users
+            .get_device(user_id, device_id)?
+            .and_then(|device| device.display_name),
+        keys: Some(keys),
+    };
+    announce_devices_in_batch(
+        services,
+        batch,
+        count,
+        user_id,
+        &[(device_id.to_owned(), Some(state))],
+    )
+}
+
 /// Announces a new device or a device's new display name (after the change is stored).
 pub fn announce_device(services: &Services, user_id: &UserId, device_id: &str) -> Result<()> {
     let state = get_device_state(services, user_id, device_id)?;
     let mut destinations = Vec::new();
     services
         .globals
-        .write_with_count(&services.db, |batch, count| {
+        .write_with_count(services.keys.store(), |batch, count| {
             destinations = announce_devices_in_batch(
                 services,
                 batch,
@@ -356,7 +383,7 @@ pub fn delete_device(services: &Services, user_id: &UserId, device_id: &str) -> 
     let mut destinations = Vec::new();
     services
         .globals
-        .write_with_count(&services.db, |batch, count| {
+        .write_with_count(services.keys.store(), |batch, count| {
             services
                 .keys
                 .delete_device_keys_in_batch(batch, user_id, device_id)?;

@@ -3,6 +3,9 @@
 //!
 //! The server never looks inside a key beyond its IDs: clients sign and verify them.
 
+pub mod cross_signing;
+pub mod upload;
+
 use std::{collections::BTreeMap, sync::Arc};
 
 use parking_lot::Mutex;
@@ -74,6 +77,12 @@ impl Keys {
             userid_devicelistid: db.tree("userid_devicelistid"),
             claim_lock: Mutex::new(()),
         }
+    }
+
+    /// The store this service writes to: operations that change its trees together with other
+    /// services' write one batch there with `Globals::write_with_count`.
+    pub fn store(&self) -> &Db {
+        &self.db
     }
 
     /// A device's identity keys as the client uploaded them (with signatures added since).

@@ -3,6 +3,9 @@
 //! Tokens are random 32-character strings; only their SHA-256 is stored, so a copy of the
 //! database does not yield usable tokens, and a lookup by hash needs no timing-sensitive compare.
 
+pub mod account;
+pub mod devices;
+
 use std::sync::Arc;
 
 use argon2::{
