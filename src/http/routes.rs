@@ -102,13 +102,13 @@ pub fn all() -> Vec<Route> {
             Token,
             account::whoami,
         ),
-        typed(
+        route(
             Method::POST,
             "/_matrix/client/v3/account/password",
             Token,
             account::change_password,
         ),
-        typed(
+        route(
             Method::POST,
             "/_matrix/client/v3/account/deactivate",
             Token,
@@ -132,13 +132,13 @@ pub fn all() -> Vec<Route> {
             Token,
             device::update_device,
         ),
-        typed(
+        route(
             Method::DELETE,
             "/_matrix/client/v3/devices/{deviceId}",
             Token,
             device::delete_device,
         ),
-        typed(
+        route(
             Method::POST,
             "/_matrix/client/v3/delete_devices",
             Token,

@@ -6,10 +6,7 @@ use std::{sync::Arc, time::Duration};
 use ruma::{
     api::{
         client::{
-            account::{
-                change_password, deactivate, get_username_availability, request_openid_token,
-                whoami, ThirdPartyIdRemovalStatus,
-            },
+            account::{get_username_availability, request_openid_token, whoami},
             session::{
                 get_login_types::{
                     self,
@@ -235,35 +232,42 @@ pub async fn whoami(
     Ok(response)
 }
 
+/// The body of `/account/password`.
+#[derive(Deserialize)]
+struct ChangePasswordBody {
+    new_password: String,
+    #[serde(default = "default_true")]
+    logout_devices: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
 /// `POST /_matrix/client/v3/account/password`
 ///
-/// UIA with `m.login.password`, read from the body as sent (the UIA service validates the
-/// stage); `logout_devices` (default true) logs out every other device.
-pub async fn change_password(
-    services: Arc<Services>,
-    ctx: Ctx,
-    request: change_password::v3::Request,
-) -> Result<change_password::v3::Response> {
+/// UIA with `m.login.password`; `logout_devices` (default true) logs out every other device.
+/// Stays on an untyped route: the UIA stage is read as sent, and password stages with the legacy
+/// top-level `user` (which ruma's `AuthData` rejects) must keep working.
+pub async fn change_password(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let body: ChangePasswordBody = ctx.body_as()?;
     account::change_password(
         &services,
         (ctx.user(), ctx.device()),
-        &request.new_password,
-        request.logout_devices,
+        &body.new_password,
+        body.logout_devices,
         ctx.body.get("auth"),
     )?;
-    Ok(change_password::v3::Response::new())
+    Ok(json!({}))
 }
 
 /// `POST /_matrix/client/v3/account/deactivate`
 ///
 /// UIA with `m.login.password`; the user leaves every joined room first. Leaving goes through
 /// the membership handlers' event path, which no service offers yet, so this handler runs the
-/// UIA, the leaves and the deactivation as three steps.
-pub async fn deactivate(
-    services: Arc<Services>,
-    ctx: Ctx,
-    _request: deactivate::v3::Request,
-) -> Result<deactivate::v3::Response> {
+/// UIA, the leaves and the deactivation as three steps. Stays on an untyped route for the
+/// legacy password stage, as `/account/password` does.
+pub async fn deactivate(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let user = ctx.user().to_owned();
     uiaa::check_password(&services, ctx.body.get("auth"), &user)?;
     for membership in services.rooms.members.iter_rooms(&user)? {
@@ -283,9 +287,7 @@ pub async fn deactivate(
         }
     }
     account::deactivate(&services, &user)?;
-    Ok(deactivate::v3::Response::new(
-        ThirdPartyIdRemovalStatus::NoSupport,
-    ))
+    Ok(json!({ "id_server_unbind_result": "no-support" }))
 }
 
 /// `POST /_matrix/client/v3/user/{userId}/openid/request_token`

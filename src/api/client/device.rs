@@ -3,14 +3,15 @@
 use std::sync::Arc;
 
 use ruma::{
-    api::client::device::{
-        self, delete_device, delete_devices, get_device, get_devices, update_device,
-    },
+    api::client::device::{self, get_device, get_devices, update_device},
     MilliSecondsSinceUnixEpoch, UInt,
 };
 
+use serde::Deserialize;
+use serde_json::json;
+
 use crate::{
-    api::Ctx,
+    api::{Ctx, HandlerResult},
     error::{Error, Result},
     service::{
         users::{devices, Device},
@@ -73,31 +74,27 @@ pub async fn update_device(
 
 /// `DELETE /_matrix/client/v3/devices/{deviceId}`
 ///
-/// UIA with `m.login.password`. The stage is read from the body as sent: the UIA service
-/// validates it, and answers stage types it does not know with `M_UNRECOGNIZED`.
-pub async fn delete_device(
-    services: Arc<Services>,
-    ctx: Ctx,
-    request: delete_device::v3::Request,
-) -> Result<delete_device::v3::Response> {
-    devices::delete_one(
-        &services,
-        ctx.user(),
-        request.device_id.as_str(),
-        ctx.body.get("auth"),
-    )?;
-    Ok(delete_device::v3::Response::new())
+/// UIA with `m.login.password`. Stays on an untyped route: the UIA stage is read as sent, and
+/// clients (and our tests) send password stages with the legacy top-level `user`, which ruma's
+/// `AuthData` rejects.
+pub async fn delete_device(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    devices::delete_one(&services, ctx.user(), ctx.param(0), ctx.body.get("auth"))?;
+    Ok(json!({}))
+}
+
+/// The body of `/delete_devices`.
+#[derive(Deserialize)]
+struct DeleteDevicesBody {
+    devices: Vec<String>,
 }
 
 /// `POST /_matrix/client/v3/delete_devices`
 ///
-/// UIA with `m.login.password`, read from the body as for `DELETE /devices/{deviceId}`.
-pub async fn delete_devices(
-    services: Arc<Services>,
-    ctx: Ctx,
-    request: delete_devices::v3::Request,
-) -> Result<delete_devices::v3::Response> {
-    let device_ids: Vec<&str> = request.devices.iter().map(|id| id.as_str()).collect();
+/// UIA with `m.login.password`; an untyped route for the same reason as
+/// `DELETE /devices/{deviceId}`.
+pub async fn delete_devices(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let body: DeleteDevicesBody = ctx.body_as()?;
+    let device_ids: Vec<&str> = body.devices.iter().map(String::as_str).collect();
     devices::delete_many(&services, ctx.user(), &device_ids, ctx.body.get("auth"))?;
-    Ok(delete_devices::v3::Response::new())
+    Ok(json!({}))
 }
