@@ -8,6 +8,7 @@
 //! `device_lists/remote.rs`: received updates are applied to the cache of remote lists when their `prev_id` is the cached `stream_id`; otherwise (a gap, or nothing cached) the list is fetched whole with `/user/devices/{userId}` in the background; local users see the remote user in `changed` when a device changed or the list went stale (not for the first update without `prev_id` that fills an empty cache: no local client holds a newer list then).
 //! Client key queries answer tracked users from an up-to-date cache without a request, fetch (and cache) the others, and fall back to a stale list (listing the server in `failures`) when the fetch fails; untracked users are asked with `/user/keys/query` and not cached.
 
+pub mod edus;
 pub mod membership;
 pub mod remote;
 
@@ -337,13 +338,39 @@ pub fn announce_devices_in_batch(
     Ok(destinations)
 }
 
+/// Records in `batch` (stream position `count`) a local device's new identity keys, announced
+/// with the device's display name; returns the servers for [`after_change`].
+pub fn announce_device_keys_in_batch(
+    services: &Services,
+    batch: &mut Batch,
+    count: u64,
+    user_id: &UserId,
+    device_id: &str,
+    keys: Value,
+) -> Result<Vec<OwnedServerName>> {
+    let state = DeviceState {
+        display_name: services
+            .users
+            .get_device(user_id, device_id)?
+            .and_then(|device| device.display_name),
+        keys: Some(keys),
+    };
+    announce_devices_in_batch(
+        services,
+        batch,
+        count,
+        user_id,
+        &[(device_id.to_owned(), Some(state))],
+    )
+}
+
 /// Announces a new device or a device's new display name (after the change is stored).
 pub fn announce_device(services: &Services, user_id: &UserId, device_id: &str) -> Result<()> {
     let state = get_device_state(services, user_id, device_id)?;
     let mut destinations = Vec::new();
     services
         .globals
-        .write_with_count(&services.db, |batch, count| {
+        .write_with_count(services.keys.store(), |batch, count| {
             destinations = announce_devices_in_batch(
                 services,
                 batch,
@@ -362,7 +389,7 @@ pub fn delete_device(services: &Services, user_id: &UserId, device_id: &str) -> 
     let mut destinations = Vec::new();
     services
         .globals
-        .write_with_count(&services.db, |batch, count| {
+        .write_with_count(services.keys.store(), |batch, count| {
             services
                 .keys
                 .delete_device_keys_in_batch(batch, user_id, device_id)?;

@@ -5,6 +5,9 @@
 //!
 //! end-to-end encryption keys the server only stores and hands out: device identity keys, one-time keys (a claim removes one under a lock, in one batch), fallback keys (claimed when no one-time key is left, kept and marked used), cross-signing keys, the key-change stream (one entry per user at the position of their last change) behind `/keys/changes` and `device_lists`, and each local user's device list `stream_id` (`userid_devicelistid`, the last `m.device_list_update` sent, which the next names as `prev_id` and `/user/devices` answers).
 
+pub mod cross_signing;
+pub mod upload;
+
 use std::{collections::BTreeMap, sync::Arc};
 
 use parking_lot::Mutex;
@@ -76,6 +79,12 @@ impl Keys {
             userid_devicelistid: db.tree("userid_devicelistid"),
             claim_lock: Mutex::new(()),
         }
+    }
+
+    /// The store this service writes to: operations that change its trees together with other
+    /// services' write one batch there with `Globals::write_with_count`.
+    pub fn store(&self) -> &Db {
+        &self.db
     }
 
     /// A device's identity keys as the client uploaded them (with signatures added since).

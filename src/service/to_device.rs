@@ -9,15 +9,16 @@
 //!
 //! one inbox per device at stream positions; a `/sync` response records its `next_batch` and the highest position it delivered, and a later sync whose `since` reaches that `next_batch` deletes what was delivered (the spec's acknowledgement), so a retried sync gets the messages again.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
-use ruma::{OwnedUserId, UserId};
+use ruma::{api::error::ErrorKind, OwnedServerName, OwnedUserId, UserId};
 use serde_json::{json, Map, Value};
 
 use crate::{
     error::{Error, Result},
     service::{notify::Topic, Services},
     store::{key, Batch, Db, Tree},
+    util,
 };
 
 /// Most messages one `/sync` response delivers to a device; the rest follow in later syncs.
@@ -51,6 +52,11 @@ impl ToDevice {
             userdeviceid_todevicemark: db.tree("userdeviceid_todevicemark"),
             senderdevicetxnid_todevice: db.tree("senderdevicetxnid_todevice"),
         }
+    }
+
+    /// The store the inboxes live in, for batches that add messages (`Globals::write_with_count`).
+    pub fn store(&self) -> &Db {
+        &self.db
     }
 
     fn txn_key(sender: &UserId, sender_device: &str, txn_id: &str) -> Vec<u8> {
@@ -162,6 +168,152 @@ impl ToDevice {
         );
         Ok(())
     }
+}
+
+/// Most devices one request may address, counting each device a `*` expands to.
+const MAX_DEVICES_PER_REQUEST: usize = 10_000;
+
+/// Largest content of one message in bytes: what fits in a federation EDU (64 KiB) with room
+/// for the envelope.
+const MAX_CONTENT_BYTES: usize = 60 * 1024;
+
+/// One send-to-device request: who sends, under which transaction ID, which event type, and
+/// `messages` mapping user IDs to device IDs (or `*` for every device) to contents.
+pub struct Send<'a> {
+    pub sender: &'a UserId,
+    pub sender_device: &'a str,
+    pub txn_id: &'a str,
+    pub event_type: &'a str,
+    pub messages: &'a Map<String, Value>,
+}
+
+/// Sends messages to devices. A transaction ID already used by the sending device is a no-op.
+/// Local devices get the message in their inbox; each remote server gets one
+/// `m.direct_to_device` EDU. Unknown local devices are skipped. Inboxes and EDUs are written in
+/// one batch.
+pub fn send(services: &Services, request: Send<'_>) -> Result<()> {
+    let Send {
+        sender,
+        sender_device,
+        txn_id,
+        event_type,
+        messages,
+    } = request;
+    if services.to_device.has_txn(sender, sender_device, txn_id)? {
+        return Ok(());
+    }
+    let mut deliveries = Vec::new();
+    let mut remote: BTreeMap<OwnedServerName, Map<String, Value>> = BTreeMap::new();
+    for (user, devices) in messages {
+        let user_id = OwnedUserId::try_from(user.as_str())
+            .map_err(|_| Error::invalid_param(format!("invalid user ID {user}")))?;
+        let devices = devices
+            .as_object()
+            .ok_or_else(|| Error::bad_json(format!("messages for {user} must be an object")))?;
+        check_contents(&user_id, devices)?;
+        if user_id.server_name() != services.globals.server_name() {
+            remote
+                .entry(user_id.server_name().to_owned())
+                .or_default()
+                .insert(user.clone(), Value::Object(devices.clone()));
+            continue;
+        }
+        deliveries.extend(expand_local(
+            services, sender, event_type, &user_id, devices,
+        )?);
+    }
+    let remote_count: usize = remote.values().map(Map::len).sum();
+    if deliveries.len() + remote_count > MAX_DEVICES_PER_REQUEST {
+        return Err(Error::invalid_param(format!(
+            "one request may address at most {MAX_DEVICES_PER_REQUEST} devices"
+        )));
+    }
+    let destinations: Vec<OwnedServerName> = remote.keys().cloned().collect();
+    services
+        .globals
+        .write_with_count(services.to_device.store(), |batch, count| {
+            let txn = (sender, sender_device, txn_id);
+            services
+                .to_device
+                .add_in_batch(batch, count, txn, &deliveries);
+            for (server, users) in &remote {
+                let edu = json!({
+                    "edu_type": "m.direct_to_device",
+                    "content": {
+                        "sender": sender,
+                        "type": event_type,
+                        "message_id": util::random_string(16),
+                        "messages": users,
+                    },
+                });
+                let destination = std::slice::from_ref(server);
+                services
+                    .sending
+                    .queue_edu_in_batch(batch, destination, count, &edu);
+            }
+            Ok(())
+        })?;
+    wake_recipients(services, &deliveries);
+    services.sending.wake(&destinations);
+    Ok(())
+}
+
+/// Each content must be an object of at most [`MAX_CONTENT_BYTES`].
+fn check_contents(user_id: &UserId, devices: &Map<String, Value>) -> Result<()> {
+    for content in devices.values() {
+        if !content.is_object() {
+            return Err(Error::bad_json("each message content must be an object"));
+        }
+        if content.to_string().len() > MAX_CONTENT_BYTES {
+            return Err(Error::matrix(
+                ErrorKind::TooLarge,
+                format!("a message to {user_id} is over {MAX_CONTENT_BYTES} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Delivers an `m.direct_to_device` EDU from `sender` (already checked to be the origin's) to
+/// local devices, once per `message_id`; entries for other servers' users are skipped.
+pub fn receive_remote(services: &Services, sender: &UserId, content: &Value) -> Result<()> {
+    let event_type = content["type"]
+        .as_str()
+        .ok_or_else(|| Error::bad_json("m.direct_to_device needs a type"))?;
+    let message_id = content["message_id"]
+        .as_str()
+        .ok_or_else(|| Error::bad_json("m.direct_to_device needs a message_id"))?;
+    if services.to_device.has_txn(sender, "", message_id)? {
+        return Ok(());
+    }
+    let messages = content["messages"]
+        .as_object()
+        .ok_or_else(|| Error::bad_json("m.direct_to_device needs messages"))?;
+    let mut deliveries = Vec::new();
+    for (user, devices) in messages {
+        let Ok(user_id) = OwnedUserId::try_from(user.as_str()) else {
+            continue;
+        };
+        let Some(devices) = devices.as_object() else {
+            continue;
+        };
+        if user_id.server_name() != services.globals.server_name() {
+            continue;
+        }
+        deliveries.extend(expand_local(
+            services, sender, event_type, &user_id, devices,
+        )?);
+    }
+    services
+        .globals
+        .write_with_count(services.to_device.store(), |batch, count| {
+            services
+                .to_device
+                .add_in_batch(batch, count, (sender, "", message_id), &deliveries);
+            Ok(())
+        })?;
+    wake_recipients(services, &deliveries);
+    Ok(())
 }
 
 /// The deliveries for one local user's `{device ID or "*": content}` map: `*` reaches every

@@ -1,12 +1,18 @@
-//! User-interactive authentication sessions: which stages a session has completed.
-//!
-//! User-interactive-auth sessions, in memory.
+//! User-interactive authentication: which flows an action needs, validating each submitted
+//! stage, and the sessions that remember which stages a client completed.
 
 use std::collections::HashMap;
 
 use parking_lot::Mutex;
+use ruma::{api::error::ErrorKind, UserId};
+use serde_json::{json, Value};
 
-use crate::util;
+use crate::{
+    config::Registration,
+    error::{Error, Result},
+    service::Services,
+    util,
+};
 
 /// Sessions live in memory: a restart only makes a client start its UIA flow again.
 #[derive(Default)]
@@ -53,4 +59,145 @@ impl Uiaa {
     pub fn finish(&self, session: &str) {
         self.sessions.lock().remove(session);
     }
+}
+
+/// The one flow of an account's own sensitive actions (password change, deactivation, device
+/// deletion, replacing cross-signing keys): the account's password.
+const PASSWORD_FLOWS: &[&[&str]] = &[&["m.login.password"]];
+
+/// Runs user-interactive auth for registration: `m.login.dummy` when registration is open,
+/// `m.login.registration_token` in token mode. Fails with the UIA `401` body until the flow is
+/// complete.
+pub fn check_registration(services: &Services, auth: Option<&Value>) -> Result<()> {
+    check(services, auth, registration_flows(services)?, None)
+}
+
+/// The registration flows of the configured mode; closed registration is `M_FORBIDDEN`.
+pub fn registration_flows(services: &Services) -> Result<&'static [&'static [&'static str]]> {
+    match services.config.registration {
+        Registration::Open => Ok(&[&["m.login.dummy"]]),
+        Registration::Token => Ok(&[&["m.login.registration_token"]]),
+        Registration::Closed => Err(Error::forbidden("registration is disabled")),
+    }
+}
+
+/// Runs user-interactive auth with `m.login.password` as `user_id`. Fails with the UIA `401`
+/// body until the password stage is complete.
+pub fn check_password(services: &Services, auth: Option<&Value>, user_id: &UserId) -> Result<()> {
+    check(services, auth, PASSWORD_FLOWS, Some(user_id))
+}
+
+/// Runs user-interactive auth for one of `flows` (each a list of stage names) with `password_user`
+/// as the account whose password `m.login.password` checks.
+fn check(
+    services: &Services,
+    auth: Option<&Value>,
+    flows: &[&[&str]],
+    password_user: Option<&UserId>,
+) -> Result<()> {
+    let uiaa = &services.uiaa;
+    let session = match auth
+        .and_then(|auth| auth.get("session"))
+        .and_then(Value::as_str)
+    {
+        Some(session) if uiaa.exists(session) => session.to_owned(),
+        Some(_) => {
+            return Err(Error::matrix(
+                ErrorKind::NotFound,
+                "unknown user-interactive auth session",
+            ))
+        }
+        None => uiaa.create(),
+    };
+    let mut error = None;
+    if let Some(auth) = auth {
+        match run_stage(services, auth, password_user)? {
+            Ok(Some(stage)) => uiaa.complete(&session, stage),
+            Ok(None) => {}
+            Err(stage_error) => error = Some(stage_error),
+        }
+    }
+    let completed = uiaa.completed(&session);
+    let flow_done = |flow: &&[&str]| {
+        flow.iter()
+            .all(|stage| completed.iter().any(|done| done == stage))
+    };
+    if flows.iter().any(flow_done) {
+        uiaa.finish(&session);
+        return Ok(());
+    }
+    let flows: Vec<Value> = flows
+        .iter()
+        .map(|stages| json!({ "stages": stages }))
+        .collect();
+    let mut body =
+        json!({ "flows": flows, "params": {}, "session": session, "completed": completed });
+    if let Some((errcode, message)) = error {
+        body["errcode"] = json!(errcode);
+        body["error"] = json!(message);
+    }
+    Err(Error::Uiaa(body))
+}
+
+/// A stage's outcome: the stage completed (or `None` when `auth` names no stage), or the
+/// `errcode` and message the next `401` carries.
+type StageOutcome = std::result::Result<Option<&'static str>, (&'static str, String)>;
+
+/// Validates the stage that `auth` submits.
+fn run_stage(
+    services: &Services,
+    auth: &Value,
+    password_user: Option<&UserId>,
+) -> Result<StageOutcome> {
+    let forbidden = |message: &str| Err(("M_FORBIDDEN", message.to_owned()));
+    Ok(match auth.get("type").and_then(Value::as_str) {
+        Some("m.login.dummy") => Ok(Some("m.login.dummy")),
+        Some("m.login.registration_token") => {
+            let given = auth.get("token").and_then(Value::as_str).unwrap_or("");
+            let expected = services.config.registration_token.as_deref().unwrap_or("");
+            if !expected.is_empty() && constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+                Ok(Some("m.login.registration_token"))
+            } else {
+                forbidden("invalid registration token")
+            }
+        }
+        Some("m.login.password") => match check_password_stage(services, auth, password_user)? {
+            true => Ok(Some("m.login.password")),
+            false => forbidden("invalid password"),
+        },
+        Some(other) => Err(("M_UNRECOGNIZED", format!("unsupported auth type {other}"))),
+        None => Ok(None),
+    })
+}
+
+/// Whether an `m.login.password` stage names `password_user` (by full ID or localpart, or not at
+/// all) with the right password. Naming another account is `M_FORBIDDEN` outright (Synapse and
+/// Complement expect 403, not another 401).
+fn check_password_stage(
+    services: &Services,
+    auth: &Value,
+    password_user: Option<&UserId>,
+) -> Result<bool> {
+    let given_user = auth
+        .get("identifier")
+        .and_then(|id| id.get("user"))
+        .or_else(|| auth.get("user"))
+        .and_then(Value::as_str);
+    let password = auth.get("password").and_then(Value::as_str).unwrap_or("");
+    let Some(user) = password_user else {
+        return Ok(false);
+    };
+    if let Some(given) = given_user {
+        if given != user.as_str() && given != user.localpart() {
+            return Err(Error::matrix(
+                ErrorKind::Forbidden,
+                "user-interactive auth names another user than the requester",
+            ));
+        }
+    }
+    services.users.check_password(user, password)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

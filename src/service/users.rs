@@ -5,6 +5,9 @@
 //!
 //! accounts (argon2 password hashes), devices, access and refresh tokens (only SHA-256 of a token is stored), OpenID tokens (hashed too, an hour each, answered by the unsigned `/_matrix/federation/v1/openid/userinfo`), profiles, filters.
 
+pub mod account;
+pub mod devices;
+
 use std::sync::Arc;
 
 use argon2::{

@@ -9,153 +9,38 @@ use std::{
 use ruma::{OwnedServerName, OwnedUserId};
 use serde_json::{json, Map, Value};
 
+use super::object_field;
 use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
-    service::{device_lists, Services},
+    service::{
+        device_lists,
+        keys::upload::{self, Upload},
+        Services,
+    },
 };
 
 /// How long a query or claim waits for other servers unless the client says otherwise.
 const DEFAULT_REMOTE_TIMEOUT_MS: u64 = 10_000;
 
-/// An optional object field of the body; anything but an object or null is `M_BAD_JSON`.
-pub(super) fn object_field<'a>(
-    body: &'a Value,
-    field: &str,
-) -> Result<Option<&'a Map<String, Value>>> {
-    match body.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(object)) => Ok(Some(object)),
-        Some(_) => Err(Error::bad_json(format!("{field} must be an object"))),
-    }
-}
-
-/// Checks that every key ID of a one-time or fallback key map is `algorithm:key_id`.
-fn check_key_ids(field: &str, keys: &Map<String, Value>) -> Result<()> {
-    for (key_id, key) in keys {
-        let valid = key_id
-            .split_once(':')
-            .is_some_and(|(algorithm, id)| !algorithm.is_empty() && !id.is_empty());
-        if !valid || !(key.is_object() || key.is_string()) {
-            return Err(Error::bad_json(format!(
-                "{field} entry {key_id} is not an algorithm:key_id with a key"
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// `POST /_matrix/client/v3/keys/upload`
 ///
-/// Device keys must name the requesting user and device; new identity keys replace the stored
-/// ones, and signatures added by others are kept while the keys stay the same. A change is
-/// announced to users and servers sharing a room. Everything lands in one batch.
+/// Stores the device's identity, one-time and fallback keys (the unstable
+/// `org.matrix.msc2732.fallback_keys` too) and answers the one-time key counts. Stays on an
+/// untyped route: a malformed key ID is `M_BAD_JSON` here and a key that names another device
+/// `M_INVALID_PARAM`, checks the keys service makes on the body as sent.
 pub async fn upload_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let user_id = ctx.user();
-    let device_id = ctx.device();
-    let device_keys = object_field(&ctx.body, "device_keys")?;
-    let one_time_keys = object_field(&ctx.body, "one_time_keys")?;
     let fallback_keys = match object_field(&ctx.body, "fallback_keys")? {
         Some(keys) => Some(keys),
         None => object_field(&ctx.body, "org.matrix.msc2732.fallback_keys")?,
     };
-    if let Some(keys) = device_keys {
-        if keys.get("user_id").and_then(Value::as_str) != Some(user_id.as_str())
-            || keys.get("device_id").and_then(Value::as_str) != Some(device_id)
-        {
-            return Err(Error::invalid_param(format!(
-                "device_keys must be those of {user_id} device {device_id}"
-            )));
-        }
-        if !keys.get("keys").is_some_and(Value::is_object)
-            || !keys.get("algorithms").is_some_and(Value::is_array)
-        {
-            return Err(Error::bad_json("device_keys needs keys and algorithms"));
-        }
-    }
-    for (field, keys) in [
-        ("one_time_keys", one_time_keys),
-        ("fallback_keys", fallback_keys),
-    ] {
-        if let Some(keys) = keys {
-            check_key_ids(field, keys)?;
-        }
-    }
-    let mut destinations = None;
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
-            if let Some(new) = device_keys {
-                let mut new = Value::Object(new.clone());
-                let existing = services.keys.get_device_keys(user_id, device_id)?;
-                // New identity keys replace the old ones (as Synapse does: a client that lost its
-                // keys re-creates them; other users' clients see the change and warn about it);
-                // signatures others made stay only while the keys they signed stay.
-                if let Some(existing) = existing.as_ref().filter(|old| old["keys"] == new["keys"]) {
-                    merge_signatures(&mut new, existing);
-                }
-                if existing.as_ref() != Some(&new) {
-                    services
-                        .keys
-                        .set_device_keys_in_batch(batch, user_id, device_id, &new);
-                    let state = device_lists::DeviceState {
-                        display_name: services
-                            .users
-                            .get_device(user_id, device_id)?
-                            .and_then(|device| device.display_name),
-                        keys: Some(new),
-                    };
-                    destinations = Some(device_lists::announce_devices_in_batch(
-                        &services,
-                        batch,
-                        count,
-                        user_id,
-                        &[(device_id.to_owned(), Some(state))],
-                    )?);
-                }
-            }
-            if let Some(keys) = one_time_keys {
-                services
-                    .keys
-                    .add_one_time_keys_in_batch(batch, user_id, device_id, keys, count)?;
-            }
-            if let Some(keys) = fallback_keys {
-                services
-                    .keys
-                    .set_fallback_keys_in_batch(batch, user_id, device_id, keys)?;
-            }
-            Ok(())
-        })?;
-    if let Some(destinations) = destinations {
-        device_lists::after_change(&services, user_id, &destinations);
-    }
-    let counts = services.keys.count_one_time_keys(user_id, device_id)?;
-    Ok(json!({ "one_time_key_counts": counts }))
-}
-
-/// Copies signatures from `existing` that `new` lacks (signatures others uploaded for this key).
-pub(super) fn merge_signatures(new: &mut Value, existing: &Value) {
-    let Some(old) = existing.get("signatures").and_then(Value::as_object) else {
-        return;
+    let keys = Upload {
+        device_keys: object_field(&ctx.body, "device_keys")?,
+        one_time_keys: object_field(&ctx.body, "one_time_keys")?,
+        fallback_keys,
     };
-    if !new.get("signatures").is_some_and(Value::is_object) {
-        new["signatures"] = json!({});
-    }
-    for (signer, keys) in old {
-        let Some(keys) = keys.as_object() else {
-            continue;
-        };
-        let target = new["signatures"]
-            .as_object_mut()
-            .expect("just made an object")
-            .entry(signer.clone())
-            .or_insert_with(|| json!({}));
-        for (key_id, signature) in keys {
-            if target.get(key_id).is_none() {
-                target[key_id] = signature.clone();
-            }
-        }
-    }
+    let counts = upload::upload(&services, (ctx.user(), ctx.device()), &keys)?;
+    Ok(json!({ "one_time_key_counts": counts }))
 }
 
 /// The remote timeout a query or claim asked for.
@@ -258,7 +143,7 @@ pub async fn get_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let wanted = object_field(&ctx.body, "device_keys")?
         .ok_or_else(|| Error::bad_json("device_keys is required"))?;
     let (local, mut remote) =
-        split_by_server::<Vec<String>>(&services, "device_keys", Some(wanted))?;
+        split_by_server::<Vec<String>>(&services, "device_keys", Some(&wanted))?;
     let mut response = device_lists::query_local(&services, Some(ctx.user()), &local)?;
     let timeout = remote_timeout(&ctx.body);
     let mut tracked_failures = Map::new();
@@ -298,7 +183,7 @@ pub async fn claim_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let wanted = object_field(&ctx.body, "one_time_keys")?
         .ok_or_else(|| Error::bad_json("one_time_keys is required"))?;
     let (local, remote) =
-        split_by_server::<BTreeMap<String, String>>(&services, "one_time_keys", Some(wanted))?;
+        split_by_server::<BTreeMap<String, String>>(&services, "one_time_keys", Some(&wanted))?;
     let mut one_time_keys = device_lists::claim_local(&services, &local)?;
     let (answers, failures) = ask_servers(
         &services,

@@ -37,11 +37,21 @@ pub mod upgrade;
 pub mod user_directory;
 
 use ruma::{OwnedRoomId, RoomId, UserId};
+use serde_json::{Map, Value};
 
 use crate::{
     error::{Error, Result},
     service::{rooms::visibility, Services},
 };
+
+/// An optional object field of a request body; anything but an object or null is `M_BAD_JSON`.
+pub fn object_field(body: &Value, field: &str) -> Result<Option<Map<String, Value>>> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(object)) => Ok(Some(object.clone())),
+        Some(_) => Err(Error::bad_json(format!("{field} must be an object"))),
+    }
+}
 
 /// Fails with `M_FORBIDDEN` unless `user` is joined to `room`.
 pub fn require_joined(services: &Services, room_id: &RoomId, user: &UserId) -> Result<()> {

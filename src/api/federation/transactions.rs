@@ -5,7 +5,6 @@ use std::sync::Arc;
 use ruma::OwnedRoomId;
 use serde_json::{json, Map, Value};
 
-use super::user_keys;
 use crate::{
     api::{Ctx, HandlerResult},
     error::Error,
@@ -29,7 +28,7 @@ const MAX_EDUS: usize = 100;
 /// EDUs are applied after the PDUs (so that a join in the same transaction counts): `m.typing`,
 /// `m.receipt` and `m.presence` through their services, which ignore what the origin may not
 /// say; the encryption EDUs (device list and signing key updates, to-device messages) through
-/// `user_keys::receive_edus`; other EDU types are accepted and ignored. An EDU that is malformed
+/// `device_lists::edus::receive_edus`; other EDU types are accepted and ignored. An EDU that is malformed
 /// or not the origin's to send is skipped without failing the transaction.
 pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let origin = ctx.origin().to_owned();
@@ -134,7 +133,7 @@ pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> Hand
             None => tracing::debug!("ignoring an EDU without edu_type"),
         }
     }
-    user_keys::receive_edus(&services, &origin, edus);
+    crate::service::device_lists::edus::receive_edus(&services, &origin, edus);
     let response = json!({ "pdus": results });
     services
         .received

@@ -1,22 +1,17 @@
 //! End-to-end encryption over federation: the resident side of `/user/keys/query`,
-//! `/user/keys/claim` and `/user/devices/{userId}`, and the EDUs that carry device list
-//! updates, signing key updates and to-device messages.
+//! `/user/keys/claim` and `/user/devices/{userId}`. The EDUs that carry device list updates,
+//! signing key updates and to-device messages are the service's
+//! (`service::device_lists::edus`).
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
-use ruma::{OwnedUserId, ServerName};
+use ruma::OwnedUserId;
 use serde_json::{json, Value};
 
 use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
-    service::{
-        device_lists::{self, remote},
-        to_device, Services,
-    },
+    service::{device_lists, Services},
 };
 
 /// The entries of a `{user ID: T}` request body field that name users of this server; others
@@ -105,96 +100,4 @@ pub async fn get_devices(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         }
     }
     Ok(response)
-}
-
-/// Acts on the EDUs of a received transaction that concern encryption; other EDU types are
-/// left to their own handlers. A bad EDU is skipped: the spec gives no way to reject one.
-/// Device lists that an update could not be applied to are fetched again in the background.
-pub fn receive_edus(services: &Arc<Services>, origin: &ServerName, edus: &[Value]) {
-    let mut resync = BTreeSet::new();
-    for edu in edus {
-        let content = &edu["content"];
-        let result = match edu.get("edu_type").and_then(Value::as_str) {
-            Some("m.device_list_update") => origin_user(origin, &content["user_id"])
-                .and_then(|user_id| {
-                    let stale = remote::receive_device_list_update(services, &user_id, content)?;
-                    Ok(stale.then_some(user_id))
-                })
-                .map(|stale| resync.extend(stale)),
-            Some("m.signing_key_update") => {
-                origin_user(origin, &content["user_id"]).and_then(|user_id| {
-                    remote::receive_signing_key_update(services, &user_id, content)
-                })
-            }
-            Some("m.direct_to_device") => direct_to_device(services, origin, content),
-            _ => Ok(()),
-        };
-        if let Err(error) = result {
-            tracing::warn!(%origin, %error, "ignored an encryption EDU");
-        }
-    }
-    for user_id in resync {
-        let services = Arc::clone(services);
-        tokio::spawn(async move {
-            if let Err(error) = remote::resync(&services, &user_id).await {
-                tracing::warn!(%user_id, %error, "fetching a remote device list failed");
-            }
-        });
-    }
-}
-
-/// The user an EDU speaks for, who must belong to the origin server.
-fn origin_user(origin: &ServerName, value: &Value) -> Result<OwnedUserId> {
-    let user_id = value
-        .as_str()
-        .and_then(|user| OwnedUserId::try_from(user).ok())
-        .ok_or_else(|| Error::bad_json("the EDU names no valid user"))?;
-    if user_id.server_name() != origin {
-        return Err(Error::forbidden(format!(
-            "{origin} cannot speak for {user_id}"
-        )));
-    }
-    Ok(user_id)
-}
-
-/// `m.direct_to_device`: messages for local devices, delivered once per `message_id`.
-fn direct_to_device(services: &Services, origin: &ServerName, content: &Value) -> Result<()> {
-    let sender = origin_user(origin, &content["sender"])?;
-    let event_type = content["type"]
-        .as_str()
-        .ok_or_else(|| Error::bad_json("m.direct_to_device needs a type"))?;
-    let message_id = content["message_id"]
-        .as_str()
-        .ok_or_else(|| Error::bad_json("m.direct_to_device needs a message_id"))?;
-    if services.to_device.has_txn(&sender, "", message_id)? {
-        return Ok(());
-    }
-    let messages = content["messages"]
-        .as_object()
-        .ok_or_else(|| Error::bad_json("m.direct_to_device needs messages"))?;
-    let mut deliveries = Vec::new();
-    for (user, devices) in messages {
-        let Ok(user_id) = OwnedUserId::try_from(user.as_str()) else {
-            continue;
-        };
-        let Some(devices) = devices.as_object() else {
-            continue;
-        };
-        if user_id.server_name() != services.globals.server_name() {
-            continue;
-        }
-        deliveries.extend(to_device::expand_local(
-            services, &sender, event_type, &user_id, devices,
-        )?);
-    }
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
-            services
-                .to_device
-                .add_in_batch(batch, count, (&sender, "", message_id), &deliveries);
-            Ok(())
-        })?;
-    to_device::wake_recipients(services, &deliveries);
-    Ok(())
 }

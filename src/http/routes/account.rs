@@ -55,13 +55,13 @@ pub(super) fn account() -> Vec<Route> {
             Open,
             account::register,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/register/available",
             Open,
             account::get_username_availability,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/login",
             Open,
@@ -73,31 +73,31 @@ pub(super) fn account() -> Vec<Route> {
             Open,
             account::login,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/refresh",
             Open,
             account::refresh,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/logout",
             Token,
             account::logout,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/logout/all",
             Token,
             account::logout_all,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/user/{userId}/openid/request_token",
             Token,
             account::request_openid_token,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/account/whoami",
             Token,
@@ -121,19 +121,19 @@ pub(super) fn account() -> Vec<Route> {
 /// Device management.
 pub(super) fn devices() -> Vec<Route> {
     vec![
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/devices",
             Token,
             device::get_devices,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/devices/{deviceId}",
             Token,
             device::get_device,
         ),
-        route(
+        typed(
             Method::PUT,
             "/_matrix/client/v3/devices/{deviceId}",
             Token,

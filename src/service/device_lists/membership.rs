@@ -84,23 +84,6 @@ fn announce_to_new_servers(
     queue_device_snapshot_in_batch(services, batch, count, user_id, &devices, &new_servers)
 }
 
-/// Whether a user is joined to a room other than `except` that has a local member.
-fn tracked_elsewhere(services: &Services, user_id: &UserId, except: &RoomId) -> Result<bool> {
-    let own = services.globals.server_name();
-    for room_id in services.rooms.members.iter_joined_rooms(user_id)? {
-        if room_id != except
-            && services
-                .rooms
-                .members
-                .servers_in_room(&room_id)?
-                .contains(own)
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 /// After `user_id` stops being joined to `room_id`: drops the cached list of every remote user
 /// who no longer shares a room with a local user because of it.
 fn forget_untracked(
@@ -133,7 +116,7 @@ fn forget_untracked(
     };
     for remote_user in candidates {
         if cache.get_user(&remote_user)?.is_some()
-            && !tracked_elsewhere(services, &remote_user, room_id)?
+            && !super::remote::is_tracked_outside(services, &remote_user, Some(room_id))?
         {
             cache.drop_user_in_batch(batch, &remote_user)?;
         }

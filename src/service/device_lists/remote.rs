@@ -12,7 +12,7 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use ruma::{OwnedServerName, OwnedUserId, UserId};
+use ruma::{OwnedServerName, OwnedUserId, RoomId, UserId};
 use serde_json::{json, Map, Value};
 
 use crate::{
@@ -22,6 +22,7 @@ use crate::{
         rooms::incoming::encode,
         Services,
     },
+    store::Batch,
 };
 
 /// Most devices kept from one fetched list.
@@ -30,18 +31,47 @@ const MAX_DEVICES: usize = 1000;
 /// Whether a user is joined to a room that also has a local member: this server then keeps
 /// their device list and tells local users about its changes.
 pub fn is_tracked(services: &Services, user_id: &UserId) -> Result<bool> {
+    is_tracked_outside(services, user_id, None)
+}
+
+/// Whether a user is joined to a room other than `except` that also has a local member.
+pub(super) fn is_tracked_outside(
+    services: &Services,
+    user_id: &UserId,
+    except: Option<&RoomId>,
+) -> Result<bool> {
     let own = services.globals.server_name();
     for room_id in services.rooms.members.iter_joined_rooms(user_id)? {
-        if services
-            .rooms
-            .members
-            .servers_in_room(&room_id)?
-            .contains(own)
+        if Some(&*room_id) != except
+            && services
+                .rooms
+                .members
+                .servers_in_room(&room_id)?
+                .contains(own)
         {
             return Ok(true);
         }
     }
     Ok(false)
+}
+
+/// Writes a change to a user's cached list with a new stream position, unless no local user
+/// shares a room with them any more: `fill` runs under the commit lock after that check, so a
+/// cache that a membership change just dropped is not written again.
+fn write_if_tracked(
+    services: &Services,
+    user_id: &UserId,
+    fill: impl FnOnce(&mut Batch, u64) -> Result<()>,
+) -> Result<()> {
+    services
+        .globals
+        .write_with_count(services.keys.store(), |batch, count| {
+            if !is_tracked(services, user_id)? {
+                return Ok(());
+            }
+            fill(batch, count)
+        })?;
+    Ok(())
 }
 
 /// One parsed `m.device_list_update`.
@@ -127,51 +157,46 @@ pub fn receive_device_list_update(
     let cache = &services.remote_keys;
     let mut resync = false;
     let mut changed = false;
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
-            if !is_tracked(services, user_id)? {
-                return Ok(());
-            }
-            let Some(mut record) = cache.get_user(user_id)? else {
-                resync = true;
-                changed = !update.prev_ids.is_empty();
-                if changed {
-                    services.keys.mark_changed_in_batch(batch, user_id, count)?;
-                }
-                return Ok(());
-            };
-            let restates =
-                update.stream_id == record.stream_id && update.prev_ids == record.last_prev_ids;
-            if update.stream_id < record.stream_id
-                || (update.stream_id == record.stream_id && !restates)
-            {
-                return Ok(());
-            }
-            let follows = !update.prev_ids.is_empty()
-                && update.prev_ids.iter().all(|id| *id == record.stream_id);
-            if !record.stale && (restates || follows) {
-                changed = cache.get_device(user_id, &update.device_id)? != update.device;
-                match &update.device {
-                    Some(device) => {
-                        cache.set_device_in_batch(batch, user_id, &update.device_id, device)?
-                    }
-                    None => cache.delete_device_in_batch(batch, user_id, &update.device_id),
-                }
-                record.stream_id = update.stream_id;
-                record.last_prev_ids = update.prev_ids.clone();
-            } else {
-                changed = !record.stale;
-                record.stale = true;
-                record.pending_stream_id = record.pending_stream_id.max(update.stream_id);
-                resync = true;
-            }
-            cache.set_user_in_batch(batch, user_id, &record)?;
+    write_if_tracked(services, user_id, |batch, count| {
+        let Some(mut record) = cache.get_user(user_id)? else {
+            resync = true;
+            changed = !update.prev_ids.is_empty();
             if changed {
                 services.keys.mark_changed_in_batch(batch, user_id, count)?;
             }
-            Ok(())
-        })?;
+            return Ok(());
+        };
+        let restates =
+            update.stream_id == record.stream_id && update.prev_ids == record.last_prev_ids;
+        if update.stream_id < record.stream_id
+            || (update.stream_id == record.stream_id && !restates)
+        {
+            return Ok(());
+        }
+        let follows =
+            !update.prev_ids.is_empty() && update.prev_ids.iter().all(|id| *id == record.stream_id);
+        if !record.stale && (restates || follows) {
+            changed = cache.get_device(user_id, &update.device_id)? != update.device;
+            match &update.device {
+                Some(device) => {
+                    cache.set_device_in_batch(batch, user_id, &update.device_id, device)?
+                }
+                None => cache.delete_device_in_batch(batch, user_id, &update.device_id),
+            }
+            record.stream_id = update.stream_id;
+            record.last_prev_ids = update.prev_ids.clone();
+        } else {
+            changed = !record.stale;
+            record.stale = true;
+            record.pending_stream_id = record.pending_stream_id.max(update.stream_id);
+            resync = true;
+        }
+        cache.set_user_in_batch(batch, user_id, &record)?;
+        if changed {
+            services.keys.mark_changed_in_batch(batch, user_id, count)?;
+        }
+        Ok(())
+    })?;
     if changed {
         super::after_change(services, user_id, &[]);
     }
@@ -205,27 +230,22 @@ pub fn receive_signing_key_update(
         return Ok(());
     }
     let mut changed = false;
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
-            if !is_tracked(services, user_id)? {
-                return Ok(());
+    write_if_tracked(services, user_id, |batch, count| {
+        if let Some(mut record) = services.remote_keys.get_user(user_id)? {
+            if master_key.is_some() {
+                record.master_key = master_key.clone();
             }
-            if let Some(mut record) = services.remote_keys.get_user(user_id)? {
-                if master_key.is_some() {
-                    record.master_key = master_key.clone();
-                }
-                if self_signing_key.is_some() {
-                    record.self_signing_key = self_signing_key.clone();
-                }
-                services
-                    .remote_keys
-                    .set_user_in_batch(batch, user_id, &record)?;
+            if self_signing_key.is_some() {
+                record.self_signing_key = self_signing_key.clone();
             }
-            services.keys.mark_changed_in_batch(batch, user_id, count)?;
-            changed = true;
-            Ok(())
-        })?;
+            services
+                .remote_keys
+                .set_user_in_batch(batch, user_id, &record)?;
+        }
+        services.keys.mark_changed_in_batch(batch, user_id, count)?;
+        changed = true;
+        Ok(())
+    })?;
     if changed {
         super::after_change(services, user_id, &[]);
     }
@@ -289,27 +309,22 @@ pub async fn resync(services: &Services, user_id: &UserId) -> Result<FetchedList
         .await?;
     let (fetched, devices) = parse_devices_answer(user_id, &answer)?;
     let cache = &services.remote_keys;
-    services
-        .globals
-        .write_with_count(&services.db, |batch, _| {
-            if !is_tracked(services, user_id)? {
-                return Ok(());
-            }
-            let existing = cache.get_user(user_id)?;
-            if existing
-                .as_ref()
-                .is_some_and(|known| !known.stale && known.stream_id > fetched.stream_id)
-            {
-                return Ok(());
-            }
-            let pending = existing.map_or(0, |known| known.pending_stream_id);
-            let mut record = fetched.clone();
-            if pending > fetched.stream_id {
-                record.stale = true;
-                record.pending_stream_id = pending;
-            }
-            cache.replace_in_batch(batch, user_id, &record, &devices)
-        })?;
+    write_if_tracked(services, user_id, |batch, _| {
+        let existing = cache.get_user(user_id)?;
+        if existing
+            .as_ref()
+            .is_some_and(|known| !known.stale && known.stream_id > fetched.stream_id)
+        {
+            return Ok(());
+        }
+        let pending = existing.map_or(0, |known| known.pending_stream_id);
+        let mut record = fetched.clone();
+        if pending > fetched.stream_id {
+            record.stale = true;
+            record.pending_stream_id = pending;
+        }
+        cache.replace_in_batch(batch, user_id, &record, &devices)
+    })?;
     Ok((fetched, devices))
 }
 
