@@ -2,7 +2,7 @@
 
 use http::Method;
 
-use super::{route, Auth, Route};
+use super::{route, typed, Auth, Route};
 use crate::api::federation::{
     events, keys, membership as fed_membership, policy, query, space as fed_space,
     third_party_invite, transactions, user_keys,
@@ -132,7 +132,7 @@ pub fn all() -> Vec<Route> {
             Server,
             events::get_backfill,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/timestamp_to_event/{roomId}",
             Server,

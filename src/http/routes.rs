@@ -186,7 +186,7 @@ pub fn all() -> Vec<Route> {
             Token,
             room::create_room,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/rooms/{roomId}/upgrade",
             Token,
@@ -336,7 +336,7 @@ pub fn all() -> Vec<Route> {
             Token,
             message::get_context,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event",
             Token,

@@ -32,9 +32,19 @@ pub mod user_directory;
 use ruma::{OwnedRoomId, RoomId, UserId};
 
 use crate::{
+    api::Ctx,
     error::{Error, Result},
     service::{rooms::visibility, Services},
 };
+
+/// Fails with `M_FORBIDDEN` unless the user of path parameter 0 is the caller: one may read and
+/// write only one's own account data and tags.
+pub fn check_owner(ctx: &Ctx) -> Result<()> {
+    if ctx.user_param(0)? != ctx.user() {
+        return Err(Error::forbidden("cannot access another user's data"));
+    }
+    Ok(())
+}
 
 /// Fails with `M_FORBIDDEN` unless `user` is joined to `room`.
 pub fn require_joined(services: &Services, room_id: &RoomId, user: &UserId) -> Result<()> {

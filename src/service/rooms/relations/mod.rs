@@ -4,6 +4,7 @@
 //! bundled aggregations added to served events ([`bundle`]).
 
 pub mod bundle;
+pub mod read;
 
 use std::sync::Arc;
 
