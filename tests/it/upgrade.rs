@@ -317,3 +317,59 @@ async fn room_push_rules_follow_their_members_into_the_upgraded_room() {
     let rules = alice.get_ok("/_matrix/client/v3/pushrules/").await;
     assert!(room_rule(&rules, &manual).is_some(), "{rules}");
 }
+
+/// Two upgrades of one room at once run one after the other (the per-room lock of
+/// `rooms::upgrade`): both answer a replacement room, and the canonical alias moves to exactly
+/// one of them, the one the alias resolves to, rather than being copied into both by
+/// interleaved upgrades. An upgrade of another room meanwhile is not held up by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_upgrades_of_one_room_run_one_after_the_other() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let hs = server.server_name();
+    let old = alice
+        .create_room(json!({"room_version": "10", "room_alias_name": "raced"}))
+        .await;
+    let other = alice.create_room(json!({"room_version": "10"})).await;
+    let upgrade = |room: String| {
+        let alice = alice.clone();
+        async move {
+            alice
+                .post_ok(&upgrade_path(&room), json!({"new_version": "11"}))
+                .await["replacement_room"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let (first, second, third) = tokio::join!(
+        upgrade(old.clone()),
+        upgrade(old.clone()),
+        upgrade(other.clone())
+    );
+    assert_ne!(first, second);
+    assert_ne!(third, other);
+    let alias = format!("#raced:{hs}");
+    let resolved = alice
+        .get_ok(&format!(
+            "/_matrix/client/v3/directory/room/{}",
+            enc(&alias)
+        ))
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(resolved == first || resolved == second, "{resolved}");
+    let mut holders = Vec::new();
+    for room in [&first, &second] {
+        let path = format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.canonical_alias/",
+            enc(room)
+        );
+        let (status, canonical) = alice.get(&path).await;
+        if status == 200 && canonical.get("alias").is_some() {
+            holders.push(room.clone());
+        }
+    }
+    assert_eq!(holders, vec![resolved], "the canonical alias moved once");
+}

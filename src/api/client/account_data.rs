@@ -4,19 +4,12 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::check_owner;
 use crate::{
     api::{Ctx, HandlerResult},
     error::Error,
     service::{account_data, notify::Topic, Services},
 };
-
-pub(super) fn check_owner(ctx: &Ctx) -> Result<(), Error> {
-    let user = ctx.user_param(0)?;
-    if user != ctx.user() {
-        return Err(Error::forbidden("cannot access another user's data"));
-    }
-    Ok(())
-}
 
 /// `GET /_matrix/client/v3/user/{userId}/account_data/{type}`
 pub async fn get_global_account_data(services: Arc<Services>, ctx: Ctx) -> HandlerResult {

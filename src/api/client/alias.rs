@@ -2,21 +2,33 @@
 
 use std::sync::Arc;
 
-use ruma::{events::StateEventType, OwnedRoomAliasId};
+use ruma::{OwnedRoomAliasId, RoomId, UserId};
 use serde_json::{json, Value};
 
-use super::{message::power_level, require_joined};
+use super::require_joined;
 use crate::api::PublicRoomsRequest;
-use crate::service::rooms::alias as directory;
+use crate::service::rooms::{alias as directory, power::PowerLevels};
 use crate::{
     api::{Ctx, HandlerResult},
-    error::Error,
+    error::{Error, Result},
     service::Services,
 };
 
-fn alias_param(ctx: &Ctx) -> Result<OwnedRoomAliasId, Error> {
+fn alias_param(ctx: &Ctx) -> Result<OwnedRoomAliasId> {
     OwnedRoomAliasId::try_from(ctx.param(0))
         .map_err(|_| Error::invalid_param(format!("invalid alias {}", ctx.param(0))))
+}
+
+/// Whether `user` has the level to send `m.room.canonical_alias` (its entry in `events`, or 50),
+/// which it needs to delete an alias someone else made.
+fn may_edit_canonical_alias(services: &Services, room_id: &RoomId, user: &UserId) -> Result<bool> {
+    let levels = PowerLevels::load(services, room_id)?;
+    let needed = levels
+        .content()
+        .pointer("/events/m.room.canonical_alias")
+        .and_then(Value::as_i64)
+        .unwrap_or(50);
+    Ok(levels.user_level(user) >= needed)
 }
 
 /// `GET /_matrix/client/v3/directory/room/{roomAlias}`
@@ -25,7 +37,7 @@ fn alias_param(ctx: &Ctx) -> Result<OwnedRoomAliasId, Error> {
 pub async fn get_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let alias = alias_param(&ctx)?;
     if alias.server_name() != services.globals.server_name() {
-        let (room_id, servers) = super::membership::remote_alias(&services, &alias).await?;
+        let (room_id, servers) = directory::resolve_remote(&services, &alias).await?;
         return Ok(json!({ "room_id": room_id, "servers": servers }));
     }
     let (room_id, _) = services
@@ -71,22 +83,11 @@ pub async fn delete_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         .alias
         .get(&alias)?
         .ok_or_else(|| Error::not_found(format!("alias {alias} not found")))?;
-    if creator != ctx.user() {
-        let needed = services
-            .rooms
-            .current_state_pdu(&room_id, &StateEventType::RoomPowerLevels, "")?
-            .and_then(|levels| {
-                levels
-                    .content_value()
-                    .pointer("/events/m.room.canonical_alias")
-                    .and_then(Value::as_i64)
-            })
-            .unwrap_or(50);
-        if !services.rooms.members.is_joined(&room_id, ctx.user())?
-            || power_level(&services, &room_id, ctx.user())? < needed
-        {
-            return Err(Error::forbidden("you may not delete this alias"));
-        }
+    if creator != ctx.user()
+        && (!services.rooms.members.is_joined(&room_id, ctx.user())?
+            || !may_edit_canonical_alias(&services, &room_id, ctx.user())?)
+    {
+        return Err(Error::forbidden("you may not delete this alias"));
     }
     services.rooms.alias.remove(&alias, &room_id)?;
     directory::remove_from_canonical_alias(&services, &room_id, &alias, ctx.user()).await?;

@@ -8,13 +8,15 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use super::{message::parse_token, readable_state, require_joined, resolve_room};
+use super::{readable_state, require_joined, resolve_room};
 use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
     service::{
         rooms::{
+            alias as directory,
             handshake::{self, Handshake},
+            history::parse_token,
             restricted::{self, JoinCheck},
             third_party,
             timeline::{create_and_commit, read::client_event, PduBuilder},
@@ -158,7 +160,7 @@ async fn room_and_servers(
         if alias.server_name() == services.globals.server_name() {
             resolve_room(services, id_or_alias)?
         } else {
-            let (room_id, alias_servers) = remote_alias(services, &alias).await?;
+            let (room_id, alias_servers) = directory::resolve_remote(services, &alias).await?;
             servers.extend(alias_servers);
             room_id
         }
@@ -201,35 +203,6 @@ pub async fn knock_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     )
     .await?;
     Ok(json!({ "room_id": room_id }))
-}
-
-/// Resolves an alias of another server through that server's `/query/directory`.
-pub async fn remote_alias(
-    services: &Services,
-    alias: &ruma::RoomAliasId,
-) -> Result<(ruma::OwnedRoomId, Vec<OwnedServerName>)> {
-    let path = format!(
-        "/_matrix/federation/v1/query/directory?room_alias={}",
-        handshake::encode(alias.as_str())
-    );
-    let answer = services
-        .federation_request(alias.server_name(), http::Method::GET, &path, None)
-        .await?;
-    let room_id = answer["room_id"]
-        .as_str()
-        .and_then(|room| ruma::OwnedRoomId::try_from(room).ok())
-        .ok_or_else(|| Error::not_found(format!("alias {alias} not found")))?;
-    let servers = answer["servers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|server| {
-            server
-                .as_str()
-                .and_then(|s| OwnedServerName::try_from(s).ok())
-        })
-        .collect();
-    Ok((room_id, servers))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
@@ -447,60 +420,52 @@ pub async fn forget_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/kick`
+///
+/// Only a joined, invited or knocking user can be kicked.
 pub async fn kick_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
-    let target = target(&ctx)?;
-    match services.rooms.members.get_membership(&room_id, &target)? {
-        Some(MembershipState::Join | MembershipState::Invite | MembershipState::Knock) => {}
-        _ => {
-            return Err(Error::forbidden(format!(
-                "{target} is not in room {room_id}"
-            )))
-        }
-    }
-    set_membership(
-        &services,
-        &room_id,
-        ctx.user(),
-        &target,
-        "leave",
-        reason(&ctx).as_deref(),
-    )
-    .await?;
-    Ok(json!({}))
+    use MembershipState::{Invite, Join, Knock};
+    let required = (&[Join, Invite, Knock][..], "is not in room");
+    moderate(&services, &ctx, "leave", Some(required)).await
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/ban`
 pub async fn ban_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
-    set_membership(
-        &services,
-        &room_id,
-        ctx.user(),
-        &target(&ctx)?,
-        "ban",
-        reason(&ctx).as_deref(),
-    )
-    .await?;
-    Ok(json!({}))
+    moderate(&services, &ctx, "ban", None).await
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/unban`
+///
+/// Only a banned user can be unbanned.
 pub async fn unban_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let required = (&[MembershipState::Ban][..], "is not banned from");
+    moderate(&services, &ctx, "leave", Some(required)).await
+}
+
+/// Kick, ban and unban: the caller sends `membership` for the body's `user_id`, with the body's
+/// `reason`. With `required`, the target must have one of its memberships now; otherwise it is
+/// `M_FORBIDDEN` with its text: "<target> <text> <room>".
+async fn moderate(
+    services: &Services,
+    ctx: &Ctx,
+    membership: &str,
+    required: Option<(&[MembershipState], &str)>,
+) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
-    let target = target(&ctx)?;
-    if services.rooms.members.get_membership(&room_id, &target)? != Some(MembershipState::Ban) {
-        return Err(Error::forbidden(format!(
-            "{target} is not banned from {room_id}"
-        )));
+    let target = target(ctx)?;
+    if let Some((memberships, text)) = required {
+        let current = services.rooms.members.get_membership(&room_id, &target)?;
+        if !current.is_some_and(|current| memberships.contains(&current)) {
+            return Err(Error::forbidden(format!("{target} {text} {room_id}")));
+        }
     }
+    let reason = reason(ctx);
     set_membership(
-        &services,
+        services,
         &room_id,
         ctx.user(),
         &target,
-        "leave",
-        reason(&ctx).as_deref(),
+        membership,
+        reason.as_deref(),
     )
     .await?;
     Ok(json!({}))

@@ -40,6 +40,7 @@ use ruma::{OwnedRoomId, RoomId, UserId};
 use serde_json::{Map, Value};
 
 use crate::{
+    api::Ctx,
     error::{Error, Result},
     service::{rooms::visibility, Services},
 };
@@ -51,6 +52,15 @@ pub fn object_field(body: &Value, field: &str) -> Result<Option<Map<String, Valu
         Some(Value::Object(object)) => Ok(Some(object.clone())),
         Some(_) => Err(Error::bad_json(format!("{field} must be an object"))),
     }
+}
+
+/// Fails with `M_FORBIDDEN` unless the user of path parameter 0 is the caller: one may read and
+/// write only one's own account data and tags.
+pub fn check_owner(ctx: &Ctx) -> Result<()> {
+    if ctx.user_param(0)? != ctx.user() {
+        return Err(Error::forbidden("cannot access another user's data"));
+    }
+    Ok(())
 }
 
 /// Fails with `M_FORBIDDEN` unless `user` is joined to `room`.

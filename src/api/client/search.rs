@@ -1,28 +1,18 @@
 //! Server-side search (`room_events`), over the index of `service::rooms::search`.
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
-    sync::Arc,
-};
+use std::sync::Arc;
 
-use ruma::{events::StateEventType, OwnedRoomId, OwnedUserId, RoomId, UserId};
+use ruma::UserId;
 use serde_json::{json, Map, Value};
 
-use super::message::format_token;
 use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
     service::{
         filter::RoomEventFilter,
         rooms::{
-            members::RoomMembership,
-            pdu::Pdu,
-            search::{self, Found, Order, SearchKey, SearchRequest, MAX_QUERY_WORDS},
-            timeline::{
-                read::{client_event, TopoPos},
-                PduId,
-            },
-            visibility,
+            search::{self, Order, SearchKey, SearchRequest, MAX_QUERY_WORDS},
+            search_results::{self, ContextRequest, RoomEventsQuery},
         },
         Services,
     },
@@ -36,13 +26,6 @@ const DEFAULT_CONTEXT: usize = 5;
 const MAX_CONTEXT: usize = 20;
 /// Longest `search_term`, in bytes.
 const MAX_TERM_BYTES: usize = 1000;
-
-/// What `event_context` asked for.
-struct ContextRequest {
-    before: usize,
-    after: usize,
-    include_profile: bool,
-}
 
 /// `POST /_matrix/client/v3/search`
 ///
@@ -70,6 +53,19 @@ pub async fn search(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let criteria = criteria
         .as_object()
         .ok_or_else(|| Error::bad_json("room_events must be an object"))?;
+    let query = parse_query(criteria, ctx.user(), ctx.query("next_batch"))?;
+    let viewer = (ctx.user(), ctx.device());
+    let room_events = search_results::room_events(&services, viewer, query)?;
+    Ok(json!({ "search_categories": { "room_events": room_events } }))
+}
+
+/// The `room_events` criteria, checked: `M_BAD_JSON` for a field of the wrong type,
+/// `M_INVALID_PARAM` for a value out of range.
+fn parse_query<'a>(
+    criteria: &Map<String, Value>,
+    user: &'a UserId,
+    next_batch: Option<&'a str>,
+) -> Result<RoomEventsQuery<'a>> {
     let term = criteria
         .get("search_term")
         .and_then(Value::as_str)
@@ -114,88 +110,21 @@ pub async fn search(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         Some(_) => return Err(Error::bad_json("include_state must be a boolean")),
     };
     let group_by = parse_groups(criteria.get("groupings"))?;
-
-    let page = if words.is_empty() {
-        search::SearchPage {
-            count: 0,
-            results: Vec::new(),
-            next_batch: None,
-        }
-    } else {
-        search::search(
-            &services,
-            &SearchRequest {
-                user: ctx.user(),
-                words: words.clone(),
-                keys,
-                filter,
-                order,
-                limit,
-                next_batch: ctx.query("next_batch"),
-            },
-        )?
+    let search = SearchRequest {
+        user,
+        words,
+        keys,
+        filter,
+        order,
+        limit,
+        next_batch,
     };
-
-    let viewer = (ctx.user(), ctx.device());
-    let ignored = services.account_data.ignored_users(ctx.user())?;
-    let mut memberships: HashMap<OwnedRoomId, Option<RoomMembership>> = HashMap::new();
-    let mut results = Vec::new();
-    let mut shown: Vec<(OwnedRoomId, OwnedUserId, String)> = Vec::new();
-    for found in &page.results {
-        let Some(pdu) = services.rooms.timeline.get_pdu_at(PduId {
-            shortroomid: found.shortroomid,
-            count: found.count,
-        })?
-        else {
-            continue;
-        };
-        let mut result = json!({
-            "rank": found.rank,
-            "result": client_event(&pdu, &found.room_id, Some(viewer)),
-        });
-        if let Some(context) = &context {
-            let membership = match memberships.get(&found.room_id) {
-                Some(membership) => membership.clone(),
-                None => {
-                    let membership = services
-                        .rooms
-                        .members
-                        .get_user_room(ctx.user(), &found.room_id)?;
-                    memberships.insert(found.room_id.clone(), membership.clone());
-                    membership
-                }
-            };
-            let around = Around {
-                services: &services,
-                viewer,
-                membership: membership.as_ref(),
-                ignored: &ignored,
-            };
-            result["context"] = around.context(found, &pdu, context)?;
-        }
-        shown.push((
-            found.room_id.clone(),
-            pdu.sender.clone(),
-            pdu.event_id.to_string(),
-        ));
-        results.push(result);
-    }
-
-    let mut room_events = json!({
-        "count": page.count,
-        "highlights": words,
-        "results": results,
-    });
-    if let Some(next_batch) = page.next_batch {
-        room_events["next_batch"] = json!(next_batch);
-    }
-    if include_state {
-        room_events["state"] = room_state(&services, ctx.user(), &page.results)?;
-    }
-    if !group_by.is_empty() {
-        room_events["groups"] = groups(&group_by, &shown);
-    }
-    Ok(json!({ "search_categories": { "room_events": room_events } }))
+    Ok(RoomEventsQuery {
+        search,
+        context,
+        include_state,
+        group_by,
+    })
 }
 
 fn parse_keys(value: Option<&Value>) -> Result<Vec<SearchKey>> {
@@ -259,174 +188,4 @@ fn parse_groups(value: Option<&Value>) -> Result<Vec<String>> {
             None => Err(Error::bad_json("a group needs a key string")),
         })
         .collect()
-}
-
-/// What reading around a result needs.
-struct Around<'a> {
-    services: &'a Services,
-    viewer: (&'a UserId, &'a str),
-    membership: Option<&'a RoomMembership>,
-    ignored: &'a std::collections::HashSet<OwnedUserId>,
-}
-
-impl Around<'_> {
-    /// The events just before and after a result that the user may see (non-state events of
-    /// ignored users left out), tokens for paginating on from them, and with `include_profile`
-    /// the senders' display names and avatars from the state at the result.
-    fn context(&self, found: &Found, pdu: &Pdu, request: &ContextRequest) -> Result<Value> {
-        let here = TopoPos {
-            depth: u64::from(pdu.depth),
-            count: found.count,
-        };
-        let (before, start) = self.side(
-            &found.room_id,
-            found.shortroomid,
-            here,
-            true,
-            request.before,
-        )?;
-        let (after, end) = self.side(
-            &found.room_id,
-            found.shortroomid,
-            here,
-            false,
-            request.after,
-        )?;
-        let mut context = json!({ "start": format_token(start), "end": format_token(end) });
-        if request.include_profile {
-            let senders: BTreeSet<&UserId> = before
-                .iter()
-                .chain(&after)
-                .map(|event| &*event.sender)
-                .chain([&*pdu.sender])
-                .collect();
-            context["profile_info"] = self.profiles(found.shorteventid, &senders)?;
-        }
-        let room_id: &RoomId = &found.room_id;
-        let events = |pdus: &[Pdu]| -> Vec<Value> {
-            pdus.iter()
-                .map(|event| client_event(event, room_id, Some(self.viewer)))
-                .collect()
-        };
-        context["events_before"] = Value::Array(events(&before));
-        context["events_after"] = Value::Array(events(&after));
-        Ok(context)
-    }
-
-    /// Up to `wanted` visible events on one side, nearest first (as `/context` lists them),
-    /// scanning a bounded number, with the last position scanned.
-    fn side(
-        &self,
-        room_id: &RoomId,
-        shortroomid: u64,
-        here: TopoPos,
-        backwards: bool,
-        wanted: usize,
-    ) -> Result<(Vec<Pdu>, TopoPos)> {
-        let mut events = Vec::new();
-        let mut last = here;
-        if wanted == 0 {
-            return Ok((events, last));
-        }
-        let user = self.viewer.0;
-        for entry in self
-            .services
-            .rooms
-            .timeline
-            .iter_topo(shortroomid, here, backwards)
-            .take(wanted * 4)
-        {
-            let (position, event) = entry?;
-            last = position;
-            let hidden = event.state_key.is_none() && self.ignored.contains(&event.sender);
-            if hidden
-                || event.room_id.as_deref().is_some_and(|room| room != room_id)
-                || !visibility::user_can_see(
-                    self.services,
-                    user,
-                    self.membership,
-                    position.count,
-                    &event,
-                )?
-            {
-                continue;
-            }
-            events.push(event);
-            if events.len() >= wanted {
-                break;
-            }
-        }
-        Ok((events, last))
-    }
-
-    /// Display names and avatars of `senders` in the state after the result.
-    fn profiles(&self, shorteventid: u64, senders: &BTreeSet<&UserId>) -> Result<Value> {
-        let rooms = &self.services.rooms;
-        let mut profiles = Map::new();
-        let Some((_, after)) = rooms.state.get_event_state(shorteventid)? else {
-            return Ok(Value::Object(profiles));
-        };
-        for sender in senders {
-            let Some(member) =
-                rooms.state_pdu(after, &StateEventType::RoomMember, sender.as_str())?
-            else {
-                continue;
-            };
-            let content = member.content_value();
-            let mut profile = Map::new();
-            for field in ["displayname", "avatar_url"] {
-                if let Some(value) = content.get(field).filter(|value| value.is_string()) {
-                    profile.insert(field.to_owned(), value.clone());
-                }
-            }
-            profiles.insert(sender.to_string(), Value::Object(profile));
-        }
-        Ok(Value::Object(profiles))
-    }
-}
-
-/// The state of each room with a result on this page, as far as the user may read it.
-fn room_state(services: &Services, user: &UserId, results: &[Found]) -> Result<Value> {
-    let rooms: BTreeSet<&RoomId> = results.iter().map(|found| &*found.room_id).collect();
-    let mut state = Map::new();
-    for room_id in rooms {
-        let Some(readable) = visibility::readable_state(services, room_id, user)? else {
-            continue;
-        };
-        let events: Vec<Value> = services
-            .rooms
-            .state_pdus(readable.shortstatehash)?
-            .iter()
-            .map(|pdu| client_event(pdu, room_id, None))
-            .collect();
-        state.insert(room_id.to_string(), Value::Array(events));
-    }
-    Ok(Value::Object(state))
-}
-
-/// The page's results by room or sender, numbered in the order the groups first appear.
-fn groups(group_by: &[String], shown: &[(OwnedRoomId, OwnedUserId, String)]) -> Value {
-    let mut groups = Map::new();
-    for key in group_by {
-        let mut by_value: BTreeMap<String, (usize, Vec<String>)> = BTreeMap::new();
-        for (room_id, sender, event_id) in shown {
-            let value = if key == "room_id" {
-                room_id.to_string()
-            } else {
-                sender.to_string()
-            };
-            let next_order = by_value.len() + 1;
-            by_value
-                .entry(value)
-                .or_insert_with(|| (next_order, Vec::new()))
-                .1
-                .push(event_id.clone());
-        }
-        let group: Map<String, Value> = by_value
-            .into_iter()
-            .map(|(value, (order, results))| (value, json!({ "order": order, "results": results })))
-            .collect();
-        groups.insert(key.clone(), Value::Object(group));
-    }
-    Value::Object(groups)
 }

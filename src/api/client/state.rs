@@ -11,7 +11,7 @@ use crate::{
     error::Error,
     service::{
         rooms::{
-            power,
+            create, power,
             timeline::{create_and_commit, read::client_event, PduBuilder},
         },
         Services,
@@ -71,7 +71,7 @@ pub async fn send_state_event(services: Arc<Services>, ctx: Ctx) -> HandlerResul
     if event_type == "m.room.power_levels" {
         if let Some(users) = ctx.body.get("users") {
             let creators = power::privileged_creators(&services, &room_id)?;
-            super::room::reject_creators_in_users(users, &creators)?;
+            create::reject_creators_in_users(users, &creators)?;
         }
     }
     if event_type == "m.room.canonical_alias" {

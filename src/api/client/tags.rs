@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use super::account_data::check_owner;
+use super::check_owner;
 use crate::{
     api::{Ctx, HandlerResult},
     error::Error,

@@ -4,7 +4,7 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use ruma::{OwnedEventId, RoomId, ServerName};
+use ruma::{api::federation::event::get_event_by_timestamp, OwnedEventId, RoomId, ServerName};
 use serde_json::{json, Value};
 
 use crate::{
@@ -302,17 +302,20 @@ pub async fn get_backfill(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 /// The closest event of this server's timeline at or after (`dir=f`) or at or before (`dir=b`)
 /// `ts` that the asking server may see; this server does not ask others on its behalf.
 /// `404 M_NOT_FOUND` when there is none.
-pub async fn get_event_by_timestamp(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
-    let (ts, forwards) = crate::api::client::timestamp::ts_and_dir(&ctx)?;
+pub async fn get_event_by_timestamp(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_event_by_timestamp::v1::Request,
+) -> Result<get_event_by_timestamp::v1::Response> {
+    let room_id = request.room_id;
     require_access(&services, &room_id, ctx.origin())?;
-    let (found, _) = timestamps::find_local(
-        &services,
-        &room_id,
-        timestamps::Asker::Server(ctx.origin()),
-        ts,
-        forwards,
-    )?
-    .ok_or_else(|| Error::not_found(format!("no event from {ts} in {room_id}")))?;
-    Ok(json!({ "event_id": found.event_id, "origin_server_ts": found.origin_server_ts }))
+    let asker = timestamps::Asker::Server(ctx.origin());
+    let ts = u64::from(request.ts.get());
+    let forwards = request.dir == ruma::api::Direction::Forward;
+    let (found, _) = timestamps::find_local(&services, &room_id, asker, ts, forwards)?
+        .ok_or_else(|| Error::not_found(format!("no event from {ts} in {room_id}")))?;
+    Ok(get_event_by_timestamp::v1::Response::new(
+        found.event_id,
+        ruma::MilliSecondsSinceUnixEpoch(ruma::UInt::new_saturating(found.origin_server_ts)),
+    ))
 }

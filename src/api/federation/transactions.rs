@@ -2,17 +2,12 @@
 
 use std::sync::Arc;
 
-use ruma::OwnedRoomId;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::{
     api::{Ctx, HandlerResult},
     error::Error,
-    service::{
-        presence, receipts,
-        rooms::{handshake, incoming, timeline::SendTo},
-        typing, Services,
-    },
+    service::{presence, receipts, rooms::transaction, typing, Services},
 };
 
 /// Limits of one transaction (server-server API, "Transactions").
@@ -22,9 +17,8 @@ const MAX_EDUS: usize = 100;
 /// `PUT /_matrix/federation/v1/send/{txnId}`
 ///
 /// Each PDU goes through `incoming::handle` (the spec's receipt checks, then commit), one room
-/// after another in the order given. The answer maps every event ID to `{}` (accepted, soft-failed
-/// or rejected by the auth rules) or `{"error": …}` (dropped, or not processed); a retried
-/// transaction gets the stored answer. PDUs from servers a room's ACL denies are refused.
+/// after another in the order given (see [`transaction::receive_pdus`]); a retried transaction
+/// gets the stored answer.
 /// EDUs are applied after the PDUs (so that a join in the same transaction counts): `m.typing`,
 /// `m.receipt` and `m.presence` through their services, which ignore what the origin may not
 /// say; the encryption EDUs (device list and signing key updates, to-device messages) through
@@ -57,72 +51,7 @@ pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> Hand
             "a transaction holds at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
         )));
     }
-    let mut results = Map::new();
-    for pdu in &pdus {
-        let room_id = pdu
-            .get("room_id")
-            .and_then(Value::as_str)
-            .and_then(|room| OwnedRoomId::try_from(room).ok());
-        let fallback_id = pdu
-            .get("event_id")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let Some(room_id) = room_id else {
-            results.insert(
-                fallback_id,
-                json!({ "error": "pdu without a valid room_id" }),
-            );
-            continue;
-        };
-        if !incoming::server_allowed(&services, &room_id, &origin)? {
-            results.insert(
-                fallback_id,
-                json!({ "error": "the room's server ACL denies the origin" }),
-            );
-            continue;
-        }
-        // A room this server is not in only sends membership changes of our invitees/knockers.
-        let outside = match handshake::is_resident(&services, &room_id)? {
-            true => Ok(None),
-            false => handshake::outside_membership_update(&services, &origin, &room_id, pdu).await,
-        };
-        let outcome = match outside {
-            Ok(Some(event_id)) => Ok(event_id),
-            Ok(None) => incoming::handle(&services, &origin, &room_id, pdu, SendTo::Nobody)
-                .await
-                .map(|(event_id, _)| event_id),
-            Err(error) => Err(error),
-        };
-        match outcome {
-            Ok(event_id) => {
-                results.insert(event_id.to_string(), json!({}));
-            }
-            Err(error) => {
-                let event_id = services
-                    .rooms
-                    .room_version(&room_id)
-                    .ok()
-                    .and_then(|(_, version)| version.rules())
-                    .and_then(|rules| incoming::parse_pdu(pdu, &room_id, &rules).ok())
-                    .map(|parsed| parsed.event_id);
-                // A rejected event was handled (server-server API, "Rejection": it "should not
-                // cause the transaction request to be responded to with an error response");
-                // an error tells the origin that the event was dropped or could not be processed.
-                let rejected = match &event_id {
-                    Some(event_id) => services.rooms.rejected.is_rejected(event_id)?,
-                    None => false,
-                };
-                let event_id = event_id.map_or(fallback_id, |id| id.to_string());
-                tracing::info!(%event_id, %error, rejected, "refused a pdu");
-                let result = match rejected {
-                    true => json!({}),
-                    false => json!({ "error": error.shareable() }),
-                };
-                results.insert(event_id, result);
-            }
-        }
-    }
+    let results = transaction::receive_pdus(&services, &origin, &pdus).await?;
     for edu in edus {
         let content = edu.get("content").unwrap_or(&Value::Null);
         match edu.get("edu_type").and_then(Value::as_str) {

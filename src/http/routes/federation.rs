@@ -54,7 +54,7 @@ pub(super) fn events() -> Vec<Route> {
             Server,
             events::get_backfill,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/timestamp_to_event/{roomId}",
             Server,

@@ -6,7 +6,7 @@ use http::Method;
 use crate::api::client::{
     alias, membership, message, relations, room, search, space, state, timestamp, upgrade,
 };
-use crate::http::{route, Auth, Route};
+use crate::http::{route, typed, Auth, Route};
 use Auth::{None as Open, Required as Token};
 
 /// Creating and upgrading rooms, space hierarchies, and who is in a room.
@@ -18,7 +18,7 @@ pub(super) fn rooms() -> Vec<Route> {
             Token,
             room::create_room,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/rooms/{roomId}/upgrade",
             Token,
@@ -186,7 +186,7 @@ pub(super) fn events() -> Vec<Route> {
             Token,
             message::get_context,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event",
             Token,

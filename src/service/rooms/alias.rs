@@ -199,6 +199,35 @@ pub fn public_rooms(
     Ok(response)
 }
 
+/// Resolves an alias of another server through that server's `/query/directory`.
+pub async fn resolve_remote(
+    services: &Services,
+    alias: &RoomAliasId,
+) -> Result<(OwnedRoomId, Vec<ruma::OwnedServerName>)> {
+    let path = format!(
+        "/_matrix/federation/v1/query/directory?room_alias={}",
+        super::handshake::encode(alias.as_str())
+    );
+    let answer = services
+        .federation_request(alias.server_name(), http::Method::GET, &path, None)
+        .await?;
+    let room_id = answer["room_id"]
+        .as_str()
+        .and_then(|room| OwnedRoomId::try_from(room).ok())
+        .ok_or_else(|| Error::not_found(format!("alias {alias} not found")))?;
+    let servers = answer["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|server| {
+            server
+                .as_str()
+                .and_then(|s| ruma::OwnedServerName::try_from(s).ok())
+        })
+        .collect();
+    Ok((room_id, servers))
+}
+
 /// Takes a deleted alias out of the room's `m.room.canonical_alias` (its `alias` and
 /// `alt_aliases`), as Synapse does, with a new event from the user who deleted it; an alias the
 /// event does not name changes nothing.

@@ -4,7 +4,9 @@
 pub mod alias;
 pub mod auth;
 pub mod backfill;
+pub mod create;
 pub mod handshake;
+pub mod history;
 pub mod incoming;
 pub mod join_state;
 pub mod members;
@@ -13,14 +15,18 @@ pub mod power;
 pub mod prejoin_state;
 pub mod rejected;
 pub mod relations;
+pub mod resident;
 pub mod restricted;
 pub mod search;
+pub mod search_results;
 pub mod short;
 pub mod spaces;
 pub mod state;
 pub mod third_party;
 pub mod timeline;
 pub mod timestamps;
+pub mod transaction;
+pub mod upgrade;
 pub mod visibility;
 
 use std::sync::Arc;
@@ -46,6 +52,7 @@ pub struct Rooms {
     pub backfill: backfill::Backfill,
     pub timestamps: timestamps::EventTimes,
     pub rejected: rejected::Rejected,
+    pub upgrades: upgrade::Upgrades,
 }
 
 impl Rooms {
@@ -68,6 +75,7 @@ impl Rooms {
             backfill: backfill::Backfill::default(),
             timestamps,
             rejected: rejected::Rejected::open(db),
+            upgrades: upgrade::Upgrades::default(),
         })
     }
 

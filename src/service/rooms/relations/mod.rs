@@ -9,6 +9,7 @@
 //! Client sends are checked by `relations::check_client_relation` (duplicate annotation `400 M_DUPLICATE_ANNOTATION`, thread from a relation `400 M_UNKNOWN`).
 
 pub mod bundle;
+pub mod read;
 
 use std::sync::Arc;
 
