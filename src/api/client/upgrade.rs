@@ -16,7 +16,8 @@ use crate::{
     service::{
         rooms::{
             power::{PowerLevels, CREATOR_LEVEL},
-            timeline::{create_and_commit, rules_for, PduBuilder},
+            timeline::{create_and_commit, PduBuilder},
+            version::rules_for,
         },
         Services,
     },

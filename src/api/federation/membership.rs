@@ -18,7 +18,8 @@ use crate::{
         rooms::{
             auth, handshake, incoming, join_state, prejoin_state,
             restricted::{self, JoinCheck},
-            timeline::{build_template, rules_for, PduBuilder, SendTo},
+            timeline::{build_template, PduBuilder, SendTo},
+            version::rules_for,
         },
         Services,
     },

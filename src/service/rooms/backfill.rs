@@ -22,7 +22,8 @@ use serde_json::Value;
 
 use super::{
     incoming::{self, encode},
-    timeline::{commit_backfilled, rules_for},
+    timeline::commit_backfilled,
+    version::rules_for,
 };
 use crate::{error::Result, service::Services};
 

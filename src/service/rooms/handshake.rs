@@ -14,20 +14,14 @@ use super::{
     auth, incoming,
     pdu::Pdu,
     prejoin_state,
-    timeline::{
-        build_and_sign, build_template, commit, rules_for, CommitInput, PduBuilder, SendTo,
-    },
+    timeline::{build_and_sign, build_template, commit, CommitInput, PduBuilder, SendTo},
+    version::{self, rules_for},
 };
 use crate::{
     error::{Error, Result},
     service::{notify::Topic, Services},
     store::{key, Batch, Tree},
 };
-
-/// Room versions this server can join, for `make_join`'s `ver` parameters.
-const SUPPORTED_VERSIONS: [&str; 12] = [
-    "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12",
-];
 
 /// Owns `userroomid_invitestate` (user ID 0xff room ID → JSON array of stripped state events of a
 /// room this server is not in, that came with an invite from another server or answered a knock).
@@ -124,7 +118,7 @@ async fn signed_membership(
     membership: &str,
     content_extra: &Value,
 ) -> Result<(RoomVersionId, CanonicalJsonObject, OwnedEventId)> {
-    let versions: Vec<String> = SUPPORTED_VERSIONS
+    let versions: Vec<String> = version::SUPPORTED
         .iter()
         .map(|version| format!("ver={version}"))
         .collect();

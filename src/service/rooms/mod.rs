@@ -21,6 +21,7 @@ pub mod state;
 pub mod third_party;
 pub mod timeline;
 pub mod timestamps;
+pub mod version;
 pub mod visibility;
 
 use std::sync::Arc;

@@ -480,7 +480,7 @@ fn stripped_state(services: &Services, room_id: &RoomId, user: &UserId) -> Resul
         }
     }
     let (_, version) = services.rooms.room_version(room_id)?;
-    let rules = crate::service::rooms::timeline::rules_for(&version)?;
+    let rules = crate::service::rooms::version::rules_for(&version)?;
     let kinds = prejoin_state::STATE_TYPES.iter().map(|kind| (kind, ""));
     let mut events = Vec::new();
     for (kind, state_key) in kinds.chain([(&T::RoomMember, user.as_str())]) {

@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use super::{
     pdu::Pdu,
     state::StateSet,
-    timeline::{commit, rules_for, CommitInput, SendTo},
+    timeline::{commit, CommitInput, SendTo},
+    version::rules_for,
 };
 use crate::{
     crypto,
@@ -23,6 +24,7 @@ use crate::{
     service::{policy, server_keys, Services},
 };
 
+mod reject;
 mod state;
 
 use self::state::resolve_current;
@@ -312,8 +314,8 @@ pub async fn store_outliers(
             tracing::warn!(%event_id, %error, "dropping an event its auth events reject");
             if super::rejected::auth_events_settled(services, &pdu)? {
                 services.rooms.rejected.mark(
-                    &services.rooms,
-                    &services.db,
+                    &services.rooms.short,
+                    &services.rooms.state,
                     &event_id,
                     &error.to_string(),
                     None,
@@ -505,8 +507,8 @@ async fn handle_with_depth(
     if let Err(error) = check_against_state(services, &rules, &pdu, &state_before) {
         let before_hash = store_state(services, &state_before, first_prev_state(services, &pdu)?)?;
         rooms.rejected.mark(
-            rooms,
-            &services.db,
+            &rooms.short,
+            &rooms.state,
             &pdu.event_id,
             &error.to_string(),
             Some(before_hash.unwrap_or(0)),
@@ -572,14 +574,7 @@ fn check_or_reject_by_auth_events(
     let Err(error) = check_against_auth_events(services, rules, pdu) else {
         return Ok(());
     };
-    super::rejected::reject_by_auth_events(
-        services,
-        rules,
-        pdu,
-        &error,
-        final_failure,
-        state_before,
-    )?;
+    reject::reject_by_auth_events(services, rules, pdu, &error, final_failure, state_before)?;
     Err(error)
 }
 

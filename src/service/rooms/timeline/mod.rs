@@ -479,13 +479,3 @@ fn carry_over_push_rules(services: &Services, room_id: &RoomId, target: &str, pd
         tracing::warn!(%error, %user, "carrying push rules over to an upgraded room failed");
     }
 }
-
-/// Looks up the auth rules of a room's version.
-pub fn rules_for(version: &RoomVersionId) -> Result<ruma::room_version_rules::RoomVersionRules> {
-    version.rules().ok_or_else(|| {
-        Error::matrix(
-            ruma::api::error::ErrorKind::UnsupportedRoomVersion,
-            format!("room version {version} is not supported"),
-        )
-    })
-}

@@ -115,7 +115,7 @@ impl Timeline {
         let Some(object) = self.get_federation_pdu(event_id)? else {
             return Ok(None);
         };
-        let rules = super::rules_for(&version)?;
+        let rules = crate::service::rooms::version::rules_for(&version)?;
         ruma::canonical_json::redact(object, &rules.redaction, None)
             .map(Some)
             .map_err(Error::internal)
@@ -260,7 +260,7 @@ pub(super) fn redact_in_batch(
     if services.rooms.short.get_shortroomid(room_id)? != Some(pdu_id.shortroomid) {
         return Ok(());
     }
-    let rules = super::rules_for(&version)?;
+    let rules = crate::service::rooms::version::rules_for(&version)?;
     if let Some(content) = object.get("content") {
         let content = serde_json::to_value(content).map_err(Error::internal)?;
         services.rooms.relations.unindex_in_batch(
