@@ -12,7 +12,7 @@ use std::{
 };
 
 use parking_lot::Mutex;
-use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, ServerName, UserId};
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, ServerName, UserId};
 use serde_json::{json, Value};
 use tokio::{
     sync::{watch, Notify},
@@ -289,14 +289,7 @@ pub fn receive_edu(services: &Services, origin: &ServerName, content: &Value) ->
 /// Queues an `m.typing` EDU for every other server with a member in the room.
 fn announce(services: &Services, room_id: &RoomId, user_id: &UserId, typing: bool) -> Result<()> {
     let own = services.globals.server_name();
-    let destinations: Vec<OwnedServerName> = services
-        .rooms
-        .members
-        .servers_in_room(room_id)?
-        .iter()
-        .filter(|server| *server != own)
-        .cloned()
-        .collect();
+    let destinations = services.rooms.members.other_servers(room_id, own)?;
     if destinations.is_empty() {
         return Ok(());
     }
@@ -304,14 +297,12 @@ fn announce(services: &Services, room_id: &RoomId, user_id: &UserId, typing: boo
         "edu_type": "m.typing",
         "content": { "room_id": room_id, "user_id": user_id, "typing": typing },
     });
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
-            services
-                .sending
-                .queue_edu_in_batch(batch, &destinations, count, &edu);
-            Ok(())
-        })?;
+    services.globals.write_with_count(|batch, count| {
+        services
+            .sending
+            .queue_edu_in_batch(batch, &destinations, count, &edu);
+        Ok(())
+    })?;
     services.sending.wake(&destinations);
     Ok(())
 }

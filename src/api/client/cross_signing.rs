@@ -118,22 +118,20 @@ pub async fn upload_cross_signing_keys(services: Arc<Services>, ctx: Ctx) -> Han
         )?;
     }
     let mut destinations = Vec::new();
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
-            let mut content = json!({ "user_id": user_id });
-            for (kind, signing_key) in &uploaded {
-                services
-                    .keys
-                    .set_cross_signing_key_in_batch(batch, user_id, kind, signing_key);
-                if *kind != "user_signing" {
-                    content[field_of(kind)] = signing_key.clone();
-                }
+    services.globals.write_with_count(|batch, count| {
+        let mut content = json!({ "user_id": user_id });
+        for (kind, signing_key) in &uploaded {
+            services
+                .keys
+                .set_cross_signing_key_in_batch(batch, user_id, kind, signing_key);
+            if *kind != "user_signing" {
+                content[field_of(kind)] = signing_key.clone();
             }
-            let edu = json!({ "edu_type": "m.signing_key_update", "content": content });
-            destinations = device_lists::announce_in_batch(&services, batch, count, user_id, &edu)?;
-            Ok(())
-        })?;
+        }
+        let edu = json!({ "edu_type": "m.signing_key_update", "content": content });
+        destinations = device_lists::announce_in_batch(&services, batch, count, user_id, &edu)?;
+        Ok(())
+    })?;
     device_lists::after_change(&services, user_id, &destinations);
     Ok(json!({}))
 }
@@ -276,7 +274,7 @@ pub async fn upload_signatures(services: Arc<Services>, ctx: Ctx) -> HandlerResu
         let mut destinations = Vec::new();
         services
             .globals
-            .write_with_count(&services.db, |batch, count| {
+            .write_with_count(|batch, count| {
                 destinations = match device_id {
                     Some(device_id) => {
                         services

@@ -11,14 +11,11 @@ use crate::{
     http::{Ctx, HandlerResult},
     service::{
         filter::RoomEventFilter,
-        rooms::timeline::{
-            create_and_commit, is_backfilled,
-            read::{client_event, TopoPos},
-            PduBuilder,
-        },
+        rooms::timeline::{create_and_commit, is_backfilled, read::TopoPos, PduBuilder},
         rooms::{
             backfill,
             members::RoomMembership,
+            pdu::client_event,
             relations::{bundle::serve_event, check_client_relation},
             visibility::{self, user_can_see},
         },

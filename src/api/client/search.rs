@@ -16,12 +16,9 @@ use crate::{
         filter::RoomEventFilter,
         rooms::{
             members::RoomMembership,
-            pdu::Pdu,
+            pdu::{client_event, Pdu},
             search::{self, Found, Order, SearchKey, SearchRequest, MAX_QUERY_WORDS},
-            timeline::{
-                read::{client_event, TopoPos},
-                PduId,
-            },
+            timeline::{read::TopoPos, PduId},
             visibility,
         },
         Services,

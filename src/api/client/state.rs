@@ -11,8 +11,9 @@ use crate::{
     http::{Ctx, HandlerResult},
     service::{
         rooms::{
+            pdu::client_event,
             power,
-            timeline::{create_and_commit, read::client_event, PduBuilder},
+            timeline::{create_and_commit, PduBuilder},
         },
         Services,
     },

@@ -75,34 +75,26 @@ pub async fn send_event_to_device(services: Arc<Services>, ctx: Ctx) -> HandlerR
         )));
     }
     let destinations: Vec<OwnedServerName> = remote.keys().cloned().collect();
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
-            services.to_device.add_in_batch(
-                batch,
-                count,
-                (sender, sender_device, txn_id),
-                &deliveries,
-            );
-            for (server, users) in &remote {
-                let edu = json!({
-                    "edu_type": "m.direct_to_device",
-                    "content": {
-                        "sender": sender,
-                        "type": event_type,
-                        "message_id": util::random_string(16),
-                        "messages": users,
-                    },
-                });
-                services.sending.queue_edu_in_batch(
-                    batch,
-                    std::slice::from_ref(server),
-                    count,
-                    &edu,
-                );
-            }
-            Ok(())
-        })?;
+    services.globals.write_with_count(|batch, count| {
+        services
+            .to_device
+            .add_in_batch(batch, count, (sender, sender_device, txn_id), &deliveries);
+        for (server, users) in &remote {
+            let edu = json!({
+                "edu_type": "m.direct_to_device",
+                "content": {
+                    "sender": sender,
+                    "type": event_type,
+                    "message_id": util::random_string(16),
+                    "messages": users,
+                },
+            });
+            services
+                .sending
+                .queue_edu_in_batch(batch, std::slice::from_ref(server), count, &edu);
+        }
+        Ok(())
+    })?;
     to_device::wake_recipients(&services, &deliveries);
     services.sending.wake(&destinations);
     Ok(json!({}))

@@ -187,14 +187,12 @@ fn direct_to_device(services: &Services, origin: &ServerName, content: &Value) -
             services, &sender, event_type, &user_id, devices,
         )?);
     }
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
-            services
-                .to_device
-                .add_in_batch(batch, count, (&sender, "", message_id), &deliveries);
-            Ok(())
-        })?;
+    services.globals.write_with_count(|batch, count| {
+        services
+            .to_device
+            .add_in_batch(batch, count, (&sender, "", message_id), &deliveries);
+        Ok(())
+    })?;
     to_device::wake_recipients(services, &deliveries);
     Ok(())
 }

@@ -17,9 +17,9 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     error::{Error, Result},
+    federation::encode,
     service::{
         remote_keys::{RemoteDevice, RemoteUser},
-        rooms::incoming::encode,
         Services,
     },
 };
@@ -127,51 +127,49 @@ pub fn receive_device_list_update(
     let cache = &services.remote_keys;
     let mut resync = false;
     let mut changed = false;
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
-            if !is_tracked(services, user_id)? {
-                return Ok(());
-            }
-            let Some(mut record) = cache.get_user(user_id)? else {
-                resync = true;
-                changed = !update.prev_ids.is_empty();
-                if changed {
-                    services.keys.mark_changed_in_batch(batch, user_id, count)?;
-                }
-                return Ok(());
-            };
-            let restates =
-                update.stream_id == record.stream_id && update.prev_ids == record.last_prev_ids;
-            if update.stream_id < record.stream_id
-                || (update.stream_id == record.stream_id && !restates)
-            {
-                return Ok(());
-            }
-            let follows = !update.prev_ids.is_empty()
-                && update.prev_ids.iter().all(|id| *id == record.stream_id);
-            if !record.stale && (restates || follows) {
-                changed = cache.get_device(user_id, &update.device_id)? != update.device;
-                match &update.device {
-                    Some(device) => {
-                        cache.set_device_in_batch(batch, user_id, &update.device_id, device)?
-                    }
-                    None => cache.delete_device_in_batch(batch, user_id, &update.device_id),
-                }
-                record.stream_id = update.stream_id;
-                record.last_prev_ids = update.prev_ids.clone();
-            } else {
-                changed = !record.stale;
-                record.stale = true;
-                record.pending_stream_id = record.pending_stream_id.max(update.stream_id);
-                resync = true;
-            }
-            cache.set_user_in_batch(batch, user_id, &record)?;
+    services.globals.write_with_count(|batch, count| {
+        if !is_tracked(services, user_id)? {
+            return Ok(());
+        }
+        let Some(mut record) = cache.get_user(user_id)? else {
+            resync = true;
+            changed = !update.prev_ids.is_empty();
             if changed {
                 services.keys.mark_changed_in_batch(batch, user_id, count)?;
             }
-            Ok(())
-        })?;
+            return Ok(());
+        };
+        let restates =
+            update.stream_id == record.stream_id && update.prev_ids == record.last_prev_ids;
+        if update.stream_id < record.stream_id
+            || (update.stream_id == record.stream_id && !restates)
+        {
+            return Ok(());
+        }
+        let follows =
+            !update.prev_ids.is_empty() && update.prev_ids.iter().all(|id| *id == record.stream_id);
+        if !record.stale && (restates || follows) {
+            changed = cache.get_device(user_id, &update.device_id)? != update.device;
+            match &update.device {
+                Some(device) => {
+                    cache.set_device_in_batch(batch, user_id, &update.device_id, device)?
+                }
+                None => cache.delete_device_in_batch(batch, user_id, &update.device_id),
+            }
+            record.stream_id = update.stream_id;
+            record.last_prev_ids = update.prev_ids.clone();
+        } else {
+            changed = !record.stale;
+            record.stale = true;
+            record.pending_stream_id = record.pending_stream_id.max(update.stream_id);
+            resync = true;
+        }
+        cache.set_user_in_batch(batch, user_id, &record)?;
+        if changed {
+            services.keys.mark_changed_in_batch(batch, user_id, count)?;
+        }
+        Ok(())
+    })?;
     if changed {
         super::after_change(services, user_id, &[]);
     }
@@ -205,27 +203,25 @@ pub fn receive_signing_key_update(
         return Ok(());
     }
     let mut changed = false;
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
-            if !is_tracked(services, user_id)? {
-                return Ok(());
+    services.globals.write_with_count(|batch, count| {
+        if !is_tracked(services, user_id)? {
+            return Ok(());
+        }
+        if let Some(mut record) = services.remote_keys.get_user(user_id)? {
+            if master_key.is_some() {
+                record.master_key = master_key.clone();
             }
-            if let Some(mut record) = services.remote_keys.get_user(user_id)? {
-                if master_key.is_some() {
-                    record.master_key = master_key.clone();
-                }
-                if self_signing_key.is_some() {
-                    record.self_signing_key = self_signing_key.clone();
-                }
-                services
-                    .remote_keys
-                    .set_user_in_batch(batch, user_id, &record)?;
+            if self_signing_key.is_some() {
+                record.self_signing_key = self_signing_key.clone();
             }
-            services.keys.mark_changed_in_batch(batch, user_id, count)?;
-            changed = true;
-            Ok(())
-        })?;
+            services
+                .remote_keys
+                .set_user_in_batch(batch, user_id, &record)?;
+        }
+        services.keys.mark_changed_in_batch(batch, user_id, count)?;
+        changed = true;
+        Ok(())
+    })?;
     if changed {
         super::after_change(services, user_id, &[]);
     }
@@ -289,27 +285,25 @@ pub async fn resync(services: &Services, user_id: &UserId) -> Result<FetchedList
         .await?;
     let (fetched, devices) = parse_devices_answer(user_id, &answer)?;
     let cache = &services.remote_keys;
-    services
-        .globals
-        .write_with_count(&services.db, |batch, _| {
-            if !is_tracked(services, user_id)? {
-                return Ok(());
-            }
-            let existing = cache.get_user(user_id)?;
-            if existing
-                .as_ref()
-                .is_some_and(|known| !known.stale && known.stream_id > fetched.stream_id)
-            {
-                return Ok(());
-            }
-            let pending = existing.map_or(0, |known| known.pending_stream_id);
-            let mut record = fetched.clone();
-            if pending > fetched.stream_id {
-                record.stale = true;
-                record.pending_stream_id = pending;
-            }
-            cache.replace_in_batch(batch, user_id, &record, &devices)
-        })?;
+    services.globals.write_with_count(|batch, _| {
+        if !is_tracked(services, user_id)? {
+            return Ok(());
+        }
+        let existing = cache.get_user(user_id)?;
+        if existing
+            .as_ref()
+            .is_some_and(|known| !known.stale && known.stream_id > fetched.stream_id)
+        {
+            return Ok(());
+        }
+        let pending = existing.map_or(0, |known| known.pending_stream_id);
+        let mut record = fetched.clone();
+        if pending > fetched.stream_id {
+            record.stale = true;
+            record.pending_stream_id = pending;
+        }
+        cache.replace_in_batch(batch, user_id, &record, &devices)
+    })?;
     Ok((fetched, devices))
 }
 

@@ -263,17 +263,15 @@ fn index_members(services: &Services, room_id: &RoomId, state_ids: &[OwnedEventI
             }
         }
     }
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
-            for pdu in &members {
-                services
-                    .rooms
-                    .members
-                    .update_in_batch(room_id, pdu, count, batch)?;
-            }
-            Ok(())
-        })?;
+    services.globals.write_with_count(|batch, count| {
+        for pdu in &members {
+            services
+                .rooms
+                .members
+                .update_in_batch(room_id, pdu, count, batch)?;
+        }
+        Ok(())
+    })?;
     services.rooms.members.invalidate_servers(room_id);
     Ok(())
 }
@@ -552,20 +550,18 @@ pub fn store_outside_membership(
     state.push(own);
     let state_json = serde_json::to_vec(&state).map_err(Error::internal)?;
     let handshakes = &services.rooms.handshakes;
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
-            services
-                .rooms
-                .members
-                .update_in_batch(room_id, pdu, count, batch)?;
-            batch.insert(
-                &handshakes.userroomid_invitestate,
-                &key::join(&[invitee.as_bytes(), room_id.as_bytes()]),
-                &state_json,
-            );
-            Ok(())
-        })?;
+    services.globals.write_with_count(|batch, count| {
+        services
+            .rooms
+            .members
+            .update_in_batch(room_id, pdu, count, batch)?;
+        batch.insert(
+            &handshakes.userroomid_invitestate,
+            &key::join(&[invitee.as_bytes(), room_id.as_bytes()]),
+            &state_json,
+        );
+        Ok(())
+    })?;
     services.notifier.wake(Topic::User(invitee.to_owned()));
     Ok(())
 }
@@ -614,14 +610,12 @@ pub async fn leave_remote(
             .unwrap_or_default();
         return store_outside_membership(services, room_id, &version, &object, &pdu, &state);
     }
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
-            services
-                .rooms
-                .members
-                .update_in_batch(room_id, &pdu, count, batch)
-        })?;
+    services.globals.write_with_count(|batch, count| {
+        services
+            .rooms
+            .members
+            .update_in_batch(room_id, &pdu, count, batch)
+    })?;
     services.notifier.wake(Topic::User(user.to_string()));
     Ok(())
 }

@@ -22,8 +22,9 @@ use crate::{
         notify::{Topic, Waiter},
         presence,
         rooms::{
-            members::RoomMembership, pdu::Pdu, prejoin_state, timeline::read::client_event,
-            visibility,
+            members::RoomMembership,
+            pdu::{client_event, Pdu},
+            prejoin_state, visibility,
         },
         Services,
     },

@@ -13,7 +13,7 @@ use crate::{
     error::Result,
     service::{
         filter::RoomEventFilter,
-        rooms::{pdu::Pdu, timeline::read::client_event},
+        rooms::pdu::{client_event, Pdu},
         Services,
     },
 };

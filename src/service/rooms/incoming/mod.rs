@@ -32,6 +32,8 @@ pub(super) use self::state::{
     fetch_state_before, first_prev_state, state_after_prev_events, store_state,
 };
 pub use self::state::{resolve_sets, state_set_of};
+pub use super::pdu::federation_value;
+pub use crate::federation::encode;
 
 /// The largest PDU the spec allows, in bytes of canonical JSON.
 pub const MAX_PDU_BYTES: usize = 65536;
@@ -170,15 +172,6 @@ pub async fn verify_pdu(
             .map_err(|error| Error::bad_json(format!("pdu cannot be redacted: {error}")))?;
     }
     Ok(object)
-}
-
-/// A signed event as sent to other servers: without `event_id` where the room version derives it.
-pub fn federation_value(object: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<Value> {
-    let mut object = object.clone();
-    if rules.event_id_format != EventIdFormatVersion::V1 {
-        object.remove("event_id");
-    }
-    serde_json::to_value(object).map_err(Error::internal)
 }
 
 /// Turns a verified object into a [`Pdu`] (with its event ID).
@@ -393,19 +386,6 @@ fn origin_answered(error: &Error) -> bool {
             .is_some_and(|remote| (400..500).contains(&remote.status)),
         _ => false,
     }
-}
-
-/// Percent-encodes a path segment.
-pub fn encode(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 /// Handles one PDU from `origin` for `room_id` (server-server API, "Checks performed on receipt

@@ -11,12 +11,15 @@ use super::{Child, Relation};
 use crate::{
     error::Result,
     service::{
-        rooms::{pdu::Pdu, timeline::read::client_event, visibility},
+        rooms::{
+            pdu::{client_event, Pdu},
+            visibility,
+        },
         Services,
     },
 };
 
-/// The client form of an event as `viewer` should see it (see `timeline::read::client_event`)
+/// The client form of an event as `viewer` should see it (see `pdu::client_event`)
 /// with the viewer's membership at the event (`unsigned.membership`) and its bundled
 /// aggregations. Every path that serves room events to clients calls this.
 pub fn serve_event(

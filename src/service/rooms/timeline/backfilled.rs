@@ -147,7 +147,7 @@ pub fn commit_backfilled(
         .index_at_count(shortroomid, pdu, &mut batch);
     let stream = services
         .globals
-        .write_with_count(&services.db, |batch_with_count, stream| {
+        .write_with_count(|batch_with_count, stream| {
             // Counting down from the top: each later backfill reaches further into the past.
             let count = u64::MAX - stream;
             batch.set_count(count);

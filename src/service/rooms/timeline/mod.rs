@@ -353,7 +353,7 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
 
     let count = services
         .globals
-        .write_with_count(&services.db, |batch_with_count, count| {
+        .write_with_count(|batch_with_count, count| {
             let pdu_id = PduId { shortroomid, count };
             batch.set_count(count);
             batch.insert(&timeline.pduid_pdu, &pdu_id.to_bytes(), &json);

@@ -1,7 +1,7 @@
 //! Reading the timeline (by event ID, in stream order, in topological order) and pruning
 //! redacted events.
 
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, EventId, RoomId, UserId};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, EventId, RoomId};
 use serde_json::Value;
 
 use super::{PduId, Timeline};
@@ -9,7 +9,6 @@ use crate::{
     error::{Error, Result},
     service::{rooms::pdu::Pdu, Services},
     store::{key, Batch},
-    util,
 };
 
 /// How many parsed events the cache keeps before it starts over.
@@ -215,27 +214,6 @@ impl Timeline {
                 Ok((position, pdu))
             })
     }
-}
-
-/// The client form of an event as `viewer` should see it: `age`, and `transaction_id` only for the
-/// device that sent it.
-pub fn client_event(pdu: &Pdu, room_id: &RoomId, viewer: Option<(&UserId, &str)>) -> Value {
-    let mut unsigned: Value = pdu
-        .unsigned
-        .as_ref()
-        .and_then(|raw| serde_json::from_str(raw.get()).ok())
-        .unwrap_or_else(|| Value::Object(Default::default()));
-    if let Some(map) = unsigned.as_object_mut() {
-        let device = map.remove("device_id");
-        let own_device = matches!((viewer, device.as_ref().and_then(Value::as_str)), (Some((user, viewer_device)), Some(sender_device)) if user == pdu.sender && viewer_device == sender_device);
-        if !own_device {
-            map.remove("transaction_id");
-        }
-        map.remove("age_ts");
-        let age = util::now_millis().saturating_sub(u64::from(pdu.origin_server_ts.0));
-        map.insert("age".into(), Value::from(age));
-    }
-    pdu.to_client_value(room_id, unsigned)
 }
 
 /// Prunes the target of a redaction in `batch` by the room version's redaction algorithm and
