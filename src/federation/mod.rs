@@ -231,6 +231,19 @@ impl FederationClient {
     }
 }
 
+/// Percent-encodes a path segment.
+pub fn encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 /// The `Authorization: X-Matrix …` value for a request: the origin's signature over method, URI,
 /// origin, destination and body (server-server API, "Request Authentication").
 pub fn x_matrix(

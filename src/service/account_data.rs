@@ -21,7 +21,6 @@ use crate::{
 
 /// Owns `userroomidtype_accountdata` (user ID 0xff room ID or empty 0xff type → stream position u64, JSON content).
 pub struct AccountData {
-    db: Arc<Db>,
     userroomidtype_accountdata: Tree,
     /// Serialises read-modify-write updates ([`AccountData::update`]), such as room tags.
     update_lock: Mutex<()>,
@@ -46,7 +45,6 @@ impl AccountData {
     /// Opens the tree.
     pub fn open(db: &Arc<Db>) -> Self {
         Self {
-            db: Arc::clone(db),
             userroomidtype_accountdata: db.tree("userroomidtype_accountdata"),
             update_lock: Mutex::new(()),
             ignored: Mutex::new(HashMap::new()),
@@ -72,7 +70,7 @@ impl AccountData {
     ) -> Result<u64> {
         let db_key = Self::db_key(user_id, room_id, kind);
         let json = serde_json::to_vec(content).map_err(Error::internal)?;
-        let count = globals.write_with_count(&self.db, |batch, count| {
+        let count = globals.write_with_count(|batch, count| {
             let mut value = key::u64_bytes(count).to_vec();
             value.extend_from_slice(&json);
             batch.insert(&self.userroomidtype_accountdata, &db_key, &value);

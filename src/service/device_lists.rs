@@ -368,18 +368,16 @@ pub fn announce_device_keys_in_batch(
 pub fn announce_device(services: &Services, user_id: &UserId, device_id: &str) -> Result<()> {
     let state = get_device_state(services, user_id, device_id)?;
     let mut destinations = Vec::new();
-    services
-        .globals
-        .write_with_count(services.keys.store(), |batch, count| {
-            destinations = announce_devices_in_batch(
-                services,
-                batch,
-                count,
-                user_id,
-                &[(device_id.to_owned(), state)],
-            )?;
-            Ok(())
-        })?;
+    services.globals.write_with_count(|batch, count| {
+        destinations = announce_devices_in_batch(
+            services,
+            batch,
+            count,
+            user_id,
+            &[(device_id.to_owned(), state)],
+        )?;
+        Ok(())
+    })?;
     after_change(services, user_id, &destinations);
     Ok(())
 }
@@ -387,24 +385,22 @@ pub fn announce_device(services: &Services, user_id: &UserId, device_id: &str) -
 /// Removes a device's keys and inbox after logout or deletion, and announces the deletion.
 pub fn delete_device(services: &Services, user_id: &UserId, device_id: &str) -> Result<()> {
     let mut destinations = Vec::new();
-    services
-        .globals
-        .write_with_count(services.keys.store(), |batch, count| {
-            services
-                .keys
-                .delete_device_keys_in_batch(batch, user_id, device_id)?;
-            services
-                .to_device
-                .delete_device_in_batch(batch, user_id, device_id)?;
-            destinations = announce_devices_in_batch(
-                services,
-                batch,
-                count,
-                user_id,
-                &[(device_id.to_owned(), None)],
-            )?;
-            Ok(())
-        })?;
+    services.globals.write_with_count(|batch, count| {
+        services
+            .keys
+            .delete_device_keys_in_batch(batch, user_id, device_id)?;
+        services
+            .to_device
+            .delete_device_in_batch(batch, user_id, device_id)?;
+        destinations = announce_devices_in_batch(
+            services,
+            batch,
+            count,
+            user_id,
+            &[(device_id.to_owned(), None)],
+        )?;
+        Ok(())
+    })?;
     after_change(services, user_id, &destinations);
     Ok(())
 }

@@ -22,6 +22,7 @@ use crate::{
 /// positions up to here may have been handed out; see [`Globals::reserve_typing`]) and
 /// `b"typing_run_start"` → u64 (the first typing position of the latest run).
 pub struct Globals {
+    db: Arc<Db>,
     global: Tree,
     server_name: OwnedServerName,
     signing_key: SigningKey,
@@ -72,6 +73,7 @@ impl Globals {
             .and_then(|bytes| key::read_u64(&bytes))
             .unwrap_or(0);
         Ok(Self {
+            db: Arc::clone(db),
             global,
             server_name,
             signing_key,
@@ -140,14 +142,13 @@ impl Globals {
     /// writes, writes everything at once and publishes the position.
     pub fn write_with_count(
         &self,
-        db: &Db,
         fill: impl FnOnce(&mut Batch, u64) -> Result<()>,
     ) -> Result<u64> {
         let _guard = self.commit_lock.lock();
         let mut batch = Batch::default();
         let count = self.next_count(&mut batch);
         fill(&mut batch, count)?;
-        db.write(batch)?;
+        self.db.write(batch)?;
         self.publish_count(count);
         Ok(count)
     }

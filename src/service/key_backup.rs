@@ -72,7 +72,7 @@ impl KeyBackup {
         algorithm: String,
         auth_data: Value,
     ) -> Result<u64> {
-        globals.write_with_count(&self.db, |batch, count| {
+        globals.write_with_count(|batch, count| {
             let backup = Backup {
                 algorithm,
                 auth_data,
@@ -163,7 +163,7 @@ impl KeyBackup {
         version: u64,
         keys: &RoomKeys,
     ) -> Result<()> {
-        globals.write_with_count(&self.db, |batch, count| {
+        globals.write_with_count(|batch, count| {
             let mut backup = self
                 .get_version(user_id, version)?
                 .ok_or_else(|| Error::not_found(format!("unknown backup version {version}")))?;
@@ -247,7 +247,7 @@ impl KeyBackup {
         session_id: Option<&str>,
     ) -> Result<()> {
         let prefix = Self::keys_prefix(user_id, version, room_id, session_id);
-        globals.write_with_count(&self.db, |batch, count| {
+        globals.write_with_count(|batch, count| {
             let mut backup = self
                 .get_version(user_id, version)?
                 .ok_or_else(|| Error::not_found(format!("unknown backup version {version}")))?;

@@ -223,28 +223,22 @@ pub fn set_receipt(services: &Services, room_id: &RoomId, receipt: &Receipt) -> 
             services
                 .rooms
                 .members
-                .servers_in_room(room_id)?
-                .iter()
-                .filter(|server| *server != own)
-                .cloned()
-                .collect()
+                .servers_in_room_except(room_id, own)?
         } else {
             Vec::new()
         };
     let edu = (!destinations.is_empty()).then(|| receipt_edu(room_id, receipt));
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
+    services.globals.write_with_count(|batch, count| {
+        services
+            .receipts
+            .set_in_batch(room_id, receipt, count, batch)?;
+        if let Some(edu) = &edu {
             services
-                .receipts
-                .set_in_batch(room_id, receipt, count, batch)?;
-            if let Some(edu) = &edu {
-                services
-                    .sending
-                    .queue_edu_in_batch(batch, &destinations, count, edu);
-            }
-            Ok(())
-        })?;
+                .sending
+                .queue_edu_in_batch(batch, &destinations, count, edu);
+        }
+        Ok(())
+    })?;
     match receipt.kind {
         ReceiptType::Read => services.notifier.wake(Topic::Room(room_id.to_string())),
         ReceiptType::ReadPrivate => services

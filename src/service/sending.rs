@@ -62,6 +62,7 @@ struct QueuedBatch {
 /// later EDUs one write queues → JSON `{"pdu": event ID}` or `{"edu": {...}}`); the count is the
 /// stream position of the write that queued it.
 pub struct Sending {
+    db: Arc<Db>,
     servercount_outgoing: Tree,
     destinations: Mutex<HashMap<OwnedServerName, Arc<Destination>>>,
     new_destinations: mpsc::UnboundedSender<NewDestination>,
@@ -73,6 +74,7 @@ impl Sending {
     pub fn open(db: &Arc<Db>) -> Self {
         let (new_destinations, receiver) = mpsc::unbounded_channel();
         Self {
+            db: Arc::clone(db),
             servercount_outgoing: db.tree("servercount_outgoing"),
             destinations: Mutex::new(HashMap::new()),
             new_destinations,
@@ -313,7 +315,7 @@ async fn destination_worker(
                 for entry in keys {
                     batch.remove(&services.sending.servercount_outgoing, entry);
                 }
-                if let Err(error) = services.db.write(batch) {
+                if let Err(error) = services.sending.db.write(batch) {
                     tracing::error!(%error, "dequeuing a sent transaction failed");
                     return;
                 }

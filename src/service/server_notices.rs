@@ -16,7 +16,10 @@ use crate::{
     error::{Error, Result},
     service::{
         notify::Topic,
-        rooms::timeline::{create_and_commit, rules_for, PduBuilder},
+        rooms::{
+            timeline::{create_and_commit, PduBuilder},
+            version::rules_for,
+        },
         Services,
     },
     store::{Db, Tree},

@@ -229,30 +229,28 @@ pub fn send(services: &Services, request: Send<'_>) -> Result<()> {
         )));
     }
     let destinations: Vec<OwnedServerName> = remote.keys().cloned().collect();
-    services
-        .globals
-        .write_with_count(services.to_device.store(), |batch, count| {
-            let txn = (sender, sender_device, txn_id);
+    services.globals.write_with_count(|batch, count| {
+        let txn = (sender, sender_device, txn_id);
+        services
+            .to_device
+            .add_in_batch(batch, count, txn, &deliveries);
+        for (server, users) in &remote {
+            let edu = json!({
+                "edu_type": "m.direct_to_device",
+                "content": {
+                    "sender": sender,
+                    "type": event_type,
+                    "message_id": util::random_string(16),
+                    "messages": users,
+                },
+            });
+            let destination = std::slice::from_ref(server);
             services
-                .to_device
-                .add_in_batch(batch, count, txn, &deliveries);
-            for (server, users) in &remote {
-                let edu = json!({
-                    "edu_type": "m.direct_to_device",
-                    "content": {
-                        "sender": sender,
-                        "type": event_type,
-                        "message_id": util::random_string(16),
-                        "messages": users,
-                    },
-                });
-                let destination = std::slice::from_ref(server);
-                services
-                    .sending
-                    .queue_edu_in_batch(batch, destination, count, &edu);
-            }
-            Ok(())
-        })?;
+                .sending
+                .queue_edu_in_batch(batch, destination, count, &edu);
+        }
+        Ok(())
+    })?;
     wake_recipients(services, &deliveries);
     services.sending.wake(&destinations);
     Ok(())
@@ -304,14 +302,12 @@ pub fn receive_remote(services: &Services, sender: &UserId, content: &Value) -> 
             services, sender, event_type, &user_id, devices,
         )?);
     }
-    services
-        .globals
-        .write_with_count(services.to_device.store(), |batch, count| {
-            services
-                .to_device
-                .add_in_batch(batch, count, (sender, "", message_id), &deliveries);
-            Ok(())
-        })?;
+    services.globals.write_with_count(|batch, count| {
+        services
+            .to_device
+            .add_in_batch(batch, count, (sender, "", message_id), &deliveries);
+        Ok(())
+    })?;
     wake_recipients(services, &deliveries);
     Ok(())
 }

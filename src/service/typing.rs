@@ -303,14 +303,12 @@ fn announce(services: &Services, room_id: &RoomId, user_id: &UserId, typing: boo
         "edu_type": "m.typing",
         "content": { "room_id": room_id, "user_id": user_id, "typing": typing },
     });
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
-            services
-                .sending
-                .queue_edu_in_batch(batch, &destinations, count, &edu);
-            Ok(())
-        })?;
+    services.globals.write_with_count(|batch, count| {
+        services
+            .sending
+            .queue_edu_in_batch(batch, &destinations, count, &edu);
+        Ok(())
+    })?;
     services.sending.wake(&destinations);
     Ok(())
 }

@@ -568,7 +568,10 @@ pub fn forge_shaped(
     shape: impl FnOnce(&mut ruma::CanonicalJsonObject),
     tamper: impl FnOnce(&mut Value),
 ) -> (String, Value) {
-    use plait::service::rooms::timeline::{build_and_sign, build_template, rules_for};
+    use plait::service::rooms::{
+        timeline::{build_and_sign, build_template},
+        version::rules_for,
+    };
     let services = &server.services;
     let room_id = ruma::OwnedRoomId::try_from(room).unwrap();
     let sender = ruma::OwnedUserId::try_from(sender).unwrap();
@@ -1123,7 +1126,7 @@ async fn version_one_send_join_and_send_leave_check_and_wrap_their_answers() {
         event["content"]["membership"] = json!(membership);
         let mut object: ruma::CanonicalJsonObject = serde_json::from_value(event).unwrap();
         let version = ruma::RoomVersionId::V12;
-        let rules = plait::service::rooms::timeline::rules_for(&version).unwrap();
+        let rules = plait::service::rooms::version::rules_for(&version).unwrap();
         plait::crypto::hash_and_sign_event(
             services.globals.server_name().as_str(),
             services.globals.signing_key(),

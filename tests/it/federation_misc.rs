@@ -326,7 +326,7 @@ async fn send_join_by_hand(
         serde_json::from_value(template["event"].clone()).unwrap();
     let version =
         ruma::RoomVersionId::try_from(template["room_version"].as_str().unwrap()).unwrap();
-    let rules = plait::service::rooms::timeline::rules_for(&version).unwrap();
+    let rules = plait::service::rooms::version::rules_for(&version).unwrap();
     let services = &from.services;
     plait::crypto::hash_and_sign_event(
         services.globals.server_name().as_str(),
@@ -416,7 +416,7 @@ async fn send_join_omits_members_when_asked() {
     for name in ["u1", "u2", "u3", "u4", "u5", "u6"] {
         locals.push(hs1.register(name).await);
     }
-    let rules = plait::service::rooms::timeline::rules_for(&ruma::RoomVersionId::V12).unwrap();
+    let rules = plait::service::rooms::version::rules_for(&ruma::RoomVersionId::V12).unwrap();
     let member = |name: &str| ("m.room.member".to_owned(), format!("@{name}:{hs1_name}"));
 
     // A named room that bob of hs2 was invited to: only his own member event stays.

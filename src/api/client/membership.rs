@@ -17,9 +17,10 @@ use crate::{
             alias as directory,
             handshake::{self, Handshake},
             history::parse_token,
+            pdu::client_event,
             restricted::{self, JoinCheck},
             third_party,
-            timeline::{create_and_commit, read::client_event, PduBuilder},
+            timeline::{create_and_commit, PduBuilder},
             visibility::ReadableState,
         },
         Services,
@@ -410,10 +411,7 @@ pub async fn forget_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             ))
         }
         _ => {
-            services
-                .rooms
-                .members
-                .forget(&room_id, ctx.user(), &services.db)?;
+            services.rooms.members.forget(&room_id, ctx.user())?;
             Ok(json!({}))
         }
     }

@@ -11,8 +11,10 @@ use crate::{
     error::Error,
     service::{
         rooms::{
-            create, power,
-            timeline::{create_and_commit, read::client_event, PduBuilder},
+            create,
+            pdu::client_event,
+            power,
+            timeline::{create_and_commit, PduBuilder},
         },
         Services,
     },

@@ -17,9 +17,9 @@ use serde_json::{json, Map, Value};
 
 use crate::{
     error::{Error, Result},
+    federation::encode,
     service::{
         remote_keys::{RemoteDevice, RemoteUser},
-        rooms::incoming::encode,
         Services,
     },
     store::Batch,
@@ -63,14 +63,12 @@ fn write_if_tracked(
     user_id: &UserId,
     fill: impl FnOnce(&mut Batch, u64) -> Result<()>,
 ) -> Result<()> {
-    services
-        .globals
-        .write_with_count(services.keys.store(), |batch, count| {
-            if !is_tracked(services, user_id)? {
-                return Ok(());
-            }
-            fill(batch, count)
-        })?;
+    services.globals.write_with_count(|batch, count| {
+        if !is_tracked(services, user_id)? {
+            return Ok(());
+        }
+        fill(batch, count)
+    })?;
     Ok(())
 }
 

@@ -56,22 +56,20 @@ pub fn upload_signing_keys(
         uiaa::check_password(services, auth, user_id)?;
     }
     let mut destinations = Vec::new();
-    services
-        .globals
-        .write_with_count(services.keys.store(), |batch, count| {
-            let mut content = json!({ "user_id": user_id });
-            for (kind, signing_key) in uploaded {
-                services
-                    .keys
-                    .set_cross_signing_key_in_batch(batch, user_id, kind, signing_key);
-                if *kind != "user_signing" {
-                    content[field_of(kind)] = signing_key.clone();
-                }
+    services.globals.write_with_count(|batch, count| {
+        let mut content = json!({ "user_id": user_id });
+        for (kind, signing_key) in uploaded {
+            services
+                .keys
+                .set_cross_signing_key_in_batch(batch, user_id, kind, signing_key);
+            if *kind != "user_signing" {
+                content[field_of(kind)] = signing_key.clone();
             }
-            let edu = json!({ "edu_type": "m.signing_key_update", "content": content });
-            destinations = device_lists::announce_in_batch(services, batch, count, user_id, &edu)?;
-            Ok(())
-        })?;
+        }
+        let edu = json!({ "edu_type": "m.signing_key_update", "content": content });
+        destinations = device_lists::announce_in_batch(services, batch, count, user_id, &edu)?;
+        Ok(())
+    })?;
     device_lists::after_change(services, user_id, &destinations);
     Ok(())
 }
@@ -252,7 +250,7 @@ fn store_signed(services: &Services, update: &Signed) -> Result<()> {
     let mut destinations = Vec::new();
     services
         .globals
-        .write_with_count(services.keys.store(), |batch, count| {
+        .write_with_count(|batch, count| {
             destinations = match device_id {
                 Some(device_id) => {
                     services

@@ -41,39 +41,37 @@ pub fn upload(
         }
     }
     let mut destinations = None;
-    services
-        .globals
-        .write_with_count(services.keys.store(), |batch, count| {
-            if let Some(new) = &upload.device_keys {
-                let mut new = Value::Object(new.clone());
-                let existing = services.keys.get_device_keys(user_id, device_id)?;
-                // New identity keys replace the old ones (as Synapse does: a client that lost its
-                // keys re-creates them; other users' clients see the change and warn about it);
-                // signatures others made stay only while the keys they signed stay.
-                if let Some(existing) = existing.as_ref().filter(|old| old["keys"] == new["keys"]) {
-                    merge_signatures(&mut new, existing);
-                }
-                if existing.as_ref() != Some(&new) {
-                    services
-                        .keys
-                        .set_device_keys_in_batch(batch, user_id, device_id, &new);
-                    destinations = Some(device_lists::announce_device_keys_in_batch(
-                        services, batch, count, user_id, device_id, new,
-                    )?);
-                }
+    services.globals.write_with_count(|batch, count| {
+        if let Some(new) = &upload.device_keys {
+            let mut new = Value::Object(new.clone());
+            let existing = services.keys.get_device_keys(user_id, device_id)?;
+            // New identity keys replace the old ones (as Synapse does: a client that lost its
+            // keys re-creates them; other users' clients see the change and warn about it);
+            // signatures others made stay only while the keys they signed stay.
+            if let Some(existing) = existing.as_ref().filter(|old| old["keys"] == new["keys"]) {
+                merge_signatures(&mut new, existing);
             }
-            if let Some(keys) = &upload.one_time_keys {
+            if existing.as_ref() != Some(&new) {
                 services
                     .keys
-                    .add_one_time_keys_in_batch(batch, user_id, device_id, keys, count)?;
+                    .set_device_keys_in_batch(batch, user_id, device_id, &new);
+                destinations = Some(device_lists::announce_device_keys_in_batch(
+                    services, batch, count, user_id, device_id, new,
+                )?);
             }
-            if let Some(keys) = &upload.fallback_keys {
-                services
-                    .keys
-                    .set_fallback_keys_in_batch(batch, user_id, device_id, keys)?;
-            }
-            Ok(())
-        })?;
+        }
+        if let Some(keys) = &upload.one_time_keys {
+            services
+                .keys
+                .add_one_time_keys_in_batch(batch, user_id, device_id, keys, count)?;
+        }
+        if let Some(keys) = &upload.fallback_keys {
+            services
+                .keys
+                .set_fallback_keys_in_batch(batch, user_id, device_id, keys)?;
+        }
+        Ok(())
+    })?;
     if let Some(destinations) = destinations {
         device_lists::after_change(services, user_id, &destinations);
     }

@@ -69,6 +69,26 @@ pub struct MediaRecord {
     pub unused_expires_at: Option<u64>,
 }
 
+impl MediaRecord {
+    /// The record of bytes a local user uploaded just now.
+    fn uploaded(
+        stored: Stored,
+        uploader: &UserId,
+        content_type: Option<String>,
+        filename: Option<String>,
+    ) -> Self {
+        Self {
+            sha256: Some(stored.sha256),
+            content_type,
+            filename,
+            size: stored.size,
+            uploader: Some(uploader.to_owned()),
+            created_ts: util::now_millis(),
+            unused_expires_at: None,
+        }
+    }
+}
+
 /// A cached thumbnail.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ThumbnailRecord {
@@ -162,15 +182,7 @@ impl Media {
     ) -> Result<OwnedMxcUri> {
         let stored = self.files.finish(upload).await?;
         let media_id = util::random_string(24);
-        let record = MediaRecord {
-            sha256: Some(stored.sha256),
-            content_type,
-            filename,
-            size: stored.size,
-            uploader: Some(uploader.to_owned()),
-            created_ts: util::now_millis(),
-            unused_expires_at: None,
-        };
+        let record = MediaRecord::uploaded(stored, uploader, content_type, filename);
         self.mediaid_media
             .insert(&media_key(&self.server_name, &media_id), &encode(&record)?)?;
         Ok(self.mxc(&media_id))
@@ -284,15 +296,7 @@ impl Media {
         {
             let _guard = self.upload_lock.lock();
             self.check_reserved(uploader, &self.server_name, media_id)?;
-            let record = MediaRecord {
-                sha256: Some(stored.sha256),
-                content_type,
-                filename,
-                size: stored.size,
-                uploader: Some(uploader.to_owned()),
-                created_ts: util::now_millis(),
-                unused_expires_at: None,
-            };
+            let record = MediaRecord::uploaded(stored, uploader, content_type, filename);
             let mut batch = Batch::default();
             batch.insert(
                 &self.mediaid_media,

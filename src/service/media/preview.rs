@@ -150,24 +150,7 @@ async fn fetch(
             .and_then(|value| value.to_str().ok())
             .unwrap_or("application/octet-stream")
             .to_ascii_lowercase();
-        let mut response = response;
-        let mut body = Vec::new();
-        let mut truncated = false;
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|error| fetch_failed(&url, error))?
-        {
-            body.extend_from_slice(&chunk);
-            if body.len() > limit {
-                if truncate {
-                    body.truncate(limit);
-                    truncated = true;
-                    break;
-                }
-                return Err(super::files::too_large(limit as u64));
-            }
-        }
+        let (body, truncated) = read_body(response, &url, limit, truncate).await?;
         return Ok(Fetched {
             url,
             content_type,
@@ -176,6 +159,32 @@ async fn fetch(
         });
     }
     Err(Error::forbidden("the URL redirects too often"))
+}
+
+/// Reads a response's body up to `limit` bytes: a longer one is cut (`truncate`, answering
+/// `true`) or refused.
+async fn read_body(
+    mut response: reqwest::Response,
+    url: &reqwest::Url,
+    limit: usize,
+    truncate: bool,
+) -> Result<(Vec<u8>, bool)> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|error| fetch_failed(url, error))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > limit {
+            if truncate {
+                body.truncate(limit);
+                return Ok((body, true));
+            }
+            return Err(super::files::too_large(limit as u64));
+        }
+    }
+    Ok((body, false))
 }
 
 /// The addresses of `host`, all of which must be outside the deny-list (`403 M_FORBIDDEN`).

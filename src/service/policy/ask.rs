@@ -12,7 +12,7 @@ use ruma::{room_version_rules::RoomVersionRules, CanonicalJsonObject, RoomId};
 use super::{add_signature, has_valid_signature, is_exempt, room_policy, RoomPolicy};
 use crate::{
     error::{Error, Result},
-    service::{rooms::incoming, Services},
+    service::{rooms::pdu::federation_value, Services},
 };
 
 /// How long a policy server gets to answer. Synapse gives it 3 s; a little more here, since a
@@ -31,7 +31,7 @@ pub async fn ask(
     object: &CanonicalJsonObject,
     rules: &RoomVersionRules,
 ) -> Result<String> {
-    let value = incoming::federation_value(object, rules)?;
+    let value = federation_value(object, rules)?;
     let signature = if policy.via == services.globals.server_name() {
         // A refusal reaches the client as `403 M_FORBIDDEN`, like a remote policy server's.
         super::sign_as_policy_server(services, None, &value).map_err(|error| match error {

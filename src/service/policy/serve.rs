@@ -8,7 +8,7 @@ use super::{is_exempt, policy_of_content, sign_redacted, EVENT_TYPE};
 use crate::{
     error::{Error, Result},
     service::{
-        rooms::{incoming, timeline::rules_for},
+        rooms::{incoming, version::rules_for},
         Services,
     },
 };

@@ -114,6 +114,7 @@ struct Record {
 /// `presencecount_userid` (stream position u64 → user ID; one entry per user, its last change),
 /// and the in-memory entries: every user not offline, and local users seen since start.
 pub struct Presence {
+    db: Arc<Db>,
     userid_presence: Tree,
     presencecount_userid: Tree,
     users: Mutex<HashMap<OwnedUserId, Entry>>,
@@ -126,6 +127,7 @@ impl Presence {
     /// Opens the trees and loads everyone who was not offline.
     pub fn open(db: &Arc<Db>, config: &Config) -> Result<Self> {
         let presence = Self {
+            db: Arc::clone(db),
             userid_presence: db.tree("userid_presence"),
             presencecount_userid: db.tree("presencecount_userid"),
             users: Mutex::new(HashMap::new()),

@@ -115,22 +115,20 @@ fn refresh(services: &Services, user: &UserId, now: u64) -> Result<()> {
         }
         return Ok(());
     }
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
-            let mut users = presence.users.lock();
-            if let Some(entry) = users
-                .get_mut(user)
-                .filter(|entry| entry.state != State::Offline)
-            {
-                let edu = presence.edu(user, entry, now);
-                services
-                    .sending
-                    .queue_edu_in_batch(batch, &destinations, count, &edu);
-                entry.last_federated = now;
-            }
-            Ok(())
-        })?;
+    services.globals.write_with_count(|batch, count| {
+        let mut users = presence.users.lock();
+        if let Some(entry) = users
+            .get_mut(user)
+            .filter(|entry| entry.state != State::Offline)
+        {
+            let edu = presence.edu(user, entry, now);
+            services
+                .sending
+                .queue_edu_in_batch(batch, &destinations, count, &edu);
+            entry.last_federated = now;
+        }
+        Ok(())
+    })?;
     services.sending.wake(&destinations);
     Ok(())
 }
@@ -148,7 +146,7 @@ fn store_last_active(services: &Services) -> Result<()> {
             batch.insert(&presence.userid_presence, user.as_bytes(), &encode(entry)?);
         }
     }
-    services.db.write(batch)
+    presence.db.write(batch)
 }
 
 #[cfg(test)]

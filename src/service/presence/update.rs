@@ -255,43 +255,41 @@ pub(super) fn commit(
     let presence = &services.presence;
     let now = util::now_millis();
     let mut changed = false;
-    services
-        .globals
-        .write_with_count(&services.db, |batch, count| {
-            let mut users = presence.users.lock();
-            let entry = users.entry(user.to_owned()).or_default();
-            let applied = apply(entry);
-            // Offline remote users need no memory: their record answers reads.
-            let forget = entry.state == State::Offline && !presence.is_local(user);
-            if !applied {
-                if forget {
-                    users.remove(user);
-                }
-                return Ok(());
-            }
-            if entry.count != 0 {
-                batch.remove(&presence.presencecount_userid, &key::u64_bytes(entry.count));
-            }
-            entry.count = count;
-            batch.insert(
-                &presence.presencecount_userid,
-                &key::u64_bytes(count),
-                user.as_bytes(),
-            );
-            batch.insert(&presence.userid_presence, user.as_bytes(), &encode(entry)?);
-            if !destinations.is_empty() {
-                let edu = presence.edu(user, entry, now);
-                services
-                    .sending
-                    .queue_edu_in_batch(batch, destinations, count, &edu);
-                entry.last_federated = now;
-            }
+    services.globals.write_with_count(|batch, count| {
+        let mut users = presence.users.lock();
+        let entry = users.entry(user.to_owned()).or_default();
+        let applied = apply(entry);
+        // Offline remote users need no memory: their record answers reads.
+        let forget = entry.state == State::Offline && !presence.is_local(user);
+        if !applied {
             if forget {
                 users.remove(user);
             }
-            changed = true;
-            Ok(())
-        })?;
+            return Ok(());
+        }
+        if entry.count != 0 {
+            batch.remove(&presence.presencecount_userid, &key::u64_bytes(entry.count));
+        }
+        entry.count = count;
+        batch.insert(
+            &presence.presencecount_userid,
+            &key::u64_bytes(count),
+            user.as_bytes(),
+        );
+        batch.insert(&presence.userid_presence, user.as_bytes(), &encode(entry)?);
+        if !destinations.is_empty() {
+            let edu = presence.edu(user, entry, now);
+            services
+                .sending
+                .queue_edu_in_batch(batch, destinations, count, &edu);
+            entry.last_federated = now;
+        }
+        if forget {
+            users.remove(user);
+        }
+        changed = true;
+        Ok(())
+    })?;
     if changed {
         services.notifier.wake(Topic::User(user.to_string()));
         for room_id in rooms {

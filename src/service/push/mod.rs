@@ -51,6 +51,7 @@ const MAX_RULES_BYTES: usize = 256 * 1024;
 /// the same notifications per room (unread counts) and per user (`/notifications`); the pusher
 /// trees are owned by [`pushers::Pushers`].
 pub struct Push {
+    db: Arc<Db>,
     userroomcount_notification: Tree,
     usercount_notification: Tree,
     pub pushers: pushers::Pushers,
@@ -102,6 +103,7 @@ impl Push {
     /// Opens the trees.
     pub fn open(db: &Arc<Db>) -> Self {
         Self {
+            db: Arc::clone(db),
             userroomcount_notification: db.tree("userroomcount_notification"),
             usercount_notification: db.tree("usercount_notification"),
             pushers: pushers::Pushers::open(db),

@@ -23,7 +23,7 @@ use super::{
 use crate::{
     config::IpRange,
     error::{Error, Result},
-    service::Services,
+    service::{rooms::pdu::Pdu, Services},
     store::key,
 };
 
@@ -346,17 +346,7 @@ fn notify_body(
     let Some(pdu) = services.rooms.timeline.get_pdu(&notification.event_id)? else {
         return Ok(None);
     };
-    let mut tweaks = Map::new();
-    for action in &notification.actions {
-        if let ruma::push::Action::SetTweak(tweak) = action {
-            if let Ok(Value::Object(tweak)) = serde_json::to_value(tweak) {
-                if let Some(Value::String(name)) = tweak.get("set_tweak") {
-                    let value = tweak.get("value").cloned().unwrap_or(Value::Bool(true));
-                    tweaks.insert(name.clone(), value);
-                }
-            }
-        }
-    }
+    let tweaks = tweaks_of(&notification);
     let mut data = pusher.pusher.get("data").cloned().unwrap_or(json!({}));
     if let Some(data) = data.as_object_mut() {
         data.remove("url");
@@ -381,34 +371,63 @@ fn notify_body(
         }],
     });
     if !event_id_only {
-        body["type"] = json!(pdu.kind);
-        body["sender"] = json!(pdu.sender);
-        body["content"] = serde_json::from_str(pdu.content.get()).unwrap_or(Value::Null);
-        body["user_is_target"] = json!(pdu.state_key.as_deref() == Some(user_id.as_str()));
-        if let Some(name) = services
-            .rooms
-            .current_state_pdu(room_id, &ruma::events::StateEventType::RoomName, "")?
-            .and_then(|pdu| pdu.content_value()["name"].as_str().map(str::to_owned))
-        {
-            body["room_name"] = json!(name);
-        }
-        if let Some(name) = services
-            .rooms
-            .current_state_pdu(
-                room_id,
-                &ruma::events::StateEventType::RoomMember,
-                pdu.sender.as_str(),
-            )?
-            .and_then(|member| {
-                member.content_value()["displayname"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
-        {
-            body["sender_display_name"] = json!(name);
-        }
+        add_event_details(services, user_id, room_id, &pdu, &mut body)?;
     }
     Ok(Some(json!({ "notification": body })))
+}
+
+/// The tweaks a notification's actions set, by name (a tweak without a value is `true`).
+fn tweaks_of(notification: &Notification) -> Map<String, Value> {
+    let mut tweaks = Map::new();
+    for action in &notification.actions {
+        if let ruma::push::Action::SetTweak(tweak) = action {
+            if let Ok(Value::Object(tweak)) = serde_json::to_value(tweak) {
+                if let Some(Value::String(name)) = tweak.get("set_tweak") {
+                    let value = tweak.get("value").cloned().unwrap_or(Value::Bool(true));
+                    tweaks.insert(name.clone(), value);
+                }
+            }
+        }
+    }
+    tweaks
+}
+
+/// The event's fields of a notification whose pusher does not ask for `event_id_only`: type,
+/// sender, content, whether the user is the target, and the room's and the sender's names.
+fn add_event_details(
+    services: &Services,
+    user_id: &UserId,
+    room_id: &RoomId,
+    pdu: &Pdu,
+    body: &mut Value,
+) -> Result<()> {
+    body["type"] = json!(pdu.kind);
+    body["sender"] = json!(pdu.sender);
+    body["content"] = serde_json::from_str(pdu.content.get()).unwrap_or(Value::Null);
+    body["user_is_target"] = json!(pdu.state_key.as_deref() == Some(user_id.as_str()));
+    if let Some(name) = services
+        .rooms
+        .current_state_pdu(room_id, &ruma::events::StateEventType::RoomName, "")?
+        .and_then(|pdu| pdu.content_value()["name"].as_str().map(str::to_owned))
+    {
+        body["room_name"] = json!(name);
+    }
+    if let Some(name) = services
+        .rooms
+        .current_state_pdu(
+            room_id,
+            &ruma::events::StateEventType::RoomMember,
+            pdu.sender.as_str(),
+        )?
+        .and_then(|member| {
+            member.content_value()["displayname"]
+                .as_str()
+                .map(str::to_owned)
+        })
+    {
+        body["sender_display_name"] = json!(name);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

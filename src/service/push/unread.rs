@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use super::{Notification, Push};
 use crate::{
     error::{Error, Result},
-    service::{rooms::timeline::read::client_event, Services},
+    service::{rooms::pdu::client_event, Services},
     store::key,
 };
 
@@ -255,7 +255,7 @@ pub fn prune_read(services: &Services, room_id: &RoomId, user_id: &UserId) -> Re
         pruned += 1;
     }
     if pruned > 0 {
-        services.db.write(batch)?;
+        push.db.write(batch)?;
         tracing::debug!(pruned, "read notifications dropped");
     }
     Ok(())

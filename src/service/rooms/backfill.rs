@@ -22,7 +22,8 @@ use serde_json::Value;
 
 use super::{
     incoming::{self, encode},
-    timeline::{rules_for, Mode, SendTo},
+    timeline::{Mode, SendTo},
+    version::rules_for,
 };
 use crate::{error::Result, service::Services};
 

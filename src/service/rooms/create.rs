@@ -12,7 +12,8 @@ use crate::{
     service::{
         rooms::{
             handshake,
-            timeline::{create_and_commit, rules_for, PduBuilder},
+            timeline::{create_and_commit, PduBuilder},
+            version::rules_for,
         },
         Services,
     },

@@ -16,11 +16,9 @@ use crate::{
         rooms::{
             backfill,
             members::RoomMembership,
+            pdu::client_event,
             relations::bundle::serve_event,
-            timeline::{
-                is_backfilled,
-                read::{client_event, TopoPos},
-            },
+            timeline::{is_backfilled, read::TopoPos},
             visibility::{self, user_can_see, ReadableState},
         },
         sync::SyncToken,

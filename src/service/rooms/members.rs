@@ -90,7 +90,7 @@ impl Members {
         room_id: &RoomId,
         member_events: &[Pdu],
     ) -> Result<()> {
-        globals.write_with_count(self.roomuserid_membership.db(), |batch, count| {
+        globals.write_with_count(|batch, count| {
             for pdu in member_events {
                 self.update_in_batch(room_id, pdu, count, batch)?;
             }
@@ -179,24 +179,11 @@ impl Members {
 
     /// Every room a user has a membership in, with the position it last changed at.
     pub fn iter_rooms(&self, user_id: &UserId) -> Result<Vec<RoomMembership>> {
-        let prefix = key::prefix(&[user_id.as_bytes()]);
-        let mut rooms = Vec::new();
-        for entry in self.userroomid_membership.iter_prefix(&prefix) {
-            let (db_key, value) = entry?;
-            let room = std::str::from_utf8(&db_key[prefix.len()..])
-                .map_err(|e| Error::corrupt("userroomid_membership", e))?;
-            let room_id = OwnedRoomId::try_from(room)
-                .map_err(|e| Error::corrupt("userroomid_membership", e))?;
-            let count = key::read_u64(&value)
-                .ok_or_else(|| Error::corrupt("userroomid_membership", "short value"))?;
-            let membership = MembershipState::from(String::from_utf8_lossy(&value[8..]).as_ref());
-            rooms.push(RoomMembership {
-                room_id,
-                membership,
-                count,
-            });
-        }
-        Ok(rooms)
+        user_rooms(
+            &self.userroomid_membership,
+            "userroomid_membership",
+            user_id,
+        )
     }
 
     /// A user's membership in one room with the position it last changed at.
@@ -235,7 +222,7 @@ impl Members {
     /// from their rooms, initial syncs and history reads, and keeps the departure aside, so that
     /// an incremental sync from before it still reports the leave (another device of the user
     /// would otherwise never learn that the room was left; Synapse behaves the same).
-    pub fn forget(&self, room_id: &RoomId, user_id: &UserId, db: &Db) -> Result<()> {
+    pub fn forget(&self, room_id: &RoomId, user_id: &UserId) -> Result<()> {
         let user_room = key::join(&[user_id.as_bytes(), room_id.as_bytes()]);
         let Some(value) = self.userroomid_membership.get(&user_room)? else {
             return Ok(());
@@ -243,28 +230,33 @@ impl Members {
         let mut batch = Batch::default();
         batch.remove(&self.userroomid_membership, &user_room);
         batch.insert(&self.userroomid_forgotten, &user_room, &value);
-        db.write(batch)
+        self.userroomid_membership.db().write(batch)
     }
 
     /// The rooms a user forgot, with the membership they had then.
     pub fn iter_forgotten(&self, user_id: &UserId) -> Result<Vec<RoomMembership>> {
-        let prefix = key::prefix(&[user_id.as_bytes()]);
-        let mut rooms = Vec::new();
-        for entry in self.userroomid_forgotten.iter_prefix(&prefix) {
-            let (db_key, value) = entry?;
-            let room_id = std::str::from_utf8(&db_key[prefix.len()..])
-                .ok()
-                .and_then(|room| OwnedRoomId::try_from(room).ok())
-                .ok_or_else(|| Error::corrupt("userroomid_forgotten", "bad room ID"))?;
-            let count = key::read_u64(&value)
-                .ok_or_else(|| Error::corrupt("userroomid_forgotten", "short value"))?;
-            let membership = MembershipState::from(String::from_utf8_lossy(&value[8..]).as_ref());
-            rooms.push(RoomMembership {
-                room_id,
-                membership,
-                count,
-            });
-        }
-        Ok(rooms)
+        user_rooms(&self.userroomid_forgotten, "userroomid_forgotten", user_id)
     }
+}
+
+/// A user's rooms in a `userroomid_*` tree (user ID 0xff room ID → stream position u64, then the
+/// membership text); `name` is the tree's name for corruption errors.
+fn user_rooms(tree: &Tree, name: &'static str, user_id: &UserId) -> Result<Vec<RoomMembership>> {
+    let prefix = key::prefix(&[user_id.as_bytes()]);
+    let mut rooms = Vec::new();
+    for entry in tree.iter_prefix(&prefix) {
+        let (db_key, value) = entry?;
+        let room_id = std::str::from_utf8(&db_key[prefix.len()..])
+            .ok()
+            .and_then(|room| OwnedRoomId::try_from(room).ok())
+            .ok_or_else(|| Error::corrupt(name, "bad room ID"))?;
+        let count = key::read_u64(&value).ok_or_else(|| Error::corrupt(name, "short value"))?;
+        let membership = MembershipState::from(String::from_utf8_lossy(&value[8..]).as_ref());
+        rooms.push(RoomMembership {
+            room_id,
+            membership,
+            count,
+        });
+    }
+    Ok(rooms)
 }

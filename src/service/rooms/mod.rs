@@ -27,6 +27,7 @@ pub mod timeline;
 pub mod timestamps;
 pub mod transaction;
 pub mod upgrade;
+pub mod version;
 pub mod visibility;
 
 use std::sync::Arc;

@@ -1,8 +1,10 @@
 //! The PDU type: a room event as stored and as checked by the auth rules, and its client form.
 
 use ruma::{
-    events::TimelineEventType, CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId,
-    OwnedRoomId, OwnedUserId, RoomId, UInt, UserId,
+    events::TimelineEventType,
+    room_version_rules::{EventIdFormatVersion, RoomVersionRules},
+    CanonicalJsonObject, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId,
+    RoomId, UInt, UserId,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, value::RawValue, Value};
@@ -176,6 +178,36 @@ impl ruma::state_res::Event for Pdu {
     fn rejected(&self) -> bool {
         self.rejected
     }
+}
+
+/// The client form of an event as `viewer` should see it: `age`, and `transaction_id` only for the
+/// device that sent it.
+pub fn client_event(pdu: &Pdu, room_id: &RoomId, viewer: Option<(&UserId, &str)>) -> Value {
+    let mut unsigned: Value = pdu
+        .unsigned
+        .as_ref()
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    if let Some(map) = unsigned.as_object_mut() {
+        let device = map.remove("device_id");
+        let own_device = matches!((viewer, device.as_ref().and_then(Value::as_str)), (Some((user, viewer_device)), Some(sender_device)) if user == pdu.sender && viewer_device == sender_device);
+        if !own_device {
+            map.remove("transaction_id");
+        }
+        map.remove("age_ts");
+        let age = crate::util::now_millis().saturating_sub(u64::from(pdu.origin_server_ts.0));
+        map.insert("age".into(), Value::from(age));
+    }
+    pdu.to_client_value(room_id, unsigned)
+}
+
+/// A signed event as sent to other servers: without `event_id` where the room version derives it.
+pub fn federation_value(object: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<Value> {
+    let mut object = object.clone();
+    if rules.event_id_format != EventIdFormatVersion::V1 {
+        object.remove("event_id");
+    }
+    serde_json::to_value(object).map_err(Error::internal)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use ruma::{events::StateEventType, OwnedUserId, RoomId, UserId};
 use serde_json::Value;
 
-use super::timeline::rules_for;
+use super::version::rules_for;
 use crate::{error::Result, service::Services};
 
 /// The level of a privileged creator (room version 12): above any level an event can name.

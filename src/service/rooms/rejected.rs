@@ -7,17 +7,18 @@
 
 use std::sync::Arc;
 
-use ruma::{room_version_rules::RoomVersionRules, EventId};
+use ruma::EventId;
 
-use super::{incoming, pdu::Pdu, state::StateSet, Rooms};
+use super::{pdu::Pdu, short::ShortIds, state::RoomState};
 use crate::{
-    error::{Error, Result},
+    error::Result,
     service::Services,
     store::{Batch, Db, Tree},
 };
 
 /// Owns `eventid_rejected` (event ID → why it was rejected, UTF-8).
 pub struct Rejected {
+    db: Arc<Db>,
     eventid_rejected: Tree,
 }
 
@@ -25,6 +26,7 @@ impl Rejected {
     /// Opens the tree.
     pub fn open(db: &Arc<Db>) -> Self {
         Self {
+            db: Arc::clone(db),
             eventid_rejected: db.tree("eventid_rejected"),
         }
     }
@@ -38,8 +40,8 @@ impl Rejected {
     /// gets that snapshot as its state before and after, so that it can be a prev event.
     pub fn mark(
         &self,
-        rooms: &Rooms,
-        db: &Db,
+        short: &ShortIds,
+        state: &RoomState,
         event_id: &EventId,
         reason: &str,
         state_before: Option<u64>,
@@ -51,18 +53,16 @@ impl Rejected {
             reason.as_bytes(),
         );
         if let Some(before) = state_before {
-            let short = rooms.short.shorteventid_in_batch(event_id, &mut batch)?;
-            rooms
-                .state
-                .set_event_state(short, before, before, &mut batch);
+            let shorteventid = short.shorteventid_in_batch(event_id, &mut batch)?;
+            state.set_event_state(shorteventid, before, before, &mut batch);
         }
-        db.write(batch)
+        self.db.write(batch)
     }
 }
 
 /// Whether each of an event's auth events is stored or known to be rejected: only then is a
 /// failed auth check final (an unknown auth event may still arrive).
-pub(super) fn auth_events_settled(services: &Services, pdu: &Pdu) -> Result<bool> {
+pub fn auth_events_settled(services: &Services, pdu: &Pdu) -> Result<bool> {
     for auth_id in &pdu.auth_events {
         if !services.rooms.timeline.has_event(auth_id)?
             && !services.rooms.rejected.is_rejected(auth_id)?
@@ -71,51 +71,4 @@ pub(super) fn auth_events_settled(services: &Services, pdu: &Pdu) -> Result<bool
         }
     }
     Ok(true)
-}
-
-/// Remembers an event its auth events refuse (check 4), when that is final: every auth event is
-/// stored or rejected, or (`unobtainable`) the event's origin was asked for the missing ones and
-/// did not give them. The event gets a state as its own, so that later events may build on it:
-/// `fetched` (the state fetched before it) or else its prev events' state, where known.
-pub(super) fn reject_by_auth_events(
-    services: &Services,
-    rules: &RoomVersionRules,
-    pdu: &Pdu,
-    error: &Error,
-    unobtainable: bool,
-    fetched: Option<&StateSet>,
-) -> Result<()> {
-    if !unobtainable && !auth_events_settled(services, pdu)? {
-        return Ok(());
-    }
-    let rooms = &services.rooms;
-    let mut state = None;
-    if let Some(room_id) = pdu.room() {
-        let lock = rooms.timeline.room_lock(&room_id);
-        let _guard = lock.lock();
-        let before = match fetched {
-            Some(fetched) => Some(fetched.clone()),
-            None if incoming::prev_events_known(services, pdu)? => {
-                Some(incoming::state_after_prev_events(services, rules, pdu)?)
-            }
-            None => None,
-        };
-        if let Some(before) = before {
-            state = Some(
-                incoming::store_state(
-                    services,
-                    &before,
-                    incoming::first_prev_state(services, pdu)?,
-                )?
-                .unwrap_or(0),
-            );
-        }
-    }
-    rooms.rejected.mark(
-        rooms,
-        &services.db,
-        &pdu.event_id,
-        &error.to_string(),
-        state,
-    )
 }

@@ -10,7 +10,7 @@ use ruma::{
 };
 use serde_json::Value;
 
-use super::{power::PowerLevels, timeline::rules_for};
+use super::{power::PowerLevels, version::rules_for};
 use crate::{error::Result, service::Services};
 
 /// What this server can say about a user joining a room.

@@ -12,12 +12,10 @@ use crate::{
         rooms::{
             history::format_token,
             members::RoomMembership,
+            pdu::client_event,
             pdu::Pdu,
             search::{search, Found, SearchPage, SearchRequest},
-            timeline::{
-                read::{client_event, TopoPos},
-                PduId,
-            },
+            timeline::{read::TopoPos, PduId},
             visibility,
         },
         Services,

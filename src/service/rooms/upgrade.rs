@@ -15,7 +15,8 @@ use crate::{
         rooms::{
             create,
             power::{PowerLevels, CREATOR_LEVEL},
-            timeline::{create_and_commit, rules_for, PduBuilder},
+            timeline::{create_and_commit, PduBuilder},
+            version::rules_for,
         },
         Services,
     },

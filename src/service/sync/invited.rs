@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::SyncContext;
 use crate::{
     error::Result,
-    service::rooms::{handshake, prejoin_state, timeline},
+    service::rooms::{handshake, prejoin_state},
 };
 
 /// The room's entry in `rooms.invite`, or `None` when the invite comes from a user the invitee
@@ -51,7 +51,7 @@ fn stripped_state(ctx: &SyncContext<'_>, room_id: &RoomId) -> Result<Vec<Value>>
         }
     }
     let (_, version) = services.rooms.room_version(room_id)?;
-    let rules = timeline::rules_for(&version)?;
+    let rules = crate::service::rooms::version::rules_for(&version)?;
     let kinds = prejoin_state::STATE_TYPES.iter().map(|kind| (kind, ""));
     let mut events = Vec::new();
     for (kind, state_key) in kinds.chain([(&StateEventType::RoomMember, user.as_str())]) {

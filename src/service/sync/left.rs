@@ -10,7 +10,10 @@ use super::{
 };
 use crate::{
     error::Result,
-    service::rooms::{pdu::Pdu, timeline::read::client_event, visibility},
+    service::rooms::{
+        pdu::{client_event, Pdu},
+        visibility,
+    },
 };
 
 /// The room's entry in `rooms.leave`; `left_at` is the stream position of the departure.

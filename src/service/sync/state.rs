@@ -13,7 +13,7 @@ use super::SyncContext;
 use crate::{
     error::Result,
     service::{
-        rooms::{pdu::Pdu, timeline::read::client_event},
+        rooms::pdu::{client_event, Pdu},
         Services,
     },
 };

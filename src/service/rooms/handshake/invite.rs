@@ -11,7 +11,8 @@ use crate::{
         policy,
         rooms::{
             auth, incoming, prejoin_state,
-            timeline::{build_and_sign, build_template, rules_for, PduBuilder, SendTo},
+            timeline::{build_and_sign, build_template, PduBuilder, SendTo},
+            version::rules_for,
         },
         Services,
     },

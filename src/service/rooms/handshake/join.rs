@@ -11,7 +11,8 @@ use crate::{
     service::{
         rooms::{
             incoming,
-            timeline::{rules_for, Mode, SendTo},
+            timeline::{Mode, SendTo},
+            version::rules_for,
         },
         Services,
     },

@@ -9,11 +9,11 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use super::timeline::{build_and_sign, rules_for};
+use super::{timeline::build_and_sign, version::rules_for};
 use crate::{
     error::{Error, Result},
-    service::{globals::Globals, Services},
-    store::{key, Batch, Tree},
+    service::Services,
+    store::{key, Tree},
 };
 
 mod invite;
@@ -55,15 +55,6 @@ impl Handshakes {
         serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| Error::corrupt("userroomid_invitestate", e))
-    }
-
-    /// Writes a batch at a new stream position (memberships of rooms this server is not in).
-    fn write_with_count(
-        &self,
-        globals: &Globals,
-        fill: impl FnOnce(&mut Batch, u64) -> Result<()>,
-    ) -> Result<u64> {
-        globals.write_with_count(self.userroomid_invitestate.db(), fill)
     }
 }
 

@@ -14,12 +14,7 @@ use crate::{
     error::{Error, Result},
     service::{
         notify::Topic,
-        rooms::{
-            incoming,
-            pdu::Pdu,
-            prejoin_state,
-            timeline::{build_and_sign, rules_for},
-        },
+        rooms::{incoming, pdu::Pdu, prejoin_state, timeline::build_and_sign, version::rules_for},
         Services,
     },
     store::key,
@@ -177,7 +172,7 @@ pub fn store_outside_membership(
     state.push(own);
     let state_json = serde_json::to_vec(&state).map_err(Error::internal)?;
     let handshakes = &services.rooms.handshakes;
-    handshakes.write_with_count(&services.globals, |batch, count| {
+    services.globals.write_with_count(|batch, count| {
         services
             .rooms
             .members
@@ -238,10 +233,9 @@ pub async fn leave_remote(
         return store_outside_membership(services, room_id, &version, &object, &pdu, &state);
     }
     let members = &services.rooms.members;
-    let handshakes = &services.rooms.handshakes;
-    handshakes.write_with_count(&services.globals, |batch, count| {
-        members.update_in_batch(room_id, &pdu, count, batch)
-    })?;
+    services
+        .globals
+        .write_with_count(|batch, count| members.update_in_batch(room_id, &pdu, count, batch))?;
     services.notifier.wake(Topic::User(user.to_string()));
     Ok(())
 }

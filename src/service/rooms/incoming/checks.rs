@@ -174,15 +174,6 @@ pub async fn verify_pdu(
     Ok(object)
 }
 
-/// A signed event as sent to other servers: without `event_id` where the room version derives it.
-pub fn federation_value(object: &CanonicalJsonObject, rules: &RoomVersionRules) -> Result<Value> {
-    let mut object = object.clone();
-    if rules.event_id_format != EventIdFormatVersion::V1 {
-        object.remove("event_id");
-    }
-    serde_json::to_value(object).map_err(Error::internal)
-}
-
 /// Turns a verified object into a [`Pdu`] (with its event ID).
 pub fn to_pdu(event_id: &EventId, object: &CanonicalJsonObject) -> Result<Pdu> {
     let mut with_id = object.clone();

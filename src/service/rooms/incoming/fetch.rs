@@ -69,8 +69,8 @@ pub async fn store_outliers(
             tracing::warn!(%event_id, %error, "dropping an event its auth events reject");
             if rejected::auth_events_settled(services, &pdu)? {
                 services.rooms.rejected.mark(
-                    &services.rooms,
-                    &services.db,
+                    &services.rooms.short,
+                    &services.rooms.state,
                     &event_id,
                     &error.to_string(),
                     None,

@@ -10,7 +10,8 @@ use serde_json::Value;
 use super::{
     pdu::Pdu,
     state::StateSet,
-    timeline::{commit, rules_for, CommitInput, Mode, SendTo},
+    timeline::{commit, CommitInput, Mode, SendTo},
+    version::rules_for,
 };
 use crate::{
     error::Result,
@@ -19,12 +20,13 @@ use crate::{
 
 mod checks;
 mod fetch;
+mod reject;
 mod state;
 
 pub(super) use self::checks::check_against_state;
 pub use self::checks::{
-    check_against_auth_events, check_received, federation_value, parse_pdu, to_pdu, verify_pdu,
-    Checked, Parsed, MAX_PDU_BYTES,
+    check_against_auth_events, check_received, parse_pdu, to_pdu, verify_pdu, Checked, Parsed,
+    MAX_PDU_BYTES,
 };
 pub use self::fetch::store_outliers;
 pub(super) use self::fetch::{fetch_missing_auth, prev_events_known};
@@ -34,6 +36,8 @@ pub(super) use self::state::{
     fetch_state_before, first_prev_state, state_after_prev_events, store_state,
 };
 pub use self::state::{resolve_sets, state_set_of};
+pub use super::pdu::federation_value;
+pub use crate::federation::encode;
 
 /// What became of a received PDU.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,19 +48,6 @@ pub enum Outcome {
     /// the room's current state, or the room's policy server does not recommend it. The text says
     /// why.
     SoftFailed(String),
-}
-
-/// Percent-encodes a path segment.
-pub fn encode(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 /// Handles one PDU from `origin` for `room_id` (server-server API, "Checks performed on receipt
@@ -129,7 +120,7 @@ async fn handle_with_depth(
         let state = Some(before_hash.unwrap_or(0));
         rooms
             .rejected
-            .mark(rooms, &services.db, &event_id, &reason, state)?;
+            .mark(&rooms.short, &rooms.state, &event_id, &reason, state)?;
         return Err(error);
     }
     // 6. Current state, and 7. the policy server: a failure of either is a soft failure.
@@ -259,14 +250,7 @@ fn check_or_reject_by_auth_events(
     let Err(error) = check_against_auth_events(services, rules, pdu) else {
         return Ok(());
     };
-    super::rejected::reject_by_auth_events(
-        services,
-        rules,
-        pdu,
-        &error,
-        final_failure,
-        state_before,
-    )?;
+    reject::reject_by_auth_events(services, rules, pdu, &error, final_failure, state_before)?;
     Err(error)
 }
 

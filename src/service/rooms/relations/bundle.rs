@@ -11,12 +11,15 @@ use super::{Child, Relation};
 use crate::{
     error::Result,
     service::{
-        rooms::{pdu::Pdu, timeline::read::client_event, visibility},
+        rooms::{
+            pdu::{client_event, Pdu},
+            visibility,
+        },
         Services,
     },
 };
 
-/// The client form of an event as `viewer` should see it (see `timeline::read::client_event`)
+/// The client form of an event as `viewer` should see it (see `pdu::client_event`)
 /// with the viewer's membership at the event (`unsigned.membership`) and its bundled
 /// aggregations. Every path that serves room events to clients calls this.
 pub fn serve_event(
@@ -124,13 +127,7 @@ fn aggregate(
         }
     }
     if !annotations.is_empty() {
-        // A stable sort keeps first-used order among equal counts.
-        annotations.sort_by_key(|(_, _, senders)| std::cmp::Reverse(senders.len()));
-        let chunk: Vec<Value> = annotations
-            .into_iter()
-            .map(|(kind, key, senders)| json!({ "type": kind, "key": key, "count": senders.len() }))
-            .collect();
-        relations.insert("m.annotation".into(), json!({ "chunk": chunk }));
+        relations.insert("m.annotation".into(), annotation_chunk(annotations));
     }
     if !edits.is_empty() && !redacted {
         if let Some(edit) = latest_valid_edit(pdu, edits) {
@@ -156,6 +153,18 @@ fn aggregate(
         relations.insert("m.reference".into(), json!({ "chunk": references }));
     }
     Ok(relations)
+}
+
+/// The `m.annotation` aggregation: one entry per (event type, key) with how many distinct senders
+/// used it, the most used first.
+fn annotation_chunk(mut annotations: Vec<(String, String, BTreeSet<ruma::OwnedUserId>)>) -> Value {
+    // A stable sort keeps first-used order among equal counts.
+    annotations.sort_by_key(|(_, _, senders)| std::cmp::Reverse(senders.len()));
+    let chunk: Vec<Value> = annotations
+        .into_iter()
+        .map(|(kind, key, senders)| json!({ "type": kind, "key": key, "count": senders.len() }))
+        .collect();
+    json!({ "chunk": chunk })
 }
 
 /// The most recent replacement that satisfies "Validity of replacement events": same sender and

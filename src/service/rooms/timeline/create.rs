@@ -9,11 +9,15 @@ use ruma::{
 };
 use serde_json::Value;
 
-use super::{commit, rules_for, CommitInput};
+use super::{commit, CommitInput};
 use crate::{
     crypto,
     error::{Error, Result},
-    service::{policy, rooms::pdu::Pdu, Services},
+    service::{
+        policy,
+        rooms::{pdu::Pdu, version::rules_for},
+        Services,
+    },
     util,
 };
 

@@ -217,13 +217,3 @@ impl Timeline {
             .map_err(|e| Error::corrupt("userdevicetxnid_eventid", e))
     }
 }
-
-/// Looks up the auth rules of a room's version.
-pub fn rules_for(version: &RoomVersionId) -> Result<ruma::room_version_rules::RoomVersionRules> {
-    version.rules().ok_or_else(|| {
-        Error::matrix(
-            ruma::api::error::ErrorKind::UnsupportedRoomVersion,
-            format!("room version {version} is not supported"),
-        )
-    })
-}

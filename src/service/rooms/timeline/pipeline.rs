@@ -203,33 +203,32 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
 fn write_at_count(ctx: &CommitContext<'_>, json: &[u8], mut batch: Batch) -> Result<u64> {
     let services = ctx.services;
     let timeline = &services.rooms.timeline;
-    let stream =
-        services
-            .globals
-            .write_with_count(timeline.store(), |batch_with_count, stream| {
-                let count = ctx.mode.position(stream);
-                batch.set_count(count);
-                let pdu_id = PduId {
-                    shortroomid: ctx.shortroomid,
-                    count,
-                };
-                batch.insert(&timeline.pduid_pdu, &pdu_id.to_bytes(), json);
-                batch.insert(
-                    &timeline.eventid_pduid,
-                    ctx.pdu.event_id.as_bytes(),
-                    &pdu_id.to_bytes(),
-                );
-                batch.insert(
-                    &timeline.roomtopo_pduid,
-                    &topo_key(ctx.shortroomid, ctx.pdu, count),
-                    b"",
-                );
-                for step in steps::AT_COUNT.iter().filter(|step| step.runs_in(ctx.mode)) {
-                    (step.run)(ctx, count, &mut batch)?;
-                }
-                batch_with_count.append(std::mem::take(&mut batch));
-                Ok(())
-            })?;
+    let stream = services
+        .globals
+        .write_with_count(|batch_with_count, stream| {
+            let count = ctx.mode.position(stream);
+            batch.set_count(count);
+            let pdu_id = PduId {
+                shortroomid: ctx.shortroomid,
+                count,
+            };
+            batch.insert(&timeline.pduid_pdu, &pdu_id.to_bytes(), json);
+            batch.insert(
+                &timeline.eventid_pduid,
+                ctx.pdu.event_id.as_bytes(),
+                &pdu_id.to_bytes(),
+            );
+            batch.insert(
+                &timeline.roomtopo_pduid,
+                &topo_key(ctx.shortroomid, ctx.pdu, count),
+                b"",
+            );
+            for step in steps::AT_COUNT.iter().filter(|step| step.runs_in(ctx.mode)) {
+                (step.run)(ctx, count, &mut batch)?;
+            }
+            batch_with_count.append(std::mem::take(&mut batch));
+            Ok(())
+        })?;
     Ok(ctx.mode.position(stream))
 }
 

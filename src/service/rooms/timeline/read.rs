@@ -1,7 +1,7 @@
 //! Reading the timeline (by event ID, in stream order, in topological order) and pruning
 //! redacted events.
 
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, EventId, RoomId, UserId};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, EventId, RoomId};
 use serde_json::Value;
 
 use super::{PduId, Timeline};
@@ -9,7 +9,6 @@ use crate::{
     error::{Error, Result},
     service::{rooms::pdu::Pdu, Services},
     store::{key, Batch},
-    util,
 };
 
 /// How many parsed events the cache keeps before it starts over.
@@ -115,7 +114,7 @@ impl Timeline {
         let Some(object) = self.get_federation_pdu(event_id)? else {
             return Ok(None);
         };
-        let rules = super::rules_for(&version)?;
+        let rules = crate::service::rooms::version::rules_for(&version)?;
         ruma::canonical_json::redact(object, &rules.redaction, None)
             .map(Some)
             .map_err(Error::internal)
@@ -217,27 +216,6 @@ impl Timeline {
     }
 }
 
-/// The client form of an event as `viewer` should see it: `age`, and `transaction_id` only for the
-/// device that sent it.
-pub fn client_event(pdu: &Pdu, room_id: &RoomId, viewer: Option<(&UserId, &str)>) -> Value {
-    let mut unsigned: Value = pdu
-        .unsigned
-        .as_ref()
-        .and_then(|raw| serde_json::from_str(raw.get()).ok())
-        .unwrap_or_else(|| Value::Object(Default::default()));
-    if let Some(map) = unsigned.as_object_mut() {
-        let device = map.remove("device_id");
-        let own_device = matches!((viewer, device.as_ref().and_then(Value::as_str)), (Some((user, viewer_device)), Some(sender_device)) if user == pdu.sender && viewer_device == sender_device);
-        if !own_device {
-            map.remove("transaction_id");
-        }
-        map.remove("age_ts");
-        let age = util::now_millis().saturating_sub(u64::from(pdu.origin_server_ts.0));
-        map.insert("age".into(), Value::from(age));
-    }
-    pdu.to_client_value(room_id, unsigned)
-}
-
 /// Prunes the target of a redaction in `batch` by the room version's redaction algorithm and
 /// records `redacted_because`. Redactions of unknown events or events of other rooms do nothing.
 pub(super) fn redact_in_batch(
@@ -260,7 +238,7 @@ pub(super) fn redact_in_batch(
     if services.rooms.short.get_shortroomid(room_id)? != Some(pdu_id.shortroomid) {
         return Ok(());
     }
-    let rules = super::rules_for(&version)?;
+    let rules = crate::service::rooms::version::rules_for(&version)?;
     if let Some(content) = object.get("content") {
         let content = serde_json::to_value(content).map_err(Error::internal)?;
         services.rooms.relations.unindex_in_batch(
