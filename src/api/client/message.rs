@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ruma::{api::error::ErrorKind, OwnedEventId, RoomId};
+use ruma::{OwnedEventId, RoomId};
 use serde_json::{json, Value};
 
 use super::require_joined;
@@ -173,32 +173,12 @@ pub async fn get_room_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult 
 /// A page of the room's events (see [`history::messages`]).
 pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
-    let backwards = match ctx.query("dir") {
-        Some("b") => true,
-        Some("f") => false,
-        _ => return Err(Error::invalid_param("dir must be b or f")),
-    };
-    let filter = match ctx.query("filter") {
-        Some(text) => RoomEventFilter::from_value(
-            &serde_json::from_str(text)
-                .map_err(|_| Error::matrix(ErrorKind::BadJson, "filter is not valid JSON"))?,
-        ),
-        None => RoomEventFilter::default(),
-    };
-    let limit = ctx
-        .query("limit")
-        .map(|limit| {
-            limit
-                .parse::<usize>()
-                .map_err(|_| Error::invalid_param("invalid limit"))
-        })
-        .transpose()?;
     let request = history::MessagesRequest {
         from: ctx.query("from"),
         to: ctx.query("to"),
-        backwards,
-        limit,
-        filter,
+        dir: ctx.query("dir"),
+        limit: ctx.query("limit"),
+        filter: ctx.query("filter"),
     };
     let viewer = (ctx.user(), ctx.device());
     let page = history::messages(&services, viewer, &room_id, request).await?;
@@ -218,8 +198,7 @@ pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
 /// parse is ignored, as before the conversion of this handler.
 pub async fn get_context(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
-    let event_id = OwnedEventId::try_from(ctx.param(1))
-        .map_err(|_| Error::invalid_param("invalid event ID"))?;
+    let event_id = ctx.param(1);
     let limit = ctx
         .query("limit")
         .and_then(|limit| limit.parse::<usize>().ok())
@@ -230,7 +209,7 @@ pub async fn get_context(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         .map(|value: Value| RoomEventFilter::from_value(&value))
         .unwrap_or_default();
     let viewer = (ctx.user(), ctx.device());
-    let context = history::context(&services, viewer, &room_id, &event_id, limit, &filter)?;
+    let context = history::context(&services, viewer, &room_id, event_id, limit, &filter)?;
     Ok(json!({
         "event": context.event,
         "events_before": context.before, "events_after": context.after,

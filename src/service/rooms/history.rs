@@ -1,12 +1,16 @@
 //! Reading a room's history for clients: pagination tokens, `/messages` pages and the events
 //! around one event (`/context`).
+//!
+//! Pagination tokens and the reading side of `/messages` (with backfill rounds) and `/context`.
 
 use std::{
     collections::{BTreeSet, HashSet},
     sync::Arc,
 };
 
-use ruma::{events::StateEventType, EventId, OwnedUserId, RoomId, UserId};
+use ruma::{
+    api::error::ErrorKind, events::StateEventType, OwnedEventId, OwnedUserId, RoomId, UserId,
+};
 use serde_json::Value;
 
 use crate::{
@@ -74,10 +78,40 @@ pub type Viewer<'a> = (&'a UserId, &'a str);
 pub struct MessagesRequest<'a> {
     pub from: Option<&'a str>,
     pub to: Option<&'a str>,
-    pub backwards: bool,
-    /// The `limit` parameter; the filter's `limit`, then 10, when it is missing.
-    pub limit: Option<usize>,
-    pub filter: RoomEventFilter,
+    /// The `dir`, `limit` and `filter` parameters as sent: they are checked after the viewer's
+    /// access, so that a room the viewer may not read answers 403 whatever they hold. A missing
+    /// `limit` is the filter's, then 10.
+    pub dir: Option<&'a str>,
+    pub limit: Option<&'a str>,
+    pub filter: Option<&'a str>,
+}
+
+impl MessagesRequest<'_> {
+    /// `dir` (backwards or not), the filter, and the page size.
+    fn parameters(&self) -> Result<(bool, RoomEventFilter, usize)> {
+        let backwards = match self.dir {
+            Some("b") => true,
+            Some("f") => false,
+            _ => return Err(Error::invalid_param("dir must be b or f")),
+        };
+        let filter = match self.filter {
+            Some(text) => RoomEventFilter::from_value(
+                &serde_json::from_str(text)
+                    .map_err(|_| Error::matrix(ErrorKind::BadJson, "filter is not valid JSON"))?,
+            ),
+            None => RoomEventFilter::default(),
+        };
+        let limit = self
+            .limit
+            .map(|limit| {
+                limit
+                    .parse::<usize>()
+                    .map_err(|_| Error::invalid_param("invalid limit"))
+            })
+            .transpose()?;
+        let limit = limit.or(filter.limit).unwrap_or(10).min(MAX_LIMIT);
+        Ok((backwards, filter, limit))
+    }
 }
 
 /// A page of `/messages`.
@@ -115,9 +149,8 @@ pub async fn messages(
         .short
         .get_shortroomid(room_id)?
         .ok_or_else(|| Error::not_found(format!("room {room_id} not found")))?;
-    let backwards = request.backwards;
-    let filter = &request.filter;
-    let limit = request.limit.or(filter.limit).unwrap_or(10).min(MAX_LIMIT);
+    let (backwards, filter, limit) = request.parameters()?;
+    let filter = &filter;
     let top = TopoPos {
         depth: u64::MAX,
         count: u64::MAX,
@@ -349,11 +382,14 @@ pub fn context(
     services: &Services,
     viewer: Viewer<'_>,
     room_id: &RoomId,
-    event_id: &EventId,
+    event_id: &str,
     limit: usize,
     filter: &RoomEventFilter,
 ) -> Result<Context> {
     let readable = readable(services, room_id, viewer.0)?;
+    // Checked after the viewer's access, like the room: a room the viewer may not read is 403.
+    let event_id =
+        &OwnedEventId::try_from(event_id).map_err(|_| Error::invalid_param("invalid event ID"))?;
     let limit = limit.min(MAX_LIMIT);
     let not_found = || Error::not_found(format!("event {event_id} not found"));
     let shortroomid = services
