@@ -133,6 +133,15 @@ impl KeyBackup {
         self.put_version_in_batch(&mut batch, user_id, version, &backup)?;
         self.db.write(batch)
     }
+    /// Fails with `M_NOT_FOUND` unless the user has backup `version`.
+    pub fn require_version(&self, user_id: &UserId, version: u64) -> Result<()> {
+        match self.get_version(user_id, version)? {
+            Some(_) => Ok(()),
+            None => Err(Error::not_found(format!(
+                "unknown backup version {version}"
+            ))),
+        }
+    }
 
     /// Deletes a version with its keys.
     pub fn delete_version(&self, user_id: &UserId, version: u64) -> Result<()> {

@@ -1,5 +1,6 @@
 //! Domain logic and in-memory state, one module per domain. [`Services`] is built once in
-//! `lib.rs` and handed to every handler.
+//! `lib.rs` and handed to every handler. It holds no store handle of its own: each service keeps
+//! the handles of the trees it owns and writes its own batches.
 
 pub mod account_data;
 pub mod device_lists;
@@ -34,7 +35,6 @@ use crate::{config::Config, error::Result, federation::FederationClient, store::
 /// Every service, built once at start-up.
 pub struct Services {
     pub config: Arc<Config>,
-    pub db: Arc<Db>,
     pub globals: globals::Globals,
     pub users: users::Users,
     pub uiaa: uiaa::Uiaa,
@@ -95,7 +95,6 @@ impl Services {
             media: media::Media::open(&db, &config)?,
             policy: policy::PolicyServers::open(&db, &config)?,
             config,
-            db,
         }))
     }
 }

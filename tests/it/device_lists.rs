@@ -246,7 +246,7 @@ async fn a_gap_in_prev_id_makes_the_receiver_fetch_the_whole_list() {
     hs1.services
         .keys
         .set_device_list_id_in_batch(&mut batch, alice, at + 2);
-    hs1.services.db.write(batch).unwrap();
+    hs1.services.keys.store().write(batch).unwrap();
     let update = json!({
         "edu_type": "m.device_list_update",
         "content": {

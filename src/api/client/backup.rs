@@ -103,15 +103,7 @@ pub async fn update_backup_version(services: Arc<Services>, ctx: Ctx) -> Handler
 /// `DELETE /_matrix/client/v3/room_keys/version/{version}`
 pub async fn delete_backup_version(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let version = parse_version(ctx.param(0))?;
-    if services
-        .key_backup
-        .get_version(ctx.user(), version)?
-        .is_none()
-    {
-        return Err(Error::not_found(format!(
-            "unknown backup version {version}"
-        )));
-    }
+    services.key_backup.require_version(ctx.user(), version)?;
     services.key_backup.delete_version(ctx.user(), version)?;
     Ok(json!({}))
 }
@@ -122,15 +114,7 @@ fn keys_version(services: &Services, ctx: &Ctx) -> Result<u64> {
         .query("version")
         .ok_or_else(|| Error::missing_param("version is required"))?;
     let version = parse_version(version)?;
-    if services
-        .key_backup
-        .get_version(ctx.user(), version)?
-        .is_none()
-    {
-        return Err(Error::not_found(format!(
-            "unknown backup version {version}"
-        )));
-    }
+    services.key_backup.require_version(ctx.user(), version)?;
     Ok(version)
 }
 
