@@ -49,14 +49,16 @@ pub async fn client_well_known(
     _ctx: Ctx,
     _request: discover_homeserver::Request,
 ) -> Result<discover_homeserver::Response> {
-    let base_url = services
-        .config
+    let info = HomeserverInfo::new(client_base_url(&services.config));
+    Ok(discover_homeserver::Response::new(info))
+}
+
+/// The base URL clients are told to use: `client_base_url`, else the listener's address.
+fn client_base_url(config: &crate::config::Config) -> String {
+    config
         .client_base_url
         .clone()
-        .unwrap_or_else(|| format!("http://{}", services.config.listen));
-    Ok(discover_homeserver::Response::new(HomeserverInfo::new(
-        base_url,
-    )))
+        .unwrap_or_else(|| format!("http://{}", config.listen))
 }
 
 /// `GET /.well-known/matrix/server`
@@ -70,11 +72,9 @@ pub async fn server_well_known(
     _ctx: Ctx,
     _request: discover_server::Request,
 ) -> Result<discover_server::Response> {
-    let delegated = services
-        .config
-        .well_known_server
-        .as_deref()
-        .ok_or_else(|| Error::not_found("this server does not delegate federation"))?;
+    let Some(delegated) = services.config.well_known_server.as_deref() else {
+        return Err(Error::not_found("this server does not delegate federation"));
+    };
     // `Config::validate` has checked it is a host name with an optional port.
     let server = OwnedServerName::try_from(delegated).map_err(Error::internal)?;
     Ok(discover_server::Response::new(server))

@@ -206,7 +206,7 @@ pub async fn resolve_remote(
 ) -> Result<(OwnedRoomId, Vec<ruma::OwnedServerName>)> {
     let path = format!(
         "/_matrix/federation/v1/query/directory?room_alias={}",
-        super::handshake::encode(alias.as_str())
+        crate::federation::encode(alias.as_str())
     );
     let answer = services
         .federation_request(alias.server_name(), http::Method::GET, &path, None)
