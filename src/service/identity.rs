@@ -7,7 +7,7 @@
 //! and the connection pinned to the checked addresses, no redirects, small answers and a time
 //! limit. `identity_server_allow_http` lifts the first two for tests and development.
 //!
-//! the identity-server client of third-party invites: `/hash_details` and a hashed `/lookup` (sha256 of `address medium pepper`), `/store-invite`, and a key's `key_validity_url`; the identity server is the one the client names, so it is reached like a URL preview (https only, every resolved address outside `url_preview_ip_denylist` and the connection pinned to it, no redirects, answers of at most 64 KiB, 15 s); `identity_server_allow_http` (tests, development) allows plain http at any address.
+//! The identity-server client of third-party invites: `/hash_details` and a hashed `/lookup` (sha256 of `address medium pepper`), `/store-invite`, and a key's `key_validity_url`; the identity server is the one the client names, so it is reached like a URL preview (https only, every resolved address outside `url_preview_ip_denylist` and the connection pinned to it, no redirects, answers of at most 64 KiB, 15 s); `identity_server_allow_http` (tests, development) allows plain http at any address.
 //! Owns no tree.
 
 use std::{net::SocketAddr, time::Duration};

@@ -3,7 +3,7 @@
 //!
 //! The server never looks inside a key beyond its IDs: clients sign and verify them.
 //!
-//! end-to-end encryption keys the server only stores and hands out: device identity keys, one-time keys (a claim removes one under a lock, in one batch), fallback keys (claimed when no one-time key is left, kept and marked used), cross-signing keys, the key-change stream (one entry per user at the position of their last change) behind `/keys/changes` and `device_lists`, and each local user's device list `stream_id` (`userid_devicelistid`, the last `m.device_list_update` sent, which the next names as `prev_id` and `/user/devices` answers).
+//! End-to-end encryption keys the server only stores and hands out: device identity keys, one-time keys (a claim removes one under a lock, in one batch), fallback keys (claimed when no one-time key is left, kept and marked used), cross-signing keys, the key-change stream (one entry per user at the position of their last change) behind `/keys/changes` and `device_lists`, and each local user's device list `stream_id` (`userid_devicelistid`, the last `m.device_list_update` sent, which the next names as `prev_id` and `/user/devices` answers).
 
 pub mod cross_signing;
 pub mod upload;

@@ -5,7 +5,7 @@
 //! `m.signing_key_update` EDUs. What is cached, when it is trusted and when it is dropped is
 //! decided by `service::device_lists`; this module only stores it.
 //!
-//! the cache of remote users' device lists and master and self-signing keys (`userid_remotedevicelist`: `stream_id`, stale flag, cross-signing keys; `userdeviceid_remotedevice`: each device's keys and display name); `device_lists` decides what goes in.
+//! The cache of remote users' device lists and master and self-signing keys (`userid_remotedevicelist`: `stream_id`, stale flag, cross-signing keys; `userdeviceid_remotedevice`: each device's keys and display name); `device_lists` decides what goes in.
 //! Invariant: a remote user's list is cached only while the user is joined to a room with a local member ("tracked"); every cache write checks this under the commit lock, and `commit` drops the list in the batch of the membership change that ends it, so a list that was not kept up to date is never answered.
 
 use std::{collections::BTreeMap, sync::Arc};

@@ -7,7 +7,7 @@
 //! `next_batch`; a later sync whose `since` is at or past that `next_batch` deletes everything up
 //! to the recorded position. A client retrying with an older token gets the messages again.
 //!
-//! one inbox per device at stream positions; a `/sync` response records its `next_batch` and the highest position it delivered, and a later sync whose `since` reaches that `next_batch` deletes what was delivered (the spec's acknowledgement), so a retried sync gets the messages again.
+//! One inbox per device at stream positions; a `/sync` response records its `next_batch` and the highest position it delivered, and a later sync whose `since` reaches that `next_batch` deletes what was delivered (the spec's acknowledgement), so a retried sync gets the messages again.
 
 use std::{collections::BTreeMap, sync::Arc};
 

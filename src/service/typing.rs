@@ -5,7 +5,7 @@
 //! Everyone's typing ends by itself: [`run_expiry`] sleeps until the next deadline, drops the
 //! users whose time is up and wakes the long-polls of their rooms.
 //!
-//! who is typing where, in memory only, each typist with a deadline (local timeouts capped at 60 s, typing from other servers lasts 60 s unless repeated) and each room with the typing position of its last change; positions come from an in-memory counter whose range is reserved in `globals` a thousand at a time, so that a restart continues above every position an earlier run handed out (a token from a run in which its client saw typists gets every room's now empty set).
+//! Who is typing where, in memory only, each typist with a deadline (local timeouts capped at 60 s, typing from other servers lasts 60 s unless repeated) and each room with the typing position of its last change; positions come from an in-memory counter whose range is reserved in `globals` a thousand at a time, so that a restart continues above every position an earlier run handed out (a token from a run in which its client saw typists gets every room's now empty set).
 //! Local changes are queued as `m.typing` EDUs for the room's other servers (repeated every 30 s while the user keeps typing); `receive_edu` applies those from `/send`.
 
 use std::{

@@ -1,5 +1,7 @@
 //! User-interactive authentication: which flows an action needs, validating each submitted
 //! stage, and the sessions that remember which stages a client completed.
+//!
+//! User-interactive auth: the flows of each action (registration by mode, the password for an account's own sensitive actions), validation of each submitted stage (the password through `users`), and the sessions, in memory.
 
 use std::collections::HashMap;
 

@@ -3,7 +3,9 @@
 //! Tokens are random 32-character strings; only their SHA-256 is stored, so a copy of the
 //! database does not yield usable tokens, and a lookup by hash needs no timing-sensitive compare.
 //!
-//! accounts (argon2 password hashes), devices, access and refresh tokens (only SHA-256 of a token is stored), OpenID tokens (hashed too, an hour each, answered by the unsigned `/_matrix/federation/v1/openid/userinfo`), profiles, filters.
+//! Accounts (argon2 password hashes), devices, access and refresh tokens (only SHA-256 of a token is stored), OpenID tokens (hashed too, an hour each, answered by the unsigned `/_matrix/federation/v1/openid/userinfo`), profiles, filters.
+//!
+//! `users/account.rs` holds the account operations that span services (registration with its UIA, password login, password change, deactivation), `users/devices.rs` a user's devices as a whole (logging a device in, renaming, and removing one: keys and inbox with the deletion announced, pushers, then the device and its tokens), the one removal every logout and deletion handler uses.
 
 pub mod account;
 pub mod devices;

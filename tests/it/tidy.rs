@@ -1,5 +1,6 @@
-//! Repository rules that a test can check: every Rust file starts with a `//!` module doc, and
-//! imports inside `src/` follow the dependency direction written in `docs/ARCHITECTURE.md`.
+//! Repository rules that a test can check: every Rust file starts with a `//!` module doc,
+//! imports inside `src/` follow the dependency direction written in `docs/ARCHITECTURE.md`, and
+//! every tree has one owner, the one that page names.
 
 use std::path::Path;
 
@@ -450,4 +451,48 @@ fn imports_follow_the_dependency_direction() {
         "imports against the dependency direction:\n{}",
         problems.join("\n")
     );
+}
+
+/// The trees of `store::TREES`, each with the one file under `src/service/` that opens it
+/// (`tree("name")`): every tree has exactly one owner, and docs/ARCHITECTURE.md's table of
+/// trees says the same.
+#[test]
+fn every_tree_has_one_owner_and_the_architecture_page_names_it() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let store = std::fs::read_to_string(root.join("src/store/mod.rs")).unwrap();
+    let list = &store[store.find("pub const TREES").unwrap()..];
+    let list = &list[..list.find("];").unwrap()];
+    let trees: Vec<&str> = list.split('"').skip(1).step_by(2).collect();
+    assert!(trees.len() > 50, "found only {} trees", trees.len());
+    let mut files = Vec::new();
+    rust_files(&root.join("src/service"), &mut files);
+    let mut owners: std::collections::BTreeMap<&str, std::collections::BTreeSet<String>> = trees
+        .iter()
+        .map(|tree| (*tree, Default::default()))
+        .collect();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (tree, owner) in owners.iter_mut() {
+            if text.contains(&format!("tree(\"{tree}\")")) {
+                let path = file.strip_prefix(root).unwrap().display().to_string();
+                owner.insert(path);
+            }
+        }
+    }
+    let doc = std::fs::read_to_string(root.join("docs/ARCHITECTURE.md")).unwrap();
+    let mut problems = Vec::new();
+    for (tree, owner) in &owners {
+        match owner.len() {
+            1 => {
+                let path = owner.iter().next().unwrap();
+                let row = format!("| `{tree}` | `{path}` |");
+                if !doc.contains(&row) {
+                    problems.push(format!("docs/ARCHITECTURE.md lacks the row {row}"));
+                }
+            }
+            0 if *tree == "global" => {}
+            _ => problems.push(format!("{tree} is opened by {owner:?}")),
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
 }

@@ -7,7 +7,7 @@
 //! `/sync` tokens need no presence part of their own), and once at shutdown so that last-active
 //! times survive a restart.
 //!
-//! each user's state, status message and last activity (`userid_presence`), and the presence stream (`presencecount_userid`, one entry per user at the global stream position of their last change, so sync tokens stay `s<count>`).
+//! Each user's state, status message and last activity (`userid_presence`), and the presence stream (`presencecount_userid`, one entry per user at the global stream position of their last change, so sync tokens stay `s<count>`).
 //! Activity is kept in memory; RocksDB is written only when the state or status message changes, and once at shutdown for last-active times.
 //! Privacy rule: a user sees their own presence and that of users who share a joined room (`presence::shares_room`, one scan of the other user's memberships); `GET /presence` answers others with 403.
 //! `/sync?set_presence=online|unavailable` sets the state and holds the user online while the sync is open; `offline` changes nothing; an `unavailable` device does not override another device that synced as `online` in the last minute.

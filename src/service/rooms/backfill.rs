@@ -9,6 +9,8 @@
 //! `/state_ids` where its prev events are unknown) and writes it through the one pipeline,
 //! `timeline::commit` in `Mode::History`, which places it in history without touching the
 //! room's present. A gap no server could fill is not asked for again until its back-off has passed.
+//!
+//! `fill_gaps`, called by `/messages` going backwards when a page would cross a backward extremity (up to 11 rounds a page): one `/backfill` request of 100 events to a server of the room (ACL permitting, up to 5 tried), each event checked like a received one (format, signatures, hash, auth events, and auth against the state before it, from `/state_ids` when its prev events are unknown) and written oldest first; a gap no server could fill backs off (30 s doubling to an hour, in memory). One async lock per room keeps two pages from fetching the same history; it is held across the requests, which is why it is not the room lock.
 
 use std::{
     collections::HashMap,

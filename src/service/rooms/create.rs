@@ -1,4 +1,6 @@
 //! Room creation (`createRoom`): the checks, then the room's first events in the spec's order.
+//!
+//! `createRoom`'s checks and the room's first events in the spec's order (create, join, power levels, alias, preset state, initial state, name, topic, invites); `send_create_event` is shared with upgrades.
 
 use ruma::{
     api::error::ErrorKind, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,

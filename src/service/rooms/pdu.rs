@@ -1,4 +1,6 @@
 //! The PDU type: a room event as stored and as checked by the auth rules, and its client form.
+//!
+//! The PDU type and its forms: `client_event` (what a client sees: `age`, `transaction_id` only for the sending device) and `federation_value` (what another server is sent).
 
 use ruma::{
     events::TimelineEventType,

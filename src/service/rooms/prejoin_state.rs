@@ -3,7 +3,7 @@
 //!
 //! Owns no tree: `handshake` stores what arrives, `sync` serves it.
 //!
-//! the stripped state of invites and knocks (spec v1.16, MSC4311). Sent to other servers (`invite_room_state`, `knock_room_state`) as full signed PDUs with the create event; received entries are checked (format, room, signatures and hashes, `incoming::parse_pdu` and `verify_pdu`) and kept in the form clients see: stripped to `type`, `state_key`, `sender` and `content`, except the create event of a room version 12 room, shown whole so that a client can check the room ID (Complement expects its `origin_server_ts`). For a knock, entries that fail are dropped; for an invite they are kept stripped and logged as a warning, as the spec allows while servers migrate. Owns no tree.
+//! The stripped state of invites and knocks (spec v1.16, MSC4311). Sent to other servers (`invite_room_state`, `knock_room_state`) as full signed PDUs with the create event; received entries are checked (format, room, signatures and hashes, `incoming::parse_pdu` and `verify_pdu`) and kept in the form clients see: stripped to `type`, `state_key`, `sender` and `content`, except the create event of a room version 12 room, shown whole so that a client can check the room ID (Complement expects its `origin_server_ts`). For a knock, entries that fail are dropped; for an invite they are kept stripped and logged as a warning, as the spec allows while servers migrate. Owns no tree.
 
 use ruma::{
     events::StateEventType, room_version_rules::RoomVersionRules, CanonicalJsonObject, RoomId,

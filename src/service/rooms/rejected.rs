@@ -4,6 +4,7 @@
 //! event leaves the room's state as it was before it.
 //!
 //! Received events that failed their auth checks (`eventid_rejected`: event ID → reason), kept by `incoming` (checks 4 and 5 and `store_outliers`) when the failure is final (every auth event stored or itself rejected, or the origin, asked through `/event_auth`, answered without them): such an event is never fetched or checked again, an event citing it as an auth event is rejected, and one whose prev events' state is known gets that state as its own (before and after), so that later events naming it as a prev event are checked "as normal, except not updating with the rejected event" (server-server API, "Rejection").
+//! `rooms/rejected` only stores the verdict; the decision and the state a rejected event gets are the pipeline's (`incoming/reject.rs`), so `rejected` imports nothing above the state.
 
 use std::sync::Arc;
 

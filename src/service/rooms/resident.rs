@@ -2,6 +2,8 @@
 //! `make_leave`, the signed events of `send_join`, `send_knock` and `send_leave`, and invites
 //! for this server's users. The room lock is taken here, around building and checking a
 //! template; the signed events go through `incoming::handle`.
+//!
+//! The resident side of membership handshakes (`make_*` templates built and auth-checked under the room lock taken here, `send_*` events through `incoming::handle` with the countersignature of restricted joins, invites for local users).
 
 use ruma::{
     api::error::{ErrorKind, IncompatibleRoomVersionErrorData},

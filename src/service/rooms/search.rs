@@ -9,7 +9,7 @@
 //! distinct words. A query is split the same way; a result must contain every query word (AND).
 //! Its rank is the number of times the query words occur in it (term frequency, summed).
 //!
-//! the full-text index `roomwordcount_posting` (short room ID, word, stream position → short event ID, occurrences, key and `url` flags, sender), written by `commit` in the event's batch for `m.room.message` bodies, `m.room.name` names and `m.room.topic` topics (lower-cased runs of Unicode letters and digits), and emptied for an event in the batch of its redaction.
+//! The full-text index `roomwordcount_posting` (short room ID, word, stream position → short event ID, occurrences, key and `url` flags, sender), written by `commit` in the event's batch for `m.room.message` bodies, `m.room.name` names and `m.room.topic` topics (lower-cased runs of Unicode letters and digits), and emptied for an event in the batch of its redaction.
 //! A query is one prefix scan per word per room the user is or was in (left rooms up to the leave); every word must match (AND), rank is the summed occurrences, filters, keys and ignored senders are decided from the postings, and history visibility is read once per state snapshot (`visibility::user_can_see_short`), so the count is exact without reading the events; only the page's events are loaded.
 
 use std::{

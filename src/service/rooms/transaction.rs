@@ -1,6 +1,8 @@
 //! The PDUs of a transaction pushed by another server (`PUT /send/{txnId}`): each goes through
 //! `incoming::handle`, or for a room this server is not in, through the handshake's update of
 //! an outside membership.
+//!
+//! The PDUs of a `/send` transaction, each through `incoming::handle` or the handshake's outside-membership update, with the per-event answer.
 
 use ruma::{OwnedRoomId, ServerName};
 use serde_json::{json, Map, Value};

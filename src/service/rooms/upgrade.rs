@@ -1,5 +1,7 @@
 //! Room upgrades: a room of a new version replaces an old one. Upgrades of one room run one at a
 //! time under a lock this service holds.
+//!
+//! A room upgrade from `create_and_commit` calls: the new room (create event with `predecessor`, copied state and power levels), moved aliases and directory listing, then the old room's tombstone and raised `events_default`/`invite`; one async lock per old room (`Rooms::upgrades`, in memory) keeps two upgrades of a room from interleaving.
 
 use std::{collections::HashMap, sync::Arc};
 

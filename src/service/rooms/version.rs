@@ -2,6 +2,8 @@
 //! event format) of each. A leaf: it depends on no other service, so that the timeline, push,
 //! power levels and the federation handshakes can all look rules up without importing each
 //! other.
+//!
+//! The room versions this server supports (`SUPPORTED`, offered in `make_join`) and each version's rules (`rules_for`: auth, redaction, power levels, event format); a leaf that the timeline, push, power levels and the handshakes all import, so that none of them imports another for the rules.
 
 use ruma::{room_version_rules::RoomVersionRules, RoomVersionId};
 

@@ -2,6 +2,8 @@
 //! (`make_join`/`send_join`, `join.rs`), inviting a remote user (`/v2/invite`, `invite.rs`),
 //! knocking on one (`make_knock`/`send_knock`), leaving a room this server only knows through an
 //! invite or a knock (`make_leave`/`send_leave`), and storing invites that arrive (`outside.rs`).
+//!
+//! (`join.rs`, `invite.rs`, `outside.rs`) this side of joins (`make_join`/`send_join`, then the received state and auth chain are verified, stored as outliers and their members indexed, and the join itself goes through `incoming`'s checks 1 to 5 against that state and `commit_received`, the state snapshot in the join's batch), knocks (`make_knock`/`send_knock`), remote invites (`/v2/invite`, countersigned, then sent to the room, the invitee's server included when one of its users is joined, since its `/v2/invite` answer does not put the event in its timeline), invites arriving from other servers and our own remote knocks (both stored as outliers with the room's stripped state for `/sync`, since this server is not in the room) and rejections or rescinded knocks (`make_leave`/`send_leave`, through the servers named in that stripped state).
 
 use ruma::{
     events::room::member::MembershipState, CanonicalJsonObject, CanonicalJsonValue, OwnedEventId,

@@ -1,6 +1,10 @@
 //! Receiving PDUs from other servers: the spec's checks in the order it lists them
 //! (`checks.rs`), what is missing fetched from the origin (`fetch.rs`, `state.rs`), then the one
 //! commit pipeline.
+//!
+//! (`checks.rs`: checks 1 to 6 as functions of their own; `fetch.rs`: missing prev and auth events and outliers; `state.rs`: the state before an event and the current state after it) received PDUs (format, signatures with keys valid when the event was sent, content hash with redaction on mismatch, missing prev events fetched first with `/get_missing_events` (one level: events it answers do not start another) and otherwise the state after each missing prev event with `/state_ids` plus the prev event itself, then auth events still unknown with `/event_auth`, state before the event resolved across prev events, soft-fail against current state); the room's current state after an event that leaves other extremities is the resolution of all of them.
+//! `commit_received` hands an event that passed its checks to `timeline::commit` with its state before as a set, so the snapshot is written in the event's batch (as a delta over its first prev event's state); only a rejected event's state is stored on its own (`store_state`).
+//! Outliers (auth chains, join state, soft-failed events) live in `eventid_outlierpdu`, found by `get_pdu` but not in the timeline.
 
 use ruma::{
     events::StateEventType, room_version_rules::RoomVersionRules, OwnedEventId, RoomId, ServerName,

@@ -1,5 +1,13 @@
 //! The room timeline: the one pipeline that writes PDUs ([`commit`], with its registered steps),
 //! local event creation ([`create`]), and reads in stream and topological order.
+//!
+//! PDU storage in stream order (`pduid_pdu`) and topological order (`roomtopo_pduid`), forward extremities (one value per room, a point read on every send), transaction IDs, redaction pruning, and a bounded cache of parsed events (the auth checks of each send read the same few state events); `commit` drops a redacted event from the cache only after the pruned form is written.
+//! `commit` (`timeline/pipeline.rs`) takes a checked event with its state before (a stored snapshot for a local event, a state set for a received one) and writes the event, its state snapshots, every index and the outgoing queues in one batch, so a crash leaves all of it or none.
+//! The index writers and after-commit effects are registered steps (`timeline/steps.rs`: `INDEXES`, `AT_COUNT` under the global commit lock, `EFFECTS`), each a small function of the commit context marked live-only or always; a new index or effect is one more entry.
+//! Backward extremities (`roomeventid_backwardextremity`: prev events the timeline names but does not hold, with the depth of the deepest event naming them) are a step for both modes, in the event's batch.
+//! Gaps (`roomcount_gap`, `timeline/gaps.rs`): `commit` marks, in the event's batch, an event one of whose prev events is neither in the timeline nor rejected, unless it is the room's first event here (a join over federation); `/sync` ends a timeline batch at the newest gap since its token and marks it `limited`, so that clients page back over the gap instead of showing both sides as adjacent.
+//! `Mode::History` writes history fetched by backfill at stream positions counted down from `u64::MAX` (at or above `BACKFILL_BASE`, 2^63): every stream reader (`/sync`, device lists, sync tokens) scans below the current position, so backfilled events never look new, while `/messages` and `/context` walk the topological index, where they sit at their depth.
+//! History writes the event, its state, the search, relation and timestamp indexes and its redaction, and leaves current state, forward extremities, transaction IDs, memberships, the federation queue and notifications alone, and wakes nobody.
 
 mod backfilled;
 mod create;
