@@ -456,6 +456,19 @@ impl Users {
         )?;
         Ok(filter_id)
     }
+    /// The filter a `/sync` names in its `filter` parameter: inline JSON, or the ID of one of the
+    /// user's stored filters (`M_NOT_FOUND` for an unknown one); no parameter is `{}`.
+    pub fn sync_filter(&self, user_id: &UserId, filter: Option<&str>) -> Result<Value> {
+        match filter {
+            None => Ok(Value::Object(Default::default())),
+            Some(text) if text.trim_start().starts_with('{') => {
+                serde_json::from_str(text).map_err(|_| Error::bad_json("filter is not valid JSON"))
+            }
+            Some(id) => self
+                .get_filter(user_id, id)?
+                .ok_or_else(|| Error::not_found(format!("filter {id} not found"))),
+        }
+    }
 
     /// A stored filter.
     pub fn get_filter(&self, user_id: &UserId, filter_id: &str) -> Result<Option<Value>> {

@@ -18,7 +18,6 @@ use ruma::{
         error::ErrorKind,
     },
     authentication::TokenType,
-    events::room::member::MembershipState,
     OwnedDeviceId,
 };
 use serde::Deserialize;
@@ -28,6 +27,7 @@ use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
     service::{
+        rooms::membership,
         uiaa,
         users::{
             account::{self, Registration, Session},
@@ -270,22 +270,7 @@ pub async fn change_password(services: Arc<Services>, ctx: Ctx) -> HandlerResult
 pub async fn deactivate(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let user = ctx.user().to_owned();
     uiaa::check_password(&services, ctx.body.get("auth"), &user)?;
-    for membership in services.rooms.members.iter_rooms(&user)? {
-        if matches!(
-            membership.membership,
-            MembershipState::Join | MembershipState::Invite
-        ) {
-            let _ = super::membership::set_membership(
-                &services,
-                &membership.room_id,
-                &user,
-                &user,
-                "leave",
-                None,
-            )
-            .await;
-        }
-    }
+    membership::leave_all(&services, &user).await?;
     account::deactivate(&services, &user)?;
     Ok(json!({ "id_server_unbind_result": "no-support" }))
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::check_owner;
 use crate::{
@@ -108,18 +108,4 @@ pub async fn get_filter(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         .users
         .get_filter(ctx.user(), ctx.param(1))?
         .ok_or_else(|| Error::not_found(format!("filter {} not found", ctx.param(1))))
-}
-
-/// Reads the filter a sync names: inline JSON or a stored filter ID.
-pub fn sync_filter(services: &Services, ctx: &Ctx) -> Result<Value, Error> {
-    match ctx.query("filter") {
-        None => Ok(json!({})),
-        Some(text) if text.trim_start().starts_with('{') => {
-            serde_json::from_str(text).map_err(|_| Error::bad_json("filter is not valid JSON"))
-        }
-        Some(id) => services
-            .users
-            .get_filter(ctx.user(), id)?
-            .ok_or_else(|| Error::not_found(format!("filter {id} not found"))),
-    }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use ruma::{
     events::{room::member::MembershipState, StateEventType},
-    OwnedEventId, OwnedServerName, RoomId, UserId,
+    OwnedServerName, RoomId,
 };
 use serde_json::{json, Value};
 
@@ -17,70 +17,15 @@ use crate::{
             alias as directory,
             handshake::{self, Handshake},
             history::parse_token,
+            membership::{add_profile, send_member_event, set_membership},
             pdu::client_event,
             restricted::{self, JoinCheck},
             third_party,
-            timeline::{create_and_commit, PduBuilder},
             visibility::ReadableState,
         },
         Services,
     },
 };
-
-/// Sends a member event for `target` with `membership`, keeping profile fields on joins.
-pub async fn set_membership(
-    services: &Services,
-    room_id: &RoomId,
-    sender: &UserId,
-    target: &UserId,
-    membership: &str,
-    reason: Option<&str>,
-) -> Result<OwnedEventId> {
-    let mut content = json!({ "membership": membership });
-    if membership == "join" || membership == "knock" {
-        add_profile(services, target, &mut content)?;
-    }
-    if let Some(reason) = reason {
-        content["reason"] = json!(reason);
-    }
-    send_member_event(services, room_id, sender, target, content).await
-}
-
-/// Sends a member event for `target` with the given content.
-async fn send_member_event(
-    services: &Services,
-    room_id: &RoomId,
-    sender: &UserId,
-    target: &UserId,
-    content: Value,
-) -> Result<OwnedEventId> {
-    if !services.rooms.exists(room_id)? {
-        return Err(Error::not_found(format!(
-            "room {room_id} is unknown to this server"
-        )));
-    }
-    let (event_id, _) = create_and_commit(
-        services,
-        room_id,
-        sender,
-        PduBuilder::state("m.room.member", target.as_str(), content),
-        None,
-    )
-    .await?;
-    Ok(event_id)
-}
-
-/// Adds the user's display name and avatar to member event content (joins and knocks carry them).
-fn add_profile(services: &Services, user: &UserId, content: &mut Value) -> Result<()> {
-    if let Some(profile) = services.users.get_profile(user)? {
-        for field in ["displayname", "avatar_url"] {
-            if let Some(value) = profile.get(field) {
-                content[field] = value.clone();
-            }
-        }
-    }
-    Ok(())
-}
 
 /// The content of a join asked for by a client: the user's profile, then whatever the request body
 /// adds (its `reason`, and custom keys, which Synapse also keeps), except the keys the server

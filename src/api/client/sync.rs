@@ -45,7 +45,9 @@ pub async fn sync_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         Some(text) => State::parse(text)
             .ok_or_else(|| Error::invalid_param(format!("invalid set_presence {text}")))?,
     };
-    let filter = super::account_data::sync_filter(&services, &ctx)?;
+    let filter = services
+        .users
+        .sync_filter(ctx.user(), ctx.query("filter"))?;
     let _syncing = presence::start_sync(&services, ctx.user(), ctx.device(), set_presence)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
     loop {

@@ -10,6 +10,7 @@ pub mod history;
 pub mod incoming;
 pub mod join_state;
 pub mod members;
+pub mod membership;
 pub mod pdu;
 pub mod power;
 pub mod prejoin_state;
