@@ -17,6 +17,7 @@ use crate::{
     error::{Error, Result},
     service::{
         filter::RoomEventFilter,
+        globals::SyncToken,
         rooms::{
             backfill,
             members::RoomMembership,
@@ -25,7 +26,6 @@ use crate::{
             timeline::{is_backfilled, read::TopoPos},
             visibility::{self, user_can_see, ReadableState},
         },
-        sync::SyncToken,
         Services,
     },
 };

@@ -27,7 +27,6 @@ mod state;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
-    fmt,
     sync::Arc,
 };
 
@@ -46,37 +45,7 @@ use crate::{
     },
 };
 
-/// A sync position: the global stream position (timeline, state, membership, account data,
-/// receipts) and the typing position, which lives in memory (see `service::typing`).
-///
-/// Written `s{count}_{typing}`. The older `s{count}` form still parses, with typing position 0:
-/// a client that never saw typing, told of every room whose typists changed in this run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SyncToken {
-    pub count: u64,
-    pub typing: u64,
-}
-
-impl SyncToken {
-    /// Parses `s{count}_{typing}`, `s{count}` or a bare count.
-    pub fn parse(token: &str) -> Option<Self> {
-        let rest = token.strip_prefix('s').unwrap_or(token);
-        let (count, typing) = match rest.split_once('_') {
-            Some((count, typing)) => (count, typing.parse().ok()?),
-            None => (rest, 0),
-        };
-        Some(Self {
-            count: count.parse().ok()?,
-            typing,
-        })
-    }
-}
-
-impl fmt::Display for SyncToken {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(formatter, "s{}_{}", self.count, self.typing)
-    }
-}
+pub use crate::service::globals::SyncToken;
 
 /// What a sync request asked for.
 pub struct SyncRequest<'a> {
