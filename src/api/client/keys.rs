@@ -205,7 +205,7 @@ pub async fn claim_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 
 /// A `/sync` token as its global stream position.
 fn parse_token(token: &str) -> Result<u64> {
-    crate::service::sync::SyncToken::parse(token)
+    crate::service::globals::SyncToken::parse(token)
         .map(|token| token.count)
         .ok_or_else(|| Error::invalid_param(format!("invalid token {token}")))
 }

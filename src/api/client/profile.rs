@@ -40,7 +40,7 @@ async fn profile_of(
     if user_id.server_name() != services.globals.server_name() {
         let path = format!(
             "/_matrix/federation/v1/query/profile?user_id={}",
-            crate::service::rooms::handshake::encode(user_id.as_str())
+            crate::federation::encode(user_id.as_str())
         );
         let answer = services
             .federation_request(user_id.server_name(), http::Method::GET, &path, None)

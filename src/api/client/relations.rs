@@ -11,8 +11,8 @@ use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
     service::{
+        globals::SyncToken,
         rooms::relations::read::{self, ChildrenRequest},
-        sync::SyncToken,
         Services,
     },
 };

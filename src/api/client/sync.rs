@@ -24,7 +24,7 @@ const MAX_TIMEOUT_MS: u64 = 60_000;
 pub async fn sync_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let since = match ctx.query("since") {
         Some(token) => Some(
-            sync::SyncToken::parse(token)
+            crate::service::globals::SyncToken::parse(token)
                 .ok_or_else(|| Error::invalid_param(format!("invalid since token {token}")))?,
         ),
         None => None,

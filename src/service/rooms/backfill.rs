@@ -23,10 +23,11 @@ use ruma::{room_version_rules::RoomVersionRules, OwnedEventId, OwnedRoomId, Room
 use serde_json::Value;
 
 use super::{
-    incoming::{self, encode},
+    incoming,
     timeline::{Mode, SendTo},
     version::rules_for,
 };
+use crate::federation::encode;
 use crate::{error::Result, service::Services};
 
 /// How many events one `/backfill` request asks for (Synapse asks for as many).

@@ -305,7 +305,7 @@ pub async fn receive_invite(
             &invite_state,
         )?;
     }
-    incoming::federation_value(&signed, &rules)
+    crate::service::rooms::pdu::federation_value(&signed, &rules)
 }
 
 /// `send_join`: commits the join (see [`send_membership`]) and answers the state before it and

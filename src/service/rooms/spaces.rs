@@ -457,7 +457,7 @@ async fn lookup(
         remote.lookups += 1;
         let path = format!(
             "/_matrix/federation/v1/hierarchy/{}?suggested_only={suggested_only}",
-            handshake::encode(room_id.as_str())
+            crate::federation::encode(room_id.as_str())
         );
         match services
             .federation_request(server, http::Method::GET, &path, None)

@@ -250,7 +250,7 @@ async fn redeem(services: &Services, mxid: &UserId, invite: &Value) -> Result<()
     });
     let path = format!(
         "/_matrix/federation/v1/exchange_third_party_invite/{}",
-        handshake::encode(room_id.as_str())
+        crate::federation::encode(room_id.as_str())
     );
     services
         .federation_request(sender.server_name(), http::Method::PUT, &path, Some(&event))

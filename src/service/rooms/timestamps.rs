@@ -267,7 +267,7 @@ async fn ask(
 ) -> Result<Option<Found>> {
     let path = format!(
         "/_matrix/federation/v1/timestamp_to_event/{}?ts={ts}&dir={}",
-        super::incoming::encode(room_id.as_str()),
+        crate::federation::encode(room_id.as_str()),
         if forwards { "f" } else { "b" }
     );
     let answer = match services

@@ -45,7 +45,7 @@ use crate::{
     },
 };
 
-pub use crate::service::globals::SyncToken;
+use crate::service::globals::SyncToken;
 
 /// What a sync request asked for.
 pub struct SyncRequest<'a> {

@@ -63,7 +63,7 @@ pub async fn invite_remote(
     if let Some(policy) = policy::room_policy(services, room_id)? {
         policy::sign_local_event(services, &policy, &mut signed, &rules).await?;
     }
-    let event = incoming::federation_value(&signed, &rules)?;
+    let event = crate::service::rooms::pdu::federation_value(&signed, &rules)?;
     let body = json!({
         "room_version": version,
         "event": event,

@@ -41,7 +41,7 @@ pub(super) async fn join_through(
     // A restricted join comes back countersigned by the resident server.
     let event = match answer.get("event") {
         Some(event) if event.is_object() => event.clone(),
-        _ => incoming::federation_value(&object, &rules)?,
+        _ => crate::service::rooms::pdu::federation_value(&object, &rules)?,
     };
     if is_resident(services, room_id)? {
         // A restricted join this server could not authorise itself (no local user may invite):

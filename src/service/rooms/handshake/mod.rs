@@ -60,7 +60,7 @@ impl Handshakes {
     }
 }
 
-pub use super::incoming::encode;
+use crate::federation::encode;
 
 fn request_path(kind: &str, room_id: &RoomId, rest: &str) -> String {
     format!(

@@ -35,7 +35,7 @@ pub(super) async fn knock_through(
         event_id,
     } = knock;
     let rules = rules_for(&version)?;
-    let body = incoming::federation_value(&signed, &rules)?;
+    let body = crate::service::rooms::pdu::federation_value(&signed, &rules)?;
     let path = request_path("v1/send_knock", room_id, &encode(event_id.as_str()));
     let answer = services
         .federation_request(server, http::Method::PUT, &path, Some(&body))
@@ -263,7 +263,7 @@ async fn leave_through(
     template["origin_server_ts"] = json!(crate::util::now_millis());
     let object = template_object(template, &rules)?;
     let (signed, event_id) = build_and_sign(services, &object, &rules)?;
-    let body = incoming::federation_value(&signed, &rules)?;
+    let body = crate::service::rooms::pdu::federation_value(&signed, &rules)?;
     let path = request_path("v2/send_leave", room_id, &encode(event_id.as_str()));
     services
         .federation_request(server, http::Method::PUT, &path, Some(&body))

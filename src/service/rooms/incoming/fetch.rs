@@ -7,7 +7,8 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use super::{check_against_auth_events, encode, handle_with_depth, parse_pdu, to_pdu, verify_pdu};
+use super::{check_against_auth_events, handle_with_depth, parse_pdu, to_pdu, verify_pdu};
+use crate::federation::encode;
 use crate::{
     error::{Error, Result},
     service::{

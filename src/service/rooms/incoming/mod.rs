@@ -40,8 +40,6 @@ pub(super) use self::state::{
     fetch_state_before, first_prev_state, state_after_prev_events, store_state,
 };
 pub use self::state::{resolve_sets, state_set_of};
-pub use super::pdu::federation_value;
-pub use crate::federation::encode;
 
 /// What became of a received PDU.
 #[derive(Clone, Debug, PartialEq, Eq)]

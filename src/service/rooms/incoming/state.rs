@@ -11,7 +11,8 @@ use ruma::{
     RoomId, ServerName,
 };
 
-use super::{encode, store_outliers};
+use super::store_outliers;
+use crate::federation::encode;
 use crate::{
     error::{Error, Result},
     service::{
