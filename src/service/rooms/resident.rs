@@ -287,6 +287,7 @@ pub async fn receive_invite(
         &rules,
     )
     .map_err(Error::bad_json)?;
+    let _outside_guard = services.rooms.handshakes.lock_outside(room_id).await;
     if !handshake::is_resident(services, room_id)? {
         let invite_state = prejoin_state::receive(
             services,

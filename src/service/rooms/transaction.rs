@@ -58,8 +58,14 @@ async fn receive_pdu(
         let error = json!({ "error": "the room's server ACL denies the origin" });
         return Ok((fallback_id, error));
     }
-    // A room this server is not in only sends membership changes of our invitees/knockers.
-    let outside = match handshake::is_resident(services, &room_id)? {
+    // A room this server is not in only sends membership changes of our invitees/knockers,
+    // checked and committed under the lock an invite arriving meanwhile waits for.
+    let resident = handshake::is_resident(services, &room_id)?;
+    let _outside_guard = match resident {
+        true => None,
+        false => Some(services.rooms.handshakes.lock_outside(&room_id).await),
+    };
+    let outside = match resident {
         true => Ok(None),
         false => handshake::outside_membership_update(services, origin, &room_id, pdu).await,
     };

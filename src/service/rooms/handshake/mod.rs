@@ -36,14 +36,35 @@ const SUPPORTED_VERSIONS: [&str; 12] = [
 /// room this server is not in, that came with an invite from another server or answered a knock).
 pub struct Handshakes {
     userroomid_invitestate: Tree,
+    /// Serialise, per room (striped), the changes of local users' memberships in a room this
+    /// server is not in: see [`Handshakes::lock_outside`].
+    outside_locks: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// How many stripes [`Handshakes::lock_outside`] spreads rooms over.
+const OUTSIDE_LOCK_STRIPES: usize = 64;
 
 impl Handshakes {
     /// Opens the tree.
     pub fn open(db: &std::sync::Arc<crate::store::Db>) -> Self {
         Self {
             userroomid_invitestate: db.tree("userroomid_invitestate"),
+            outside_locks: (0..OUTSIDE_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    /// The lock held while a local user's membership in a room this server is not in may change:
+    /// an invite arriving through `/invite`, and a membership event for the room arriving in a
+    /// transaction, from its check against the membership held to its commit. Without it an
+    /// unban's `leave` checked before the invite that follows it arrived, and committed after,
+    /// would overwrite that invite.
+    pub async fn lock_outside(&self, room_id: &RoomId) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(room_id.as_str());
+        let stripe = usize::try_from(hash % OUTSIDE_LOCK_STRIPES as u64).unwrap_or(0);
+        self.outside_locks[stripe].lock().await
     }
 
     /// The stripped state that came with an invite from another server or answered a knock.
