@@ -19,6 +19,9 @@ pub enum Error {
     /// answers a refusal (its `403 M_FORBIDDEN` is for servers a room's ACL denies).
     #[error("{0}")]
     Refused(String),
+    /// The client did not send its request body in time: `408`, errcode `M_UNKNOWN`.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// User-interactive authentication must continue: the body is the UIA state (flows, session,
     /// completed stages) that the spec sends with `401`.
     #[error("user-interactive authentication required")]

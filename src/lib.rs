@@ -67,26 +67,31 @@ pub async fn serve(
             ))
         }
     };
+    let open_files = http::listener::raise_open_file_limit();
+    let connections = http::listener::Connections::new(&services.config, open_files);
+    tracing::info!(
+        open_files,
+        max_connections = connections.max_total(),
+        "connection limits"
+    );
     let workers = service::start_workers(&services, wait(stopped.clone()));
     let router = http::router(Arc::clone(&services));
     let federation = match (listeners.federation, tls) {
-        (Some(listener), Some(tls)) => Some(tokio::spawn(http::tls::serve(
+        (Some(listener), Some(tls)) => Some(tokio::spawn(http::listener::serve(
             listener,
             router.clone(),
-            tls,
+            Some(tls),
+            Arc::clone(&connections),
             wait(stopped.clone()),
         ))),
         _ => None,
     };
-    let client = axum::serve(listeners.client, router)
-        .with_graceful_shutdown(wait(stopped))
-        .await
-        .map_err(|error| Error::Internal(format!("server failed: {error}")));
+    http::listener::serve(listeners.client, router, None, connections, wait(stopped)).await;
     if let Some(federation) = federation {
         let _ = federation.await;
     }
     for worker in workers {
         let _ = worker.await;
     }
-    client
+    Ok(())
 }

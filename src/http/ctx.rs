@@ -1,10 +1,10 @@
-//! Builds the request context ([`Ctx`], owned by `api/`) from a request: query parsing and
-//! access-token authentication.
+//! Builds the request context ([`Ctx`], owned by `api/`) from a request: access-token
+//! authentication from the headers (before the body is read) and query parsing.
 
 use std::collections::HashMap;
 
 use http::request::Parts;
-use ruma::api::error::ErrorKind;
+use ruma::{api::error::ErrorKind, OwnedDeviceId, OwnedUserId};
 use serde_json::Value;
 
 use crate::{
@@ -14,31 +14,14 @@ use crate::{
     util,
 };
 
-pub(super) fn build(
-    services: &Services,
-    auth: Auth,
-    params: Vec<String>,
-    parts: &Parts,
-    (body, body_bytes): (Value, bytes::Bytes),
-) -> Result<Ctx> {
-    let query: HashMap<String, String> =
-        parts.uri.query().map(url_decode_pairs).unwrap_or_default();
-    let mut ctx = Ctx {
-        origin: None,
-        user: None,
-        device: None,
-        params,
-        query,
-        raw_query: parts.uri.query().unwrap_or("").to_owned(),
-        body,
-        body_bytes,
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
-        headers: parts.headers.clone(),
-        raw_body: parking_lot::Mutex::new(None),
-    };
+/// A request's user and device, from its access token (the `Authorization` header or the
+/// `access_token` query parameter): read from the headers alone, before any of the body.
+pub(super) type Session = Option<(OwnedUserId, OwnedDeviceId)>;
+
+/// Authenticates a request as `auth` asks, from its headers and query alone.
+pub(super) fn authenticate(services: &Services, auth: Auth, parts: &Parts) -> Result<Session> {
     if auth == Auth::None || auth == Auth::Server {
-        return Ok(ctx);
+        return Ok(None);
     }
     let header_token = parts
         .headers
@@ -46,15 +29,21 @@ pub(super) fn build(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::to_owned);
-    let token = header_token.or_else(|| ctx.query.get("access_token").cloned());
-    let Some(token) = token else {
+    let query_token = || {
+        parts
+            .uri
+            .query()
+            .map(url_decode_pairs)
+            .and_then(|mut query| query.remove("access_token"))
+    };
+    let Some(token) = header_token.or_else(query_token) else {
         if auth == Auth::Required {
             return Err(Error::matrix(
                 ErrorKind::MissingToken,
                 "missing access token",
             ));
         }
-        return Ok(ctx);
+        return Ok(None);
     };
     let unknown = |soft_logout| {
         Error::matrix(
@@ -72,9 +61,33 @@ pub(super) fn build(
     {
         return Err(unknown(true));
     }
-    ctx.user = Some(session.user_id);
-    ctx.device = Some(session.device_id);
-    Ok(ctx)
+    Ok(Some((session.user_id, session.device_id)))
+}
+
+/// The context of an authenticated request with its body.
+pub(super) fn build(
+    session: Session,
+    params: Vec<String>,
+    parts: &Parts,
+    (body, body_bytes): (Value, bytes::Bytes),
+) -> Ctx {
+    let query: HashMap<String, String> =
+        parts.uri.query().map(url_decode_pairs).unwrap_or_default();
+    let (user, device) = session.unzip();
+    Ctx {
+        origin: None,
+        user,
+        device,
+        params,
+        query,
+        raw_query: parts.uri.query().unwrap_or("").to_owned(),
+        body,
+        body_bytes,
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+        raw_body: parking_lot::Mutex::new(None),
+    }
 }
 
 fn url_decode_pairs(query: &str) -> HashMap<String, String> {

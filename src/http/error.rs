@@ -64,6 +64,10 @@ impl IntoResponse for Error {
                 StatusCode::BAD_REQUEST,
                 &json!({ "errcode": "M_FORBIDDEN", "error": message }),
             ),
+            Error::RequestTimeout(message) => json_response(
+                StatusCode::REQUEST_TIMEOUT,
+                &json!({ "errcode": "M_UNKNOWN", "error": message }),
+            ),
             Error::Uiaa(info) => json_response(StatusCode::UNAUTHORIZED, &info),
             Error::Remote { server, source } => {
                 tracing::warn!(

@@ -8,6 +8,7 @@
 
 pub mod ctx;
 pub mod error;
+pub mod listener;
 mod routes;
 pub mod tls;
 mod x_matrix;
@@ -186,9 +187,11 @@ pub fn router(services: Arc<Services>) -> Router {
                   params: RawPathParams,
                   request: Request| {
                 let handler = handler.clone();
+                let malformed = malformed_event_id(&params);
                 let params: Vec<String> =
                     params.iter().map(|(_, value)| value.to_owned()).collect();
-                async move { dispatch(services, (auth, activity), handler, params, request).await }
+                let route = (auth, activity, malformed);
+                async move { dispatch(services, route, handler, params, request).await }
             },
         );
         for path in served_paths(path) {
@@ -218,6 +221,25 @@ pub fn router(services: Arc<Services>) -> Router {
         })
         .layer(axum::middleware::from_fn(edge))
         .with_state(services)
+}
+
+/// The `{eventId}` of a path that is no event ID of any room version: neither `$` and 43
+/// characters of (URL-safe or standard) unpadded base64 (version 3 on), nor `$localpart:server`
+/// (versions 1 and 2). Such a path is `M_INVALID_PARAM` once the request is authenticated.
+fn malformed_event_id(params: &RawPathParams) -> Option<String> {
+    let (_, value) = params.iter().find(|(name, _)| *name == "eventId")?;
+    let id = crate::api::ctx::percent_decode(value);
+    let well_formed = match id.strip_prefix('$') {
+        Some(hash) if !hash.contains(':') => {
+            hash.len() == 43
+                && hash
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b"+/-_".contains(&byte))
+        }
+        Some(local) => !local.starts_with(':') && <&ruma::EventId>::try_from(id.as_str()).is_ok(),
+        None => false,
+    };
+    (!well_formed).then_some(id)
 }
 
 /// CORS for browser clients, and one span per request with a request ID.
@@ -252,13 +274,17 @@ async fn edge(request: Request, next: axum::middleware::Next) -> Response {
 /// route opts out, and runs the handler.
 async fn dispatch(
     services: Arc<Services>,
-    (auth, activity): (Auth, bool),
+    (auth, activity, malformed): (Auth, bool, Option<String>),
     handler: Handler,
     params: Vec<String>,
     request: Request,
 ) -> Response {
     let raw = matches!(handler, Handler::Raw(_));
     match prepare(&services, auth, params, request, raw).await {
+        Ok(_) if malformed.is_some() => {
+            let id = malformed.unwrap_or_default();
+            Error::invalid_param(format!("malformed event ID {id}")).into_response()
+        }
         Ok(ctx) => {
             if let Some(user) = &ctx.user {
                 tracing::Span::current().record("user", tracing::field::display(user));
@@ -283,6 +309,10 @@ async fn dispatch(
     }
 }
 
+/// Authenticates a request from its headers, then reads and parses its body: a request without
+/// valid credentials, or declaring a body over the limit, is refused before any of its body is
+/// read; a body must arrive within `http_body_timeout_ms`. Federation requests have their
+/// `X-Matrix` header checked first and its signature, which covers the body, after.
 async fn prepare(
     services: &Services,
     auth: Auth,
@@ -291,35 +321,23 @@ async fn prepare(
     raw: bool,
 ) -> Result<Ctx, Error> {
     let (parts, body) = request.into_parts();
+    let session = ctx::authenticate(services, auth, &parts)?;
+    let x_matrix = match auth {
+        Auth::Server => Some(x_matrix::parse(services, &parts)?),
+        _ => None,
+    };
     if raw {
         // The handler reads the body with its own limit (uploads are larger than JSON bodies).
-        let origin = if auth == Auth::Server {
-            Some(x_matrix::authenticate(services, &parts, None).await?)
-        } else {
-            None
+        let origin = match x_matrix {
+            Some(x_matrix) => Some(x_matrix::verify(services, &parts, x_matrix, None).await?),
+            None => None,
         };
-        let mut ctx = ctx::build(
-            services,
-            auth,
-            params,
-            &parts,
-            (Value::Null, Default::default()),
-        )?;
+        let mut ctx = ctx::build(session, params, &parts, (Value::Null, Default::default()));
         ctx.origin = origin;
         ctx.raw_body = parking_lot::Mutex::new(Some(body));
         return Ok(ctx);
     }
-    let limit = services.config.max_request_bytes;
-    let bytes = http_body_util::Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|_| {
-            Error::matrix(
-                ruma::api::error::ErrorKind::TooLarge,
-                "request body too large",
-            )
-        })?
-        .to_bytes();
+    let bytes = read_body(&services.config, &parts, body).await?;
     let empty = bytes.iter().all(u8::is_ascii_whitespace);
     let body = if empty {
         Value::Object(Default::default())
@@ -335,17 +353,51 @@ async fn prepare(
         }
         value
     };
-    let origin = if auth == Auth::Server {
-        let signed_body = (!empty).then_some(&body);
-        let origin = x_matrix::authenticate(services, &parts, signed_body).await?;
-        tracing::Span::current().record("origin", tracing::field::display(&origin));
-        Some(origin)
-    } else {
-        None
+    let origin = match x_matrix {
+        Some(x_matrix) => {
+            let signed_body = (!empty).then_some(&body);
+            let origin = x_matrix::verify(services, &parts, x_matrix, signed_body).await?;
+            tracing::Span::current().record("origin", tracing::field::display(&origin));
+            Some(origin)
+        }
+        None => None,
     };
-    let mut ctx = ctx::build(services, auth, params, &parts, (body, bytes))?;
+    let mut ctx = ctx::build(session, params, &parts, (body, bytes));
     ctx.origin = origin;
     Ok(ctx)
+}
+
+/// Reads a JSON request body: refused up front when its declared `Content-Length` is over
+/// `max_request_bytes`, cut off when it grows past it, and `408` when it does not arrive whole
+/// within `http_body_timeout_ms`.
+async fn read_body(
+    config: &crate::config::Config,
+    parts: &http::request::Parts,
+    body: axum::body::Body,
+) -> Result<bytes::Bytes, Error> {
+    let limit = config.max_request_bytes;
+    let too_large = || {
+        Error::matrix(
+            ruma::api::error::ErrorKind::TooLarge,
+            "request body too large",
+        )
+    };
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    let deadline = std::time::Duration::from_millis(config.http_body_timeout_ms);
+    let collected = tokio::time::timeout(
+        deadline,
+        http_body_util::Limited::new(body, limit).collect(),
+    )
+    .await
+    .map_err(|_| Error::RequestTimeout("the request body did not arrive in time".to_owned()))?;
+    Ok(collected.map_err(|_| too_large())?.to_bytes())
 }
 
 #[cfg(test)]

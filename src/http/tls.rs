@@ -1,20 +1,12 @@
-//! The TLS listener for federation (the client API is routed there too): rustls over the same
-//! router, one task per connection, and graceful shutdown.
+//! The TLS configuration of the federation listener (the client API is routed there too); its
+//! accept loop is `listener::serve`'s.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc};
 
-use axum::Router;
-use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown, service::TowerToHyperService};
 use rustls::ServerConfig;
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
 
 use crate::error::{Error, Result};
-
-/// A client that has not finished its TLS handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Open connections get this long to finish their requests on shutdown.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Loads a PEM certificate chain and private key into a rustls server configuration.
 pub fn load_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
@@ -47,46 +39,4 @@ pub fn load_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>> {
         .map_err(|error| Error::Config(format!("invalid configuration key `tls_key`: {error}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// Serves `router` over TLS on `listener` until `shutdown` completes, then drains connections.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    tls: Arc<ServerConfig>,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accepting a federation connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let Ok(Ok(stream)) =
-                tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-            else {
-                return;
-            };
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = watcher.watch(connection).await;
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
 }

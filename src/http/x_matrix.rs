@@ -19,12 +19,10 @@ fn unauthorized(message: impl Into<String>) -> Error {
     Error::matrix(ErrorKind::Unauthorized, message)
 }
 
-/// Checks the `Authorization: X-Matrix` header of a request and returns the origin server.
-pub async fn authenticate(
-    services: &Services,
-    parts: &Parts,
-    body: Option<&Value>,
-) -> Result<OwnedServerName> {
+/// The `Authorization: X-Matrix` header of a request, checked for its shape, its destination
+/// and an origin other than this server, from the headers alone: before the body is read and
+/// before the origin's keys are fetched.
+pub fn parse(services: &Services, parts: &Parts) -> Result<XMatrix> {
     let header = parts
         .headers
         .get(http::header::AUTHORIZATION)
@@ -45,6 +43,18 @@ pub async fn authenticate(
             "requests cannot come from this server's own name",
         ));
     }
+    Ok(x_matrix)
+}
+
+/// Checks a parsed `X-Matrix` header's signature over the request (with its JSON body, if any)
+/// with the origin's published key, and returns the origin server.
+pub async fn verify(
+    services: &Services,
+    parts: &Parts,
+    x_matrix: XMatrix,
+    body: Option<&Value>,
+) -> Result<OwnedServerName> {
+    let own_name = services.globals.server_name();
     let keys = services
         .server_keys
         .get_keys(

@@ -345,10 +345,16 @@ async fn read_markers_set_fully_read_and_bad_receipts_are_refused() {
         "M_INVALID_PARAM",
     );
     check(
-        bob.post(&receipt_path(&room, "m.read", "$nope"), json!({}))
+        bob.post(&receipt_path(&room, "m.read", "$nope:localhost"), json!({}))
             .await,
         404,
         "M_NOT_FOUND",
+    );
+    check(
+        bob.post(&receipt_path(&room, "m.read", "$nope"), json!({}))
+            .await,
+        400,
+        "M_INVALID_PARAM",
     );
     check(
         bob.post(&receipt_path(&room, "m.read", "not-an-event"), json!({}))

@@ -331,7 +331,7 @@ fn file_body(file: tokio::fs::File) -> Body {
 }
 
 /// Reads the request body into a new upload, enforcing `max_upload_bytes` (a `Content-Length`
-/// over it is refused before reading).
+/// over it is refused before reading) and `http_body_timeout_ms` between pieces.
 async fn receive(services: &Services, ctx: &Ctx) -> Result<Upload> {
     let limit = services.media.max_upload_bytes();
     let declared = ctx
@@ -345,7 +345,14 @@ async fn receive(services: &Services, ctx: &Ctx) -> Result<Upload> {
     let body = ctx.raw_body.lock().take().unwrap_or_default();
     let mut upload = services.media.begin_upload().await?;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    // An upload may take long on a slow link, but it may not stall: each piece must arrive
+    // within the body timeout of the one before.
+    let stall = std::time::Duration::from_millis(services.config.http_body_timeout_ms);
+    loop {
+        let next = tokio::time::timeout(stall, stream.next())
+            .await
+            .map_err(|_| Error::RequestTimeout("the upload stalled".to_owned()))?;
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|_| Error::custom("M_UNKNOWN", "the upload was cut short"))?;
         upload.write(&chunk).await?;
     }

@@ -1,0 +1,183 @@
+//! The accept loop of both listeners (the client API in plain HTTP, federation and the client API
+//! over TLS): a cap on open connections in all and per peer address, one task per connection, a
+//! deadline for each request head, and graceful shutdown.
+//!
+//! hyper starts a connection's header deadline whenever the connection is ready for a request
+//! head: when it opens, and again after each response. So one deadline bounds a socket that
+//! never sends, a head sent byte by byte, and a keep-alive connection left idle. Bodies have a
+//! deadline of their own where they are read (`http::prepare`, raw handlers).
+
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+
+use axum::Router;
+use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown, service::TowerToHyperService};
+use parking_lot::Mutex;
+use rustls::ServerConfig;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+};
+
+use crate::config::Config;
+
+/// A client that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections get this long to finish their requests on shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// File descriptors kept out of the connection cap: the database, outgoing requests and media.
+const RESERVED_FILES: usize = 256;
+
+/// The connections open on every listener, counted in all and per peer address.
+pub struct Connections {
+    max_total: usize,
+    max_per_ip: usize,
+    header_timeout: Duration,
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// One admitted connection; dropping it frees its place.
+struct Admitted {
+    connections: Arc<Connections>,
+    ip: IpAddr,
+}
+
+impl Connections {
+    /// The caps of `config`, the total one lowered to fit the open-file limit `open_files`.
+    pub fn new(config: &Config, open_files: Option<usize>) -> Arc<Self> {
+        let fit = open_files.map_or(usize::MAX, |limit| {
+            limit.saturating_sub(RESERVED_FILES).max(limit / 2)
+        });
+        Arc::new(Self {
+            max_total: config.max_connections.min(fit),
+            max_per_ip: config.max_connections_per_ip,
+            header_timeout: Duration::from_millis(config.http_header_timeout_ms),
+            open: Mutex::new((0, HashMap::new())),
+        })
+    }
+
+    /// The connection cap in all, after the open-file limit.
+    pub fn max_total(&self) -> usize {
+        self.max_total
+    }
+
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admitted> {
+        let mut open = self.open.lock();
+        let (total, per_ip) = &mut *open;
+        let from_ip = per_ip.entry(ip).or_default();
+        if *total >= self.max_total || *from_ip >= self.max_per_ip {
+            return None;
+        }
+        *from_ip += 1;
+        *total += 1;
+        Some(Admitted {
+            connections: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self.connections.open.lock();
+        let (total, per_ip) = &mut *open;
+        *total = total.saturating_sub(1);
+        if let Some(from_ip) = per_ip.get_mut(&self.ip) {
+            *from_ip = from_ip.saturating_sub(1);
+            if *from_ip == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one, where the system allows, and returns the
+/// limit in force.
+pub fn raise_open_file_limit() -> Option<usize> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    usize::try_from(limit.rlim_cur).ok()
+}
+
+/// Serves `router` on `listener`, over TLS when `tls` is given, until `shutdown` completes, then
+/// drains the open connections.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Arc<ServerConfig>>,
+    connections: Arc<Connections>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors, most likely: wait for some to close.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Some(admitted) = connections.admit(peer.ip()) else {
+            tracing::debug!(%peer, "connection refused: too many open connections");
+            continue;
+        };
+        let router = router.clone();
+        let acceptor = acceptor.clone();
+        let header_timeout = connections.header_timeout;
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            match acceptor {
+                None => serve_connection(stream, router, header_timeout, watcher).await,
+                Some(acceptor) => {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    serve_connection(stream, router, header_timeout, watcher).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
+}
+
+async fn serve_connection<S>(
+    stream: S,
+    router: Router,
+    header_timeout: Duration,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+    let _ = watcher.watch(connection).await;
+}
