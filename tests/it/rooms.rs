@@ -1235,3 +1235,83 @@ async fn an_invite_to_a_room_everyone_left_can_still_be_rejected() {
     assert!(sync["rooms"]["leave"].get(&room).is_some(), "{sync}");
     assert!(sync["rooms"]["invite"].get(&room).is_none(), "{sync}");
 }
+
+#[tokio::test]
+async fn power_levels_the_auth_rules_would_refuse_fail_create_room_before_any_event() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    for (version, override_content) in [
+        ("12", json!({"users": "x"})),
+        ("12", json!({"ban": "50"})),
+        ("12", json!({"events": {"m.room.name": 1.5}})),
+        ("10", json!({"users": {"not a user ID": 10}})),
+        ("9", json!({"notifications": 7})),
+    ] {
+        assert_error(
+            &alice
+                .post(
+                    "/_matrix/client/v3/createRoom",
+                    json!({"room_version": version, "power_level_content_override": override_content}),
+                )
+                .await,
+            400,
+            "M_BAD_JSON",
+        );
+    }
+    // No half-created room is left behind.
+    let joined = alice.get_ok("/_matrix/client/v3/joined_rooms").await;
+    assert_eq!(joined["joined_rooms"], json!([]), "{joined}");
+    // Before room version 10 a level may still be a string holding an integer.
+    let room = alice
+        .create_room(json!({"room_version": "9", "power_level_content_override": {"ban": "60"}}))
+        .await;
+    let power = alice
+        .get_ok(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+            enc(&room)
+        ))
+        .await;
+    assert_eq!(power["ban"], "60");
+}
+
+#[tokio::test]
+async fn event_ids_in_paths_must_be_well_formed() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let event = alice.send_text(&room, "t1", "hello").await;
+    for (index, malformed) in ["$", "$$$", "$short", "nodollar", "$:localhost"]
+        .into_iter()
+        .enumerate()
+    {
+        let redact = format!(
+            "/_matrix/client/v3/rooms/{}/redact/{}/r{index}",
+            enc(&room),
+            enc(malformed)
+        );
+        assert_error(&alice.put(&redact, json!({})).await, 400, "M_INVALID_PARAM");
+        let fetch = format!(
+            "/_matrix/client/v3/rooms/{}/event/{}",
+            enc(&room),
+            enc(malformed)
+        );
+        assert_error(&alice.get(&fetch).await, 400, "M_INVALID_PARAM");
+    }
+    // Well-formed IDs of both shapes go through: a real one, and an unknown one of room
+    // versions 1 and 2.
+    let redact = format!(
+        "/_matrix/client/v3/rooms/{}/redact/{}/ok",
+        enc(&room),
+        enc(&event)
+    );
+    alice.put_ok(&redact, json!({})).await;
+    let unknown = format!(
+        "/_matrix/client/v3/rooms/{}/event/{}",
+        enc(&room),
+        enc("$unknown:localhost")
+    );
+    assert_error(&alice.get(&unknown).await, 404, "M_NOT_FOUND");
+    // Without a token, the token is what is wrong.
+    let fetch = format!("/_matrix/client/v3/rooms/{}/event/$", enc(&room));
+    assert_error(&server.client().get(&fetch).await, 401, "M_MISSING_TOKEN");
+}

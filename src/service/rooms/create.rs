@@ -3,8 +3,8 @@
 //! `createRoom`'s checks and the room's first events in the spec's order (create, join, power levels, alias, preset state, initial state, name, topic, invites); `send_create_event` is shared with upgrades.
 
 use ruma::{
-    api::error::ErrorKind, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId,
-    UserId,
+    api::error::ErrorKind, room_version_rules::RoomVersionRules, OwnedRoomAliasId, OwnedRoomId,
+    OwnedUserId, RoomId, RoomVersionId, UserId,
 };
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -55,6 +55,7 @@ struct Plan {
     alias: Option<OwnedRoomAliasId>,
     create_content: Map<String, Value>,
     creators_are_privileged: bool,
+    rules: RoomVersionRules,
 }
 
 /// Creates a room for `sender`; answers its ID.
@@ -65,6 +66,10 @@ struct Plan {
 #[tracing::instrument(skip_all, fields(sender = %sender))]
 pub async fn create(services: &Services, sender: &UserId, request: NewRoom) -> Result<OwnedRoomId> {
     let plan = plan(services, sender, &request)?;
+    // Checked before the first event: a power levels event the auth rules refuse would leave a
+    // room with its creator joined and nothing else.
+    let power_levels = power_levels(&plan, sender, &request);
+    check_power_levels(&plan.rules, &power_levels)?;
     let room_id = send_create_event(services, sender, plan.create_content.clone()).await?;
     let profile = services.users.get_profile(sender)?.unwrap_or_default();
     let mut join = json!({ "membership": "join" });
@@ -75,7 +80,6 @@ pub async fn create(services: &Services, sender: &UserId, request: NewRoom) -> R
     }
     let send = |builder: PduBuilder| create_and_commit(services, &room_id, sender, builder, None);
     send(PduBuilder::state("m.room.member", sender.as_str(), join)).await?;
-    let power_levels = power_levels(&plan, sender, &request);
     send(PduBuilder::state("m.room.power_levels", "", power_levels)).await?;
     if let Some(alias) = &plan.alias {
         let content = json!({ "alias": alias });
@@ -184,6 +188,7 @@ fn plan(services: &Services, sender: &UserId, request: &NewRoom) -> Result<Plan>
         alias,
         create_content,
         creators_are_privileged,
+        rules,
     })
 }
 
@@ -326,6 +331,40 @@ fn additional_creators(create_content: &Map<String, Value>) -> Result<Vec<OwnedU
                 .ok_or_else(invalid)
         })
         .collect()
+}
+
+/// The shape the auth rules ask of power levels: levels are integers (from room version 10 JSON
+/// integers, before that also strings holding one), `events`, `notifications` and `users` are
+/// objects of levels, and `users` is keyed by user IDs. `M_BAD_JSON` otherwise.
+fn check_power_levels(rules: &RoomVersionRules, content: &Value) -> Result<()> {
+    let is_level = |value: &Value| {
+        value.is_i64()
+            || (!rules.authorization.integer_power_levels
+                && value
+                    .as_str()
+                    .is_some_and(|text| text.trim().parse::<i64>().is_ok()))
+    };
+    let invalid = |field: &str| Error::bad_json(format!("invalid power levels: `{field}`"));
+    let levels = ["ban", "invite", "kick", "redact"];
+    let defaults = ["events_default", "state_default", "users_default"];
+    for field in levels.iter().chain(&defaults) {
+        if content.get(field).is_some_and(|value| !is_level(value)) {
+            return Err(invalid(field));
+        }
+    }
+    for field in ["events", "notifications", "users"] {
+        let Some(value) = content.get(field) else {
+            continue;
+        };
+        let map = value.as_object().ok_or_else(|| invalid(field))?;
+        for (key, level) in map {
+            let bad_key = field == "users" && <&UserId>::try_from(key.as_str()).is_err();
+            if bad_key || !is_level(level) {
+                return Err(invalid(&format!("{field}.{key}")));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Room creators have no place in `users` of power levels from room version 12: `M_BAD_JSON`.
