@@ -4,7 +4,37 @@
 
 use serde_json::Value;
 
-use crate::service::rooms::pdu::Pdu;
+use crate::{
+    error::{Error, Result},
+    service::rooms::pdu::Pdu,
+};
+
+/// Checks a filter definition (`POST /filter`, or inline in `/sync`'s `filter` parameter): each
+/// top-level part has its type, and every field its spec type (room IDs in `rooms`, user IDs in
+/// `senders`, strings in `types`...), as ruma's `FilterDefinition` reads them. `M_BAD_JSON`
+/// otherwise.
+pub fn validate(filter: &Value) -> Result<()> {
+    if !filter.is_object() {
+        return Err(Error::bad_json("a filter is a JSON object"));
+    }
+    for field in ["event_fields", "account_data", "presence", "room"] {
+        let Some(value) = filter.get(field) else {
+            continue;
+        };
+        let typed = match field {
+            "event_fields" => value.is_array(),
+            _ => value.is_object(),
+        };
+        if !typed {
+            return Err(Error::bad_json(format!(
+                "filter field {field} has the wrong type"
+            )));
+        }
+    }
+    serde_json::from_value::<ruma::api::client::filter::FilterDefinition>(filter.clone())
+        .map(drop)
+        .map_err(|error| Error::bad_json(format!("invalid filter: {error}")))
+}
 
 /// A parsed `RoomEventFilter`.
 #[derive(Clone, Debug, Default)]

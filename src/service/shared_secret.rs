@@ -2,7 +2,7 @@
 //! nonces kept in memory, and the HMAC-SHA1 check that lets whoever knows
 //! `registration_shared_secret` create accounts, server admins included.
 //!
-//! Synapse's shared-secret registration (`/_synapse/admin/v1/register`, `docs/admin_api.md`): single-use nonces in memory (a minute each, at most 1,000), the HMAC-SHA1 check in constant time, then an account created with the admin flag that `users` keeps (`userid_admin`, `Users::is_admin`); argon2 hashing runs on the blocking pool (`users::hash_password_blocking`).
+//! Synapse's shared-secret registration (`/_synapse/admin/v1/register`, `docs/admin_api.md`): single-use nonces in memory (a minute each, at most 1,000), the HMAC-SHA1 check in constant time, then an account created with the admin flag that `users` keeps (`userid_admin`, `Users::is_admin`); argon2 hashing runs on the blocking pool (`users::password::Hasher`).
 
 use std::{
     collections::HashMap,
@@ -129,7 +129,7 @@ pub async fn register(services: &Services, request: SharedSecretRequest) -> Resu
             format!("{user_id} is already taken"),
         ));
     }
-    let password_hash = users::hash_password_blocking(request.password).await?;
+    let password_hash = services.users.passwords.hash(request.password).await?;
     // The hash took a while: another request may have taken the name meanwhile.
     if services.users.exists(&user_id)? {
         return Err(Error::matrix(

@@ -70,8 +70,8 @@ const PASSWORD_FLOWS: &[&[&str]] = &[&["m.login.password"]];
 /// Runs user-interactive auth for registration: `m.login.dummy` when registration is open,
 /// `m.login.registration_token` in token mode. Fails with the UIA `401` body until the flow is
 /// complete.
-pub fn check_registration(services: &Services, auth: Option<&Value>) -> Result<()> {
-    check(services, auth, registration_flows(services)?, None)
+pub async fn check_registration(services: &Services, auth: Option<&Value>) -> Result<()> {
+    check(services, auth, registration_flows(services)?, None).await
 }
 
 /// The registration flows of the configured mode; closed registration is `M_FORBIDDEN`.
@@ -85,13 +85,17 @@ pub fn registration_flows(services: &Services) -> Result<&'static [&'static [&'s
 
 /// Runs user-interactive auth with `m.login.password` as `user_id`. Fails with the UIA `401`
 /// body until the password stage is complete.
-pub fn check_password(services: &Services, auth: Option<&Value>, user_id: &UserId) -> Result<()> {
-    check(services, auth, PASSWORD_FLOWS, Some(user_id))
+pub async fn check_password(
+    services: &Services,
+    auth: Option<&Value>,
+    user_id: &UserId,
+) -> Result<()> {
+    check(services, auth, PASSWORD_FLOWS, Some(user_id)).await
 }
 
 /// Runs user-interactive auth for one of `flows` (each a list of stage names) with `password_user`
 /// as the account whose password `m.login.password` checks.
-fn check(
+async fn check(
     services: &Services,
     auth: Option<&Value>,
     flows: &[&[&str]],
@@ -113,7 +117,7 @@ fn check(
     };
     let mut error = None;
     if let Some(auth) = auth {
-        match run_stage(services, auth, password_user)? {
+        match run_stage(services, auth, password_user).await? {
             Ok(Some(stage)) => uiaa.complete(&session, stage),
             Ok(None) => {}
             Err(stage_error) => error = Some(stage_error),
@@ -146,7 +150,7 @@ fn check(
 type StageOutcome = std::result::Result<Option<&'static str>, (&'static str, String)>;
 
 /// Validates the stage that `auth` submits.
-fn run_stage(
+async fn run_stage(
     services: &Services,
     auth: &Value,
     password_user: Option<&UserId>,
@@ -163,10 +167,12 @@ fn run_stage(
                 forbidden("invalid registration token")
             }
         }
-        Some("m.login.password") => match check_password_stage(services, auth, password_user)? {
-            true => Ok(Some("m.login.password")),
-            false => forbidden("invalid password"),
-        },
+        Some("m.login.password") => {
+            match check_password_stage(services, auth, password_user).await? {
+                true => Ok(Some("m.login.password")),
+                false => forbidden("invalid password"),
+            }
+        }
         Some(other) => Err(("M_UNRECOGNIZED", format!("unsupported auth type {other}"))),
         None => Ok(None),
     })
@@ -175,7 +181,7 @@ fn run_stage(
 /// Whether an `m.login.password` stage names `password_user` (by full ID or localpart, or not at
 /// all) with the right password. Naming another account is `M_FORBIDDEN` outright (Synapse and
 /// Complement expect 403, not another 401).
-fn check_password_stage(
+async fn check_password_stage(
     services: &Services,
     auth: &Value,
     password_user: Option<&UserId>,
@@ -197,7 +203,7 @@ fn check_password_stage(
             ));
         }
     }
-    services.users.check_password(user, password)
+    services.users.check_password(user, password).await
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

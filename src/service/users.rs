@@ -9,13 +9,12 @@
 
 pub mod account;
 pub mod devices;
+mod filters;
+pub mod password;
+mod tokens;
 
 use std::sync::Arc;
 
-use argon2::{
-    password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
-    Argon2,
-};
 use ruma::{api::error::ErrorKind, OwnedDeviceId, OwnedUserId, ServerName, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -44,6 +43,10 @@ pub struct Users {
     refreshhash_session: Tree,
     useridfilterid_filter: Tree,
     openidhash_user: Tree,
+    /// Held while a refresh or the first use of a refreshed token rewrites a device's tokens.
+    rotation: parking_lot::Mutex<()>,
+    /// Password hashing, off the async worker threads.
+    pub passwords: password::Hasher,
 }
 
 /// Who an OpenID token vouches for, until when.
@@ -65,6 +68,9 @@ pub struct Device {
     token_hash: String,
     /// Hex SHA-256 of the device's current refresh token.
     refresh_hash: Option<String>,
+    /// Hex SHA-256 of the refresh token the last refresh replaced, while its new tokens are unused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous_refresh_hash: Option<String>,
 }
 
 /// Who a token belongs to.
@@ -75,6 +81,10 @@ pub struct Session {
     /// Expiry in ms since the epoch, for refreshable access tokens.
     #[serde(default)]
     pub expires_at: Option<u64>,
+    /// For an access token from a refresh that was not used yet: the hex SHA-256 of the refresh
+    /// token it replaced, which stays valid until then (see `users/tokens.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replaces_refresh: Option<String>,
 }
 
 /// Tokens handed to a client at login, registration or refresh.
@@ -108,6 +118,8 @@ impl Users {
             refreshhash_session: db.tree("refreshhash_session"),
             useridfilterid_filter: db.tree("useridfilterid_filter"),
             openidhash_user: db.tree("openidhash_user"),
+            rotation: parking_lot::Mutex::new(()),
+            passwords: password::Hasher::default(),
         }
     }
 
@@ -121,16 +133,18 @@ impl Users {
         self.userid_deactivated.contains(user_id.as_bytes())
     }
 
-    /// Creates an account with an optional password and the localpart as display name.
+    /// Creates an account with an optional password and the localpart as display name, hashing
+    /// on the calling thread (unit tests).
+    #[cfg(test)]
     pub fn create(&self, user_id: &UserId, password: Option<&str>) -> Result<()> {
         let hash = match password {
-            Some(password) => hash_password(password)?,
+            Some(password) => password::hash_now(password)?,
             None => String::new(),
         };
         self.create_hashed(user_id, &hash, None, false)
     }
 
-    /// Creates an account from a password hash made by [`hash_password_blocking`] (empty for
+    /// Creates an account from a password hash made by [`password::Hasher::hash`] (empty for
     /// none), with a display name (the localpart when `None`), as a server admin or not, in one
     /// write.
     pub fn create_hashed(
@@ -173,37 +187,38 @@ impl Users {
         }
     }
 
-    /// Whether `password` is the account's password (always false for deactivated accounts).
-    pub fn check_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
-        let Some(stored) = self.userid_password.get(user_id.as_bytes())? else {
-            return Ok(false);
-        };
-        if stored.is_empty() || self.is_deactivated(user_id)? {
-            return Ok(false);
-        }
-        let stored = String::from_utf8(stored).map_err(|e| Error::corrupt("userid_password", e))?;
-        let parsed =
-            PasswordHash::new(&stored).map_err(|e| Error::corrupt("userid_password", e))?;
-        Ok(Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok())
+    /// Whether `password` is the account's password, deactivated or not (checked against a
+    /// hash whatever the account, so that the time taken tells nothing).
+    pub async fn password_matches(&self, user_id: &UserId, password: &str) -> Result<bool> {
+        let stored = self
+            .userid_password
+            .get(user_id.as_bytes())?
+            .filter(|stored| !stored.is_empty())
+            .map(String::from_utf8)
+            .transpose()
+            .map_err(|e| Error::corrupt("userid_password", e))?;
+        self.passwords.verify(stored, password.to_owned()).await
+    }
+
+    /// Whether `password` is the password of an account that is not deactivated.
+    pub async fn check_password(&self, user_id: &UserId, password: &str) -> Result<bool> {
+        Ok(self.password_matches(user_id, password).await? && !self.is_deactivated(user_id)?)
     }
 
     /// Replaces the password.
-    pub fn set_password(&self, user_id: &UserId, password: &str) -> Result<()> {
+    pub async fn set_password(&self, user_id: &UserId, password: &str) -> Result<()> {
+        let hash = self.passwords.hash(password.to_owned()).await?;
         self.userid_password
-            .insert(user_id.as_bytes(), hash_password(password)?.as_bytes())
+            .insert(user_id.as_bytes(), hash.as_bytes())
     }
 
-    /// Marks an account deactivated, removes its password and every device and token.
+    /// Marks an account deactivated and removes every device and token. The password hash stays,
+    /// so that a login tells a deactivated account apart only to whoever knows its password.
     pub fn deactivate(&self, user_id: &UserId) -> Result<()> {
         for device in self.iter_devices(user_id)? {
             self.remove_device(user_id, device.device_id.as_str())?;
         }
-        let mut batch = Batch::default();
-        batch.insert(&self.userid_password, user_id.as_bytes(), b"");
-        batch.insert(&self.userid_deactivated, user_id.as_bytes(), b"");
-        self.userid_password.db().write(batch)
+        self.userid_deactivated.insert(user_id.as_bytes(), b"")
     }
 
     /// Creates (or replaces the tokens of) a device and returns fresh tokens.
@@ -228,24 +243,26 @@ impl Users {
                 .and_then(|device| device.display_name.clone())
         });
         let tokens = self.issue_tokens_in_batch(
-            user_id,
-            &device_id,
+            (user_id, &device_id),
             display_name,
             refreshable,
             lifetime_ms,
+            None,
             &mut batch,
         )?;
         self.userid_password.db().write(batch)?;
         Ok((device_id, tokens))
     }
 
+    /// Issues tokens for a device in `batch`; `replaces` is the hex hash of the refresh token a
+    /// refresh replaces (kept valid until the new tokens are used).
     fn issue_tokens_in_batch(
         &self,
-        user_id: &UserId,
-        device_id: &OwnedDeviceId,
+        (user_id, device_id): (&UserId, &OwnedDeviceId),
         display_name: Option<String>,
         refreshable: bool,
         lifetime_ms: u64,
+        replaces: Option<String>,
         batch: &mut Batch,
     ) -> Result<Tokens> {
         let access_token = util::random_string(32);
@@ -255,6 +272,7 @@ impl Users {
             user_id: user_id.to_owned(),
             device_id: device_id.clone(),
             expires_at: expires_in_ms.map(|ms| util::now_millis() + ms),
+            replaces_refresh: replaces.clone(),
         };
         let access_hash = token_hash(&access_token);
         batch.insert(
@@ -266,6 +284,7 @@ impl Users {
         if let Some(hash) = &refresh_hash {
             let refresh_session = Session {
                 expires_at: None,
+                replaces_refresh: None,
                 ..session
             };
             batch.insert(
@@ -281,6 +300,7 @@ impl Users {
             last_seen_ip: None,
             token_hash: hex(&access_hash),
             refresh_hash: refresh_hash.map(|hash| hex(&hash)),
+            previous_refresh_hash: replaces,
         };
         batch.insert(
             &self.userdeviceid_device,
@@ -296,19 +316,10 @@ impl Users {
 
     fn remove_tokens_in_batch(&self, device: &Device, batch: &mut Batch) {
         batch.remove(&self.tokenhash_session, &unhex(&device.token_hash));
-        if let Some(refresh) = &device.refresh_hash {
-            batch.remove(&self.refreshhash_session, &unhex(refresh));
+        let refresh = [&device.refresh_hash, &device.previous_refresh_hash];
+        for hash in refresh.into_iter().flatten() {
+            batch.remove(&self.refreshhash_session, &unhex(hash));
         }
-    }
-
-    /// Who an access token belongs to.
-    pub fn find_token(&self, token: &str) -> Result<Option<Session>> {
-        let Some(bytes) = self.tokenhash_session.get(&token_hash(token))? else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::corrupt("tokenhash_session", e))
     }
 
     /// A new OpenID token for `user_id`, valid for `lifetime_ms`. Other services trade it for the
@@ -337,30 +348,6 @@ impl Users {
             return Ok(None);
         }
         Ok(Some(record.user_id))
-    }
-
-    /// Trades a refresh token for new tokens; the old pair stops working.
-    pub fn refresh(&self, refresh_token: &str, lifetime_ms: u64) -> Result<Option<Tokens>> {
-        let Some(bytes) = self.refreshhash_session.get(&token_hash(refresh_token))? else {
-            return Ok(None);
-        };
-        let session: Session =
-            serde_json::from_slice(&bytes).map_err(|e| Error::corrupt("refreshhash_session", e))?;
-        let Some(device) = self.get_device(&session.user_id, session.device_id.as_str())? else {
-            return Ok(None);
-        };
-        let mut batch = Batch::default();
-        self.remove_tokens_in_batch(&device, &mut batch);
-        let tokens = self.issue_tokens_in_batch(
-            &session.user_id,
-            &session.device_id,
-            device.display_name,
-            true,
-            lifetime_ms,
-            &mut batch,
-        )?;
-        self.userid_password.db().write(batch)?;
-        Ok(Some(tokens))
     }
 
     /// A device of a user.
@@ -446,42 +433,6 @@ impl Users {
             &serde_json::to_vec(&profile).map_err(Error::internal)?,
         )
     }
-
-    /// Stores a filter and returns its ID.
-    pub fn create_filter(&self, user_id: &UserId, filter: &Value) -> Result<String> {
-        let filter_id = util::random_string(12);
-        self.useridfilterid_filter.insert(
-            &key::join(&[user_id.as_bytes(), filter_id.as_bytes()]),
-            filter.to_string().as_bytes(),
-        )?;
-        Ok(filter_id)
-    }
-    /// The filter a `/sync` names in its `filter` parameter: inline JSON, or the ID of one of the
-    /// user's stored filters (`M_NOT_FOUND` for an unknown one); no parameter is `{}`.
-    pub fn sync_filter(&self, user_id: &UserId, filter: Option<&str>) -> Result<Value> {
-        match filter {
-            None => Ok(Value::Object(Default::default())),
-            Some(text) if text.trim_start().starts_with('{') => {
-                serde_json::from_str(text).map_err(|_| Error::bad_json("filter is not valid JSON"))
-            }
-            Some(id) => self
-                .get_filter(user_id, id)?
-                .ok_or_else(|| Error::not_found(format!("filter {id} not found"))),
-        }
-    }
-
-    /// A stored filter.
-    pub fn get_filter(&self, user_id: &UserId, filter_id: &str) -> Result<Option<Value>> {
-        let Some(bytes) = self
-            .useridfilterid_filter
-            .get(&key::join(&[user_id.as_bytes(), filter_id.as_bytes()]))?
-        else {
-            return Ok(None);
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::corrupt("useridfilterid_filter", e))
-    }
 }
 
 /// The ID of a new local account: `localpart` must hold only the characters the spec's user ID
@@ -512,35 +463,19 @@ pub fn local_user_id(server_name: &ServerName, localpart: &str) -> Result<OwnedU
     Ok(user_id)
 }
 
-/// Hashes a password with argon2 on tokio's blocking pool, since one hash takes tens of
-/// milliseconds of CPU that would otherwise stall an async worker thread.
-pub async fn hash_password_blocking(password: String) -> Result<String> {
-    tokio::task::spawn_blocking(move || hash_password(&password))
-        .await
-        .map_err(Error::internal)?
-}
-
-fn hash_password(password: &str) -> Result<String> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|hash| hash.to_string())
-        .map_err(Error::internal)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn tokens_are_stored_hashed_and_refresh_rotates_them() {
+    #[tokio::test]
+    async fn tokens_are_stored_hashed_and_refresh_rotates_them() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), false).unwrap();
         let users = Users::open(&db);
         let user = <&UserId>::try_from("@alice:localhost").unwrap();
         users.create(user, Some("secret")).unwrap();
-        assert!(users.check_password(user, "secret").unwrap());
-        assert!(!users.check_password(user, "wrong").unwrap());
+        assert!(users.check_password(user, "secret").await.unwrap());
+        assert!(!users.check_password(user, "wrong").await.unwrap());
         let (device, tokens) = users.create_device(user, None, None, true, 1000).unwrap();
         assert_eq!(
             users
@@ -563,14 +498,29 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(users.find_token(&tokens.access_token).unwrap().is_none());
+        // The replaced refresh token still works until the new tokens are used: a retry.
+        let retried = users
+            .refresh(tokens.refresh_token.as_deref().unwrap(), 1000)
+            .unwrap()
+            .unwrap();
+        assert!(users.find_token(&fresh.access_token).unwrap().is_none());
+        assert!(users
+            .refresh(fresh.refresh_token.as_deref().unwrap(), 1000)
+            .unwrap()
+            .is_none());
+        // The first use of the new access token ends the replaced refresh token.
+        assert!(users.find_token(&retried.access_token).unwrap().is_some());
         assert!(users
             .refresh(tokens.refresh_token.as_deref().unwrap(), 1000)
             .unwrap()
             .is_none());
-        assert!(users.find_token(&fresh.access_token).unwrap().is_some());
+        assert!(users.find_token(&retried.access_token).unwrap().is_some());
+        let fresh = retried;
         users.deactivate(user).unwrap();
         assert!(users.find_token(&fresh.access_token).unwrap().is_none());
-        assert!(!users.check_password(user, "secret").unwrap());
+        assert!(!users.check_password(user, "secret").await.unwrap());
+        // The hash stays: a login can tell the right password of a deactivated account.
+        assert!(users.password_matches(user, "secret").await.unwrap());
         assert!(users.exists(user).unwrap());
     }
 

@@ -107,18 +107,36 @@ async fn register_login_refresh_logout() {
         401,
         "M_UNKNOWN_TOKEN",
     );
+    // The client may have lost the answer: the old refresh token works again until the new
+    // tokens are used, and the retry's tokens replace the unused ones.
+    let retried = client
+        .post_ok(
+            "/_matrix/client/v3/refresh",
+            json!({"refresh_token": session["refresh_token"]}),
+        )
+        .await;
+    let mut unused = client.clone();
+    unused.token = Some(refreshed["access_token"].as_str().unwrap().to_owned());
     assert_error(
-        &client
-            .post(
-                "/_matrix/client/v3/refresh",
-                json!({"refresh_token": session["refresh_token"]}),
-            )
-            .await,
+        &unused.get("/_matrix/client/v3/account/whoami").await,
         401,
         "M_UNKNOWN_TOKEN",
     );
     let mut fresh = client.clone();
-    fresh.token = Some(refreshed["access_token"].as_str().unwrap().to_owned());
+    fresh.token = Some(retried["access_token"].as_str().unwrap().to_owned());
+    fresh.get_ok("/_matrix/client/v3/account/whoami").await;
+    for spent in [&session["refresh_token"], &refreshed["refresh_token"]] {
+        assert_error(
+            &client
+                .post(
+                    "/_matrix/client/v3/refresh",
+                    json!({ "refresh_token": spent }),
+                )
+                .await,
+            401,
+            "M_UNKNOWN_TOKEN",
+        );
+    }
     fresh.post_ok("/_matrix/client/v3/logout", json!({})).await;
     assert_error(
         &fresh.get("/_matrix/client/v3/account/whoami").await,
@@ -492,5 +510,46 @@ async fn openid_tokens_identify_their_user_and_nothing_more() {
             .await,
         403,
         "M_FORBIDDEN",
+    );
+}
+
+#[tokio::test]
+async fn a_login_costs_one_hash_check_whether_the_account_exists_or_not() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let client = server.client();
+    let login = |user: &str, password: &str| json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password});
+    let checks = || server.services.users.passwords.checks();
+    for user in ["alice", "nobody", "@alice:elsewhere.example"] {
+        let before = checks();
+        assert_error(
+            &client
+                .post("/_matrix/client/v3/login", login(user, "wrong"))
+                .await,
+            403,
+            "M_FORBIDDEN",
+        );
+        assert_eq!(checks(), before + 1, "{user}");
+    }
+    alice
+        .post_ok(
+            "/_matrix/client/v3/account/deactivate",
+            json!({"auth": {"type": "m.login.password", "user": "alice", "password": "password"}}),
+        )
+        .await;
+    // Deactivation shows only to whoever knows the password.
+    assert_error(
+        &client
+            .post("/_matrix/client/v3/login", login("alice", "wrong"))
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_error(
+        &client
+            .post("/_matrix/client/v3/login", login("alice", "password"))
+            .await,
+        403,
+        "M_USER_DEACTIVATED",
     );
 }

@@ -611,3 +611,45 @@ async fn served_events_carry_the_viewers_membership_at_the_time() {
         .await;
     assert_eq!(event["unsigned"]["membership"], "join", "{event}");
 }
+
+#[tokio::test]
+async fn an_inline_sync_filter_is_checked_as_an_uploaded_one_is() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let user = enc(&alice.user_id().await);
+    for bad in [
+        json!({"room": 5}),
+        json!({"event_fields": "x"}),
+        json!({"room": {"rooms": ["not a room ID"]}}),
+        json!({"presence": {"senders": [5]}}),
+    ] {
+        assert_error(
+            &alice
+                .post(
+                    &format!("/_matrix/client/v3/user/{user}/filter"),
+                    bad.clone(),
+                )
+                .await,
+            400,
+            "M_BAD_JSON",
+        );
+        assert_error(
+            &alice
+                .get(&format!(
+                    "/_matrix/client/v3/sync?filter={}",
+                    enc(&bad.to_string())
+                ))
+                .await,
+            400,
+            "M_BAD_JSON",
+        );
+    }
+    let good = json!({"room": {"timeline": {"limit": 5}}});
+    let (status, _) = alice
+        .get(&format!(
+            "/_matrix/client/v3/sync?filter={}",
+            enc(&good.to_string())
+        ))
+        .await;
+    assert_eq!(status, 200);
+}

@@ -77,7 +77,7 @@ pub async fn register(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         device,
         auth: body.auth,
     };
-    match account::register(&services, registration)? {
+    match account::register(&services, registration).await? {
         (_, Some(session)) => Ok(session_json(session)),
         (user_id, None) => Ok(json!({ "user_id": user_id })),
     }
@@ -171,7 +171,7 @@ pub async fn login(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         refreshable: body.refresh_token,
     };
     let password = body.password.as_deref().unwrap_or("");
-    let session = account::log_in_with_password(&services, &name, password, device)?;
+    let session = account::log_in_with_password(&services, &name, password, device).await?;
     let mut response = session_json(session);
     response["home_server"] = json!(services.globals.server_name());
     Ok(response)
@@ -257,7 +257,8 @@ pub async fn change_password(services: Arc<Services>, ctx: Ctx) -> HandlerResult
         &body.new_password,
         body.logout_devices,
         ctx.body.get("auth"),
-    )?;
+    )
+    .await?;
     Ok(json!({}))
 }
 
@@ -269,7 +270,7 @@ pub async fn change_password(services: Arc<Services>, ctx: Ctx) -> HandlerResult
 /// legacy password stage, as `/account/password` does.
 pub async fn deactivate(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let user = ctx.user().to_owned();
-    uiaa::check_password(&services, ctx.body.get("auth"), &user)?;
+    uiaa::check_password(&services, ctx.body.get("auth"), &user).await?;
     membership::leave_all(&services, &user).await?;
     account::deactivate(&services, &user)?;
     Ok(json!({ "id_server_unbind_result": "no-support" }))

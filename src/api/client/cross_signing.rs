@@ -31,7 +31,8 @@ pub async fn upload_cross_signing_keys(services: Arc<Services>, ctx: Ctx) -> Han
             uploaded.push((kind, Value::Object(signing_key)));
         }
     }
-    cross_signing::upload_signing_keys(&services, ctx.user(), &uploaded, ctx.body.get("auth"))?;
+    cross_signing::upload_signing_keys(&services, ctx.user(), &uploaded, ctx.body.get("auth"))
+        .await?;
     Ok(json!({}))
 }
 

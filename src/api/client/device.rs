@@ -78,7 +78,7 @@ pub async fn update_device(
 /// clients (and our tests) send password stages with the legacy top-level `user`, which ruma's
 /// `AuthData` rejects.
 pub async fn delete_device(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    devices::delete_one(&services, ctx.user(), ctx.param(0), ctx.body.get("auth"))?;
+    devices::delete_one(&services, ctx.user(), ctx.param(0), ctx.body.get("auth")).await?;
     Ok(json!({}))
 }
 
@@ -95,6 +95,6 @@ struct DeleteDevicesBody {
 pub async fn delete_devices(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let body: DeleteDevicesBody = ctx.body_as()?;
     let device_ids: Vec<&str> = body.devices.iter().map(String::as_str).collect();
-    devices::delete_many(&services, ctx.user(), &device_ids, ctx.body.get("auth"))?;
+    devices::delete_many(&services, ctx.user(), &device_ids, ctx.body.get("auth")).await?;
     Ok(json!({}))
 }

@@ -22,7 +22,7 @@ pub fn field_of(kind: &str) -> String {
 /// only repeats the stored keys (spec v1.11). A self-signing or user-signing key needs a
 /// master key, stored or in the same request (`400 M_MISSING_PARAM`), and its signature
 /// (`400 M_INVALID_SIGNATURE`).
-pub fn upload_signing_keys(
+pub async fn upload_signing_keys(
     services: &Services,
     user_id: &UserId,
     uploaded: &[(&str, Value)],
@@ -53,7 +53,7 @@ pub fn upload_signing_keys(
         }
     }
     if replaces {
-        uiaa::check_password(services, auth, user_id)?;
+        uiaa::check_password(services, auth, user_id).await?;
     }
     let mut destinations = Vec::new();
     services.globals.write_with_count(|batch, count| {

@@ -61,7 +61,7 @@ pub fn check_available(services: &Services, user_id: &UserId) -> Result<()> {
 
 /// Registers an account after user-interactive auth (the flows the registration mode allows),
 /// and logs its first device in unless `device` is `None`. Returns the user and the session.
-pub fn register(
+pub async fn register(
     services: &Services,
     registration: Registration,
 ) -> Result<(OwnedUserId, Option<Session>)> {
@@ -78,10 +78,16 @@ pub fn register(
     {
         return Err(Error::bad_json("password too long"));
     }
-    uiaa::check_registration(services, registration.auth.as_ref())?;
+    uiaa::check_registration(services, registration.auth.as_ref()).await?;
     // Another registration may have taken the name while this client went through the flow.
     check_available(services, &user_id)?;
-    services.users.create(&user_id, password.as_deref())?;
+    let password_hash = match password {
+        Some(password) => services.users.passwords.hash(password).await?,
+        None => String::new(),
+    };
+    services
+        .users
+        .create_hashed(&user_id, &password_hash, None, false)?;
     tracing::info!(user = %user_id, "registered");
     let Some(device) = registration.device else {
         return Ok((user_id, None));
@@ -104,8 +110,9 @@ pub fn register(
 }
 
 /// Logs a device in with a password, `name` being a full user ID or a localpart.
-/// `M_USER_DEACTIVATED` for a deactivated account, `M_FORBIDDEN` for anything else that fails.
-pub fn log_in_with_password(
+/// `M_FORBIDDEN` for a wrong password or an unknown account, which take the same time (a hash is
+/// checked either way); `M_USER_DEACTIVATED` only with the right password of a deactivated one.
+pub async fn log_in_with_password(
     services: &Services,
     name: &str,
     password: &str,
@@ -118,16 +125,16 @@ pub fn log_in_with_password(
         user_for_localpart(services, &name.to_lowercase())
             .map_err(|_| Error::forbidden("invalid username or password"))?
     };
-    if user_id.server_name() != services.globals.server_name()
-        || !services.users.check_password(&user_id, password)?
-    {
-        if services.users.is_deactivated(&user_id)? {
-            return Err(Error::matrix(
-                ErrorKind::UserDeactivated,
-                "this account was deactivated",
-            ));
-        }
+    // A user of another server has no password here: the check runs against no hash.
+    let matches = services.users.password_matches(&user_id, password).await?;
+    if !matches || user_id.server_name() != services.globals.server_name() {
         return Err(Error::forbidden("invalid username or password"));
+    }
+    if services.users.is_deactivated(&user_id)? {
+        return Err(Error::matrix(
+            ErrorKind::UserDeactivated,
+            "this account was deactivated",
+        ));
     }
     let (device_id, tokens) = devices::log_in(services, &user_id, device)?;
     Ok(Session {
@@ -139,15 +146,15 @@ pub fn log_in_with_password(
 
 /// Changes the password after user-interactive auth with the old one; with `logout_devices`,
 /// removes every device but `device_id`.
-pub fn change_password(
+pub async fn change_password(
     services: &Services,
     (user_id, device_id): (&UserId, &str),
     new_password: &str,
     logout_devices: bool,
     auth: Option<&Value>,
 ) -> Result<()> {
-    uiaa::check_password(services, auth, user_id)?;
-    services.users.set_password(user_id, new_password)?;
+    uiaa::check_password(services, auth, user_id).await?;
+    services.users.set_password(user_id, new_password).await?;
     if logout_devices {
         devices::remove_all(services, user_id, Some(device_id))?;
     }

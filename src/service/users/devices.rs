@@ -85,7 +85,7 @@ pub fn remove_all(services: &Services, user_id: &UserId, keep: Option<&str>) -> 
 
 /// `DELETE /devices/{deviceId}`: after user-interactive auth with the user's password, removes a
 /// known device (`M_NOT_FOUND` for an unknown one, before any auth).
-pub fn delete_one(
+pub async fn delete_one(
     services: &Services,
     user_id: &UserId,
     device_id: &str,
@@ -94,18 +94,18 @@ pub fn delete_one(
     if services.users.get_device(user_id, device_id)?.is_none() {
         return Err(Error::not_found(format!("device {device_id} not found")));
     }
-    delete_many(services, user_id, &[device_id], auth)
+    delete_many(services, user_id, &[device_id], auth).await
 }
 
 /// `POST /delete_devices`: after user-interactive auth with the user's password, removes each
 /// device listed.
-pub fn delete_many(
+pub async fn delete_many(
     services: &Services,
     user_id: &UserId,
     device_ids: &[&str],
     auth: Option<&Value>,
 ) -> Result<()> {
-    uiaa::check_password(services, auth, user_id)?;
+    uiaa::check_password(services, auth, user_id).await?;
     for device_id in device_ids {
         remove(services, user_id, device_id)?;
     }
