@@ -109,6 +109,29 @@ async fn room_tags_are_set_listed_synced_and_removed() {
     assert_eq!(alice.get_ok(&tags).await, json!({"tags": {"u.work": {}}}));
 }
 
+/// A tag's content comes back as it was set, with its other fields and an integer `order` (what
+/// keeps the tag routes untyped: ruma's `TagInfo` keeps only `order`, as a float).
+#[tokio::test]
+async fn tag_content_is_kept_as_set() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let alice_id = alice.user_id().await;
+    let room = alice.create_room(json!({})).await;
+    let tags = format!(
+        "/_matrix/client/v3/user/{}/rooms/{}/tags",
+        enc(&alice_id),
+        enc(&room)
+    );
+    let content = json!({"order": 1, "io.example.colour": "blue"});
+    alice
+        .put_ok(&format!("{tags}/u.work"), content.clone())
+        .await;
+    assert_eq!(
+        alice.get_ok(&tags).await,
+        json!({"tags": {"u.work": content}})
+    );
+}
+
 #[tokio::test]
 async fn ignoring_hides_messages_invites_and_to_device_from_the_ignored_user() {
     let server = TestServer::start().await;

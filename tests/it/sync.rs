@@ -262,6 +262,63 @@ async fn account_data_is_stored_and_synced() {
     );
 }
 
+/// Room account data keeps the type the client named, also one that ruma knows as an alias of an
+/// unstable type (what keeps the room account data routes untyped), and a filter comes back as
+/// it was sent (what keeps the filter routes untyped).
+#[tokio::test]
+async fn account_data_types_and_filters_are_kept_as_sent() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let since = alice.get_ok("/_matrix/client/v3/sync").await["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!(
+        "/_matrix/client/v3/user/@alice:localhost/rooms/{}/account_data/m.space_order",
+        enc(&room)
+    );
+    alice.put_ok(&path, json!({"order": "a"})).await;
+    assert_eq!(alice.get_ok(&path).await, json!({"order": "a"}));
+    let sync = alice
+        .get_ok(&format!("/_matrix/client/v3/sync?since={since}"))
+        .await;
+    assert_eq!(
+        sync["rooms"]["join"][&room]["account_data"]["events"][0]["type"],
+        "m.space_order"
+    );
+
+    let filter =
+        json!({"event_format": "client", "room": {"include_leave": false, "timeline": {}}});
+    let filter_id = alice
+        .post_ok(
+            "/_matrix/client/v3/user/@alice:localhost/filter",
+            filter.clone(),
+        )
+        .await["filter_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        alice
+            .get_ok(&format!(
+                "/_matrix/client/v3/user/@alice:localhost/filter/{filter_id}"
+            ))
+            .await,
+        filter
+    );
+    assert_error(
+        &alice
+            .post(
+                "/_matrix/client/v3/user/@alice:localhost/filter",
+                json!({"room": []}),
+            )
+            .await,
+        400,
+        "M_BAD_JSON",
+    );
+}
+
 #[tokio::test]
 async fn matrix_sdk_client_chats_through_plait() {
     use matrix_sdk::{
