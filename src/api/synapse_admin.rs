@@ -18,6 +18,7 @@ use crate::{
 ///
 /// A single-use nonce for shared-secret registration, valid for a minute; `400 M_UNKNOWN` while
 /// `registration_shared_secret` is unset.
+/// Untyped: Synapse's admin API has no ruma types.
 pub async fn get_register_nonce(services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
     let nonce = services.shared_secret.new_nonce(&services.config)?;
     Ok(json!({ "nonce": nonce }))
@@ -27,6 +28,7 @@ pub async fn get_register_nonce(services: Arc<Services>, _ctx: Ctx) -> HandlerRe
 ///
 /// Creates an account (a server admin when `admin` is true) from a request signed with the
 /// shared secret, and logs it in; see `service::shared_secret::register` for the checks.
+/// Untyped: Synapse's admin API has no ruma types.
 pub async fn shared_secret_register(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let request: SharedSecretRequest = ctx.body_as()?;
     let registered = shared_secret::register(&services, request).await?;
@@ -41,6 +43,7 @@ pub async fn shared_secret_register(services: Arc<Services>, ctx: Ctx) -> Handle
 /// `POST /_synapse/admin/v1/send_server_notice`
 ///
 /// Server admins only. Sends `content` to `user_id`'s server notices room.
+/// Untyped: Synapse's admin API has no ruma types.
 pub async fn send_server_notice(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let event_id = server_notices::send(&services, ctx.user(), &ctx.body, None).await?;
     Ok(json!({ "event_id": event_id }))
@@ -49,6 +52,7 @@ pub async fn send_server_notice(services: Arc<Services>, ctx: Ctx) -> HandlerRes
 /// `PUT /_synapse/admin/v1/send_server_notice/{txnId}`
 ///
 /// As the `POST` form; a repeat of the admin device's transaction returns the first event's ID.
+/// Untyped: Synapse's admin API has no ruma types.
 pub async fn send_server_notice_txn(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let transaction = Some((ctx.device(), ctx.param(0)));
     let event_id = server_notices::send(&services, ctx.user(), &ctx.body, transaction).await?;

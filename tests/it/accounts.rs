@@ -154,6 +154,47 @@ async fn register_login_refresh_logout() {
     );
 }
 
+/// What keeps `/register` and `/login` on untyped routes (see their `Untyped:` lines): answers
+/// that ruma's request and response types would change.
+#[tokio::test]
+async fn register_and_login_answer_as_synapse_does() {
+    let server = TestServer::start().await;
+    let client = server.client();
+    // An `auth` with neither `type` nor `session` starts the flow instead of failing.
+    let (status, uia) = client
+        .post(
+            "/_matrix/client/v3/register",
+            json!({"username": "carol", "auth": {}}),
+        )
+        .await;
+    assert_eq!(status, 401, "{uia}");
+    assert_eq!(uia["flows"][0]["stages"][0], "m.login.dummy");
+    // Without a login there is no `device_id` at all, not a null one.
+    let registered = client
+        .post_ok(
+            "/_matrix/client/v3/register",
+            json!({"username": "carol", "password": "password", "inhibit_login": true, "auth": {"type": "m.login.dummy", "session": uia["session"]}}),
+        )
+        .await;
+    assert_eq!(registered, json!({"user_id": "@carol:localhost"}));
+    // A login without `type` is bad JSON; one without `password` a wrong password.
+    assert_error(
+        &client.post("/_matrix/client/v3/login", json!({})).await,
+        400,
+        "M_BAD_JSON",
+    );
+    assert_error(
+        &client
+            .post(
+                "/_matrix/client/v3/login",
+                json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "carol"}}),
+            )
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+}
+
 #[tokio::test]
 async fn devices_password_and_deactivation_use_uia() {
     let server = TestServer::start().await;

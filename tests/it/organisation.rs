@@ -18,6 +18,15 @@ fn bodies(sync: &Value, room: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The path of a user's tags on a room.
+fn tags_path(user_id: &str, room: &str) -> String {
+    format!(
+        "/_matrix/client/v3/user/{}/rooms/{}/tags",
+        enc(user_id),
+        enc(room)
+    )
+}
+
 async fn sync(client: &Client, since: Option<&str>) -> Value {
     let path = match since {
         Some(since) => format!("/_matrix/client/v3/sync?timeout=0&since={since}"),
@@ -33,11 +42,7 @@ async fn room_tags_are_set_listed_synced_and_removed() {
     let bob = server.register("bob").await;
     let alice_id = alice.user_id().await;
     let room = alice.create_room(json!({})).await;
-    let tags = format!(
-        "/_matrix/client/v3/user/{}/rooms/{}/tags",
-        enc(&alice_id),
-        enc(&room)
-    );
+    let tags = tags_path(&alice_id, &room);
     assert_eq!(alice.get_ok(&tags).await, json!({"tags": {}}));
     let first = sync(&alice, None).await;
     let since = first["next_batch"].as_str().unwrap().to_owned();
@@ -107,6 +112,25 @@ async fn room_tags_are_set_listed_synced_and_removed() {
         "M_INVALID_PARAM",
     );
     assert_eq!(alice.get_ok(&tags).await, json!({"tags": {"u.work": {}}}));
+}
+
+/// A tag's content comes back as it was set, with its other fields and an integer `order` (what
+/// keeps the tag routes untyped: ruma's `TagInfo` keeps only `order`, as a float).
+#[tokio::test]
+async fn tag_content_is_kept_as_set() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let alice_id = alice.user_id().await;
+    let room = alice.create_room(json!({})).await;
+    let tags = tags_path(&alice_id, &room);
+    let content = json!({"order": 1, "io.example.colour": "blue"});
+    alice
+        .put_ok(&format!("{tags}/u.work"), content.clone())
+        .await;
+    assert_eq!(
+        alice.get_ok(&tags).await,
+        json!({"tags": {"u.work": content}})
+    );
 }
 
 #[tokio::test]

@@ -2,9 +2,25 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
-use crate::common::{assert_error, enc, TestServer};
+use crate::common::{assert_error, enc, Client, TestServer};
+
+/// Uploads `filter` as `user_id`'s, checks that it reads back as it was sent, and returns its ID.
+async fn upload_filter(client: &Client, user_id: &str, filter: &Value) -> String {
+    let filter_id = client
+        .post_ok(
+            &format!("/_matrix/client/v3/user/{user_id}/filter"),
+            filter.clone(),
+        )
+        .await["filter_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/_matrix/client/v3/user/{user_id}/filter/{filter_id}");
+    assert_eq!(&client.get_ok(&path).await, filter);
+    filter_id
+}
 
 #[tokio::test]
 async fn initial_and_incremental_sync() {
@@ -65,22 +81,7 @@ async fn initial_and_incremental_sync() {
 
     // A filtered initial sync with lazy-loaded members and a small timeline.
     let filter = json!({"room": {"timeline": {"limit": 2}, "state": {"lazy_load_members": true}}});
-    let filter_id = bob
-        .post_ok(
-            "/_matrix/client/v3/user/@bob:localhost/filter",
-            filter.clone(),
-        )
-        .await["filter_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(
-        bob.get_ok(&format!(
-            "/_matrix/client/v3/user/@bob:localhost/filter/{filter_id}"
-        ))
-        .await,
-        filter
-    );
+    let filter_id = upload_filter(&bob, "@bob:localhost", &filter).await;
     let filtered = bob
         .get_ok(&format!("/_matrix/client/v3/sync?filter={filter_id}"))
         .await;
@@ -259,6 +260,41 @@ async fn account_data_is_stored_and_synced() {
     assert_eq!(
         sync["rooms"]["join"][&room]["account_data"]["events"][0]["type"],
         "m.tag"
+    );
+}
+
+/// Room account data keeps the type the client named, also one that ruma knows as an alias of an
+/// unstable type (what keeps the room account data routes untyped), and a filter comes back as
+/// it was sent (what keeps the filter routes untyped).
+#[tokio::test]
+async fn account_data_types_and_filters_are_kept_as_sent() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let path = format!(
+        "/_matrix/client/v3/user/@alice:localhost/rooms/{}/account_data/m.space_order",
+        enc(&room)
+    );
+    alice.put_ok(&path, json!({"order": "a"})).await;
+    assert_eq!(alice.get_ok(&path).await, json!({"order": "a"}));
+    let sync = alice.get_ok("/_matrix/client/v3/sync").await;
+    assert_eq!(
+        sync["rooms"]["join"][&room]["account_data"]["events"][0]["type"],
+        "m.space_order"
+    );
+
+    let filter =
+        json!({"event_format": "client", "room": {"include_leave": false, "timeline": {}}});
+    upload_filter(&alice, "@alice:localhost", &filter).await;
+    assert_error(
+        &alice
+            .post(
+                "/_matrix/client/v3/user/@alice:localhost/filter",
+                json!({"room": []}),
+            )
+            .await,
+        400,
+        "M_BAD_JSON",
     );
 }
 

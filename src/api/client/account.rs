@@ -55,9 +55,11 @@ struct RegisterBody {
 /// `POST /_matrix/client/v3/register`
 ///
 /// Flows: `m.login.dummy` when registration is open, `m.login.registration_token` in token mode.
-/// Guest registration (`kind=guest`) is refused. Not converted to a typed request yet: it stays
-/// on an untyped route until its leniency (any `auth` object, unknown fields) is checked against
-/// ruma's request type.
+/// Guest registration (`kind=guest`) is refused.
+/// Untyped: ruma's `AuthData` refuses a stage it cannot read (`m.login.registration_token`
+/// without `token`, an `auth` with neither `type` nor `session`) as `400 M_BAD_JSON` where the
+/// UIA service answers `401` with the flows, and ruma's response writes `"device_id": null`
+/// with `inhibit_login`.
 pub async fn register(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     if ctx.query("kind") == Some("guest") {
         return Err(Error::matrix(
@@ -138,9 +140,11 @@ struct LoginBody {
 
 /// `POST /_matrix/client/v3/login`
 ///
-/// Supports `m.login.password` with a user identifier (full ID or localpart). Not converted to
-/// a typed request yet: an unsupported login or identifier type must stay `M_UNKNOWN` (as
-/// Synapse answers), which needs checking against how ruma parses unknown types.
+/// Supports `m.login.password` with a user identifier (full ID or localpart), or the legacy
+/// top-level `user`; another login or identifier type is `400 M_UNKNOWN`, as Synapse answers.
+/// Untyped: ruma's `LoginInfo` indexes the body's `type` and panics when it is missing (we
+/// answer `400 M_BAD_JSON`), and refuses a password login without `password` as `M_BAD_JSON`
+/// (we answer `403 M_FORBIDDEN`).
 pub async fn login(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let body: LoginBody = ctx.body_as()?;
     if body.kind != "m.login.password" {
@@ -247,8 +251,8 @@ fn default_true() -> bool {
 /// `POST /_matrix/client/v3/account/password`
 ///
 /// UIA with `m.login.password`; `logout_devices` (default true) logs out every other device.
-/// Stays on an untyped route: the UIA stage is read as sent, and password stages with the legacy
-/// top-level `user` (which ruma's `AuthData` rejects) must keep working.
+/// Untyped: ruma's `AuthData::Password` requires `identifier`, so a password stage with the
+/// legacy top-level `user` (which clients and our tests send) would be `400 M_BAD_JSON`.
 pub async fn change_password(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let body: ChangePasswordBody = ctx.body_as()?;
     account::change_password(
@@ -266,8 +270,8 @@ pub async fn change_password(services: Arc<Services>, ctx: Ctx) -> HandlerResult
 ///
 /// UIA with `m.login.password`; the user leaves every joined room first. Leaving goes through
 /// the membership handlers' event path, which no service offers yet, so this handler runs the
-/// UIA, the leaves and the deactivation as three steps. Stays on an untyped route for the
-/// legacy password stage, as `/account/password` does.
+/// UIA, the leaves and the deactivation as three steps.
+/// Untyped: ruma refuses the legacy password stage, as for [`change_password`].
 pub async fn deactivate(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let user = ctx.user().to_owned();
     uiaa::check_password(&services, ctx.body.get("auth"), &user).await?;

@@ -74,9 +74,9 @@ pub async fn update_device(
 
 /// `DELETE /_matrix/client/v3/devices/{deviceId}`
 ///
-/// UIA with `m.login.password`. Stays on an untyped route: the UIA stage is read as sent, and
-/// clients (and our tests) send password stages with the legacy top-level `user`, which ruma's
-/// `AuthData` rejects.
+/// UIA with `m.login.password`.
+/// Untyped: ruma's `AuthData::Password` requires `identifier`, so a password stage with the
+/// legacy top-level `user` (which clients and our tests send) would be `400 M_BAD_JSON`.
 pub async fn delete_device(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     devices::delete_one(&services, ctx.user(), ctx.param(0), ctx.body.get("auth")).await?;
     Ok(json!({}))
@@ -90,8 +90,8 @@ struct DeleteDevicesBody {
 
 /// `POST /_matrix/client/v3/delete_devices`
 ///
-/// UIA with `m.login.password`; an untyped route for the same reason as
-/// `DELETE /devices/{deviceId}`.
+/// UIA with `m.login.password`.
+/// Untyped: ruma refuses the legacy password stage, as for [`delete_device`].
 pub async fn delete_devices(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let body: DeleteDevicesBody = ctx.body_as()?;
     let device_ids: Vec<&str> = body.devices.iter().map(String::as_str).collect();

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use ruma::{
     api::client::push::{
-        delete_pushrule, get_pushrule_actions, get_pushrule_enabled, set_pushrule_enabled,
+        delete_pushrule, get_pushrule, get_pushrule_actions, get_pushrule_enabled,
+        set_pushrule_enabled, PushRule,
     },
     push::{
         Action, AnyPushRuleRef, InsertPushRuleError, NewConditionalPushRule, NewPatternedPushRule,
@@ -37,7 +38,7 @@ pub async fn get_pushrules_all(services: Arc<Services>, ctx: Ctx) -> HandlerResu
 /// `GET /_matrix/client/v3/pushrules/global/`
 ///
 /// The `global` rule set.
-/// Untyped, for the same reason as [`get_pushrules_all`].
+/// Untyped: ruma's `Ruleset` leaves out a kind without rules, as for [`get_pushrules_all`].
 pub async fn get_pushrules_global_scope(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let ruleset = services.push.get_rules(&services, ctx.user())?;
     Ok(rules::to_account_data(&ruleset)?["global"].take())
@@ -59,27 +60,22 @@ fn not_found(kind: &str, rule_id: &str) -> Error {
     Error::not_found(format!("no push rule {kind}/{rule_id}"))
 }
 
-/// The JSON of one rule, looked up in the stored form so that it reads as clients see it.
-fn find_rule(ruleset: &Ruleset, kind: &str, rule_id: &str) -> Result<Value> {
-    let mut stored = rules::to_account_data(ruleset)?;
-    let rules = stored["global"][kind].take();
-    rules
-        .as_array()
-        .and_then(|rules| rules.iter().find(|rule| rule["rule_id"] == rule_id))
-        .cloned()
-        .ok_or_else(|| not_found(kind, rule_id))
-}
-
 /// `GET /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
 ///
 /// An unknown kind or rule is `404 M_NOT_FOUND`.
-pub async fn get_pushrule(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let (kind, rule_id) = (ctx.param(0), ctx.param(1));
-    if parse_kind(kind).is_none() {
-        return Err(not_found(kind, rule_id));
-    }
-    let ruleset = services.push.get_rules(&services, ctx.user())?;
-    find_rule(&ruleset, kind, rule_id)
+pub async fn get_pushrule(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_pushrule::v3::Request,
+) -> Result<get_pushrule::v3::Response> {
+    // Only the spec's kinds: ruma's `RuleKind` also parses unstable ones (MSC4306's
+    // `postcontent` when ruma has that feature), which this endpoint does not serve.
+    let kind = parse_kind(request.kind.as_str())
+        .ok_or_else(|| not_found(request.kind.as_str(), &request.rule_id))?;
+    let rule = with_rule(&services, &ctx, kind, &request.rule_id, |rule| {
+        PushRule::from(rule)
+    })?;
+    Ok(get_pushrule::v3::Response::new(rule))
 }
 
 /// `PUT /_matrix/client/v3/pushrules/global/{kind}/{ruleId}`
@@ -290,7 +286,7 @@ pub async fn get_pushrule_actions(
 ///
 /// Server-default rules too; bad actions are `400 M_BAD_JSON` (`M_INVALID_PARAM` for an
 /// unknown action name); an unknown rule is `404 M_NOT_FOUND`.
-/// Untyped, for the actions' errors as [`set_pushrule`].
+/// Untyped: ruma takes an unknown action as a custom one, as for [`set_pushrule`].
 pub async fn set_pushrule_actions(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let (kind_name, rule_id) = (ctx.param(0), ctx.param(1));
     let kind = parse_kind(kind_name).ok_or_else(|| not_found(kind_name, rule_id))?;

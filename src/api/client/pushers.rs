@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use ruma::api::client::push::{get_notifications, get_pushers};
 use serde_json::{json, Map, Value};
 
 use crate::{
@@ -18,15 +19,25 @@ const MAX_APP_ID_CHARS: usize = 64;
 const MAX_PUSHKEY_BYTES: usize = 512;
 
 /// `GET /_matrix/client/v3/pushers`
-pub async fn get_pushers(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let pushers: Vec<Value> = services
+///
+/// The user's pushers as they were set (only `http` ones are accepted, so ruma's `Pusher` reads
+/// each stored one back field for field).
+pub async fn get_pushers(
+    services: Arc<Services>,
+    ctx: Ctx,
+    _request: get_pushers::v3::Request,
+) -> Result<get_pushers::v3::Response> {
+    let pushers = services
         .push
         .pushers
         .iter_pushers(ctx.user())?
         .into_iter()
-        .map(|pusher| Value::Object(pusher.pusher))
-        .collect();
-    Ok(json!({ "pushers": pushers }))
+        .map(|pusher| {
+            serde_json::from_value(Value::Object(pusher.pusher))
+                .map_err(|error| Error::corrupt("userpusher_pusher", error))
+        })
+        .collect::<Result<_>>()?;
+    Ok(get_pushers::v3::Response::new(pushers))
 }
 
 fn string_field<'a>(body: &'a Value, name: &str) -> Result<&'a str> {
@@ -124,28 +135,32 @@ pub async fn set_pusher(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 ///
 /// The user's notifications, newest first: `from` (a `next_token`), `limit` (default 50, at
 /// most 1000) and `only=highlight`. A bad `from` or `limit` is `400 M_INVALID_PARAM`.
-pub async fn get_notifications(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let from = match ctx.query("from") {
+pub async fn get_notifications(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_notifications::v3::Request,
+) -> Result<get_notifications::v3::Response> {
+    let from = match request.from.as_deref() {
         None | Some("") => None,
         Some(from) => Some(
             from.parse::<u64>()
                 .map_err(|_| Error::invalid_param(format!("invalid from token {from}")))?,
         ),
     };
-    let limit = match ctx.query("limit") {
-        None => 50,
-        Some(limit) => limit
-            .parse::<usize>()
-            .map_err(|_| Error::invalid_param(format!("invalid limit {limit}")))?
-            .clamp(1, 1000),
-    };
-    let only_highlight = ctx
-        .query("only")
-        .is_some_and(|only| only.contains("highlight"));
+    let limit = request
+        .limit
+        .map_or(50, |limit| {
+            usize::try_from(u64::from(limit)).unwrap_or(usize::MAX)
+        })
+        .clamp(1, 1000);
+    let only_highlight = request.only.is_some_and(|only| only.contains("highlight"));
     let page = push::iter_notifications(&services, ctx.user(), from, limit, only_highlight)?;
-    let mut response = json!({ "notifications": page.notifications });
-    if let Some(next) = page.next_token {
-        response["next_token"] = json!(next.to_string());
-    }
+    let notifications = page
+        .notifications
+        .into_iter()
+        .map(|notification| serde_json::from_value(notification).map_err(Error::internal))
+        .collect::<Result<_>>()?;
+    let mut response = get_notifications::v3::Response::new(notifications);
+    response.next_token = page.next_token.map(|next| next.to_string());
     Ok(response)
 }

@@ -24,7 +24,8 @@ use crate::{
 /// ID), and `m.fully_read`, which sets the read marker like `/read_markers`. An unknown type or a
 /// bad `thread_id` is `400 M_INVALID_PARAM`; an event the user cannot see in the room is
 /// `404 M_NOT_FOUND`. Deviation: a `thread_id` is not checked against the event's relations.
-/// Untyped: ruma refuses a bad `thread_id` as `M_BAD_JSON`, tests expect `M_INVALID_PARAM`.
+/// Untyped: ruma refuses a `thread_id` that is not a string, or a `$` one that is not an event
+/// ID, as `M_BAD_JSON` (tests expect `M_INVALID_PARAM`), and accepts any other string.
 pub async fn create_receipt(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     let receipt_type = ctx.param(1);

@@ -21,6 +21,9 @@ const MAX_TIMEOUT_MS: u64 = 60_000;
 /// `set_presence` (default `online`) sets the user's presence and keeps them from going offline
 /// while the sync is open; `offline` leaves presence alone. The route does not count as activity
 /// by itself (see `Route::without_activity`), so that a `set_presence=offline` sync does not.
+/// Untyped: ruma's `Response` leaves out empty sections (`rooms`, `presence`, `account_data`)
+/// that we always send (tests read `rooms.join` of an empty sync), and its `set_presence`
+/// accepts any value where we answer `M_INVALID_PARAM`.
 pub async fn sync_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let since = match ctx.query("since") {
         Some(token) => Some(

@@ -2,12 +2,13 @@
 
 use std::sync::Arc;
 
+use ruma::api::client::tag::delete_tag;
 use serde_json::{json, Map, Value};
 
 use super::check_owner;
 use crate::{
     api::{Ctx, HandlerResult},
-    error::Error,
+    error::{Error, Result},
     service::{notify::Topic, Services},
 };
 
@@ -18,7 +19,9 @@ const MAX_TAG_BYTES: usize = 255;
 
 /// `GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags`
 ///
-/// A room without tags answers `{"tags": {}}`.
+/// A room without tags answers `{"tags": {}}`; each tag's content is given back as it was set.
+/// Untyped: ruma's `Tags` keeps only `order` of a tag's content and writes it as a float (`1`
+/// becomes `1.0`).
 pub async fn get_room_tags(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     check_owner(&ctx)?;
     let room_id = ctx.room_param(1)?;
@@ -33,11 +36,13 @@ pub async fn get_room_tags(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 /// `PUT /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}`
 ///
 /// The body is the tag's content: an object whose optional `order` is a number in `[0, 1]`
-/// (`M_BAD_JSON` when it is not a number, `M_INVALID_PARAM` when it is out of range).
+/// (`M_BAD_JSON` when it is not a number, `M_INVALID_PARAM` when it is out of range); the
+/// content is stored whole, with any other fields, as Synapse does.
+/// Untyped: ruma's `TagInfo` keeps only `order`.
 pub async fn set_room_tag(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     check_owner(&ctx)?;
     let room_id = ctx.room_param(1)?;
-    let tag = tag_param(&ctx)?;
+    let tag = check_tag(ctx.param(2))?;
     let content = ctx
         .body
         .as_object()
@@ -67,14 +72,17 @@ pub async fn set_room_tag(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 /// `DELETE /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}`
 ///
 /// Removing a tag the room does not have succeeds and changes nothing.
-pub async fn delete_room_tag(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    check_owner(&ctx)?;
-    let room_id = ctx.room_param(1)?;
-    let tag = tag_param(&ctx)?;
+pub async fn delete_room_tag(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: delete_tag::v3::Request,
+) -> Result<delete_tag::v3::Response> {
+    ctx.require_self(&request.user_id, "change the tags of")?;
+    let tag = check_tag(&request.tag)?;
     let mut changed = false;
     services.account_data.update(
         &services.globals,
-        (ctx.user(), Some(&room_id), TAG_TYPE),
+        (ctx.user(), Some(&request.room_id), TAG_TYPE),
         |current| {
             let mut tags = current_tags(current);
             changed = tags.remove(tag).is_some();
@@ -84,11 +92,11 @@ pub async fn delete_room_tag(services: Arc<Services>, ctx: Ctx) -> HandlerResult
     if changed {
         services.notifier.wake(Topic::User(ctx.user().to_string()));
     }
-    Ok(json!({}))
+    Ok(delete_tag::v3::Response::new())
 }
 
-fn tag_param(ctx: &Ctx) -> Result<&str, Error> {
-    let tag = ctx.param(2);
+/// A tag name of 1 to [`MAX_TAG_BYTES`] bytes, else `M_INVALID_PARAM`.
+fn check_tag(tag: &str) -> Result<&str> {
     if tag.is_empty() || tag.len() > MAX_TAG_BYTES {
         return Err(Error::invalid_param(format!(
             "a tag name has 1 to {MAX_TAG_BYTES} bytes"

@@ -53,7 +53,7 @@ pub(super) fn push_rules() -> Vec<Route> {
             Token,
             push_rules::get_pushrules_global_scope,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/pushrules/global/{kind}/{ruleId}",
             Token,
@@ -101,7 +101,7 @@ pub(super) fn push_rules() -> Vec<Route> {
 /// Pushers and the notifications list.
 pub(super) fn pushers() -> Vec<Route> {
     vec![
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/pushers",
             Token,
@@ -113,7 +113,7 @@ pub(super) fn pushers() -> Vec<Route> {
             Token,
             pushers::set_pusher,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/notifications",
             Token,
@@ -125,13 +125,13 @@ pub(super) fn pushers() -> Vec<Route> {
 /// Account data, filters and room tags.
 pub(super) fn account_data() -> Vec<Route> {
     vec![
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/user/{userId}/account_data/{type}",
             Token,
             account_data::get_global_account_data,
         ),
-        route(
+        typed(
             Method::PUT,
             "/_matrix/client/v3/user/{userId}/account_data/{type}",
             Token,
@@ -173,7 +173,7 @@ pub(super) fn account_data() -> Vec<Route> {
             Token,
             tags::set_room_tag,
         ),
-        route(
+        typed(
             Method::DELETE,
             "/_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}",
             Token,
