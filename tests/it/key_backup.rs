@@ -136,3 +136,73 @@ async fn key_backup_round_trip_and_version_checks() {
     let latest = alice.get_ok("/_matrix/client/v3/room_keys/version").await;
     assert_eq!(latest["auth_data"]["public_key"], "def");
 }
+
+#[tokio::test]
+async fn key_backup_request_errors() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let version = alice
+        .post_ok(
+            "/_matrix/client/v3/room_keys/version",
+            json!({"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": {}}),
+        )
+        .await["version"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let keys = "/_matrix/client/v3/room_keys/keys";
+    assert_error(&alice.get(keys).await, 400, "M_MISSING_PARAM");
+    assert_error(
+        &alice.get(&format!("{keys}?version=abc")).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &alice.get("/_matrix/client/v3/room_keys/version/abc").await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &alice
+            .get(&format!("{keys}/not-a-room?version={version}"))
+            .await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    // A `rooms` key that is not a room ID is refused like any malformed body (it was stored
+    // unchecked before the endpoint took ruma's request type).
+    assert_error(
+        &alice
+            .put(
+                &format!("{keys}?version={version}"),
+                json!({"rooms": { "not-a-room": { "sessions": {} } }}),
+            )
+            .await,
+        400,
+        "M_BAD_JSON",
+    );
+    assert_error(
+        &alice
+            .put(
+                &format!("{keys}?version={version}"),
+                json!({"rooms": { "!room:localhost": {} }}),
+            )
+            .await,
+        400,
+        "M_BAD_JSON",
+    );
+    let empty = alice.get_ok(&format!("{keys}?version={version}")).await;
+    assert_eq!(empty, json!({"rooms": {}}));
+    let info = alice.get_ok("/_matrix/client/v3/room_keys/version").await;
+    assert!(info["etag"].is_string(), "{info}");
+    assert_eq!(
+        info,
+        json!({
+            "algorithm": "m.megolm_backup.v1.curve25519-aes-sha2",
+            "auth_data": {},
+            "count": 0,
+            "etag": info["etag"],
+            "version": version,
+        })
+    );
+}

@@ -21,9 +21,8 @@ use crate::{
 ///
 /// UIA with `m.login.password`, except when the user has no master key yet or the request
 /// only repeats the stored keys (spec v1.11); see [`cross_signing::upload_signing_keys`].
-/// Stays on an untyped route: the keys service checks each key's shape on the body as sent
-/// (`M_INVALID_PARAM` for a key of another user or usage, `M_INVALID_SIGNATURE` for a missing
-/// master signature), and reads the UIA stage as sent.
+/// Untyped: ruma's `AuthData` refuses a password stage with the legacy top-level `user` as
+/// `M_BAD_JSON`, which `uiaa::check_password` accepts (as on `DELETE /devices/{deviceId}`).
 pub async fn upload_cross_signing_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let mut uploaded = Vec::new();
     for kind in CROSS_SIGNING_KINDS {
@@ -39,8 +38,9 @@ pub async fn upload_cross_signing_keys(services: Arc<Services>, ctx: Ctx) -> Han
 /// `POST /_matrix/client/v3/keys/signatures/upload`
 ///
 /// Adds the uploader's new signatures to devices and master keys of local users; failures are
-/// reported per key (see [`cross_signing::upload_signatures`]). Stays on an untyped route: the
-/// signed objects are compared with the stored keys as sent.
+/// reported per key (see [`cross_signing::upload_signatures`]).
+/// Untyped: ruma's request refuses the whole body as `M_BAD_JSON` when a key is not a user ID
+/// (reported as `M_NOT_FOUND` in `failures` here), and its `Failure` has no public constructor.
 pub async fn upload_signatures(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let signed = ctx
         .body

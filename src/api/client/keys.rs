@@ -1,12 +1,8 @@
 //! End-to-end encryption keys: upload, query, claim and changes of device keys.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use ruma::{OwnedServerName, OwnedUserId};
+use ruma::{api::client::keys::get_key_changes, OwnedServerName, OwnedUserId};
 use serde_json::{json, Map, Value};
 
 use super::object_field;
@@ -26,9 +22,9 @@ const DEFAULT_REMOTE_TIMEOUT_MS: u64 = 10_000;
 /// `POST /_matrix/client/v3/keys/upload`
 ///
 /// Stores the device's identity, one-time and fallback keys (the unstable
-/// `org.matrix.msc2732.fallback_keys` too) and answers the one-time key counts. Stays on an
-/// untyped route: a malformed key ID is `M_BAD_JSON` here and a key that names another device
-/// `M_INVALID_PARAM`, checks the keys service makes on the body as sent.
+/// `org.matrix.msc2732.fallback_keys` too) and answers the one-time key counts.
+/// Untyped: ruma's request has no `org.matrix.msc2732.fallback_keys` and refuses a `null`
+/// `one_time_keys` or `fallback_keys` as `M_BAD_JSON`, where we read both as absent.
 pub async fn upload_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let fallback_keys = match object_field(&ctx.body, "fallback_keys")? {
         Some(keys) => Some(keys),
@@ -139,6 +135,9 @@ fn merge_remote(response: &mut Map<String, Value>, answer: &Value, fields: &[&st
 /// answered from the cache of their device lists when it is up to date, and otherwise have their
 /// list fetched (and cached) with `/user/devices/{userId}`; other remote users are asked with
 /// one `/user/keys/query` per server.
+/// Untyped: ruma's response leaves out an empty `failures` (sent as `{}` here and by Synapse,
+/// tests check it), and its request refuses an invalid user ID as `M_BAD_JSON`, not
+/// `M_INVALID_PARAM`.
 pub async fn get_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let wanted = object_field(&ctx.body, "device_keys")?
         .ok_or_else(|| Error::bad_json("device_keys is required"))?;
@@ -179,6 +178,8 @@ pub async fn get_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 ///
 /// One key per device and algorithm: a one-time key, removed as it is handed out, or the
 /// device's fallback key when none is left. Remote devices are claimed through their server.
+/// Untyped: ruma's response leaves out an empty `failures` (sent as `{}` here and by Synapse),
+/// and its request refuses an invalid user ID as `M_BAD_JSON`, not `M_INVALID_PARAM`.
 pub async fn claim_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let wanted = object_field(&ctx.body, "one_time_keys")?
         .ok_or_else(|| Error::bad_json("one_time_keys is required"))?;
@@ -214,16 +215,16 @@ fn parse_token(token: &str) -> Result<u64> {
 ///
 /// Users sharing a room with the requester whose keys changed between `from` and `to`, or who
 /// started sharing a room; `left` lists users who no longer share one.
-pub async fn get_key_changes(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let from = parse_token(
-        ctx.query("from")
-            .ok_or_else(|| Error::missing_param("from is required"))?,
-    )?;
-    let to = parse_token(
-        ctx.query("to")
-            .ok_or_else(|| Error::missing_param("to is required"))?,
-    )?;
-    let (changed, left): (BTreeSet<_>, BTreeSet<_>) =
-        device_lists::iter_device_list_changes(&services, ctx.user(), from, to)?;
-    Ok(json!({ "changed": changed, "left": left }))
+pub async fn get_key_changes(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_key_changes::v3::Request,
+) -> Result<get_key_changes::v3::Response> {
+    let from = parse_token(&request.from)?;
+    let to = parse_token(&request.to)?;
+    let (changed, left) = device_lists::iter_device_list_changes(&services, ctx.user(), from, to)?;
+    Ok(get_key_changes::v3::Response::new(
+        changed.into_iter().collect(),
+        left.into_iter().collect(),
+    ))
 }

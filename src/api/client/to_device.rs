@@ -14,8 +14,9 @@ use crate::{
 ///
 /// `messages` maps user IDs to device IDs (or `*` for every device) to contents; see
 /// [`to_device::send`]. A transaction ID already used by this device is answered with `{}` and
-/// nothing is sent again. Stays on an untyped route: an invalid user ID in `messages` is
-/// `M_INVALID_PARAM`, where ruma's request type fails the whole body as `M_BAD_JSON`.
+/// nothing is sent again.
+/// Untyped: ruma's request refuses an invalid user ID in `messages` as `M_BAD_JSON`, tests
+/// expect `M_INVALID_PARAM`.
 pub async fn send_event_to_device(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let messages = ctx
         .body

@@ -4,7 +4,7 @@
 use http::Method;
 
 use crate::api::client::{backup, cross_signing, keys as client_keys, to_device};
-use crate::http::{route, Auth, Route};
+use crate::http::{route, typed, Auth, Route};
 use Auth::Required as Token;
 
 /// Device keys, one-time keys, key changes, cross-signing and to-device messages.
@@ -28,7 +28,7 @@ pub(super) fn keys() -> Vec<Route> {
             Token,
             client_keys::claim_keys,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/keys/changes",
             Token,
@@ -58,31 +58,31 @@ pub(super) fn keys() -> Vec<Route> {
 /// Server-side key backup versions.
 pub(super) fn backup_versions() -> Vec<Route> {
     vec![
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/room_keys/version",
             Token,
             backup::create_backup_version,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/room_keys/version",
             Token,
             backup::get_latest_backup_info,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/room_keys/version/{version}",
             Token,
             backup::get_backup_info,
         ),
-        route(
+        typed(
             Method::PUT,
             "/_matrix/client/v3/room_keys/version/{version}",
             Token,
             backup::update_backup_version,
         ),
-        route(
+        typed(
             Method::DELETE,
             "/_matrix/client/v3/room_keys/version/{version}",
             Token,
@@ -94,59 +94,59 @@ pub(super) fn backup_versions() -> Vec<Route> {
 /// The keys in a server-side backup, all of them, by room or by session.
 pub(super) fn backup_keys() -> Vec<Route> {
     vec![
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/room_keys/keys",
             Token,
             backup::get_backup_keys,
         ),
-        route(
+        typed(
             Method::PUT,
             "/_matrix/client/v3/room_keys/keys",
             Token,
             backup::add_backup_keys,
         ),
-        route(
+        typed(
             Method::DELETE,
             "/_matrix/client/v3/room_keys/keys",
             Token,
             backup::delete_backup_keys,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/room_keys/keys/{roomId}",
             Token,
-            backup::get_backup_keys,
+            backup::get_backup_keys_for_room,
         ),
-        route(
+        typed(
             Method::PUT,
             "/_matrix/client/v3/room_keys/keys/{roomId}",
             Token,
-            backup::add_backup_keys,
+            backup::add_backup_keys_for_room,
         ),
-        route(
+        typed(
             Method::DELETE,
             "/_matrix/client/v3/room_keys/keys/{roomId}",
             Token,
-            backup::delete_backup_keys,
+            backup::delete_backup_keys_for_room,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}",
             Token,
-            backup::get_backup_keys,
+            backup::get_backup_keys_for_session,
         ),
-        route(
+        typed(
             Method::PUT,
             "/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}",
             Token,
-            backup::add_backup_keys,
+            backup::add_backup_keys_for_session,
         ),
-        route(
+        typed(
             Method::DELETE,
             "/_matrix/client/v3/room_keys/keys/{roomId}/{sessionId}",
             Token,
-            backup::delete_backup_keys,
+            backup::delete_backup_keys_for_session,
         ),
     ]
 }
