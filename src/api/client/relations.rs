@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
-use ruma::OwnedEventId;
+use ruma::{
+    api::client::threads::get_threads::{self, v1::IncludeThreads},
+    serde::Raw,
+    OwnedEventId,
+};
 use serde_json::json;
 
 use super::readable_state;
@@ -30,6 +34,9 @@ const MAX_LIMIT: usize = 100;
 /// type filters apply to the returned events, not to the walk; `recursion_depth` is the deepest
 /// level that held a child (1 with `recurse=false`). The caller must be able to see the parent
 /// (`404 M_NOT_FOUND` otherwise) and sees only the children history visibility allows.
+/// Untyped: ruma's `recurse` is a `bool` that defaults to `false`, so `recurse=false` and no
+/// `recurse` look the same, where the spec asks for `recursion_depth` exactly when `recurse`
+/// was given (test `relations::relations_endpoint_paths_directions_pages_and_recursion`).
 pub async fn get_relating_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     let parent_id = OwnedEventId::try_from(ctx.param(1))
@@ -78,51 +85,62 @@ pub async fn get_relating_events(services: Arc<Services>, ctx: Ctx) -> HandlerRe
 /// `GET /_matrix/client/v1/rooms/{roomId}/threads`
 ///
 /// Thread roots by their latest `m.thread` child, newest first, each with its aggregations;
-/// `include=participated` keeps the threads the caller started or replied to. `from` takes the
-/// `r<position>` token of a previous `next_batch` (anything else is `400 M_INVALID_PARAM`),
-/// `limit` must be positive (default 10, at most 100). `403 M_FORBIDDEN` for a caller who may
-/// not read the room; roots the caller may not see are left out.
-pub async fn get_thread_roots(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
-    let participated_only = match ctx.query("include") {
-        None | Some("all") => false,
-        Some("participated") => true,
-        Some(_) => return Err(Error::invalid_param("include must be all or participated")),
+/// `include=participated` keeps the threads the caller started or replied to (any other value
+/// than `all` is `400 M_INVALID_PARAM`). `from` takes the `r<position>` token of a previous
+/// `next_batch` (anything else is `400 M_INVALID_PARAM`), `limit` must be positive (default 10,
+/// at most 100). `403 M_FORBIDDEN` for a caller who may not read the room; roots the caller may
+/// not see are left out.
+pub async fn get_threads(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_threads::v1::Request,
+) -> Result<get_threads::v1::Response> {
+    let room_id = &request.room_id;
+    let participated_only = match request.include {
+        IncludeThreads::All => false,
+        IncludeThreads::Participated => true,
+        _ => return Err(Error::invalid_param("include must be all or participated")),
     };
-    let limit = parse_limit(ctx.query("limit"))?;
-    let before = match ctx.query("from") {
+    let limit = checked_limit(request.limit.map(u64::from))?;
+    let before = match &request.from {
         Some(token) => token
             .strip_prefix('r')
             .and_then(|count| count.parse::<u64>().ok())
             .ok_or_else(|| Error::invalid_param(format!("unknown pagination token {token}")))?,
         None => u64::MAX,
     };
-    readable_state(&services, &room_id, ctx.user())?;
+    readable_state(&services, room_id, ctx.user())?;
     let viewer = (ctx.user(), ctx.device());
-    let roots = read::thread_roots(
-        &services,
-        viewer,
-        &room_id,
-        before,
-        limit,
-        participated_only,
-    )?;
-    let mut response = json!({ "chunk": roots.chunk });
-    if let Some(last) = roots.next_batch {
-        response["next_batch"] = json!(format!("r{last}"));
-    }
+    let roots = read::thread_roots(&services, viewer, room_id, before, limit, participated_only)?;
+    let chunk = roots
+        .chunk
+        .iter()
+        .map(|root| serde_json::value::to_raw_value(root).map(Raw::from_json))
+        .collect::<serde_json::Result<_>>()
+        .map_err(Error::internal)?;
+    let mut response = get_threads::v1::Response::new(chunk);
+    response.next_batch = roots.next_batch.map(|last| format!("r{last}"));
     Ok(response)
 }
 
-/// A `limit` query parameter: a positive integer (`400 M_INVALID_PARAM` otherwise), at most
-/// [`MAX_LIMIT`].
+/// A `limit` query parameter (see [`checked_limit`]).
 fn parse_limit(text: Option<&str>) -> Result<usize> {
-    match text {
+    let limit = text
+        .map(|text| {
+            text.parse::<u64>()
+                .map_err(|_| Error::invalid_param(format!("invalid limit {text}")))
+        })
+        .transpose()?;
+    checked_limit(limit)
+}
+
+/// A `limit`: positive (`400 M_INVALID_PARAM` otherwise), [`DEFAULT_LIMIT`] when missing, at
+/// most [`MAX_LIMIT`].
+fn checked_limit(limit: Option<u64>) -> Result<usize> {
+    match limit {
         None => Ok(DEFAULT_LIMIT),
-        Some(text) => match text.parse::<usize>() {
-            Ok(limit) if limit > 0 => Ok(limit.min(MAX_LIMIT)),
-            _ => Err(Error::invalid_param(format!("invalid limit {text}"))),
-        },
+        Some(0) => Err(Error::invalid_param("invalid limit 0")),
+        Some(limit) => Ok(usize::try_from(limit).map_or(MAX_LIMIT, |limit| limit.min(MAX_LIMIT))),
     }
 }
 
