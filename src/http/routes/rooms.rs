@@ -216,11 +216,11 @@ pub(super) fn events() -> Vec<Route> {
             Token,
             relations::get_relating_events,
         ),
-        typed(
+        route(
             Method::GET,
             "/_matrix/client/v1/rooms/{roomId}/threads",
             Token,
-            relations::get_threads,
+            relations::get_thread_roots,
         ),
         route(
             Method::POST,
