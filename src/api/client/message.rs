@@ -2,7 +2,11 @@
 
 use std::sync::Arc;
 
-use ruma::{OwnedEventId, RoomId};
+use ruma::{
+    api::client::{message::send_message_event, room::get_room_event},
+    serde::Raw,
+    OwnedEventId, RoomId,
+};
 use serde_json::{json, Value};
 
 use super::require_joined;
@@ -24,38 +28,49 @@ use crate::{
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
 ///
-/// Idempotent per device and transaction ID: a repeat returns the first event's ID.
-pub async fn send_message_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
-    let event_type = ctx.param(1);
-    let txn_id = ctx.param(2);
+/// Idempotent per device and transaction ID: a repeat returns the first event's ID. The content
+/// is sent as the client wrote it; an `m.room.redaction` goes through the checks of `/redact`.
+pub async fn send_message_event(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: send_message_event::v3::Request,
+) -> Result<send_message_event::v3::Response> {
+    let room_id = &request.room_id;
+    let event_type = request.event_type.to_string();
+    let txn_id = request.txn_id.as_str();
     if event_type.is_empty() || event_type.len() > 255 || txn_id.len() > 255 {
         return Err(Error::invalid_param("invalid event type or transaction ID"));
     }
-    if let Some(event_id) = sent_before(&services, &ctx, &room_id, txn_id)? {
-        return Ok(json!({ "event_id": event_id }));
+    if let Some(event_id) = sent_before(&services, &ctx, room_id, txn_id)? {
+        return Ok(send_message_event::v3::Response::new(event_id));
     }
-    require_joined(&services, &room_id, ctx.user())?;
-    if event_type == "m.room.redaction" {
-        let target = ctx
-            .body
+    require_joined(&services, room_id, ctx.user())?;
+    let content: Value = request
+        .body
+        .deserialize_as_unchecked()
+        .map_err(|error| Error::bad_json(format!("invalid content: {error}")))?;
+    let event_id = if event_type == "m.room.redaction" {
+        let target = content
             .get("redacts")
             .and_then(Value::as_str)
             .ok_or_else(|| Error::bad_json("redactions need redacts"))?;
         let target =
             OwnedEventId::try_from(target).map_err(|_| Error::invalid_param("invalid redacts"))?;
-        return redact_event(&services, &ctx, &room_id, target, ctx.body.clone(), txn_id).await;
-    }
-    check_client_relation(&services, &room_id, ctx.user(), event_type, &ctx.body)?;
-    let (event_id, _) = create_and_commit(
-        &services,
-        &room_id,
-        ctx.user(),
-        PduBuilder::timeline(event_type, ctx.body.clone()),
-        Some((ctx.device(), txn_id)),
-    )
-    .await?;
-    Ok(json!({ "event_id": event_id }))
+        redact_event(&services, &ctx, room_id, target, content, txn_id).await?
+    } else {
+        check_client_relation(&services, room_id, ctx.user(), &event_type, &content)?;
+        let builder = PduBuilder::timeline(request.event_type, content);
+        create_and_commit(
+            &services,
+            room_id,
+            ctx.user(),
+            builder,
+            Some((ctx.device(), txn_id)),
+        )
+        .await?
+        .0
+    };
+    Ok(send_message_event::v3::Response::new(event_id))
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}`
@@ -64,6 +79,8 @@ pub async fn send_message_event(services: Arc<Services>, ctx: Ctx) -> HandlerRes
 /// pruned in storage by the room version's redaction algorithm. A user with the `redact` level
 /// may also redact an event this server does not have (the redaction is sent all the same);
 /// for anyone else an unknown event is `404 M_NOT_FOUND`.
+/// Untyped: ruma's request keeps only a string `reason` of the body, where the redaction's
+/// content is the body as sent.
 pub async fn redact(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     let target = OwnedEventId::try_from(ctx.param(1))
@@ -75,7 +92,8 @@ pub async fn redact(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     require_joined(&services, &room_id, ctx.user())?;
     let mut content = ctx.body.clone();
     content["redacts"] = json!(target);
-    redact_event(&services, &ctx, &room_id, target, content, txn_id).await
+    let event_id = redact_event(&services, &ctx, &room_id, target, content, txn_id).await?;
+    Ok(json!({ "event_id": event_id }))
 }
 
 /// The event this device already sent with `txn_id`, which a repeated request answers again.
@@ -91,6 +109,7 @@ fn sent_before(
         .get_transaction(ctx.user().as_str(), ctx.device(), room_id, txn_id)
 }
 
+/// Sends a redaction of `target` with `content`, after checking that the sender may redact it.
 async fn redact_event(
     services: &Services,
     ctx: &Ctx,
@@ -98,7 +117,7 @@ async fn redact_event(
     target: OwnedEventId,
     content: Value,
     txn_id: &str,
-) -> HandlerResult {
+) -> Result<OwnedEventId> {
     let levels = PowerLevels::load(services, room_id)?;
     let may_redact_others = levels.user_level(ctx.user()) >= levels.action_level("redact");
     match services.rooms.timeline.get_pdu(&target)? {
@@ -136,20 +155,22 @@ async fn redact_event(
         Some((ctx.device(), txn_id)),
     )
     .await?;
-    Ok(json!({ "event_id": event_id }))
+    Ok(event_id)
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`
-pub async fn get_room_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
+pub async fn get_room_event(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_room_event::v3::Request,
+) -> Result<get_room_event::v3::Response> {
+    let (room_id, event_id) = (&request.room_id, &request.event_id);
     // No membership check of its own: an event the user may not see is `404` like a missing one
     // (members, former members and anyone in a `world_readable` room are sorted out below).
-    let event_id = OwnedEventId::try_from(ctx.param(1))
-        .map_err(|_| Error::invalid_param("invalid event ID"))?;
     let pdu = services
         .rooms
         .timeline
-        .get_pdu(&event_id)?
+        .get_pdu(event_id)?
         .ok_or_else(|| Error::not_found(format!("event {event_id} not found")))?;
     if pdu.room_id.as_deref().is_some_and(|room| room != room_id) {
         return Err(Error::not_found(format!(
@@ -159,18 +180,23 @@ pub async fn get_room_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult 
     let count = services
         .rooms
         .timeline
-        .get_pdu_id(&event_id)?
+        .get_pdu_id(event_id)?
         .map_or(0, |id| id.count);
-    let membership = services.rooms.members.get_user_room(ctx.user(), &room_id)?;
+    let membership = services.rooms.members.get_user_room(ctx.user(), room_id)?;
     if !user_can_see(&services, ctx.user(), membership.as_ref(), count, &pdu)? {
         return Err(Error::not_found(format!("event {event_id} not found")));
     }
-    serve_event(&services, &pdu, &room_id, Some((ctx.user(), ctx.device())))
+    let event = serve_event(&services, &pdu, room_id, Some((ctx.user(), ctx.device())))?;
+    let event = serde_json::value::to_raw_value(&event).map_err(Error::internal)?;
+    Ok(get_room_event::v3::Response::new(Raw::from_json(event)))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/messages`
 ///
 /// A page of the room's events (see [`history::messages`]).
+/// Untyped: ruma's request needs `dir` and parses `limit` and `filter` before the handler, where
+/// a caller who may not read the room gets 403 whatever they hold (test
+/// `rooms::knocking_asks_to_join_and_is_answered_with_an_invite_or_a_kick` sends no `dir`).
 pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     let request = history::MessagesRequest {
@@ -196,6 +222,8 @@ pub async fn get_message_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
 ///
 /// The events around one event (see [`history::context`]). A `limit` or `filter` that does not
 /// parse is ignored, as before the conversion of this handler.
+/// Untyped: ruma's request refuses a `limit` or `filter` that does not parse, and its response
+/// leaves out `events_before`, `events_after` and `state` when they are empty.
 pub async fn get_context(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     let event_id = ctx.param(1);

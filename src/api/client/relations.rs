@@ -30,6 +30,9 @@ const MAX_LIMIT: usize = 100;
 /// type filters apply to the returned events, not to the walk; `recursion_depth` is the deepest
 /// level that held a child (1 with `recurse=false`). The caller must be able to see the parent
 /// (`404 M_NOT_FOUND` otherwise) and sees only the children history visibility allows.
+/// Untyped: ruma's `recurse` is a `bool` that defaults to `false`, so `recurse=false` and no
+/// `recurse` look the same, where the spec asks for `recursion_depth` exactly when `recurse`
+/// was given (test `relations::relations_endpoint_paths_directions_pages_and_recursion`).
 pub async fn get_relating_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     let parent_id = OwnedEventId::try_from(ctx.param(1))
@@ -82,6 +85,9 @@ pub async fn get_relating_events(services: Arc<Services>, ctx: Ctx) -> HandlerRe
 /// `r<position>` token of a previous `next_batch` (anything else is `400 M_INVALID_PARAM`),
 /// `limit` must be positive (default 10, at most 100). `403 M_FORBIDDEN` for a caller who may
 /// not read the room; roots the caller may not see are left out.
+/// Untyped: ruma's request needs `include` (its `IncludeThreads` has no serde default), which
+/// the spec defaults to `all` (test
+/// `relations::threads_are_listed_by_latest_activity_with_participation_and_pages`).
 pub async fn get_thread_roots(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     let participated_only = match ctx.query("include") {

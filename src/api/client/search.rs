@@ -36,6 +36,10 @@ const MAX_TERM_BYTES: usize = 1000;
 /// history visibility lets them see. Groups (`room_id`, `sender`) list the results of the
 /// current page only and carry no `next_batch` of their own; the top-level `next_batch` pages
 /// through every group.
+/// Untyped: ruma's `Categories` drops a category it does not know, which is `M_INVALID_PARAM`
+/// here, its `EventContext` refuses a negative `before_limit` as `M_BAD_JSON`, not
+/// `M_INVALID_PARAM`, and its response leaves out `results` and `highlights` when they are empty
+/// (test `search::bad_search_requests_are_refused`).
 pub async fn search(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let categories = ctx
         .body

@@ -2,13 +2,20 @@
 
 use std::sync::Arc;
 
-use ruma::events::StateEventType;
-use serde_json::{json, Value};
+use ruma::{
+    api::client::state::{
+        get_state_event_for_key::{self, v3::StateEventFormat},
+        get_state_events, send_state_event,
+    },
+    serde::Raw,
+    RoomId,
+};
+use serde_json::Value;
 
 use super::{readable_state, require_joined};
 use crate::{
-    api::{Ctx, HandlerResult},
-    error::Error,
+    api::Ctx,
+    error::{Error, Result},
     service::{
         rooms::{
             create,
@@ -23,45 +30,63 @@ use crate::{
 /// `GET /_matrix/client/v3/rooms/{roomId}/state`
 ///
 /// Members read the current state, former members the state when they left.
-pub async fn get_state_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
-    let hash = readable_state(&services, &room_id, ctx.user())?.shortstatehash;
-    let events: Vec<Value> = services
+pub async fn get_state_events(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_state_events::v3::Request,
+) -> Result<get_state_events::v3::Response> {
+    let room_id = &request.room_id;
+    let hash = readable_state(&services, room_id, ctx.user())?.shortstatehash;
+    let events = services
         .rooms
         .state_pdus(hash)?
         .iter()
-        .map(|pdu| client_event(pdu, &room_id, None))
-        .collect();
-    Ok(Value::Array(events))
+        .map(|pdu| raw(&client_event(pdu, room_id, None)))
+        .collect::<Result<_>>()?;
+    Ok(get_state_events::v3::Response::new(events))
 }
 
-/// `GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
+/// `GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`, also without the
+/// state key
 ///
-/// `format=event` returns the whole event instead of its content.
-pub async fn get_state_event_for_key(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
-    let hash = readable_state(&services, &room_id, ctx.user())?.shortstatehash;
-    let event_type = StateEventType::from(ctx.param(1));
+/// `format=event` returns the whole event instead of its content; any other `format` is the
+/// content.
+pub async fn get_state_event_for_key(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_state_event_for_key::v3::Request,
+) -> Result<get_state_event_for_key::v3::Response> {
+    let room_id = &request.room_id;
+    let hash = readable_state(&services, room_id, ctx.user())?.shortstatehash;
+    let (event_type, state_key) = (&request.event_type, &request.state_key);
     let pdu = services
         .rooms
-        .state_pdu(hash, &event_type, ctx.param(2))?
+        .state_pdu(hash, event_type, state_key)?
         .ok_or_else(|| {
             Error::not_found(format!(
-                "no {event_type} state with key {:?} in {room_id}",
-                ctx.param(2)
+                "no {event_type} state with key {state_key:?} in {room_id}"
             ))
         })?;
-    if ctx.query("format") == Some("event") {
-        return Ok(client_event(&pdu, &room_id, None));
-    }
-    Ok(pdu.content_value())
+    let event_or_content = match request.format {
+        StateEventFormat::Event => raw::<Value>(&client_event(&pdu, room_id, None))?.into_json(),
+        _ => pdu.content,
+    };
+    Ok(get_state_event_for_key::v3::Response::new(event_or_content))
 }
 
-/// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`
-pub async fn send_state_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
-    require_joined(&services, &room_id, ctx.user())?;
-    let event_type = ctx.param(1).to_owned();
+/// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`, also without the
+/// state key
+///
+/// The content is sent as the client wrote it. Setting the content the same sender already set
+/// sends nothing and answers with the event in force.
+pub async fn send_state_event(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: send_state_event::v3::Request,
+) -> Result<send_state_event::v3::Response> {
+    let room_id = &request.room_id;
+    require_joined(&services, room_id, ctx.user())?;
+    let event_type = request.event_type.to_string();
     if event_type.is_empty() || event_type.len() > 255 {
         return Err(Error::invalid_param("invalid event type"));
     }
@@ -70,37 +95,14 @@ pub async fn send_state_event(services: Arc<Services>, ctx: Ctx) -> HandlerResul
             "m.room.create cannot be sent to an existing room",
         ));
     }
-    if event_type == "m.room.power_levels" {
-        if let Some(users) = ctx.body.get("users") {
-            let creators = power::privileged_creators(&services, &room_id)?;
-            create::reject_creators_in_users(users, &creators)?;
-        }
-    }
-    if event_type == "m.room.canonical_alias" {
-        for alias in ctx.body.get("alias").into_iter().chain(
-            ctx.body
-                .get("alt_aliases")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten(),
-        ) {
-            let alias = alias
-                .as_str()
-                .and_then(|alias| ruma::OwnedRoomAliasId::try_from(alias).ok())
-                .ok_or_else(|| Error::invalid_param("invalid alias"))?;
-            if alias.server_name() == services.globals.server_name()
-                && services.rooms.alias.get(&alias)?.map(|(room, _)| room) != Some(room_id.clone())
-            {
-                return Err(Error::matrix(
-                    ruma::api::error::ErrorKind::BadAlias,
-                    format!("alias {alias} does not point to this room"),
-                ));
-            }
-        }
-    }
-    let mut content = ctx.body.clone();
+    let mut content: Value = request
+        .body
+        .deserialize_as_unchecked()
+        .map_err(|error| Error::bad_json(format!("invalid content: {error}")))?;
+    check_content(&services, room_id, &event_type, &content)?;
+    let state_key = request.state_key.as_str();
     if event_type == "m.room.member"
-        && ctx.param(2) == ctx.user().as_str()
+        && state_key == ctx.user().as_str()
         && content["membership"] == "join"
     {
         // A joined member's join → join needs no authoriser, so one that names no user is
@@ -114,22 +116,75 @@ pub async fn send_state_event(services: Arc<Services>, ctx: Ctx) -> HandlerResul
     }
     // The same sender setting the same content again changes nothing: the answer is the event
     // already in force, and no new event is sent (clients retry state changes freely).
-    if let Some(current) = services.rooms.current_state_pdu(
-        &room_id,
-        &StateEventType::from(event_type.as_str()),
-        ctx.param(2),
-    )? {
+    if let Some(current) =
+        services
+            .rooms
+            .current_state_pdu(room_id, &request.event_type, state_key)?
+    {
         if current.sender == ctx.user() && current.content_value() == content {
-            return Ok(json!({ "event_id": current.event_id }));
+            return Ok(send_state_event::v3::Response::new(current.event_id));
         }
     }
     let (event_id, _) = create_and_commit(
         &services,
-        &room_id,
+        room_id,
         ctx.user(),
-        PduBuilder::state(event_type.as_str(), ctx.param(2), content),
+        PduBuilder::state(request.event_type, state_key, content),
         None,
     )
     .await?;
-    Ok(json!({ "event_id": event_id }))
+    Ok(send_state_event::v3::Response::new(event_id))
+}
+
+/// The checks of a state event's content before the auth rules: room creators get no power
+/// level in `users` (from room version 12), and a local alias in `m.room.canonical_alias` must
+/// point to this room (`M_BAD_ALIAS`).
+fn check_content(
+    services: &Services,
+    room_id: &RoomId,
+    event_type: &str,
+    content: &Value,
+) -> Result<()> {
+    if event_type == "m.room.power_levels" {
+        if let Some(users) = content.get("users") {
+            let creators = power::privileged_creators(services, room_id)?;
+            create::reject_creators_in_users(users, &creators)?;
+        }
+    }
+    if event_type == "m.room.canonical_alias" {
+        for alias in content.get("alias").into_iter().chain(
+            content
+                .get("alt_aliases")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten(),
+        ) {
+            let alias = alias
+                .as_str()
+                .and_then(|alias| ruma::OwnedRoomAliasId::try_from(alias).ok())
+                .ok_or_else(|| Error::invalid_param("invalid alias"))?;
+            if alias.server_name() == services.globals.server_name()
+                && services
+                    .rooms
+                    .alias
+                    .get(&alias)?
+                    .map(|(room, _)| room)
+                    .as_deref()
+                    != Some(room_id)
+            {
+                return Err(Error::matrix(
+                    ruma::api::error::ErrorKind::BadAlias,
+                    format!("alias {alias} does not point to this room"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An event as ruma's raw JSON.
+fn raw<T>(event: &Value) -> Result<Raw<T>> {
+    serde_json::value::to_raw_value(event)
+        .map(Raw::from_json)
+        .map_err(Error::internal)
 }

@@ -114,43 +114,43 @@ pub(super) fn membership() -> Vec<Route> {
 /// A room's state, whole or one event, read and sent (with and without a state key).
 pub(super) fn state() -> Vec<Route> {
     vec![
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/rooms/{roomId}/state",
             Token,
             state::get_state_events,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}",
             Token,
             state::get_state_event_for_key,
         ),
-        route(
+        typed(
             Method::PUT,
             "/_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}",
             Token,
             state::send_state_event,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/rooms/{roomId}/state/{eventType}",
             Token,
             state::get_state_event_for_key,
         ),
-        route(
+        typed(
             Method::PUT,
             "/_matrix/client/v3/rooms/{roomId}/state/{eventType}",
             Token,
             state::send_state_event,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/rooms/{roomId}/state/{eventType}/",
             Token,
             state::get_state_event_for_key,
         ),
-        route(
+        typed(
             Method::PUT,
             "/_matrix/client/v3/rooms/{roomId}/state/{eventType}/",
             Token,
@@ -162,13 +162,13 @@ pub(super) fn state() -> Vec<Route> {
 /// Sending, reading, paging and redacting events, their relations and threads, and search.
 pub(super) fn events() -> Vec<Route> {
     vec![
-        route(
+        typed(
             Method::PUT,
             "/_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}",
             Token,
             message::send_message_event,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/rooms/{roomId}/event/{eventId}",
             Token,
