@@ -176,6 +176,11 @@ async fn membership_lifecycle() {
     );
     let joined = alice.get_ok(&format!("{base}/joined_members")).await;
     assert_eq!(joined["joined"].as_object().unwrap().len(), 2);
+    // Unset profile fields are there as null, as Synapse sends them (Complement checks the keys).
+    assert_eq!(
+        joined["joined"]["@bob:localhost"],
+        json!({"display_name": "bob", "avatar_url": null})
+    );
     assert_eq!(
         alice.get_ok(&format!("{base}/members")).await["chunk"]
             .as_array()
@@ -200,6 +205,17 @@ async fn membership_lifecycle() {
         .await,
         403,
         "M_FORBIDDEN",
+    );
+    // A reason that is not a string is refused, as on joins.
+    assert_error(
+        &alice
+            .post(
+                &format!("{base}/kick"),
+                json!({"user_id": "@bob:localhost", "reason": 5}),
+            )
+            .await,
+        400,
+        "M_BAD_JSON",
     );
     alice
         .post_ok(
@@ -242,6 +258,12 @@ async fn membership_lifecycle() {
         .as_str()
         .unwrap()
         .to_owned();
+    assert_error(
+        &bob.post(&format!("{base}/leave"), json!({"reason": ["bye"]}))
+            .await,
+        400,
+        "M_BAD_JSON",
+    );
     bob.post_ok(&format!("{base}/leave"), json!({})).await;
     bob.post_ok(&format!("{base}/forget"), json!({})).await;
     // Forgotten: gone from initial syncs and history, but a sync from before the leave (another
@@ -578,6 +600,29 @@ async fn aliases_and_directory() {
             .await,
         400,
         "M_INVALID_PARAM",
+    );
+    // No visibility is public, as the spec says.
+    alice
+        .put_ok(
+            &format!("/_matrix/client/v3/directory/list/room/{}", enc(&room)),
+            json!({"visibility": "private"}),
+        )
+        .await;
+    alice
+        .put_ok(
+            &format!("/_matrix/client/v3/directory/list/room/{}", enc(&room)),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        server
+            .client()
+            .get_ok(&format!(
+                "/_matrix/client/v3/directory/list/room/{}",
+                enc(&room)
+            ))
+            .await["visibility"],
+        "public"
     );
     assert_error(
         &alice

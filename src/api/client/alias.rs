@@ -2,7 +2,14 @@
 
 use std::sync::Arc;
 
-use ruma::{OwnedRoomAliasId, RoomId, UserId};
+use ruma::{
+    api::client::{
+        alias::{create_alias, delete_alias, get_alias},
+        directory::get_room_visibility,
+        room::{aliases, Visibility},
+    },
+    RoomId, UserId,
+};
 use serde_json::{json, Value};
 
 use super::require_joined;
@@ -13,11 +20,6 @@ use crate::{
     error::{Error, Result},
     service::Services,
 };
-
-fn alias_param(ctx: &Ctx) -> Result<OwnedRoomAliasId> {
-    OwnedRoomAliasId::try_from(ctx.param(0))
-        .map_err(|_| Error::invalid_param(format!("invalid alias {}", ctx.param(0))))
-}
 
 /// Whether `user` has the level to send `m.room.canonical_alias` (its entry in `events`, or 50),
 /// which it needs to delete an alias someone else made.
@@ -34,33 +36,38 @@ fn may_edit_canonical_alias(services: &Services, room_id: &RoomId, user: &UserId
 /// `GET /_matrix/client/v3/directory/room/{roomAlias}`
 ///
 /// An alias of another server is asked of that server (`/query/directory`).
-pub async fn get_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let alias = alias_param(&ctx)?;
+pub async fn get_alias(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    request: get_alias::v3::Request,
+) -> Result<get_alias::v3::Response> {
+    let alias = request.room_alias;
     if alias.server_name() != services.globals.server_name() {
         let (room_id, servers) = directory::resolve_remote(&services, &alias).await?;
-        return Ok(json!({ "room_id": room_id, "servers": servers }));
+        return Ok(get_alias::v3::Response::new(room_id, servers));
     }
     let (room_id, _) = services
         .rooms
         .alias
         .get(&alias)?
         .ok_or_else(|| Error::not_found(format!("alias {alias} not found")))?;
-    Ok(json!({ "room_id": room_id, "servers": [services.globals.server_name()] }))
+    let servers = vec![services.globals.server_name().to_owned()];
+    Ok(get_alias::v3::Response::new(room_id, servers))
 }
 
 /// `PUT /_matrix/client/v3/directory/room/{roomAlias}`
-pub async fn create_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let alias = alias_param(&ctx)?;
+///
+/// A `room_id` that is not a room ID is `400 M_BAD_JSON`.
+pub async fn create_alias(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: create_alias::v3::Request,
+) -> Result<create_alias::v3::Response> {
+    let alias = request.room_alias;
     if alias.server_name() != services.globals.server_name() {
         return Err(Error::invalid_param("aliases must be on this server"));
     }
-    let room_id = ctx
-        .body
-        .get("room_id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| Error::bad_json("missing room_id"))?;
-    let room_id = ruma::OwnedRoomId::try_from(room_id)
-        .map_err(|_| Error::invalid_param("invalid room_id"))?;
+    let room_id = request.room_id;
     if !services.rooms.exists(&room_id)? {
         return Err(Error::not_found(format!("room {room_id} not found")));
     }
@@ -68,7 +75,7 @@ pub async fn create_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         return Err(Error::Conflict(format!("alias {alias} already exists")));
     }
     services.rooms.alias.set(&alias, &room_id, ctx.user())?;
-    Ok(json!({}))
+    Ok(create_alias::v3::Response::new())
 }
 
 /// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`
@@ -76,8 +83,12 @@ pub async fn create_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 /// Allowed for the alias's creator and for room members with the power to change `m.room.canonical_alias`.
 /// An alias the room's `m.room.canonical_alias` names is taken out of it (by the deleting user,
 /// when they may send that event).
-pub async fn delete_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let alias = alias_param(&ctx)?;
+pub async fn delete_alias(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: delete_alias::v3::Request,
+) -> Result<delete_alias::v3::Response> {
+    let alias = request.room_alias;
     let (room_id, creator) = services
         .rooms
         .alias
@@ -91,31 +102,41 @@ pub async fn delete_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     }
     services.rooms.alias.remove(&alias, &room_id)?;
     directory::remove_from_canonical_alias(&services, &room_id, &alias, ctx.user()).await?;
-    Ok(json!({}))
+    Ok(delete_alias::v3::Response::new())
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/aliases`
-pub async fn get_room_aliases(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
-    require_joined(&services, &room_id, ctx.user())?;
-    Ok(json!({ "aliases": services.rooms.alias.iter_room_aliases(&room_id)? }))
+pub async fn get_room_aliases(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: aliases::v3::Request,
+) -> Result<aliases::v3::Response> {
+    require_joined(&services, &request.room_id, ctx.user())?;
+    let aliases = services.rooms.alias.iter_room_aliases(&request.room_id)?;
+    Ok(aliases::v3::Response::new(aliases))
 }
 
 /// `GET /_matrix/client/v3/directory/list/room/{roomId}`
-pub async fn get_room_visibility(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
+pub async fn get_room_visibility(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    request: get_room_visibility::v3::Request,
+) -> Result<get_room_visibility::v3::Response> {
+    let room_id = request.room_id;
     if !services.rooms.exists(&room_id)? {
         return Err(Error::not_found(format!("room {room_id} not found")));
     }
     let visibility = if services.rooms.alias.is_public(&room_id)? {
-        "public"
+        Visibility::Public
     } else {
-        "private"
+        Visibility::Private
     };
-    Ok(json!({ "visibility": visibility }))
+    Ok(get_room_visibility::v3::Response::new(visibility))
 }
 
 /// `PUT /_matrix/client/v3/directory/list/room/{roomId}`
+///
+/// Untyped: ruma's request requires `visibility`, which the spec makes optional.
 pub async fn set_room_visibility(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     if !services.rooms.exists(&room_id)? {
@@ -123,8 +144,9 @@ pub async fn set_room_visibility(services: Arc<Services>, ctx: Ctx) -> HandlerRe
     }
     require_joined(&services, &room_id, ctx.user())?;
     let public = match ctx.body.get("visibility").and_then(Value::as_str) {
-        Some("public") => true,
-        Some("private") | None => false,
+        // The spec: "Defaults to `public`."
+        Some("public") | None => true,
+        Some("private") => false,
         Some(_) => return Err(Error::invalid_param("visibility must be public or private")),
     };
     services.rooms.alias.set_public(&room_id, public)?;
@@ -135,6 +157,7 @@ pub async fn set_room_visibility(services: Arc<Services>, ctx: Ctx) -> HandlerRe
 ///
 /// `server` asks another server's directory over federation. `since` tokens are offsets into
 /// the list; `generic_search_term` matches name, topic and alias.
+/// Untyped: ruma's `PublicRoomsChunk` leaves out `join_rule` when it is `public`, and a page from another server is passed on as that server sent it.
 pub async fn get_public_rooms(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let request = PublicRoomsRequest::from_ctx(&ctx)?;
     match ctx.query("server") {

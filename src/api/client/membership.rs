@@ -1,10 +1,20 @@
 //! Membership: join, invite, leave, forget, kick, ban, unban, and member lists.
+//! A `reason` that is not a string is `400 M_BAD_JSON` (ruma's requests, and the join's own
+//! check), except on `/invite`, which leaves it out.
 
 use std::sync::Arc;
 
 use ruma::{
+    api::client::{
+        knock::knock_room,
+        membership::{
+            ban_user, forget_room, get_member_events, joined_rooms, kick_user, leave_room,
+            unban_user,
+        },
+    },
     events::{room::member::MembershipState, StateEventType},
-    OwnedServerName, RoomId,
+    serde::Raw,
+    OwnedRoomAliasId, OwnedRoomId, OwnedRoomOrAliasId, OwnedServerName, RoomId, RoomOrAliasId,
 };
 use serde_json::{json, Value};
 
@@ -87,8 +97,11 @@ fn named_servers(ctx: &Ctx) -> Vec<OwnedServerName> {
 ///
 /// An alias of another server is resolved with its `/query/directory`; a room this server is not
 /// in is joined over federation through the servers named, the inviter's, and the alias's.
+/// Untyped: ruma's request drops the body's custom keys, which the join event keeps as Synapse does (`rooms::messages_state_redaction_and_context`).
 pub async fn join_room_by_id_or_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let (room_id, servers) = room_and_servers(&services, &ctx).await?;
+    let id_or_alias = OwnedRoomOrAliasId::try_from(ctx.param(0))
+        .map_err(|_| Error::invalid_param(format!("invalid room ID or alias {}", ctx.param(0))))?;
+    let (room_id, servers) = room_and_servers(&services, &id_or_alias, named_servers(&ctx)).await?;
     join(&services, &ctx, &room_id, servers).await
 }
 
@@ -96,22 +109,17 @@ pub async fn join_room_by_id_or_alias(services: Arc<Services>, ctx: Ctx) -> Hand
 /// the client named and, for an alias of another server, the ones its directory answered.
 async fn room_and_servers(
     services: &Services,
-    ctx: &Ctx,
-) -> Result<(ruma::OwnedRoomId, Vec<OwnedServerName>)> {
-    let id_or_alias = ctx.param(0);
-    let mut servers = named_servers(ctx);
-    let room_id = if id_or_alias.starts_with('#') {
-        let alias = ruma::OwnedRoomAliasId::try_from(id_or_alias)
-            .map_err(|_| Error::invalid_param(format!("invalid alias {id_or_alias}")))?;
-        if alias.server_name() == services.globals.server_name() {
-            resolve_room(services, id_or_alias)?
-        } else {
+    id_or_alias: &RoomOrAliasId,
+    mut servers: Vec<OwnedServerName>,
+) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
+    let room_id = match OwnedRoomAliasId::try_from(id_or_alias.to_owned()) {
+        Ok(alias) if alias.server_name() != services.globals.server_name() => {
             let (room_id, alias_servers) = directory::resolve_remote(services, &alias).await?;
             servers.extend(alias_servers);
             room_id
         }
-    } else {
-        resolve_room(services, id_or_alias)?
+        Ok(alias) => resolve_room(services, alias.as_str())?,
+        Err(room_id) => room_id,
     };
     Ok((room_id, servers))
 }
@@ -119,9 +127,16 @@ async fn room_and_servers(
 /// `POST /_matrix/client/v3/knock/{roomIdOrAlias}`
 ///
 /// Asks to be let into a room whose join rule is `knock` (or `knock_restricted`); a room this
-/// server is not in is knocked on over federation, like a join.
-pub async fn knock_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let (room_id, servers) = room_and_servers(&services, &ctx).await?;
+/// server is not in is knocked on over federation, like a join, through the servers of `via`
+/// (or of the older `server_name` when there is no `via`).
+pub async fn knock_room(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: knock_room::v3::Request,
+) -> Result<knock_room::v3::Response> {
+    let (room_id, servers) =
+        room_and_servers(&services, &request.room_id_or_alias, request.via).await?;
+    let reason = request.reason.as_deref();
     if !handshake::is_resident(&services, &room_id)? {
         let candidates = handshake::candidate_servers(&services, &room_id, ctx.user(), servers)?;
         if candidates
@@ -130,28 +145,22 @@ pub async fn knock_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         {
             let mut extra = json!({});
             add_profile(&services, ctx.user(), &mut extra)?;
-            if let Some(reason) = reason(&ctx) {
+            if let Some(reason) = reason {
                 extra["reason"] = json!(reason);
             }
             Handshake::Knock
                 .through(&services, &room_id, ctx.user(), &candidates, extra)
                 .await?;
-            return Ok(json!({ "room_id": room_id }));
+            return Ok(knock_room::v3::Response::new(room_id));
         }
     }
-    set_membership(
-        &services,
-        &room_id,
-        ctx.user(),
-        ctx.user(),
-        "knock",
-        reason(&ctx).as_deref(),
-    )
-    .await?;
-    Ok(json!({ "room_id": room_id }))
+    set_membership(&services, &room_id, ctx.user(), ctx.user(), "knock", reason).await?;
+    Ok(knock_room::v3::Response::new(room_id))
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/join`
+///
+/// Untyped: ruma's request drops the body's custom keys, which the join event keeps as Synapse does (`rooms::messages_state_redaction_and_context`), and has no `via` or `server_name`, which are read here as on `/join/{roomIdOrAlias}`.
 pub async fn join_room_by_id(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     let servers = named_servers(&ctx);
@@ -223,6 +232,7 @@ async fn join(
 /// Both forms of the spec: by user ID, and by third-party identifier (a body with `medium`,
 /// `address`, `id_server` and `id_access_token` and no `user_id`), which asks the identity
 /// server for the bound user and invites them, or leaves an `m.room.third_party_invite`.
+/// Untyped: ruma's `InvitationRecipient` is an untagged enum, so a third-party body without `id_access_token` fails as `M_BAD_JSON`, where Synapse and `third_party_invites::third_party_invites_refuse_bad_input` expect `M_MISSING_PARAM`.
 pub async fn invite_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     let invitee = if ctx.body.get("user_id").is_none()
@@ -292,8 +302,12 @@ async fn invite_by_third_party_id(
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/leave`
-pub async fn leave_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
+pub async fn leave_room(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: leave_room::v3::Request,
+) -> Result<leave_room::v3::Response> {
+    let room_id = request.room_id;
     let membership = services
         .rooms
         .members
@@ -317,7 +331,7 @@ pub async fn leave_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
                 .collect();
         if !servers.is_empty() || !services.rooms.exists(&room_id)? {
             handshake::leave_remote(&services, &room_id, ctx.user(), &servers).await?;
-            return Ok(json!({}));
+            return Ok(leave_room::v3::Response::new());
         }
     }
     match membership {
@@ -328,12 +342,12 @@ pub async fn leave_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
                 ctx.user(),
                 ctx.user(),
                 "leave",
-                reason(&ctx).as_deref(),
+                request.reason.as_deref(),
             )
             .await?;
-            Ok(json!({}))
+            Ok(leave_room::v3::Response::new())
         }
-        Some(_) => Ok(json!({})),
+        Some(_) => Ok(leave_room::v3::Response::new()),
         None => Err(Error::forbidden(format!(
             "{} is not in room {room_id}",
             ctx.user()
@@ -342,8 +356,12 @@ pub async fn leave_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/forget`
-pub async fn forget_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
+pub async fn forget_room(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: forget_room::v3::Request,
+) -> Result<forget_room::v3::Response> {
+    let room_id = request.room_id;
     match services
         .rooms
         .members
@@ -357,7 +375,7 @@ pub async fn forget_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         }
         _ => {
             services.rooms.members.forget(&room_id, ctx.user())?;
-            Ok(json!({}))
+            Ok(forget_room::v3::Response::new())
         }
     }
 }
@@ -365,71 +383,115 @@ pub async fn forget_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 /// `POST /_matrix/client/v3/rooms/{roomId}/kick`
 ///
 /// Only a joined, invited or knocking user can be kicked.
-pub async fn kick_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+pub async fn kick_user(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: kick_user::v3::Request,
+) -> Result<kick_user::v3::Response> {
     use MembershipState::{Invite, Join, Knock};
-    let required = (&[Join, Invite, Knock][..], "is not in room");
-    moderate(&services, &ctx, "leave", Some(required)).await
+    let kickable = [Join, Invite, Knock];
+    let action = Moderation {
+        room_id: &request.room_id,
+        target: &request.user_id,
+        reason: request.reason.as_deref(),
+        membership: "leave",
+        required: Some((&kickable, "is not in room")),
+    };
+    moderate(&services, &ctx, action).await?;
+    Ok(kick_user::v3::Response::new())
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/ban`
-pub async fn ban_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    moderate(&services, &ctx, "ban", None).await
+pub async fn ban_user(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: ban_user::v3::Request,
+) -> Result<ban_user::v3::Response> {
+    let action = Moderation {
+        room_id: &request.room_id,
+        target: &request.user_id,
+        reason: request.reason.as_deref(),
+        membership: "ban",
+        required: None,
+    };
+    moderate(&services, &ctx, action).await?;
+    Ok(ban_user::v3::Response::new())
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/unban`
 ///
 /// Only a banned user can be unbanned.
-pub async fn unban_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let required = (&[MembershipState::Ban][..], "is not banned from");
-    moderate(&services, &ctx, "leave", Some(required)).await
+pub async fn unban_user(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: unban_user::v3::Request,
+) -> Result<unban_user::v3::Response> {
+    let banned = [MembershipState::Ban];
+    let action = Moderation {
+        room_id: &request.room_id,
+        target: &request.user_id,
+        reason: request.reason.as_deref(),
+        membership: "leave",
+        required: Some((&banned, "is not banned from")),
+    };
+    moderate(&services, &ctx, action).await?;
+    Ok(unban_user::v3::Response::new())
 }
 
-/// Kick, ban and unban: the caller sends `membership` for the body's `user_id`, with the body's
-/// `reason`. With `required`, the target must have one of its memberships now; otherwise it is
-/// `M_FORBIDDEN` with its text: "<target> <text> <room>".
-async fn moderate(
-    services: &Services,
-    ctx: &Ctx,
-    membership: &str,
-    required: Option<(&[MembershipState], &str)>,
-) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
-    let target = target(ctx)?;
+/// A kick, ban or unban: the caller sends `membership` for `target`, with `reason`.
+struct Moderation<'a> {
+    room_id: &'a RoomId,
+    target: &'a ruma::UserId,
+    reason: Option<&'a str>,
+    membership: &'static str,
+    /// The memberships the target must have now, and the text of the `M_FORBIDDEN` otherwise:
+    /// "<target> <text> <room>".
+    required: Option<(&'a [MembershipState], &'static str)>,
+}
+
+/// Sends the member event of a [`Moderation`] once its target has a required membership.
+async fn moderate(services: &Services, ctx: &Ctx, action: Moderation<'_>) -> Result<()> {
+    let Moderation {
+        room_id,
+        target,
+        reason,
+        membership,
+        required,
+    } = action;
     if let Some((memberships, text)) = required {
-        let current = services.rooms.members.get_membership(&room_id, &target)?;
+        let current = services.rooms.members.get_membership(room_id, target)?;
         if !current.is_some_and(|current| memberships.contains(&current)) {
             return Err(Error::forbidden(format!("{target} {text} {room_id}")));
         }
     }
-    let reason = reason(ctx);
-    set_membership(
-        services,
-        &room_id,
-        ctx.user(),
-        &target,
-        membership,
-        reason.as_deref(),
-    )
-    .await?;
-    Ok(json!({}))
+    set_membership(services, room_id, ctx.user(), target, membership, reason).await?;
+    Ok(())
 }
 
 /// `GET /_matrix/client/v3/joined_rooms`
-pub async fn joined_rooms(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let rooms: Vec<_> = services.rooms.members.iter_joined_rooms(ctx.user())?;
-    Ok(json!({ "joined_rooms": rooms }))
+pub async fn joined_rooms(
+    services: Arc<Services>,
+    ctx: Ctx,
+    _request: joined_rooms::v3::Request,
+) -> Result<joined_rooms::v3::Response> {
+    let rooms = services.rooms.members.iter_joined_rooms(ctx.user())?;
+    Ok(joined_rooms::v3::Response::new(rooms))
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/members`
 ///
 /// Filters `membership` and `not_membership` apply; `at` answers the members after the last event
 /// before that token (none before the room's first event).
-pub async fn get_member_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
+pub async fn get_member_events(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_member_events::v3::Request,
+) -> Result<get_member_events::v3::Response> {
+    let room_id = request.room_id;
     let readable = readable_state(&services, &room_id, ctx.user())?;
-    let only = ctx.query("membership");
-    let not = ctx.query("not_membership");
-    let hash = match ctx.query("at") {
+    let only = request.membership;
+    let not = request.not_membership;
+    let hash = match &request.at {
         Some(token) => state_at_token(&services, &room_id, token, &readable)?,
         None => Some(readable.shortstatehash),
     };
@@ -450,18 +512,22 @@ pub async fn get_member_events(services: Arc<Services>, ctx: Ctx) -> HandlerResu
         else {
             continue;
         };
-        let membership = pdu.content_value()["membership"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        if only.is_some_and(|wanted| wanted != membership)
-            || not.is_some_and(|unwanted| unwanted == membership)
+        let content = pdu.content_value();
+        let membership = content["membership"].as_str().unwrap_or_default();
+        if only
+            .as_ref()
+            .is_some_and(|wanted| wanted.as_str() != membership)
+            || not
+                .as_ref()
+                .is_some_and(|unwanted| unwanted.as_str() == membership)
         {
             continue;
         }
-        chunk.push(client_event(&pdu, &room_id, None));
+        let event = serde_json::value::to_raw_value(&client_event(&pdu, &room_id, None))
+            .map_err(Error::internal)?;
+        chunk.push(Raw::from_json(event));
     }
-    Ok(json!({ "chunk": chunk }))
+    Ok(get_member_events::v3::Response::new(chunk))
 }
 
 /// The state at a pagination token (`at` of `/members`): after the last event before it (none
@@ -496,6 +562,8 @@ fn state_at_token(
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`
+///
+/// Untyped: ruma's `RoomMember` leaves out a `display_name` or `avatar_url` that is unset, where Complement's `TestRoomState` (joined_members fetches my membership) needs both keys (`null`, as Synapse sends).
 pub async fn joined_members(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     require_joined(&services, &room_id, ctx.user())?;

@@ -14,10 +14,9 @@ use crate::{
 
 /// `POST /_matrix/client/v3/createRoom`
 ///
-/// Creates the room (see [`create::create`] for the rules and the order of events). The body
-/// is read as [`NewRoom`] rather than ruma's request type: ruma refuses a `room_version` that is
-/// not a valid identifier (empty, over 32 characters) as `M_BAD_JSON`, where the spec's answer,
-/// kept here, is `M_UNSUPPORTED_ROOM_VERSION`.
+/// Creates the room (see [`create::create`] for the rules and the order of events); the body is
+/// read as [`NewRoom`].
+/// Untyped: ruma refuses a `room_version` that is not a valid identifier (empty, over 32 characters, other than letters, digits, `.` and `-`) as `M_BAD_JSON`, where the spec's answer, kept here, is `M_UNSUPPORTED_ROOM_VERSION`.
 pub async fn create_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let request: NewRoom = ctx.body_as()?;
     let room_id = create::create(&services, ctx.user(), request).await?;

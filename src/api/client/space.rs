@@ -43,6 +43,7 @@ pub fn suggested_only(ctx: &Ctx) -> Result<bool> {
 /// see are left out (the requested one is `403`). `limit` is capped at 50 and `max_depth` at 50;
 /// `next_batch` carries the walk's position, and a `from` with other `suggested_only` or
 /// `max_depth` is `400 M_INVALID_PARAM`.
+/// Untyped: ruma's `RoomSummary` leaves out `join_rule` when it is `public` (`spaces::hierarchy_walks_depth_first_with_paging_depth_and_suggestions` checks it), and drops the fields it does not know from the summaries other servers sent.
 pub async fn get_hierarchy(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
     let suggested_only = suggested_only(&ctx)?;

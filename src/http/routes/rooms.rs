@@ -30,13 +30,13 @@ pub(super) fn rooms() -> Vec<Route> {
             Token,
             space::get_hierarchy,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/joined_rooms",
             Token,
             membership::joined_rooms,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/rooms/{roomId}/members",
             Token,
@@ -54,7 +54,7 @@ pub(super) fn rooms() -> Vec<Route> {
 /// Joining, knocking, inviting, leaving, forgetting, kicking and banning.
 pub(super) fn membership() -> Vec<Route> {
     vec![
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/knock/{roomIdOrAlias}",
             Token,
@@ -78,31 +78,31 @@ pub(super) fn membership() -> Vec<Route> {
             Token,
             membership::invite_user,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/rooms/{roomId}/leave",
             Token,
             membership::leave_room,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/rooms/{roomId}/forget",
             Token,
             membership::forget_room,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/rooms/{roomId}/kick",
             Token,
             membership::kick_user,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/rooms/{roomId}/ban",
             Token,
             membership::ban_user,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/client/v3/rooms/{roomId}/unban",
             Token,
@@ -234,31 +234,31 @@ pub(super) fn events() -> Vec<Route> {
 /// Room aliases and the public room directory.
 pub(super) fn directory() -> Vec<Route> {
     vec![
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/directory/room/{roomAlias}",
             Open,
             alias::get_alias,
         ),
-        route(
+        typed(
             Method::PUT,
             "/_matrix/client/v3/directory/room/{roomAlias}",
             Token,
             alias::create_alias,
         ),
-        route(
+        typed(
             Method::DELETE,
             "/_matrix/client/v3/directory/room/{roomAlias}",
             Token,
             alias::delete_alias,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/rooms/{roomId}/aliases",
             Token,
             alias::get_room_aliases,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/client/v3/directory/list/room/{roomId}",
             Open,
