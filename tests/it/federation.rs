@@ -490,6 +490,35 @@ async fn federation_reads_need_room_membership() {
     let ids = state["pdu_ids"].as_array().unwrap();
     assert!(ids.len() >= 5, "{state}");
     assert!(!state["auth_chain_ids"].as_array().unwrap().is_empty());
+    // `/state` answers the same events whole, as stored (hashes and signatures included).
+    let full = ask(
+        http::Method::GET,
+        format!(
+            "/_matrix/federation/v1/state/{room_path}?event_id={}",
+            enc(&message)
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(full["pdus"].as_array().unwrap().len(), ids.len(), "{full}");
+    assert_eq!(
+        full["auth_chain"].as_array().unwrap().len(),
+        state["auth_chain_ids"].as_array().unwrap().len(),
+        "{full}"
+    );
+    assert!(full["pdus"][0]["signatures"][hs1.server_name()].is_object());
+    // Both need the `event_id` the spec requires.
+    let no_event = ask(
+        http::Method::GET,
+        format!("/_matrix/federation/v1/state_ids/{room_path}"),
+        None,
+    )
+    .await;
+    assert!(
+        format!("{no_event:?}").contains("M_MISSING_PARAM"),
+        "{no_event:?}"
+    );
     let event = ask(
         http::Method::GET,
         format!("/_matrix/federation/v1/event/{}", enc(&message)),
@@ -498,6 +527,9 @@ async fn federation_reads_need_room_membership() {
     .await
     .unwrap();
     assert_eq!(event["pdus"][0]["content"]["body"], "hi");
+    assert_eq!(event["pdus"].as_array().unwrap().len(), 1, "{event}");
+    assert_eq!(event["origin"], hs1.server_name(), "{event}");
+    assert!(event["origin_server_ts"].is_u64(), "{event}");
     assert!(
         event["pdus"][0].get("event_id").is_none(),
         "v12 PDUs have no event_id"

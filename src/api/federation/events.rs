@@ -4,26 +4,30 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use ruma::{api::federation::event::get_event_by_timestamp, OwnedEventId, RoomId, ServerName};
-use serde_json::{json, Value};
+use ruma::{
+    api::federation::{
+        authorization::get_event_authorization,
+        backfill::get_backfill,
+        event::{
+            get_event, get_event_by_timestamp, get_missing_events, get_room_state,
+            get_room_state_ids,
+        },
+    },
+    CanonicalJsonObject, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, RoomId, ServerName,
+};
+use serde_json::value::{to_raw_value, RawValue};
 
 use crate::{
-    api::{Ctx, HandlerResult},
+    api::Ctx,
     error::{Error, Result},
     service::{
         rooms::{auth, incoming, pdu::Pdu, timestamps, visibility},
         Services,
     },
-    util,
 };
 
 /// Largest `limit` honoured by `/backfill` and `/get_missing_events`.
 const MAX_LIMIT: usize = 100;
-
-fn event_param(ctx: &Ctx, index: usize) -> Result<OwnedEventId> {
-    OwnedEventId::try_from(ctx.param(index))
-        .map_err(|_| Error::invalid_param(format!("invalid event ID {}", ctx.param(index))))
-}
 
 fn require_access(services: &Services, room_id: &RoomId, origin: &ServerName) -> Result<()> {
     if !services.rooms.exists(room_id)? {
@@ -45,31 +49,38 @@ fn require_access(services: &Services, room_id: &RoomId, origin: &ServerName) ->
     Ok(())
 }
 
+/// A stored event in its federation form, passed on as the JSON it is.
+fn raw_pdu(object: &CanonicalJsonObject) -> Result<Box<RawValue>> {
+    to_raw_value(object).map_err(Error::internal)
+}
+
 fn federation_pdus(
     services: &Services,
     ids: impl IntoIterator<Item = OwnedEventId>,
-) -> Result<Vec<Value>> {
+) -> Result<Vec<Box<RawValue>>> {
     let mut pdus = Vec::new();
     for event_id in ids {
         if let Some(pdu) = services.rooms.timeline.get_federation_pdu(&event_id)? {
-            pdus.push(serde_json::to_value(pdu).map_err(Error::internal)?);
+            pdus.push(raw_pdu(&pdu)?);
         }
     }
     Ok(pdus)
 }
 
 /// `GET /_matrix/federation/v1/event/{eventId}`
-pub async fn get_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let event_id = event_param(&ctx, 0)?;
+pub async fn get_event(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_event::v1::Request,
+) -> Result<get_event::v1::Response> {
+    let event_id = request.event_id;
+    let not_found = || Error::not_found(format!("event {event_id} not found"));
     let pdu = services
         .rooms
         .timeline
         .get_pdu(&event_id)?
-        .ok_or_else(|| Error::not_found(format!("event {event_id} not found")))?;
-    let room_id = pdu
-        .room_id
-        .clone()
-        .ok_or_else(|| Error::not_found(format!("event {event_id} not found")))?;
+        .ok_or_else(not_found)?;
+    let room_id = pdu.room_id.clone().ok_or_else(not_found)?;
     if !incoming::server_allowed(&services, &room_id, ctx.origin())?
         || !visibility::server_can_see(&services, ctx.origin(), &pdu)?
     {
@@ -78,36 +89,35 @@ pub async fn get_event(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             ctx.origin()
         )));
     }
-    Ok(json!({
-        "origin": services.globals.server_name(),
-        "origin_server_ts": util::now_millis(),
-        "pdus": federation_pdus(&services, [event_id])?,
-    }))
+    let object = services
+        .rooms
+        .timeline
+        .get_federation_pdu(&event_id)?
+        .ok_or_else(not_found)?;
+    Ok(get_event::v1::Response::new(
+        services.globals.server_name().to_owned(),
+        MilliSecondsSinceUnixEpoch::now(),
+        raw_pdu(&object)?,
+    ))
 }
 
-/// The state before an event (or the current state without one) and its auth chain.
-fn state_at(services: &Services, ctx: &Ctx) -> Result<(Vec<OwnedEventId>, Vec<OwnedEventId>)> {
-    let room_id = ctx.room_param(0)?;
-    require_access(services, &room_id, ctx.origin())?;
+/// The state before `event_id` and its auth chain.
+fn state_at(
+    services: &Services,
+    origin: &ServerName,
+    room_id: &RoomId,
+    event_id: &EventId,
+) -> Result<(Vec<OwnedEventId>, Vec<OwnedEventId>)> {
+    require_access(services, room_id, origin)?;
     let rooms = &services.rooms;
-    let hash = match ctx.query("event_id") {
-        Some(event_id) => {
-            let event_id = OwnedEventId::try_from(event_id)
-                .map_err(|_| Error::invalid_param("invalid event_id"))?;
-            let short = rooms
-                .short
-                .get_shorteventid(&event_id)?
-                .ok_or_else(|| Error::not_found(format!("event {event_id} not found")))?;
-            let (before, _) = rooms
-                .state
-                .get_event_state(short)?
-                .ok_or_else(|| Error::not_found(format!("no state known at {event_id}")))?;
-            before
-        }
-        None => rooms
-            .current_state_hash(&room_id)?
-            .ok_or_else(|| Error::not_found("no state"))?,
-    };
+    let short = rooms
+        .short
+        .get_shorteventid(event_id)?
+        .ok_or_else(|| Error::not_found(format!("event {event_id} not found")))?;
+    let (hash, _) = rooms
+        .state
+        .get_event_state(short)?
+        .ok_or_else(|| Error::not_found(format!("no state known at {event_id}")))?;
     // Snapshot 0 is the empty state before a room's create event.
     let state: Vec<OwnedEventId> = if hash == 0 {
         Vec::new()
@@ -123,24 +133,35 @@ fn state_at(services: &Services, ctx: &Ctx) -> Result<(Vec<OwnedEventId>, Vec<Ow
 }
 
 /// `GET /_matrix/federation/v1/state_ids/{roomId}`
-pub async fn get_room_state_ids(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let (state, chain) = state_at(&services, &ctx)?;
-    Ok(json!({ "pdu_ids": state, "auth_chain_ids": chain }))
+pub async fn get_room_state_ids(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_room_state_ids::v1::Request,
+) -> Result<get_room_state_ids::v1::Response> {
+    let (state, chain) = state_at(&services, ctx.origin(), &request.room_id, &request.event_id)?;
+    Ok(get_room_state_ids::v1::Response::new(chain, state))
 }
 
 /// `GET /_matrix/federation/v1/state/{roomId}`
-pub async fn get_room_state(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let (state, chain) = state_at(&services, &ctx)?;
-    Ok(json!({
-        "pdus": federation_pdus(&services, state)?,
-        "auth_chain": federation_pdus(&services, chain)?,
-    }))
+pub async fn get_room_state(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_room_state::v1::Request,
+) -> Result<get_room_state::v1::Response> {
+    let (state, chain) = state_at(&services, ctx.origin(), &request.room_id, &request.event_id)?;
+    Ok(get_room_state::v1::Response::new(
+        federation_pdus(&services, chain)?,
+        federation_pdus(&services, state)?,
+    ))
 }
 
 /// `GET /_matrix/federation/v1/event_auth/{roomId}/{eventId}`
-pub async fn get_event_authorization(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
-    let event_id = event_param(&ctx, 1)?;
+pub async fn get_event_authorization(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_event_authorization::v1::Request,
+) -> Result<get_event_authorization::v1::Response> {
+    let (room_id, event_id) = (request.room_id, request.event_id);
     require_access(&services, &room_id, ctx.origin())?;
     let pdu = services
         .rooms
@@ -160,7 +181,9 @@ pub async fn get_event_authorization(services: Arc<Services>, ctx: Ctx) -> Handl
             }
         }
     }
-    Ok(json!({ "auth_chain": federation_pdus(&services, ids)? }))
+    Ok(get_event_authorization::v1::Response::new(federation_pdus(
+        &services, ids,
+    )?))
 }
 
 fn visible(services: &Services, origin: &ServerName, pdu: &Pdu) -> bool {
@@ -173,31 +196,19 @@ fn visible(services: &Services, origin: &ServerName, pdu: &Pdu) -> bool {
 /// answers up to `limit` events, oldest first. An event the asking server may not see by the
 /// history visibility is answered redacted rather than left out, so that the asker can still
 /// link its graph (as Synapse does; the spec leaves the form open).
-pub async fn get_missing_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
+pub async fn get_missing_events(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_missing_events::v1::Request,
+) -> Result<get_missing_events::v1::Response> {
+    let room_id = request.room_id;
     require_access(&services, &room_id, ctx.origin())?;
-    let ids = |name: &str| -> Vec<OwnedEventId> {
-        ctx.body
-            .get(name)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| id.as_str().and_then(|id| OwnedEventId::try_from(id).ok()))
-            .collect()
-    };
-    let earliest: HashSet<OwnedEventId> = ids("earliest_events").into_iter().collect();
-    let latest = ids("latest_events");
-    let limit = ctx
-        .body
-        .get("limit")
-        .and_then(Value::as_u64)
-        .unwrap_or(10)
-        .min(MAX_LIMIT as u64) as usize;
-    let min_depth = ctx
-        .body
-        .get("min_depth")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+    let earliest: HashSet<OwnedEventId> = request.earliest_events.into_iter().collect();
+    let latest = request.latest_events;
+    let limit = usize::try_from(u64::from(request.limit))
+        .unwrap_or(MAX_LIMIT)
+        .min(MAX_LIMIT);
+    let min_depth = u64::from(request.min_depth);
     let mut found = Vec::new();
     let mut seen: HashSet<OwnedEventId> = latest.iter().cloned().collect();
     let mut queue: Vec<OwnedEventId> = Vec::new();
@@ -233,10 +244,10 @@ pub async fn get_missing_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
             timeline.get_federation_pdu(&pdu.event_id)?
         };
         if let Some(object) = object {
-            events.push(serde_json::to_value(object).map_err(Error::internal)?);
+            events.push(raw_pdu(&object)?);
         }
     }
-    Ok(json!({ "events": events }))
+    Ok(get_missing_events::v1::Response::new(events))
 }
 
 /// `GET /_matrix/federation/v1/backfill/{roomId}`
@@ -244,19 +255,15 @@ pub async fn get_missing_events(services: Arc<Services>, ctx: Ctx) -> HandlerRes
 /// Events before (and including) the `v` events, deepest first through prev events, up to
 /// `limit`. Events the asking server may not see are left out, and the walk does not go on
 /// through them.
-pub async fn get_backfill(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let room_id = ctx.room_param(0)?;
+pub async fn get_backfill(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: get_backfill::v1::Request,
+) -> Result<get_backfill::v1::Response> {
+    let room_id = request.room_id;
     require_access(&services, &room_id, ctx.origin())?;
-    let start: Vec<OwnedEventId> = ctx
-        .raw_query
-        .split('&')
-        .filter_map(|pair| pair.strip_prefix("v="))
-        .filter_map(|id| OwnedEventId::try_from(crate::api::ctx::percent_decode(id)).ok())
-        .collect();
-    let limit = ctx
-        .query("limit")
-        .and_then(|limit| limit.parse::<usize>().ok())
-        .unwrap_or(10)
+    let limit = usize::try_from(u64::from(request.limit))
+        .unwrap_or(MAX_LIMIT)
         .min(MAX_LIMIT);
     // Deepest first through prev events, so that a page is the most recent history before `v`.
     let mut seen = HashSet::new();
@@ -271,7 +278,7 @@ pub async fn get_backfill(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         }
         Ok(())
     };
-    for event_id in start {
+    for event_id in request.v {
         push(&mut queue, event_id)?;
     }
     let mut found = Vec::new();
@@ -290,11 +297,11 @@ pub async fn get_backfill(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         }
         found.push(pdu.event_id);
     }
-    Ok(json!({
-        "origin": services.globals.server_name(),
-        "origin_server_ts": util::now_millis(),
-        "pdus": federation_pdus(&services, found)?,
-    }))
+    Ok(get_backfill::v1::Response::new(
+        services.globals.server_name().to_owned(),
+        MilliSecondsSinceUnixEpoch::now(),
+        federation_pdus(&services, found)?,
+    ))
 }
 
 /// `GET /_matrix/federation/v1/timestamp_to_event/{roomId}`

@@ -29,6 +29,8 @@ pub async fn exchange_third_party_invite(services: Arc<Services>, ctx: Ctx) -> H
 /// Unauthenticated, as the spec has it (identity servers have no `X-Matrix` key): each invite is
 /// only a claim until the inviting server has checked its signature against the room's
 /// `m.room.third_party_invite`. The answer is the first invite's failure, if any failed.
+/// Untyped: ruma refuses a body without `invites` (or `medium`, `address`, `mxid`) as
+/// `M_BAD_JSON`, where `third_party_invites_refuse_bad_input` expects `M_MISSING_PARAM`.
 pub async fn on_bind_third_party_identifier(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     third_party::on_bind(&services, &ctx.body).await?;
     Ok(json!({}))

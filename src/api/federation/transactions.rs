@@ -24,6 +24,8 @@ const MAX_EDUS: usize = 100;
 /// say; the encryption EDUs (device list and signing key updates, to-device messages) through
 /// `device_lists::edus::receive_edus`; other EDU types are accepted and ignored. An EDU that is malformed
 /// or not the origin's to send is skipped without failing the transaction.
+/// Untyped: ruma's response maps event IDs, where a PDU without a valid room ID is answered under
+/// the `event_id` it carries, which may be missing (`""`) or not an event ID.
 pub async fn send_transaction_message(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let origin = ctx.origin().to_owned();
     let txn_id = ctx.param(0).to_owned();

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use ruma::OwnedUserId;
+use ruma::{api::federation::keys::claim_keys, OwnedUserId};
 use serde_json::{json, Value};
 
 use crate::{
@@ -44,6 +44,8 @@ fn local_users<T: serde::de::DeserializeOwned>(
 ///
 /// Device keys, master and self-signing keys of local users (user-signing keys never leave
 /// the server).
+/// Untyped: ruma's response leaves out `master_keys` and `self_signing_keys` when they are empty,
+/// where we answer `{}`.
 pub async fn get_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let wanted = local_users::<Vec<String>>(&services, &ctx.body, "device_keys")?;
     Ok(Value::Object(device_lists::query_local(
@@ -52,9 +54,30 @@ pub async fn get_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 }
 
 /// `POST /_matrix/federation/v1/user/keys/claim`
-pub async fn claim_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let wanted = local_users::<BTreeMap<String, String>>(&services, &ctx.body, "one_time_keys")?;
-    Ok(json!({ "one_time_keys": device_lists::claim_local(&services, &wanted)? }))
+///
+/// One one-time key (or fallback key) per local device asked for; users of other servers are
+/// left out.
+pub async fn claim_keys(
+    services: Arc<Services>,
+    _ctx: Ctx,
+    request: claim_keys::v1::Request,
+) -> Result<claim_keys::v1::Response> {
+    let server_name = services.globals.server_name();
+    let wanted: BTreeMap<OwnedUserId, BTreeMap<String, String>> = request
+        .one_time_keys
+        .into_iter()
+        .filter(|(user_id, _)| user_id.server_name() == server_name)
+        .map(|(user_id, devices)| {
+            let devices = devices
+                .into_iter()
+                .map(|(device_id, algorithm)| (device_id.to_string(), algorithm.to_string()))
+                .collect();
+            (user_id, devices)
+        })
+        .collect();
+    let claimed = device_lists::claim_local(&services, &wanted)?;
+    let one_time_keys = serde_json::from_value(Value::Object(claimed)).map_err(Error::internal)?;
+    Ok(claim_keys::v1::Response::new(one_time_keys))
 }
 
 /// `GET /_matrix/federation/v1/user/devices/{userId}`
@@ -62,6 +85,8 @@ pub async fn claim_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 /// Every device of a local user with its keys and display name; `stream_id` is the one of the
 /// user's last `m.device_list_update`, so that the asking server can tell which updates the
 /// list already holds.
+/// Untyped: ruma's `UserDevice` requires `keys`, where a device without keys is listed here
+/// without them.
 pub async fn get_devices(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let user_id = ctx.user_param(0)?;
     if user_id.server_name() != services.globals.server_name() {

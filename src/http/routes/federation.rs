@@ -18,37 +18,37 @@ pub(super) fn events() -> Vec<Route> {
             Server,
             transactions::send_transaction_message,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/event/{eventId}",
             Server,
             events::get_event,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/state/{roomId}",
             Server,
             events::get_room_state,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/state_ids/{roomId}",
             Server,
             events::get_room_state_ids,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/event_auth/{roomId}/{eventId}",
             Server,
             events::get_event_authorization,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/federation/v1/get_missing_events/{roomId}",
             Server,
             events::get_missing_events,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/backfill/{roomId}",
             Server,
@@ -66,7 +66,7 @@ pub(super) fn events() -> Vec<Route> {
 /// Joins, leaves, knocks and invites, third-party ones included.
 pub(super) fn membership() -> Vec<Route> {
     vec![
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/make_join/{roomId}/{userId}",
             Server,
@@ -84,7 +84,7 @@ pub(super) fn membership() -> Vec<Route> {
             Server,
             fed_membership::create_join_event_v1,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/make_leave/{roomId}/{userId}",
             Server,
@@ -96,25 +96,25 @@ pub(super) fn membership() -> Vec<Route> {
             Server,
             fed_membership::create_leave_event_v1,
         ),
-        route(
+        typed(
             Method::PUT,
             "/_matrix/federation/v2/send_leave/{roomId}/{eventId}",
             Server,
             fed_membership::create_leave_event,
         ),
-        route(
+        typed(
             Method::GET,
             "/_matrix/federation/v1/make_knock/{roomId}/{userId}",
             Server,
             fed_membership::create_knock_event_template,
         ),
-        route(
+        typed(
             Method::PUT,
             "/_matrix/federation/v1/send_knock/{roomId}/{eventId}",
             Server,
             fed_membership::create_knock_event,
         ),
-        route(
+        typed(
             Method::PUT,
             "/_matrix/federation/v2/invite/{roomId}/{eventId}",
             Server,
@@ -205,7 +205,7 @@ pub(super) fn keys() -> Vec<Route> {
             Server,
             user_keys::get_keys,
         ),
-        route(
+        typed(
             Method::POST,
             "/_matrix/federation/v1/user/keys/claim",
             Server,
