@@ -753,7 +753,10 @@ async fn hostile_federation_input_is_rejected() {
 
     // An invite in a room version this server does not know.
     let carol = hs1.register("carol").await;
-    let path = format!("/_matrix/federation/v2/invite/{}/%24x", enc(&room));
+    let path = format!(
+        "/_matrix/federation/v2/invite/{}/%24x%3Aexample.org",
+        enc(&room)
+    );
     let body = json!({ "room_version": "99", "event": {}, "invite_room_state": [] });
     let services = hs2.services.clone();
     let refused = services

@@ -424,7 +424,9 @@ async fn messages_state_redaction_and_context() {
         .put_ok(&format!("{base}/redact/{}/r2", enc(&third)), json!({}))
         .await;
     assert_error(
-        &alice.get(&format!("{base}/event/%24nope")).await,
+        &alice
+            .get(&format!("{base}/event/%24nope%3Alocalhost"))
+            .await,
         404,
         "M_NOT_FOUND",
     );

@@ -1,10 +1,9 @@
 //! Client-server API handlers, one file per spec area.
 //!
 //! One file per spec area; each handler's doc comment starts with `METHOD /path`.
-//! Departure from STYLE §2: handlers read the JSON body and query through `Ctx` with serde structs instead of ruma's request types, and the route table lists the spec paths by hand.
-//! Why: it let the first cut serve the whole core in one session; ruma types remain in use for every identifier.
-//! The spec-map test keeps the table honest against the spec's endpoint list; moving handlers to ruma request types is planned.
-//! `upgrade.rs` builds a room upgrade from `create_and_commit` calls, like `createRoom`: the new room (create event with `predecessor`, copied state and power levels), moved aliases and directory listing, then the old room's tombstone and raised `events_default`/`invite`.
+//! Most handlers take ruma's request type through `http::typed`; the untyped ones say why in an
+//! `Untyped:` line of their doc (see docs/ARCHITECTURE.md, "Departures"). The spec-map test keeps
+//! the route table honest against the spec's endpoint list.
 //! `api/synapse_admin.rs` holds the few Synapse admin API endpoints Plait serves (shared-secret registration, server notices; `docs/admin_api.md`).
 
 pub mod account;
