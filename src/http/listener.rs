@@ -63,11 +63,13 @@ impl Connections {
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admitted> {
         let mut open = self.open.lock();
         let (total, per_ip) = &mut *open;
-        let from_ip = per_ip.entry(ip).or_default();
-        if *total >= self.max_total || *from_ip >= self.max_per_ip {
+        let from_ip = per_ip.get(&ip).copied().unwrap_or(0);
+        // A refused address leaves no entry behind: the map holds only addresses with a
+        // connection open.
+        if *total >= self.max_total || from_ip >= self.max_per_ip {
             return None;
         }
-        *from_ip += 1;
+        per_ip.insert(ip, from_ip + 1);
         *total += 1;
         Some(Admitted {
             connections: Arc::clone(self),
@@ -180,4 +182,36 @@ async fn serve_connection<S>(
         .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
     let _ = watcher.watch(connection).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    #[test]
+    fn caps_hold_per_address_and_in_all_and_a_closed_connection_frees_its_place() {
+        let config = crate::config::Config {
+            max_connections: 2,
+            max_connections_per_ip: 1,
+            ..Default::default()
+        };
+        let connections = super::Connections::new(&config, None);
+        let [a, b, c]: [IpAddr; 3] =
+            ["10.0.0.1", "10.0.0.2", "10.0.0.3"].map(|ip| ip.parse().unwrap());
+        let first = connections.admit(a).expect("a first connection");
+        assert!(
+            connections.admit(a).is_none(),
+            "over the cap of one address"
+        );
+        let _second = connections.admit(b).expect("another address");
+        assert!(connections.admit(c).is_none(), "over the cap in all");
+        // Refused addresses leave nothing behind.
+        assert_eq!(connections.open.lock().1.len(), 2);
+        drop(first);
+        assert!(
+            connections.admit(c).is_some(),
+            "the closed connection's place"
+        );
+        assert_eq!(connections.open.lock().1.len(), 1);
+    }
 }
