@@ -227,8 +227,8 @@ pub fn router(services: Arc<Services>) -> Router {
 /// characters of (URL-safe or standard) unpadded base64 (version 3 on), nor `$localpart:server`
 /// (versions 1 and 2). Such a path is `M_INVALID_PARAM` once the request is authenticated.
 fn malformed_event_id(params: &RawPathParams) -> Option<String> {
-    let (_, value) = params.iter().find(|(name, _)| *name == "eventId")?;
-    let id = crate::api::ctx::percent_decode(value);
+    // axum has already percent-decoded the value (a `+` of standard base64 stays a `+`).
+    let (_, id) = params.iter().find(|(name, _)| *name == "eventId")?;
     let well_formed = match id.strip_prefix('$') {
         Some(hash) if !hash.contains(':') => {
             hash.len() == 43
@@ -236,10 +236,10 @@ fn malformed_event_id(params: &RawPathParams) -> Option<String> {
                     .bytes()
                     .all(|byte| byte.is_ascii_alphanumeric() || b"+/-_".contains(&byte))
         }
-        Some(local) => !local.starts_with(':') && <&ruma::EventId>::try_from(id.as_str()).is_ok(),
+        Some(local) => !local.starts_with(':') && <&ruma::EventId>::try_from(id).is_ok(),
         None => false,
     };
-    (!well_formed).then_some(id)
+    (!well_formed).then(|| id.to_owned())
 }
 
 /// CORS for browser clients, and one span per request with a request ID.

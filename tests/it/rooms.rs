@@ -1358,6 +1358,17 @@ async fn event_ids_in_paths_must_be_well_formed() {
         enc("$unknown:localhost")
     );
     assert_error(&alice.get(&unknown).await, 404, "M_NOT_FOUND");
+    // Room version 3 IDs are standard base64: `+` and `/` are part of the ID, not a space or a
+    // path separator once decoded. One ID in two holds a `+`, so twenty messages surely do.
+    let v3 = alice.create_room(json!({"room_version": "3"})).await;
+    let mut with_plus = 0;
+    for index in 0..20 {
+        let id = alice.send_text(&v3, &format!("v3-{index}"), "hi").await;
+        with_plus += usize::from(id.contains('+'));
+        let fetch = format!("/_matrix/client/v3/rooms/{}/event/{}", enc(&v3), enc(&id));
+        alice.get_ok(&fetch).await;
+    }
+    assert!(with_plus > 0, "no event ID of twenty held a `+`");
     // Without a token, the token is what is wrong.
     let fetch = format!("/_matrix/client/v3/rooms/{}/event/$", enc(&room));
     assert_error(&server.client().get(&fetch).await, 401, "M_MISSING_TOKEN");
