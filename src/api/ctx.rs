@@ -65,6 +65,15 @@ pub fn unknown_token_data(soft_logout: bool) -> ruma::api::error::UnknownTokenEr
     data
 }
 
+/// The body length a request declares in `Content-Length`, when it declares a readable one: the
+/// limits refuse an over-long body on it before reading any.
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok())
+}
+
 /// Decodes `%XX` escapes and `+` as space.
 pub fn percent_decode(text: &str) -> String {
     let bytes = text.as_bytes();

@@ -280,11 +280,7 @@ async fn dispatch(
     request: Request,
 ) -> Response {
     let raw = matches!(handler, Handler::Raw(_));
-    match prepare(&services, auth, params, request, raw).await {
-        Ok(_) if malformed.is_some() => {
-            let id = malformed.unwrap_or_default();
-            Error::invalid_param(format!("malformed event ID {id}")).into_response()
-        }
+    match prepare(&services, (auth, malformed), params, request, raw).await {
         Ok(ctx) => {
             if let Some(user) = &ctx.user {
                 tracing::Span::current().record("user", tracing::field::display(user));
@@ -310,12 +306,12 @@ async fn dispatch(
 }
 
 /// Authenticates a request from its headers, then reads and parses its body: a request without
-/// valid credentials, or declaring a body over the limit, is refused before any of its body is
-/// read; a body must arrive within `http_body_timeout_ms`. Federation requests have their
+/// valid credentials, with a malformed `{eventId}`, or declaring a body over the limit, is refused
+/// before any of its body is read; a body must arrive within `http_body_timeout_ms`. Federation requests have their
 /// `X-Matrix` header checked first and its signature, which covers the body, after.
 async fn prepare(
     services: &Services,
-    auth: Auth,
+    (auth, malformed): (Auth, Option<String>),
     params: Vec<String>,
     request: Request,
     raw: bool,
@@ -326,6 +322,9 @@ async fn prepare(
         Auth::Server => Some(x_matrix::parse(services, &parts)?),
         _ => None,
     };
+    if let Some(id) = malformed {
+        return Err(Error::invalid_param(format!("malformed event ID {id}")));
+    }
     if raw {
         // The handler reads the body with its own limit (uploads are larger than JSON bodies).
         let origin = match x_matrix {
@@ -382,11 +381,7 @@ async fn read_body(
             "request body too large",
         )
     };
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
+    let declared = crate::api::ctx::declared_length(&parts.headers);
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(too_large());
     }

@@ -334,11 +334,7 @@ fn file_body(file: tokio::fs::File) -> Body {
 /// over it is refused before reading) and `http_body_timeout_ms` between pieces.
 async fn receive(services: &Services, ctx: &Ctx) -> Result<Upload> {
     let limit = services.media.max_upload_bytes();
-    let declared = ctx
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
+    let declared = crate::api::ctx::declared_length(&ctx.headers);
     if declared.is_some_and(|length| length > limit) {
         return Err(crate::service::media::files::too_large(limit));
     }

@@ -68,8 +68,9 @@ impl Users {
     /// Trades a refresh token for new tokens: the device's current refresh token, or the one the
     /// last refresh replaced while that refresh's tokens are unused. `None` for any other.
     pub fn refresh(&self, refresh_token: &str, lifetime_ms: u64) -> Result<Option<Tokens>> {
-        let hash = hex(&token_hash(refresh_token));
-        let Some(bytes) = self.refreshhash_session.get(&unhex(&hash))? else {
+        let raw_hash = token_hash(refresh_token);
+        let hash = hex(&raw_hash);
+        let Some(bytes) = self.refreshhash_session.get(&raw_hash)? else {
             return Ok(None);
         };
         let session: Session =
