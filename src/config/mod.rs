@@ -65,8 +65,13 @@ pub struct Config {
     /// environment variable gives it, `PLAIT_DEFAULT_ROOM_VERSION=10`) is accepted too.
     #[serde(deserialize_with = "string_or_number")]
     pub default_room_version: String,
-    /// Fsync the write-ahead log on every commit (survives power loss, not only process crashes).
+    /// Answer a request only once what it wrote is fsynced (on by default): a `200` survives a
+    /// power cut, not only a crash of the process. Concurrent requests share fsyncs (group
+    /// commit). Off, writes still reach the write-ahead log before the answer.
     pub sync_writes: bool,
+    /// RocksDB's memory in MiB: half for the memtables of all trees, half for one shared block
+    /// cache (which holds index and filter blocks too).
+    pub database_memory_mb: usize,
     /// Lifetime of access tokens issued together with a refresh token, in milliseconds.
     pub refreshable_token_lifetime_ms: u64,
     /// `base_url` served in `/.well-known/matrix/client`; defaults to `http://<listen>`.
@@ -159,7 +164,8 @@ impl Default for Config {
             max_connections: 8192,
             max_connections_per_ip: 512,
             default_room_version: "12".to_owned(),
-            sync_writes: false,
+            sync_writes: true,
+            database_memory_mb: 64,
             refreshable_token_lifetime_ms: 60 * 60 * 1000,
             client_base_url: None,
             well_known_server: None,
@@ -325,6 +331,7 @@ const ENV_KEYS: &[&str] = &[
     "max_connections_per_ip",
     "default_room_version",
     "sync_writes",
+    "database_memory_mb",
     "refreshable_token_lifetime_ms",
     "client_base_url",
     "well_known_server",
@@ -469,6 +476,11 @@ impl Config {
             return Err(
                 "invalid configuration key `max_connections`: it and `max_connections_per_ip` must be at least 1"
                     .to_owned(),
+            );
+        }
+        if self.database_memory_mb < 8 {
+            return Err(
+                "invalid configuration key `database_memory_mb`: must be at least 8".to_owned(),
             );
         }
         if self.max_upload_bytes == 0 {

@@ -43,6 +43,7 @@ fn bad_values_name_the_key() {
             "url_preview_ip_denylist = [\"10.0.0.0/99\"]",
             "url_preview_ip_denylist",
         ),
+        ("database_memory_mb = 2", "database_memory_mb"),
     ];
     for (text, key) in cases {
         let error = Config::from_toml(text).unwrap_err();

@@ -292,14 +292,19 @@ async fn dispatch(
             }
             let result = match handler {
                 Handler::Json(handler) => handler
-                    .call(services, ctx)
+                    .call(Arc::clone(&services), ctx)
                     .await
                     .map(|body| error::json_response(StatusCode::OK, &body)),
                 Handler::Typed(handler) | Handler::Raw(handler) => {
-                    handler.call(services, ctx).await
+                    handler.call(Arc::clone(&services), ctx).await
                 }
             };
-            result.unwrap_or_else(IntoResponse::into_response)
+            // Group commit: nothing is answered (success or not) before what it wrote, and
+            // anything it read that others wrote, is on disk.
+            match services.globals.durable().await {
+                Ok(()) => result.unwrap_or_else(IntoResponse::into_response),
+                Err(error) => error.into_response(),
+            }
         }
         Err(error) => error.into_response(),
     }

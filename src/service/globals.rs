@@ -71,6 +71,9 @@ impl Globals {
                 created
             }
         };
+        // The server name and a new signing key are on disk before anything signed with it
+        // leaves the server.
+        db.durable_blocking()?;
         let count = global
             .get(b"count")?
             .and_then(|bytes| key::read_u64(&bytes))
@@ -88,6 +91,12 @@ impl Globals {
     /// This server's name.
     pub fn server_name(&self) -> &ServerName {
         &self.server_name
+    }
+
+    /// Waits until every write made so far is on disk (see `store::Durable`): called before a
+    /// request is answered and before anything written leaves the server.
+    pub async fn durable(&self) -> Result<()> {
+        self.db.durable().await
     }
 
     /// The server's signing key.

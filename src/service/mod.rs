@@ -65,7 +65,11 @@ pub struct Services {
 impl Services {
     /// Opens the database and builds the services.
     pub fn build(config: Arc<Config>) -> Result<Arc<Self>> {
-        let db = Db::open(&config.database_path, config.sync_writes)?;
+        let db = Db::open_with_budget(
+            &config.database_path,
+            config.sync_writes,
+            config.database_memory_mb << 20,
+        )?;
         let globals = globals::Globals::open(&db, &config)?;
         Ok(Arc::new(Self {
             typing: typing::Typing::open(&globals)?,

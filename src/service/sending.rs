@@ -380,6 +380,8 @@ async fn send_transaction(
             pdus.push(pdu);
         }
     }
+    // Nothing leaves the server before it is on disk here (group commit).
+    services.globals.durable().await?;
     let body = json!({
         "origin": services.globals.server_name(),
         "origin_server_ts": util::now_millis(),

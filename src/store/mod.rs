@@ -7,15 +7,19 @@
 //! Departure: RocksDB is the system library (Debian's `librocksdb-dev`, linked dynamically, still embedded in the process) through `ROCKSDB_LIB_DIR` in `.cargo/config.toml`.
 //! Why: compiling RocksDB's C++ took most of a 43-minute clean build on 2 cores; with the system library a clean build of every dependency takes about 5 minutes, which keeps CI inside its 90 minutes with Complement and Synapse interop still to come.
 
+mod durable;
 pub mod key;
 
 use std::{path::Path, sync::Arc};
 
 use rocksdb::{
-    ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch,
+    WriteOptions, DB,
 };
 
 use crate::error::{Error, Result};
+
+pub use durable::Durable;
 
 /// Every tree the server uses. A service declares the ones it owns next to its code; the list
 /// here is what the database creates on open.
@@ -95,14 +99,13 @@ pub const TREES: &[&str] = &[
     "userid_servernoticeroom",
 ];
 
-/// Memtable size of one tree: a tree's writes are flushed to a table file once this much has
-/// gathered (a few thousand events for `pduid_pdu`). It also sets the write-ahead log's
+/// Memtable size of one tree at most: a tree's writes are flushed to a table file once this
+/// much has gathered (a few thousand events for `pduid_pdu`). It also sets the write-ahead log's
 /// preallocation (1.1 × this).
 const TREE_WRITE_BUFFER_BYTES: usize = 8 << 20;
 
-/// Memtables of all trees together: when they pass this, the largest is flushed, so memory stays
-/// bounded however many of the trees are written.
-const DB_WRITE_BUFFER_BYTES: usize = 64 << 20;
+/// The database's memory budget of [`Db::open`] (the server's comes from `database_memory_mb`).
+const DEFAULT_MEMORY_BUDGET_BYTES: usize = 64 << 20;
 
 /// Write-ahead log files together: past this, the trees that keep the oldest log alive are
 /// flushed so that it can be deleted (rarely written trees would otherwise pin old logs).
@@ -114,34 +117,74 @@ const MANIFEST_PREALLOCATION_BYTES: usize = 1 << 20;
 
 /// The open database.
 pub struct Db {
-    db: DB,
+    db: Arc<DB>,
+    /// Writes go to the write-ahead log without an fsync; [`Durable`] fsyncs them in groups.
     write_options: WriteOptions,
+    durable: Durable,
+}
+
+impl durable::Log for DB {
+    fn last_sequence(&self) -> u64 {
+        self.latest_sequence_number()
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(self.flush_wal(true)?)
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.durable.close();
+    }
 }
 
 impl Db {
-    /// Opens (or creates) the database at `path` with every tree in [`TREES`].
+    /// Opens (or creates) the database at `path` with every tree in [`TREES`] and the default
+    /// memory budget.
     pub fn open(path: &Path, sync_writes: bool) -> Result<Arc<Self>> {
+        Self::open_with_budget(path, sync_writes, DEFAULT_MEMORY_BUDGET_BYTES)
+    }
+
+    /// Opens the database with `memory_budget` bytes for RocksDB's caches: half for the
+    /// memtables of all trees together (one write-buffer manager: past it, the largest memtable
+    /// is flushed), half for one block cache shared by every tree, which also holds the tables'
+    /// index and filter blocks, so that neither grows with the number of trees or table files.
+    pub fn open_with_budget(
+        path: &Path,
+        sync_writes: bool,
+        memory_budget: usize,
+    ) -> Result<Arc<Self>> {
         std::fs::create_dir_all(path)
             .map_err(|error| Error::Internal(format!("creating {}: {error}", path.display())))?;
+        let write_buffers = memory_budget / 2;
+        let cache = Cache::new_lru_cache(memory_budget - write_buffers)?;
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_max_open_files(512);
         options.increase_parallelism(2);
         // Sized for a chat server rather than RocksDB's bulk-load defaults (see "Storage
-        // footprint" in docs/performance.md). RocksDB preallocates each write-ahead log file at
-        // 1.1 × the largest memtable, capped by the two totals below, and the MANIFEST at 4 MiB,
-        // so the defaults (64 MiB memtables, no caps) made an empty database take 76 MB on
-        // disk. Every write still goes to the log before it is acknowledged (and is fsynced
-        // with `sync_writes`); these only decide how soon memtables are flushed to tables.
-        options.set_db_write_buffer_size(DB_WRITE_BUFFER_BYTES);
+        // footprint" and "Memory" in docs/performance.md). RocksDB preallocates each write-ahead
+        // log file at 1.1 × the largest memtable, capped by the totals below, and the MANIFEST
+        // at 4 MiB, so the defaults (64 MiB memtables, no caps) made an empty database take 76 MB
+        // on disk; and each tree had its own 8 MiB block cache and 64 MiB memtables. Every write
+        // still goes to the log before it is acknowledged (and is fsynced before the answer with
+        // `sync_writes`); these only decide how soon memtables are flushed and what is cached.
+        options.set_db_write_buffer_size(write_buffers);
         options.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
         options.set_manifest_preallocation_size(MANIFEST_PREALLOCATION_BYTES);
+        let tree_write_buffer = (write_buffers / 4).clamp(1 << 20, TREE_WRITE_BUFFER_BYTES);
+        let mut tables = BlockBasedOptions::default();
+        tables.set_block_cache(&cache);
+        tables.set_cache_index_and_filter_blocks(true);
+        tables.set_pin_l0_filter_and_index_blocks_in_cache(true);
         // RocksDB always opens the `default` column family (unused here); it is listed so that it
         // gets the small memtable too, since the largest memtable sets the log's preallocation.
         let descriptors = TREES.iter().chain(&["default"]).map(|name| {
             let mut tree_options = Options::default();
-            tree_options.set_write_buffer_size(TREE_WRITE_BUFFER_BYTES);
+            tree_options.set_write_buffer_size(tree_write_buffer);
+            tree_options.set_block_based_table_factory(&tables);
             ColumnFamilyDescriptor::new(*name, tree_options)
         });
         let db = DB::open_cf_descriptors(&options, path, descriptors).map_err(|error| {
@@ -153,9 +196,28 @@ impl Db {
                 Error::from(error)
             }
         })?;
-        let mut write_options = WriteOptions::default();
-        write_options.set_sync(sync_writes);
-        Ok(Arc::new(Self { db, write_options }))
+        let db = Arc::new(db);
+        let durable = match sync_writes {
+            true => Durable::start(Arc::downgrade(&db), db.latest_sequence_number())?,
+            false => Durable::off(),
+        };
+        Ok(Arc::new(Self {
+            db,
+            write_options: WriteOptions::default(),
+            durable,
+        }))
+    }
+
+    /// Waits until every write made so far is on disk (with `sync_writes`; at once without):
+    /// what a request awaits before it is answered, so that a `200` survives a power cut.
+    /// Concurrent waiters share one fsync (group commit, see [`Durable`]).
+    pub async fn durable(&self) -> Result<()> {
+        self.durable.wait(self.db.latest_sequence_number()).await
+    }
+
+    /// [`Db::durable`] for a thread that may block (start-up).
+    pub fn durable_blocking(&self) -> Result<()> {
+        self.durable.wait_blocking(self.db.latest_sequence_number())
     }
 
     /// A handle on one named tree.
@@ -171,6 +233,7 @@ impl Db {
     }
 
     /// Writes a batch atomically: all of it lands in the write-ahead log together or none does.
+    /// On return it is safe from a process crash; [`Db::durable`] waits until it is on disk.
     pub fn write(&self, batch: Batch) -> Result<()> {
         if batch.ops.iter().any(|op| op.awaits_count) {
             return Err(Error::Internal(

@@ -254,6 +254,8 @@ async fn deliver(
     count: u64,
     value: &[u8],
 ) -> Result<Delivery> {
+    // A push names an event that must still exist after a power cut (group commit).
+    services.globals.durable().await?;
     let pushers = &services.push.pushers;
     let Some(stored) = pushers.userpusher_pusher.get(pusher_key)? else {
         // A queue entry left by a pusher removed between the scan and now.
