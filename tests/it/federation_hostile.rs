@@ -13,11 +13,12 @@ use std::{
 };
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::{
-    common::{assert_error, ip, tls::TestCa, TestServer},
+    common::{assert_error, http_stub, ip, tls::TestCa, TestServer},
     federation::{forge_shaped, join_via, two_servers},
+    federation_misc::signed,
 };
 
 /// How long a fake server waits for connections that must not come.
@@ -69,37 +70,6 @@ async fn federation_get(ca: &TestCa, server: &TestServer, path: &str) -> (u16, V
         .send()
         .await
         .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-/// A request to `to`'s federation listener signed as `from`: the status and JSON answer.
-async fn signed_request(
-    ca: &TestCa,
-    from: &TestServer,
-    to: &TestServer,
-    (method, path): (http::Method, &str),
-    body: Option<Value>,
-) -> (u16, Value) {
-    let origin = ruma::OwnedServerName::try_from(from.server_name()).unwrap();
-    let destination = ruma::OwnedServerName::try_from(to.server_name()).unwrap();
-    let authorization = plait::federation::x_matrix(
-        &origin,
-        from.services.globals.signing_key(),
-        &destination,
-        &method,
-        path,
-        body.as_ref(),
-    )
-    .unwrap();
-    let mut request = ca
-        .https_client()
-        .request(method, format!("https://{destination}{path}"))
-        .header(http::header::AUTHORIZATION, authorization);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -267,37 +237,60 @@ async fn server_server_routes_are_not_served_on_the_client_listener() {
     assert_eq!(document["server_name"], federating.server_name());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn transactions_over_50_pdus_or_100_edus_are_refused_whole() {
-    use plait::service::rooms::timeline::PduBuilder;
+/// Two federating servers, and a public room of alice on hs1 that bob of hs2 joined: the CA,
+/// both servers, the room and bob's user ID.
+async fn room_across_two_servers() -> (TestCa, TestServer, TestServer, String, String) {
     let (ca, hs1, hs2) = two_servers().await;
     let alice = hs1.register("alice").await;
     let bob = hs2.register("bob").await;
     let bob_id = bob.user_id().await;
     let room = alice.create_room(json!({ "preset": "public_chat" })).await;
     join_via(&bob, &room, &hs1).await;
+    (ca, hs1, hs2, room, bob_id)
+}
+
+/// A message in `room` from `sender`, built and signed by `server` (not committed there), with
+/// `shape` applied to its template before signing and `sign` after; its event ID and JSON.
+fn message(
+    server: &TestServer,
+    (room, sender): (&str, &str),
+    text: &str,
+    shape: impl FnOnce(&mut ruma::CanonicalJsonObject),
+    sign: impl FnOnce(&mut Value),
+) -> (String, Value) {
+    let builder = plait::service::rooms::timeline::PduBuilder::timeline(
+        "m.room.message",
+        json!({ "msgtype": "m.text", "body": text }),
+    );
+    forge_shaped(server, room, sender, builder, shape, |value| {
+        value.as_object_mut().unwrap().remove("event_id");
+        sign(value);
+    })
+}
+
+/// Whether `server` stored the event.
+fn is_stored(server: &TestServer, event_id: &str) -> bool {
+    server
+        .services
+        .rooms
+        .timeline
+        .get_pdu_id(&ruma::OwnedEventId::try_from(event_id).unwrap())
+        .unwrap()
+        .is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transactions_over_50_pdus_or_100_edus_are_refused_whole() {
+    let (ca, hs1, hs2, room, bob_id) = room_across_two_servers().await;
     let messages = |count: usize| -> (Vec<String>, Vec<Value>) {
         (0..count)
             .map(|number| {
-                let builder = PduBuilder::timeline(
-                    "m.room.message",
-                    json!({ "msgtype": "m.text", "body": format!("message {number}") }),
-                );
-                let (event_id, mut value) =
-                    forge_shaped(&hs2, &room, &bob_id, builder, |_| {}, |_| {});
-                value.as_object_mut().unwrap().remove("event_id");
-                (event_id, value)
+                let text = format!("message {number}");
+                message(&hs2, (&room, &bob_id), &text, |_| {}, |_| {})
             })
             .unzip()
     };
-    let stored = |event_id: &String| {
-        hs1.services
-            .rooms
-            .timeline
-            .get_pdu_id(&ruma::OwnedEventId::try_from(event_id.as_str()).unwrap())
-            .unwrap()
-            .is_some()
-    };
+    let stored = |event_id: &String| is_stored(&hs1, event_id);
     let typing = json!({
         "edu_type": "m.typing",
         "content": { "room_id": room, "user_id": bob_id, "typing": true },
@@ -307,13 +300,12 @@ async fn transactions_over_50_pdus_or_100_edus_are_refused_whole() {
             "origin": hs2.server_name(), "origin_server_ts": 1, "pdus": pdus, "edus": edus,
         })
     };
-    let put = |txn: &'static str| (http::Method::PUT, txn);
 
     // 51 PDUs: none of them is stored.
     let (ids, pdus) = messages(51);
     let path = "/_matrix/federation/v1/send/too-many-pdus";
     let body = transaction(pdus, Vec::new());
-    let (status, answer) = signed_request(&ca, &hs2, &hs1, put(path), Some(body)).await;
+    let (status, answer) = signed(&ca, &hs2, &hs1, http::Method::PUT, path, Some(body)).await;
     assert_eq!(
         (status, answer["errcode"].as_str()),
         (400, Some("M_BAD_JSON"))
@@ -323,7 +315,7 @@ async fn transactions_over_50_pdus_or_100_edus_are_refused_whole() {
     let (ids, pdus) = messages(1);
     let path = "/_matrix/federation/v1/send/too-many-edus";
     let body = transaction(pdus.clone(), vec![typing.clone(); 101]);
-    let (status, answer) = signed_request(&ca, &hs2, &hs1, put(path), Some(body)).await;
+    let (status, answer) = signed(&ca, &hs2, &hs1, http::Method::PUT, path, Some(body)).await;
     assert_eq!(
         (status, answer["errcode"].as_str()),
         (400, Some("M_BAD_JSON"))
@@ -333,54 +325,43 @@ async fn transactions_over_50_pdus_or_100_edus_are_refused_whole() {
     let (ids, pdus) = messages(50);
     let body = transaction(pdus, vec![typing; 100]);
     let path = "/_matrix/federation/v1/send/at-the-limits";
-    let (status, answer) = signed_request(&ca, &hs2, &hs1, put(path), Some(body)).await;
+    let (status, answer) = signed(&ca, &hs2, &hs1, http::Method::PUT, path, Some(body)).await;
     assert_eq!(status, 200, "{answer}");
     assert!(ids.iter().all(stored));
 }
 
-/// An event in `room` built by `server` for `sender`, sent at `origin_server_ts`, and signed
-/// for `server` with `key` only; its event ID and JSON.
+/// A message like [`message`] sent at `origin_server_ts` and signed for `server` with `key`
+/// alone.
 fn signed_with(
     server: &TestServer,
     key: &plait::crypto::SigningKey,
-    (room, sender): (&str, &str),
+    room_and_sender: (&str, &str),
     text: &str,
     origin_server_ts: u64,
 ) -> (String, Value) {
-    use plait::service::rooms::{
-        timeline::{build_template, PduBuilder},
-        version::rules_for,
+    let room_id = ruma::OwnedRoomId::try_from(room_and_sender.0).unwrap();
+    let (_, version) = server.services.rooms.room_version(&room_id).unwrap();
+    let rules = plait::service::rooms::version::rules_for(&version).unwrap();
+    let at = ruma::CanonicalJsonValue::Integer(ruma::Int::try_from(origin_server_ts).unwrap());
+    let shape = |object: &mut ruma::CanonicalJsonObject| {
+        object.insert("origin_server_ts".into(), at);
     };
-    let services = &server.services;
-    let room_id = ruma::OwnedRoomId::try_from(room).unwrap();
-    let sender = ruma::OwnedUserId::try_from(sender).unwrap();
-    let (short, version) = services.rooms.room_version(&room_id).unwrap();
-    let rules = rules_for(&version).unwrap();
-    let builder = PduBuilder::timeline(
-        "m.room.message",
-        json!({ "msgtype": "m.text", "body": text }),
-    );
-    let (mut object, _) =
-        build_template(services, &room_id, &sender, &builder, &rules, Some(short)).unwrap();
-    object.insert(
-        "origin_server_ts".into(),
-        ruma::CanonicalJsonValue::Integer(
-            i64::try_from(origin_server_ts).unwrap().try_into().unwrap(),
-        ),
-    );
-    plait::crypto::hash_and_sign_event(&server.server_name(), key, &mut object, &rules).unwrap();
-    let event_id = plait::crypto::reference_event_id(&object, &rules).unwrap();
-    (event_id.to_string(), serde_json::to_value(&object).unwrap())
+    message(server, room_and_sender, text, shape, |value| {
+        value.as_object_mut().unwrap().remove("signatures");
+        let ruma::CanonicalJsonValue::Object(mut object) =
+            ruma::CanonicalJsonValue::try_from(value.clone()).unwrap()
+        else {
+            unreachable!()
+        };
+        plait::crypto::hash_and_sign_event(&server.server_name(), key, &mut object, &rules)
+            .unwrap();
+        *value = serde_json::to_value(&object).unwrap();
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_signed_after_their_key_expired_are_refused_and_before_accepted() {
-    let (_ca, hs1, hs2) = two_servers().await;
-    let alice = hs1.register("alice").await;
-    let bob = hs2.register("bob").await;
-    let bob_id = bob.user_id().await;
-    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
-    join_via(&bob, &room, &hs1).await;
+    let (_ca, hs1, hs2, room, bob_id) = room_across_two_servers().await;
     // hs2 had another key, which its key document said was valid until a minute ago; hs1
     // learnt that document (as it would have then). hs2 no longer publishes the key.
     let now = plait::util::now_millis();
@@ -405,14 +386,7 @@ async fn events_signed_after_their_key_expired_are_refused_and_before_accepted()
         .unwrap();
     // Signed with it before it expired: accepted. After: refused (room versions 5 and up:
     // server-server API, "Validating hashes and signatures on received events").
-    let stored = |event_id: &str| {
-        hs1.services
-            .rooms
-            .timeline
-            .get_pdu_id(&ruma::OwnedEventId::try_from(event_id).unwrap())
-            .unwrap()
-            .is_some()
-    };
+    let stored = |event_id: &str| is_stored(&hs1, event_id);
     let room_and_sender = (room.as_str(), bob_id.as_str());
     let (before, value) = signed_with(&hs2, &old_key, room_and_sender, "before", now - 120_000);
     let answer = crate::common::send_pdus(&hs2, &hs1, "before", vec![value]).await;
@@ -454,13 +428,8 @@ where
                 let Ok(mut stream) = acceptor.accept(stream).await else {
                     return;
                 };
-                let mut head = Vec::new();
-                let mut buffer = [0u8; 4096];
-                while !head.windows(4).any(|window| window == b"\r\n\r\n") {
-                    match stream.read(&mut buffer).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => head.extend_from_slice(&buffer[..read]),
-                    }
+                if http_stub::read_head(&mut stream).await.is_none() {
+                    return;
                 }
                 answer(stream, counter).await;
             });
