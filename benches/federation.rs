@@ -371,6 +371,8 @@ impl Server {
             .env("PLAIT_TLS_CERT", cert)
             .env("PLAIT_TLS_KEY", key)
             .env("PLAIT_FEDERATION_CA_FILE", ca)
+            // The two servers federate on loopback, which the default ip_range_denylist refuses.
+            .env("PLAIT_IP_RANGE_ALLOWLIST", r#"["127.0.0.0/8","::1/128"]"#)
             .env("PLAIT_REGISTRATION", "open")
             .current_dir(&dir)
             .stdin(Stdio::null())

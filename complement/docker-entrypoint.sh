@@ -20,6 +20,9 @@ export PLAIT_REGISTRATION=open
 export PLAIT_TLS_CERT=/conf/server.crt
 export PLAIT_TLS_KEY=/conf/server.key
 export PLAIT_FEDERATION_CA_FILE="$ca/ca.crt"
+# Complement's containers and its own servers talk over a private Docker network (and
+# host.docker.internal), which the default ip_range_denylist refuses.
+export PLAIT_IP_RANGE_ALLOWLIST='["10.0.0.0/8","172.16.0.0/12","192.168.0.0/16","127.0.0.0/8","::1/128","fc00::/7"]'
 export PLAIT_REGISTRATION_SHARED_SECRET=complement
 export RUST_LOG="${RUST_LOG:-info}"
 exec /usr/local/bin/plait "$@"

@@ -21,8 +21,8 @@ use tokio::net::TcpListener;
 
 pub use crate::{config::Config, error::Error, service::Services};
 
-/// The already bound listeners: the client API (plain HTTP) and, when federation is on, the TLS
-/// listener that serves federation and the client API.
+/// The already bound listeners: the client API (plain HTTP, no server-server routes) and, when
+/// federation is on, the TLS listener that serves federation and the client API.
 pub struct Listeners {
     pub client: TcpListener,
     pub federation: Option<TcpListener>,
@@ -75,11 +75,11 @@ pub async fn serve(
         "connection limits"
     );
     let workers = service::start_workers(&services, wait(stopped.clone()));
-    let router = http::router(Arc::clone(&services));
+    let router = http::router(Arc::clone(&services), http::Listener::Client);
     let federation = match (listeners.federation, tls) {
         (Some(listener), Some(tls)) => Some(tokio::spawn(http::listener::serve(
             listener,
-            router.clone(),
+            http::router(Arc::clone(&services), http::Listener::Federation),
             Some(tls),
             Arc::clone(&connections),
             wait(stopped.clone()),

@@ -646,6 +646,9 @@ func (s *server) env() []string {
 		"PLAIT_TLS_KEY="+filepath.Join(s.dir, "tls.key"),
 		"PLAIT_FEDERATION_CA_FILE="+s.caFile,
 		"PLAIT_FEDERATION_HOSTS="+hosts,
+		// Everything federates on loopback (the homeservers and Complement's own servers),
+		// which the default ip_range_denylist refuses: allow it explicitly.
+		`PLAIT_IP_RANGE_ALLOWLIST=["127.0.0.0/8","::1/128"]`,
 		// Synapse-style shared-secret registration of admins (docs/admin_api.md).
 		"PLAIT_REGISTRATION_SHARED_SECRET="+client.SharedSecret,
 		// Serve media without a token on the deprecated /_matrix/media/v3 (and r0) download

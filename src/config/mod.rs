@@ -1,6 +1,10 @@
 //! Configuration: one serde struct, loaded from TOML and `PLAIT_*` environment variables.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
 
 use figment::{
     providers::{Env, Format, Serialized, Toml},
@@ -82,6 +86,23 @@ pub struct Config {
     pub well_known_server: Option<String>,
     /// Federation listener address (TLS); federation is off while unset.
     pub federation_listen: Option<SocketAddr>,
+    /// Time one outgoing server-server request (server keys, federation, remote media) may take
+    /// in all, connection included, in milliseconds; a server that answers slower is treated as
+    /// unreachable.
+    pub federation_request_timeout_ms: u64,
+    /// IP ranges (CIDR) this server never connects to for any outgoing request: federation,
+    /// server keys and notaries, remote media, push gateways, identity servers and URL previews.
+    /// Every address a host name resolves to is checked before connecting, and so is an IP
+    /// literal. The default covers loopback, private (RFC 1918, shared 100.64.0.0/10, unique
+    /// local fc00::/7), link-local, multicast, unspecified and reserved ranges of IPv4 and IPv6;
+    /// IPv4-mapped IPv6 addresses are checked as IPv4. The addresses named in
+    /// `federation_hosts` are exempt (the operator chose them).
+    pub ip_range_denylist: Vec<String>,
+    /// IP ranges reached even though `ip_range_denylist` covers them (e.g. `127.0.0.0/8` for
+    /// servers that federate on loopback in tests, or a private network of trusted servers).
+    /// URL previews and, unless their `*_allow_http` key is set, identity servers and push
+    /// gateways also keep to `url_preview_ip_denylist`, which this list does not override.
+    pub ip_range_allowlist: Vec<String>,
     /// PEM certificate chain of the federation listener.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of the federation listener.
@@ -120,9 +141,10 @@ pub struct Config {
     /// Whether `/preview_url` fetches pages; off by default, since it makes the server fetch
     /// any URL a user names.
     pub url_preview_enabled: bool,
-    /// IP ranges (CIDR) that URL previews never connect to; checked for every resolved address
-    /// and every redirect. The default covers loopback, private, link-local, shared, multicast
-    /// and reserved ranges of IPv4 and IPv6.
+    /// IP ranges (CIDR) that URL previews never connect to, besides `ip_range_denylist`;
+    /// checked for every resolved address and every redirect. The default is the default of
+    /// `ip_range_denylist`, so that allowing a range for federation does not open it to
+    /// previews.
     pub url_preview_ip_denylist: Vec<String>,
     /// Reach identity servers (third-party invites) over plain `http`, at any address, loopback
     /// included (a fake identity server in tests and development). Off by default: identity
@@ -170,6 +192,9 @@ impl Default for Config {
             client_base_url: None,
             well_known_server: None,
             federation_listen: None,
+            federation_request_timeout_ms: 60_000,
+            ip_range_denylist: default_ip_ranges(),
+            ip_range_allowlist: Vec::new(),
             tls_cert: None,
             tls_key: None,
             federation_ca_file: None,
@@ -182,10 +207,7 @@ impl Default for Config {
             max_upload_bytes: 50 * 1024 * 1024,
             legacy_media_unauthenticated: false,
             url_preview_enabled: false,
-            url_preview_ip_denylist: DEFAULT_URL_PREVIEW_IP_DENYLIST
-                .iter()
-                .map(|range| (*range).to_owned())
-                .collect(),
+            url_preview_ip_denylist: default_ip_ranges(),
             identity_server_allow_http: false,
             policy_server_enabled: false,
             policy_server_deny_servers: Vec::new(),
@@ -196,8 +218,17 @@ impl Default for Config {
     }
 }
 
-/// Ranges a URL preview never connects to unless the operator says otherwise.
-const DEFAULT_URL_PREVIEW_IP_DENYLIST: &[&str] = &[
+/// The default of `ip_range_denylist` and `url_preview_ip_denylist`.
+fn default_ip_ranges() -> Vec<String> {
+    DEFAULT_IP_RANGE_DENYLIST
+        .iter()
+        .map(|range| (*range).to_owned())
+        .collect()
+}
+
+/// Ranges no outgoing request connects to unless the operator says otherwise: this host,
+/// private networks, link-local, multicast, documentation and other reserved ranges.
+const DEFAULT_IP_RANGE_DENYLIST: &[&str] = &[
     "0.0.0.0/8",
     "10.0.0.0/8",
     "100.64.0.0/10",
@@ -206,6 +237,7 @@ const DEFAULT_URL_PREVIEW_IP_DENYLIST: &[&str] = &[
     "172.16.0.0/12",
     "192.0.0.0/24",
     "192.0.2.0/24",
+    "192.88.99.0/24",
     "192.168.0.0/16",
     "198.18.0.0/15",
     "198.51.100.0/24",
@@ -267,6 +299,23 @@ impl IpRange {
             }
             _ => false,
         }
+    }
+}
+
+/// Where outgoing connections may go: an address is refused when a `strict` range holds it, or
+/// when a `denied` range holds it and no `allowed` one does.
+#[derive(Clone, Debug, Default)]
+pub struct IpPolicy {
+    denied: Vec<IpRange>,
+    allowed: Vec<IpRange>,
+    strict: Vec<IpRange>,
+}
+
+impl IpPolicy {
+    /// Whether a connection to `address` is allowed.
+    pub fn permits(&self, address: IpAddr) -> bool {
+        let within = |ranges: &[IpRange]| ranges.iter().any(|range| range.contains(address));
+        !within(&self.strict) && (within(&self.allowed) || !within(&self.denied))
     }
 }
 
@@ -336,6 +385,9 @@ const ENV_KEYS: &[&str] = &[
     "client_base_url",
     "well_known_server",
     "federation_listen",
+    "federation_request_timeout_ms",
+    "ip_range_denylist",
+    "ip_range_allowlist",
     "tls_cert",
     "tls_key",
     "federation_ca_file",
@@ -442,10 +494,14 @@ impl Config {
                     .to_owned(),
             );
         }
-        for range in &self.url_preview_ip_denylist {
-            if IpRange::parse(range).is_none() {
+        for (key, ranges) in [
+            ("url_preview_ip_denylist", &self.url_preview_ip_denylist),
+            ("ip_range_denylist", &self.ip_range_denylist),
+            ("ip_range_allowlist", &self.ip_range_allowlist),
+        ] {
+            if let Some(range) = ranges.iter().find(|range| IpRange::parse(range).is_none()) {
                 return Err(format!(
-                    "invalid configuration key `url_preview_ip_denylist`: `{range}` is not an IP range"
+                    "invalid configuration key `{key}`: `{range}` is not an IP range"
                 ));
             }
         }
@@ -465,6 +521,10 @@ impl Config {
         for (key, value) in [
             ("http_header_timeout_ms", self.http_header_timeout_ms),
             ("http_body_timeout_ms", self.http_body_timeout_ms),
+            (
+                "federation_request_timeout_ms",
+                self.federation_request_timeout_ms,
+            ),
         ] {
             if value < 100 {
                 return Err(format!(
@@ -501,10 +561,26 @@ impl Config {
 
     /// The URL-preview deny-list as ranges; valid after `validate`.
     pub fn url_preview_ip_denylist(&self) -> Vec<IpRange> {
-        self.url_preview_ip_denylist
-            .iter()
-            .filter_map(|range| IpRange::parse(range))
-            .collect()
+        parse_ranges(&self.url_preview_ip_denylist)
+    }
+
+    /// Where outgoing server-server requests may connect: `ip_range_denylist` less
+    /// `ip_range_allowlist`.
+    pub fn outbound_ip_policy(&self) -> IpPolicy {
+        IpPolicy {
+            denied: parse_ranges(&self.ip_range_denylist),
+            allowed: parse_ranges(&self.ip_range_allowlist),
+            strict: Vec::new(),
+        }
+    }
+
+    /// Where requests to a URL a user named (previews, identity servers, push gateways) may
+    /// connect: [`Self::outbound_ip_policy`], and never into `url_preview_ip_denylist`.
+    pub fn user_url_ip_policy(&self) -> IpPolicy {
+        IpPolicy {
+            strict: self.url_preview_ip_denylist(),
+            ..self.outbound_ip_policy()
+        }
     }
 
     /// The media folder: `media_path`, or `media` inside the database folder.
@@ -519,6 +595,14 @@ impl Config {
         <&ruma::ServerName>::try_from(self.server_name.as_str())
             .expect("validated in Config::validate")
     }
+}
+
+/// Ranges from their text; valid after `validate`.
+fn parse_ranges(ranges: &[String]) -> Vec<IpRange> {
+    ranges
+        .iter()
+        .filter_map(|range| IpRange::parse(range))
+        .collect()
 }
 
 #[cfg(test)]

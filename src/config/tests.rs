@@ -44,6 +44,12 @@ fn bad_values_name_the_key() {
             "url_preview_ip_denylist",
         ),
         ("database_memory_mb = 2", "database_memory_mb"),
+        ("ip_range_denylist = [\"10.0.0.0/99\"]", "ip_range_denylist"),
+        ("ip_range_allowlist = [\"localhost\"]", "ip_range_allowlist"),
+        (
+            "federation_request_timeout_ms = 5",
+            "federation_request_timeout_ms",
+        ),
     ];
     for (text, key) in cases {
         let error = Config::from_toml(text).unwrap_err();
@@ -118,4 +124,20 @@ fn numeric_room_versions_are_accepted() {
 fn ip_literal_server_names_are_accepted() {
     let config = Config::from_toml("server_name = \"127.0.0.1:8448\"").unwrap();
     assert_eq!(config.server_name().as_str(), "127.0.0.1:8448");
+}
+
+#[test]
+fn ip_range_lists_come_from_the_environment_as_arrays() {
+    // The form the tests, the benchmark and the Complement deployer use.
+    std::env::set_var("PLAIT_IP_RANGE_ALLOWLIST", r#"["127.0.0.0/8","::1/128"]"#);
+    let config = Config::load(None);
+    std::env::remove_var("PLAIT_IP_RANGE_ALLOWLIST");
+    let config = config.unwrap();
+    assert_eq!(config.ip_range_allowlist, ["127.0.0.0/8", "::1/128"]);
+    assert!(config
+        .outbound_ip_policy()
+        .permits("127.0.0.1".parse().unwrap()));
+    assert!(!Config::default()
+        .outbound_ip_policy()
+        .permits("127.0.0.1".parse().unwrap()));
 }

@@ -6,31 +6,35 @@
 //! A remote `M_FORBIDDEN`/`M_NOT_FOUND` (and, for restricted joins, `M_UNABLE_TO_AUTHORISE_JOIN`/`M_UNABLE_TO_GRANT_JOIN`) is passed on as such; any other failure is `Error::Remote` (502).
 //! `request_bytes` is the signed `GET` for answers that are not JSON (federation media), with a byte limit.
 
+pub mod guard;
 pub mod resolve;
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::SocketAddr,
-    path::Path,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use http::Method;
-use parking_lot::RwLock;
 use ruma::{api::error::ErrorKind, CanonicalJsonObject, CanonicalJsonValue, ServerName};
 use serde_json::Value;
 
-use self::resolve::{Lookups, Resolver, WellKnown};
+use self::{
+    guard::GuardedResolver,
+    resolve::{Lookups, Resolver, WellKnown},
+};
 use crate::{
+    config::IpPolicy,
     crypto::SigningKey,
     error::{Error, Result},
 };
 
-/// Largest response body read from another server.
-const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+/// Largest JSON answer read from another server: room state and `/send_join` answers of big
+/// rooms are the largest (tens of MB for rooms of tens of thousands of members).
+const MAX_RESPONSE_BYTES: usize = 100 * 1024 * 1024;
+/// Largest server key document read (a few keys and signatures: a few KB).
+pub const MAX_KEY_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Largest `.well-known/matrix/server` body read.
 const MAX_WELL_KNOWN_BYTES: usize = 64 * 1024;
+/// Time to open a connection (DNS and TCP); a handshake or answer that takes longer counts
+/// against the total timeout of the request.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The HTTPS client for other homeservers.
 pub struct FederationClient {
@@ -38,7 +42,8 @@ pub struct FederationClient {
     resolver: Resolver,
     /// Fixed addresses for server names (`federation_hosts`), consulted before discovery.
     fixed_hosts: BTreeMap<String, SocketAddr>,
-    overrides: Arc<HostOverrides>,
+    /// Host overrides (SRV targets, fixed hosts) and the address policy of every connection.
+    guard: Arc<GuardedResolver>,
     srv: Option<hickory_resolver::TokioResolver>,
 }
 
@@ -51,38 +56,29 @@ pub struct RemoteError {
     pub message: String,
 }
 
-/// Host → address overrides for SRV targets, consulted by the HTTP client's DNS step.
-#[derive(Default)]
-struct HostOverrides {
-    hosts: RwLock<HashMap<String, (String, u16)>>,
-}
-
-impl reqwest::dns::Resolve for HostOverrides {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let (host, port) = self
-            .hosts
-            .read()
-            .get(name.as_str())
-            .cloned()
-            .unwrap_or_else(|| (name.as_str().to_owned(), 0));
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = resolve::lookup_host(&host, port).await?;
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
 impl FederationClient {
-    /// Builds the client; `ca_file` adds a trusted CA (PEM) to the platform's roots, and
-    /// `fixed_hosts` names the addresses of some servers outright.
-    pub fn new(ca_file: Option<&Path>, fixed_hosts: BTreeMap<String, SocketAddr>) -> Result<Self> {
-        let overrides = Arc::new(HostOverrides::default());
+    /// Builds the client; `ca_file` adds a trusted CA (PEM) to the platform's roots,
+    /// `fixed_hosts` names the addresses of some servers outright (exempt from `policy`, which
+    /// every other connection keeps to), and `timeout` bounds each request in all.
+    pub fn new(
+        ca_file: Option<&Path>,
+        fixed_hosts: BTreeMap<String, SocketAddr>,
+        policy: IpPolicy,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let guard = Arc::new(GuardedResolver::new(policy));
+        for (name, address) in &fixed_hosts {
+            if let Some((host, _)) = resolve::split_server_name(name) {
+                guard.set_override(host, (address.ip().to_string(), address.port()), true);
+            }
+        }
         let mut builder = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(60))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .user_agent(concat!("Plait/", env!("CARGO_PKG_VERSION")))
-            .dns_resolver(Arc::clone(&overrides));
+            .dns_resolver(Arc::clone(&guard));
         if let Some(path) = ca_file {
             let pem = std::fs::read(path).map_err(|error| {
                 Error::Config(format!(
@@ -107,22 +103,21 @@ impl FederationClient {
             http,
             resolver: Resolver::default(),
             fixed_hosts,
-            overrides,
+            guard,
             srv,
         })
     }
 
+    /// The base URL and `Host` header for `destination`, after checking that the address it
+    /// leads to may be contacted: an IP literal here, a name in the resolver, both before any
+    /// connection is opened.
     async fn base_url(&self, destination: &ServerName) -> Result<(String, String)> {
         if let Some(address) = self.fixed_hosts.get(destination.as_str()) {
-            // Connect to the fixed address, but speak to (and verify the certificate of) the
-            // server name's host.
+            // Connect to the fixed address (set up in `new`), but speak to (and verify the
+            // certificate of) the server name's host.
             let host = resolve::split_server_name(destination.as_str())
                 .map(|(host, _)| host.to_owned())
                 .unwrap_or_default();
-            self.overrides
-                .hosts
-                .write()
-                .insert(host.clone(), (address.ip().to_string(), address.port()));
             let authority = format!("{host}:{}", address.port());
             return Ok((format!("https://{authority}"), destination.to_string()));
         }
@@ -132,11 +127,24 @@ impl FederationClient {
             .resolve(&lookups, destination.as_str())
             .await
             .ok_or_else(|| remote(destination, "cannot resolve the server name"))?;
+        let (host, port) = resolve::split_server_name(&resolved.authority)
+            .ok_or_else(|| remote(destination, "cannot resolve the server name"))?;
+        // A host the operator fixed is reached on its fixed port only: another server name
+        // must not borrow the exemption to reach another port of that address.
+        if self.guard.is_exempt(host) {
+            let fixed_port = self
+                .fixed_hosts
+                .iter()
+                .filter(|(name, _)| resolve::split_server_name(name).map(|(h, _)| h) == Some(host))
+                .map(|(_, address)| address.port())
+                .collect::<Vec<_>>();
+            if port.is_none_or(|port| !fixed_port.contains(&port)) {
+                return Err(remote(destination, "the address is not the one configured"));
+            }
+        }
+        guard::check_host(self.guard.policy(), host).map_err(|error| remote(destination, error))?;
         if let Some(target) = resolved.connect_to.clone() {
-            let host = resolve::split_server_name(&resolved.authority)
-                .map(|(host, _)| host.to_owned())
-                .unwrap_or_default();
-            self.overrides.hosts.write().insert(host, target);
+            self.guard.set_override(host, target, false);
         }
         Ok((
             format!("https://{}", resolved.authority),
@@ -147,7 +155,6 @@ impl FederationClient {
     /// Sends a request signed with `X-Matrix` and returns the JSON answer. A remote
     /// `M_FORBIDDEN`/`M_NOT_FOUND` describes the remote resource and is passed on as such; any
     /// other failure is [`Error::Remote`].
-    #[tracing::instrument(skip_all, fields(destination = %destination, method = %method, path = %path_and_query))]
     pub async fn request(
         &self,
         origin: &ServerName,
@@ -156,6 +163,28 @@ impl FederationClient {
         method: Method,
         path_and_query: &str,
         body: Option<&Value>,
+    ) -> Result<Value> {
+        self.request_capped(
+            origin,
+            key,
+            destination,
+            (method, path_and_query),
+            body,
+            MAX_RESPONSE_BYTES,
+        )
+        .await
+    }
+
+    /// [`Self::request`] with an answer of at most `limit` bytes.
+    #[tracing::instrument(skip_all, fields(destination = %destination, method = %method, path = %path_and_query))]
+    pub async fn request_capped(
+        &self,
+        origin: &ServerName,
+        key: &SigningKey,
+        destination: &ServerName,
+        (method, path_and_query): (Method, &str),
+        body: Option<&Value>,
+        limit: usize,
     ) -> Result<Value> {
         let authorization = x_matrix(origin, key, destination, &method, path_and_query, body)?;
         let (base, host) = self.base_url(destination).await?;
@@ -173,7 +202,7 @@ impl FederationClient {
             .send()
             .await
             .map_err(|error| remote(destination, error))?;
-        read_json(destination, response).await
+        read_json(destination, response, limit).await
     }
 
     /// A signed `GET` whose answer is not JSON (federation media): the response with its body
@@ -208,16 +237,22 @@ impl FederationClient {
         url: &str,
         limit: usize,
     ) -> Result<http::Response<Vec<u8>>> {
+        let parsed = reqwest::Url::parse(url).map_err(|error| remote(destination, error))?;
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| remote(destination, "a URL without a host"))?;
+        guard::check_host(self.guard.policy(), host).map_err(|error| remote(destination, error))?;
         let response = self
             .http
-            .get(url)
+            .get(parsed)
             .send()
             .await
             .map_err(|error| remote(destination, error))?;
         read_bytes(destination, response, limit).await
     }
 
-    /// `GET /_matrix/key/v2/server` of a server (not signed: it is how keys are learnt).
+    /// `GET /_matrix/key/v2/server` of a server (not signed: it is how keys are learnt); an
+    /// answer over [`MAX_KEY_RESPONSE_BYTES`] is refused.
     pub async fn get_server_keys(&self, destination: &ServerName) -> Result<Value> {
         let (base, host) = self.base_url(destination).await?;
         let response = self
@@ -227,7 +262,7 @@ impl FederationClient {
             .send()
             .await
             .map_err(|error| remote(destination, error))?;
-        read_json(destination, response).await
+        read_json(destination, response, MAX_KEY_RESPONSE_BYTES).await
     }
 }
 
@@ -295,7 +330,8 @@ async fn read_body(response: reqwest::Response, limit: usize) -> Option<Vec<u8>>
     }
     let mut response = response;
     let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
+    // A body cut off (a timeout, a reset) is no answer, not a shorter one.
+    while let Some(chunk) = response.chunk().await.ok()? {
         if body.len() + chunk.len() > limit {
             return None;
         }
@@ -324,9 +360,13 @@ async fn read_bytes(
     Ok(answer)
 }
 
-async fn read_json(destination: &ServerName, response: reqwest::Response) -> Result<Value> {
+async fn read_json(
+    destination: &ServerName,
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<Value> {
     let status = response.status();
-    let body = read_body(response, MAX_RESPONSE_BYTES)
+    let body = read_body(response, limit)
         .await
         .ok_or_else(|| remote(destination, "response too large"))?;
     let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);

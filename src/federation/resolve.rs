@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -167,15 +167,6 @@ pub fn cache_ttl(cache_control: Option<&str>) -> Option<Duration> {
         }
     }
     ttl
-}
-
-/// The socket addresses of a host for the connector: IP literals directly, names by DNS.
-pub async fn lookup_host(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    Ok(tokio::net::lookup_host((bare, port)).await?.collect())
 }
 
 #[cfg(test)]

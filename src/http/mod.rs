@@ -160,10 +160,43 @@ fn served_paths(path: &str) -> Vec<String> {
     paths
 }
 
-/// The router with every route, CORS, limits and error fallbacks.
-pub fn router(services: Arc<Services>) -> Router {
+/// Which listener a router serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The client API in plain HTTP: no server-server routes.
+    Client,
+    /// The TLS federation listener: every route.
+    Federation,
+}
+
+/// Server-server paths also served on the client listener: they take no `X-Matrix` signature
+/// and trigger no key fetch; identity servers (`/3pid/onbind`) and integration managers
+/// (`/openid/userinfo`) reach homeservers without federation, and any server they make this
+/// one call goes through the outgoing address policy.
+const ON_BOTH_LISTENERS: &[&str] = &[
+    "/_matrix/federation/v1/openid/userinfo",
+    "/_matrix/federation/v1/3pid/onbind",
+];
+
+/// Whether a route belongs to the server-server API and is served only on the federation
+/// listener (so not at all while federation is off): routes that other servers sign, and the
+/// key and federation paths, which could make this server fetch keys from, or call out to,
+/// servers a stranger names.
+fn is_federation_only(route: &Route) -> bool {
+    matches!(route.auth, Auth::Server)
+        || ((route.path.starts_with("/_matrix/federation/")
+            || route.path.starts_with("/_matrix/key/"))
+            && !ON_BOTH_LISTENERS.contains(&route.path))
+}
+
+/// The router of `listener` with its routes, CORS, limits and error fallbacks; a path it does
+/// not serve answers `404 M_UNRECOGNIZED`.
+pub fn router(services: Arc<Services>, listener: Listener) -> Router {
     let mut by_path: BTreeMap<String, MethodRouter<Arc<Services>>> = BTreeMap::new();
     for route in routes::all() {
+        if listener == Listener::Client && is_federation_only(&route) {
+            continue;
+        }
         let filter =
             MethodFilter::try_from(route.method.clone()).expect("routes use standard methods");
         assert!(

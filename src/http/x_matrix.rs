@@ -15,13 +15,16 @@ use crate::{
     util,
 };
 
+/// The length of an ed25519 signature.
+const ED25519_SIGNATURE_BYTES: usize = 64;
+
 fn unauthorized(message: impl Into<String>) -> Error {
     Error::matrix(ErrorKind::Unauthorized, message)
 }
 
 /// The `Authorization: X-Matrix` header of a request, checked for its shape, its destination
 /// and an origin other than this server, from the headers alone: before the body is read and
-/// before the origin's keys are fetched.
+/// before the origin's keys are fetched (whose fetch `ServerKeys::get_keys` bounds per origin).
 pub fn parse(services: &Services, parts: &Parts) -> Result<XMatrix> {
     let header = parts
         .headers
@@ -42,6 +45,13 @@ pub fn parse(services: &Services, parts: &Parts) -> Result<XMatrix> {
         return Err(unauthorized(
             "requests cannot come from this server's own name",
         ));
+    }
+    // A signature that cannot verify whatever the key is refused before the origin's keys are
+    // fetched: only ed25519 keys are published, and their signatures are 64 bytes.
+    if x_matrix.key.algorithm() != ruma::SigningKeyAlgorithm::Ed25519
+        || x_matrix.sig.as_bytes().len() != ED25519_SIGNATURE_BYTES
+    {
+        return Err(unauthorized("X-Matrix key or signature is not ed25519"));
     }
     Ok(x_matrix)
 }

@@ -5,9 +5,10 @@
 //! The identity server is whichever one the client names, so every request is treated like a
 //! URL preview: `https` only, every resolved address checked against `url_preview_ip_denylist`
 //! and the connection pinned to the checked addresses, no redirects, small answers and a time
-//! limit. `identity_server_allow_http` lifts the first two for tests and development.
+//! limit. `identity_server_allow_http` allows plain `http` and lifts `url_preview_ip_denylist`
+//! for tests and development; `ip_range_denylist` (less `ip_range_allowlist`) holds in every case.
 //!
-//! The identity-server client of third-party invites: `/hash_details` and a hashed `/lookup` (sha256 of `address medium pepper`), `/store-invite`, and a key's `key_validity_url`; the identity server is the one the client names, so it is reached like a URL preview (https only, every resolved address outside `url_preview_ip_denylist` and the connection pinned to it, no redirects, answers of at most 64 KiB, 15 s); `identity_server_allow_http` (tests, development) allows plain http at any address.
+//! The identity-server client of third-party invites: `/hash_details` and a hashed `/lookup` (sha256 of `address medium pepper`), `/store-invite`, and a key's `key_validity_url`; the identity server is the one the client names, so it is reached like a URL preview (https only, every resolved address outside `url_preview_ip_denylist` and the connection pinned to it, no redirects, answers of at most 64 KiB, 15 s); `identity_server_allow_http` (tests, development) allows plain http at any address `ip_range_denylist` permits.
 //! Owns no tree.
 
 use std::{net::SocketAddr, time::Duration};
@@ -20,6 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     config::Config,
     error::{Error, Result},
+    federation::guard::{self, Unusable},
 };
 
 /// Connect and whole-request time limit for identity server requests.
@@ -199,18 +201,17 @@ async fn send(
             "identity server {host} is not reached over https"
         )));
     }
-    let mut client = reqwest::Client::builder()
+    let port = url.port_or_known_default().unwrap_or(443);
+    let addresses = allowed_addresses(config, &host, port).await?;
+    let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(TIMEOUT)
         .connect_timeout(TIMEOUT)
         .no_proxy()
-        .user_agent(concat!("Plait/", env!("CARGO_PKG_VERSION")));
-    if !config.identity_server_allow_http {
-        let port = url.port_or_known_default().unwrap_or(443);
-        let addresses = allowed_addresses(config, &host, port).await?;
-        client = client.resolve_to_addrs(&host, &addresses);
-    }
-    let client = client.build().map_err(Error::internal)?;
+        .user_agent(concat!("Plait/", env!("CARGO_PKG_VERSION")))
+        .resolve_to_addrs(&host, &addresses)
+        .build()
+        .map_err(Error::internal)?;
     let mut request = client.request(method, url);
     if let Some(token) = access_token {
         request = request.bearer_auth(token);
@@ -245,31 +246,23 @@ async fn send(
     Ok(answer)
 }
 
-/// The addresses of `host`, all of which must be outside `url_preview_ip_denylist`
-/// (`403 M_FORBIDDEN` otherwise).
+/// The addresses of `host`, all of which must be outside `ip_range_denylist` (less
+/// `ip_range_allowlist`) and, unless `identity_server_allow_http` is set, outside
+/// `url_preview_ip_denylist` (`403 M_FORBIDDEN` otherwise).
 async fn allowed_addresses(config: &Config, host: &str, port: u16) -> Result<Vec<SocketAddr>> {
-    let addresses: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::time::timeout(TIMEOUT, tokio::net::lookup_host((host, port)))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(Iterator::collect)
-            .unwrap_or_default(),
+    let policy = if config.identity_server_allow_http {
+        config.outbound_ip_policy()
+    } else {
+        config.user_url_ip_policy()
     };
-    if addresses.is_empty() {
-        return Err(remote(host, "cannot resolve the host"));
-    }
-    let denylist = config.url_preview_ip_denylist();
-    if addresses
-        .iter()
-        .any(|address| denylist.iter().any(|range| range.contains(address.ip())))
-    {
-        return Err(Error::forbidden(format!(
-            "identity server {host} resolves to an address this server does not contact"
-        )));
-    }
-    Ok(addresses)
+    guard::checked_addresses(&policy, host, port, TIMEOUT)
+        .await
+        .map_err(|unusable| match unusable {
+            Unusable::Unresolved => remote(host, "cannot resolve the host"),
+            Unusable::Refused => Error::forbidden(format!(
+                "identity server {host} resolves to an address this server does not contact"
+            )),
+        })
 }
 
 fn remote(host: &str, detail: &str) -> Error {

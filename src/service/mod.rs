@@ -95,6 +95,8 @@ impl Services {
             federation: FederationClient::new(
                 config.federation_ca_file.as_deref(),
                 config.federation_hosts.clone(),
+                config.outbound_ip_policy(),
+                std::time::Duration::from_millis(config.federation_request_timeout_ms),
             )?,
             media: media::Media::open(&db, &config)?,
             policy: policy::PolicyServers::open(&db, &config)?,

@@ -2,8 +2,18 @@
 //! verified and cached by their validity (directly, or through trusted notary servers).
 //!
 //! This server's key document, other servers' keys cached by validity (never shortened by an older answer), notary fetches from `trusted_key_servers`.
+//!
+//! Fetches are bounded per server, since any request signed as a server (valid or not) can ask
+//! for its keys: one fetch of a server's keys at a time (requests that need them meanwhile wait
+//! for it and read the cache), a fetch that leaves the keys missing is not tried again for
+//! [`FAILED_FETCH_BACKOFF`], and at most [`MAX_TRACKED_SERVERS`] servers are tracked (beyond
+//! that, a server that is not yet tracked is not fetched until others are forgotten).
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use base64::{engine::general_purpose::STANDARD_NO_PAD, Engine};
 use ruma::{
@@ -28,6 +38,19 @@ const OWN_KEY_VALIDITY_MS: u64 = 7 * 24 * 3600 * 1000;
 /// `valid_until_ts` used for events at 7 days from receipt).
 const MAX_CACHE_MS: u64 = 7 * 24 * 3600 * 1000;
 
+/// How long a fetch that did not yield the keys asked for keeps the server from being asked again.
+const FAILED_FETCH_BACKOFF: Duration = Duration::from_secs(30);
+/// Servers whose fetches are tracked at once (in flight or recently failed).
+const MAX_TRACKED_SERVERS: usize = 4096;
+
+/// The fetch state of one server: the lock that makes its fetches one at a time, and until when
+/// a failed fetch keeps it from being asked again.
+#[derive(Default)]
+struct FetchState {
+    running: Arc<tokio::sync::Mutex<()>>,
+    failed_until: Option<Instant>,
+}
+
 /// One remote verify key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RemoteKey {
@@ -42,6 +65,8 @@ pub struct ServerKeys {
     servernamekeyid_key: Tree,
     servername_keydocument: Tree,
     trusted_notaries: Vec<OwnedServerName>,
+    /// Per-server fetch state, bounded by [`MAX_TRACKED_SERVERS`].
+    fetches: parking_lot::Mutex<HashMap<OwnedServerName, FetchState>>,
 }
 
 impl ServerKeys {
@@ -51,6 +76,7 @@ impl ServerKeys {
             servernamekeyid_key: db.tree("servernamekeyid_key"),
             servername_keydocument: db.tree("servername_keydocument"),
             trusted_notaries,
+            fetches: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -103,13 +129,66 @@ impl ServerKeys {
             return Ok(BTreeMap::from([(key.key_id(), key.public_key_base64())]));
         }
         let cached = self.get_cached(server, at)?;
-        let satisfied = match key_id {
-            Some(key_id) => cached.contains_key(key_id),
-            None => !cached.is_empty(),
-        };
-        if satisfied {
+        if satisfies(&cached, key_id) {
             return Ok(cached);
         }
+        // One fetch per server at a time: a request that waited reads what the fetch it waited
+        // for stored, or its failure.
+        let Some(running) = self.fetch_lock(server) else {
+            tracing::debug!(%server, "too many key fetches tracked; not fetching");
+            return Ok(cached);
+        };
+        let _running = running.lock().await;
+        let cached = self.get_cached(server, at)?;
+        if satisfies(&cached, key_id) || self.recently_failed(server) {
+            return Ok(cached);
+        }
+        self.fetch(client, globals, server, (key_id, at)).await;
+        let cached = self.get_cached(server, at)?;
+        if satisfies(&cached, key_id) {
+            self.fetches.lock().remove(server);
+        } else if let Some(state) = self.fetches.lock().get_mut(server) {
+            state.failed_until = Some(Instant::now() + FAILED_FETCH_BACKOFF);
+        }
+        Ok(cached)
+    }
+
+    /// The fetch lock of `server`, tracking it; `None` when [`MAX_TRACKED_SERVERS`] are tracked
+    /// already and none of them can be forgotten (idle, and not recently failed).
+    fn fetch_lock(&self, server: &ServerName) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        let mut fetches = self.fetches.lock();
+        if !fetches.contains_key(server) && fetches.len() >= MAX_TRACKED_SERVERS {
+            let now = Instant::now();
+            fetches.retain(|_, state| {
+                Arc::strong_count(&state.running) > 1
+                    || state.failed_until.is_some_and(|until| until > now)
+            });
+            if fetches.len() >= MAX_TRACKED_SERVERS {
+                return None;
+            }
+        }
+        Some(Arc::clone(
+            &fetches.entry(server.to_owned()).or_default().running,
+        ))
+    }
+
+    fn recently_failed(&self, server: &ServerName) -> bool {
+        self.fetches
+            .lock()
+            .get(server)
+            .and_then(|state| state.failed_until)
+            .is_some_and(|until| until > Instant::now())
+    }
+
+    /// Fetches a server's keys into the cache: from the server itself, then, while `key_id`
+    /// usable at `at` is missing, from the trusted notaries (other than the server itself).
+    async fn fetch(
+        &self,
+        client: &FederationClient,
+        globals: &Globals,
+        server: &ServerName,
+        (key_id, at): (Option<&str>, u64),
+    ) {
         match client.get_server_keys(server).await {
             Ok(document) => {
                 if let Err(error) = self.store_document(server, &document, None) {
@@ -118,24 +197,26 @@ impl ServerKeys {
             }
             Err(error) => tracing::debug!(%server, %error, "fetching server keys failed"),
         }
-        let cached = self.get_cached(server, at)?;
-        let satisfied = match key_id {
-            Some(key_id) => cached.contains_key(key_id),
-            None => !cached.is_empty(),
-        };
-        if satisfied || self.trusted_notaries.is_empty() {
-            return Ok(cached);
-        }
-        for notary in &self.trusted_notaries {
+        for notary in self
+            .trusted_notaries
+            .iter()
+            .filter(|notary| *notary != server)
+        {
+            if self
+                .get_cached(server, at)
+                .is_ok_and(|cached| satisfies(&cached, key_id))
+            {
+                break;
+            }
             let path = format!("/_matrix/key/v2/query/{server}");
             let Ok(answer) = client
-                .request(
+                .request_capped(
                     globals.server_name(),
                     globals.signing_key(),
                     notary,
-                    http::Method::GET,
-                    &path,
+                    (http::Method::GET, &path),
                     None,
+                    crate::federation::MAX_KEY_RESPONSE_BYTES,
                 )
                 .await
             else {
@@ -153,11 +234,7 @@ impl ServerKeys {
                     tracing::warn!(%server, %notary, %error, "notary returned an invalid key document");
                 }
             }
-            if !self.get_cached(server, at)?.is_empty() {
-                break;
-            }
         }
-        self.get_cached(server, at)
     }
 
     /// Verifies a key document (its own signature and, through a notary, the notary's too) and
@@ -252,6 +329,14 @@ impl ServerKeys {
                     .map_err(|e| Error::corrupt("servername_keydocument", e))
             })
             .transpose()
+    }
+}
+
+/// Whether `cached` holds `key_id` (or any key, when `key_id` is `None`).
+fn satisfies(cached: &BTreeMap<String, String>, key_id: Option<&str>) -> bool {
+    match key_id {
+        Some(key_id) => cached.contains_key(key_id),
+        None => !cached.is_empty(),
     }
 }
 

@@ -14,15 +14,9 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&str) -> Answer,
 {
-    let mut request = Vec::new();
-    let mut buffer = [0u8; 4096];
-    while !request.windows(4).any(|window| window == b"\r\n\r\n") {
-        match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return,
-            Ok(read) => request.extend_from_slice(&buffer[..read]),
-        }
-    }
-    let text = String::from_utf8_lossy(&request);
+    let Some(text) = read_head(&mut stream).await else {
+        return;
+    };
     let path = text.split_whitespace().nth(1).unwrap_or("/").to_owned();
     let (status, headers, body) = answer(&path);
     let head = format!(
@@ -32,4 +26,17 @@ where
     let _ = stream.write_all(head.as_bytes()).await;
     let _ = stream.write_all(&body).await;
     let _ = stream.shutdown().await;
+}
+
+/// Reads one request head from `stream`: `None` when the client goes away before it is complete.
+pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Option<String> {
+    let mut request = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !request.windows(4).any(|window| window == b"\r\n\r\n") {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return None,
+            Ok(read) => request.extend_from_slice(&buffer[..read]),
+        }
+    }
+    Some(String::from_utf8_lossy(&request).into_owned())
 }

@@ -89,6 +89,7 @@ impl TestServer {
             tls_cert: Some(cert),
             tls_key: Some(key),
             federation_ca_file: Some(ca_file),
+            ip_range_allowlist: loopback_allowed(),
             ..Config::default()
         };
         tweak(&mut config);
@@ -124,6 +125,7 @@ impl TestServer {
                 tls_key: Some(key),
                 federation_ca_file: Some(ca_file),
                 federation_hosts: hosts.clone(),
+                ip_range_allowlist: loopback_allowed(),
                 ..Config::default()
             };
             let listener = tokio::net::TcpListener::bind((*ip, 0)).await.unwrap();
@@ -177,6 +179,7 @@ impl TestServer {
     pub async fn start_at(path: &Path, tweak: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config {
             database_path: path.to_owned(),
+            ip_range_allowlist: loopback_allowed(),
             ..Config::default()
         };
         tweak(&mut config);
@@ -382,6 +385,12 @@ impl Client {
             .to_owned()
     }
 }
+/// The `ip_range_allowlist` of test servers: they federate, push and preview on loopback,
+/// which the default `ip_range_denylist` refuses. A test of the default sets it back to empty.
+pub fn loopback_allowed() -> Vec<String> {
+    vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()]
+}
+
 /// An IP address from its text (test constants).
 pub fn ip(text: &str) -> std::net::IpAddr {
     text.parse().unwrap()

@@ -59,6 +59,10 @@ impl PlaitProcess {
             ("PLAIT_TLS_CERT", cert.display().to_string()),
             ("PLAIT_TLS_KEY", key.display().to_string()),
             ("PLAIT_FEDERATION_CA_FILE", ca_file.display().to_string()),
+            (
+                "PLAIT_IP_RANGE_ALLOWLIST",
+                r#"["127.0.0.0/8","::1/128"]"#.to_owned(),
+            ),
             ("PLAIT_LOG", log),
         ];
         let env_file: String = env

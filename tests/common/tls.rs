@@ -99,6 +99,26 @@ impl TestCa {
         (chain_path, key_path)
     }
 
+    /// A TLS acceptor with a certificate from this CA for `ip`, for fake servers that tests
+    /// stand up (an origin of media, a remote server that misbehaves).
+    pub fn acceptor(&self, ip: IpAddr) -> tokio_rustls::TlsAcceptor {
+        use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+        let (chain_pem, key_pem) = self.issue_pem(ip, &[]);
+        let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("parse the chain");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("parse the key");
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("the certificate and key match");
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+    }
+
     /// An HTTP client that trusts this CA and nothing else, for talking to federation
     /// listeners the way another homeserver would.
     pub fn https_client(&self) -> reqwest::Client {

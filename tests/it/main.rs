@@ -21,6 +21,7 @@ pub mod federation;
 mod federation_acl;
 mod federation_edges;
 mod federation_ephemeral;
+mod federation_hostile;
 pub mod federation_misc;
 mod federation_receipt;
 mod first_run;

@@ -8,8 +8,6 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-
 use crate::{
     common::{
         assert_error,
@@ -181,20 +179,7 @@ async fn legacy_media_endpoints_serve_media_only_when_opened() {
 /// server name and the recorded paths.
 async fn fake_origin(ca: &TestCa, answer: fn(&str) -> Answer) -> (String, Arc<Mutex<Vec<String>>>) {
     let address = ip("127.0.0.4");
-    let (chain_pem, key_pem) = ca.issue_pem(address, &[]);
-    let chain = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = ca.acceptor(address);
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(address, 0))
         .await
         .unwrap();

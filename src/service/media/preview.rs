@@ -1,7 +1,8 @@
 //! URL previews: fetch a page (or an image) with a size limit and a timeout, and answer its Open
 //! Graph data, with the page's image stored as local media.
 //!
-//! Every address a host name resolves to is checked against `url_preview_ip_denylist` before
+//! Every address a host name resolves to is checked against `url_preview_ip_denylist` (and
+//! `ip_range_denylist`, less `ip_range_allowlist`) before
 //! connecting, the connection is pinned to those checked addresses (so a second DNS answer
 //! cannot point elsewhere), and redirects are followed by hand, each one checked the same way.
 
@@ -11,8 +12,9 @@ use serde_json::{Map, Value};
 
 use super::Media;
 use crate::{
-    config::{Config, IpRange},
+    config::{Config, IpPolicy},
     error::{Error, Result},
+    federation::guard::{self, Unusable},
     util,
 };
 
@@ -36,7 +38,7 @@ pub async fn preview(media: &Media, config: &Config, url: &str) -> Result<Value>
     if url.len() > MAX_URL_BYTES {
         return Err(Error::invalid_param("the URL is too long"));
     }
-    let denylist = config.url_preview_ip_denylist();
+    let denylist = config.user_url_ip_policy();
     let parsed =
         reqwest::Url::parse(url).map_err(|_| Error::invalid_param(format!("invalid URL {url}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
@@ -95,7 +97,7 @@ struct Fetched {
 /// Fetches `url`, following redirects by hand, refusing denied addresses; a body longer than
 /// `limit` is cut (`truncate`) or refused.
 async fn fetch(
-    denylist: &[IpRange],
+    denylist: &IpPolicy,
     mut url: reqwest::Url,
     limit: usize,
     truncate: bool,
@@ -187,29 +189,16 @@ async fn read_body(
     Ok((body, false))
 }
 
-/// The addresses of `host`, all of which must be outside the deny-list (`403 M_FORBIDDEN`).
-async fn allowed_addresses(denylist: &[IpRange], host: &str, port: u16) -> Result<Vec<SocketAddr>> {
-    let addresses: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::time::timeout(FETCH_TIMEOUT, tokio::net::lookup_host((host, port)))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .ok_or_else(|| Error::not_found(format!("cannot resolve {host}")))?
-            .collect(),
-    };
-    if addresses.is_empty() {
-        return Err(Error::not_found(format!("cannot resolve {host}")));
-    }
-    if addresses
-        .iter()
-        .any(|address| denylist.iter().any(|range| range.contains(address.ip())))
-    {
-        return Err(Error::forbidden(format!(
-            "{host} resolves to an address that may not be previewed"
-        )));
-    }
-    Ok(addresses)
+/// The addresses of `host`, all of which the policy must permit (`403 M_FORBIDDEN`).
+async fn allowed_addresses(policy: &IpPolicy, host: &str, port: u16) -> Result<Vec<SocketAddr>> {
+    guard::checked_addresses(policy, host, port, FETCH_TIMEOUT)
+        .await
+        .map_err(|unusable| match unusable {
+            Unusable::Unresolved => Error::not_found(format!("cannot resolve {host}")),
+            Unusable::Refused => Error::forbidden(format!(
+                "{host} resolves to an address that may not be previewed"
+            )),
+        })
 }
 
 async fn attach_image(

@@ -219,12 +219,8 @@ pub fn check_url(url: &str, config: &Config) -> Result<()> {
         .host_str()
         .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
         .and_then(|host| host.parse::<std::net::IpAddr>().ok());
-    if let Some(ip) = literal.filter(|_| !allow_http) {
-        if config
-            .url_preview_ip_denylist()
-            .iter()
-            .any(|range| range.contains(ip))
-        {
+    if let Some(ip) = literal {
+        if !super::sender::gateway_policy(config).permits(ip) {
             return Err(Error::invalid_param(format!(
                 "pusher url {url} names an address this server does not connect to"
             )));

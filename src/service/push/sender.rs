@@ -2,12 +2,11 @@
 //! gateway's `/_matrix/push/v1/notify`, with exponential backoff, and removes pushers whose
 //! pushkey the gateway rejects. Pushers are served side by side (one request in flight per
 //! pusher, so each pusher's notifications stay in order), a gateway's answer is read up to
-//! [`MAX_ANSWER_BYTES`], and unless `push_gateway_allow_http` is set a gateway is never reached
-//! at an address in `url_preview_ip_denylist`.
+//! [`MAX_ANSWER_BYTES`], and a gateway is never reached at an address `ip_range_denylist`
+//! refuses, nor, unless `push_gateway_allow_http` is set, at one in `url_preview_ip_denylist`.
 
 use std::{
     collections::{HashMap, HashSet},
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -21,8 +20,9 @@ use super::{
     Notification,
 };
 use crate::{
-    config::IpRange,
+    config::{Config, IpPolicy},
     error::{Error, Result},
+    federation::guard::{self, GuardedResolver},
     service::{rooms::pdu::Pdu, Services},
     store::key,
 };
@@ -45,17 +45,15 @@ type Finished = (Vec<u8>, Vec<u8>, Result<Delivery>);
 /// pusher (exponential backoff), a pushkey the gateway rejects removes the pusher. Stops when
 /// `stop` turns true (deliveries still in flight are dropped and stay queued).
 pub async fn run(services: Arc<Services>, mut stop: watch::Receiver<bool>) {
-    let mut builder = reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
-        .user_agent(concat!("Plait/", env!("CARGO_PKG_VERSION")));
-    if !services.config.push_gateway_allow_http {
-        builder = builder.dns_resolver(Arc::new(DenyingResolver {
-            denylist: services.config.url_preview_ip_denylist(),
-        }));
-    }
+        .user_agent(concat!("Plait/", env!("CARGO_PKG_VERSION")))
+        .dns_resolver(Arc::new(GuardedResolver::new(gateway_policy(
+            &services.config,
+        ))));
     let client = match builder.build() {
         Ok(client) => client,
         Err(error) => {
@@ -205,38 +203,16 @@ fn finish(
     Ok(())
 }
 
-/// Resolves gateway host names and keeps only the addresses outside the deny-list; a name with
-/// none left does not resolve. (Reqwest does not ask the resolver for an IP literal: `check_url`
-/// refuses denied ones when the pusher is set.)
-struct DenyingResolver {
-    denylist: Vec<IpRange>,
-}
-
-impl reqwest::dns::Resolve for DenyingResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let denylist = self.denylist.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let allowed = allowed_addresses(&denylist, &host).await?;
-            let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());
-            Ok(addrs)
-        })
+/// Where push gateways may be: `ip_range_denylist` less `ip_range_allowlist`, and outside
+/// `url_preview_ip_denylist` unless `push_gateway_allow_http` is set (gateways on loopback in
+/// tests). Names are checked by the client's resolver, IP literals by `check_url` when the
+/// pusher is set and again before each delivery.
+pub fn gateway_policy(config: &Config) -> IpPolicy {
+    if config.push_gateway_allow_http {
+        config.outbound_ip_policy()
+    } else {
+        config.user_url_ip_policy()
     }
-}
-
-/// The addresses of `host` outside `denylist`; an error when there are none.
-async fn allowed_addresses(
-    denylist: &[IpRange],
-    host: &str,
-) -> std::result::Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
-    let allowed: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
-        .await?
-        .filter(|address| !denylist.iter().any(|range| range.contains(address.ip())))
-        .collect();
-    if allowed.is_empty() {
-        return Err(format!("{host} has no address a push gateway may have").into());
-    }
-    Ok(allowed)
 }
 
 enum Delivery {
@@ -281,6 +257,12 @@ async fn deliver(
         .as_str()
         .unwrap_or_default()
         .to_owned();
+    let host = reqwest::Url::parse(&url)
+        .ok()
+        .and_then(|parsed| parsed.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    guard::check_host(&gateway_policy(&services.config), &host)
+        .map_err(|error| Error::Internal(format!("push gateway {url}: {error}")))?;
     let response = client
         .post(&url)
         .json(&body)
@@ -430,27 +412,4 @@ fn add_event_details(
         body["sender_display_name"] = json!(name);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
-
-    #[tokio::test]
-    async fn the_resolver_drops_denied_addresses() {
-        let denylist = Config::default().url_preview_ip_denylist();
-        // `localhost` resolves to loopback only, all of it denied.
-        assert!(allowed_addresses(&denylist, "localhost").await.is_err());
-        let loopback_only = [IpRange::parse("127.0.0.0/8").unwrap()];
-        let allowed = allowed_addresses(&loopback_only, "localhost").await;
-        // With only IPv4 loopback denied, what is left is `::1` if the machine maps it.
-        if let Ok(addresses) = allowed {
-            assert!(addresses.iter().all(|address| address.is_ipv6()));
-        }
-        assert!(!allowed_addresses(&[], "localhost")
-            .await
-            .unwrap()
-            .is_empty());
-    }
 }
