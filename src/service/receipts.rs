@@ -235,7 +235,7 @@ pub fn set_receipt(services: &Services, room_id: &RoomId, receipt: &Receipt) -> 
     let lock = services.rooms.timeline.room_lock(room_id);
     let guard = local.then(|| lock.lock());
     let counters = match local {
-        true => crate::service::push::recount_for_receipt(services, room_id, receipt)?,
+        true => unread_counters(services, room_id, receipt)?,
         false => Batch::default(),
     };
     services.globals.write_with_count(|batch, count| {
@@ -262,6 +262,21 @@ pub fn set_receipt(services: &Services, room_id: &RoomId, receipt: &Receipt) -> 
         crate::service::push::prune_read(services, room_id, &receipt.user_id)?;
     }
     Ok(())
+}
+
+/// The writes that recount a local user's unread counters for `receipt`, from their receipts with
+/// `receipt` in place of the one of its type and thread.
+fn unread_counters(services: &Services, room_id: &RoomId, receipt: &Receipt) -> Result<Batch> {
+    let mut current = services
+        .receipts
+        .iter_user_receipts(room_id, &receipt.user_id)?;
+    current.retain(|old| old.kind != receipt.kind || old.thread_id != receipt.thread_id);
+    current.push(receipt.clone());
+    let read: Vec<_> = current
+        .into_iter()
+        .map(|receipt| (receipt.event_id, receipt.thread_id))
+        .collect();
+    crate::service::push::recount_for_receipts(services, room_id, &receipt.user_id, &read)
 }
 
 /// The federation form of one public receipt (server-server API, "Receipts").

@@ -39,7 +39,7 @@ use serde_json::Value;
 
 pub use self::{
     counters::build_missing as build_unread_counters,
-    unread::{iter_notifications, prune_read, recount_for_receipt, sync_unread, NotificationPage},
+    unread::{iter_notifications, prune_read, recount_for_receipts, sync_unread, NotificationPage},
 };
 use crate::{
     error::Result,

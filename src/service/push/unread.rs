@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ruma::{OwnedRoomId, RoomId, UserId};
+use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId};
 use serde_json::{json, Value};
 
 use super::{
@@ -17,7 +17,7 @@ use super::{
 };
 use crate::{
     error::{Error, Result},
-    service::{receipts::Receipt, rooms::pdu::client_event, Services},
+    service::{rooms::pdu::client_event, Services},
     store::{key, Batch},
 };
 
@@ -32,32 +32,31 @@ pub(super) struct ReadUpTo {
 impl ReadUpTo {
     pub(super) fn load(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<Self> {
         let receipts = services.receipts.iter_user_receipts(room_id, user_id)?;
+        let receipts: Vec<_> = receipts
+            .into_iter()
+            .map(|receipt| (receipt.event_id, receipt.thread_id))
+            .collect();
         Self::from_receipts(services, room_id, &receipts)
     }
 
-    /// What a user has read once `receipt` replaces their receipt of its type and thread.
-    fn with_receipt(services: &Services, room_id: &RoomId, receipt: &Receipt) -> Result<Self> {
-        let mut receipts = services
-            .receipts
-            .iter_user_receipts(room_id, &receipt.user_id)?;
-        receipts.retain(|old| old.kind != receipt.kind || old.thread_id != receipt.thread_id);
-        receipts.push(receipt.clone());
-        Self::from_receipts(services, room_id, &receipts)
-    }
-
-    fn from_receipts(services: &Services, room_id: &RoomId, receipts: &[Receipt]) -> Result<Self> {
+    /// From a user's receipts as (event, thread) pairs (`None` for unthreaded ones).
+    fn from_receipts(
+        services: &Services,
+        room_id: &RoomId,
+        receipts: &[(OwnedEventId, Option<String>)],
+    ) -> Result<Self> {
         let mut read = Self::default();
         let Some(shortroomid) = services.rooms.short.get_shortroomid(room_id)? else {
             return Ok(read);
         };
-        for receipt in receipts {
-            let Some(pdu_id) = services.rooms.timeline.get_pdu_id(&receipt.event_id)? else {
+        for (event_id, thread_id) in receipts {
+            let Some(pdu_id) = services.rooms.timeline.get_pdu_id(event_id)? else {
                 continue;
             };
             if pdu_id.shortroomid != shortroomid {
                 continue;
             }
-            match &receipt.thread_id {
+            match thread_id {
                 None => read.all = read.all.max(pdu_id.count),
                 Some(thread) => {
                     let entry = read.threads.entry(thread.clone()).or_default();
@@ -77,17 +76,19 @@ impl ReadUpTo {
     }
 }
 
-/// The writes that bring a local user's unread counters in a room to where `receipt` leaves
-/// them, for the receipt's batch. The caller holds the room lock, so that no event of the
-/// room is committed between the recount and the write.
-pub fn recount_for_receipt(
+/// The writes that bring a local user's unread counters in a room to where `receipts` (all of
+/// their receipts once the new one is stored, as (event, thread) pairs) leave them, for the
+/// receipt's batch. The caller holds the room lock, so that no event of the room is committed
+/// between the recount and the write.
+pub fn recount_for_receipts(
     services: &Services,
     room_id: &RoomId,
-    receipt: &Receipt,
+    user_id: &UserId,
+    receipts: &[(OwnedEventId, Option<String>)],
 ) -> Result<Batch> {
-    let read = ReadUpTo::with_receipt(services, room_id, receipt)?;
+    let read = ReadUpTo::from_receipts(services, room_id, receipts)?;
     let mut batch = Batch::default();
-    counters::recount_in_batch(&services.push, &receipt.user_id, room_id, &read, &mut batch)?;
+    counters::recount_in_batch(&services.push, user_id, room_id, &read, &mut batch)?;
     Ok(batch)
 }
 
