@@ -63,7 +63,8 @@ pub struct Services {
 }
 
 impl Services {
-    /// Opens the database and builds the services.
+    /// Opens the database and builds the services (and, once, the unread counters of a database
+    /// from before they existed).
     pub fn build(config: Arc<Config>) -> Result<Arc<Self>> {
         let db = Db::open_with_budget(
             &config.database_path,
@@ -71,7 +72,7 @@ impl Services {
             config.database_memory_mb << 20,
         )?;
         let globals = globals::Globals::open(&db, &config)?;
-        Ok(Arc::new(Self {
+        let services = Arc::new(Self {
             typing: typing::Typing::open(&globals)?,
             receipts: receipts::Receipts::open(&db),
             sent_members: sync::SentMembers::default(),
@@ -101,7 +102,9 @@ impl Services {
             media: media::Media::open(&db, &config)?,
             policy: policy::PolicyServers::open(&db, &config)?,
             config,
-        }))
+        });
+        push::build_unread_counters(&services)?;
+        Ok(services)
     }
 }
 

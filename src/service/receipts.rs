@@ -214,7 +214,7 @@ impl Receipts {
 
 /// Stores a receipt and wakes the syncs that show it: the room's for `m.read`, only the owner's
 /// for `m.read.private`. A public receipt of a local user also goes to the other servers in the
-/// room, queued in the same write.
+/// room, queued in the same write, and a local user's unread counters are recounted in it.
 #[tracing::instrument(skip_all, fields(room_id = %room_id))]
 pub fn set_receipt(services: &Services, room_id: &RoomId, receipt: &Receipt) -> Result<()> {
     let own = services.globals.server_name();
@@ -228,6 +228,16 @@ pub fn set_receipt(services: &Services, room_id: &RoomId, receipt: &Receipt) -> 
             Vec::new()
         };
     let edu = (!destinations.is_empty()).then(|| receipt_edu(room_id, receipt));
+    // A local user's unread counters move with their receipt, in its batch. The room lock keeps
+    // the room's commits (which add to the counters) and the user's other receipts out from
+    // the recount until the batch is written.
+    let local = receipt.user_id.server_name() == own;
+    let lock = services.rooms.timeline.room_lock(room_id);
+    let guard = local.then(|| lock.lock());
+    let counters = match local {
+        true => unread_counters(services, room_id, receipt)?,
+        false => Batch::default(),
+    };
     services.globals.write_with_count(|batch, count| {
         services
             .receipts
@@ -237,8 +247,10 @@ pub fn set_receipt(services: &Services, room_id: &RoomId, receipt: &Receipt) -> 
                 .sending
                 .queue_edu_in_batch(batch, &destinations, count, edu);
         }
+        batch.append(counters);
         Ok(())
     })?;
+    drop(guard);
     match receipt.kind {
         ReceiptType::Read => services.notifier.wake(Topic::Room(room_id.to_string())),
         ReceiptType::ReadPrivate => services
@@ -246,10 +258,25 @@ pub fn set_receipt(services: &Services, room_id: &RoomId, receipt: &Receipt) -> 
             .wake(Topic::User(receipt.user_id.to_string())),
     }
     services.sending.wake(&destinations);
-    if receipt.user_id.server_name() == own {
+    if local {
         crate::service::push::prune_read(services, room_id, &receipt.user_id)?;
     }
     Ok(())
+}
+
+/// The writes that recount a local user's unread counters for `receipt`, from their receipts with
+/// `receipt` in place of the one of its type and thread.
+fn unread_counters(services: &Services, room_id: &RoomId, receipt: &Receipt) -> Result<Batch> {
+    let mut current = services
+        .receipts
+        .iter_user_receipts(room_id, &receipt.user_id)?;
+    current.retain(|old| old.kind != receipt.kind || old.thread_id != receipt.thread_id);
+    current.push(receipt.clone());
+    let read: Vec<_> = current
+        .into_iter()
+        .map(|receipt| (receipt.event_id, receipt.thread_id))
+        .collect();
+    crate::service::push::recount_for_receipts(services, room_id, &receipt.user_id, &read)
 }
 
 /// The federation form of one public receipt (server-server API, "Receipts").

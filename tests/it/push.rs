@@ -400,3 +400,169 @@ async fn read_notifications_past_their_retention_are_dropped_and_unread_ones_sta
     assert_eq!(listed(bob.clone()).await, Vec::<Value>::new());
     assert_eq!(unread(&bob, &room, "{}").await.0, counts(0, 0));
 }
+
+/// bob's plain and per-thread counts in `room`.
+async fn both_counts(bob: &Client, room: &str) -> (Value, Value, Value) {
+    let by_thread = r#"{"room":{"timeline":{"unread_thread_notifications":true}}}"#;
+    let plain = unread(bob, room, "{}").await.0;
+    let (main, threads) = unread(bob, room, by_thread).await;
+    (plain, main, threads)
+}
+
+/// alice's messages for the counts-and-restart tests: two in the main timeline around a mention,
+/// a thread under the first with a reply and a mention, and another main one. Returns the first,
+/// the mention, the thread's first reply and the last message.
+async fn counted_messages(alice: &Client, room: &str, bob_id: &str) -> [String; 4] {
+    let text = |body: &str| json!({ "msgtype": "m.text", "body": body });
+    let first = send(alice, room, text("one")).await;
+    let mention = send(
+        alice,
+        room,
+        json!({ "msgtype": "m.text", "body": "two", "m.mentions": { "user_ids": [bob_id] } }),
+    )
+    .await;
+    let thread = |body: &str, mentions: Value| json!({ "msgtype": "m.text", "body": body, "m.mentions": mentions, "m.relates_to": { "rel_type": "m.thread", "event_id": first } });
+    let reply = send(alice, room, thread("reply", json!({}))).await;
+    send(alice, room, thread("ping", json!({ "user_ids": [bob_id] }))).await;
+    let last = send(alice, room, text("three")).await;
+    [first, mention, reply, last]
+}
+
+#[tokio::test]
+async fn counts_after_receipts_in_the_middle_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), |_| {}).await;
+    let (alice, bob, room) = shared_room(&server).await;
+    let bob_id = bob.user_id().await;
+    let [first, mention, reply, _] = counted_messages(&alice, &room, &bob_id).await;
+    assert_eq!(
+        both_counts(&bob, &room).await,
+        (
+            counts(5, 2),
+            counts(3, 1),
+            json!({ first.clone(): counts(2, 1) })
+        )
+    );
+    // A private receipt on the mention reads it and what came before it, the thread included
+    // (its events come after it here, so they stay unread).
+    receipt(&bob, &room, "m.read.private", &mention, json!({})).await;
+    assert_eq!(
+        both_counts(&bob, &room).await,
+        (
+            counts(3, 1),
+            counts(1, 0),
+            json!({ first.clone(): counts(2, 1) })
+        )
+    );
+    // A threaded receipt on the first reply reads the thread up to it and nothing else.
+    receipt(&bob, &room, "m.read", &reply, json!({ "thread_id": first })).await;
+    let before_restart = (
+        counts(2, 1),
+        counts(1, 0),
+        json!({ first.clone(): counts(1, 1) }),
+    );
+    assert_eq!(both_counts(&bob, &room).await, before_restart);
+    server.stop().await;
+
+    let server = TestServer::start_at(dir.path(), |_| {}).await;
+    let (alice_token, bob_token) = (alice.token.clone(), bob.token.clone());
+    let (mut alice_again, mut bob) = (server.client(), server.client());
+    alice_again.token = alice_token;
+    bob.token = bob_token;
+    assert_eq!(both_counts(&bob, &room).await, before_restart);
+    // New events keep counting after the restart; an unthreaded m.read on the newest reads all.
+    let newest = send(
+        &alice_again,
+        &room,
+        json!({ "msgtype": "m.text", "body": "after" }),
+    )
+    .await;
+    assert_eq!(
+        both_counts(&bob, &room).await,
+        (
+            counts(3, 1),
+            counts(2, 0),
+            json!({ first.clone(): counts(1, 1) })
+        )
+    );
+    receipt(&bob, &room, "m.read", &newest, json!({})).await;
+    assert_eq!(
+        both_counts(&bob, &room).await,
+        (counts(0, 0), counts(0, 0), Value::Null)
+    );
+}
+
+#[tokio::test]
+async fn counts_of_a_database_from_before_the_counters_are_built_at_startup() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(dir.path(), |_| {}).await;
+    let (alice, bob, room) = shared_room(&server).await;
+    let bob_id = bob.user_id().await;
+    let [first, mention, reply, _] = counted_messages(&alice, &room, &bob_id).await;
+    receipt(&bob, &room, "m.read.private", &mention, json!({})).await;
+    receipt(&bob, &room, "m.read", &reply, json!({ "thread_id": first })).await;
+    let expected = both_counts(&bob, &room).await;
+    assert_eq!(expected.0, counts(2, 1));
+    server.stop().await;
+    // What a database written before the counters holds: the notifications alone (keys of user,
+    // room and stream position), without the counters and the mark that they were built.
+    {
+        let db = plait::store::Db::open(dir.path(), false).unwrap();
+        let tree = db.tree("userroomcount_notification");
+        let other: Vec<Box<[u8]>> = tree
+            .iter_from(&[], false)
+            .map(|entry| entry.unwrap().0)
+            .filter(|key| key.splitn(3, |byte| *byte == 0xff).nth(2).is_none())
+            .collect();
+        assert!(!other.is_empty());
+        for key in other {
+            tree.remove(&key).unwrap();
+        }
+    }
+    let server = TestServer::start_at(dir.path(), |_| {}).await;
+    let mut bob_again = server.client();
+    bob_again.token = bob.token.clone();
+    assert_eq!(both_counts(&bob_again, &room).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counts_stay_exact_while_receipts_race_new_events() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = shared_room(&server).await;
+    let newest = format!(
+        "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=1",
+        enc(&room)
+    );
+    for round in 0..12 {
+        // Three messages go out while bob reads up to the newest event he can see.
+        let senders: Vec<_> = (0..3)
+            .map(|sender| {
+                let (alice, room) = (alice.clone(), room.clone());
+                tokio::spawn(async move {
+                    let body = format!("{round}/{sender}");
+                    send(&alice, &room, json!({ "msgtype": "m.text", "body": body })).await;
+                })
+            })
+            .collect();
+        let page = bob.get_ok(&newest).await;
+        let event = page["chunk"][0]["event_id"].as_str().unwrap().to_owned();
+        let kind = ["m.read", "m.read.private"][round % 2];
+        receipt(&bob, &room, kind, &event, json!({})).await;
+        for sender in senders {
+            sender.await.unwrap();
+        }
+        // The stored counts agree with the notifications that `/notifications` shows as
+        // unread (worked out there from the notifications and receipts, not the counters).
+        let listed = bob
+            .get_ok("/_matrix/client/v3/notifications?limit=100")
+            .await;
+        let listed = listed["notifications"].as_array().unwrap();
+        assert_eq!(listed.len(), 3 * (round + 1));
+        let unread_listed = listed.iter().filter(|n| n["read"] == false).count();
+        assert_eq!(
+            unread(&bob, &room, "{}").await.0,
+            counts(unread_listed as u64, 0),
+            "round {round}"
+        );
+    }
+}

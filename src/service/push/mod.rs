@@ -10,9 +10,10 @@
 //! The defaults are the spec v1.19 rules plus the legacy body-mention rules (`.m.rule.contains_display_name`, `.m.rule.roomnotif`, `.m.rule.contains_user_name`, which the spec dropped in v1.17 and Synapse keeps); like Synapse, the legacy rules are skipped for events with `m.mentions`; unstable rules that ruma adds under its features are left out.
 //! `push::prepare` evaluates, before `commit` writes an event, the rules of every local joined member but the sender (and of a local invitee) with ruma's evaluator; the room facts it needs (joined count, local members' display names, power levels) are cached per room with the current-state snapshot they were built from and rebuilt when that snapshot changes; the event is flattened once for all the members evaluated.
 //! Notifying events go into the commit batch as `userroomcount_notification` (per user and room, for unread counts) and `usercount_notification` (per user, for `/notifications`), with the actions, highlight and thread.
-//! `push/unread.rs`: a room's unread counts are the notifications after the user's receipts (`m.read` or `m.read.private`; an unthreaded receipt reads everything up to its event, a threaded one only its thread), scanned from the latest unthreaded receipt, so a sync pays for the notifications after it, not for the room's history. A local user's read receipt also deletes their notifications in that room that are read and older than `read_notification_retention_ms` (30 days), at most 1,000 per receipt; unread ones stay.
+//! `push/unread.rs`, `push/counters.rs`: a room's unread counts are the notifications after the user's receipts (`m.read` or `m.read.private`; an unthreaded receipt reads everything up to its event, a threaded one only its thread). They are stored as counters per user, room and thread: the commit batch of a notifying event adds to them, and a local user's receipt recounts them (a scan of the notifications after the latest unthreaded receipt) in the receipt's batch, both under the room lock; a sync reads the counters, so its cost does not grow with the number of unread notifications. A database from before the counters gets them built once at startup. A local user's read receipt also deletes their notifications in that room that are read and older than `read_notification_retention_ms` (30 days), at most 1,000 per receipt; unread ones stay.
 //! `push/pushers.rs`: pushers per user (`userpusher_pusher`) and a delivery queue per pusher (`pushercount_push`, written in the commit batch, so a restart loses nothing); one worker (`push/sender.rs`) posts them in order to the gateway's `/_matrix/push/v1/notify` (pushers side by side, up to 32 requests in flight, one per pusher; answers read up to 64 KiB; unless `push_gateway_allow_http`, gateway addresses in `url_preview_ip_denylist` are refused when the pusher is set (IP literals) and dropped when the name is resolved), backs off per pusher (1 s doubling to an hour, a notification dropped after a day of failures) and removes a pusher whose pushkey the gateway lists in `rejected`.
 
+mod counters;
 pub mod pushers;
 pub mod rules;
 pub mod sender;
@@ -36,7 +37,10 @@ use ruma::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use self::unread::{iter_notifications, prune_read, sync_unread, NotificationPage};
+pub use self::{
+    counters::build_missing as build_unread_counters,
+    unread::{iter_notifications, prune_read, recount_for_receipts, sync_unread, NotificationPage},
+};
 use crate::{
     error::Result,
     service::{notify::Topic, rooms::pdu::Pdu, Services},
@@ -47,7 +51,8 @@ use crate::{
 const MAX_RULES_BYTES: usize = 256 * 1024;
 
 /// Owns `userroomcount_notification` (user ID 0xff room ID 0xff stream position u64 → JSON
-/// [`Notification`]) and `usercount_notification` (user ID 0xff stream position u64 → room ID),
+/// [`Notification`]; beside them, user ID 0xff room ID 0xfe thread → the unread counters of
+/// `push/counters.rs`) and `usercount_notification` (user ID 0xff stream position u64 → room ID),
 /// the same notifications per room (unread counts) and per user (`/notifications`); the pusher
 /// trees are owned by [`pushers::Pushers`].
 pub struct Push {
@@ -113,8 +118,9 @@ impl Push {
         }
     }
 
-    /// Adds the notifications of an event to its commit batch and queues them for the users'
-    /// pushers, keyed by the stream position the batch gets later (`Batch::insert_at_count`).
+    /// Adds the notifications of an event to its commit batch, with the users' unread counters,
+    /// and queues them for the users' pushers, keyed by the stream position the batch gets later
+    /// (`Batch::insert_at_count`). The caller holds the room lock (see `push/counters.rs`).
     pub fn write_in_batch(&self, pending: &Pending, batch: &mut Batch) -> Result<()> {
         let Some(room_id) = &pending.room_id else {
             return Ok(());
@@ -125,6 +131,7 @@ impl Push {
             batch.insert_at_count(&self.userroomcount_notification, &room_key, &json);
             let user_key = key::prefix(&[user_id.as_bytes()]);
             batch.insert_at_count(&self.usercount_notification, &user_key, room_id.as_bytes());
+            counters::add_in_batch(self, user_id, room_id, notification, batch)?;
             if notification.actions.iter().any(Action::should_notify) {
                 self.pushers.queue_in_batch(user_id, room_id, batch)?;
             }

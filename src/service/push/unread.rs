@@ -1,5 +1,6 @@
 //! Reading notifications back: the unread counts of a room for `/sync` (per thread when the
-//! client asks), and the pages of `GET /notifications`.
+//! client asks), read from the stored counters (`push/counters.rs`), and the pages of
+//! `GET /notifications`.
 //!
 //! A notification is read when the user's receipt (`m.read` or `m.read.private`) is at or after
 //! it: an unthreaded receipt reads everything up to its event, a threaded one only its thread
@@ -7,41 +8,58 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use ruma::{OwnedRoomId, RoomId, UserId};
+use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId};
 use serde_json::{json, Value};
 
-use super::{Notification, Push};
+use super::{
+    counters::{self, Counts},
+    Notification, Push,
+};
 use crate::{
     error::{Error, Result},
     service::{rooms::pdu::client_event, Services},
-    store::key,
+    store::{key, Batch},
 };
 
 /// The positions up to which a user has read a room: everything (unthreaded receipts) and
 /// each thread (`main` for events outside threads).
 #[derive(Default)]
-struct ReadUpTo {
-    all: u64,
+pub(super) struct ReadUpTo {
+    pub(super) all: u64,
     threads: HashMap<String, u64>,
 }
 
 impl ReadUpTo {
-    fn load(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<Self> {
+    pub(super) fn load(services: &Services, room_id: &RoomId, user_id: &UserId) -> Result<Self> {
+        let receipts = services.receipts.iter_user_receipts(room_id, user_id)?;
+        let receipts: Vec<_> = receipts
+            .into_iter()
+            .map(|receipt| (receipt.event_id, receipt.thread_id))
+            .collect();
+        Self::from_receipts(services, room_id, &receipts)
+    }
+
+    /// From a user's receipts as (event, thread) pairs (`None` for unthreaded ones).
+    fn from_receipts(
+        services: &Services,
+        room_id: &RoomId,
+        receipts: &[(OwnedEventId, Option<String>)],
+    ) -> Result<Self> {
         let mut read = Self::default();
         let Some(shortroomid) = services.rooms.short.get_shortroomid(room_id)? else {
             return Ok(read);
         };
-        for receipt in services.receipts.iter_user_receipts(room_id, user_id)? {
-            let Some(pdu_id) = services.rooms.timeline.get_pdu_id(&receipt.event_id)? else {
+        for (event_id, thread_id) in receipts {
+            let Some(pdu_id) = services.rooms.timeline.get_pdu_id(event_id)? else {
                 continue;
             };
             if pdu_id.shortroomid != shortroomid {
                 continue;
             }
-            match receipt.thread_id {
+            match thread_id {
                 None => read.all = read.all.max(pdu_id.count),
                 Some(thread) => {
-                    let entry = read.threads.entry(thread).or_default();
+                    let entry = read.threads.entry(thread.clone()).or_default();
                     *entry = (*entry).max(pdu_id.count);
                 }
             }
@@ -49,7 +67,7 @@ impl ReadUpTo {
         Ok(read)
     }
 
-    fn is_read(&self, count: u64, thread_id: Option<&str>) -> bool {
+    pub(super) fn is_read(&self, count: u64, thread_id: Option<&str>) -> bool {
         count <= self.all
             || self
                 .threads
@@ -58,22 +76,20 @@ impl ReadUpTo {
     }
 }
 
-/// Notification and highlight counts.
-#[derive(Default, Clone, Copy)]
-struct Counts {
-    notification: u64,
-    highlight: u64,
-}
-
-impl Counts {
-    fn add(&mut self, notification: &Notification) {
-        self.notification += 1;
-        self.highlight += u64::from(notification.highlight);
-    }
-
-    fn to_value(self) -> Value {
-        json!({ "notification_count": self.notification, "highlight_count": self.highlight })
-    }
+/// The writes that bring a local user's unread counters in a room to where `receipts` (all of
+/// their receipts once the new one is stored, as (event, thread) pairs) leave them, for the
+/// receipt's batch. The caller holds the room lock, so that no event of the room is committed
+/// between the recount and the write.
+pub fn recount_for_receipts(
+    services: &Services,
+    room_id: &RoomId,
+    user_id: &UserId,
+    receipts: &[(OwnedEventId, Option<String>)],
+) -> Result<Batch> {
+    let read = ReadUpTo::from_receipts(services, room_id, receipts)?;
+    let mut batch = Batch::default();
+    counters::recount_in_batch(&services.push, user_id, room_id, &read, &mut batch)?;
+    Ok(batch)
 }
 
 /// A joined room's `unread_notifications` and, when the sync filter's room timeline filter
@@ -86,32 +102,14 @@ pub fn sync_unread(
     filter: &Value,
 ) -> Result<(Value, Option<Value>)> {
     let by_thread = filter["room"]["timeline"]["unread_thread_notifications"] == json!(true);
-    let push = &services.push;
-    let prefix = Push::room_prefix(user_id, room_id);
     let mut main = Counts::default();
     let mut threads: BTreeMap<String, Counts> = BTreeMap::new();
-    // Nothing before the latest receipt can be unread: the scan starts after it.
-    let read = ReadUpTo::load(services, room_id, user_id)?;
-    let mut start = prefix.clone();
-    start.extend_from_slice(&key::u64_bytes(read.all.saturating_add(1)));
-    for entry in push.userroomcount_notification.iter_from(&start, false) {
-        let (entry_key, value) = entry?;
-        let Some(rest) = entry_key.strip_prefix(prefix.as_slice()) else {
-            break;
-        };
-        let count = key::read_u64(rest)
-            .ok_or_else(|| Error::corrupt("userroomcount_notification", "short position"))?;
-        let notification: Notification = serde_json::from_slice(&value)
-            .map_err(|e| Error::corrupt("userroomcount_notification", e))?;
-        if read.is_read(count, notification.thread_id.as_deref()) {
-            continue;
-        }
-        match (&notification.thread_id, by_thread) {
-            (Some(thread), true) => threads
-                .entry(thread.clone())
-                .or_default()
-                .add(&notification),
-            _ => main.add(&notification),
+    for (thread, counts) in counters::stored(&services.push, user_id, room_id)? {
+        match (thread, by_thread) {
+            (Some(thread), true) => {
+                threads.insert(thread, counts);
+            }
+            _ => main.add_counts(counts),
         }
     }
     let threads = (!threads.is_empty()).then(|| {
@@ -211,6 +209,36 @@ pub fn iter_notifications(
     Ok(page)
 }
 
+/// A user's notifications in a room from stream position `from` on, oldest first, with their
+/// keys and positions.
+pub(super) fn room_notifications<'a>(
+    push: &'a Push,
+    user_id: &UserId,
+    room_id: &RoomId,
+    from: u64,
+) -> impl Iterator<Item = Result<(Box<[u8]>, u64, Notification)>> + 'a {
+    let prefix = Push::room_prefix(user_id, room_id);
+    let mut start = prefix.clone();
+    start.extend_from_slice(&key::u64_bytes(from));
+    push.userroomcount_notification
+        .iter_from(&start, false)
+        .map_while(move |entry| {
+            let (entry_key, value) = match entry {
+                Ok(entry) => entry,
+                Err(error) => return Some(Err(error)),
+            };
+            let count = key::read_u64(entry_key.strip_prefix(prefix.as_slice())?);
+            let decoded = count
+                .ok_or_else(|| Error::corrupt("userroomcount_notification", "short position"))
+                .and_then(|count| {
+                    let notification = serde_json::from_slice(&value)
+                        .map_err(|e| Error::corrupt("userroomcount_notification", e))?;
+                    Ok((count, notification))
+                });
+            Some(decoded.map(|(count, notification)| (entry_key, count, notification)))
+        })
+}
+
 /// Most notifications one call of [`prune_read`] looks at.
 const PRUNE_BATCH: usize = 1000;
 
@@ -225,23 +253,11 @@ pub fn prune_read(services: &Services, room_id: &RoomId, user_id: &UserId) -> Re
     if read.all == 0 && read.threads.is_empty() {
         return Ok(());
     }
-    let room_prefix = Push::room_prefix(user_id, room_id);
     let user_prefix = key::prefix(&[user_id.as_bytes()]);
     let mut batch = crate::store::Batch::default();
     let mut pruned = 0usize;
-    for entry in push
-        .userroomcount_notification
-        .iter_from(&room_prefix, false)
-        .take(PRUNE_BATCH)
-    {
-        let (entry_key, value) = entry?;
-        let Some(rest) = entry_key.strip_prefix(room_prefix.as_slice()) else {
-            break;
-        };
-        let count = key::read_u64(rest)
-            .ok_or_else(|| Error::corrupt("userroomcount_notification", "short position"))?;
-        let notification: Notification = serde_json::from_slice(&value)
-            .map_err(|e| Error::corrupt("userroomcount_notification", e))?;
+    for entry in room_notifications(push, user_id, room_id, 0).take(PRUNE_BATCH) {
+        let (entry_key, count, notification) = entry?;
         if notification.ts > cutoff {
             break;
         }
