@@ -389,40 +389,41 @@ struct Probe {
 }
 
 impl Probe {
-    /// Times `reps` `GET /versions` on each client; the fresh one's refusals are counted.
+    /// Times `reps` `GET /versions` on each client and counts the failed ones (refusals).
     async fn run(&self, reps: usize, held: usize, rss_kb: u64) -> (String, Value) {
-        let (mut kept, mut fresh, mut refused) = (Vec::new(), Vec::new(), 0);
+        let (mut kept, mut fresh) = (Vec::new(), Vec::new());
         let mut first_error = None;
         for _ in 0..reps {
             for (api, times) in [(&self.kept, &mut kept), (&self.fresh, &mut fresh)] {
                 let start = Instant::now();
-                match api
-                    .ok(Method::GET, VERSIONS, None, None, Duration::from_secs(10))
-                    .await
-                {
+                let t = Duration::from_secs(10);
+                match api.ok(Method::GET, VERSIONS, None, None, t).await {
                     Ok(_) => times.push(ms(start.elapsed())),
                     Err(e) => {
-                        refused += 1;
                         first_error.get_or_insert(e);
                     }
                 }
             }
         }
+        let (kept_failed, fresh_failed) = (reps - kept.len(), reps - fresh.len());
         let (kept, fresh) = (Stats::of(kept), Stats::of(fresh));
-        let line =
-            format!(
-            "{held:>6} held, RSS {:>4} MiB: /versions kept-alive p50 {} p99 {} ms; new connection \
-             p50 {} p99 {} ms, {refused} of {} failed{}",
+        let line = format!(
+            "{held:>6} held, RSS {:>4} MiB: /versions kept-alive p50 {} p99 {} ms, \
+             {kept_failed} failed; new connection p50 {} p99 {} ms, {fresh_failed} of {reps} \
+             failed{}",
             rss_kb / 1024,
             num(kept.p50, 2),
             num(kept.p99, 2),
             num(fresh.p50, 2),
             num(fresh.p99, 2),
-            2 * reps,
-            first_error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+            first_error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default()
         );
         let value = json!({"held": held, "rss_kb": rss_kb, "kept_alive_ms": kept.json(),
-            "new_connection_ms": fresh.json(), "failed": refused, "first_error": first_error});
+            "kept_alive_failed": kept_failed, "new_connection_ms": fresh.json(),
+            "new_connection_failed": fresh_failed, "first_error": first_error});
         (line, value)
     }
 }
