@@ -223,8 +223,8 @@ async fn storm_phase(
     let whoami = Stats::of(whoami?);
     let ticks = clock_ticks_per_s();
     let seconds = took.as_secs_f64();
-    let server_cores = (cpu_ticks(&stat) - cpu_before) as f64 / ticks / seconds;
-    let machine_cores = (machine_busy_ticks() - busy_before) as f64 / ticks / seconds;
+    let server_cores = cpu_ticks(&stat).saturating_sub(cpu_before) as f64 / ticks / seconds;
+    let machine_cores = machine_busy_ticks().saturating_sub(busy_before) as f64 / ticks / seconds;
     let rate = logins as f64 / seconds;
     let line = format!(
         "storm, {label}: {logins} logins in {seconds:.1} s ({rate:.0}/s; 200: {}, 403: {}, 429: {}, \
