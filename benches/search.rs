@@ -40,13 +40,6 @@ const VOCABULARY: usize = 5000;
 mod common;
 use common::*;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
 /// The `rank`-th word of the vocabulary (0 is the most frequent): letters only, distinct.
 fn word(rank: usize) -> String {
     let mut text = String::from("w");
@@ -270,29 +263,5 @@ async fn run() -> Result<(), String> {
 }
 
 fn main() {
-    let wanted = std::env::var("PLAIT_BENCH_QUICK").is_ok_and(|v| v == "1")
-        || std::env::var("PLAIT_BENCH_FORCE").is_ok_and(|v| v == "1")
-        || std::env::args().any(|arg| arg == "--bench");
-    if !wanted {
-        println!("search bench: skipped");
-        return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    let limit = Duration::from_secs(60 * 60);
-    // Leaving `run` (done, failed, timed out or interrupted) drops the server, which kills it.
-    let code = runtime.block_on(async {
-        tokio::select! {
-            outcome = tokio::time::timeout(limit, run()) => match outcome {
-                Ok(Ok(())) => 0,
-                Ok(Err(error)) => { eprintln!("search bench failed: {error}"); 1 }
-                Err(_) => { eprintln!("search bench: time limit of {limit:?} reached"); 1 }
-            },
-            _ = tokio::signal::ctrl_c() => { eprintln!("search bench: interrupted"); 130 }
-        }
-    });
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    std::process::exit(code);
+    bench_main(Duration::from_secs(60 * 60), run);
 }

@@ -1,5 +1,5 @@
 //! A Plait server started as a child process on a loopback port with a fresh database, for the
-//! benchmarks that drive one server over HTTP (`relations.rs`, `search.rs`).
+//! benchmarks that drive one server over HTTP (`relations.rs`, `search.rs`, `abuse.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -37,6 +37,17 @@ pub(crate) struct BenchServer {
 impl BenchServer {
     /// Starts `bin` on a free port of 127.0.0.1 with open registration; `label` names its folder.
     pub(crate) fn start(bin: &Path, label: &str) -> Result<Self, String> {
+        Self::start_with(bin, label, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables `env` for the server; the ones of
+    /// `PLAIT_BENCH_SERVER_ENV` (`"KEY=VALUE KEY2=VALUE2"`) come after them and win, and the
+    /// words of `PLAIT_BENCH_SERVER_ARGS` are passed as arguments.
+    pub(crate) fn start_with(
+        bin: &Path,
+        label: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
         if !bin.exists() {
             return Err(format!("server binary {} does not exist", bin.display()));
         }
@@ -59,6 +70,9 @@ impl BenchServer {
             .env("PLAIT_LISTEN", format!("127.0.0.1:{port}"))
             .env("PLAIT_SERVER_NAME", "localhost")
             .env("PLAIT_REGISTRATION", "open")
+            .envs(env.iter().copied())
+            .envs(server_env()?)
+            .args(server_args())
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
@@ -71,6 +85,11 @@ impl BenchServer {
             dir,
             keep: std::env::var("PLAIT_BENCH_KEEP_DATA").is_ok_and(|v| v == "1"),
         })
+    }
+
+    /// The child's process ID, for its /proc readings.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Waits until `/_matrix/client/versions` answers 200 (at most 60 s), failing early if the
@@ -96,6 +115,25 @@ impl BenchServer {
         }
         Err("server did not answer /_matrix/client/versions within 60 s".into())
     }
+}
+
+/// The pairs of `PLAIT_BENCH_SERVER_ENV` (`"KEY=VALUE KEY2=VALUE2"`).
+pub(crate) fn server_env() -> Result<Vec<(String, String)>, String> {
+    let words = std::env::var("PLAIT_BENCH_SERVER_ENV").unwrap_or_default();
+    words
+        .split_whitespace()
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+            _ => Err(format!("PLAIT_BENCH_SERVER_ENV: `{pair}` is not KEY=VALUE")),
+        })
+        .collect()
+}
+
+/// The words of `PLAIT_BENCH_SERVER_ARGS`, passed to the server as arguments.
+pub(crate) fn server_args() -> Vec<String> {
+    std::env::var("PLAIT_BENCH_SERVER_ARGS")
+        .map(|words| words.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 impl Drop for BenchServer {

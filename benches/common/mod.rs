@@ -13,6 +13,48 @@ mod machine;
 pub(crate) use child::*;
 pub(crate) use machine::*;
 
+/// A number from the environment variable `name`, else `default`.
+pub(crate) fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A benchmark's `main`: prints `LABEL bench: skipped` unless `PLAIT_BENCH_QUICK`,
+/// `PLAIT_BENCH_FORCE` or `--bench` asks for a run, then runs `run` within `limit` and exits
+/// with its outcome (1 on failure or time-out, 130 when interrupted).
+pub(crate) fn bench_main<F>(limit: Duration, run: impl FnOnce() -> F)
+where
+    F: Future<Output = Result<(), String>>,
+{
+    let label = super::BENCH_LABEL;
+    let wanted = std::env::var("PLAIT_BENCH_QUICK").is_ok_and(|v| v == "1")
+        || std::env::var("PLAIT_BENCH_FORCE").is_ok_and(|v| v == "1")
+        || std::env::args().any(|arg| arg == "--bench");
+    if !wanted {
+        println!("{label} bench: skipped");
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    // Leaving `run` (done, failed, timed out or interrupted) drops its servers, which kills them.
+    let code = runtime.block_on(async {
+        tokio::select! {
+            outcome = tokio::time::timeout(limit, run()) => match outcome {
+                Ok(Ok(())) => 0,
+                Ok(Err(error)) => { eprintln!("{label} bench failed: {error}"); 1 }
+                Err(_) => { eprintln!("{label} bench: time limit of {limit:?} reached"); 1 }
+            },
+            _ = tokio::signal::ctrl_c() => { eprintln!("{label} bench: interrupted"); 130 }
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    std::process::exit(code);
+}
+
 // ---------------------------------------------------------------------------
 // HTTP / Matrix client-server API
 
