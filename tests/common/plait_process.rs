@@ -60,6 +60,8 @@ impl PlaitProcess {
             ("PLAIT_TLS_KEY", key.display().to_string()),
             ("PLAIT_FEDERATION_CA_FILE", ca_file.display().to_string()),
             ("PLAIT_LOG", log),
+            // Tests register and send from one address as fast as they can.
+            ("PLAIT_RATE_LIMITS_ENABLED", "false".to_owned()),
         ];
         let env_file: String = env
             .iter()

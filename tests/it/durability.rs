@@ -21,6 +21,7 @@ async fn spawn(dir: &std::path::Path, port: u16) -> (Child, Client) {
             .env("PLAIT_DATABASE_PATH", dir)
             .env("PLAIT_LISTEN", format!("127.0.0.1:{port}"))
             .env("PLAIT_LOG", "warn")
+            .env("PLAIT_RATE_LIMITS_ENABLED", "false")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
