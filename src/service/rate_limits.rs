@@ -41,6 +41,10 @@ pub enum Limit {
     LoginAddress,
     /// Failed logins per account, whatever the address.
     LoginFailedAttempts,
+    /// Wrong passwords per account in user-interactive auth (password changes, deactivation,
+    /// device deletion), counted apart from logins so that someone holding a stolen access token
+    /// cannot lock the owner out of logging in.
+    UiaFailedAttempts,
     /// Registrations per client address.
     Registration,
     /// Events sent per user.
@@ -60,9 +64,10 @@ pub enum Limit {
 }
 
 impl Limit {
-    const ALL: [Limit; 10] = [
+    const ALL: [Limit; 11] = [
         Limit::LoginAddress,
         Limit::LoginFailedAttempts,
+        Limit::UiaFailedAttempts,
         Limit::Registration,
         Limit::Message,
         Limit::Join,
@@ -76,7 +81,7 @@ impl Limit {
     fn rate(self, settings: &RateLimitSettings) -> Rate {
         match self {
             Limit::LoginAddress => settings.login_address,
-            Limit::LoginFailedAttempts => settings.login_failed_attempts,
+            Limit::LoginFailedAttempts | Limit::UiaFailedAttempts => settings.login_failed_attempts,
             Limit::Registration => settings.registration,
             Limit::Message => settings.message,
             Limit::Join => settings.joins,
@@ -93,6 +98,7 @@ impl Limit {
         match self {
             Limit::LoginAddress => "login attempts from this address",
             Limit::LoginFailedAttempts => "failed logins to this account",
+            Limit::UiaFailedAttempts => "wrong passwords for this account",
             Limit::Registration => "registrations from this address",
             Limit::Message => "events sent",
             Limit::Join => "rooms joined",
@@ -240,24 +246,17 @@ impl RateLimits {
             .map_err(|wait| exceeded(limit, wait))
     }
 
-    /// `M_LIMIT_EXCEEDED` while `user_id` has no failed login left; spends nothing, so that it
-    /// can be asked before the password is checked.
-    pub fn check_failed_logins(&self, user_id: &UserId) -> Result<()> {
-        self.check(
-            Limit::LoginFailedAttempts,
-            Key::name(user_id.as_str()),
-            false,
-        )
-        .map_err(|wait| exceeded(Limit::LoginFailedAttempts, wait))
+    /// `M_LIMIT_EXCEEDED` while `user_id` has no failure of `limit` (`LoginFailedAttempts` or
+    /// `UiaFailedAttempts`) left; spends nothing, so that it can be asked before the password is
+    /// checked.
+    pub fn check_failures(&self, limit: Limit, user_id: &UserId) -> Result<()> {
+        self.check(limit, Key::name(user_id.as_str()), false)
+            .map_err(|wait| exceeded(limit, wait))
     }
 
-    /// Spends one of `user_id`'s failed logins.
-    pub fn record_failed_login(&self, user_id: &UserId) {
-        let _ = self.check(
-            Limit::LoginFailedAttempts,
-            Key::name(user_id.as_str()),
-            true,
-        );
+    /// Spends one of `user_id`'s failures of `limit`.
+    pub fn record_failure(&self, limit: Limit, user_id: &UserId) {
+        let _ = self.check(limit, Key::name(user_id.as_str()), true);
     }
 
     /// Spends a token of the federation limit of `origin`.

@@ -1,7 +1,8 @@
 //! Rate limits (`[rate_limits]`): over a limit a request is answered `429 M_LIMIT_EXCEEDED` with
 //! `retry_after_ms` and works again after that wait; admins are exempt; an account's failed
 //! logins are limited whatever address they come from (the address from `X-Forwarded-For`, only
-//! behind a trusted proxy); federation requests are limited per origin server.
+//! behind a trusted proxy), and so are wrong passwords in user-interactive auth, apart from them;
+//! federation requests are limited per origin server.
 //! Every other test runs with the limits off (`tests/common`); here each test turns them on with
 //! one tight limit and the others generous.
 
@@ -199,6 +200,27 @@ async fn failed_logins_to_one_account_are_limited_from_every_address() {
     // The forwarded address is the one the address limit counts.
     let (status, body, _) = login(&server, "bob", "password", Some("198.51.100.6")).await;
     assert_limited(&(status, body));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_passwords_in_user_interactive_auth_are_limited_apart_from_logins() {
+    let server = start(|config| config.rate_limits.login_failed_attempts = rate(0.01, 2)).await;
+    let alice = server.register("alice").await;
+    let change = |password: &str| {
+        json!({"new_password": "new", "logout_devices": false, "auth": {
+            "type": "m.login.password", "user": "alice", "password": password,
+        }})
+    };
+    let path = "/_matrix/client/v3/account/password";
+    for _ in 0..2 {
+        let wrong = alice.post(path, change("wrong")).await;
+        assert_error(&wrong, 401, "M_FORBIDDEN");
+    }
+    // Out of wrong guesses: even the right password waits.
+    assert_limited(&alice.post(path, change("password")).await);
+    // Someone holding a stolen token cannot lock the owner out of logging in.
+    let (status, body, _) = login(&server, "alice", "password", None).await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

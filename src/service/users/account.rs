@@ -139,11 +139,15 @@ pub async fn log_in_with_password(
     };
     // Guessing one account's password is slow from however many addresses: its failed logins
     // are counted before the password is checked, and spent only when it is wrong.
-    services.rate_limits.check_failed_logins(&user_id)?;
+    services
+        .rate_limits
+        .check_failures(Limit::LoginFailedAttempts, &user_id)?;
     // A user of another server has no password here: the check runs against no hash.
     let matches = services.users.password_matches(&user_id, password).await?;
     if !matches || user_id.server_name() != services.globals.server_name() {
-        services.rate_limits.record_failed_login(&user_id);
+        services
+            .rate_limits
+            .record_failure(Limit::LoginFailedAttempts, &user_id);
         return Err(Error::forbidden("invalid username or password"));
     }
     if services.users.is_deactivated(&user_id)? {
