@@ -22,8 +22,9 @@
 //! 3. *Memory*: the server's VmRSS before the fill, at the end and after closing everything;
 //!    the growth divided by the connections held is the memory per idle connection.
 //!
-//! Extra server settings: `PLAIT_BENCH_SERVER_ENV="KEY=VALUE ..."` (for example to switch rate
-//! limits off for the storm) and `PLAIT_BENCH_SERVER_ARGS`, for both servers.
+//! Rate limits are off (as in every benchmark's server); extra server settings:
+//! `PLAIT_BENCH_SERVER_ENV="KEY=VALUE ..."` (`PLAIT_RATE_LIMITS_ENABLED=true` switches the limits
+//! on to see the storm throttled) and `PLAIT_BENCH_SERVER_ARGS`, for both servers.
 //! `PLAIT_BENCH_QUICK=1` runs 200 logins and at most 1,500 connections. Built as a test it
 //! prints `abuse bench: skipped` unless `PLAIT_BENCH_QUICK` or `PLAIT_BENCH_FORCE` is set.
 

@@ -374,6 +374,8 @@ impl Server {
             // The two servers federate on loopback, which the default ip_range_denylist refuses.
             .env("PLAIT_IP_RANGE_ALLOWLIST", r#"["127.0.0.0/8","::1/128"]"#)
             .env("PLAIT_REGISTRATION", "open")
+            // The benchmark registers and sends from one address as fast as it can.
+            .env("PLAIT_RATE_LIMITS_ENABLED", "false")
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

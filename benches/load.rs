@@ -285,6 +285,8 @@ impl Server {
             .env("PLAIT_LISTEN", format!("127.0.0.1:{port}"))
             .env("PLAIT_SERVER_NAME", "localhost")
             .env("PLAIT_REGISTRATION", "open")
+            // The benchmark registers and sends from one address as fast as it can.
+            .env("PLAIT_RATE_LIMITS_ENABLED", "false")
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

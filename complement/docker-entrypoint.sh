@@ -17,6 +17,8 @@ export PLAIT_LISTEN=0.0.0.0:8008
 export PLAIT_FEDERATION_LISTEN=0.0.0.0:8448
 export PLAIT_DATABASE_PATH=/data
 export PLAIT_REGISTRATION=open
+# Complement registers, logs in and sends from one address as fast as it can.
+export PLAIT_RATE_LIMITS_ENABLED=false
 export PLAIT_TLS_CERT=/conf/server.crt
 export PLAIT_TLS_KEY=/conf/server.key
 export PLAIT_FEDERATION_CA_FILE="$ca/ca.crt"

@@ -89,6 +89,14 @@ impl Error {
         Self::matrix(ErrorKind::MissingParam, message)
     }
 
+    /// `429 M_LIMIT_EXCEEDED`: a rate limit is reached; the client may try again after
+    /// `retry_after` (sent as `retry_after_ms` and the `Retry-After` header).
+    pub fn limit_exceeded(retry_after: std::time::Duration, message: impl Into<String>) -> Self {
+        let mut data = ruma::api::error::LimitExceededErrorData::new();
+        data.retry_after = Some(ruma::api::error::RetryAfter::Delay(retry_after));
+        Self::matrix(ErrorKind::LimitExceeded(data), message)
+    }
+
     /// An error code ruma has no variant for, such as `M_INVALID_SIGNATURE` (`400`).
     pub fn custom(errcode: &str, message: impl Into<String>) -> Self {
         let kind = serde_json::from_value(serde_json::json!({ "errcode": errcode }))

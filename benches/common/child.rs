@@ -70,6 +70,9 @@ impl BenchServer {
             .env("PLAIT_LISTEN", format!("127.0.0.1:{port}"))
             .env("PLAIT_SERVER_NAME", "localhost")
             .env("PLAIT_REGISTRATION", "open")
+            // The benchmarks register and send from one address as fast as they can
+            // (`PLAIT_BENCH_SERVER_ENV` may switch the limits on again).
+            .env("PLAIT_RATE_LIMITS_ENABLED", "false")
             .envs(env.iter().copied())
             .envs(server_env()?)
             .args(server_args())

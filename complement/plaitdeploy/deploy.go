@@ -641,6 +641,9 @@ func (s *server) env() []string {
 		fmt.Sprintf("PLAIT_LISTEN=%s:%d", loopback, s.clientPort),
 		"PLAIT_DATABASE_PATH="+filepath.Join(s.dir, "db"),
 		"PLAIT_REGISTRATION=open",
+		// Complement registers, logs in and sends from one address as fast as it can (Synapse's
+		// Complement image raises its rc_* limits too).
+		"PLAIT_RATE_LIMITS_ENABLED=false",
 		fmt.Sprintf("PLAIT_FEDERATION_LISTEN=%s:%d", loopback, s.fedPort),
 		"PLAIT_TLS_CERT="+filepath.Join(s.dir, "tls.crt"),
 		"PLAIT_TLS_KEY="+filepath.Join(s.dir, "tls.key"),

@@ -40,6 +40,9 @@ pub struct Ctx {
     pub origin: Option<ruma::OwnedServerName>,
     pub user: Option<OwnedUserId>,
     pub device: Option<OwnedDeviceId>,
+    /// The client's address: the peer's, or for a trusted reverse proxy the one it forwards
+    /// (`http::listener::ClientAddr`); `None` only for a request that came through no listener.
+    pub client_ip: Option<std::net::IpAddr>,
     /// Path parameters, percent-decoded, in the order of the path template.
     pub params: Vec<String>,
     pub query: HashMap<String, String>,

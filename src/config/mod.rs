@@ -12,6 +12,10 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
+mod rate_limits;
+
+pub use rate_limits::{Rate, RateLimitSettings};
+
 /// Prefix of environment variables that override single keys (`PLAIT_SERVER_NAME` → `server_name`).
 pub const ENV_PREFIX: &str = "PLAIT_";
 
@@ -65,6 +69,13 @@ pub struct Config {
     pub max_connections: usize,
     /// Open connections from one IP address.
     pub max_connections_per_ip: usize,
+    /// IP ranges (CIDR) of reverse proxies in front of the server: a request from one of them
+    /// counts as coming from the address its `X-Forwarded-For` header names (the last one not
+    /// itself a trusted proxy). Empty by default: the header is then ignored, since any client
+    /// could write it.
+    pub trusted_proxies: Vec<String>,
+    /// Token-bucket rate limits per client address, user and origin server (`[rate_limits]`).
+    pub rate_limits: RateLimitSettings,
     /// Room version of new rooms when the client does not ask for one. A bare number (as an
     /// environment variable gives it, `PLAIT_DEFAULT_ROOM_VERSION=10`) is accepted too.
     #[serde(deserialize_with = "string_or_number")]
@@ -185,6 +196,8 @@ impl Default for Config {
             http_body_timeout_ms: 60_000,
             max_connections: 8192,
             max_connections_per_ip: 512,
+            trusted_proxies: Vec::new(),
+            rate_limits: RateLimitSettings::default(),
             default_room_version: "12".to_owned(),
             sync_writes: true,
             database_memory_mb: 64,
@@ -363,6 +376,8 @@ fn string_or_map<'de, D: serde::Deserializer<'de>>(
 }
 
 /// Keys that may be overridden from the environment; anything else with the prefix is ignored.
+/// A key inside a table is named with a dot and set with an underscore
+/// (`rate_limits.enabled` from `PLAIT_RATE_LIMITS_ENABLED`).
 const ENV_KEYS: &[&str] = &[
     "server_name",
     "listen",
@@ -378,6 +393,8 @@ const ENV_KEYS: &[&str] = &[
     "http_body_timeout_ms",
     "max_connections",
     "max_connections_per_ip",
+    "trusted_proxies",
+    "rate_limits.enabled",
     "default_room_version",
     "sync_writes",
     "database_memory_mb",
@@ -409,6 +426,14 @@ const ENV_KEYS: &[&str] = &[
     "policy_server_require_membership",
 ];
 
+/// The configuration key an environment variable (its name after the prefix) sets, if any.
+fn env_key(name: &figment::value::UncasedStr) -> Option<figment::value::Uncased<'_>> {
+    ENV_KEYS
+        .iter()
+        .find(|key| key.replace('.', "_").eq_ignore_ascii_case(name.as_str()))
+        .map(|key| (*key).into())
+}
+
 impl Config {
     /// Loads defaults, then the TOML file (if any), then `PLAIT_*` variables, and validates the result.
     pub fn load(path: Option<&std::path::Path>) -> Result<Self, String> {
@@ -419,7 +444,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).only(ENV_KEYS).lowercase(true));
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .filter_map(env_key)
+                .lowercase(true),
+        );
         Self::from_figment(figment)
     }
 
@@ -498,6 +527,7 @@ impl Config {
             ("url_preview_ip_denylist", &self.url_preview_ip_denylist),
             ("ip_range_denylist", &self.ip_range_denylist),
             ("ip_range_allowlist", &self.ip_range_allowlist),
+            ("trusted_proxies", &self.trusted_proxies),
         ] {
             if let Some(range) = ranges.iter().find(|range| IpRange::parse(range).is_none()) {
                 return Err(format!(
@@ -505,6 +535,7 @@ impl Config {
                 ));
             }
         }
+        self.rate_limits.validate()?;
         if self.federation_listen.is_some() != (self.tls_cert.is_some() && self.tls_key.is_some()) {
             return Err("invalid configuration key `federation_listen`: needs `tls_cert` and `tls_key` (and they need it)".to_owned());
         }
@@ -581,6 +612,14 @@ impl Config {
             strict: self.url_preview_ip_denylist(),
             ..self.outbound_ip_policy()
         }
+    }
+
+    /// The trusted reverse proxies as ranges; valid after `validate`.
+    pub fn trusted_proxies(&self) -> Vec<IpRange> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|range| IpRange::parse(range))
+            .collect()
     }
 
     /// The media folder: `media_path`, or `media` inside the database folder.

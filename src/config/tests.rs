@@ -8,17 +8,30 @@ fn example_config_parses_and_covers_every_field() {
     let config = Config::from_toml(text).expect("example config parses");
     assert_eq!(config.server_name, "localhost");
     let value = toml::Value::try_from(Config::default()).unwrap();
-    for key in value.as_table().unwrap().keys() {
-        assert!(
-            text.contains(&format!("{key} =")),
-            "docs/config.example.toml does not mention `{key}`"
-        );
+    for (key, field) in value.as_table().unwrap() {
+        // A table such as `[rate_limits]` is written as a section with each of its keys.
+        match field.as_table() {
+            Some(table) if text.contains(&format!("[{key}]")) => {
+                for inner in table.keys() {
+                    assert!(
+                        text.contains(&format!("{inner} =")),
+                        "docs/config.example.toml does not mention `{key}.{inner}`"
+                    );
+                }
+            }
+            _ => assert!(
+                text.contains(&format!("{key} =")),
+                "docs/config.example.toml does not mention `{key}`"
+            ),
+        }
     }
     for key in ENV_KEYS {
-        assert!(
-            value.as_table().unwrap().contains_key(*key) || text.contains(key),
-            "unknown env key {key}"
-        );
+        // A dotted key names a key inside a table (`rate_limits.enabled`).
+        let known = key
+            .split('.')
+            .try_fold(&value, |table, part| table.get(part))
+            .is_some();
+        assert!(known || text.contains(key), "unknown env key {key}");
     }
 }
 
@@ -50,6 +63,16 @@ fn bad_values_name_the_key() {
             "federation_request_timeout_ms = 5",
             "federation_request_timeout_ms",
         ),
+        ("trusted_proxies = [\"proxy\"]", "trusted_proxies"),
+        (
+            "[rate_limits]\nmessage = { per_second = 0, burst = 10 }",
+            "rate_limits.message",
+        ),
+        (
+            "[rate_limits]\njoins = { per_second = 1, burst = 0 }",
+            "rate_limits.joins",
+        ),
+        ("[rate_limits]\nno_such_limit = true", "no_such_limit"),
     ];
     for (text, key) in cases {
         let error = Config::from_toml(text).unwrap_err();
@@ -140,4 +163,50 @@ fn ip_range_lists_come_from_the_environment_as_arrays() {
     assert!(!Config::default()
         .outbound_ip_policy()
         .permits("127.0.0.1".parse().unwrap()));
+}
+
+#[test]
+fn rate_limits_default_on_and_switch_off_from_a_table_or_the_environment() {
+    let defaults = Config::default().rate_limits;
+    assert!(defaults.enabled);
+    assert_eq!(
+        defaults.registration,
+        Rate {
+            per_second: 0.17,
+            burst: 3
+        }
+    );
+    let config = Config::from_toml(
+        "[rate_limits]\nenabled = false\nmessage = { per_second = 2.5, burst = 4 }",
+    )
+    .unwrap();
+    assert!(!config.rate_limits.enabled);
+    assert_eq!(
+        config.rate_limits.message,
+        Rate {
+            per_second: 2.5,
+            burst: 4
+        }
+    );
+    assert_eq!(
+        config.rate_limits.joins, defaults.joins,
+        "unnamed limits keep their default"
+    );
+    // The environment names a key inside a table with an underscore.
+    assert_eq!(
+        env_key("RATE_LIMITS_ENABLED".into()).as_deref(),
+        Some("rate_limits.enabled".into())
+    );
+    assert_eq!(
+        env_key("trusted_proxies".into()).as_deref(),
+        Some("trusted_proxies".into())
+    );
+    assert!(env_key("rate_limits".into()).is_none());
+    // The other test that loads from the environment sets an unrelated variable.
+    std::env::set_var("PLAIT_RATE_LIMITS_ENABLED", "false");
+    let loaded = Config::load(None);
+    std::env::remove_var("PLAIT_RATE_LIMITS_ENABLED");
+    let loaded = loaded.unwrap();
+    assert!(!loaded.rate_limits.enabled);
+    assert_eq!(loaded.rate_limits.message, defaults.message);
 }

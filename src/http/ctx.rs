@@ -78,6 +78,10 @@ pub(super) fn build(
         origin: None,
         user,
         device,
+        client_ip: parts
+            .extensions
+            .get::<super::listener::ClientAddr>()
+            .map(|client| client.0),
         params,
         query,
         raw_query: parts.uri.query().unwrap_or("").to_owned(),

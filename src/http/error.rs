@@ -1,8 +1,10 @@
 //! The one place that turns an [`Error`] into a Matrix error response: errcode and HTTP status.
 
 use axum::response::{IntoResponse, Response};
-use http::StatusCode;
-use ruma::api::error::ErrorKind;
+use std::time::Duration;
+
+use http::{HeaderValue, StatusCode};
+use ruma::api::error::{ErrorKind, LimitExceededErrorData, RetryAfter};
 use serde_json::{json, Value};
 
 use crate::error::Error;
@@ -42,9 +44,27 @@ pub fn body_of(kind: &ErrorKind, message: &str) -> Value {
         ErrorKind::WrongRoomKeysVersion(data) => {
             body["current_version"] = json!(data.current_version)
         }
+        ErrorKind::LimitExceeded(_) => {
+            if let Some(delay) = retry_delay(kind) {
+                body["retry_after_ms"] =
+                    json!(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+            }
+        }
         _ => {}
     }
     body
+}
+
+/// How long a rate-limited client should wait: at least a millisecond, so that `retry_after_ms`
+/// is never 0 while the limit holds.
+fn retry_delay(kind: &ErrorKind) -> Option<Duration> {
+    match kind {
+        ErrorKind::LimitExceeded(LimitExceededErrorData {
+            retry_after: Some(RetryAfter::Delay(delay)),
+            ..
+        }) => Some((*delay).max(Duration::from_millis(1))),
+        _ => None,
+    }
 }
 
 /// A response with a status and a JSON body.
@@ -54,7 +74,15 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         match self {
             Error::Matrix { kind, message } => {
-                json_response(status_of(&kind), &body_of(&kind, &message))
+                let mut response = json_response(status_of(&kind), &body_of(&kind, &message));
+                if let Some(delay) = retry_delay(&kind) {
+                    // Whole seconds, rounded up (RFC 9110, "Retry-After").
+                    let seconds = delay.as_millis().div_ceil(1000);
+                    response
+                        .headers_mut()
+                        .insert(http::header::RETRY_AFTER, HeaderValue::from(seconds as u64));
+                }
+                response
             }
             Error::Conflict(message) => json_response(
                 StatusCode::CONFLICT,

@@ -6,11 +6,15 @@
 //! head: when it opens, and again after each response. So one deadline bounds a socket that
 //! never sends, a head sent byte by byte, and a keep-alive connection left idle. Bodies have a
 //! deadline of their own where they are read (`http::prepare`, raw handlers).
+//!
+//! Each request carries its client's address as a [`ClientAddr`] extension: the peer's, or for a
+//! peer in `trusted_proxies`, the one its `X-Forwarded-For` header names.
 
 use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
 
 use axum::Router;
-use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown, service::TowerToHyperService};
+use hyper::body::Incoming;
+use hyper_util::{rt::TokioIo, server::graceful::GracefulShutdown};
 use parking_lot::Mutex;
 use rustls::ServerConfig;
 use tokio::{
@@ -18,7 +22,7 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::config::Config;
+use crate::config::{Config, IpRange};
 
 /// A client that has not finished its TLS handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,11 +31,17 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// File descriptors kept out of the connection cap: the database, outgoing requests and media.
 const RESERVED_FILES: usize = 256;
 
+/// The address a request comes from, a request extension that the accept loop sets: the peer's,
+/// or for a peer in `trusted_proxies`, the address its `X-Forwarded-For` header names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
 /// The connections open on every listener, counted in all and per peer address.
 pub struct Connections {
     max_total: usize,
     max_per_ip: usize,
     header_timeout: Duration,
+    trusted_proxies: Arc<[IpRange]>,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
@@ -51,6 +61,7 @@ impl Connections {
             max_total: config.max_connections.min(fit),
             max_per_ip: config.max_connections_per_ip,
             header_timeout: Duration::from_millis(config.http_header_timeout_ms),
+            trusted_proxies: config.trusted_proxies().into(),
             open: Mutex::new((0, HashMap::new())),
         })
     }
@@ -148,19 +159,23 @@ pub async fn serve(
         };
         let router = router.clone();
         let acceptor = acceptor.clone();
-        let header_timeout = connections.header_timeout;
+        let peer = Peer {
+            ip: peer.ip().to_canonical(),
+            trusted_proxies: Arc::clone(&connections.trusted_proxies),
+            header_timeout: connections.header_timeout,
+        };
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _admitted = admitted;
             match acceptor {
-                None => serve_connection(stream, router, header_timeout, watcher).await,
+                None => serve_connection(stream, router, peer, watcher).await,
                 Some(acceptor) => {
                     let Ok(Ok(stream)) =
                         tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     else {
                         return;
                     };
-                    serve_connection(stream, router, header_timeout, watcher).await;
+                    serve_connection(stream, router, peer, watcher).await;
                 }
             }
         });
@@ -169,24 +184,107 @@ pub async fn serve(
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
 }
 
+/// What a connection's requests need to know of its peer.
+struct Peer {
+    ip: IpAddr,
+    trusted_proxies: Arc<[IpRange]>,
+    header_timeout: Duration,
+}
+
 async fn serve_connection<S>(
     stream: S,
     router: Router,
-    header_timeout: Duration,
+    peer: Peer,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let header_timeout = peer.header_timeout;
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        let client = client_address(peer.ip, request.headers(), &peer.trusted_proxies);
+        request.extensions_mut().insert(ClientAddr(client));
+        let mut router = router.clone();
+        async move { tower_service::Service::call(&mut router, request).await }
+    });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router));
+        .serve_connection(TokioIo::new(stream), service);
     let _ = watcher.watch(connection).await;
+}
+
+/// The client's address: the peer's, unless the peer is a trusted proxy; then the last address
+/// of `X-Forwarded-For` that is not itself a trusted proxy, since each proxy appends the address
+/// it was reached from and anything before could have been written by the client. An entry
+/// that is no address ends the walk at the last address found.
+fn client_address(peer: IpAddr, headers: &http::HeaderMap, trusted_proxies: &[IpRange]) -> IpAddr {
+    let trusted = |ip: IpAddr| trusted_proxies.iter().any(|range| range.contains(ip));
+    if !trusted(peer) {
+        return peer;
+    }
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .collect();
+    let mut client = peer;
+    for entry in forwarded.into_iter().rev() {
+        let entry = entry.trim();
+        let Some(ip) = entry.parse::<IpAddr>().ok().or_else(|| {
+            entry
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|address| address.ip())
+        }) else {
+            break;
+        };
+        client = ip.to_canonical();
+        if !trusted(client) {
+            break;
+        }
+    }
+    client
 }
 
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
+
+    #[test]
+    fn forwarded_addresses_count_only_from_trusted_proxies() {
+        let proxies: Vec<crate::config::IpRange> = ["10.0.0.0/8", "::1"]
+            .iter()
+            .map(|range| crate::config::IpRange::parse(range).unwrap())
+            .collect();
+        let check = |peer: &str, forwarded: &[&str], expected: &str| {
+            let mut headers = http::HeaderMap::new();
+            for value in forwarded {
+                headers.append("x-forwarded-for", value.parse().unwrap());
+            }
+            let client = super::client_address(peer.parse().unwrap(), &headers, &proxies);
+            assert_eq!(
+                client,
+                expected.parse::<IpAddr>().unwrap(),
+                "{peer} {forwarded:?}"
+            );
+        };
+        // An untrusted peer's header is ignored.
+        check("203.0.113.9", &["198.51.100.1"], "203.0.113.9");
+        check("10.0.0.1", &[], "10.0.0.1");
+        check("10.0.0.1", &["198.51.100.1"], "198.51.100.1");
+        // What the client wrote before the proxies' own entries does not count.
+        check(
+            "10.0.0.1",
+            &["1.1.1.1, 198.51.100.1, 10.0.0.2"],
+            "198.51.100.1",
+        );
+        check("10.0.0.1", &["1.1.1.1", "198.51.100.1"], "198.51.100.1");
+        check("::1", &["[2001:db8::1]:443"], "2001:db8::1");
+        check("::ffff:10.0.0.1", &["198.51.100.1"], "198.51.100.1");
+        check("10.0.0.1", &["10.0.0.2, 10.0.0.3"], "10.0.0.2");
+        check("10.0.0.1", &["1.1.1.1, nonsense"], "10.0.0.1");
+    }
 
     #[test]
     fn caps_hold_per_address_and_in_all_and_a_closed_connection_frees_its_place() {

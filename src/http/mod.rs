@@ -346,7 +346,9 @@ async fn dispatch(
 /// Authenticates a request from its headers, then reads and parses its body: a request without
 /// valid credentials, with a malformed `{eventId}`, or declaring a body over the limit, is refused
 /// before any of its body is read; a body must arrive within `http_body_timeout_ms`. Federation requests have their
-/// `X-Matrix` header checked first and its signature, which covers the body, after.
+/// `X-Matrix` header checked first and its signature, which covers the body, after; then their
+/// origin's `rate_limits.federation` bucket (after the signature, so that nobody can spend
+/// another server's tokens).
 async fn prepare(
     services: &Services,
     (auth, malformed): (Auth, Option<String>),
@@ -366,7 +368,11 @@ async fn prepare(
     if raw {
         // The handler reads the body with its own limit (uploads are larger than JSON bodies).
         let origin = match x_matrix {
-            Some(x_matrix) => Some(x_matrix::verify(services, &parts, x_matrix, None).await?),
+            Some(x_matrix) => {
+                let origin = x_matrix::verify(services, &parts, x_matrix, None).await?;
+                services.rate_limits.take_origin(&origin)?;
+                Some(origin)
+            }
             None => None,
         };
         let mut ctx = ctx::build(session, params, &parts, (Value::Null, Default::default()));
@@ -395,6 +401,7 @@ async fn prepare(
             let signed_body = (!empty).then_some(&body);
             let origin = x_matrix::verify(services, &parts, x_matrix, signed_body).await?;
             tracing::Span::current().record("origin", tracing::field::display(&origin));
+            services.rate_limits.take_origin(&origin)?;
             Some(origin)
         }
         None => None,

@@ -14,6 +14,7 @@ pub mod notify;
 pub mod policy;
 pub mod presence;
 pub mod push;
+pub mod rate_limits;
 pub mod receipts;
 pub mod received;
 pub mod remote_keys;
@@ -58,6 +59,8 @@ pub struct Services {
     pub push: push::Push,
     pub media: media::Media,
     pub policy: policy::PolicyServers,
+    /// The rate limits' buckets (memory only).
+    pub rate_limits: rate_limits::RateLimits,
     /// The outgoing server-server client.
     pub federation: FederationClient,
 }
@@ -101,6 +104,7 @@ impl Services {
             )?,
             media: media::Media::open(&db, &config)?,
             policy: policy::PolicyServers::open(&db, &config)?,
+            rate_limits: rate_limits::RateLimits::new(&config.rate_limits),
             config,
         });
         push::build_unread_counters(&services)?;

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::{
     config::Registration,
     error::{Error, Result},
-    service::Services,
+    service::{rate_limits::Limit, Services},
     util,
 };
 
@@ -203,7 +203,17 @@ async fn check_password_stage(
             ));
         }
     }
-    services.users.check_password(user, password).await
+    // Guessing the password with a stolen access token is as slow as with logins.
+    services
+        .rate_limits
+        .check_failures(Limit::UiaFailedAttempts, user)?;
+    let matches = services.users.check_password(user, password).await?;
+    if !matches {
+        services
+            .rate_limits
+            .record_failure(Limit::UiaFailedAttempts, user);
+    }
+    Ok(matches)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

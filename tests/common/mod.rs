@@ -1,5 +1,6 @@
-//! Shared helpers for integration tests: a real server on 127.0.0.1:0 with a fresh database,
-//! and a small JSON client; `tls` and `synapse` hold the federation interop harness, and
+//! Shared helpers for integration tests: a real server on 127.0.0.1:0 with a fresh database
+//! (rate limits off, since tests register and send from one address as fast as they can: a test
+//! of the limits turns them on in its config tweak), and a small JSON client; `tls` and `synapse` hold the federation interop harness, and
 //! `plait_process` runs the real binary for tests that kill it.
 
 #![allow(dead_code)]
@@ -11,7 +12,7 @@ pub mod tls;
 
 use std::{path::Path, sync::Arc};
 
-use plait::{Config, Services};
+use plait::{config::RateLimitSettings, Config, Services};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
@@ -90,6 +91,7 @@ impl TestServer {
             tls_key: Some(key),
             federation_ca_file: Some(ca_file),
             ip_range_allowlist: loopback_allowed(),
+            rate_limits: RateLimitSettings::off(),
             ..Config::default()
         };
         tweak(&mut config);
@@ -124,6 +126,7 @@ impl TestServer {
                 tls_cert: Some(cert),
                 tls_key: Some(key),
                 federation_ca_file: Some(ca_file),
+                rate_limits: RateLimitSettings::off(),
                 federation_hosts: hosts.clone(),
                 ip_range_allowlist: loopback_allowed(),
                 ..Config::default()
@@ -180,6 +183,7 @@ impl TestServer {
         let mut config = Config {
             database_path: path.to_owned(),
             ip_range_allowlist: loopback_allowed(),
+            rate_limits: RateLimitSettings::off(),
             ..Config::default()
         };
         tweak(&mut config);

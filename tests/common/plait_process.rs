@@ -64,6 +64,8 @@ impl PlaitProcess {
                 r#"["127.0.0.0/8","::1/128"]"#.to_owned(),
             ),
             ("PLAIT_LOG", log),
+            // Tests register and send from one address as fast as they can.
+            ("PLAIT_RATE_LIMITS_ENABLED", "false".to_owned()),
         ];
         let env_file: String = env
             .iter()

@@ -34,6 +34,7 @@ async fn spawn_with(dir: &std::path::Path, port: u16, env: &[(&str, String)]) ->
             .env("PLAIT_DATABASE_PATH", dir)
             .env("PLAIT_LISTEN", format!("127.0.0.1:{port}"))
             .env("PLAIT_LOG", "warn")
+            .env("PLAIT_RATE_LIMITS_ENABLED", "false")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

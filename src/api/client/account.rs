@@ -27,6 +27,7 @@ use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
     service::{
+        rate_limits::Limit,
         rooms::membership,
         uiaa,
         users::{
@@ -55,7 +56,8 @@ struct RegisterBody {
 /// `POST /_matrix/client/v3/register`
 ///
 /// Flows: `m.login.dummy` when registration is open, `m.login.registration_token` in token mode.
-/// Guest registration (`kind=guest`) is refused.
+/// Guest registration (`kind=guest`) is refused. Limited per client address
+/// (`rate_limits.registration`, spent by the request that creates the account).
 /// Untyped: ruma's `AuthData` refuses a stage it cannot read (`m.login.registration_token`
 /// without `token`, an `auth` with neither `type` nor `session`) as `400 M_BAD_JSON` where the
 /// UIA service answers `401` with the flows, and ruma's response writes `"device_id": null`
@@ -78,6 +80,7 @@ pub async fn register(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         password: body.password,
         device,
         auth: body.auth,
+        client_ip: ctx.client_ip,
     };
     match account::register(&services, registration).await? {
         (_, Some(session)) => Ok(session_json(session)),
@@ -142,10 +145,15 @@ struct LoginBody {
 ///
 /// Supports `m.login.password` with a user identifier (full ID or localpart), or the legacy
 /// top-level `user`; another login or identifier type is `400 M_UNKNOWN`, as Synapse answers.
+/// Limited per client address (`rate_limits.login_address`) and per account's failed logins
+/// (`rate_limits.login_failed_attempts`, whatever the address).
 /// Untyped: ruma's `LoginInfo` indexes the body's `type` and panics when it is missing (we
 /// answer `400 M_BAD_JSON`), and refuses a password login without `password` as `M_BAD_JSON`
 /// (we answer `403 M_FORBIDDEN`).
 pub async fn login(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    services
+        .rate_limits
+        .take_address(Limit::LoginAddress, ctx.client_ip)?;
     let body: LoginBody = ctx.body_as()?;
     if body.kind != "m.login.password" {
         return Err(Error::matrix(

@@ -12,6 +12,7 @@ use crate::{
     service::{
         device_lists,
         keys::upload::{self, Upload},
+        rate_limits::{self, Limit},
         Services,
     },
 };
@@ -178,9 +179,11 @@ pub async fn get_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 ///
 /// One key per device and algorithm: a one-time key, removed as it is handed out, or the
 /// device's fallback key when none is left. Remote devices are claimed through their server.
+/// Limited per user (`rate_limits.key_claims`).
 /// Untyped: ruma's response leaves out an empty `failures` (sent as `{}` here and by Synapse),
 /// and its request refuses an invalid user ID as `M_BAD_JSON`, not `M_INVALID_PARAM`.
 pub async fn claim_keys(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    rate_limits::take_for(&services, Limit::KeyClaims, ctx.user())?;
     let wanted = object_field(&ctx.body, "one_time_keys")?
         .ok_or_else(|| Error::bad_json("one_time_keys is required"))?;
     let (local, remote) =

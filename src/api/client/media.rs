@@ -32,6 +32,7 @@ use crate::{
     error::{Error, Result},
     service::{
         media::{files::Upload, preview, remote, thumbnail, MediaRecord},
+        rate_limits::{self, Limit},
         Services,
     },
 };
@@ -46,8 +47,10 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
 /// POST /_matrix/media/v3/upload
 ///
 /// Stores the body (at most `max_upload_bytes`, else `413 M_TOO_LARGE`) under a new media ID,
-/// with the `Content-Type` header and the `filename` query parameter.
+/// with the `Content-Type` header and the `filename` query parameter. Counted by
+/// `rate_limits.media_create` before the body is read.
 pub async fn create_content(services: Arc<Services>, ctx: Ctx) -> RawResult {
+    rate_limits::take_for(&services, Limit::MediaCreate, ctx.user())?;
     let (content_type, filename) = upload_fields(&ctx)?;
     let upload = receive(&services, &ctx).await?;
     let uri = services
@@ -69,6 +72,7 @@ pub async fn create_mxc_uri(
     ctx: Ctx,
     _request: create_mxc_uri::v1::Request,
 ) -> Result<create_mxc_uri::v1::Response> {
+    rate_limits::take_for(&services, Limit::MediaCreate, ctx.user())?;
     let (uri, expires) = services.media.reserve(ctx.user())?;
     let mut response = create_mxc_uri::v1::Response::new(uri);
     response.unused_expires_at = Some(MilliSecondsSinceUnixEpoch(UInt::new_saturating(expires)));

@@ -23,6 +23,7 @@ use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
     service::{
+        rate_limits::{self, Limit},
         rooms::{
             alias as directory,
             handshake::{self, Handshake},
@@ -97,6 +98,7 @@ fn named_servers(ctx: &Ctx) -> Vec<OwnedServerName> {
 ///
 /// An alias of another server is resolved with its `/query/directory`; a room this server is not
 /// in is joined over federation through the servers named, the inviter's, and the alias's.
+/// Joins count against `rate_limits.joins` (as on `/rooms/{roomId}/join` and `/knock`).
 /// Untyped: ruma's request drops the body's custom keys, which the join event keeps as Synapse does (`rooms::messages_state_redaction_and_context`).
 pub async fn join_room_by_id_or_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let id_or_alias = OwnedRoomOrAliasId::try_from(ctx.param(0))
@@ -134,6 +136,7 @@ pub async fn knock_room(
     ctx: Ctx,
     request: knock_room::v3::Request,
 ) -> Result<knock_room::v3::Response> {
+    rate_limits::take_for(&services, Limit::Join, ctx.user())?;
     let (room_id, servers) =
         room_and_servers(&services, &request.room_id_or_alias, request.via).await?;
     let reason = request.reason.as_deref();
@@ -176,6 +179,7 @@ async fn join(
     if services.rooms.members.is_joined(room_id, ctx.user())? {
         return Ok(json!({ "room_id": room_id }));
     }
+    rate_limits::take_for(services, Limit::Join, ctx.user())?;
     if !handshake::is_resident(services, room_id)? {
         let candidates = handshake::candidate_servers(services, room_id, ctx.user(), servers)?;
         if candidates
@@ -232,9 +236,12 @@ async fn join(
 /// Both forms of the spec: by user ID, and by third-party identifier (a body with `medium`,
 /// `address`, `id_server` and `id_access_token` and no `user_id`), which asks the identity
 /// server for the bound user and invites them, or leaves an `m.room.third_party_invite`.
+/// Limited per inviter (`rate_limits.invites_per_issuer`) and per invitee
+/// (`rate_limits.invites_per_target`).
 /// Untyped: ruma's `InvitationRecipient` is an untagged enum, so a third-party body without `id_access_token` fails as `M_BAD_JSON`, where Synapse and `third_party_invites::third_party_invites_refuse_bad_input` expect `M_MISSING_PARAM`.
 pub async fn invite_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
+    rate_limits::take_for(&services, Limit::InvitesPerIssuer, ctx.user())?;
     let invitee = if ctx.body.get("user_id").is_none()
         && ["medium", "address", "id_server", "id_access_token"]
             .iter()
@@ -255,6 +262,7 @@ pub async fn invite_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     if services.rooms.members.get_membership(&room_id, &invitee)? == Some(MembershipState::Invite) {
         return Ok(json!({}));
     }
+    rate_limits::take_for_user(&services, Limit::InvitesPerTarget, ctx.user(), &invitee)?;
     if invitee.server_name() != services.globals.server_name() {
         require_joined(&services, &room_id, ctx.user())?;
         let mut extra = json!({});

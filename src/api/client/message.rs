@@ -15,6 +15,7 @@ use crate::{
     error::{Error, Result},
     service::{
         filter::RoomEventFilter,
+        rate_limits::{self, Limit},
         rooms::{
             history,
             power::PowerLevels,
@@ -28,7 +29,8 @@ use crate::{
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
 ///
-/// Idempotent per device and transaction ID: a repeat returns the first event's ID. The content
+/// Idempotent per device and transaction ID: a repeat returns the first event's ID (and is not
+/// counted by the `rate_limits.message` limit, which a new event is). The content
 /// is sent as the client wrote it; an `m.room.redaction` goes through the checks of `/redact`.
 pub async fn send_message_event(
     services: Arc<Services>,
@@ -44,6 +46,7 @@ pub async fn send_message_event(
     if let Some(event_id) = sent_before(&services, &ctx, room_id, txn_id)? {
         return Ok(send_message_event::v3::Response::new(event_id));
     }
+    rate_limits::take_for(&services, Limit::Message, ctx.user())?;
     require_joined(&services, room_id, ctx.user())?;
     let content: Value = request
         .body
@@ -89,6 +92,7 @@ pub async fn redact(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     if let Some(event_id) = sent_before(&services, &ctx, &room_id, txn_id)? {
         return Ok(json!({ "event_id": event_id }));
     }
+    rate_limits::take_for(&services, Limit::Message, ctx.user())?;
     require_joined(&services, &room_id, ctx.user())?;
     let mut content = ctx.body.clone();
     content["redacts"] = json!(target);

@@ -17,6 +17,7 @@ use crate::{
     api::Ctx,
     error::{Error, Result},
     service::{
+        rate_limits::{self, Limit},
         rooms::{
             create,
             pdu::client_event,
@@ -85,6 +86,7 @@ pub async fn send_state_event(
     request: send_state_event::v3::Request,
 ) -> Result<send_state_event::v3::Response> {
     let room_id = &request.room_id;
+    rate_limits::take_for(&services, Limit::Message, ctx.user())?;
     require_joined(&services, room_id, ctx.user())?;
     let event_type = request.event_type.to_string();
     if event_type.is_empty() || event_type.len() > 255 {

@@ -7,7 +7,9 @@ use serde_json::Value;
 use crate::{
     error::{Error, Result},
     service::{
-        device_lists, uiaa,
+        device_lists,
+        rate_limits::Limit,
+        uiaa,
         users::{
             self,
             devices::{self, NewDevice},
@@ -30,6 +32,8 @@ pub struct Registration {
     pub device: Option<NewDevice>,
     /// The submitted user-interactive auth stage.
     pub auth: Option<Value>,
+    /// The client's address, for the registration rate limit.
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 /// A logged-in device: the user, the device and its tokens.
@@ -66,6 +70,11 @@ pub async fn register(
     registration: Registration,
 ) -> Result<(OwnedUserId, Option<Session>)> {
     uiaa::registration_flows(services)?;
+    // Only a registration that completes spends a token (a flow takes several requests), but a
+    // client out of tokens is told so at once.
+    services
+        .rate_limits
+        .check_address(Limit::Registration, registration.client_ip)?;
     let localpart = registration
         .username
         .unwrap_or_else(|| util::random_string(12));
@@ -81,6 +90,9 @@ pub async fn register(
     uiaa::check_registration(services, registration.auth.as_ref()).await?;
     // Another registration may have taken the name while this client went through the flow.
     check_available(services, &user_id)?;
+    services
+        .rate_limits
+        .take_address(Limit::Registration, registration.client_ip)?;
     let password_hash = match password {
         Some(password) => services.users.passwords.hash(password).await?,
         None => String::new(),
@@ -125,9 +137,17 @@ pub async fn log_in_with_password(
         user_for_localpart(services, &name.to_lowercase())
             .map_err(|_| Error::forbidden("invalid username or password"))?
     };
+    // Guessing one account's password is slow from however many addresses: its failed logins
+    // are counted before the password is checked, and spent only when it is wrong.
+    services
+        .rate_limits
+        .check_failures(Limit::LoginFailedAttempts, &user_id)?;
     // A user of another server has no password here: the check runs against no hash.
     let matches = services.users.password_matches(&user_id, password).await?;
     if !matches || user_id.server_name() != services.globals.server_name() {
+        services
+            .rate_limits
+            .record_failure(Limit::LoginFailedAttempts, &user_id);
         return Err(Error::forbidden("invalid username or password"));
     }
     if services.users.is_deactivated(&user_id)? {
