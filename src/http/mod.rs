@@ -194,11 +194,19 @@ fn is_federation_only(route: &Route) -> bool {
 pub fn router(services: Arc<Services>, listener: Listener) -> Router {
     let mut by_path: BTreeMap<String, MethodRouter<Arc<Services>>> = BTreeMap::new();
     for route in routes::all() {
-        if listener == Listener::Client && is_federation_only(&route) {
-            continue;
-        }
         let filter =
             MethodFilter::try_from(route.method.clone()).expect("routes use standard methods");
+        if listener == Listener::Client && is_federation_only(&route) {
+            // Not served here: `404 M_UNRECOGNIZED`, without reading anything of the request.
+            // The path still knows its method, so another method answers `405` as on any
+            // known endpoint (Complement's TestUnknownEndpoints asks this of the client port).
+            add_route(
+                &mut by_path,
+                route.path,
+                on(filter, || async { unrecognized() }),
+            );
+            continue;
+        }
         assert!(
             route
                 .typed_method
@@ -227,25 +235,14 @@ pub fn router(services: Arc<Services>, listener: Listener) -> Router {
                 async move { dispatch(services, route, handler, params, request).await }
             },
         );
-        for path in served_paths(path) {
-            let entry = match by_path.remove(&path) {
-                Some(existing) => existing.merge(method_router.clone()),
-                None => method_router.clone(),
-            };
-            by_path.insert(path, entry);
-        }
+        add_route(&mut by_path, path, method_router);
     }
     let mut router = Router::new();
     for (path, method_router) in by_path {
         router = router.route(&path, method_router);
     }
     router
-        .fallback(|| async {
-            error::json_response(
-                StatusCode::NOT_FOUND,
-                &json!({"errcode": "M_UNRECOGNIZED", "error": "unrecognized request"}),
-            )
-        })
+        .fallback(|| async { unrecognized() })
         .method_not_allowed_fallback(|| async {
             error::json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -254,6 +251,29 @@ pub fn router(services: Arc<Services>, listener: Listener) -> Router {
         })
         .layer(axum::middleware::from_fn(edge))
         .with_state(services)
+}
+
+/// Adds a method's handler at every path `path` is served under, next to the other methods.
+fn add_route(
+    by_path: &mut BTreeMap<String, MethodRouter<Arc<Services>>>,
+    path: &str,
+    method_router: MethodRouter<Arc<Services>>,
+) {
+    for path in served_paths(path) {
+        let entry = match by_path.remove(&path) {
+            Some(existing) => existing.merge(method_router.clone()),
+            None => method_router.clone(),
+        };
+        by_path.insert(path, entry);
+    }
+}
+
+/// `404 M_UNRECOGNIZED`: a path this listener does not serve.
+fn unrecognized() -> Response {
+    error::json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"errcode": "M_UNRECOGNIZED", "error": "unrecognized request"}),
+    )
 }
 
 /// The `{eventId}` of a path that is no event ID of any room version: neither `$` and 43

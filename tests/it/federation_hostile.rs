@@ -223,6 +223,12 @@ async fn server_server_routes_are_not_served_on_the_client_listener() {
         .put("/_matrix/federation/v1/send/1", json!({ "pdus": [] }))
         .await;
     assert_error(&send, 404, "M_UNRECOGNIZED");
+    // A known server-server path asked with a method it does not take is still 405, as on any
+    // known endpoint (Complement's TestUnknownEndpoints).
+    let wrong_method = client
+        .put("/_matrix/federation/v1/version", json!({}))
+        .await;
+    assert_error(&wrong_method, 405, "M_UNRECOGNIZED");
     assert_eq!(victim.accepted().await, 0);
     // Federation on: on the federation listener only.
     let ca = TestCa::new();
