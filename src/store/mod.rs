@@ -87,6 +87,7 @@ pub const TREES: &[&str] = &[
     "roomcount_threadroot",
     "roomwordcount_posting",
     "userroomcount_notification",
+    "userroomthread_unreadcount",
     "usercount_notification",
     "userpusher_pusher",
     "pushercount_push",

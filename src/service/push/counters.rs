@@ -1,10 +1,11 @@
 //! Stored unread counts, so that `/sync` reads a few numbers per room instead of scanning and
 //! decoding every unread notification.
 //!
-//! They live in `userroomcount_notification` beside the notifications, under user ID 0xff room
-//! ID 0xfe thread (the thread root's event ID, empty for events outside threads) → notification
-//! count u64 ++ highlight count u64, big-endian. 0xfe never occurs in UTF-8, so these keys never
-//! start with a room's notification prefix (user 0xff room 0xff), of this room or of another.
+//! They live in a tree of their own, `userroomthread_unreadcount`: user ID 0xff room ID 0xfe
+//! thread (the thread root's event ID, empty for events outside threads) → notification count
+//! u64 ++ highlight count u64, big-endian. (Beside the notifications they cost a seek through a
+//! tree of hundreds of thousands of keys and tombstones on every `/sync` of every room: a third
+//! of the server's CPU in the load benchmark.)
 //! A counter holds the user's unread notifications of that thread as their receipts stand; a
 //! zero counter is removed.
 //!
@@ -29,11 +30,11 @@ use crate::{
     store::{key, Batch},
 };
 
-/// Ends the room ID in a counter key, where a notification key has [`key::SEP`].
+/// Ends the room ID in a counter key (0xfe never occurs in UTF-8).
 const COUNTER_MARK: u8 = 0xfe;
 
-/// The key that says the counters were built for the notifications of an older database
-/// (a key of no user: user IDs start with `@`).
+/// The key, in the counters' tree, that says the counters were built for the notifications of
+/// an older database (a key of no user: user IDs start with `@`).
 const BUILT_KEY: &[u8] = b"\xfeunread counters built";
 
 /// Notification and highlight counts.
@@ -65,7 +66,7 @@ impl Counts {
     }
 
     fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let corrupt = || Error::corrupt("userroomcount_notification", "short unread counter");
+        let corrupt = || Error::corrupt("userroomthread_unreadcount", "short unread counter");
         Ok(Self {
             notification: key::read_u64(bytes).ok_or_else(corrupt)?,
             highlight: key::read_u64(bytes.get(8..).unwrap_or_default()).ok_or_else(corrupt)?,
@@ -94,7 +95,7 @@ fn counter_key(user_id: &UserId, room_id: &RoomId, thread_id: Option<&str>) -> V
 pub(super) fn stored(push: &Push, user_id: &UserId, room_id: &RoomId) -> Result<ByThread> {
     let prefix = counter_prefix(user_id, room_id);
     let mut counts = ByThread::new();
-    for entry in push.userroomcount_notification.iter_prefix(&prefix) {
+    for entry in push.userroomthread_unreadcount.iter_prefix(&prefix) {
         let (entry_key, value) = entry?;
         let thread = entry_key.get(prefix.len()..).unwrap_or_default();
         let thread = (!thread.is_empty()).then(|| String::from_utf8_lossy(thread).into_owned());
@@ -113,13 +114,13 @@ pub(super) fn add_in_batch(
     batch: &mut Batch,
 ) -> Result<()> {
     let counter = counter_key(user_id, room_id, notification.thread_id.as_deref());
-    let mut counts = match push.userroomcount_notification.get(&counter)? {
+    let mut counts = match push.userroomthread_unreadcount.get(&counter)? {
         Some(value) => Counts::from_bytes(&value)?,
         None => Counts::default(),
     };
     counts.add(notification);
     batch.insert(
-        &push.userroomcount_notification,
+        &push.userroomthread_unreadcount,
         &counter,
         &counts.to_bytes(),
     );
@@ -162,13 +163,13 @@ pub(super) fn recount_in_batch(
     for thread in stored(push, user_id, room_id)?.into_keys() {
         if !counts.contains_key(&thread) {
             let counter = counter_key(user_id, room_id, thread.as_deref());
-            batch.remove(&push.userroomcount_notification, &counter);
+            batch.remove(&push.userroomthread_unreadcount, &counter);
         }
     }
     for (thread, thread_counts) in counts {
         let counter = counter_key(user_id, room_id, thread.as_deref());
         batch.insert(
-            &push.userroomcount_notification,
+            &push.userroomthread_unreadcount,
             &counter,
             &thread_counts.to_bytes(),
         );
@@ -181,7 +182,7 @@ pub(super) fn recount_in_batch(
 /// startup, before any request.
 pub fn build_missing(services: &Services) -> Result<()> {
     let push = &services.push;
-    if push.userroomcount_notification.contains(BUILT_KEY)? {
+    if push.userroomthread_unreadcount.contains(BUILT_KEY)? {
         return Ok(());
     }
     let mut rooms: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -205,7 +206,7 @@ pub fn build_missing(services: &Services) -> Result<()> {
         let read = ReadUpTo::load(services, &room_id, &user_id)?;
         recount_in_batch(push, &user_id, &room_id, &read, &mut batch)?;
     }
-    batch.insert(&push.userroomcount_notification, BUILT_KEY, b"");
+    batch.insert(&push.userroomthread_unreadcount, BUILT_KEY, b"");
     push.db.write(batch)?;
     if !rooms.is_empty() {
         tracing::info!(rooms = rooms.len(), "unread counters built");

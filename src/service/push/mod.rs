@@ -51,13 +51,14 @@ use crate::{
 const MAX_RULES_BYTES: usize = 256 * 1024;
 
 /// Owns `userroomcount_notification` (user ID 0xff room ID 0xff stream position u64 → JSON
-/// [`Notification`]; beside them, user ID 0xff room ID 0xfe thread → the unread counters of
-/// `push/counters.rs`) and `usercount_notification` (user ID 0xff stream position u64 → room ID),
+/// [`Notification`]), `userroomthread_unreadcount` (the unread counters of `push/counters.rs`)
+/// and `usercount_notification` (user ID 0xff stream position u64 → room ID),
 /// the same notifications per room (unread counts) and per user (`/notifications`); the pusher
 /// trees are owned by [`pushers::Pushers`].
 pub struct Push {
     db: Arc<Db>,
     userroomcount_notification: Tree,
+    userroomthread_unreadcount: Tree,
     usercount_notification: Tree,
     pub pushers: pushers::Pushers,
     /// Parsed rule sets per user; dropped when the user changes a rule.
@@ -110,6 +111,7 @@ impl Push {
         Self {
             db: Arc::clone(db),
             userroomcount_notification: db.tree("userroomcount_notification"),
+            userroomthread_unreadcount: db.tree("userroomthread_unreadcount"),
             usercount_notification: db.tree("usercount_notification"),
             pushers: pushers::Pushers::open(db),
             rules: Mutex::new(HashMap::new()),
