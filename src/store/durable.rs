@@ -40,6 +40,18 @@ struct Shared {
     synced: watch::Sender<Synced>,
 }
 
+impl Shared {
+    /// Asks the syncer for everything up to sequence number `target` (wakes it if that is more
+    /// than anyone asked for yet).
+    fn want(&self, target: u64) {
+        let mut wanted = self.wanted.lock();
+        if wanted.0 < target {
+            wanted.0 = target;
+            self.wake.notify_one();
+        }
+    }
+}
+
 /// What the syncer thread does with the database: the sequence number of the last write, and
 /// an fsync of the write-ahead log.
 pub(super) trait Log: Send + Sync + 'static {
@@ -87,13 +99,7 @@ impl Durable {
             Synced::Failed(_) => true,
         };
         if !reached(&synced.borrow()) {
-            {
-                let mut wanted = shared.wanted.lock();
-                if wanted.0 < target {
-                    wanted.0 = target;
-                    shared.wake.notify_one();
-                }
-            }
+            shared.want(target);
             if synced.wait_for(reached).await.is_err() {
                 return Err(Error::Internal("the log syncer stopped".to_owned()));
             }
@@ -113,13 +119,7 @@ impl Durable {
             return Ok(());
         };
         let mut synced = shared.synced.subscribe();
-        {
-            let mut wanted = shared.wanted.lock();
-            if wanted.0 < target {
-                wanted.0 = target;
-                shared.wake.notify_one();
-            }
-        }
+        shared.want(target);
         loop {
             match &*synced.borrow_and_update() {
                 Synced::Upto(done) if *done >= target => return Ok(()),

@@ -60,6 +60,24 @@ async fn spawn_with(dir: &std::path::Path, port: u16, env: &[(&str, String)]) ->
     panic!("plait did not start");
 }
 
+/// Registers alice on a fresh server (as a client would, through user-interactive auth) and
+/// creates a room of hers: her client and the room.
+async fn alice_with_a_room(client: Client) -> (Client, String) {
+    let first = client
+        .post(
+            "/_matrix/client/v3/register",
+            json!({"username": "alice", "password": "pw"}),
+        )
+        .await;
+    let registered = client.post_ok("/_matrix/client/v3/register", json!({"username": "alice", "password": "pw", "auth": {"type": "m.login.dummy", "session": first.1["session"]}})).await;
+    let alice = Client {
+        token: Some(registered["access_token"].as_str().unwrap().to_owned()),
+        ..client
+    };
+    let room = alice.create_room(json!({})).await;
+    (alice, room)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -73,18 +91,7 @@ async fn acknowledged_events_survive_kill_dash_nine() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let (mut child, client) = spawn(dir.path(), port).await;
-    let first = client
-        .post(
-            "/_matrix/client/v3/register",
-            json!({"username": "alice", "password": "pw"}),
-        )
-        .await;
-    let registered = client.post_ok("/_matrix/client/v3/register", json!({"username": "alice", "password": "pw", "auth": {"type": "m.login.dummy", "session": first.1["session"]}})).await;
-    let alice = Client {
-        token: Some(registered["access_token"].as_str().unwrap().to_owned()),
-        ..client
-    };
-    let room = alice.create_room(json!({})).await;
+    let (alice, room) = alice_with_a_room(client).await;
     let mut sent = Vec::new();
     for index in 0..20 {
         sent.push(
@@ -262,18 +269,7 @@ async fn power_cuts(sync_writes: bool, rounds: usize) -> PowerCutOutcome {
     ];
     let port = free_port();
     let (mut child, client) = spawn_with(&db, port, &env).await;
-    let first = client
-        .post(
-            "/_matrix/client/v3/register",
-            json!({"username": "alice", "password": "pw"}),
-        )
-        .await;
-    let registered = client.post_ok("/_matrix/client/v3/register", json!({"username": "alice", "password": "pw", "auth": {"type": "m.login.dummy", "session": first.1["session"]}})).await;
-    let alice = Client {
-        token: Some(registered["access_token"].as_str().unwrap().to_owned()),
-        ..client
-    };
-    let room = alice.create_room(json!({})).await;
+    let (alice, room) = alice_with_a_room(client).await;
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
     let mut outcome = PowerCutOutcome {
         acknowledged: 0,
