@@ -52,9 +52,10 @@ pub fn iter_device_list_changes(
 ) -> Result<(BTreeSet<OwnedUserId>, BTreeSet<OwnedUserId>)> {
     let mut changed = BTreeSet::new();
     let mut left = BTreeSet::new();
-    let shared = iter_shared_users(services, user_id)?;
+    // Read once something needs it: most syncs see neither a key change nor a membership change.
+    let mut shared = None;
     for changed_user in services.keys.iter_changed_users(from, to)? {
-        if shared.contains(&changed_user) {
+        if shared_users(services, user_id, &mut shared)?.contains(&changed_user) {
             changed.insert(changed_user);
         }
     }
@@ -71,9 +72,7 @@ pub fn iter_device_list_changes(
         if own_change && membership.membership == MembershipState::Join {
             changed.insert(user_id.to_owned());
         }
-        // Others' membership changes are timeline events: a room with no event in the range
-        // has none, and costs one seek instead of a read per member.
-        if !own_change && !has_events_in(services, room_id, from, to)? {
+        if !own_change && !members_changed_in(services, room_id, from, to)? {
             continue;
         }
         for (member, state) in services.rooms.members.iter_members(room_id, None)? {
@@ -89,7 +88,7 @@ pub fn iter_device_list_changes(
             if !own_change && !their_change {
                 continue;
             }
-            if shared.contains(&member) {
+            if shared_users(services, user_id, &mut shared)?.contains(&member) {
                 if own_change || state == MembershipState::Join {
                     changed.insert(member);
                 }
@@ -99,6 +98,34 @@ pub fn iter_device_list_changes(
         }
     }
     Ok((changed, left))
+}
+
+/// The users sharing a room with `user_id`, read into `cache` on first use.
+fn shared_users<'a>(
+    services: &Services,
+    user_id: &UserId,
+    cache: &'a mut Option<BTreeSet<OwnedUserId>>,
+) -> Result<&'a BTreeSet<OwnedUserId>> {
+    if cache.is_none() {
+        *cache = Some(iter_shared_users(services, user_id)?);
+    }
+    Ok(cache.get_or_insert_default())
+}
+
+/// Whether a room's membership may have changed after `from` up to `to`: the room's newest
+/// membership change is read from one index entry; a room indexed before that entry existed
+/// falls back to whether it has any timeline event in the range (others' membership changes are
+/// timeline events), so that a quiet room costs one seek instead of a read per member.
+fn members_changed_in(
+    services: &Services,
+    room_id: &ruma::RoomId,
+    from: u64,
+    to: u64,
+) -> Result<bool> {
+    match services.rooms.members.last_change(room_id)? {
+        Some(last) if last <= from => Ok(false),
+        _ => has_events_in(services, room_id, from, to),
+    }
 }
 
 /// Whether a room has a timeline event after `from` and at or before `to`.

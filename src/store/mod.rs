@@ -50,6 +50,7 @@ pub const TREES: &[&str] = &[
     "roomtopo_pduid",
     "roomtsdepthcount_",
     "roomuserid_membership",
+    "roomid_membershipcount",
     "userroomid_membership",
     "alias_roomid",
     "roomidalias_",

@@ -61,6 +61,10 @@ pub async fn sync_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             full_state,
             filter: &filter,
         };
+        if let Some(waiter) = sync::subscribe_if_caught_up(&services, &request)? {
+            // Nothing to answer yet; on timeout the (empty) response is built below.
+            let _ = tokio::time::timeout_at(deadline, waiter.wait()).await;
+        }
         let (response, has_updates, waiter) = sync::subscribe_and_build(&services, &request)?;
         if has_updates || since.is_none() || full_state || tokio::time::Instant::now() >= deadline {
             return Ok(response);

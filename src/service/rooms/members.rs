@@ -22,9 +22,12 @@ use crate::{
 /// Owns `roomuserid_membership` (room ID 0xff user ID → membership text),
 /// `userroomid_membership` (user ID 0xff room ID → stream position u64, membership text) and
 /// `userroomid_forgotten` (user ID 0xff room ID → the forgotten membership's position and text,
-/// until the user's membership changes again).
+/// until the user's membership changes again) and `roomid_membershipcount` (room ID → the stream
+/// position of the room's newest membership change, so that readers skip rooms whose members did
+/// not change instead of reading every member's entry).
 pub struct Members {
     roomuserid_membership: Tree,
+    roomid_membershipcount: Tree,
     userroomid_membership: Tree,
     userroomid_forgotten: Tree,
     /// The servers with a joined member, per room; dropped when a member event is committed.
@@ -45,6 +48,7 @@ impl Members {
     pub fn open(db: &Arc<Db>) -> Self {
         Self {
             roomuserid_membership: db.tree("roomuserid_membership"),
+            roomid_membershipcount: db.tree("roomid_membershipcount"),
             userroomid_membership: db.tree("userroomid_membership"),
             userroomid_forgotten: db.tree("userroomid_forgotten"),
             servers: Mutex::new(HashMap::new()),
@@ -78,7 +82,23 @@ impl Members {
         let user_room = key::join(&[target.as_bytes(), room_id.as_bytes()]);
         batch.insert(&self.userroomid_membership, &user_room, &value);
         batch.remove(&self.userroomid_forgotten, &user_room);
+        batch.insert(
+            &self.roomid_membershipcount,
+            room_id.as_bytes(),
+            &key::u64_bytes(count),
+        );
         Ok(())
+    }
+
+    /// The stream position of the newest membership change in a room, `None` for a room whose
+    /// changes were indexed before this index existed (the caller then reads the members).
+    pub fn last_change(&self, room_id: &RoomId) -> Result<Option<u64>> {
+        let Some(value) = self.roomid_membershipcount.get(room_id.as_bytes())? else {
+            return Ok(None);
+        };
+        key::read_u64(&value)
+            .map(Some)
+            .ok_or_else(|| Error::corrupt("roomid_membershipcount", "short value"))
     }
 
     /// Indexes the memberships of a room's state received from another server (the answer to

@@ -132,6 +132,23 @@ fn state_field(
         }))
 }
 
+/// [`membership_at`] for an event at stream position `count`, given the viewer's latest
+/// membership in the room: no read when the event is after that membership change.
+pub fn membership_at_position(
+    services: &Services,
+    user: &UserId,
+    room_id: &ruma::RoomId,
+    (pdu, count): (&Pdu, u64),
+    latest: &RoomMembership,
+) -> Result<Option<String>> {
+    let own_member_event = pdu.kind == ruma::events::TimelineEventType::RoomMember
+        && pdu.state_key.as_deref() == Some(user.as_str());
+    if !own_member_event && !is_backfilled(count) && count >= latest.count {
+        return Ok(Some(latest.membership.to_string()));
+    }
+    membership_at(services, user, room_id, pdu)
+}
+
 /// The viewer's membership at an event, with any change the event itself makes
 /// (`unsigned.membership`, spec v1.11): `leave` when they had no member event then, `None` for
 /// an event stored without state (an outlier), where there is nothing to answer from.

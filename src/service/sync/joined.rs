@@ -19,7 +19,7 @@ use crate::{
         rooms::{
             members::RoomMembership,
             pdu::Pdu,
-            relations::bundle::serve_event,
+            relations::bundle::serve_event_at,
             timeline::{is_backfilled, read::TopoPos},
             visibility::{self, user_can_see},
         },
@@ -42,11 +42,11 @@ pub(super) fn joined_room(
     if timeline.events.is_empty() && ephemeral.is_empty() && !room.initial {
         return Ok(None);
     }
-    let viewer = ctx.viewer();
+    let viewer = (ctx.request.user, ctx.request.device);
     let events: Vec<Value> = timeline
         .events
         .iter()
-        .map(|(_, pdu)| serve_event(services, pdu, room_id, viewer))
+        .map(|(count, pdu)| serve_event_at(services, (pdu, *count), room_id, viewer, membership))
         .collect::<Result<_>>()?;
     // The summary changes only with member, name and canonical alias events, so it is sent only
     // then (a limited timeline may have left them out) and on initial syncs; clients keep the

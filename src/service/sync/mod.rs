@@ -64,16 +64,7 @@ pub fn subscribe_and_build(
     services: &Services,
     request: &SyncRequest<'_>,
 ) -> Result<(Value, bool, Waiter)> {
-    let mut waiter = services
-        .notifier
-        .subscribe([Topic::User(request.user.to_string())]);
-    let mut memberships = services.rooms.members.iter_rooms(request.user)?;
-    services.notifier.add(
-        &mut waiter,
-        memberships
-            .iter()
-            .map(|membership| Topic::Room(membership.room_id.to_string())),
-    );
+    let (waiter, mut memberships) = subscribe(services, request.user)?;
     if request.since.is_some() {
         // A room forgotten since the last sync still reports its leave (once: `build` only
         // shows departures after `since`).
@@ -81,6 +72,44 @@ pub fn subscribe_and_build(
     }
     let (response, has_updates) = build(services, request, memberships)?;
     Ok((response, has_updates, waiter))
+}
+
+/// Subscribes to a user's topic, then to the topics of the rooms they have a membership in
+/// (read after the user's subscription, so that a join in between wakes it).
+fn subscribe(services: &Services, user: &UserId) -> Result<(Waiter, Vec<RoomMembership>)> {
+    let mut waiter = services.notifier.subscribe([Topic::User(user.to_string())]);
+    let memberships = services.rooms.members.iter_rooms(user)?;
+    services.notifier.add(
+        &mut waiter,
+        memberships
+            .iter()
+            .map(|membership| Topic::Room(membership.room_id.to_string())),
+    );
+    Ok((waiter, memberships))
+}
+
+/// For an incremental sync whose `since` is the current position of every stream: the waiter
+/// to wait on before anything is built, since nothing can be in a response yet (everything a
+/// response shows, typing aside, is stored at a stream position, and typing has its own).
+/// `None` when there may be news, or for initial and full-state syncs, which answer at once.
+/// A client that long-polls right after its last answer (every client, when the server is busy)
+/// then costs one subscription instead of a response built only to be thrown away.
+pub fn subscribe_if_caught_up(
+    services: &Services,
+    request: &SyncRequest<'_>,
+) -> Result<Option<Waiter>> {
+    let Some(since) = request.since.filter(|_| !request.full_state) else {
+        return Ok(None);
+    };
+    let caught_up = || {
+        since.count == services.globals.current_count() && since.typing == services.typing.current()
+    };
+    if !caught_up() {
+        return Ok(None);
+    }
+    let (waiter, _) = subscribe(services, request.user)?;
+    // Checked again after subscribing: a commit in between has woken nobody we listen for.
+    Ok(caught_up().then_some(waiter))
 }
 
 /// One response being built: the request, the positions it spans and its parsed filter, read

@@ -12,6 +12,7 @@ use crate::{
     error::Result,
     service::{
         rooms::{
+            members::RoomMembership,
             pdu::{client_event, Pdu},
             visibility,
         },
@@ -28,7 +29,28 @@ pub fn serve_event(
     room_id: &RoomId,
     viewer: Option<(&UserId, &str)>,
 ) -> Result<Value> {
-    serve(services, pdu, room_id, viewer, true)
+    serve(services, pdu, room_id, viewer, true, None)
+}
+
+/// [`serve_event`] for an event whose stream position the caller holds, with the viewer's
+/// current membership in the room (as `/sync` has both): an event after the viewer's latest
+/// membership change gets that membership without reading the event's position or the
+/// viewer's membership again.
+pub fn serve_event_at(
+    services: &Services,
+    (pdu, count): (&Pdu, u64),
+    room_id: &RoomId,
+    viewer: (&UserId, &str),
+    membership: &RoomMembership,
+) -> Result<Value> {
+    serve(
+        services,
+        pdu,
+        room_id,
+        Some(viewer),
+        true,
+        Some((count, membership)),
+    )
 }
 
 fn serve(
@@ -37,10 +59,17 @@ fn serve(
     room_id: &RoomId,
     viewer: Option<(&UserId, &str)>,
     with_thread: bool,
+    known: Option<(u64, &RoomMembership)>,
 ) -> Result<Value> {
     let mut event = client_event(pdu, room_id, viewer);
     if let Some((user, _)) = viewer {
-        if let Some(membership) = visibility::membership_at(services, user, room_id, pdu)? {
+        let membership = match known {
+            Some((count, latest)) => {
+                visibility::membership_at_position(services, user, room_id, (pdu, count), latest)?
+            }
+            None => visibility::membership_at(services, user, room_id, pdu)?,
+        };
+        if let Some(membership) = membership {
             unsigned(&mut event)["membership"] = Value::String(membership);
         }
     }
@@ -138,7 +167,7 @@ fn aggregate(
     }
     if let Some(latest) = thread_latest {
         if let Some(latest_pdu) = services.rooms.timeline.get_pdu(&latest.event_id)? {
-            let latest_event = serve(services, &latest_pdu, room_id, viewer, false)?;
+            let latest_event = serve(services, &latest_pdu, room_id, viewer, false, None)?;
             relations.insert(
                 "m.thread".into(),
                 json!({

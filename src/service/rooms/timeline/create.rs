@@ -82,8 +82,13 @@ pub async fn create_and_commit(
     builder: PduBuilder,
     transaction: Option<(&str, &str)>,
 ) -> Result<(OwnedEventId, OwnedRoomId)> {
+    let queue = services.rooms.timeline.room_queue(room_id);
     for _ in 0..MAX_POLICY_ROUNDS {
-        let pending = match create_or_prepare(services, room_id, sender, &builder, transaction)? {
+        let created = {
+            let _turn = queue.lock().await;
+            create_or_prepare(services, room_id, sender, &builder, transaction)?
+        };
+        let pending = match created {
             Created::Committed(ids) => return Ok(ids),
             Created::NeedsPolicy(pending) => pending,
         };
@@ -96,6 +101,7 @@ pub async fn create_and_commit(
         } = pending;
         // No lock is held across the request to the policy server.
         policy::sign_local_event(services, &policy, &mut object, &rules).await?;
+        let _turn = queue.lock().await;
         let lock = services.rooms.timeline.room_lock(room_id);
         let _guard = lock.lock();
         if let Some((device, txn_id)) = transaction {

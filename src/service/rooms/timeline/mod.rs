@@ -54,6 +54,7 @@ pub struct Timeline {
     roomeventid_backwardextremity: Tree,
     roomcount_gap: Tree,
     room_locks: Mutex<HashMap<OwnedRoomId, Arc<Mutex<()>>>>,
+    room_queues: Mutex<HashMap<OwnedRoomId, Arc<tokio::sync::Mutex<()>>>>,
     versions: Mutex<HashMap<u64, RoomVersionId>>,
     pub(super) pdu_cache: Mutex<HashMap<OwnedEventId, Pdu>>,
 }
@@ -95,6 +96,7 @@ impl Timeline {
             roomeventid_backwardextremity: db.tree("roomeventid_backwardextremity"),
             roomcount_gap: db.tree("roomcount_gap"),
             room_locks: Mutex::new(HashMap::new()),
+            room_queues: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
             pdu_cache: Mutex::new(HashMap::new()),
         }
@@ -103,6 +105,18 @@ impl Timeline {
     /// The lock that serialises event creation and state checks in one room.
     pub fn room_lock(&self, room_id: &RoomId) -> Arc<Mutex<()>> {
         self.room_locks
+            .lock()
+            .entry(room_id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The queue that local event creators in one room wait in (asynchronously) before they
+    /// take [`Self::room_lock`]: the room lock blocks its thread, so concurrent sends into one
+    /// room would otherwise park every async worker but the lock holder's, and `/sync` and every
+    /// other request would wait for the room's commits.
+    pub fn room_queue(&self, room_id: &RoomId) -> Arc<tokio::sync::Mutex<()>> {
+        self.room_queues
             .lock()
             .entry(room_id.to_owned())
             .or_default()
