@@ -108,6 +108,7 @@ impl Services {
             config,
         });
         push::build_unread_counters(&services)?;
+        push::drain_retired_index(&services)?;
         Ok(services)
     }
 }

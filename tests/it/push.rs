@@ -326,6 +326,55 @@ async fn notifications_are_listed_newest_first_by_page_and_by_highlight() {
     }
 }
 
+/// `/notifications` merges the user's rooms by position, across pages; a room the user left
+/// keeps its notifications listed.
+#[tokio::test]
+async fn notifications_of_several_rooms_come_newest_first_across_pages() {
+    let server = TestServer::start().await;
+    let (alice, bob, first_room) = shared_room(&server).await;
+    let second_room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    bob.join(&second_room).await;
+    let mut sent = Vec::new();
+    for (index, room) in [
+        &first_room,
+        &second_room,
+        &second_room,
+        &first_room,
+        &second_room,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = format!("message {index}");
+        sent.push(send(&alice, room, json!({ "msgtype": "m.text", "body": body })).await);
+    }
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&second_room)),
+        json!({}),
+    )
+    .await;
+    let newest_first: Vec<Value> = sent.iter().rev().map(|id| json!(id)).collect();
+    let mut seen = Vec::new();
+    let mut from: Option<String> = None;
+    for _ in 0..5 {
+        let path = match &from {
+            Some(token) => format!("/_matrix/client/v3/notifications?limit=2&from={token}"),
+            None => "/_matrix/client/v3/notifications?limit=2".to_owned(),
+        };
+        let page = bob.get_ok(&path).await;
+        for notification in page["notifications"].as_array().unwrap() {
+            seen.push(notification["event"]["event_id"].clone());
+            let room = notification["room_id"].as_str().unwrap();
+            assert!(room == first_room || room == second_room, "{notification}");
+        }
+        match page["next_token"].as_str() {
+            Some(token) => from = Some(token.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, newest_first);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_from_another_server_notify_local_users() {
     use crate::federation::{is_message, join_via, two_servers, wait_for_event};

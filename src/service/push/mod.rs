@@ -9,7 +9,7 @@
 //! `push/rules.rs`: each user's rule set is `m.push_rules` global account data (written through `account_data`, parsed once per user and cached until the user changes a rule); a user who never changed a rule has the server defaults, which an initial `/sync` and `GET .../account_data/m.push_rules` show too.
 //! The defaults are the spec v1.19 rules plus the legacy body-mention rules (`.m.rule.contains_display_name`, `.m.rule.roomnotif`, `.m.rule.contains_user_name`, which the spec dropped in v1.17 and Synapse keeps); like Synapse, the legacy rules are skipped for events with `m.mentions`; unstable rules that ruma adds under its features are left out.
 //! `push::prepare` evaluates, before `commit` writes an event, the rules of every local joined member but the sender (and of a local invitee) with ruma's evaluator; the room facts it needs (joined count, local members' display names, power levels) are cached per room with the current-state snapshot they were built from and rebuilt when that snapshot changes; the event is flattened once for all the members evaluated.
-//! Notifying events go into the commit batch as `userroomcount_notification` (per user and room, for unread counts) and `usercount_notification` (per user, for `/notifications`), with the actions, highlight and thread.
+//! Notifying events go into the commit batch as `userroomcount_notification` (per user and room), with the actions, highlight and thread: the unread counts recount them, and `/notifications` merges the lists of the user's rooms by position. (A second index per user, `usercount_notification`, cost a key per notified member and event; it is retired, emptied at start-up by [`drain_retired_index`].)
 //! `push/unread.rs`, `push/counters.rs`: a room's unread counts are the notifications after the user's receipts (`m.read` or `m.read.private`; an unthreaded receipt reads everything up to its event, a threaded one only its thread). They are stored as counters per user, room and thread: the commit batch of a notifying event adds to them, and a local user's receipt recounts them (a scan of the notifications after the latest unthreaded receipt) in the receipt's batch, both under the room lock; a sync reads the counters, so its cost does not grow with the number of unread notifications. A database from before the counters gets them built once at startup. A local user's read receipt also deletes their notifications in that room that are read and older than `read_notification_retention_ms` (30 days), at most 1,000 per receipt; unread ones stay.
 //! `push/pushers.rs`: pushers per user (`userpusher_pusher`) and a delivery queue per pusher (`pushercount_push`, written in the commit batch, so a restart loses nothing); one worker (`push/sender.rs`) posts them in order to the gateway's `/_matrix/push/v1/notify` (pushers side by side, up to 32 requests in flight, one per pusher; answers read up to 64 KiB; unless `push_gateway_allow_http`, gateway addresses in `url_preview_ip_denylist` are refused when the pusher is set (IP literals) and dropped when the name is resolved), backs off per pusher (1 s doubling to an hour, a notification dropped after a day of failures) and removes a pusher whose pushkey the gateway lists in `rejected`.
 
@@ -52,9 +52,8 @@ const MAX_RULES_BYTES: usize = 256 * 1024;
 
 /// Owns `userroomcount_notification` (user ID 0xff room ID 0xff stream position u64 → JSON
 /// [`Notification`]), `userroomthread_unreadcount` (the unread counters of `push/counters.rs`)
-/// and `usercount_notification` (user ID 0xff stream position u64 → room ID),
-/// the same notifications per room (unread counts) and per user (`/notifications`); the pusher
-/// trees are owned by [`pushers::Pushers`].
+/// and the retired `usercount_notification` (user ID 0xff stream position u64 → room ID: written
+/// by older versions, emptied at start-up); the pusher trees are owned by [`pushers::Pushers`].
 pub struct Push {
     db: Arc<Db>,
     userroomcount_notification: Tree,
@@ -105,6 +104,33 @@ struct RoomContext {
     power_levels: Option<PushConditionPowerLevelsCtx>,
 }
 
+/// Empties `usercount_notification`, the per-user notification index older versions wrote (a
+/// key per notified member and event; `/notifications` now merges the per-room lists), in
+/// batches, once: later starts find it empty with one seek.
+pub fn drain_retired_index(services: &Services) -> Result<()> {
+    const BATCH_KEYS: usize = 10_000;
+    let tree = &services.push.usercount_notification;
+    let mut drained = 0usize;
+    loop {
+        let mut batch = Batch::default();
+        let mut keys = 0;
+        for entry in tree.iter_from(&[], false).take(BATCH_KEYS) {
+            let (entry_key, _) = entry?;
+            batch.remove(tree, &entry_key);
+            keys += 1;
+        }
+        if keys == 0 {
+            break;
+        }
+        services.push.db.write(batch)?;
+        drained += keys;
+    }
+    if drained > 0 {
+        tracing::info!(drained, "retired per-user notification index emptied");
+    }
+    Ok(())
+}
+
 impl Push {
     /// Opens the trees.
     pub fn open(db: &Arc<Db>) -> Self {
@@ -131,8 +157,6 @@ impl Push {
             let json = serde_json::to_vec(notification).map_err(crate::error::Error::internal)?;
             let room_key = key::prefix(&[user_id.as_bytes(), room_id.as_bytes()]);
             batch.insert_at_count(&self.userroomcount_notification, &room_key, &json);
-            let user_key = key::prefix(&[user_id.as_bytes()]);
-            batch.insert_at_count(&self.usercount_notification, &user_key, room_id.as_bytes());
             counters::add_in_batch(self, user_id, room_id, notification, batch)?;
             if notification.actions.iter().any(Action::should_notify) {
                 self.pushers.queue_in_batch(user_id, room_id, batch)?;

@@ -6,7 +6,7 @@
 //! it: an unthreaded receipt reads everything up to its event, a threaded one only its thread
 //! (`main` being the events outside threads).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use ruma::{OwnedEventId, OwnedRoomId, RoomId, UserId};
 use serde_json::{json, Value};
@@ -142,7 +142,8 @@ pub struct NotificationPage {
 }
 
 /// A user's notifications, newest first, from before stream position `from` (the newest when
-/// `None`), at most `limit`, only highlights when asked.
+/// `None`), at most `limit`, only highlights when asked: the per-room lists of every room the
+/// user has (or forgot) a membership in, merged by stream position.
 pub fn iter_notifications(
     services: &Services,
     user_id: &UserId,
@@ -150,51 +151,47 @@ pub fn iter_notifications(
     limit: usize,
     only_highlight: bool,
 ) -> Result<NotificationPage> {
-    let push = &services.push;
-    let prefix = key::prefix(&[user_id.as_bytes()]);
-    let mut start = prefix.clone();
-    start.extend_from_slice(&key::u64_bytes(
-        from.map_or(u64::MAX, |from| from.saturating_sub(1)),
-    ));
-    let mut read_by_room: HashMap<OwnedRoomId, ReadUpTo> = HashMap::new();
+    let before = from.map_or(u64::MAX, |from| from.saturating_sub(1));
+    let members = &services.rooms.members;
+    let mut rooms = members.iter_rooms(user_id)?;
+    rooms.extend(members.iter_forgotten(user_id)?);
+    let mut lists: Vec<_> = rooms
+        .iter()
+        .map(|room| room_notifications_back(&services.push, user_id, &room.room_id, before))
+        .collect();
+    // The newest unread entry of each room's list, by position.
+    let mut heads = BinaryHeap::new();
+    let mut pending: Vec<Option<Notification>> = Vec::with_capacity(lists.len());
+    for (index, list) in lists.iter_mut().enumerate() {
+        pending.push(next_head(list, index, &mut heads)?);
+    }
     let mut page = NotificationPage {
         notifications: Vec::new(),
         next_token: None,
     };
-    for entry in push.usercount_notification.iter_from(&start, true) {
-        let (entry_key, room) = entry?;
-        let Some(rest) = entry_key.strip_prefix(prefix.as_slice()) else {
-            break;
-        };
-        let count = key::read_u64(rest)
-            .ok_or_else(|| Error::corrupt("usercount_notification", "short position"))?;
+    let mut read_by_room: HashMap<OwnedRoomId, ReadUpTo> = HashMap::new();
+    while let Some((count, index)) = heads.pop() {
         if page.notifications.len() == limit {
             page.next_token = Some(count + 1);
             break;
         }
-        let room_id = OwnedRoomId::try_from(String::from_utf8_lossy(&room).as_ref())
-            .map_err(|e| Error::corrupt("usercount_notification", e))?;
-        let mut room_key = Push::room_prefix(user_id, &room_id);
-        room_key.extend_from_slice(&key::u64_bytes(count));
-        let Some(value) = push.userroomcount_notification.get(&room_key)? else {
+        let notification = pending[index].take();
+        pending[index] = next_head(&mut lists[index], index, &mut heads)?;
+        let Some(notification) = notification.filter(|n| !only_highlight || n.highlight) else {
             continue;
         };
-        let notification: Notification = serde_json::from_slice(&value)
-            .map_err(|e| Error::corrupt("userroomcount_notification", e))?;
-        if only_highlight && !notification.highlight {
-            continue;
-        }
+        let room_id = &rooms[index].room_id;
         let Some(pdu) = services.rooms.timeline.get_pdu(&notification.event_id)? else {
             continue;
         };
-        let read = match read_by_room.get(&room_id) {
+        let read = match read_by_room.get(room_id) {
             Some(read) => read,
             None => {
-                let loaded = ReadUpTo::load(services, &room_id, user_id)?;
+                let loaded = ReadUpTo::load(services, room_id, user_id)?;
                 read_by_room.entry(room_id.clone()).or_insert(loaded)
             }
         };
-        let mut event = client_event(&pdu, &room_id, None);
+        let mut event = client_event(&pdu, room_id, None);
         if let Some(object) = event.as_object_mut() {
             object.remove("room_id");
         }
@@ -207,6 +204,58 @@ pub fn iter_notifications(
         }));
     }
     Ok(page)
+}
+
+/// One room's notification list, newest first, as (position, notification).
+type RoomList<'a> = Box<dyn Iterator<Item = Result<(u64, Notification)>> + 'a>;
+
+/// Takes the next entry of room list `index` into `heads`, returning its notification.
+fn next_head(
+    list: &mut RoomList<'_>,
+    index: usize,
+    heads: &mut BinaryHeap<(u64, usize)>,
+) -> Result<Option<Notification>> {
+    match list.next() {
+        Some(entry) => {
+            let (count, notification) = entry?;
+            heads.push((count, index));
+            Ok(Some(notification))
+        }
+        None => Ok(None),
+    }
+}
+
+/// A user's notifications in a room at or before stream position `before`, newest first.
+fn room_notifications_back<'a>(
+    push: &'a Push,
+    user_id: &UserId,
+    room_id: &RoomId,
+    before: u64,
+) -> RoomList<'a> {
+    let prefix = Push::room_prefix(user_id, room_id);
+    let mut start = prefix.clone();
+    start.extend_from_slice(&key::u64_bytes(before));
+    Box::new(
+        push.userroomcount_notification
+            .iter_from(&start, true)
+            .map_while(move |entry| {
+                let (entry_key, value) = match entry {
+                    Ok(entry) => entry,
+                    Err(error) => return Some(Err(error)),
+                };
+                let count = key::read_u64(entry_key.strip_prefix(prefix.as_slice())?);
+                Some(decode(count, &value))
+            }),
+    )
+}
+
+/// A stored notification with its position, or the corruption error.
+fn decode(count: Option<u64>, value: &[u8]) -> Result<(u64, Notification)> {
+    let count =
+        count.ok_or_else(|| Error::corrupt("userroomcount_notification", "short position"))?;
+    let notification = serde_json::from_slice(value)
+        .map_err(|e| Error::corrupt("userroomcount_notification", e))?;
+    Ok((count, notification))
 }
 
 /// A user's notifications in a room from stream position `from` on, oldest first, with their
@@ -228,14 +277,9 @@ pub(super) fn room_notifications<'a>(
                 Err(error) => return Some(Err(error)),
             };
             let count = key::read_u64(entry_key.strip_prefix(prefix.as_slice())?);
-            let decoded = count
-                .ok_or_else(|| Error::corrupt("userroomcount_notification", "short position"))
-                .and_then(|count| {
-                    let notification = serde_json::from_slice(&value)
-                        .map_err(|e| Error::corrupt("userroomcount_notification", e))?;
-                    Ok((count, notification))
-                });
-            Some(decoded.map(|(count, notification)| (entry_key, count, notification)))
+            Some(
+                decode(count, &value).map(|(count, notification)| (entry_key, count, notification)),
+            )
         })
 }
 
@@ -253,7 +297,6 @@ pub fn prune_read(services: &Services, room_id: &RoomId, user_id: &UserId) -> Re
     if read.all == 0 && read.threads.is_empty() {
         return Ok(());
     }
-    let user_prefix = key::prefix(&[user_id.as_bytes()]);
     let mut batch = crate::store::Batch::default();
     let mut pruned = 0usize;
     for entry in room_notifications(push, user_id, room_id, 0).take(PRUNE_BATCH) {
@@ -265,9 +308,6 @@ pub fn prune_read(services: &Services, room_id: &RoomId, user_id: &UserId) -> Re
             continue;
         }
         batch.remove(&push.userroomcount_notification, &entry_key);
-        let mut user_key = user_prefix.clone();
-        user_key.extend_from_slice(&key::u64_bytes(count));
-        batch.remove(&push.usercount_notification, &user_key);
         pruned += 1;
     }
     if pruned > 0 {
