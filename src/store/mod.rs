@@ -4,7 +4,7 @@
 //! engine could back the same trees. Nothing here knows the Matrix rules.
 //!
 //! RocksDB: `Db::open` with every tree (column family) in `store::TREES` and memtable and log sizes for a chat server (why: "Storage footprint" in `docs/performance.md`), `Tree` (get, insert, remove, prefix and ranged scans), `Batch` (atomic writes) and big-endian key encoding in `store::key`.
-//! Departure: RocksDB is the system library (Debian's `librocksdb-dev`, linked dynamically, still embedded in the process) through `ROCKSDB_LIB_DIR` in `.cargo/config.toml`.
+//! Departure: RocksDB is the system library (Debian's `librocksdb-dev`, linked from its static archive, see `build.rs`) through `ROCKSDB_LIB_DIR` and `ROCKSDB_STATIC` in `.cargo/config.toml`.
 //! Why: compiling RocksDB's C++ took most of a 43-minute clean build on 2 cores; with the system library a clean build of every dependency takes about 5 minutes, which keeps CI inside its 90 minutes with Complement and Synapse interop still to come.
 
 mod durable;
