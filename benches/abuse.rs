@@ -19,8 +19,8 @@
 //!    4,000 connections and at the end, `PLAIT_BENCH_PROBES` (20) `GET /versions` are timed on a
 //!    keep-alive connection opened before the fill and on a new connection each from a fresh
 //!    address (127.0.0.251).
-//! 3. *Memory*: the server's VmRSS before the fill, at the end and after closing everything;
-//!    the growth divided by the connections held is the memory per idle connection.
+//! 3. *Memory*: the server's VmRSS before the fill, at the end, after closing everything and
+//!    3 s later; the growth divided by the connections held is the memory per idle connection.
 //!
 //! Rate limits are off (as in every benchmark's server); extra server settings:
 //! `PLAIT_BENCH_SERVER_ENV="KEY=VALUE ..."` (`PLAIT_RATE_LIMITS_ENABLED=true` switches the limits
@@ -543,19 +543,24 @@ async fn connections(p: &Params, open_files: usize, report: &mut String) -> Resu
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after = rss_of(pid).rss_kb;
     let (line, after) = probe.run(p.probes, 0, rss_after).await;
+    // Long enough for the server to notice it has gone quiet (`memory_trim_quiet_ms`).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_settled = rss_of(pid).rss_kb;
     let per_connection = rss_full.saturating_sub(rss_before) as f64 / held.max(1) as f64;
     let _ = writeln!(report, "{line}  (all closed)");
     let _ = writeln!(
         report,
         "RSS: {rss_before} KiB before, {rss_full} KiB holding {held} ({still_open} still open at the \
-         end), {rss_after} KiB after closing: {per_connection:.1} KiB per idle connection"
+         end), {rss_after} KiB after closing, {rss_settled} KiB 3 s later: {per_connection:.1} KiB \
+         per idle connection"
     );
     Ok(
         json!({"mode": if p.bare { "bare" } else { "one request" }, "held": held,
         "still_open": still_open, "stopped": filled.stopped, "per_address": filled.per_address,
         "first_refusal": filled.first_error, "probes": filled.probes, "probe_at_end": at_end,
         "probe_after_close": after, "rss_before_kb": rss_before, "rss_full_kb": rss_full,
-        "rss_after_kb": rss_after, "kib_per_connection": r3(per_connection)}),
+        "rss_after_kb": rss_after, "rss_settled_kb": rss_settled,
+        "kib_per_connection": r3(per_connection)}),
     )
 }
 

@@ -16,7 +16,8 @@
 //!    queueing),
 //! 6. *initial sync*: one user joins R rooms (100 by default) that each hold a
 //!    few messages, then a full `GET /sync` without `since` is timed,
-//! 7. reads the server's RSS (VmRSS, VmHWM) from `/proc/<pid>/status`.
+//! 7. reads the server's RSS (VmRSS, VmHWM) from `/proc/<pid>/status`, at the end again after
+//!    the same pause as before the idle reading.
 //!
 //! It prints a human-readable table and one machine-readable line that starts
 //! with `BENCH_JSON `. Every loop is bounded in count and time, the whole run
@@ -1050,6 +1051,9 @@ async fn run(cfg: Config) -> Result<bool, String> {
     if let Some(e) = server.exited() {
         return Err(e);
     }
+    // The same pause as before the idle reading: what the server keeps once the work is done.
+    tokio::time::sleep(cfg.idle_settle).await;
+    let rss_end_idle = rss_of(pid);
     drop(server); // kill the server now that all readings are taken
 
     // --- report --------------------------------------------------------------
@@ -1163,6 +1167,11 @@ async fn run(cfg: Config) -> Result<bool, String> {
         "",
     );
     row("RSS at the end (MiB)", num(kb_mb(rss_end.rss_kb), 1), "");
+    row(
+        "RSS at the end, after the idle pause (MiB)",
+        num(kb_mb(rss_end_idle.rss_kb), 1),
+        "",
+    );
     row("peak RSS, VmHWM (MiB)", num(kb_mb(peak_kb), 1), "");
     row(
         "server CPU during saturating send (% of 1 core)",
@@ -1266,6 +1275,7 @@ async fn run(cfg: Config) -> Result<bool, String> {
             "after_saturating_send": rss_after_send.rss_kb,
             "after_paced_send": rss_after_paced.rss_kb,
             "end": rss_end.rss_kb,
+            "end_idle": rss_end_idle.rss_kb,
             "peak_hwm": peak_kb,
         },
         "targets": {

@@ -74,7 +74,12 @@ pub async fn serve(
         max_connections = connections.max_total(),
         "connection limits"
     );
-    let workers = service::start_workers(&services, wait(stopped.clone()));
+    let mut workers = service::start_workers(&services, wait(stopped.clone()));
+    workers.push(tokio::spawn(http::trim::run(
+        Arc::clone(&connections),
+        std::time::Duration::from_millis(services.config.memory_trim_quiet_ms),
+        wait(stopped.clone()),
+    )));
     let router = http::router(Arc::clone(&services), http::Listener::Client);
     let federation = match (listeners.federation, tls) {
         (Some(listener), Some(tls)) => Some(tokio::spawn(http::listener::serve(

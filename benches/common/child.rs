@@ -32,6 +32,10 @@ pub(crate) struct BenchServer {
     pub(crate) base: String,
     dir: PathBuf,
     keep: bool,
+    /// What [`Self::kill_and_restart`] starts again.
+    bin: PathBuf,
+    port: u16,
+    env: Vec<(String, String)>,
 }
 
 impl BenchServer {
@@ -64,30 +68,34 @@ impl BenchServer {
             std::process::id()
         ));
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(bin)
-            .env("PLAIT_DATABASE_PATH", dir.join("db"))
-            .env("PLAIT_LISTEN", format!("127.0.0.1:{port}"))
-            .env("PLAIT_SERVER_NAME", "localhost")
-            .env("PLAIT_REGISTRATION", "open")
-            // The benchmarks register and send from one address as fast as they can
-            // (`PLAIT_BENCH_SERVER_ENV` may switch the limits on again).
-            .env("PLAIT_RATE_LIMITS_ENABLED", "false")
-            .envs(env.iter().copied())
-            .envs(server_env()?)
-            .args(server_args())
-            .current_dir(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
+        let child = spawn(bin, port, &dir, &env)?;
         Ok(Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
             dir,
             keep: std::env::var("PLAIT_BENCH_KEEP_DATA").is_ok_and(|v| v == "1"),
+            bin: bin.to_owned(),
+            port,
+            env,
         })
+    }
+
+    /// Kills the child with SIGKILL, as a crash or the OOM killer would (no shutdown, no flush),
+    /// and starts the binary again on the same database and port.
+    pub(crate) fn kill_and_restart(&mut self) -> Result<(), String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.bin, self.port, &self.dir, &self.env)?;
+        Ok(())
+    }
+
+    /// The folder of the database (`db/`) and the log.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The child's process ID, for its /proc readings.
@@ -95,10 +103,10 @@ impl BenchServer {
         self.child.id()
     }
 
-    /// Waits until `/_matrix/client/versions` answers 200 (at most 60 s), failing early if the
-    /// child exits.
+    /// Waits until `/_matrix/client/versions` answers 200 (at most 60 s, asking every 10 ms),
+    /// failing early if the child exits.
     pub(crate) async fn wait_ready(&mut self, api: &Api) -> Result<(), String> {
-        for _ in 0..600 {
+        for _ in 0..6000 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("server exited ({status})"));
             }
@@ -114,10 +122,36 @@ impl BenchServer {
             if reply.is_ok_and(|reply| reply.status == 200) {
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Err("server did not answer /_matrix/client/versions within 60 s".into())
     }
+}
+
+/// Starts `bin` on `port` with its database in `dir`, appending its output to `dir/server.log`.
+fn spawn(bin: &Path, port: u16, dir: &Path, env: &[(String, String)]) -> Result<Child, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("server.log"))
+        .map_err(|e| e.to_string())?;
+    Command::new(bin)
+        .env("PLAIT_DATABASE_PATH", dir.join("db"))
+        .env("PLAIT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PLAIT_SERVER_NAME", "localhost")
+        .env("PLAIT_REGISTRATION", "open")
+        // The benchmarks register and send from one address as fast as they can
+        // (`PLAIT_BENCH_SERVER_ENV` may switch the limits on again).
+        .env("PLAIT_RATE_LIMITS_ENABLED", "false")
+        .envs(env.iter().map(|(key, value)| (key, value)))
+        .envs(server_env()?)
+        .args(server_args())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone().map_err(|e| e.to_string())?))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", bin.display()))
 }
 
 /// The pairs of `PLAIT_BENCH_SERVER_ENV` (`"KEY=VALUE KEY2=VALUE2"`).

@@ -144,6 +144,13 @@ impl Api {
         })
     }
 
+    /// `GET path` as `user`, whatever it answers.
+    pub(crate) async fn get(&self, user: &User, path: &str) -> Result<Reply, String> {
+        let timeout = Duration::from_secs(60);
+        self.call(Method::GET, path, Some(&user.token), None, timeout)
+            .await
+    }
+
     /// A call that must answer 200.
     pub(crate) async fn ok(
         &self,

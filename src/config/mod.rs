@@ -87,6 +87,10 @@ pub struct Config {
     /// RocksDB's memory in MiB: half for the memtables of all trees, half for one shared block
     /// cache (which holds index and filter blocks too).
     pub database_memory_mb: usize,
+    /// After this long without a new connection, a closed one or a request, in milliseconds,
+    /// the server gives the heap memory it has freed back to the operating system (once per
+    /// quiet spell); 0 never does.
+    pub memory_trim_quiet_ms: u64,
     /// Lifetime of access tokens issued together with a refresh token, in milliseconds.
     pub refreshable_token_lifetime_ms: u64,
     /// `base_url` served in `/.well-known/matrix/client`; defaults to `http://<listen>`.
@@ -201,6 +205,7 @@ impl Default for Config {
             default_room_version: "12".to_owned(),
             sync_writes: true,
             database_memory_mb: 64,
+            memory_trim_quiet_ms: 1_000,
             refreshable_token_lifetime_ms: 60 * 60 * 1000,
             client_base_url: None,
             well_known_server: None,
@@ -398,6 +403,7 @@ const ENV_KEYS: &[&str] = &[
     "default_room_version",
     "sync_writes",
     "database_memory_mb",
+    "memory_trim_quiet_ms",
     "refreshable_token_lifetime_ms",
     "client_base_url",
     "well_known_server",
@@ -566,6 +572,12 @@ impl Config {
         if self.max_connections == 0 || self.max_connections_per_ip == 0 {
             return Err(
                 "invalid configuration key `max_connections`: it and `max_connections_per_ip` must be at least 1"
+                    .to_owned(),
+            );
+        }
+        if self.memory_trim_quiet_ms != 0 && self.memory_trim_quiet_ms < 100 {
+            return Err(
+                "invalid configuration key `memory_trim_quiet_ms`: must be 0 (off) or at least 100"
                     .to_owned(),
             );
         }

@@ -57,6 +57,7 @@ fn bad_values_name_the_key() {
             "url_preview_ip_denylist",
         ),
         ("database_memory_mb = 2", "database_memory_mb"),
+        ("memory_trim_quiet_ms = 5", "memory_trim_quiet_ms"),
         ("ip_range_denylist = [\"10.0.0.0/99\"]", "ip_range_denylist"),
         ("ip_range_allowlist = [\"localhost\"]", "ip_range_allowlist"),
         (
@@ -78,6 +79,15 @@ fn bad_values_name_the_key() {
         let error = Config::from_toml(text).unwrap_err();
         assert!(error.contains(key), "{text}: {error}");
     }
+}
+
+#[test]
+fn memory_trimming_defaults_to_a_quiet_second_and_zero_switches_it_off() {
+    assert_eq!(Config::default().memory_trim_quiet_ms, 1_000);
+    let config = Config::from_toml("memory_trim_quiet_ms = 0").unwrap();
+    assert_eq!(config.memory_trim_quiet_ms, 0);
+    let config = Config::from_toml("memory_trim_quiet_ms = 250").unwrap();
+    assert_eq!(config.memory_trim_quiet_ms, 250);
 }
 
 #[test]

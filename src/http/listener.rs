@@ -7,10 +7,21 @@
 //! never sends, a head sent byte by byte, and a keep-alive connection left idle. Bodies have a
 //! deadline of their own where they are read (`http::prepare`, raw handlers).
 //!
+//! [`Connections`] also counts activity (connections opened and closed, request heads read), which
+//! tells `http::trim` when the server has gone quiet.
+//!
 //! Each request carries its client's address as a [`ClientAddr`] extension: the peer's, or for a
 //! peer in `trusted_proxies`, the one its `X-Forwarded-For` header names.
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use axum::Router;
 use hyper::body::Incoming;
@@ -36,13 +47,16 @@ const RESERVED_FILES: usize = 256;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
 
-/// The connections open on every listener, counted in all and per peer address.
+/// The connections open on every listener, counted in all and per peer address, and the
+/// listeners' activity.
 pub struct Connections {
     max_total: usize,
     max_per_ip: usize,
     header_timeout: Duration,
     trusted_proxies: Arc<[IpRange]>,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    /// Connections admitted and closed and request heads read, since start-up.
+    activity: AtomicU64,
 }
 
 /// One admitted connection; dropping it frees its place.
@@ -63,7 +77,18 @@ impl Connections {
             header_timeout: Duration::from_millis(config.http_header_timeout_ms),
             trusted_proxies: config.trusted_proxies().into(),
             open: Mutex::new((0, HashMap::new())),
+            activity: AtomicU64::new(0),
         })
+    }
+
+    /// How many connections were admitted and closed and request heads read since start-up:
+    /// unchanged over an interval, the listeners were quiet.
+    pub fn activity(&self) -> u64 {
+        self.activity.load(Ordering::Relaxed)
+    }
+
+    fn note_activity(&self) {
+        self.activity.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The connection cap in all, after the open-file limit.
@@ -82,6 +107,7 @@ impl Connections {
         }
         per_ip.insert(ip, from_ip + 1);
         *total += 1;
+        self.note_activity();
         Some(Admitted {
             connections: Arc::clone(self),
             ip,
@@ -91,6 +117,7 @@ impl Connections {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
+        self.connections.note_activity();
         let mut open = self.connections.open.lock();
         let (total, per_ip) = &mut *open;
         *total = total.saturating_sub(1);
@@ -161,8 +188,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let peer = Peer {
             ip: peer.ip().to_canonical(),
-            trusted_proxies: Arc::clone(&connections.trusted_proxies),
-            header_timeout: connections.header_timeout,
+            connections: Arc::clone(&connections),
         };
         let watcher = graceful.watcher();
         tokio::spawn(async move {
@@ -184,11 +210,10 @@ pub async fn serve(
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await;
 }
 
-/// What a connection's requests need to know of its peer.
+/// What a connection's requests need to know of its peer, and where they count as activity.
 struct Peer {
     ip: IpAddr,
-    trusted_proxies: Arc<[IpRange]>,
-    header_timeout: Duration,
+    connections: Arc<Connections>,
 }
 
 async fn serve_connection<S>(
@@ -199,9 +224,14 @@ async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let header_timeout = peer.header_timeout;
+    let header_timeout = peer.connections.header_timeout;
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        let client = client_address(peer.ip, request.headers(), &peer.trusted_proxies);
+        peer.connections.note_activity();
+        let client = client_address(
+            peer.ip,
+            request.headers(),
+            &peer.connections.trusted_proxies,
+        );
         request.extensions_mut().insert(ClientAddr(client));
         let mut router = router.clone();
         async move { tower_service::Service::call(&mut router, request).await }
@@ -311,5 +341,44 @@ mod tests {
             "the closed connection's place"
         );
         assert_eq!(connections.open.lock().1.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn activity_counts_connections_opened_and_closed_and_request_heads() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let connections = super::Connections::new(&Default::default(), None);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let router = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(super::serve(
+            listener,
+            router,
+            None,
+            std::sync::Arc::clone(&connections),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        assert_eq!(connections.activity(), 0);
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let request = b"GET / HTTP/1.1\r\nHost: plait\r\n\r\n";
+        let mut answer = [0u8; 1024];
+        for _ in 0..2 {
+            stream.write_all(request).await.unwrap();
+            let read = stream.read(&mut answer).await.unwrap();
+            assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+        }
+        assert_eq!(connections.activity(), 3, "one connection, two requests");
+        drop(stream);
+        for _ in 0..200 {
+            if connections.activity() == 4 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(connections.activity(), 4, "and its close");
+        let _ = stop.send(());
+        server.await.unwrap();
     }
 }

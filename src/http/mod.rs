@@ -11,6 +11,7 @@ pub mod error;
 pub mod listener;
 mod routes;
 pub mod tls;
+pub mod trim;
 mod x_matrix;
 
 use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc};

@@ -4,7 +4,7 @@
 //! engine could back the same trees. Nothing here knows the Matrix rules.
 //!
 //! RocksDB: `Db::open` with every tree (column family) in `store::TREES` and memtable and log sizes for a chat server (why: "Storage footprint" in `docs/performance.md`), `Tree` (get, insert, remove, prefix and ranged scans), `Batch` (atomic writes) and big-endian key encoding in `store::key`.
-//! Departure: RocksDB is the system library (Debian's `librocksdb-dev`, linked dynamically, still embedded in the process) through `ROCKSDB_LIB_DIR` in `.cargo/config.toml`.
+//! Departure: RocksDB is the system library (Debian's `librocksdb-dev`, linked from its static archive, see `build.rs`) through `ROCKSDB_LIB_DIR` and `ROCKSDB_STATIC` in `.cargo/config.toml`.
 //! Why: compiling RocksDB's C++ took most of a 43-minute clean build on 2 cores; with the system library a clean build of every dependency takes about 5 minutes, which keeps CI inside its 90 minutes with Complement and Synapse interop still to come.
 
 mod durable;
@@ -117,6 +117,16 @@ const MAX_TOTAL_WAL_BYTES: u64 = 64 << 20;
 /// by a few hundred bytes per flush or compaction.
 const MANIFEST_PREALLOCATION_BYTES: usize = 1 << 20;
 
+/// Past this, RocksDB starts a new MANIFEST from a snapshot of the table files (1 GiB by
+/// default): start-up replays the whole MANIFEST, so it bounds that replay after a long run.
+const MAX_MANIFEST_BYTES: usize = 64 << 20;
+
+/// RocksDB's own text log (`LOG`, with per-tree statistics every ten minutes): a new file past
+/// this size, and this many old ones kept (by default one file that grows until the next
+/// start, and a thousand old ones).
+const INFO_LOG_BYTES: usize = 4 << 20;
+const INFO_LOGS_KEPT: usize = 4;
+
 /// The open database.
 pub struct Db {
     db: Arc<DB>,
@@ -176,6 +186,9 @@ impl Db {
         options.set_db_write_buffer_size(write_buffers);
         options.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
         options.set_manifest_preallocation_size(MANIFEST_PREALLOCATION_BYTES);
+        options.set_max_manifest_file_size(MAX_MANIFEST_BYTES);
+        options.set_max_log_file_size(INFO_LOG_BYTES);
+        options.set_keep_log_file_num(INFO_LOGS_KEPT);
         let tree_write_buffer = (write_buffers / 4).clamp(1 << 20, TREE_WRITE_BUFFER_BYTES);
         let mut tables = BlockBasedOptions::default();
         tables.set_block_cache(&cache);
@@ -427,6 +440,27 @@ mod tests {
         let mut expected = b"p".to_vec();
         expected.extend_from_slice(&7u64.to_be_bytes());
         assert_eq!(tree.get(&expected).unwrap().as_deref(), Some(&b"v"[..]));
+    }
+
+    #[test]
+    fn manifest_and_info_log_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        let _db = Db::open(dir.path(), false).unwrap();
+        // RocksDB writes the options in force to an OPTIONS file on every open.
+        let options = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .find(|path| path.to_string_lossy().contains("OPTIONS-"))
+            .expect("an OPTIONS file");
+        let text = std::fs::read_to_string(options).unwrap();
+        for setting in [
+            format!("max_manifest_file_size={MAX_MANIFEST_BYTES}"),
+            format!("max_log_file_size={INFO_LOG_BYTES}"),
+            format!("keep_log_file_num={INFO_LOGS_KEPT}"),
+            format!("max_total_wal_size={MAX_TOTAL_WAL_BYTES}"),
+        ] {
+            assert!(text.contains(&setting), "{setting} not in OPTIONS");
+        }
     }
 
     #[test]
