@@ -3,6 +3,7 @@
 //! the handles of the trees it owns and writes its own batches.
 
 pub mod account_data;
+pub mod backup;
 pub mod device_lists;
 pub mod filter;
 pub mod globals;
@@ -42,6 +43,8 @@ pub struct Services {
     pub shared_secret: shared_secret::SharedSecretRegistration,
     pub server_notices: server_notices::ServerNotices,
     pub account_data: account_data::AccountData,
+    /// Online backups of the database.
+    pub backups: backup::Backups,
     pub rooms: rooms::Rooms,
     pub notifier: notify::Notifier,
     pub presence: presence::Presence,
@@ -85,6 +88,7 @@ impl Services {
             shared_secret: shared_secret::SharedSecretRegistration::default(),
             server_notices: server_notices::ServerNotices::open(&db),
             account_data: account_data::AccountData::open(&db),
+            backups: backup::Backups::open(&db, &config),
             rooms: rooms::Rooms::open(&db)?,
             notifier: notify::Notifier::default(),
             presence: presence::Presence::open(&db, &config)?,

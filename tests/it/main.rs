@@ -11,6 +11,7 @@ mod accounts;
 mod admin_api;
 mod aliases;
 mod backfill;
+mod backups;
 mod connections;
 mod device_lists;
 mod durability;
