@@ -100,6 +100,10 @@ pub struct Config {
     /// `/.well-known/matrix/server` (a host name with an optional port, e.g.
     /// `matrix.example.com:443`); while unset that path answers `404 M_NOT_FOUND`.
     pub well_known_server: Option<String>,
+    /// Address of the Prometheus metrics listener (`GET /metrics`, plain HTTP, nothing else);
+    /// off while unset. Keep it on loopback or a private network: it tells who this server
+    /// federates with and how busy each endpoint is.
+    pub metrics_address: Option<SocketAddr>,
     /// Federation listener address (TLS); federation is off while unset.
     pub federation_listen: Option<SocketAddr>,
     /// Time one outgoing server-server request (server keys, federation, remote media) may take
@@ -210,6 +214,7 @@ impl Default for Config {
             refreshable_token_lifetime_ms: 60 * 60 * 1000,
             client_base_url: None,
             well_known_server: None,
+            metrics_address: None,
             federation_listen: None,
             federation_request_timeout_ms: 60_000,
             ip_range_denylist: default_ip_ranges(),

@@ -11,6 +11,7 @@ pub mod identity;
 pub mod key_backup;
 pub mod keys;
 pub mod media;
+pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod presence;
@@ -61,6 +62,8 @@ pub struct Services {
     pub key_backup: key_backup::KeyBackup,
     pub push: push::Push,
     pub media: media::Media,
+    /// Prometheus metrics, served on `metrics_address`.
+    pub metrics: metrics::Metrics,
     pub policy: policy::PolicyServers,
     /// The rate limits' buckets (memory only).
     pub rate_limits: rate_limits::RateLimits,
@@ -107,6 +110,7 @@ impl Services {
                 std::time::Duration::from_millis(config.federation_request_timeout_ms),
             )?,
             media: media::Media::open(&db, &config)?,
+            metrics: metrics::Metrics::new(&db),
             policy: policy::PolicyServers::open(&db, &config)?,
             rate_limits: rate_limits::RateLimits::new(&config.rate_limits),
             config,

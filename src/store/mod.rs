@@ -10,6 +10,7 @@
 mod backup;
 mod durable;
 pub mod key;
+mod stats;
 
 use std::{path::Path, sync::Arc};
 

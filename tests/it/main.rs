@@ -29,6 +29,7 @@ mod first_run;
 mod key_backup;
 mod media;
 mod media_legacy;
+mod metrics;
 mod organisation;
 mod pagination;
 mod policy_servers;
