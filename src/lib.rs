@@ -74,6 +74,21 @@ pub async fn serve(
         max_connections = connections.max_total(),
         "connection limits"
     );
+    let metrics = match services.config.metrics_address {
+        Some(address) => {
+            let listener = TcpListener::bind(address).await.map_err(|error| {
+                Error::Config(format!(
+                    "cannot listen on {address} (metrics_address): {error}"
+                ))
+            })?;
+            Some(tokio::spawn(http::metrics::serve(
+                listener,
+                Arc::clone(&services),
+                wait(stopped.clone()),
+            )))
+        }
+        None => None,
+    };
     let mut workers = service::start_workers(&services, wait(stopped.clone()));
     workers.push(tokio::spawn(http::trim::run(
         Arc::clone(&connections),
@@ -92,8 +107,8 @@ pub async fn serve(
         _ => None,
     };
     http::listener::serve(listeners.client, router, None, connections, wait(stopped)).await;
-    if let Some(federation) = federation {
-        let _ = federation.await;
+    for listener in [federation, metrics].into_iter().flatten() {
+        let _ = listener.await;
     }
     for worker in workers {
         let _ = worker.await;

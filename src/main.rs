@@ -15,6 +15,43 @@ struct Args {
     /// apply.
     #[arg(long)]
     config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What to do instead of serving.
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Restores a backup (a folder that `server backup create` made in `backup_path`) into
+    /// DATABASE_PATH, which must be missing or an empty folder; start the server on it after.
+    /// Nothing is changed when it fails.
+    Restore {
+        /// The backup folder, such as ./data-backups/backup-1700000000000.
+        backup: PathBuf,
+        /// The new database folder.
+        database_path: PathBuf,
+    },
+}
+
+/// `plait restore`: checks the backup, copies it into place and checks the copy.
+fn restore(backup: &std::path::Path, database_path: &std::path::Path) -> ! {
+    match plait::store::restore_backup(backup, database_path) {
+        Ok(check) => {
+            println!(
+                "plait: restored {} into {target} ({} trees, {} entries read back); start the \
+                 server with database_path = \"{target}\"",
+                backup.display(),
+                check.trees,
+                check.entries,
+                target = database_path.display(),
+            );
+            std::process::exit(0);
+        }
+        Err(error) => {
+            eprintln!("plait: restore failed, nothing was changed: {error}");
+            std::process::exit(1);
+        }
+    }
 }
 
 /// What a first run without a config file does, and how to change it; the values come from
@@ -52,16 +89,23 @@ fn tune_allocator() {
 }
 
 fn main() {
+    let args = Args::parse();
+    if let Some(Command::Restore {
+        backup,
+        database_path,
+    }) = &args.command
+    {
+        restore(backup, database_path);
+    }
     tune_allocator();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("the runtime starts")
-        .block_on(serve());
+        .block_on(serve(args));
 }
 
-async fn serve() {
-    let args = Args::parse();
+async fn serve(args: Args) {
     let config = match Config::load(args.config.as_deref()) {
         Ok(config) => config,
         Err(message) => {

@@ -41,6 +41,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Folder of the RocksDB database (created when missing).
     pub database_path: PathBuf,
+    /// Folder of online backups (`server backup create`); defaults to a folder beside the
+    /// database named after it with `-backups` added (`./data-backups` for `./data`). Put it on
+    /// another disk to survive the loss of the database's; on the same file system the backups
+    /// share the database's table files through hard links and take little room.
+    pub backup_path: Option<PathBuf>,
     /// Registration mode: `open`, `token` or `closed`.
     pub registration: Registration,
     /// The shared token that `registration = "token"` requires.
@@ -99,6 +104,10 @@ pub struct Config {
     /// `/.well-known/matrix/server` (a host name with an optional port, e.g.
     /// `matrix.example.com:443`); while unset that path answers `404 M_NOT_FOUND`.
     pub well_known_server: Option<String>,
+    /// Address of the Prometheus metrics listener (`GET /metrics`, plain HTTP, nothing else);
+    /// off while unset. Keep it on loopback or a private network: it tells who this server
+    /// federates with and how busy each endpoint is.
+    pub metrics_address: Option<SocketAddr>,
     /// Federation listener address (TLS); federation is off while unset.
     pub federation_listen: Option<SocketAddr>,
     /// Time one outgoing server-server request (server keys, federation, remote media) may take
@@ -189,6 +198,7 @@ impl Default for Config {
             server_name: "localhost".to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8008)),
             database_path: PathBuf::from("./data"),
+            backup_path: None,
             registration: Registration::Open,
             registration_token: None,
             registration_shared_secret: None,
@@ -209,6 +219,7 @@ impl Default for Config {
             refreshable_token_lifetime_ms: 60 * 60 * 1000,
             client_base_url: None,
             well_known_server: None,
+            metrics_address: None,
             federation_listen: None,
             federation_request_timeout_ms: 60_000,
             ip_range_denylist: default_ip_ranges(),
@@ -639,6 +650,21 @@ impl Config {
         self.media_path
             .clone()
             .unwrap_or_else(|| self.database_path.join("media"))
+    }
+
+    /// The backup folder: `backup_path`, or `<database_path>-backups` beside the database.
+    pub fn backup_path(&self) -> PathBuf {
+        if let Some(path) = &self.backup_path {
+            return path.clone();
+        }
+        match self.database_path.file_name() {
+            Some(name) => {
+                let mut name = name.to_owned();
+                name.push("-backups");
+                self.database_path.with_file_name(name)
+            }
+            None => self.database_path.join("backups"),
+        }
     }
 
     /// The server name as a ruma type; valid after `validate`.

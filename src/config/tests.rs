@@ -220,3 +220,14 @@ fn rate_limits_default_on_and_switch_off_from_a_table_or_the_environment() {
     assert!(!loaded.rate_limits.enabled);
     assert_eq!(loaded.rate_limits.message, defaults.message);
 }
+
+#[test]
+fn backups_default_to_a_folder_beside_the_database() {
+    let config = Config::from_toml("database_path = \"/var/lib/plait/db\"").unwrap();
+    assert_eq!(
+        config.backup_path(),
+        PathBuf::from("/var/lib/plait/db-backups")
+    );
+    let config = Config::from_toml("backup_path = \"/backups\"").unwrap();
+    assert_eq!(config.backup_path(), PathBuf::from("/backups"));
+}

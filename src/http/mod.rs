@@ -9,6 +9,7 @@
 pub mod ctx;
 pub mod error;
 pub mod listener;
+pub mod metrics;
 mod routes;
 pub mod tls;
 pub mod trim;
@@ -17,7 +18,7 @@ mod x_matrix;
 use std::{collections::BTreeMap, future::Future, pin::Pin, sync::Arc};
 
 use axum::{
-    extract::{RawPathParams, Request, State},
+    extract::{MatchedPath, RawPathParams, Request, State},
     response::{IntoResponse, Response},
     routing::{on, MethodFilter, MethodRouter},
     Router,
@@ -250,7 +251,10 @@ pub fn router(services: Arc<Services>, listener: Listener) -> Router {
                 &json!({"errcode": "M_UNRECOGNIZED", "error": "method not allowed"}),
             )
         })
-        .layer(axum::middleware::from_fn(edge))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&services),
+            edge,
+        ))
         .with_state(services)
 }
 
@@ -296,21 +300,68 @@ fn malformed_event_id(params: &RawPathParams) -> Option<String> {
     (!well_formed).then(|| id.to_owned())
 }
 
-/// CORS for browser clients, and one span per request with a request ID.
-async fn edge(request: Request, next: axum::middleware::Next) -> Response {
-    let mut response = if request.method() == Method::OPTIONS {
+/// Who made a request, as `dispatch` found it: put in the response's extensions for the request
+/// log line.
+#[derive(Clone)]
+struct Caller {
+    user: Option<String>,
+    origin: Option<String>,
+}
+
+/// CORS for browser clients, one span per request with a request ID, and per request one
+/// metrics sample and one log line at info on target `plait::requests` (method, route template,
+/// status, latency, user or origin server; never the raw path or query, which may carry an
+/// access token).
+async fn edge(
+    State(services): State<Arc<Services>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let in_flight = services.metrics.request_started(&route);
+    let mut response = if method == Method::OPTIONS {
         StatusCode::OK.into_response()
     } else {
         let span = tracing::info_span!(
             "request",
-            method = %request.method(),
-            path = %request.uri().path(),
+            %method,
+            route = %route,
             request_id = %crate::util::random_string(8),
             user = tracing::field::Empty,
             origin = tracing::field::Empty,
         );
         next.run(request).instrument(span).await
     };
+    drop(in_flight);
+    let latency = started.elapsed();
+    let status = response.status().as_u16();
+    let method = crate::service::metrics::method_label(&method);
+    services
+        .metrics
+        .request_finished(method, &route, status, latency);
+    let caller = response.extensions_mut().remove::<Caller>();
+    tracing::info!(
+        target: "plait::requests",
+        method = %method,
+        route = %route,
+        status,
+        latency_ms = latency.as_micros() as f64 / 1000.0,
+        user = caller
+            .as_ref()
+            .and_then(|caller| caller.user.as_deref())
+            .map(tracing::field::display),
+        origin = caller
+            .as_ref()
+            .and_then(|caller| caller.origin.as_deref())
+            .map(tracing::field::display),
+        "request"
+    );
     let headers = response.headers_mut();
     headers.insert("access-control-allow-origin", HeaderValue::from_static("*"));
     headers.insert(
@@ -336,6 +387,10 @@ async fn dispatch(
     let raw = matches!(handler, Handler::Raw(_));
     match prepare(&services, (auth, malformed), params, request, raw).await {
         Ok(ctx) => {
+            let caller = Caller {
+                user: ctx.user.as_ref().map(ToString::to_string),
+                origin: ctx.origin.as_ref().map(ToString::to_string),
+            };
             if let Some(user) = &ctx.user {
                 tracing::Span::current().record("user", tracing::field::display(user));
                 if activity {
@@ -355,10 +410,12 @@ async fn dispatch(
             };
             // Group commit: nothing is answered (success or not) before what it wrote, and
             // anything it read that others wrote, is on disk.
-            match services.globals.durable().await {
+            let mut response = match services.globals.durable().await {
                 Ok(()) => result.unwrap_or_else(IntoResponse::into_response),
                 Err(error) => error.into_response(),
-            }
+            };
+            response.extensions_mut().insert(caller);
+            response
         }
         Err(error) => error.into_response(),
     }

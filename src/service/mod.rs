@@ -3,6 +3,7 @@
 //! the handles of the trees it owns and writes its own batches.
 
 pub mod account_data;
+pub mod backup;
 pub mod device_lists;
 pub mod filter;
 pub mod globals;
@@ -10,6 +11,7 @@ pub mod identity;
 pub mod key_backup;
 pub mod keys;
 pub mod media;
+pub mod metrics;
 pub mod notify;
 pub mod policy;
 pub mod presence;
@@ -42,6 +44,8 @@ pub struct Services {
     pub shared_secret: shared_secret::SharedSecretRegistration,
     pub server_notices: server_notices::ServerNotices,
     pub account_data: account_data::AccountData,
+    /// Online backups of the database.
+    pub backups: backup::Backups,
     pub rooms: rooms::Rooms,
     pub notifier: notify::Notifier,
     pub presence: presence::Presence,
@@ -58,6 +62,8 @@ pub struct Services {
     pub key_backup: key_backup::KeyBackup,
     pub push: push::Push,
     pub media: media::Media,
+    /// Prometheus metrics, served on `metrics_address`.
+    pub metrics: metrics::Metrics,
     pub policy: policy::PolicyServers,
     /// The rate limits' buckets (memory only).
     pub rate_limits: rate_limits::RateLimits,
@@ -85,6 +91,7 @@ impl Services {
             shared_secret: shared_secret::SharedSecretRegistration::default(),
             server_notices: server_notices::ServerNotices::open(&db),
             account_data: account_data::AccountData::open(&db),
+            backups: backup::Backups::open(&db, &config),
             rooms: rooms::Rooms::open(&db)?,
             notifier: notify::Notifier::default(),
             presence: presence::Presence::open(&db, &config)?,
@@ -103,6 +110,7 @@ impl Services {
                 std::time::Duration::from_millis(config.federation_request_timeout_ms),
             )?,
             media: media::Media::open(&db, &config)?,
+            metrics: metrics::Metrics::new(&db),
             policy: policy::PolicyServers::open(&db, &config)?,
             rate_limits: rate_limits::RateLimits::new(&config.rate_limits),
             config,

@@ -213,6 +213,20 @@ impl Sending {
         })
     }
 
+    /// Items queued per destination (a scan of the whole queue, for metrics).
+    pub fn queue_depths(&self) -> Result<Vec<(String, u64)>> {
+        let mut depths: Vec<(String, u64)> = Vec::new();
+        for entry in self.servercount_outgoing.iter_from(&[], false) {
+            let (entry_key, _) = entry?;
+            let name = key::split(&entry_key).next().unwrap_or_default();
+            match depths.last_mut() {
+                Some((last, depth)) if last.as_bytes() == name => *depth += 1,
+                _ => depths.push((String::from_utf8_lossy(name).into_owned(), 1)),
+            }
+        }
+        Ok(depths)
+    }
+
     fn pending_destinations(&self) -> Result<Vec<OwnedServerName>> {
         let mut servers = Vec::new();
         let mut start = Vec::new();
@@ -307,6 +321,7 @@ async fn destination_worker(
             queued.edus.clone(),
         )
         .await;
+        services.metrics.transaction(&server, sent.is_ok());
         let keys = &queued.keys;
         match sent {
             Ok(()) => {

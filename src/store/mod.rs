@@ -7,8 +7,10 @@
 //! Departure: RocksDB is the system library (Debian's `librocksdb-dev`, linked from its static archive, see `build.rs`) through `ROCKSDB_LIB_DIR` and `ROCKSDB_STATIC` in `.cargo/config.toml`.
 //! Why: compiling RocksDB's C++ took most of a 43-minute clean build on 2 cores; with the system library a clean build of every dependency takes about 5 minutes, which keeps CI inside its 90 minutes with Complement and Synapse interop still to come.
 
+mod backup;
 mod durable;
 pub mod key;
+mod stats;
 
 use std::{path::Path, sync::Arc};
 
@@ -19,6 +21,7 @@ use rocksdb::{
 
 use crate::error::{Error, Result};
 
+pub use backup::{list_backups, restore_backup, verify_backup, BackupCheck, BackupInfo};
 pub use durable::Durable;
 
 /// Every tree the server uses. A service declares the ones it owns next to its code; the list

@@ -195,6 +195,7 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
     for effect in steps::EFFECTS.iter().filter(|step| step.runs_in(mode)) {
         (effect.run)(&ctx);
     }
+    services.metrics.event_committed();
     Ok(count)
 }
 
