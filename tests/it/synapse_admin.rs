@@ -560,7 +560,9 @@ async fn admin_registration_tokens_register_until_used_up_or_expired() {
 async fn users_report_content_and_admins_read_the_event_reports() {
     let (server, admin, alice) = admin_and_alice().await;
     let bob = server.register("bob").await;
-    let room = alice.create_room(json!({"name": "Reported"})).await;
+    let room = alice
+        .create_room(json!({"name": "Reported", "preset": "public_chat"}))
+        .await;
     bob.join(&room).await;
     let rude = alice.send_text(&room, "t1", "something rude").await;
     let fine = alice.send_text(&room, "t2", "something fine").await;
