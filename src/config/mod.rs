@@ -25,7 +25,8 @@ pub const ENV_PREFIX: &str = "PLAIT_";
 pub enum Registration {
     /// Anyone who can reach the client API.
     Open,
-    /// Only callers who present `registration_token`.
+    /// Only callers who present `registration_token` or a registration token an admin made
+    /// (`docs/admin_api.md`).
     Token,
     /// Nobody.
     Closed,
@@ -48,7 +49,8 @@ pub struct Config {
     pub backup_path: Option<PathBuf>,
     /// Registration mode: `open`, `token` or `closed`.
     pub registration: Registration,
-    /// The shared token that `registration = "token"` requires.
+    /// A shared token that `registration = "token"` accepts besides the tokens admins make;
+    /// unset, only those.
     pub registration_token: Option<String>,
     /// The secret of Synapse's shared-secret registration (`/_synapse/admin/v1/register`), which
     /// creates accounts, admins included, whatever `registration` says; that endpoint is off
@@ -496,11 +498,6 @@ impl Config {
                 "invalid configuration key `server_name`: `{}` is not a valid server name",
                 self.server_name
             ));
-        }
-        if self.registration == Registration::Token
-            && self.registration_token.as_deref().is_none_or(str::is_empty)
-        {
-            return Err("invalid configuration key `registration_token`: required when `registration` is `token`".to_owned());
         }
         let notices_user = format!("@{}:{}", self.server_notices_localpart, self.server_name);
         if self.server_notices_localpart.is_empty()

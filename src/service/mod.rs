@@ -19,12 +19,15 @@ pub mod push;
 pub mod rate_limits;
 pub mod receipts;
 pub mod received;
+pub mod registration_tokens;
 pub mod remote_keys;
+pub mod reports;
 pub mod rooms;
 pub mod sending;
 pub mod server_keys;
 pub mod server_notices;
 pub mod shared_secret;
+pub mod synapse_admin;
 pub mod sync;
 pub mod to_device;
 pub mod typing;
@@ -41,6 +44,8 @@ pub struct Services {
     pub globals: globals::Globals,
     pub users: users::Users,
     pub uiaa: uiaa::Uiaa,
+    pub registration_tokens: registration_tokens::RegistrationTokens,
+    pub reports: reports::Reports,
     pub shared_secret: shared_secret::SharedSecretRegistration,
     pub server_notices: server_notices::ServerNotices,
     pub account_data: account_data::AccountData,
@@ -88,6 +93,8 @@ impl Services {
             globals,
             users: users::Users::open(&db),
             uiaa: uiaa::Uiaa::default(),
+            registration_tokens: registration_tokens::RegistrationTokens::open(&db),
+            reports: reports::Reports::open(&db)?,
             shared_secret: shared_secret::SharedSecretRegistration::default(),
             server_notices: server_notices::ServerNotices::open(&db),
             account_data: account_data::AccountData::open(&db),

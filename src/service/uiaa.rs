@@ -160,8 +160,7 @@ async fn run_stage(
         Some("m.login.dummy") => Ok(Some("m.login.dummy")),
         Some("m.login.registration_token") => {
             let given = auth.get("token").and_then(Value::as_str).unwrap_or("");
-            let expected = services.config.registration_token.as_deref().unwrap_or("");
-            if !expected.is_empty() && constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            if is_valid_registration_token(services, given)? {
                 Ok(Some("m.login.registration_token"))
             } else {
                 forbidden("invalid registration token")
@@ -214,6 +213,42 @@ async fn check_password_stage(
             .record_failure(Limit::UiaFailedAttempts, user);
     }
     Ok(matches)
+}
+
+/// Whether `token` is the configured registration token or a valid one an admin made (whose use
+/// the registration counts when it completes, [`spend_registration_token`]).
+pub fn is_valid_registration_token(services: &Services, token: &str) -> Result<bool> {
+    let configured = services.config.registration_token.as_deref().unwrap_or("");
+    if !configured.is_empty() && constant_time_eq(token.as_bytes(), configured.as_bytes()) {
+        return Ok(true);
+    }
+    services.registration_tokens.is_valid(token)
+}
+
+/// `GET /register/m.login.registration_token/validity`: whether `token` may register now.
+/// `M_FORBIDDEN` while registration is closed; each check spends one of the address's
+/// registration rate-limit tokens, so that guessing tokens is as slow as registering.
+pub fn check_registration_token(
+    services: &Services,
+    token: &str,
+    client_ip: Option<std::net::IpAddr>,
+) -> Result<bool> {
+    registration_flows(services)?;
+    services
+        .rate_limits
+        .take_address(Limit::Registration, client_ip)?;
+    is_valid_registration_token(services, token)
+}
+
+/// Counts a completed registration against the admin-made token its `auth` submitted, if any;
+/// `M_FORBIDDEN` when that token ran out since its stage was checked.
+pub fn spend_registration_token(services: &Services, auth: Option<&Value>) -> Result<()> {
+    let Some(auth) = auth.filter(|auth| auth["type"] == "m.login.registration_token") else {
+        return Ok(());
+    };
+    let token = auth.get("token").and_then(Value::as_str).unwrap_or("");
+    services.registration_tokens.spend(token)?;
+    Ok(())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

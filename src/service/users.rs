@@ -221,6 +221,21 @@ impl Users {
         self.userid_deactivated.insert(user_id.as_bytes(), b"")
     }
 
+    /// Lifts a deactivation (the admin API's reactivation); the account has no devices left.
+    pub fn reactivate(&self, user_id: &UserId) -> Result<()> {
+        self.userid_deactivated.remove(user_id.as_bytes())
+    }
+
+    /// Every local account, deactivated ones too, in user ID order.
+    pub fn iter_user_ids(&self) -> impl Iterator<Item = Result<OwnedUserId>> + '_ {
+        self.userid_password.iter_prefix(b"").map(|entry| {
+            let (user_key, _) = entry?;
+            let text = String::from_utf8(user_key.to_vec())
+                .map_err(|e| Error::corrupt("userid_password", e))?;
+            OwnedUserId::try_from(text).map_err(|e| Error::corrupt("userid_password", e))
+        })
+    }
+
     /// Creates (or replaces the tokens of) a device and returns fresh tokens.
     pub fn create_device(
         &self,

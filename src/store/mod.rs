@@ -102,6 +102,8 @@ pub const TREES: &[&str] = &[
     "eventid_rejected",
     "policyserver_key",
     "userid_servernoticeroom",
+    "registrationtoken_info",
+    "reportid_report",
 ];
 
 /// Memtable size of one tree at most: a tree's writes are flushed to a table file once this

@@ -7,11 +7,11 @@ use sha1::Sha1;
 
 use crate::common::{assert_error, enc, Client, TestServer};
 
-const SECRET: &str = "complement";
+pub(crate) const SECRET: &str = "complement";
 const REGISTER: &str = "/_synapse/admin/v1/register";
 const NOTICE: &str = "/_synapse/admin/v1/send_server_notice";
 
-async fn server_with_secret() -> TestServer {
+pub(crate) async fn server_with_secret() -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let mut server = TestServer::start_at(dir.path(), |config| {
         config.registration_shared_secret = Some(SECRET.to_owned());
@@ -41,7 +41,7 @@ async fn nonce(client: &Client) -> String {
 }
 
 /// Registers `user` through a fresh nonce with a MAC made with `secret`; the answer.
-async fn register_signed(
+pub(crate) async fn register_signed(
     server: &TestServer,
     secret: &str,
     user: &str,
@@ -59,7 +59,7 @@ async fn register_signed(
 }
 
 /// A logged-in client from a registration answer.
-fn logged_in(server: &TestServer, answer: &Value) -> Client {
+pub(crate) fn logged_in(server: &TestServer, answer: &Value) -> Client {
     Client {
         token: Some(answer["access_token"].as_str().unwrap().to_owned()),
         ..server.client()

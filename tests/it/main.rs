@@ -43,6 +43,7 @@ mod rooms;
 mod search;
 mod spaces;
 mod spec_map;
+mod synapse_admin;
 mod synapse_forks;
 mod synapse_harness;
 mod synapse_interop;

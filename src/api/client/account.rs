@@ -6,7 +6,10 @@ use std::{sync::Arc, time::Duration};
 use ruma::{
     api::{
         client::{
-            account::{get_username_availability, request_openid_token, whoami},
+            account::{
+                check_registration_token_validity, get_username_availability, request_openid_token,
+                whoami,
+            },
             session::{
                 get_login_types::{
                     self,
@@ -114,6 +117,19 @@ pub async fn get_username_availability(
     let user_id = account::user_for_localpart(&services, &request.username.to_lowercase())?;
     account::check_available(&services, &user_id)?;
     Ok(get_username_availability::v3::Response::new(true))
+}
+
+/// `GET /_matrix/client/v1/register/m.login.registration_token/validity`
+///
+/// Whether a registration token (the configured one, or one an admin made) may register now;
+/// `403 M_FORBIDDEN` while registration is closed. Rate-limited with registration.
+pub async fn check_registration_token_validity(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: check_registration_token_validity::v1::Request,
+) -> Result<check_registration_token_validity::v1::Response> {
+    let valid = uiaa::check_registration_token(&services, &request.token, ctx.client_ip)?;
+    Ok(check_registration_token_validity::v1::Response::new(valid))
 }
 
 /// `GET /_matrix/client/v3/login`

@@ -4,7 +4,7 @@
 //! Most handlers take ruma's request type through `http::typed`; the untyped ones say why in an
 //! `Untyped:` line of their doc (see docs/ARCHITECTURE.md, "Departures"). The spec-map test keeps
 //! the route table honest against the spec's endpoint list.
-//! `api/synapse_admin.rs` holds the few Synapse admin API endpoints Plait serves (shared-secret registration, server notices; `docs/admin_api.md`).
+//! `api/synapse_admin.rs` and `api/synapse_admin/` hold the Synapse admin API endpoints Plait serves (`docs/admin_api.md`).
 
 pub mod account;
 pub mod account_data;
@@ -23,6 +23,7 @@ pub mod push_rules;
 pub mod pushers;
 pub mod receipt;
 pub mod relations;
+pub mod report;
 pub mod room;
 pub mod search;
 pub mod space;

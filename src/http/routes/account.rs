@@ -63,6 +63,12 @@ pub(super) fn account() -> Vec<Route> {
         ),
         typed(
             Method::GET,
+            "/_matrix/client/v1/register/m.login.registration_token/validity",
+            Open,
+            account::check_registration_token_validity,
+        ),
+        typed(
+            Method::GET,
             "/_matrix/client/v3/login",
             Open,
             account::get_login_types,

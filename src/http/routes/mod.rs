@@ -1,25 +1,31 @@
 //! The route table: every endpoint with its method, path template and authentication, one
 //! function per area of the spec, in a file per part of the API: the client-server API by topic
 //! (`account`, `rooms`, `sync`, `keys`), the content repository (`media`) and the server-server
-//! API (`federation`). Paths use `{name}` parameters as the spec writes them.
+//! API (`federation`), and Synapse's admin API (`synapse_admin`, with its registration and
+//! notices in `account`). Paths use `{name}` parameters as the spec writes them.
 
 mod account;
 mod federation;
 mod keys;
 mod media;
 mod rooms;
+mod synapse_admin;
 mod sync;
 
 use super::Route;
 
 /// Every served route. The order does not matter: `http::router` groups the routes by path.
 pub fn all() -> Vec<Route> {
-    let tables: [fn() -> Vec<Route>; 24] = [
+    let tables: [fn() -> Vec<Route>; 28] = [
         account::discovery,
         account::account,
         account::devices,
         account::profiles_and_presence,
         account::synapse_admin,
+        synapse_admin::users,
+        synapse_admin::rooms,
+        synapse_admin::registration_tokens,
+        synapse_admin::reports,
         rooms::rooms,
         rooms::membership,
         rooms::state,

@@ -141,6 +141,17 @@ impl ShortIds {
         Ok(short)
     }
 
+    /// Every room with a short ID, in room ID order: the rooms this server has or had state of,
+    /// and rooms it only heard of (callers check for state).
+    pub fn iter_room_ids(&self) -> impl Iterator<Item = Result<OwnedRoomId>> + '_ {
+        self.roomid_shortroomid.iter_prefix(b"").map(|entry| {
+            let (room_key, _) = entry?;
+            let text = String::from_utf8(room_key.to_vec())
+                .map_err(|e| Error::corrupt("roomid_shortroomid", e))?;
+            OwnedRoomId::try_from(text).map_err(|e| Error::corrupt("roomid_shortroomid", e))
+        })
+    }
+
     /// The short ID of a room, created (and written at once) when missing.
     pub fn get_or_create_shortroomid(&self, room_id: &RoomId) -> Result<u64> {
         if let Some(short) = self.get_shortroomid(room_id)? {

@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Longest password accepted at registration, in bytes.
-const MAX_PASSWORD_BYTES: usize = 512;
+pub const MAX_PASSWORD_BYTES: usize = 512;
 
 /// A registration request.
 pub struct Registration {
@@ -97,6 +97,7 @@ pub async fn register(
         Some(password) => services.users.passwords.hash(password).await?,
         None => String::new(),
     };
+    uiaa::spend_registration_token(services, registration.auth.as_ref())?;
     services
         .users
         .create_hashed(&user_id, &password_hash, None, false)?;
