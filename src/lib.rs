@@ -74,6 +74,7 @@ pub async fn serve(
         max_connections = connections.max_total(),
         "connection limits"
     );
+    service::admin::start(&services).await?;
     let workers = service::start_workers(&services, wait(stopped.clone()));
     let router = http::router(Arc::clone(&services), http::Listener::Client);
     let federation = match (listeners.federation, tls) {

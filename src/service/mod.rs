@@ -3,6 +3,7 @@
 //! the handles of the trees it owns and writes its own batches.
 
 pub mod account_data;
+pub mod admin;
 pub mod device_lists;
 pub mod filter;
 pub mod globals;
@@ -41,6 +42,8 @@ pub struct Services {
     pub uiaa: uiaa::Uiaa,
     pub shared_secret: shared_secret::SharedSecretRegistration,
     pub server_notices: server_notices::ServerNotices,
+    /// The admin room and its command queue.
+    pub admin: admin::Admin,
     pub account_data: account_data::AccountData,
     pub rooms: rooms::Rooms,
     pub notifier: notify::Notifier,
@@ -75,6 +78,7 @@ impl Services {
             config.database_memory_mb << 20,
         )?;
         let globals = globals::Globals::open(&db, &config)?;
+        let admin = admin::Admin::open(&db, globals.server_name())?;
         let services = Arc::new(Self {
             typing: typing::Typing::open(&globals)?,
             receipts: receipts::Receipts::open(&db),
@@ -84,6 +88,7 @@ impl Services {
             uiaa: uiaa::Uiaa::default(),
             shared_secret: shared_secret::SharedSecretRegistration::default(),
             server_notices: server_notices::ServerNotices::open(&db),
+            admin,
             account_data: account_data::AccountData::open(&db),
             rooms: rooms::Rooms::open(&db)?,
             notifier: notify::Notifier::default(),
@@ -135,7 +140,7 @@ impl Services {
 }
 
 /// Starts the background workers (the federation sender, the end of typing, the presence timer,
-/// the push sender);
+/// the admin commands, the push sender);
 /// each stops when
 /// `shutdown` completes.
 pub fn start_workers(
@@ -151,6 +156,7 @@ pub fn start_workers(
         tokio::spawn(sending::run(Arc::clone(services), stopped.clone())),
         tokio::spawn(typing::run_expiry(Arc::clone(services), stopped.clone())),
         tokio::spawn(presence::run(Arc::clone(services), stopped.clone())),
+        tokio::spawn(admin::run(Arc::clone(services), stopped.clone())),
         tokio::spawn(push::sender::run(Arc::clone(services), stopped)),
         watcher,
     ]

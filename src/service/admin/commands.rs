@@ -1,0 +1,148 @@
+//! The admin commands' definitions (clap derive, so `help` and `--help` come from them) and the
+//! dispatch from a command line to the group that runs it.
+
+use clap::{Parser, Subcommand};
+
+use super::{server, users, Reply};
+use crate::service::Services;
+
+/// Server admin commands, sent in the admin room as `!admin <group> <command>`.
+#[derive(Parser, Debug)]
+#[command(name = "!admin", disable_version_flag = true)]
+struct AdminCommand {
+    #[command(subcommand)]
+    group: Group,
+}
+
+#[derive(Subcommand, Debug)]
+enum Group {
+    /// Local accounts: list, inspect, create, reset passwords, deactivate, admins, devices.
+    #[command(subcommand)]
+    Users(UsersCommand),
+    /// The server itself: statistics and version.
+    #[command(subcommand)]
+    Server(ServerCommand),
+}
+
+/// A user is named by full ID (`@alice:example.org`) or by localpart (`alice`).
+#[derive(Subcommand, Debug)]
+pub enum UsersCommand {
+    /// Lists local accounts with their admin flag, devices and last activity.
+    List,
+    /// Shows one account.
+    Info { user: String },
+    /// Creates an account; without --password one is generated and shown.
+    Create {
+        localpart: String,
+        #[arg(long)]
+        password: Option<String>,
+        /// Makes the account a server admin (invited to this room).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Sets a new password (a generated one when omitted, shown) and logs every device out.
+    ResetPassword {
+        user: String,
+        password: Option<String>,
+    },
+    /// Leaves the account's rooms, logs its devices out and deactivates it for good.
+    Deactivate { user: String },
+    /// Makes an account a server admin and invites it to this room.
+    MakeAdmin { user: String },
+    /// Makes a server admin an ordinary user and kicks it from this room.
+    RemoveAdmin { user: String },
+    /// Lists an account's devices.
+    ListDevices { user: String },
+    /// Logs every device of an account out.
+    LogoutAll { user: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServerCommand {
+    /// Counts of users and rooms, stream position, uptime, version and memory.
+    Stats,
+    /// The server's name and version.
+    Version,
+}
+
+/// Parses a command line (`!admin ...`) and runs it; a parse failure, `help` or `--help` answers
+/// clap's text, and a failed command answers its error.
+pub async fn run_command(services: &Services, line: &str) -> Reply {
+    let command = match AdminCommand::try_parse_from(split(line)) {
+        Ok(command) => command,
+        Err(error) => return Reply::preformatted(error.render().to_string().trim_end()),
+    };
+    let result = match command.group {
+        Group::Users(command) => users::run(services, command).await,
+        Group::Server(command) => server::run(services, command),
+    };
+    result.unwrap_or_else(Reply::error)
+}
+
+/// Splits a command line into words at white space; double quotes keep a word together
+/// (`--password "two words"`).
+fn split(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    for character in line.chars() {
+        match character {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            character if character.is_whitespace() && !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            character => {
+                word.push(character);
+                in_word = true;
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::{split, AdminCommand};
+
+    #[test]
+    fn words_split_at_white_space_outside_quotes() {
+        for (line, expected) in [
+            ("!admin users list", vec!["!admin", "users", "list"]),
+            (
+                "!admin  users\tinfo  @a:x ",
+                vec!["!admin", "users", "info", "@a:x"],
+            ),
+            (
+                "!admin users create bob --password \"two words\"",
+                vec![
+                    "!admin",
+                    "users",
+                    "create",
+                    "bob",
+                    "--password",
+                    "two words",
+                ],
+            ),
+            ("a \"\" b", vec!["a", "", "b"]),
+        ] {
+            assert_eq!(split(line), expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn the_definitions_are_consistent() {
+        AdminCommand::command().debug_assert();
+    }
+}
