@@ -3,7 +3,11 @@
 
 use clap::{Parser, Subcommand};
 
-use super::{server, users, Reply};
+use super::{
+    reply::Reply,
+    server::{self, ServerCommand},
+    users::{self, UsersCommand},
+};
 use crate::service::Services;
 
 /// Server admin commands, sent in the admin room as `!admin <group> <command>`.
@@ -22,47 +26,6 @@ enum Group {
     /// The server itself: statistics and version.
     #[command(subcommand)]
     Server(ServerCommand),
-}
-
-/// A user is named by full ID (`@alice:example.org`) or by localpart (`alice`).
-#[derive(Subcommand, Debug)]
-pub enum UsersCommand {
-    /// Lists local accounts with their admin flag, devices and last activity.
-    List,
-    /// Shows one account.
-    Info { user: String },
-    /// Creates an account; without --password one is generated and shown.
-    Create {
-        localpart: String,
-        #[arg(long)]
-        password: Option<String>,
-        /// Makes the account a server admin (invited to this room).
-        #[arg(long)]
-        admin: bool,
-    },
-    /// Sets a new password (a generated one when omitted, shown) and logs every device out.
-    ResetPassword {
-        user: String,
-        password: Option<String>,
-    },
-    /// Leaves the account's rooms, logs its devices out and deactivates it for good.
-    Deactivate { user: String },
-    /// Makes an account a server admin and invites it to this room.
-    MakeAdmin { user: String },
-    /// Makes a server admin an ordinary user and kicks it from this room.
-    RemoveAdmin { user: String },
-    /// Lists an account's devices.
-    ListDevices { user: String },
-    /// Logs every device of an account out.
-    LogoutAll { user: String },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum ServerCommand {
-    /// Counts of users and rooms, stream position, uptime, version and memory.
-    Stats,
-    /// The server's name and version.
-    Version,
 }
 
 /// Parses a command line (`!admin ...`) and runs it; a parse failure, `help` or `--help` answers

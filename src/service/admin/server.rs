@@ -1,7 +1,17 @@
 //! The `server` command group: statistics and version.
 
-use super::{commands::ServerCommand, Reply};
+use clap::Subcommand;
+
+use super::{reply::Reply, room::server_user};
 use crate::{error::Result, service::Services};
+
+#[derive(Subcommand, Debug)]
+pub enum ServerCommand {
+    /// Counts of users and rooms, stream position, uptime, version and memory.
+    Stats,
+    /// The server's name and version.
+    Version,
+}
 
 /// Runs one `server` command.
 pub fn run(services: &Services, command: ServerCommand) -> Result<Reply> {
@@ -22,7 +32,7 @@ fn version(services: &Services) -> String {
 /// Counts users and rooms by scanning their trees (fine for thousands; counters would be needed
 /// for the 100,000 users).
 fn stats(services: &Services) -> Result<Reply> {
-    let server_user = super::server_user(services)?;
+    let server_user = server_user(services)?;
     let users: Vec<_> = services
         .users
         .iter_user_ids()?

@@ -1,9 +1,13 @@
 //! The `users` command group: local accounts, through the users service's own operations
 //! (registration's checks, password change, deactivation, device removal).
 
+use clap::Subcommand;
 use ruma::{events::room::member::MembershipState, OwnedUserId};
 
-use super::{commands::UsersCommand, reply::format_timestamp, Reply};
+use super::{
+    reply::{format_timestamp, Reply},
+    room::{self, server_user},
+};
 use crate::{
     error::{Error, Result},
     service::{
@@ -13,6 +17,39 @@ use crate::{
     },
     util,
 };
+
+/// A user is named by full ID (`@alice:example.org`) or by localpart (`alice`).
+#[derive(Subcommand, Debug)]
+pub enum UsersCommand {
+    /// Lists local accounts with their admin flag, devices and last activity.
+    List,
+    /// Shows one account.
+    Info { user: String },
+    /// Creates an account; without --password one is generated and shown.
+    Create {
+        localpart: String,
+        #[arg(long)]
+        password: Option<String>,
+        /// Makes the account a server admin (invited to this room).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Sets a new password (a generated one when omitted, shown) and logs every device out.
+    ResetPassword {
+        user: String,
+        password: Option<String>,
+    },
+    /// Leaves the account's rooms, logs its devices out and deactivates it for good.
+    Deactivate { user: String },
+    /// Makes an account a server admin and invites it to this room.
+    MakeAdmin { user: String },
+    /// Makes a server admin an ordinary user and kicks it from this room.
+    RemoveAdmin { user: String },
+    /// Lists an account's devices.
+    ListDevices { user: String },
+    /// Logs every device of an account out.
+    LogoutAll { user: String },
+}
 
 /// Length of a generated password.
 const GENERATED_PASSWORD_LENGTH: usize = 20;
@@ -35,7 +72,7 @@ pub async fn run(services: &Services, command: UsersCommand) -> Result<Reply> {
         }
         UsersCommand::MakeAdmin { user } => {
             let user_id = local_user(services, &user)?;
-            super::make_admin(services, &user_id).await?;
+            room::make_admin(services, &user_id).await?;
             Ok(Reply::message(format!("{user_id} is now a server admin")))
         }
         UsersCommand::RemoveAdmin { user } => {
@@ -45,7 +82,7 @@ pub async fn run(services: &Services, command: UsersCommand) -> Result<Reply> {
                     "{user_id} is not a server admin"
                 )));
             }
-            super::remove_admin(services, &user_id).await?;
+            room::remove_admin(services, &user_id).await?;
             Ok(Reply::message(format!(
                 "{user_id} is no longer a server admin"
             )))
@@ -78,7 +115,7 @@ fn local_user(services: &Services, name: &str) -> Result<OwnedUserId> {
     if !services.users.exists(&user_id)? {
         return Err(Error::not_found(format!("user {user_id} does not exist")));
     }
-    if user_id == super::server_user(services)? {
+    if user_id == server_user(services)? {
         return Err(Error::forbidden(format!(
             "{user_id} is the server's own user"
         )));
@@ -101,7 +138,7 @@ fn last_seen(devices: &[Device]) -> String {
 }
 
 fn list(services: &Services) -> Result<Reply> {
-    let server_user = super::server_user(services)?;
+    let server_user = server_user(services)?;
     let mut rows = Vec::new();
     for user_id in services.users.iter_user_ids()? {
         if user_id == server_user {
@@ -170,7 +207,7 @@ async fn create(
     services.users.create_hashed(&user_id, &hash, None, false)?;
     tracing::info!(user = %user_id, admin, "created an account from the admin room");
     if admin {
-        super::make_admin(services, &user_id).await?;
+        room::make_admin(services, &user_id).await?;
     }
     let role = if admin { "server admin" } else { "account" };
     let mut message = format!("created {role} {user_id}");
@@ -208,7 +245,7 @@ async fn deactivate(services: &Services, user_id: &OwnedUserId) -> Result<Reply>
         )));
     }
     if services.users.is_admin(user_id)? {
-        super::remove_admin(services, user_id).await?;
+        room::remove_admin(services, user_id).await?;
     }
     membership::leave_all(services, user_id).await?;
     account::deactivate(services, user_id)?;
