@@ -140,7 +140,7 @@ impl Services {
 }
 
 /// Starts the background workers (the federation sender, the end of typing, the presence timer,
-/// the admin commands, the push sender);
+/// the admin commands and their control socket, the push sender);
 /// each stops when
 /// `shutdown` completes.
 pub fn start_workers(
@@ -157,6 +157,7 @@ pub fn start_workers(
         tokio::spawn(typing::run_expiry(Arc::clone(services), stopped.clone())),
         tokio::spawn(presence::run(Arc::clone(services), stopped.clone())),
         tokio::spawn(admin::run(Arc::clone(services), stopped.clone())),
+        tokio::spawn(admin::control::serve(Arc::clone(services), stopped.clone())),
         tokio::spawn(push::sender::run(Arc::clone(services), stopped)),
         watcher,
     ]

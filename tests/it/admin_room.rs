@@ -13,15 +13,9 @@ use crate::common::{enc, Client, TestServer};
 async fn admin_in_room(server: &TestServer) -> (Client, String) {
     let admin = server.register("alice").await;
     let alias = format!("#admins:{}", server.server_name());
-    let room_id = admin
-        .get_ok(&format!(
-            "/_matrix/client/v3/directory/room/{}",
-            enc(&alias)
-        ))
-        .await["room_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let path = format!("/_matrix/client/v3/directory/room/{}", enc(&alias));
+    let resolved = admin.get_ok(&path).await;
+    let room_id = resolved["room_id"].as_str().unwrap().to_owned();
     join_when_invited(&admin, &room_id).await;
     (admin, room_id)
 }
@@ -457,5 +451,78 @@ async fn commands_of_non_admins_and_outside_the_admin_room_are_ignored() {
     assert!(
         !senders.iter().any(|sender| sender.starts_with("@plait:")),
         "{senders:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plait_admin_runs_commands_through_the_control_socket() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::common::{
+        ip, plait_process::run_captured, plait_process::PlaitProcess, tls::TestCa,
+    };
+
+    let plait = PlaitProcess::start(ip("127.0.0.21"), &TestCa::new()).await;
+    let socket = plait.database_dir().join("admin.sock");
+    // The socket's worker starts beside the listeners.
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let env = plait.env();
+    let run = |args: &'static [&'static str]| {
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || run_captured(args, &env, |_| false))
+    };
+    let created = run(&["admin", "users", "create", "bob", "--password", "pw 1"])
+        .await
+        .unwrap();
+    assert!(created.status.success(), "{}", created.output);
+    assert!(
+        created.output.contains("created account @bob:"),
+        "{}",
+        created.output
+    );
+    let client = plait.client(None);
+    let (status, body) = client
+        .post(
+            "/_matrix/client/v3/login",
+            json!({"type": "m.login.password",
+                   "identifier": {"type": "m.id.user", "user": "bob"},
+                   "password": "pw 1"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let listed = run(&["admin", "users", "list"]).await.unwrap();
+    assert!(listed.output.contains("\tno\tno\t1\t"), "{}", listed.output);
+    let help = run(&["admin", "users", "--help"]).await.unwrap();
+    assert!(help.output.contains("reset-password"), "{}", help.output);
+    let bad = run(&["admin", "users", "frobnicate"]).await.unwrap();
+    assert!(
+        bad.output.contains("unrecognized subcommand"),
+        "{}",
+        bad.output
+    );
+}
+
+#[test]
+fn plait_admin_without_a_running_server_says_so() {
+    use crate::common::plait_process::run_captured;
+
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![(
+        "PLAIT_DATABASE_PATH".to_owned(),
+        dir.path().display().to_string(),
+    )];
+    let run = run_captured(&["admin", "server", "version"], &env, |_| false);
+    assert!(!run.status.success());
+    assert!(
+        run.output.contains("cannot reach the running server"),
+        "{}",
+        run.output
     );
 }

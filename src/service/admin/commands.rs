@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 use super::{
+    queue::PREFIX,
     reply::Reply,
     server::{self, ServerCommand},
     users::{self, UsersCommand},
@@ -31,7 +32,16 @@ enum Group {
 /// Parses a command line (`!admin ...`) and runs it; a parse failure, `help` or `--help` answers
 /// clap's text, and a failed command answers its error.
 pub async fn run_command(services: &Services, line: &str) -> Reply {
-    let command = match AdminCommand::try_parse_from(split(line)) {
+    run_args(services, split(line)).await
+}
+
+/// Runs a command given as words without the `!admin` (`plait admin ...` on the command line).
+pub async fn run_args(services: &Services, words: Vec<String>) -> Reply {
+    let mut line = words;
+    if line.first().map(String::as_str) != Some(PREFIX) {
+        line.insert(0, PREFIX.to_owned());
+    }
+    let command = match AdminCommand::try_parse_from(line) {
         Ok(command) => command,
         Err(error) => return Reply::preformatted(error.render().to_string().trim_end()),
     };

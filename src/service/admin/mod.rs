@@ -6,9 +6,11 @@
 //! the timeline's effects only spot it and queue it (`queue.rs`), and a worker (`run`) parses
 //! it with clap (`commands.rs`), runs it (`users.rs`, `server.rs`, with `room.rs` for the
 //! room's members) and posts the reply as an
-//! `m.notice` from the server user through the normal local-event path.
+//! `m.notice` from the server user through the normal local-event path. The same commands
+//! come from `plait admin` on the command line through the control socket (`control.rs`).
 
 mod commands;
+pub mod control;
 pub mod queue;
 mod reply;
 mod room;

@@ -73,18 +73,7 @@ pub async fn start(services: &Services) -> Result<()> {
 pub async fn make_admin(services: &Services, user_id: &UserId) -> Result<()> {
     services.users.set_admin(user_id, true)?;
     tracing::info!(user = %user_id, "made a server admin");
-    let Some(room_id) = services.admin.get_room() else {
-        return Ok(());
-    };
-    let membership = services.rooms.members.get_membership(&room_id, user_id)?;
-    if !matches!(
-        membership,
-        Some(MembershipState::Join | MembershipState::Invite)
-    ) {
-        let sender = server_user(services)?;
-        membership::set_membership(services, &room_id, &sender, user_id, "invite", None).await?;
-    }
-    Ok(())
+    set_membership(services, user_id, false).await
 }
 
 /// Makes a server admin an ordinary user and kicks them from the admin room (when joined or
@@ -92,17 +81,26 @@ pub async fn make_admin(services: &Services, user_id: &UserId) -> Result<()> {
 pub async fn remove_admin(services: &Services, user_id: &UserId) -> Result<()> {
     services.users.set_admin(user_id, false)?;
     tracing::info!(user = %user_id, "removed a server admin");
+    set_membership(services, user_id, true).await
+}
+
+/// Invites a user to the admin room unless they are in it (joined or invited), or with `kick`
+/// kicks them when they are; nothing before the room exists.
+async fn set_membership(services: &Services, user_id: &UserId, kick: bool) -> Result<()> {
     let Some(room_id) = services.admin.get_room() else {
         return Ok(());
     };
     let membership = services.rooms.members.get_membership(&room_id, user_id)?;
-    if matches!(
+    let in_room = matches!(
         membership,
         Some(MembershipState::Join | MembershipState::Invite)
-    ) {
-        let sender = server_user(services)?;
-        let reason = Some("no longer a server admin");
-        membership::set_membership(services, &room_id, &sender, user_id, "leave", reason).await?;
-    }
+    );
+    let (membership, reason) = match (kick, in_room) {
+        (false, false) => ("invite", None),
+        (true, true) => ("leave", Some("no longer a server admin")),
+        _ => return Ok(()),
+    };
+    let sender = server_user(services)?;
+    membership::set_membership(services, &room_id, &sender, user_id, membership, reason).await?;
     Ok(())
 }
