@@ -74,6 +74,7 @@ pub async fn serve(
         max_connections = connections.max_total(),
         "connection limits"
     );
+    service::admin::start(&services).await?;
     let metrics = match services.config.metrics_address {
         Some(address) => {
             let listener = TcpListener::bind(address).await.map_err(|error| {

@@ -2,7 +2,7 @@
 
 use std::{io::IsTerminal, path::PathBuf};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use plait::{Config, Services};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
@@ -20,7 +20,7 @@ struct Args {
 }
 
 /// What to do instead of serving.
-#[derive(clap::Subcommand)]
+#[derive(Subcommand)]
 enum Command {
     /// Restores a backup (a folder that `server backup create` made in `backup_path`) into
     /// DATABASE_PATH, which must be missing or an empty folder; start the server on it after.
@@ -30,6 +30,14 @@ enum Command {
         backup: PathBuf,
         /// The new database folder.
         database_path: PathBuf,
+    },
+    /// Runs an admin command (`users list`, `server stats`, `help`; see docs/admin_api.md) on
+    /// the running server through its control socket in the database folder, and prints the
+    /// reply.
+    Admin {
+        /// The command's words, as after `!admin` in the admin room.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        words: Vec<String>,
     },
 }
 
@@ -97,12 +105,51 @@ fn main() {
     {
         restore(backup, database_path);
     }
+    if let Some(Command::Admin { words }) = &args.command {
+        std::process::exit(admin(args.config.as_deref(), words));
+    }
     tune_allocator();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("the runtime starts")
         .block_on(serve(args));
+}
+
+/// `plait admin ...`: sends the words to the running server's control socket (found through the
+/// same config as the server's) and prints the reply; the exit status.
+fn admin(config: Option<&std::path::Path>, words: &[String]) -> i32 {
+    use std::io::{Read, Write};
+    let config = match Config::load(config) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("plait: {message}");
+            return 2;
+        }
+    };
+    let path = plait::service::admin::control::socket_path(&config);
+    let mut stream = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(stream) => stream,
+        Err(error) => {
+            eprintln!(
+                "plait: cannot reach the running server at {}: {error}",
+                path.display()
+            );
+            return 1;
+        }
+    };
+    let mut line = serde_json::to_string(words).expect("a list of strings is JSON");
+    line.push('\n');
+    let mut reply = String::new();
+    if let Err(error) = stream
+        .write_all(line.as_bytes())
+        .and_then(|()| stream.read_to_string(&mut reply))
+    {
+        eprintln!("plait: the control socket failed: {error}");
+        return 1;
+    }
+    print!("{reply}");
+    0
 }
 
 async fn serve(args: Args) {

@@ -61,6 +61,9 @@ pub struct Config {
     pub server_notices_localpart: String,
     /// Name of each user's server notices room.
     pub server_notices_room_name: String,
+    /// Localpart of the server's own user, which owns the admin room `#admins:<server_name>` and
+    /// answers its `!admin` commands (created at start-up; nobody may register it).
+    pub admin_user: String,
     /// Log filter in `tracing` syntax; `RUST_LOG` overrides it.
     pub log: String,
     /// Largest request body accepted, in bytes.
@@ -206,6 +209,7 @@ impl Default for Config {
             registration_shared_secret: None,
             server_notices_localpart: "_server".to_owned(),
             server_notices_room_name: "Server Notices".to_owned(),
+            admin_user: "plait".to_owned(),
             log: "info,ruma_state_res=warn".to_owned(),
             max_request_bytes: 20 * 1024 * 1024,
             http_header_timeout_ms: 30_000,
@@ -405,6 +409,7 @@ const ENV_KEYS: &[&str] = &[
     "registration_shared_secret",
     "server_notices_localpart",
     "server_notices_room_name",
+    "admin_user",
     "log",
     "max_request_bytes",
     "http_header_timeout_ms",
@@ -499,15 +504,25 @@ impl Config {
                 self.server_name
             ));
         }
-        let notices_user = format!("@{}:{}", self.server_notices_localpart, self.server_name);
-        if self.server_notices_localpart.is_empty()
-            || self.server_notices_localpart != self.server_notices_localpart.to_lowercase()
-            || <&ruma::UserId>::try_from(notices_user.as_str()).is_err()
-        {
-            return Err(format!(
-                "invalid configuration key `server_notices_localpart`: `{}` is not a lower-case user ID localpart",
-                self.server_notices_localpart
-            ));
+        for (key, localpart) in [
+            ("server_notices_localpart", &self.server_notices_localpart),
+            ("admin_user", &self.admin_user),
+        ] {
+            let user_id = format!("@{localpart}:{}", self.server_name);
+            if localpart.is_empty()
+                || *localpart != localpart.to_lowercase()
+                || <&ruma::UserId>::try_from(user_id.as_str()).is_err()
+            {
+                return Err(format!(
+                    "invalid configuration key `{key}`: `{localpart}` is not a lower-case user ID localpart"
+                ));
+            }
+        }
+        if self.admin_user == self.server_notices_localpart {
+            return Err(
+                "invalid configuration key `admin_user`: the server notices user has that localpart"
+                    .to_owned(),
+            );
         }
         let version = ruma::RoomVersionId::try_from(self.default_room_version.as_str())
             .map_err(|_| "invalid configuration key `default_room_version`".to_owned())?;

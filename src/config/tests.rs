@@ -47,6 +47,8 @@ fn bad_values_name_the_key() {
             "server_notices_localpart = \"Not Valid\"",
             "server_notices_localpart",
         ),
+        ("admin_user = \"Not Valid\"", "admin_user"),
+        ("admin_user = \"_server\"", "admin_user"),
         (
             "presence_offline_timeout_ms = 10",
             "presence_offline_timeout_ms",

@@ -3,6 +3,7 @@
 //! the handles of the trees it owns and writes its own batches.
 
 pub mod account_data;
+pub mod admin;
 pub mod backup;
 pub mod device_lists;
 pub mod filter;
@@ -48,6 +49,8 @@ pub struct Services {
     pub reports: reports::Reports,
     pub shared_secret: shared_secret::SharedSecretRegistration,
     pub server_notices: server_notices::ServerNotices,
+    /// The admin room and its command queue.
+    pub admin: admin::Admin,
     pub account_data: account_data::AccountData,
     /// Online backups of the database.
     pub backups: backup::Backups,
@@ -86,6 +89,7 @@ impl Services {
             config.database_memory_mb << 20,
         )?;
         let globals = globals::Globals::open(&db, &config)?;
+        let admin = admin::Admin::open(&db, globals.server_name())?;
         let services = Arc::new(Self {
             typing: typing::Typing::open(&globals)?,
             receipts: receipts::Receipts::open(&db),
@@ -97,6 +101,7 @@ impl Services {
             reports: reports::Reports::open(&db)?,
             shared_secret: shared_secret::SharedSecretRegistration::default(),
             server_notices: server_notices::ServerNotices::open(&db),
+            admin,
             account_data: account_data::AccountData::open(&db),
             backups: backup::Backups::open(&db, &config),
             rooms: rooms::Rooms::open(&db)?,
@@ -151,7 +156,7 @@ impl Services {
 }
 
 /// Starts the background workers (the federation sender, the end of typing, the presence timer,
-/// the push sender);
+/// the admin commands and their control socket, the push sender);
 /// each stops when
 /// `shutdown` completes.
 pub fn start_workers(
@@ -167,6 +172,8 @@ pub fn start_workers(
         tokio::spawn(sending::run(Arc::clone(services), stopped.clone())),
         tokio::spawn(typing::run_expiry(Arc::clone(services), stopped.clone())),
         tokio::spawn(presence::run(Arc::clone(services), stopped.clone())),
+        tokio::spawn(admin::run(Arc::clone(services), stopped.clone())),
+        tokio::spawn(admin::control::serve(Arc::clone(services), stopped.clone())),
         tokio::spawn(push::sender::run(Arc::clone(services), stopped)),
         watcher,
     ]

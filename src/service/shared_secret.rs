@@ -144,6 +144,7 @@ pub async fn register(services: &Services, request: SharedSecretRequest) -> Resu
         request.admin,
     )?;
     tracing::info!(user = %user_id, admin = request.admin, "registered with the shared secret");
+    services.admin.on_registered(&services.users, &user_id)?;
     let (device_id, tokens) = services.users.create_device(
         &user_id,
         None,

@@ -10,6 +10,7 @@
 pub mod account;
 pub mod devices;
 mod filters;
+mod listing;
 pub mod password;
 mod tokens;
 

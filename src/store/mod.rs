@@ -32,6 +32,7 @@ pub const TREES: &[&str] = &[
     "userid_profile",
     "userid_deactivated",
     "userid_admin",
+    "adminkey_value",
     "userdeviceid_device",
     "tokenhash_session",
     "refreshhash_session",

@@ -9,6 +9,7 @@ mod common;
 
 mod accounts;
 mod admin_api;
+mod admin_room;
 mod aliases;
 mod backfill;
 mod backups;

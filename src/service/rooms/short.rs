@@ -126,6 +126,17 @@ impl ShortIds {
         OwnedEventId::try_from(text).map_err(|e| Error::corrupt("shorteventid_eventid", e))
     }
 
+    /// How many rooms the server knows (one scan of `roomid_shortroomid`: the admin room's
+    /// `server stats`).
+    pub fn count_rooms(&self) -> Result<usize> {
+        let mut count = 0;
+        for entry in self.roomid_shortroomid.iter_prefix(&[]) {
+            entry?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
     /// The short ID of a room, if the server knows the room.
     pub fn get_shortroomid(&self, room_id: &RoomId) -> Result<Option<u64>> {
         if let Some(short) = self.room_cache.lock().get(room_id) {

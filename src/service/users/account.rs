@@ -101,6 +101,7 @@ pub async fn register(
     services
         .users
         .create_hashed(&user_id, &password_hash, None, false)?;
+    services.admin.on_registered(&services.users, &user_id)?;
     tracing::info!(user = %user_id, "registered");
     let Some(device) = registration.device else {
         return Ok((user_id, None));

@@ -77,6 +77,7 @@ pub(super) const EFFECTS: &[Step<Effect>] = &[
     Step::live(member_effects),
     Step::live(wake_federation_sender),
     Step::live(wake_push_sender),
+    Step::live(|ctx| ctx.services.admin.spot(ctx.room_id, ctx.pdu)),
 ];
 
 /// The servers a live event is queued for.
