@@ -403,6 +403,40 @@ async fn server_stats_and_version() {
 }
 
 #[tokio::test]
+async fn server_backup_create_list_and_verify() {
+    let server = TestServer::start().await;
+    let (admin, room_id) = admin_in_room(&server).await;
+    let created = command_text(&admin, &server, &room_id, "!admin server backup create").await;
+    let name = created
+        .strip_prefix("backup ")
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected reply {created}"))
+        .to_owned();
+    assert!(name.starts_with("backup-"), "{created}");
+    let listed = command_text(&admin, &server, &room_id, "!admin server backup list").await;
+    assert!(listed.contains(&name), "{listed}");
+    let verified = command_text(
+        &admin,
+        &server,
+        &room_id,
+        &format!("!admin server backup verify {name}"),
+    )
+    .await;
+    assert!(
+        verified.starts_with(&format!("backup {name} is sound: ")),
+        "{verified}"
+    );
+    let refused = command_text(
+        &admin,
+        &server,
+        &room_id,
+        "!admin server backup verify ../elsewhere",
+    )
+    .await;
+    assert!(refused.contains("is not a backup name"), "{refused}");
+}
+
+#[tokio::test]
 async fn commands_of_non_admins_and_outside_the_admin_room_are_ignored() {
     let server = TestServer::start().await;
     let (admin, room_id) = admin_in_room(&server).await;

@@ -47,7 +47,7 @@ pub async fn run_args(services: &Services, words: Vec<String>) -> Reply {
     };
     let result = match command.group {
         Group::Users(command) => users::run(services, command).await,
-        Group::Server(command) => server::run(services, command),
+        Group::Server(command) => server::run(services, command).await,
     };
     result.unwrap_or_else(Reply::error)
 }

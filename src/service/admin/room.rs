@@ -36,10 +36,12 @@ pub async fn start(services: &Services) -> Result<()> {
     }
     let admin = &services.admin;
     let notices_localpart = &services.config.server_notices_localpart;
-    let existing =
-        services.users.iter_user_ids().collect::<Result<Vec<_>>>()?.into_iter().find(|user_id| {
-            *user_id != sender && user_id.localpart() != notices_localpart.as_str()
-        });
+    let existing = services
+        .users
+        .iter_user_ids()
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .find(|user_id| *user_id != sender && user_id.localpart() != notices_localpart.as_str());
     admin.settle_first_user(existing.as_deref())?;
     if admin.get_room().is_some() {
         return Ok(());

@@ -1,4 +1,4 @@
-//! The `server` command group: statistics and version.
+//! The `server` command group: statistics, version and backups.
 
 use clap::Subcommand;
 
@@ -11,14 +11,68 @@ pub enum ServerCommand {
     Stats,
     /// The server's name and version.
     Version,
+    /// Online backups of the database into `backup_path` (restored with `plait restore`).
+    #[command(subcommand)]
+    Backup(BackupCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCommand {
+    /// Takes a backup now, while the server keeps serving.
+    Create,
+    /// The backups in `backup_path`, oldest first.
+    List,
+    /// Opens a backup read-only and reads every entry (checking every checksum).
+    Verify {
+        /// The backup's name, as `server backup list` shows it (backup-<unix ms>).
+        name: String,
+    },
 }
 
 /// Runs one `server` command.
-pub fn run(services: &Services, command: ServerCommand) -> Result<Reply> {
+pub async fn run(services: &Services, command: ServerCommand) -> Result<Reply> {
     match command {
         ServerCommand::Stats => stats(services),
         ServerCommand::Version => Ok(Reply::message(version(services))),
+        ServerCommand::Backup(command) => backup(services, command).await,
     }
+}
+
+async fn backup(services: &Services, command: BackupCommand) -> Result<Reply> {
+    use crate::service::backup;
+    let mib = |bytes: u64| format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0));
+    Ok(match command {
+        BackupCommand::Create => {
+            let taken = backup::create(services).await?;
+            Reply::message(format!(
+                "backup {} taken ({}) in {}",
+                taken.name,
+                mib(taken.size_bytes),
+                taken.path.display()
+            ))
+        }
+        BackupCommand::List => {
+            let rows: Vec<Vec<String>> = backup::list(services)
+                .await?
+                .into_iter()
+                .map(|info| {
+                    vec![
+                        info.name,
+                        super::reply::format_timestamp(info.created_ms),
+                        mib(info.size_bytes),
+                    ]
+                })
+                .collect();
+            Reply::table("backups", &["name", "taken", "size"], &rows)
+        }
+        BackupCommand::Verify { name } => {
+            let check = backup::verify(services, &name).await?;
+            Reply::message(format!(
+                "backup {name} is sound: {} trees, {} entries read",
+                check.trees, check.entries
+            ))
+        }
+    })
 }
 
 fn version(services: &Services) -> String {
@@ -35,7 +89,8 @@ fn stats(services: &Services) -> Result<Reply> {
     let server_user = server_user(services)?;
     let users: Vec<_> = services
         .users
-        .iter_user_ids().collect::<Result<Vec<_>>>()?
+        .iter_user_ids()
+        .collect::<Result<Vec<_>>>()?
         .into_iter()
         .filter(|user_id| *user_id != server_user)
         .collect();
