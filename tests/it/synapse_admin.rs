@@ -64,13 +64,15 @@ async fn admins_list_search_and_page_through_accounts() {
     assert!(version["server_version"].is_string(), "{version}");
 
     let all = admin.get_ok("/_synapse/admin/v2/users").await;
-    assert_eq!(all["total"], 3, "{all}");
+    // The admin room's server user is an account too.
+    assert_eq!(all["total"], 4, "{all}");
     assert!(all.get("next_token").is_none(), "{all}");
     assert_eq!(
         names(&all),
         [
             format!("@alice:{host}"),
             format!("@bob:{host}"),
+            format!("@plait:{host}"),
             format!("@root:{host}")
         ]
     );
@@ -78,16 +80,19 @@ async fn admins_list_search_and_page_through_accounts() {
     assert_eq!(alice_entry["admin"], false);
     assert_eq!(alice_entry["deactivated"], false);
     assert_eq!(alice_entry["displayname"], "alice");
-    assert_eq!(all["users"][2]["admin"], true);
+    assert_eq!(all["users"][3]["admin"], true);
 
     let first = admin.get_ok("/_synapse/admin/v2/users?limit=2").await;
     assert_eq!(names(&first).len(), 2);
     assert_eq!(first["next_token"], "2");
-    assert_eq!(first["total"], 3);
+    assert_eq!(first["total"], 4);
     let rest = admin
         .get_ok("/_synapse/admin/v2/users?limit=2&from=2&guests=false")
         .await;
-    assert_eq!(names(&rest), [format!("@root:{host}")]);
+    assert_eq!(
+        names(&rest),
+        [format!("@plait:{host}"), format!("@root:{host}")]
+    );
     assert!(rest.get("next_token").is_none(), "{rest}");
 
     let found = admin.get_ok("/_synapse/admin/v2/users?name=LIC").await;
@@ -290,10 +295,12 @@ async fn admins_list_and_read_every_room() {
     }
 
     let list = admin.get_ok("/_synapse/admin/v1/rooms").await;
-    assert_eq!(list["total_rooms"], 2, "{list}");
+    // The admin room (named "Admins") is listed too.
+    assert_eq!(list["total_rooms"], 3, "{list}");
     assert_eq!(list["offset"], 0);
     // Ordered by name by default.
-    assert_eq!(list["rooms"][0]["room_id"], quiet);
+    assert_eq!(list["rooms"][0]["name"], "Admins");
+    assert_eq!(list["rooms"][1]["room_id"], quiet);
     let entry = room_entry(&list, &pizza);
     assert_eq!(entry["name"], "Pizza Talk");
     assert_eq!(
