@@ -688,3 +688,36 @@ async fn users_report_content_and_admins_read_the_event_reports() {
     )
     .await;
 }
+
+/// An admin made or unmade through the admin API is invited to the admin room or kicked from it,
+/// as the admin room's own commands do.
+#[tokio::test]
+async fn admins_made_through_the_api_are_invited_to_the_admin_room() {
+    let (server, admin, alice) = admin_and_alice().await;
+    let alice_id = alice.user_id().await;
+    let alias = format!("#admins:{}", server.server_name());
+    let room_id = admin
+        .get_ok(&format!(
+            "/_matrix/client/v3/directory/room/{}",
+            enc(&alias)
+        ))
+        .await["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let user_path = format!("/_synapse/admin/v2/users/{}", enc(&alice_id));
+    let in_section = |sync: &Value, section: &str| sync["rooms"][section].get(&room_id).is_some();
+    assert!(!in_section(
+        &alice.get_ok("/_matrix/client/v3/sync").await,
+        "invite"
+    ));
+    admin.put_ok(&user_path, json!({"admin": true})).await;
+    let sync = alice.get_ok("/_matrix/client/v3/sync").await;
+    assert!(in_section(&sync, "invite"), "{sync}");
+    let since = sync["next_batch"].as_str().unwrap().to_owned();
+    admin.put_ok(&user_path, json!({"admin": false})).await;
+    let later = alice
+        .get_ok(&format!("/_matrix/client/v3/sync?since={since}"))
+        .await;
+    assert!(in_section(&later, "leave"), "{later}");
+}

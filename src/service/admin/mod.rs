@@ -13,7 +13,7 @@ mod commands;
 pub mod control;
 pub mod queue;
 mod reply;
-mod room;
+pub mod room;
 mod server;
 mod users;
 

@@ -128,12 +128,13 @@ async fn create(services: &Services, user_id: &UserId, changes: &UserChanges) ->
         Some(password) => services.users.passwords.hash(password.clone()).await?,
         None => String::new(),
     };
-    services.users.create_hashed(
-        user_id,
-        &hash,
-        changes.displayname.as_deref(),
-        changes.admin.unwrap_or(false),
-    )?;
+    services
+        .users
+        .create_hashed(user_id, &hash, changes.displayname.as_deref(), false)?;
+    if changes.admin == Some(true) {
+        // As every new admin: invited to the admin room.
+        crate::service::admin::room::make_admin(services, user_id).await?;
+    }
     if changes.deactivated == Some(true) {
         account::deactivate(services, user_id)?;
     }
@@ -162,8 +163,15 @@ async fn modify(services: &Services, user_id: &UserId, changes: &UserChanges) ->
             Some(Value::from(display_name.as_str())),
         )?;
     }
-    if let Some(is_admin) = changes.admin {
-        services.users.set_admin(user_id, is_admin)?;
+    // Through the admin room's operations, so that admins are invited to it and kicked from it.
+    match changes.admin {
+        Some(true) if !services.users.is_admin(user_id)? => {
+            crate::service::admin::room::make_admin(services, user_id).await?;
+        }
+        Some(false) if services.users.is_admin(user_id)? => {
+            crate::service::admin::room::remove_admin(services, user_id).await?;
+        }
+        _ => {}
     }
     match changes.deactivated {
         Some(true) if !deactivated => deactivate_account(services, user_id, false).await?,
