@@ -309,18 +309,27 @@ impl Server {
         })
     }
 
+    /// The last `lines` lines of the server's log, leaving out the per-request lines (a panic's
+    /// message would otherwise scroll away behind them).
     fn log_tail(&self, lines: usize) -> String {
         let text = read(self.dir.join("server.log").to_str().unwrap_or_default());
-        let all: Vec<&str> = text.lines().collect();
+        let all: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.contains("plait::requests"))
+            .collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     fn exited(&mut self) -> Option<String> {
         match self.child.try_wait() {
-            Ok(Some(status)) => Some(format!(
-                "server exited ({status}); log tail:\n{}",
-                self.log_tail(40)
-            )),
+            Ok(Some(status)) => {
+                // Kept for a post-mortem: the database and the whole log.
+                self.keep = true;
+                Some(format!(
+                    "server exited ({status}); log tail:\n{}",
+                    self.log_tail(40)
+                ))
+            }
             _ => None,
         }
     }
