@@ -5,6 +5,7 @@
 pub mod account_data;
 pub mod admin;
 pub mod backup;
+pub mod dehydrated;
 pub mod device_lists;
 pub mod filter;
 pub mod globals;
@@ -67,6 +68,8 @@ pub struct Services {
     pub keys: keys::Keys,
     pub remote_keys: remote_keys::RemoteKeys,
     pub to_device: to_device::ToDevice,
+    /// Dehydrated devices (MSC3814).
+    pub dehydrated: dehydrated::Dehydrated,
     pub key_backup: key_backup::KeyBackup,
     pub push: push::Push,
     pub media: media::Media,
@@ -113,6 +116,7 @@ impl Services {
             keys: keys::Keys::open(&db),
             remote_keys: remote_keys::RemoteKeys::open(&db),
             to_device: to_device::ToDevice::open(&db),
+            dehydrated: dehydrated::Dehydrated::open(&db),
             key_backup: key_backup::KeyBackup::open(&db),
             push: push::Push::open(&db),
             federation: FederationClient::new(

@@ -151,6 +151,45 @@ impl ToDevice {
         Ok(events)
     }
 
+    /// For a device read by position instead of by `/sync` (a dehydrated device's
+    /// `/events`): deletes the messages at or before `after` (the position the client says it
+    /// has), then returns up to `limit` of the next ones with the highest position among them.
+    pub fn take_after(
+        &self,
+        user_id: &UserId,
+        device_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Vec<Value>, Option<u64>)> {
+        let prefix = key::prefix(&[user_id.as_bytes(), device_id.as_bytes()]);
+        let mut batch = Batch::default();
+        let mut events = Vec::new();
+        let mut highest = None;
+        let mut acknowledged_any = false;
+        for entry in self.userdevicecount_todevice.iter_prefix(&prefix) {
+            let (db_key, value) = entry?;
+            let position = key::read_u64(&db_key[prefix.len()..])
+                .ok_or_else(|| Error::corrupt("userdevicecount_todevice", "short key"))?;
+            if position <= after {
+                batch.remove(&self.userdevicecount_todevice, &db_key);
+                acknowledged_any = true;
+                continue;
+            }
+            if events.len() == limit {
+                break;
+            }
+            events.push(
+                serde_json::from_slice(&value)
+                    .map_err(|e| Error::corrupt("userdevicecount_todevice", e))?,
+            );
+            highest = Some(position);
+        }
+        if acknowledged_any {
+            self.db.write(batch)?;
+        }
+        Ok((events, highest))
+    }
+
     /// Drops a removed device's inbox.
     pub fn delete_device_in_batch(
         &self,

@@ -82,6 +82,7 @@ pub const TREES: &[&str] = &[
     "userid_remotedevicelist",
     "userdeviceid_remotedevice",
     "userdevicecount_todevice",
+    "userid_dehydrateddevice",
     "userdeviceid_todevicemark",
     "senderdevicetxnid_todevice",
     "useridversion_backup",

@@ -42,7 +42,7 @@ pub(crate) fn device_keys(user: &str, device: &str, identity: &str) -> Value {
 }
 
 /// Two users on one server who share a room.
-async fn alice_and_bob(server: &TestServer) -> (Client, Client, String) {
+pub(crate) async fn alice_and_bob(server: &TestServer) -> (Client, Client, String) {
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
     let room = alice.create_room(json!({"preset": "public_chat"})).await;

@@ -754,3 +754,97 @@ async fn restricted_join_without_a_local_authoriser_goes_through_another_server(
         "join"
     );
 }
+
+fn summary_path(room: &str) -> String {
+    format!("/_matrix/client/v1/room_summary/{}", enc(room))
+}
+
+/// `room_summary` (v1.15, MSC3266): public rooms to anyone, token or not; private rooms only to
+/// members and invitees, with their membership; everyone else gets 404 as for a missing room.
+#[tokio::test]
+async fn room_summaries_show_what_each_viewer_may_see() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let public = alice
+        .create_room(
+            json!({ "preset": "public_chat", "name": "Lobby", "topic": "hello",
+                             "room_alias_name": "lobby" }),
+        )
+        .await;
+    let private = create(&alice, "private_chat", "Secret", false).await;
+
+    let anonymous = server
+        .client()
+        .get_ok(&summary_path("#lobby:localhost"))
+        .await;
+    assert_eq!(anonymous["room_id"], public);
+    assert_eq!(anonymous["name"], "Lobby");
+    assert_eq!(anonymous["topic"], "hello");
+    assert_eq!(anonymous["join_rule"], "public");
+    assert_eq!(anonymous["num_joined_members"], 1);
+    assert!(anonymous["room_version"].as_str().is_some());
+    assert!(anonymous.get("membership").is_none(), "{anonymous}");
+    assert!(anonymous.get("children_state").is_none());
+    let member = alice.get_ok(&summary_path(&public)).await;
+    assert_eq!(member["membership"], "join");
+    let unstable = bob
+        .get_ok(&format!(
+            "/_matrix/client/unstable/im.nheko.summary/rooms/{}/summary",
+            enc(&public)
+        ))
+        .await;
+    assert_eq!(unstable["name"], "Lobby");
+    assert!(unstable.get("membership").is_none());
+
+    for client in [&bob, &server.client()] {
+        assert_error(
+            &client.get(&summary_path(&private)).await,
+            404,
+            "M_NOT_FOUND",
+        );
+    }
+    alice
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&private)),
+            json!({ "user_id": "@bob:localhost" }),
+        )
+        .await;
+    let invited = bob.get_ok(&summary_path(&private)).await;
+    assert_eq!(invited["name"], "Secret");
+    assert_eq!(invited["membership"], "invite");
+    assert_eq!(invited["join_rule"], "invite");
+
+    assert_error(
+        &bob.get(&summary_path("!nowhere:localhost")).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_error(
+        &bob.get(&summary_path("#nothing:localhost")).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_eq!(bob.get(&summary_path("not-a-room")).await.0, 400);
+}
+
+/// A room this server is not in is summarised from the `/hierarchy` of its server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_summary_of_a_room_on_another_server() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let charlie = hs2.register("charlie").await;
+    let remote = charlie
+        .create_room(json!({ "preset": "public_chat", "name": "Far away" }))
+        .await;
+    let private = create(&charlie, "private_chat", "Far and closed", false).await;
+    let via = format!("{}?via={}", summary_path(&remote), enc(&hs2.server_name()));
+    let summary = alice.get_ok(&via).await;
+    assert_eq!(summary["room_id"], remote);
+    assert_eq!(summary["name"], "Far away");
+    assert_eq!(summary["num_joined_members"], 1);
+    assert!(summary.get("membership").is_none());
+    // The room ID names its server, so `via` is not needed; a private room stays hidden.
+    let private_path = summary_path(&private);
+    assert_error(&alice.get(&private_path).await, 404, "M_NOT_FOUND");
+}

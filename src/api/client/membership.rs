@@ -590,3 +590,43 @@ pub async fn joined_members(services: Arc<Services>, ctx: Ctx) -> HandlerResult 
     }
     Ok(json!({ "joined": joined }))
 }
+
+/// Most rooms one page of `/mutual_rooms` lists.
+const MUTUAL_ROOMS_PAGE: usize = 100;
+
+/// `GET /_matrix/client/v1/mutual_rooms` (and MSC2666's unstable
+/// `/_matrix/client/unstable/uk.half-shot.msc2666/user/mutual_rooms`)
+///
+/// The rooms the user and `user_id` are both joined to, in room ID order, 100 a page; `from` is
+/// the last room ID of the page before.
+/// Untyped: ruma serves only the unstable form under a feature.
+pub async fn mutual_rooms(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let other = ctx
+        .query("user_id")
+        .ok_or_else(|| Error::missing_param("user_id is required"))?;
+    let other = ruma::OwnedUserId::try_from(other)
+        .map_err(|_| Error::invalid_param(format!("invalid user ID {other}")))?;
+    if other == ctx.user() {
+        return Err(Error::invalid_param("user_id is your own user ID"));
+    }
+    let from = match ctx.query("from") {
+        Some(token) => Some(
+            ruma::OwnedRoomId::try_from(token)
+                .map_err(|_| Error::invalid_param(format!("invalid from token {token}")))?,
+        ),
+        None => None,
+    };
+    let rooms = services.rooms.members.mutual_rooms(ctx.user(), &other)?;
+    let count = rooms.len();
+    let page: Vec<_> = rooms
+        .into_iter()
+        .filter(|room| from.as_ref().is_none_or(|from| room > from))
+        .take(MUTUAL_ROOMS_PAGE + 1)
+        .collect();
+    let mut body = serde_json::json!({ "count": count });
+    if page.len() > MUTUAL_ROOMS_PAGE {
+        body["next_batch"] = serde_json::json!(page[MUTUAL_ROOMS_PAGE - 1]);
+    }
+    body["joined"] = serde_json::json!(page[..page.len().min(MUTUAL_ROOMS_PAGE)]);
+    Ok(body)
+}

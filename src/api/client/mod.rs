@@ -11,6 +11,7 @@ pub mod account_data;
 pub mod alias;
 pub mod backup;
 pub mod cross_signing;
+pub mod dehydrated;
 pub mod device;
 pub mod discovery;
 pub mod keys;

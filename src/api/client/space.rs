@@ -67,3 +67,26 @@ pub async fn get_hierarchy(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     }
     Ok(answer)
 }
+
+/// `GET /_matrix/client/v1/room_summary/{roomIdOrAlias}` (and MSC3266's unstable
+/// `/_matrix/client/unstable/im.nheko.summary/rooms/{roomIdOrAlias}/summary`)
+///
+/// Token optional: without one, only rooms anyone may see (see `rooms::room_summary`).
+pub async fn get_room_summary(
+    services: Arc<Services>,
+    ctx: Ctx,
+    request: ruma::api::client::room::get_summary::v1::Request,
+) -> Result<ruma::api::client::room::get_summary::v1::Response> {
+    let (summary, membership) = crate::service::rooms::room_summary::room_summary(
+        &services,
+        ctx.user.as_deref(),
+        request.room_id_or_alias.as_str(),
+        request.via,
+    )
+    .await?;
+    let summary: ruma::room::RoomSummary = serde_json::from_value(summary)
+        .map_err(|error| Error::Internal(format!("room summary: {error}")))?;
+    let mut response = ruma::api::client::room::get_summary::v1::Response::new(summary);
+    response.membership = membership;
+    Ok(response)
+}

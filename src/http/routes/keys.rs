@@ -3,7 +3,7 @@
 
 use http::Method;
 
-use crate::api::client::{backup, cross_signing, keys as client_keys, to_device};
+use crate::api::client::{backup, cross_signing, dehydrated, keys as client_keys, to_device};
 use crate::http::{route, typed, Auth, Route};
 use Auth::Required as Token;
 
@@ -51,6 +51,47 @@ pub(super) fn keys() -> Vec<Route> {
             "/_matrix/client/v3/sendToDevice/{eventType}/{txnId}",
             Token,
             to_device::send_event_to_device,
+        ),
+    ]
+}
+
+/// The unstable prefix of dehydrated devices (MSC3814).
+const DEHYDRATED: &str = "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device";
+
+/// Dehydrated devices (MSC3814): the device and its inbox.
+pub(super) fn dehydrated_devices() -> Vec<Route> {
+    const EVENTS: &str =
+        "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device/{deviceId}/events";
+    vec![
+        typed(
+            Method::PUT,
+            DEHYDRATED,
+            Token,
+            dehydrated::put_dehydrated_device,
+        ),
+        typed(
+            Method::GET,
+            DEHYDRATED,
+            Token,
+            dehydrated::get_dehydrated_device,
+        ),
+        typed(
+            Method::DELETE,
+            DEHYDRATED,
+            Token,
+            dehydrated::delete_dehydrated_device,
+        ),
+        typed(
+            Method::POST,
+            EVENTS,
+            Token,
+            dehydrated::post_dehydrated_events,
+        ),
+        route(
+            Method::GET,
+            EVENTS,
+            Token,
+            dehydrated::get_dehydrated_events,
         ),
     ]
 }

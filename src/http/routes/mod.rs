@@ -16,7 +16,7 @@ use super::Route;
 
 /// Every served route. The order does not matter: `http::router` groups the routes by path.
 pub fn all() -> Vec<Route> {
-    let tables: [fn() -> Vec<Route>; 28] = [
+    let tables: [fn() -> Vec<Route>; 29] = [
         account::discovery,
         account::account,
         account::devices,
@@ -38,6 +38,7 @@ pub fn all() -> Vec<Route> {
         keys::keys,
         keys::backup_versions,
         keys::backup_keys,
+        keys::dehydrated_devices,
         media::client,
         media::unauthenticated,
         media::federation,

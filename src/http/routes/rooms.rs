@@ -30,6 +30,30 @@ pub(super) fn rooms() -> Vec<Route> {
             Token,
             space::get_hierarchy,
         ),
+        route(
+            Method::GET,
+            "/_matrix/client/v1/mutual_rooms",
+            Token,
+            membership::mutual_rooms,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/unstable/uk.half-shot.msc2666/user/mutual_rooms",
+            Token,
+            membership::mutual_rooms,
+        ),
+        typed(
+            Method::GET,
+            "/_matrix/client/v1/room_summary/{roomIdOrAlias}",
+            Auth::Optional,
+            space::get_room_summary,
+        ),
+        typed(
+            Method::GET,
+            "/_matrix/client/unstable/im.nheko.summary/rooms/{roomIdOrAlias}/summary",
+            Auth::Optional,
+            space::get_room_summary,
+        ),
         typed(
             Method::GET,
             "/_matrix/client/v3/joined_rooms",

@@ -29,17 +29,7 @@ pub fn upload(
     (user_id, device_id): (&UserId, &str),
     upload: &Upload,
 ) -> Result<BTreeMap<String, u64>> {
-    if let Some(keys) = &upload.device_keys {
-        check_device_keys(user_id, device_id, keys)?;
-    }
-    for (field, keys) in [
-        ("one_time_keys", &upload.one_time_keys),
-        ("fallback_keys", &upload.fallback_keys),
-    ] {
-        if let Some(keys) = keys {
-            check_key_ids(field, keys)?;
-        }
-    }
+    check(user_id, device_id, upload)?;
     let mut destinations = None;
     services.globals.write_with_count(|batch, count| {
         if let Some(new) = &upload.device_keys {
@@ -79,6 +69,23 @@ pub fn upload(
 }
 
 /// Device keys must be those of the uploading device and carry keys and algorithms.
+/// Checks an upload without storing anything: device keys naming the user and device, with
+/// keys and algorithms; one-time and fallback key IDs of the form `algorithm:key_id`.
+pub fn check(user_id: &UserId, device_id: &str, upload: &Upload) -> Result<()> {
+    if let Some(keys) = &upload.device_keys {
+        check_device_keys(user_id, device_id, keys)?;
+    }
+    for (field, keys) in [
+        ("one_time_keys", &upload.one_time_keys),
+        ("fallback_keys", &upload.fallback_keys),
+    ] {
+        if let Some(keys) = keys {
+            check_key_ids(field, keys)?;
+        }
+    }
+    Ok(())
+}
+
 fn check_device_keys(user_id: &UserId, device_id: &str, keys: &Map<String, Value>) -> Result<()> {
     if keys.get("user_id").and_then(Value::as_str) != Some(user_id.as_str())
         || keys.get("device_id").and_then(Value::as_str) != Some(device_id)

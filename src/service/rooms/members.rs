@@ -238,6 +238,18 @@ impl Members {
             .collect())
     }
 
+    /// The rooms both users are joined to, in room ID order.
+    pub fn mutual_rooms(&self, user_id: &UserId, other: &UserId) -> Result<Vec<OwnedRoomId>> {
+        let mut rooms = Vec::new();
+        for room_id in self.iter_joined_rooms(user_id)? {
+            if self.is_joined(&room_id, other)? {
+                rooms.push(room_id);
+            }
+        }
+        rooms.sort();
+        Ok(rooms)
+    }
+
     /// Forgets a room the user has left: drops the user's index entry, so that the room is gone
     /// from their rooms, initial syncs and history reads, and keeps the departure aside, so that
     /// an incremental sync from before it still reports the leave (another device of the user

@@ -18,6 +18,7 @@ pub mod rejected;
 pub mod relations;
 pub mod resident;
 pub mod restricted;
+pub mod room_summary;
 pub mod search;
 pub mod search_results;
 pub mod short;
