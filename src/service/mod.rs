@@ -15,6 +15,7 @@ pub mod keys;
 pub mod media;
 pub mod metrics;
 pub mod notify;
+pub mod oauth;
 pub mod policy;
 pub mod presence;
 pub mod push;
@@ -70,6 +71,8 @@ pub struct Services {
     pub to_device: to_device::ToDevice,
     /// Dehydrated devices (MSC3814).
     pub dehydrated: dehydrated::Dehydrated,
+    /// The OAuth 2.0 API's clients and codes.
+    pub oauth: oauth::OAuth,
     pub key_backup: key_backup::KeyBackup,
     pub push: push::Push,
     pub media: media::Media,
@@ -117,6 +120,7 @@ impl Services {
             remote_keys: remote_keys::RemoteKeys::open(&db),
             to_device: to_device::ToDevice::open(&db),
             dehydrated: dehydrated::Dehydrated::open(&db),
+            oauth: oauth::OAuth::open(&db),
             key_backup: key_backup::KeyBackup::open(&db),
             push: push::Push::open(&db),
             federation: FederationClient::new(

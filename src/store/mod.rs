@@ -83,6 +83,8 @@ pub const TREES: &[&str] = &[
     "userdeviceid_remotedevice",
     "userdevicecount_todevice",
     "userid_dehydrateddevice",
+    "oauthclientid_client",
+    "oauthcodehash_grant",
     "userdeviceid_todevicemark",
     "senderdevicetxnid_todevice",
     "useridversion_backup",

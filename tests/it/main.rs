@@ -33,6 +33,7 @@ mod media;
 mod media_legacy;
 mod metrics;
 mod mutual_rooms;
+mod oauth;
 mod organisation;
 mod pagination;
 mod policy_servers;

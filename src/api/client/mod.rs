@@ -18,6 +18,7 @@ pub mod keys;
 pub mod media;
 pub mod membership;
 pub mod message;
+pub mod oauth;
 pub mod presence;
 pub mod profile;
 pub mod push_rules;

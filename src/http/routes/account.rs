@@ -4,10 +4,10 @@
 use http::Method;
 
 use crate::api::{
-    client::{account, device, discovery, presence, profile, user_directory},
+    client::{account, device, discovery, oauth, presence, profile, user_directory},
     synapse_admin,
 };
-use crate::http::{route, typed, Auth, Route};
+use crate::http::{raw_route, route, typed, Auth, Route};
 use Auth::{None as Open, Required as Token};
 
 /// Server discovery: supported versions, `.well-known` files and capabilities.
@@ -43,6 +43,51 @@ pub(super) fn discovery() -> Vec<Route> {
             Token,
             discovery::get_capabilities,
         ),
+    ]
+}
+
+/// The OAuth 2.0 API: server metadata (spec and MSC2965 paths), and the authorization server's
+/// own endpoints under `/_plait/oauth/`.
+pub(super) fn oauth() -> Vec<Route> {
+    vec![
+        route(
+            Method::GET,
+            "/_matrix/client/v1/auth_metadata",
+            Open,
+            oauth::auth_metadata,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/unstable/org.matrix.msc2965/auth_metadata",
+            Open,
+            oauth::auth_metadata,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/unstable/org.matrix.msc2965/auth_issuer",
+            Open,
+            oauth::auth_issuer,
+        ),
+        raw_route(
+            Method::POST,
+            "/_plait/oauth/register",
+            Open,
+            oauth::register_client,
+        ),
+        raw_route(
+            Method::GET,
+            "/_plait/oauth/authorize",
+            Open,
+            oauth::authorize_page,
+        ),
+        raw_route(
+            Method::POST,
+            "/_plait/oauth/authorize",
+            Open,
+            oauth::authorize_submit,
+        ),
+        raw_route(Method::POST, "/_plait/oauth/token", Open, oauth::token),
+        raw_route(Method::POST, "/_plait/oauth/revoke", Open, oauth::revoke),
     ]
 }
 

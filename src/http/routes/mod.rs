@@ -16,9 +16,10 @@ use super::Route;
 
 /// Every served route. The order does not matter: `http::router` groups the routes by path.
 pub fn all() -> Vec<Route> {
-    let tables: [fn() -> Vec<Route>; 29] = [
+    let tables: [fn() -> Vec<Route>; 30] = [
         account::discovery,
         account::account,
+        account::oauth,
         account::devices,
         account::profiles_and_presence,
         account::synapse_admin,

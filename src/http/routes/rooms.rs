@@ -42,13 +42,13 @@ pub(super) fn rooms() -> Vec<Route> {
             Token,
             membership::mutual_rooms,
         ),
-        typed(
+        route(
             Method::GET,
             "/_matrix/client/v1/room_summary/{roomIdOrAlias}",
             Auth::Optional,
             space::get_room_summary,
         ),
-        typed(
+        route(
             Method::GET,
             "/_matrix/client/unstable/im.nheko.summary/rooms/{roomIdOrAlias}/summary",
             Auth::Optional,

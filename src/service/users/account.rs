@@ -123,15 +123,31 @@ pub async fn register(
     Ok((user_id, Some(session)))
 }
 
-/// Logs a device in with a password, `name` being a full user ID or a localpart.
-/// `M_FORBIDDEN` for a wrong password or an unknown account, which take the same time (a hash is
-/// checked either way); `M_USER_DEACTIVATED` only with the right password of a deactivated one.
+/// Logs a device in with a password, `name` being a full user ID or a localpart (see
+/// [`verify_password`]).
 pub async fn log_in_with_password(
     services: &Services,
     name: &str,
     password: &str,
     device: NewDevice,
 ) -> Result<Session> {
+    let user_id = verify_password(services, name, password).await?;
+    let (device_id, tokens) = devices::log_in(services, &user_id, device)?;
+    Ok(Session {
+        user_id,
+        device_id,
+        tokens,
+    })
+}
+
+/// The local account `name` (a full user ID or a localpart) when `password` is its password.
+/// `M_FORBIDDEN` for a wrong password or an unknown account, which take the same time (a hash is
+/// checked either way); `M_USER_DEACTIVATED` only with the right password of a deactivated one.
+pub async fn verify_password(
+    services: &Services,
+    name: &str,
+    password: &str,
+) -> Result<OwnedUserId> {
     let user_id = if name.starts_with('@') {
         OwnedUserId::try_from(name.to_lowercase())
             .map_err(|_| Error::invalid_param("invalid user ID"))?
@@ -158,12 +174,7 @@ pub async fn log_in_with_password(
             "this account was deactivated",
         ));
     }
-    let (device_id, tokens) = devices::log_in(services, &user_id, device)?;
-    Ok(Session {
-        user_id,
-        device_id,
-        tokens,
-    })
+    Ok(user_id)
 }
 
 /// Changes the password after user-interactive auth with the old one; with `logout_devices`,

@@ -65,6 +65,17 @@ impl Users {
         Ok(())
     }
 
+    /// Who a refresh token belongs to (the device's current one, or the one its last refresh
+    /// replaced while unused), without using it.
+    pub fn find_refresh_session(&self, refresh_token: &str) -> Result<Option<Session>> {
+        let Some(bytes) = self.refreshhash_session.get(&token_hash(refresh_token))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::corrupt("refreshhash_session", e))
+    }
+
     /// Trades a refresh token for new tokens: the device's current refresh token, or the one the
     /// last refresh replaced while that refresh's tokens are unused. `None` for any other.
     pub fn refresh(&self, refresh_token: &str, lifetime_ms: u64) -> Result<Option<Tokens>> {
