@@ -394,7 +394,7 @@ async fn refused_requests_create_nothing() {
         json!({ "client_uri": "https://app.example.org", "redirect_uris": ["https://evil.example.com/cb"] }),
         json!({ "client_uri": "http://app.example.org", "redirect_uris": ["http://app.example.org/cb"] }),
         json!({ "client_uri": "https://app.example.org", "redirect_uris": [] }),
-        json!({ "client_uri": "https://app.example.org", "redirect_uris": ["org.example.app:/cb"], "application_type": "native" }),
+        json!({ "client_uri": "https://app.example.org", "redirect_uris": ["com.evil:/cb"], "application_type": "native" }),
     ] {
         let answer = app
             .http
