@@ -29,18 +29,23 @@ const VERSIONS: [&str; 13] = [
 
 /// `GET /_matrix/client/versions`
 ///
-/// No unstable features, so `unstable_features` is left out (ruma skips an empty map).
+/// `unstable_features` lists the MSCs served: simplified sliding sync (MSC4186), without which
+/// Element X refuses the server.
 pub async fn get_supported_versions(
     _services: Arc<Services>,
     _ctx: Ctx,
     _request: get_supported_versions::Request,
 ) -> Result<get_supported_versions::Response> {
-    Ok(get_supported_versions::Response::new(
+    let mut response = get_supported_versions::Response::new(
         VERSIONS
             .iter()
             .map(|version| (*version).to_owned())
             .collect(),
-    ))
+    );
+    response
+        .unstable_features
+        .insert("org.matrix.simplified_msc3575".to_owned(), true);
+    Ok(response)
 }
 
 /// `GET /.well-known/matrix/client`
