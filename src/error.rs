@@ -97,6 +97,12 @@ impl Error {
         Self::matrix(ErrorKind::LimitExceeded(data), message)
     }
 
+    /// A sliding-sync `pos` the server does not hold (`400 M_UNKNOWN_POS`, MSC4186): the client
+    /// starts its connection over.
+    pub fn unknown_pos(message: impl Into<String>) -> Self {
+        Self::matrix(ErrorKind::UnknownPos, message)
+    }
+
     /// An error code ruma has no variant for, such as `M_INVALID_SIGNATURE` (`400`).
     pub fn custom(errcode: &str, message: impl Into<String>) -> Self {
         let kind = serde_json::from_value(serde_json::json!({ "errcode": errcode }))

@@ -30,6 +30,7 @@ pub mod sending;
 pub mod server_keys;
 pub mod server_notices;
 pub mod shared_secret;
+pub mod sliding;
 pub mod synapse_admin;
 pub mod sync;
 pub mod to_device;
@@ -66,6 +67,8 @@ pub struct Services {
     pub receipts: receipts::Receipts,
     /// The member events each device was sent by lazy-loading syncs (memory only).
     pub sent_members: sync::SentMembers,
+    /// Sliding-sync connections and their caches (memory only).
+    pub sliding: sliding::Sliding,
     pub keys: keys::Keys,
     pub remote_keys: remote_keys::RemoteKeys,
     pub to_device: to_device::ToDevice,
@@ -100,6 +103,7 @@ impl Services {
             typing: typing::Typing::open(&globals)?,
             receipts: receipts::Receipts::open(&db),
             sent_members: sync::SentMembers::default(),
+            sliding: sliding::Sliding::default(),
             globals,
             users: users::Users::open(&db),
             uiaa: uiaa::Uiaa::default(),

@@ -45,6 +45,7 @@ mod rate_limits;
 mod relations;
 mod rooms;
 mod search;
+mod sliding_sync;
 mod spaces;
 mod spec_map;
 mod synapse_admin;

@@ -32,6 +32,8 @@ const VERSIONS: [&str; 16] = [
 
 /// The unstable features (MSCs) this server serves, as `/versions` lists them.
 const UNSTABLE_FEATURES: &[&str] = &[
+    // Simplified sliding sync (MSC4186), without which Element X refuses the server.
+    "org.matrix.simplified_msc3575",
     // Room summaries (stable in v1.15; the unstable path is served too).
     "im.nheko.summary",
     // Mutual rooms, under its unstable path too.

@@ -28,6 +28,7 @@ pub mod relations;
 pub mod report;
 pub mod room;
 pub mod search;
+pub mod sliding_sync;
 pub mod space;
 pub mod state;
 pub mod sync;

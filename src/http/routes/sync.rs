@@ -1,9 +1,12 @@
-//! Client-server routes for what a client syncs and configures about its own view: `/sync`,
+//! Client-server routes for what a client syncs and configures about its own view: `/sync`
+//! and sliding sync,
 //! typing and receipts, push rules and pushers, account data, filters and tags.
 
 use http::Method;
 
-use crate::api::client::{account_data, push_rules, pushers, receipt, sync, tags, typing};
+use crate::api::client::{
+    account_data, push_rules, pushers, receipt, sliding_sync, sync, tags, typing,
+};
 use crate::http::{route, typed, Auth, Route};
 use Auth::Required as Token;
 
@@ -15,6 +18,13 @@ pub(super) fn sync_and_ephemeral() -> Vec<Route> {
             "/_matrix/client/v3/sync",
             Token,
             sync::sync_events,
+        )
+        .without_activity(),
+        route(
+            Method::POST,
+            "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync",
+            Token,
+            sliding_sync::sync_events_v5,
         )
         .without_activity(),
         route(

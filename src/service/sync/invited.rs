@@ -12,7 +12,7 @@ use crate::{
 
 /// The room's entry in `rooms.invite`, or `None` when the invite comes from a user the invitee
 /// ignores: such invites are not shown (spec, "Ignoring Users"), though the invite itself stands.
-pub(super) fn invited_room(ctx: &SyncContext<'_>, room_id: &RoomId) -> Result<Option<Value>> {
+pub(crate) fn invited_room(ctx: &SyncContext<'_>, room_id: &RoomId) -> Result<Option<Value>> {
     let events = stripped_state(ctx, room_id)?;
     if invited_by_ignored(ctx, &events) {
         return Ok(None);

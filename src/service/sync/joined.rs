@@ -42,12 +42,7 @@ pub(super) fn joined_room(
     if timeline.events.is_empty() && ephemeral.is_empty() && !room.initial {
         return Ok(None);
     }
-    let viewer = (ctx.request.user, ctx.request.device);
-    let events: Vec<Value> = timeline
-        .events
-        .iter()
-        .map(|(count, pdu)| serve_event_at(services, (pdu, *count), room_id, viewer, membership))
-        .collect::<Result<_>>()?;
+    let events = serve(ctx, membership, &timeline)?;
     // The summary changes only with member, name and canonical alias events, so it is sent only
     // then (a limited timeline may have left them out) and on initial syncs; clients keep the
     // last values they saw.
@@ -75,6 +70,67 @@ pub(super) fn joined_room(
         entry["unread_thread_notifications"] = threads;
     }
     Ok(Some(entry))
+}
+
+/// A room's timeline as `/sync` serves it, for sliding sync (`service::sliding`): the same
+/// scan, visibility and event format, from the context's `since` (none: the room's recent
+/// history) with its filter's limit.
+pub(crate) struct ServedTimeline {
+    /// The events as clients get them, oldest first.
+    pub events: Vec<Value>,
+    /// Each event's stream position, in the same order.
+    pub counts: Vec<u64>,
+    pub limited: bool,
+    pub prev_batch: String,
+}
+
+/// The timeline of a room the user is (or was) in, built as `joined_room` builds it.
+pub(crate) fn served_timeline(
+    ctx: &SyncContext<'_>,
+    membership: &RoomMembership,
+) -> Result<ServedTimeline> {
+    let Some(shortroomid) = ctx
+        .services
+        .rooms
+        .short
+        .get_shortroomid(&membership.room_id)?
+    else {
+        return Ok(ServedTimeline {
+            events: Vec::new(),
+            counts: Vec::new(),
+            limited: false,
+            prev_batch: format!("s{}", ctx.next()),
+        });
+    };
+    let timeline = JoinedRoom::new(ctx, membership, shortroomid).timeline()?;
+    Ok(ServedTimeline {
+        events: serve(ctx, membership, &timeline)?,
+        counts: timeline.events.iter().map(|(count, _)| *count).collect(),
+        limited: timeline.limited,
+        prev_batch: timeline.prev_batch(ctx.next()),
+    })
+}
+
+/// A timeline's events in the client format, with the fields only the syncing device sees.
+fn serve(
+    ctx: &SyncContext<'_>,
+    membership: &RoomMembership,
+    timeline: &Timeline,
+) -> Result<Vec<Value>> {
+    let viewer = (ctx.request.user, ctx.request.device);
+    timeline
+        .events
+        .iter()
+        .map(|(count, pdu)| {
+            serve_event_at(
+                ctx.services,
+                (pdu, *count),
+                &membership.room_id,
+                viewer,
+                membership,
+            )
+        })
+        .collect()
 }
 
 /// One joined room being synced.

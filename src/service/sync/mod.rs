@@ -19,11 +19,11 @@
 //! The room summary (joined and invited counts, heroes for a room without name or canonical alias) is sent on initial syncs and whenever member, name or alias events or a gap lie in the synced range.
 //! A room joined since the last sync is treated like an initial sync: full state, a timeline reaching back before `since`, `limited` unless it starts at the room's creation.
 
-mod invited;
-mod joined;
+pub(crate) mod invited;
+pub(crate) mod joined;
 mod lazy;
 mod left;
-mod state;
+pub(crate) mod state;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -76,7 +76,10 @@ pub fn subscribe_and_build(
 
 /// Subscribes to a user's topic, then to the topics of the rooms they have a membership in
 /// (read after the user's subscription, so that a join in between wakes it).
-fn subscribe(services: &Services, user: &UserId) -> Result<(Waiter, Vec<RoomMembership>)> {
+pub(crate) fn subscribe(
+    services: &Services,
+    user: &UserId,
+) -> Result<(Waiter, Vec<RoomMembership>)> {
     let mut waiter = services.notifier.subscribe([Topic::User(user.to_string())]);
     let memberships = services.rooms.members.iter_rooms(user)?;
     services.notifier.add(
@@ -114,7 +117,7 @@ pub fn subscribe_if_caught_up(
 
 /// One response being built: the request, the positions it spans and its parsed filter, read
 /// once and shared by the step of every room.
-struct SyncContext<'a> {
+pub(crate) struct SyncContext<'a> {
     services: &'a Services,
     request: &'a SyncRequest<'a>,
     /// The stream position of `since`, 0 without one.
@@ -127,7 +130,7 @@ struct SyncContext<'a> {
 }
 
 impl<'a> SyncContext<'a> {
-    fn new(services: &'a Services, request: &'a SyncRequest<'a>) -> Result<Self> {
+    pub(crate) fn new(services: &'a Services, request: &'a SyncRequest<'a>) -> Result<Self> {
         Ok(Self {
             services,
             request,
@@ -142,7 +145,7 @@ impl<'a> SyncContext<'a> {
     }
 
     /// The current stream position, where the response ends.
-    fn next(&self) -> u64 {
+    pub(crate) fn next(&self) -> u64 {
         self.next_batch.count
     }
 

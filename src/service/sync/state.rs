@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// The room state after the last event at or before `count`.
-pub(super) fn state_at_position(
+pub(crate) fn state_at_position(
     services: &Services,
     shortroomid: u64,
     count: u64,
@@ -219,7 +219,7 @@ fn wanted_member_keys<'a>(
 
 /// A room summary (spec, `RoomSummary`): the joined and invited member counts and, when the
 /// room has neither a name nor a canonical alias, its heroes, which are also returned.
-pub(super) fn summary(
+pub(crate) fn summary(
     services: &Services,
     room_id: &RoomId,
     user: &UserId,
