@@ -16,13 +16,14 @@ use super::Route;
 
 /// Every served route. The order does not matter: `http::router` groups the routes by path.
 pub fn all() -> Vec<Route> {
-    let tables: [fn() -> Vec<Route>; 28] = [
+    let tables: [fn() -> Vec<Route>; 29] = [
         account::discovery,
         account::account,
         account::devices,
         account::profiles_and_presence,
         account::synapse_admin,
         synapse_admin::users,
+        synapse_admin::moderation,
         synapse_admin::rooms,
         synapse_admin::registration_tokens,
         synapse_admin::reports,
