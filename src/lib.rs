@@ -45,11 +45,7 @@ pub async fn serve(
     services: Arc<Services>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    });
+    let stopped = stop_signal(&services, shutdown);
     let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     };
@@ -114,5 +110,23 @@ pub async fn serve(
     for worker in workers {
         let _ = worker.await;
     }
-    Ok(())
+    // Everything the workers wrote is on disk before the process exits.
+    services.globals.durable().await
+}
+
+/// Turns true on the caller's `shutdown` or on an admin's `server shutdown`.
+fn stop_signal(
+    services: &Services,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut requested = services.admin.watch_shutdown();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = requested.wait_for(|stop| *stop) => {}
+        }
+        let _ = stop.send(true);
+    });
+    stopped
 }

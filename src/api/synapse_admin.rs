@@ -3,6 +3,7 @@
 //! `synapse_admin/rooms.rs`, registration tokens in
 //! `synapse_admin/registration_tokens.rs` and event reports in `synapse_admin/reports.rs`. Synapse's admin API has no ruma types: every handler is untyped.
 
+pub mod moderation;
 pub mod registration_tokens;
 pub mod reports;
 pub mod rooms;

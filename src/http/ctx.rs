@@ -61,7 +61,22 @@ pub(super) fn authenticate(services: &Services, auth: Auth, parts: &Parts) -> Re
     {
         return Err(unknown(true));
     }
+    if services.admin.flags.is_locked(&session.user_id) && !is_logout(parts.uri.path()) {
+        // Spec v1.18, "Account locking": every request but the two logouts, with soft_logout.
+        return Err(Error::matrix(
+            ErrorKind::UserLocked,
+            format!("{} is locked", session.user_id),
+        ));
+    }
     Ok(Some((session.user_id, session.device_id)))
+}
+
+/// Whether a path is `POST /logout` or `POST /logout/all` (any version), which a locked
+/// account may still use.
+fn is_logout(path: &str) -> bool {
+    path.strip_prefix("/_matrix/client/")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(_, rest)| rest == "logout" || rest == "logout/all")
 }
 
 /// The context of an authenticated request with its body.
@@ -103,4 +118,23 @@ fn url_decode_pairs(query: &str) -> HashMap<String, String> {
             (percent_decode(name), percent_decode(value))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_logout;
+
+    #[test]
+    fn only_the_two_logouts_are_open_to_locked_accounts() {
+        for (path, expected) in [
+            ("/_matrix/client/v3/logout", true),
+            ("/_matrix/client/r0/logout/all", true),
+            ("/_matrix/client/v3/logout/other", false),
+            ("/_matrix/client/v3/account/whoami", false),
+            ("/_synapse/admin/v1/logout", false),
+            ("/_matrix/client/v3/rooms/logout", false),
+        ] {
+            assert_eq!(is_logout(path), expected, "{path}");
+        }
+    }
 }

@@ -17,10 +17,12 @@ pub fn status_of(kind: &ErrorKind) -> StatusCode {
         | ErrorKind::UserDeactivated
         | ErrorKind::ThreepidDenied
         | ErrorKind::CannotLeaveServerNoticeRoom
+        | ErrorKind::UserSuspended
         | ErrorKind::WrongRoomKeysVersion(_) => StatusCode::FORBIDDEN,
-        ErrorKind::UnknownToken(_) | ErrorKind::MissingToken | ErrorKind::Unauthorized => {
-            StatusCode::UNAUTHORIZED
-        }
+        ErrorKind::UnknownToken(_)
+        | ErrorKind::MissingToken
+        | ErrorKind::Unauthorized
+        | ErrorKind::UserLocked => StatusCode::UNAUTHORIZED,
         ErrorKind::NotFound | ErrorKind::Unrecognized => StatusCode::NOT_FOUND,
         ErrorKind::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -40,6 +42,8 @@ pub fn body_of(kind: &ErrorKind, message: &str) -> Value {
     let mut body = json!({ "errcode": kind.errcode().to_string(), "error": message });
     match kind {
         ErrorKind::UnknownToken(data) => body["soft_logout"] = json!(data.soft_logout),
+        // Spec v1.18, "Account locking": a locked account is soft-logged-out.
+        ErrorKind::UserLocked => body["soft_logout"] = json!(true),
         ErrorKind::IncompatibleRoomVersion(data) => body["room_version"] = json!(data.room_version),
         ErrorKind::WrongRoomKeysVersion(data) => {
             body["current_version"] = json!(data.current_version)

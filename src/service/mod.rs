@@ -98,7 +98,7 @@ impl Services {
             config.database_memory_mb << 20,
         )?;
         let globals = globals::Globals::open(&db, &config)?;
-        let admin = admin::Admin::open(&db, globals.server_name())?;
+        let admin = admin::Admin::open(&db, globals.server_name(), &config.admin_user)?;
         let services = Arc::new(Self {
             typing: typing::Typing::open(&globals)?,
             receipts: receipts::Receipts::open(&db),

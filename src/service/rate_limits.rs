@@ -26,7 +26,7 @@ use ruma::{ServerName, UserId};
 use crate::{
     config::{Rate, RateLimitSettings},
     error::{Error, Result},
-    service::Services,
+    service::{admin::account_flags::RateOverride, Services},
 };
 
 /// Keys one set of buckets holds at most (about 1 MiB each).
@@ -161,17 +161,37 @@ impl Buckets {
 
     /// Whether one more action of `key` conforms at `now`: `Ok`, having spent its token when
     /// `spend`, or the wait until it would conform, having changed nothing.
+    #[cfg(test)]
     fn check(&self, key: Key, now: Instant, spend: bool) -> Result<(), Duration> {
+        self.check_scaled(key, now, spend, None)
+    }
+
+    /// [`Buckets::check`] with the rate and the burst multiplied by `scale` (both above zero),
+    /// a user's override.
+    fn check_scaled(
+        &self,
+        key: Key,
+        now: Instant,
+        spend: bool,
+        scale: Option<(f64, f64)>,
+    ) -> Result<(), Duration> {
+        let (interval, tolerance) = match scale {
+            None => (self.interval, self.tolerance),
+            Some((rate, burst)) => (
+                self.interval.div_f64(rate).min(MAX_INTERVAL),
+                self.tolerance.mul_f64(burst / rate).min(MAX_INTERVAL * 64),
+            ),
+        };
         let mut full_at = self.full_at.lock();
         let current = full_at
             .get(&key)
             .copied()
             .filter(|instant| *instant > now)
             .unwrap_or(now);
-        let next = current + self.interval;
+        let next = current + interval;
         let ahead = next.saturating_duration_since(now);
-        if ahead > self.tolerance {
-            return Err(ahead - self.tolerance);
+        if ahead > tolerance {
+            return Err(ahead - tolerance);
         }
         if spend {
             if full_at.len() >= self.max_keys && !full_at.contains_key(&key) {
@@ -217,6 +237,16 @@ impl RateLimits {
     }
 
     fn check(&self, limit: Limit, key: Key, spend: bool) -> Result<(), Duration> {
+        self.check_scaled(limit, key, spend, None)
+    }
+
+    fn check_scaled(
+        &self,
+        limit: Limit,
+        key: Key,
+        spend: bool,
+        scale: Option<(f64, f64)>,
+    ) -> Result<(), Duration> {
         if !self.enabled {
             return Ok(());
         }
@@ -224,7 +254,7 @@ impl RateLimits {
             .iter()
             .position(|each| *each == limit)
             .expect("every limit is in Limit::ALL");
-        self.buckets[index].check(key, Instant::now(), spend)
+        self.buckets[index].check_scaled(key, Instant::now(), spend, scale)
     }
 
     /// Spends a token of `limit` (keyed by client address) for `ip`; a request that came through
@@ -269,15 +299,25 @@ impl RateLimits {
 /// Spends a token of `limit` from the bucket of `key` for an action of `requester` (for most
 /// limits `key` is the requester; an invite's target has a bucket of its own). Server admins are
 /// exempt: only a refused action looks the requester up, so that the usual case reads nothing.
+/// A requester with an override (`users ratelimit`, kept in memory by the admin service) has
+/// the rates and bursts scaled, or no limit.
 pub fn take_for_user(
     services: &Services,
     limit: Limit,
     requester: &UserId,
     key: &UserId,
 ) -> Result<()> {
+    let scale = match services.admin.flags.get_rate_override(requester) {
+        Some(RateOverride::Unlimited) => return Ok(()),
+        Some(RateOverride::Scaled {
+            rate_factor,
+            burst_factor,
+        }) => Some((rate_factor, burst_factor)),
+        None => None,
+    };
     let Err(wait) = services
         .rate_limits
-        .check(limit, Key::name(key.as_str()), true)
+        .check_scaled(limit, Key::name(key.as_str()), true, scale)
     else {
         return Ok(());
     };
@@ -367,6 +407,24 @@ mod tests {
         let later = now + Duration::from_secs(5);
         buckets.check(Key::name("new"), later, true).unwrap();
         assert_eq!(buckets.full_at.lock().len(), 1);
+    }
+
+    #[test]
+    fn a_scaled_bucket_allows_a_scaled_burst_and_rate() {
+        let buckets = bucket(1.0, 2);
+        let now = Instant::now();
+        let scale = Some((4.0, 3.0));
+        for _ in 0..6 {
+            buckets
+                .check_scaled(Key::name("bot"), now, true, scale)
+                .unwrap();
+        }
+        let wait = buckets
+            .check_scaled(Key::name("bot"), now, true, scale)
+            .unwrap_err();
+        assert_eq!(wait, Duration::from_millis(250));
+        // Unscaled, the same key has long been over its burst of two.
+        assert!(buckets.check(Key::name("bot"), now, true).is_err());
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub struct Report {
     pub reason: Option<String>,
     /// When it arrived, in ms since the epoch.
     pub received_ts: u64,
+    /// When an admin resolved it (`reports resolve`), in ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_ts: Option<u64>,
 }
 
 /// The filters of the event report list, as sent.
@@ -81,15 +84,35 @@ impl Reports {
         })
     }
 
-    /// Stores a new report and returns its ID.
-    fn add(&self, mut report: Report) -> Result<u64> {
+    /// Stores a new report and returns it with its ID.
+    fn add(&self, mut report: Report) -> Result<Report> {
         report.id = self.last_id.fetch_add(1, Ordering::SeqCst) + 1;
+        self.store(&report)?;
+        tracing::info!(report = report.id, kind = ?report.kind, "content reported");
+        Ok(report)
+    }
+
+    fn store(&self, report: &Report) -> Result<()> {
         self.reportid_report.insert(
             &key::u64_bytes(report.id),
-            &serde_json::to_vec(&report).map_err(Error::internal)?,
-        )?;
-        tracing::info!(report = report.id, kind = ?report.kind, "content reported");
-        Ok(report.id)
+            &serde_json::to_vec(report).map_err(Error::internal)?,
+        )
+    }
+
+    /// Marks a report resolved; `M_NOT_FOUND` for an unknown one, `M_INVALID_PARAM` for one
+    /// resolved already.
+    pub fn resolve(&self, id: u64) -> Result<Report> {
+        let mut report = self
+            .get(id)?
+            .ok_or_else(|| Error::not_found(format!("report {id} not found")))?;
+        if report.resolved_ts.is_some() {
+            return Err(Error::invalid_param(format!(
+                "report {id} is already resolved"
+            )));
+        }
+        report.resolved_ts = Some(util::now_millis());
+        self.store(&report)?;
+        Ok(report)
     }
 
     /// A stored report.
@@ -135,7 +158,48 @@ fn new_report(kind: ReportKind, reporter: &UserId, reason: Option<String>) -> Re
         user_id: None,
         reason,
         received_ts: util::now_millis(),
+        resolved_ts: None,
     }
+}
+
+impl Report {
+    /// What the report is about, in words: the event and its sender, the room, or the user.
+    pub fn describe(&self) -> String {
+        describe_target(self)
+    }
+}
+
+fn describe_target(report: &Report) -> String {
+    let show = |value: Option<&str>| value.unwrap_or("?").to_owned();
+    match report.kind {
+        ReportKind::Event => format!(
+            "event {} of {} in {}",
+            show(report.event_id.as_deref().map(EventId::as_str)),
+            show(report.user_id.as_deref().map(UserId::as_str)),
+            show(report.room_id.as_deref().map(RoomId::as_str)),
+        ),
+        ReportKind::Room => format!(
+            "room {}",
+            show(report.room_id.as_deref().map(RoomId::as_str))
+        ),
+        ReportKind::User => format!(
+            "user {}",
+            show(report.user_id.as_deref().map(UserId::as_str))
+        ),
+    }
+}
+
+/// Stores a report and announces it in the admin room.
+fn add_and_announce(services: &Services, report: Report) -> Result<u64> {
+    let report = services.reports.add(report)?;
+    let reason = report.reason.as_deref().unwrap_or("no reason given");
+    services.admin.announce(format!(
+        "new report {}: {} reported {} ({reason}); `!admin reports list` lists the open reports",
+        report.id,
+        report.reporter,
+        describe_target(&report),
+    ));
+    Ok(report.id)
 }
 
 /// Reports an event of a room the reporter is joined to; `M_NOT_FOUND` when they are not
@@ -162,7 +226,7 @@ pub fn report_event(
     report.room_id = Some(room_id.to_owned());
     report.event_id = Some(event_id.to_owned());
     report.user_id = Some(pdu.sender);
-    services.reports.add(report)
+    add_and_announce(services, report)
 }
 
 /// Reports a room this server knows (the reporter need not be in it); `M_NOT_FOUND` otherwise.
@@ -177,7 +241,7 @@ pub fn report_room(
     }
     let mut report = new_report(ReportKind::Room, reporter, Some(reason));
     report.room_id = Some(room_id.to_owned());
-    services.reports.add(report)
+    add_and_announce(services, report)
 }
 
 /// Reports a user: an account of this server (`M_NOT_FOUND` for an unknown one), or a user of
@@ -194,7 +258,7 @@ pub fn report_user(
     }
     let mut report = new_report(ReportKind::User, reporter, Some(reason));
     report.user_id = Some(user_id.to_owned());
-    services.reports.add(report)
+    add_and_announce(services, report)
 }
 
 /// A page of the event reports in Synapse's shape: `event_reports`, `total` and `next_token`.

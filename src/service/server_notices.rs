@@ -128,6 +128,29 @@ pub async fn send(
         return Err(Error::forbidden(format!("{admin} is not a server admin")));
     }
     let notice = parse(body)?;
+    deliver(services, notice, admin, transaction).await
+}
+
+/// Sends a text notice (`m.text`) to a local user; for callers that checked the admin already
+/// (the admin room's `server notice`).
+pub async fn send_text(services: &Services, user_id: &UserId, text: &str) -> Result<OwnedEventId> {
+    let notice = Notice {
+        user_id: user_id.to_owned(),
+        kind: "m.room.message".to_owned(),
+        state_key: None,
+        content: json!({ "msgtype": "m.text", "body": text }),
+    };
+    deliver(services, notice, user_id, None).await
+}
+
+/// Sends a parsed notice; `transaction` is the admin's (device, transaction ID), kept apart per
+/// `admin`.
+async fn deliver(
+    services: &Services,
+    notice: Notice,
+    admin: &UserId,
+    transaction: Option<(&str, &str)>,
+) -> Result<OwnedEventId> {
     if notice.user_id.server_name() != services.globals.server_name() {
         return Err(Error::invalid_param(format!(
             "server notices can only be sent to local users, not {}",

@@ -3,6 +3,7 @@
 //! Every operation takes an [`Admin`], which only [`Admin::check`] makes, so none runs for a
 //! caller who is not a server admin.
 
+pub mod moderation;
 pub mod rooms;
 pub mod users;
 

@@ -119,6 +119,18 @@ impl PlaitProcess {
     }
 
     /// Kills the process with SIGKILL and waits until it is gone; the database stays.
+    /// Waits up to `timeout` for the process to exit on its own; its status, if it did.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("poll plait") {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     pub fn kill(&mut self) {
         self.child.kill().expect("send SIGKILL to plait");
         self.child.wait().expect("reap plait");

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::common::{enc, Client, TestServer};
 
 /// The first user (an admin) joined to the admin room, and the room's ID.
-async fn admin_in_room(server: &TestServer) -> (Client, String) {
+pub(crate) async fn admin_in_room(server: &TestServer) -> (Client, String) {
     let admin = server.register("alice").await;
     let alias = format!("#admins:{}", server.server_name());
     let path = format!("/_matrix/client/v3/directory/room/{}", enc(&alias));
@@ -21,7 +21,7 @@ async fn admin_in_room(server: &TestServer) -> (Client, String) {
 }
 
 /// Joins a room once the invite (sent by the admin worker) has arrived.
-async fn join_when_invited(client: &Client, room_id: &str) {
+pub(crate) async fn join_when_invited(client: &Client, room_id: &str) {
     let path = format!("/_matrix/client/v3/rooms/{}/join", enc(room_id));
     for _ in 0..100 {
         let (status, body) = client.post(&path, json!({})).await;
@@ -35,7 +35,7 @@ async fn join_when_invited(client: &Client, room_id: &str) {
 }
 
 /// The `m.notice`s from the server user after `event_id`, oldest first.
-async fn notices_after(
+pub(crate) async fn notices_after(
     client: &Client,
     server: &TestServer,
     room_id: &str,
@@ -61,11 +61,27 @@ async fn notices_after(
 }
 
 /// Sends a command and waits for its reply; returns the reply's content.
-async fn command(client: &Client, server: &TestServer, room_id: &str, text: &str) -> Value {
+pub(crate) async fn command(
+    client: &Client,
+    server: &TestServer,
+    room_id: &str,
+    text: &str,
+) -> Value {
     let txn = format!("t{}", rand_suffix());
     let event_id = client.send_text(room_id, &txn, text).await;
+    reply_to(client, server, room_id, &event_id, text).await
+}
+
+/// Waits for the first reply after `event_id` (the message `text`).
+async fn reply_to(
+    client: &Client,
+    server: &TestServer,
+    room_id: &str,
+    event_id: &str,
+    text: &str,
+) -> Value {
     for _ in 0..200 {
-        if let Some(reply) = notices_after(client, server, room_id, &event_id)
+        if let Some(reply) = notices_after(client, server, room_id, event_id)
             .await
             .into_iter()
             .next()
@@ -78,7 +94,12 @@ async fn command(client: &Client, server: &TestServer, room_id: &str, text: &str
 }
 
 /// The reply's plain text.
-async fn command_text(client: &Client, server: &TestServer, room_id: &str, text: &str) -> String {
+pub(crate) async fn command_text(
+    client: &Client,
+    server: &TestServer,
+    room_id: &str,
+    text: &str,
+) -> String {
     let reply = command(client, server, room_id, text).await;
     reply["body"].as_str().unwrap().to_owned()
 }
@@ -89,7 +110,7 @@ fn rand_suffix() -> u64 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-fn user(server: &TestServer, localpart: &str) -> ruma::OwnedUserId {
+pub(crate) fn user(server: &TestServer, localpart: &str) -> ruma::OwnedUserId {
     UserId::parse(format!("@{localpart}:{}", server.server_name())).unwrap()
 }
 
@@ -440,15 +461,7 @@ async fn server_backup_create_list_and_verify() {
 async fn commands_of_non_admins_and_outside_the_admin_room_are_ignored() {
     let server = TestServer::start().await;
     let (admin, room_id) = admin_in_room(&server).await;
-    let bob = server.register("bob").await;
-    // An admin may invite anyone; bob is in the room but is no server admin.
-    admin
-        .post_ok(
-            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room_id)),
-            json!({"user_id": format!("@bob:{}", server.server_name())}),
-        )
-        .await;
-    bob.join(&room_id).await;
+    let bob = bob_in_the_admin_room(&server, &admin, &room_id).await;
     let ignored = bob
         .send_text(&room_id, "b1", "!admin users make-admin bob")
         .await;
@@ -457,19 +470,7 @@ async fn commands_of_non_admins_and_outside_the_admin_room_are_ignored() {
     admin
         .send_text(&elsewhere, "a1", "!admin users make-admin bob")
         .await;
-    // Commands are answered in order: once alice's is, bob's would have been.
-    command_text(&admin, &server, &room_id, "!admin server version").await;
-    assert_eq!(
-        notices_after(&admin, &server, &room_id, &ignored)
-            .await
-            .len(),
-        1
-    );
-    assert!(!server
-        .services
-        .users
-        .is_admin(&user(&server, "bob"))
-        .unwrap());
+    only_the_next_command_is_answered(&server, &admin, &room_id, &ignored).await;
     let messages = admin
         .get_ok(&format!(
             "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10",
@@ -559,4 +560,90 @@ fn plait_admin_without_a_running_server_says_so() {
         "{}",
         run.output
     );
+}
+
+/// A plain user `bob` with a room of his own, where he sent one message; the room and event.
+pub(crate) async fn bob_with_a_message(server: &TestServer) -> (Client, String, String) {
+    let bob = server.register("bob").await;
+    let room = bob.create_room(json!({})).await;
+    let event_id = bob.send_text(&room, "b0", "before").await;
+    (bob, room, event_id)
+}
+
+/// A client pointed at a restarted server.
+pub(crate) fn at(server: &TestServer, client: &Client) -> Client {
+    Client {
+        base: server.base.clone(),
+        ..client.clone()
+    }
+}
+
+#[tokio::test]
+async fn messages_addressed_to_the_server_user_are_commands() {
+    let server = TestServer::start().await;
+    let (admin, room_id) = admin_in_room(&server).await;
+    let text = command_text(&admin, &server, &room_id, "plait: server version").await;
+    assert!(text.starts_with("Plait "), "{text}");
+    // A pill: Element writes the display name and lists the user in m.mentions.
+    let server_user = format!("@plait:{}", server.server_name());
+    let content = json!({
+        "msgtype": "m.text",
+        "body": "Plait users list",
+        "m.mentions": {"user_ids": [server_user]},
+    });
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/send/m.room.message/mention1",
+        enc(&room_id)
+    );
+    let event_id = admin.put_ok(&path, content).await["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reply = reply_to(&admin, &server, &room_id, &event_id, "mention").await;
+    assert!(
+        reply["body"].as_str().unwrap().starts_with("1 users\n"),
+        "{reply}"
+    );
+    // Messages to somebody else, or a non-admin's command, get no answer.
+    let ignored = admin
+        .send_text(&room_id, "n1", "bob: plait: users list")
+        .await;
+    let bob = bob_in_the_admin_room(&server, &admin, &room_id).await;
+    bob.send_text(&room_id, "b1", "plait: users make-admin bob")
+        .await;
+    only_the_next_command_is_answered(&server, &admin, &room_id, &ignored).await;
+}
+
+/// `bob`, registered, invited by the admin and joined to the admin room, but no server admin.
+async fn bob_in_the_admin_room(server: &TestServer, admin: &Client, room_id: &str) -> Client {
+    let bob = server.register("bob").await;
+    admin
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(room_id)),
+            json!({"user_id": format!("@bob:{}", server.server_name())}),
+        )
+        .await;
+    bob.join(room_id).await;
+    bob
+}
+
+/// Sends a command and checks that its reply is the only one since `ignored` (commands are
+/// answered in order: once the admin's is, an earlier one would have been), and that bob is
+/// still no server admin.
+async fn only_the_next_command_is_answered(
+    server: &TestServer,
+    admin: &Client,
+    room_id: &str,
+    ignored: &str,
+) {
+    command_text(admin, server, room_id, "!admin server version").await;
+    assert_eq!(
+        notices_after(admin, server, room_id, ignored).await.len(),
+        1
+    );
+    assert!(!server
+        .services
+        .users
+        .is_admin(&user(server, "bob"))
+        .unwrap());
 }

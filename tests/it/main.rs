@@ -9,6 +9,8 @@ mod common;
 
 mod accounts;
 mod admin_api;
+mod admin_commands;
+mod admin_moderation;
 mod admin_room;
 mod aliases;
 mod backfill;

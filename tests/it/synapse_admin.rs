@@ -7,7 +7,7 @@ use crate::admin_api::{logged_in, register_signed, server_with_secret, SECRET};
 use crate::common::{assert_error, enc, Client, TestServer};
 
 /// A server with a shared secret, an admin made through it, and a plain user `alice`.
-async fn admin_and_alice() -> (TestServer, Client, Client) {
+pub(crate) async fn admin_and_alice() -> (TestServer, Client, Client) {
     let server = server_with_secret().await;
     let (status, answer) = register_signed(&server, SECRET, "root", true).await;
     assert_eq!(status, 200, "{answer}");
@@ -16,7 +16,7 @@ async fn admin_and_alice() -> (TestServer, Client, Client) {
     (server, admin, alice)
 }
 
-async fn login(server: &TestServer, user: &str, password: &str) -> (u16, Value) {
+pub(crate) async fn login(server: &TestServer, user: &str, password: &str) -> (u16, Value) {
     server
         .client()
         .post(
@@ -26,7 +26,7 @@ async fn login(server: &TestServer, user: &str, password: &str) -> (u16, Value) 
         .await
 }
 
-fn names(list: &Value) -> Vec<String> {
+pub(crate) fn names(list: &Value) -> Vec<String> {
     list["users"]
         .as_array()
         .unwrap()
@@ -37,7 +37,11 @@ fn names(list: &Value) -> Vec<String> {
 
 /// Every request of `requests` answers a plain user `403 M_FORBIDDEN` and a caller without a
 /// token `401`.
-async fn refused_to_non_admins(server: &TestServer, user: &Client, requests: &[(&str, String)]) {
+pub(crate) async fn refused_to_non_admins(
+    server: &TestServer,
+    user: &Client,
+    requests: &[(&str, String)],
+) {
     for (method, path) in requests {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let body = if method == reqwest::Method::GET {
@@ -720,4 +724,85 @@ async fn admins_made_through_the_api_are_invited_to_the_admin_room() {
         .get_ok(&format!("/_matrix/client/v3/sync?since={since}"))
         .await;
     assert!(in_section(&later, "leave"), "{later}");
+}
+
+#[tokio::test]
+async fn admins_list_users_v3_filtered_by_deactivation_and_lock_and_sorted() {
+    let (server, admin, alice) = admin_and_alice().await;
+    let host = server.server_name();
+    let id = |name: &str| format!("@{name}:{host}");
+    server.register("bob").await;
+    admin
+        .post_ok(
+            &format!("/_synapse/admin/v1/deactivate/{}", enc(&id("bob"))),
+            json!({}),
+        )
+        .await;
+    // PUT with fields Plait keeps no record of: they are accepted and ignored.
+    let carol_path = format!("/_synapse/admin/v2/users/{}", enc(&id("carol")));
+    let carol = admin
+        .put_ok(
+            &carol_path,
+            json!({"password": "pw", "displayname": "Zed", "locked": true,
+                   "threepids": [{"medium": "email", "address": "carol@example.org"}],
+                   "external_ids": [], "user_type": null}),
+        )
+        .await;
+    assert_eq!(
+        (&carol["locked"], &carol["displayname"]),
+        (&json!(true), &json!("Zed"))
+    );
+    let (status, login) = login(&server, "carol", "pw").await;
+    assert_eq!(status, 200, "{login}");
+    let carol_client = crate::admin_api::logged_in(&server, &login);
+    let answer = carol_client.get("/_matrix/client/v3/account/whoami").await;
+    assert_error(&answer, 401, "M_USER_LOCKED");
+    let list = |query: &'static str| {
+        let admin = admin.clone();
+        async move { names(&admin.get_ok(&format!("/_synapse/admin/{query}")).await) }
+    };
+    let ids = |names: &[&str]| names.iter().map(|name| id(name)).collect::<Vec<_>>();
+    assert_eq!(
+        list("v3/users").await,
+        ids(&["alice", "bob", "plait", "root"])
+    );
+    assert_eq!(list("v3/users?deactivated=true").await, ids(&["bob"]));
+    assert_eq!(
+        list("v3/users?deactivated=false").await,
+        ids(&["alice", "plait", "root"])
+    );
+    assert_eq!(list("v2/users").await, ids(&["alice", "plait", "root"]));
+    assert_eq!(
+        list("v2/users?locked=true").await,
+        ids(&["alice", "carol", "plait", "root"])
+    );
+    assert_eq!(
+        list("v3/users?order_by=admin&dir=b").await,
+        ids(&["root", "plait", "bob", "alice"])
+    );
+    assert_eq!(
+        list("v3/users?order_by=displayname&locked=true&deactivated=false").await,
+        ids(&["plait", "carol", "alice", "root"])
+    );
+    for bad in ["order_by=shoe_size", "dir=up", "locked=perhaps"] {
+        let answer = admin.get(&format!("/_synapse/admin/v3/users?{bad}")).await;
+        assert_error(&answer, 400, "M_INVALID_PARAM");
+    }
+    // Unlocked through the same PUT, with the display name removed by an empty one.
+    let carol = admin
+        .put_ok(&carol_path, json!({"locked": false, "displayname": ""}))
+        .await;
+    assert_eq!(
+        (&carol["locked"], &carol["displayname"]),
+        (&json!(false), &Value::Null)
+    );
+    carol_client
+        .get_ok("/_matrix/client/v3/account/whoami")
+        .await;
+    refused_to_non_admins(
+        &server,
+        &alice,
+        &[("GET", "/_synapse/admin/v3/users".to_owned())],
+    )
+    .await;
 }

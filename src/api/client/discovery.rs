@@ -119,7 +119,9 @@ pub async fn discover_policy_server(
 ///
 /// Untyped: ruma's `Capabilities` leaves out a capability at its default value
 /// (`m.change_password` enabled), and clients get every one today.
-pub async fn get_capabilities(services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
+/// `m.account_moderation` tells server admins that they may lock and suspend accounts.
+pub async fn get_capabilities(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let admin = services.users.is_admin(ctx.user())?;
     let available: serde_json::Map<_, _> = (1..=12)
         .map(|version| (version.to_string(), json!("stable")))
         .collect();
@@ -130,7 +132,8 @@ pub async fn get_capabilities(services: Arc<Services>, _ctx: Ctx) -> HandlerResu
             "m.set_displayname": { "enabled": true },
             "m.set_avatar_url": { "enabled": true },
             "m.3pid_changes": { "enabled": false },
-            "m.get_login_token": { "enabled": false }
+            "m.get_login_token": { "enabled": false },
+            "m.account_moderation": { "lock": admin, "suspend": admin }
         }
     }))
 }

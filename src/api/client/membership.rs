@@ -99,6 +99,7 @@ fn named_servers(ctx: &Ctx) -> Vec<OwnedServerName> {
 /// An alias of another server is resolved with its `/query/directory`; a room this server is not
 /// in is joined over federation through the servers named, the inviter's, and the alias's.
 /// Joins count against `rate_limits.joins` (as on `/rooms/{roomId}/join` and `/knock`).
+/// Joins, knocks and invites of a suspended account get `403 M_USER_SUSPENDED` (spec v1.18).
 /// Untyped: ruma's request drops the body's custom keys, which the join event keeps as Synapse does (`rooms::messages_state_redaction_and_context`).
 pub async fn join_room_by_id_or_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let id_or_alias = OwnedRoomOrAliasId::try_from(ctx.param(0))
@@ -136,6 +137,7 @@ pub async fn knock_room(
     ctx: Ctx,
     request: knock_room::v3::Request,
 ) -> Result<knock_room::v3::Response> {
+    services.admin.flags.check_not_suspended(ctx.user())?;
     rate_limits::take_for(&services, Limit::Join, ctx.user())?;
     let (room_id, servers) =
         room_and_servers(&services, &request.room_id_or_alias, request.via).await?;
@@ -178,6 +180,11 @@ async fn join(
 ) -> HandlerResult {
     if services.rooms.members.is_joined(room_id, ctx.user())? {
         return Ok(json!({ "room_id": room_id }));
+    }
+    // A suspended user may still join their server notices room, where the admins write to them
+    // (the spec recommends keeping that channel open).
+    if services.server_notices.get_room(ctx.user())?.as_deref() != Some(room_id) {
+        services.admin.flags.check_not_suspended(ctx.user())?;
     }
     rate_limits::take_for(services, Limit::Join, ctx.user())?;
     if !handshake::is_resident(services, room_id)? {
@@ -241,6 +248,7 @@ async fn join(
 /// Untyped: ruma's `InvitationRecipient` is an untagged enum, so a third-party body without `id_access_token` fails as `M_BAD_JSON`, where Synapse and `third_party_invites::third_party_invites_refuse_bad_input` expect `M_MISSING_PARAM`.
 pub async fn invite_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let room_id = ctx.room_param(0)?;
+    services.admin.flags.check_not_suspended(ctx.user())?;
     rate_limits::take_for(&services, Limit::InvitesPerIssuer, ctx.user())?;
     let invitee = if ctx.body.get("user_id").is_none()
         && ["medium", "address", "id_server", "id_access_token"]

@@ -32,6 +32,7 @@ use crate::{
 /// Idempotent per device and transaction ID: a repeat returns the first event's ID (and is not
 /// counted by the `rate_limits.message` limit, which a new event is). The content
 /// is sent as the client wrote it; an `m.room.redaction` goes through the checks of `/redact`.
+/// A suspended account gets `403 M_USER_SUSPENDED` for anything but a redaction (spec v1.18).
 pub async fn send_message_event(
     services: Arc<Services>,
     ctx: Ctx,
@@ -42,6 +43,10 @@ pub async fn send_message_event(
     let txn_id = request.txn_id.as_str();
     if event_type.is_empty() || event_type.len() > 255 || txn_id.len() > 255 {
         return Err(Error::invalid_param("invalid event type or transaction ID"));
+    }
+    if event_type != "m.room.redaction" {
+        // Spec v1.18, "Account suspension": a suspended user may redact, not send.
+        services.admin.flags.check_not_suspended(ctx.user())?;
     }
     if let Some(event_id) = sent_before(&services, &ctx, room_id, txn_id)? {
         return Ok(send_message_event::v3::Response::new(event_id));
@@ -81,7 +86,8 @@ pub async fn send_message_event(
 /// Only the sender or a user with the `redact` power level may redact; the target's content is
 /// pruned in storage by the room version's redaction algorithm. A user with the `redact` level
 /// may also redact an event this server does not have (the redaction is sent all the same);
-/// for anyone else an unknown event is `404 M_NOT_FOUND`.
+/// for anyone else an unknown event is `404 M_NOT_FOUND`. A suspended account may redact only
+/// its own events (`403 M_USER_SUSPENDED`).
 /// Untyped: ruma's request keeps only a string `reason` of the body, where the redaction's
 /// content is the body as sent.
 pub async fn redact(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
@@ -138,11 +144,14 @@ async fn redact_event(
             if original.sender != ctx.user() && !may_redact_others {
                 return Err(Error::forbidden("you may not redact other users' events"));
             }
+            if original.sender != ctx.user() {
+                services.admin.flags.check_not_suspended(ctx.user())?;
+            }
         }
         // A user with the redact level may redact an event this server has not seen (it may
         // still arrive from another server); anyone else could only redact their own events,
         // which this server would have.
-        None if may_redact_others => {}
+        None if may_redact_others => services.admin.flags.check_not_suspended(ctx.user())?,
         None => return Err(Error::not_found(format!("event {target} not found"))),
     }
     let builder = PduBuilder {

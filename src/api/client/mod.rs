@@ -8,6 +8,7 @@
 
 pub mod account;
 pub mod account_data;
+pub mod admin;
 pub mod alias;
 pub mod backup;
 pub mod cross_signing;

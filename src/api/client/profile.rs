@@ -75,10 +75,12 @@ pub async fn get_profile_field(
 /// `PUT /_matrix/client/v3/profile/{userId}/{keyName}`
 ///
 /// `displayname` and `avatar_url` changes become new member events in every joined room.
+/// A suspended account gets `403 M_USER_SUSPENDED` (spec v1.18, "Account suspension").
 /// Untyped: a `null` value clears the field here, ruma's request refuses it for known fields.
 pub async fn set_profile_field(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let user_id = ctx.user_param(0)?;
     ctx.require_self(&user_id, "change the profile of")?;
+    services.admin.flags.check_not_suspended(ctx.user())?;
     let field = ctx.param(1).to_owned();
     if field.len() > 255 {
         return Err(Error::bad_json("profile field name too long"));
@@ -110,6 +112,8 @@ pub async fn delete_profile_field(
 ) -> Result<delete_profile_field::v3::Response> {
     let (user_id, field) = (request.user_id, request.field);
     ctx.require_self(&user_id, "change the profile of")?;
+    services.admin.flags.check_not_suspended(ctx.user())?;
+
     services
         .users
         .set_profile_field(&user_id, field.as_str(), None)?;

@@ -80,12 +80,14 @@ pub async fn get_state_event_for_key(
 ///
 /// The content is sent as the client wrote it. Setting the content the same sender already set
 /// sends nothing and answers with the event in force.
+/// A suspended account gets `403 M_USER_SUSPENDED` (spec v1.18, "Account suspension").
 pub async fn send_state_event(
     services: Arc<Services>,
     ctx: Ctx,
     request: send_state_event::v3::Request,
 ) -> Result<send_state_event::v3::Response> {
     let room_id = &request.room_id;
+    services.admin.flags.check_not_suspended(ctx.user())?;
     rate_limits::take_for(&services, Limit::Message, ctx.user())?;
     require_joined(&services, room_id, ctx.user())?;
     let event_type = request.event_type.to_string();

@@ -11,7 +11,7 @@ use crate::{
     error::Error,
     service::{
         synapse_admin::{
-            parse_flag,
+            parse_dir, parse_flag,
             users::{self, UserChanges, UserQuery},
             Admin, PageRequest,
         },
@@ -29,19 +29,39 @@ pub async fn server_version(_services: Arc<Services>, _ctx: Ctx) -> HandlerResul
 /// `GET /_synapse/admin/v2/users`
 ///
 /// A page of local accounts (`from`, `limit`), searched by `name` (localpart or display name)
-/// or `user_id`, with deactivated accounts only when `deactivated=true`, and `admins` to keep
-/// only admins or no admins. `guests` is accepted; Plait has no guests.
+/// or `user_id`, with deactivated accounts only when `deactivated=true`, locked ones only when
+/// `locked=true`, `admins` to keep only admins or no admins, sorted by `order_by` and `dir`.
+/// `guests` is accepted; Plait has no guests.
 pub async fn list_users(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
-    let admin = Admin::check(&services, ctx.user())?;
+    let deactivated = parse_flag("deactivated", ctx.query("deactivated"))?;
+    // v2: deactivated accounts are left out unless asked for, and then listed with the others.
+    let deactivated = (deactivated != Some(true)).then_some(false);
+    list(&services, &ctx, deactivated)
+}
+
+/// `GET /_synapse/admin/v3/users`
+///
+/// As v2, but `deactivated=true` lists only deactivated accounts, `false` none, and without it
+/// both.
+pub async fn list_users_v3(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let deactivated = parse_flag("deactivated", ctx.query("deactivated"))?;
+    list(&services, &ctx, deactivated)
+}
+
+fn list(services: &Services, ctx: &Ctx, deactivated: Option<bool>) -> HandlerResult {
+    let admin = Admin::check(services, ctx.user())?;
     parse_flag("guests", ctx.query("guests"))?;
     let query = UserQuery {
         page: PageRequest::parse(ctx.query("from"), ctx.query("limit"))?,
         name: ctx.query("name"),
         user_id: ctx.query("user_id"),
-        deactivated: parse_flag("deactivated", ctx.query("deactivated"))?.unwrap_or(false),
+        deactivated,
         admins: parse_flag("admins", ctx.query("admins"))?,
+        locked: parse_flag("locked", ctx.query("locked"))?.unwrap_or(false),
+        order_by: ctx.query("order_by"),
+        backwards: parse_dir(ctx.query("dir"), false)?,
     };
-    users::list(&services, &admin, &query)
+    users::list(services, &admin, &query)
 }
 
 /// `GET /_synapse/admin/v2/users/{userId}`
@@ -53,8 +73,9 @@ pub async fn get_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
 /// `PUT /_synapse/admin/v2/users/{userId}`
 ///
 /// Creates or modifies a local account (`password`, `logout_devices`, `displayname`,
-/// `avatar_url`, `admin`, `deactivated`). Deviation: answers 200 when it creates the account
-/// too, where Synapse answers 201.
+/// `avatar_url`, `admin`, `deactivated`, `locked`; `threepids`, `external_ids` and `user_type`
+/// are ignored). Deviation: answers 200 when it creates the account too, where Synapse answers
+/// 201.
 pub async fn put_user(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let admin = Admin::check(&services, ctx.user())?;
     let changes: UserChanges = ctx.body_as()?;

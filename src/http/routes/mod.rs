@@ -16,7 +16,7 @@ use super::Route;
 
 /// Every served route. The order does not matter: `http::router` groups the routes by path.
 pub fn all() -> Vec<Route> {
-    let tables: [fn() -> Vec<Route>; 30] = [
+    let tables: [fn() -> Vec<Route>; 31] = [
         account::discovery,
         account::account,
         account::oauth,
@@ -24,6 +24,7 @@ pub fn all() -> Vec<Route> {
         account::profiles_and_presence,
         account::synapse_admin,
         synapse_admin::users,
+        synapse_admin::moderation,
         synapse_admin::rooms,
         synapse_admin::registration_tokens,
         synapse_admin::reports,

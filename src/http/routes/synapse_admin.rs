@@ -4,8 +4,8 @@
 
 use http::Method;
 
-use crate::api::client::report;
-use crate::api::synapse_admin::{registration_tokens as tokens, reports, rooms, users};
+use crate::api::client::{admin, report};
+use crate::api::synapse_admin::{moderation, registration_tokens as tokens, reports, rooms, users};
 use crate::http::{route, typed, Auth, Route};
 use Auth::{None as Open, Required as Token};
 
@@ -24,6 +24,12 @@ pub(super) fn users() -> Vec<Route> {
             "/_synapse/admin/v2/users",
             Token,
             users::list_users,
+        ),
+        route(
+            Method::GET,
+            "/_synapse/admin/v3/users",
+            Token,
+            users::list_users_v3,
         ),
         route(
             Method::GET,
@@ -66,6 +72,44 @@ pub(super) fn users() -> Vec<Route> {
             "/_synapse/admin/v1/users/{userId}/joined_rooms",
             Token,
             users::joined_rooms,
+        ),
+    ]
+}
+
+/// Account moderation: login-as and rate-limit overrides, and the client-server API's locks and
+/// suspensions (spec v1.18).
+pub(super) fn moderation() -> Vec<Route> {
+    const OVERRIDE: &str = "/_synapse/admin/v1/users/{userId}/override_ratelimit";
+    const LOCK: &str = "/_matrix/client/v1/admin/lock/{userId}";
+    const SUSPEND: &str = "/_matrix/client/v1/admin/suspend/{userId}";
+    vec![
+        typed(Method::GET, LOCK, Token, admin::is_user_locked),
+        typed(Method::PUT, LOCK, Token, admin::lock_user),
+        typed(Method::GET, SUSPEND, Token, admin::is_user_suspended),
+        typed(Method::PUT, SUSPEND, Token, admin::suspend_user),
+        route(
+            Method::POST,
+            "/_synapse/admin/v1/users/{userId}/login",
+            Token,
+            moderation::login_as,
+        ),
+        route(
+            Method::GET,
+            OVERRIDE,
+            Token,
+            moderation::get_override_ratelimit,
+        ),
+        route(
+            Method::POST,
+            OVERRIDE,
+            Token,
+            moderation::set_override_ratelimit,
+        ),
+        route(
+            Method::DELETE,
+            OVERRIDE,
+            Token,
+            moderation::delete_override_ratelimit,
         ),
     ]
 }

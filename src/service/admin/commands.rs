@@ -6,7 +6,9 @@ use clap::{Parser, Subcommand};
 use super::{
     queue::PREFIX,
     reply::Reply,
+    reports::{self, ReportsCommand},
     server::{self, ServerCommand},
+    tokens::{self, TokensCommand},
     users::{self, UsersCommand},
 };
 use crate::service::Services;
@@ -21,10 +23,17 @@ struct AdminCommand {
 
 #[derive(Subcommand, Debug)]
 enum Group {
-    /// Local accounts: list, inspect, create, reset passwords, deactivate, admins, devices.
+    /// Local accounts: list, inspect, create, reset passwords, deactivate, admins, devices,
+    /// locks, suspensions, rate limits, forced joins and leaves, redactions.
     #[command(subcommand)]
     Users(UsersCommand),
-    /// The server itself: statistics and version.
+    /// Registration tokens (invite codes): create, list, revoke.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Reports of events, rooms and users: list, resolve.
+    #[command(subcommand)]
+    Reports(ReportsCommand),
+    /// The server itself: statistics, version, backups, notices and shutdown.
     #[command(subcommand)]
     Server(ServerCommand),
 }
@@ -47,6 +56,8 @@ pub async fn run_args(services: &Services, words: Vec<String>) -> Reply {
     };
     let result = match command.group {
         Group::Users(command) => users::run(services, command).await,
+        Group::Tokens(command) => tokens::run(services, command),
+        Group::Reports(command) => reports::run(services, command),
         Group::Server(command) => server::run(services, command).await,
     };
     result.unwrap_or_else(Reply::error)

@@ -9,12 +9,17 @@
 //! `m.notice` from the server user through the normal local-event path. The same commands
 //! come from `plait admin` on the command line through the control socket (`control.rs`).
 
+pub mod account_flags;
 mod commands;
 pub mod control;
+mod moderation;
+mod names;
 pub mod queue;
 mod reply;
+mod reports;
 pub mod room;
 mod server;
+mod tokens;
 mod users;
 
 use std::sync::Arc;
@@ -51,11 +56,16 @@ pub async fn run(services: Arc<Services>, mut shutdown: watch::Receiver<bool>) {
         let result = match &job {
             None => return,
             Some(Job::Invite(user_id)) => make_admin(&services, user_id).await,
+            Some(Job::Announce(text)) => match services.admin.get_room() {
+                Some(room_id) => send_reply(&services, &room_id, &Reply::message(text)).await,
+                None => Ok(()),
+            },
             Some(Job::Command {
                 sender,
                 event_id,
                 body,
-            }) => answer(&services, sender, body)
+                mentioned,
+            }) => answer(&services, sender, body, *mentioned)
                 .await
                 .inspect_err(|_| tracing::debug!(%event_id, "admin command failed")),
         };
@@ -65,9 +75,24 @@ pub async fn run(services: Arc<Services>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Runs one command from the admin room and posts its reply there.
+/// Runs one command from the admin room (a message addressed to the server, see
+/// `queue::command_line`) and posts its reply there.
 #[tracing::instrument(skip_all, fields(sender = %sender))]
-async fn answer(services: &Services, sender: &UserId, body: &str) -> Result<()> {
+async fn answer(services: &Services, sender: &UserId, body: &str, mentioned: bool) -> Result<()> {
+    let server_user = server_user(services)?;
+    let display_name = services
+        .users
+        .get_profile(&server_user)?
+        .and_then(|profile| profile.get("displayname")?.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let names = [
+        server_user.as_str(),
+        server_user.localpart(),
+        display_name.as_str(),
+    ];
+    let Some(line) = queue::command_line(body, mentioned, &names) else {
+        return Ok(());
+    };
     if !services.users.is_admin(sender)? {
         tracing::debug!("ignored an admin command from a user who is not a server admin");
         return Ok(());
@@ -75,7 +100,7 @@ async fn answer(services: &Services, sender: &UserId, body: &str) -> Result<()> 
     let Some(room_id) = services.admin.get_room() else {
         return Ok(());
     };
-    let reply = run_command(services, body).await;
+    let reply = run_command(services, &line).await;
     send_reply(services, &room_id, &reply).await
 }
 

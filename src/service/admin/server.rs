@@ -3,7 +3,10 @@
 use clap::Subcommand;
 
 use super::{reply::Reply, room::server_user};
-use crate::{error::Result, service::Services};
+use crate::{
+    error::Result,
+    service::{server_notices, Services},
+};
 
 #[derive(Subcommand, Debug)]
 pub enum ServerCommand {
@@ -14,6 +17,19 @@ pub enum ServerCommand {
     /// Online backups of the database into `backup_path` (restored with `plait restore`).
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// Sends a server notice (in the user's server notices room) to one local user, or with
+    /// --all to every active local account.
+    Notice {
+        /// Every active local account instead of one user.
+        #[arg(long)]
+        all: bool,
+        /// The user then the message (`@bob:example.org Hello`), or with --all only the message.
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true)]
+        words: Vec<String>,
+    },
+    /// Stops the server gracefully: the listeners stop, the running requests and workers finish,
+    /// the database is synced, and the process exits with status 0.
+    Shutdown,
 }
 
 #[derive(Subcommand, Debug)]
@@ -35,7 +51,50 @@ pub async fn run(services: &Services, command: ServerCommand) -> Result<Reply> {
         ServerCommand::Stats => stats(services),
         ServerCommand::Version => Ok(Reply::message(version(services))),
         ServerCommand::Backup(command) => backup(services, command).await,
+        ServerCommand::Notice { all, words } => {
+            let (user, message) = match (all, words.split_first()) {
+                (false, Some((user, message))) => (Some(user.as_str()), message),
+                _ => (None, words.as_slice()),
+            };
+            notice(services, user, &message.join(" ")).await
+        }
+        ServerCommand::Shutdown => {
+            services.admin.request_shutdown();
+            Ok(Reply::message("shutting down"))
+        }
     }
+}
+
+/// Sends a server notice to one user, or to every active local account but the server's own
+/// users.
+async fn notice(services: &Services, user: Option<&str>, message: &str) -> Result<Reply> {
+    if message.trim().is_empty() {
+        return Err(crate::error::Error::invalid_param("the message is empty"));
+    }
+    let recipients = match user {
+        Some(user) => vec![super::names::local_user(services, user)?],
+        None => {
+            let own = [
+                server_user(services)?,
+                server_notices::notices_user(services)?,
+            ];
+            let mut users = Vec::new();
+            for user_id in services.users.iter_user_ids() {
+                let user_id = user_id?;
+                if !own.contains(&user_id) && !services.users.is_deactivated(&user_id)? {
+                    users.push(user_id);
+                }
+            }
+            users
+        }
+    };
+    for user_id in &recipients {
+        server_notices::send_text(services, user_id, message).await?;
+    }
+    Ok(Reply::message(match recipients.as_slice() {
+        [one] => format!("sent a server notice to {one}"),
+        many => format!("sent a server notice to {} users", many.len()),
+    }))
 }
 
 async fn backup(services: &Services, command: BackupCommand) -> Result<Reply> {

@@ -5,6 +5,8 @@ use clap::Subcommand;
 use ruma::{events::room::member::MembershipState, OwnedUserId};
 
 use super::{
+    moderation::{self, ModerationCommand},
+    names::local_user,
     reply::{format_timestamp, Reply},
     room::{self, server_user},
 };
@@ -12,7 +14,7 @@ use crate::{
     error::{Error, Result},
     service::{
         rooms::membership,
-        users::{account, devices, local_user_id, Device},
+        users::{account, devices, Device},
         Services,
     },
     util,
@@ -49,6 +51,8 @@ pub enum UsersCommand {
     ListDevices { user: String },
     /// Logs every device of an account out.
     LogoutAll { user: String },
+    #[command(flatten)]
+    Moderation(ModerationCommand),
 }
 
 /// Length of a generated password.
@@ -88,6 +92,7 @@ pub async fn run(services: &Services, command: UsersCommand) -> Result<Reply> {
             )))
         }
         UsersCommand::ListDevices { user } => list_devices(services, &local_user(services, &user)?),
+        UsersCommand::Moderation(command) => moderation::run(services, command).await,
         UsersCommand::LogoutAll { user } => {
             let user_id = local_user(services, &user)?;
             let count = services.users.iter_devices(&user_id)?.len();
@@ -97,30 +102,6 @@ pub async fn run(services: &Services, command: UsersCommand) -> Result<Reply> {
             )))
         }
     }
-}
-
-/// An existing local account named by full ID or localpart, other than the server's own user.
-fn local_user(services: &Services, name: &str) -> Result<OwnedUserId> {
-    let user_id = if name.starts_with('@') {
-        OwnedUserId::try_from(name)
-            .map_err(|_| Error::invalid_param(format!("invalid user ID {name}")))?
-    } else {
-        local_user_id(services.globals.server_name(), &name.to_lowercase())?
-    };
-    if user_id.server_name() != services.globals.server_name() {
-        return Err(Error::invalid_param(format!(
-            "{user_id} is not a local user"
-        )));
-    }
-    if !services.users.exists(&user_id)? {
-        return Err(Error::not_found(format!("user {user_id} does not exist")));
-    }
-    if user_id == server_user(services)? {
-        return Err(Error::forbidden(format!(
-            "{user_id} is the server's own user"
-        )));
-    }
-    Ok(user_id)
 }
 
 /// "yes" or "no".
@@ -181,6 +162,11 @@ fn info(services: &Services, user_id: &OwnedUserId) -> Result<Reply> {
         (
             "deactivated",
             yes_no(services.users.is_deactivated(user_id)?),
+        ),
+        ("locked", yes_no(services.admin.flags.is_locked(user_id))),
+        (
+            "suspended",
+            yes_no(services.admin.flags.is_suspended(user_id)),
         ),
         ("devices", devices.len().to_string()),
         ("joined rooms", joined.to_string()),

@@ -24,13 +24,36 @@ pub struct UserQuery<'a> {
     pub name: Option<&'a str>,
     /// Matches anywhere in the user ID; ignored when `name` is given, as Synapse does.
     pub user_id: Option<&'a str>,
-    /// Whether deactivated accounts are listed (default no).
-    pub deactivated: bool,
+    /// `Some(true)`: deactivated accounts only, `Some(false)`: none, `None`: both (v2 lists
+    /// them only with `deactivated=true`, v3 filters as this field says).
+    pub deactivated: Option<bool>,
     /// `Some(true)`: admins only, `Some(false)`: no admins.
     pub admins: Option<bool>,
+    /// Whether locked accounts are listed (Synapse's default is no).
+    pub locked: bool,
+    /// The field to sort by (`name` by default), then by name.
+    pub order_by: Option<&'a str>,
+    /// Reverses the order (`dir=b`).
+    pub backwards: bool,
 }
 
-/// What `PUT /v2/users/{userId}` may set; a field left out is left as it is.
+/// The fields the user list may be sorted by (Synapse's `order_by`).
+const ORDER_FIELDS: [&str; 10] = [
+    "name",
+    "is_guest",
+    "admin",
+    "user_type",
+    "deactivated",
+    "shadow_banned",
+    "displayname",
+    "avatar_url",
+    "creation_ts",
+    "last_seen_ts",
+];
+
+/// What `PUT /v2/users/{userId}` may set; a field left out is left as it is. Other fields
+/// Synapse knows (`threepids`, `external_ids`, `user_type`) are accepted and ignored: Plait keeps
+/// no third-party IDs, SSO mappings or user types.
 #[derive(Debug, Default, Deserialize)]
 pub struct UserChanges {
     pub password: Option<String>,
@@ -40,16 +63,29 @@ pub struct UserChanges {
     pub avatar_url: Option<String>,
     pub admin: Option<bool>,
     pub deactivated: Option<bool>,
+    pub locked: Option<bool>,
 }
 
-/// One page of local accounts in user ID order, with the total that match and the offset of
-/// the next page.
+/// One page of local accounts in the order asked (user ID order by default), with the total
+/// that match and the offset of the next page.
 pub fn list(services: &Services, _admin: &Admin, query: &UserQuery<'_>) -> Result<Value> {
+    let order_by = query.order_by.unwrap_or("name");
+    if !ORDER_FIELDS.contains(&order_by) {
+        return Err(Error::invalid_param(format!(
+            "unknown order_by {order_by}: one of {}",
+            ORDER_FIELDS.join(", ")
+        )));
+    }
     let name = query.name.map(str::to_lowercase);
     let mut users = Vec::new();
     for user_id in services.users.iter_user_ids() {
         let user_id = user_id?;
-        if !query.deactivated && services.users.is_deactivated(&user_id)? {
+        if let Some(wanted) = query.deactivated {
+            if services.users.is_deactivated(&user_id)? != wanted {
+                continue;
+            }
+        }
+        if !query.locked && services.admin.flags.is_locked(&user_id) {
             continue;
         }
         if let Some(admins) = query.admins {
@@ -70,6 +106,7 @@ pub fn list(services: &Services, _admin: &Admin, query: &UserQuery<'_>) -> Resul
             users.push(info);
         }
     }
+    sort_users(&mut users, order_by, query.backwards);
     let total = users.len();
     let (page, next) = query.page.take(users);
     let mut answer = json!({ "users": page, "total": total });
@@ -77,6 +114,25 @@ pub fn list(services: &Services, _admin: &Admin, query: &UserQuery<'_>) -> Resul
         answer["next_token"] = json!(next.to_string());
     }
     Ok(answer)
+}
+
+/// Sorts list entries by `field` then by name (nulls first, as in Synapse's database), reversed
+/// when `backwards`.
+fn sort_users(users: &mut [Value], field: &str, backwards: bool) {
+    let rank = |value: &Value| match value {
+        Value::Null => (0, 0, String::new()),
+        Value::Bool(flag) => (1, i64::from(*flag), String::new()),
+        Value::Number(number) => (1, number.as_i64().unwrap_or(0), String::new()),
+        other => (1, 0, other.as_str().unwrap_or_default().to_owned()),
+    };
+    users.sort_by(|a, b| {
+        rank(&a[field])
+            .cmp(&rank(&b[field]))
+            .then_with(|| a["name"].as_str().cmp(&b["name"].as_str()))
+    });
+    if backwards {
+        users.reverse();
+    }
 }
 
 /// An account's details; `M_NOT_FOUND` for an unknown one, `M_INVALID_PARAM` for a user of
@@ -111,12 +167,12 @@ pub async fn put(
     } else {
         modify(services, user_id, &changes).await?;
     }
-    if changes.avatar_url.is_some() {
-        services.users.set_profile_field(
-            user_id,
-            "avatar_url",
-            changes.avatar_url.map(Value::from),
-        )?;
+    if let Some(avatar_url) = changes.avatar_url {
+        // An empty URL removes the avatar, as in Synapse.
+        let value = (!avatar_url.is_empty()).then(|| Value::from(avatar_url));
+        services
+            .users
+            .set_profile_field(user_id, "avatar_url", value)?;
     }
     Ok((details(services, user_id)?, created))
 }
@@ -138,6 +194,9 @@ async fn create(services: &Services, user_id: &UserId, changes: &UserChanges) ->
     if changes.deactivated == Some(true) {
         account::deactivate(services, user_id)?;
     }
+    if changes.locked == Some(true) {
+        services.admin.flags.set_locked(user_id, true)?;
+    }
     tracing::info!(user = %user_id, "account created through the admin API");
     Ok(())
 }
@@ -157,11 +216,11 @@ async fn modify(services: &Services, user_id: &UserId, changes: &UserChanges) ->
         }
     }
     if let Some(display_name) = &changes.displayname {
-        services.users.set_profile_field(
-            user_id,
-            "displayname",
-            Some(Value::from(display_name.as_str())),
-        )?;
+        // An empty name removes it, as in Synapse.
+        let value = (!display_name.is_empty()).then(|| Value::from(display_name.as_str()));
+        services
+            .users
+            .set_profile_field(user_id, "displayname", value)?;
     }
     // Through the admin room's operations, so that admins are invited to it and kicked from it.
     match changes.admin {
@@ -177,6 +236,9 @@ async fn modify(services: &Services, user_id: &UserId, changes: &UserChanges) ->
         Some(true) if !deactivated => deactivate_account(services, user_id, false).await?,
         Some(false) if deactivated => services.users.reactivate(user_id)?,
         _ => {}
+    }
+    if let Some(locked) = changes.locked {
+        services.admin.flags.set_locked(user_id, locked)?;
     }
     Ok(())
 }
@@ -283,7 +345,7 @@ fn check_local(services: &Services, user_id: &UserId) -> Result<()> {
 }
 
 /// `M_INVALID_PARAM` for a user of another server, `M_NOT_FOUND` for an unknown account.
-fn local_account(services: &Services, user_id: &UserId) -> Result<()> {
+pub(super) fn local_account(services: &Services, user_id: &UserId) -> Result<()> {
     check_local(services, user_id)?;
     if !services.users.exists(user_id)? {
         return Err(Error::not_found(format!("user {user_id} not found")));
@@ -310,7 +372,7 @@ fn summary(services: &Services, user_id: &UserId) -> Result<Value> {
         "user_type": null,
         "erased": false,
         "shadow_banned": false,
-        "locked": false,
+        "locked": services.admin.flags.is_locked(user_id),
         "creation_ts": null,
         "last_seen_ts": last_seen,
     }))
@@ -322,6 +384,6 @@ fn details(services: &Services, user_id: &UserId) -> Result<Value> {
     info["threepids"] = json!([]);
     info["external_ids"] = json!([]);
     info["appservice_id"] = Value::Null;
-    info["suspended"] = json!(false);
+    info["suspended"] = json!(services.admin.flags.is_suspended(user_id));
     Ok(info)
 }

@@ -76,6 +76,23 @@ impl Users {
             .map_err(|e| Error::corrupt("refreshhash_session", e))
     }
 
+    /// Makes an access token expire at `expires_at` (ms since the epoch); `M_NOT_FOUND` for an
+    /// unknown token.
+    pub fn set_token_expiry(&self, token: &str, expires_at: u64) -> Result<()> {
+        let hash = token_hash(token);
+        let bytes = self
+            .tokenhash_session
+            .get(&hash)?
+            .ok_or_else(|| Error::not_found("unknown access token"))?;
+        let mut session: Session =
+            serde_json::from_slice(&bytes).map_err(|e| Error::corrupt("tokenhash_session", e))?;
+        session.expires_at = Some(expires_at);
+        self.tokenhash_session.insert(
+            &hash,
+            &serde_json::to_vec(&session).map_err(Error::internal)?,
+        )
+    }
+
     /// Trades a refresh token for new tokens: the device's current refresh token, or the one the
     /// last refresh replaced while that refresh's tokens are unused. `None` for any other.
     pub fn refresh(&self, refresh_token: &str, lifetime_ms: u64) -> Result<Option<Tokens>> {
