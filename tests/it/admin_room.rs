@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use crate::common::{enc, Client, TestServer};
 
 /// The first user (an admin) joined to the admin room, and the room's ID.
-async fn admin_in_room(server: &TestServer) -> (Client, String) {
+pub(crate) async fn admin_in_room(server: &TestServer) -> (Client, String) {
     let admin = server.register("alice").await;
     let alias = format!("#admins:{}", server.server_name());
     let path = format!("/_matrix/client/v3/directory/room/{}", enc(&alias));
@@ -21,7 +21,7 @@ async fn admin_in_room(server: &TestServer) -> (Client, String) {
 }
 
 /// Joins a room once the invite (sent by the admin worker) has arrived.
-async fn join_when_invited(client: &Client, room_id: &str) {
+pub(crate) async fn join_when_invited(client: &Client, room_id: &str) {
     let path = format!("/_matrix/client/v3/rooms/{}/join", enc(room_id));
     for _ in 0..100 {
         let (status, body) = client.post(&path, json!({})).await;
@@ -61,7 +61,12 @@ async fn notices_after(
 }
 
 /// Sends a command and waits for its reply; returns the reply's content.
-async fn command(client: &Client, server: &TestServer, room_id: &str, text: &str) -> Value {
+pub(crate) async fn command(
+    client: &Client,
+    server: &TestServer,
+    room_id: &str,
+    text: &str,
+) -> Value {
     let txn = format!("t{}", rand_suffix());
     let event_id = client.send_text(room_id, &txn, text).await;
     for _ in 0..200 {
@@ -78,7 +83,12 @@ async fn command(client: &Client, server: &TestServer, room_id: &str, text: &str
 }
 
 /// The reply's plain text.
-async fn command_text(client: &Client, server: &TestServer, room_id: &str, text: &str) -> String {
+pub(crate) async fn command_text(
+    client: &Client,
+    server: &TestServer,
+    room_id: &str,
+    text: &str,
+) -> String {
     let reply = command(client, server, room_id, text).await;
     reply["body"].as_str().unwrap().to_owned()
 }

@@ -9,7 +9,9 @@ mod common;
 
 mod accounts;
 mod admin_api;
+mod admin_federation;
 mod admin_room;
+mod admin_rooms;
 mod aliases;
 mod backfill;
 mod backups;
@@ -45,6 +47,7 @@ mod search;
 mod spaces;
 mod spec_map;
 mod synapse_admin;
+mod synapse_admin_moderation;
 mod synapse_forks;
 mod synapse_harness;
 mod synapse_interop;

@@ -99,6 +99,7 @@ fn named_servers(ctx: &Ctx) -> Vec<OwnedServerName> {
 /// An alias of another server is resolved with its `/query/directory`; a room this server is not
 /// in is joined over federation through the servers named, the inviter's, and the alias's.
 /// Joins count against `rate_limits.joins` (as on `/rooms/{roomId}/join` and `/knock`).
+/// A room a server admin blocked is `403 M_FORBIDDEN` (here, on `/rooms/{roomId}/join` and `/knock`).
 /// Untyped: ruma's request drops the body's custom keys, which the join event keeps as Synapse does (`rooms::messages_state_redaction_and_context`).
 pub async fn join_room_by_id_or_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let id_or_alias = OwnedRoomOrAliasId::try_from(ctx.param(0))
@@ -139,6 +140,7 @@ pub async fn knock_room(
     rate_limits::take_for(&services, Limit::Join, ctx.user())?;
     let (room_id, servers) =
         room_and_servers(&services, &request.room_id_or_alias, request.via).await?;
+    services.admin.blocks.check_room(&room_id)?;
     let reason = request.reason.as_deref();
     if !handshake::is_resident(&services, &room_id)? {
         let candidates = handshake::candidate_servers(&services, &room_id, ctx.user(), servers)?;
@@ -179,6 +181,7 @@ async fn join(
     if services.rooms.members.is_joined(room_id, ctx.user())? {
         return Ok(json!({ "room_id": room_id }));
     }
+    services.admin.blocks.check_room(room_id)?;
     rate_limits::take_for(services, Limit::Join, ctx.user())?;
     if !handshake::is_resident(services, room_id)? {
         let candidates = handshake::candidate_servers(services, room_id, ctx.user(), servers)?;

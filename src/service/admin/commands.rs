@@ -4,8 +4,10 @@
 use clap::{Parser, Subcommand};
 
 use super::{
+    federation::{self, FederationCommand},
     queue::PREFIX,
     reply::Reply,
+    rooms::{self, RoomsCommand},
     server::{self, ServerCommand},
     users::{self, UsersCommand},
 };
@@ -24,6 +26,12 @@ enum Group {
     /// Local accounts: list, inspect, create, reset passwords, deactivate, admins, devices.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Rooms: list, inspect, delete, block, purge history, directory and aliases.
+    #[command(subcommand)]
+    Rooms(RoomsCommand),
+    /// Federation: destinations and their back-off, retrying one now, denying a server.
+    #[command(subcommand)]
+    Federation(FederationCommand),
     /// The server itself: statistics and version.
     #[command(subcommand)]
     Server(ServerCommand),
@@ -47,6 +55,8 @@ pub async fn run_args(services: &Services, words: Vec<String>) -> Reply {
     };
     let result = match command.group {
         Group::Users(command) => users::run(services, command).await,
+        Group::Rooms(command) => rooms::run(services, command).await,
+        Group::Federation(command) => federation::run(services, command).await,
         Group::Server(command) => server::run(services, command).await,
     };
     result.unwrap_or_else(Reply::error)

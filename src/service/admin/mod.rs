@@ -9,11 +9,14 @@
 //! `m.notice` from the server user through the normal local-event path. The same commands
 //! come from `plait admin` on the command line through the control socket (`control.rs`).
 
+pub mod blocks;
 mod commands;
 pub mod control;
+mod federation;
 pub mod queue;
 mod reply;
 pub mod room;
+mod rooms;
 mod server;
 mod users;
 

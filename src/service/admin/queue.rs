@@ -26,7 +26,8 @@ const FIRST_USER_KEY: &[u8] = b"first_user";
 pub const PREFIX: &str = "!admin";
 
 /// Owns `adminkey_value` (`room_id` → the admin room's ID, `first_user` → the first user who
-/// registered), the job queue and the server's start time.
+/// registered, and the keys of [`super::blocks::Blocks`]), the job queue and the server's start
+/// time.
 pub struct Admin {
     adminkey_value: Tree,
     server_name: OwnedServerName,
@@ -38,6 +39,8 @@ pub struct Admin {
     /// Held while the first registration is recorded, so that two cannot both be first.
     first_user_lock: parking_lot::Mutex<()>,
     started: Instant,
+    /// Blocked rooms, denied servers and quarantined media (`blocks.rs`, in the same tree).
+    pub blocks: super::blocks::Blocks,
 }
 
 /// Work for the admin worker.
@@ -74,6 +77,7 @@ impl Admin {
             jobs: parking_lot::Mutex::new(Some(jobs)),
             first_user_lock: parking_lot::Mutex::new(()),
             started: Instant::now(),
+            blocks: super::blocks::Blocks::open(db)?,
         })
     }
 
