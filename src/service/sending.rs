@@ -180,9 +180,10 @@ impl Sending {
         }
     }
 
-    /// Every destination sent to since start-up or still queued for, in name order, with its
+    /// Every destination sent to since start-up or still queued for, but `own` (this server,
+    /// which the room fan-out may name and nothing is ever sent to), in name order, with its
     /// health and queue depth.
-    pub fn iter_destinations(&self) -> Result<Vec<DestinationInfo>> {
+    pub fn iter_destinations(&self, own: &ServerName) -> Result<Vec<DestinationInfo>> {
         let mut known: std::collections::BTreeMap<OwnedServerName, DestinationInfo> = self
             .destinations
             .lock()
@@ -209,13 +210,18 @@ impl Sending {
                 })
                 .queued = depth;
         }
+        known.remove(own);
         Ok(known.into_values().collect())
     }
 
-    /// One destination, when it was sent to since start-up or has something queued.
-    pub fn get_destination(&self, server: &ServerName) -> Result<Option<DestinationInfo>> {
+    /// One destination (not `own`), when it was sent to since start-up or has something queued.
+    pub fn get_destination(
+        &self,
+        own: &ServerName,
+        server: &ServerName,
+    ) -> Result<Option<DestinationInfo>> {
         Ok(self
-            .iter_destinations()?
+            .iter_destinations(own)?
             .into_iter()
             .find(|info| info.server == server))
     }
@@ -395,25 +401,7 @@ async fn destination_worker(
                 _ = shutdown.wait_for(|stopped| *stopped) => return,
             }
         }
-        // A server the admins denied gets nothing: its queue is dropped unsent.
-        let denied = services.admin.blocks.is_server_denied(&server);
-        let sent = if denied {
-            tracing::debug!("the destination is denied; dropping its queued items");
-            Ok(())
-        } else {
-            send_transaction(
-                &services,
-                &server,
-                &queued.txn_id,
-                &queued.pdus,
-                queued.edus.clone(),
-            )
-            .await
-        };
-        if !denied {
-            services.metrics.transaction(&server, sent.is_ok());
-            record_health(&destination, sent.as_ref().err(), failures);
-        }
+        let sent = attempt(&services, &server, &destination, &queued, failures).await;
         let keys = &queued.keys;
         match sent {
             Ok(()) => {
@@ -446,6 +434,32 @@ async fn destination_worker(
             }
         }
     }
+}
+
+/// Sends a batch as one transaction and records the outcome (metrics, health); a server the
+/// admins denied gets nothing, and its batch counts as sent so that the queue is dropped.
+async fn attempt(
+    services: &Services,
+    server: &ServerName,
+    destination: &Destination,
+    queued: &QueuedBatch,
+    failures: u32,
+) -> Result<()> {
+    if services.admin.blocks.is_server_denied(server) {
+        tracing::debug!("the destination is denied; dropping its queued items");
+        return Ok(());
+    }
+    let sent = send_transaction(
+        services,
+        server,
+        &queued.txn_id,
+        &queued.pdus,
+        queued.edus.clone(),
+    )
+    .await;
+    services.metrics.transaction(server, sent.is_ok());
+    record_health(destination, sent.as_ref().err(), failures);
+    sent
 }
 
 /// Records the outcome of an attempt in the destination's health; `failures` counts the

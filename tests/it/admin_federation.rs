@@ -6,21 +6,15 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::admin_room::{admin_in_room, command_text};
+use crate::admin_rooms::AdminRoom;
 use crate::common::{assert_error, enc, federation_ask, ip, Client, TestServer};
 use crate::federation::{is_membership, join_via, two_servers, wait_for_event};
 
 /// Runs an admin command until its reply passes `done`; answers that reply.
-async fn command_until(
-    admin: &Client,
-    server: &TestServer,
-    room: &str,
-    line: &str,
-    done: impl Fn(&str) -> bool,
-) -> String {
+async fn command_until(admin: &AdminRoom<'_>, line: &str, done: impl Fn(&str) -> bool) -> String {
     let mut last = String::new();
     for _ in 0..100 {
-        last = command_text(admin, server, room, line).await;
+        last = admin.run(line).await;
         if done(&last) {
             return last;
         }
@@ -40,7 +34,7 @@ fn row<'a>(reply: &'a str, server: &str) -> &'a str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn federation_destinations_retry_now_and_deny() {
     let (ca, hs1, hs2) = two_servers().await;
-    let (admin, admin_room) = admin_in_room(&hs1).await;
+    let admin = AdminRoom::join(&hs1).await;
     let carol = hs1.register("carol").await;
     let bob = hs2.register("bob").await;
     let bob_id = bob.user_id().await;
@@ -53,26 +47,18 @@ async fn federation_destinations_retry_now_and_deny() {
         event["content"]["body"] == "hello"
     })
     .await;
-    let reply = command_until(
-        &admin,
-        &hs1,
-        &admin_room,
-        "!admin federation destinations",
-        |reply| row(reply, &remote).contains("\tok\t"),
-    )
+    let reply = command_until(&admin, "!admin federation destinations", |reply| {
+        row(reply, &remote).contains("\tok\t")
+    })
     .await;
     assert!(reply.contains("server\tstate\tqueued"), "{reply}");
 
     // The other server goes down: sends to it fail and the sender backs off.
     let hs2_dir = hs2.stop().await.unwrap();
     admin.send_text(&room, "m2", "while down").await;
-    let reply = command_until(
-        &admin,
-        &hs1,
-        &admin_room,
-        "!admin federation destinations",
-        |reply| row(reply, &remote).contains("backing off"),
-    )
+    let reply = command_until(&admin, "!admin federation destinations", |reply| {
+        row(reply, &remote).contains("backing off")
+    })
     .await;
     assert!(row(&reply, &remote).contains("failures"), "{reply}");
     let destination = format!(
@@ -94,20 +80,14 @@ async fn federation_destinations_retry_now_and_deny() {
     assert_error(&carol.post(&reset, json!({})).await, 403, "M_FORBIDDEN");
     let unknown = "/_synapse/admin/v1/federation/destinations/nowhere.example";
     assert_error(&admin.get(unknown).await, 404, "M_NOT_FOUND");
-    let reply = command_text(
-        &admin,
-        &hs1,
-        &admin_room,
-        "!admin federation retry-now nowhere.example",
-    )
-    .await;
+    let reply = admin
+        .run("!admin federation retry-now nowhere.example")
+        .await;
     assert_eq!(reply, "error: nowhere.example is not being backed off from");
     // Retry now, through the command and through the API (each waits for a back-off between
     // attempts, which fail fast while the server is down).
     command_until(
         &admin,
-        &hs1,
-        &admin_room,
         &format!("!admin federation retry-now {remote}"),
         |reply| reply == format!("retrying {remote} now"),
     )
@@ -124,10 +104,12 @@ async fn federation_destinations_retry_now_and_deny() {
 
     // Back up: what was queued arrives.
     let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, Some(hs2_dir.path())).await;
+    let bob = Client {
+        token: bob.token.clone(),
+        ..hs2.client()
+    };
     command_until(
         &admin,
-        &hs1,
-        &admin_room,
         &format!("!admin federation retry-now {remote}"),
         |_| true,
     )
@@ -152,10 +134,7 @@ async fn federation_destinations_retry_now_and_deny() {
             format!("denied {remote}"),
         ),
     ] {
-        assert_eq!(
-            command_text(&admin, &hs1, &admin_room, &line).await,
-            expected
-        );
+        assert_eq!(admin.run(&line).await, expected);
     }
     let profile = format!(
         "/_matrix/federation/v1/query/profile?user_id={}",
@@ -176,30 +155,32 @@ async fn federation_destinations_retry_now_and_deny() {
     );
     let seen = bob.get_ok(&path).await.to_string();
     assert!(!seen.contains("while denied"), "{seen}");
-    let reply = command_text(&admin, &hs1, &admin_room, "!admin federation destinations").await;
+    let reply = admin.run("!admin federation destinations").await;
     assert!(
         row(&reply, &remote).starts_with(&format!("{remote}\tdenied\t0\t")),
         "{reply}"
     );
 
     // The denial is kept over a restart, and lifted by allow.
+    let (token, admin_room) = (admin.client.token.clone(), admin.room.clone());
+    drop(admin);
     let hs1_dir = hs1.stop().await.unwrap();
     let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, Some(hs1_dir.path())).await;
-    let admin = Client {
-        token: admin.token.clone(),
-        ..hs1.client()
+    let admin = AdminRoom {
+        server: &hs1,
+        client: Client {
+            token,
+            ..hs1.client()
+        },
+        room: admin_room,
     };
     let remote_name = ruma::ServerName::parse(&remote).unwrap();
     assert!(hs1.services.admin.blocks.is_server_denied(&remote_name));
-    let reply = command_text(&admin, &hs1, &admin_room, "!admin federation denied").await;
+    let reply = admin.run("!admin federation denied").await;
     assert_eq!(reply, format!("1 denied servers\nserver\n{remote}"));
-    let reply = command_text(
-        &admin,
-        &hs1,
-        &admin_room,
-        &format!("!admin federation allow {remote}"),
-    )
-    .await;
+    let reply = admin
+        .run(&format!("!admin federation allow {remote}"))
+        .await;
     assert_eq!(reply, format!("allowed {remote}"));
     federation_ask(&hs2, &hs1, http::Method::GET, &profile, None)
         .await

@@ -7,6 +7,39 @@ use serde_json::{json, Value};
 use crate::admin_room::{admin_in_room, command_text};
 use crate::common::{assert_error, enc, Client, TestServer};
 
+/// A server admin (the first user) joined to the admin room, sending commands there; it
+/// dereferences to the admin's client.
+pub(crate) struct AdminRoom<'a> {
+    pub server: &'a TestServer,
+    pub client: Client,
+    pub room: String,
+}
+
+impl<'a> AdminRoom<'a> {
+    /// Registers the first user (an admin) and joins the admin room.
+    pub async fn join(server: &'a TestServer) -> Self {
+        let (client, room) = admin_in_room(server).await;
+        Self {
+            server,
+            client,
+            room,
+        }
+    }
+
+    /// Sends a command and answers the reply's text.
+    pub async fn run(&self, line: impl AsRef<str>) -> String {
+        command_text(&self.client, self.server, &self.room, line.as_ref()).await
+    }
+}
+
+impl std::ops::Deref for AdminRoom<'_> {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
 /// A public room of bob's with the alias `#<alias>:<server>`, joined by carol; answers its ID.
 async fn public_room(bob: &Client, carol: &Client, alias: &str) -> String {
     let room_id = bob
@@ -51,12 +84,12 @@ async fn join_status(client: &Client, room_id: &str) -> (u16, Value) {
 #[tokio::test]
 async fn rooms_list_info_and_members() {
     let server = TestServer::start().await;
-    let (admin, admin_room) = admin_in_room(&server).await;
+    let admin = AdminRoom::join(&server).await;
     let (bob, carol) = (server.register("bob").await, server.register("carol").await);
     let room_id = public_room(&bob, &carol, "lobby").await;
     let host = server.server_name();
 
-    let list = command_text(&admin, &server, &admin_room, "!admin rooms list").await;
+    let list = admin.run("!admin rooms list").await;
     let row = list
         .lines()
         .find(|line| line.starts_with(room_id.as_str()))
@@ -68,13 +101,7 @@ async fn rooms_list_info_and_members() {
     assert!(cells[4].parse::<u32>().unwrap() >= 7, "{row}");
     assert!(list.contains("local members\tevents\tversion"), "{list}");
 
-    let info = command_text(
-        &admin,
-        &server,
-        &admin_room,
-        &format!("!admin rooms info #lobby:{host}"),
-    )
-    .await;
+    let info = admin.run(&format!("!admin rooms info #lobby:{host}")).await;
     for line in [
         "name\tLobby",
         "members\t2",
@@ -84,13 +111,7 @@ async fn rooms_list_info_and_members() {
     ] {
         assert!(info.contains(line), "{line} not in {info}");
     }
-    let members = command_text(
-        &admin,
-        &server,
-        &admin_room,
-        &format!("!admin rooms members {room_id}"),
-    )
-    .await;
+    let members = admin.run(&format!("!admin rooms members {room_id}")).await;
     assert!(
         members.contains(&format!("@carol:{host}\tjoin")),
         "{members}"
@@ -101,7 +122,7 @@ async fn rooms_list_info_and_members() {
 #[tokio::test]
 async fn rooms_bad_arguments_answer_errors_and_change_nothing() {
     let server = TestServer::start().await;
-    let (admin, admin_room) = admin_in_room(&server).await;
+    let admin = AdminRoom::join(&server).await;
     let host = server.server_name();
     let bob = server.register("bob").await;
     let room_id = bob
@@ -137,26 +158,20 @@ async fn rooms_bad_arguments_answer_errors_and_change_nothing() {
             format!("error: {room_id} is not blocked"),
         ),
         (
-            format!("!admin rooms delete {admin_room}"),
+            format!("!admin rooms delete {}", admin.room),
             "error: the admin room cannot be deleted".to_owned(),
         ),
     ] {
-        let reply = command_text(&admin, &server, &admin_room, &line).await;
+        let reply = admin.run(&line).await;
         assert!(reply.starts_with(&expected), "{line}: {reply}");
     }
-    let reply = command_text(&admin, &server, &admin_room, "!admin rooms delete").await;
+    let reply = admin.run("!admin rooms delete").await;
     assert!(
         reply.contains("required arguments were not provided"),
         "{reply}"
     );
     // Nothing changed: bob is still in his room, which still has its alias.
-    let info = command_text(
-        &admin,
-        &server,
-        &admin_room,
-        &format!("!admin rooms info {room_id}"),
-    )
-    .await;
+    let info = admin.run(&format!("!admin rooms info {room_id}")).await;
     assert!(info.contains("members\t1"), "{info}");
     assert!(
         info.contains(&format!("local aliases\t#kept:{host}")),
@@ -168,7 +183,7 @@ async fn rooms_bad_arguments_answer_errors_and_change_nothing() {
 #[tokio::test]
 async fn rooms_delete_makes_local_users_leave_and_blocks_the_room() {
     let server = TestServer::start().await;
-    let (admin, admin_room) = admin_in_room(&server).await;
+    let admin = AdminRoom::join(&server).await;
     let (bob, carol) = (server.register("bob").await, server.register("carol").await);
     let host = server.server_name();
     let room_id = public_room(&bob, &carol, "doomed").await;
@@ -180,13 +195,9 @@ async fn rooms_delete_makes_local_users_leave_and_blocks_the_room() {
     assert!(directory(&bob).await.contains(&room_id));
     let message = bob.send_text(&room_id, "m1", "before the end").await;
 
-    let reply = command_text(
-        &admin,
-        &server,
-        &admin_room,
-        &format!("!admin rooms delete #doomed:{host}"),
-    )
-    .await;
+    let reply = admin
+        .run(&format!("!admin rooms delete #doomed:{host}"))
+        .await;
     assert!(
         reply.starts_with(&format!(
             "deleted and blocked {room_id}: 2 local users left"
@@ -199,13 +210,7 @@ async fn rooms_delete_makes_local_users_leave_and_blocks_the_room() {
     );
     // Both left through the normal event path (each one's leave is in the room's state) and
     // cannot join again.
-    let members = command_text(
-        &admin,
-        &server,
-        &admin_room,
-        &format!("!admin rooms members {room_id}"),
-    )
-    .await;
+    let members = admin.run(&format!("!admin rooms members {room_id}")).await;
     for (client, localpart) in [(&bob, "bob"), (&carol, "carol")] {
         assert!(
             members.contains(&format!("@{localpart}:{host}\tleave")),
@@ -219,13 +224,7 @@ async fn rooms_delete_makes_local_users_leave_and_blocks_the_room() {
     );
     assert_error(&bob.get(&alias_path).await, 404, "M_NOT_FOUND");
     assert!(!directory(&bob).await.contains(&room_id));
-    let info = command_text(
-        &admin,
-        &server,
-        &admin_room,
-        &format!("!admin rooms info {room_id}"),
-    )
-    .await;
+    let info = admin.run(&format!("!admin rooms info {room_id}")).await;
     assert!(
         info.contains("blocked\tyes") && info.contains("members\t0"),
         "{info}"
@@ -244,13 +243,7 @@ async fn rooms_delete_makes_local_users_leave_and_blocks_the_room() {
 
     // Unblocked, the room can be joined again (it is public; nobody here is in it, so the join
     // goes nowhere: the room is unknown to other servers, and no longer blocked).
-    let reply = command_text(
-        &admin,
-        &server,
-        &admin_room,
-        &format!("!admin rooms unblock {room_id}"),
-    )
-    .await;
+    let reply = admin.run(&format!("!admin rooms unblock {room_id}")).await;
     assert_eq!(reply, format!("unblocked {room_id}"));
     let (status, body) = join_status(&bob, &room_id).await;
     assert_ne!(body["errcode"], "M_FORBIDDEN", "{status} {body}");
@@ -259,17 +252,13 @@ async fn rooms_delete_makes_local_users_leave_and_blocks_the_room() {
 #[tokio::test]
 async fn rooms_delete_with_purge_drops_the_events() {
     let server = TestServer::start().await;
-    let (admin, admin_room) = admin_in_room(&server).await;
+    let admin = AdminRoom::join(&server).await;
     let (bob, carol) = (server.register("bob").await, server.register("carol").await);
     let room_id = public_room(&bob, &carol, "purged").await;
     let message = bob.send_text(&room_id, "m1", "gone soon").await;
-    let reply = command_text(
-        &admin,
-        &server,
-        &admin_room,
-        &format!("!admin rooms delete {room_id} --purge"),
-    )
-    .await;
+    let reply = admin
+        .run(&format!("!admin rooms delete {room_id} --purge"))
+        .await;
     assert!(reply.contains("; purged "), "{reply}");
     let event_path = format!(
         "/_matrix/client/v3/rooms/{}/event/{}",
@@ -299,7 +288,7 @@ async fn rooms_delete_with_purge_drops_the_events() {
 #[tokio::test]
 async fn rooms_purge_history_deletes_old_messages_but_not_state_or_the_newest() {
     let server = TestServer::start().await;
-    let (admin, admin_room) = admin_in_room(&server).await;
+    let admin = AdminRoom::join(&server).await;
     let (bob, carol) = (server.register("bob").await, server.register("carol").await);
     let room_id = public_room(&bob, &carol, "history").await;
     bob.send_text(&room_id, "m1", "one").await;
@@ -325,29 +314,21 @@ async fn rooms_purge_history_deletes_old_messages_but_not_state_or_the_newest() 
     .await;
     carol.send_text(&room_id, "m4", "four").await;
 
-    let reply = command_text(
-        &admin,
-        &server,
-        &admin_room,
-        &format!("!admin rooms purge-history {room_id} {cutoff}"),
-    )
-    .await;
+    let reply = admin
+        .run(&format!("!admin rooms purge-history {room_id} {cutoff}"))
+        .await;
     assert!(
         reply.starts_with(&format!("deleted 2 events of {room_id}")),
         "{reply}"
     );
     assert_eq!(message_bodies(&carol, &room_id).await, ["three", "four"]);
     // Everything older than a day in the future: the state stays, and so does the newest event.
-    let reply = command_text(
-        &admin,
-        &server,
-        &admin_room,
-        &format!(
+    let reply = admin
+        .run(&format!(
             "!admin rooms purge-history {room_id} {}",
             cutoff + 86_400_000
-        ),
-    )
-    .await;
+        ))
+        .await;
     assert!(reply.starts_with("deleted 1 events"), "{reply}");
     assert_eq!(message_bodies(&carol, &room_id).await, ["four"]);
     let state = carol
@@ -370,15 +351,12 @@ async fn rooms_purge_history_deletes_old_messages_but_not_state_or_the_newest() 
 #[tokio::test]
 async fn rooms_block_publish_and_aliases() {
     let server = TestServer::start().await;
-    let (admin, admin_room) = admin_in_room(&server).await;
+    let admin = AdminRoom::join(&server).await;
     let bob = server.register("bob").await;
     let carol = server.register("carol").await;
     let host = server.server_name();
     let room_id = bob.create_room(json!({"preset": "public_chat"})).await;
-    let run = |line: String| {
-        let (admin, server, admin_room) = (&admin, &server, &admin_room);
-        async move { command_text(admin, server, admin_room, &line).await }
-    };
+    let run = |line: String| admin.run(line);
 
     assert_eq!(
         run(format!("!admin rooms block {room_id}")).await,

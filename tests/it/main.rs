@@ -10,6 +10,7 @@ mod common;
 mod accounts;
 mod admin_api;
 mod admin_federation;
+mod admin_media;
 mod admin_room;
 mod admin_rooms;
 mod aliases;

@@ -1,5 +1,5 @@
 //! Synapse admin API handlers for room moderation (`docs/admin_api.md`, "Room moderation"):
-//! deleting rooms, purging history and blocking rooms, and federation destinations; each parses the request and calls one
+//! deleting rooms, purging history and blocking rooms, federation destinations, and media; each parses the request and calls one
 //! operation of `service::synapse_admin::moderation` as a checked admin.
 
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use crate::{
     api::{Ctx, HandlerResult},
     error::Error,
     service::{
-        synapse_admin::{destinations, moderation, Admin, PageRequest},
+        synapse_admin::{destinations, media, moderation, Admin, PageRequest},
         Services,
     },
 };
@@ -114,6 +114,53 @@ pub async fn reset_connection(services: Arc<Services>, ctx: Ctx) -> HandlerResul
 }
 
 fn server_param(ctx: &Ctx) -> Result<ruma::OwnedServerName, Error> {
+    ruma::OwnedServerName::try_from(ctx.param(0))
+        .map_err(|_| Error::invalid_param(format!("invalid server name {}", ctx.param(0))))
+}
+
+/// `GET /_synapse/admin/v1/users/{userId}/media`
+///
+/// A page (`from`, `limit`) of a local user's uploads, newest first; `order_by` is not read.
+pub async fn list_user_media(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let admin = Admin::check(&services, ctx.user())?;
+    let page = PageRequest::parse(ctx.query("from"), ctx.query("limit"))?;
+    media::list_user_media(&services, &admin, &ctx.user_param(0)?, page)
+}
+
+/// `DELETE /_synapse/admin/v1/media/{serverName}/{mediaId}`
+pub async fn delete_media(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let admin = Admin::check(&services, ctx.user())?;
+    media::delete(&services, &admin, &media_server(&ctx)?, ctx.param(1)).await
+}
+
+/// `POST /_synapse/admin/v1/media/quarantine/{serverName}/{mediaId}`
+///
+/// The item is `404` to everyone but server admins, and never fetched again.
+pub async fn quarantine_media(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let admin = Admin::check(&services, ctx.user())?;
+    media::set_quarantine(&services, &admin, &media_server(&ctx)?, ctx.param(1), true)
+}
+
+/// `POST /_synapse/admin/v1/media/unquarantine/{serverName}/{mediaId}`
+pub async fn unquarantine_media(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let admin = Admin::check(&services, ctx.user())?;
+    media::set_quarantine(&services, &admin, &media_server(&ctx)?, ctx.param(1), false)
+}
+
+/// `POST /_synapse/admin/v1/purge_media_cache?before_ts=`
+///
+/// Deletes other servers' media cached before `before_ts` (required, ms since the epoch).
+pub async fn purge_media_cache(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let admin = Admin::check(&services, ctx.user())?;
+    let before_ts = ctx
+        .query("before_ts")
+        .ok_or_else(|| Error::missing_param("before_ts is required"))?
+        .parse::<u64>()
+        .map_err(|_| Error::invalid_param("before_ts must be a non-negative integer"))?;
+    media::purge_cache(&services, &admin, before_ts).await
+}
+
+fn media_server(ctx: &Ctx) -> Result<ruma::OwnedServerName, Error> {
     ruma::OwnedServerName::try_from(ctx.param(0))
         .map_err(|_| Error::invalid_param(format!("invalid server name {}", ctx.param(0))))
 }

@@ -17,7 +17,7 @@ use super::Route;
 
 /// Every served route. The order does not matter: `http::router` groups the routes by path.
 pub fn all() -> Vec<Route> {
-    let tables: [fn() -> Vec<Route>; 30] = [
+    let tables: [fn() -> Vec<Route>; 31] = [
         account::discovery,
         account::account,
         account::devices,
@@ -29,6 +29,7 @@ pub fn all() -> Vec<Route> {
         synapse_admin::reports,
         moderation::rooms,
         moderation::federation,
+        moderation::media,
         rooms::rooms,
         rooms::membership,
         rooms::state,

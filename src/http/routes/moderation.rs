@@ -1,5 +1,6 @@
 //! Routes of Synapse's admin API for moderation (`docs/admin_api.md`, "Room moderation"):
-//! deleting, purging and blocking rooms, and federation destinations; all for server admins.
+//! deleting, purging and blocking rooms, federation destinations and media; all for server
+//! admins.
 
 use http::Method;
 
@@ -68,6 +69,42 @@ pub(super) fn federation() -> Vec<Route> {
             "/_synapse/admin/v1/federation/destinations/{destination}/reset_connection",
             Token,
             moderation::reset_connection,
+        ),
+    ]
+}
+
+/// Media: a user's uploads, deleting, quarantine and the remote cache.
+pub(super) fn media() -> Vec<Route> {
+    vec![
+        route(
+            Method::GET,
+            "/_synapse/admin/v1/users/{userId}/media",
+            Token,
+            moderation::list_user_media,
+        ),
+        route(
+            Method::DELETE,
+            "/_synapse/admin/v1/media/{serverName}/{mediaId}",
+            Token,
+            moderation::delete_media,
+        ),
+        route(
+            Method::POST,
+            "/_synapse/admin/v1/media/quarantine/{serverName}/{mediaId}",
+            Token,
+            moderation::quarantine_media,
+        ),
+        route(
+            Method::POST,
+            "/_synapse/admin/v1/media/unquarantine/{serverName}/{mediaId}",
+            Token,
+            moderation::unquarantine_media,
+        ),
+        route(
+            Method::POST,
+            "/_synapse/admin/v1/purge_media_cache",
+            Token,
+            moderation::purge_media_cache,
         ),
     ]
 }

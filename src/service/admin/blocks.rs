@@ -3,13 +3,11 @@
 //! are refused and nothing is sent to them) and quarantined media (served to admins only,
 //! never fetched again).
 
-use std::sync::Arc;
-
 use ruma::{OwnedRoomId, OwnedServerName, OwnedUserId, RoomId, ServerName, UserId};
 
 use crate::{
     error::{Error, Result},
-    store::{key, Db, Tree},
+    store::{key, Tree},
 };
 
 /// Key prefix of a blocked room in `adminkey_value`: `blocked_room 0xff room ID` → the admin
@@ -30,9 +28,8 @@ pub struct Blocks {
 }
 
 impl Blocks {
-    /// Opens the tree and loads the denied servers.
-    pub fn open(db: &Arc<Db>) -> Result<Self> {
-        let adminkey_value = db.tree("adminkey_value");
+    /// Loads the denied servers from the admin service's tree.
+    pub fn open(adminkey_value: Tree) -> Result<Self> {
         let mut denied = std::collections::BTreeSet::new();
         for name in iter_names(&adminkey_value, DENIED_SERVER) {
             denied.insert(
@@ -131,6 +128,21 @@ impl Blocks {
         } else {
             self.adminkey_value.remove(&entry)
         }
+    }
+
+    /// The admin who quarantined a media item, when it is quarantined.
+    pub fn get_media_quarantine(
+        &self,
+        server: &ServerName,
+        media_id: &str,
+    ) -> Result<Option<OwnedUserId>> {
+        let entry = key::join(&[QUARANTINED_MEDIA, server.as_bytes(), media_id.as_bytes()]);
+        let Some(value) = self.adminkey_value.get(&entry)? else {
+            return Ok(None);
+        };
+        OwnedUserId::try_from(String::from_utf8_lossy(&value).as_ref())
+            .map(Some)
+            .map_err(|e| Error::corrupt("adminkey_value", e))
     }
 
     /// Whether a media item is quarantined.

@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 use super::{
     federation::{self, FederationCommand},
+    media::{self, MediaCommand},
     queue::PREFIX,
     reply::Reply,
     rooms::{self, RoomsCommand},
@@ -32,6 +33,9 @@ enum Group {
     /// Federation: destinations and their back-off, retrying one now, denying a server.
     #[command(subcommand)]
     Federation(FederationCommand),
+    /// Media: details, deleting (by mxc, event, user, old remote cache) and quarantine.
+    #[command(subcommand)]
+    Media(MediaCommand),
     /// The server itself: statistics and version.
     #[command(subcommand)]
     Server(ServerCommand),
@@ -57,6 +61,7 @@ pub async fn run_args(services: &Services, words: Vec<String>) -> Reply {
         Group::Users(command) => users::run(services, command).await,
         Group::Rooms(command) => rooms::run(services, command).await,
         Group::Federation(command) => federation::run(services, command).await,
+        Group::Media(command) => media::run(services, command).await,
         Group::Server(command) => server::run(services, command).await,
     };
     result.unwrap_or_else(Reply::error)

@@ -83,7 +83,7 @@ fn destinations(services: &Services) -> Result<Reply> {
     let blocks = &services.admin.blocks;
     let rows: Vec<Vec<String>> = services
         .sending
-        .iter_destinations()?
+        .iter_destinations(services.globals.server_name())?
         .into_iter()
         .map(|info| {
             let health = info.health;

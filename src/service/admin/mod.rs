@@ -13,6 +13,7 @@ pub mod blocks;
 mod commands;
 pub mod control;
 mod federation;
+mod media;
 pub mod queue;
 mod reply;
 pub mod room;

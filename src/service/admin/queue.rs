@@ -69,6 +69,7 @@ impl Admin {
             None => None,
         };
         let (queue, jobs) = mpsc::unbounded_channel();
+        let blocks = super::blocks::Blocks::open(adminkey_value.clone())?;
         Ok(Self {
             adminkey_value,
             server_name: server_name.to_owned(),
@@ -77,7 +78,7 @@ impl Admin {
             jobs: parking_lot::Mutex::new(Some(jobs)),
             first_user_lock: parking_lot::Mutex::new(()),
             started: Instant::now(),
-            blocks: super::blocks::Blocks::open(db)?,
+            blocks,
         })
     }
 

@@ -12,7 +12,6 @@ use crate::{
             purge::{self, HistoryPurge},
             shutdown::{self, DeleteRoom},
         },
-        synapse_admin::rooms::state_field,
         Services,
     },
     util,
@@ -128,7 +127,7 @@ fn local_alias(services: &Services, name: &str) -> Result<OwnedRoomAliasId> {
 }
 
 /// A time given as ms since the epoch, or as an age (`30d`, `12h`, `15m`, `10s`) before `now`.
-fn parse_before(text: &str, now: u64) -> Result<u64> {
+pub(super) fn parse_before(text: &str, now: u64) -> Result<u64> {
     if let Ok(millis) = text.parse::<u64>() {
         return Ok(millis);
     }
@@ -178,13 +177,11 @@ fn joined_counts(services: &Services, room_id: &RoomId) -> Result<(usize, usize)
 }
 
 fn name_of(services: &Services, room_id: &RoomId) -> Result<String> {
-    let name = state_field(
-        services,
-        room_id,
-        ruma::events::StateEventType::RoomName,
-        "name",
-    )?;
-    Ok(name.as_str().unwrap_or_default().to_owned())
+    let name = services
+        .rooms
+        .current_state_pdu(room_id, &ruma::events::StateEventType::RoomName, "")?
+        .and_then(|pdu| pdu.content_value()["name"].as_str().map(str::to_owned));
+    Ok(name.unwrap_or_default())
 }
 
 fn list(services: &Services) -> Result<Reply> {

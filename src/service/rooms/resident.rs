@@ -248,11 +248,7 @@ pub async fn receive_invite(
             format!("room version {version} is not supported"),
         )
     })?;
-    services.admin.blocks.check_room(room_id)?;
-    // A room this server knows has an ACL to honour; of any other it knows nothing yet.
-    if services.rooms.exists(room_id)? && !incoming::server_allowed(services, room_id, origin)? {
-        return Err(Error::forbidden("the room's server ACL denies this server"));
-    }
+    check_invite_room(services, room_id, origin)?;
     let parsed = incoming::parse_pdu(event, room_id, &rules)?;
     if parsed.event_id != event_id {
         return Err(Error::bad_json("the event ID does not match the event"));
@@ -311,6 +307,16 @@ pub async fn receive_invite(
         )?;
     }
     crate::service::rooms::pdu::federation_value(&signed, &rules)
+}
+
+/// Refuses an invite into a room the admins blocked, or from a server the room's ACL denies:
+/// a room this server knows has an ACL to honour; of any other it knows nothing yet.
+fn check_invite_room(services: &Services, room_id: &RoomId, origin: &ServerName) -> Result<()> {
+    services.admin.blocks.check_room(room_id)?;
+    if services.rooms.exists(room_id)? && !incoming::server_allowed(services, room_id, origin)? {
+        return Err(Error::forbidden("the room's server ACL denies this server"));
+    }
+    Ok(())
 }
 
 /// `send_join`: commits the join (see [`send_membership`]) and answers the state before it and

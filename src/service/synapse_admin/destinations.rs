@@ -45,7 +45,7 @@ pub fn list(
     let backwards = parse_dir(dir, false)?;
     let mut destinations: Vec<Value> = services
         .sending
-        .iter_destinations()?
+        .iter_destinations(services.globals.server_name())?
         .iter()
         .map(to_json)
         .collect();
@@ -88,6 +88,6 @@ pub fn reset_connection(services: &Services, _admin: &Admin, server: &ServerName
 fn known(services: &Services, server: &ServerName) -> Result<DestinationInfo> {
     services
         .sending
-        .get_destination(server)?
+        .get_destination(services.globals.server_name(), server)?
         .ok_or_else(|| Error::not_found(format!("unknown destination {server}")))
 }
