@@ -208,29 +208,15 @@ async fn remote_media_cache_is_purged_and_quarantined_media_is_never_fetched() {
     let other = upload_ok(&bob, b"other remote bytes".to_vec(), "text/plain", None).await;
     assert_eq!(download_status(&carol, &cached).await, 200);
     let media_id = cached.rsplit('/').next().unwrap();
-    assert!(hs1
-        .services
-        .media
-        .get(
-            &ruma::ServerName::parse(hs2.server_name()).unwrap(),
-            media_id
-        )
-        .unwrap()
-        .is_some());
+    let remote = ruma::ServerName::parse(hs2.server_name()).unwrap();
+    let is_cached = |media_id: &str| hs1.services.media.get(&remote, media_id).unwrap().is_some();
+    assert!(is_cached(media_id));
 
     let reply = admin.run("!admin media delete remote-cache 1h").await;
     assert_eq!(reply, "deleted 0 media");
     let reply = admin.run("!admin media delete remote-cache 0s").await;
     assert_eq!(reply, "deleted 1 media");
-    assert!(hs1
-        .services
-        .media
-        .get(
-            &ruma::ServerName::parse(hs2.server_name()).unwrap(),
-            media_id
-        )
-        .unwrap()
-        .is_none());
+    assert!(!is_cached(media_id));
     // Fetched again on demand.
     assert_eq!(download_status(&carol, &cached).await, 200);
 
