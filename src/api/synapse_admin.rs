@@ -1,11 +1,13 @@
 //! The parts of Synapse's admin API that Plait serves (`docs/admin_api.md`): shared-secret
 //! registration and server notices here, accounts in `synapse_admin/users.rs`, rooms in
-//! `synapse_admin/rooms.rs`, registration tokens in
+//! `synapse_admin/rooms.rs`, room deletion, purges and blocks in `synapse_admin/moderation.rs`,
+//! registration tokens in
 //! `synapse_admin/registration_tokens.rs` and event reports in `synapse_admin/reports.rs`. Synapse's admin API has no ruma types: every handler is untyped.
 
 pub mod moderation;
 pub mod registration_tokens;
 pub mod reports;
+pub mod room_moderation;
 pub mod rooms;
 pub mod users;
 

@@ -23,7 +23,7 @@ fn unauthorized(message: impl Into<String>) -> Error {
 }
 
 /// The `Authorization: X-Matrix` header of a request, checked for its shape, its destination
-/// and an origin other than this server, from the headers alone: before the body is read and
+/// and an origin other than this server and than the servers the admins denied, from the headers alone: before the body is read and
 /// before the origin's keys are fetched (whose fetch `ServerKeys::get_keys` bounds per origin).
 pub fn parse(services: &Services, parts: &Parts) -> Result<XMatrix> {
     let header = parts
@@ -45,6 +45,13 @@ pub fn parse(services: &Services, parts: &Parts) -> Result<XMatrix> {
         return Err(unauthorized(
             "requests cannot come from this server's own name",
         ));
+    }
+    // A server the admins denied is refused whatever it asks (transactions, joins, reads).
+    if services.admin.blocks.is_server_denied(&x_matrix.origin) {
+        return Err(Error::forbidden(format!(
+            "{} is denied by this server",
+            x_matrix.origin
+        )));
     }
     // A signature that cannot verify whatever the key is refused before the origin's keys are
     // fetched: only ed25519 keys are published, and their signatures are 64 bytes.

@@ -82,6 +82,8 @@ pub struct Services {
     /// Prometheus metrics, served on `metrics_address`.
     pub metrics: metrics::Metrics,
     pub policy: policy::PolicyServers,
+    /// The Synapse admin API's room deletions and history purges (memory only).
+    pub moderation_tasks: synapse_admin::room_moderation::ModerationTasks,
     /// The rate limits' buckets (memory only).
     pub rate_limits: rate_limits::RateLimits,
     /// The outgoing server-server client.
@@ -136,6 +138,7 @@ impl Services {
             media: media::Media::open(&db, &config)?,
             metrics: metrics::Metrics::new(&db),
             policy: policy::PolicyServers::open(&db, &config)?,
+            moderation_tasks: synapse_admin::room_moderation::ModerationTasks::default(),
             rate_limits: rate_limits::RateLimits::new(&config.rate_limits),
             config,
         });
@@ -146,7 +149,7 @@ impl Services {
 }
 
 impl Services {
-    /// A request to another server, signed as this server.
+    /// A request to another server, signed as this server; none to a server the admins denied.
     pub async fn federation_request(
         &self,
         destination: &ruma::ServerName,
@@ -154,6 +157,11 @@ impl Services {
         path_and_query: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<serde_json::Value> {
+        if self.admin.blocks.is_server_denied(destination) {
+            return Err(crate::error::Error::forbidden(format!(
+                "{destination} is denied by this server's admins"
+            )));
+        }
         self.federation
             .request(
                 self.globals.server_name(),

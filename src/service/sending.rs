@@ -42,6 +42,35 @@ struct Destination {
     /// The worker is waiting out a back-off; only then does `heard_from` wake it (a wake-up
     /// stored while it is sending would cut its next back-off short for no reason).
     backing_off: AtomicBool,
+    /// What the admins see of the destination's health.
+    health: Mutex<Health>,
+}
+
+/// A destination's sending health, in the terms of Synapse's destinations admin API (times in
+/// ms since the epoch).
+#[derive(Clone, Debug, Default)]
+pub struct Health {
+    /// When the current run of failures began (`None` while sends succeed).
+    pub failure_ts: Option<u64>,
+    /// When the last failed attempt was (0 after a success).
+    pub retry_last_ts: u64,
+    /// How long the worker waits after that attempt (0 when it is not backing off).
+    pub retry_interval_ms: u64,
+    /// Failed attempts in a row.
+    pub failures: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When a transaction last went through.
+    pub last_success_ts: Option<u64>,
+}
+
+/// A destination as the admins see it.
+#[derive(Clone, Debug)]
+pub struct DestinationInfo {
+    pub server: OwnedServerName,
+    pub health: Health,
+    /// Items waiting in its queue.
+    pub queued: u64,
 }
 
 /// A destination announced to the sender's supervisor.
@@ -149,6 +178,65 @@ impl Sending {
                 destination.heard_from.notify_one();
             }
         }
+    }
+
+    /// Every destination sent to since start-up or still queued for, but `own` (this server,
+    /// which the room fan-out may name and nothing is ever sent to), in name order, with its
+    /// health and queue depth.
+    pub fn iter_destinations(&self, own: &ServerName) -> Result<Vec<DestinationInfo>> {
+        let mut known: std::collections::BTreeMap<OwnedServerName, DestinationInfo> = self
+            .destinations
+            .lock()
+            .iter()
+            .map(|(server, destination)| {
+                let info = DestinationInfo {
+                    server: server.clone(),
+                    health: destination.health.lock().clone(),
+                    queued: 0,
+                };
+                (server.clone(), info)
+            })
+            .collect();
+        for (name, depth) in self.queue_depths()? {
+            let Ok(server) = OwnedServerName::try_from(name) else {
+                continue;
+            };
+            known
+                .entry(server.clone())
+                .or_insert_with(|| DestinationInfo {
+                    server,
+                    health: Health::default(),
+                    queued: 0,
+                })
+                .queued = depth;
+        }
+        known.remove(own);
+        Ok(known.into_values().collect())
+    }
+
+    /// One destination (not `own`), when it was sent to since start-up or has something queued.
+    pub fn get_destination(
+        &self,
+        own: &ServerName,
+        server: &ServerName,
+    ) -> Result<Option<DestinationInfo>> {
+        Ok(self
+            .iter_destinations(own)?
+            .into_iter()
+            .find(|info| info.server == server))
+    }
+
+    /// Cuts a destination's back-off short: its worker retries at once. Answers whether it was
+    /// backing off.
+    pub fn retry_now(&self, server: &ServerName) -> bool {
+        let Some(destination) = self.destinations.lock().get(server).cloned() else {
+            return false;
+        };
+        if !destination.backing_off.load(Ordering::Acquire) {
+            return false;
+        }
+        destination.heard_from.notify_one();
+        true
     }
 
     fn destination(&self, server: &ServerName) -> Arc<Destination> {
@@ -313,15 +401,7 @@ async fn destination_worker(
                 _ = shutdown.wait_for(|stopped| *stopped) => return,
             }
         }
-        let sent = send_transaction(
-            &services,
-            &server,
-            &queued.txn_id,
-            &queued.pdus,
-            queued.edus.clone(),
-        )
-        .await;
-        services.metrics.transaction(&server, sent.is_ok());
+        let sent = attempt(&services, &server, &destination, &queued, failures).await;
         let keys = &queued.keys;
         match sent {
             Ok(()) => {
@@ -338,9 +418,7 @@ async fn destination_worker(
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
-                let wait = BACKOFF_START
-                    .saturating_mul(2u32.saturating_pow(failures.min(12) - 1))
-                    .min(BACKOFF_MAX);
+                let wait = backoff(failures.min(12));
                 tracing::warn!(%error, failures, wait_secs = wait.as_secs(), "transaction failed; backing off");
                 retry = Some(queued);
                 destination.backing_off.store(true, Ordering::Release);
@@ -356,6 +434,63 @@ async fn destination_worker(
             }
         }
     }
+}
+
+/// Sends a batch as one transaction and records the outcome (metrics, health); a server the
+/// admins denied gets nothing, and its batch counts as sent so that the queue is dropped.
+async fn attempt(
+    services: &Services,
+    server: &ServerName,
+    destination: &Destination,
+    queued: &QueuedBatch,
+    failures: u32,
+) -> Result<()> {
+    if services.admin.blocks.is_server_denied(server) {
+        tracing::debug!("the destination is denied; dropping its queued items");
+        return Ok(());
+    }
+    let sent = send_transaction(
+        services,
+        server,
+        &queued.txn_id,
+        &queued.pdus,
+        queued.edus.clone(),
+    )
+    .await;
+    services.metrics.transaction(server, sent.is_ok());
+    record_health(destination, sent.as_ref().err(), failures);
+    sent
+}
+
+/// Records the outcome of an attempt in the destination's health; `failures` counts the
+/// failures before this one.
+fn record_health(destination: &Destination, error: Option<&Error>, failures: u32) {
+    let now = util::now_millis();
+    let mut health = destination.health.lock();
+    match error {
+        None => {
+            *health = Health {
+                last_success_ts: Some(now),
+                ..Health::default()
+            };
+        }
+        Some(error) => {
+            health.failure_ts.get_or_insert(now);
+            health.retry_last_ts = now;
+            health.retry_interval_ms =
+                u64::try_from(backoff(failures + 1).as_millis()).unwrap_or(u64::MAX);
+            health.failures = failures + 1;
+            health.last_error = Some(error.to_string());
+        }
+    }
+}
+
+/// How long to wait after the `failures`-th failure in a row: doubling from
+/// [`BACKOFF_START`] up to [`BACKOFF_MAX`].
+fn backoff(failures: u32) -> Duration {
+    BACKOFF_START
+        .saturating_mul(2u32.saturating_pow(failures.clamp(1, 13) - 1))
+        .min(BACKOFF_MAX)
 }
 
 /// A transaction's ID from its first and last queue keys (after the destination prefix): the

@@ -1,9 +1,14 @@
 //! The operations behind the Synapse admin API subset (`docs/admin_api.md`): accounts
-//! (`synapse_admin/users.rs`) and rooms (`synapse_admin/rooms.rs`) as admin tools see them.
+//! (`synapse_admin/users.rs`) and rooms (`synapse_admin/rooms.rs`) as admin tools see them, and
+//! room deletion, history purges and blocks (`synapse_admin/moderation.rs`), federation
+//! destinations (`synapse_admin/destinations.rs`) and media (`synapse_admin/media.rs`).
 //! Every operation takes an [`Admin`], which only [`Admin::check`] makes, so none runs for a
 //! caller who is not a server admin.
 
+pub mod destinations;
+pub mod media;
 pub mod moderation;
+pub mod room_moderation;
 pub mod rooms;
 pub mod users;
 

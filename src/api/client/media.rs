@@ -31,7 +31,9 @@ use crate::{
     api::{json_response, Ctx, RawResult},
     error::{Error, Result},
     service::{
-        media::{files::Upload, preview, remote, thumbnail, MediaRecord},
+        media::{
+            files::Upload, moderation::check_quarantine, preview, remote, thumbnail, MediaRecord,
+        },
         rate_limits::{self, Limit},
         Services,
     },
@@ -103,7 +105,7 @@ pub async fn create_content_async(services: Arc<Services>, ctx: Ctx) -> RawResul
 ///
 /// Local media (waiting up to `timeout_ms`, at most 60 s, for a reserved upload, then
 /// `504 M_NOT_YET_UPLOADED`), or another server's media fetched once and then served from the
-/// cache.
+/// cache. Quarantined media is `404 M_NOT_FOUND` to all but server admins (and not fetched).
 pub async fn get_content(services: Arc<Services>, ctx: Ctx) -> RawResult {
     download(&services, &ctx, None).await
 }
@@ -124,6 +126,7 @@ pub async fn get_content_as_filename(services: Arc<Services>, ctx: Ctx) -> RawRe
 pub async fn get_content_thumbnail(services: Arc<Services>, ctx: Ctx) -> RawResult {
     let server = server_param(&ctx)?;
     let wanted = thumbnail_query(&ctx)?;
+    check_quarantine(&services, &server, ctx.param(1), ctx.user.as_deref())?;
     let record = remote::get_or_fetch(&services, &server, ctx.param(1), timeout(&ctx)?).await?;
     match services.media.thumbnail(&record, wanted).await? {
         Some((bytes, content_type)) => {
@@ -253,6 +256,7 @@ fn check_legacy(services: &Services, ctx: &Ctx) -> Result<()> {
 
 async fn download(services: &Services, ctx: &Ctx, filename: Option<String>) -> RawResult {
     let server = server_param(ctx)?;
+    check_quarantine(services, &server, ctx.param(1), ctx.user.as_deref())?;
     let record = remote::get_or_fetch(services, &server, ctx.param(1), timeout(ctx)?).await?;
     serve(services, &record, filename).await
 }

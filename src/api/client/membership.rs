@@ -100,6 +100,7 @@ fn named_servers(ctx: &Ctx) -> Vec<OwnedServerName> {
 /// in is joined over federation through the servers named, the inviter's, and the alias's.
 /// Joins count against `rate_limits.joins` (as on `/rooms/{roomId}/join` and `/knock`).
 /// Joins, knocks and invites of a suspended account get `403 M_USER_SUSPENDED` (spec v1.18).
+/// A room a server admin blocked is `403 M_FORBIDDEN` (here, on `/rooms/{roomId}/join` and `/knock`).
 /// Untyped: ruma's request drops the body's custom keys, which the join event keeps as Synapse does (`rooms::messages_state_redaction_and_context`).
 pub async fn join_room_by_id_or_alias(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let id_or_alias = OwnedRoomOrAliasId::try_from(ctx.param(0))
@@ -141,6 +142,7 @@ pub async fn knock_room(
     rate_limits::take_for(&services, Limit::Join, ctx.user())?;
     let (room_id, servers) =
         room_and_servers(&services, &request.room_id_or_alias, request.via).await?;
+    services.admin.blocks.check_room(&room_id)?;
     let reason = request.reason.as_deref();
     if !handshake::is_resident(&services, &room_id)? {
         let candidates = handshake::candidate_servers(&services, &room_id, ctx.user(), servers)?;
@@ -186,6 +188,7 @@ async fn join(
     if services.server_notices.get_room(ctx.user())?.as_deref() != Some(room_id) {
         services.admin.flags.check_not_suspended(ctx.user())?;
     }
+    services.admin.blocks.check_room(room_id)?;
     rate_limits::take_for(services, Limit::Join, ctx.user())?;
     if !handshake::is_resident(services, room_id)? {
         let candidates = handshake::candidate_servers(services, room_id, ctx.user(), servers)?;

@@ -63,6 +63,8 @@ async fn local_record(
             std::time::Duration::from_millis,
         )
         .min(MAX_WAIT);
+    let own_name = services.globals.server_name();
+    crate::service::media::moderation::check_quarantine(services, own_name, media_id, None)?;
     services.media.wait_local(media_id, timeout).await
 }
 

@@ -8,6 +8,7 @@ mod account;
 mod federation;
 mod keys;
 mod media;
+mod moderation;
 mod rooms;
 mod synapse_admin;
 mod sync;
@@ -16,7 +17,7 @@ use super::Route;
 
 /// Every served route. The order does not matter: `http::router` groups the routes by path.
 pub fn all() -> Vec<Route> {
-    let tables: [fn() -> Vec<Route>; 31] = [
+    let tables: [fn() -> Vec<Route>; 34] = [
         account::discovery,
         account::account,
         account::oauth,
@@ -28,6 +29,9 @@ pub fn all() -> Vec<Route> {
         synapse_admin::rooms,
         synapse_admin::registration_tokens,
         synapse_admin::reports,
+        moderation::rooms,
+        moderation::federation,
+        moderation::media,
         rooms::rooms,
         rooms::membership,
         rooms::state,

@@ -4,9 +4,12 @@
 use clap::{Parser, Subcommand};
 
 use super::{
+    federation::{self, FederationCommand},
+    media::{self, MediaCommand},
     queue::PREFIX,
     reply::Reply,
     reports::{self, ReportsCommand},
+    rooms::{self, RoomsCommand},
     server::{self, ServerCommand},
     tokens::{self, TokensCommand},
     users::{self, UsersCommand},
@@ -33,6 +36,15 @@ enum Group {
     /// Reports of events, rooms and users: list, resolve.
     #[command(subcommand)]
     Reports(ReportsCommand),
+    /// Rooms: list, inspect, delete, block, purge history, directory and aliases.
+    #[command(subcommand)]
+    Rooms(RoomsCommand),
+    /// Federation: destinations and their back-off, retrying one now, denying a server.
+    #[command(subcommand)]
+    Federation(FederationCommand),
+    /// Media: details, deleting (by mxc, event, user, old remote cache) and quarantine.
+    #[command(subcommand)]
+    Media(MediaCommand),
     /// The server itself: statistics, version, backups, notices and shutdown.
     #[command(subcommand)]
     Server(ServerCommand),
@@ -58,6 +70,9 @@ pub async fn run_args(services: &Services, words: Vec<String>) -> Reply {
         Group::Users(command) => users::run(services, command).await,
         Group::Tokens(command) => tokens::run(services, command),
         Group::Reports(command) => reports::run(services, command),
+        Group::Rooms(command) => rooms::run(services, command).await,
+        Group::Federation(command) => federation::run(services, command).await,
+        Group::Media(command) => media::run(services, command).await,
         Group::Server(command) => server::run(services, command).await,
     };
     result.unwrap_or_else(Reply::error)

@@ -10,14 +10,18 @@
 //! come from `plait admin` on the command line through the control socket (`control.rs`).
 
 pub mod account_flags;
+pub mod blocks;
 mod commands;
 pub mod control;
+mod federation;
+mod media;
 mod moderation;
 mod names;
 pub mod queue;
 mod reply;
 mod reports;
 pub mod room;
+mod rooms;
 mod server;
 mod tokens;
 mod users;

@@ -27,8 +27,8 @@ const FIRST_USER_KEY: &[u8] = b"first_user";
 pub const PREFIX: &str = "!admin";
 
 /// Owns `adminkey_value` (`room_id` → the admin room's ID, `first_user` → the first user who
-/// registered, and the account flags of `account_flags.rs`), the job queue, the server's start
-/// time and the shutdown an admin asks for.
+/// registered, the account flags of `account_flags.rs` and the keys of [`super::blocks::Blocks`]),
+/// the job queue, the server's start time and the shutdown an admin asks for.
 pub struct Admin {
     adminkey_value: Tree,
     server_name: OwnedServerName,
@@ -46,6 +46,8 @@ pub struct Admin {
     /// Held while the first registration is recorded, so that two cannot both be first.
     first_user_lock: parking_lot::Mutex<()>,
     started: Instant,
+    /// Blocked rooms, denied servers and quarantined media (`blocks.rs`, in the same tree).
+    pub blocks: super::blocks::Blocks,
 }
 
 /// Work for the admin worker.
@@ -80,6 +82,7 @@ impl Admin {
         let (queue, jobs) = mpsc::unbounded_channel();
         let server_user = OwnedUserId::try_from(format!("@{admin_user}:{server_name}"))
             .map_err(|e| Error::Config(format!("invalid admin_user {admin_user}: {e}")))?;
+        let blocks = super::blocks::Blocks::open(adminkey_value.clone())?;
         Ok(Self {
             flags: AccountFlags::open(adminkey_value.clone())?,
             adminkey_value,
@@ -91,6 +94,7 @@ impl Admin {
             jobs: parking_lot::Mutex::new(Some(jobs)),
             first_user_lock: parking_lot::Mutex::new(()),
             started: Instant::now(),
+            blocks,
         })
     }
 

@@ -127,6 +127,19 @@ impl Files {
             .await
             .map_err(|error| Error::internal(format!("opening {}: {error}", path.display())))
     }
+
+    /// Removes a stored file (one already gone is no error), for media the admins deleted.
+    pub async fn remove(&self, sha256: &str) -> Result<()> {
+        let path = self.path_of(sha256);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(Error::internal(format!(
+                "removing {}: {error}",
+                path.display()
+            ))),
+        }
+    }
 }
 
 impl Upload {

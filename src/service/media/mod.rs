@@ -22,6 +22,7 @@
 //! Invariant: a media record names a hash only after the file is durable, so a `200` for an upload survives a crash; unauthenticated `/_matrix/media/v3|r0/download|thumbnail` answer `404` (media is frozen from the first release) unless `legacy_media_unauthenticated` opens them, and then the authenticated handlers answer them.
 
 pub mod files;
+pub mod moderation;
 pub mod preview;
 pub mod remote;
 pub mod thumbnail;

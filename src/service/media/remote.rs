@@ -43,6 +43,14 @@ pub async fn get_or_fetch(
                 return Ok(record);
             }
         }
+        // Quarantined media is never fetched again (an admin sees only what is cached).
+        if services
+            .admin
+            .blocks
+            .is_media_quarantined(server, media_id)?
+        {
+            return Err(Error::not_found(format!("media {media_id} is quarantined")));
+        }
         let key = (server.to_owned(), media_id.to_owned());
         let waiting = {
             let mut fetching = media.fetching.lock();

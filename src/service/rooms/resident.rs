@@ -28,8 +28,8 @@ use crate::{
     },
 };
 
-/// Fails unless this server is in the room and its ACL lets `origin` in. A leave needs only the
-/// room's state: a server whose users have all left can still let an invitee reject an invite.
+/// Fails unless this server is in the room, its ACL lets `origin` in and (but for a leave) no
+/// admin blocked it. A leave needs only the room's state: a server whose users have all left can still let an invitee reject an invite.
 fn require_resident(
     services: &Services,
     room_id: &RoomId,
@@ -46,6 +46,9 @@ fn require_resident(
     }
     if !incoming::server_allowed(services, room_id, origin)? {
         return Err(Error::forbidden("the room's server ACL denies this server"));
+    }
+    if membership != "leave" {
+        services.admin.blocks.check_room(room_id)?;
     }
     Ok(())
 }
@@ -245,10 +248,7 @@ pub async fn receive_invite(
             format!("room version {version} is not supported"),
         )
     })?;
-    // A room this server knows has an ACL to honour; of any other it knows nothing yet.
-    if services.rooms.exists(room_id)? && !incoming::server_allowed(services, room_id, origin)? {
-        return Err(Error::forbidden("the room's server ACL denies this server"));
-    }
+    check_invite_room(services, room_id, origin)?;
     let parsed = incoming::parse_pdu(event, room_id, &rules)?;
     if parsed.event_id != event_id {
         return Err(Error::bad_json("the event ID does not match the event"));
@@ -307,6 +307,16 @@ pub async fn receive_invite(
         )?;
     }
     crate::service::rooms::pdu::federation_value(&signed, &rules)
+}
+
+/// Refuses an invite into a room the admins blocked, or from a server the room's ACL denies:
+/// a room this server knows has an ACL to honour; of any other it knows nothing yet.
+fn check_invite_room(services: &Services, room_id: &RoomId, origin: &ServerName) -> Result<()> {
+    services.admin.blocks.check_room(room_id)?;
+    if services.rooms.exists(room_id)? && !incoming::server_allowed(services, room_id, origin)? {
+        return Err(Error::forbidden("the room's server ACL denies this server"));
+    }
+    Ok(())
 }
 
 /// `send_join`: commits the join (see [`send_membership`]) and answers the state before it and

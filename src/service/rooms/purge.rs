@@ -1,0 +1,141 @@
+//! Deleting a room's events for server admins: old history (`purge-history`, Synapse's
+//! `purge_history`), or every event of a room being deleted (`rooms delete --purge`).
+//!
+//! An event is taken out of the timeline's stream and topological indexes, its event-ID index,
+//! the parsed-event cache, and the search and relation indexes, in one batch under the room
+//! lock, so `/messages`, `/sync`, `/context`, search and relations no longer find it. The
+//! timestamp index keeps its entry (its readers skip positions without an event), and the
+//! short event ID and state snapshots stay: state is made of short IDs, and other rooms' state
+//! may share snapshots.
+
+use ruma::{events::TimelineEventType, RoomId, ServerName};
+
+use crate::{
+    error::{Error, Result},
+    service::{
+        rooms::{pdu::Pdu, timeline::BACKFILL_BASE},
+        Services,
+    },
+    store::{key, Batch},
+};
+
+/// Which events a history purge deletes.
+#[derive(Clone, Copy, Debug)]
+pub struct HistoryPurge<'a> {
+    /// Events sent before this time (ms since the epoch) are deleted.
+    pub before_ts: u64,
+    /// When set, events of this server's users are kept (Synapse's default for its API).
+    pub keep_from: Option<&'a ServerName>,
+}
+
+/// Deletes a room's events sent before `purge.before_ts`, except state events (the room's
+/// state must stay whole), the room's newest event (its forward extremity) and, with
+/// `keep_from`, that server's users' events. Answers how many were deleted;
+/// `M_NOT_FOUND` for a room this server does not know.
+#[tracing::instrument(skip_all, fields(room_id = %room_id))]
+pub fn purge_history(
+    services: &Services,
+    room_id: &RoomId,
+    purge: HistoryPurge<'_>,
+) -> Result<usize> {
+    let shortroomid = known_room(services, room_id)?;
+    let newest = newest_count(services, shortroomid)?;
+    delete_events(services, room_id, shortroomid, |count, pdu| {
+        pdu.state_key.is_none()
+            && Some(count) != newest
+            && u64::from(pdu.origin_server_ts.get()) < purge.before_ts
+            && purge
+                .keep_from
+                .is_none_or(|server| pdu.sender.server_name() != server)
+    })
+}
+
+/// Deletes every event of a room but the member events of this server's users (their clients'
+/// syncs still read their leave), for a room being deleted after its local users left.
+/// Answers how many were deleted.
+#[tracing::instrument(skip_all, fields(room_id = %room_id))]
+pub fn purge_room(services: &Services, room_id: &RoomId) -> Result<usize> {
+    let shortroomid = known_room(services, room_id)?;
+    let server_name = services.globals.server_name();
+    delete_events(services, room_id, shortroomid, |_, pdu| {
+        let local_member = pdu.kind == TimelineEventType::RoomMember
+            && pdu
+                .state_key
+                .as_deref()
+                .and_then(|key| ruma::UserId::parse(key).ok())
+                .is_some_and(|user| user.server_name() == server_name);
+        !local_member
+    })
+}
+
+/// The short ID of a room this server has events of; `M_NOT_FOUND` otherwise.
+fn known_room(services: &Services, room_id: &RoomId) -> Result<u64> {
+    services
+        .rooms
+        .short
+        .get_shortroomid(room_id)?
+        .ok_or_else(|| Error::not_found(format!("room {room_id} is unknown to this server")))
+}
+
+/// The stream position of the room's newest event in live order (not backfilled history).
+fn newest_count(services: &Services, shortroomid: u64) -> Result<Option<u64>> {
+    match services
+        .rooms
+        .timeline
+        .iter_before(shortroomid, BACKFILL_BASE)
+        .next()
+    {
+        Some(entry) => Ok(Some(entry?.0)),
+        None => Ok(None),
+    }
+}
+
+/// Deletes the room's events that `doomed` picks (given the stream position and event), in
+/// one batch written under the room lock; answers how many.
+fn delete_events(
+    services: &Services,
+    room_id: &RoomId,
+    shortroomid: u64,
+    doomed: impl Fn(u64, &Pdu) -> bool,
+) -> Result<usize> {
+    let rooms = &services.rooms;
+    let timeline = &rooms.timeline;
+    let lock = timeline.room_lock(room_id);
+    let _guard = lock.lock();
+    let mut batch = Batch::default();
+    let mut deleted = Vec::new();
+    for entry in timeline.iter_before(shortroomid, u64::MAX) {
+        let (count, pdu) = entry?;
+        if !doomed(count, &pdu) {
+            continue;
+        }
+        let position = [key::u64_bytes(shortroomid), key::u64_bytes(count)].concat();
+        batch.remove(&timeline.pduid_pdu, &position);
+        batch.remove(&timeline.eventid_pduid, pdu.event_id.as_bytes());
+        let topo = [
+            key::u64_bytes(shortroomid),
+            key::u64_bytes(u64::from(pdu.depth)),
+            key::u64_bytes(count),
+        ]
+        .concat();
+        batch.remove(&timeline.roomtopo_pduid, &topo);
+        let content = pdu.content_value();
+        rooms.search.remove_in_batch(
+            (shortroomid, count),
+            &pdu.kind.to_string(),
+            &content,
+            &mut batch,
+        );
+        rooms
+            .relations
+            .unindex_in_batch(shortroomid, &content, count, &mut batch)?;
+        deleted.push(pdu.event_id);
+    }
+    timeline.write(batch)?;
+    let mut cache = timeline.pdu_cache.lock();
+    for event_id in &deleted {
+        cache.remove(event_id);
+    }
+    tracing::info!(deleted = deleted.len(), "purged events");
+    Ok(deleted.len())
+}
