@@ -1,5 +1,6 @@
 //! Account operations that span services: registration, password login, password change and
-//! deactivation, each with its user-interactive auth.
+//! deactivation, each with its user-interactive auth, and the admins' password reset and
+//! deactivation (the admin room and the Synapse admin API share them).
 
 use ruma::{api::error::ErrorKind, OwnedDeviceId, OwnedUserId, UserId};
 use serde_json::Value;
@@ -9,6 +10,7 @@ use crate::{
     service::{
         device_lists,
         rate_limits::Limit,
+        rooms::membership,
         uiaa,
         users::{
             self,
@@ -191,4 +193,36 @@ pub fn deactivate(services: &Services, user_id: &UserId) -> Result<()> {
     }
     services.push.pushers.delete_user_pushers(user_id)?;
     services.users.deactivate(user_id)
+}
+
+/// Deactivates an account for an admin: it leaves every room it is joined or invited to, then
+/// [`deactivate`] runs; with `erase`, its display name and avatar are removed too.
+pub async fn leave_and_deactivate(
+    services: &Services,
+    user_id: &UserId,
+    erase: bool,
+) -> Result<()> {
+    membership::leave_all(services, user_id).await?;
+    deactivate(services, user_id)?;
+    if erase {
+        for field in ["displayname", "avatar_url"] {
+            services.users.set_profile_field(user_id, field, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sets a password an admin chose, without the old one; with `logout_devices`, every device is
+/// logged out.
+pub async fn reset_password(
+    services: &Services,
+    user_id: &UserId,
+    new_password: &str,
+    logout_devices: bool,
+) -> Result<()> {
+    services.users.set_password(user_id, new_password).await?;
+    if logout_devices {
+        devices::remove_all(services, user_id, None)?;
+    }
+    Ok(())
 }
