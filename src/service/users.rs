@@ -8,6 +8,7 @@
 //! `users/account.rs` holds the account operations that span services (registration with its UIA, password login, password change, deactivation), `users/devices.rs` a user's devices as a whole (logging a device in, renaming, and removing one: keys and inbox with the deletion announced, pushers, then the device and its tokens), the one removal every logout and deletion handler uses.
 
 pub mod account;
+pub mod deactivation;
 pub mod devices;
 mod filters;
 mod listing;

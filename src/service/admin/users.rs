@@ -11,7 +11,7 @@ use super::{
 use crate::{
     error::{Error, Result},
     service::{
-        users::{account, devices, local_user_id, Device},
+        users::{account, deactivation, devices, local_user_id, Device},
         Services,
     },
     util,
@@ -234,7 +234,7 @@ async fn reset_password(
     Ok(Reply::message(message))
 }
 
-/// Deactivates an account as `POST /account/deactivate` does (`account::leave_and_deactivate`),
+/// Deactivates an account as `POST /account/deactivate` does (`users::deactivation`),
 /// and takes away its admin flag.
 async fn deactivate(services: &Services, user_id: &OwnedUserId) -> Result<Reply> {
     if services.users.is_deactivated(user_id)? {
@@ -245,7 +245,7 @@ async fn deactivate(services: &Services, user_id: &OwnedUserId) -> Result<Reply>
     if services.users.is_admin(user_id)? {
         room::remove_admin(services, user_id).await?;
     }
-    account::leave_and_deactivate(services, user_id, false).await?;
+    deactivation::leave_and_deactivate(services, user_id, false).await?;
     tracing::info!(user = %user_id, "deactivated from the admin room");
     Ok(Reply::message(format!("deactivated {user_id}")))
 }

@@ -11,6 +11,7 @@ use crate::{
     error::{Error, Result},
     service::{
         users::account::{self, MAX_PASSWORD_BYTES},
+        users::deactivation,
         Services,
     },
 };
@@ -190,7 +191,7 @@ pub async fn deactivate(
 }
 
 async fn deactivate_account(services: &Services, user_id: &UserId, erase: bool) -> Result<()> {
-    account::leave_and_deactivate(services, user_id, erase).await?;
+    deactivation::leave_and_deactivate(services, user_id, erase).await?;
     tracing::info!(user = %user_id, erase, "account deactivated through the admin API");
     Ok(())
 }

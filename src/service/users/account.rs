@@ -1,6 +1,6 @@
 //! Account operations that span services: registration, password login, password change and
-//! deactivation, each with its user-interactive auth, and the admins' password reset and
-//! deactivation (the admin room and the Synapse admin API share them).
+//! deactivation, each with its user-interactive auth, and the admins' password reset (the admin
+//! room and the Synapse admin API share it; their deactivation is `users/deactivation.rs`).
 
 use ruma::{api::error::ErrorKind, OwnedDeviceId, OwnedUserId, UserId};
 use serde_json::Value;
@@ -10,7 +10,6 @@ use crate::{
     service::{
         device_lists,
         rate_limits::Limit,
-        rooms::membership,
         uiaa,
         users::{
             self,
@@ -193,23 +192,6 @@ pub fn deactivate(services: &Services, user_id: &UserId) -> Result<()> {
     }
     services.push.pushers.delete_user_pushers(user_id)?;
     services.users.deactivate(user_id)
-}
-
-/// Deactivates an account for an admin: it leaves every room it is joined or invited to, then
-/// [`deactivate`] runs; with `erase`, its display name and avatar are removed too.
-pub async fn leave_and_deactivate(
-    services: &Services,
-    user_id: &UserId,
-    erase: bool,
-) -> Result<()> {
-    membership::leave_all(services, user_id).await?;
-    deactivate(services, user_id)?;
-    if erase {
-        for field in ["displayname", "avatar_url"] {
-            services.users.set_profile_field(user_id, field, None)?;
-        }
-    }
-    Ok(())
 }
 
 /// Sets a password an admin chose, without the old one; with `logout_devices`, every device is
