@@ -61,6 +61,7 @@ pub(super) fn authenticate(services: &Services, auth: Auth, parts: &Parts) -> Re
     {
         return Err(unknown(true));
     }
+    services.stats.activity.record(&session.user_id)?;
     Ok(Some((session.user_id, session.device_id)))
 }
 

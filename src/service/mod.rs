@@ -28,6 +28,7 @@ pub mod sending;
 pub mod server_keys;
 pub mod server_notices;
 pub mod shared_secret;
+pub mod stats;
 pub mod synapse_admin;
 pub mod sync;
 pub mod to_device;
@@ -75,6 +76,8 @@ pub struct Services {
     pub policy: policy::PolicyServers,
     /// The rate limits' buckets (memory only).
     pub rate_limits: rate_limits::RateLimits,
+    /// The counters of `server stats`.
+    pub stats: stats::Stats,
     /// The outgoing server-server client.
     pub federation: FederationClient,
 }
@@ -125,10 +128,12 @@ impl Services {
             metrics: metrics::Metrics::new(&db),
             policy: policy::PolicyServers::open(&db, &config)?,
             rate_limits: rate_limits::RateLimits::new(&config.rate_limits),
+            stats: stats::Stats::open(&db)?,
             config,
         });
         push::build_unread_counters(&services)?;
         push::drain_retired_index(&services)?;
+        stats::build(&services)?;
         Ok(services)
     }
 }
