@@ -84,6 +84,22 @@ impl BenchServer {
         })
     }
 
+    /// Starts the bench's binary (see [`bench_binary`]) and waits until it answers; the server
+    /// and a client for it.
+    pub(crate) async fn start_ready(label: &str) -> Result<(Self, Api), String> {
+        let mut server = Self::start(&bench_binary(), label)?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
+        let api = Api {
+            http,
+            base: std::sync::Arc::from(server.base.as_str()),
+        };
+        server.wait_ready(&api).await?;
+        Ok((server, api))
+    }
+
     /// Kills the child with SIGKILL, as a crash or the OOM killer would (no shutdown, no flush),
     /// and starts the binary again on the same database and port.
     pub(crate) fn kill_and_restart(&mut self) -> Result<(), String> {
@@ -101,6 +117,28 @@ impl BenchServer {
     /// The child's process ID, for its /proc readings.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Runs an admin command (`["server", "stats"]`) through the server's control socket, as
+    /// `plait admin` does, and answers the reply's text.
+    pub(crate) async fn admin(&self, words: &[&str]) -> Result<String, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let path = self.dir.join("db").join("admin.sock");
+        let mut stream = tokio::net::UnixStream::connect(&path)
+            .await
+            .map_err(|e| format!("connect {}: {e}", path.display()))?;
+        let mut line = serde_json::to_string(words).map_err(|e| e.to_string())?;
+        line.push('\n');
+        stream
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| format!("control socket: {e}"))?;
+        let mut reply = String::new();
+        stream
+            .read_to_string(&mut reply)
+            .await
+            .map_err(|e| format!("control socket: {e}"))?;
+        Ok(reply)
     }
 
     /// Waits until `/_matrix/client/versions` answers 200 (at most 60 s, asking every 10 ms),

@@ -68,6 +68,7 @@ pub(super) fn authenticate(services: &Services, auth: Auth, parts: &Parts) -> Re
             format!("{} is locked", session.user_id),
         ));
     }
+    services.stats.activity.record(&session.user_id)?;
     Ok(Some((session.user_id, session.device_id)))
 }
 

@@ -125,5 +125,6 @@ pub async fn verify(
     // A server that signs requests to us is up: anything queued for it goes out now instead of
     // after the sender's back-off (which reaches an hour for a server that was down long).
     services.sending.heard_from(&x_matrix.origin);
+    services.stats.heard_from(&x_matrix.origin)?;
     Ok(x_matrix.origin)
 }

@@ -31,6 +31,7 @@ pub mod server_keys;
 pub mod server_notices;
 pub mod shared_secret;
 pub mod sliding;
+pub mod stats;
 pub mod synapse_admin;
 pub mod sync;
 pub mod to_device;
@@ -86,6 +87,8 @@ pub struct Services {
     pub moderation_tasks: synapse_admin::room_moderation::ModerationTasks,
     /// The rate limits' buckets (memory only).
     pub rate_limits: rate_limits::RateLimits,
+    /// The counters of `server stats`.
+    pub stats: stats::Stats,
     /// The outgoing server-server client.
     pub federation: FederationClient,
 }
@@ -140,10 +143,12 @@ impl Services {
             policy: policy::PolicyServers::open(&db, &config)?,
             moderation_tasks: synapse_admin::room_moderation::ModerationTasks::default(),
             rate_limits: rate_limits::RateLimits::new(&config.rate_limits),
+            stats: stats::Stats::open(&db)?,
             config,
         });
         push::build_unread_counters(&services)?;
         push::drain_retired_index(&services)?;
+        stats::build(&services)?;
         Ok(services)
     }
 }

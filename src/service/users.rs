@@ -8,6 +8,7 @@
 //! `users/account.rs` holds the account operations that span services (registration with its UIA, password login, password change, deactivation), `users/devices.rs` a user's devices as a whole (logging a device in, renaming, and removing one: keys and inbox with the deletion announced, pushers, then the device and its tokens), the one removal every logout and deletion handler uses.
 
 pub mod account;
+pub mod deactivation;
 pub mod devices;
 mod filters;
 mod listing;
@@ -23,6 +24,7 @@ use serde_json::Value;
 use crate::{
     crypto::token_hash,
     error::{Error, Result},
+    service::stats::{Counter, Counters},
     store::{key, Batch, Db, Tree},
     util,
 };
@@ -46,6 +48,10 @@ pub struct Users {
     openidhash_user: Tree,
     /// Held while a refresh or the first use of a refreshed token rewrites a device's tokens.
     rotation: parking_lot::Mutex<()>,
+    /// The account counters of `server stats` (`Accounts`, `Deactivated`), written with the
+    /// change they count under `count_lock`.
+    counters: Counters,
+    count_lock: parking_lot::Mutex<()>,
     /// Password hashing, off the async worker threads.
     pub passwords: password::Hasher,
 }
@@ -120,6 +126,8 @@ impl Users {
             useridfilterid_filter: db.tree("useridfilterid_filter"),
             openidhash_user: db.tree("openidhash_user"),
             rotation: parking_lot::Mutex::new(()),
+            counters: Counters::open(db),
+            count_lock: parking_lot::Mutex::new(()),
             passwords: password::Hasher::default(),
         }
     }
@@ -171,6 +179,11 @@ impl Users {
             user_id.as_bytes(),
             profile.to_string().as_bytes(),
         );
+        let _counting = self.count_lock.lock();
+        if !self.exists(user_id)? {
+            self.counters
+                .add_in_batch(Counter::Accounts, 1, &mut batch)?;
+        }
         self.userid_password.db().write(batch)
     }
 
@@ -219,12 +232,30 @@ impl Users {
         for device in self.iter_devices(user_id)? {
             self.remove_device(user_id, device.device_id.as_str())?;
         }
-        self.userid_deactivated.insert(user_id.as_bytes(), b"")
+        self.set_deactivated(user_id, true)
     }
 
     /// Lifts a deactivation (the admin API's reactivation); the account has no devices left.
     pub fn reactivate(&self, user_id: &UserId) -> Result<()> {
-        self.userid_deactivated.remove(user_id.as_bytes())
+        self.set_deactivated(user_id, false)
+    }
+
+    /// Marks an account deactivated or not, counted in the same batch.
+    fn set_deactivated(&self, user_id: &UserId, deactivated: bool) -> Result<()> {
+        let _counting = self.count_lock.lock();
+        if self.is_deactivated(user_id)? == deactivated {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        if deactivated {
+            batch.insert(&self.userid_deactivated, user_id.as_bytes(), b"");
+        } else {
+            batch.remove(&self.userid_deactivated, user_id.as_bytes());
+        }
+        let delta = if deactivated { 1 } else { -1 };
+        self.counters
+            .add_in_batch(Counter::Deactivated, delta, &mut batch)?;
+        self.userid_password.db().write(batch)
     }
 
     /// Every local account, deactivated ones too, in user ID order.

@@ -108,6 +108,7 @@ pub const TREES: &[&str] = &[
     "userid_servernoticeroom",
     "registrationtoken_info",
     "reportid_report",
+    "counterkey_value",
 ];
 
 /// Memtable size of one tree at most: a tree's writes are flushed to a table file once this

@@ -423,6 +423,155 @@ async fn server_stats_and_version() {
     );
 }
 
+/// The `field\tvalue` rows of a `server stats` reply.
+fn stats_rows(text: &str) -> std::collections::HashMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(field, value)| (field.to_owned(), value.to_owned()))
+        .collect()
+}
+
+/// Runs `server stats` and answers its numbers by field.
+async fn stats(
+    admin: &Client,
+    server: &TestServer,
+    room_id: &str,
+) -> std::collections::HashMap<String, u64> {
+    let text = command_text(admin, server, room_id, "!admin server stats").await;
+    stats_rows(&text)
+        .into_iter()
+        .filter_map(|(field, value)| Some((field, value.parse().ok()?)))
+        .collect()
+}
+
+fn check_stats(stats: &std::collections::HashMap<String, u64>, expected: &[(&str, u64)]) {
+    for (field, value) in expected {
+        assert_eq!(stats.get(*field), Some(value), "{field} in {stats:?}");
+    }
+}
+
+/// The timeline's events and messages counted by a scan, to hold the counters against.
+fn scanned_events(server: &TestServer) -> (u64, u64) {
+    let (mut events, mut messages) = (0, 0);
+    for entry in server.services.rooms.timeline.iter_all() {
+        let (_, pdu) = entry.unwrap();
+        events += 1;
+        let kind = pdu.kind.to_string();
+        if kind == "m.room.message" || kind == "m.room.encrypted" {
+            messages += 1;
+        }
+    }
+    (events, messages)
+}
+
+#[tokio::test]
+async fn server_stats_are_exact_counters_that_survive_a_restart() {
+    let server = TestServer::start().await;
+    let (admin, room_id) = admin_in_room(&server).await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    // Registered without a request since: not active.
+    server.register("dave").await;
+    let bobs_room = bob.create_room(json!({})).await;
+    carol.create_room(json!({})).await;
+    crate::media::upload_ok(&bob, b"hello".to_vec(), "text/plain", None).await;
+    crate::media::upload_ok(&carol, vec![7; 1000], "application/octet-stream", None).await;
+    let text = command_text(&admin, &server, &room_id, "!admin users deactivate dave").await;
+    assert!(text.starts_with("deactivated"), "{text}");
+    let before = stats(&admin, &server, &room_id).await;
+    let (events, messages) = scanned_events(&server);
+    check_stats(
+        &before,
+        &[
+            ("users", 4),
+            ("deactivated users", 1),
+            ("active users, 1 day", 3),
+            ("active users, 7 days", 3),
+            ("active users, 30 days", 3),
+            ("server admins", 1),
+            ("rooms", 3),
+            ("media files", 2),
+            ("media bytes", 1005),
+            ("federation peers", 0),
+            // The reply to the command is not written yet.
+            ("events", events - 1),
+            ("local events", events - 1),
+            ("messages today", messages - 1),
+        ],
+    );
+    for index in 0..3 {
+        bob.send_text(&bobs_room, &format!("m{index}"), "hello")
+            .await;
+    }
+    // The previous reply, three messages and this command.
+    let after = stats(&admin, &server, &room_id).await;
+    for field in ["events", "local events", "messages today"] {
+        assert_eq!(after[field], before[field] + 5, "{field}");
+    }
+    assert_eq!(after["rooms"], 3);
+
+    let dir = server.stop().await.unwrap();
+    let server = TestServer::start_at(dir.path(), |_| {}).await;
+    let admin = Client {
+        base: server.base.clone(),
+        ..admin
+    };
+    let restarted = stats(&admin, &server, &room_id).await;
+    let (events, messages) = scanned_events(&server);
+    check_stats(
+        &restarted,
+        &[
+            ("users", 4),
+            ("deactivated users", 1),
+            ("active users, 1 day", 3),
+            ("active users, 30 days", 3),
+            ("rooms", 3),
+            ("media files", 2),
+            ("media bytes", 1005),
+            ("events", events - 1),
+            ("local events", events - 1),
+            ("messages today", messages - 1),
+        ],
+    );
+    let text = command_text(&admin, &server, &room_id, "!admin server stats").await;
+    let rows = stats_rows(&text);
+    assert!(rows["database size: pduid_pdu"].ends_with(" MiB"), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn federation_peers_count_the_servers_talked_to() {
+    let (_ca, hs1, hs2) = crate::federation::two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let room = alice.create_room(json!({})).await;
+    assert_eq!(hs1.services.stats.snapshot().unwrap().peers, 0);
+    alice
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room)),
+            json!({ "user_id": bob.user_id().await }),
+        )
+        .await;
+    crate::federation::wait_for_invite(&bob, &room).await;
+    crate::federation::join_via(&bob, &room, &hs1).await;
+    for index in 0..3 {
+        alice.send_text(&room, &format!("p{index}"), "hi").await;
+    }
+    alice.send_text(&room, "last", "last").await;
+    crate::federation::wait_for_event(&bob, &room, "the last message", |event| {
+        event["content"]["body"] == "last"
+    })
+    .await;
+    for server in [&hs1, &hs2] {
+        let snapshot = server.services.stats.snapshot().unwrap();
+        assert_eq!(snapshot.peers, 1, "{snapshot:?}");
+        assert_eq!(snapshot.events, scanned_events(server).0, "{snapshot:?}");
+    }
+    // The events of hs1's room that hs2 holds are not local there.
+    let remote = hs2.services.stats.snapshot().unwrap();
+    assert!(remote.local_events < remote.events, "{remote:?}");
+}
+
 #[tokio::test]
 async fn server_backup_create_list_and_verify() {
     let server = TestServer::start().await;

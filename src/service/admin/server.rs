@@ -10,7 +10,8 @@ use crate::{
 
 #[derive(Subcommand, Debug)]
 pub enum ServerCommand {
-    /// Counts of users and rooms, stream position, uptime, version and memory.
+    /// Users (total and active), rooms, events, messages today, media, federation peers,
+    /// database size per tree, memory, uptime and version.
     Stats,
     /// The server's name and version.
     Version,
@@ -99,7 +100,6 @@ async fn notice(services: &Services, user: Option<&str>, message: &str) -> Resul
 
 async fn backup(services: &Services, command: BackupCommand) -> Result<Reply> {
     use crate::service::backup;
-    let mib = |bytes: u64| format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0));
     Ok(match command {
         BackupCommand::Create => {
             let taken = backup::create(services).await?;
@@ -142,52 +142,60 @@ fn version(services: &Services) -> String {
     )
 }
 
-/// Counts users and rooms by scanning their trees (fine for thousands; counters would be needed
-/// for the 100,000 users).
+/// The statistics, from counters kept at write time (`service::stats`) and RocksDB's properties:
+/// a few point reads whatever the size of the server.
 fn stats(services: &Services) -> Result<Reply> {
-    let server_user = server_user(services)?;
-    let users: Vec<_> = services
-        .users
-        .iter_user_ids()
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .filter(|user_id| *user_id != server_user)
-        .collect();
-    let mut deactivated = 0;
-    for user_id in &users {
-        if services.users.is_deactivated(user_id)? {
-            deactivated += 1;
-        }
-    }
+    let snapshot = services.stats.snapshot()?;
+    // The server's own user is an account, but no user.
+    let own_user = u64::from(services.users.exists(&server_user(services)?)?);
     let uptime = services.admin.uptime().as_secs();
-    let rows = [
-        ("users", users.len().to_string()),
-        ("deactivated users", deactivated.to_string()),
-        (
-            "server admins",
-            services.users.iter_admins()?.len().to_string(),
-        ),
-        ("rooms", services.rooms.short.count_rooms()?.to_string()),
-        (
-            "stream position",
-            services.globals.current_count().to_string(),
-        ),
-        (
-            "uptime",
-            format!(
-                "{}d {:02}:{:02}:{:02}",
-                uptime / 86_400,
-                uptime % 86_400 / 3600,
-                uptime % 3600 / 60,
-                uptime % 60
-            ),
-        ),
-        ("version", version(services)),
-        ("resident memory", memory("VmRSS:")),
-        ("peak resident memory", memory("VmHWM:")),
+    let mut rows: Vec<(String, String)> = [
+        ("users", snapshot.accounts.saturating_sub(own_user)),
+        ("deactivated users", snapshot.deactivated),
+        ("active users, 1 day", snapshot.active[0]),
+        ("active users, 7 days", snapshot.active[1]),
+        ("active users, 30 days", snapshot.active[2]),
+        ("server admins", services.users.iter_admins()?.len() as u64),
+        ("rooms", snapshot.rooms),
+        ("events", snapshot.events),
+        ("local events", snapshot.local_events),
+        ("messages today", snapshot.messages_today),
+        ("media files", snapshot.media_files),
+        ("media bytes", snapshot.media_bytes),
+        ("federation peers", snapshot.peers),
+        ("stream position", services.globals.current_count()),
     ]
-    .map(|(field, value)| vec![field.to_owned(), value]);
+    .into_iter()
+    .map(|(field, value)| (field.to_owned(), value.to_string()))
+    .collect();
+    rows.push((
+        "uptime".to_owned(),
+        format!(
+            "{}d {:02}:{:02}:{:02}",
+            uptime / 86_400,
+            uptime % 86_400 / 3600,
+            uptime % 3600 / 60,
+            uptime % 60
+        ),
+    ));
+    rows.push(("version".to_owned(), version(services)));
+    rows.push(("resident memory".to_owned(), memory("VmRSS:")));
+    rows.push(("peak resident memory".to_owned(), memory("VmHWM:")));
+    let total: u64 = snapshot.tree_sizes.iter().map(|(_, size)| size).sum();
+    rows.push(("database size".to_owned(), mib(total)));
+    for (tree, size) in snapshot.tree_sizes {
+        rows.push((format!("database size: {tree}"), mib(size)));
+    }
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|(field, value)| vec![field, value])
+        .collect();
     Ok(Reply::table("server stats", &["field", "value"], &rows))
+}
+
+/// Bytes in MiB, to one decimal.
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// A memory line of `/proc/self/status` (`VmRSS:` is the resident set), in MiB, or "unknown"

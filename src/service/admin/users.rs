@@ -13,8 +13,7 @@ use super::{
 use crate::{
     error::{Error, Result},
     service::{
-        rooms::membership,
-        users::{account, devices, Device},
+        users::{account, deactivation, devices, Device},
         Services,
     },
     util,
@@ -213,8 +212,7 @@ async fn reset_password(
     }
     let generated = password.is_none();
     let password = password.unwrap_or_else(|| util::random_string(GENERATED_PASSWORD_LENGTH));
-    services.users.set_password(user_id, &password).await?;
-    devices::remove_all(services, user_id, None)?;
+    account::reset_password(services, user_id, &password, true).await?;
     let mut message = format!("reset the password of {user_id} and logged out its devices");
     if generated {
         message.push_str(&format!("; the new password is {password}"));
@@ -222,8 +220,8 @@ async fn reset_password(
     Ok(Reply::message(message))
 }
 
-/// Deactivates an account as `POST /account/deactivate` does (leave every room, then
-/// `account::deactivate`), and takes away its admin flag.
+/// Deactivates an account as `POST /account/deactivate` does (`users::deactivation`),
+/// and takes away its admin flag.
 async fn deactivate(services: &Services, user_id: &OwnedUserId) -> Result<Reply> {
     if services.users.is_deactivated(user_id)? {
         return Err(Error::invalid_param(format!(
@@ -233,8 +231,7 @@ async fn deactivate(services: &Services, user_id: &OwnedUserId) -> Result<Reply>
     if services.users.is_admin(user_id)? {
         room::remove_admin(services, user_id).await?;
     }
-    membership::leave_all(services, user_id).await?;
-    account::deactivate(services, user_id)?;
+    deactivation::leave_and_deactivate(services, user_id, false).await?;
     tracing::info!(user = %user_id, "deactivated from the admin room");
     Ok(Reply::message(format!("deactivated {user_id}")))
 }

@@ -21,6 +21,7 @@
 //! `preview.rs` fetches pages only when `url_preview_enabled`, checks every resolved address and every redirect against `url_preview_ip_denylist`, and pins the connection to the checked addresses.
 //! Invariant: a media record names a hash only after the file is durable, so a `200` for an upload survives a crash; unauthenticated `/_matrix/media/v3|r0/download|thumbnail` answer `404` (media is frozen from the first release) unless `legacy_media_unauthenticated` opens them, and then the authenticated handlers answer them.
 
+mod counts;
 pub mod files;
 pub mod moderation;
 pub mod preview;
@@ -44,6 +45,7 @@ use self::files::{Files, Stored, Upload};
 use crate::{
     config::Config,
     error::{Error, Result},
+    service::stats::Counters,
     store::{Batch, Db, Tree},
     util,
 };
@@ -112,8 +114,11 @@ pub struct Media {
     max_upload_bytes: u64,
     /// Whether the deprecated unauthenticated endpoints serve media (`legacy_media_unauthenticated`).
     legacy_unauthenticated: bool,
-    /// Serialises the check-and-write of a reserved upload (no await while held).
+    /// Serialises the check-and-write of a reserved upload and every counted write of a record
+    /// (no await while held).
     upload_lock: Mutex<()>,
+    /// The media counters of `server stats` (see `counts.rs`).
+    counters: Counters,
     /// Woken whenever media becomes available, for downloads waiting on a reserved upload.
     uploaded: tokio::sync::Notify,
     thumbnails_generated: AtomicU64,
@@ -139,6 +144,7 @@ impl Media {
             max_upload_bytes: config.max_upload_bytes,
             legacy_unauthenticated: config.legacy_media_unauthenticated,
             upload_lock: Mutex::new(()),
+            counters: Counters::open(db),
             uploaded: tokio::sync::Notify::new(),
             thumbnails_generated: AtomicU64::new(0),
             thumbnail_slots: tokio::sync::Semaphore::new(THUMBNAILS_AT_ONCE),
@@ -184,8 +190,9 @@ impl Media {
         let stored = self.files.finish(upload).await?;
         let media_id = util::random_string(24);
         let record = MediaRecord::uploaded(stored, uploader, content_type, filename);
-        self.mediaid_media
-            .insert(&media_key(&self.server_name, &media_id), &encode(&record)?)?;
+        let _guard = self.upload_lock.lock();
+        let server_name = &self.server_name;
+        self.write_counted((server_name, &media_id), &record, Batch::default())?;
         Ok(self.mxc(&media_id))
     }
 
@@ -299,16 +306,11 @@ impl Media {
             self.check_reserved(uploader, &self.server_name, media_id)?;
             let record = MediaRecord::uploaded(stored, uploader, content_type, filename);
             let mut batch = Batch::default();
-            batch.insert(
-                &self.mediaid_media,
-                &media_key(&self.server_name, media_id),
-                &encode(&record)?,
-            );
             let mut pending_key = uploader.as_bytes().to_vec();
             pending_key.push(0xff);
             pending_key.extend_from_slice(media_id.as_bytes());
             batch.remove(&self.useridmediaid_pending, &pending_key);
-            self.mediaid_media.db().write(batch)?;
+            self.write_counted((&self.server_name, media_id), &record, batch)?;
         }
         self.uploaded.notify_waiters();
         Ok(())
@@ -334,8 +336,10 @@ impl Media {
             created_ts: util::now_millis(),
             unused_expires_at: None,
         };
-        self.mediaid_media
-            .insert(&media_key(server, media_id), &encode(&record)?)?;
+        {
+            let _guard = self.upload_lock.lock();
+            self.write_counted((server, media_id), &record, Batch::default())?;
+        }
         self.uploaded.notify_waiters();
         Ok(record)
     }

@@ -16,6 +16,7 @@ use ruma::{events::StateEventType, EventId, OwnedEventId, OwnedRoomId, RoomId};
 
 use crate::{
     error::{Error, Result},
+    service::stats::{Counter, Counters},
     store::{key, Batch, Db, Tree},
 };
 
@@ -32,6 +33,8 @@ pub struct ShortIds {
     statekey_shortstatekey: Tree,
     shortstatekey_statekey: Tree,
     next: AtomicU64,
+    /// The `Rooms` counter of `server stats`, written with each new room.
+    counters: Counters,
     create_lock: Mutex<()>,
     room_cache: Mutex<HashMap<OwnedRoomId, u64>>,
     statekey_cache: Mutex<HashMap<(StateEventType, String), u64>>,
@@ -64,6 +67,7 @@ impl ShortIds {
             statekey_shortstatekey: db.tree("statekey_shortstatekey"),
             shortstatekey_statekey,
             next: AtomicU64::new(max + 1),
+            counters: Counters::open(db),
             create_lock: Mutex::new(()),
             room_cache: Mutex::new(HashMap::new()),
             statekey_cache: Mutex::new(HashMap::new()),
@@ -126,17 +130,6 @@ impl ShortIds {
         OwnedEventId::try_from(text).map_err(|e| Error::corrupt("shorteventid_eventid", e))
     }
 
-    /// How many rooms the server knows (one scan of `roomid_shortroomid`: the admin room's
-    /// `server stats`).
-    pub fn count_rooms(&self) -> Result<usize> {
-        let mut count = 0;
-        for entry in self.roomid_shortroomid.iter_prefix(&[]) {
-            entry?;
-            count += 1;
-        }
-        Ok(count)
-    }
-
     /// The short ID of a room, if the server knows the room.
     pub fn get_shortroomid(&self, room_id: &RoomId) -> Result<Option<u64>> {
         if let Some(short) = self.room_cache.lock().get(room_id) {
@@ -184,6 +177,8 @@ impl ShortIds {
             &key::u64_bytes(short),
             room_id.as_bytes(),
         );
+        // Counted under the create lock, which every new room takes.
+        self.counters.add_in_batch(Counter::Rooms, 1, &mut batch)?;
         self.roomid_shortroomid.db().write(batch)?;
         Ok(short)
     }

@@ -10,9 +10,8 @@ use super::{Admin, PageRequest};
 use crate::{
     error::{Error, Result},
     service::{
-        rooms::membership,
         users::account::{self, MAX_PASSWORD_BYTES},
-        users::devices,
+        users::deactivation,
         Services,
     },
 };
@@ -210,10 +209,8 @@ async fn modify(services: &Services, user_id: &UserId, changes: &UserChanges) ->
         ));
     }
     if let Some(password) = &changes.password {
-        services.users.set_password(user_id, password).await?;
-        if changes.logout_devices.unwrap_or(true) {
-            devices::remove_all(services, user_id, None)?;
-        }
+        let logout_devices = changes.logout_devices.unwrap_or(true);
+        account::reset_password(services, user_id, password, logout_devices).await?;
     }
     if let Some(display_name) = &changes.displayname {
         // An empty name removes it, as in Synapse.
@@ -256,13 +253,7 @@ pub async fn deactivate(
 }
 
 async fn deactivate_account(services: &Services, user_id: &UserId, erase: bool) -> Result<()> {
-    membership::leave_all(services, user_id).await?;
-    account::deactivate(services, user_id)?;
-    if erase {
-        for field in ["displayname", "avatar_url"] {
-            services.users.set_profile_field(user_id, field, None)?;
-        }
-    }
+    deactivation::leave_and_deactivate(services, user_id, erase).await?;
     tracing::info!(user = %user_id, erase, "account deactivated through the admin API");
     Ok(())
 }
@@ -279,11 +270,7 @@ pub async fn reset_password(
     if new_password.is_empty() || new_password.len() > MAX_PASSWORD_BYTES {
         return Err(Error::invalid_param("invalid password"));
     }
-    services.users.set_password(user_id, new_password).await?;
-    if logout_devices {
-        devices::remove_all(services, user_id, None)?;
-    }
-    Ok(())
+    account::reset_password(services, user_id, new_password, logout_devices).await
 }
 
 /// The account's sessions: per device, its last connection (address and time).

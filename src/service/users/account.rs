@@ -1,5 +1,6 @@
 //! Account operations that span services: registration, password login, password change and
-//! deactivation, each with its user-interactive auth.
+//! deactivation, each with its user-interactive auth, and the admins' password reset (the admin
+//! room and the Synapse admin API share it; their deactivation is `users/deactivation.rs`).
 
 use ruma::{api::error::ErrorKind, OwnedDeviceId, OwnedUserId, UserId};
 use serde_json::Value;
@@ -202,4 +203,19 @@ pub fn deactivate(services: &Services, user_id: &UserId) -> Result<()> {
     }
     services.push.pushers.delete_user_pushers(user_id)?;
     services.users.deactivate(user_id)
+}
+
+/// Sets a password an admin chose, without the old one; with `logout_devices`, every device is
+/// logged out.
+pub async fn reset_password(
+    services: &Services,
+    user_id: &UserId,
+    new_password: &str,
+    logout_devices: bool,
+) -> Result<()> {
+    services.users.set_password(user_id, new_password).await?;
+    if logout_devices {
+        devices::remove_all(services, user_id, None)?;
+    }
+    Ok(())
 }

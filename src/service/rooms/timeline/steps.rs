@@ -66,7 +66,21 @@ pub(super) const AT_COUNT: &[Step<AtCount>] = &[
     Step::live(device_lists),
     Step::live(members),
     Step::live(outgoing_queue),
+    Step::always(count_event),
 ];
+
+/// Counts the event for `server stats` (`service::stats`), under the commit lock that serialises
+/// those counters.
+fn count_event(ctx: &CommitContext<'_>, _count: u64, batch: &mut Batch) -> Result<()> {
+    let local = ctx.pdu.sender.server_name() == ctx.services.globals.server_name();
+    let message = ctx.mode == Mode::Live
+        && matches!(
+            ctx.pdu.kind,
+            TimelineEventType::RoomMessage | TimelineEventType::RoomEncrypted
+        );
+    let stats = &ctx.services.stats;
+    stats.count_event_in_batch(local, message, &ctx.destinations, batch)
+}
 
 /// The effects after the batch is written, in this order.
 pub(super) const EFFECTS: &[Step<Effect>] = &[
