@@ -145,6 +145,16 @@ impl App {
         location_or_page(answer).await
     }
 
+    /// Submits the login form as alice with `password`.
+    async fn alice_logs_in(&self, params: &[(String, String)], password: &str) -> (u16, String) {
+        let fields = [
+            ("action", "login"),
+            ("username", "alice"),
+            ("password", password),
+        ];
+        self.submit(params, &fields).await
+    }
+
     async fn token(&self, form: &[(&str, &str)]) -> (u16, Value) {
         let answer = post_form(
             &self.http,
@@ -308,30 +318,12 @@ async fn refused_requests_create_nothing() {
     assert!(page.contains("Sign in"));
 
     // A wrong password shows the form again, and issues nothing.
-    let (status, page) = app
-        .submit(
-            &params,
-            &[
-                ("action", "login"),
-                ("username", "alice"),
-                ("password", "wrong"),
-            ],
-        )
-        .await;
+    let (status, page) = app.alice_logs_in(&params, "wrong").await;
     assert_eq!(status, 403);
     assert!(page.contains("invalid username or password"), "{page}");
 
     // A right password, then a wrong verifier: refused, and the code is spent.
-    let (status, location) = app
-        .submit(
-            &params,
-            &[
-                ("action", "login"),
-                ("username", "alice"),
-                ("password", "password"),
-            ],
-        )
-        .await;
+    let (status, location) = app.alice_logs_in(&params, "password").await;
     assert_eq!(status, 303);
     let code = redirect_query(&location)["code"].clone();
     let wrong = "another-verifier-0123456789-0123456789-0123456789";
@@ -351,16 +343,7 @@ async fn refused_requests_create_nothing() {
     let (status, page) = app.page(&foreign).await;
     assert_eq!(status, 400);
     assert!(page.contains("redirect URI"), "{page}");
-    let (status, page) = app
-        .submit(
-            &foreign,
-            &[
-                ("action", "login"),
-                ("username", "alice"),
-                ("password", "password"),
-            ],
-        )
-        .await;
+    let (status, page) = app.alice_logs_in(&foreign, "password").await;
     assert_eq!(status, 400, "{page}");
     // An unknown client, a plain challenge, a scope without the API: errors.
     let mut unknown = params.clone();
@@ -422,16 +405,7 @@ async fn expired_access_tokens_are_refused_until_refreshed() {
     server.register("alice").await;
     let app = App::register(&server).await;
     let params = app.params("SHORTLIVED01", VERIFIER, None);
-    let (_, location) = app
-        .submit(
-            &params,
-            &[
-                ("action", "login"),
-                ("username", "alice"),
-                ("password", "password"),
-            ],
-        )
-        .await;
+    let (_, location) = app.alice_logs_in(&params, "password").await;
     let code = redirect_query(&location)["code"].clone();
     let (_, tokens) = app.exchange(&code, VERIFIER).await;
     assert_eq!(tokens["expires_in"], 1);

@@ -90,17 +90,7 @@ pub async fn run(services: &Services, command: RoomsCommand) -> Result<Reply> {
 
 /// A room ID, or the room a local alias points to.
 fn room_id(services: &Services, name: &str) -> Result<OwnedRoomId> {
-    if name.starts_with('#') {
-        let alias = local_alias(services, name)?;
-        return services
-            .rooms
-            .alias
-            .get(&alias)?
-            .map(|(room_id, _)| room_id)
-            .ok_or_else(|| Error::not_found(format!("alias {alias} not found")));
-    }
-    OwnedRoomId::try_from(name)
-        .map_err(|_| Error::invalid_param(format!("invalid room ID or alias {name}")))
+    super::names::resolve_room(services, name)
 }
 
 /// [`room_id`] of a room this server has state of.
