@@ -50,7 +50,8 @@ pub(super) fn resolve_room(services: &Services, name: &str) -> Result<OwnedRoomI
             .map(|(room_id, _)| room_id)
             .ok_or_else(|| Error::not_found(format!("alias {alias} not found")));
     }
-    OwnedRoomId::try_from(name).map_err(|_| Error::invalid_param(format!("invalid room ID {name}")))
+    OwnedRoomId::try_from(name)
+        .map_err(|_| Error::invalid_param(format!("invalid room ID or alias {name}")))
 }
 
 /// A full user ID, or a localpart of this server.

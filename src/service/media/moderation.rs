@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::{media_key, Media, MediaRecord};
 use crate::{
     error::{Error, Result},
-    service::Services,
+    service::{stats::Counter, Services},
     store::{key, Batch},
 };
 
@@ -88,10 +88,24 @@ impl Media {
     /// Deletes one media item: its record, and its file and thumbnails when no other record
     /// names the same bytes. Answers whether it existed.
     pub async fn delete(&self, server: &ServerName, media_id: &str) -> Result<bool> {
-        let Some(record) = self.get(server, media_id)? else {
-            return Ok(false);
+        let record = {
+            // Under the upload lock, as every writer of the media counters.
+            let _guard = self.upload_lock.lock();
+            let Some(record) = self.get(server, media_id)? else {
+                return Ok(false);
+            };
+            let mut batch = Batch::default();
+            batch.remove(&self.mediaid_media, &media_key(server, media_id));
+            if record.sha256.is_some() {
+                let bytes = i64::try_from(record.size).unwrap_or(i64::MAX);
+                self.counters
+                    .add_in_batch(Counter::MediaFiles, -1, &mut batch)?;
+                self.counters
+                    .add_in_batch(Counter::MediaBytes, -bytes, &mut batch)?;
+            }
+            self.mediaid_media.db().write(batch)?;
+            record
         };
-        self.mediaid_media.remove(&media_key(server, media_id))?;
         let Some(sha256) = record.sha256 else {
             return Ok(true);
         };

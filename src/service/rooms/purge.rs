@@ -14,6 +14,7 @@ use crate::{
     error::{Error, Result},
     service::{
         rooms::{pdu::Pdu, timeline::BACKFILL_BASE},
+        stats::Counter,
         Services,
     },
     store::{key, Batch},
@@ -104,6 +105,7 @@ fn delete_events(
     let _guard = lock.lock();
     let mut batch = Batch::default();
     let mut deleted = Vec::new();
+    let mut local = 0usize;
     for entry in timeline.iter_before(shortroomid, u64::MAX) {
         let (count, pdu) = entry?;
         if !doomed(count, &pdu) {
@@ -129,9 +131,22 @@ fn delete_events(
         rooms
             .relations
             .unindex_in_batch(shortroomid, &content, count, &mut batch)?;
+        local += usize::from(pdu.sender.server_name() == services.globals.server_name());
         deleted.push(pdu.event_id);
     }
-    timeline.write(batch)?;
+    {
+        // The event counters of `server stats` go down in the same batch, under the commit lock
+        // that every other writer of them holds (taken after the room lock, as commits do).
+        let _commit = services.globals.commit_lock.lock();
+        let negative = |n: usize| -i64::try_from(n).unwrap_or(i64::MAX);
+        services
+            .stats
+            .add_in_batch(Counter::Events, negative(deleted.len()), &mut batch)?;
+        services
+            .stats
+            .add_in_batch(Counter::LocalEvents, negative(local), &mut batch)?;
+        timeline.write(batch)?;
+    }
     let mut cache = timeline.pdu_cache.lock();
     for event_id in &deleted {
         cache.remove(event_id);

@@ -119,6 +119,13 @@ impl Stats {
         Ok(())
     }
 
+    /// Adds `delta` to a counter in `batch`, for writers outside the counted services (a purge
+    /// taking events away). The caller holds the counter's lock (see [`Counter`]) until the
+    /// batch is written.
+    pub fn add_in_batch(&self, counter: Counter, delta: i64, batch: &mut Batch) -> Result<()> {
+        self.counters.add_in_batch(counter, delta, batch)
+    }
+
     /// Counts a timeline event in its batch (the timeline's commit step, under the global
     /// commit lock, which serialises every writer of these counters): the event, whether a
     /// local user sent it, whether it is a message committed live today, and the servers it is
