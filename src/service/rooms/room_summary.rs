@@ -9,17 +9,14 @@
 //! else gets `404 M_NOT_FOUND`, as for a room that does not exist, so the answer does not tell
 //! which rooms exist.
 
-use ruma::{events::room::member::MembershipState, OwnedRoomId, OwnedServerName, RoomId, UserId};
+use ruma::{events::room::member::MembershipState, OwnedRoomId, OwnedServerName, UserId};
 use serde_json::Value;
 
-use super::{alias, handshake, spaces};
+use super::{alias, spaces};
 use crate::{
     error::{Error, Result},
     service::Services,
 };
-
-/// At most this many `via` servers are asked.
-const MAX_VIA: usize = 5;
 
 /// The summary of a room or alias for `viewer` (`None` when unauthenticated), and the viewer's
 /// membership when they have one.
@@ -38,11 +35,9 @@ pub async fn room_summary(
         Some(user) => services.rooms.members.get_membership(&room_id, user)?,
         None => None,
     };
-    let summary = if handshake::is_resident(services, &room_id)? {
-        spaces::summary(services, &room_id)?
-    } else {
-        remote_summary(services, &room_id, &servers).await
-    };
+    let mut seen = std::collections::HashSet::new();
+    servers.retain(|server| seen.insert(server.clone()));
+    let summary = spaces::lookup_one(services, &room_id, &servers).await?;
     let not_found = || Error::not_found(format!("room {id_or_alias} not found"));
     let mut summary = summary.ok_or_else(not_found)?;
     let visible = match viewer {
@@ -87,35 +82,4 @@ async fn resolve(
         return Ok((room_id, Vec::new()));
     }
     alias::resolve_remote(services, &alias_id).await
-}
-
-/// The room's summary from the first of `servers` whose federation `/hierarchy` answers with it.
-async fn remote_summary(
-    services: &Services,
-    room_id: &RoomId,
-    servers: &[OwnedServerName],
-) -> Option<Value> {
-    let own = services.globals.server_name();
-    let mut asked = Vec::new();
-    for server in servers.iter().filter(|server| *server != own) {
-        if asked.contains(&server) || asked.len() >= MAX_VIA {
-            continue;
-        }
-        asked.push(server);
-        let path = format!(
-            "/_matrix/federation/v1/hierarchy/{}?suggested_only=true",
-            crate::federation::encode(room_id.as_str())
-        );
-        match services
-            .federation_request(server, http::Method::GET, &path, None)
-            .await
-        {
-            Ok(answer) if answer["room"]["room_id"] == room_id.as_str() => {
-                return Some(answer["room"].clone());
-            }
-            Ok(_) => {}
-            Err(error) => tracing::debug!(%server, %error, "room summary from hierarchy failed"),
-        }
-    }
-    None
 }

@@ -425,6 +425,24 @@ struct RemoteSummaries {
     lookups: usize,
 }
 
+/// The summary of one room, as a walk finds it (see [`lookup`]): from this server's state, else
+/// from the federation `/hierarchy` of the `via` servers, else from whatever state this server
+/// still has. For `room_summary`.
+pub async fn lookup_one(
+    services: &Services,
+    room_id: &RoomId,
+    via: &[OwnedServerName],
+) -> Result<Option<Value>> {
+    lookup(
+        services,
+        room_id,
+        via,
+        true,
+        &mut RemoteSummaries::default(),
+    )
+    .await
+}
+
 /// The summary of a room for a walk: from this server's state when it is in the room, from a
 /// child summary another server already sent (unless it is a space, whose links that summary
 /// lacks), else from the federation `/hierarchy` of its via servers, else from whatever state
