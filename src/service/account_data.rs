@@ -1,10 +1,12 @@
 //! Global and per-room account data, with the stream position of each change for `/sync`, and
-//! the ignore list each user keeps in `m.ignored_user_list` (cached in memory).
+//! the entries hot paths read parsed (ignore list, `m.direct`, privacy settings), cached in memory.
 //!
 //! Global and per-room account data, each entry stamped with a stream position; `update` serialises read-modify-write changes (room tags, `m.tag`, changed one tag at a time by `api/client/tags.rs`).
 //! It also keeps each user's ignore list (`m.ignored_user_list`, validated on `PUT`: an object keyed by user IDs, never oneself) in memory after the first read, dropped when the list is set; sync, `/messages`, `/context`, search and to-device delivery read it from there.
+//! `m.direct` and the privacy settings (`io.plait.privacy`, see `service::privacy`) are kept parsed the same way.
 
 use std::{
+    any::Any,
     collections::{HashMap, HashSet},
     sync::Arc,
 };
@@ -15,7 +17,10 @@ use serde_json::Value;
 
 use crate::{
     error::{Error, Result},
-    service::globals::Globals,
+    service::{
+        globals::Globals,
+        privacy::{self, Settings},
+    },
     store::{key, Db, Tree},
 };
 
@@ -24,12 +29,22 @@ pub struct AccountData {
     userroomidtype_accountdata: Tree,
     /// Serialises read-modify-write updates ([`AccountData::update`]), such as room tags.
     update_lock: Mutex<()>,
-    /// Each user's ignored users, read once from `m.ignored_user_list` and dropped when it is set.
-    ignored: Mutex<HashMap<OwnedUserId, Arc<HashSet<OwnedUserId>>>>,
+    /// Global entries that hot paths read parsed (`m.ignored_user_list`, `m.direct`,
+    /// `io.plait.privacy`), by type and user: read once, dropped when the entry is set.
+    parsed: Mutex<ParsedCache>,
 }
+
+/// Parsed entries by type and user (each type has its own parsed form).
+type ParsedCache = HashMap<&'static str, HashMap<OwnedUserId, Arc<dyn Any + Send + Sync>>>;
 
 /// The global account data type that lists the users someone ignores.
 pub const IGNORED_USER_LIST: &str = "m.ignored_user_list";
+
+/// The global account data type that lists someone's direct-message rooms by the other user.
+pub const DIRECT: &str = "m.direct";
+
+/// `m.direct` parsed: the other user → the rooms listed for them.
+pub type DirectRooms = HashMap<OwnedUserId, Vec<OwnedRoomId>>;
 
 /// Most users one ignore list may hold.
 pub const MAX_IGNORED_USERS: usize = 10_000;
@@ -47,7 +62,7 @@ impl AccountData {
         Self {
             userroomidtype_accountdata: db.tree("userroomidtype_accountdata"),
             update_lock: Mutex::new(()),
-            ignored: Mutex::new(HashMap::new()),
+            parsed: Mutex::new(HashMap::new()),
         }
     }
 
@@ -76,8 +91,10 @@ impl AccountData {
             batch.insert(&self.userroomidtype_accountdata, &db_key, &value);
             Ok(())
         })?;
-        if room_id.is_none() && kind == IGNORED_USER_LIST {
-            self.ignored.lock().remove(user_id);
+        if room_id.is_none() {
+            if let Some(users) = self.parsed.lock().get_mut(kind) {
+                users.remove(user_id);
+            }
         }
         Ok(count)
     }
@@ -99,27 +116,66 @@ impl AccountData {
 
     /// The users `user_id` ignores (spec, "Ignoring Users"), from memory after the first read.
     pub fn ignored_users(&self, user_id: &UserId) -> Result<Arc<HashSet<OwnedUserId>>> {
+        self.parsed(user_id, IGNORED_USER_LIST, |content| {
+            content
+                .and_then(|content| content.get("ignored_users"))
+                .and_then(Value::as_object)
+                .map(|users| {
+                    users
+                        .keys()
+                        .filter_map(|user| OwnedUserId::try_from(user.as_str()).ok())
+                        .collect::<HashSet<_>>()
+                })
+                .unwrap_or_default()
+        })
+    }
+
+    /// A user's privacy settings (`service::privacy`), from memory after the first read.
+    pub fn privacy(&self, user_id: &UserId) -> Result<Settings> {
+        let settings = self.parsed(user_id, privacy::ACCOUNT_DATA_TYPE, Settings::from_content)?;
+        Ok(*settings)
+    }
+
+    /// A user's direct-message rooms by the other user (`m.direct`), from memory after the first
+    /// read; entries that are not user IDs or room IDs are left out.
+    pub fn direct_rooms(&self, user_id: &UserId) -> Result<Arc<DirectRooms>> {
+        self.parsed(user_id, DIRECT, |content| {
+            let mut direct = DirectRooms::new();
+            let entries = content.and_then(Value::as_object).into_iter().flatten();
+            for (other, rooms) in entries {
+                let Ok(other) = OwnedUserId::try_from(other.as_str()) else {
+                    continue;
+                };
+                let rooms = rooms.as_array().into_iter().flatten();
+                let rooms = rooms.filter_map(|room| OwnedRoomId::try_from(room.as_str()?).ok());
+                direct.insert(other, rooms.collect());
+            }
+            direct
+        })
+    }
+
+    /// A global entry in its parsed form, from the cache or read and parsed with `parse`.
+    fn parsed<T: Any + Send + Sync>(
+        &self,
+        user_id: &UserId,
+        kind: &'static str,
+        parse: impl FnOnce(Option<&Value>) -> T,
+    ) -> Result<Arc<T>> {
         // The cache stays locked across the read, so that a change written meanwhile (whose
         // invalidation waits for this lock) cannot be overwritten by the older value read here.
-        let mut cache = self.ignored.lock();
-        if let Some(ignored) = cache.get(user_id) {
-            return Ok(Arc::clone(ignored));
+        let mut cache = self.parsed.lock();
+        let users = cache.entry(kind).or_default();
+        if let Some(found) = users.get(user_id) {
+            if let Ok(found) = Arc::clone(found).downcast::<T>() {
+                return Ok(found);
+            }
         }
-        let ignored: HashSet<OwnedUserId> = self
-            .get(user_id, None, IGNORED_USER_LIST)?
-            .as_ref()
-            .and_then(|content| content.get("ignored_users"))
-            .and_then(Value::as_object)
-            .map(|users| {
-                users
-                    .keys()
-                    .filter_map(|user| OwnedUserId::try_from(user.as_str()).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let ignored = Arc::new(ignored);
-        cache.insert(user_id.to_owned(), Arc::clone(&ignored));
-        Ok(ignored)
+        let parsed = Arc::new(parse(self.get(user_id, None, kind)?.as_ref()));
+        users.insert(
+            user_id.to_owned(),
+            Arc::clone(&parsed) as Arc<dyn Any + Send + Sync>,
+        );
+        Ok(parsed)
     }
 
     /// One entry's content.

@@ -18,6 +18,7 @@ pub mod notify;
 pub mod oauth;
 pub mod policy;
 pub mod presence;
+pub mod privacy;
 pub mod push;
 pub mod rate_limits;
 pub mod receipts;

@@ -43,6 +43,7 @@ mod organisation;
 mod pagination;
 mod policy_servers;
 mod presence;
+mod privacy;
 mod push;
 mod push_rules;
 mod pushers;

@@ -12,7 +12,7 @@ use super::check_owner;
 use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
-    service::{account_data, notify::Topic, Services},
+    service::{account_data, notify::Topic, privacy, Services},
 };
 
 /// `GET /_matrix/client/v3/user/{userId}/account_data/{type}`
@@ -38,7 +38,7 @@ pub async fn get_global_account_data(
 /// `PUT /_matrix/client/v3/user/{userId}/account_data/{type}`
 ///
 /// `m.ignored_user_list` is checked first (see [`account_data::validate_ignored_user_list`]);
-/// the next `/sync` applies a changed list.
+/// the next `/sync` applies a changed list. So is `io.plait.privacy` ([`privacy::validate`]).
 pub async fn set_global_account_data(
     services: Arc<Services>,
     ctx: Ctx,
@@ -57,6 +57,9 @@ pub async fn set_global_account_data(
         .map_err(|error| Error::bad_json(error.to_string()))?;
     if event_type == account_data::IGNORED_USER_LIST {
         account_data::validate_ignored_user_list(ctx.user(), &content)?;
+    }
+    if event_type == privacy::ACCOUNT_DATA_TYPE {
+        privacy::validate(&content)?;
     }
     services
         .account_data

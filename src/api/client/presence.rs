@@ -13,6 +13,7 @@ use crate::{
     error::{Error, Result},
     service::{
         presence::{self, State, MAX_STATUS_MSG_BYTES},
+        privacy::{self, Aspect},
         Services,
     },
     util,
@@ -58,6 +59,8 @@ pub async fn set_presence(
 /// (`M_FORBIDDEN` otherwise, as the spec's security considerations publish presence to room
 /// members only). `M_NOT_FOUND` for a local user who does not exist and a remote user this
 /// server has never seen in a room. A user without stored presence is `offline`.
+/// `M_FORBIDDEN` too when the user's privacy settings withhold their presence from the caller
+/// (`service::privacy`).
 pub async fn get_presence(
     services: Arc<Services>,
     ctx: Ctx,
@@ -79,6 +82,11 @@ pub async fn get_presence(
         if !presence::shares_room(&services, &user_id, &joined)? {
             return Err(Error::forbidden(format!(
                 "you share no room with {user_id}, so you may not see their presence"
+            )));
+        }
+        if !privacy::allows(&services, &user_id, requester, Aspect::Presence)? {
+            return Err(Error::forbidden(format!(
+                "{user_id} does not share their presence with you"
             )));
         }
     }

@@ -13,6 +13,7 @@ use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
     service::{
+        privacy::{self, Viewer},
         rooms::timeline::{create_and_commit, PduBuilder},
         Services,
     },
@@ -23,19 +24,22 @@ use crate::{
 /// A user of another server is asked for through that server's `/query/profile`.
 pub async fn get_profile(
     services: Arc<Services>,
-    _ctx: Ctx,
+    ctx: Ctx,
     request: get_profile::v3::Request,
 ) -> Result<get_profile::v3::Response> {
-    Ok(profile_of(&services, &request.user_id)
+    Ok(profile_of(&services, &request.user_id, ctx.user.as_deref())
         .await?
         .into_iter()
         .collect())
 }
 
-/// The profile of a local user, or of a remote one over federation.
+/// The profile of a local user as `viewer` (the caller, when a token came with the request) may
+/// see it (`service::privacy`), or of a remote one
+/// over federation (whose server applies its own rules).
 async fn profile_of(
     services: &Services,
     user_id: &ruma::UserId,
+    viewer: Option<&ruma::UserId>,
 ) -> Result<serde_json::Map<String, Value>> {
     if user_id.server_name() != services.globals.server_name() {
         let path = format!(
@@ -51,20 +55,23 @@ async fn profile_of(
         profile.retain(|_, value| !value.is_null());
         return Ok(profile);
     }
-    services
+    let mut profile = services
         .users
         .get_profile(user_id)?
-        .ok_or_else(|| Error::not_found(format!("profile of {user_id} not found")))
+        .ok_or_else(|| Error::not_found(format!("profile of {user_id} not found")))?;
+    let viewer = viewer.map_or(Viewer::Anyone, Viewer::User);
+    privacy::filter_profile(services, user_id, viewer, &mut profile)?;
+    Ok(profile)
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}/{keyName}`
 pub async fn get_profile_field(
     services: Arc<Services>,
-    _ctx: Ctx,
+    ctx: Ctx,
     request: get_profile_field::v3::Request,
 ) -> Result<get_profile_field::v3::Response> {
     let (user_id, field) = (request.user_id, request.field);
-    let mut profile = profile_of(&services, &user_id).await?;
+    let mut profile = profile_of(&services, &user_id, ctx.user.as_deref()).await?;
     let value = profile
         .remove(field.as_str())
         .ok_or_else(|| Error::not_found(format!("{user_id} has no {field}")))?;

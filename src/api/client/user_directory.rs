@@ -9,7 +9,14 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::{api::Ctx, error::Result, service::Services};
+use crate::{
+    api::Ctx,
+    error::Result,
+    service::{
+        privacy::{self, Viewer},
+        Services,
+    },
+};
 
 /// The most results one search answers.
 const MAX_LIMIT: usize = 100;
@@ -18,7 +25,8 @@ const MAX_LIMIT: usize = 100;
 ///
 /// Searches local users who share a room with the searcher or are joined to a room published in
 /// the directory, by user ID and display name (case-insensitive substring). A user without a
-/// display name or avatar has no `display_name` or `avatar_url` field.
+/// display name or avatar has no `display_name` or `avatar_url` field, nor does one whose privacy
+/// settings withhold the avatar from the searcher (`service::privacy`).
 pub async fn search_users(
     services: Arc<Services>,
     ctx: Ctx,
@@ -31,7 +39,8 @@ pub async fn search_users(
     let mut results = Vec::new();
     let mut limited = false;
     for user in visible_users(&services, &ctx)? {
-        let profile = services.users.get_profile(&user)?.unwrap_or_default();
+        let mut profile = services.users.get_profile(&user)?.unwrap_or_default();
+        privacy::filter_profile(&services, &user, Viewer::User(ctx.user()), &mut profile)?;
         let display_name = profile.get("displayname").and_then(Value::as_str);
         if !user.as_str().to_lowercase().contains(&term)
             && !display_name.unwrap_or("").to_lowercase().contains(&term)

@@ -10,22 +10,27 @@ use ruma::api::federation::{
 use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
-    service::Services,
+    service::{
+        privacy::{self, Viewer},
+        Services,
+    },
 };
 
 /// `GET /_matrix/federation/v1/query/profile`
 ///
-/// `displayname` and `avatar_url` of a local user, or the one `field` asks for.
+/// `displayname` and `avatar_url` of a local user, or the one `field` asks for; the avatar only
+/// where the user's privacy settings show it to every user of the asking server.
 pub async fn get_profile_information(
     services: Arc<Services>,
-    _ctx: Ctx,
+    ctx: Ctx,
     request: get_profile_information::v1::Request,
 ) -> Result<get_profile_information::v1::Response> {
     let user = request.user_id;
     if user.server_name() != services.globals.server_name() || !services.users.exists(&user)? {
         return Err(Error::not_found(format!("user {user} not found")));
     }
-    let profile = services.users.get_profile(&user)?.unwrap_or_default();
+    let mut profile = services.users.get_profile(&user)?.unwrap_or_default();
+    privacy::filter_profile(&services, &user, Viewer::Server(ctx.origin()), &mut profile)?;
     let mut response = get_profile_information::v1::Response::new();
     for field in ["displayname", "avatar_url"] {
         let wanted = request

@@ -10,7 +10,11 @@ use serde_json::Value;
 use super::{encode, Entry, State, MAX_STATUS_MSG_BYTES};
 use crate::{
     error::Result,
-    service::{notify::Topic, Services},
+    service::{
+        notify::Topic,
+        privacy::{self, Aspect},
+        Services,
+    },
     store::key,
     util,
 };
@@ -219,14 +223,16 @@ pub(super) fn change_local(
     apply: impl FnOnce(&mut Entry) -> bool,
 ) -> Result<bool> {
     let rooms = services.rooms.members.iter_joined_rooms(user)?;
-    let destinations = destinations(services, &rooms)?;
+    let destinations = destinations(services, user, &rooms)?;
     commit(services, user, &rooms, &destinations, apply)
 }
 
-/// The other servers with a joined member in any of `rooms`; each room's list is cached by
-/// `Members`, so this costs one lookup per room.
+/// The other servers with a joined member in any of `rooms` (the rooms `user` is joined to) that
+/// `user`'s privacy settings let see their presence (`service::privacy`); each room's list is
+/// cached by `Members`, so this costs one lookup per room for a user who shares with everyone.
 pub(super) fn destinations(
     services: &Services,
+    user: &UserId,
     rooms: &[OwnedRoomId],
 ) -> Result<Vec<OwnedServerName>> {
     let own = services.globals.server_name();
@@ -238,7 +244,13 @@ pub(super) fn destinations(
             }
         }
     }
-    Ok(servers.into_iter().collect())
+    let mut allowed = Vec::with_capacity(servers.len());
+    for server in servers {
+        if privacy::allows_server(services, user, &server, Aspect::Presence)? {
+            allowed.push(server);
+        }
+    }
+    Ok(allowed)
 }
 
 /// Writes a change at a new stream position: the record, the stream entry (replacing the

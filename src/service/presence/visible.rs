@@ -10,7 +10,11 @@ use serde_json::{json, Value};
 use super::State;
 use crate::{
     error::Result,
-    service::{filter::RoomEventFilter, Services},
+    service::{
+        filter::RoomEventFilter,
+        privacy::{self, Aspect},
+        Services,
+    },
     util,
 };
 
@@ -34,7 +38,8 @@ pub fn shares_room(services: &Services, other: &UserId, joined: &HashSet<&RoomId
 /// - initial: the members of the joined rooms who are not offline, and the user.
 ///
 /// Each is kept only if it is the user or shares a joined room (true by construction for room
-/// members), and passes the sync filter's
+/// members), the candidate's privacy settings show it to the user (`service::privacy`), and it
+/// passes the sync filter's
 /// `presence` part (`types`, `not_types`, `senders`, `not_senders`, `limit`).
 pub fn sync_events(
     services: &Services,
@@ -88,6 +93,9 @@ pub fn sync_events(
         if since.is_some() && candidate != user && !shares_room(services, &candidate, joined)? {
             continue;
         }
+        if !privacy::allows(services, &candidate, user, Aspect::Presence)? {
+            continue;
+        }
         events.push(json!({
             "type": "m.presence",
             "sender": candidate,
@@ -101,10 +109,11 @@ pub fn sync_events(
 }
 
 /// Adds to a sync's presence `events` those of `joiners` (users who newly joined one of the
-/// syncing user's rooms) who are not offline and not listed yet, within the sync filter's
+/// syncing `user`'s rooms) who are not offline, show it to `user` and are not listed yet, within the sync filter's
 /// `presence` part.
 pub fn add_joiners(
     services: &Services,
+    user: &UserId,
     events: &mut Vec<Value>,
     joiners: BTreeSet<OwnedUserId>,
     filter: Option<&Value>,
@@ -128,7 +137,9 @@ pub fn add_joiners(
         let Some(entry) = services.presence.get(&joiner)? else {
             continue;
         };
-        if entry.state == State::Offline {
+        if entry.state == State::Offline
+            || !privacy::allows(services, &joiner, user, Aspect::Presence)?
+        {
             continue;
         }
         events.push(json!({
