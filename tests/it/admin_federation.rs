@@ -1,6 +1,6 @@
 //! The admin room's `federation` commands and Synapse's federation destinations API between two
-//! Plait servers: destinations with their back-off while the other server is down, retrying
-//! now, and denying a server (its requests refused, nothing sent to it, kept over a restart).
+//! Plait servers: destinations with their back-off while the other server is down, the rooms
+//! shared with one, retrying now, and denying a server (its requests refused, nothing sent to it, kept over a restart).
 
 use std::time::Duration;
 
@@ -74,6 +74,15 @@ async fn federation_destinations_retry_now_and_deny() {
         .await;
     assert_eq!(list["total"], 1, "{list}");
     assert_eq!(list["destinations"][0]["destination"], remote.as_str());
+    // The rooms shared with it: the one bob joined, not the admin room.
+    let rooms = format!("{destination}/rooms");
+    assert_eq!(
+        admin.get_ok(&rooms).await,
+        json!({"rooms": [{"room_id": room, "stream_ordering": null}], "total": 1})
+    );
+    assert_error(&carol.get(&rooms).await, 403, "M_FORBIDDEN");
+    let unknown_rooms = "/_synapse/admin/v1/federation/destinations/nowhere.example/rooms";
+    assert_error(&admin.get(unknown_rooms).await, 404, "M_NOT_FOUND");
     // Non-admins and unknown destinations are refused.
     assert_error(&carol.get(&destination).await, 403, "M_FORBIDDEN");
     let reset = format!("{destination}/reset_connection");
@@ -185,4 +194,49 @@ async fn federation_destinations_retry_now_and_deny() {
     federation_ask(&hs2, &hs1, http::Method::GET, &profile, None)
         .await
         .expect("an allowed server's query");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn users_force_join_joins_a_room_of_another_server_over_federation() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let admin = AdminRoom::join(&hs1).await;
+    let carol = hs1.register("carol").await;
+    let dave = hs1.register("dave").await;
+    let bob = hs2.register("bob").await;
+    let remote = hs2.server_name();
+    let first = bob
+        .create_room(json!({"preset": "public_chat", "room_alias_name": "far"}))
+        .await;
+    let second = bob.create_room(json!({"preset": "public_chat"})).await;
+    let (carol_id, dave_id) = (carol.user_id().await, dave.user_id().await);
+
+    // By another server's alias, which that server resolves.
+    let reply = admin
+        .run(format!("!admin users force-join carol #far:{remote}"))
+        .await;
+    assert_eq!(reply, format!("{carol_id} joined {first}"));
+    wait_for_event(
+        &bob,
+        &first,
+        "carol's join",
+        is_membership(&carol_id, "join"),
+    )
+    .await;
+    let joined = carol.get_ok("/_matrix/client/v3/joined_rooms").await;
+    assert_eq!(joined["joined_rooms"], json!([first]));
+
+    // By room ID through a named server (the room ID's own server is also a candidate).
+    let reply = admin
+        .run(format!(
+            "!admin users force-join dave {second} --via {remote}"
+        ))
+        .await;
+    assert_eq!(reply, format!("{dave_id} joined {second}"));
+    wait_for_event(
+        &bob,
+        &second,
+        "dave's join",
+        is_membership(&dave_id, "join"),
+    )
+    .await;
 }

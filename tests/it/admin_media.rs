@@ -1,6 +1,7 @@
-//! The admin room's `media` commands and Synapse's media admin API: details, deleting by mxc,
-//! event, user and old remote cache, and quarantine (404 to all but admins, never fetched
-//! again); bad arguments and non-admins change nothing.
+//! The admin room's `media` commands and Synapse's media admin API: details, a user's media in
+//! an order, deleting by mxc, event, user and old remote cache, and quarantine of one item, a
+//! room's media or a user's uploads (404 to all but admins, never fetched again); bad arguments
+//! and non-admins change nothing.
 
 use serde_json::json;
 
@@ -228,4 +229,118 @@ async fn remote_media_cache_is_purged_and_quarantined_media_is_never_fetched() {
     assert_eq!(download_status(&carol, &other).await, 404);
     assert_eq!(download_status(&admin, &other).await, 404);
     assert_eq!(hs1.services.media.remote_fetches(), fetches);
+}
+
+#[tokio::test]
+async fn synapse_media_api_orders_a_users_media_and_quarantines_by_room_and_user() {
+    let server = crate::common::TestServer::start().await;
+    let admin = server.register("admin").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let host = server.server_name();
+    let media_id = |mxc: &str| mxc.rsplit('/').next().unwrap().to_owned();
+    let three = upload_ok(&bob, b"aaa".to_vec(), "text/plain", Some("a.txt")).await;
+    let one = upload_ok(&bob, b"c".to_vec(), "text/plain", Some("c.txt")).await;
+    let two = upload_ok(&bob, b"bb".to_vec(), "text/plain", Some("b.txt")).await;
+    let list_path = format!(
+        "/_synapse/admin/v1/users/{}/media",
+        enc(&format!("@bob:{host}"))
+    );
+    let ids = |list: &serde_json::Value| -> Vec<String> {
+        list["media"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|media| media["media_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (one_id, two_id, three_id) = (media_id(&one), media_id(&two), media_id(&three));
+    let (one_id, two_id, three_id) = (one_id.as_str(), two_id.as_str(), three_id.as_str());
+
+    // Orders: by length, reversed, by name; a page of two has a next token.
+    let by_length = admin
+        .get_ok(&format!("{list_path}?order_by=media_length"))
+        .await;
+    assert_eq!(ids(&by_length), [one_id, two_id, three_id], "{by_length}");
+    let reversed = admin
+        .get_ok(&format!("{list_path}?order_by=media_length&dir=b"))
+        .await;
+    assert_eq!(ids(&reversed), [three_id, two_id, one_id]);
+    let by_name = admin
+        .get_ok(&format!("{list_path}?order_by=upload_name"))
+        .await;
+    assert_eq!(ids(&by_name), [three_id, two_id, one_id]);
+    let page = admin
+        .get_ok(&format!("{list_path}?order_by=media_length&limit=2"))
+        .await;
+    assert_eq!(ids(&page), [one_id, two_id]);
+    assert_eq!(
+        (page["total"].clone(), page["next_token"].clone()),
+        (json!(3), json!(2))
+    );
+    for bad in ["order_by=size", "dir=sideways"] {
+        let answer = admin.get(&format!("{list_path}?{bad}")).await;
+        assert_error(&answer, 400, "M_INVALID_PARAM");
+    }
+
+    // Quarantine by room: what the room's events name, nothing else.
+    let picture = upload_ok(&carol, b"picture".to_vec(), "image/png", Some("p.png")).await;
+    let room_id = carol.create_room(json!({})).await;
+    let send = format!(
+        "/_matrix/client/v3/rooms/{}/send/m.room.message/pic",
+        enc(&room_id)
+    );
+    let image = json!({"msgtype": "m.image", "body": "p.png", "url": picture});
+    carol.put_ok(&send, image).await;
+    let by_room = format!("/_synapse/admin/v1/room/{}/media/quarantine", enc(&room_id));
+    assert_error(&carol.post(&by_room, json!({})).await, 403, "M_FORBIDDEN");
+    assert_eq!(download_status(&carol, &picture).await, 200);
+    let unknown_room = format!(
+        "/_synapse/admin/v1/room/{}/media/quarantine",
+        enc(&format!("!nope:{host}"))
+    );
+    assert_error(
+        &admin.post(&unknown_room, json!({})).await,
+        404,
+        "M_NOT_FOUND",
+    );
+    assert_eq!(
+        admin.post_ok(&by_room, json!({})).await,
+        json!({"num_quarantined": 1})
+    );
+    assert_eq!(download_status(&carol, &picture).await, 404);
+    assert_eq!(download_status(&bob, &one).await, 200);
+
+    // Quarantine by user: every upload of bob's.
+    let by_user = format!(
+        "/_synapse/admin/v1/user/{}/media/quarantine",
+        enc(&format!("@bob:{host}"))
+    );
+    assert_error(&bob.post(&by_user, json!({})).await, 403, "M_FORBIDDEN");
+    let remote = "/_synapse/admin/v1/user/@x:elsewhere.example/media/quarantine";
+    assert_error(&admin.post(remote, json!({})).await, 400, "M_INVALID_PARAM");
+    assert_eq!(
+        admin.post_ok(&by_user, json!({})).await,
+        json!({"num_quarantined": 3})
+    );
+    for mxc in [&one, &two, &three] {
+        assert_eq!(download_status(&bob, mxc).await, 404);
+    }
+    let list = admin.get_ok(&list_path).await;
+    assert_eq!(list["media"][0]["quarantined_by"], format!("@admin:{host}"));
+    // One item is released again.
+    let release = format!("/_synapse/admin/v1/media/unquarantine/{host}/{one_id}");
+    admin.post_ok(&release, json!({})).await;
+    assert_eq!(download_status(&bob, &one).await, 200);
+
+    // Deleting a user's media takes the list's order and limit.
+    let delete = format!("{list_path}?order_by=media_length&limit=1");
+    assert_error(&bob.delete(&delete, json!({})).await, 403, "M_FORBIDDEN");
+    assert_eq!(
+        admin.delete(&delete, json!({})).await,
+        (200, json!({"deleted_media": [one_id], "total": 1}))
+    );
+    assert_eq!(download_status(&admin, &one).await, 404);
+    let list = admin.get_ok(&list_path).await;
+    assert_eq!(ids(&list).len(), 2, "{list}");
 }

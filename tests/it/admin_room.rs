@@ -332,6 +332,27 @@ async fn users_deactivate_leaves_rooms_and_blocks_logins() {
     );
     let text = command_text(&admin, &server, &room_id, "!admin users deactivate bob").await;
     assert!(text.contains("already deactivated"), "{text}");
+
+    // With --erase, the display name goes too.
+    let carol = server.register("carol").await;
+    let profile = format!("/_matrix/client/v3/profile/@carol:{}", server.server_name());
+    carol
+        .put_ok(
+            &format!("{profile}/displayname"),
+            json!({"displayname": "Carol C"}),
+        )
+        .await;
+    let line = "!admin users deactivate --erase carol";
+    let text = command_text(&admin, &server, &room_id, line).await;
+    assert_eq!(
+        text,
+        format!("deactivated and erased @carol:{}", server.server_name())
+    );
+    let (status, body) = admin.get(&format!("{profile}/displayname")).await;
+    assert!(
+        status == 404 || body.get("displayname").is_none(),
+        "{status} {body}"
+    );
 }
 
 #[tokio::test]

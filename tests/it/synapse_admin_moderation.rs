@@ -1,5 +1,5 @@
 //! Synapse's admin API for room moderation as admin tools call it: deleting a room in the
-//! background with its status, purging history with its status, and room blocks; a plain user
+//! background with its status (v2) or at once (v1), purging history with its status, and room blocks; a plain user
 //! is refused and bad requests change nothing.
 
 use std::time::Duration;
@@ -218,4 +218,52 @@ async fn rooms_are_blocked_and_unblocked_through_the_api() {
     );
     admin.put_ok(&unknown, json!({"block": true})).await;
     assert_eq!(admin.get_ok(&unknown).await["block"], true);
+}
+
+#[tokio::test]
+async fn delete_room_v1_answers_once_the_room_is_deleted() {
+    let (server, admin, bob, carol) = admin_bob_and_carol().await;
+    let host = server.server_name();
+    let room_id = bob
+        .create_room(json!({"preset": "public_chat", "room_alias_name": "old"}))
+        .await;
+    carol.join(&room_id).await;
+    let path = format!("/_synapse/admin/v1/rooms/{}", enc(&room_id));
+    assert_error(&bob.delete(&path, json!({})).await, 403, "M_FORBIDDEN");
+    let stranger = json!({"new_room_user_id": "@someone:elsewhere.example"});
+    assert_error(&admin.delete(&path, stranger).await, 400, "M_INVALID_PARAM");
+    assert_eq!(
+        bob.get_ok("/_matrix/client/v3/joined_rooms").await["joined_rooms"],
+        json!([room_id])
+    );
+
+    // The answer comes once everything is done: nobody local is left in the room.
+    let (status, answer) = admin.delete(&path, json!({"purge": false})).await;
+    assert_eq!(status, 200, "{answer}");
+    let mut kicked: Vec<String> = serde_json::from_value(answer["kicked_users"].clone()).unwrap();
+    kicked.sort();
+    assert_eq!(kicked, [format!("@bob:{host}"), format!("@carol:{host}")]);
+    assert_eq!(answer["failed_to_kick_users"], json!([]));
+    assert_eq!(answer["local_aliases"], json!([format!("#old:{host}")]));
+    assert_eq!(answer["new_room_id"], Value::Null);
+    for client in [&bob, &carol] {
+        let joined = client.get_ok("/_matrix/client/v3/joined_rooms").await;
+        assert_eq!(joined["joined_rooms"], json!([]), "{joined}");
+    }
+    // Not blocked (block defaults to false): bob may join again.
+    assert_eq!(join_status(&bob, &room_id).await.0, 200);
+
+    // A room unknown here: refused without block, only blocked with it.
+    let unknown = format!("!elsewhere:{host}");
+    let unknown_path = format!("/_synapse/admin/v1/rooms/{}", enc(&unknown));
+    assert_error(
+        &admin.delete(&unknown_path, json!({})).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    let blocked = admin.delete(&unknown_path, json!({"block": true})).await;
+    assert_eq!(blocked.0, 200, "{}", blocked.1);
+    assert_eq!(blocked.1["kicked_users"], json!([]));
+    let block = format!("/_synapse/admin/v1/rooms/{}/block", enc(&unknown));
+    assert_eq!(admin.get_ok(&block).await["block"], true);
 }

@@ -26,6 +26,16 @@ pub async fn delete_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     moderation::start_delete(&services, &admin, &room_id, ctx.body_as()?)
 }
 
+/// `DELETE /_synapse/admin/v1/rooms/{roomId}`
+///
+/// Deletes the room as v2 does (the same body) but answers once done, with what v2's status
+/// calls `shutdown_room`; a room unknown here can only be blocked.
+pub async fn delete_room_v1(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let admin = Admin::check(&services, ctx.user())?;
+    let room_id = ctx.room_param(0)?;
+    moderation::delete_now(&services, &admin, &room_id, ctx.body_as()?).await
+}
+
 /// `GET /_synapse/admin/v2/rooms/{roomId}/delete_status`
 pub async fn delete_status_by_room(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let admin = Admin::check(&services, ctx.user())?;
@@ -105,6 +115,17 @@ pub async fn get_destination(services: Arc<Services>, ctx: Ctx) -> HandlerResult
     destinations::get(&services, &admin, &server_param(&ctx)?)
 }
 
+/// `GET /_synapse/admin/v1/federation/destinations/{destination}/rooms`
+///
+/// The rooms shared with the destination (`from`, `limit`, `dir`), in room ID order;
+/// `stream_ordering` is always `null`.
+pub async fn destination_rooms(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let admin = Admin::check(&services, ctx.user())?;
+    let page = PageRequest::parse(ctx.query("from"), ctx.query("limit"))?;
+    let server = server_param(&ctx)?;
+    destinations::rooms(&services, &admin, &server, page, ctx.query("dir"))
+}
+
 /// `POST /_synapse/admin/v1/federation/destinations/{destination}/reset_connection`
 ///
 /// Retries a destination being backed off from now.
@@ -120,11 +141,44 @@ fn server_param(ctx: &Ctx) -> Result<ruma::OwnedServerName, Error> {
 
 /// `GET /_synapse/admin/v1/users/{userId}/media`
 ///
-/// A page (`from`, `limit`) of a local user's uploads, newest first; `order_by` is not read.
+/// A page (`from`, `limit`) of a local user's uploads in `order_by` order (`dir`); newest first
+/// when neither is given.
 pub async fn list_user_media(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let admin = Admin::check(&services, ctx.user())?;
     let page = PageRequest::parse(ctx.query("from"), ctx.query("limit"))?;
-    media::list_user_media(&services, &admin, &ctx.user_param(0)?, page)
+    let order = media_order(&ctx);
+    media::list_user_media(&services, &admin, &ctx.user_param(0)?, page, &order)
+}
+
+/// `DELETE /_synapse/admin/v1/users/{userId}/media`
+///
+/// Deletes a page (`limit`, default 100) of a local user's uploads, in the list's order.
+pub async fn delete_user_media(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let admin = Admin::check(&services, ctx.user())?;
+    let page = PageRequest::parse(ctx.query("from"), ctx.query("limit"))?;
+    let order = media_order(&ctx);
+    media::delete_user_media(&services, &admin, &ctx.user_param(0)?, page, &order).await
+}
+
+fn media_order(ctx: &Ctx) -> media::MediaOrder<'_> {
+    media::MediaOrder {
+        order_by: ctx.query("order_by"),
+        dir: ctx.query("dir"),
+    }
+}
+
+/// `POST /_synapse/admin/v1/room/{roomId}/media/quarantine`
+///
+/// Also served at the older `POST /_synapse/admin/v1/quarantine_media/{roomId}`.
+pub async fn quarantine_room_media(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let admin = Admin::check(&services, ctx.user())?;
+    media::quarantine_room_media(&services, &admin, &ctx.room_param(0)?)
+}
+
+/// `POST /_synapse/admin/v1/user/{userId}/media/quarantine`
+pub async fn quarantine_user_media(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let admin = Admin::check(&services, ctx.user())?;
+    media::quarantine_user_media(&services, &admin, &ctx.user_param(0)?)
 }
 
 /// `DELETE /_synapse/admin/v1/media/{serverName}/{mediaId}`

@@ -19,6 +19,12 @@ pub(super) fn rooms() -> Vec<Route> {
             moderation::delete_room,
         ),
         route(
+            Method::DELETE,
+            "/_synapse/admin/v1/rooms/{roomId}",
+            Token,
+            moderation::delete_room_v1,
+        ),
+        route(
             Method::GET,
             "/_synapse/admin/v2/rooms/{roomId}/delete_status",
             Token,
@@ -53,7 +59,7 @@ pub(super) fn rooms() -> Vec<Route> {
     ]
 }
 
-/// Federation destinations: the list, one, and retrying one now.
+/// Federation destinations: the list, one, the rooms shared with one, and retrying one now.
 pub(super) fn federation() -> Vec<Route> {
     const ONE: &str = "/_synapse/admin/v1/federation/destinations/{destination}";
     vec![
@@ -65,6 +71,12 @@ pub(super) fn federation() -> Vec<Route> {
         ),
         route(Method::GET, ONE, Token, moderation::get_destination),
         route(
+            Method::GET,
+            "/_synapse/admin/v1/federation/destinations/{destination}/rooms",
+            Token,
+            moderation::destination_rooms,
+        ),
+        route(
             Method::POST,
             "/_synapse/admin/v1/federation/destinations/{destination}/reset_connection",
             Token,
@@ -75,12 +87,32 @@ pub(super) fn federation() -> Vec<Route> {
 
 /// Media: a user's uploads, deleting, quarantine and the remote cache.
 pub(super) fn media() -> Vec<Route> {
+    const USER_MEDIA: &str = "/_synapse/admin/v1/users/{userId}/media";
     vec![
+        route(Method::GET, USER_MEDIA, Token, moderation::list_user_media),
         route(
-            Method::GET,
-            "/_synapse/admin/v1/users/{userId}/media",
+            Method::DELETE,
+            USER_MEDIA,
             Token,
-            moderation::list_user_media,
+            moderation::delete_user_media,
+        ),
+        route(
+            Method::POST,
+            "/_synapse/admin/v1/room/{roomId}/media/quarantine",
+            Token,
+            moderation::quarantine_room_media,
+        ),
+        route(
+            Method::POST,
+            "/_synapse/admin/v1/quarantine_media/{roomId}",
+            Token,
+            moderation::quarantine_room_media,
+        ),
+        route(
+            Method::POST,
+            "/_synapse/admin/v1/user/{userId}/media/quarantine",
+            Token,
+            moderation::quarantine_user_media,
         ),
         route(
             Method::DELETE,

@@ -3,7 +3,10 @@
 //! everything a user sent. Events go through the normal local-event path (`create_and_commit`).
 
 use clap::Subcommand;
-use ruma::{events::room::member::MembershipState, OwnedEventId, OwnedUserId, RoomId, UserId};
+use ruma::{
+    events::room::member::MembershipState, OwnedEventId, OwnedRoomAliasId, OwnedRoomId,
+    OwnedServerName, OwnedUserId, RoomId, UserId,
+};
 use serde_json::{json, Value};
 
 use super::{
@@ -16,8 +19,9 @@ use crate::{
     error::{Error, Result},
     service::{
         rooms::{
-            handshake,
-            membership::set_membership,
+            alias,
+            handshake::{self, Handshake},
+            membership::{add_profile, set_membership},
             power::PowerLevels,
             timeline::{create_and_commit, PduBuilder},
         },
@@ -37,12 +41,15 @@ pub enum ModerationCommand {
     Suspend { user: String },
     /// Lifts a suspension.
     Unsuspend { user: String },
-    /// Joins a local user to a room this server is in (invited first by a local member who may
-    /// invite, when the room needs an invite).
+    /// Joins a local user to a room: one this server is in (invited first by a local member who
+    /// may invite, when the room needs an invite), or over federation one it is not in yet.
     ForceJoin {
         user: String,
-        /// A room ID or alias.
+        /// A room ID or alias (an alias of another server is asked of that server).
         room: String,
+        /// A server in the room to join through, for a room this server is not in (repeatable).
+        #[arg(long)]
+        via: Vec<String>,
     },
     /// Makes a local user leave a room (or reject an invite).
     ForceLeave {
@@ -72,10 +79,10 @@ pub async fn run(services: &Services, command: ModerationCommand) -> Result<Repl
         ModerationCommand::Unlock { user } => set_flag(services, &user, Flag::Locked, false),
         ModerationCommand::Suspend { user } => set_flag(services, &user, Flag::Suspended, true),
         ModerationCommand::Unsuspend { user } => set_flag(services, &user, Flag::Suspended, false),
-        ModerationCommand::ForceJoin { user, room } => {
+        ModerationCommand::ForceJoin { user, room, via } => {
             let user_id = local_user(services, &user)?;
-            let room_id = resolve_room(services, &room)?;
-            force_join(services, &user_id, &room_id).await?;
+            let (room_id, servers) = room_and_servers(services, &room, &via).await?;
+            force_join(services, &user_id, &room_id, servers).await?;
             Ok(Reply::message(format!("{user_id} joined {room_id}")))
         }
         ModerationCommand::ForceLeave { user, room } => {
@@ -158,13 +165,45 @@ fn local_member_who_may(
     Ok(members.into_iter().next())
 }
 
-/// Joins a local user to a room this server is in; when the room refuses the join (it needs an
-/// invite), a local member who may invite invites the user first.
-async fn force_join(services: &Services, user_id: &UserId, room_id: &RoomId) -> Result<()> {
-    if !services.rooms.exists(room_id)? || !handshake::is_resident(services, room_id)? {
-        return Err(Error::not_found(format!(
-            "this server is not in room {room_id}"
-        )));
+/// A room named by ID or alias with the servers to join it through: `--via`, then those another
+/// server's alias names.
+async fn room_and_servers(
+    services: &Services,
+    room: &str,
+    via: &[String],
+) -> Result<(OwnedRoomId, Vec<OwnedServerName>)> {
+    let mut servers = via
+        .iter()
+        .map(|server| {
+            OwnedServerName::try_from(server.as_str())
+                .map_err(|_| Error::invalid_param(format!("invalid server name {server}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let remote_alias = OwnedRoomAliasId::try_from(room)
+        .ok()
+        .filter(|alias| alias.server_name() != services.globals.server_name());
+    let room_id = match remote_alias {
+        Some(alias) => {
+            let (room_id, alias_servers) = alias::resolve_remote(services, &alias).await?;
+            servers.extend(alias_servers);
+            room_id
+        }
+        None => resolve_room(services, room)?,
+    };
+    Ok((room_id, servers))
+}
+
+/// Joins a local user to a room; when the room refuses the join (it needs an invite), a local
+/// member who may invite invites the user first. A room this server is not in is joined over
+/// federation (`make_join`/`send_join`) through `servers` or the usual candidates.
+async fn force_join(
+    services: &Services,
+    user_id: &UserId,
+    room_id: &RoomId,
+    servers: Vec<OwnedServerName>,
+) -> Result<()> {
+    if !handshake::is_resident(services, room_id)? {
+        return force_join_remote(services, user_id, room_id, servers).await;
     }
     if services.rooms.members.is_joined(room_id, user_id)? {
         return Err(Error::invalid_param(format!(
@@ -187,6 +226,30 @@ async fn force_join(services: &Services, user_id: &UserId, room_id: &RoomId) -> 
         Err(error) => return Err(error),
     }
     tracing::info!(user = %user_id, %room_id, "force-joined by an admin");
+    Ok(())
+}
+
+/// Joins a local user to a room this server is not in through another server of it.
+async fn force_join_remote(
+    services: &Services,
+    user_id: &UserId,
+    room_id: &RoomId,
+    servers: Vec<OwnedServerName>,
+) -> Result<()> {
+    services.admin.blocks.check_room(room_id)?;
+    let candidates = handshake::candidate_servers(services, room_id, user_id, servers)?;
+    let own = services.globals.server_name();
+    if candidates.iter().all(|server| server == own) {
+        return Err(Error::not_found(format!(
+            "this server is not in room {room_id}: name a server in it with --via"
+        )));
+    }
+    let mut extra = json!({});
+    add_profile(services, user_id, &mut extra)?;
+    Handshake::Join
+        .through(services, room_id, user_id, &candidates, extra)
+        .await?;
+    tracing::info!(user = %user_id, %room_id, "force-joined over federation by an admin");
     Ok(())
 }
 

@@ -41,7 +41,12 @@ pub enum UsersCommand {
         password: Option<String>,
     },
     /// Leaves the account's rooms, logs its devices out and deactivates it for good.
-    Deactivate { user: String },
+    Deactivate {
+        user: String,
+        /// Also removes the display name and avatar (as the API's `erase`).
+        #[arg(long)]
+        erase: bool,
+    },
     /// Makes an account a server admin and invites it to this room.
     MakeAdmin { user: String },
     /// Makes a server admin an ordinary user and kicks it from this room.
@@ -70,8 +75,8 @@ pub async fn run(services: &Services, command: UsersCommand) -> Result<Reply> {
         UsersCommand::ResetPassword { user, password } => {
             reset_password(services, &local_user(services, &user)?, password).await
         }
-        UsersCommand::Deactivate { user } => {
-            deactivate(services, &local_user(services, &user)?).await
+        UsersCommand::Deactivate { user, erase } => {
+            deactivate(services, &local_user(services, &user)?, erase).await
         }
         UsersCommand::MakeAdmin { user } => {
             let user_id = local_user(services, &user)?;
@@ -221,8 +226,8 @@ async fn reset_password(
 }
 
 /// Deactivates an account as `POST /account/deactivate` does (`users::deactivation`),
-/// and takes away its admin flag.
-async fn deactivate(services: &Services, user_id: &OwnedUserId) -> Result<Reply> {
+/// and takes away its admin flag; with `erase`, its display name and avatar go too.
+async fn deactivate(services: &Services, user_id: &OwnedUserId, erase: bool) -> Result<Reply> {
     if services.users.is_deactivated(user_id)? {
         return Err(Error::invalid_param(format!(
             "{user_id} is already deactivated"
@@ -231,9 +236,10 @@ async fn deactivate(services: &Services, user_id: &OwnedUserId) -> Result<Reply>
     if services.users.is_admin(user_id)? {
         room::remove_admin(services, user_id).await?;
     }
-    deactivation::leave_and_deactivate(services, user_id, false).await?;
-    tracing::info!(user = %user_id, "deactivated from the admin room");
-    Ok(Reply::message(format!("deactivated {user_id}")))
+    deactivation::leave_and_deactivate(services, user_id, erase).await?;
+    tracing::info!(user = %user_id, erase, "deactivated from the admin room");
+    let erased = if erase { " and erased" } else { "" };
+    Ok(Reply::message(format!("deactivated{erased} {user_id}")))
 }
 
 fn list_devices(services: &Services, user_id: &OwnedUserId) -> Result<Reply> {

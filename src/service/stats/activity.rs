@@ -12,9 +12,12 @@ use crate::{error::Result, store::Batch, util};
 /// Records activity: at most one write per user and day, the rest answered from memory.
 pub struct Activity {
     counters: Counters,
-    /// The day and the users already recorded that day; held while a day's record is written,
-    /// which serialises every writer of the `LastActive` day counters.
+    /// The day and the users already recorded that day; held only to look or insert, so that a
+    /// request of a user already recorded never waits for another user's write.
     today: Mutex<(u32, HashSet<OwnedUserId>)>,
+    /// Held while a day's record is read, changed and written (with its fsync under
+    /// `sync_writes`), which serialises every writer of the `LastActive` day counters.
+    writing: Mutex<()>,
 }
 
 impl Activity {
@@ -22,6 +25,7 @@ impl Activity {
         Self {
             counters,
             today: Mutex::new((0, HashSet::new())),
+            writing: Mutex::new(()),
         }
     }
 
@@ -33,16 +37,17 @@ impl Activity {
     /// Records activity of a user on `day`: the user moves from the count of its previous last
     /// active day to the count of `day`, in one batch.
     pub fn record_on(&self, user_id: &UserId, day: u32) -> Result<()> {
-        let mut today = self.today.lock();
-        if today.0 != day {
-            *today = (day, HashSet::new());
+        if self.is_recorded(user_id, day) {
+            return Ok(());
         }
-        if today.1.contains(user_id) {
+        let _writing = self.writing.lock();
+        // Another request of the same user may have written the record meanwhile.
+        if self.is_recorded(user_id, day) {
             return Ok(());
         }
         let previous = self.counters.get_last_active(user_id.as_bytes())?;
         if previous.is_some_and(|previous| previous >= day) {
-            today.1.insert(user_id.to_owned());
+            self.mark_recorded(user_id, day);
             return Ok(());
         }
         let mut batch = Batch::default();
@@ -55,8 +60,24 @@ impl Activity {
         self.counters
             .set_last_active_in_batch(user_id.as_bytes(), day, &mut batch);
         self.counters.db().write(batch)?;
-        today.1.insert(user_id.to_owned());
+        self.mark_recorded(user_id, day);
         Ok(())
+    }
+
+    /// Whether the user is known to be recorded on `day` (the memory moves on to a new day).
+    fn is_recorded(&self, user_id: &UserId, day: u32) -> bool {
+        let mut today = self.today.lock();
+        if today.0 != day {
+            *today = (day, HashSet::new());
+        }
+        today.1.contains(user_id)
+    }
+
+    fn mark_recorded(&self, user_id: &UserId, day: u32) {
+        let mut today = self.today.lock();
+        if today.0 == day {
+            today.1.insert(user_id.to_owned());
+        }
     }
 
     /// How many local users were active in the `days` days up to and including `today`.
@@ -97,5 +118,24 @@ mod tests {
         reopened.record_on(carol, 130).unwrap();
         assert_eq!(reopened.active_in(130, 1).unwrap(), 1);
         assert_eq!(reopened.active_in(130, 30).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_recorded_user_never_waits_for_another_users_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), false).unwrap();
+        let activity = std::sync::Arc::new(Activity::new(Counters::open(&db)));
+        let alice = <&UserId>::try_from("@alice:localhost").unwrap().to_owned();
+        activity.record_on(&alice, 100).unwrap();
+        // Another user's write is under way (its fsync may take long).
+        let _writing = activity.writing.lock();
+        let (done, finished) = std::sync::mpsc::channel();
+        let recorder = std::sync::Arc::clone(&activity);
+        std::thread::spawn(move || {
+            recorder.record_on(&alice, 100).unwrap();
+            done.send(()).unwrap();
+        });
+        let waited = finished.recv_timeout(std::time::Duration::from_secs(10));
+        assert!(waited.is_ok(), "alice's request waited for the write");
     }
 }

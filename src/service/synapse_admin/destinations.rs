@@ -1,5 +1,5 @@
 //! Federation destinations as Synapse's admin API shows them: the list with its orders, one
-//! destination, and cutting a back-off short (`Sending`'s health of each destination).
+//! destination, the rooms shared with one, and cutting a back-off short (`Sending`'s health of each destination).
 
 use ruma::ServerName;
 use serde_json::{json, Value};
@@ -83,6 +83,42 @@ pub fn reset_connection(services: &Services, _admin: &Admin, server: &ServerName
         )));
     }
     Ok(json!({}))
+}
+
+/// The rooms this server shares with a known destination (where it has a joined member), a page
+/// (`from`, `limit`) in room ID order (`dir`); `M_NOT_FOUND` for an unknown destination.
+/// `stream_ordering` is always `null`: Plait does not track what each destination received.
+pub fn rooms(
+    services: &Services,
+    _admin: &Admin,
+    server: &ServerName,
+    page: PageRequest,
+    dir: Option<&str>,
+) -> Result<Value> {
+    known(services, server)?;
+    let members = &services.rooms.members;
+    let mut rooms = Vec::new();
+    for room_id in services.rooms.short.iter_room_ids() {
+        let room_id = room_id?;
+        if members.servers_in_room(&room_id)?.contains(server) {
+            rooms.push(room_id);
+        }
+    }
+    rooms.sort();
+    if parse_dir(dir, false)? {
+        rooms.reverse();
+    }
+    let total = rooms.len();
+    let (rooms, next) = page.take(rooms);
+    let rooms: Vec<Value> = rooms
+        .iter()
+        .map(|room_id| json!({ "room_id": room_id, "stream_ordering": Value::Null }))
+        .collect();
+    let mut answer = json!({ "rooms": rooms, "total": total });
+    if let Some(next) = next {
+        answer["next_token"] = json!(next.to_string());
+    }
+    Ok(answer)
 }
 
 fn known(services: &Services, server: &ServerName) -> Result<DestinationInfo> {

@@ -1,6 +1,6 @@
 //! Room moderation as the Synapse admin API does it: deleting a room (`DELETE
 //! /_synapse/admin/v2/rooms/{roomId}`) and purging history (`purge_history`) run in the
-//! background with an ID to poll, and blocking rooms. Task states live in memory, as Synapse
+//! background with an ID to poll (v1's delete answers once done), and blocking rooms. Task states live in memory, as Synapse
 //! keeps them (until a restart); the work itself is `rooms::shutdown` and `rooms::purge`.
 
 use std::{collections::HashMap, sync::Arc};
@@ -85,6 +85,53 @@ fn yes() -> bool {
     true
 }
 
+impl DeleteRequest {
+    /// The deletion the body asks for, with Synapse's defaults for the notice room.
+    fn into_delete(self, admin: &Admin) -> DeleteRoom {
+        let new_room = self.new_room_user_id.map(|creator| NoticeRoom {
+            creator,
+            name: self
+                .room_name
+                .unwrap_or_else(|| DEFAULT_ROOM_NAME.to_owned()),
+            message: self.message.unwrap_or_else(|| DEFAULT_MESSAGE.to_owned()),
+        });
+        DeleteRoom {
+            by: admin.user_id().to_owned(),
+            block: self.block,
+            purge: self.purge,
+            new_room,
+        }
+    }
+}
+
+/// Deletes a room and answers once done (`DELETE /_synapse/admin/v1/rooms/{roomId}`, the
+/// synchronous version): `kicked_users`, `failed_to_kick_users`, `local_aliases` and
+/// `new_room_id`, as v2's `shutdown_room`. As in Synapse, a room unknown here is only blocked
+/// when `block` is set (nothing else to do) and refused (`400`) otherwise.
+pub async fn delete_now(
+    services: &Services,
+    admin: &Admin,
+    room_id: &RoomId,
+    body: DeleteRequest,
+) -> Result<Value> {
+    let request = body.into_delete(admin);
+    let is_admin_room = services.admin.get_room().as_deref() == Some(room_id);
+    if !is_admin_room && !services.rooms.exists(room_id)? {
+        if !request.block {
+            return Err(Error::invalid_param(format!(
+                "room {room_id} is unknown to this server; only block can be set for it"
+            )));
+        }
+        services
+            .admin
+            .blocks
+            .set_room_blocked(room_id, admin.user_id(), true)?;
+        return Ok(json!(Outcome::default()));
+    }
+    let outcome = shutdown::delete_room(services, room_id, &request).await?;
+    Ok(json!(outcome))
+}
+
 /// Starts deleting a room in the background; answers `delete_id`. The checks (a known room,
 /// not the admin room, a local `new_room_user_id`) are made before, so that a bad request is
 /// refused with nothing started.
@@ -94,19 +141,7 @@ pub fn start_delete(
     room_id: &RoomId,
     body: DeleteRequest,
 ) -> Result<Value> {
-    let new_room = body.new_room_user_id.map(|creator| NoticeRoom {
-        creator,
-        name: body
-            .room_name
-            .unwrap_or_else(|| DEFAULT_ROOM_NAME.to_owned()),
-        message: body.message.unwrap_or_else(|| DEFAULT_MESSAGE.to_owned()),
-    });
-    let request = DeleteRoom {
-        by: admin.user_id().to_owned(),
-        block: body.block,
-        purge: body.purge,
-        new_room,
-    };
+    let request = body.into_delete(admin);
     shutdown::check(services, room_id, &request)?;
     let delete_id = util::random_string(TASK_ID_LENGTH);
     let task = DeleteTask {

@@ -254,7 +254,7 @@ fn matches_term(room: &Value, term: &str) -> bool {
 }
 
 /// Orders two summary fields: numbers by value, strings and booleans as such, nulls last.
-fn compare(a: &Value, b: &Value) -> Ordering {
+pub(super) fn compare(a: &Value, b: &Value) -> Ordering {
     match (a, b) {
         (Value::Number(a), Value::Number(b)) => a
             .as_f64()
