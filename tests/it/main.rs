@@ -52,6 +52,7 @@ mod relations;
 mod rooms;
 mod search;
 mod sliding_sync;
+mod sliding_sync_sdk;
 mod spaces;
 mod spec_map;
 mod synapse_admin;

@@ -304,6 +304,30 @@ async fn bad_input_gets_matrix_errors() {
     );
     let (status, _) = alice.post(&format!("{PATH}?timeout=soon"), json!({})).await;
     assert_eq!(status, 400);
+    // A required_state too long to merge cheaply, in a list or a subscription.
+    let entries: Vec<Value> = (0..1001)
+        .map(|index| json!([format!("org.example.{index}"), ""]))
+        .collect();
+    let long_state = list((0, 1), 1, json!(entries));
+    assert_error(
+        &slide_raw(&alice, None, None, long_state).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    let subscription = json!({ "room_subscriptions": { "!room:localhost": { "timeline_limit": 1, "required_state": entries } } });
+    assert_error(
+        &slide_raw(&alice, None, None, subscription).await,
+        400,
+        "M_INVALID_PARAM",
+    );
+    // Filter values the server does not know match nothing, and unknown filters are ignored.
+    let unknown = json!({ "lists": {
+        "odd_type": { "ranges": [[0, 9]], "timeline_limit": 1, "filters": {"room_types": ["org.example.unknown"]} },
+        "odd_filter": { "ranges": [[0, 9]], "timeline_limit": 1, "filters": {"org.example.filter": true} },
+    } });
+    let (status, answer) = slide_raw(&alice, None, None, unknown).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["lists"]["odd_type"]["count"], 0);
     // The server still serves.
     slide(&alice, None, body).await;
 }
@@ -760,4 +784,183 @@ async fn account_data_receipts_and_typing_extensions() {
         .as_array()
         .unwrap()
         .is_empty());
+}
+
+/// A piece of state the client was sent that leaves the room's state (a state reset, simulated
+/// here by setting the room's current state back to before the topic was set) comes back as a
+/// stub with `type` and `state_key` only.
+#[tokio::test]
+async fn removed_state_comes_as_a_stub() {
+    let server = server().await;
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let topic = alice
+        .put_ok(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                enc(&room)
+            ),
+            json!({"topic": "soon gone"}),
+        )
+        .await["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = list(
+        (0, 0),
+        1,
+        json!([["m.room.topic", ""], ["m.room.create", ""]]),
+    );
+    let first = slide(&alice, None, body.clone()).await;
+    let state = first["rooms"][&room]["required_state"].as_array().unwrap();
+    assert!(state.iter().any(|event| event["type"] == "m.room.topic"));
+    alice.send_text(&room, "t1", "after the topic").await;
+    let services = &server.services;
+    let room_id = ruma::RoomId::parse(&room).unwrap();
+    let event_id = ruma::EventId::parse(&topic).unwrap();
+    let shortroomid = services
+        .rooms
+        .short
+        .get_shortroomid(&room_id)
+        .unwrap()
+        .unwrap();
+    let shorteventid = services
+        .rooms
+        .short
+        .get_shorteventid(&event_id)
+        .unwrap()
+        .unwrap();
+    let (before_topic, _) = services
+        .rooms
+        .state
+        .get_event_state(shorteventid)
+        .unwrap()
+        .unwrap();
+    let mut batch = plait::store::Batch::default();
+    services
+        .rooms
+        .state
+        .set_room_state(shortroomid, before_topic, &mut batch);
+    services.rooms.timeline.write(batch).unwrap();
+    let next = slide(&alice, first["pos"].as_str(), body).await;
+    let state = next["rooms"][&room]["required_state"].as_array().unwrap();
+    assert_eq!(
+        state,
+        &vec![json!({"type": "m.room.topic", "state_key": ""})],
+        "{next}"
+    );
+}
+
+/// The room-scoped extensions cover only the rooms of the lists and subscriptions they name.
+#[tokio::test]
+async fn extensions_cover_the_lists_and_rooms_they_name() {
+    let server = server().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let alice_id = alice.user_id().await;
+    let older = alice.create_room(json!({"preset": "public_chat"})).await;
+    let newer = alice.create_room(json!({"preset": "public_chat"})).await;
+    for room in [&older, &newer] {
+        bob.join(room).await;
+        let event = bob.send_text(room, "t", "hi").await;
+        bob.post_ok(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/receipt/m.read/{}",
+                enc(room),
+                enc(&event)
+            ),
+            json!({}),
+        )
+        .await;
+        alice
+            .put_ok(
+                &format!(
+                    "/_matrix/client/v3/user/{}/rooms/{}/account_data/org.example.room",
+                    enc(&alice_id),
+                    enc(room)
+                ),
+                json!({"b": 2}),
+            )
+            .await;
+    }
+    let rooms_of = |response: &Value, extension: &str| {
+        let mut ids: Vec<String> = response["extensions"][extension]["rooms"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        ids.sort();
+        ids
+    };
+    let lists = json!({
+        "top": { "ranges": [[0, 0]], "timeline_limit": 1 },
+        "next": { "ranges": [[1, 1]], "timeline_limit": 1 },
+    });
+    // By default, every list's rooms.
+    let all = slide(
+        &alice,
+        None,
+        json!({ "lists": lists, "extensions": { "receipts": { "enabled": true } } }),
+    )
+    .await;
+    let mut both = vec![older.clone(), newer.clone()];
+    both.sort();
+    assert_eq!(rooms_of(&all, "receipts"), both, "{all}");
+    // Only the list `next` (the older room), and no subscriptions.
+    let scoped = slide(
+        &alice,
+        None,
+        json!({ "lists": lists, "extensions": {
+            "receipts": { "enabled": true, "lists": ["next"], "rooms": [] },
+            "account_data": { "enabled": true, "lists": ["next"], "rooms": [] },
+        } }),
+    )
+    .await;
+    assert_eq!(rooms_of(&scoped, "receipts"), [older.as_str()], "{scoped}");
+    assert_eq!(rooms_of(&scoped, "account_data"), [older.as_str()]);
+    // No list, but the subscription to the newer room through `*`.
+    let subscribed = slide(
+        &alice,
+        None,
+        json!({
+            "lists": lists,
+            "room_subscriptions": { newer.clone(): { "timeline_limit": 1 } },
+            "extensions": { "receipts": { "enabled": true, "lists": [], "rooms": ["*"] } },
+        }),
+    )
+    .await;
+    assert_eq!(
+        rooms_of(&subscribed, "receipts"),
+        [newer.as_str()],
+        "{subscribed}"
+    );
+}
+
+/// A room the user knocked on is listed, with the stripped state it shows to knockers.
+#[tokio::test]
+async fn knocked_rooms_are_listed_with_their_knock_state() {
+    let server = server().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let room = alice
+        .create_room(json!({"name": "knock here", "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]}))
+        .await;
+    bob.post_ok(
+        &format!("/_matrix/client/v3/knock/{}", enc(&room)),
+        json!({"reason": "let me in"}),
+    )
+    .await;
+    let body = list((0, 9), 1, json!([]));
+    let response = slide(&bob, None, body).await;
+    assert_eq!(response["lists"]["all"]["count"], 1, "{response}");
+    let entry = &response["rooms"][&room];
+    assert_eq!(entry["membership"], "knock", "{response}");
+    assert_eq!(entry["name"], "knock here");
+    let state = entry["knock_state"].as_array().unwrap();
+    assert!(state
+        .iter()
+        .any(|event| event["type"] == "m.room.join_rules"
+            && event["content"]["join_rule"] == "knock"));
+    assert!(entry.get("timeline").is_none(), "{entry}");
 }

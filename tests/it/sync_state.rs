@@ -303,3 +303,106 @@ async fn an_initial_sync_goes_by_the_dag_and_puts_a_late_state_change_in_the_sta
         "{joined}"
     );
 }
+
+/// `state_after` (MSC4222): with `use_state_after` (stable or unstable name) each joined room
+/// carries, in place of `state`, the state changes from `since` to the end of its timeline,
+/// including those the timeline also shows and those a limited timeline left out.
+#[tokio::test]
+async fn state_after_replaces_state_with_the_changes_up_to_the_timelines_end() {
+    let server = TestServer::start().await;
+    let versions = server.client().get_ok("/_matrix/client/versions").await;
+    assert_eq!(
+        versions["unstable_features"]["org.matrix.msc4222"], true,
+        "{versions}"
+    );
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({"name": "first name"})).await;
+    let unstable = "org.matrix.msc4222.state_after";
+    let sync_after = |since: Option<String>, param: &'static str, limit: u64| {
+        let alice = alice.clone();
+        async move {
+            let filter = enc(&json!({"room": {"timeline": {"limit": limit}}}).to_string());
+            let mut path = format!("/_matrix/client/v3/sync?{param}=true&filter={filter}");
+            if let Some(since) = since {
+                path.push_str(&format!("&since={}", enc(&since)));
+            }
+            alice.get_ok(&path).await
+        }
+    };
+    let kinds = |section: &Value| -> Vec<String> {
+        let mut kinds: Vec<String> = section["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|event| {
+                format!(
+                    "{}|{}",
+                    event["type"].as_str().unwrap(),
+                    event["state_key"].as_str().unwrap()
+                )
+            })
+            .collect();
+        kinds.sort();
+        kinds
+    };
+    // Initial: the whole state at the end of the timeline, no `state` section.
+    let initial = sync_after(None, "org.matrix.msc4222.use_state_after", 1).await;
+    let entry = &initial["rooms"]["join"][&room];
+    assert!(entry.get("state").is_none(), "{entry}");
+    let all = kinds(&entry[unstable]);
+    assert!(all.contains(&"m.room.create|".to_owned()), "{all:?}");
+    assert!(all.contains(&"m.room.name|".to_owned()));
+    // A state event in a gapless timeline comes in both the timeline and state_after.
+    alice
+        .put_ok(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.topic/",
+                enc(&room)
+            ),
+            json!({"topic": "new topic"}),
+        )
+        .await;
+    let since = next_batch(&initial);
+    let incremental = sync_after(Some(since), "org.matrix.msc4222.use_state_after", 10).await;
+    let entry = &incremental["rooms"]["join"][&room];
+    assert_eq!(
+        entry["timeline"]["events"][0]["type"], "m.room.topic",
+        "{entry}"
+    );
+    assert_eq!(kinds(&entry[unstable]), ["m.room.topic|"]);
+    assert_eq!(
+        entry[unstable]["events"][0]["content"]["topic"],
+        "new topic"
+    );
+    // A limited timeline leaves the rename out; state_after (stable name) still has it.
+    alice
+        .put_ok(
+            &format!("/_matrix/client/v3/rooms/{}/state/m.room.name/", enc(&room)),
+            json!({"name": "second name"}),
+        )
+        .await;
+    alice.send_text(&room, "t1", "one").await;
+    alice.send_text(&room, "t2", "two").await;
+    let since = next_batch(&incremental);
+    let limited = sync_after(Some(since.clone()), "use_state_after", 1).await;
+    let entry = &limited["rooms"]["join"][&room];
+    assert_eq!(entry["timeline"]["limited"], true, "{entry}");
+    assert!(entry.get("state").is_none() && entry.get(unstable).is_none());
+    assert_eq!(kinds(&entry["state_after"]), ["m.room.name|"]);
+    assert_eq!(
+        entry["state_after"]["events"][0]["content"]["name"],
+        "second name"
+    );
+    // Without the parameter, `state` as before.
+    let plain = sync(
+        &alice,
+        Some(&since),
+        &json!({"room": {"timeline": {"limit": 1}}}),
+    )
+    .await;
+    let entry = &plain["rooms"]["join"][&room];
+    assert!(
+        entry.get("state").is_some() && entry.get("state_after").is_none(),
+        "{entry}"
+    );
+}

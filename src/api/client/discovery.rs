@@ -40,6 +40,8 @@ const UNSTABLE_FEATURES: &[&str] = &[
     "uk.half-shot.msc2666.query_mutual_rooms",
     // Dehydrated devices.
     "org.matrix.msc3814",
+    // `state_after` in `/sync` (`use_state_after`, under its unstable name too).
+    "org.matrix.msc4222",
 ];
 
 /// `GET /_matrix/client/versions`

@@ -21,6 +21,8 @@ const MAX_TIMEOUT_MS: u64 = 60_000;
 /// `set_presence` (default `online`) sets the user's presence and keeps them from going offline
 /// while the sync is open; `offline` leaves presence alone. The route does not count as activity
 /// by itself (see `Route::without_activity`), so that a `set_presence=offline` sync does not.
+/// `use_state_after=true` (or its unstable name) swaps each room's `state` for `state_after`
+/// (MSC4222).
 /// Untyped: ruma's `Response` leaves out empty sections (`rooms`, `presence`, `account_data`)
 /// that we always send (tests read `rooms.join` of an empty sync), and its `set_presence`
 /// accepts any value where we answer `M_INVALID_PARAM`.
@@ -51,6 +53,10 @@ pub async fn sync_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let filter = services
         .users
         .sync_filter(ctx.user(), ctx.query("filter"))?;
+    let state_after = sync::StateAfter::from_query(
+        ctx.query(sync::state_after::STABLE_PARAM),
+        ctx.query(sync::state_after::UNSTABLE_PARAM),
+    );
     let _syncing = presence::start_sync(&services, ctx.user(), ctx.device(), set_presence)?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
     loop {
@@ -60,6 +66,7 @@ pub async fn sync_events(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
             since,
             full_state,
             filter: &filter,
+            state_after,
         };
         if let Some(waiter) = sync::subscribe_if_caught_up(&services, &request)? {
             // Nothing to answer yet; on timeout the (empty) response is built below.

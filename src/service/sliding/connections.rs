@@ -39,7 +39,7 @@ pub struct SentRoom {
     /// The membership the room was sent with.
     pub membership: MembershipState,
     /// The room's `required_state` config when it was last sent in full.
-    pub required_state: Vec<(String, String)>,
+    pub required_state: Arc<[(String, String)]>,
     pub timeline_limit: u64,
     /// The notification and highlight counts sent.
     pub unread: (u64, u64),

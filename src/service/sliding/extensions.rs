@@ -2,10 +2,11 @@
 //! (device list changes, one-time key counts, unused fallback key types), `account_data`
 //! (global, and for the rooms of the response's windows), `receipts` and `typing` (for those
 //! rooms). A room new to the connection gets its receipts, typists and account data in full.
+//! The room-scoped ones cover the rooms their `lists` and `rooms` name (`Scope`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use ruma::OwnedRoomId;
+use ruma::{api::client::sync::sync_events::v5::request::ExtensionRoomConfig, OwnedRoomId};
 use serde_json::{json, Map, Value};
 
 use super::Build;
@@ -14,10 +15,56 @@ use crate::{
     service::{device_lists, push, receipts},
 };
 
+/// The rooms the room-scoped extensions (`account_data`, `receipts`, `typing`) may cover.
+pub(super) struct Scope<'a> {
+    /// Each list's rooms in its windows.
+    pub lists: &'a BTreeMap<String, Vec<OwnedRoomId>>,
+    /// The subscribed rooms the user may see.
+    pub subscribed: Vec<&'a OwnedRoomId>,
+    /// Every room of the response's windows and subscriptions.
+    pub window: Vec<&'a OwnedRoomId>,
+}
+
+impl<'a> Scope<'a> {
+    /// The rooms an extension covers by its `lists` and `rooms`: an absent `lists` means every
+    /// list and an absent `rooms` every subscription (as ruma documents the fields), `*` all of
+    /// either, and an empty one none.
+    fn rooms(
+        &self,
+        lists: Option<&[String]>,
+        rooms: Option<&[ExtensionRoomConfig]>,
+    ) -> Vec<&'a OwnedRoomId> {
+        let mut covered: BTreeSet<&'a OwnedRoomId> = BTreeSet::new();
+        let all_lists = lists.is_none_or(|names| names.iter().any(|name| name == "*"));
+        for (name, list_rooms) in self.lists {
+            if all_lists || lists.is_some_and(|names| names.contains(name)) {
+                covered.extend(list_rooms);
+            }
+        }
+        match rooms {
+            None => covered.extend(self.subscribed.iter().copied()),
+            Some(configs) => {
+                for config in configs {
+                    match config {
+                        ExtensionRoomConfig::AllSubscribed => {
+                            covered.extend(self.subscribed.iter().copied());
+                        }
+                        ExtensionRoomConfig::Room(room_id) => {
+                            covered.extend(self.window.iter().copied().filter(|r| *r == room_id));
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        covered.into_iter().collect()
+    }
+}
+
 /// The `extensions` object and whether it holds news.
 pub(super) fn build(
     ctx: &Build<'_>,
-    window: &[&OwnedRoomId],
+    scope: &Scope<'_>,
     initial_rooms: &[&OwnedRoomId],
 ) -> Result<(Value, bool)> {
     let requested = &ctx.request.body.extensions;
@@ -35,13 +82,16 @@ pub(super) fn build(
     }
     let is_initial = |room_id: &OwnedRoomId| ctx.base.is_none() || initial_rooms.contains(&room_id);
     if requested.account_data.enabled == Some(true) {
-        let (value, news) = account_data(ctx, window, &is_initial)?;
+        let config = &requested.account_data;
+        let window = scope.rooms(config.lists.as_deref(), config.rooms.as_deref());
+        let (value, news) = account_data(ctx, &window, &is_initial)?;
         extensions.insert("account_data".into(), value);
         updates |= news;
     }
     if requested.receipts.enabled == Some(true) {
+        let config = &requested.receipts;
         let mut rooms = Map::new();
-        for room_id in window {
+        for room_id in scope.rooms(config.lists.as_deref(), config.rooms.as_deref()) {
             let since = if is_initial(room_id) {
                 None
             } else {
@@ -57,9 +107,10 @@ pub(super) fn build(
         extensions.insert("receipts".into(), json!({ "rooms": rooms }));
     }
     if requested.typing.enabled == Some(true) {
+        let config = &requested.typing;
         let mut rooms = Map::new();
         let base_typing = ctx.base.map(|base| base.typing);
-        for room_id in window {
+        for room_id in scope.rooms(config.lists.as_deref(), config.rooms.as_deref()) {
             let since = if is_initial(room_id) {
                 None
             } else {

@@ -2,7 +2,11 @@
 //! recency (`bump_stamp`), each list's filters, its `count` and the windows of its `ranges`,
 //! and the room subscriptions.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::Arc,
+};
 
 use ruma::{
     api::client::sync::sync_events::v5::request::ListFilters,
@@ -22,6 +26,9 @@ const MAX_RANGES: usize = 100;
 const MAX_SUBSCRIPTIONS: usize = 100;
 /// The most rooms one range may span; a wider one is refused as a client error.
 const MAX_RANGE_ROOMS: u64 = 100_000;
+/// The most `required_state` entries of one list or subscription (Element X asks for 17; merging
+/// configs compares entries pairwise).
+const MAX_REQUIRED_STATE: usize = 1000;
 /// The longest `conn_id`.
 const MAX_CONN_ID: usize = 128;
 /// How many events back a room's newest bump event is looked for, at most, per response.
@@ -45,6 +52,21 @@ pub(super) fn validate(request: &SlidingRequest<'_>) -> Result<()> {
     if body.room_subscriptions.len() > MAX_SUBSCRIPTIONS {
         return Err(Error::invalid_param(format!(
             "too many room subscriptions (at most {MAX_SUBSCRIPTIONS})"
+        )));
+    }
+    let too_much_state = body
+        .lists
+        .values()
+        .map(|list| &list.room_details.required_state)
+        .chain(
+            body.room_subscriptions
+                .values()
+                .map(|subscription| &subscription.required_state),
+        )
+        .any(|entries| entries.len() > MAX_REQUIRED_STATE);
+    if too_much_state {
+        return Err(Error::invalid_param(format!(
+            "too many required_state entries (at most {MAX_REQUIRED_STATE})"
         )));
     }
     for (name, list) in &body.lists {
@@ -84,28 +106,48 @@ pub(super) struct RoomConfig {
     pub shortroomid: Option<u64>,
     pub bump: u64,
     pub timeline_limit: u64,
-    pub required_state: Vec<(String, String)>,
+    /// Shared by every room of a list (and kept by the connection for each room sent), so that
+    /// a window over every room costs one copy of it, not one per room.
+    pub required_state: Arc<[(String, String)]>,
 }
 
 impl RoomConfig {
-    fn merge(&mut self, timeline_limit: u64, required_state: &[(StateEventType, String)]) {
+    fn merge(&mut self, timeline_limit: u64, required_state: &Arc<[(String, String)]>) {
         self.timeline_limit = self.timeline_limit.max(timeline_limit);
-        for (kind, state_key) in required_state {
-            let entry = (kind.to_string(), state_key.clone());
-            if required_state::is_valid_entry(&entry.0, &entry.1)
-                && !self.required_state.contains(&entry)
-            {
-                self.required_state.push(entry);
-            }
+        if self.required_state.is_empty() {
+            self.required_state = Arc::clone(required_state);
+        } else if self.required_state != *required_state {
+            let mut union: Vec<(String, String)> = self
+                .required_state
+                .iter()
+                .chain(required_state.iter())
+                .cloned()
+                .collect();
+            union.sort();
+            union.dedup();
+            self.required_state = union.into();
         }
-        self.required_state.sort();
     }
+}
+
+/// A list's or subscription's `required_state`: its valid entries, sorted, without duplicates.
+fn normalized(required_state: &[(StateEventType, String)]) -> Arc<[(String, String)]> {
+    let mut entries: Vec<(String, String)> = required_state
+        .iter()
+        .map(|(kind, state_key)| (kind.to_string(), state_key.clone()))
+        .filter(|(kind, state_key)| required_state::is_valid_entry(kind, state_key))
+        .collect();
+    entries.sort();
+    entries.dedup();
+    entries.into()
 }
 
 /// The lists of a response: each one's `count`, and the rooms their windows cover.
 pub(super) struct Windows {
     pub counts: BTreeMap<String, u64>,
     pub rooms: BTreeMap<OwnedRoomId, RoomConfig>,
+    /// Each list's rooms in its windows, for the extensions' `lists` scoping.
+    pub by_list: BTreeMap<String, Vec<OwnedRoomId>>,
 }
 
 /// The user's joined and invited rooms, newest bump first (ties by room ID).
@@ -205,6 +247,7 @@ pub(super) fn windows(ctx: &Build<'_>, candidates: &[Candidate<'_>]) -> Result<W
     let mut windows = Windows {
         counts: BTreeMap::new(),
         rooms: BTreeMap::new(),
+        by_list: BTreeMap::new(),
     };
     for (name, list) in &ctx.request.body.lists {
         let extra = ctx.request.extra_filters.get(name);
@@ -220,14 +263,17 @@ pub(super) fn windows(ctx: &Build<'_>, candidates: &[Candidate<'_>]) -> Result<W
             let (start, end) = (u64::from(*start) as usize, u64::from(*end) as usize);
             in_window.extend((start..=end).take_while(|index| *index < matching.len()));
         }
+        let list_rooms = windows.by_list.entry(name.clone()).or_default();
+        let details = &list.room_details;
+        let required_state = normalized(&details.required_state);
         for index in in_window {
             let candidate = matching[index];
-            let details = &list.room_details;
+            list_rooms.push(candidate.membership.room_id.clone());
             windows
                 .rooms
                 .entry(candidate.membership.room_id.clone())
                 .or_insert_with(|| config(candidate))
-                .merge(u64::from(details.timeline_limit), &details.required_state);
+                .merge(u64::from(details.timeline_limit), &required_state);
         }
     }
     Ok(windows)
@@ -240,7 +286,7 @@ fn config(candidate: &Candidate<'_>) -> RoomConfig {
         shortroomid: candidate.shortroomid,
         bump: candidate.bump,
         timeline_limit: 0,
-        required_state: Vec::new(),
+        required_state: Arc::from(Vec::new()),
     }
 }
 
@@ -263,7 +309,7 @@ pub(super) fn add_subscriptions(
             .or_insert_with(|| config(candidate))
             .merge(
                 u64::from(subscription.timeline_limit),
-                &subscription.required_state,
+                &normalized(&subscription.required_state),
             );
     }
 }
@@ -273,6 +319,8 @@ struct Facts<'a> {
     services: &'a Services,
     user: &'a ruma::UserId,
     direct: &'a HashSet<OwnedRoomId>,
+    /// Each space's children, read once per response rather than once per room.
+    space_children: RefCell<HashMap<OwnedRoomId, HashSet<String>>>,
 }
 
 impl<'a> Facts<'a> {
@@ -281,7 +329,23 @@ impl<'a> Facts<'a> {
             services: ctx.services,
             user: ctx.request.user,
             direct: &ctx.direct,
+            space_children: RefCell::default(),
         }
+    }
+
+    /// Whether `space` lists `room_id` as a child.
+    fn is_child(&self, space: &OwnedRoomId, room_id: &RoomId) -> Result<bool> {
+        let mut cache = self.space_children.borrow_mut();
+        if !cache.contains_key(space) {
+            let children = spaces::children_state(self.services, space)?
+                .iter()
+                .filter_map(|link| link["state_key"].as_str().map(str::to_owned))
+                .collect();
+            cache.insert(space.clone(), children);
+        }
+        Ok(cache
+            .get(space)
+            .is_some_and(|children| children.contains(room_id.as_str())))
     }
 
     /// Whether a room passes a list's filters (all of them: MSC4186 ANDs them).
@@ -338,9 +402,7 @@ impl<'a> Facts<'a> {
         if !extra.spaces.is_empty() {
             let mut in_space = false;
             for space in &extra.spaces {
-                in_space |= spaces::children_state(self.services, space)?
-                    .iter()
-                    .any(|link| link["state_key"] == room_id.as_str());
+                in_space |= self.is_child(space, room_id)?;
             }
             if !in_space {
                 return Ok(false);

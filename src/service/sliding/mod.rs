@@ -209,8 +209,17 @@ fn build(
                 .is_some_and(|room| room["initial"] == true)
         })
         .collect();
-    let window: Vec<&OwnedRoomId> = wanted.keys().collect();
-    let (extensions, extension_updates) = extensions::build(&ctx, &window, &initial_rooms)?;
+    let scope = extensions::Scope {
+        lists: &windows.by_list,
+        subscribed: request
+            .body
+            .room_subscriptions
+            .keys()
+            .filter(|room_id| wanted.contains_key(*room_id))
+            .collect(),
+        window: wanted.keys().collect(),
+    };
+    let (extensions, extension_updates) = extensions::build(&ctx, &scope, &initial_rooms)?;
     let lists_changed = base.is_none_or(|base| base.lists != windows.counts);
     let has_updates = !rooms.is_empty() || extension_updates || lists_changed;
     let lists: Map<String, Value> = windows
@@ -233,5 +242,8 @@ fn build(
 
 /// Whether a membership puts a room in the lists.
 fn is_listed(membership: &MembershipState) -> bool {
-    matches!(membership, MembershipState::Join | MembershipState::Invite)
+    matches!(
+        membership,
+        MembershipState::Join | MembershipState::Invite | MembershipState::Knock
+    )
 }

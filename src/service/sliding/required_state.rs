@@ -1,6 +1,7 @@
 //! A room's `required_state` in sliding sync: the pieces of state a list or room subscription
 //! asks for as `[type, state_key]`, with `*` for any type or key, `$ME` for the user's own state
 //! key and `$LAZY` (member events only) for the senders of the timeline sent with it.
+//! A wanted piece of state the client saw that has left the room's state comes as a stub.
 
 use std::collections::BTreeSet;
 
@@ -8,11 +9,15 @@ use ruma::{
     events::{StateEventType, TimelineEventType},
     OwnedUserId, RoomId, UserId,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::{
     error::Result,
-    service::{rooms::pdu::client_event, sync::state::state_at_position, Services},
+    service::{
+        rooms::{pdu::client_event, state::StateSet},
+        sync::state::state_at_position,
+        Services,
+    },
 };
 
 /// What a room's `required_state` asks for.
@@ -124,7 +129,28 @@ pub fn required_state(
             events.push(client_event(&pdu, room_id, None));
         }
     }
+    if let Some(seen) = &seen {
+        events.extend(removed_stubs(services, wanted, seen, &current)?);
+    }
     Ok(events)
+}
+
+/// A stub (`type` and `state_key`, no `content`: MSC4186's `StateStub`) for each wanted piece of
+/// state the client saw that is no longer in the room's state, e.g. after a state reset.
+fn removed_stubs(
+    services: &Services,
+    wanted: &Wanted<'_>,
+    seen: &StateSet,
+    current: &StateSet,
+) -> Result<Vec<Value>> {
+    let mut stubs = Vec::new();
+    for short in seen.keys().filter(|short| !current.contains_key(short)) {
+        let (kind, state_key) = services.rooms.short.get_statekey(*short)?;
+        if wanted.wants(&kind.to_string(), &state_key) {
+            stubs.push(json!({ "type": kind.to_string(), "state_key": state_key }));
+        }
+    }
+    Ok(stubs)
 }
 
 /// Whether `(kind, state_key)` is a valid `required_state` entry: `$LAZY` only for members.

@@ -2,7 +2,7 @@
 //! `required_state` or a longer timeline is asked for), otherwise its news since it was last
 //! sent, if any. The timeline, invite state, summary and unread counts come from `/sync`'s code.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
 
 use ruma::{
     events::{room::member::MembershipState, StateEventType},
@@ -32,7 +32,7 @@ use crate::{
 pub(super) fn build(ctx: &Build<'_>, config: &RoomConfig) -> Result<Option<(Value, SentRoom)>> {
     match config.membership.membership {
         MembershipState::Join => joined(ctx, config),
-        MembershipState::Invite => invited(ctx, config),
+        MembershipState::Invite | MembershipState::Knock => not_joined(ctx, config),
         _ => Ok(None),
     }
 }
@@ -99,7 +99,7 @@ fn joined(ctx: &Build<'_>, config: &RoomConfig) -> Result<Option<(Value, SentRoo
     let sent = SentRoom {
         count: next,
         membership: MembershipState::Join,
-        required_state: config.required_state.clone(),
+        required_state: Arc::clone(&config.required_state),
         timeline_limit: config.timeline_limit,
         unread: counts,
     };
@@ -121,6 +121,7 @@ fn timeline(
         since: since.map(|count| SyncToken { count, typing: 0 }),
         full_state: false,
         filter: &filter,
+        state_after: None,
     };
     let sync_ctx = SyncContext::new(ctx.services, &request)?;
     let timeline = sync::joined::served_timeline(&sync_ctx, membership)?;
@@ -198,13 +199,15 @@ fn describe(
     Ok(())
 }
 
-/// An invited room: sent once, with the stripped state `/sync` gives invitees; `None` once sent,
-/// or when the invite comes from an ignored user.
-fn invited(ctx: &Build<'_>, config: &RoomConfig) -> Result<Option<(Value, SentRoom)>> {
+/// An invited or knocked room: sent once per membership, with the stripped state `/sync` gives
+/// (`invite_state` or `knock_state`); `None` once sent, or when the invite comes from an ignored
+/// user.
+fn not_joined(ctx: &Build<'_>, config: &RoomConfig) -> Result<Option<(Value, SentRoom)>> {
     let room_id = &config.membership.room_id;
+    let membership = &config.membership.membership;
     if ctx
         .sent(room_id)
-        .is_some_and(|sent| sent.membership == MembershipState::Invite)
+        .is_some_and(|sent| &sent.membership == membership)
     {
         return Ok(None);
     }
@@ -215,21 +218,30 @@ fn invited(ctx: &Build<'_>, config: &RoomConfig) -> Result<Option<(Value, SentRo
         since: None,
         full_state: false,
         filter: &filter,
+        state_after: None,
     };
     let sync_ctx = SyncContext::new(ctx.services, &request)?;
-    let Some(invite) = sync::invited::invited_room(&sync_ctx, room_id)? else {
-        return Ok(None);
+    let (field, section) = if *membership == MembershipState::Knock {
+        (
+            "knock_state",
+            sync::invited::knocked_room(&sync_ctx, room_id)?,
+        )
+    } else {
+        match sync::invited::invited_room(&sync_ctx, room_id)? {
+            Some(section) => ("invite_state", section),
+            None => return Ok(None),
+        }
     };
-    let events = invite["invite_state"]["events"].clone();
-    let own_invite = events.as_array().into_iter().flatten().find(|event| {
+    let events = section[field]["events"].clone();
+    let own_member = events.as_array().into_iter().flatten().find(|event| {
         event["type"] == "m.room.member" && event["state_key"] == ctx.request.user.as_str()
     });
     let mut entry = json!({
         "initial": true,
-        "invite_state": events,
+        field: events,
         "bump_stamp": config.bump,
-        "membership": "invite",
-        "is_dm": own_invite.is_some_and(|event| event["content"]["is_direct"] == true),
+        "membership": membership.as_str(),
+        "is_dm": own_member.is_some_and(|event| event["content"]["is_direct"] == true),
     });
     if let Some(name) = events
         .as_array()
@@ -242,8 +254,8 @@ fn invited(ctx: &Build<'_>, config: &RoomConfig) -> Result<Option<(Value, SentRo
     }
     let sent = SentRoom {
         count: sync_ctx.next(),
-        membership: MembershipState::Invite,
-        required_state: config.required_state.clone(),
+        membership: membership.clone(),
+        required_state: Arc::clone(&config.required_state),
         timeline_limit: config.timeline_limit,
         unread: (0, 0),
     };

@@ -21,7 +21,7 @@ pub(crate) fn invited_room(ctx: &SyncContext<'_>, room_id: &RoomId) -> Result<Op
 }
 
 /// The room's entry in `rooms.knock`.
-pub(super) fn knocked_room(ctx: &SyncContext<'_>, room_id: &RoomId) -> Result<Value> {
+pub(crate) fn knocked_room(ctx: &SyncContext<'_>, room_id: &RoomId) -> Result<Value> {
     let events = stripped_state(ctx, room_id)?;
     Ok(json!({ "knock_state": { "events": events } }))
 }

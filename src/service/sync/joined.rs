@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::{
     state::{self, LazyMembers, Snapshots},
-    SyncContext,
+    StateAfter, SyncContext,
 };
 use crate::{
     error::Result,
@@ -371,7 +371,12 @@ fn changes_summary(pdu: &Pdu) -> bool {
 /// its timeline in order, so that a member's last one comes last.
 pub(super) fn member_events(room: &Value) -> Vec<(String, String)> {
     let mut members = Vec::new();
-    for section in ["state", "timeline"] {
+    for section in [
+        "state",
+        StateAfter::Stable.field(),
+        StateAfter::Unstable.field(),
+        "timeline",
+    ] {
         for event in room[section]["events"].as_array().into_iter().flatten() {
             if event["type"] != StateEventType::RoomMember.to_string() {
                 continue;

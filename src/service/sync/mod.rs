@@ -24,6 +24,7 @@ pub(crate) mod joined;
 mod lazy;
 mod left;
 pub(crate) mod state;
+pub mod state_after;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
@@ -34,6 +35,7 @@ use ruma::{events::room::member::MembershipState, OwnedRoomId, OwnedUserId, Room
 use serde_json::{json, Map, Value};
 
 pub use self::lazy::SentMembers;
+pub use self::state_after::StateAfter;
 use crate::{
     error::Result,
     service::{
@@ -54,6 +56,8 @@ pub struct SyncRequest<'a> {
     pub since: Option<SyncToken>,
     pub full_state: bool,
     pub filter: &'a Value,
+    /// `state_after` in place of `state` (MSC4222, `state_after.rs`).
+    pub state_after: Option<StateAfter>,
 }
 
 /// Builds the response and subscribes to everything that can change it, in an order that
@@ -223,6 +227,7 @@ fn build(
     let mut presence = presence_events(&ctx, &memberships)?;
     let mut rooms = rooms(&ctx, &memberships)?;
     let global_account_data = account_data(&ctx, &mut rooms.join)?;
+    state_after::apply(&ctx, &mut rooms, &memberships)?;
     // Members who joined one of the user's rooms since the last sync are new to the user: their
     // presence comes along even if it did not change (read from this response, not the rooms).
     if request.since.is_some() {
