@@ -195,6 +195,20 @@ pub struct Config {
     /// As a policy server: refuse events from senders who are not joined to the room in this
     /// server's view, except their own membership changes (joins, knocks, leaves).
     pub policy_server_require_membership: bool,
+    /// TURN server URIs handed to clients by `GET /voip/turnServer` (`turn:host:3478?transport=udp`,
+    /// `turns:…`); TURN is off while this or `turn_shared_secret` is empty.
+    pub turn_uris: Vec<String>,
+    /// The secret shared with the TURN server (coturn's `static-auth-secret` with
+    /// `use-auth-secret`): credentials are `expiry:user` and its base64 HMAC-SHA1.
+    pub turn_shared_secret: Option<String>,
+    /// How long TURN credentials stay valid, in milliseconds.
+    pub turn_ttl_ms: u64,
+    /// Longest delay of a delayed event (MSC4140, `org.matrix.msc4140.delay`), in milliseconds;
+    /// 0 turns delayed events off.
+    pub max_event_delay_duration_ms: u64,
+    /// LiveKit JWT service URLs offered as MatrixRTC transports (MSC4143: `rtc/transports` and
+    /// `org.matrix.msc4143.rtc_foci` in `/.well-known/matrix/client`).
+    pub rtc_livekit_service_urls: Vec<String>,
 }
 
 impl Default for Config {
@@ -249,6 +263,11 @@ impl Default for Config {
             policy_server_deny_users: Vec::new(),
             policy_server_forbidden_text: Vec::new(),
             policy_server_require_membership: true,
+            turn_uris: Vec::new(),
+            turn_shared_secret: None,
+            turn_ttl_ms: 24 * 60 * 60 * 1000,
+            max_event_delay_duration_ms: 7 * 24 * 60 * 60 * 1000,
+            rtc_livekit_service_urls: Vec::new(),
         }
     }
 }

@@ -5,7 +5,9 @@
 pub mod account_data;
 pub mod admin;
 pub mod backup;
+pub mod calls;
 pub mod dehydrated;
+pub mod delayed_events;
 pub mod device_lists;
 pub mod filter;
 pub mod globals;
@@ -39,6 +41,7 @@ pub mod to_device;
 pub mod typing;
 pub mod uiaa;
 pub mod users;
+pub mod voip;
 
 use std::sync::Arc;
 
@@ -92,6 +95,10 @@ pub struct Services {
     pub stats: stats::Stats,
     /// The outgoing server-server client.
     pub federation: FederationClient,
+    /// The call history's index.
+    pub calls: calls::Calls,
+    /// Delayed events and scheduled messages (MSC4140).
+    pub delayed_events: delayed_events::DelayedEvents,
 }
 
 impl Services {
@@ -145,6 +152,8 @@ impl Services {
             moderation_tasks: synapse_admin::room_moderation::ModerationTasks::default(),
             rate_limits: rate_limits::RateLimits::new(&config.rate_limits),
             stats: stats::Stats::open(&db)?,
+            calls: calls::Calls::open(&db),
+            delayed_events: delayed_events::DelayedEvents::open(&db)?,
             config,
         });
         push::build_unread_counters(&services)?;
@@ -182,7 +191,7 @@ impl Services {
 }
 
 /// Starts the background workers (the federation sender, the end of typing, the presence timer,
-/// the admin commands and their control socket, the push sender);
+/// the admin commands and their control socket, the push sender, the delayed events' timer);
 /// each stops when
 /// `shutdown` completes.
 pub fn start_workers(
@@ -200,7 +209,8 @@ pub fn start_workers(
         tokio::spawn(presence::run(Arc::clone(services), stopped.clone())),
         tokio::spawn(admin::run(Arc::clone(services), stopped.clone())),
         tokio::spawn(admin::control::serve(Arc::clone(services), stopped.clone())),
-        tokio::spawn(push::sender::run(Arc::clone(services), stopped)),
+        tokio::spawn(push::sender::run(Arc::clone(services), stopped.clone())),
+        tokio::spawn(delayed_events::run(Arc::clone(services), stopped)),
         watcher,
     ]
 }

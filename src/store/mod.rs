@@ -109,6 +109,13 @@ pub const TREES: &[&str] = &[
     "registrationtoken_info",
     "reportid_report",
     "counterkey_value",
+    "roomcallkey_call",
+    "roomgroupcall_session",
+    "userstartcall_",
+    "delayid_delayed",
+    "duedelayid_",
+    "userdelayid_",
+    "roomstatedelayid_",
 ];
 
 /// Memtable size of one tree at most: a tree's writes are flushed to a table file once this

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use ruma::{
     api::{
         client::discovery::{
-            discover_homeserver::{self, HomeserverInfo},
-            discover_policy_server, get_supported_versions,
+            discover_homeserver::HomeserverInfo, discover_policy_server, get_supported_versions,
         },
         federation::discovery::discover_homeserver as discover_server,
     },
@@ -42,6 +41,10 @@ const UNSTABLE_FEATURES: &[&str] = &[
     "org.matrix.msc3814",
     // `state_after` in `/sync` (`use_state_after`, under its unstable name too).
     "org.matrix.msc4222",
+    // Delayed events, which Element Call needs to end a call's membership when a client vanishes.
+    "org.matrix.msc4140",
+    // MatrixRTC transports (`rtc/transports`).
+    "org.matrix.msc4143",
 ];
 
 /// `GET /_matrix/client/versions`
@@ -64,13 +67,18 @@ pub async fn get_supported_versions(
 }
 
 /// `GET /.well-known/matrix/client`
-pub async fn client_well_known(
-    services: Arc<Services>,
-    _ctx: Ctx,
-    _request: discover_homeserver::Request,
-) -> Result<discover_homeserver::Response> {
+///
+/// `m.homeserver`, and `org.matrix.msc4143.rtc_foci` (MSC4143) when LiveKit services are
+/// configured.
+/// Untyped: ruma's response has no `rtc_foci` without its `unstable-msc4143` feature.
+pub async fn client_well_known(services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
     let info = HomeserverInfo::new(client_base_url(&services.config));
-    Ok(discover_homeserver::Response::new(info))
+    let mut answer = json!({ "m.homeserver": info });
+    let foci = super::voip::rtc_foci(&services);
+    if !foci.is_empty() {
+        answer["org.matrix.msc4143.rtc_foci"] = json!(foci);
+    }
+    Ok(answer)
 }
 
 /// The base URL clients are told to use: `client_base_url`, else the listener's address.

@@ -9,7 +9,7 @@ use ruma::{
 };
 use serde_json::{json, Value};
 
-use super::require_joined;
+use super::{delayed_events, require_joined};
 use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
@@ -27,7 +27,37 @@ use crate::{
     },
 };
 
-/// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`
+/// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}` with or without
+/// `org.matrix.msc4140.delay`
+///
+/// With a delay, the event is scheduled (MSC4140) and the answer is its `delay_id`; without,
+/// it is [`send_message_event`].
+/// Untyped: ruma's response has no `delay_id` without its `unstable-msc4140` feature.
+pub async fn send_message_event_or_delay(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let request = ctx.parse::<send_message_event::v3::Request>()?;
+    if let Some(delay) = delayed_events::requested_delay(&ctx)? {
+        let content = parse_content(&request.body)?;
+        let event_type = (request.event_type.to_string(), None);
+        return delayed_events::schedule(
+            &services,
+            &ctx,
+            &request.room_id,
+            event_type,
+            content,
+            delay,
+        );
+    }
+    let response = send_message_event(services, ctx, request).await?;
+    Ok(json!({ "event_id": response.event_id }))
+}
+
+/// An event's content as the client wrote it; `M_BAD_JSON` when it is not JSON.
+pub fn parse_content<T>(body: &Raw<T>) -> Result<Value> {
+    body.deserialize_as_unchecked()
+        .map_err(|error| Error::bad_json(format!("invalid content: {error}")))
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}` without a delay
 ///
 /// Idempotent per device and transaction ID: a repeat returns the first event's ID (and is not
 /// counted by the `rate_limits.message` limit, which a new event is). The content
@@ -53,10 +83,7 @@ pub async fn send_message_event(
     }
     rate_limits::take_for(&services, Limit::Message, ctx.user())?;
     require_joined(&services, room_id, ctx.user())?;
-    let content: Value = request
-        .body
-        .deserialize_as_unchecked()
-        .map_err(|error| Error::bad_json(format!("invalid content: {error}")))?;
+    let content = parse_content(&request.body)?;
     let event_id = if event_type == "m.room.redaction" {
         let target = content
             .get("redacts")

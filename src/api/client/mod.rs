@@ -11,8 +11,10 @@ pub mod account_data;
 pub mod admin;
 pub mod alias;
 pub mod backup;
+pub mod calls;
 pub mod cross_signing;
 pub mod dehydrated;
+pub mod delayed_events;
 pub mod device;
 pub mod discovery;
 pub mod keys;
@@ -39,6 +41,7 @@ pub mod to_device;
 pub mod typing;
 pub mod upgrade;
 pub mod user_directory;
+pub mod voip;
 
 use ruma::{OwnedRoomId, RoomId, UserId};
 use serde_json::{Map, Value};

@@ -12,9 +12,9 @@ use ruma::{
 };
 use serde_json::Value;
 
-use super::{readable_state, require_joined};
+use super::{delayed_events, message::parse_content, readable_state, require_joined};
 use crate::{
-    api::Ctx,
+    api::{Ctx, HandlerResult},
     error::{Error, Result},
     service::{
         rate_limits::{self, Limit},
@@ -76,7 +76,34 @@ pub async fn get_state_event_for_key(
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`, also without the
-/// state key
+/// state key, with or without `org.matrix.msc4140.delay`
+///
+/// With a delay, the state event is scheduled (MSC4140) and the answer is its `delay_id`;
+/// without, it is [`send_state_event`].
+/// Untyped: ruma's response has no `delay_id` without its `unstable-msc4140` feature.
+pub async fn send_state_event_or_delay(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    let request = ctx.parse::<send_state_event::v3::Request>()?;
+    if let Some(delay) = delayed_events::requested_delay(&ctx)? {
+        let content = parse_content(&request.body)?;
+        let event_type = (
+            request.event_type.to_string(),
+            Some(request.state_key.clone()),
+        );
+        return delayed_events::schedule(
+            &services,
+            &ctx,
+            &request.room_id,
+            event_type,
+            content,
+            delay,
+        );
+    }
+    let response = send_state_event(services, ctx, request).await?;
+    Ok(serde_json::json!({ "event_id": response.event_id }))
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`, also without the
+/// state key, without a delay
 ///
 /// The content is sent as the client wrote it. Setting the content the same sender already set
 /// sends nothing and answers with the event in force.
@@ -99,10 +126,7 @@ pub async fn send_state_event(
             "m.room.create cannot be sent to an existing room",
         ));
     }
-    let mut content: Value = request
-        .body
-        .deserialize_as_unchecked()
-        .map_err(|error| Error::bad_json(format!("invalid content: {error}")))?;
+    let mut content = parse_content(&request.body)?;
     check_content(&services, room_id, &event_type, &content)?;
     let state_key = request.state_key.as_str();
     if event_type == "m.room.member"

@@ -19,7 +19,7 @@ pub(super) fn discovery() -> Vec<Route> {
             Open,
             discovery::get_supported_versions,
         ),
-        typed(
+        route(
             Method::GET,
             "/.well-known/matrix/client",
             Open,

@@ -1,10 +1,11 @@
 //! The route table: every endpoint with its method, path template and authentication, one
 //! function per area of the spec, in a file per part of the API: the client-server API by topic
-//! (`account`, `rooms`, `sync`, `keys`), the content repository (`media`) and the server-server
+//! (`account`, `rooms`, `calls`, `sync`, `keys`), the content repository (`media`) and the server-server
 //! API (`federation`), and Synapse's admin API (`synapse_admin`, with its registration and
 //! notices in `account`). Paths use `{name}` parameters as the spec writes them.
 
 mod account;
+mod calls;
 mod federation;
 mod keys;
 mod media;
@@ -17,7 +18,7 @@ use super::Route;
 
 /// Every served route. The order does not matter: `http::router` groups the routes by path.
 pub fn all() -> Vec<Route> {
-    let tables: [fn() -> Vec<Route>; 34] = [
+    let tables: [fn() -> Vec<Route>; 35] = [
         account::discovery,
         account::account,
         account::oauth,
@@ -37,6 +38,7 @@ pub fn all() -> Vec<Route> {
         rooms::state,
         rooms::events,
         rooms::directory,
+        calls::calls,
         sync::sync_and_ephemeral,
         sync::push_rules,
         sync::pushers,

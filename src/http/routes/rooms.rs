@@ -150,11 +150,11 @@ pub(super) fn state() -> Vec<Route> {
             Token,
             state::get_state_event_for_key,
         ),
-        typed(
+        route(
             Method::PUT,
             "/_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}",
             Token,
-            state::send_state_event,
+            state::send_state_event_or_delay,
         ),
         typed(
             Method::GET,
@@ -162,11 +162,11 @@ pub(super) fn state() -> Vec<Route> {
             Token,
             state::get_state_event_for_key,
         ),
-        typed(
+        route(
             Method::PUT,
             "/_matrix/client/v3/rooms/{roomId}/state/{eventType}",
             Token,
-            state::send_state_event,
+            state::send_state_event_or_delay,
         ),
         typed(
             Method::GET,
@@ -174,11 +174,11 @@ pub(super) fn state() -> Vec<Route> {
             Token,
             state::get_state_event_for_key,
         ),
-        typed(
+        route(
             Method::PUT,
             "/_matrix/client/v3/rooms/{roomId}/state/{eventType}/",
             Token,
-            state::send_state_event,
+            state::send_state_event_or_delay,
         ),
     ]
 }
@@ -186,11 +186,11 @@ pub(super) fn state() -> Vec<Route> {
 /// Sending, reading, paging and redacting events, their relations and threads, and search.
 pub(super) fn events() -> Vec<Route> {
     vec![
-        typed(
+        route(
             Method::PUT,
             "/_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}",
             Token,
-            message::send_message_event,
+            message::send_message_event_or_delay,
         ),
         typed(
             Method::GET,

@@ -213,7 +213,9 @@ fn power_levels(plan: &Plan, sender: &UserId, request: &NewRoom) -> Value {
             "m.room.canonical_alias": 50, "m.room.avatar": 50,
             // Upgrading a version 12 room is for its creators (whose power is above any level).
             "m.room.tombstone": if privileged { 150 } else { 100 },
-            "m.room.server_acl": 100, "m.room.encryption": 100
+            "m.room.server_acl": 100, "m.room.encryption": 100,
+            // Group calls: every member may say they are in the room's call (MatrixRTC).
+            "m.call.member": 0, "org.matrix.msc3401.call.member": 0, "m.rtc.member": 0
         },
         "notifications": { "room": 50 }
     });

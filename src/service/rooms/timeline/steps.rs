@@ -59,6 +59,11 @@ pub(super) const INDEXES: &[Step<Index>] = &[
     Step::always(relations),
     Step::always(timestamps),
     Step::live(push_actions),
+    Step::live(|ctx, batch| {
+        ctx.services
+            .calls
+            .index(ctx.services, ctx.room_id, ctx.pdu, batch)
+    }),
 ];
 
 /// Writers that need the stream position, under the global commit lock.
@@ -92,7 +97,16 @@ pub(super) const EFFECTS: &[Step<Effect>] = &[
     Step::live(wake_federation_sender),
     Step::live(wake_push_sender),
     Step::live(|ctx| ctx.services.admin.spot(ctx.room_id, ctx.pdu)),
+    Step::live(cancel_overwritten_delayed_state),
 ];
+
+/// Another user's state event cancels the delayed events that would overwrite it (MSC4140).
+fn cancel_overwritten_delayed_state(ctx: &CommitContext<'_>) {
+    let delayed = &ctx.services.delayed_events;
+    if let Err(error) = delayed.cancel_overwritten(ctx.room_id, ctx.pdu) {
+        tracing::error!(%error, "cancelling overwritten delayed state events");
+    }
+}
 
 /// The servers a live event is queued for.
 pub(super) fn destinations(
