@@ -195,6 +195,12 @@ pub struct Config {
     /// As a policy server: refuse events from senders who are not joined to the room in this
     /// server's view, except their own membership changes (joins, knocks, leaves).
     pub policy_server_require_membership: bool,
+    /// How often the retention job deletes events that outlived their room's `max_lifetime`
+    /// (`m.room.retention`, and story rooms' default), in milliseconds (at least 10).
+    pub retention_purge_interval_ms: u64,
+    /// The `max_lifetime` of story rooms (`docs/stories.md`) without an `m.room.retention`
+    /// event, in milliseconds: 24 hours by default.
+    pub story_lifetime_ms: u64,
 }
 
 impl Default for Config {
@@ -249,6 +255,8 @@ impl Default for Config {
             policy_server_deny_users: Vec::new(),
             policy_server_forbidden_text: Vec::new(),
             policy_server_require_membership: true,
+            retention_purge_interval_ms: 60_000,
+            story_lifetime_ms: 24 * 60 * 60 * 1000,
         }
     }
 }
@@ -607,6 +615,12 @@ impl Config {
         if self.database_memory_mb < 8 {
             return Err(
                 "invalid configuration key `database_memory_mb`: must be at least 8".to_owned(),
+            );
+        }
+        if self.retention_purge_interval_ms < 10 || self.story_lifetime_ms == 0 {
+            return Err(
+                "invalid configuration key `retention_purge_interval_ms`: must be at least 10 (and `story_lifetime_ms` at least 1)"
+                    .to_owned(),
             );
         }
         if self.max_upload_bytes == 0 {

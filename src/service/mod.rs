@@ -10,6 +10,7 @@ pub mod device_lists;
 pub mod filter;
 pub mod globals;
 pub mod identity;
+pub mod invite_links;
 pub mod key_backup;
 pub mod keys;
 pub mod media;
@@ -18,6 +19,7 @@ pub mod notify;
 pub mod oauth;
 pub mod policy;
 pub mod presence;
+pub mod privacy;
 pub mod push;
 pub mod rate_limits;
 pub mod receipts;
@@ -32,6 +34,7 @@ pub mod server_notices;
 pub mod shared_secret;
 pub mod sliding;
 pub mod stats;
+pub mod stories;
 pub mod synapse_admin;
 pub mod sync;
 pub mod to_device;
@@ -89,6 +92,8 @@ pub struct Services {
     pub rate_limits: rate_limits::RateLimits,
     /// The counters of `server stats`.
     pub stats: stats::Stats,
+    /// Invite links with expiry and use limits.
+    pub invite_links: invite_links::InviteLinks,
     /// The outgoing server-server client.
     pub federation: FederationClient,
 }
@@ -144,6 +149,7 @@ impl Services {
             moderation_tasks: synapse_admin::room_moderation::ModerationTasks::default(),
             rate_limits: rate_limits::RateLimits::new(&config.rate_limits),
             stats: stats::Stats::open(&db)?,
+            invite_links: invite_links::InviteLinks::open(&db),
             config,
         });
         push::build_unread_counters(&services)?;
@@ -198,6 +204,7 @@ pub fn start_workers(
         tokio::spawn(typing::run_expiry(Arc::clone(services), stopped.clone())),
         tokio::spawn(presence::run(Arc::clone(services), stopped.clone())),
         tokio::spawn(admin::run(Arc::clone(services), stopped.clone())),
+        tokio::spawn(rooms::retention::run(Arc::clone(services), stopped.clone())),
         tokio::spawn(admin::control::serve(Arc::clone(services), stopped.clone())),
         tokio::spawn(push::sender::run(Arc::clone(services), stopped)),
         watcher,

@@ -109,6 +109,8 @@ pub const TREES: &[&str] = &[
     "registrationtoken_info",
     "reportid_report",
     "counterkey_value",
+    "invitelink_info",
+    "roomid_invitelink",
 ];
 
 /// Memtable size of one tree at most: a tree's writes are flushed to a table file once this

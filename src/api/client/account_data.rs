@@ -12,7 +12,7 @@ use super::check_owner;
 use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
-    service::{account_data, notify::Topic, Services},
+    service::{account_data, notify::Topic, privacy, Services},
 };
 
 /// `GET /_matrix/client/v3/user/{userId}/account_data/{type}`
@@ -57,6 +57,9 @@ pub async fn set_global_account_data(
         .map_err(|error| Error::bad_json(error.to_string()))?;
     if event_type == account_data::IGNORED_USER_LIST {
         account_data::validate_ignored_user_list(ctx.user(), &content)?;
+    }
+    if event_type == privacy::PRIVACY {
+        privacy::check_settings(&content)?;
     }
     services
         .account_data

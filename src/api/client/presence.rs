@@ -13,7 +13,7 @@ use crate::{
     error::{Error, Result},
     service::{
         presence::{self, State, MAX_STATUS_MSG_BYTES},
-        Services,
+        privacy, Services,
     },
     util,
 };
@@ -79,6 +79,16 @@ pub async fn get_presence(
         if !presence::shares_room(&services, &user_id, &joined)? {
             return Err(Error::forbidden(format!(
                 "you share no room with {user_id}, so you may not see their presence"
+            )));
+        }
+        if !privacy::may_see(
+            &services,
+            &user_id,
+            privacy::Viewer::User(requester),
+            privacy::Subject::LastSeen,
+        )? {
+            return Err(Error::forbidden(format!(
+                "{user_id} does not show you their presence"
             )));
         }
     }

@@ -13,6 +13,7 @@ use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
     service::{
+        privacy,
         rooms::timeline::{create_and_commit, PduBuilder},
         Services,
     },
@@ -23,18 +24,20 @@ use crate::{
 /// A user of another server is asked for through that server's `/query/profile`.
 pub async fn get_profile(
     services: Arc<Services>,
-    _ctx: Ctx,
+    ctx: Ctx,
     request: get_profile::v3::Request,
 ) -> Result<get_profile::v3::Response> {
-    Ok(profile_of(&services, &request.user_id)
+    Ok(profile_of(&services, &ctx, &request.user_id)
         .await?
         .into_iter()
         .collect())
 }
 
-/// The profile of a local user, or of a remote one over federation.
+/// The profile of a local user as the caller may see it (`privacy::visible_profile`: the avatar
+/// follows the user's privacy settings), or of a remote one over federation.
 async fn profile_of(
     services: &Services,
+    ctx: &Ctx,
     user_id: &ruma::UserId,
 ) -> Result<serde_json::Map<String, Value>> {
     if user_id.server_name() != services.globals.server_name() {
@@ -51,20 +54,22 @@ async fn profile_of(
         profile.retain(|_, value| !value.is_null());
         return Ok(profile);
     }
-    services
-        .users
-        .get_profile(user_id)?
+    let viewer = match ctx.user.as_deref() {
+        Some(user) => privacy::Viewer::User(user),
+        None => privacy::Viewer::Anonymous,
+    };
+    privacy::visible_profile(services, user_id, viewer)?
         .ok_or_else(|| Error::not_found(format!("profile of {user_id} not found")))
 }
 
 /// `GET /_matrix/client/v3/profile/{userId}/{keyName}`
 pub async fn get_profile_field(
     services: Arc<Services>,
-    _ctx: Ctx,
+    ctx: Ctx,
     request: get_profile_field::v3::Request,
 ) -> Result<get_profile_field::v3::Response> {
     let (user_id, field) = (request.user_id, request.field);
-    let mut profile = profile_of(&services, &user_id).await?;
+    let mut profile = profile_of(&services, &ctx, &user_id).await?;
     let value = profile
         .remove(field.as_str())
         .ok_or_else(|| Error::not_found(format!("{user_id} has no {field}")))?;

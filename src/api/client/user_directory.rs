@@ -9,7 +9,11 @@ use ruma::{
 };
 use serde_json::Value;
 
-use crate::{api::Ctx, error::Result, service::Services};
+use crate::{
+    api::Ctx,
+    error::Result,
+    service::{privacy, Services},
+};
 
 /// The most results one search answers.
 const MAX_LIMIT: usize = 100;
@@ -31,7 +35,8 @@ pub async fn search_users(
     let mut results = Vec::new();
     let mut limited = false;
     for user in visible_users(&services, &ctx)? {
-        let profile = services.users.get_profile(&user)?.unwrap_or_default();
+        let viewer = privacy::Viewer::User(ctx.user());
+        let profile = privacy::visible_profile(&services, &user, viewer)?.unwrap_or_default();
         let display_name = profile.get("displayname").and_then(Value::as_str);
         if !user.as_str().to_lowercase().contains(&term)
             && !display_name.unwrap_or("").to_lowercase().contains(&term)

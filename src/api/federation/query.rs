@@ -10,7 +10,7 @@ use ruma::api::federation::{
 use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
-    service::Services,
+    service::{privacy, Services},
 };
 
 /// `GET /_matrix/federation/v1/query/profile`
@@ -25,7 +25,8 @@ pub async fn get_profile_information(
     if user.server_name() != services.globals.server_name() || !services.users.exists(&user)? {
         return Err(Error::not_found(format!("user {user} not found")));
     }
-    let profile = services.users.get_profile(&user)?.unwrap_or_default();
+    let profile =
+        privacy::visible_profile(&services, &user, privacy::Viewer::Anonymous)?.unwrap_or_default();
     let mut response = get_profile_information::v1::Response::new();
     for field in ["displayname", "avatar_url"] {
         let wanted = request

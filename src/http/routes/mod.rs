@@ -17,7 +17,7 @@ use super::Route;
 
 /// Every served route. The order does not matter: `http::router` groups the routes by path.
 pub fn all() -> Vec<Route> {
-    let tables: [fn() -> Vec<Route>; 34] = [
+    let tables: [fn() -> Vec<Route>; 35] = [
         account::discovery,
         account::account,
         account::oauth,
@@ -37,6 +37,7 @@ pub fn all() -> Vec<Route> {
         rooms::state,
         rooms::events,
         rooms::directory,
+        rooms::social,
         sync::sync_and_ephemeral,
         sync::push_rules,
         sync::pushers,

@@ -108,7 +108,7 @@ fn tick(services: &Services, now: u64) {
 fn refresh(services: &Services, user: &UserId, now: u64) -> Result<()> {
     let presence = &services.presence;
     let rooms = services.rooms.members.iter_joined_rooms(user)?;
-    let destinations = update::destinations(services, &rooms)?;
+    let destinations = update::destinations(services, user, &rooms)?;
     if destinations.is_empty() {
         if let Some(entry) = presence.users.lock().get_mut(user) {
             entry.last_federated = now;

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{encode, Entry, State, MAX_STATUS_MSG_BYTES};
 use crate::{
     error::Result,
-    service::{notify::Topic, Services},
+    service::{notify::Topic, privacy, Services},
     store::key,
     util,
 };
@@ -219,14 +219,16 @@ pub(super) fn change_local(
     apply: impl FnOnce(&mut Entry) -> bool,
 ) -> Result<bool> {
     let rooms = services.rooms.members.iter_joined_rooms(user)?;
-    let destinations = destinations(services, &rooms)?;
+    let destinations = destinations(services, user, &rooms)?;
     commit(services, user, &rooms, &destinations, apply)
 }
 
-/// The other servers with a joined member in any of `rooms`; each room's list is cached by
-/// `Members`, so this costs one lookup per room.
+/// The other servers with a joined member in any of `rooms` (each room's list is cached by
+/// `Members`, so this costs one lookup per room) that `user`'s privacy settings let see their
+/// presence (`privacy::presence_destinations`).
 pub(super) fn destinations(
     services: &Services,
+    user: &UserId,
     rooms: &[OwnedRoomId],
 ) -> Result<Vec<OwnedServerName>> {
     let own = services.globals.server_name();
@@ -238,7 +240,7 @@ pub(super) fn destinations(
             }
         }
     }
-    Ok(servers.into_iter().collect())
+    privacy::presence_destinations(services, user, servers.into_iter().collect())
 }
 
 /// Writes a change at a new stream position: the record, the stream entry (replacing the

@@ -10,7 +10,11 @@ use serde_json::{json, Value};
 use super::State;
 use crate::{
     error::Result,
-    service::{filter::RoomEventFilter, Services},
+    service::{
+        filter::RoomEventFilter,
+        privacy::{self, Subject, Viewer},
+        Services,
+    },
     util,
 };
 
@@ -34,7 +38,8 @@ pub fn shares_room(services: &Services, other: &UserId, joined: &HashSet<&RoomId
 /// - initial: the members of the joined rooms who are not offline, and the user.
 ///
 /// Each is kept only if it is the user or shares a joined room (true by construction for room
-/// members), and passes the sync filter's
+/// members), the candidate's privacy settings show the user their presence (and the candidate
+/// does not ignore the user), and it passes the sync filter's
 /// `presence` part (`types`, `not_types`, `senders`, `not_senders`, `limit`).
 pub fn sync_events(
     services: &Services,
@@ -88,6 +93,9 @@ pub fn sync_events(
         if since.is_some() && candidate != user && !shares_room(services, &candidate, joined)? {
             continue;
         }
+        if !privacy::may_see(services, &candidate, Viewer::User(user), Subject::LastSeen)? {
+            continue;
+        }
         events.push(json!({
             "type": "m.presence",
             "sender": candidate,
@@ -105,6 +113,7 @@ pub fn sync_events(
 /// `presence` part.
 pub fn add_joiners(
     services: &Services,
+    viewer: &UserId,
     events: &mut Vec<Value>,
     joiners: BTreeSet<OwnedUserId>,
     filter: Option<&Value>,
@@ -128,7 +137,9 @@ pub fn add_joiners(
         let Some(entry) = services.presence.get(&joiner)? else {
             continue;
         };
-        if entry.state == State::Offline {
+        if entry.state == State::Offline
+            || !privacy::may_see(services, &joiner, Viewer::User(viewer), Subject::LastSeen)?
+        {
             continue;
         }
         events.push(json!({

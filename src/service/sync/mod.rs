@@ -229,6 +229,7 @@ fn build(
         let joiners = newly_joined_members(&rooms.join, request.user);
         presence::add_joiners(
             services,
+            request.user,
             &mut presence,
             joiners,
             request.filter.get("presence"),
