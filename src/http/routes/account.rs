@@ -211,13 +211,13 @@ pub(super) fn profiles_and_presence() -> Vec<Route> {
         typed(
             Method::GET,
             "/_matrix/client/v3/profile/{userId}",
-            Open,
+            Auth::Optional,
             profile::get_profile,
         ),
         typed(
             Method::GET,
             "/_matrix/client/v3/profile/{userId}/{keyName}",
-            Open,
+            Auth::Optional,
             profile::get_profile_field,
         ),
         route(
