@@ -209,6 +209,12 @@ pub struct Config {
     /// LiveKit JWT service URLs offered as MatrixRTC transports (MSC4143: `rtc/transports` and
     /// `org.matrix.msc4143.rtc_foci` in `/.well-known/matrix/client`).
     pub rtc_livekit_service_urls: Vec<String>,
+    /// How often the retention job deletes events that outlived their room's `max_lifetime`
+    /// (`m.room.retention`, and story rooms' default), in milliseconds (at least 10).
+    pub retention_purge_interval_ms: u64,
+    /// The `max_lifetime` of story rooms (`docs/stories.md`) without an `m.room.retention`
+    /// event, in milliseconds: 24 hours by default.
+    pub story_lifetime_ms: u64,
 }
 
 impl Default for Config {
@@ -268,6 +274,8 @@ impl Default for Config {
             turn_ttl_ms: 24 * 60 * 60 * 1000,
             max_event_delay_duration_ms: 7 * 24 * 60 * 60 * 1000,
             rtc_livekit_service_urls: Vec::new(),
+            retention_purge_interval_ms: 60_000,
+            story_lifetime_ms: 24 * 60 * 60 * 1000,
         }
     }
 }
@@ -626,6 +634,12 @@ impl Config {
         if self.database_memory_mb < 8 {
             return Err(
                 "invalid configuration key `database_memory_mb`: must be at least 8".to_owned(),
+            );
+        }
+        if self.retention_purge_interval_ms < 10 || self.story_lifetime_ms == 0 {
+            return Err(
+                "invalid configuration key `retention_purge_interval_ms`: must be at least 10 (and `story_lifetime_ms` at least 1)"
+                    .to_owned(),
             );
         }
         if self.max_upload_bytes == 0 {

@@ -58,6 +58,10 @@ fn bad_values_name_the_key() {
             "url_preview_ip_denylist",
         ),
         ("database_memory_mb = 2", "database_memory_mb"),
+        (
+            "retention_purge_interval_ms = 0",
+            "retention_purge_interval_ms",
+        ),
         ("memory_trim_quiet_ms = 5", "memory_trim_quiet_ms"),
         ("ip_range_denylist = [\"10.0.0.0/99\"]", "ip_range_denylist"),
         ("ip_range_allowlist = [\"localhost\"]", "ip_range_allowlist"),

@@ -12,6 +12,7 @@ pub mod device_lists;
 pub mod filter;
 pub mod globals;
 pub mod identity;
+pub mod invite_links;
 pub mod key_backup;
 pub mod keys;
 pub mod media;
@@ -35,6 +36,7 @@ pub mod server_notices;
 pub mod shared_secret;
 pub mod sliding;
 pub mod stats;
+pub mod stories;
 pub mod synapse_admin;
 pub mod sync;
 pub mod to_device;
@@ -93,6 +95,8 @@ pub struct Services {
     pub rate_limits: rate_limits::RateLimits,
     /// The counters of `server stats`.
     pub stats: stats::Stats,
+    /// Invite links with expiry and use limits.
+    pub invite_links: invite_links::InviteLinks,
     /// The outgoing server-server client.
     pub federation: FederationClient,
     /// The call history's index.
@@ -154,6 +158,7 @@ impl Services {
             stats: stats::Stats::open(&db)?,
             calls: calls::Calls::open(&db),
             delayed_events: delayed_events::DelayedEvents::open(&db)?,
+            invite_links: invite_links::InviteLinks::open(&db),
             config,
         });
         push::build_unread_counters(&services)?;
@@ -208,6 +213,7 @@ pub fn start_workers(
         tokio::spawn(typing::run_expiry(Arc::clone(services), stopped.clone())),
         tokio::spawn(presence::run(Arc::clone(services), stopped.clone())),
         tokio::spawn(admin::run(Arc::clone(services), stopped.clone())),
+        tokio::spawn(rooms::retention::run(Arc::clone(services), stopped.clone())),
         tokio::spawn(admin::control::serve(Arc::clone(services), stopped.clone())),
         tokio::spawn(push::sender::run(Arc::clone(services), stopped.clone())),
         tokio::spawn(delayed_events::run(Arc::clone(services), stopped)),

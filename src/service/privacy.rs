@@ -46,7 +46,7 @@ impl Audience {
 /// The things a setting covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Aspect {
-    /// Presence, `last_active_ago` and `currently_active` (the account data key `presence`).
+    /// Presence, `last_active_ago` and `currently_active` (the account data key `last_seen`).
     Presence,
     /// The avatar in profile lookups and user-directory results (`avatar`).
     Avatar,
@@ -59,7 +59,7 @@ impl Aspect {
 
     fn key(self) -> &'static str {
         match self {
-            Self::Presence => "presence",
+            Self::Presence => "last_seen",
             Self::Avatar => "avatar",
             Self::Stories => "stories",
         }
@@ -254,7 +254,7 @@ mod tests {
     fn settings_default_to_everyone_and_read_each_key() {
         assert_eq!(Settings::from_content(None), Settings::default());
         let settings = Settings::from_content(Some(
-            &json!({ "presence": "contacts", "avatar": "nobody", "other": 1 }),
+            &json!({ "last_seen": "contacts", "avatar": "nobody", "other": 1 }),
         ));
         assert_eq!(settings.get(Aspect::Presence), Audience::Contacts);
         assert_eq!(settings.get(Aspect::Avatar), Audience::Nobody);
@@ -263,8 +263,8 @@ mod tests {
 
     #[test]
     fn validation_refuses_values_outside_the_three() {
-        assert!(validate(&json!({ "presence": "contacts", "future": true })).is_ok());
-        assert!(validate(&json!({ "presence": "friends" })).is_err());
+        assert!(validate(&json!({ "last_seen": "contacts", "future": true })).is_ok());
+        assert!(validate(&json!({ "last_seen": "friends" })).is_err());
         assert!(validate(&json!({ "avatar": 1 })).is_err());
         assert!(validate(&json!("everyone")).is_err());
     }

@@ -116,6 +116,8 @@ pub const TREES: &[&str] = &[
     "duedelayid_",
     "userdelayid_",
     "roomstatedelayid_",
+    "invitelink_info",
+    "roomid_invitelink",
 ];
 
 /// Memtable size of one tree at most: a tree's writes are flushed to a table file once this

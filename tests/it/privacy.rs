@@ -1,284 +1,220 @@
-//! Privacy settings (`io.plait.privacy`, docs/privacy.md): presence and avatar withheld from
-//! users who are not contacts, or from everyone, for viewers of this server and of another one;
-//! ignoring a user hides one's presence from them; bad settings are refused.
-
-use std::time::Duration;
+//! Privacy settings (issue 19, `docs/privacy.md`): `io.plait.privacy` account data is checked,
+//! and the server withholds presence, the avatar and stories from viewers the settings leave
+//! out; ignoring a user hides the ignorer's presence from them.
 
 use serde_json::{json, Value};
 
-use crate::{
-    common::{assert_error, enc, Client, TestServer},
-    federation::{join_via, two_servers},
-};
+use crate::common::{assert_error, enc, Client, TestServer};
 
-const PRIVACY: &str = "io.plait.privacy";
-
-fn presence_path(user: &str) -> String {
-    format!("/_matrix/client/v3/presence/{}/status", enc(user))
-}
-
-fn profile_path(user: &str) -> String {
-    format!("/_matrix/client/v3/profile/{}", enc(user))
-}
-
-async fn set_privacy(client: &Client, user: &str, settings: Value) {
+async fn set_account_data(client: &Client, kind: &str, content: Value) -> (u16, Value) {
+    let user_id = client.user_id().await;
     client
-        .put_ok(
+        .put(
             &format!(
-                "/_matrix/client/v3/user/{}/account_data/{PRIVACY}",
-                enc(user)
+                "/_matrix/client/v3/user/{}/account_data/{kind}",
+                enc(&user_id)
             ),
-            settings,
+            content,
         )
-        .await;
+        .await
 }
 
-/// `owner` opens a direct-message room with `contact` (who joins it through `via`) and lists it
-/// in `m.direct`, which makes `contact` a contact.
-async fn make_contact(owner: &Client, contact: &Client, via: &TestServer) {
-    let owner_id = owner.user_id().await;
-    let contact_id = contact.user_id().await;
-    let room = owner
-        .create_room(json!({
-            "preset": "trusted_private_chat",
-            "is_direct": true,
-            "invite": [contact_id],
-        }))
-        .await;
-    join_via(contact, &room, via).await;
-    owner
-        .put_ok(
-            &format!(
-                "/_matrix/client/v3/user/{}/account_data/m.direct",
-                enc(&owner_id)
-            ),
-            json!({ contact_id: [room] }),
-        )
-        .await;
+async fn set_privacy(client: &Client, content: Value) {
+    let (status, body) = set_account_data(client, "io.plait.privacy", content).await;
+    assert_eq!(status, 200, "{body}");
 }
 
-/// The `m.presence` content of `user` in a sync response.
-fn synced_presence<'a>(sync: &'a Value, user: &str) -> Option<&'a Value> {
-    sync["presence"]["events"]
-        .as_array()?
-        .iter()
-        .rev()
-        .find(|event| event["sender"] == user)
-        .map(|event| &event["content"])
+/// Alice, bob (her contact: they share a DM room that her `m.direct` lists) and carol (who
+/// only shares a public room with her); answers the clients and the public room.
+async fn alice_bob_and_carol(server: &TestServer) -> (Client, Client, Client, String) {
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let bob_id = bob.user_id().await;
+    let direct = alice
+        .create_room(json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bob_id.clone()]}))
+        .await;
+    bob.join(&direct).await;
+    let (status, body) = set_account_data(&alice, "m.direct", json!({ bob_id: [direct] })).await;
+    assert_eq!(status, 200, "{body}");
+    let public = alice.create_room(json!({"preset": "public_chat"})).await;
+    bob.join(&public).await;
+    carol.join(&public).await;
+    (alice, bob, carol, public)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn settings_withhold_presence_and_avatar_from_users_who_are_not_contacts() {
-    let hs = TestServer::start().await;
-    let alice = hs.register("alice").await;
-    let bob = hs.register("bob").await;
-    let carol = hs.register("carol").await;
+#[tokio::test]
+async fn privacy_values_outside_the_three_are_refused() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    for content in [
+        json!({"last_seen": "friends"}),
+        json!({"avatar": 3}),
+        json!({"stories": null}),
+        json!({"last_seen": "everyone", "stories": "Everyone"}),
+    ] {
+        assert_error(
+            &set_account_data(&alice, "io.plait.privacy", content).await,
+            400,
+            "M_BAD_JSON",
+        );
+    }
     let alice_id = alice.user_id().await;
-    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
-    bob.join(&room).await;
-    carol.join(&room).await;
-    make_contact(&alice, &bob, &hs).await;
-    alice
-        .put_ok(
-            &format!("{}/avatar_url", profile_path(&alice_id)),
-            json!({ "avatar_url": "mxc://example.org/alice" }),
-        )
-        .await;
-    alice
-        .put_ok(
-            &presence_path(&alice_id),
-            json!({ "presence": "online", "status_msg": "hello" }),
-        )
-        .await;
-    // Before any setting, everyone sharing a room sees both.
-    let seen = carol.get_ok(&profile_path(&alice_id)).await;
-    assert_eq!(seen["avatar_url"], "mxc://example.org/alice", "{seen}");
-    assert_eq!(carol.get(&presence_path(&alice_id)).await.0, 200);
-
-    // A value outside the three is refused and nothing is stored.
-    let settings_path = format!(
-        "/_matrix/client/v3/user/{}/account_data/{PRIVACY}",
+    let path = format!(
+        "/_matrix/client/v3/user/{}/account_data/io.plait.privacy",
         enc(&alice_id)
     );
-    assert_error(
-        &alice
-            .put(&settings_path, json!({ "presence": "friends" }))
-            .await,
-        400,
-        "M_BAD_JSON",
-    );
-    assert_error(
-        &alice.put(&settings_path, json!(["contacts"])).await,
-        400,
-        "M_BAD_JSON",
-    );
-    assert_error(&alice.get(&settings_path).await, 404, "M_NOT_FOUND");
-
+    assert_error(&alice.get(&path).await, 404, "M_NOT_FOUND");
     set_privacy(
         &alice,
-        &alice_id,
-        json!({ "presence": "contacts", "avatar": "contacts" }),
+        json!({"last_seen": "contacts", "avatar": "nobody", "stories": "everyone"}),
     )
     .await;
-    let carol_since = carol.get_ok("/_matrix/client/v3/sync").await["next_batch"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+}
+
+#[tokio::test]
+async fn the_avatar_follows_the_setting_in_profiles_and_the_directory() {
+    let server = TestServer::start().await;
+    let (alice, bob, carol, public) = alice_bob_and_carol(&server).await;
+    let alice_id = alice.user_id().await;
+    let avatar = format!("mxc://{}/face", server.server_name());
     alice
         .put_ok(
-            &presence_path(&alice_id),
-            json!({ "presence": "online", "status_msg": "contacts only" }),
+            &format!("/_matrix/client/v3/profile/{}/avatar_url", enc(&alice_id)),
+            json!({"avatar_url": avatar}),
         )
         .await;
-
-    // Presence: the contact sees it (status and sync), the other member does not.
-    let for_bob = bob.get_ok(&presence_path(&alice_id)).await;
-    assert_eq!(for_bob["status_msg"], "contacts only", "{for_bob}");
-    assert_error(
-        &carol.get(&presence_path(&alice_id)).await,
-        403,
-        "M_FORBIDDEN",
-    );
-    let bob_sync = bob.get_ok("/_matrix/client/v3/sync").await;
-    assert!(
-        synced_presence(&bob_sync, &alice_id).is_some(),
-        "{bob_sync}"
-    );
-    let carol_sync = carol.get_ok("/_matrix/client/v3/sync").await;
-    assert!(
-        synced_presence(&carol_sync, &alice_id).is_none(),
-        "{carol_sync}"
-    );
-    let carol_incremental = carol
-        .get_ok(&format!(
-            "/_matrix/client/v3/sync?since={carol_since}&timeout=0"
-        ))
-        .await;
-    assert!(
-        synced_presence(&carol_incremental, &alice_id).is_none(),
-        "{carol_incremental}"
-    );
-
-    // Avatar: left out of the profile, the avatar field and the user directory for carol and for
-    // a request without a token; the display name stays.
-    let for_bob = bob.get_ok(&profile_path(&alice_id)).await;
-    assert_eq!(
-        for_bob["avatar_url"], "mxc://example.org/alice",
-        "{for_bob}"
-    );
-    let for_carol = carol.get_ok(&profile_path(&alice_id)).await;
-    assert!(for_carol.get("avatar_url").is_none(), "{for_carol}");
-    assert!(for_carol.get("displayname").is_some(), "{for_carol}");
-    assert_error(
-        &carol
-            .get(&format!("{}/avatar_url", profile_path(&alice_id)))
-            .await,
-        404,
-        "M_NOT_FOUND",
-    );
-    let anonymous = hs.client().get_ok(&profile_path(&alice_id)).await;
-    assert!(anonymous.get("avatar_url").is_none(), "{anonymous}");
-    let search = |client: &Client| {
+    let profile_path = format!("/_matrix/client/v3/profile/{}", enc(&alice_id));
+    let directory = |client: &Client| {
         let client = client.clone();
         async move {
             let found = client
                 .post_ok(
                     "/_matrix/client/v3/user_directory/search",
-                    json!({ "search_term": "alice" }),
+                    json!({"search_term": "alice"}),
                 )
                 .await;
             found["results"][0].clone()
         }
     };
-    assert_eq!(search(&bob).await["avatar_url"], "mxc://example.org/alice");
-    let for_carol = search(&carol).await;
-    assert_eq!(for_carol["user_id"], alice_id.as_str());
-    assert!(for_carol.get("avatar_url").is_none(), "{for_carol}");
+    assert_eq!(
+        carol.get_ok(&profile_path).await["avatar_url"],
+        avatar.as_str()
+    );
 
-    // `nobody` withholds presence from the contact too.
-    set_privacy(&alice, &alice_id, json!({ "presence": "nobody" })).await;
-    assert_error(
-        &bob.get(&presence_path(&alice_id)).await,
-        403,
-        "M_FORBIDDEN",
+    set_privacy(&alice, json!({"avatar": "contacts"})).await;
+    assert_eq!(
+        bob.get_ok(&profile_path).await["avatar_url"],
+        avatar.as_str()
     );
-    // Back to everyone, but ignoring carol hides alice's presence from her alone.
-    set_privacy(&alice, &alice_id, json!({})).await;
-    assert_eq!(carol.get(&presence_path(&alice_id)).await.0, 200);
-    alice
-        .put_ok(
-            &format!(
-                "/_matrix/client/v3/user/{}/account_data/m.ignored_user_list",
-                enc(&alice_id)
-            ),
-            json!({ "ignored_users": { carol.user_id().await: {} } }),
-        )
+    assert_eq!(directory(&bob).await["avatar_url"], avatar.as_str());
+    assert!(carol
+        .get_ok(&profile_path)
+        .await
+        .get("avatar_url")
+        .is_none());
+    let seen = directory(&carol).await;
+    assert_eq!(seen["user_id"], alice_id.as_str());
+    assert!(seen.get("avatar_url").is_none(), "{seen}");
+    let field = format!("{profile_path}/avatar_url");
+    assert_error(&carol.get(&field).await, 404, "M_NOT_FOUND");
+    // Alice still sees her own.
+    assert_eq!(
+        alice.get_ok(&profile_path).await["avatar_url"],
+        avatar.as_str()
+    );
+
+    set_privacy(&alice, json!({"avatar": "nobody"})).await;
+    assert!(bob.get_ok(&profile_path).await.get("avatar_url").is_none());
+    // Member events keep it: the spec needs them whole.
+    let member = carol
+        .get_ok(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            enc(&public),
+            enc(&alice_id)
+        ))
         .await;
-    assert_error(
-        &carol.get(&presence_path(&alice_id)).await,
-        403,
-        "M_FORBIDDEN",
-    );
-    assert_eq!(bob.get(&presence_path(&alice_id)).await.0, 200);
+    assert_eq!(member["avatar_url"], avatar.as_str());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn another_server_gets_presence_and_avatar_only_when_all_its_users_may_see_them() {
-    let (_ca, hs1, hs2) = two_servers().await;
-    let alice = hs1.register("alice").await;
-    let dave = hs2.register("dave").await;
+/// The senders of the `m.presence` events of an initial sync.
+async fn presence_senders(client: &Client) -> Vec<String> {
+    let sync = client.get_ok("/_matrix/client/v3/sync").await;
+    sync["presence"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|event| event["sender"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn presence_follows_last_seen_and_ignoring_hides_it() {
+    let server = TestServer::start().await;
+    let (alice, bob, carol, _) = alice_bob_and_carol(&server).await;
     let alice_id = alice.user_id().await;
-    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
-    join_via(&dave, &room, &hs1).await;
+    let status_path = format!("/_matrix/client/v3/presence/{}/status", enc(&alice_id));
     alice
-        .put_ok(
-            &format!("{}/avatar_url", profile_path(&alice_id)),
-            json!({ "avatar_url": "mxc://example.org/alice" }),
-        )
+        .put_ok(&status_path, json!({"presence": "online"}))
         .await;
-    set_privacy(
+    assert!(presence_senders(&carol).await.contains(&alice_id));
+    carol.get_ok(&status_path).await;
+
+    set_privacy(&alice, json!({"last_seen": "contacts"})).await;
+    assert_error(&carol.get(&status_path).await, 403, "M_FORBIDDEN");
+    assert!(!presence_senders(&carol).await.contains(&alice_id));
+    let seen = bob.get_ok(&status_path).await;
+    assert_eq!(seen["presence"], "online", "{seen}");
+    assert!(presence_senders(&bob).await.contains(&alice_id));
+
+    // Alice blocks bob: her presence is hidden from him too.
+    let bob_id = bob.user_id().await;
+    let (status, body) = set_account_data(
         &alice,
-        &alice_id,
-        json!({ "presence": "contacts", "avatar": "contacts" }),
+        "m.ignored_user_list",
+        json!({"ignored_users": { bob_id: {} }}),
     )
     .await;
-    alice
-        .put_ok(
-            &presence_path(&alice_id),
-            json!({ "presence": "online", "status_msg": "not for hs2" }),
+    assert_eq!(status, 200, "{body}");
+    assert_error(&bob.get(&status_path).await, 403, "M_FORBIDDEN");
+    assert!(!presence_senders(&bob).await.contains(&alice_id));
+
+    // `nobody` hides it from the contact too; back to `everyone`, carol sees it again (other
+    // servers: tests/it/privacy_checks.rs).
+    set_privacy(&alice, json!({"last_seen": "nobody"})).await;
+    assert_error(&bob.get(&status_path).await, 403, "M_FORBIDDEN");
+    set_privacy(&alice, json!({"last_seen": "everyone"})).await;
+    carol.get_ok(&status_path).await;
+}
+
+#[tokio::test]
+async fn stories_follow_the_owner_setting() {
+    let server = TestServer::start().await;
+    let (alice, bob, carol, _) = alice_bob_and_carol(&server).await;
+    let story = alice
+        .create_room(
+            json!({"preset": "public_chat", "creation_content": {"type": "io.plait.story"}}),
         )
         .await;
-
-    // Dave is no contact: hs2 is sent neither the presence nor the avatar.
-    let profile = dave.get_ok(&profile_path(&alice_id)).await;
-    assert!(profile.get("avatar_url").is_none(), "{profile}");
-    assert!(profile.get("displayname").is_some(), "{profile}");
-    for _ in 0..20 {
-        let (_, seen) = dave.get(&presence_path(&alice_id)).await;
-        assert_ne!(seen["status_msg"], "not for hs2", "{seen}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    // Once dave is a contact (and hs2's only user sharing a room with alice), both reach hs2.
-    make_contact(&alice, &dave, &hs1).await;
-    alice
-        .put_ok(
-            &presence_path(&alice_id),
-            json!({ "presence": "online", "status_msg": "for dave" }),
-        )
-        .await;
-    let mut last = Value::Null;
-    for _ in 0..100 {
-        last = dave.get(&presence_path(&alice_id)).await.1;
-        if last["status_msg"] == "for dave" {
-            break;
+    bob.join(&story).await;
+    carol.join(&story).await;
+    alice.send_text(&story, "s1", "my day").await;
+    let count = |client: &Client| {
+        let client = client.clone();
+        async move {
+            client.get_ok("/_plait/client/v1/stories").await["stories"]
+                .as_array()
+                .unwrap()
+                .len()
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(last["status_msg"], "for dave", "{last}");
-    let profile = dave.get_ok(&profile_path(&alice_id)).await;
-    assert_eq!(
-        profile["avatar_url"], "mxc://example.org/alice",
-        "{profile}"
-    );
+    };
+    assert_eq!(count(&carol).await, 1);
+    set_privacy(&alice, json!({"stories": "contacts"})).await;
+    assert_eq!(count(&carol).await, 0);
+    assert_eq!(count(&bob).await, 1);
+    assert_eq!(count(&alice).await, 1);
+    set_privacy(&alice, json!({"stories": "nobody"})).await;
+    assert_eq!(count(&bob).await, 0);
+    assert_eq!(count(&alice).await, 1);
 }

@@ -17,6 +17,7 @@ pub mod dehydrated;
 pub mod delayed_events;
 pub mod device;
 pub mod discovery;
+pub mod invite_links;
 pub mod keys;
 pub mod media;
 pub mod membership;
@@ -34,6 +35,7 @@ pub mod search;
 pub mod sliding_sync;
 pub mod space;
 pub mod state;
+pub mod stories;
 pub mod sync;
 pub mod tags;
 pub mod timestamp;
@@ -43,6 +45,8 @@ pub mod upgrade;
 pub mod user_directory;
 pub mod voip;
 
+use axum::response::{IntoResponse, Response};
+use http::{header, StatusCode};
 use ruma::{OwnedRoomId, RoomId, UserId};
 use serde_json::{Map, Value};
 
@@ -109,4 +113,56 @@ pub fn resolve_room(services: &Services, id_or_alias: &str) -> Result<OwnedRoomI
     }
     OwnedRoomId::try_from(id_or_alias)
         .map_err(|_| Error::invalid_param(format!("invalid room ID or alias {id_or_alias}")))
+}
+
+/// The public base URL: `client_base_url`, else the listener's address.
+pub fn base_url(services: &Services) -> String {
+    services
+        .config
+        .client_base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", services.config.listen))
+}
+
+/// A small server-rendered HTML page (no script; the content security policy allows none):
+/// the OAuth forms and the invite-link page.
+pub fn html(status: StatusCode, title: &str, body: &str) -> Response {
+    let document = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{}</title><style>body{{font-family:sans-serif;max-width:26em;margin:2em auto;padding:0 1em}}\
+         label{{display:block;margin:.8em 0}}input{{display:block;width:100%;padding:.4em}}\
+         .problem{{color:#a00}}button{{padding:.5em 1.2em}}</style></head><body>\n{body}\n</body></html>\n",
+        escape(title)
+    );
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+            ),
+        ],
+        document,
+    )
+        .into_response()
+}
+
+/// Escapes text for HTML content and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for character in text.chars() {
+        match character {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            character => out.push(character),
+        }
+    }
+    out
 }

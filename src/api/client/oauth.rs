@@ -12,7 +12,10 @@ use ruma::api::error::ErrorKind;
 use serde_json::{json, Value};
 
 use crate::{
-    api::{json_response, Ctx, HandlerResult, RawResult},
+    api::{
+        client::{base_url, escape, html},
+        json_response, Ctx, HandlerResult, RawResult,
+    },
     error::{Error, Result},
     service::{
         oauth::{self, AuthRequest, OAuthError, RequestError, SignUp},
@@ -22,15 +25,6 @@ use crate::{
 
 /// Largest form or registration body read.
 const MAX_FORM_BYTES: usize = 16 * 1024;
-
-/// The public base URL: `client_base_url`, else the listener's address.
-fn base_url(services: &Services) -> String {
-    services
-        .config
-        .client_base_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{}", services.config.listen))
-}
 
 /// `GET /_matrix/client/v1/auth_metadata` (and MSC2965's unstable path)
 pub async fn auth_metadata(services: Arc<Services>, _ctx: Ctx) -> HandlerResult {
@@ -296,45 +290,4 @@ fn page(
         pw = if create { "new-password" } else { "current-password" },
     );
     html(StatusCode::OK, title, &body)
-}
-
-fn html(status: StatusCode, title: &str, body: &str) -> Response {
-    let document = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{}</title><style>body{{font-family:sans-serif;max-width:26em;margin:2em auto;padding:0 1em}}\
-         label{{display:block;margin:.8em 0}}input{{display:block;width:100%;padding:.4em}}\
-         .problem{{color:#a00}}button{{padding:.5em 1.2em}}</style></head><body>\n{body}\n</body></html>\n",
-        escape(title)
-    );
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            (header::CACHE_CONTROL, "no-store"),
-            (header::X_FRAME_OPTIONS, "DENY"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
-            ),
-        ],
-        document,
-    )
-        .into_response()
-}
-
-/// Escapes text for HTML content and attribute values.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for character in text.chars() {
-        match character {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            character => out.push(character),
-        }
-    }
-    out
 }

@@ -21,7 +21,7 @@ use crate::{
         rooms::{
             create,
             pdu::client_event,
-            power,
+            power, retention,
             timeline::{create_and_commit, PduBuilder},
         },
         Services,
@@ -166,7 +166,7 @@ pub async fn send_state_event(
 
 /// The checks of a state event's content before the auth rules: room creators get no power
 /// level in `users` (from room version 12), and a local alias in `m.room.canonical_alias` must
-/// point to this room (`M_BAD_ALIAS`).
+/// point to this room (`M_BAD_ALIAS`), and a retention policy names sane lifetimes.
 fn check_content(
     services: &Services,
     room_id: &RoomId,
@@ -178,6 +178,9 @@ fn check_content(
             let creators = power::privileged_creators(services, room_id)?;
             create::reject_creators_in_users(users, &creators)?;
         }
+    }
+    if event_type == retention::RETENTION_EVENT {
+        retention::check_policy(content)?;
     }
     if event_type == "m.room.canonical_alias" {
         for alias in content.get("alias").into_iter().chain(

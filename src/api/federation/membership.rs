@@ -20,7 +20,7 @@ use serde_json::{
 use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
-    service::{rooms::resident, Services},
+    service::{invite_links, rooms::resident, Services},
 };
 
 /// The room and event of a `send_*` or `invite` path.
@@ -156,12 +156,14 @@ pub async fn create_leave_event_v1(services: Arc<Services>, ctx: Ctx) -> Handler
 /// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`
 ///
 /// Answers the stripped state the knocking user's client shows while the knock is pending.
+/// A knock whose reason carries an invite link's code is answered with an invite
+/// (`docs/invite_links.md`).
 pub async fn create_knock_event(
     services: Arc<Services>,
     ctx: Ctx,
     request: create_knock_event::v1::Request,
 ) -> Result<create_knock_event::v1::Response> {
-    let state = resident::send_knock(
+    let state = invite_links::send_knock(
         &services,
         ctx.origin(),
         &request.room_id,

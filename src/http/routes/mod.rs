@@ -39,6 +39,7 @@ pub fn all() -> Vec<Route> {
         rooms::events,
         rooms::directory,
         calls::calls,
+        rooms::social,
         sync::sync_and_ephemeral,
         sync::push_rules,
         sync::pushers,

@@ -4,9 +4,10 @@
 use http::Method;
 
 use crate::api::client::{
-    alias, membership, message, relations, room, search, space, state, timestamp, upgrade,
+    alias, invite_links, membership, message, relations, room, search, space, state, stories,
+    timestamp, upgrade,
 };
-use crate::http::{route, typed, Auth, Route};
+use crate::http::{raw_route, route, typed, Auth, Route};
 use Auth::{None as Open, Required as Token};
 
 /// Creating and upgrading rooms, space hierarchies, and who is in a room.
@@ -305,6 +306,49 @@ pub(super) fn directory() -> Vec<Route> {
             "/_matrix/client/v3/publicRooms",
             Token,
             alias::get_public_rooms,
+        ),
+    ]
+}
+
+/// Plait's social layer on Matrix rooms (docs/stories.md, docs/invite_links.md): stories and
+/// invite links with their page.
+pub(super) fn social() -> Vec<Route> {
+    vec![
+        route(
+            Method::GET,
+            "/_plait/client/v1/stories",
+            Token,
+            stories::get_stories,
+        ),
+        route(
+            Method::POST,
+            "/_plait/client/v1/rooms/{roomId}/invite_links",
+            Token,
+            invite_links::create_invite_link,
+        ),
+        route(
+            Method::GET,
+            "/_plait/client/v1/rooms/{roomId}/invite_links",
+            Token,
+            invite_links::get_invite_links,
+        ),
+        route(
+            Method::DELETE,
+            "/_plait/client/v1/rooms/{roomId}/invite_links/{code}",
+            Token,
+            invite_links::delete_invite_link,
+        ),
+        route(
+            Method::POST,
+            "/_plait/client/v1/invite_links/{code}/join",
+            Token,
+            invite_links::join_invite_link,
+        ),
+        raw_route(
+            Method::GET,
+            "/_plait/client/v1/invite_links/{code}",
+            Open,
+            invite_links::invite_link_page,
         ),
     ]
 }

@@ -19,6 +19,7 @@ pub mod rejected;
 pub mod relations;
 pub mod resident;
 pub mod restricted;
+pub mod retention;
 pub mod room_summary;
 pub mod search;
 pub mod search_results;

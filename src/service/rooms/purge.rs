@@ -99,41 +99,62 @@ fn delete_events(
     shortroomid: u64,
     doomed: impl Fn(u64, &Pdu) -> bool,
 ) -> Result<usize> {
-    let rooms = &services.rooms;
-    let timeline = &rooms.timeline;
+    let timeline = &services.rooms.timeline;
     let lock = timeline.room_lock(room_id);
     let _guard = lock.lock();
     let mut batch = Batch::default();
     let mut deleted = Vec::new();
-    let mut local = 0usize;
     for entry in timeline.iter_before(shortroomid, u64::MAX) {
         let (count, pdu) = entry?;
         if !doomed(count, &pdu) {
             continue;
         }
-        let position = [key::u64_bytes(shortroomid), key::u64_bytes(count)].concat();
-        batch.remove(&timeline.pduid_pdu, &position);
-        batch.remove(&timeline.eventid_pduid, pdu.event_id.as_bytes());
-        let topo = [
-            key::u64_bytes(shortroomid),
-            key::u64_bytes(u64::from(pdu.depth)),
-            key::u64_bytes(count),
-        ]
-        .concat();
-        batch.remove(&timeline.roomtopo_pduid, &topo);
-        let content = pdu.content_value();
-        rooms.search.remove_in_batch(
-            (shortroomid, count),
-            &pdu.kind.to_string(),
-            &content,
-            &mut batch,
-        );
-        rooms
-            .relations
-            .unindex_in_batch(shortroomid, &content, count, &mut batch)?;
-        local += usize::from(pdu.sender.server_name() == services.globals.server_name());
-        deleted.push(pdu.event_id);
+        remove_in_batch(services, shortroomid, count, &pdu, &mut batch)?;
+        deleted.push(pdu);
     }
+    write_deleted(services, batch, &deleted)?;
+    Ok(deleted.len())
+}
+
+/// Takes one timeline event out of the stream and topological indexes, its event-ID index and
+/// the search and relation indexes, in `batch` (the caller holds the room lock).
+pub(super) fn remove_in_batch(
+    services: &Services,
+    shortroomid: u64,
+    count: u64,
+    pdu: &Pdu,
+    batch: &mut Batch,
+) -> Result<()> {
+    let rooms = &services.rooms;
+    let timeline = &rooms.timeline;
+    let position = [key::u64_bytes(shortroomid), key::u64_bytes(count)].concat();
+    batch.remove(&timeline.pduid_pdu, &position);
+    batch.remove(&timeline.eventid_pduid, pdu.event_id.as_bytes());
+    let topo = [
+        key::u64_bytes(shortroomid),
+        key::u64_bytes(u64::from(pdu.depth)),
+        key::u64_bytes(count),
+    ]
+    .concat();
+    batch.remove(&timeline.roomtopo_pduid, &topo);
+    let content = pdu.content_value();
+    rooms
+        .search
+        .remove_in_batch((shortroomid, count), &pdu.kind.to_string(), &content, batch);
+    rooms
+        .relations
+        .unindex_in_batch(shortroomid, &content, count, batch)
+}
+
+/// Writes a batch that removed `deleted` (each through [`remove_in_batch`]) with the event
+/// counters of `server stats` lowered to match, and drops them from the parsed-event cache.
+pub(super) fn write_deleted(services: &Services, mut batch: Batch, deleted: &[Pdu]) -> Result<()> {
+    let timeline = &services.rooms.timeline;
+    let server_name = services.globals.server_name();
+    let local = deleted
+        .iter()
+        .filter(|pdu| pdu.sender.server_name() == server_name)
+        .count();
     {
         // The event counters of `server stats` go down in the same batch, under the commit lock
         // that every other writer of them holds (taken after the room lock, as commits do).
@@ -148,9 +169,9 @@ fn delete_events(
         timeline.write(batch)?;
     }
     let mut cache = timeline.pdu_cache.lock();
-    for event_id in &deleted {
-        cache.remove(event_id);
+    for pdu in deleted {
+        cache.remove(&pdu.event_id);
     }
     tracing::info!(deleted = deleted.len(), "purged events");
-    Ok(deleted.len())
+    Ok(())
 }

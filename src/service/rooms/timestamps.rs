@@ -116,6 +116,45 @@ impl EventTimes {
         batch.insert(&self.roomtsdepthcount_, &entry, b"");
     }
 
+    /// A room's indexed events from `from` (timestamp, depth, stream position) on that were sent
+    /// before `before_ts` (ms since the epoch), oldest first, as (timestamp, depth, stream
+    /// position); the retention purge's candidates.
+    pub fn iter_sent_before(
+        &self,
+        shortroomid: u64,
+        from: (u64, u64, u64),
+        before_ts: u64,
+    ) -> impl Iterator<Item = Result<(u64, u64, u64)>> + '_ {
+        let (ts, depth, count) = from;
+        self.roomtsdepthcount_
+            .iter_from(&index_key(shortroomid, ts, depth, count), false)
+            .map_while(move |entry| match entry {
+                Ok((entry, _)) => {
+                    let mut parts = entry.chunks_exact(8).filter_map(key::read_u64);
+                    let (room, ts, depth, count) =
+                        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+                    (room == shortroomid && ts < before_ts).then_some(Ok((ts, depth, count)))
+                }
+                Err(error) => Some(Err(error)),
+            })
+    }
+
+    /// Removes an event's entry in `batch`, for events deleted for good (retention); an admin
+    /// purge leaves entries, which readers skip.
+    pub fn remove_in_batch(
+        &self,
+        shortroomid: u64,
+        ts: u64,
+        depth: u64,
+        count: u64,
+        batch: &mut Batch,
+    ) {
+        batch.remove(
+            &self.roomtsdepthcount_,
+            &index_key(shortroomid, ts, depth, count),
+        );
+    }
+
     /// Stream positions of a room's events from `ts` on in the direction, nearest first.
     fn iter_from<'a>(
         &'a self,
