@@ -18,7 +18,7 @@ use super::Route;
 
 /// Every served route. The order does not matter: `http::router` groups the routes by path.
 pub fn all() -> Vec<Route> {
-    let tables: [fn() -> Vec<Route>; 35] = [
+    let tables: [fn() -> Vec<Route>; 36] = [
         account::discovery,
         account::account,
         account::oauth,
