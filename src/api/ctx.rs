@@ -40,6 +40,8 @@ pub struct Ctx {
     pub origin: Option<ruma::OwnedServerName>,
     pub user: Option<OwnedUserId>,
     pub device: Option<OwnedDeviceId>,
+    /// The appservice whose `as_token` authenticated the request.
+    pub appservice: Option<std::sync::Arc<crate::service::appservice::Appservice>>,
     /// The client's address: the peer's, or for a trusted reverse proxy the one it forwards
     /// (`http::listener::ClientAddr`); `None` only for a request that came through no listener.
     pub client_ip: Option<std::net::IpAddr>,

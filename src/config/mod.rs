@@ -158,6 +158,9 @@ pub struct Config {
     pub read_notification_retention_ms: u64,
     /// Folder of uploaded and cached remote media; defaults to `media` inside `database_path`.
     pub media_path: Option<PathBuf>,
+    /// Folder of appservice registration files (`*.yaml`, `*.yml`) read at start
+    /// (docs/appservices.md); unset: only those registered in the admin room.
+    pub appservice_dir: Option<PathBuf>,
     /// Largest upload accepted (and largest remote file fetched), in bytes.
     pub max_upload_bytes: u64,
     /// Serve media without an access token on the deprecated `GET /_matrix/media/v3` (and `r0`)
@@ -259,6 +262,7 @@ impl Default for Config {
             push_gateway_allow_http: false,
             read_notification_retention_ms: 30 * 24 * 60 * 60 * 1000,
             media_path: None,
+            appservice_dir: None,
             max_upload_bytes: 50 * 1024 * 1024,
             legacy_media_unauthenticated: false,
             url_preview_enabled: false,
@@ -465,6 +469,7 @@ const ENV_KEYS: &[&str] = &[
     "push_gateway_allow_http",
     "read_notification_retention_ms",
     "media_path",
+    "appservice_dir",
     "max_upload_bytes",
     "legacy_media_unauthenticated",
     "url_preview_enabled",

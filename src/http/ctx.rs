@@ -1,7 +1,7 @@
 //! Builds the request context ([`Ctx`], owned by `api/`) from a request: access-token
 //! authentication from the headers (before the body is read) and query parsing.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use http::request::Parts;
 use ruma::{api::error::ErrorKind, OwnedDeviceId, OwnedUserId};
@@ -10,13 +10,14 @@ use serde_json::Value;
 use crate::{
     api::ctx::{percent_decode, unknown_token_data, Auth, Ctx},
     error::{Error, Result},
-    service::Services,
+    service::{appservice::Appservice, Services},
     util,
 };
 
 /// A request's user and device, from its access token (the `Authorization` header or the
-/// `access_token` query parameter): read from the headers alone, before any of the body.
-pub(super) type Session = Option<(OwnedUserId, OwnedDeviceId)>;
+/// `access_token` query parameter): read from the headers alone, before any of the body; and
+/// the appservice, when the token is an appservice's `as_token`.
+pub(super) type Session = Option<(OwnedUserId, OwnedDeviceId, Option<Arc<Appservice>>)>;
 
 /// Authenticates a request as `auth` asks, from its headers and query alone.
 pub(super) fn authenticate(services: &Services, auth: Auth, parts: &Parts) -> Result<Session> {
@@ -51,10 +52,13 @@ pub(super) fn authenticate(services: &Services, auth: Auth, parts: &Parts) -> Re
             "unknown access token",
         )
     };
-    let session = services
-        .users
-        .find_token(&token)?
-        .ok_or_else(|| unknown(false))?;
+    let Some(session) = services.users.find_token(&token)? else {
+        let appservice = services
+            .appservices
+            .find_by_token(&token)
+            .ok_or_else(|| unknown(false))?;
+        return appservice_session(services, appservice, parts).map(Some);
+    };
     if session
         .expires_at
         .is_some_and(|expiry| expiry <= util::now_millis())
@@ -69,7 +73,27 @@ pub(super) fn authenticate(services: &Services, auth: Auth, parts: &Parts) -> Re
         ));
     }
     services.stats.activity.record(&session.user_id)?;
-    Ok(Some((session.user_id, session.device_id)))
+    Ok(Some((session.user_id, session.device_id, None)))
+}
+
+/// The session of a request made with an appservice's `as_token`: the user it acts as
+/// (`user_id`) and the device (`device_id`, or MSC3202's prefixed name).
+fn appservice_session(
+    services: &Services,
+    appservice: Arc<Appservice>,
+    parts: &Parts,
+) -> Result<(OwnedUserId, OwnedDeviceId, Option<Arc<Appservice>>)> {
+    let query = parts.uri.query().map(url_decode_pairs).unwrap_or_default();
+    let device = query
+        .get("device_id")
+        .or_else(|| query.get("org.matrix.msc3202.device_id"));
+    let (user, device) = services.appservices.acting_as(
+        &services.users,
+        &appservice,
+        query.get("user_id").map(String::as_str),
+        device.map(String::as_str),
+    )?;
+    Ok((user, device, Some(appservice)))
 }
 
 /// Whether a path is `POST /logout` or `POST /logout/all` (any version), which a locked
@@ -89,11 +113,15 @@ pub(super) fn build(
 ) -> Ctx {
     let query: HashMap<String, String> =
         parts.uri.query().map(url_decode_pairs).unwrap_or_default();
-    let (user, device) = session.unzip();
+    let (user, device, appservice) = match session {
+        Some((user, device, appservice)) => (Some(user), Some(device), appservice),
+        None => (None, None, None),
+    };
     Ctx {
         origin: None,
         user,
         device,
+        appservice,
         client_ip: parts
             .extensions
             .get::<super::listener::ClientAddr>()

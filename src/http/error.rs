@@ -33,6 +33,8 @@ pub fn status_of(kind: &ErrorKind) -> StatusCode {
         | ErrorKind::InvalidUsername
         | ErrorKind::Exclusive => StatusCode::BAD_REQUEST,
         ErrorKind::DuplicateAnnotation => StatusCode::BAD_REQUEST,
+        ErrorKind::BadStatus(_) | ErrorKind::ConnectionFailed => StatusCode::BAD_GATEWAY,
+        ErrorKind::ConnectionTimeout => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::BAD_REQUEST,
     }
 }
@@ -45,6 +47,10 @@ pub fn body_of(kind: &ErrorKind, message: &str) -> Value {
         // Spec v1.18, "Account locking": a locked account is soft-logged-out.
         ErrorKind::UserLocked => body["soft_logout"] = json!(true),
         ErrorKind::IncompatibleRoomVersion(data) => body["room_version"] = json!(data.room_version),
+        ErrorKind::BadStatus(data) => {
+            body["status"] = json!(data.status.map(|status| status.as_u16()));
+            body["body"] = json!(data.body);
+        }
         ErrorKind::WrongRoomKeysVersion(data) => {
             body["current_version"] = json!(data.current_version)
         }

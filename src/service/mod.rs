@@ -4,6 +4,7 @@
 
 pub mod account_data;
 pub mod admin;
+pub mod appservice;
 pub mod backup;
 pub mod calls;
 pub mod dehydrated;
@@ -61,6 +62,8 @@ pub struct Services {
     pub server_notices: server_notices::ServerNotices,
     /// The admin room and its command queue.
     pub admin: admin::Admin,
+    /// Application services (bridges and bots) and their event queues.
+    pub appservices: appservice::Appservices,
     pub account_data: account_data::AccountData,
     /// Online backups of the database.
     pub backups: backup::Backups,
@@ -116,6 +119,7 @@ impl Services {
         )?;
         let globals = globals::Globals::open(&db, &config)?;
         let admin = admin::Admin::open(&db, globals.server_name(), &config.admin_user)?;
+        let appservices = appservice::Appservices::open(&db, &config, globals.server_name())?;
         let services = Arc::new(Self {
             typing: typing::Typing::open(&globals)?,
             receipts: receipts::Receipts::open(&db),
@@ -129,6 +133,7 @@ impl Services {
             shared_secret: shared_secret::SharedSecretRegistration::default(),
             server_notices: server_notices::ServerNotices::open(&db),
             admin,
+            appservices,
             account_data: account_data::AccountData::open(&db),
             backups: backup::Backups::open(&db, &config),
             rooms: rooms::Rooms::open(&db)?,
@@ -164,6 +169,7 @@ impl Services {
         push::build_unread_counters(&services)?;
         push::drain_retired_index(&services)?;
         stats::build(&services)?;
+        appservice::accounts::create_senders(&services)?;
         Ok(services)
     }
 }
@@ -196,7 +202,8 @@ impl Services {
 }
 
 /// Starts the background workers (the federation sender, the end of typing, the presence timer,
-/// the admin commands and their control socket, the push sender, the delayed events' timer);
+/// the admin commands and their control socket, the appservice and push senders, the delayed
+/// events' timer);
 /// each stops when
 /// `shutdown` completes.
 pub fn start_workers(
@@ -215,6 +222,10 @@ pub fn start_workers(
         tokio::spawn(admin::run(Arc::clone(services), stopped.clone())),
         tokio::spawn(rooms::retention::run(Arc::clone(services), stopped.clone())),
         tokio::spawn(admin::control::serve(Arc::clone(services), stopped.clone())),
+        tokio::spawn(appservice::sender::run(
+            Arc::clone(services),
+            stopped.clone(),
+        )),
         tokio::spawn(push::sender::run(Arc::clone(services), stopped.clone())),
         tokio::spawn(delayed_events::run(Arc::clone(services), stopped)),
         watcher,

@@ -307,6 +307,9 @@ pub fn take_for_user(
     requester: &UserId,
     key: &UserId,
 ) -> Result<()> {
+    if services.appservices.is_exempt_from_rate_limits(requester) {
+        return Ok(());
+    }
     let scale = match services.admin.flags.get_rate_override(requester) {
         Some(RateOverride::Unlimited) => return Ok(()),
         Some(RateOverride::Scaled {

@@ -107,6 +107,8 @@ pub const TREES: &[&str] = &[
     "policyserver_key",
     "userid_servernoticeroom",
     "registrationtoken_info",
+    "appserviceid_registration",
+    "appserviceidcount_outgoing",
     "reportid_report",
     "counterkey_value",
     "roomcallkey_call",

@@ -146,6 +146,14 @@ impl PlaitProcess {
         self.wait_until_ready().await;
     }
 
+    /// Adds a variable to the environment of the next [`Self::restart`].
+    pub fn add_env(&self, name: &str, value: &str) {
+        let path = self.dir.path().join("env");
+        let mut env = std::fs::read_to_string(&path).expect("read env");
+        env.push_str(&format!("{name}={value}\n"));
+        std::fs::write(path, env).expect("write env");
+    }
+
     /// The folder of its database.
     pub fn database_dir(&self) -> std::path::PathBuf {
         self.dir.path().join("db")

@@ -16,6 +16,7 @@ mod admin_moderation;
 mod admin_room;
 mod admin_rooms;
 mod aliases;
+mod appservices;
 mod backfill;
 mod backups;
 mod calls;

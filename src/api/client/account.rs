@@ -21,19 +21,21 @@ use ruma::{
         error::ErrorKind,
     },
     authentication::TokenType,
-    OwnedDeviceId,
+    OwnedDeviceId, OwnedUserId,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::{
-    api::{Ctx, HandlerResult},
+    api::{client::appservice, Ctx, HandlerResult},
     error::{Error, Result},
     service::{
+        appservice::{accounts as appservice_accounts, NO_DEVICE},
         rate_limits::Limit,
         rooms::membership,
         uiaa,
         users::{
+            self,
             account::{self, Registration, Session},
             devices::{self, NewDevice},
         },
@@ -54,11 +56,20 @@ struct RegisterBody {
     #[serde(default)]
     refresh_token: bool,
     auth: Option<Value>,
+    /// `m.login.application_service` for an appservice registering a user of its namespace.
+    #[serde(rename = "type")]
+    kind: Option<String>,
 }
+
+/// The login and registration type of appservices.
+const APPSERVICE_LOGIN: &str = "m.login.application_service";
 
 /// `POST /_matrix/client/v3/register`
 ///
 /// Flows: `m.login.dummy` when registration is open, `m.login.registration_token` in token mode.
+/// An appservice registers a user of its namespace with type `m.login.application_service` and
+/// its `as_token`, without user-interactive auth, whatever the registration mode; anyone else
+/// gets `M_EXCLUSIVE` for a name in an exclusive namespace.
 /// Guest registration (`kind=guest`) is refused. Limited per client address
 /// (`rate_limits.registration`, spent by the request that creates the account).
 /// Untyped: ruma's `AuthData` refuses a stage it cannot read (`m.login.registration_token`
@@ -78,6 +89,16 @@ pub async fn register(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         display_name: body.initial_device_display_name,
         refreshable: body.refresh_token,
     });
+    if body.kind.as_deref() == Some(APPSERVICE_LOGIN) {
+        let appservice = appservice::appservice_of(&services, &ctx)?;
+        let username = body
+            .username
+            .ok_or_else(|| Error::matrix(ErrorKind::MissingParam, "missing username"))?;
+        return match appservice_accounts::register(&services, &appservice, &username, device)? {
+            (_, Some(session)) => Ok(session_json(session)),
+            (user_id, None) => Ok(json!({ "user_id": user_id })),
+        };
+    }
     let registration = Registration {
         username: body.username,
         password: body.password,
@@ -116,6 +137,9 @@ pub async fn get_username_availability(
 ) -> Result<get_username_availability::v3::Response> {
     let user_id = account::user_for_localpart(&services, &request.username.to_lowercase())?;
     account::check_available(&services, &user_id)?;
+    services
+        .appservices
+        .check_user_not_exclusive(&user_id, None)?;
     Ok(get_username_availability::v3::Response::new(true))
 }
 
@@ -171,6 +195,9 @@ pub async fn login(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
         .rate_limits
         .take_address(Limit::LoginAddress, ctx.client_ip)?;
     let body: LoginBody = ctx.body_as()?;
+    if body.kind == APPSERVICE_LOGIN {
+        return log_in_appservice_user(&services, &ctx, body);
+    }
     if body.kind != "m.login.password" {
         return Err(Error::matrix(
             ErrorKind::Unknown,
@@ -200,6 +227,34 @@ pub async fn login(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     };
     let password = body.password.as_deref().unwrap_or("");
     let session = account::log_in_with_password(&services, &name, password, device).await?;
+    let mut response = session_json(session);
+    response["home_server"] = json!(services.globals.server_name());
+    Ok(response)
+}
+
+/// `/login` with `m.login.application_service`: the appservice's `as_token` logs a device of a
+/// user of its namespace in.
+fn log_in_appservice_user(services: &Services, ctx: &Ctx, body: LoginBody) -> HandlerResult {
+    let appservice = appservice::appservice_of(services, ctx)?;
+    let name = body
+        .identifier
+        .as_ref()
+        .and_then(|identifier| identifier.get("user"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or(body.user)
+        .ok_or_else(|| Error::bad_json("missing user identifier"))?;
+    let user_id = match name.starts_with('@') {
+        true => OwnedUserId::try_from(name.as_str())
+            .map_err(|_| Error::invalid_param(format!("invalid user ID {name}")))?,
+        false => users::local_user_id(services.globals.server_name(), &name)?,
+    };
+    let device = NewDevice {
+        device_id: body.device_id,
+        display_name: body.initial_device_display_name,
+        refreshable: body.refresh_token,
+    };
+    let session = appservice_accounts::log_in(services, &appservice, &user_id, device)?;
     let mut response = session_json(session);
     response["home_server"] = json!(services.globals.server_name());
     Ok(response)
@@ -250,13 +305,18 @@ pub async fn logout_all(
 }
 
 /// `GET /_matrix/client/v3/account/whoami`
+///
+/// For an appservice, the user it acts as, and the device only when it named one.
 pub async fn whoami(
     _services: Arc<Services>,
     ctx: Ctx,
     _request: whoami::v3::Request,
 ) -> Result<whoami::v3::Response> {
     let mut response = whoami::v3::Response::new(ctx.user().to_owned(), false);
-    response.device_id = ctx.device.clone();
+    response.device_id = ctx
+        .device
+        .clone()
+        .filter(|device| device.as_str() != NO_DEVICE);
     Ok(response)
 }
 

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::require_joined;
 use crate::api::PublicRoomsRequest;
+use crate::service::appservice::sender as appservice_sender;
 use crate::service::rooms::{alias as directory, power::PowerLevels};
 use crate::{
     api::{Ctx, HandlerResult},
@@ -35,7 +36,8 @@ fn may_edit_canonical_alias(services: &Services, room_id: &RoomId, user: &UserId
 
 /// `GET /_matrix/client/v3/directory/room/{roomAlias}`
 ///
-/// An alias of another server is asked of that server (`/query/directory`).
+/// An alias of another server is asked of that server (`/query/directory`); an unknown local
+/// alias in an appservice's namespace is asked of that appservice first (it may create it).
 pub async fn get_alias(
     services: Arc<Services>,
     _ctx: Ctx,
@@ -46,18 +48,19 @@ pub async fn get_alias(
         let (room_id, servers) = directory::resolve_remote(&services, &alias).await?;
         return Ok(get_alias::v3::Response::new(room_id, servers));
     }
-    let (room_id, _) = services
-        .rooms
-        .alias
-        .get(&alias)?
-        .ok_or_else(|| Error::not_found(format!("alias {alias} not found")))?;
+    let mut found = services.rooms.alias.get(&alias)?;
+    if found.is_none() && appservice_sender::query_alias(&services, &alias).await? {
+        found = services.rooms.alias.get(&alias)?;
+    }
+    let (room_id, _) = found.ok_or_else(|| Error::not_found(format!("alias {alias} not found")))?;
     let servers = vec![services.globals.server_name().to_owned()];
     Ok(get_alias::v3::Response::new(room_id, servers))
 }
 
 /// `PUT /_matrix/client/v3/directory/room/{roomAlias}`
 ///
-/// A `room_id` that is not a room ID is `400 M_BAD_JSON`.
+/// A `room_id` that is not a room ID is `400 M_BAD_JSON`; an alias in an appservice's exclusive
+/// namespace is `400 M_EXCLUSIVE` for anyone but that appservice.
 pub async fn create_alias(
     services: Arc<Services>,
     ctx: Ctx,
@@ -74,6 +77,8 @@ pub async fn create_alias(
     if services.rooms.alias.get(&alias)?.is_some() {
         return Err(Error::Conflict(format!("alias {alias} already exists")));
     }
+    let appservices = &services.appservices;
+    appservices.check_alias_not_exclusive(&alias, ctx.appservice.as_deref())?;
     services.rooms.alias.set(&alias, &room_id, ctx.user())?;
     Ok(create_alias::v3::Response::new())
 }

@@ -14,6 +14,7 @@ use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
     service::{
+        appservice::accounts as appservice_accounts,
         users::{devices, Device},
         Services,
     },
@@ -57,12 +58,18 @@ pub async fn get_device(
 
 /// `PUT /_matrix/client/v3/devices/{deviceId}`
 ///
-/// A missing or null `display_name` removes the name.
+/// A missing or null `display_name` removes the name. An appservice creates the device of its
+/// user when it does not exist (MSC4190; deviation: answered 200, not 201).
 pub async fn update_device(
     services: Arc<Services>,
     ctx: Ctx,
     request: update_device::v3::Request,
 ) -> Result<update_device::v3::Response> {
+    if ctx.appservice.is_some() {
+        let (device_id, name) = (request.device_id.as_str(), request.display_name);
+        appservice_accounts::put_device(&services, ctx.user(), device_id, name)?;
+        return Ok(update_device::v3::Response::new());
+    }
     devices::rename(
         &services,
         ctx.user(),
@@ -74,10 +81,14 @@ pub async fn update_device(
 
 /// `DELETE /_matrix/client/v3/devices/{deviceId}`
 ///
-/// UIA with `m.login.password`.
+/// UIA with `m.login.password`, but for an appservice (MSC4190).
 /// Untyped: ruma's `AuthData::Password` requires `identifier`, so a password stage with the
 /// legacy top-level `user` (which clients and our tests send) would be `400 M_BAD_JSON`.
 pub async fn delete_device(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
+    if ctx.appservice.is_some() {
+        appservice_accounts::delete_devices(&services, ctx.user(), &[ctx.param(0)])?;
+        return Ok(json!({}));
+    }
     devices::delete_one(&services, ctx.user(), ctx.param(0), ctx.body.get("auth")).await?;
     Ok(json!({}))
 }
@@ -90,11 +101,15 @@ struct DeleteDevicesBody {
 
 /// `POST /_matrix/client/v3/delete_devices`
 ///
-/// UIA with `m.login.password`.
+/// UIA with `m.login.password`, but for an appservice (MSC4190).
 /// Untyped: ruma refuses the legacy password stage, as for [`delete_device`].
 pub async fn delete_devices(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let body: DeleteDevicesBody = ctx.body_as()?;
     let device_ids: Vec<&str> = body.devices.iter().map(String::as_str).collect();
+    if ctx.appservice.is_some() {
+        appservice_accounts::delete_devices(&services, ctx.user(), &device_ids)?;
+        return Ok(json!({}));
+    }
     devices::delete_many(&services, ctx.user(), &device_ids, ctx.body.get("auth")).await?;
     Ok(json!({}))
 }

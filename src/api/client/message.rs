@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::{delayed_events, require_joined};
 use crate::{
-    api::{Ctx, HandlerResult},
+    api::{client::appservice, Ctx, HandlerResult},
     error::{Error, Result},
     service::{
         filter::RoomEventFilter,
@@ -94,7 +94,8 @@ pub async fn send_message_event(
         redact_event(&services, &ctx, room_id, target, content, txn_id).await?
     } else {
         check_client_relation(&services, room_id, ctx.user(), &event_type, &content)?;
-        let builder = PduBuilder::timeline(request.event_type, content);
+        let mut builder = PduBuilder::timeline(request.event_type, content);
+        builder.origin_server_ts = appservice::timestamp(&ctx)?;
         create_and_commit(
             &services,
             room_id,
@@ -186,6 +187,7 @@ async fn redact_event(
         content,
         state_key: None,
         redacts: Some(target),
+        origin_server_ts: appservice::timestamp(ctx)?,
     };
     let (event_id, _) = create_and_commit(
         services,

@@ -10,6 +10,7 @@ pub mod account;
 pub mod account_data;
 pub mod admin;
 pub mod alias;
+pub mod appservice;
 pub mod backup;
 pub mod calls;
 pub mod cross_signing;

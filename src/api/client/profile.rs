@@ -55,6 +55,10 @@ async fn profile_of(
         profile.retain(|_, value| !value.is_null());
         return Ok(profile);
     }
+    if !services.users.exists(user_id)? {
+        // An appservice may create a user of its namespace on demand.
+        crate::service::appservice::sender::query_user(services, user_id).await?;
+    }
     let mut profile = services
         .users
         .get_profile(user_id)?

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::{delayed_events, message::parse_content, readable_state, require_joined};
 use crate::{
-    api::{Ctx, HandlerResult},
+    api::{client::appservice, Ctx, HandlerResult},
     error::{Error, Result},
     service::{
         rate_limits::{self, Limit},
@@ -153,14 +153,9 @@ pub async fn send_state_event(
             return Ok(send_state_event::v3::Response::new(current.event_id));
         }
     }
-    let (event_id, _) = create_and_commit(
-        &services,
-        room_id,
-        ctx.user(),
-        PduBuilder::state(request.event_type, state_key, content),
-        None,
-    )
-    .await?;
+    let mut builder = PduBuilder::state(request.event_type, state_key, content);
+    builder.origin_server_ts = appservice::timestamp(&ctx)?;
+    let (event_id, _) = create_and_commit(&services, room_id, ctx.user(), builder, None).await?;
     Ok(send_state_event::v3::Response::new(event_id))
 }
 

@@ -4,7 +4,7 @@
 use http::Method;
 
 use crate::api::{
-    client::{account, device, discovery, oauth, presence, profile, user_directory},
+    client::{account, appservice, device, discovery, oauth, presence, profile, user_directory},
     synapse_admin,
 };
 use crate::http::{raw_route, route, typed, Auth, Route};
@@ -123,6 +123,12 @@ pub(super) fn account() -> Vec<Route> {
             "/_matrix/client/v3/login",
             Open,
             account::login,
+        ),
+        typed(
+            Method::POST,
+            "/_matrix/client/v1/appservice/{appserviceId}/ping",
+            Token,
+            appservice::request_ping,
         ),
         typed(
             Method::POST,

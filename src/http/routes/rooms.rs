@@ -4,8 +4,8 @@
 use http::Method;
 
 use crate::api::client::{
-    alias, invite_links, membership, message, relations, room, search, space, state, stories,
-    timestamp, upgrade,
+    alias, appservice, invite_links, membership, message, relations, room, search, space, state,
+    stories, timestamp, upgrade,
 };
 use crate::http::{raw_route, route, typed, Auth, Route};
 use Auth::{None as Open, Required as Token};
@@ -294,6 +294,12 @@ pub(super) fn directory() -> Vec<Route> {
             "/_matrix/client/v3/directory/list/room/{roomId}",
             Token,
             alias::set_room_visibility,
+        ),
+        typed(
+            Method::PUT,
+            "/_matrix/client/v3/directory/list/appservice/{networkId}/{roomId}",
+            Token,
+            appservice::set_room_visibility,
         ),
         route(
             Method::GET,

@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 use super::{
+    appservices::{self, AppservicesCommand},
     federation::{self, FederationCommand},
     media::{self, MediaCommand},
     queue::PREFIX,
@@ -48,12 +49,19 @@ enum Group {
     /// The server itself: statistics, version, backups, notices and shutdown.
     #[command(subcommand)]
     Server(ServerCommand),
+    /// Appservices (bridges and bots): register from YAML, unregister, list.
+    #[command(subcommand)]
+    Appservices(AppservicesCommand),
 }
 
 /// Parses a command line (`!admin ...`) and runs it; a parse failure, `help` or `--help` answers
 /// clap's text, and a failed command answers its error.
+/// A code block after the command line (`appservices register`'s YAML) is its last argument.
 pub async fn run_command(services: &Services, line: &str) -> Reply {
-    run_args(services, split(line)).await
+    let (line, block) = appservices::split_code_block(line);
+    let mut words = split(line);
+    words.extend(block.map(str::to_owned));
+    run_args(services, words).await
 }
 
 /// Runs a command given as words without the `!admin` (`plait admin ...` on the command line).
@@ -74,6 +82,7 @@ pub async fn run_args(services: &Services, words: Vec<String>) -> Reply {
         Group::Federation(command) => federation::run(services, command).await,
         Group::Media(command) => media::run(services, command).await,
         Group::Server(command) => server::run(services, command).await,
+        Group::Appservices(command) => appservices::run(services, command),
     };
     result.unwrap_or_else(Reply::error)
 }

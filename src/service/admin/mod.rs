@@ -10,6 +10,7 @@
 //! come from `plait admin` on the command line through the control socket (`control.rs`).
 
 pub mod account_flags;
+mod appservices;
 pub mod blocks;
 mod commands;
 pub mod control;

@@ -326,6 +326,7 @@ async fn redact_all(
                 content,
                 state_key: None,
                 redacts: Some(event_id),
+                origin_server_ts: None,
             };
             create_and_commit(services, &room.room_id, &redactor, builder, None).await?;
             done.redacted += 1;

@@ -81,6 +81,9 @@ pub async fn register(
         .unwrap_or_else(|| util::random_string(12));
     let user_id = user_for_localpart(services, &localpart.to_lowercase())?;
     check_available(services, &user_id)?;
+    services
+        .appservices
+        .check_user_not_exclusive(&user_id, None)?;
     let password = registration.password;
     if password
         .as_ref()

@@ -34,6 +34,8 @@ pub struct PduBuilder {
     pub content: Value,
     pub state_key: Option<String>,
     pub redacts: Option<OwnedEventId>,
+    /// The `origin_server_ts` an appservice asked for with `?ts=`; now when `None`.
+    pub origin_server_ts: Option<u64>,
 }
 
 impl PduBuilder {
@@ -48,6 +50,7 @@ impl PduBuilder {
             content,
             state_key: Some(state_key.into()),
             redacts: None,
+            origin_server_ts: None,
         }
     }
 
@@ -58,6 +61,7 @@ impl PduBuilder {
             content,
             state_key: None,
             redacts: None,
+            origin_server_ts: None,
         }
     }
 }
@@ -387,7 +391,8 @@ fn fields_of(
     let mut object = CanonicalJsonObject::new();
     object.insert("type".into(), string(builder.kind.to_string()));
     object.insert("sender".into(), string(sender.to_string()));
-    let now = integer(util::now_millis()).map_err(Error::internal)?;
+    let timestamp = builder.origin_server_ts.unwrap_or_else(util::now_millis);
+    let now = integer(timestamp).map_err(Error::internal)?;
     object.insert("origin_server_ts".into(), now);
     let depth = integer(depth).map_err(Error::internal)?;
     object.insert("depth".into(), depth);

@@ -71,6 +71,11 @@ pub(super) const AT_COUNT: &[Step<AtCount>] = &[
     Step::live(device_lists),
     Step::live(members),
     Step::live(outgoing_queue),
+    Step::live(|ctx, count, batch| {
+        ctx.services
+            .appservices
+            .queue_in_batch(ctx.services, ctx.room_id, ctx.pdu, count, batch)
+    }),
     Step::always(count_event),
 ];
 
@@ -96,6 +101,7 @@ pub(super) const EFFECTS: &[Step<Effect>] = &[
     Step::live(member_effects),
     Step::live(wake_federation_sender),
     Step::live(wake_push_sender),
+    Step::live(|ctx| ctx.services.appservices.wake_all()),
     Step::live(|ctx| ctx.services.admin.spot(ctx.room_id, ctx.pdu)),
     Step::live(cancel_overwritten_delayed_state),
 ];
