@@ -126,12 +126,6 @@ pub(super) fn account() -> Vec<Route> {
         ),
         typed(
             Method::POST,
-            "/_matrix/client/v1/appservice/{appserviceId}/ping",
-            Token,
-            appservice::request_ping,
-        ),
-        typed(
-            Method::POST,
             "/_matrix/client/v3/refresh",
             Open,
             account::refresh,
@@ -173,6 +167,16 @@ pub(super) fn account() -> Vec<Route> {
             account::deactivate,
         ),
     ]
+}
+
+/// What application services call as clients beyond the rest of the API.
+pub(super) fn appservices() -> Vec<Route> {
+    vec![typed(
+        Method::POST,
+        "/_matrix/client/v1/appservice/{appserviceId}/ping",
+        Token,
+        appservice::request_ping,
+    )]
 }
 
 /// Device management.

@@ -18,9 +18,10 @@ use super::Route;
 
 /// Every served route. The order does not matter: `http::router` groups the routes by path.
 pub fn all() -> Vec<Route> {
-    let tables: [fn() -> Vec<Route>; 36] = [
+    let tables: [fn() -> Vec<Route>; 37] = [
         account::discovery,
         account::account,
+        account::appservices,
         account::oauth,
         account::devices,
         account::profiles_and_presence,
