@@ -124,7 +124,9 @@ impl Appservice {
             registration.sender_localpart.to_lowercase(),
             server_name,
         )
-        .map_err(|_| invalid("sender_localpart is not a valid localpart"))?;
+        .ok()
+        .filter(|sender| sender.validate_strict().is_ok())
+        .ok_or_else(|| invalid("sender_localpart is not a valid localpart"))?;
         let namespaces = &registration.namespaces;
         Ok(Self {
             users: NamespaceSet::compile("users", &namespaces.users)?,
