@@ -212,6 +212,16 @@ async fn turn_credentials_from_plait_allocate_on_a_real_coturn_and_altered_or_ex
     let alice = plain.register("alice").await;
     assert_eq!(alice.get_ok(TURN).await, json!({}));
     assert_error(&plain.client().get(TURN).await, 401, "M_MISSING_TOKEN");
+    // Guests are denied, so none can hold a token to ask for TURN: their registration is
+    // refused and no account is made.
+    let guest = plain
+        .client()
+        .post(
+            "/_matrix/client/v3/register?kind=guest",
+            json!({ "initial_device_display_name": "guest" }),
+        )
+        .await;
+    assert_error(&guest, 403, "M_GUEST_ACCESS_FORBIDDEN");
     plain.stop().await;
 
     if !tokio::task::spawn_blocking(coturn_installed).await.unwrap() {

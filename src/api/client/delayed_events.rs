@@ -4,9 +4,10 @@
 
 use std::sync::Arc;
 
-use ruma::RoomId;
+use ruma::{serde::Raw, RoomId};
 use serde_json::{json, Value};
 
+use super::message::parse_content;
 use crate::{
     api::{Ctx, HandlerResult},
     error::{Error, Result},
@@ -22,7 +23,7 @@ const DELAY_PARAM: &str = "org.matrix.msc4140.delay";
 
 /// The delay a send asks for, in ms (`None`: an ordinary send); a negative or non-numeric
 /// delay is `400 M_INVALID_PARAM`.
-pub fn requested_delay(ctx: &Ctx) -> Result<Option<u64>> {
+fn requested_delay(ctx: &Ctx) -> Result<Option<u64>> {
     ctx.query(DELAY_PARAM)
         .map(|text| {
             text.parse::<u64>().map_err(|_| {
@@ -32,16 +33,21 @@ pub fn requested_delay(ctx: &Ctx) -> Result<Option<u64>> {
         .transpose()
 }
 
-/// Schedules a send of the authenticated user, after the checks an ordinary send makes at
-/// once (suspension, rate limit, membership, event type); power is checked when it fires.
-pub fn schedule(
+/// When the request asks for a delay (`org.matrix.msc4140.delay`), schedules the send of the
+/// authenticated user and answers its `delay_id`; `None` when it asks for none. Makes at once
+/// the checks an ordinary send makes (suspension, rate limit, membership, event type); power is
+/// checked when it fires.
+pub fn schedule_if_requested<T>(
     services: &Services,
     ctx: &Ctx,
     room_id: &RoomId,
     (event_type, state_key): (String, Option<String>),
-    content: Value,
-    delay_ms: u64,
-) -> HandlerResult {
+    body: &Raw<T>,
+) -> Result<Option<Value>> {
+    let Some(delay_ms) = requested_delay(ctx)? else {
+        return Ok(None);
+    };
+    let content = parse_content(body)?;
     services.admin.flags.check_not_suspended(ctx.user())?;
     rate_limits::take_for(services, Limit::Message, ctx.user())?;
     super::require_joined(services, room_id, ctx.user())?;
@@ -58,7 +64,7 @@ pub fn schedule(
     let delay_id = services
         .delayed_events
         .schedule(ctx.user(), event, delay_ms, max_ms)?;
-    Ok(json!({ "delay_id": delay_id }))
+    Ok(Some(json!({ "delay_id": delay_id })))
 }
 
 /// `GET /_matrix/client/unstable/org.matrix.msc4140/delayed_events`

@@ -35,17 +35,15 @@ use crate::{
 /// Untyped: ruma's response has no `delay_id` without its `unstable-msc4140` feature.
 pub async fn send_message_event_or_delay(services: Arc<Services>, ctx: Ctx) -> HandlerResult {
     let request = ctx.parse::<send_message_event::v3::Request>()?;
-    if let Some(delay) = delayed_events::requested_delay(&ctx)? {
-        let content = parse_content(&request.body)?;
-        let event_type = (request.event_type.to_string(), None);
-        return delayed_events::schedule(
-            &services,
-            &ctx,
-            &request.room_id,
-            event_type,
-            content,
-            delay,
-        );
+    let event_type = (request.event_type.to_string(), None);
+    if let Some(answer) = delayed_events::schedule_if_requested(
+        &services,
+        &ctx,
+        &request.room_id,
+        event_type,
+        &request.body,
+    )? {
+        return Ok(answer);
     }
     let response = send_message_event(services, ctx, request).await?;
     Ok(json!({ "event_id": response.event_id }))

@@ -19,7 +19,7 @@ use record::{call_id, group_call_id, is_in_call, MEMBER_TYPES};
 use crate::{
     error::{Error, Result},
     service::{
-        rooms::{pdu::Pdu, visibility::user_can_see},
+        rooms::{members::RoomMembership, pdu::Pdu, visibility::user_can_see_short},
         Services,
     },
     store::{key, Batch, Db, Tree},
@@ -311,6 +311,7 @@ pub fn list(
     let now = util::now_millis();
     let mut shown = Vec::new();
     let mut next = None;
+    let mut seen = Seen::default();
     for entry in calls.userstartcall_.iter_from(&start, false) {
         let (user_key, _) = entry?;
         if !user_key.starts_with(&prefix) {
@@ -323,7 +324,7 @@ pub fn list(
         let Some(record) = record_of(services, &user_key[prefix.len() + 8..])? else {
             continue;
         };
-        if may_see(services, user, &record)? {
+        if may_see(services, user, &record, &mut seen)? {
             shown.push(record.shown_to(user, now));
         }
     }
@@ -343,20 +344,42 @@ fn record_of(services: &Services, tail: &[u8]) -> Result<Option<CallRecord>> {
         .transpose()
 }
 
-/// Whether `user` may see the call's first event.
-fn may_see(services: &Services, user: &UserId, record: &CallRecord) -> Result<bool> {
-    let timeline = &services.rooms.timeline;
-    let (Some(pdu), Some(pdu_id)) = (
-        timeline.get_pdu(&record.first_event)?,
-        timeline.get_pdu_id(&record.first_event)?,
+/// What one page's visibility checks remember: the user's membership per room and the answer
+/// per state snapshot, so that a page of calls in a few rooms reads each once.
+#[derive(Default)]
+struct Seen {
+    memberships: std::collections::HashMap<ruma::OwnedRoomId, Option<RoomMembership>>,
+    by_state: std::collections::HashMap<u64, bool>,
+}
+
+/// Whether `user` may see the call's first event. Reads its position and short ID, not the
+/// event itself: a call's first event is never the viewer's own membership event, the one
+/// case where the event's content matters.
+fn may_see(
+    services: &Services,
+    user: &UserId,
+    record: &CallRecord,
+    seen: &mut Seen,
+) -> Result<bool> {
+    let rooms = &services.rooms;
+    let (Some(pdu_id), Some(short)) = (
+        rooms.timeline.get_pdu_id(&record.first_event)?,
+        rooms.short.get_shorteventid(&record.first_event)?,
     ) else {
         return Ok(false);
     };
-    let membership = services
-        .rooms
-        .members
-        .get_user_room(user, &record.room_id)?;
-    user_can_see(services, user, membership.as_ref(), pdu_id.count, &pdu)
+    if !seen.memberships.contains_key(&record.room_id) {
+        let membership = rooms.members.get_user_room(user, &record.room_id)?;
+        seen.memberships.insert(record.room_id.clone(), membership);
+    }
+    let membership = seen.memberships[&record.room_id].as_ref();
+    user_can_see_short(
+        services,
+        user,
+        membership,
+        (pdu_id.count, short),
+        &mut seen.by_state,
+    )
 }
 
 fn encode_token(bytes: &[u8]) -> String {
