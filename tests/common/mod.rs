@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod debian;
 pub mod http_stub;
 pub mod plait_process;
 pub mod synapse;

@@ -31,30 +31,7 @@ impl Drop for Coturn {
 
 /// Whether `turnserver` is there, installing Debian's `coturn` when it is not.
 fn coturn_installed() -> bool {
-    let present = || {
-        Command::new("turnserver")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-    };
-    if present() {
-        return true;
-    }
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
-    };
-    if !apt(&["install", "-y", "-q", "coturn"]) {
-        apt(&["update", "-q"]);
-        apt(&["install", "-y", "-q", "coturn"]);
-    }
-    present()
+    crate::common::debian::installed("turnserver", "coturn")
 }
 
 /// MD5 (RFC 1321), for the long-term credential key of STUN's MESSAGE-INTEGRITY; no crate of
@@ -505,6 +482,43 @@ async fn the_call_log_shows_completed_missed_declined_and_ongoing_calls_to_both_
     // A user who joins later sees none of them (history before the join, "shared" aside: they
     // were not members when the calls started).
     let carol = server.register("carol").await;
+    assert!(call_log(&carol).await.is_empty());
+    server.stop().await;
+}
+
+/// Only calls whose first event the user may see are listed: an invite naming a user who was
+/// only invited to a room with `joined` history visibility is indexed for them, but hidden
+/// from them, before their join and after it.
+#[tokio::test]
+async fn the_call_log_lists_only_calls_the_user_may_see() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let (bob_id, carol_id) = (bob.user_id().await, carol.user_id().await);
+    let room = alice
+        .create_room(json!({
+            "preset": "private_chat",
+            "invite": [bob_id, carol_id],
+            "initial_state": [{"type": "m.room.history_visibility", "state_key": "",
+                "content": {"history_visibility": "joined"}}],
+        }))
+        .await;
+    bob.join(&room).await;
+    // Carol is only invited: the call names her, and she may not see it.
+    let ring_carol = json!({"call_id": "to-carol", "lifetime": 60000, "version": "1",
+        "party_id": "ALICEDEVICE", "invitee": carol_id,
+        "offer": {"type": "offer", "sdp": "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"}});
+    call_event(&alice, &room, "m.call.invite", ring_carol).await;
+    call_event(&alice, &room, "m.call.invite", invite("to-bob", false)).await;
+    assert_eq!(call_log(&bob).await.len(), 2);
+    assert!(
+        call_log(&carol).await.is_empty(),
+        "{:?}",
+        call_log(&carol).await
+    );
+    // Once joined, carol still may not see what was sent before her join.
+    carol.join(&room).await;
     assert!(call_log(&carol).await.is_empty());
     server.stop().await;
 }

@@ -101,30 +101,7 @@ impl Drop for Prometheus {
 
 /// Whether the `prometheus` binary is there, installing Debian's package when it is not.
 fn prometheus_installed() -> bool {
-    let present = || {
-        Command::new("prometheus")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
-    };
-    if present() {
-        return true;
-    }
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success())
-    };
-    if !apt(&["install", "-y", "-q", "prometheus"]) {
-        apt(&["update", "-q"]);
-        apt(&["install", "-y", "-q", "prometheus"]);
-    }
-    present()
+    crate::common::debian::installed("prometheus", "prometheus")
 }
 
 #[tokio::test]
