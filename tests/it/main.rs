@@ -57,6 +57,7 @@ mod relations;
 mod rooms;
 mod search;
 mod sliding_sync;
+mod sliding_sync_rooms;
 mod sliding_sync_sdk;
 mod spaces;
 mod spec_map;

@@ -12,7 +12,7 @@ use crate::e2ee::device_keys;
 const PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
 
 /// A sliding-sync request that must succeed; its body must also parse as ruma's response.
-async fn slide(client: &Client, pos: Option<&str>, body: Value) -> Value {
+pub(crate) async fn slide(client: &Client, pos: Option<&str>, body: Value) -> Value {
     let (status, response) = slide_raw(client, pos, None, body).await;
     assert_eq!(status, 200, "{response}");
     let http = http::Response::builder()
@@ -23,7 +23,7 @@ async fn slide(client: &Client, pos: Option<&str>, body: Value) -> Value {
     response
 }
 
-async fn slide_raw(
+pub(crate) async fn slide_raw(
     client: &Client,
     pos: Option<&str>,
     timeout: Option<u64>,
@@ -45,7 +45,7 @@ async fn slide_raw(
 }
 
 /// One list `all` over `range` with `timeline_limit` and `required_state`.
-fn list(range: (u64, u64), timeline_limit: u64, required_state: Value) -> Value {
+pub(crate) fn list(range: (u64, u64), timeline_limit: u64, required_state: Value) -> Value {
     json!({ "lists": { "all": {
         "ranges": [[range.0, range.1]],
         "timeline_limit": timeline_limit,
@@ -54,7 +54,7 @@ fn list(range: (u64, u64), timeline_limit: u64, required_state: Value) -> Value 
 }
 
 /// The room IDs of a response, sorted.
-fn room_ids(response: &Value) -> Vec<String> {
+pub(crate) fn room_ids(response: &Value) -> Vec<String> {
     let mut ids: Vec<String> = response["rooms"]
         .as_object()
         .map(|rooms| rooms.keys().cloned().collect())
@@ -64,7 +64,7 @@ fn room_ids(response: &Value) -> Vec<String> {
 }
 
 /// The message bodies of a room's timeline.
-fn bodies(room: &Value) -> Vec<String> {
+pub(crate) fn bodies(room: &Value) -> Vec<String> {
     room["timeline"]
         .as_array()
         .into_iter()
@@ -76,7 +76,7 @@ fn bodies(room: &Value) -> Vec<String> {
 
 /// A server with a first user (who becomes the admin and gets the admin room's invite) already
 /// registered, so that the test's users have only their own rooms.
-async fn server() -> TestServer {
+pub(crate) async fn server() -> TestServer {
     let server = TestServer::start().await;
     server.register("first").await;
     server

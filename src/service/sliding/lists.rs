@@ -10,7 +10,7 @@ use std::{
 
 use ruma::{
     api::client::sync::sync_events::v5::request::ListFilters,
-    events::{room::member::MembershipState, StateEventType, TimelineEventType},
+    events::{room::member::MembershipState, StateEventType},
     OwnedRoomId, RoomId,
 };
 
@@ -31,8 +31,6 @@ const MAX_RANGE_ROOMS: u64 = 100_000;
 const MAX_REQUIRED_STATE: usize = 1000;
 /// The longest `conn_id`.
 const MAX_CONN_ID: usize = 128;
-/// How many events back a room's newest bump event is looked for, at most, per response.
-const MAX_BUMP_SCAN: usize = 1000;
 
 /// Checks the request's shape beyond what parsing checks.
 pub(super) fn validate(request: &SlidingRequest<'_>) -> Result<()> {
@@ -150,28 +148,34 @@ pub(super) struct Windows {
     pub by_list: BTreeMap<String, Vec<OwnedRoomId>>,
 }
 
-/// The user's joined and invited rooms, newest bump first (ties by room ID).
+/// The user's joined and invited rooms, newest bump first (ties by room ID). A joined room's
+/// stamp comes from memory (`bumps.rs`); an invitee sees nothing of the room's timeline, so
+/// the invite is its news.
 pub(super) fn candidates<'a>(
     ctx: &Build<'_>,
     memberships: &'a [RoomMembership],
 ) -> Result<Vec<Candidate<'a>>> {
     let services = ctx.services;
     let mut candidates = Vec::new();
+    let mut joined = Vec::new();
     for membership in memberships
         .iter()
         .filter(|membership| is_listed(&membership.membership))
     {
         let shortroomid = services.rooms.short.get_shortroomid(&membership.room_id)?;
-        let bump = match (&membership.membership, shortroomid) {
-            (MembershipState::Join, Some(short)) => bump_stamp(services, short, ctx.next)?,
-            // An invitee sees nothing of the room's timeline: the invite is its news.
-            _ => membership.count,
-        };
+        if let (MembershipState::Join, Some(short)) = (&membership.membership, shortroomid) {
+            joined.push((candidates.len(), short));
+        }
         candidates.push(Candidate {
             membership,
             shortroomid,
-            bump,
+            bump: membership.count,
         });
+    }
+    let rooms: Vec<u64> = joined.iter().map(|(_, short)| *short).collect();
+    let stamps = services.sliding.bumps.stamps(services, &rooms, ctx.next)?;
+    for ((index, _), stamp) in joined.into_iter().zip(stamps) {
+        candidates[index].bump = stamp;
     }
     candidates.sort_by(|a, b| {
         b.bump
@@ -179,66 +183,6 @@ pub(super) fn candidates<'a>(
             .then_with(|| a.membership.room_id.cmp(&b.membership.room_id))
     });
     Ok(candidates)
-}
-
-/// Whether an event moves its room up the list (MSC4186's default bump event types).
-fn is_bump(kind: &TimelineEventType) -> bool {
-    matches!(
-        kind,
-        TimelineEventType::RoomCreate
-            | TimelineEventType::RoomMessage
-            | TimelineEventType::RoomEncrypted
-            | TimelineEventType::Sticker
-            | TimelineEventType::CallInvite
-    ) || matches!(
-        // By name: ruma has variants for these only under unstable features, which the server
-        // build does not enable (the tests' matrix-sdk does, so a variant would compile there).
-        kind.to_string().as_str(),
-        "m.poll.start"
-            | "org.matrix.msc3381.poll.start"
-            | "m.beacon"
-            | "org.matrix.msc3672.beacon"
-            | "org.matrix.msc3401.call"
-    )
-}
-
-/// A joined room's `bump_stamp`: the stream position of its newest bump event at or before
-/// `next`. Cached per room with the newest position checked, so a response scans only the
-/// events since; a room whose recent `MAX_BUMP_SCAN` events hold no bump keeps the newest of
-/// those as its stamp.
-pub(super) fn bump_stamp(services: &Services, shortroomid: u64, next: u64) -> Result<u64> {
-    let cached = services.sliding.bumps.lock().get(&shortroomid).copied();
-    let (checked, mut bump) = cached.unwrap_or((0, 0));
-    let mut newest = checked;
-    let mut oldest_scanned = None;
-    let mut found = false;
-    let timeline = &services.rooms.timeline;
-    for entry in timeline
-        .iter_before(shortroomid, next.saturating_add(1))
-        .take(MAX_BUMP_SCAN)
-    {
-        let (count, pdu) = entry?;
-        if count <= checked {
-            found = true;
-            break;
-        }
-        newest = newest.max(count);
-        oldest_scanned = Some(count);
-        if is_bump(&pdu.kind) {
-            bump = count;
-            found = true;
-            break;
-        }
-    }
-    if !found && bump == 0 {
-        bump = oldest_scanned.unwrap_or(0);
-    }
-    services
-        .sliding
-        .bumps
-        .lock()
-        .insert(shortroomid, (newest, bump));
-    Ok(bump)
 }
 
 /// Each list's `count` and the rooms in its windows.

@@ -5,13 +5,15 @@
 //! A request names its connection (`conn_id`) and the response it builds on (`pos`);
 //! `connections.rs` keeps, per connection, what each recent response sent, so a room is sent in
 //! full (`initial`) once and afterwards only when it has news.
-//! `lists.rs` picks the rooms: filters, the order by `bump_stamp` and the windows of `ranges`.
+//! `lists.rs` picks the rooms: filters, the order by `bump_stamp` and the windows of `ranges`;
+//! `bumps.rs` keeps each room's `bump_stamp` in memory, noted by the commit pipeline.
 //! `room.rs` builds one room; its timeline comes from `/sync`'s own code
 //! (`sync::joined::served_timeline`: the same scan, history visibility and event format), as do
 //! the invite state, the room summary and the unread counts, so the two sync APIs cannot drift.
 //! `required_state.rs` serves the state a list asks for; `extensions.rs` the extensions.
 //! Long-polls wait on the notifier topics `/sync` subscribes to (`sync::subscribe`).
 
+mod bumps;
 mod connections;
 mod extensions;
 mod lists;
@@ -31,7 +33,10 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use self::connections::SentRoom;
-pub use self::connections::{Connections, PosState};
+pub use self::{
+    bumps::Bumps,
+    connections::{Connections, PosState},
+};
 use crate::{
     error::{Error, Result},
     service::{notify::Waiter, rooms::members::RoomMembership, sync, Services},
@@ -41,9 +46,8 @@ use crate::{
 #[derive(Default)]
 pub struct Sliding {
     pub connections: Connections,
-    /// Per short room ID: the newest stream position checked for bump events, and the newest
-    /// bump event's position (see `lists::bump_stamp`).
-    bumps: Mutex<HashMap<u64, (u64, u64)>>,
+    /// Each room's newest bump event (`bumps.rs`), noted at commit.
+    pub bumps: Bumps,
     /// Per short room ID: the room type from its create event, which never changes.
     room_types: Mutex<HashMap<u64, Option<String>>>,
 }

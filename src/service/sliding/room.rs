@@ -1,6 +1,6 @@
 //! One room of a sliding-sync response: in full when the connection has not sent it (or its
-//! `required_state` or a longer timeline is asked for), otherwise its news since it was last
-//! sent, if any. The timeline, invite state, summary and unread counts come from `/sync`'s code.
+//! `required_state` changed), with its latest events again when a longer timeline is asked for
+//! (`expanded_timeline`), otherwise its news since it was last sent, if any. The timeline, invite state, summary and unread counts come from `/sync`'s code.
 
 use std::{collections::BTreeSet, sync::Arc};
 
@@ -49,25 +49,30 @@ fn joined(ctx: &Build<'_>, config: &RoomConfig) -> Result<Option<(Value, SentRoo
         unread["notification_count"].as_u64().unwrap_or(0),
         unread["highlight_count"].as_u64().unwrap_or(0),
     );
-    let sent = ctx.sent(room_id).filter(|sent| {
-        sent.membership == MembershipState::Join
-            && sent.required_state == config.required_state
-            && sent.timeline_limit >= config.timeline_limit
-    });
-    let since = sent.map(|sent| sent.count);
-    if let Some(sent) = sent {
-        let newest = services
-            .rooms
-            .timeline
-            .iter_before(shortroomid, ctx.next.saturating_add(1))
-            .next()
-            .transpose()?
-            .map_or(0, |(count, _)| count);
-        if newest <= sent.count && config.membership.count <= sent.count && counts == sent.unread {
+    // What the client holds of the room; with another `required_state` it is sent anew, in full.
+    let prior = ctx
+        .sent(room_id)
+        .filter(|sent| sent.membership == MembershipState::Join);
+    let since = prior
+        .filter(|sent| sent.required_state == config.required_state)
+        .map(|sent| sent.count);
+    // MSC4186 "Changes to `timeline_limit`": a larger limit than the room was sent with resends
+    // the latest events at once, older ones included, rather than only the news.
+    let expanded = prior.is_some_and(|sent| sent.timeline_limit < config.timeline_limit);
+    if let Some(sent) = prior.filter(|_| since.is_some() && !expanded) {
+        if is_up_to_date(ctx, config, shortroomid, sent, counts)? {
             return Ok(None);
         }
     }
-    let (timeline, next) = timeline(ctx, &config.membership, since, config.timeline_limit)?;
+    let timeline_since = since.filter(|_| !expanded);
+    let (timeline, next) = timeline(
+        ctx,
+        &config.membership,
+        timeline_since,
+        config.timeline_limit,
+    )?;
+    // Events the client may already hold are flagged, as the MSC requires.
+    let resent = prior.is_some_and(|sent| timeline.counts.iter().any(|count| *count <= sent.count));
     let senders: BTreeSet<OwnedUserId> = timeline
         .events
         .iter()
@@ -95,6 +100,12 @@ fn joined(ctx: &Build<'_>, config: &RoomConfig) -> Result<Option<(Value, SentRoo
     if since.is_none() {
         entry["initial"] = json!(true);
     }
+    if resent {
+        // The MSC's name, and the one of the unstable shape deployed servers send and clients
+        // of this endpoint read.
+        entry["expanded_timeline"] = json!(true);
+        entry["unstable_expanded_timeline"] = json!(true);
+    }
     describe(services, room_id, user, &mut entry)?;
     let sent = SentRoom {
         count: next,
@@ -104,6 +115,26 @@ fn joined(ctx: &Build<'_>, config: &RoomConfig) -> Result<Option<(Value, SentRoo
         unread: counts,
     };
     Ok(Some((entry, sent)))
+}
+
+/// Whether the client holds everything of a room it was sent with the same config: no event,
+/// membership change or unread count since.
+fn is_up_to_date(
+    ctx: &Build<'_>,
+    config: &RoomConfig,
+    shortroomid: u64,
+    sent: &SentRoom,
+    counts: (u64, u64),
+) -> Result<bool> {
+    let newest = ctx
+        .services
+        .rooms
+        .timeline
+        .iter_before(shortroomid, ctx.next.saturating_add(1))
+        .next()
+        .transpose()?
+        .map_or(0, |(count, _)| count);
+    Ok(newest <= sent.count && config.membership.count <= sent.count && counts == sent.unread)
 }
 
 /// The timeline after `since` (none: the room's recent history) through `/sync`'s code, with

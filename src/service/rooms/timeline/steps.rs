@@ -66,7 +66,8 @@ pub(super) const INDEXES: &[Step<Index>] = &[
     }),
 ];
 
-/// Writers that need the stream position, under the global commit lock.
+/// Writers that need the stream position, under the global commit lock (and the sliding-sync
+/// bump stamps, which must be noted before the position is published).
 pub(super) const AT_COUNT: &[Step<AtCount>] = &[
     Step::live(device_lists),
     Step::live(members),
@@ -77,6 +78,11 @@ pub(super) const AT_COUNT: &[Step<AtCount>] = &[
             .queue_in_batch(ctx.services, ctx.room_id, ctx.pdu, count, batch)
     }),
     Step::always(count_event),
+    Step::live(|ctx, count, _| {
+        let bumps = &ctx.services.sliding.bumps;
+        bumps.note_event(ctx.shortroomid, count, &ctx.pdu.kind);
+        Ok(())
+    }),
 ];
 
 /// Counts the event for `server stats` (`service::stats`), under the commit lock that serialises
