@@ -18,12 +18,15 @@
 
 use std::fmt::Write as _;
 use std::future::Future;
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use reqwest::Method;
 use serde_json::{json, Value};
+use tokio::sync::watch;
 
 use plait::service::appservice::{matcher::Matcher, registration, Appservice};
 
