@@ -210,7 +210,7 @@ pub fn announce_in_batch(
     user_id: &UserId,
     edu: &Value,
 ) -> Result<Vec<OwnedServerName>> {
-    services.keys.mark_changed_in_batch(batch, user_id, count)?;
+    mark_changed_in_batch(services, batch, user_id, count)?;
     if user_id.server_name() != services.globals.server_name() {
         return Ok(Vec::new());
     }
@@ -221,9 +221,24 @@ pub fn announce_in_batch(
     Ok(destinations)
 }
 
+/// Records in `batch` (stream position `count`) that a user's devices or keys changed: for
+/// `/sync` and `/keys/changes`, and for the appservices that follow device lists (MSC3202).
+pub fn mark_changed_in_batch(
+    services: &Services,
+    batch: &mut Batch,
+    user_id: &UserId,
+    count: u64,
+) -> Result<()> {
+    services.keys.mark_changed_in_batch(batch, user_id, count)?;
+    services
+        .appservices
+        .queue_device_change_in_batch(batch, count, user_id)
+}
+
 /// After the batch of [`announce_in_batch`] is written: wakes the syncs of everyone sharing a room
-/// with the user, and the federation sender.
+/// with the user, the federation sender and the appservice workers.
 pub fn after_change(services: &Services, user_id: &UserId, destinations: &[OwnedServerName]) {
+    services.appservices.wake_all();
     services.notifier.wake(Topic::User(user_id.to_string()));
     if let Ok(rooms) = services.rooms.members.iter_joined_rooms(user_id) {
         for room_id in rooms {
@@ -359,7 +374,7 @@ pub fn announce_devices_in_batch(
     user_id: &UserId,
     devices: &[(String, Option<DeviceState>)],
 ) -> Result<Vec<OwnedServerName>> {
-    services.keys.mark_changed_in_batch(batch, user_id, count)?;
+    mark_changed_in_batch(services, batch, user_id, count)?;
     let destinations = iter_remote_servers(services, user_id)?;
     queue_device_updates_in_batch(services, batch, count, user_id, devices, &destinations)?;
     Ok(destinations)

@@ -242,6 +242,9 @@ pub fn set_receipt(services: &Services, room_id: &RoomId, receipt: &Receipt) -> 
         services
             .receipts
             .set_in_batch(room_id, receipt, count, batch)?;
+        services
+            .appservices
+            .queue_receipt_in_batch(batch, count, room_id, receipt)?;
         if let Some(edu) = &edu {
             services
                 .sending
@@ -258,6 +261,7 @@ pub fn set_receipt(services: &Services, room_id: &RoomId, receipt: &Receipt) -> 
             .wake(Topic::User(receipt.user_id.to_string())),
     }
     services.sending.wake(&destinations);
+    services.appservices.wake_all();
     if local {
         crate::service::push::prune_read(services, room_id, &receipt.user_id)?;
     }

@@ -74,12 +74,12 @@ impl ToDevice {
     }
 
     /// Records a transaction and puts its messages in the inboxes at stream position `count`.
-    pub fn add_in_batch(
+    pub fn add_in_batch<'a>(
         &self,
         batch: &mut Batch,
         count: u64,
         (sender, sender_device, txn_id): (&UserId, &str, &str),
-        deliveries: &[Delivery],
+        deliveries: impl IntoIterator<Item = &'a Delivery>,
     ) {
         batch.insert(
             &self.senderdevicetxnid_todevice,
@@ -270,9 +270,7 @@ pub fn send(services: &Services, request: Send<'_>) -> Result<()> {
     let destinations: Vec<OwnedServerName> = remote.keys().cloned().collect();
     services.globals.write_with_count(|batch, count| {
         let txn = (sender, sender_device, txn_id);
-        services
-            .to_device
-            .add_in_batch(batch, count, txn, &deliveries);
+        add_local_in_batch(services, batch, count, txn, &deliveries)?;
         for (server, users) in &remote {
             let edu = json!({
                 "edu_type": "m.direct_to_device",
@@ -342,13 +340,36 @@ pub fn receive_remote(services: &Services, sender: &UserId, content: &Value) -> 
         )?);
     }
     services.globals.write_with_count(|batch, count| {
-        services
-            .to_device
-            .add_in_batch(batch, count, (sender, "", message_id), &deliveries);
-        Ok(())
+        add_local_in_batch(
+            services,
+            batch,
+            count,
+            (sender, "", message_id),
+            &deliveries,
+        )
     })?;
     wake_recipients(services, &deliveries);
     Ok(())
+}
+
+/// Puts messages for local devices in their inboxes and, for users of an appservice's
+/// namespaces, in its queue (MSC4203), in one batch at stream position `count`; users that only
+/// an appservice reads ([`Appservices::keeps_in_inbox`]) get no inbox entry.
+///
+/// [`Appservices::keeps_in_inbox`]: crate::service::appservice::Appservices::keeps_in_inbox
+fn add_local_in_batch(
+    services: &Services,
+    batch: &mut Batch,
+    count: u64,
+    txn: (&UserId, &str, &str),
+    deliveries: &[Delivery],
+) -> Result<()> {
+    let appservices = &services.appservices;
+    let inbox = deliveries
+        .iter()
+        .filter(|delivery| appservices.keeps_in_inbox(&delivery.user_id));
+    services.to_device.add_in_batch(batch, count, txn, inbox);
+    appservices.queue_to_device_in_batch(batch, count, deliveries.iter())
 }
 
 /// The deliveries for one local user's `{device ID or "*": content}` map: `*` reaches every
@@ -394,6 +415,7 @@ pub fn expand_local(
 
 /// Wakes the syncs of every user who got a message.
 pub fn wake_recipients(services: &Services, deliveries: &[Delivery]) {
+    services.appservices.wake_all();
     let users: std::collections::BTreeSet<&UserId> = deliveries
         .iter()
         .map(|delivery| &*delivery.user_id)

@@ -248,6 +248,7 @@ pub fn set_typing(
         .update(&services.globals, room_id, user_id, until, true)?;
     if update.changed {
         services.notifier.wake(Topic::Room(room_id.to_string()));
+        services.appservices.queue_typing(services, room_id)?;
     }
     if update.announce {
         announce(services, room_id, user_id, timeout.is_some())?;
@@ -285,6 +286,7 @@ pub fn receive_edu(services: &Services, origin: &ServerName, content: &Value) ->
         .update(&services.globals, &room_id, &user_id, until, false)?;
     if update.changed {
         services.notifier.wake(Topic::Room(room_id.to_string()));
+        services.appservices.queue_typing(services, &room_id)?;
     }
     Ok(())
 }
@@ -339,6 +341,9 @@ pub async fn run_expiry(services: Arc<Services>, mut shutdown: watch::Receiver<b
         let own = services.globals.server_name();
         for (room_id, user_id) in expired {
             services.notifier.wake(Topic::Room(room_id.to_string()));
+            if let Err(error) = services.appservices.queue_typing(&services, &room_id) {
+                tracing::error!(%error, "queueing typing for appservices failed");
+            }
             if user_id.server_name() == own {
                 if let Err(error) = announce(&services, &room_id, &user_id, false) {
                     tracing::error!(%error, "queueing a typing EDU failed");

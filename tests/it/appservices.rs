@@ -105,6 +105,25 @@ impl FakeAppservice {
             .collect()
     }
 
+    /// The bodies of the transactions received, each transaction ID once, in order.
+    pub fn bodies(&self) -> Vec<Value> {
+        let mut seen = std::collections::HashSet::new();
+        self.transactions
+            .lock()
+            .iter()
+            .filter(|(txn, _, _)| seen.insert(txn.clone()))
+            .map(|(_, _, body)| body.clone())
+            .collect()
+    }
+
+    /// Every item of the transactions' `field` arrays, in order.
+    pub fn items(&self, field: &str) -> Vec<Value> {
+        self.bodies()
+            .iter()
+            .flat_map(|body| body[field].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
     /// The bodies of the `m.room.message` events received, in order.
     pub fn texts(&self) -> Vec<String> {
         self.texts_in(None)
@@ -142,7 +161,7 @@ pub fn registration(id: &str, prefix: &str, url: &str) -> String {
 }
 
 /// A server reading the registrations written into a fresh folder.
-async fn server_with(files: &[(&str, String)]) -> (TestServer, tempfile::TempDir) {
+pub async fn server_with(files: &[(&str, String)]) -> (TestServer, tempfile::TempDir) {
     let folder = tempfile::tempdir().unwrap();
     for (name, text) in files {
         std::fs::write(folder.path().join(name), text).unwrap();
@@ -158,14 +177,14 @@ async fn server_with(files: &[(&str, String)]) -> (TestServer, tempfile::TempDir
 }
 
 /// A fake appservice on a fresh loopback port, and its URL.
-async fn fake_appservice() -> (Arc<FakeAppservice>, String) {
+pub async fn fake_appservice() -> (Arc<FakeAppservice>, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     (FakeAppservice::serve(listener), url)
 }
 
 /// A client with `token` that masquerades as `user_id` when given.
-fn as_client(server: &TestServer, token: &str) -> Client {
+pub fn as_client(server: &TestServer, token: &str) -> Client {
     Client {
         token: Some(token.to_owned()),
         ..server.client()
@@ -173,7 +192,7 @@ fn as_client(server: &TestServer, token: &str) -> Client {
 }
 
 /// Registers `localpart` with the appservice's token, without user-interactive auth.
-async fn register_ghost(client: &Client, localpart: &str) -> (u16, Value) {
+pub async fn register_ghost(client: &Client, localpart: &str) -> (u16, Value) {
     client
         .post(
             "/_matrix/client/v3/register",
@@ -380,6 +399,9 @@ async fn appservice_users_log_in_and_are_exempt_from_rate_limits() {
         enc(session["user_id"].as_str().unwrap())
     );
     assert_eq!(bridge.get_ok(&path).await["device_id"], device);
+    // A device the user does not have: 400 M_UNKNOWN_DEVICE (MSC4326).
+    let unknown = path.replace(&format!("device_id={device}"), "device_id=NOSUCHDEVICE");
+    assert_error(&bridge.get(&unknown).await, 400, "M_UNKNOWN_DEVICE");
     // Without the appservice's token, the login type is refused.
     let (status, body) = server
         .client()

@@ -177,7 +177,6 @@ async fn matrix_sdk_clients_exchange_an_encrypted_message() {
             },
             OwnedUserId,
         },
-        Client as SdkClient,
     };
 
     let server = TestServer::start().await;
@@ -185,17 +184,7 @@ async fn matrix_sdk_clients_exchange_an_encrypted_message() {
     server.register("bob").await;
     let mut clients = Vec::new();
     for name in ["alice", "bob"] {
-        let client = SdkClient::builder()
-            .homeserver_url(&server.base)
-            .build()
-            .await
-            .unwrap();
-        client
-            .matrix_auth()
-            .login_username(name, "password")
-            .send()
-            .await
-            .unwrap();
+        let client = crate::sync::sdk_login(&server, name).await;
         client.sync_once(SyncSettings::default()).await.unwrap();
         clients.push(client);
     }

@@ -17,6 +17,7 @@ mod admin_room;
 mod admin_rooms;
 mod aliases;
 mod appservices;
+mod appservices_extras;
 mod backfill;
 mod backups;
 mod calls;

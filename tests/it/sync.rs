@@ -306,33 +306,13 @@ async fn matrix_sdk_client_chats_through_plait() {
             api::client::room::create_room::v3::Request as CreateRoomRequest,
             events::room::message::RoomMessageEventContent, OwnedUserId,
         },
-        Client,
     };
 
     let server = TestServer::start().await;
     server.register("alice").await;
     server.register("bob").await;
-    let alice = Client::builder()
-        .homeserver_url(&server.base)
-        .build()
-        .await
-        .unwrap();
-    alice
-        .matrix_auth()
-        .login_username("alice", "password")
-        .send()
-        .await
-        .unwrap();
-    let bob = Client::builder()
-        .homeserver_url(&server.base)
-        .build()
-        .await
-        .unwrap();
-    bob.matrix_auth()
-        .login_username("bob", "password")
-        .send()
-        .await
-        .unwrap();
+    let alice = sdk_login(&server, "alice").await;
+    let bob = sdk_login(&server, "bob").await;
 
     let room = alice.create_room(CreateRoomRequest::new()).await.unwrap();
     let bob_id = OwnedUserId::try_from("@bob:localhost").unwrap();
@@ -386,6 +366,23 @@ async fn long_poll_returns_when_an_invite_arrives() {
         response["rooms"]["invite"].get(&room).is_some(),
         "{response}"
     );
+}
+
+/// A matrix-sdk client of `server` logged in as `name` (password `password`, as
+/// `TestServer::register` sets it).
+pub async fn sdk_login(server: &TestServer, name: &str) -> matrix_sdk::Client {
+    let client = matrix_sdk::Client::builder()
+        .homeserver_url(&server.base)
+        .build()
+        .await
+        .unwrap();
+    client
+        .matrix_auth()
+        .login_username(name, "password")
+        .send()
+        .await
+        .unwrap();
+    client
 }
 
 /// Syncs a matrix-sdk client (up to 10 times) until a message containing `text` is in the room's

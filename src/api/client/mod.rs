@@ -39,6 +39,7 @@ pub mod state;
 pub mod stories;
 pub mod sync;
 pub mod tags;
+pub mod thirdparty;
 pub mod timestamp;
 pub mod to_device;
 pub mod typing;

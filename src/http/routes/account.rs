@@ -4,7 +4,10 @@
 use http::Method;
 
 use crate::api::{
-    client::{account, appservice, device, discovery, oauth, presence, profile, user_directory},
+    client::{
+        account, appservice, device, discovery, oauth, presence, profile, thirdparty,
+        user_directory,
+    },
     synapse_admin,
 };
 use crate::http::{raw_route, route, typed, Auth, Route};
@@ -169,14 +172,53 @@ pub(super) fn account() -> Vec<Route> {
     ]
 }
 
-/// What application services call as clients beyond the rest of the API.
+/// What application services call as clients beyond the rest of the API, and the third-party
+/// lookups clients make of them.
 pub(super) fn appservices() -> Vec<Route> {
-    vec![typed(
-        Method::POST,
-        "/_matrix/client/v1/appservice/{appserviceId}/ping",
-        Token,
-        appservice::request_ping,
-    )]
+    vec![
+        typed(
+            Method::POST,
+            "/_matrix/client/v1/appservice/{appserviceId}/ping",
+            Token,
+            appservice::request_ping,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/thirdparty/protocols",
+            Token,
+            thirdparty::get_protocols,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/thirdparty/protocol/{protocol}",
+            Token,
+            thirdparty::get_protocol,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/thirdparty/location/{protocol}",
+            Token,
+            thirdparty::get_location_for_protocol,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/thirdparty/user/{protocol}",
+            Token,
+            thirdparty::get_user_for_protocol,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/thirdparty/location",
+            Token,
+            thirdparty::get_location_for_room_alias,
+        ),
+        route(
+            Method::GET,
+            "/_matrix/client/v3/thirdparty/user",
+            Token,
+            thirdparty::get_user_for_user_id,
+        ),
+    ]
 }
 
 /// Device management.

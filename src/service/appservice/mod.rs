@@ -1,7 +1,8 @@
 //! Application services (bridges and bots, spec v1.19 "Application Service API"): the registered
 //! appservices with their compiled namespaces, the `as_token` authentication of their requests
 //! (`user_id` masquerading within the user namespaces), exclusive namespaces, and the durable
-//! queue of events each one receives (`queue.rs`, sent by `sender.rs`).
+//! queue of events each one receives (`queue.rs`, sent by `sender.rs`) with the ephemeral
+//! events, to-device messages and device list changes beside them (`extras.rs`).
 //!
 //! Registrations come from the YAML files of `appservice_dir` (read at start; a bad file is
 //! logged by name and left out) and from `!admin appservices register` (kept in
@@ -9,9 +10,12 @@
 //! request sees one consistent set.
 
 pub mod accounts;
+pub mod extras;
+pub mod matcher;
 pub mod queue;
 pub mod registration;
 pub mod sender;
+pub mod thirdparty;
 
 use std::{
     collections::HashMap,
@@ -57,6 +61,8 @@ pub struct Registry {
     /// Registrations left out, each with its source and reason.
     pub problems: Vec<String>,
     by_token: HashMap<[u8; 32], usize>,
+    /// Every appservice's namespaces in one set per kind, in `appservices` order.
+    pub matcher: matcher::Matcher,
 }
 
 impl Registry {
@@ -82,6 +88,16 @@ impl Registry {
         };
         tracing::error!(%source, reason = %refused, "appservice registration left out");
         self.problems.push(format!("{source}: {refused}"));
+    }
+
+    /// Compiles the combined namespaces once every registration is in.
+    fn finish(&mut self) {
+        let appservices: Vec<&Appservice> = self
+            .appservices
+            .iter()
+            .map(|(appservice, _)| &**appservice)
+            .collect();
+        self.matcher = matcher::Matcher::compile(&appservices);
     }
 
     /// The appservice with `id`.
@@ -150,6 +166,7 @@ impl Appservices {
                 .map_err(|error| Error::corrupt("appserviceid_registration", error));
             registry.add(parsed, Source::AdminRoom, &self.server_name);
         }
+        registry.finish();
         tracing::info!(
             appservices = registry.appservices.len(),
             left_out = registry.problems.len(),
@@ -235,8 +252,8 @@ impl Appservices {
 
     /// The user and device an appservice request acts as: `user_id` (masquerading) or the
     /// appservice's sender, and `device_id` (MSC3202, MSC4326) or [`NO_DEVICE`].
-    /// `M_FORBIDDEN` for a user outside its namespaces, a user that does not exist (but the
-    /// sender), or a device the user does not have.
+    /// `M_FORBIDDEN` for a user outside its namespaces or a user that does not exist (but the
+    /// sender), `M_UNKNOWN_DEVICE` for a device the user does not have.
     pub fn acting_as(
         &self,
         users: &crate::service::users::Users,
@@ -265,10 +282,12 @@ impl Appservices {
             Some(device_id) if users.get_device(&user, device_id)?.is_some() => {
                 OwnedDeviceId::from(device_id)
             }
+            // MSC4326: a device the user does not have is `400 M_UNKNOWN_DEVICE`.
             Some(device_id) => {
-                return Err(Error::forbidden(format!(
-                    "{user} has no device {device_id}"
-                )))
+                return Err(Error::custom(
+                    "M_UNKNOWN_DEVICE",
+                    format!("{user} has no device {device_id}"),
+                ))
             }
             None => OwnedDeviceId::from(NO_DEVICE),
         };

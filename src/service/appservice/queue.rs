@@ -7,7 +7,7 @@ use ruma::{
     events::TimelineEventType, OwnedEventId, OwnedRoomAliasId, OwnedRoomId, OwnedUserId, RoomId,
 };
 
-use super::{Appservice, Appservices};
+use super::{extras::Extra, Appservices, Registry};
 use crate::{
     error::{Error, Result},
     service::{rooms::pdu::Pdu, Services},
@@ -25,6 +25,8 @@ pub(super) struct QueuedEvents {
     pub keys: Vec<Vec<u8>>,
     /// Each event with its room (a room version 12 create event names none).
     pub events: Vec<(OwnedRoomId, OwnedEventId)>,
+    /// Ephemeral events, to-device messages and device list changes (`extras.rs`), in order.
+    pub extras: Vec<Extra>,
 }
 
 /// What is known about the room of the event being committed, read at most once for all
@@ -80,9 +82,12 @@ impl Appservices {
             members: None,
             aliases: None,
         };
-        for (appservice, _) in &registry.appservices {
-            if appservice.registration.url.is_none() || !is_interested(appservice, pdu, &mut facts)?
-            {
+        if pdu.kind == TimelineEventType::RoomMember {
+            self.queue_membership_in_batch(batch, count, pdu)?;
+        }
+        let interested = interested(&registry, pdu, &mut facts)?;
+        for ((appservice, _), interested) in registry.appservices.iter().zip(interested) {
+            if appservice.registration.url.is_none() || !interested {
                 continue;
             }
             let entry = key::join(&[appservice.id().as_bytes(), &key::u64_bytes(count)]);
@@ -118,12 +123,19 @@ impl Appservices {
             }
             None => prefix.clone(),
         };
-        let (mut keys, mut events) = (Vec::new(), Vec::new());
+        let (mut keys, mut events, mut extras) = (Vec::new(), Vec::new(), Vec::new());
         for entry in self.appserviceidcount_outgoing.iter_from(&start, false) {
             let (entry_key, value) = entry?;
             let past_in_flight = in_flight.as_deref().is_some_and(|last| *entry_key > *last);
             if !entry_key.starts_with(&prefix) || keys.len() == MAX_EVENTS || past_in_flight {
                 break;
+            }
+            keys.push(entry_key.to_vec());
+            if value.first() == Some(&b'{') {
+                let extra = serde_json::from_slice(&value)
+                    .map_err(|error| Error::corrupt("appserviceidcount_outgoing", error))?;
+                extras.push(extra);
+                continue;
             }
             let mut parts = key::split(&value).map(std::str::from_utf8);
             let (Some(Ok(room_id)), Some(Ok(event_id))) = (parts.next(), parts.next()) else {
@@ -139,19 +151,17 @@ impl Appservices {
                 Error::corrupt("appserviceidcount_outgoing", "bad room or event ID")
             })?;
             events.push(event);
-            keys.push(entry_key.to_vec());
         }
-        let position = |entry: Option<&Vec<u8>>| {
-            entry
-                .and_then(|entry| entry.get(prefix.len()..))
-                .and_then(key::read_u64)
-                .unwrap_or(0)
-        };
-        let txn_id = format!("{}.{}", position(keys.first()), position(keys.last()));
+        let txn_id = format!(
+            "{}.{}",
+            position(keys.first(), prefix.len()),
+            position(keys.last(), prefix.len())
+        );
         Ok(QueuedEvents {
             txn_id,
             keys,
             events,
+            extras,
         })
     }
 
@@ -197,6 +207,27 @@ impl Appservices {
     }
 }
 
+/// A queue key's part of a transaction ID: its stream position, and for an item that is not a
+/// room event (several may share a position) a short hash of its discriminator. Queue keys are
+/// unique and a transaction takes a range of them that no other transaction shares, so its ID
+/// (first and last position) is never used for other content.
+fn position(entry: Option<&Vec<u8>>, prefix_len: usize) -> String {
+    let Some(rest) = entry.and_then(|entry| entry.get(prefix_len..)) else {
+        return "0".to_owned();
+    };
+    let count = key::read_u64(rest).unwrap_or(0);
+    match rest.get(8..) {
+        Some(discriminator) if !discriminator.is_empty() => {
+            let hash = crate::crypto::token_hash(&String::from_utf8_lossy(discriminator));
+            format!(
+                "{count}_{:02x}{:02x}{:02x}{:02x}",
+                hash[0], hash[1], hash[2], hash[3]
+            )
+        }
+        _ => count.to_string(),
+    }
+}
+
 /// The key of an appservice's in-flight mark: its id and 0xfe, a byte no UTF-8 id holds, so it
 /// sorts outside the id's queue (id 0xff count).
 fn in_flight_key(id: &str) -> Vec<u8> {
@@ -205,35 +236,35 @@ fn in_flight_key(id: &str) -> Vec<u8> {
     entry
 }
 
-/// Whether an event interests an appservice: its sender or (for a member event) its target is
-/// one of its users, or the room's ID, one of the room's aliases or one of its members is in its
-/// namespaces.
-fn is_interested(appservice: &Appservice, pdu: &Pdu, facts: &mut RoomFacts<'_>) -> Result<bool> {
-    if appservice.is_user_match(&pdu.sender) {
-        return Ok(true);
+/// Which appservices (in registry order) an event interests: its sender or (for a member
+/// event) its target is one of their users, or the room's ID, one of the room's aliases or one
+/// of its members is in their namespaces. Each ID is matched once against every appservice's
+/// namespaces together (`matcher.rs`); the room's aliases and members are read only while some
+/// appservice is still not interested.
+fn interested(registry: &Registry, pdu: &Pdu, facts: &mut RoomFacts<'_>) -> Result<Vec<bool>> {
+    let matcher = &registry.matcher;
+    let mut hits = vec![false; registry.appservices.len()];
+    let done = |hits: &[bool]| hits.iter().all(|hit| *hit);
+    matcher.mark_user(pdu.sender.as_str(), &mut hits);
+    if pdu.kind == TimelineEventType::RoomMember {
+        if let Some(target) = pdu.state_key.as_deref() {
+            matcher.mark_user(target, &mut hits);
+        }
     }
-    if pdu.kind == TimelineEventType::RoomMember
-        && pdu
-            .state_key
-            .as_deref()
-            .is_some_and(|target| appservice.users.is_match(target) || target == appservice.sender)
-    {
-        return Ok(true);
+    matcher.mark_room(facts.room_id.as_str(), &mut hits);
+    if done(&hits) {
+        return Ok(hits);
     }
-    if appservice.rooms.is_match(facts.room_id.as_str()) {
-        return Ok(true);
+    if matcher.has_aliases() {
+        for alias in facts.aliases()? {
+            matcher.mark_alias(alias.as_str(), &mut hits);
+        }
     }
-    let namespaces = &appservice.registration.namespaces;
-    if !namespaces.aliases.is_empty()
-        && facts
-            .aliases()?
-            .iter()
-            .any(|alias| appservice.aliases.is_match(alias.as_str()))
-    {
-        return Ok(true);
+    for member in facts.members()? {
+        if done(&hits) {
+            break;
+        }
+        matcher.mark_user(member.as_str(), &mut hits);
     }
-    Ok(facts
-        .members()?
-        .iter()
-        .any(|member| appservice.is_user_match(member)))
+    Ok(hits)
 }

@@ -28,9 +28,17 @@ pub struct Registration {
     pub rate_limited: Option<bool>,
     #[serde(default)]
     pub protocols: Option<Vec<String>>,
-    /// MSC2409: typing, receipts and presence in transactions.
-    #[serde(default, alias = "de.sorunome.msc2409.push_ephemeral")]
+    /// MSC2409: typing, receipts and presence in transactions, under `ephemeral`.
+    #[serde(default)]
     pub receive_ephemeral: bool,
+    /// MSC2409's unstable name: the same under `de.sorunome.msc2409.ephemeral`.
+    #[serde(default, rename = "de.sorunome.msc2409.push_ephemeral")]
+    pub push_ephemeral: bool,
+    /// MSC3202: device list changes, one-time key counts and unused fallback key types of its
+    /// users' devices in transactions; its exclusive users' to-device messages reach it only
+    /// through transactions.
+    #[serde(default, rename = "org.matrix.msc3202")]
+    pub msc3202: bool,
 }
 
 /// The three namespace lists.
@@ -152,6 +160,17 @@ impl Appservice {
     /// Whether `token` is this appservice's `hs_token`, compared in constant time.
     pub fn is_hs_token(&self, token: &str) -> bool {
         crypto::token_hash(token) == crypto::token_hash(&self.registration.hs_token)
+    }
+
+    /// Whether it asked for ephemeral events (MSC2409), by either name.
+    pub fn wants_ephemeral(&self) -> bool {
+        self.registration.url.is_some()
+            && (self.registration.receive_ephemeral || self.registration.push_ephemeral)
+    }
+
+    /// Whether it asked for the MSC3202 transaction extensions.
+    pub fn wants_device_extensions(&self) -> bool {
+        self.registration.url.is_some() && self.registration.msc3202
     }
 
     /// Whether its requests skip the rate limits (`rate_limited: false`).

@@ -11,7 +11,7 @@ use ruma::api::error::{BadStatusErrorData, ErrorKind};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::{queue::QueuedEvents, Appservice};
+use super::{extras, queue::QueuedEvents, Appservice};
 use crate::{
     error::{Error, Result},
     service::{rooms::pdu, Services},
@@ -174,15 +174,24 @@ async fn send_transaction(
     queued: &QueuedEvents,
 ) -> Result<()> {
     let mut events = Vec::with_capacity(queued.events.len());
+    let mut rooms = Vec::new();
     for (room_id, event_id) in &queued.events {
         if let Some(pdu) = services.rooms.timeline.get_pdu(event_id)? {
             events.push(pdu::client_event(&pdu, room_id, None));
+            rooms.push(room_id.clone());
         }
+    }
+    let fields = extras::transaction_fields(services, appservice, &queued.extras, &rooms)?;
+    // Ephemeral events and device lists the appservice turned out not to be interested in.
+    if events.is_empty() && fields.is_empty() {
+        return Ok(());
     }
     // Nothing leaves the server before it is on disk here (group commit).
     services.globals.durable().await?;
     let path = format!("/_matrix/app/v1/transactions/{}", queued.txn_id);
-    let body = json!({ "events": events });
+    let mut body = fields;
+    body.insert("events".into(), json!(events));
+    let body = Value::Object(body);
     request(services, appservice, http::Method::PUT, &path, Some(&body)).await?;
     tracing::debug!(txn_id = %queued.txn_id, events = events.len(), "transaction delivered");
     Ok(())

@@ -160,7 +160,7 @@ pub fn receive_device_list_update(
             resync = true;
             changed = !update.prev_ids.is_empty();
             if changed {
-                services.keys.mark_changed_in_batch(batch, user_id, count)?;
+                super::mark_changed_in_batch(services, batch, user_id, count)?;
             }
             return Ok(());
         };
@@ -191,7 +191,7 @@ pub fn receive_device_list_update(
         }
         cache.set_user_in_batch(batch, user_id, &record)?;
         if changed {
-            services.keys.mark_changed_in_batch(batch, user_id, count)?;
+            super::mark_changed_in_batch(services, batch, user_id, count)?;
         }
         Ok(())
     })?;
@@ -240,7 +240,7 @@ pub fn receive_signing_key_update(
                 .remote_keys
                 .set_user_in_batch(batch, user_id, &record)?;
         }
-        services.keys.mark_changed_in_batch(batch, user_id, count)?;
+        super::mark_changed_in_batch(services, batch, user_id, count)?;
         changed = true;
         Ok(())
     })?;

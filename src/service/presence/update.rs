@@ -289,6 +289,9 @@ pub(super) fn commit(
             user.as_bytes(),
         );
         batch.insert(&presence.userid_presence, user.as_bytes(), &encode(entry)?);
+        services
+            .appservices
+            .queue_presence_in_batch(batch, count, user)?;
         if !destinations.is_empty() {
             let edu = presence.edu(user, entry, now);
             services
@@ -308,6 +311,7 @@ pub(super) fn commit(
             services.notifier.wake(Topic::Room(room_id.to_string()));
         }
         services.sending.wake(destinations);
+        services.appservices.wake_all();
     }
     Ok(changed)
 }
