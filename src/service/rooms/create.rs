@@ -13,7 +13,7 @@ use crate::{
     error::{Error, Result},
     service::{
         rooms::{
-            handshake,
+            handshake, retention,
             timeline::{create_and_commit, PduBuilder},
             version::rules_for,
         },
@@ -146,12 +146,26 @@ fn plan(services: &Services, sender: &UserId, request: &NewRoom) -> Result<Plan>
         }
         None => None,
     };
+    let story_room = request
+        .creation_content
+        .as_ref()
+        .is_some_and(|content| content.get("type") == Some(&json!(retention::STORY_ROOM_TYPE)));
     for invitee in &request.invite {
         if invitee.server_name() == server && !services.users.exists(invitee)? {
             return Err(Error::not_found(format!("user {invitee} does not exist")));
         }
+        if story_room {
+            services.stories.check_audience(services, sender, invitee)?;
+        }
     }
     let mut create_content = request.creation_content.clone().unwrap_or_default();
+    // The room type (`m.space`, a story room's `io.plait.story`) is a string when present.
+    if create_content
+        .get("type")
+        .is_some_and(|kind| !kind.is_string() && !kind.is_null())
+    {
+        return Err(Error::bad_json("creation_content.type must be a string"));
+    }
     create_content.insert("room_version".into(), json!(version.as_str()));
     if !rules.authorization.use_room_create_sender {
         create_content.insert("creator".into(), json!(sender));
