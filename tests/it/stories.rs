@@ -424,8 +424,8 @@ async fn a_room_without_the_story_type_is_no_story_room_and_cannot_be_given_it()
             json!({"type": "io.plait.story"}),
         )
         .await;
-    assert_eq!(status, 403, "{body}");
-    assert_eq!(body["errcode"], "M_FORBIDDEN", "{body}");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errcode"], "M_BAD_JSON", "{body}");
     assert!(stories_of(&owner).await.is_empty());
     let room = ruma::RoomId::parse(&plain).unwrap();
     assert_eq!(
