@@ -100,6 +100,8 @@ pub struct Services {
     pub stats: stats::Stats,
     /// Invite links with expiry and use limits.
     pub invite_links: invite_links::InviteLinks,
+    /// The stories index and the story rooms' facts.
+    pub stories: stories::Stories,
     /// The outgoing server-server client.
     pub federation: FederationClient,
     /// The call history's index.
@@ -164,11 +166,13 @@ impl Services {
             calls: calls::Calls::open(&db),
             delayed_events: delayed_events::DelayedEvents::open(&db)?,
             invite_links: invite_links::InviteLinks::open(&db),
+            stories: stories::Stories::open(&db),
             config,
         });
         push::build_unread_counters(&services)?;
         push::drain_retired_index(&services)?;
         stats::build(&services)?;
+        services.stories.fill_if_needed(&services)?;
         appservice::accounts::create_senders(&services)?;
         Ok(services)
     }

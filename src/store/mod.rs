@@ -120,6 +120,7 @@ pub const TREES: &[&str] = &[
     "roomstatedelayid_",
     "invitelink_info",
     "roomid_invitelink",
+    "storyroomcount_ts",
 ];
 
 /// Memtable size of one tree at most: a tree's writes are flushed to a table file once this

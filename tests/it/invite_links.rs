@@ -1,10 +1,16 @@
 //! Invite links (issue 19, `docs/invite_links.md`): making, listing and revoking them, redeeming
 //! one into an invite-only room and a space with a restricted child, the no-script page, and
-//! every way a link or a request can be refused without changing anything.
+//! every way a link or a request can be refused without changing anything, and a knock from
+//! another server answered by an invite when it carries a usable code.
+
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{assert_error, enc, Client, TestServer};
+use crate::{
+    common::{assert_error, enc, Client, TestServer},
+    federation::{is_membership, join_via, two_servers, wait_for_event},
+};
 
 fn links_path(room_id: &str) -> String {
     format!("/_plait/client/v1/rooms/{}/invite_links", enc(room_id))
@@ -315,4 +321,92 @@ async fn a_space_link_also_joins_its_restricted_children() {
     );
     // An invite-only child of the space is not opened by the space's link.
     assert_eq!(membership(&alice, &private, &bob_id).await, None);
+}
+
+/// Waits until `client`'s `/sync` lists an invite to `room`; fails after 20 s.
+async fn wait_for_invite(client: &Client, room: &str) {
+    for _ in 0..100 {
+        let sync = client.get_ok("/_matrix/client/v3/sync").await;
+        if sync["rooms"]["invite"].get(room).is_some() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no invite to {room} reached the knocking user's server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_knock_from_another_server_with_a_link_code_is_answered_with_an_invite() {
+    let (_ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let bob = hs2.register("bob").await;
+    let carol = hs2.register("carol").await;
+    let dave = hs2.register("dave").await;
+    let (bob_id, carol_id, dave_id) = (
+        bob.user_id().await,
+        carol.user_id().await,
+        dave.user_id().await,
+    );
+    let room = alice
+        .create_room(json!({
+            "preset": "private_chat",
+            "initial_state": [{
+                "type": "m.room.join_rules", "state_key": "",
+                "content": {"join_rule": "knock"}
+            }]
+        }))
+        .await;
+    let link = make_link(&alice, &room, json!({"max_uses": 1})).await;
+    let code = link["code"].as_str().unwrap();
+    let knock_path = format!(
+        "/_matrix/client/v3/knock/{}?via={}",
+        enc(&room),
+        enc(&hs1.server_name())
+    );
+
+    // Bob knocks with the code in his reason: hs1 invites him on behalf of alice at once, the
+    // invite reaches hs2, and bob joins.
+    bob.post_ok(
+        &knock_path,
+        json!({"reason": format!("Let me in, code {code}")}),
+    )
+    .await;
+    let invite = wait_for_event(
+        &alice,
+        &room,
+        "bob's invite",
+        is_membership(&bob_id, "invite"),
+    )
+    .await;
+    assert_eq!(invite["sender"], alice.user_id().await);
+    assert_eq!(
+        invite["content"]["reason"],
+        format!("invite link {}", link["id"].as_str().unwrap())
+    );
+    wait_for_invite(&bob, &room).await;
+    join_via(&bob, &room, &hs1).await;
+    wait_for_event(&alice, &room, "bob's join", is_membership(&bob_id, "join")).await;
+    let links = alice.get_ok(&links_path(&room)).await;
+    assert_eq!(links["invite_links"][0]["uses"], 1, "{links}");
+
+    // Carol knocks with the used-up code and dave with a code of no link: both stay knocks.
+    carol
+        .post_ok(&knock_path, json!({"reason": format!("code {code}")}))
+        .await;
+    let unknown = "b".repeat(32);
+    dave.post_ok(&knock_path, json!({"reason": unknown})).await;
+    for (user, name) in [(&carol_id, "carol's knock"), (&dave_id, "dave's knock")] {
+        wait_for_event(&alice, &room, name, is_membership(user, "knock")).await;
+    }
+    // The answer to a good code comes half a second after the knock; wait well past that.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for user in [&carol_id, &dave_id] {
+        assert_eq!(
+            membership(&alice, &room, user).await.as_deref(),
+            Some("knock"),
+            "{user}"
+        );
+    }
+    let links = alice.get_ok(&links_path(&room)).await;
+    assert_eq!(links["invite_links"][0]["uses"], 1, "{links}");
 }

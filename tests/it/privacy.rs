@@ -218,3 +218,101 @@ async fn stories_follow_the_owner_setting() {
     assert_eq!(count(&bob).await, 0);
     assert_eq!(count(&alice).await, 1);
 }
+
+/// A user's membership in a room as `viewer` sees it in the room's state, if any.
+async fn membership(viewer: &Client, room: &str, user: &str) -> Option<String> {
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+        enc(room),
+        enc(user)
+    );
+    let (status, body) = viewer.get(&path).await;
+    (status == 200).then(|| body["membership"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn story_rooms_refuse_new_members_the_owner_setting_leaves_out() {
+    let server = TestServer::start().await;
+    let (alice, bob, carol, _) = alice_bob_and_carol(&server).await;
+    let dave = server.register("dave").await;
+    let (bob_id, carol_id, dave_id) = (
+        bob.user_id().await,
+        carol.user_id().await,
+        dave.user_id().await,
+    );
+    let story_room =
+        json!({"preset": "public_chat", "creation_content": {"type": "io.plait.story"}});
+    let story = alice.create_room(story_room.clone()).await;
+    dave.join(&story).await;
+    set_privacy(&alice, json!({"stories": "contacts"})).await;
+    let invite = format!("/_matrix/client/v3/rooms/{}/invite", enc(&story));
+    let join = format!("/_matrix/client/v3/rooms/{}/join", enc(&story));
+
+    // Carol is no contact: she may not join, nor be invited, and nothing changes.
+    assert_error(&carol.post(&join, json!({})).await, 403, "M_FORBIDDEN");
+    assert_error(
+        &alice.post(&invite, json!({"user_id": carol_id})).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_eq!(membership(&alice, &story, &carol_id).await, None);
+    // Nor is a new story room made with her among its invitees.
+    let mut with_carol = story_room.clone();
+    with_carol["invite"] = json!([carol_id]);
+    let rooms_before = alice.get_ok("/_matrix/client/v3/joined_rooms").await;
+    assert_error(
+        &alice
+            .post("/_matrix/client/v3/createRoom", with_carol)
+            .await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_eq!(
+        alice.get_ok("/_matrix/client/v3/joined_rooms").await,
+        rooms_before
+    );
+    // Dave, who joined before, stays and may still change his member event.
+    dave.put_ok(
+        &format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+            enc(&story),
+            enc(&dave_id)
+        ),
+        json!({"membership": "join", "displayname": "Dave"}),
+    )
+    .await;
+    assert_eq!(
+        membership(&alice, &story, &dave_id).await.as_deref(),
+        Some("join")
+    );
+    // Bob is a contact; an ordinary room of alice's is not concerned.
+    bob.join(&story).await;
+    let plain = alice.create_room(json!({"preset": "public_chat"})).await;
+    carol.join(&plain).await;
+
+    // Under `nobody`, not even a contact gets in again.
+    set_privacy(&alice, json!({"stories": "nobody"})).await;
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&story)),
+        json!({}),
+    )
+    .await;
+    assert_error(&bob.post(&join, json!({})).await, 403, "M_FORBIDDEN");
+    assert_error(
+        &alice.post(&invite, json!({"user_id": bob_id})).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    assert_eq!(
+        membership(&alice, &story, &bob_id).await.as_deref(),
+        Some("leave")
+    );
+
+    // Back to `everyone`: carol joins.
+    set_privacy(&alice, json!({"stories": "everyone"})).await;
+    carol.join(&story).await;
+    assert_eq!(
+        membership(&alice, &story, &carol_id).await.as_deref(),
+        Some("join")
+    );
+}

@@ -9,15 +9,20 @@ use serde_json::{json, Value};
 use crate::common::{assert_error, enc, Client, TestServer};
 use crate::media::{get_raw, mxc_path, upload_ok};
 
-/// A server whose retention job runs every 100 ms.
-async fn fast_purging_server() -> TestServer {
+/// A server whose retention job runs every `interval_ms`.
+async fn purging_server(interval_ms: u64) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let mut server = TestServer::start_at(dir.path(), |config| {
-        config.retention_purge_interval_ms = 100;
+        config.retention_purge_interval_ms = interval_ms;
     })
     .await;
     server.dir = Some(dir);
     server
+}
+
+/// A server whose retention job runs every 100 ms.
+async fn fast_purging_server() -> TestServer {
+    purging_server(100).await
 }
 
 /// Sets a room's `m.room.retention` policy; answers the status and body.
@@ -328,4 +333,110 @@ async fn story_rooms_default_to_a_day() {
     assert_eq!(lifetime(&plain), None);
     owner.send_text(&story, "s1", "today").await;
     assert_eq!(stories_of(&owner).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_story_leaves_the_list_when_redacted_or_when_its_room_lifetime_shrinks() {
+    // The purge job does not run during the test: what is checked is the listing's own view.
+    let server = purging_server(3_600_000).await;
+    let owner = server.register("owner").await;
+    let viewer = server.register("viewer").await;
+    let story = owner
+        .create_room(
+            json!({"preset": "public_chat", "creation_content": {"type": "io.plait.story"}}),
+        )
+        .await;
+    viewer.join(&story).await;
+    let first = owner.send_text(&story, "s1", "first").await;
+    let second = owner.send_text(&story, "s2", "second").await;
+    // A member's message in a story room is no story.
+    viewer.send_text(&story, "v1", "not a story").await;
+    let listed_ids = |client: &Client| {
+        let client = client.clone();
+        async move {
+            stories_of(&client)
+                .await
+                .iter()
+                .map(|story| story["event_id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(listed_ids(&viewer).await, [second.clone(), first.clone()]);
+    owner
+        .put_ok(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/redact/{}/r1",
+                enc(&story),
+                enc(&first)
+            ),
+            json!({}),
+        )
+        .await;
+    assert_eq!(listed_ids(&viewer).await, std::slice::from_ref(&second));
+    // A policy set after the stories were listed applies at once, before any purge.
+    let (status, body) = set_policy(&owner, &story, json!({"max_lifetime": 1})).await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert!(listed_ids(&viewer).await.is_empty());
+    assert!(listed_ids(&owner).await.is_empty());
+    let (status, body) = set_policy(&owner, &story, json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(listed_ids(&owner).await, [second]);
+}
+
+#[tokio::test]
+async fn a_room_without_the_story_type_is_no_story_room_and_cannot_be_given_it() {
+    let server = TestServer::start().await;
+    let owner = server.register("owner").await;
+    // A type that is not a string is refused, and no room is made.
+    let before = owner.get_ok("/_matrix/client/v3/joined_rooms").await;
+    for creation_content in [
+        json!({"type": 5}),
+        json!({"type": {"io.plait.story": true}}),
+    ] {
+        assert_error(
+            &owner
+                .post(
+                    "/_matrix/client/v3/createRoom",
+                    json!({"creation_content": creation_content}),
+                )
+                .await,
+            400,
+            "M_BAD_JSON",
+        );
+    }
+    assert_eq!(
+        owner.get_ok("/_matrix/client/v3/joined_rooms").await,
+        before
+    );
+    // A room made without the type keeps its messages and lists none as stories; a later
+    // create event that would give it the type is refused.
+    let plain = owner
+        .create_room(json!({"name": "My stories", "creation_content": {}}))
+        .await;
+    owner.send_text(&plain, "p1", "not a story").await;
+    let (status, body) = owner
+        .put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.create",
+                enc(&plain)
+            ),
+            json!({"type": "io.plait.story"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errcode"], "M_BAD_JSON", "{body}");
+    assert!(stories_of(&owner).await.is_empty());
+    let room = ruma::RoomId::parse(&plain).unwrap();
+    assert_eq!(
+        plait::service::rooms::retention::max_lifetime(&server.services, &room).unwrap(),
+        None
+    );
+    let create = owner
+        .get_ok(&format!(
+            "/_matrix/client/v3/rooms/{}/state/m.room.create",
+            enc(&plain)
+        ))
+        .await;
+    assert!(create.get("type").is_none(), "{create}");
 }

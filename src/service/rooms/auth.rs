@@ -15,6 +15,7 @@ use crate::{
 
 /// Checks a local event against the auth rules: the state-independent rules with its auth events,
 /// then the state-dependent rules with the state before it. A failure is `M_FORBIDDEN` with the reason.
+/// A member event is also checked against a story room's audience rule (`service::stories`).
 pub fn check_local_event(
     services: &Services,
     rules: &RoomVersionRules,
@@ -31,7 +32,11 @@ pub fn check_local_event(
         rooms.timeline.get_pdu(&event_id).ok()?
     };
     state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, fetch_state)
-        .map_err(|reason| Error::forbidden(format!("event not allowed: {reason}")))
+        .map_err(|reason| Error::forbidden(format!("event not allowed: {reason}")))?;
+    match &pdu.room_id {
+        Some(room_id) => services.stories.check_new_member(services, room_id, pdu),
+        None => Ok(()),
+    }
 }
 
 /// The full auth chain of a set of events: every event reachable through `auth_events`.

@@ -13,7 +13,7 @@ use crate::{
     error::{Error, Result},
     service::{
         rooms::{
-            handshake,
+            handshake, retention,
             timeline::{create_and_commit, PduBuilder},
             version::rules_for,
         },
@@ -111,6 +111,29 @@ pub async fn send_create_event(
     Ok(room_id)
 }
 
+/// Checks the invitees (local ones must exist; a story room's must be allowed by the sender's
+/// `stories` setting, `service::stories`) and the room type, which is a string when present.
+fn check_invitees_and_type(services: &Services, sender: &UserId, request: &NewRoom) -> Result<()> {
+    let server = services.globals.server_name();
+    let kind = request
+        .creation_content
+        .as_ref()
+        .and_then(|content| content.get("type"));
+    if kind.is_some_and(|kind| !kind.is_string() && !kind.is_null()) {
+        return Err(Error::bad_json("creation_content.type must be a string"));
+    }
+    let story_room = kind.is_some_and(|kind| kind == retention::STORY_ROOM_TYPE);
+    for invitee in &request.invite {
+        if invitee.server_name() == server && !services.users.exists(invitee)? {
+            return Err(Error::not_found(format!("user {invitee} does not exist")));
+        }
+        if story_room {
+            services.stories.check_audience(services, sender, invitee)?;
+        }
+    }
+    Ok(())
+}
+
 /// Checks the request (room version, preset, alias, invitees, creators) and builds the create
 /// event's content.
 fn plan(services: &Services, sender: &UserId, request: &NewRoom) -> Result<Plan> {
@@ -146,11 +169,7 @@ fn plan(services: &Services, sender: &UserId, request: &NewRoom) -> Result<Plan>
         }
         None => None,
     };
-    for invitee in &request.invite {
-        if invitee.server_name() == server && !services.users.exists(invitee)? {
-            return Err(Error::not_found(format!("user {invitee} does not exist")));
-        }
-    }
+    check_invitees_and_type(services, sender, request)?;
     let mut create_content = request.creation_content.clone().unwrap_or_default();
     create_content.insert("room_version".into(), json!(version.as_str()));
     if !rules.authorization.use_room_create_sender {

@@ -172,6 +172,7 @@ pub async fn send_membership(
             "expected a {membership} of a user of the sending server"
         )));
     }
+    services.stories.check_new_member(services, room_id, &pdu)?;
     let mut value = event.clone();
     let mut countersigned = None;
     // A restricted join names one of our users as the authoriser; the spec has us sign it.

@@ -203,6 +203,7 @@ fn purge_chunk(
             })
         }
     };
+    let story_room = services.stories.story_room(services, room_id)?.is_some();
     let lock = timeline.room_lock(room_id);
     let _guard = lock.lock();
     let mut batch = Batch::default();
@@ -234,6 +235,11 @@ fn purge_chunk(
         rooms
             .timestamps
             .remove_in_batch(shortroomid, ts, depth, count, &mut batch);
+        if story_room {
+            services
+                .stories
+                .remove_in_batch(shortroomid, count, &mut batch);
+        }
         media.extend(mxcs_of_event(&pdu.content_value()));
         deleted.push(pdu);
     }

@@ -64,6 +64,11 @@ pub(super) const INDEXES: &[Step<Index>] = &[
             .calls
             .index(ctx.services, ctx.room_id, ctx.pdu, batch)
     }),
+    Step::live(|ctx, batch| {
+        ctx.services
+            .stories
+            .index_in_batch(ctx.services, ctx.room_id, ctx.pdu, batch)
+    }),
 ];
 
 /// Writers that need the stream position, under the global commit lock (and the sliding-sync
@@ -110,6 +115,7 @@ pub(super) const EFFECTS: &[Step<Effect>] = &[
     Step::live(|ctx| ctx.services.appservices.wake_all()),
     Step::live(|ctx| ctx.services.admin.spot(ctx.room_id, ctx.pdu)),
     Step::live(cancel_overwritten_delayed_state),
+    Step::live(|ctx| ctx.services.stories.forget_policy(ctx.room_id, ctx.pdu)),
 ];
 
 /// Another user's state event cancels the delayed events that would overwrite it (MSC4140).

@@ -2,114 +2,105 @@
 //! newest first, with who viewed each one for the room's owner.
 //!
 //! A story is an `m.room.message` its room's owner (the create event's sender) sent in a room
-//! of type `io.plait.story`, younger than the room's `max_lifetime` and not redacted. A member
+//! of type `io.plait.story`, younger than the room's `max_lifetime` and not redacted; the
+//! stories index (`index.rs`) finds them without reading the room's other events. A member
 //! viewed a story when their public `m.read` receipt (unthreaded or `main`) is at it or at a
 //! later event of the room: stock clients send that receipt as the story scrolls past.
-//! The owner's `stories` privacy setting narrows the audience further (`service::privacy`).
+//! The owner's `stories` privacy setting narrows the audience further (`service::privacy`):
+//! the listing leaves out the stories of owners whose setting excludes the caller, and new
+//! audience members the setting excludes are refused (`audience.rs`).
 
-use ruma::{
-    events::{StateEventType, TimelineEventType},
-    OwnedUserId, RoomId, UserId,
-};
-use serde_json::{json, Value};
+mod audience;
+mod index;
+
+pub use self::index::{Stories, StoryRoom};
+
+use ruma::{OwnedUserId, RoomId, UserId};
+use serde_json::{json, Map, Value};
 
 use crate::{
     error::Result,
     service::{
         privacy::{self, Aspect},
         receipts::ReceiptType,
-        rooms::{pdu::Pdu, retention},
+        rooms::{pdu::Pdu, timeline::PduId},
         Services,
     },
 };
 
-/// At most this many events per room are looked at, newest first, for its stories.
-const MAX_SCANNED: usize = 1000;
+/// At most this many stories per room are listed, newest first.
+pub const MAX_LISTED: usize = 1000;
 
 /// The caller's current stories, newest first: `{"stories": [...]}` with each story's room,
 /// owner, event ID, timestamp and content, and for stories of the caller's own rooms
-/// `view_count` and `viewers`.
+/// `view_count` and `viewers`. Per joined room: the cached room facts, the owner's settings
+/// (cached) and one seek into the stories index, then the stories themselves.
 #[tracing::instrument(skip_all, fields(user_id = %viewer))]
 pub fn list(services: &Services, viewer: &UserId, now: u64) -> Result<Value> {
     let mut stories = Vec::new();
     for room_id in services.rooms.members.iter_joined_rooms(viewer)? {
-        let Some(create) =
-            services
-                .rooms
-                .current_state_pdu(&room_id, &StateEventType::RoomCreate, "")?
-        else {
+        let Some(room) = services.stories.story_room(services, &room_id)? else {
             continue;
         };
-        if create.content_value()["type"] != retention::STORY_ROOM_TYPE {
+        let owner = &room.owner;
+        if !privacy::allows(services, owner, viewer, Aspect::Stories)? {
             continue;
         }
-        let owner = create.sender;
-        if !privacy::allows(services, &owner, viewer, Aspect::Stories)? {
-            continue;
-        }
-        let lifetime = retention::max_lifetime(services, &room_id)?;
-        let room_stories = current_stories(services, &room_id, &owner, lifetime, now)?;
+        let room_stories = current_stories(services, &room, now)?;
         let views = if owner == viewer && !room_stories.is_empty() {
-            Some(read_positions(services, &room_id, &owner)?)
+            Some(read_positions(services, &room_id, owner)?)
         } else {
             None
         };
         for (count, pdu) in room_stories {
-            let mut story = json!({
-                "room_id": room_id,
-                "owner": owner,
-                "event_id": pdu.event_id,
-                "origin_server_ts": pdu.origin_server_ts,
-                "content": pdu.content_value(),
-            });
+            // Built field by field: `json!` would copy each value once more.
+            let ts = u64::from(pdu.origin_server_ts.get());
+            let mut story = Map::new();
+            story.insert("room_id".into(), Value::String(room_id.to_string()));
+            story.insert("owner".into(), Value::String(owner.to_string()));
+            story.insert("event_id".into(), Value::String(pdu.event_id.to_string()));
+            story.insert("origin_server_ts".into(), Value::from(ts));
+            story.insert("content".into(), pdu.content_value());
             if let Some(views) = &views {
                 let viewers: Vec<&OwnedUserId> = views
                     .iter()
                     .filter(|(_, read)| *read >= count)
                     .map(|(user, _)| user)
                     .collect();
-                story["view_count"] = json!(viewers.len());
-                story["viewers"] = json!(viewers);
+                story.insert("view_count".into(), json!(viewers.len()));
+                story.insert("viewers".into(), json!(viewers));
             }
-            stories.push((u64::from(pdu.origin_server_ts.get()), story));
+            stories.push((ts, Value::Object(story)));
         }
     }
     stories.sort_by_key(|story| std::cmp::Reverse(story.0));
-    Ok(json!({ "stories": stories.into_iter().map(|(_, story)| story).collect::<Vec<_>>() }))
+    let stories = stories.into_iter().map(|(_, story)| story).collect();
+    Ok(Value::Object(Map::from_iter([(
+        "stories".to_owned(),
+        Value::Array(stories),
+    )])))
 }
 
-/// The owner's unexpired, unredacted messages in a story room with their stream positions,
+/// A story room's unexpired, unredacted stories (from the index) with their stream positions,
 /// newest first.
-fn current_stories(
-    services: &Services,
-    room_id: &RoomId,
-    owner: &UserId,
-    lifetime: Option<u64>,
-    now: u64,
-) -> Result<Vec<(u64, Pdu)>> {
-    let Some(shortroomid) = services.rooms.short.get_shortroomid(room_id)? else {
-        return Ok(Vec::new());
-    };
+fn current_stories(services: &Services, room: &StoryRoom, now: u64) -> Result<Vec<(u64, Pdu)>> {
+    let timeline = &services.rooms.timeline;
     let mut stories = Vec::new();
-    for entry in services
-        .rooms
-        .timeline
-        .iter_before(shortroomid, crate::service::rooms::timeline::BACKFILL_BASE)
-        .take(MAX_SCANNED)
-    {
-        let (count, pdu) = entry?;
-        if retention::is_expired(&pdu, lifetime, now) {
-            break;
-        }
+    for entry in services.stories.iter_current(room, now).take(MAX_LISTED) {
+        let (count, _) = entry?;
+        let pdu_id = PduId {
+            shortroomid: room.shortroomid,
+            count,
+        };
+        // An admin purge leaves the key of an event that is gone.
+        let Some(pdu) = timeline.get_pdu_at(pdu_id)? else {
+            continue;
+        };
         let redacted = pdu
             .unsigned
             .as_ref()
             .is_some_and(|unsigned| unsigned.get().contains("\"redacted_because\""));
-        if pdu.kind == TimelineEventType::RoomMessage
-            && pdu.sender == owner
-            && pdu.state_key.is_none()
-            && !redacted
-        {
+        if !redacted {
             stories.push((count, pdu));
         }
     }
