@@ -242,9 +242,16 @@ pub fn set_receipt(services: &Services, room_id: &RoomId, receipt: &Receipt) -> 
         services
             .receipts
             .set_in_batch(room_id, receipt, count, batch)?;
-        services
-            .appservices
-            .queue_receipt_in_batch(batch, count, room_id, receipt)?;
+        if services.appservices.any_wants_ephemeral() {
+            let shown = sync_events(std::slice::from_ref(receipt), &receipt.user_id);
+            let private = (receipt.kind == ReceiptType::ReadPrivate).then_some(&*receipt.user_id);
+            for event in shown {
+                let at = (&mut *batch, count);
+                services
+                    .appservices
+                    .queue_receipt_in_batch(at, room_id, event, private)?;
+            }
+        }
         if let Some(edu) = &edu {
             services
                 .sending

@@ -22,7 +22,6 @@ use crate::{
     error::{Error, Result},
     service::{
         privacy::{self, Aspect},
-        receipts::{self, Receipt, ReceiptType},
         rooms::pdu::Pdu,
         to_device::Delivery,
         Services,
@@ -107,28 +106,23 @@ impl Appservices {
         Ok(())
     }
 
-    /// Queues a receipt in the batch that stores it (the caller wakes the workers).
+    /// Queues a receipt in the batch that stores it (the caller wakes the workers): `event` is
+    /// its `m.receipt` event as `/sync` shows it to its owner, `private` the owner of an
+    /// `m.read.private` one.
     pub fn queue_receipt_in_batch(
         &self,
-        batch: &mut Batch,
-        count: u64,
+        (batch, count): (&mut Batch, u64),
         room_id: &RoomId,
-        receipt: &Receipt,
+        mut event: Value,
+        private: Option<&UserId>,
     ) -> Result<()> {
-        if !self.any_wants_ephemeral() {
-            return Ok(());
-        }
-        let Some(mut event) =
-            receipts::sync_events(std::slice::from_ref(receipt), &receipt.user_id)
-                .into_iter()
-                .next()
-        else {
-            return Ok(());
-        };
         event["room_id"] = json!(room_id);
-        let private = (receipt.kind == ReceiptType::ReadPrivate).then(|| receipt.user_id.clone());
-        let extra = Extra::Receipt { event, private };
-        let discriminator: [&[u8]; 2] = [b"receipt", receipt.user_id.as_bytes()];
+        let owner = event["content"].to_string();
+        let extra = Extra::Receipt {
+            event,
+            private: private.map(UserId::to_owned),
+        };
+        let discriminator: [&[u8]; 2] = [b"receipt", owner.as_bytes()];
         let wanted = Appservice::wants_ephemeral;
         self.queue_extra_in_batch((batch, count), &discriminator, &extra, wanted)
     }
