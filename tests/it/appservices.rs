@@ -754,3 +754,113 @@ async fn the_mautrix_bridge_framework_bridges_a_portal_room() {
         format!("@mx_ghost:{}", server.server_name())
     );
 }
+
+/// Rooms with an alias of an appservice's namespace bring it their events, even with none of
+/// its users in them; rooms without one do not.
+#[tokio::test]
+async fn a_room_with_an_alias_of_the_namespace_brings_its_events() {
+    let (fake, url) = fake_appservice().await;
+    let (server, _folder) =
+        server_with(&[("bridge.yaml", registration("bridge", "br", &url))]).await;
+    let bridge = as_client(&server, "as-bridge");
+    let alice = server.register("alice").await;
+    let aliased = alice.create_room(json!({"preset": "public_chat"})).await;
+    let plain = alice.create_room(json!({"preset": "public_chat"})).await;
+    let alias = format!("#br_portal:{}", server.server_name());
+    bridge
+        .put_ok(
+            &format!("/_matrix/client/v3/directory/room/{}", enc(&alias)),
+            json!({"room_id": aliased}),
+        )
+        .await;
+    alice.send_text(&plain, "p1", "not for the bridge").await;
+    alice.send_text(&aliased, "a1", "for the bridge").await;
+    fake.wait_for("the aliased room's message", |fake| {
+        fake.texts().contains(&"for the bridge".to_owned())
+    })
+    .await;
+    assert!(
+        !fake.texts().contains(&"not for the bridge".to_owned()),
+        "{:?}",
+        fake.texts()
+    );
+    assert!(fake
+        .events()
+        .iter()
+        .all(|event| event["room_id"] == aliased));
+}
+
+/// With rate limits on, users of an appservice registered with `rate_limited: false` send past
+/// the message limit; those of one with `rate_limited: true`, and everyone else, get
+/// `429 M_LIMIT_EXCEEDED`.
+#[tokio::test]
+async fn only_appservices_without_rate_limits_send_past_the_message_limit() {
+    let (_fake, url) = fake_appservice().await;
+    let folder = tempfile::tempdir().unwrap();
+    let limited =
+        registration("limited", "lm", &url).replace("rate_limited: false", "rate_limited: true");
+    std::fs::write(
+        folder.path().join("free.yaml"),
+        registration("free", "fr", &url),
+    )
+    .unwrap();
+    std::fs::write(folder.path().join("limited.yaml"), limited).unwrap();
+    let path = folder.path().to_owned();
+    let database = tempfile::tempdir().unwrap();
+    let mut server = TestServer::start_at(database.path(), |config| {
+        config.appservice_dir = Some(path);
+        config.rate_limits = crate::rate_limits::generous();
+        config.rate_limits.message = crate::rate_limits::rate(0.001, 3);
+    })
+    .await;
+    server.dir = Some(database);
+    // The first account becomes an admin, and admins are exempt: not a ghost's.
+    server.register("admin").await;
+    let name = server.server_name();
+    let mut outcomes = Vec::new();
+    for (token, ghost) in [("as-free", "fr_one"), ("as-limited", "lm_one")] {
+        let bridge = as_client(&server, token);
+        assert_eq!(register_ghost(&bridge, ghost).await.0, 200);
+        let user = format!("@{ghost}:{name}");
+        let as_ghost = |path: &str| format!("{path}?user_id={}", enc(&user));
+        let room = bridge
+            .post_ok(&as_ghost("/_matrix/client/v3/createRoom"), json!({}))
+            .await["room_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut refused = None;
+        for index in 0..10 {
+            let send = format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/m{index}",
+                enc(&room)
+            );
+            let answer = bridge
+                .put(&as_ghost(&send), json!({"msgtype": "m.text", "body": "x"}))
+                .await;
+            if answer.0 != 200 {
+                refused = Some(answer);
+                break;
+            }
+        }
+        outcomes.push(refused);
+    }
+    assert!(outcomes[0].is_none(), "{:?}", outcomes[0]);
+    assert_error(outcomes[1].as_ref().unwrap(), 429, "M_LIMIT_EXCEEDED");
+    let alice = server.register("alice").await;
+    let room = alice.create_room(json!({})).await;
+    let mut statuses = Vec::new();
+    for index in 0..10 {
+        let send = format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/a{index}",
+            enc(&room)
+        );
+        statuses.push(
+            alice
+                .put(&send, json!({"msgtype": "m.text", "body": "x"}))
+                .await
+                .0,
+        );
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+}

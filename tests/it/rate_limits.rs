@@ -29,7 +29,7 @@ async fn start(tweak: impl FnOnce(&mut plait::Config)) -> TestServer {
     server
 }
 
-fn generous() -> RateLimitSettings {
+pub fn generous() -> RateLimitSettings {
     let rate = Rate {
         per_second: 1000.0,
         burst: 1000,
@@ -50,7 +50,7 @@ fn generous() -> RateLimitSettings {
 }
 
 /// A limit of `burst` at once and then `per_second`.
-fn rate(per_second: f64, burst: u32) -> Rate {
+pub fn rate(per_second: f64, burst: u32) -> Rate {
     Rate { per_second, burst }
 }
 
