@@ -90,6 +90,12 @@ async fn versions_advertise_simplified_sliding_sync() {
         versions["unstable_features"]["org.matrix.simplified_msc3575"], true,
         "{versions}"
     );
+    // Element X's OAuth sign-in needs v1.15 (the OAuth 2.0 API and room summaries).
+    let listed = versions["versions"].as_array().unwrap();
+    assert!(
+        listed.iter().any(|version| version == "v1.15"),
+        "{versions}"
+    );
 }
 
 #[tokio::test]
