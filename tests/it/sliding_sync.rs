@@ -704,6 +704,77 @@ async fn to_device_and_e2ee_extensions() {
     );
 }
 
+/// A room without a name comes with its heroes, its avatar, its joined and invited counts and
+/// its highlight count; a user who no longer shares a room is in the e2ee extension's `left`.
+#[tokio::test]
+async fn room_fields_heroes_avatar_counts_and_a_left_device_list() {
+    let server = server().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let (alice_id, bob_id, carol_id) = (
+        alice.user_id().await,
+        bob.user_id().await,
+        carol.user_id().await,
+    );
+    let room = alice
+        .create_room(json!({"preset": "private_chat", "invite": [bob_id, carol_id]}))
+        .await;
+    bob.join(&room).await;
+    alice
+        .put_ok(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.avatar/",
+                enc(&room)
+            ),
+            json!({"url": "mxc://example.org/avatar"}),
+        )
+        .await;
+    let bob_device = bob.get_ok("/_matrix/client/v3/account/whoami").await["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    bob.post_ok(
+        "/_matrix/client/v3/keys/upload",
+        json!({ "device_keys": device_keys(&bob_id, &bob_device, "bob-identity") }),
+    )
+    .await;
+    bob.put_ok(
+        &format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/m1",
+            enc(&room)
+        ),
+        json!({"msgtype": "m.text", "body": "alice, look", "m.mentions": {"user_ids": [alice_id]}}),
+    )
+    .await;
+    let mut body = list((0, 9), 5, json!([]));
+    body["extensions"] = json!({"e2ee": {"enabled": true}});
+    let first = slide(&alice, None, body.clone()).await;
+    let entry = &first["rooms"][&room];
+    let heroes: Vec<&str> = entry["heroes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no heroes: {entry}"))
+        .iter()
+        .filter_map(|hero| hero["user_id"].as_str())
+        .collect();
+    assert!(heroes.contains(&bob_id.as_str()), "{entry}");
+    assert!(!heroes.contains(&alice_id.as_str()), "{entry}");
+    assert_eq!(entry["avatar"], "mxc://example.org/avatar", "{entry}");
+    assert_eq!(entry["joined_count"], 2, "{entry}");
+    assert_eq!(entry["invited_count"], 1, "{entry}");
+    assert_eq!(entry["highlight_count"], 1, "{entry}");
+    assert_eq!(entry["notification_count"], 1, "{entry}");
+    // Bob leaves the only room he shares with alice: his devices are no longer her concern.
+    bob.post_ok(
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
+        json!({}),
+    )
+    .await;
+    let next = slide(&alice, first["pos"].as_str(), body).await;
+    let left = &next["extensions"]["e2ee"]["device_lists"]["left"];
+    assert_eq!(*left, json!([bob_id]), "{next}");
+}
+
 #[tokio::test]
 async fn account_data_receipts_and_typing_extensions() {
     let server = server().await;
