@@ -669,15 +669,7 @@ async fn to_device_and_e2ee_extensions() {
     let pos = retry["pos"].as_str().unwrap().to_owned();
     // Bob's new device changes his device list, which alice shares a room with.
     let bob_id = bob.user_id().await;
-    let bob_device = bob.get_ok("/_matrix/client/v3/account/whoami").await["device_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    bob.post_ok(
-        "/_matrix/client/v3/keys/upload",
-        json!({ "device_keys": device_keys(&bob_id, &bob_device, "bob-identity") }),
-    )
-    .await;
+    upload_device_keys(&bob, &bob_id, "bob-identity").await;
     let (status, acknowledged) = slide_raw(
         &alice,
         Some(&pos),
@@ -702,6 +694,20 @@ async fn to_device_and_e2ee_extensions() {
         sync["to_device"]["events"].as_array().unwrap().is_empty(),
         "{sync}"
     );
+}
+
+/// Uploads device keys for the client's own device, which changes its user's device list.
+async fn upload_device_keys(client: &Client, user_id: &str, identity: &str) {
+    let device = client.get_ok("/_matrix/client/v3/account/whoami").await["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    client
+        .post_ok(
+            "/_matrix/client/v3/keys/upload",
+            json!({ "device_keys": device_keys(user_id, &device, identity) }),
+        )
+        .await;
 }
 
 /// A room without a name comes with its heroes, its avatar, its joined and invited counts and
@@ -730,15 +736,7 @@ async fn room_fields_heroes_avatar_counts_and_a_left_device_list() {
             json!({"url": "mxc://example.org/avatar"}),
         )
         .await;
-    let bob_device = bob.get_ok("/_matrix/client/v3/account/whoami").await["device_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    bob.post_ok(
-        "/_matrix/client/v3/keys/upload",
-        json!({ "device_keys": device_keys(&bob_id, &bob_device, "bob-identity") }),
-    )
-    .await;
+    upload_device_keys(&bob, &bob_id, "bob-identity").await;
     bob.put_ok(
         &format!(
             "/_matrix/client/v3/rooms/{}/send/m.room.message/m1",
