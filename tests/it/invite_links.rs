@@ -145,6 +145,10 @@ async fn invite_links_let_users_into_an_invite_only_room_until_used_up() {
         "{body}"
     );
     assert!(!body.to_lowercase().contains("<script"), "{body}");
+    // The room does not allow knocking, so the page tells users of other servers they need an
+    // invite, and does not offer a knock with the code.
+    assert!(body.contains("does not allow knocking"), "{body}");
+    assert!(!body.contains("reason <code>"), "{body}");
     // The used-up link's page says so.
     let (status, _, body) = page(&server, &code).await;
     assert_eq!(status, 403, "{body}");
@@ -364,6 +368,16 @@ async fn a_knock_from_another_server_with_a_link_code_is_answered_with_an_invite
         enc(&hs1.server_name())
     );
 
+    // The link's page tells users of other servers to knock with the code.
+    let (status, _, body) = page(&hs1, code).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(&format!(
+            "knock on {room} with the reason <code>{code}</code>"
+        )),
+        "{body}"
+    );
+
     // Bob knocks with the code in his reason: hs1 invites him on behalf of alice at once, the
     // invite reaches hs2, and bob joins.
     bob.post_ok(
@@ -409,4 +423,86 @@ async fn a_knock_from_another_server_with_a_link_code_is_answered_with_an_invite
     }
     let links = alice.get_ok(&links_path(&room)).await;
     assert_eq!(links["invite_links"][0]["uses"], 1, "{links}");
+}
+
+/// Whether any file under `dir` holds `needle`'s bytes.
+fn stored_anywhere(dir: &std::path::Path, needle: &str) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|entry| {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            return stored_anywhere(&path, needle);
+        }
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        bytes
+            .windows(needle.len())
+            .any(|window| window == needle.as_bytes())
+    })
+}
+
+#[tokio::test]
+async fn a_link_stops_while_its_creator_cannot_invite_and_its_code_never_reaches_the_disk() {
+    let server = TestServer::start().await;
+    let alice = server.register("alice").await;
+    let bob = server.register("bob").await;
+    let carol = server.register("carol").await;
+    let carol_id = carol.user_id().await;
+    let room_id = alice.create_room(json!({"preset": "private_chat"})).await;
+    alice
+        .post_ok(
+            &format!("/_matrix/client/v3/rooms/{}/invite", enc(&room_id)),
+            json!({"user_id": carol_id}),
+        )
+        .await;
+    carol.join(&room_id).await;
+    let power_path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.power_levels",
+        enc(&room_id)
+    );
+    let mut power = alice.get_ok(&power_path).await;
+    power["invite"] = json!(50);
+    power["users"][&carol_id] = json!(50);
+    alice.put_ok(&power_path, power.clone()).await;
+    let link = make_link(&carol, &room_id, json!({})).await;
+    let code = link["code"].as_str().unwrap().to_owned();
+
+    // Carol is demoted below the invite level: her link stops, its page says why, and the
+    // failed redemption spends no use.
+    power["users"][&carol_id] = json!(0);
+    alice.put_ok(&power_path, power.clone()).await;
+    assert_error(
+        &bob.post(&join_path(&code), json!({})).await,
+        403,
+        "M_FORBIDDEN",
+    );
+    let (status, _, body) = page(&server, &code).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("can no longer invite"), "{body}");
+    let bob_id = bob.user_id().await;
+    assert_eq!(membership(&alice, &room_id, &bob_id).await, None);
+
+    // Promoted again, the same link works, with its first use.
+    power["users"][&carol_id] = json!(50);
+    alice.put_ok(&power_path, power).await;
+    bob.post_ok(&join_path(&code), json!({})).await;
+    assert_eq!(
+        membership(&alice, &room_id, &bob_id).await.as_deref(),
+        Some("join")
+    );
+    let listed = carol.get_ok(&links_path(&room_id)).await;
+    assert_eq!(listed["invite_links"][0]["uses"], 1, "{listed}");
+
+    // The code is stored only as its hash: once the server has stopped, no file of its
+    // database holds it, while a message body of the same length sent meanwhile is there (so
+    // the search can see what was written).
+    let marker = format!("m{}", &code[1..]).replace(|c: char| !c.is_ascii_alphanumeric(), "x");
+    alice.send_text(&room_id, "marker", &marker).await;
+    let dir = server.stop().await.expect("a temporary database");
+    assert!(
+        stored_anywhere(dir.path(), &marker),
+        "the control was not found"
+    );
+    assert!(
+        !stored_anywhere(dir.path(), &code),
+        "the link's code is on disk"
+    );
 }

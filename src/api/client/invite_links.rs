@@ -73,6 +73,26 @@ pub async fn join_invite_link(services: Arc<Services>, ctx: Ctx) -> HandlerResul
     Ok(json!({ "room_id": room_id }))
 }
 
+/// What the page tells users of other servers: how to knock with the code where the room's join
+/// rule allows knocking (the knock is answered with an invite), and otherwise that they need an
+/// invite.
+fn remote_users_text(summary: &Value, room: &str, code: &str) -> String {
+    if matches!(
+        summary["join_rule"].as_str(),
+        Some("knock" | "knock_restricted")
+    ) {
+        format!(
+            "<p>On another server, knock on {room} with the reason <code>{}</code>: \
+             the knock is answered with an invite.</p>",
+            escape(code)
+        )
+    } else {
+        "<p>This room does not allow knocking, so users of other servers need an invite \
+         from one of its members.</p>"
+            .to_owned()
+    }
+}
+
 /// `GET /_plait/client/v1/invite_links/{code}`
 ///
 /// The link's page for a browser: the room's name, avatar, topic and member count, with links
@@ -117,9 +137,8 @@ pub async fn invite_link_page(services: Arc<Services>, ctx: Ctx) -> RawResult {
         "<p>{members} members</p>\
          <p><a href=\"https://app.element.io/#/room/{room}\">Open in Element</a> · \
          <a href=\"https://matrix.to/#/{room}?via={server}\">Open with matrix.to</a></p>\
-         <p>On this server, your app joins with this link's code. \
-         On another server, knock on {room} with the reason <code>{}</code>.</p>",
-        escape(code)
+         <p>On this server, your app joins with this link's code.</p>"
     ));
+    body.push_str(&remote_users_text(&summary, &room, code));
     Ok(html(StatusCode::OK, &name, &body))
 }
