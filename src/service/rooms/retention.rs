@@ -11,8 +11,9 @@
 //! stays as an outlier, so fetching one by ID answers its redacted form and the room's DAG
 //! stays whole for new events and other servers. The media its content names is deleted.
 //! State events are kept: the room's state must stay whole.
-//! Work is done in chunks of [`CHUNK`] events, each under the room lock once, on a blocking
-//! thread, so sends in the room wait for one chunk at most.
+//! Work is done in chunks of [`CHUNK`] events on a blocking thread; each chunk's batch is
+//! prepared without the room lock and written under it, so a send into the room waits at most
+//! for one chunk's check and write.
 
 use std::{sync::Arc, time::Duration};
 
@@ -37,10 +38,10 @@ pub const RETENTION_EVENT: &str = "m.room.retention";
 pub const STORY_ROOM_TYPE: &str = "io.plait.story";
 /// The longest lifetime a policy may name: 100 years in milliseconds.
 pub const MAX_LIFETIME_MS: u64 = 100 * 365 * 24 * 60 * 60 * 1000;
-/// Events deleted (or index entries looked at) per hold of the room lock: small, because a send
-/// into the room being purged waits for the chunk in progress (256 held sends up to 1.3 s on the
-/// loaded 2-core machine).
-pub const CHUNK: usize = 32;
+/// Events deleted (or index entries looked at) per chunk, one batch each. A send into the room
+/// being purged waits for the write of the chunk in progress (when the whole chunk of 256 was
+/// prepared under the room lock, such sends waited up to 1.3 s on the loaded 2-core machine).
+pub const CHUNK: usize = 64;
 
 /// Checks the content of an `m.room.retention` event a local user sends: `max_lifetime` and
 /// `min_lifetime`, when present, are integers of milliseconds from 1 to [`MAX_LIFETIME_MS`], and
@@ -185,7 +186,10 @@ struct Chunk {
 }
 
 /// Deletes up to [`CHUNK`] expired events from `cursor` (timestamp, depth, stream position) on,
-/// in one batch under the room lock.
+/// in one batch. The batch is prepared without the room lock (the reads, pruning and index
+/// removals are most of the work); under the lock, each event is checked to be still where it
+/// was read, and the batch written. Should one have moved (an admin purge in between), the
+/// chunk is prepared again under the lock.
 fn purge_chunk(
     services: &Services,
     room_id: &RoomId,
@@ -193,8 +197,7 @@ fn purge_chunk(
     cursor: (u64, u64, u64),
     before_ts: u64,
 ) -> Result<Chunk> {
-    let rooms = &services.rooms;
-    let timeline = &rooms.timeline;
+    let timeline = &services.rooms.timeline;
     let rules = match timeline.room_version(shortroomid)? {
         Some(version) => rules_for(&version)?,
         None => {
@@ -206,52 +209,106 @@ fn purge_chunk(
         }
     };
     let story_room = services.stories.story_room(services, room_id)?.is_some();
+    let target = Target {
+        shortroomid,
+        cursor,
+        before_ts,
+        redaction: &rules.redaction,
+        story_room,
+    };
+    let mut prepared = prepare_chunk(services, &target)?;
     let lock = timeline.room_lock(room_id);
     let _guard = lock.lock();
-    let mut batch = Batch::default();
-    let mut deleted = Vec::new();
-    let mut media = Vec::new();
-    let mut next = None;
+    if !still_in_place(services, shortroomid, &prepared.deleted)? {
+        prepared = prepare_chunk(services, &target)?;
+    }
+    let (counts, deleted): (Vec<u64>, Vec<Pdu>) = prepared.deleted.into_iter().unzip();
+    purge::write_deleted(services, prepared.batch, &deleted)?;
+    Ok(Chunk {
+        events: counts.len(),
+        media: prepared.media,
+        next: prepared.next,
+    })
+}
+
+/// Which expired events a chunk looks at.
+struct Target<'a> {
+    shortroomid: u64,
+    cursor: (u64, u64, u64),
+    before_ts: u64,
+    redaction: &'a ruma::room_version_rules::RedactionRules,
+    story_room: bool,
+}
+
+/// A chunk's batch, ready to write: the events it deletes with their stream positions, the
+/// media they name, and where the next chunk starts.
+struct Prepared {
+    batch: Batch,
+    deleted: Vec<(u64, Pdu)>,
+    media: Vec<OwnedMxcUri>,
+    next: Option<(u64, u64, u64)>,
+}
+
+/// Reads up to [`CHUNK`] expired events of `target` and builds the batch that deletes them.
+fn prepare_chunk(services: &Services, target: &Target<'_>) -> Result<Prepared> {
+    let rooms = &services.rooms;
+    let shortroomid = target.shortroomid;
+    let mut prepared = Prepared {
+        batch: Batch::default(),
+        deleted: Vec::new(),
+        media: Vec::new(),
+        next: None,
+    };
+    let batch = &mut prepared.batch;
     for (seen, entry) in rooms
         .timestamps
-        .iter_sent_before(shortroomid, cursor, before_ts)
+        .iter_sent_before(shortroomid, target.cursor, target.before_ts)
         .enumerate()
     {
         let (ts, depth, count) = entry?;
         if seen == CHUNK {
-            next = Some((ts, depth, count));
+            prepared.next = Some((ts, depth, count));
             break;
         }
-        let Some(pdu) = timeline.get_pdu_at(PduId { shortroomid, count })? else {
+        let Some(pdu) = rooms.timeline.get_pdu_at(PduId { shortroomid, count })? else {
             // Already gone (an admin purge): only the index entry is left.
             rooms
                 .timestamps
-                .remove_in_batch(shortroomid, ts, depth, count, &mut batch);
+                .remove_in_batch(shortroomid, ts, depth, count, batch);
             continue;
         };
         if pdu.state_key.is_some() {
             continue;
         }
-        keep_pruned(services, &pdu, &rules.redaction, &mut batch)?;
-        purge::remove_in_batch(services, shortroomid, count, &pdu, &mut batch)?;
+        keep_pruned(services, &pdu, target.redaction, batch)?;
+        purge::remove_in_batch(services, shortroomid, count, &pdu, batch)?;
         rooms
             .timestamps
-            .remove_in_batch(shortroomid, ts, depth, count, &mut batch);
-        if story_room {
-            services
-                .stories
-                .remove_in_batch(shortroomid, count, &mut batch);
+            .remove_in_batch(shortroomid, ts, depth, count, batch);
+        if target.story_room {
+            services.stories.remove_in_batch(shortroomid, count, batch);
         }
-        media.extend(mxcs_of_event(&pdu.content_value()));
-        deleted.push(pdu);
+        prepared.media.extend(mxcs_of_event(&pdu.content_value()));
+        prepared.deleted.push((count, pdu));
     }
-    let events = deleted.len();
-    purge::write_deleted(services, batch, &deleted)?;
-    Ok(Chunk {
-        events,
-        media,
-        next,
-    })
+    Ok(prepared)
+}
+
+/// Whether each event a chunk read is still stored at the stream position it was read at (the
+/// caller holds the room lock, so no one else removes it before the batch is written).
+fn still_in_place(services: &Services, shortroomid: u64, deleted: &[(u64, Pdu)]) -> Result<bool> {
+    for (count, pdu) in deleted {
+        let position = services.rooms.timeline.get_pdu_id(&pdu.event_id)?;
+        if position
+            != Some(PduId {
+                shortroomid,
+                count: *count,
+            })
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Stores the pruned form of an expiring event as an outlier, in `batch`: what fetching it by
