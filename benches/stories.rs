@@ -8,7 +8,8 @@
 //!   measures the same sends while the job purges it (until `server stats` counts the events
 //!   gone); prints the purge time and both p99s.
 //! - `stories`: `PLAIT_BENCH_CONTACTS` (500) users each post a story in their story room, which
-//!   one viewer joined; times `GET /_plait/client/v1/stories` for the viewer.
+//!   one viewer joined; times `PLAIT_BENCH_LISTINGS` (50) `GET /_plait/client/v1/stories` for
+//!   the viewer, with the server's CPU time per listing (`/proc/PID/stat`).
 //! - `privacy`: the same 500 are online; times the viewer's presence fan-out (an initial
 //!   `/sync` whose presence section lists them) with no privacy settings, then with every one
 //!   on `last_seen: contacts` (the viewer is no contact, so each is checked and left out).
@@ -77,7 +78,7 @@ async fn run() -> Result<(), String> {
     if phases.contains("stories") || phases.contains("privacy") {
         let (viewer, owners) = story_rooms(&api, contacts).await?;
         if phases.contains("stories") {
-            stories(&api, &viewer, contacts).await?;
+            stories(&api, &viewer, contacts, server.pid()).await?;
         }
         if phases.contains("privacy") {
             privacy(&api, &viewer, &owners).await?;
@@ -301,9 +302,12 @@ async fn story_rooms(api: &Api, contacts: usize) -> Result<(User, Vec<User>), St
     Ok((viewer, owners))
 }
 
-async fn stories(api: &Api, viewer: &User, contacts: usize) -> Result<(), String> {
+async fn stories(api: &Api, viewer: &User, contacts: usize, pid: u32) -> Result<(), String> {
+    let listings = env_usize("PLAIT_BENCH_LISTINGS", 50);
+    let stat = format!("/proc/{pid}/stat");
+    let cpu_before = cpu_ticks(&stat);
     let mut latencies = Vec::new();
-    for _ in 0..50 {
+    for _ in 0..listings {
         let started = Instant::now();
         let reply = api.get(viewer, "/_plait/client/v1/stories").await?;
         latencies.push(ms(started.elapsed()));
@@ -312,9 +316,11 @@ async fn stories(api: &Api, viewer: &User, contacts: usize) -> Result<(), String
             return Err(format!("stories listed {listed}, expected {contacts}"));
         }
     }
+    let cpu_ms = (cpu_ticks(&stat) - cpu_before) as f64 / clock_ticks_per_s() * 1000.0;
     println!(
-        "stories: GET /_plait/client/v1/stories with {contacts} contacts: {}",
-        Stats::of(latencies).line()
+        "stories: GET /_plait/client/v1/stories with {contacts} contacts: {}; server CPU per listing {:.2} ms",
+        Stats::of(latencies).line(),
+        cpu_ms / listings as f64
     );
     Ok(())
 }

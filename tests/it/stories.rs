@@ -336,7 +336,7 @@ async fn story_rooms_default_to_a_day() {
 }
 
 #[tokio::test]
-async fn a_story_leaves_the_list_when_redacted_or_when_its_room_lifetime_shrinks() {
+async fn a_story_joins_the_list_when_posted_and_leaves_it_when_redacted_purged_or_expired() {
     // The purge job does not run during the test: what is checked is the listing's own view.
     let server = purging_server(3_600_000).await;
     let owner = server.register("owner").await;
@@ -362,6 +362,12 @@ async fn a_story_leaves_the_list_when_redacted_or_when_its_room_lifetime_shrinks
         }
     };
     assert_eq!(listed_ids(&viewer).await, [second.clone(), first.clone()]);
+    // A story posted after a listing is in the next one.
+    let third = owner.send_text(&story, "s3", "third").await;
+    assert_eq!(
+        listed_ids(&viewer).await,
+        [third.clone(), second.clone(), first.clone()]
+    );
     owner
         .put_ok(
             &format!(
@@ -372,7 +378,7 @@ async fn a_story_leaves_the_list_when_redacted_or_when_its_room_lifetime_shrinks
             json!({}),
         )
         .await;
-    assert_eq!(listed_ids(&viewer).await, std::slice::from_ref(&second));
+    assert_eq!(listed_ids(&viewer).await, [third.clone(), second.clone()]);
     // A policy set after the stories were listed applies at once, before any purge.
     let (status, body) = set_policy(&owner, &story, json!({"max_lifetime": 1})).await;
     assert_eq!(status, 200, "{body}");
@@ -381,7 +387,15 @@ async fn a_story_leaves_the_list_when_redacted_or_when_its_room_lifetime_shrinks
     assert!(listed_ids(&owner).await.is_empty());
     let (status, body) = set_policy(&owner, &story, json!({})).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(listed_ids(&owner).await, [second]);
+    assert_eq!(listed_ids(&owner).await, [third, second]);
+    // An admin's purge of the room's history takes its stories out of the next listing.
+    let purge = plait::service::rooms::purge::HistoryPurge {
+        before_ts: u64::MAX,
+        keep_from: None,
+    };
+    let room = ruma::RoomId::parse(&story).unwrap();
+    plait::service::rooms::purge::purge_history(&server.services, &room, purge).unwrap();
+    assert!(listed_ids(&viewer).await.is_empty());
 }
 
 #[tokio::test]

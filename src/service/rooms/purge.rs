@@ -147,7 +147,8 @@ pub(super) fn remove_in_batch(
 }
 
 /// Writes a batch that removed `deleted` (each through [`remove_in_batch`]) with the event
-/// counters of `server stats` lowered to match, and drops them from the parsed-event cache.
+/// counters of `server stats` lowered to match, and drops them from the parsed-event cache (and
+/// their rooms' current stories from the stories listing's).
 pub(super) fn write_deleted(services: &Services, mut batch: Batch, deleted: &[Pdu]) -> Result<()> {
     let timeline = &services.rooms.timeline;
     let server_name = services.globals.server_name();
@@ -171,6 +172,15 @@ pub(super) fn write_deleted(services: &Services, mut batch: Batch, deleted: &[Pd
     let mut cache = timeline.pdu_cache.lock();
     for pdu in deleted {
         cache.remove(&pdu.event_id);
+    }
+    drop(cache);
+    let mut rooms: Vec<&RoomId> = deleted
+        .iter()
+        .filter_map(|pdu| pdu.room_id.as_deref())
+        .collect();
+    rooms.dedup();
+    for room_id in rooms {
+        services.stories.current.forget(room_id);
     }
     tracing::info!(deleted = deleted.len(), "purged events");
     Ok(())

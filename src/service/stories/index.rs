@@ -61,6 +61,8 @@ pub struct Stories {
     facts: Mutex<HashMap<OwnedRoomId, Option<StoryRoom>>>,
     /// Counts the facts dropped, so that a lookup racing a drop does not cache old facts.
     generation: AtomicU64,
+    /// Each story room's current stories, for the listing.
+    pub current: super::current::Current,
 }
 
 impl Stories {
@@ -69,6 +71,7 @@ impl Stories {
             storyroomcount_ts: db.tree("storyroomcount_ts"),
             facts: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            current: super::current::Current::default(),
         }
     }
 
@@ -147,14 +150,28 @@ impl Stories {
         batch.remove(&self.storyroomcount_ts, &story_key(shortroomid, count));
     }
 
-    /// An effect of `timeline::commit`: a room's `m.room.retention` event drops its facts.
-    pub fn forget_policy(&self, room_id: &RoomId, pdu: &Pdu) {
+    /// An effect of `timeline::commit`: a room's `m.room.retention` event drops its facts and
+    /// its current stories; a message or a redaction in a story room drops its current stories.
+    pub fn after_commit(&self, room_id: &RoomId, pdu: &Pdu) {
         if pdu.state_key.as_deref() == Some("")
             && pdu.kind.to_string() == retention::RETENTION_EVENT
         {
             let mut cache = self.facts.lock();
             self.generation.fetch_add(1, Ordering::AcqRel);
             cache.remove(room_id);
+            drop(cache);
+            self.current.forget(room_id);
+            return;
+        }
+        let changes_stories = matches!(
+            pdu.kind,
+            TimelineEventType::RoomMessage | TimelineEventType::RoomRedaction
+        );
+        // `index_in_batch` looked the facts up; should they have left the cache since, the
+        // room counts as a story room.
+        let other_room = self.facts.lock().get(room_id).is_some_and(Option::is_none);
+        if changes_stories && !other_room {
+            self.current.forget(room_id);
         }
     }
 

@@ -9,11 +9,16 @@
 //! The owner's `stories` privacy setting narrows the audience further (`service::privacy`):
 //! the listing leaves out the stories of owners whose setting excludes the caller, and new
 //! audience members the setting excludes are refused (`audience.rs`).
+//! Each room's current stories are kept in memory once listed (`current.rs`), so a listing
+//! reads the database only for rooms whose stories changed since.
 
 mod audience;
+mod current;
 mod index;
 
 pub use self::index::{Stories, StoryRoom};
+
+use std::sync::Arc;
 
 use ruma::{OwnedUserId, RoomId, UserId};
 use serde_json::{json, Map, Value};
@@ -46,25 +51,32 @@ pub fn list(services: &Services, viewer: &UserId, now: u64) -> Result<Value> {
         if !privacy::allows(services, owner, viewer, Aspect::Stories)? {
             continue;
         }
-        let room_stories = current_stories(services, &room, now)?;
+        let room_stories = current_stories(services, &room_id, &room)?;
+        let live = room_stories.iter().filter(|story| {
+            room.lifetime
+                .is_none_or(|ms| story.origin_server_ts.saturating_add(ms) > now)
+        });
         let views = if owner == viewer && !room_stories.is_empty() {
             Some(read_positions(services, &room_id, owner)?)
         } else {
             None
         };
-        for (count, pdu) in room_stories {
+        for current in live {
             // Built field by field: `json!` would copy each value once more.
-            let ts = u64::from(pdu.origin_server_ts.get());
+            let ts = current.origin_server_ts;
             let mut story = Map::new();
             story.insert("room_id".into(), Value::String(room_id.to_string()));
             story.insert("owner".into(), Value::String(owner.to_string()));
-            story.insert("event_id".into(), Value::String(pdu.event_id.to_string()));
+            story.insert(
+                "event_id".into(),
+                Value::String(current.event_id.to_string()),
+            );
             story.insert("origin_server_ts".into(), Value::from(ts));
-            story.insert("content".into(), pdu.content_value());
+            story.insert("content".into(), current.content.clone());
             if let Some(views) = &views {
                 let viewers: Vec<&OwnedUserId> = views
                     .iter()
-                    .filter(|(_, read)| *read >= count)
+                    .filter(|(_, read)| *read >= current.count)
                     .map(|(user, _)| user)
                     .collect();
                 story.insert("view_count".into(), json!(viewers.len()));
@@ -81,11 +93,21 @@ pub fn list(services: &Services, viewer: &UserId, now: u64) -> Result<Value> {
     )])))
 }
 
-/// A story room's unexpired, unredacted stories (from the index) with their stream positions,
-/// newest first.
-fn current_stories(services: &Services, room: &StoryRoom, now: u64) -> Result<Vec<(u64, Pdu)>> {
+/// A story room's unredacted stories that were younger than its lifetime when read from the
+/// index, newest first: the kept entry, or read now (and kept).
+fn current_stories(
+    services: &Services,
+    room_id: &RoomId,
+    room: &StoryRoom,
+) -> Result<Arc<Vec<current::Story>>> {
+    let kept = &services.stories.current;
+    if let Some(stories) = kept.get(room_id) {
+        return Ok(stories);
+    }
+    let generation = kept.generation();
     let timeline = &services.rooms.timeline;
     let mut stories = Vec::new();
+    let now = crate::util::now_millis();
     for entry in services.stories.iter_current(room, now).take(MAX_LISTED) {
         let (count, _) = entry?;
         let pdu_id = PduId {
@@ -96,15 +118,24 @@ fn current_stories(services: &Services, room: &StoryRoom, now: u64) -> Result<Ve
         let Some(pdu) = timeline.get_pdu_at(pdu_id)? else {
             continue;
         };
-        let redacted = pdu
-            .unsigned
-            .as_ref()
-            .is_some_and(|unsigned| unsigned.get().contains("\"redacted_because\""));
-        if !redacted {
-            stories.push((count, pdu));
+        if !is_redacted(&pdu) {
+            stories.push(current::Story {
+                count,
+                origin_server_ts: u64::from(pdu.origin_server_ts.get()),
+                content: pdu.content_value(),
+                event_id: pdu.event_id,
+            });
         }
     }
+    let stories = Arc::new(stories);
+    kept.keep(room_id, generation, Arc::clone(&stories));
     Ok(stories)
+}
+
+fn is_redacted(pdu: &Pdu) -> bool {
+    pdu.unsigned
+        .as_ref()
+        .is_some_and(|unsigned| unsigned.get().contains("\"redacted_because\""))
 }
 
 /// Each other member's public read position in a room: the stream position of the event their
