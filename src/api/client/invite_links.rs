@@ -74,8 +74,8 @@ pub async fn join_invite_link(services: Arc<Services>, ctx: Ctx) -> HandlerResul
 }
 
 /// What the page tells users of other servers: how to knock with the code where the room's join
-/// rule allows knocking (the knock is answered with an invite), and otherwise that they need an
-/// invite.
+/// rule allows knocking (the knock is answered with an invite), and otherwise that the code is
+/// not for them.
 fn remote_users_text(summary: &Value, room: &str, code: &str) -> String {
     if matches!(
         summary["join_rule"].as_str(),
@@ -87,8 +87,9 @@ fn remote_users_text(summary: &Value, room: &str, code: &str) -> String {
             escape(code)
         )
     } else {
-        "<p>This room does not allow knocking, so users of other servers need an invite \
-         from one of its members.</p>"
+        "<p>This room does not allow knocking, so users of other servers cannot use this \
+         link's code: they join as the room's join rule lets them, or ask a member for an \
+         invite.</p>"
             .to_owned()
     }
 }

@@ -79,7 +79,7 @@ fn known_room(services: &Services, room_id: &RoomId) -> Result<u64> {
 }
 
 /// The stream position of the room's newest event in live order (not backfilled history).
-fn newest_count(services: &Services, shortroomid: u64) -> Result<Option<u64>> {
+pub(super) fn newest_count(services: &Services, shortroomid: u64) -> Result<Option<u64>> {
     match services
         .rooms
         .timeline

@@ -187,9 +187,9 @@ struct Chunk {
 
 /// Deletes up to [`CHUNK`] expired events from `cursor` (timestamp, depth, stream position) on,
 /// in one batch. The batch is prepared without the room lock (the reads, pruning and index
-/// removals are most of the work); under the lock, each event is checked to be still where it
-/// was read, and the batch written. Should one have moved (an admin purge in between), the
-/// chunk is prepared again under the lock.
+/// removals are most of the work); under the lock, the room is checked to have no new event and
+/// each event to be still where it was read, and the batch written. Otherwise (a send or an
+/// admin purge in between) the chunk is prepared again under the lock.
 fn purge_chunk(
     services: &Services,
     room_id: &RoomId,
@@ -216,10 +216,15 @@ fn purge_chunk(
         redaction: &rules.redaction,
         story_room,
     };
+    let newest = purge::newest_count(services, shortroomid)?;
     let mut prepared = prepare_chunk(services, &target)?;
     let lock = timeline.room_lock(room_id);
     let _guard = lock.lock();
-    if !still_in_place(services, shortroomid, &prepared.deleted)? {
+    // An event committed in between may have moved what the batch rewrites (a thread's latest
+    // reply, in the relations index): then the chunk is prepared again, under the lock.
+    if purge::newest_count(services, shortroomid)? != newest
+        || !still_in_place(services, shortroomid, &prepared.deleted)?
+    {
         prepared = prepare_chunk(services, &target)?;
     }
     let (counts, deleted): (Vec<u64>, Vec<Pdu>) = prepared.deleted.into_iter().unzip();

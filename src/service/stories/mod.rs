@@ -44,6 +44,9 @@ pub const MAX_LISTED: usize = 1000;
 pub fn list(services: &Services, viewer: &UserId, now: u64) -> Result<Value> {
     let mut stories = Vec::new();
     for room_id in services.rooms.members.iter_joined_rooms(viewer)? {
+        // Taken before the room's facts are read: a retention policy written after this drops
+        // what is read below from being kept, lifetime included.
+        let generation = services.stories.current.generation();
         let Some(room) = services.stories.story_room(services, &room_id)? else {
             continue;
         };
@@ -51,7 +54,7 @@ pub fn list(services: &Services, viewer: &UserId, now: u64) -> Result<Value> {
         if !privacy::allows(services, owner, viewer, Aspect::Stories)? {
             continue;
         }
-        let room_stories = current_stories(services, &room_id, &room)?;
+        let room_stories = current_stories(services, (&room_id, &room), generation, now)?;
         let live = room_stories.iter().filter(|story| {
             room.lifetime
                 .is_none_or(|ms| story.origin_server_ts.saturating_add(ms) > now)
@@ -95,19 +98,19 @@ pub fn list(services: &Services, viewer: &UserId, now: u64) -> Result<Value> {
 
 /// A story room's unredacted stories that were younger than its lifetime when read from the
 /// index, newest first: the kept entry, or read now (and kept).
+/// `generation` is the kept entries' generation from before the room's facts were read.
 fn current_stories(
     services: &Services,
-    room_id: &RoomId,
-    room: &StoryRoom,
+    (room_id, room): (&RoomId, &StoryRoom),
+    generation: u64,
+    now: u64,
 ) -> Result<Arc<Vec<current::Story>>> {
     let kept = &services.stories.current;
     if let Some(stories) = kept.get(room_id) {
         return Ok(stories);
     }
-    let generation = kept.generation();
     let timeline = &services.rooms.timeline;
     let mut stories = Vec::new();
-    let now = crate::util::now_millis();
     for entry in services.stories.iter_current(room, now).take(MAX_LISTED) {
         let (count, _) = entry?;
         let pdu_id = PduId {

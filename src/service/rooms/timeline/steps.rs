@@ -115,7 +115,8 @@ pub(super) const EFFECTS: &[Step<Effect>] = &[
     Step::live(|ctx| ctx.services.appservices.wake_all()),
     Step::live(|ctx| ctx.services.admin.spot(ctx.room_id, ctx.pdu)),
     Step::live(cancel_overwritten_delayed_state),
-    Step::live(|ctx| ctx.services.stories.after_commit(ctx.room_id, ctx.pdu)),
+    // History too: a backfilled redaction rewrites a live story.
+    Step::always(|ctx| ctx.services.stories.after_commit(ctx.room_id, ctx.pdu)),
 ];
 
 /// Another user's state event cancels the delayed events that would overwrite it (MSC4140).
