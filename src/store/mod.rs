@@ -149,6 +149,12 @@ const MAX_MANIFEST_BYTES: usize = 64 << 20;
 const INFO_LOG_BYTES: usize = 4 << 20;
 const INFO_LOGS_KEPT: usize = 4;
 
+/// Trees whose values are overwritten at the same size many times over (an unread counter per
+/// member of a room, rewritten by every event that notifies them): their memtable updates a key
+/// in place instead of adding a version per write, so that a read or scan of a counter does not
+/// skip over thousands of older versions. Readers of these trees take no snapshots.
+const IN_PLACE_TREES: &[&str] = &["userroomthread_unreadcount"];
+
 /// The open database.
 pub struct Db {
     db: Arc<DB>,
@@ -198,6 +204,9 @@ impl Db {
         options.create_missing_column_families(true);
         options.set_max_open_files(512);
         options.increase_parallelism(2);
+        // One thread writes at a time anyway (`Globals::write_with_count` serialises commits),
+        // and in-place memtable updates (`IN_PLACE_TREES`) require it.
+        options.set_allow_concurrent_memtable_write(false);
         // Sized for a chat server rather than RocksDB's bulk-load defaults (see "Storage
         // footprint" and "Memory" in docs/performance.md). RocksDB preallocates each write-ahead
         // log file at 1.1 × the largest memtable, capped by the totals below, and the MANIFEST
@@ -222,6 +231,9 @@ impl Db {
             let mut tree_options = Options::default();
             tree_options.set_write_buffer_size(tree_write_buffer);
             tree_options.set_block_based_table_factory(&tables);
+            if IN_PLACE_TREES.contains(name) {
+                tree_options.set_inplace_update_support(true);
+            }
             ColumnFamilyDescriptor::new(*name, tree_options)
         });
         let db = DB::open_cf_descriptors(&options, path, descriptors).map_err(|error| {
