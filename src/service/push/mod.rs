@@ -8,7 +8,7 @@
 //! Push notifications. When a local user joins a room whose create event names a `predecessor` (an upgrade, also a manual one), their room rule for the old room is copied to the new one (`carry_over_on_join`, called by `commit` after every local join, whichever way it came).
 //! `push/rules.rs`: each user's rule set is `m.push_rules` global account data (written through `account_data`, parsed once per user and cached until the user changes a rule); a user who never changed a rule has the server defaults, which an initial `/sync` and `GET .../account_data/m.push_rules` show too.
 //! The defaults are the spec v1.19 rules plus the legacy body-mention rules (`.m.rule.contains_display_name`, `.m.rule.roomnotif`, `.m.rule.contains_user_name`, which the spec dropped in v1.17 and Synapse keeps); like Synapse, the legacy rules are skipped for events with `m.mentions`; unstable rules that ruma adds under its features are left out.
-//! `push::prepare` evaluates, before `commit` writes an event, the rules of every local joined member but the sender (and of a local invitee) with ruma's evaluator; the room facts it needs (joined count, local members' display names, power levels) are cached per room with the current-state snapshot they were built from and rebuilt when that snapshot changes; the event is flattened once for all the members evaluated.
+//! `push::prepare` evaluates, before `commit` writes an event, the rules of every local joined member but the sender (and of a local invitee) with ruma's evaluator; the room facts it needs (joined count, local members' display names, power levels) are cached per room with the current-state snapshot they were built from and rebuilt when that snapshot changes; the event is flattened once for all the members evaluated, and a rule that reads nothing of its user (every default rule but the display-name one) is decided once per event for all the members who hold it (`rules::Shared`).
 //! Notifying events go into the commit batch as `userroomcount_notification` (per user and room), with the actions, highlight and thread: the unread counts recount them, and `/notifications` merges the lists of the user's rooms by position. (A second index per user, `usercount_notification`, cost a key per notified member and event; it is retired, emptied at start-up by [`drain_retired_index`].)
 //! `push/unread.rs`, `push/counters.rs`: a room's unread counts are the notifications after the user's receipts (`m.read` or `m.read.private`; an unthreaded receipt reads everything up to its event, a threaded one only its thread). They are stored as counters per user, room and thread: the commit batch of a notifying event adds to them, and a local user's receipt recounts them (a scan of the notifications after the latest unthreaded receipt) in the receipt's batch, both under the room lock; a sync reads the counters, so its cost does not grow with the number of unread notifications. A database from before the counters gets them built once at startup. A local user's read receipt also deletes their notifications in that room that are read and older than `read_notification_retention_ms` (30 days), at most 1,000 per receipt; unread ones stay.
 //! `push/pushers.rs`: pushers per user (`userpusher_pusher`) and a delivery queue per pusher (`pushercount_push`, written in the commit batch, so a restart loses nothing); one worker (`push/sender.rs`) posts them in order to the gateway's `/_matrix/push/v1/notify` (pushers side by side, up to 32 requests in flight, one per pusher; answers read up to 64 KiB; unless `push_gateway_allow_http`, gateway addresses in `url_preview_ip_denylist` are refused when the pusher is set (IP literals) and dropped when the name is resolved), backs off per pusher (1 s doubling to an hour, a notification dropped after a day of failures) and removes a pusher whose pushkey the gateway lists in `rejected`.
@@ -67,6 +67,8 @@ pub struct Push {
     rooms: Mutex<HashMap<OwnedRoomId, (u64, Arc<RoomContext>)>>,
     /// Serialises rule changes (read, change, write).
     rules_write: Mutex<()>,
+    /// The numbers of the rules whose outcome members of a room share (`rules::Shared`).
+    shared_rules: rules::Shared,
 }
 
 /// One notifying event for one user, as stored.
@@ -143,6 +145,7 @@ impl Push {
             rules: Mutex::new(HashMap::new()),
             rooms: Mutex::new(HashMap::new()),
             rules_write: Mutex::new(()),
+            shared_rules: rules::Shared::default(),
         }
     }
 
@@ -246,9 +249,10 @@ impl Push {
             rules::ACCOUNT_DATA_TYPE,
             &content,
         )?;
-        self.rules
-            .lock()
-            .insert(user_id.to_owned(), Arc::new(rules::Prepared::new(ruleset)));
+        self.rules.lock().insert(
+            user_id.to_owned(),
+            Arc::new(rules::Prepared::new(ruleset, &self.shared_rules)),
+        );
         services.notifier.wake(Topic::User(user_id.to_string()));
         Ok(())
     }
@@ -263,10 +267,10 @@ impl Push {
         let stored = services
             .account_data
             .get(user_id, None, rules::ACCOUNT_DATA_TYPE)?;
-        let prepared = Arc::new(rules::Prepared::new(rules::from_account_data(
-            user_id,
-            stored.as_ref(),
-        )));
+        let prepared = Arc::new(rules::Prepared::new(
+            rules::from_account_data(user_id, stored.as_ref()),
+            &self.shared_rules,
+        ));
         cache.insert(user_id.to_owned(), Arc::clone(&prepared));
         Ok(prepared)
     }
@@ -363,11 +367,12 @@ pub fn prepare(services: &Services, room_id: &RoomId, pdu: &Pdu) -> Result<Pendi
     if let Some(power_levels) = &context.power_levels {
         ctx = ctx.with_power_levels(power_levels.clone());
     }
+    let mut outcomes = rules::Outcomes::default();
     for (user_id, display_name) in targets {
         let prepared = push.prepared(services, &user_id)?;
         ctx.user_id = user_id.clone();
         ctx.user_display_name = display_name;
-        let actions = prepared.actions(&event, has_mentions, &ctx);
+        let actions = prepared.actions(&event, has_mentions, &ctx, &mut outcomes);
         let (notify, highlight) = rules::notify_and_highlight(&actions);
         if notify {
             pending.notifications.push((

@@ -2,15 +2,17 @@
 //! data, and evaluating them against one event for one user.
 
 use std::{
+    collections::HashMap,
     future::Future,
     pin::pin,
     task::{Context, Poll, Waker},
 };
 
+use parking_lot::Mutex;
 use ruma::{
     push::{
-        Action, ConditionalPushRule, FlattenedJson, PatternedPushRule, PushConditionRoomCtx,
-        Ruleset, Tweak,
+        Action, AnyPushRuleRef, ConditionalPushRule, FlattenedJson, PatternedPushRule,
+        PushCondition, PushConditionRoomCtx, Ruleset, Tweak,
     },
     UserId,
 };
@@ -127,15 +129,67 @@ pub fn to_account_data(ruleset: &Ruleset) -> Result<Value> {
 }
 
 /// A user's rules prepared for evaluation: the whole set, and the set without the legacy
-/// rules for events that carry `m.mentions`.
+/// rules for events that carry `m.mentions`, each with the shared identity of every rule whose
+/// outcome is the same for every user of a room (see [`Shared`]).
 pub struct Prepared {
     pub all: Ruleset,
     pub without_legacy: Ruleset,
+    all_ids: Vec<Option<u32>>,
+    without_legacy_ids: Vec<Option<u32>>,
 }
+
+/// Numbers the rules whose outcome for an event does not depend on whose rules they are: an
+/// override or underride rule whose conditions read only the event, the room's member count and
+/// its power levels (not `contains_display_name`). Two users holding the same such rule (every
+/// server-default one, for users who did not change it) get the same number, so that one event's
+/// evaluation for all the members of a room decides each such rule once ([`Outcomes`]).
+/// The numbers are kept for the life of the process: one per distinct rule ever prepared.
+#[derive(Default)]
+pub struct Shared {
+    ids: Mutex<HashMap<String, u32>>,
+}
+
+impl Shared {
+    fn ids(&self, ruleset: &Ruleset) -> Vec<Option<u32>> {
+        ruleset.iter().map(|rule| self.id(rule)).collect()
+    }
+
+    fn id(&self, rule: AnyPushRuleRef<'_>) -> Option<u32> {
+        let rule = match rule {
+            AnyPushRuleRef::Override(rule) | AnyPushRuleRef::Underride(rule) => rule,
+            _ => return None,
+        };
+        if !rule.conditions.iter().all(same_for_every_user) {
+            return None;
+        }
+        let text = serde_json::to_string(rule).ok()?;
+        let mut ids = self.ids.lock();
+        let next = u32::try_from(ids.len()).ok()?;
+        Some(*ids.entry(text).or_insert(next))
+    }
+}
+
+/// Whether a condition reads nothing of the user whose rule it is. Every condition is false for
+/// the event's own sender, which [`Prepared::actions`] never evaluates.
+fn same_for_every_user(condition: &PushCondition) -> bool {
+    matches!(
+        condition,
+        PushCondition::EventMatch(_)
+            | PushCondition::RoomMemberCount(_)
+            | PushCondition::SenderNotificationPermission(_)
+            | PushCondition::EventPropertyIs(_)
+            | PushCondition::EventPropertyContains(_)
+    )
+}
+
+/// The outcomes of the shared rules for one event in one room context, filled in as the
+/// members' rules are evaluated.
+#[derive(Default)]
+pub struct Outcomes(HashMap<u32, bool>);
 
 impl Prepared {
     /// Prepares a rule set.
-    pub fn new(all: Ruleset) -> Self {
+    pub fn new(all: Ruleset, shared: &Shared) -> Self {
         let mut without_legacy = all.clone();
         without_legacy
             .override_
@@ -144,6 +198,8 @@ impl Prepared {
             .content
             .retain(|rule| !(rule.default && LEGACY_RULES.contains(&rule.rule_id.as_str())));
         Self {
+            all_ids: shared.ids(&all),
+            without_legacy_ids: shared.ids(&without_legacy),
             all,
             without_legacy,
         }
@@ -151,22 +207,31 @@ impl Prepared {
 
     /// The actions for an event (client form, flattened once for all the users it is checked
     /// for) in a room context; empty when no rule matches or the user sent the event.
+    /// `outcomes` holds what the shared rules decided for this event and context so far.
     pub fn actions(
         &self,
         event: &FlattenedJson,
         has_mentions: bool,
         ctx: &PushConditionRoomCtx,
+        outcomes: &mut Outcomes,
     ) -> Vec<Action> {
-        let ruleset = if has_mentions {
-            &self.without_legacy
+        let (ruleset, ids) = if has_mentions {
+            (&self.without_legacy, &self.without_legacy_ids)
         } else {
-            &self.all
+            (&self.all, &self.all_ids)
         };
         if event.get_str("sender") == Some(ctx.user_id.as_str()) {
             return Vec::new();
         }
-        for rule in ruleset {
-            if poll_ready(rule.applies(event, ctx)).unwrap_or(false) {
+        for (rule, id) in ruleset.iter().zip(ids) {
+            let applies = match id {
+                Some(id) => *outcomes
+                    .0
+                    .entry(*id)
+                    .or_insert_with(|| poll_ready(rule.applies(event, ctx)).unwrap_or(false)),
+                None => poll_ready(rule.applies(event, ctx)).unwrap_or(false),
+            };
+            if applies {
                 return rule.actions().to_vec();
             }
         }
@@ -249,7 +314,7 @@ mod tests {
     #[test]
     fn mentions_highlight_and_legacy_rules_skip_events_with_m_mentions() {
         let user = owned_user_id!("@bob:example.org");
-        let prepared = Prepared::new(server_default(&user));
+        let prepared = Prepared::new(server_default(&user), &Shared::default());
         let ctx = PushConditionRoomCtx::new(
             owned_room_id!("!room:example.org"),
             uint!(3),
@@ -262,7 +327,12 @@ mod tests {
                 "type": "m.room.message", "sender": "@alice:example.org",
                 "content": content, "event_id": "$e", "origin_server_ts": 1,
             }));
-            notify_and_highlight(&prepared.actions(&flattened, has_mentions, &ctx))
+            notify_and_highlight(&prepared.actions(
+                &flattened,
+                has_mentions,
+                &ctx,
+                &mut Outcomes::default(),
+            ))
         };
         assert_eq!(
             check(json!({ "msgtype": "m.text", "body": "hi" })),
@@ -295,6 +365,76 @@ mod tests {
             "content": { "msgtype": "m.text", "body": "hi Bobby" },
             "event_id": "$own", "origin_server_ts": 1,
         }));
-        assert!(prepared.actions(&own, false, &ctx).is_empty());
+        assert!(prepared
+            .actions(&own, false, &ctx, &mut Outcomes::default())
+            .is_empty());
+    }
+
+    #[test]
+    fn members_share_the_outcome_of_a_rule_only_where_it_is_the_same_rule() {
+        let shared = Shared::default();
+        let bob = owned_user_id!("@bob:example.org");
+        let carol = owned_user_id!("@carol:example.org");
+        let dave = owned_user_id!("@dave:example.org");
+        let bobs = Prepared::new(server_default(&bob), &shared);
+        let carols = Prepared::new(server_default(&carol), &shared);
+        // Dave turned the catch-all message rule off.
+        let mut muted = server_default(&dave);
+        muted
+            .set_enabled(ruma::push::RuleKind::Underride, ".m.rule.message", false)
+            .unwrap();
+        let daves = Prepared::new(muted, &shared);
+        let id_of = |prepared: &Prepared, rule_id: &str| {
+            let position = prepared
+                .all
+                .iter()
+                .position(|rule| rule.rule_id() == rule_id)
+                .unwrap();
+            prepared.all_ids[position]
+        };
+        let common = (bobs.all_ids.iter().zip(&carols.all_ids))
+            .filter(|(bob, carol)| bob.is_some() && bob == carol)
+            .count();
+        assert!(common > 10, "the defaults are shared: {common}");
+        // Rules that name their user are rules of their own.
+        assert_ne!(
+            id_of(&bobs, ".m.rule.is_user_mention"),
+            id_of(&carols, ".m.rule.is_user_mention")
+        );
+        assert!(id_of(&bobs, ".m.rule.message").is_some());
+        assert_eq!(
+            id_of(&bobs, ".m.rule.message"),
+            id_of(&carols, ".m.rule.message")
+        );
+        assert_ne!(
+            id_of(&bobs, ".m.rule.message"),
+            id_of(&daves, ".m.rule.message"),
+            "a changed rule is another rule"
+        );
+        assert_eq!(
+            id_of(&bobs, ".m.rule.contains_display_name"),
+            None,
+            "it reads the display name"
+        );
+
+        let flattened = event(json!({
+            "type": "m.room.message", "sender": "@alice:example.org",
+            "content": { "msgtype": "m.text", "body": "hi Bobby" },
+            "event_id": "$e", "origin_server_ts": 1,
+        }));
+        let mut outcomes = Outcomes::default();
+        let mut check = |user: &ruma::OwnedUserId, name: &str, prepared: &Prepared| {
+            let ctx = PushConditionRoomCtx::new(
+                owned_room_id!("!room:example.org"),
+                uint!(4),
+                user.clone(),
+                name.to_owned(),
+            );
+            notify_and_highlight(&prepared.actions(&flattened, false, &ctx, &mut outcomes))
+        };
+        assert_eq!(check(&bob, "Bobby", &bobs), (true, true));
+        assert_eq!(check(&carol, "Carol", &carols), (true, false));
+        assert_eq!(check(&dave, "Dave", &daves), (false, false));
+        assert!(!outcomes.0.is_empty());
     }
 }
