@@ -298,6 +298,9 @@ impl Db {
             }
         }
         self.db.write_opt(write_batch, &self.write_options)?;
+        for run in batch.after_write {
+            run();
+        }
         Ok(())
     }
 
@@ -401,10 +404,14 @@ struct Op {
     awaits_count: bool,
 }
 
+/// What runs once a batch is written (see [`Batch::after_write`]).
+type AfterWrite = Box<dyn FnOnce() + Send + Sync>;
+
 /// Writes that must land together; applied by [`Db::write`].
 #[derive(Default)]
 pub struct Batch {
     ops: Vec<Op>,
+    after_write: Vec<AfterWrite>,
 }
 
 impl Batch {
@@ -448,9 +455,18 @@ impl Batch {
         });
     }
 
+    /// Runs `run` right after the batch is written, if it is: where a cache of what the batch
+    /// changes is dropped, so that no reader can fill it again from the older data (see
+    /// `rooms::members`). Under `Globals::write_with_count` it runs before the batch's stream
+    /// position is published.
+    pub fn after_write(&mut self, run: impl FnOnce() + Send + Sync + 'static) {
+        self.after_write.push(Box::new(run));
+    }
+
     /// Moves every write of `other` to the end of this batch.
     pub fn append(&mut self, mut other: Batch) {
         self.ops.append(&mut other.ops);
+        self.after_write.append(&mut other.after_write);
     }
 }
 
