@@ -8,6 +8,7 @@
 //! Why: compiling RocksDB's C++ took most of a 43-minute clean build on 2 cores; with the system library a clean build of every dependency takes about 5 minutes, which keeps CI inside its 90 minutes with Complement and Synapse interop still to come.
 
 mod backup;
+mod cache;
 mod durable;
 pub mod key;
 mod stats;
@@ -22,6 +23,7 @@ use rocksdb::{
 use crate::error::{Error, Result};
 
 pub use backup::{list_backups, restore_backup, verify_backup, BackupCheck, BackupInfo};
+pub use cache::WrittenCache;
 pub use durable::Durable;
 
 /// Every tree the server uses. A service declares the ones it owns next to its code; the list

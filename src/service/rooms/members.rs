@@ -3,10 +3,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
 };
 
 use parking_lot::Mutex;
@@ -19,7 +16,7 @@ use serde_json::Value;
 use super::pdu::Pdu;
 use crate::{
     error::{Error, Result},
-    store::{key, Batch, Db, Tree},
+    store::{key, Batch, Db, Tree, WrittenCache},
 };
 
 /// Owns `roomuserid_membership` (room ID 0xff user ID → membership text),
@@ -36,67 +33,13 @@ pub struct Members {
     /// The servers with a joined member, per room; dropped when a member event is committed.
     servers: Mutex<HashMap<OwnedRoomId, Arc<BTreeSet<OwnedServerName>>>>,
     /// Each user's rooms and forgotten rooms as read last (every `/sync` reads them, twice when
-    /// it waits); a user's entry is dropped as soon as a batch changing either is written.
-    user_rooms: Arc<UserRoomsCache>,
+    /// it waits); a user's entries are dropped as soon as a batch changing them is written.
+    rooms_of: Arc<WrittenCache<OwnedUserId, Arc<Vec<RoomMembership>>>>,
+    forgotten_of: Arc<WrittenCache<OwnedUserId, Arc<Vec<RoomMembership>>>>,
 }
 
 /// The most users whose rooms are kept; past it the cache starts over.
-const USER_ROOMS_CACHED: usize = 100_000;
-
-/// A user's rooms (`userroomid_membership`) and forgotten rooms (`userroomid_forgotten`), as
-/// read from the trees. A reader stores what it read only if no entry was dropped meanwhile
-/// (`generation`), and every batch that changes a user's entries drops them right after it is
-/// written (`Batch::after_write`), before its stream position is published: so an entry never
-/// holds less than what a reader at the published position would read from the trees.
-#[derive(Default)]
-struct UserRoomsCache {
-    entries: Mutex<HashMap<OwnedUserId, CachedRooms>>,
-    generation: AtomicU64,
-}
-
-#[derive(Default, Clone)]
-struct CachedRooms {
-    rooms: Option<Arc<Vec<RoomMembership>>>,
-    forgotten: Option<Arc<Vec<RoomMembership>>>,
-}
-
-impl UserRoomsCache {
-    fn read(
-        &self,
-        user_id: &UserId,
-        pick: fn(&mut CachedRooms) -> &mut Option<Arc<Vec<RoomMembership>>>,
-        read: impl FnOnce() -> Result<Vec<RoomMembership>>,
-    ) -> Result<Vec<RoomMembership>> {
-        if let Some(cached) = self
-            .entries
-            .lock()
-            .get_mut(user_id)
-            .and_then(|entry| pick(entry).clone())
-        {
-            return Ok((*cached).clone());
-        }
-        let generation = self.generation.load(Ordering::Acquire);
-        let rooms = read()?;
-        let mut entries = self.entries.lock();
-        if self.generation.load(Ordering::Acquire) == generation {
-            if entries.len() >= USER_ROOMS_CACHED && !entries.contains_key(user_id) {
-                entries.clear();
-            }
-            *pick(entries.entry(user_id.to_owned()).or_default()) = Some(Arc::new(rooms.clone()));
-        }
-        Ok(rooms)
-    }
-
-    /// Drops a user's entry once `batch` is written.
-    fn drop_after(self: &Arc<Self>, user_id: &UserId, batch: &mut Batch) {
-        let (cache, user_id) = (Arc::clone(self), user_id.to_owned());
-        batch.after_write(move || {
-            let mut entries = cache.entries.lock();
-            cache.generation.fetch_add(1, Ordering::AcqRel);
-            entries.remove(&user_id);
-        });
-    }
-}
+const USERS_CACHED: usize = 100_000;
 
 /// A user's membership in one room.
 #[derive(Clone, Debug)]
@@ -116,7 +59,8 @@ impl Members {
             userroomid_membership: db.tree("userroomid_membership"),
             userroomid_forgotten: db.tree("userroomid_forgotten"),
             servers: Mutex::new(HashMap::new()),
-            user_rooms: Arc::default(),
+            rooms_of: WrittenCache::new(USERS_CACHED),
+            forgotten_of: WrittenCache::new(USERS_CACHED),
         }
     }
 
@@ -147,8 +91,9 @@ impl Members {
         let user_room = key::join(&[target.as_bytes(), room_id.as_bytes()]);
         batch.insert(&self.userroomid_membership, &user_room, &value);
         batch.remove(&self.userroomid_forgotten, &user_room);
-        if let Ok(target) = <&UserId>::try_from(target) {
-            self.user_rooms.drop_after(target, batch);
+        if let Ok(target) = OwnedUserId::try_from(target) {
+            self.rooms_of.drop_after(target.clone(), batch);
+            self.forgotten_of.drop_after(target, batch);
         }
         batch.insert(
             &self.roomid_membershipcount,
@@ -267,17 +212,15 @@ impl Members {
 
     /// Every room a user has a membership in, with the position it last changed at.
     pub fn iter_rooms(&self, user_id: &UserId) -> Result<Vec<RoomMembership>> {
-        self.user_rooms.read(
-            user_id,
-            |entry| &mut entry.rooms,
-            || {
-                user_rooms(
-                    &self.userroomid_membership,
-                    "userroomid_membership",
-                    user_id,
-                )
-            },
-        )
+        let rooms = self.rooms_of.get_or_read(user_id, || {
+            user_rooms(
+                &self.userroomid_membership,
+                "userroomid_membership",
+                user_id,
+            )
+            .map(Arc::new)
+        })?;
+        Ok((*rooms).clone())
     }
 
     /// A user's membership in one room with the position it last changed at.
@@ -336,17 +279,17 @@ impl Members {
         let mut batch = Batch::default();
         batch.remove(&self.userroomid_membership, &user_room);
         batch.insert(&self.userroomid_forgotten, &user_room, &value);
-        self.user_rooms.drop_after(user_id, &mut batch);
+        self.rooms_of.drop_after(user_id.to_owned(), &mut batch);
+        self.forgotten_of.drop_after(user_id.to_owned(), &mut batch);
         self.userroomid_membership.db().write(batch)
     }
 
     /// The rooms a user forgot, with the membership they had then.
     pub fn iter_forgotten(&self, user_id: &UserId) -> Result<Vec<RoomMembership>> {
-        self.user_rooms.read(
-            user_id,
-            |entry| &mut entry.forgotten,
-            || user_rooms(&self.userroomid_forgotten, "userroomid_forgotten", user_id),
-        )
+        let forgotten = self.forgotten_of.get_or_read(user_id, || {
+            user_rooms(&self.userroomid_forgotten, "userroomid_forgotten", user_id).map(Arc::new)
+        })?;
+        Ok((*forgotten).clone())
     }
 }
 
