@@ -127,9 +127,8 @@ fn aggregate(
     for entry in services
         .rooms
         .relations
-        .iter_children(shortroomid, &pdu.event_id)
+        .children(shortroomid, &pdu.event_id)?
     {
-        let entry = entry?;
         let child = entry.child;
         match entry.rel_type.as_str() {
             "m.annotation" => {

@@ -4,7 +4,7 @@
 //! bundled aggregations added to served events ([`bundle`]).
 //!
 //! Event relationships: `parentreltypecount_child` (room, parent event ID, `rel_type`, child stream position → what aggregation needs of the child: ID, sender, type, annotation key, timestamp, whether it has `m.new_content`), written by one call from `commit`'s batch for every non-state event with a valid cleartext `m.relates_to` (local or from `/send`), and `roomcount_threadroot` (room, stream position of a thread's latest `m.thread` child → root), moved on every thread reply; a redaction removes its target's entry in the redaction's batch (one call from `redact_in_batch`), so redacted children stop counting and a thread falls back to its previous reply.
-//! `relations::bundle::serve_event` is the one function that turns an event into its client form with `unsigned["m.relations"]` (annotation counts in MSC2675's form, the latest valid edit, the thread summary, references); `/sync` timelines, `/messages`, `/event`, `/context`, `/relations` and `/threads` call it, and it costs one prefix seek per non-state event (plus one read for the latest edit and for the latest thread reply).
+//! `relations::bundle::serve_event` is the one function that turns an event into its client form with `unsigned["m.relations"]` (annotation counts in MSC2675's form, the latest valid edit, the thread summary, references); `/sync` timelines, `/messages`, `/event`, `/context`, `/relations` and `/threads` call it, and it costs one prefix seek per non-state event (plus one read for the latest edit and for the latest thread reply), none for an event already found childless: such events are remembered (`Relations::children`, at most 65,536) until a batch gives them a child.
 //! Edit validity (same sender and type, original neither state, an edit nor redacted, `m.new_content`) is decided when bundling, so an edit that arrives before its original is judged once both are known.
 //! Client sends are checked by `relations::check_client_relation` (duplicate annotation `400 M_DUPLICATE_ANNOTATION`, thread from a relation `400 M_UNKNOWN`).
 
@@ -23,7 +23,7 @@ use super::{pdu::Pdu, timeline::BACKFILL_BASE};
 use crate::{
     error::{Error, Result},
     service::Services,
-    store::{key, Batch, Db, Tree},
+    store::{key, Batch, Db, Tree, WrittenCache},
 };
 
 /// The longest `rel_type` that is indexed; longer ones are ignored like any invalid relation.
@@ -93,7 +93,14 @@ pub struct ChildEntry {
 pub struct Relations {
     parentreltypecount_child: Tree,
     roomcount_threadroot: Tree,
+    /// Parents (short room ID, event ID) that had no child when last read: most events never
+    /// get one, and each is served to every member who syncs it. A batch that gives one a child
+    /// drops it once written.
+    childless: Arc<WrittenCache<(u64, OwnedEventId), ()>>,
 }
+
+/// The most childless parents remembered; past it the set starts over.
+const CHILDLESS_CACHED: usize = 65_536;
 
 impl Relations {
     /// Opens the trees.
@@ -101,6 +108,7 @@ impl Relations {
         Self {
             parentreltypecount_child: db.tree("parentreltypecount_child"),
             roomcount_threadroot: db.tree("roomcount_threadroot"),
+            childless: WrittenCache::new(CHILDLESS_CACHED),
         }
     }
 
@@ -158,6 +166,8 @@ impl Relations {
         }
         let value = serde_json::to_vec(&child).map_err(Error::internal)?;
         batch.insert_at_count(&self.parentreltypecount_child, &rel_prefix, &value);
+        self.childless
+            .drop_after((shortroomid, relation.parent), batch);
         Ok(())
     }
 
@@ -234,6 +244,23 @@ impl Relations {
                 let (db_key, value) = entry?;
                 decode_entry(&db_key[length..], &value)
             })
+    }
+
+    /// Every child of `parent` in a room, as [`Relations::iter_children`] gives them; without a
+    /// seek for a parent that had none when last read.
+    pub fn children(&self, shortroomid: u64, parent: &ruma::EventId) -> Result<Vec<ChildEntry>> {
+        let key = (shortroomid, parent.to_owned());
+        if self.childless.get(&key).is_some() {
+            return Ok(Vec::new());
+        }
+        let read_at = self.childless.read_started();
+        let children = self
+            .iter_children(shortroomid, parent)
+            .collect::<Result<Vec<_>>>()?;
+        if children.is_empty() {
+            self.childless.store(key, (), read_at);
+        }
+        Ok(children)
     }
 
     /// The children of `parent` with one `rel_type`, from `from` (exclusive) in stream order or
