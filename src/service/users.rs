@@ -29,6 +29,9 @@ use crate::{
     util,
 };
 
+/// The most stored filters kept in memory; past it the cache starts over.
+const FILTERS_CACHED: usize = 10_000;
+
 /// Owns `userid_password` (user ID → argon2 PHC string, empty for accounts without password),
 /// `userid_deactivated` (user ID → empty), `userid_admin` (user ID → empty, for server admins),
 /// `userid_profile` (user ID → JSON profile),
@@ -54,6 +57,8 @@ pub struct Users {
     count_lock: parking_lot::Mutex<()>,
     /// Password hashing, off the async worker threads.
     pub passwords: password::Hasher,
+    /// Stored filters by user and ID, as read (a filter never changes once stored).
+    filters: Arc<crate::store::WrittenCache<(OwnedUserId, String), Value>>,
 }
 
 /// Who an OpenID token vouches for, until when.
@@ -129,6 +134,7 @@ impl Users {
             counters: Counters::open(db),
             count_lock: parking_lot::Mutex::new(()),
             passwords: password::Hasher::default(),
+            filters: crate::store::WrittenCache::new(FILTERS_CACHED),
         }
     }
 

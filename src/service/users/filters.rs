@@ -12,6 +12,9 @@ use crate::{
     util,
 };
 
+/// Filter IDs are 12 characters here; a longer one is never stored, and is not cached.
+const MAX_FILTER_ID_BYTES: usize = 64;
+
 impl Users {
     /// Checks a filter (`filter::validate`), stores it and returns its ID.
     pub fn create_filter(&self, user_id: &UserId, filter: &Value) -> Result<String> {
@@ -39,8 +42,25 @@ impl Users {
         }
     }
 
-    /// A stored filter.
+    /// A stored filter (every `/sync` that names one reads it; a filter never changes).
     pub fn get_filter(&self, user_id: &UserId, filter_id: &str) -> Result<Option<Value>> {
+        if filter_id.len() > MAX_FILTER_ID_BYTES {
+            return Ok(None);
+        }
+        let key = (user_id.to_owned(), filter_id.to_owned());
+        if let Some(filter) = self.filters.get(&key) {
+            return Ok(Some(filter));
+        }
+        // Only filters that exist are kept: an unknown ID may be stored later.
+        let read_at = self.filters.read_started();
+        let filter = self.read_filter(user_id, filter_id)?;
+        if let Some(filter) = &filter {
+            self.filters.store(key, filter.clone(), read_at);
+        }
+        Ok(filter)
+    }
+
+    fn read_filter(&self, user_id: &UserId, filter_id: &str) -> Result<Option<Value>> {
         let Some(bytes) = self
             .useridfilterid_filter
             .get(&key::join(&[user_id.as_bytes(), filter_id.as_bytes()]))?
