@@ -808,3 +808,70 @@ async fn relations_from_another_server_are_indexed() {
         true
     );
 }
+
+/// An event served while it has no child is remembered as childless (`Relations::children`);
+/// each relation type given to it later must show at once, in every place that serves it.
+#[tokio::test]
+async fn an_event_served_before_its_first_relation_shows_each_one_after() {
+    let server = TestServer::start().await;
+    let (alice, bob, room) = shared_room(&server).await;
+    let message = alice.send_text(&room, "m", "plain for now").await;
+    let sync = bob.get_ok("/_matrix/client/v3/sync?timeout=0").await;
+    let in_sync = |sync: &Value| {
+        sync["rooms"]["join"][&room]["timeline"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|event| event["event_id"] == message.as_str())
+            .cloned()
+            .unwrap()
+    };
+    assert!(in_sync(&sync)["unsigned"].get("m.relations").is_none());
+    let event = get_event(&bob, &room, &message).await;
+    assert!(event["unsigned"].get("m.relations").is_none(), "{event}");
+
+    react(&bob, &room, "r1", &message, "👍").await;
+    let event = get_event(&bob, &room, &message).await;
+    assert_eq!(
+        event["unsigned"]["m.relations"]["m.annotation"]["chunk"][0]["count"], 1,
+        "{event}"
+    );
+    let sync = bob
+        .get_ok("/_matrix/client/v3/sync?timeout=0&full_state=true")
+        .await;
+    assert_eq!(
+        in_sync(&sync)["unsigned"]["m.relations"]["m.annotation"]["chunk"][0]["count"],
+        1
+    );
+
+    // Another event, served childless, then edited and replied to in a thread.
+    let other = alice.send_text(&room, "o", "edit me").await;
+    assert!(get_event(&alice, &room, &other).await["unsigned"]
+        .get("m.relations")
+        .is_none());
+    let edit = send_ok(
+        &alice,
+        &room,
+        "m.room.message",
+        "e1",
+        edit_content(&other, "edited"),
+    )
+    .await;
+    let event = get_event(&alice, &room, &other).await;
+    assert_eq!(
+        event["unsigned"]["m.relations"]["m.replace"]["event_id"],
+        edit.as_str(),
+        "{event}"
+    );
+    let third = alice.send_text(&room, "t", "thread root").await;
+    assert!(get_event(&bob, &room, &third).await["unsigned"]
+        .get("m.relations")
+        .is_none());
+    let reply = thread_reply(&bob, &room, "t1", &third, "a reply").await;
+    let event = get_event(&bob, &room, &third).await;
+    assert_eq!(
+        event["unsigned"]["m.relations"]["m.thread"]["latest_event"]["event_id"],
+        reply.as_str(),
+        "{event}"
+    );
+}

@@ -6,7 +6,6 @@
 //! `joined.rs`, `left.rs` and `invited.rs` (invites and knocks). `state.rs` computes a room's
 //! `state` section and summary; `lazy.rs` remembers the member events each device holds.
 //!
-//! The sync token `s{count}_{typing}` `s{count}_{typing}` (`SyncToken`) carries the global stream position and the typing position (the older `s{count}` still parses, as typing position 0).
 //! A room's `state` section (`sync/state.rs`) is the state at the start of its timeline that the client has not seen, plus, where the state at the end of the timeline holds a change the timeline filter left out, that change.
 //! With lazy-loaded members it carries the members of the timeline's senders and of the summary's heroes that the device does not hold: `SentMembers` (`sync/lazy.rs`, memory only) records per device the member events each response carried, and counts them as held once the device syncs from that response's `next_batch`; after a restart members are sent again, which the spec allows.
 //! The room summary (joined and invited counts, heroes for a room without name or canonical alias) is sent on initial syncs and whenever member, name or alias events or a gap lie in the synced range.
@@ -14,10 +13,6 @@
 //!
 //! Builds `/sync` responses from stream positions; its token `s{count}_{typing}` (`SyncToken`) carries the global stream position and the typing position (the older `s{count}` still parses, as typing position 0).
 //! `sync::build` reads the request once into a `SyncContext` (positions, parsed filter, the user's ignore list) and passes it to one step per room: `sync/joined.rs` (a `JoinedRoom` per room: timeline scan, ephemeral events, summary, state), `sync/left.rs` and `sync/invited.rs` (invites and knocks); account data, presence and the end-to-end fields are added in `build`.
-//! A room's `state` section (`sync/state.rs`) is the state at the start of its timeline that the client has not seen, plus, where the state at the end of the timeline holds a change the timeline filter left out, that change.
-//! With lazy-loaded members it carries the members of the timeline's senders and of the summary's heroes that the device does not hold: `SentMembers` (`sync/lazy.rs`, memory only) records per device the member events each response carried, and counts them as held once the device syncs from that response's `next_batch`; after a restart members are sent again, which the spec allows.
-//! The room summary (joined and invited counts, heroes for a room without name or canonical alias) is sent on initial syncs and whenever member, name or alias events or a gap lie in the synced range.
-//! A room joined since the last sync is treated like an initial sync: full state, a timeline reaching back before `since`, `limited` unless it starts at the room's creation.
 
 pub(crate) mod invited;
 pub(crate) mod joined;
