@@ -138,12 +138,16 @@ pub struct Prepared {
     without_legacy_ids: Vec<Option<u32>>,
 }
 
+/// The most rules [`Shared`] numbers (a few hundred bytes each).
+const MAX_SHARED_RULES: usize = 20_000;
+
 /// Numbers the rules whose outcome for an event does not depend on whose rules they are: an
 /// override or underride rule whose conditions read only the event, the room's member count and
 /// its power levels (not `contains_display_name`). Two users holding the same such rule (every
 /// server-default one, for users who did not change it) get the same number, so that one event's
 /// evaluation for all the members of a room decides each such rule once ([`Outcomes`]).
-/// The numbers are kept for the life of the process: one per distinct rule ever prepared.
+/// The numbers are kept for the life of the process: one per distinct rule prepared, at most
+/// `MAX_SHARED_RULES`.
 #[derive(Default)]
 pub struct Shared {
     ids: Mutex<HashMap<String, u32>>,
@@ -164,8 +168,17 @@ impl Shared {
         }
         let text = serde_json::to_string(rule).ok()?;
         let mut ids = self.ids.lock();
-        let next = u32::try_from(ids.len()).ok()?;
-        Some(*ids.entry(text).or_insert(next))
+        if let Some(id) = ids.get(&text) {
+            return Some(*id);
+        }
+        // Rules changed again and again (or naming their user) would otherwise grow the numbering
+        // without bound; past the cap a new rule is simply evaluated for each user.
+        if ids.len() >= MAX_SHARED_RULES {
+            return None;
+        }
+        let id = u32::try_from(ids.len()).ok()?;
+        ids.insert(text, id);
+        Some(id)
     }
 }
 
@@ -368,6 +381,30 @@ mod tests {
         assert!(prepared
             .actions(&own, false, &ctx, &mut Outcomes::default())
             .is_empty());
+    }
+
+    #[test]
+    fn the_shared_numbering_is_bounded() {
+        let shared = Shared::default();
+        let rule = |n: usize| -> ConditionalPushRule {
+            legacy_rule(json!({
+                "rule_id": format!("r{n}"), "default": false, "enabled": true,
+                "conditions": [{ "kind": "event_match", "key": "type", "pattern": format!("t{n}") }],
+                "actions": [],
+            }))
+        };
+        let first = shared.id(AnyPushRuleRef::Override(&rule(0)));
+        assert_eq!(first, Some(0));
+        for n in 1..MAX_SHARED_RULES {
+            assert!(shared.id(AnyPushRuleRef::Override(&rule(n))).is_some());
+        }
+        assert_eq!(
+            shared.id(AnyPushRuleRef::Override(&rule(MAX_SHARED_RULES))),
+            None,
+            "past the cap a rule is evaluated per user"
+        );
+        assert_eq!(shared.id(AnyPushRuleRef::Override(&rule(0))), first);
+        assert_eq!(shared.ids.lock().len(), MAX_SHARED_RULES);
     }
 
     #[test]
