@@ -16,16 +16,21 @@ use parking_lot::Mutex;
 use super::Batch;
 use crate::error::Result;
 
-/// Values read from the trees, by key, at most `capacity` of them (past it the cache starts
-/// over). A batch that changes what a key reads drops the key through [`WrittenCache::drop_after`]:
+/// Entries with their weights.
+type Weighed<K, V> = HashMap<K, (V, usize)>;
+
+/// Values read from the trees, by key, weighing at most `capacity` together (each weighs 1
+/// unless made with [`WrittenCache::weighed`]; past it the cache starts over). A batch that changes what a key reads drops the key through [`WrittenCache::drop_after`]:
 /// right after the batch is written, and under `Globals::write_with_count` before its stream
 /// position is published. A reader stores what it read only if no key was dropped while it read
 /// (`generation`). So no entry holds older data than the trees held when the entry was looked up,
 /// and a response built on a published position sees everything up to it.
 pub struct WrittenCache<K, V> {
-    entries: Mutex<HashMap<K, V>>,
+    /// The entries with their weights, and the weights' total.
+    entries: Mutex<(Weighed<K, V>, usize)>,
     generation: AtomicU64,
     capacity: usize,
+    weigh: fn(&V) -> usize,
 }
 
 impl<K, V> WrittenCache<K, V>
@@ -34,10 +39,16 @@ where
     V: Clone + Send + 'static,
 {
     pub fn new(capacity: usize) -> Arc<Self> {
+        Self::weighed(capacity, |_| 1)
+    }
+
+    /// A cache whose entries weigh what `weigh` says (bytes, say) instead of 1 each.
+    pub fn weighed(capacity: usize, weigh: fn(&V) -> usize) -> Arc<Self> {
         Arc::new(Self {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new((HashMap::new(), 0)),
             generation: AtomicU64::new(0),
             capacity,
+            weigh,
         })
     }
 
@@ -47,7 +58,11 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.entries.lock().get(key).cloned()
+        self.entries
+            .lock()
+            .0
+            .get(key)
+            .map(|(value, _)| value.clone())
     }
 
     /// The cached value of `key`, else what `read` reads from the trees (stored unless a key was
@@ -74,24 +89,40 @@ where
     /// Stores what a reader read from the trees since `read_at` ([`WrittenCache::read_started`]),
     /// unless a key was dropped in between.
     pub fn store(&self, key: K, value: V, read_at: u64) {
-        let mut entries = self.entries.lock();
+        let weight = (self.weigh)(&value);
+        let mut guard = self.entries.lock();
+        let (entries, total) = &mut *guard;
         if self.generation.load(Ordering::Acquire) != read_at {
             return;
         }
-        if entries.len() >= self.capacity && !entries.contains_key(&key) {
+        if *total + weight > self.capacity {
             entries.clear();
+            *total = 0;
         }
-        entries.insert(key, value);
+        *total += weight;
+        if let Some((_, old)) = entries.insert(key, (value, weight)) {
+            *total = total.saturating_sub(old);
+        }
+    }
+
+    /// Drops `key` now, for a change already written.
+    pub fn drop_now<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut guard = self.entries.lock();
+        let (entries, total) = &mut *guard;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if let Some((_, old)) = entries.remove(key) {
+            *total = total.saturating_sub(old);
+        }
     }
 
     /// Drops `key` once `batch` is written.
     pub fn drop_after(self: &Arc<Self>, key: K, batch: &mut Batch) {
         let cache = Arc::clone(self);
-        batch.after_write(move || {
-            let mut entries = cache.entries.lock();
-            cache.generation.fetch_add(1, Ordering::AcqRel);
-            entries.remove(&key);
-        });
+        batch.after_write(move || cache.drop_now(&key));
     }
 }
 

@@ -91,6 +91,17 @@ fn ids(chunk: &Value) -> Vec<String> {
 }
 
 /// A public room of alice's that bob has joined.
+/// The event with this ID in a list of events.
+fn find_event(events: &Value, event_id: &str) -> Value {
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|event| event["event_id"] == event_id)
+        .cloned()
+        .unwrap()
+}
+
 async fn shared_room(server: &TestServer) -> (Client, Client, String) {
     let alice = server.register("alice").await;
     let bob = server.register("bob").await;
@@ -681,15 +692,7 @@ async fn bundled_aggregations_reach_sync_messages_event_and_context() {
         );
         assert_eq!(relations["m.thread"]["count"], 1, "{path}");
     };
-    let find = |events: &Value| {
-        events
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|event| event["event_id"] == message.as_str())
-            .cloned()
-            .unwrap()
-    };
+    let find = |events: &Value| find_event(events, &message);
     let sync = bob.get_ok("/_matrix/client/v3/sync?timeout=0").await;
     check(
         &find(&sync["rooms"]["join"][&room]["timeline"]["events"]),
@@ -818,13 +821,10 @@ async fn an_event_served_before_its_first_relation_shows_each_one_after() {
     let message = alice.send_text(&room, "m", "plain for now").await;
     let sync = bob.get_ok("/_matrix/client/v3/sync?timeout=0").await;
     let in_sync = |sync: &Value| {
-        sync["rooms"]["join"][&room]["timeline"]["events"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|event| event["event_id"] == message.as_str())
-            .cloned()
-            .unwrap()
+        find_event(
+            &sync["rooms"]["join"][&room]["timeline"]["events"],
+            &message,
+        )
     };
     assert!(in_sync(&sync)["unsigned"].get("m.relations").is_none());
     let event = get_event(&bob, &room, &message).await;

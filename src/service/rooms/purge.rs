@@ -180,7 +180,7 @@ pub(super) fn write_deleted(services: &Services, mut batch: Batch, deleted: &[Pd
         .collect();
     rooms.dedup();
     for room_id in rooms {
-        services.stories.current.forget(room_id);
+        services.stories.current.drop_now(room_id);
     }
     tracing::info!(deleted = deleted.len(), "purged events");
     Ok(())

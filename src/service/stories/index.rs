@@ -62,7 +62,7 @@ pub struct Stories {
     /// Counts the facts dropped, so that a lookup racing a drop does not cache old facts.
     generation: AtomicU64,
     /// Each story room's current stories, for the listing.
-    pub current: super::current::Current,
+    pub current: Arc<super::current::Current>,
 }
 
 impl Stories {
@@ -71,7 +71,7 @@ impl Stories {
             storyroomcount_ts: db.tree("storyroomcount_ts"),
             facts: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
-            current: super::current::Current::default(),
+            current: super::current::new(),
         }
     }
 
@@ -160,7 +160,7 @@ impl Stories {
             self.generation.fetch_add(1, Ordering::AcqRel);
             cache.remove(room_id);
             drop(cache);
-            self.current.forget(room_id);
+            self.current.drop_now(room_id);
             return;
         }
         let changes_stories = matches!(
@@ -171,7 +171,7 @@ impl Stories {
         // room counts as a story room.
         let other_room = self.facts.lock().get(room_id).is_some_and(Option::is_none);
         if changes_stories && !other_room {
-            self.current.forget(room_id);
+            self.current.drop_now(room_id);
         }
     }
 

@@ -46,7 +46,7 @@ pub fn list(services: &Services, viewer: &UserId, now: u64) -> Result<Value> {
     for room_id in services.rooms.members.iter_joined_rooms(viewer)? {
         // Taken before the room's facts are read: a retention policy written after this drops
         // what is read below from being kept, lifetime included.
-        let generation = services.stories.current.generation();
+        let generation = services.stories.current.read_started();
         let Some(room) = services.stories.story_room(services, &room_id)? else {
             continue;
         };
@@ -131,7 +131,7 @@ fn current_stories(
         }
     }
     let stories = Arc::new(stories);
-    kept.keep(room_id, generation, Arc::clone(&stories));
+    kept.store(room_id.to_owned(), Arc::clone(&stories), generation);
     Ok(stories)
 }
 

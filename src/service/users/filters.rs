@@ -12,9 +12,6 @@ use crate::{
     util,
 };
 
-/// Filter IDs are 12 characters here; a longer one is never stored, and is not cached.
-const MAX_FILTER_ID_BYTES: usize = 64;
-
 impl Users {
     /// Checks a filter (`filter::validate`), stores it and returns its ID.
     pub fn create_filter(&self, user_id: &UserId, filter: &Value) -> Result<String> {
@@ -44,9 +41,6 @@ impl Users {
 
     /// A stored filter (every `/sync` that names one reads it; a filter never changes).
     pub fn get_filter(&self, user_id: &UserId, filter_id: &str) -> Result<Option<Value>> {
-        if filter_id.len() > MAX_FILTER_ID_BYTES {
-            return Ok(None);
-        }
         let key = (user_id.to_owned(), filter_id.to_owned());
         if let Some(filter) = self.filters.get(&key) {
             return Ok(Some(filter));
