@@ -206,6 +206,44 @@ async fn expired_events_leave_every_read_path_and_the_media_store() {
     assert_eq!(message_ids(&bob, &room_id).await[0], fresh);
 }
 
+/// Replies of one thread expiring in one chunk take the thread out of the thread list (the
+/// thread must not fall back to an earlier reply the same chunk deletes); a state event as its
+/// root stays, as retention keeps state.
+#[tokio::test]
+async fn a_thread_whose_replies_expire_together_leaves_the_thread_list() {
+    let server = fast_purging_server().await;
+    let alice = server.register("alice").await;
+    let room_id = alice.create_room(json!({"preset": "public_chat"})).await;
+    let (status, body) = set_policy(&alice, &room_id, json!({"max_lifetime": 4_000})).await;
+    assert_eq!(status, 200, "{body}");
+    let topic_path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.topic",
+        enc(&room_id)
+    );
+    let root = alice.put_ok(&topic_path, json!({"topic": "root"})).await["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut replies = Vec::new();
+    for txn in ["r1", "r2"] {
+        let reply = json!({
+            "msgtype": "m.text",
+            "body": txn,
+            "m.relates_to": {"rel_type": "m.thread", "event_id": root},
+        });
+        replies.push(send(&alice, &room_id, "m.room.message", txn, reply).await);
+    }
+    let threads_path = format!("/_matrix/client/v1/rooms/{}/threads", enc(&room_id));
+    let threads = alice.get_ok(&threads_path).await;
+    assert_eq!(threads["chunk"][0]["event_id"], root.as_str(), "{threads}");
+
+    wait_until_purged(&alice, &room_id, &replies[1]).await;
+    let ids = message_ids(&alice, &room_id).await;
+    assert!(!ids.contains(&replies[0]), "{ids:?}");
+    let threads = alice.get_ok(&threads_path).await;
+    assert_eq!(threads["chunk"], json!([]), "{threads}");
+}
+
 /// The `GET /_plait/client/v1/stories` list of a client.
 async fn stories_of(client: &Client) -> Vec<Value> {
     client.get_ok("/_plait/client/v1/stories").await["stories"]

@@ -267,3 +267,48 @@ async fn delete_room_v1_answers_once_the_room_is_deleted() {
     let block = format!("/_synapse/admin/v1/rooms/{}/block", enc(&unknown));
     assert_eq!(admin.get_ok(&block).await["block"], true);
 }
+
+/// A purge that deletes every reply of a thread, all in one batch, takes the thread out of the
+/// thread list: removing the latest reply must not move the thread to an earlier reply that the
+/// same batch deletes.
+#[tokio::test]
+async fn purging_every_reply_of_a_thread_takes_it_out_of_the_thread_list() {
+    let (_server, admin, bob, _carol) = admin_bob_and_carol().await;
+    let room_id = bob.create_room(json!({"preset": "public_chat"})).await;
+    let room = enc(&room_id);
+    // The root is a state event, which history purges keep.
+    let topic_path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.topic");
+    let root = bob.put_ok(&topic_path, json!({"topic": "root"})).await["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for txn in ["r1", "r2"] {
+        let reply = json!({
+            "msgtype": "m.text",
+            "body": txn,
+            "m.relates_to": {"rel_type": "m.thread", "event_id": root},
+        });
+        let path = format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/{txn}");
+        bob.put_ok(&path, reply).await;
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let newer = bob.send_text(&room_id, "m3", "newer").await;
+    let threads_path = format!("/_matrix/client/v1/rooms/{room}/threads");
+    let threads = bob.get_ok(&threads_path).await;
+    assert_eq!(threads["chunk"][0]["event_id"], root.as_str(), "{threads}");
+
+    let event_path = format!("/_matrix/client/v3/rooms/{room}/event/{}", enc(&newer));
+    let newer_ts = bob.get_ok(&event_path).await["origin_server_ts"]
+        .as_u64()
+        .unwrap();
+    let path = format!("/_synapse/admin/v1/purge_history/{room}");
+    let body = json!({"delete_local_events": true, "purge_up_to_ts": newer_ts});
+    let purge_id = admin.post_ok(&path, body).await["purge_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status_path = format!("/_synapse/admin/v1/purge_history_status/{purge_id}");
+    assert_eq!(settled(&admin, &status_path).await["status"], "complete");
+    let threads = bob.get_ok(&threads_path).await;
+    assert_eq!(threads["chunk"], json!([]), "{threads}");
+}

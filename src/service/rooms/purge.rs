@@ -8,6 +8,8 @@
 //! short event ID and state snapshots stay: state is made of short IDs, and other rooms' state
 //! may share snapshots.
 
+use std::collections::BTreeSet;
+
 use ruma::{events::TimelineEventType, RoomId, ServerName};
 
 use crate::{
@@ -102,27 +104,32 @@ fn delete_events(
     let timeline = &services.rooms.timeline;
     let lock = timeline.room_lock(room_id);
     let _guard = lock.lock();
-    let mut batch = Batch::default();
-    let mut deleted = Vec::new();
+    let mut doomed_events = Vec::new();
     for entry in timeline.iter_before(shortroomid, u64::MAX) {
         let (count, pdu) = entry?;
-        if !doomed(count, &pdu) {
-            continue;
+        if doomed(count, &pdu) {
+            doomed_events.push((count, pdu));
         }
-        remove_in_batch(services, shortroomid, count, &pdu, &mut batch)?;
-        deleted.push(pdu);
     }
+    let leaving: BTreeSet<u64> = doomed_events.iter().map(|(count, _)| *count).collect();
+    let mut batch = Batch::default();
+    for (count, pdu) in &doomed_events {
+        remove_in_batch(services, shortroomid, *count, pdu, &leaving, &mut batch)?;
+    }
+    let deleted: Vec<Pdu> = doomed_events.into_iter().map(|(_, pdu)| pdu).collect();
     write_deleted(services, batch, &deleted)?;
     Ok(deleted.len())
 }
 
 /// Takes one timeline event out of the stream and topological indexes, its event-ID index and
-/// the search and relation indexes, in `batch` (the caller holds the room lock).
+/// the search and relation indexes, in `batch` (the caller holds the room lock). `leaving` holds
+/// the stream positions of every event `batch` removes.
 pub(super) fn remove_in_batch(
     services: &Services,
     shortroomid: u64,
     count: u64,
     pdu: &Pdu,
+    leaving: &BTreeSet<u64>,
     batch: &mut Batch,
 ) -> Result<()> {
     let rooms = &services.rooms;
@@ -143,7 +150,7 @@ pub(super) fn remove_in_batch(
         .remove_in_batch((shortroomid, count), &pdu.kind.to_string(), &content, batch);
     rooms
         .relations
-        .unindex_in_batch(shortroomid, &content, count, batch)
+        .unindex_in_batch(shortroomid, &content, count, leaving, batch)
 }
 
 /// Writes a batch that removed `deleted` (each through [`remove_in_batch`]) with the event

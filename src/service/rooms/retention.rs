@@ -15,7 +15,7 @@
 //! prepared without the room lock and written under it, so a send into the room waits at most
 //! for one chunk's check and write.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use ruma::{events::StateEventType, CanonicalJsonValue, OwnedMxcUri, OwnedRoomId, RoomId};
 use serde_json::Value;
@@ -266,6 +266,9 @@ fn prepare_chunk(services: &Services, target: &Target<'_>) -> Result<Prepared> {
         next: None,
     };
     let batch = &mut prepared.batch;
+    // The chunk's events are found first: removing one may move its thread to another reply,
+    // which must not be one the same batch removes.
+    let mut expired = Vec::new();
     for (seen, entry) in rooms
         .timestamps
         .iter_sent_before(shortroomid, target.cursor, target.before_ts)
@@ -283,11 +286,14 @@ fn prepare_chunk(services: &Services, target: &Target<'_>) -> Result<Prepared> {
                 .remove_in_batch(shortroomid, ts, depth, count, batch);
             continue;
         };
-        if pdu.state_key.is_some() {
-            continue;
+        if pdu.state_key.is_none() {
+            expired.push((ts, depth, count, pdu));
         }
+    }
+    let leaving: BTreeSet<u64> = expired.iter().map(|(_, _, count, _)| *count).collect();
+    for (ts, depth, count, pdu) in expired {
         keep_pruned(services, &pdu, target.redaction, batch)?;
-        purge::remove_in_batch(services, shortroomid, count, &pdu, batch)?;
+        purge::remove_in_batch(services, shortroomid, count, &pdu, &leaving, batch)?;
         rooms
             .timestamps
             .remove_in_batch(shortroomid, ts, depth, count, batch);

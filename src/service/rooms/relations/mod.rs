@@ -3,7 +3,7 @@
 //! the thread list ordered by latest activity, the checks on relations sent by clients, and the
 //! bundled aggregations added to served events ([`bundle`]).
 //!
-//! Event relationships: `parentreltypecount_child` (room, parent event ID, `rel_type`, child stream position → what aggregation needs of the child: ID, sender, type, annotation key, timestamp, whether it has `m.new_content`), written by one call from `commit`'s batch for every non-state event with a valid cleartext `m.relates_to` (local or from `/send`), and `roomcount_threadroot` (room, stream position of a thread's latest `m.thread` child → root), moved on every thread reply; a redaction removes its target's entry in the redaction's batch (one call from `redact_in_batch`), so redacted children stop counting and a thread falls back to its previous reply.
+//! Event relationships: `parentreltypecount_child` (room, parent event ID, `rel_type`, child stream position → what aggregation needs of the child: ID, sender, type, annotation key, timestamp, whether it has `m.new_content`), written by one call from `commit`'s batch for every non-state event with a valid cleartext `m.relates_to` (local or from `/send`), and `roomcount_threadroot` (room, stream position of a thread's latest `m.thread` child → root), moved on every thread reply; a redaction removes its target's entry in the redaction's batch (one call from `redact_in_batch`), and an admin purge or retention each deleted event's in its batch (`purge::remove_in_batch`), so redacted and deleted children stop counting and a thread falls back to its latest reply that stays.
 //! `relations::bundle::serve_event` is the one function that turns an event into its client form with `unsigned["m.relations"]` (annotation counts in MSC2675's form, the latest valid edit, the thread summary, references); `/sync` timelines, `/messages`, `/event`, `/context`, `/relations` and `/threads` call it, and it costs one prefix seek per non-state event (plus one read for the latest edit and for the latest thread reply), none for an event already found childless: such events are remembered (`Relations::children`, at most 65,536) until a batch gives them a child.
 //! Edit validity (same sender and type, original neither state, an edit nor redacted, `m.new_content`) is decided when bundling, so an edit that arrives before its original is judged once both are known.
 //! Client sends are checked by `relations::check_client_relation` (duplicate annotation `400 M_DUPLICATE_ANNOTATION`, thread from a relation `400 M_UNKNOWN`).
@@ -11,7 +11,7 @@
 pub mod bundle;
 pub mod read;
 
-use std::sync::Arc;
+use std::{collections::BTreeSet, sync::Arc};
 
 use ruma::{
     api::error::ErrorKind, events::TimelineEventType, OwnedEventId, OwnedUserId, RoomId, UserId,
@@ -171,13 +171,17 @@ impl Relations {
         Ok(())
     }
 
-    /// Drops a redacted event's relation (its `m.relates_to` does not survive the redaction
-    /// algorithm), given its content before the redaction and its stream position.
+    /// Drops the relation of an event being redacted or deleted (a redaction's `m.relates_to`
+    /// does not survive the redaction algorithm), given its content before the change and its
+    /// stream position. `leaving` holds the stream positions of every event the same batch
+    /// removes: the database still shows their entries until the batch is written, and a thread
+    /// must not fall back to one of them.
     pub fn unindex_in_batch(
         &self,
         shortroomid: u64,
         content: &Value,
         count: u64,
+        leaving: &BTreeSet<u64>,
         batch: &mut Batch,
     ) -> Result<()> {
         let Some(relation) = Relation::from_content(content) else {
@@ -190,10 +194,16 @@ impl Relations {
         );
         let latest = thread_key(shortroomid, count);
         if relation.rel_type == "m.thread" && self.roomcount_threadroot.contains(&latest)? {
-            // The redacted reply was the latest: the thread falls back to the one before it,
-            // or leaves the list when no reply is left.
+            // The removed reply was the latest: the thread falls back to the latest reply that
+            // stays (live, else backfilled, as `index_in_batch` places it), or leaves the list
+            // when none is left.
             batch.remove(&self.roomcount_threadroot, &latest);
-            if let Some(previous) = self.last_count(&rel_prefix, count)? {
+            let stays = |child: u64| child != count && !leaving.contains(&child);
+            let previous = match self.last_count_where(&rel_prefix, BACKFILL_BASE, stays)? {
+                Some(live) => Some(live),
+                None => self.last_count_where(&rel_prefix, u64::MAX, stays)?,
+            };
+            if let Some(previous) = previous {
                 batch.insert(
                     &self.roomcount_threadroot,
                     &thread_key(shortroomid, previous),
@@ -206,23 +216,37 @@ impl Relations {
 
     /// The stream position of the last child under `rel_prefix` below `below`.
     fn last_count(&self, rel_prefix: &[u8], below: u64) -> Result<Option<u64>> {
+        self.last_count_where(rel_prefix, below, |_| true)
+    }
+
+    /// The stream position of the last child under `rel_prefix` below `below` that `wanted`
+    /// accepts.
+    fn last_count_where(
+        &self,
+        rel_prefix: &[u8],
+        below: u64,
+        wanted: impl Fn(u64) -> bool,
+    ) -> Result<Option<u64>> {
         let Some(start) = below.checked_sub(1) else {
             return Ok(None);
         };
-        match self
+        for entry in self
             .parentreltypecount_child
             .iter_from(&child_key(rel_prefix, start), true)
-            .next()
         {
-            Some(entry) => {
-                let (db_key, _) = entry?;
-                Ok(db_key
-                    .strip_prefix(rel_prefix)
-                    .and_then(key::read_u64)
-                    .filter(|_| db_key.len() == rel_prefix.len() + 8))
+            let (db_key, _) = entry?;
+            let Some(child) = db_key
+                .strip_prefix(rel_prefix)
+                .filter(|rest| rest.len() == 8)
+                .and_then(key::read_u64)
+            else {
+                return Ok(None);
+            };
+            if wanted(child) {
+                return Ok(Some(child));
             }
-            None => Ok(None),
         }
+        Ok(None)
     }
 
     /// Every child of `parent` in a room, grouped by `rel_type`, each group in stream order.

@@ -245,6 +245,7 @@ pub(super) fn redact_in_batch(
             pdu_id.shortroomid,
             &content,
             pdu_id.count,
+            &std::collections::BTreeSet::new(),
             batch,
         )?;
     }
