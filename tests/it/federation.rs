@@ -947,6 +947,83 @@ async fn concurrent_power_level_changes_resolve_identically_on_both_servers() {
     drop((hs1, hs1_dir, hs2, hs2_dir));
 }
 
+/// The members a server lists follow its resolved state, also where the resolution undoes a
+/// membership change it committed itself: bob (hs2) kicks carol while alice (hs1) takes his
+/// power to kick; on hs2 the kick was committed first, and alice's change, resolved against
+/// it, leaves carol joined (the kick fails the auth rules on top of it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_membership_change_undone_by_state_resolution_leaves_the_member_list() {
+    let (ca, hs1, hs2) = two_servers().await;
+    let alice = hs1.register("alice").await;
+    let carol = hs1.register("carol").await;
+    let bob = hs2.register("bob").await;
+    let (alice_token, bob_token) = (alice.token.clone(), bob.token.clone());
+    let (bob_id, carol_id) = (bob.user_id().await, carol.user_id().await);
+    let room = alice.create_room(json!({ "preset": "public_chat" })).await;
+    carol.join(&room).await;
+    join_via(&bob, &room, &hs1).await;
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.power_levels/",
+        enc(&room)
+    );
+    let mut power = alice.get_ok(&path).await;
+    power["users"][&bob_id] = json!(50);
+    power["kick"] = json!(50);
+    let base_id = alice.put_ok(&path, power.clone()).await["event_id"].clone();
+    wait_for_event(&bob, &room, "bob's power to kick", |event| {
+        event["event_id"] == base_id
+    })
+    .await;
+
+    // The fork, made by outages as in the power-level test above.
+    let hs2_dir = hs2.stop().await.unwrap();
+    power["users"][&bob_id] = json!(0);
+    let demotion = alice.put_ok(&path, power).await["event_id"].clone();
+    let hs1_dir = hs1.stop().await.unwrap();
+    let hs2 = TestServer::start_federated(ip("127.0.0.3"), &ca, Some(hs2_dir.path())).await;
+    let bob = Client {
+        token: bob_token,
+        ..hs2.client()
+    };
+    let kick_path = format!("/_matrix/client/v3/rooms/{}/kick", enc(&room));
+    bob.post_ok(&kick_path, json!({ "user_id": carol_id }))
+        .await;
+    let members_path = format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room));
+    let joined = bob.get_ok(&members_path).await;
+    assert!(joined["joined"].get(&carol_id).is_none(), "{joined}");
+    let hs1 = TestServer::start_federated(ip("127.0.0.2"), &ca, Some(hs1_dir.path())).await;
+    let alice = Client {
+        token: alice_token,
+        ..hs1.client()
+    };
+
+    wait_for_event(&bob, &room, "alice's demotion of bob", |event| {
+        event["event_id"] == demotion
+    })
+    .await;
+    let carol_state = format!(
+        "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+        enc(&room),
+        enc(&carol_id)
+    );
+    assert_eq!(bob.get_ok(&carol_state).await["membership"], "join");
+    let joined = bob.get_ok(&members_path).await;
+    assert!(joined["joined"].get(&carol_id).is_some(), "{joined}");
+    let on_hs1 = alice.get_ok(&members_path).await;
+    let names = |body: &Value| {
+        let mut names: Vec<String> = body["joined"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&joined), names(&on_hs1));
+    drop((hs1, hs1_dir, hs2, hs2_dir));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn knocking_on_a_room_of_another_server() {
     let (_ca, hs1, hs2) = two_servers().await;

@@ -129,6 +129,10 @@ pub struct CommitContext<'a> {
     pub destinations: Vec<OwnedServerName>,
     /// The notifications the event makes for local users (none for history).
     pub push: push::Pending,
+    /// The state events that the room's current state holds after this live event, at keys
+    /// other than the event's own, where it held another event (or none) before: what state
+    /// resolution of a received event's fork changed. Empty for local events and history.
+    pub resolved: Vec<Pdu>,
 }
 
 /// Writes one event of a room's DAG in one atomic batch: the event at its stream position, its
@@ -156,6 +160,10 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
     let shorteventid = rooms
         .short
         .shorteventid_in_batch(&pdu.event_id, &mut batch)?;
+    let resolved = match mode {
+        Mode::Live => resolved_changes(services, shortroomid, &pdu, &state_before, &current_state)?,
+        Mode::History => Vec::new(),
+    };
     let mut unsigned = Value::Object(Default::default());
     let state = StateWrite {
         services,
@@ -187,6 +195,7 @@ pub fn commit(services: &Services, input: CommitInput<'_>) -> Result<u64> {
             true => push::prepare(services, room_id, &pdu)?,
             false => push::Pending::default(),
         },
+        resolved,
     };
     for step in steps::INDEXES.iter().filter(|step| step.runs_in(mode)) {
         (step.run)(&ctx, &mut batch)?;
@@ -379,4 +388,45 @@ impl StateWrite<'_> {
             .store_snapshot(rooms.short.allocate(), base, set, batch)?;
         Ok(Snapshot { hash, base })
     }
+}
+
+/// The state events a received live event brings into the room's current state besides itself
+/// (see [`CommitContext::resolved`]): the new current state (`current_state` when other forward
+/// extremities stay, else the state before the event) against the current state before it. A
+/// local event is built on the current state, so it changes nothing else.
+fn resolved_changes(
+    services: &Services,
+    shortroomid: u64,
+    pdu: &Pdu,
+    state_before: &StateBefore,
+    current_state: &Option<StateSet>,
+) -> Result<Vec<Pdu>> {
+    let StateBefore::Set { set, .. } = state_before else {
+        return Ok(Vec::new());
+    };
+    let new = current_state.as_ref().unwrap_or(set);
+    let rooms = &services.rooms;
+    // No current state yet: our own join, whose members were indexed from the `send_join`
+    // answer before it.
+    let Some(old) = rooms.state.get_room_state(shortroomid)? else {
+        return Ok(Vec::new());
+    };
+    let old = rooms.state.load(old)?;
+    let own_key = match &pdu.state_key {
+        Some(state_key) => rooms
+            .short
+            .get_shortstatekey(&StateEventType::from(pdu.kind.to_string()), state_key)?,
+        None => None,
+    };
+    let mut changed = Vec::new();
+    for (shortstatekey, shorteventid) in new {
+        if Some(*shortstatekey) == own_key || old.get(shortstatekey) == Some(shorteventid) {
+            continue;
+        }
+        let event_id = rooms.short.get_eventid(*shorteventid)?;
+        if let Some(state_pdu) = rooms.timeline.get_pdu(&event_id)? {
+            changed.push(state_pdu);
+        }
+    }
+    Ok(changed)
 }

@@ -116,7 +116,12 @@ pub(super) const EFFECTS: &[Step<Effect>] = &[
     Step::live(|ctx| ctx.services.admin.spot(ctx.room_id, ctx.pdu)),
     Step::live(cancel_overwritten_delayed_state),
     // History too: a backfilled redaction rewrites a live story.
-    Step::always(|ctx| ctx.services.stories.after_commit(ctx.room_id, ctx.pdu)),
+    Step::always(|ctx| {
+        let stories = &ctx.services.stories;
+        for pdu in std::iter::once(ctx.pdu).chain(&ctx.resolved) {
+            stories.after_commit(ctx.room_id, pdu);
+        }
+    }),
 ];
 
 /// Another user's state event cancels the delayed events that would overwrite it (MSC4140).
@@ -270,24 +275,30 @@ fn push_actions(ctx: &CommitContext<'_>, batch: &mut Batch) -> Result<()> {
 }
 
 fn device_lists(ctx: &CommitContext<'_>, count: u64, batch: &mut Batch) -> Result<()> {
-    if ctx.pdu.kind != TimelineEventType::RoomMember {
-        return Ok(());
+    for pdu in std::iter::once(ctx.pdu).chain(&ctx.resolved) {
+        if pdu.kind == TimelineEventType::RoomMember {
+            let services = ctx.services;
+            device_lists::membership::member_event_in_batch(
+                services,
+                batch,
+                count,
+                ctx.room_id,
+                pdu,
+            )?;
+        }
     }
-    device_lists::membership::member_event_in_batch(
-        ctx.services,
-        batch,
-        count,
-        ctx.room_id,
-        ctx.pdu,
-    )
+    Ok(())
 }
 
+/// Indexes the event's membership, and the memberships that state resolution changed with it.
 fn members(ctx: &CommitContext<'_>, count: u64, batch: &mut Batch) -> Result<()> {
-    if ctx.pdu.kind != TimelineEventType::RoomMember {
-        return Ok(());
-    }
     let members = &ctx.services.rooms.members;
-    members.update_in_batch(ctx.room_id, ctx.pdu, count, batch)
+    for pdu in std::iter::once(ctx.pdu).chain(&ctx.resolved) {
+        if pdu.kind == TimelineEventType::RoomMember {
+            members.update_in_batch(ctx.room_id, pdu, count, batch)?;
+        }
+    }
+    Ok(())
 }
 
 fn outgoing_queue(ctx: &CommitContext<'_>, count: u64, batch: &mut Batch) -> Result<()> {
@@ -311,7 +322,11 @@ fn forget_redacted(ctx: &CommitContext<'_>) {
 }
 
 fn forget_room_servers(ctx: &CommitContext<'_>) {
-    if ctx.pdu.kind == TimelineEventType::RoomMember {
+    let kinds = std::iter::once(ctx.pdu).chain(&ctx.resolved);
+    if kinds
+        .map(|pdu| &pdu.kind)
+        .any(|kind| *kind == TimelineEventType::RoomMember)
+    {
         ctx.services.rooms.members.invalidate_servers(ctx.room_id);
     }
 }
@@ -322,15 +337,20 @@ fn wake_sync(ctx: &CommitContext<'_>) {
 }
 
 /// A member event wakes its target's `/sync`, brings a local joiner's push rules over from the
-/// room this one replaces, and wakes the sender for the device lists it queued.
+/// room this one replaces, and wakes the sender for the device lists it queued. A membership
+/// that state resolution changed with the event does the same, but for the push rules.
 fn member_effects(ctx: &CommitContext<'_>) {
-    let (TimelineEventType::RoomMember, Some(target)) = (&ctx.pdu.kind, &ctx.pdu.state_key) else {
-        return;
-    };
     let services = ctx.services;
-    services.notifier.wake(Topic::User(target.clone()));
-    carry_over_push_rules(services, ctx.room_id, target, ctx.pdu);
-    device_lists::membership::after_member_event(services, ctx.room_id, ctx.pdu);
+    for pdu in std::iter::once(ctx.pdu).chain(&ctx.resolved) {
+        let (TimelineEventType::RoomMember, Some(target)) = (&pdu.kind, &pdu.state_key) else {
+            continue;
+        };
+        services.notifier.wake(Topic::User(target.clone()));
+        if std::ptr::eq(pdu, ctx.pdu) {
+            carry_over_push_rules(services, ctx.room_id, target, pdu);
+        }
+        device_lists::membership::after_member_event(services, ctx.room_id, pdu);
+    }
 }
 
 fn wake_federation_sender(ctx: &CommitContext<'_>) {
