@@ -419,14 +419,48 @@ fn resolved_changes(
         None => None,
     };
     let mut changed = Vec::new();
-    for (shortstatekey, shorteventid) in new {
-        if Some(*shortstatekey) == own_key || old.get(shortstatekey) == Some(shorteventid) {
-            continue;
-        }
-        let event_id = rooms.short.get_eventid(*shorteventid)?;
+    for shorteventid in changed_entries(&old, new, own_key) {
+        let event_id = rooms.short.get_eventid(shorteventid)?;
         if let Some(state_pdu) = rooms.timeline.get_pdu(&event_id)? {
             changed.push(state_pdu);
         }
     }
     Ok(changed)
+}
+
+/// The short event IDs that `new` holds at keys other than `skip` where `old` holds another
+/// event or none. Both sets are walked side by side in key order: one pass, no lookups.
+fn changed_entries(old: &StateSet, new: &StateSet, skip: Option<u64>) -> Vec<u64> {
+    let mut old_entries = old.iter().peekable();
+    let mut changed = Vec::new();
+    for (shortstatekey, shorteventid) in new {
+        while old_entries
+            .next_if(|(key, _)| *key < shortstatekey)
+            .is_some()
+        {}
+        let unchanged = old_entries.peek() == Some(&(shortstatekey, shorteventid));
+        if !unchanged && Some(*shortstatekey) != skip {
+            changed.push(*shorteventid);
+        }
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_entries_that_differ_from_the_old_state_are_changed() {
+        let old = StateSet::from([(1, 10), (2, 20), (4, 40), (6, 60)]);
+        assert!(changed_entries(&old, &old, None).is_empty());
+        // 2 replaced, 3 added, 4 removed (not reported), 5 added past the old set's keys, 6
+        // replaced but skipped as the event's own key.
+        let new = StateSet::from([(1, 10), (2, 21), (3, 30), (5, 50), (6, 61)]);
+        assert_eq!(changed_entries(&old, &new, Some(6)), vec![21, 30, 50]);
+        assert_eq!(
+            changed_entries(&StateSet::new(), &new, None),
+            vec![10, 21, 30, 50, 61]
+        );
+    }
 }
