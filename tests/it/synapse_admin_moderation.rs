@@ -32,6 +32,16 @@ async fn settled(admin: &Client, path: &str) -> Value {
     panic!("{path} stayed active");
 }
 
+/// Starts a history purge of `path` with `body` and waits until it reports `complete`.
+async fn purge_to_completion(admin: &Client, path: &str, body: Value) {
+    let purge_id = admin.post_ok(path, body).await["purge_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let status_path = format!("/_synapse/admin/v1/purge_history_status/{purge_id}");
+    assert_eq!(settled(admin, &status_path).await["status"], "complete");
+}
+
 async fn join_status(client: &Client, room_id: &str) -> (u16, Value) {
     let path = format!("/_matrix/client/v3/rooms/{}/join", enc(room_id));
     client.post(&path, json!({})).await
@@ -169,12 +179,7 @@ async fn purge_history_deletes_old_events_and_reports_its_status() {
         .as_u64()
         .unwrap();
     let body = json!({"delete_local_events": true, "purge_up_to_ts": newer_ts});
-    let purge_id = admin.post_ok(&path, body).await["purge_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let status_path = format!("/_synapse/admin/v1/purge_history_status/{purge_id}");
-    assert_eq!(settled(&admin, &status_path).await["status"], "complete");
+    purge_to_completion(&admin, &path, body).await;
     assert_error(&carol.get(&event(&old)).await, 404, "M_NOT_FOUND");
     assert_error(&carol.get(&event(&bobs_old)).await, 404, "M_NOT_FOUND");
     assert_eq!(carol.get(&event(&newer)).await.0, 200);
@@ -303,12 +308,7 @@ async fn purging_every_reply_of_a_thread_takes_it_out_of_the_thread_list() {
         .unwrap();
     let path = format!("/_synapse/admin/v1/purge_history/{room}");
     let body = json!({"delete_local_events": true, "purge_up_to_ts": newer_ts});
-    let purge_id = admin.post_ok(&path, body).await["purge_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let status_path = format!("/_synapse/admin/v1/purge_history_status/{purge_id}");
-    assert_eq!(settled(&admin, &status_path).await["status"], "complete");
+    purge_to_completion(&admin, &path, body).await;
     let threads = bob.get_ok(&threads_path).await;
     assert_eq!(threads["chunk"], json!([]), "{threads}");
 }

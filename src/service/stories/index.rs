@@ -10,18 +10,11 @@
 //!
 //! The room facts are cached in memory: the create event never changes, and a room's
 //! `m.room.retention` event drops its entry (a commit effect). A reader that looked the facts
-//! up while such an event was being committed does not cache what it read (the generation
-//! counter), so the cache never keeps an old lifetime.
+//! up while such an event was being committed does not cache what it read (a
+//! `store::WrittenCache`), so the cache never keeps an old lifetime.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
-};
+use std::sync::Arc;
 
-use parking_lot::Mutex;
 use ruma::{
     events::{StateEventType, TimelineEventType},
     OwnedRoomId, OwnedUserId, RoomId,
@@ -33,7 +26,7 @@ use crate::{
         rooms::{pdu::Pdu, retention},
         Services,
     },
-    store::{key, Batch, Db, Tree},
+    store::{key, Batch, Db, Tree, WrittenCache},
 };
 
 /// Past this many rooms the cache of room facts starts again (each entry is a few dozen bytes).
@@ -58,9 +51,7 @@ pub struct Stories {
     /// the messages of story rooms' owners, until redacted or purged.
     storyroomcount_ts: Tree,
     /// Per room: `Some` for a story room, `None` for any other room.
-    facts: Mutex<HashMap<OwnedRoomId, Option<StoryRoom>>>,
-    /// Counts the facts dropped, so that a lookup racing a drop does not cache old facts.
-    generation: AtomicU64,
+    facts: Arc<WrittenCache<OwnedRoomId, Option<StoryRoom>>>,
     /// Each story room's current stories, for the listing.
     pub current: Arc<super::current::Current>,
 }
@@ -69,8 +60,7 @@ impl Stories {
     pub fn open(db: &Arc<Db>) -> Self {
         Self {
             storyroomcount_ts: db.tree("storyroomcount_ts"),
-            facts: Mutex::new(HashMap::new()),
-            generation: AtomicU64::new(0),
+            facts: WrittenCache::new(MAX_CACHED_ROOMS),
             current: super::current::new(),
         }
     }
@@ -78,10 +68,10 @@ impl Stories {
     /// The facts of a story room; `None` for another room or one this server has no create
     /// event of.
     pub fn story_room(&self, services: &Services, room_id: &RoomId) -> Result<Option<StoryRoom>> {
-        if let Some(facts) = self.facts.lock().get(room_id) {
-            return Ok(facts.clone());
+        if let Some(facts) = self.facts.get(room_id) {
+            return Ok(facts);
         }
-        let generation = self.generation.load(Ordering::Acquire);
+        let read_at = self.facts.read_started();
         let rooms = &services.rooms;
         let Some(create) = rooms.current_state_pdu(room_id, &StateEventType::RoomCreate, "")?
         else {
@@ -99,13 +89,7 @@ impl Stories {
         } else {
             None
         };
-        let mut cache = self.facts.lock();
-        if self.generation.load(Ordering::Acquire) == generation {
-            if cache.len() >= MAX_CACHED_ROOMS {
-                cache.clear();
-            }
-            cache.insert(room_id.to_owned(), facts.clone());
-        }
+        self.facts.store(room_id.to_owned(), facts.clone(), read_at);
         Ok(facts)
     }
 
@@ -156,10 +140,7 @@ impl Stories {
         if pdu.state_key.as_deref() == Some("")
             && pdu.kind.to_string() == retention::RETENTION_EVENT
         {
-            let mut cache = self.facts.lock();
-            self.generation.fetch_add(1, Ordering::AcqRel);
-            cache.remove(room_id);
-            drop(cache);
+            self.facts.drop_now(room_id);
             self.current.drop_now(room_id);
             return;
         }
@@ -169,7 +150,7 @@ impl Stories {
         );
         // `index_in_batch` looked the facts up; should they have left the cache since, the
         // room counts as a story room.
-        let other_room = self.facts.lock().get(room_id).is_some_and(Option::is_none);
+        let other_room = self.facts.get(room_id).is_some_and(|facts| facts.is_none());
         if changes_stories && !other_room {
             self.current.drop_now(room_id);
         }

@@ -135,6 +135,14 @@ pub struct CommitContext<'a> {
     pub resolved: Vec<Pdu>,
 }
 
+impl CommitContext<'_> {
+    /// The event and then the state events resolution changed with it ([`Self::resolved`]):
+    /// what the steps that follow memberships and policies look at.
+    pub fn with_resolved(&self) -> impl Iterator<Item = &Pdu> {
+        std::iter::once(self.pdu).chain(&self.resolved)
+    }
+}
+
 /// Writes one event of a room's DAG in one atomic batch: the event at its stream position, its
 /// state snapshots (the state before it too, when it came from elsewhere), and what every
 /// registered step adds (`steps::INDEXES` before the stream position is known, `steps::AT_COUNT`

@@ -118,7 +118,7 @@ pub(super) const EFFECTS: &[Step<Effect>] = &[
     // History too: a backfilled redaction rewrites a live story.
     Step::always(|ctx| {
         let stories = &ctx.services.stories;
-        for pdu in std::iter::once(ctx.pdu).chain(&ctx.resolved) {
+        for pdu in ctx.with_resolved() {
             stories.after_commit(ctx.room_id, pdu);
         }
     }),
@@ -275,7 +275,7 @@ fn push_actions(ctx: &CommitContext<'_>, batch: &mut Batch) -> Result<()> {
 }
 
 fn device_lists(ctx: &CommitContext<'_>, count: u64, batch: &mut Batch) -> Result<()> {
-    for pdu in std::iter::once(ctx.pdu).chain(&ctx.resolved) {
+    for pdu in ctx.with_resolved() {
         if pdu.kind == TimelineEventType::RoomMember {
             let services = ctx.services;
             device_lists::membership::member_event_in_batch(
@@ -293,7 +293,7 @@ fn device_lists(ctx: &CommitContext<'_>, count: u64, batch: &mut Batch) -> Resul
 /// Indexes the event's membership, and the memberships that state resolution changed with it.
 fn members(ctx: &CommitContext<'_>, count: u64, batch: &mut Batch) -> Result<()> {
     let members = &ctx.services.rooms.members;
-    for pdu in std::iter::once(ctx.pdu).chain(&ctx.resolved) {
+    for pdu in ctx.with_resolved() {
         if pdu.kind == TimelineEventType::RoomMember {
             members.update_in_batch(ctx.room_id, pdu, count, batch)?;
         }
@@ -322,7 +322,7 @@ fn forget_redacted(ctx: &CommitContext<'_>) {
 }
 
 fn forget_room_servers(ctx: &CommitContext<'_>) {
-    let kinds = std::iter::once(ctx.pdu).chain(&ctx.resolved);
+    let kinds = ctx.with_resolved();
     if kinds
         .map(|pdu| &pdu.kind)
         .any(|kind| *kind == TimelineEventType::RoomMember)
@@ -341,15 +341,15 @@ fn wake_sync(ctx: &CommitContext<'_>) {
 /// that state resolution changed with the event does the same, but for the push rules.
 fn member_effects(ctx: &CommitContext<'_>) {
     let services = ctx.services;
-    for pdu in std::iter::once(ctx.pdu).chain(&ctx.resolved) {
+    for pdu in ctx.with_resolved() {
         let (TimelineEventType::RoomMember, Some(target)) = (&pdu.kind, &pdu.state_key) else {
             continue;
         };
         services.notifier.wake(Topic::User(target.clone()));
-        if std::ptr::eq(pdu, ctx.pdu) {
-            carry_over_push_rules(services, ctx.room_id, target, pdu);
-        }
         device_lists::membership::after_member_event(services, ctx.room_id, pdu);
+    }
+    if let (TimelineEventType::RoomMember, Some(target)) = (&ctx.pdu.kind, &ctx.pdu.state_key) {
+        carry_over_push_rules(services, ctx.room_id, target, ctx.pdu);
     }
 }
 
